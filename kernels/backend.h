@@ -1,0 +1,142 @@
+// kernels::Backend: the only way the model computes.
+//
+// Every op is enqueued on the backend's stream and may run asynchronously; results are
+// visible to the host only after Download() or Synchronize(). Activations are f32; weight
+// tensors may be any DType. All tensors are contiguous, shapes in ggml order ([ne0, ne1, ...],
+// ne0 fastest). Ops validate shapes with CHECK-style aborts: shape errors are programming
+// errors of the model, never user input (user input is validated above this layer).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/tensor.h"
+
+namespace latentserve::kernels {
+
+// One sequence's slice of a batch for the stateful ops (KDA, MLA): its tokens are the
+// `token_count` consecutive columns starting at `first_token` of the batch tensors.
+struct SeqSlice {
+  int64_t first_token = 0;
+  int64_t token_count = 0;
+};
+
+// Per-sequence KDA recurrent state (f32).
+struct KdaStateView {
+  Tensor recurrent;  // [Dk (key), Dk (value), H]: S[k, v, h], the delta-rule state
+  Tensor conv;       // [d_conv - 1, Di, 3]: the last d_conv-1 inputs of the q, k, v convs
+};
+
+// Per-sequence view of the paged latent cache of one MLA layer.
+struct LatentSeqView {
+  absl::Span<const int32_t> page_table;  // page ids, in token order
+  int64_t cached_tokens = 0;             // tokens already in the cache before this batch
+  int64_t first_token = 0;               // batch column of this sequence's first new token
+  int64_t token_count = 0;               // new tokens (already stored by LatentStore)
+};
+
+struct MoeWeights {
+  Tensor gate_exps;  // [E, Fe, X]
+  Tensor up_exps;    // [E, Fe, X]
+  Tensor down_exps;  // [Fe, E, X]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  virtual absl::StatusOr<Tensor> Alloc(DType dtype, Shape ne) = 0;
+  // A tensor over host memory that outlives it (e.g. an mmapped GGUF). Backends that cannot
+  // read host memory copy it; the CPU backend wraps it without copying.
+  virtual absl::StatusOr<Tensor> ImportHost(DType dtype, Shape ne, const void* data) = 0;
+  virtual void Upload(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset = 0) = 0;
+  // Waits for pending work, then copies.
+  virtual void Download(const Tensor& src, void* host, size_t bytes, size_t src_offset = 0) = 0;
+  virtual void Synchronize() = 0;
+  virtual void Zero(const Tensor& dst) = 0;
+  virtual void Copy(const Tensor& src, const Tensor& dst) = 0;  // same dtype and size
+  // For every row r (both f32, same row count): dst[r][dst_col + i] = src[r][src_col + i],
+  // i < cols. Used to assemble and split rows without host access.
+  virtual void CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,
+                           int64_t cols) = 0;
+
+  // ---- dense ----
+  // out[:, i] = table[:, ids[i]] converted to f32. table [E, V] any dtype; ids i32 [n].
+  virtual void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // y[N, M] = w[K, N]^T x[K, M]  (y[n, m] = sum_k w[k, n] x[k, m]); f32 accumulation.
+  virtual void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) = 0;
+  // Per head h: y[:, h, t] = w[:, :, h]^T x[x_offset : x_offset + K, h, t].
+  // w [K, N, H]; x [Kx >= x_offset + K, H, T]; y [N, H, T].
+  virtual void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) = 0;
+  // Each row of x ([D, rows]): its first w.ne0 values are RMS-normalised and scaled by w;
+  // the remaining values are copied unchanged.
+  virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
+  // Each row of x scaled to unit L2 norm: x / max(|x|, eps).
+  virtual void L2Norm(const Tensor& x, float eps, const Tensor& y) = 0;
+  virtual void Add(const Tensor& a, const Tensor& b, const Tensor& y) = 0;
+  virtual void Mul(const Tensor& a, const Tensor& b, const Tensor& y) = 0;
+  virtual void Sigmoid(const Tensor& x, const Tensor& y) = 0;
+  // y = silu(gate) * up
+  virtual void SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) = 0;
+
+  // ---- KDA ----
+  // Causal depthwise conv over time then SiLU, per sequence, carrying the conv tail.
+  // x, y [Di, n]; weight [d_conv, Di] (taps fastest, last tap = current token);
+  // states[s].conv[:, :, which] holds the d_conv-1 inputs before the slice.
+  virtual void ShortConvSilu(const Tensor& x, const Tensor& weight, int which,
+                             absl::Span<const SeqSlice> seqs,
+                             absl::Span<const KdaStateView> states, const Tensor& y) = 0;
+  // g[c, t] = a[c / Dk] * softplus(f[c, t] + dt_bias[c]).  f, g [Di, n]; dt_bias [Di]; a [H].
+  virtual void KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
+                       const Tensor& g) = 0;
+  // The gated delta rule per head, updating each sequence's recurrent state:
+  //   S = diag(exp(g_t)) S;  u = beta_t (v_t - S^T k_t);  S += k_t u^T;  o_t = S^T q_t / sqrt(Dk)
+  // q, k (L2-normalised), v, g, out: [Dk, H, n]; beta [H, n] (already sigmoid).
+  // chunk_tokens > 0 selects the chunked (WY) form with that chunk length; 0 the recurrence.
+  virtual void KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                            const Tensor& beta, absl::Span<const SeqSlice> seqs,
+                            absl::Span<const KdaStateView> states, int64_t chunk_tokens,
+                            const Tensor& out) = 0;
+
+  // ---- MLA over the paged latent cache ----
+  // Writes latent rows (f32 [L, n]) into the cache pool (dtype of the pool, [L, page_tokens,
+  // n_pages]) at positions cached_tokens.. of each sequence.
+  virtual void LatentStore(const Tensor& latent, absl::Span<const LatentSeqView> seqs,
+                           const Tensor& pool) = 0;
+  // Absorbed-form causal attention. q [L, H, n] (the absorbed query, same layout as a latent
+  // row); new token t of a sequence sees cache positions [0, cached_tokens + t].
+  // out[:, h, t] = sum_p softmax_p(scale * q[:, h, t] . row_p) * row_p[0:value_dim].
+  // out [value_dim, H, n].
+  virtual void MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs,
+                            float scale, const Tensor& out) = 0;
+  // Copies whole cache pages between pools or within one (used by prefix sharing and transfer).
+  virtual void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool,
+                        int32_t dst_page) = 0;
+
+  // ---- MoE ----
+  // Sigmoid routing: p = sigmoid(logits); choose top_k by p + bias; weights = p[chosen],
+  // renormalised to sum 1 when `normalize`, times `scale`.
+  // logits [X, n]; bias [X]; ids i32 [top_k, n]; weights f32 [top_k, n].
+  virtual void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize,
+                        float scale, const Tensor& ids, const Tensor& weights) = 0;
+  // y[:, t] = sum_j weights[j, t] * down_e(silu(gate_e x_t) * up_e x_t), e = ids[j, t];
+  // computed grouped by expert. x, y [E, n].
+  virtual void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
+                          const Tensor& weights, const Tensor& y) = 0;
+};
+
+// Backend factory: "cpu" (always) and "cuda" (when built with LATENTSERVE_CUDA).
+struct BackendOptions {
+  std::string kind = "cpu";
+  int threads = 0;  // CPU worker threads; 0 = hardware concurrency
+  int device = 0;   // CUDA device ordinal
+};
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+}  // namespace latentserve::kernels

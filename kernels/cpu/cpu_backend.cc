@@ -1,0 +1,248 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace latentserve::kernels::cpu {
+namespace {
+
+class HostBuffer final : public Buffer {
+ public:
+  explicit HostBuffer(size_t size) : size_(size) {
+    data_ = static_cast<uint8_t*>(std::aligned_alloc(64, (size + 63) / 64 * 64 + 64));
+  }
+  ~HostBuffer() override { std::free(data_); }
+  void* address() override { return data_; }
+  size_t size() const override { return size_; }
+  bool ok() const { return data_ != nullptr; }
+
+ private:
+  uint8_t* data_;
+  size_t size_;
+};
+
+// Host memory owned elsewhere (an mmapped model file).
+class ExternalBuffer final : public Buffer {
+ public:
+  ExternalBuffer(const void* data, size_t size) : data_(const_cast<void*>(data)), size_(size) {}
+  void* address() override { return data_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* data_;
+  size_t size_;
+};
+
+absl::Status CheckShape(DType dtype, const Shape& ne) {
+  for (int64_t d : ne) {
+    if (d < 0) return absl::InvalidArgumentError("negative tensor dimension");
+  }
+  if (ne[0] % Traits(dtype).block_elements != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("row of ", ne[0], " is not a whole number of ",
+                                                   DTypeName(dtype), " blocks"));
+  }
+  return absl::OkStatus();
+}
+
+inline float SigmoidF(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+void CheckFailed(const char* what, const char* file, int line) {
+  std::fprintf(stderr, "latentserve: internal check failed: %s (%s:%d)\n", what, file, line);
+  std::abort();
+}
+
+CpuBackend::CpuBackend(int threads)
+    : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+
+absl::StatusOr<Tensor> CpuBackend::Alloc(DType dtype, Shape ne) {
+  if (auto s = CheckShape(dtype, ne); !s.ok()) return s;
+  Tensor t;
+  t.dtype = dtype;
+  t.ne = ne;
+  auto buffer = std::make_shared<HostBuffer>(std::max<size_t>(1, t.nbytes()));
+  if (!buffer->ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", t.nbytes(), " bytes"));
+  }
+  t.buffer = std::move(buffer);
+  return t;
+}
+
+absl::StatusOr<Tensor> CpuBackend::ImportHost(DType dtype, Shape ne, const void* data) {
+  if (auto s = CheckShape(dtype, ne); !s.ok()) return s;
+  Tensor t;
+  t.dtype = dtype;
+  t.ne = ne;
+  t.buffer = std::make_shared<ExternalBuffer>(data, t.nbytes());
+  return t;
+}
+
+void CpuBackend::Upload(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) {
+  LS_CHECK(dst_offset + bytes <= dst.nbytes());
+  std::memcpy(HostPtr(dst) + dst_offset, host, bytes);
+}
+
+void CpuBackend::Download(const Tensor& src, void* host, size_t bytes, size_t src_offset) {
+  LS_CHECK(src_offset + bytes <= src.nbytes());
+  std::memcpy(host, HostPtr(src) + src_offset, bytes);
+}
+
+void CpuBackend::Zero(const Tensor& dst) { std::memset(HostPtr(dst), 0, dst.nbytes()); }
+
+void CpuBackend::Copy(const Tensor& src, const Tensor& dst) {
+  LS_CHECK(src.dtype == dst.dtype && src.nbytes() == dst.nbytes());
+  std::memmove(HostPtr(dst), HostPtr(src), src.nbytes());
+}
+
+void CpuBackend::CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,
+                             int64_t cols) {
+  LS_CHECK(src.dtype == DType::kF32 && dst.dtype == DType::kF32 && src.rows() == dst.rows());
+  LS_CHECK(src_col + cols <= src.ne[0] && dst_col + cols <= dst.ne[0]);
+  for (int64_t r = 0; r < src.rows(); ++r) {
+    std::memcpy(F32(dst) + r * dst.ne[0] + dst_col, F32(src) + r * src.ne[0] + src_col, cols * sizeof(float));
+  }
+}
+
+void CpuBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) {
+  const int64_t width = table.ne[0];
+  const int64_t n = ids.elements();
+  LS_CHECK(ids.dtype == DType::kI32 && out.dtype == DType::kF32);
+  LS_CHECK(out.ne[0] == width && out.rows() == n);
+  const auto* id = reinterpret_cast<const int32_t*>(HostPtr(ids));
+  for (int64_t i = 0; i < n; ++i) {
+    LS_CHECK(id[i] >= 0 && id[i] < table.rows());
+    DequantizeRow(table.dtype, HostPtr(table) + id[i] * table.row_bytes(), F32(out) + i * width, width);
+  }
+}
+
+void CpuBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
+  const int64_t width = x.ne[0], d = w.elements();
+  LS_CHECK(d <= width && x.elements() == y.elements() && w.dtype == DType::kF32);
+  const float* weight = F32(w);
+  pool_.ParallelFor(x.rows(), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* in = F32(x) + r * width;
+      float* out = F32(y) + r * width;
+      double sum = 0;
+      for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(in[i]) * in[i];
+      const float scale = 1.0f / std::sqrt(static_cast<float>(sum / d) + eps);
+      for (int64_t i = 0; i < d; ++i) out[i] = in[i] * scale * weight[i];
+      if (out != in) std::memcpy(out + d, in + d, (width - d) * sizeof(float));
+    }
+  });
+}
+
+void CpuBackend::L2Norm(const Tensor& x, float eps, const Tensor& y) {
+  const int64_t width = x.ne[0];
+  LS_CHECK(x.elements() == y.elements());
+  pool_.ParallelFor(x.rows(), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* in = F32(x) + r * width;
+      float* out = F32(y) + r * width;
+      double sum = 0;
+      for (int64_t i = 0; i < width; ++i) sum += static_cast<double>(in[i]) * in[i];
+      const float scale = 1.0f / std::fmax(std::sqrt(static_cast<float>(sum)), eps);
+      for (int64_t i = 0; i < width; ++i) out[i] = in[i] * scale;
+    }
+  });
+}
+
+void CpuBackend::Add(const Tensor& a, const Tensor& b, const Tensor& y) {
+  LS_CHECK(a.elements() == b.elements() && a.elements() == y.elements());
+  const float *pa = F32(a), *pb = F32(b);
+  float* py = F32(y);
+  for (int64_t i = 0, n = a.elements(); i < n; ++i) py[i] = pa[i] + pb[i];
+}
+
+void CpuBackend::Mul(const Tensor& a, const Tensor& b, const Tensor& y) {
+  LS_CHECK(a.elements() == b.elements() && a.elements() == y.elements());
+  const float *pa = F32(a), *pb = F32(b);
+  float* py = F32(y);
+  for (int64_t i = 0, n = a.elements(); i < n; ++i) py[i] = pa[i] * pb[i];
+}
+
+void CpuBackend::Sigmoid(const Tensor& x, const Tensor& y) {
+  LS_CHECK(x.elements() == y.elements());
+  const float* px = F32(x);
+  float* py = F32(y);
+  for (int64_t i = 0, n = x.elements(); i < n; ++i) py[i] = SigmoidF(px[i]);
+}
+
+void CpuBackend::SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  LS_CHECK(gate.elements() == up.elements() && gate.elements() == y.elements());
+  const float *pg = F32(gate), *pu = F32(up);
+  float* py = F32(y);
+  for (int64_t i = 0, n = gate.elements(); i < n; ++i) py[i] = pg[i] * SigmoidF(pg[i]) * pu[i];
+}
+
+void CpuBackend::KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
+                         const Tensor& g) {
+  const int64_t width = f.ne[0];
+  LS_CHECK(dt_bias.elements() == width && a.elements() * head_dim == width);
+  const float *pf = F32(f), *bias = F32(dt_bias), *pa = F32(a);
+  float* pg = F32(g);
+  for (int64_t t = 0; t < f.rows(); ++t) {
+    for (int64_t c = 0; c < width; ++c) {
+      const float x = pf[t * width + c] + bias[c];
+      const float softplus = x > 20.0f ? x : std::log1p(std::exp(x));
+      pg[t * width + c] = pa[c / head_dim] * softplus;
+    }
+  }
+}
+
+void CpuBackend::ShortConvSilu(const Tensor& x, const Tensor& weight, int which,
+                               absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states,
+                               const Tensor& y) {
+  const int64_t channels = x.ne[0], taps = weight.ne[0];
+  LS_CHECK(weight.dtype == DType::kF32 && weight.rows() == channels && seqs.size() == states.size());
+  const float* w = F32(weight);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    float* tail = F32(states[s].conv) + which * channels * (taps - 1);
+    const int64_t first = seqs[s].first_token, n = seqs[s].token_count;
+    pool_.ParallelFor(channels, 64, [&](int64_t begin, int64_t end) {
+      std::vector<float> window(taps - 1 + n);
+      for (int64_t c = begin; c < end; ++c) {
+        float* prev = tail + c * (taps - 1);
+        std::memcpy(window.data(), prev, (taps - 1) * sizeof(float));
+        for (int64_t t = 0; t < n; ++t) window[taps - 1 + t] = F32(x)[(first + t) * channels + c];
+        const float* wc = w + c * taps;
+        for (int64_t t = 0; t < n; ++t) {
+          float acc = 0;
+          for (int64_t j = 0; j < taps; ++j) acc += wc[j] * window[t + j];
+          F32(y)[(first + t) * channels + c] = acc * SigmoidF(acc);
+        }
+        std::memcpy(prev, window.data() + n, (taps - 1) * sizeof(float));
+      }
+    });
+  }
+}
+
+void CpuBackend::CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool,
+                          int32_t dst_page) {
+  LS_CHECK(src_pool.dtype == dst_pool.dtype && src_pool.ne[0] == dst_pool.ne[0] &&
+           src_pool.ne[1] == dst_pool.ne[1]);
+  const size_t page_bytes = src_pool.row_bytes() * src_pool.ne[1];
+  LS_CHECK(src_page >= 0 && src_page < src_pool.ne[2] && dst_page >= 0 && dst_page < dst_pool.ne[2]);
+  std::memmove(HostPtr(dst_pool) + dst_page * page_bytes, HostPtr(src_pool) + src_page * page_bytes,
+               page_bytes);
+}
+
+}  // namespace latentserve::kernels::cpu
+
+namespace latentserve::kernels {
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options);
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
+  if (options.kind == "cpu") return std::unique_ptr<Backend>(new cpu::CpuBackend(options.threads));
+  if (options.kind == "cuda") return CreateCudaBackend(options);
+  return absl::InvalidArgumentError(absl::StrCat("unknown backend '", options.kind, "' (cpu or cuda)"));
+}
+
+}  // namespace latentserve::kernels

@@ -1,0 +1,102 @@
+// MoE on the CPU: sigmoid routing with a selection bias, and experts computed grouped by
+// expert (each expert's weights are read once per batch, for all tokens routed to it).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+
+namespace latentserve::kernels::cpu {
+
+void CpuBackend::MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize,
+                          float scale, const Tensor& ids, const Tensor& weights) {
+  const int64_t experts = logits.ne[0], tokens = logits.rows();
+  LS_CHECK(bias.elements() == experts && ids.ne[0] == top_k && weights.ne[0] == top_k && top_k <= experts);
+  auto* out_ids = reinterpret_cast<int32_t*>(HostPtr(ids));
+  float* out_w = F32(weights);
+  std::vector<float> probs(experts), selection(experts);
+  std::vector<int32_t> order(experts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* l = F32(logits) + t * experts;
+    for (int64_t e = 0; e < experts; ++e) {
+      probs[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      selection[e] = probs[e] + F32(bias)[e];
+    }
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
+      return selection[a] > selection[b] || (selection[a] == selection[b] && a < b);
+    });
+    float sum = 0;
+    for (int64_t j = 0; j < top_k; ++j) sum += probs[order[j]];
+    const float norm = normalize ? 1.0f / std::max(sum, 6.103515625e-5f) : 1.0f;
+    for (int64_t j = 0; j < top_k; ++j) {
+      out_ids[t * top_k + j] = order[j];
+      out_w[t * top_k + j] = probs[order[j]] * norm * scale;
+    }
+  }
+}
+
+void CpuBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
+                            const Tensor& weights, const Tensor& y) {
+  const int64_t hidden = x.ne[0], tokens = x.rows();
+  const int64_t ffn = experts.gate_exps.ne[1], n_experts = experts.gate_exps.ne[2];
+  const int64_t top_k = ids.ne[0];
+  LS_CHECK(experts.gate_exps.ne[0] == hidden && experts.down_exps.ne[0] == ffn &&
+           experts.down_exps.ne[1] == hidden && y.ne[0] == hidden && y.rows() == tokens);
+  const auto* id = reinterpret_cast<const int32_t*>(HostPtr(ids));
+  // Slots (t, j) routed to each expert.
+  std::vector<std::vector<int64_t>> routed(n_experts);
+  for (int64_t slot = 0; slot < tokens * top_k; ++slot) {
+    LS_CHECK(id[slot] >= 0 && id[slot] < n_experts);
+    routed[id[slot]].push_back(slot);
+  }
+  struct Item {
+    int64_t expert, first, count;
+  };
+  constexpr int64_t kTokenBlock = 16;
+  std::vector<Item> items;
+  for (int64_t e = 0; e < n_experts; ++e) {
+    for (int64_t i = 0; i < static_cast<int64_t>(routed[e].size()); i += kTokenBlock) {
+      items.push_back({e, i, std::min<int64_t>(kTokenBlock, routed[e].size() - i)});
+    }
+  }
+  std::vector<float> slot_out(tokens * top_k * hidden);
+  const size_t gate_row = experts.gate_exps.row_bytes(), up_row = experts.up_exps.row_bytes();
+  const size_t down_row = experts.down_exps.row_bytes();
+  pool_.ParallelFor(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> wrow(std::max(hidden, ffn)), wrow2(hidden), act(kTokenBlock * ffn);
+    for (int64_t it = begin; it < end; ++it) {
+      const Item& item = items[it];
+      const int64_t* slots = routed[item.expert].data() + item.first;
+      const uint8_t* gate = HostPtr(experts.gate_exps) + item.expert * ffn * gate_row;
+      const uint8_t* up = HostPtr(experts.up_exps) + item.expert * ffn * up_row;
+      const uint8_t* down = HostPtr(experts.down_exps) + item.expert * hidden * down_row;
+      for (int64_t f = 0; f < ffn; ++f) {
+        DequantizeRow(experts.gate_exps.dtype, gate + f * gate_row, wrow.data(), hidden);
+        DequantizeRow(experts.up_exps.dtype, up + f * up_row, wrow2.data(), hidden);
+        for (int64_t i = 0; i < item.count; ++i) {
+          const float* xt = F32(x) + (slots[i] / top_k) * hidden;
+          const float g = Dot(wrow.data(), xt, hidden), u = Dot(wrow2.data(), xt, hidden);
+          act[i * ffn + f] = g / (1.0f + std::exp(-g)) * u;
+        }
+      }
+      for (int64_t d = 0; d < hidden; ++d) {
+        DequantizeRow(experts.down_exps.dtype, down + d * down_row, wrow.data(), ffn);
+        for (int64_t i = 0; i < item.count; ++i) {
+          slot_out[slots[i] * hidden + d] = Dot(wrow.data(), act.data() + i * ffn, ffn);
+        }
+      }
+    }
+  });
+  // Weighted sum in slot order, so the result does not depend on the thread schedule.
+  const float* w = F32(weights);
+  float* out = F32(y);
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* yt = out + t * hidden;
+    std::fill(yt, yt + hidden, 0.0f);
+    for (int64_t j = 0; j < top_k; ++j) Axpy(w[t * top_k + j], slot_out.data() + (t * top_k + j) * hidden, yt, hidden);
+  }
+}
+
+}  // namespace latentserve::kernels::cpu

@@ -1,0 +1,38 @@
+// The per-layer pieces of the forward pass. Each takes the batch context and the normalised
+// hidden states h [E, n] and returns the layer's contribution [E, n] (the residual add is
+// done by the caller). Only backend ops touch tensor memory.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/latent_cache.h"
+#include "model/weights.h"
+
+namespace latentserve::model {
+
+struct BatchContext {
+  kernels::Backend& backend;
+  const ModelConfig& config;
+  int64_t tokens;                                  // n: new tokens in the batch
+  std::vector<kernels::SeqSlice> slices;           // per sequence
+  std::vector<kernels::LatentSeqView> latent;      // per sequence (page tables + positions)
+  int64_t kda_chunk_tokens;                        // 0 = recurrence
+
+  absl::StatusOr<kernels::Tensor> F32(kernels::Shape ne) const { return backend.Alloc(DType::kF32, ne); }
+};
+
+// KDA: short convs, L2 norms, gates, gated delta rule, gated head norm, output projection.
+absl::StatusOr<kernels::Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
+                                         const std::vector<kernels::KdaStateView>& states,
+                                         const kernels::Tensor& h);
+// MLA in absorbed form over the paged latent cache of one layer (`pool`).
+absl::StatusOr<kernels::Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w,
+                                         const kernels::Tensor& pool, const kernels::Tensor& h);
+// Dense SwiGLU FFN or MoE (sigmoid routing + shared expert).
+absl::StatusOr<kernels::Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe,
+                                         const kernels::Tensor& h);
+
+}  // namespace latentserve::model

@@ -1,0 +1,173 @@
+#include "model/model.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "model/layers.h"
+#include "model/plan.h"
+
+namespace latentserve::model {
+
+using kernels::Tensor;
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, kernels::Backend& backend) {
+  std::unique_ptr<Model> model(new Model(backend));
+  ASSIGN_OR_RETURN(model->file_, gguf::File::Open(path));
+  ASSIGN_OR_RETURN(model->config_, ModelConfig::FromGguf(*model->file_));
+  ASSIGN_OR_RETURN(model->weights_, Weights::Load(*model->file_, model->config_, backend));
+  model->config_.vocab = model->weights_.token_embd.ne[1];
+  if (auto declared = model->file_->GetInt("kimi-linear.vocab_size"); declared.ok() && *declared != model->config_.vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("kimi-linear.vocab_size is ", *declared,
+                                                   " but token_embd has ", model->config_.vocab, " rows"));
+  }
+  int64_t kda = 0, mla = 0;
+  for (int64_t i = 0; i < model->config_.n_layers; ++i) {
+    const bool is_mla = model->config_.is_mla[i];
+    model->kda_index_.push_back(is_mla ? -1 : kda++);
+    model->mla_index_.push_back(is_mla ? mla++ : -1);
+  }
+  return model;
+}
+
+int64_t Model::KdaStateBytes() const { return PlanMemory(config_, 0, DType::kF32, 0).kda_state_bytes; }
+
+absl::StatusOr<std::unique_ptr<Sequence>> Model::NewSequence() const {
+  auto sequence = std::make_unique<Sequence>();
+  const ModelConfig& c = config_;
+  for (int64_t i = 0; i < c.kda_layer_count(); ++i) {
+    kernels::KdaStateView state;
+    ASSIGN_OR_RETURN(state.recurrent, backend_.Alloc(DType::kF32, {c.kda_head_dim, c.kda_head_dim, c.n_heads, 1}));
+    ASSIGN_OR_RETURN(state.conv, backend_.Alloc(DType::kF32, {c.conv_kernel - 1, c.kda_inner(), 3, 1}));
+    backend_.Zero(state.recurrent);
+    backend_.Zero(state.conv);
+    sequence->kda.push_back(std::move(state));
+  }
+  return sequence;
+}
+
+void Model::ResetSequence(Sequence& sequence, LatentCache& cache) const {
+  cache.Release(sequence.pages);
+  sequence.pages.clear();
+  sequence.cached_tokens = 0;
+  for (auto& state : sequence.kda) {
+    backend_.Zero(state.recurrent);
+    backend_.Zero(state.conv);
+  }
+}
+
+absl::Status Model::Reserve(Sequence& sequence, LatentCache& cache, int64_t total_tokens) const {
+  const int64_t needed = cache.PagesFor(total_tokens) - static_cast<int64_t>(sequence.pages.size());
+  if (needed <= 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<int32_t> pages, cache.Allocate(needed));
+  sequence.pages.insert(sequence.pages.end(), pages.begin(), pages.end());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                                  const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  if (batch.empty()) return absl::InvalidArgumentError("empty batch");
+  if (cache.mla_layers() != c.mla_layer_count()) {
+    return absl::FailedPreconditionError("latent cache was made for another model");
+  }
+  std::vector<int32_t> ids;
+  std::vector<int32_t> output_rows;  // batch columns whose logits are returned
+  BatchContext ctx{backend_, c, 0, {}, {}, 0};
+  bool any_multi_token = false;
+  for (const BatchEntry& entry : batch) {
+    if (entry.sequence == nullptr || entry.tokens.empty()) {
+      return absl::InvalidArgumentError("every batch entry needs a sequence and at least one token");
+    }
+    for (int32_t id : entry.tokens) {
+      if (id < 0 || id >= c.vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab, ")"));
+      }
+    }
+    if (static_cast<int64_t>(entry.sequence->kda.size()) != c.kda_layer_count()) {
+      return absl::FailedPreconditionError("sequence was not made by this model");
+    }
+  }
+  // Reserve pages first so a failure changes nothing.
+  for (const BatchEntry& entry : batch) {
+    RETURN_IF_ERROR(Reserve(*entry.sequence, cache, entry.sequence->cached_tokens + entry.tokens.size()));
+  }
+  for (const BatchEntry& entry : batch) {
+    const int64_t first = static_cast<int64_t>(ids.size());
+    const int64_t count = static_cast<int64_t>(entry.tokens.size());
+    ids.insert(ids.end(), entry.tokens.begin(), entry.tokens.end());
+    ctx.slices.push_back({first, count});
+    ctx.latent.push_back({entry.sequence->pages, entry.sequence->cached_tokens, first, count});
+    any_multi_token |= count > 1;
+    if (entry.all_logits) {
+      for (int64_t t = 0; t < count; ++t) output_rows.push_back(static_cast<int32_t>(first + t));
+    } else {
+      output_rows.push_back(static_cast<int32_t>(first + count - 1));
+    }
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  ctx.tokens = n;
+  ctx.kda_chunk_tokens = any_multi_token ? options.kda_chunk_tokens : 0;
+
+  ASSIGN_OR_RETURN(Tensor id_tensor, backend_.Alloc(DType::kI32, {n, 1, 1, 1}));
+  backend_.Upload(ids.data(), ids.size() * sizeof(int32_t), id_tensor);
+  ASSIGN_OR_RETURN(Tensor x, ctx.F32({c.hidden, n, 1, 1}));
+  backend_.GetRows(weights_.token_embd, id_tensor, x);
+  ASSIGN_OR_RETURN(Tensor h, ctx.F32({c.hidden, n, 1, 1}));
+
+  for (int64_t layer = 0; layer < c.n_layers; ++layer) {
+    const LayerWeights& w = weights_.layers[layer];
+    backend_.RmsNorm(x, w.attn_norm, c.rms_eps, h);
+    Tensor attn;
+    if (c.is_mla[layer]) {
+      ASSIGN_OR_RETURN(attn, MlaLayer(ctx, w.mla, cache.pool(mla_index_[layer]), h));
+    } else {
+      std::vector<kernels::KdaStateView> states;
+      for (const BatchEntry& entry : batch) states.push_back(entry.sequence->kda[kda_index_[layer]]);
+      ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, h));
+    }
+    backend_.Add(x, attn, x);
+    backend_.RmsNorm(x, w.ffn_norm, c.rms_eps, h);
+    ASSIGN_OR_RETURN(Tensor ffn, FfnLayer(ctx, w.ffn, c.is_moe(layer), h));
+    backend_.Add(x, ffn, x);
+  }
+  for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += entry.tokens.size();
+
+  const int64_t m = static_cast<int64_t>(output_rows.size());
+  ASSIGN_OR_RETURN(Tensor rows, backend_.Alloc(DType::kI32, {m, 1, 1, 1}));
+  backend_.Upload(output_rows.data(), output_rows.size() * sizeof(int32_t), rows);
+  ASSIGN_OR_RETURN(Tensor selected, ctx.F32({c.hidden, m, 1, 1}));
+  backend_.GetRows(x, rows, selected);
+  backend_.RmsNorm(selected, weights_.output_norm, c.rms_eps, selected);
+  ASSIGN_OR_RETURN(Tensor logits, ctx.F32({c.vocab, m, 1, 1}));
+  backend_.MatMul(weights_.output, selected, logits);
+  std::vector<float> host(static_cast<size_t>(c.vocab * m));
+  backend_.Download(logits, host.data(), host.size() * sizeof(float));
+  return host;
+}
+
+absl::StatusOr<std::vector<float>> Model::Prefill(Sequence& sequence, absl::Span<const int32_t> tokens,
+                                                  LatentCache& cache, int64_t chunk_tokens, bool all_logits,
+                                                  const std::function<void(int64_t, int64_t)>& on_chunk,
+                                                  const ForwardOptions& options) const {
+  if (tokens.empty()) return absl::InvalidArgumentError("empty prompt");
+  if (chunk_tokens <= 0) chunk_tokens = static_cast<int64_t>(tokens.size());
+  // Reserve the whole prompt up front: running out of pages half-way would waste the work.
+  RETURN_IF_ERROR(Reserve(sequence, cache, sequence.cached_tokens + tokens.size()));
+  std::vector<float> logits;
+  for (int64_t first = 0; first < static_cast<int64_t>(tokens.size()); first += chunk_tokens) {
+    const int64_t count = std::min<int64_t>(chunk_tokens, tokens.size() - first);
+    const bool last = first + count == static_cast<int64_t>(tokens.size());
+    BatchEntry entry{&sequence, tokens.subspan(first, count), all_logits};
+    ASSIGN_OR_RETURN(std::vector<float> chunk_logits, Forward({entry}, cache, options));
+    if (all_logits) {
+      logits.insert(logits.end(), chunk_logits.begin(), chunk_logits.end());
+    } else if (last) {
+      logits = std::move(chunk_logits);
+    }
+    if (on_chunk) on_chunk(first, count);
+  }
+  return logits;
+}
+
+}  // namespace latentserve::model

@@ -1,0 +1,76 @@
+// The Kimi-Linear forward pass over a batch of sequences, on any kernels::Backend.
+//
+// A batch is a list of (sequence, new tokens). Prefill is a batch of one sequence with a
+// chunk of its prompt (KDA in chunked form); a decode step is a batch of many sequences with
+// one token each (KDA recurrence). Either way, new latent rows go to the paged cache and each
+// sequence's KDA state advances.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/gguf/gguf.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/latent_cache.h"
+#include "model/sequence.h"
+#include "model/weights.h"
+
+namespace latentserve::model {
+
+struct BatchEntry {
+  Sequence* sequence = nullptr;
+  absl::Span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every new token, else only for the last
+};
+
+struct ForwardOptions {
+  int64_t kda_chunk_tokens = 64;  // chunked KDA when a sequence has > 1 new token; 0 = recurrence
+};
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path, kernels::Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  const Weights& weights() const { return weights_; }
+  kernels::Backend& backend() const { return backend_; }
+  const gguf::File& file() const { return *file_; }
+  int64_t vocab() const { return config_.vocab; }
+
+  // A fresh sequence with zeroed KDA state and no cache pages.
+  absl::StatusOr<std::unique_ptr<Sequence>> NewSequence() const;
+  // Returns the sequence's pages to the cache and zeroes its KDA state.
+  void ResetSequence(Sequence& sequence, LatentCache& cache) const;
+  // Makes sure the sequence owns pages for `total_tokens` tokens.
+  absl::Status Reserve(Sequence& sequence, LatentCache& cache, int64_t total_tokens) const;
+  // Bytes of one sequence's KDA state (recurrent matrices + conv tails).
+  int64_t KdaStateBytes() const;
+
+  // Runs one batch. Returns logits row-major: for each entry in order, one row of `vocab`
+  // floats per new token (all_logits) or one for its last token.
+  absl::StatusOr<std::vector<float>> Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                             const ForwardOptions& options = {}) const;
+
+  // Chunked prefill of one sequence; `on_chunk(first_token, count)` runs after each chunk's
+  // cache rows are final. Returns logits of every token (all_logits) or of the last.
+  absl::StatusOr<std::vector<float>> Prefill(
+      Sequence& sequence, absl::Span<const int32_t> tokens, LatentCache& cache, int64_t chunk_tokens,
+      bool all_logits, const std::function<void(int64_t, int64_t)>& on_chunk = nullptr,
+      const ForwardOptions& options = {}) const;
+
+ private:
+  Model(kernels::Backend& backend) : backend_(backend) {}
+  kernels::Backend& backend_;
+  std::unique_ptr<gguf::File> file_;
+  ModelConfig config_;
+  Weights weights_;
+  std::vector<int64_t> kda_index_;  // layer -> KDA ordinal (-1 for MLA layers)
+  std::vector<int64_t> mla_index_;  // layer -> MLA ordinal (-1 for KDA layers)
+};
+
+}  // namespace latentserve::model

@@ -1,0 +1,33 @@
+// Token sampling on the host from one row of logits (llama.cpp-style chain:
+// top-k -> top-p -> min-p -> temperature -> draw). temperature <= 0 is greedy.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace latentserve::model {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // <= 0: greedy (argmax)
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+  int32_t Sample(absl::Span<const float> logits);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+int32_t Argmax(absl::Span<const float> logits);
+
+}  // namespace latentserve::model

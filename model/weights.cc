@@ -1,0 +1,124 @@
+#include "model/weights.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+
+namespace latentserve::model {
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& ne) { return absl::StrCat("[", absl::StrJoin(ne, ", "), "]"); }
+
+class Loader {
+ public:
+  Loader(const gguf::File& file, kernels::Backend& backend, uint64_t* bytes)
+      : file_(file), backend_(backend), bytes_(bytes) {}
+
+  // Loads `name` expecting `shape` (trailing 1s in the file are ignored). `f32_only` for
+  // small parameters that the math needs in full precision.
+  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
+                             bool optional = false) {
+    const gguf::TensorInfo* info = file_.FindTensor(name);
+    if (info == nullptr) {
+      if (optional) return Tensor{};
+      return absl::InvalidArgumentError(absl::StrCat("model file lacks tensor '", name, "'"));
+    }
+    std::vector<int64_t> have = info->ne;
+    while (have.size() > 1 && have.back() == 1) have.pop_back();
+    std::vector<int64_t> want = shape;
+    while (want.size() > 1 && want.back() == 1) want.pop_back();
+    // Conv weights may be stored as [d_conv, 1, Di]; drop interior 1s for the comparison.
+    if (have != want) {
+      std::vector<int64_t> squeezed_have, squeezed_want;
+      for (int64_t d : have) if (d != 1) squeezed_have.push_back(d);
+      for (int64_t d : want) if (d != 1) squeezed_want.push_back(d);
+      if (squeezed_have != squeezed_want) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", ShapeString(info->ne),
+                                                       ", expected ", ShapeString(shape)));
+      }
+    }
+    if (f32_only && info->type != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' must be f32, found ", DTypeName(info->type)));
+    }
+    kernels::Shape ne = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
+    *bytes_ += info->nbytes;
+    return backend_.ImportHost(info->type, ne, info->data);
+  }
+
+ private:
+  const gguf::File& file_;
+  kernels::Backend& backend_;
+  uint64_t* bytes_;
+};
+
+}  // namespace
+
+absl::StatusOr<Weights> Weights::Load(const gguf::File& file, const ModelConfig& c, kernels::Backend& backend) {
+  Weights w;
+  Loader l(file, backend, &w.bytes);
+  const gguf::TensorInfo* embd = file.FindTensor("token_embd.weight");
+  if (embd == nullptr || embd->ne.size() < 2) {
+    return absl::InvalidArgumentError("model file lacks a 2-D tensor 'token_embd.weight'");
+  }
+  const int64_t vocab = embd->ne[1];
+  const int64_t E = c.hidden, H = c.n_heads, Dk = c.kda_head_dim, Di = c.kda_inner();
+  const int64_t R = c.kv_lora_rank, Pn = c.qk_nope, Pr = c.qk_rope, Dv = c.v_head;
+  ASSIGN_OR_RETURN(w.token_embd, l.Get("token_embd.weight", {E, vocab}));
+  ASSIGN_OR_RETURN(w.output_norm, l.Get("output_norm.weight", {E}, true));
+  ASSIGN_OR_RETURN(w.output, l.Get("output.weight", {E, vocab}));
+  w.layers.resize(c.n_layers);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    LayerWeights& L = w.layers[i];
+    auto n = [i](const char* suffix) { return absl::StrCat("blk.", i, ".", suffix); };
+    ASSIGN_OR_RETURN(L.attn_norm, l.Get(n("attn_norm.weight"), {E}, true));
+    ASSIGN_OR_RETURN(L.ffn_norm, l.Get(n("ffn_norm.weight"), {E}, true));
+    if (c.is_mla[i]) {
+      MlaWeights& m = L.mla;
+      ASSIGN_OR_RETURN(m.q, l.Get(n("attn_q.weight"), {E, H * (Pn + Pr)}));
+      ASSIGN_OR_RETURN(m.kv_a, l.Get(n("attn_kv_a_mqa.weight"), {E, R + Pr}));
+      ASSIGN_OR_RETURN(m.kv_norm, l.Get(n("attn_kv_a_norm.weight"), {R}, true));
+      ASSIGN_OR_RETURN(m.k_b, l.Get(n("attn_k_b.weight"), {Pn, R, H}));
+      ASSIGN_OR_RETURN(m.v_b, l.Get(n("attn_v_b.weight"), {R, Dv, H}));
+      ASSIGN_OR_RETURN(m.out, l.Get(n("attn_output.weight"), {H * Dv, E}));
+    } else {
+      KdaWeights& k = L.kda;
+      ASSIGN_OR_RETURN(k.q, l.Get(n("attn_q.weight"), {E, Di}));
+      ASSIGN_OR_RETURN(k.k, l.Get(n("attn_k.weight"), {E, Di}));
+      ASSIGN_OR_RETURN(k.v, l.Get(n("attn_v.weight"), {E, Di}));
+      ASSIGN_OR_RETURN(k.conv_q, l.Get(n("ssm_conv1d_q.weight"), {c.conv_kernel, Di}, true));
+      ASSIGN_OR_RETURN(k.conv_k, l.Get(n("ssm_conv1d_k.weight"), {c.conv_kernel, Di}, true));
+      ASSIGN_OR_RETURN(k.conv_v, l.Get(n("ssm_conv1d_v.weight"), {c.conv_kernel, Di}, true));
+      ASSIGN_OR_RETURN(k.f_a, l.Get(n("ssm_f_a.weight"), {E, Dk}));
+      ASSIGN_OR_RETURN(k.f_b, l.Get(n("ssm_f_b.weight"), {Dk, Di}));
+      ASSIGN_OR_RETURN(k.beta, l.Get(n("ssm_beta.weight"), {E, H}));
+      ASSIGN_OR_RETURN(k.a, l.Get(n("ssm_a"), {H}, true));
+      ASSIGN_OR_RETURN(k.dt_bias, l.Get(n("ssm_dt.bias"), {Di}, true));
+      ASSIGN_OR_RETURN(k.g_a, l.Get(n("ssm_g_a.weight"), {E, Dk}));
+      ASSIGN_OR_RETURN(k.g_b, l.Get(n("ssm_g_b.weight"), {Dk, Di}));
+      ASSIGN_OR_RETURN(k.o_norm, l.Get(n("ssm_norm.weight"), {Dk}, true));
+      ASSIGN_OR_RETURN(k.out, l.Get(n("attn_output.weight"), {Di, E}));
+    }
+    FfnWeights& f = L.ffn;
+    if (!c.is_moe(i)) {
+      ASSIGN_OR_RETURN(f.gate, l.Get(n("ffn_gate.weight"), {E, c.ffn}));
+      ASSIGN_OR_RETURN(f.up, l.Get(n("ffn_up.weight"), {E, c.ffn}));
+      ASSIGN_OR_RETURN(f.down, l.Get(n("ffn_down.weight"), {c.ffn, E}));
+    } else {
+      const int64_t X = c.n_experts, Fe = c.expert_ffn;
+      const int64_t Fs = Fe * std::max<int64_t>(1, c.n_shared_experts);
+      ASSIGN_OR_RETURN(f.router, l.Get(n("ffn_gate_inp.weight"), {E, X}));
+      ASSIGN_OR_RETURN(f.router_bias, l.Get(n("exp_probs_b.bias"), {X}, true));
+      ASSIGN_OR_RETURN(f.experts.gate_exps, l.Get(n("ffn_gate_exps.weight"), {E, Fe, X}));
+      ASSIGN_OR_RETURN(f.experts.up_exps, l.Get(n("ffn_up_exps.weight"), {E, Fe, X}));
+      ASSIGN_OR_RETURN(f.experts.down_exps, l.Get(n("ffn_down_exps.weight"), {Fe, E, X}));
+      const bool shared = c.n_shared_experts > 0;
+      ASSIGN_OR_RETURN(f.shared_gate, l.Get(n("ffn_gate_shexp.weight"), {E, Fs}, false, !shared));
+      ASSIGN_OR_RETURN(f.shared_up, l.Get(n("ffn_up_shexp.weight"), {E, Fs}, false, !shared));
+      ASSIGN_OR_RETURN(f.shared_down, l.Get(n("ffn_down_shexp.weight"), {Fs, E}, false, !shared));
+    }
+  }
+  return w;
+}
+
+}  // namespace latentserve::model

@@ -1,0 +1,177 @@
+// Engine invariants on generated models: chunking, splitting, decoding and batching change
+// nothing; bad input fails without touching the cache.
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "model/plan.h"
+#include "tools/lib/test_model.h"
+
+namespace latentserve::model {
+namespace {
+
+double Nmse(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return num / std::max(den, 1e-30);
+}
+
+class ModelInvariants : public ::testing::TestWithParam<DType> {
+ protected:
+  static void SetUpTestSuite() {
+    path_ = (std::filesystem::temp_directory_path() / ("ls_invariants_" + std::to_string(::getpid()) + ".gguf")).string();
+    tools::TestModelOptions options = tools::TinyTestModel();
+    options.out_path = path_;
+    options.seed = 7;
+    options.layers = 5;
+    options.mla_layers = {1, 4};
+    ASSERT_TRUE(tools::WriteTestModel(options).ok());
+  }
+  static void TearDownTestSuite() { std::filesystem::remove(path_); }
+
+  void SetUp() override {
+    backend_ = *kernels::CreateBackend({"cpu", 2, 0});
+    auto model = Model::Load(path_, *backend_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    LatentCacheOptions options;
+    options.dtype = GetParam();
+    options.page_tokens = 16;
+    options.pages = 64;
+    cache_ = *LatentCache::Create(model_->config(), *backend_, options);
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->vocab()) - 1);
+    for (int i = 0; i < 150; ++i) prompt_.push_back(id(rng));
+  }
+  void TearDown() override { EXPECT_EQ(cache_->free_pages(), cache_->total_pages()) << "pages leaked"; }
+
+  std::vector<float> PrefillAll(Sequence& seq, absl::Span<const int32_t> tokens, int64_t chunk) {
+    auto logits = model_->Prefill(seq, tokens, *cache_, chunk, true);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return *logits;
+  }
+
+  static std::string path_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<LatentCache> cache_;
+  std::vector<int32_t> prompt_;
+};
+std::string ModelInvariants::path_;
+
+TEST_P(ModelInvariants, ChunkSizeDoesNotChangeLogits) {
+  const int64_t V = model_->vocab();
+  auto a = *model_->NewSequence();
+  auto whole = PrefillAll(*a, prompt_, 1000);
+  model_->ResetSequence(*a, *cache_);
+  for (int64_t chunk : {1, 7, 64}) {
+    auto b = *model_->NewSequence();
+    auto chunked = PrefillAll(*b, prompt_, chunk);
+    model_->ResetSequence(*b, *cache_);
+    ASSERT_EQ(chunked.size(), whole.size());
+    for (size_t t = 0; t < prompt_.size(); ++t) {
+      ASSERT_LT(Nmse(chunked.data() + t * V, whole.data() + t * V, V), 1e-9) << "chunk " << chunk << " pos " << t;
+    }
+  }
+}
+
+TEST_P(ModelInvariants, PrefillOfAThenBEqualsPrefillOfAB) {
+  const int64_t V = model_->vocab(), split = 61;
+  auto ab = *model_->NewSequence();
+  auto whole = PrefillAll(*ab, prompt_, 32);
+  auto s = *model_->NewSequence();
+  PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(0, split), 32);
+  auto tail = PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(split), 32);
+  for (size_t t = 0; t < prompt_.size() - split; ++t) {
+    ASSERT_LT(Nmse(tail.data() + t * V, whole.data() + (split + t) * V, V), 1e-9) << "pos " << t;
+  }
+  model_->ResetSequence(*ab, *cache_);
+  model_->ResetSequence(*s, *cache_);
+}
+
+TEST_P(ModelInvariants, PrefillThenDecodeEqualsLongerPrefill) {
+  const int64_t V = model_->vocab(), prefix = 100;
+  auto full = *model_->NewSequence();
+  auto whole = PrefillAll(*full, prompt_, 64);
+  auto s = *model_->NewSequence();
+  PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(0, prefix), 64);
+  for (size_t t = prefix; t < prompt_.size(); ++t) {
+    BatchEntry entry{s.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
+    auto logits = model_->Forward({entry}, *cache_);
+    ASSERT_TRUE(logits.ok());
+    ASSERT_LT(Nmse(logits->data(), whole.data() + t * V, V), 1e-8) << "pos " << t;
+  }
+  model_->ResetSequence(*full, *cache_);
+  model_->ResetSequence(*s, *cache_);
+}
+
+TEST_P(ModelInvariants, BatchedDecodeEqualsSeparateDecode) {
+  const int64_t V = model_->vocab();
+  std::vector<std::unique_ptr<Sequence>> batched, single;
+  const int64_t lengths[] = {20, 57, 3};
+  for (int64_t len : lengths) {
+    for (auto* group : {&batched, &single}) {
+      group->push_back(*model_->NewSequence());
+      PrefillAll(*group->back(), absl::MakeConstSpan(prompt_).subspan(0, len), 16);
+    }
+  }
+  for (int step = 0; step < 4; ++step) {
+    std::vector<BatchEntry> batch;
+    for (size_t i = 0; i < batched.size(); ++i) {
+      batch.push_back({batched[i].get(), absl::MakeConstSpan(&prompt_[100 + step + i], 1), false});
+    }
+    auto together = model_->Forward(batch, *cache_);
+    ASSERT_TRUE(together.ok());
+    for (size_t i = 0; i < single.size(); ++i) {
+      BatchEntry entry{single[i].get(), absl::MakeConstSpan(&prompt_[100 + step + i], 1), false};
+      auto alone = model_->Forward({entry}, *cache_);
+      ASSERT_TRUE(alone.ok());
+      ASSERT_LT(Nmse(together->data() + i * V, alone->data(), V), 1e-9) << "seq " << i << " step " << step;
+    }
+  }
+  for (auto* group : {&batched, &single})
+    for (auto& s : *group) model_->ResetSequence(*s, *cache_);
+}
+
+TEST_P(ModelInvariants, OutOfRangeTokenFailsAndChangesNothing) {
+  auto s = *model_->NewSequence();
+  std::vector<int32_t> bad = {1, 2, static_cast<int32_t>(model_->vocab())};
+  auto result = model_->Prefill(*s, bad, *cache_, 16, false);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("outside the vocabulary"), std::string::npos);
+  EXPECT_EQ(s->cached_tokens, 0);
+  model_->ResetSequence(*s, *cache_);
+  std::vector<int32_t> negative = {-1};
+  EXPECT_EQ(model_->Prefill(*s, negative, *cache_, 16, false).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(ModelInvariants, CacheExhaustionIsAnErrorNotACrash) {
+  auto s = *model_->NewSequence();
+  std::vector<int32_t> huge(16 * 64 + 1, 1);
+  auto result = model_->Prefill(*s, huge, *cache_, 256, false);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+  model_->ResetSequence(*s, *cache_);
+}
+
+INSTANTIATE_TEST_SUITE_P(CacheTypes, ModelInvariants,
+                         ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST(Plan, RealModelLatentBytesMatchDesign) {
+  const ModelConfig c = ModelConfig::KimiLinear48B();
+  EXPECT_EQ(PlanMemory(c, 1048576, DType::kF16, 0).latent_cache_bytes, 8455716864);
+  EXPECT_EQ(PlanMemory(c, 1048576, DType::kQ8_0, 0).latent_cache_bytes, 4492099584);
+  EXPECT_EQ(PlanMemory(c, 1048576, DType::kQ4_0, 0).latent_cache_bytes, 2378170368);
+  // 20 x (32 x 128 x 128 + 3 x 3 x 4096) x 4 B (DESIGN.md §2).
+  EXPECT_EQ(PlanMemory(c, 1, DType::kF16, 0).kda_state_bytes, 20 * (32 * 128 * 128 + 3 * 3 * 4096) * 4);
+}
+
+}  // namespace
+}  // namespace latentserve::model

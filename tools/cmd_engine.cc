@@ -1,0 +1,162 @@
+// Offline engine subcommands: logits, generate, plan.
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/args.h"
+#include "common/status.h"
+#include "model/plan.h"
+#include "model/sampler.h"
+#include "tools/cli.h"
+#include "tools/lib/engine_setup.h"
+
+namespace latentserve::cli {
+namespace {
+
+int Fail(const absl::Status& status, const char* command) {
+  std::fprintf(stderr, "latentserve %s: %s\n", command, std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+void PrintFloatArray(std::string& out, const float* values, int64_t n) {
+  out += '[';
+  char buf[32];
+  for (int64_t i = 0; i < n; ++i) {
+    if (i) out += ',';
+    std::snprintf(buf, sizeof(buf), "%.8g", values[i]);
+    out += buf;
+  }
+  out += ']';
+}
+
+// latentserve logits: per-position logits and a greedy continuation, as one JSON object.
+absl::Status RunLogits(int argc, char** argv) {
+  std::set<std::string> known = kEngineFlags;
+  known.insert({"tokens", "tokens-file", "greedy"});
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known));
+  ASSIGN_OR_RETURN(std::vector<int32_t> tokens, TokensFromArgs(args, "tokens", "tokens-file"));
+  ASSIGN_OR_RETURN(int64_t greedy, args.GetInt("greedy", 0));
+  if (greedy < 0) return absl::InvalidArgumentError("--greedy must be >= 0");
+  ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(tokens.size()) + greedy));
+  const model::Model& m = *engine.model;
+  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  ASSIGN_OR_RETURN(std::vector<float> logits,
+                   m.Prefill(*sequence, tokens, *engine.cache, engine.chunk_tokens, /*all_logits=*/true));
+  const int64_t vocab = m.vocab();
+  std::vector<int32_t> continuation;
+  std::vector<float> last(logits.end() - vocab, logits.end());
+  for (int64_t i = 0; i < greedy; ++i) {
+    const int32_t next = model::Argmax(last);
+    continuation.push_back(next);
+    if (i + 1 == greedy) break;
+    model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&continuation.back(), 1), false};
+    ASSIGN_OR_RETURN(last, m.Forward({entry}, *engine.cache));
+  }
+  m.ResetSequence(*sequence, *engine.cache);
+  std::string out = "{\"logits\":[";
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    if (t) out += ',';
+    PrintFloatArray(out, logits.data() + t * vocab, vocab);
+  }
+  out += "],\"greedy\":[";
+  for (size_t i = 0; i < continuation.size(); ++i) absl::StrAppend(&out, i ? "," : "", continuation[i]);
+  out += "]}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return absl::OkStatus();
+}
+
+// latentserve generate: prefill then sample, streaming each token id as it is made.
+absl::Status RunGenerate(int argc, char** argv) {
+  std::set<std::string> known = kEngineFlags;
+  known.insert({"prompt-tokens", "prompt-tokens-file", "max-tokens", "temperature", "top-k", "top-p", "min-p",
+                "seed"});
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"ignore-eos"}));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, TokensFromArgs(args, "prompt-tokens", "prompt-tokens-file"));
+  ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
+  if (max_tokens <= 0) return absl::InvalidArgumentError("--max-tokens must be positive");
+  model::SamplingParams sampling;
+  ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
+  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
+  ASSIGN_OR_RETURN(double min_p, args.GetDouble("min-p", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  sampling.temperature = static_cast<float>(temperature);
+  sampling.top_k = static_cast<int32_t>(top_k);
+  sampling.top_p = static_cast<float>(top_p);
+  sampling.min_p = static_cast<float>(min_p);
+  sampling.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(prompt.size()) + max_tokens));
+  const model::Model& m = *engine.model;
+  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(std::vector<float> logits, m.Prefill(*sequence, prompt, *engine.cache, engine.chunk_tokens, false));
+  const auto prefilled = std::chrono::steady_clock::now();
+  model::Sampler sampler(sampling);
+  int64_t generated = 0;
+  for (; generated < max_tokens; ++generated) {
+    const int32_t next = sampler.Sample(logits);
+    std::printf("%s%d", generated ? "," : "", next);
+    std::fflush(stdout);
+    if (generated + 1 == max_tokens) break;
+    model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&next, 1), false};
+    ASSIGN_OR_RETURN(logits, m.Forward({entry}, *engine.cache));
+  }
+  const auto done = std::chrono::steady_clock::now();
+  std::printf("\n");
+  const double prefill_s = std::chrono::duration<double>(prefilled - start).count();
+  const double decode_s = std::chrono::duration<double>(done - prefilled).count();
+  std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens in %.3f s (%.1f tok/s)\n",
+               prompt.size(), prefill_s, prompt.size() / prefill_s, static_cast<long long>(generated + 1), decode_s,
+               generated > 0 ? generated / decode_s : 0.0);
+  m.ResetSequence(*sequence, *engine.cache);
+  return absl::OkStatus();
+}
+
+// latentserve plan: the memory arithmetic of DESIGN.md §2 for a model file or a named config.
+absl::Status RunPlan(int argc, char** argv) {
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"model", "config", "context", "cache-type", "weight-type"}));
+  ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 1048576));
+  if (context <= 0) return absl::InvalidArgumentError("--context must be positive");
+  auto cache_type = ParseDType(args.Get("cache-type", "f16"));
+  if (!cache_type) return absl::InvalidArgumentError("--cache-type must be f32, f16, bf16, q8_0 or q4_0");
+  model::ModelConfig config;
+  int64_t weights_bytes = 0;
+  if (args.Has("model")) {
+    ASSIGN_OR_RETURN(auto file, gguf::File::Open(args.Get("model")));
+    ASSIGN_OR_RETURN(config, model::ModelConfig::FromGguf(*file));
+    for (const auto& t : file->tensors()) weights_bytes += static_cast<int64_t>(t.nbytes);
+  } else if (args.Get("config") == "kimi-linear-48b-a3b") {
+    config = model::ModelConfig::KimiLinear48B();
+    auto weight_type = ParseDType(args.Get("weight-type", "q4_0"));
+    if (!weight_type) return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0 or q4_0");
+    weights_bytes = model::WeightBytes(config, *weight_type);
+  } else {
+    return absl::InvalidArgumentError("give --model PATH or --config kimi-linear-48b-a3b");
+  }
+  const model::MemoryPlan plan = model::PlanMemory(config, context, *cache_type, weights_bytes);
+  std::printf(
+      "{\"context_tokens\":%lld,\"cache_type\":\"%s\",\"mla_layers\":%lld,\"kda_layers\":%lld,"
+      "\"latent_bytes_per_token\":%lld,\"latent_cache_bytes\":%lld,\"kda_state_bytes\":%lld,"
+      "\"weights_bytes\":%lld,\"mha_cache_bytes_f16\":%lld}\n",
+      static_cast<long long>(context), DTypeName(*cache_type), static_cast<long long>(config.mla_layer_count()),
+      static_cast<long long>(config.kda_layer_count()), static_cast<long long>(plan.latent_cache_bytes / context),
+      static_cast<long long>(plan.latent_cache_bytes), static_cast<long long>(plan.kda_state_bytes),
+      static_cast<long long>(plan.weights_bytes), static_cast<long long>(plan.mha_cache_bytes_f16));
+  return absl::OkStatus();
+}
+
+int Wrap(absl::Status (*fn)(int, char**), const char* name, int argc, char** argv) {
+  absl::Status status = fn(argc, argv);
+  return status.ok() ? 0 : Fail(status, name);
+}
+
+Registrar logits_cmd("logits", "per-position logits (JSON) and a greedy continuation",
+                     [](int argc, char** argv) { return Wrap(RunLogits, "logits", argc, argv); });
+Registrar generate_cmd("generate", "generate tokens from a prompt, streaming them",
+                       [](int argc, char** argv) { return Wrap(RunGenerate, "generate", argc, argv); });
+Registrar plan_cmd("plan", "memory plan (latent cache, KDA state, weights) for a context",
+                   [](int argc, char** argv) { return Wrap(RunPlan, "plan", argc, argv); });
+
+}  // namespace
+}  // namespace latentserve::cli

@@ -1,0 +1,62 @@
+#include "tools/lib/engine_setup.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace latentserve::cli {
+
+absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) {
+  Engine engine;
+  kernels::BackendOptions backend_options;
+  backend_options.kind = args.Get("backend", "cpu");
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  backend_options.threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(engine.backend, kernels::CreateBackend(backend_options));
+  ASSIGN_OR_RETURN(std::string path, args.Require("model"));
+  ASSIGN_OR_RETURN(engine.model, model::Model::Load(path, *engine.backend));
+  model::LatentCacheOptions cache_options;
+  const std::string cache_type = args.Get("cache-type", "f16");
+  auto dtype = ParseDType(cache_type);
+  if (!dtype) {
+    return absl::InvalidArgumentError(absl::StrCat("--cache-type must be f32, f16, bf16, q8_0 or q4_0, got '",
+                                                   cache_type, "'"));
+  }
+  cache_options.dtype = *dtype;
+  ASSIGN_OR_RETURN(cache_options.page_tokens, args.GetInt("page-tokens", 256));
+  ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", context_tokens));
+  context = std::max(context, context_tokens);
+  cache_options.pages = std::max<int64_t>(1, (context + cache_options.page_tokens - 1) / cache_options.page_tokens);
+  ASSIGN_OR_RETURN(engine.cache, model::LatentCache::Create(engine.model->config(), *engine.backend, cache_options));
+  ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", 512));
+  if (engine.chunk_tokens <= 0) return absl::InvalidArgumentError("--chunk must be positive");
+  return engine;
+}
+
+absl::StatusOr<std::vector<int32_t>> TokensFromArgs(const Args& args, const std::string& flag,
+                                                    const std::string& file_flag) {
+  std::string text;
+  if (args.Has(file_flag)) {
+    std::ifstream in(args.Get(file_flag));
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read --", file_flag, " ", args.Get(file_flag)));
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  } else if (args.Has(flag)) {
+    text = args.Get(flag);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " or --", file_flag, " is required"));
+  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> values, ParseIntList(text));
+  std::vector<int32_t> tokens;
+  for (int64_t v : values) {
+    if (v < 0 || v > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat("token id ", v, " is out of range"));
+    tokens.push_back(static_cast<int32_t>(v));
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  return tokens;
+}
+
+}  // namespace latentserve::cli
