@@ -31,7 +31,8 @@ for (const t of tokens) {
 const needed = tokens.length + greedy;
 const contextOptions = {
   contextSize: Math.max(args.ctx ?? 0, needed),
-  batchSize: Math.max(args.batch ?? 0, tokens.length),
+  // One batch for the whole prompt unless --batch asks for llama.cpp to split it.
+  batchSize: args.batch ?? tokens.length,
   threads: { ideal: threads, min: threads },
   sequences: 1,
 };
