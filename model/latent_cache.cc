@@ -75,3 +75,60 @@ size_t LatentCache::bytes_per_token() const {
 }
 
 }  // namespace latentserve::model
+
+namespace latentserve::model {
+
+namespace {
+absl::Status CheckRange(const LatentCache& cache, int64_t mla_index, absl::Span<const int32_t> page_table,
+                        int64_t first_token, int64_t count) {
+  if (mla_index < 0 || mla_index >= cache.mla_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("MLA layer index ", mla_index, " out of range"));
+  }
+  if (first_token < 0 || count < 0 ||
+      first_token + count > static_cast<int64_t>(page_table.size()) * cache.page_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat("tokens [", first_token, ", ", first_token + count,
+                                                   ") are outside the sequence's ", page_table.size(), " pages"));
+  }
+  for (int32_t page : page_table) {
+    if (page < 0 || page >= cache.total_pages()) return absl::InvalidArgumentError("page id out of range");
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status LatentCache::ExportRows(kernels::Backend& backend, int64_t mla_index, absl::Span<const int32_t> page_table,
+                                     int64_t first_token, int64_t count, std::string* out) const {
+  if (auto s = CheckRange(*this, mla_index, page_table, first_token, count); !s.ok()) return s;
+  const size_t rb = row_bytes();
+  out->resize(rb * count);
+  // Runs of consecutive tokens inside one page are contiguous in the pool.
+  for (int64_t t = 0; t < count;) {
+    const int64_t position = first_token + t;
+    const int64_t slot = position % options_.page_tokens;
+    const int64_t run = std::min(count - t, options_.page_tokens - slot);
+    const int64_t row = static_cast<int64_t>(page_table[position / options_.page_tokens]) * options_.page_tokens + slot;
+    backend.Download(pools_[mla_index], out->data() + t * rb, run * rb, row * rb);
+    t += run;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LatentCache::ImportRows(kernels::Backend& backend, int64_t mla_index, absl::Span<const int32_t> page_table,
+                                     int64_t first_token, int64_t count, std::string_view rows) const {
+  if (auto s = CheckRange(*this, mla_index, page_table, first_token, count); !s.ok()) return s;
+  const size_t rb = row_bytes();
+  if (rows.size() != rb * count) {
+    return absl::InvalidArgumentError(absl::StrCat("latent rows: got ", rows.size(), " bytes, expected ", rb * count));
+  }
+  for (int64_t t = 0; t < count;) {
+    const int64_t position = first_token + t;
+    const int64_t slot = position % options_.page_tokens;
+    const int64_t run = std::min(count - t, options_.page_tokens - slot);
+    const int64_t row = static_cast<int64_t>(page_table[position / options_.page_tokens]) * options_.page_tokens + slot;
+    backend.Upload(rows.data() + t * rb, run * rb, pools_[mla_index], row * rb);
+    t += run;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace latentserve::model

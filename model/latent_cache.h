@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -42,6 +44,17 @@ class LatentCache {
   size_t bytes_per_token() const;
   size_t total_bytes() const { return page_bytes_per_layer() * options_.pages * pools_.size(); }
   const kernels::Tensor& pool(int64_t mla_index) const { return pools_[mla_index]; }
+
+  // Raw latent rows of tokens [first_token, first_token + count) of a sequence in one MLA
+  // layer, in the cache dtype: `count` rows of RowBytes(dtype, latent_width) bytes each.
+  // This is the unit the prefill worker streams to the decode worker.
+  absl::Status ExportRows(kernels::Backend& backend, int64_t mla_index, absl::Span<const int32_t> page_table,
+                          int64_t first_token, int64_t count, std::string* out) const;
+  // The inverse: writes rows received from a peer (same dtype and width) into this cache.
+  absl::Status ImportRows(kernels::Backend& backend, int64_t mla_index, absl::Span<const int32_t> page_table,
+                          int64_t first_token, int64_t count, std::string_view rows) const;
+  size_t row_bytes() const { return static_cast<size_t>(RowBytes(options_.dtype, latent_width_)); }
+  int64_t latent_width() const { return latent_width_; }
   int64_t mla_layers() const { return static_cast<int64_t>(pools_.size()); }
 
  private:

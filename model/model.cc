@@ -32,6 +32,31 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, kern
 
 int64_t Model::KdaStateBytes() const { return PlanMemory(config_, 0, DType::kF32, 0).kda_state_bytes; }
 
+absl::Status Model::ExportKdaState(const Sequence& sequence, int64_t kda_index, std::string* out) const {
+  if (kda_index < 0 || kda_index >= static_cast<int64_t>(sequence.kda.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("KDA layer index ", kda_index, " out of range"));
+  }
+  const kernels::KdaStateView& state = sequence.kda[kda_index];
+  out->resize(state.recurrent.nbytes() + state.conv.nbytes());
+  backend_.Download(state.recurrent, out->data(), state.recurrent.nbytes());
+  backend_.Download(state.conv, out->data() + state.recurrent.nbytes(), state.conv.nbytes());
+  return absl::OkStatus();
+}
+
+absl::Status Model::ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const {
+  if (kda_index < 0 || kda_index >= static_cast<int64_t>(sequence.kda.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("KDA layer index ", kda_index, " out of range"));
+  }
+  const kernels::KdaStateView& state = sequence.kda[kda_index];
+  if (bytes.size() != state.recurrent.nbytes() + state.conv.nbytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("KDA state: got ", bytes.size(), " bytes, expected ",
+                                                   state.recurrent.nbytes() + state.conv.nbytes()));
+  }
+  backend_.Upload(bytes.data(), state.recurrent.nbytes(), state.recurrent);
+  backend_.Upload(bytes.data() + state.recurrent.nbytes(), state.conv.nbytes(), state.conv);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Sequence>> Model::NewSequence() const {
   auto sequence = std::make_unique<Sequence>();
   const ModelConfig& c = config_;
@@ -64,6 +89,16 @@ absl::Status Model::Reserve(Sequence& sequence, LatentCache& cache, int64_t tota
   return absl::OkStatus();
 }
 
+absl::Status Model::ValidateTokens(absl::Span<const int32_t> tokens) const {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ", config_.vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
                                                   const ForwardOptions& options) const {
   const ModelConfig& c = config_;
@@ -79,11 +114,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
     if (entry.sequence == nullptr || entry.tokens.empty()) {
       return absl::InvalidArgumentError("every batch entry needs a sequence and at least one token");
     }
-    for (int32_t id : entry.tokens) {
-      if (id < 0 || id >= c.vocab) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab, ")"));
-      }
-    }
+    RETURN_IF_ERROR(ValidateTokens(entry.tokens));
     if (static_cast<int64_t>(entry.sequence->kda.size()) != c.kda_layer_count()) {
       return absl::FailedPreconditionError("sequence was not made by this model");
     }
@@ -152,6 +183,7 @@ absl::StatusOr<std::vector<float>> Model::Prefill(Sequence& sequence, absl::Span
                                                   const ForwardOptions& options) const {
   if (tokens.empty()) return absl::InvalidArgumentError("empty prompt");
   if (chunk_tokens <= 0) chunk_tokens = static_cast<int64_t>(tokens.size());
+  RETURN_IF_ERROR(ValidateTokens(tokens));
   // Reserve the whole prompt up front: running out of pages half-way would waste the work.
   RETURN_IF_ERROR(Reserve(sequence, cache, sequence.cached_tokens + tokens.size()));
   std::vector<float> logits;

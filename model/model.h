@@ -50,6 +50,13 @@ class Model {
   absl::Status Reserve(Sequence& sequence, LatentCache& cache, int64_t total_tokens) const;
   // Bytes of one sequence's KDA state (recurrent matrices + conv tails).
   int64_t KdaStateBytes() const;
+  // KDA state of one KDA layer (ordinal among KDA layers) as bytes: the f32 recurrent state
+  // [Dk, Dk, H] followed by the f32 conv tails [d_conv - 1, Di, 3]. Import checks the size.
+  absl::Status ExportKdaState(const Sequence& sequence, int64_t kda_index, std::string* out) const;
+  absl::Status ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const;
+
+  // InvalidArgument naming the first id outside [0, vocab).
+  absl::Status ValidateTokens(absl::Span<const int32_t> tokens) const;
 
   // Runs one batch. Returns logits row-major: for each entry in order, one row of `vocab`
   // floats per new token (all_logits) or one for its last token.

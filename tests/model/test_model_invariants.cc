@@ -32,6 +32,7 @@ class ModelInvariants : public ::testing::TestWithParam<DType> {
     options.seed = 7;
     options.layers = 5;
     options.mla_layers = {1, 4};
+    options.qk_rope = 32;  // latent width 64: whole q8_0 / q4_0 blocks
     ASSERT_TRUE(tools::WriteTestModel(options).ok());
   }
   static void TearDownTestSuite() { std::filesystem::remove(path_); }
@@ -158,6 +159,46 @@ TEST_P(ModelInvariants, CacheExhaustionIsAnErrorNotACrash) {
   auto result = model_->Prefill(*s, huge, *cache_, 256, false);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
   model_->ResetSequence(*s, *cache_);
+}
+
+TEST_P(ModelInvariants, ExportedStateContinuesOnAnotherCache) {
+  // What a prefill worker hands to a decode worker: latent rows of every MLA layer plus every
+  // KDA state. The receiver, with other page ids, must continue exactly like the sender.
+  const int64_t prefix = 77;
+  auto sender = *model_->NewSequence();
+  PrefillAll(*sender, absl::MakeConstSpan(prompt_).subspan(0, prefix), 32);
+  LatentCacheOptions options;
+  options.dtype = GetParam();
+  options.page_tokens = 16;
+  options.pages = 64;
+  auto other_cache = *LatentCache::Create(model_->config(), *backend_, options);
+  auto blocker = *other_cache->Allocate(3);  // so the receiver's page ids differ
+  auto receiver = *model_->NewSequence();
+  ASSERT_TRUE(model_->Reserve(*receiver, *other_cache, prefix).ok());
+  for (int64_t layer = 0; layer < cache_->mla_layers(); ++layer) {
+    std::string rows;
+    ASSERT_TRUE(cache_->ExportRows(*backend_, layer, sender->pages, 0, prefix, &rows).ok());
+    ASSERT_TRUE(other_cache->ImportRows(*backend_, layer, receiver->pages, 0, prefix, rows).ok());
+  }
+  for (int64_t k = 0; k < model_->config().kda_layer_count(); ++k) {
+    std::string state;
+    ASSERT_TRUE(model_->ExportKdaState(*sender, k, &state).ok());
+    ASSERT_TRUE(model_->ImportKdaState(*receiver, k, state).ok());
+  }
+  receiver->cached_tokens = prefix;
+  EXPECT_FALSE(model_->ImportKdaState(*receiver, 0, "short").ok());
+  for (int64_t t = prefix; t < prefix + 5; ++t) {
+    BatchEntry a{sender.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
+    BatchEntry b{receiver.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
+    auto la = model_->Forward({a}, *cache_);
+    auto lb = model_->Forward({b}, *other_cache);
+    ASSERT_TRUE(la.ok() && lb.ok());
+    ASSERT_EQ(*la, *lb) << "pos " << t;
+  }
+  model_->ResetSequence(*sender, *cache_);
+  model_->ResetSequence(*receiver, *other_cache);
+  other_cache->Release(blocker);
+  EXPECT_EQ(other_cache->free_pages(), other_cache->total_pages());
 }
 
 INSTANTIATE_TEST_SUITE_P(CacheTypes, ModelInvariants,
