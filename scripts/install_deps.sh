@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what building and testing latentserve needs (Debian/Ubuntu), then the llama.cpp
+# reference harness (tests/reference, pinned by its package-lock.json). Safe to re-run:
+# apt runs only when a package is missing, npm only when the lockfile changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  ninja-build cmake g++ pkg-config
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
+  clang   # fuzzing and sanitizer builds
+)
+# Node only when there is none: the harness needs node >= 20 and npm, and a newer node
+# installed by other means must not be replaced by the distribution's.
+if ! command -v node >/dev/null 2>&1; then APT_PACKAGES+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then APT_PACKAGES+=(npm); fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  echo "install_deps: apt-get install ${missing[*]}"
+  # Refresh the package lists only if they were never fetched or an install fails on them.
+  if [[ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true)" ]]; then
+    $SUDO apt-get update -qq
+  fi
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+  echo "install_deps: node $(node --version) is too old for node-llama-cpp 3.22.1 (needs >= 20)" >&2
+  exit 1
+fi
+
+# The reference harness. --omit=optional keeps only the CPU prebuilt of llama.cpp
+# (@node-llama-cpp/linux-x64, a direct dependency): ~106 MB instead of ~770 MB with the
+# CUDA and Vulkan builds, which the harness never loads (gpu: false).
+ref=tests/reference
+stamp=$ref/node_modules/.latentserve-lock.sha256
+want=$(sha256sum "$ref/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "install_deps: npm ci in $ref"
+  (cd "$ref" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command: dependencies, a RelWithDebInfo build with every test (unit, integration,
+# llama.cpp reference), then an ASan/UBSan build of the sanitize-labelled tests.
+# Environment: JOBS (default 2) build/test parallelism; SKIP_DEPS=1 skips install_deps.sh;
+# SKIP_SANITIZE=1 skips the sanitizer build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-2}
+
+if [[ "${SKIP_DEPS:-0}" != 1 ]]; then
+  scripts/install_deps.sh
+fi
+
+echo "== build/ (RelWithDebInfo)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j "$JOBS"
+echo "== ctest (all labels)"
+ctest --test-dir build --output-on-failure -j "$JOBS"
+
+if [[ "${SKIP_SANITIZE:-0}" != 1 ]]; then
+  echo "== build-asan/ (ASan + UBSan, sanitize-labelled tests)"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DLATENTSERVE_SANITIZE=ON -DLATENTSERVE_SERVING=OFF
+  # Build only the executables of the tests labelled "sanitize".
+  mapfile -t sanitize_targets < <(
+    ctest --test-dir build-asan -L sanitize --show-only=json-v1 |
+      node -e '
+        const j = JSON.parse(require("fs").readFileSync(0, "utf8"));
+        const names = new Set();
+        for (const t of j.tests || []) {
+          const exe = (t.command || [])[0];
+          if (exe) names.add(require("path").basename(exe));
+        }
+        for (const n of names) console.log(n);')
+  # Tests registered by gtest_discover_tests are unknown until built: then build everything.
+  if ! ((${#sanitize_targets[@]})) ||
+     ! cmake --build build-asan -j "$JOBS" --target "${sanitize_targets[@]}"; then
+    cmake --build build-asan -j "$JOBS"
+  fi
+  if ctest --test-dir build-asan -L sanitize -N | grep -q "Total Tests: [1-9]"; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      ctest --test-dir build-asan -L sanitize --output-on-failure -j "$JOBS"
+  else
+    echo "no sanitize-labelled tests yet"
+  fi
+fi
+echo "== all tests passed"
