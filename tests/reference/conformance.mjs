@@ -39,6 +39,8 @@ const THRESHOLDS = {
 
 // Shapes differ in every dimension the kernels tile over; MLA layers sit first, in the
 // middle, last, and several together; quantised configs keep every ne[0] a multiple of 32.
+// q4_0-bighead uses every expert: with top-1 of 4, activation rounding alone flips the
+// single chosen expert at ~10% of positions (measured), which tests luck, not kernels.
 const CONFIGS = [
   {
     name: "f32-base", weightType: "f32", seed: 11, prompts: [1, 100, 1000],
@@ -67,7 +69,7 @@ const CONFIGS = [
   {
     name: "q4_0-bighead", weightType: "q4_0", seed: 15, prompts: [33, 256, 1000],
     shape: { layers: 6, hidden: 128, heads: 2, "kda-head-dim": 64, "kv-lora-rank": 128, "qk-nope": 64,
-      "qk-rope": 64, "v-head": 64, experts: 4, "experts-used": 1, "expert-ffn": 64, ffn: 128,
+      "qk-rope": 64, "v-head": 64, experts: 4, "experts-used": 4, "expert-ffn": 64, ffn: 128,
       "shared-experts": 1, "dense-layers": 1, "mla-layers": "5", vocab: 640, context: 2048 },
   },
 ];
