@@ -113,7 +113,7 @@ const pools = [
 ];
 let seed = 12345;
 const rand = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
-const fuzzCount = args.fuzz ?? 300;
+const fuzzCount = args.fuzz ?? 100;
 for (let i = 0; i < fuzzCount; i++) {
   let s = "";
   const len = 1 + rand(i % 10 === 0 ? 400 : 40);
