@@ -14,7 +14,7 @@ constexpr const char* kUsage =
     "  [--layers L --hidden E --heads H --kda-head-dim Dk --kv-lora-rank R --qk-nope Pn\n"
     "   --qk-rope Pr --v-head Dv --experts X --experts-used K --expert-ffn Fe --ffn F\n"
     "   --shared-experts S --dense-layers D --conv-kernel 4 --mla-layers \"3,7\" --vocab V\n"
-    "   --context C --name NAME] [--weight-type f32|f16|bf16|q8_0|q4_0]\n"
+    "   --context C --name NAME] [--weight-type f32|f16|bf16|q8_0|q4_0] [--threads N]\n"
     "Shape flags override the preset (default: tiny). --layers without --mla-layers puts MLA\n"
     "on every 4th layer from 3 and on the last layer.\n";
 
@@ -25,7 +25,7 @@ absl::Status Run(int argc, char** argv) {
                                 "kda-head-dim", "kv-lora-rank", "qk-nope", "qk-rope", "v-head",
                                 "experts", "experts-used", "expert-ffn", "ffn", "shared-experts",
                                 "dense-layers", "conv-kernel", "mla-layers", "vocab", "context",
-                                "weight-type", "name"}));
+                                "weight-type", "name", "threads"}));
   if (!args.positional().empty()) {
     return absl::InvalidArgumentError("unexpected argument '" + args.positional()[0] + "'");
   }
@@ -34,6 +34,9 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   o.seed = static_cast<uint64_t>(seed);
   o.name = args.Get("name", o.name);
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  if (threads < 0 || threads > 1024) return absl::InvalidArgumentError("--threads must be in 0..1024");
+  o.threads = static_cast<int>(threads);
 
   struct IntFlag {
     const char* name;

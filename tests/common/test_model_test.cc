@@ -215,6 +215,18 @@ TEST(TestModel, DeterministicPerSeed) {
   EXPECT_NE(a, ReadAll(gguf::testing::TempPath("seed8.gguf")));
 }
 
+TEST(TestModel, OutputIndependentOfThreadCount) {
+  TestModelOptions o = TinyTestModel();
+  o.hidden = 256;  // large enough rows to use several threads
+  o.weight_type = DType::kQ8_0;
+  o.threads = 1;
+  ASSERT_NE(Generate(o, "threads1.gguf"), nullptr);
+  o.threads = 3;
+  ASSERT_NE(Generate(o, "threads3.gguf"), nullptr);
+  EXPECT_EQ(ReadAll(gguf::testing::TempPath("threads1.gguf")),
+            ReadAll(gguf::testing::TempPath("threads3.gguf")));
+}
+
 TEST(TestModel, AllWeightTypesLoad) {
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     TestModelOptions o = TinyTestModel();

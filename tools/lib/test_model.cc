@@ -6,6 +6,7 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,28 @@ uint32_t FileType(DType t) {
 }
 
 std::string Layer(int64_t il, const char* suffix) { return absl::StrCat("blk.", il, ".", suffix); }
+
+// One row of a tensor. Each row has its own generator (seeded from the tensor and row), so
+// rows can be produced in parallel and the file does not depend on the thread count.
+void GenerateRow(Init init, uint64_t tensor_seed, int64_t row_index, float* row, int64_t width) {
+  std::mt19937_64 rng(SplitMix64(tensor_seed + static_cast<uint64_t>(row_index)));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  const float matrix_std = 1.0f / std::sqrt(static_cast<float>(width));
+  for (int64_t i = 0; i < width; ++i) {
+    float x = 0;
+    switch (init) {
+      case Init::kMatrix: x = matrix_std * normal(rng); break;
+      case Init::kEmbedding: x = normal(rng); break;
+      case Init::kNorm: x = 1.0f + 0.1f * normal(rng); break;
+      case Init::kConv: x = uniform(rng) - 0.5f; break;
+      case Init::kSsmA: x = -std::exp(1.5f * uniform(rng)); break;
+      case Init::kDtBias: x = 0.1f * normal(rng); break;
+      case Init::kSmallBias: x = 0.05f * normal(rng); break;
+    }
+    row[i] = x;
+  }
+}
 
 std::vector<TensorSpec> TensorSpecs(const TestModelOptions& o) {
   const int64_t E = o.hidden, H = o.heads, Dk = o.kda_head_dim, Di = H * Dk;
@@ -393,35 +416,37 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
   }
   RETURN_IF_ERROR(w.Begin(o.out_path));
 
-  std::vector<float> row;
+  const int threads = o.threads > 0 ? o.threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   std::vector<uint8_t> packed;
   for (size_t t = 0; t < specs.size(); ++t) {
     const TensorSpec& s = specs[t];
-    // One generator per tensor, so a tensor's values do not depend on the others' shapes.
-    std::mt19937_64 rng(SplitMix64(o.seed ^ SplitMix64(Fnv1a(s.name))));
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+    const uint64_t tensor_seed = SplitMix64(o.seed ^ SplitMix64(Fnv1a(s.name)));
     const int64_t width = s.ne[0];
     int64_t rows = 1;
     for (size_t d = 1; d < s.ne.size(); ++d) rows *= s.ne[d];
-    const float matrix_std = 1.0f / std::sqrt(static_cast<float>(width));
-    row.resize(width);
-    packed.resize(RowBytes(types[t], width));
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t i = 0; i < width; ++i) {
-        float x = 0;
-        switch (s.init) {
-          case Init::kMatrix: x = matrix_std * normal(rng); break;
-          case Init::kEmbedding: x = normal(rng); break;
-          case Init::kNorm: x = 1.0f + 0.1f * normal(rng); break;
-          case Init::kConv: x = uniform(rng) - 0.5f; break;
-          case Init::kSsmA: x = -std::exp(1.5f * uniform(rng)); break;
-          case Init::kDtBias: x = 0.1f * normal(rng); break;
-          case Init::kSmallBias: x = 0.05f * normal(rng); break;
+    const int64_t row_bytes = RowBytes(types[t], width);
+    // Rows are generated in batches of ~16 MiB, split over threads, then written in order.
+    const int64_t batch_rows = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, width * 4));
+    for (int64_t first = 0; first < rows; first += batch_rows) {
+      const int64_t count = std::min(batch_rows, rows - first);
+      packed.resize(static_cast<size_t>(count * row_bytes));
+      const int workers = static_cast<int>(std::min<int64_t>(threads, count));
+      auto work = [&](int worker) {
+        std::vector<float> row(width);
+        for (int64_t r = worker; r < count; r += workers) {
+          GenerateRow(s.init, tensor_seed, first + r, row.data(), width);
+          QuantizeRow(types[t], row.data(), packed.data() + r * row_bytes, width);
         }
-        row[i] = x;
+      };
+      if (workers <= 1 || count * width < (int64_t{1} << 16)) {
+        for (int worker = 0, n = workers; worker < n; ++worker) work(worker);
+      } else {
+        std::vector<std::thread> pool;
+        for (int worker = 1; worker < workers; ++worker) pool.emplace_back(work, worker);
+        work(0);
+        for (std::thread& th : pool) th.join();
       }
-      QuantizeRow(types[t], row.data(), packed.data(), width);
       RETURN_IF_ERROR(w.WriteTensorData(packed.data(), packed.size()));
     }
   }

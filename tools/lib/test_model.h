@@ -36,6 +36,7 @@ struct TestModelOptions {
   int64_t vocab = 320;                 // vocab_size (>= 264: 256 bytes + 8 control tokens)
   int64_t context = 4096;              // context_length
   DType weight_type = DType::kF32;     // type of matrices whose ne[0] % 32 == 0
+  int threads = 0;                     // generator threads; 0 = all cores (output is the same)
 
   // Every 4th layer starting at 3, plus the last layer (the real model's pattern).
   std::vector<int64_t> DefaultMlaLayers() const;
