@@ -1,0 +1,114 @@
+// CacheTransport: how a prefill worker's cache reaches a decode worker.
+//
+// A handoff is a header, then payload chunks of two kinds with their own layouts (latent
+// rows per (MLA layer, token range); KDA state per KDA layer, in byte ranges), then an end
+// message with the first sampled token. Latent chunks may be sent while the prefill is still
+// running; the receiver admits the sequence only after End, when every byte has arrived and
+// every checksum matched.
+//
+// Implementations: InProcTransport (same process, no serialisation; `serve`),
+// GrpcTransport (DecodeWorker.ReceiveCache stream with backpressure). CUDA IPC / NCCL
+// transports fit the same interface: the header names the layout, and a device transport
+// moves the payload out of band while keeping the same chunk accounting.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/dtype.h"
+
+namespace latentserve::transfer {
+
+// What follows, for whom, in which layout. Mirrors latentserve.v1.CacheHandoffHeader.
+struct HandoffHeader {
+  std::string request_id;
+  std::string lease_id;           // reservation on the receiving decode worker
+  std::string model_fingerprint;  // transfer/fingerprint.h; must match the receiver's
+  DType cache_dtype = DType::kF16;
+  int64_t page_tokens = 0;        // sender's page size (informational: rows are token-addressed)
+  int64_t latent_width = 0;       // values per latent row
+  int64_t row_bytes = 0;          // bytes per latent row in cache_dtype
+  std::vector<int32_t> mla_layers;  // model layer of each MLA ordinal
+  std::vector<int32_t> kda_layers;  // model layer of each KDA ordinal
+  int64_t kda_state_bytes = 0;    // bytes of one KDA layer's state
+  int64_t prompt_tokens = 0;
+};
+
+// Latent rows [first_token, first_token + token_count) of MLA ordinal mla_index:
+// token_count rows of header.row_bytes each.
+struct LatentRows {
+  int32_t mla_index = 0;
+  int64_t first_token = 0;
+  int64_t token_count = 0;
+  std::string rows;
+  uint64_t checksum = 0;  // Xxh64(rows)
+};
+
+// Bytes [offset, offset + data.size()) of KDA ordinal kda_index's state
+// (Model::ExportKdaState layout: recurrent [Dk, Dk, H] f32, then conv tails).
+struct KdaStateBytes {
+  int32_t kda_index = 0;
+  int64_t offset = 0;
+  std::string data;
+  uint64_t checksum = 0;  // Xxh64(data)
+};
+
+struct HandoffEnd {
+  int32_t first_token = 0;
+  int64_t chunks = 0;         // payload chunks sent
+  int64_t payload_bytes = 0;  // sum of rows/data sizes
+};
+
+// Largest payload of one chunk: well under gRPC's 4 MiB message limit.
+inline constexpr int64_t kMaxChunkBytes = 1 << 20;
+
+// One handoff on the receiving side. Calls come from one thread, in order.
+class CacheReceiver {
+ public:
+  virtual ~CacheReceiver() = default;
+  virtual absl::Status OnLatentRows(const LatentRows& chunk) = 0;
+  virtual absl::Status OnKdaState(const KdaStateBytes& chunk) = 0;
+  // Verifies completeness and admits the cache; the lease then waits for Decode.
+  virtual absl::Status Finish(const HandoffEnd& end) = 0;
+  // The sender went away or failed: drop what arrived (the lease stays until it expires
+  // or a retried handoff replaces it).
+  virtual void Abort(const absl::Status& why) = 0;
+};
+
+// Implemented by the decode worker.
+class CacheSink {
+ public:
+  virtual ~CacheSink() = default;
+  // Checks the header against the lease and the local model; NotFound for an unknown or
+  // expired lease, FailedPrecondition for a layout or model mismatch.
+  virtual absl::StatusOr<std::unique_ptr<CacheReceiver>> BeginHandoff(const HandoffHeader& header) = 0;
+};
+
+// One handoff on the sending side. Send* may block (backpressure) and return the error that
+// ended the handoff (receiver gone, lease expired, deadline); after an error, stop sending.
+class CacheSender {
+ public:
+  virtual ~CacheSender() = default;
+  virtual absl::Status SendLatentRows(LatentRows chunk) = 0;
+  virtual absl::Status SendKdaState(KdaStateBytes chunk) = 0;
+  // Sends End and waits for the receiver's verdict. Returns payload bytes it accepted.
+  virtual absl::StatusOr<int64_t> Finish(const HandoffEnd& end) = 0;
+  // Abandons the handoff (the prefill was cancelled); the receiver sees Abort.
+  virtual void Cancel() = 0;
+};
+
+class CacheTransport {
+ public:
+  virtual ~CacheTransport() = default;
+  virtual std::string name() const = 0;
+  // Opens a handoff to the decode worker at `target` (host:port), bounded by `deadline`.
+  virtual absl::StatusOr<std::unique_ptr<CacheSender>> Open(const std::string& target,
+                                                            const HandoffHeader& header,
+                                                            absl::Time deadline) = 0;
+};
+
+}  // namespace latentserve::transfer
