@@ -1,0 +1,181 @@
+// CUDA backend: device, stream, memory (stream-ordered pool), copies, GetRows, factory.
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dequant.cuh"
+
+namespace latentserve::kernels::cuda {
+
+void CudaFailed(const char* what, const char* detail, const char* file, int line) {
+  std::fprintf(stderr, "latentserve: CUDA failure: %s: %s (%s:%d)\n", what, detail, file, line);
+  std::abort();
+}
+
+namespace {
+
+// Device memory from the stream-ordered pool; freed in stream order, so a tensor dropped
+// while kernels that use it are queued stays valid for them.
+class DeviceBuffer final : public Buffer {
+ public:
+  DeviceBuffer(void* ptr, size_t size, cudaStream_t stream) : ptr_(ptr), size_(size), stream_(stream) {}
+  ~DeviceBuffer() override { cudaFreeAsync(ptr_, stream_); }
+  void* address() override { return ptr_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* ptr_;
+  size_t size_;
+  cudaStream_t stream_;
+};
+
+__global__ void CopyColumnsKernel(const float* src, int64_t src_width, int64_t src_col, float* dst, int64_t dst_width,
+                                  int64_t dst_col, int64_t cols, int64_t rows) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  dst[r * dst_width + dst_col + c] = src[r * src_width + src_col + c];
+}
+
+__global__ void GetRowsKernel(DType type, const uint8_t* table, size_t row_bytes, int64_t width, const int32_t* ids,
+                              float* out) {
+  const int64_t column = blockIdx.x;
+  const uint8_t* row = table + static_cast<int64_t>(ids[column]) * row_bytes;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[column * width + i] = LoadElement(type, row, i);
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(int device) : device_(device), scratch_(8) {
+  CUDA_OK(cudaSetDevice(device));
+  CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_OK(cublasCreate(&cublas_));
+  CUBLAS_OK(cublasSetStream(cublas_, stream_));
+  // Keep freed memory in the pool instead of returning it to the driver.
+  cudaMemPool_t pool;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t threshold = UINT64_MAX;
+  CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(stream_);
+  for (auto& slot : scratch_) {
+    if (slot.ptr) cudaFreeAsync(slot.ptr, stream_);
+  }
+  cudaStreamSynchronize(stream_);
+  cublasDestroy(cublas_);
+  // Tensors still alive free themselves on the stream; it is intentionally not destroyed.
+}
+
+absl::StatusOr<Tensor> CudaBackend::Alloc(DType dtype, Shape ne) {
+  for (int64_t d : ne) {
+    if (d < 0) return absl::InvalidArgumentError("negative tensor dimension");
+  }
+  if (ne[0] % Traits(dtype).block_elements != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("row of ", ne[0], " is not a whole number of ", DTypeName(dtype), " blocks"));
+  }
+  Tensor t;
+  t.dtype = dtype;
+  t.ne = ne;
+  void* ptr = nullptr;
+  const size_t bytes = std::max<size_t>(256, t.nbytes());
+  cudaError_t err = cudaMallocAsync(&ptr, bytes, stream_);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrCat("device allocation of ", bytes, " bytes failed: ", cudaGetErrorString(err)));
+  }
+  t.buffer = std::make_shared<DeviceBuffer>(ptr, bytes, stream_);
+  return t;
+}
+
+absl::StatusOr<Tensor> CudaBackend::ImportHost(DType dtype, Shape ne, const void* data) {
+  auto t = Alloc(dtype, ne);
+  if (!t.ok()) return t.status();
+  Upload(data, t->nbytes(), *t, 0);
+  return t;
+}
+
+void CudaBackend::Upload(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) {
+  CU_CHECK(dst_offset + bytes <= dst.nbytes());
+  if (bytes == 0) return;
+  // From pageable memory the call returns once the data is staged, so `host` may be reused.
+  CUDA_OK(cudaMemcpyAsync(DevPtr(dst) + dst_offset, host, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::Download(const Tensor& src, void* host, size_t bytes, size_t src_offset) {
+  CU_CHECK(src_offset + bytes <= src.nbytes());
+  if (bytes) CUDA_OK(cudaMemcpyAsync(host, DevPtr(src) + src_offset, bytes, cudaMemcpyDeviceToHost, stream_));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::Synchronize() { CUDA_OK(cudaStreamSynchronize(stream_)); }
+
+void CudaBackend::Zero(const Tensor& dst) { CUDA_OK(cudaMemsetAsync(DevPtr(dst), 0, dst.nbytes(), stream_)); }
+
+void CudaBackend::Copy(const Tensor& src, const Tensor& dst) {
+  CU_CHECK(src.dtype == dst.dtype && src.nbytes() == dst.nbytes());
+  CUDA_OK(cudaMemcpyAsync(DevPtr(dst), DevPtr(src), src.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaBackend::CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col, int64_t cols) {
+  CU_CHECK(src.dtype == DType::kF32 && dst.dtype == DType::kF32 && src.rows() == dst.rows());
+  CU_CHECK(src_col + cols <= src.ne[0] && dst_col + cols <= dst.ne[0]);
+  const int64_t n = src.rows() * cols;
+  if (n == 0) return;
+  CopyColumnsKernel<<<Blocks(n, 256), 256, 0, stream_>>>(DevF32(src), src.ne[0], src_col, DevF32(dst), dst.ne[0],
+                                                          dst_col, cols, src.rows());
+  LAUNCH_OK();
+}
+
+void CudaBackend::CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool, int32_t dst_page) {
+  CU_CHECK(src_pool.dtype == dst_pool.dtype && src_pool.ne[0] == dst_pool.ne[0] && src_pool.ne[1] == dst_pool.ne[1]);
+  const size_t page_bytes = src_pool.row_bytes() * src_pool.ne[1];
+  CUDA_OK(cudaMemcpyAsync(DevPtr(dst_pool) + dst_page * page_bytes, DevPtr(src_pool) + src_page * page_bytes,
+                          page_bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) {
+  const int64_t n = ids.elements();
+  CU_CHECK(ids.dtype == DType::kI32 && out.dtype == DType::kF32 && out.ne[0] == table.ne[0] && out.rows() == n);
+  if (n == 0) return;
+  GetRowsKernel<<<static_cast<unsigned>(n), 256, 0, stream_>>>(table.dtype, DevPtr(table), table.row_bytes(),
+                                                                table.ne[0], reinterpret_cast<const int32_t*>(DevPtr(ids)),
+                                                                DevF32(out));
+  LAUNCH_OK();
+}
+
+void* CudaBackend::Scratch(int slot, size_t bytes) {
+  ScratchSlot& s = scratch_.at(slot);
+  if (s.bytes < bytes) {
+    if (s.ptr) CUDA_OK(cudaFreeAsync(s.ptr, stream_));
+    s.bytes = std::max(bytes, s.bytes * 2);
+    CUDA_OK(cudaMallocAsync(&s.ptr, s.bytes, stream_));
+  }
+  return s.ptr;
+}
+
+void* CudaBackend::UploadScratch(int slot, const void* host, size_t bytes) {
+  void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
+  if (bytes) CUDA_OK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_));
+  return dst;
+}
+
+}  // namespace latentserve::kernels::cuda
+
+namespace latentserve::kernels {
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError("--backend cuda: no CUDA device is visible");
+  }
+  if (options.device < 0 || options.device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA device ", options.device, " does not exist (", count, " visible)"));
+  }
+  return std::unique_ptr<Backend>(new cuda::CudaBackend(options.device));
+}
+
+}  // namespace latentserve::kernels

@@ -1,0 +1,101 @@
+// The CUDA backend: every op enqueued on one stream; memory from CUDA's stream-ordered pool
+// (cudaMallocAsync), so no op pays for cudaMalloc; GEMMs through cuBLAS; our own kernels for
+// the rest. Every op has a CPU reference (kernels/cpu) and an op test against it.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace latentserve::kernels::cuda {
+
+[[noreturn]] void CudaFailed(const char* what, const char* detail, const char* file, int line);
+#define CUDA_OK(expr)                                                                     \
+  do {                                                                                    \
+    cudaError_t e_ = (expr);                                                              \
+    if (e_ != cudaSuccess) ::latentserve::kernels::cuda::CudaFailed(#expr, cudaGetErrorString(e_), __FILE__, __LINE__); \
+  } while (0)
+#define CUBLAS_OK(expr)                                                                   \
+  do {                                                                                    \
+    cublasStatus_t s_ = (expr);                                                           \
+    if (s_ != CUBLAS_STATUS_SUCCESS) ::latentserve::kernels::cuda::CudaFailed(#expr, cublasGetStatusString(s_), __FILE__, __LINE__); \
+  } while (0)
+#define LAUNCH_OK() CUDA_OK(cudaGetLastError())
+#define CU_CHECK(cond)                                                                     \
+  do {                                                                                    \
+    if (!(cond)) ::latentserve::kernels::cuda::CudaFailed(#cond, "internal check", __FILE__, __LINE__); \
+  } while (0)
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+  std::string name() const override { return "cuda"; }
+
+  absl::StatusOr<Tensor> Alloc(DType dtype, Shape ne) override;
+  absl::StatusOr<Tensor> ImportHost(DType dtype, Shape ne, const void* data) override;
+  void Upload(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) override;
+  void Download(const Tensor& src, void* host, size_t bytes, size_t src_offset) override;
+  void Synchronize() override;
+  void Zero(const Tensor& dst) override;
+  void Copy(const Tensor& src, const Tensor& dst) override;
+  void CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col, int64_t cols) override;
+
+  void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
+  void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) override;
+  void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
+  void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
+  void L2Norm(const Tensor& x, float eps, const Tensor& y) override;
+  void Add(const Tensor& a, const Tensor& b, const Tensor& y) override;
+  void Mul(const Tensor& a, const Tensor& b, const Tensor& y) override;
+  void Sigmoid(const Tensor& x, const Tensor& y) override;
+  void SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) override;
+
+  void ShortConvSilu(const Tensor& x, const Tensor& weight, int which, absl::Span<const SeqSlice> seqs,
+                     absl::Span<const KdaStateView> states, const Tensor& y) override;
+  void KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim, const Tensor& g) override;
+  void KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                    absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states, int64_t chunk_tokens,
+                    const Tensor& out) override;
+
+  void LatentStore(const Tensor& latent, absl::Span<const LatentSeqView> seqs, const Tensor& pool) override;
+  void MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs, float scale,
+                    const Tensor& out) override;
+  void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool, int32_t dst_page) override;
+
+  void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
+                const Tensor& ids, const Tensor& weights) override;
+  void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
+                  const Tensor& y) override;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  // Device scratch valid until the next call that asks for scratch of the same slot.
+  void* Scratch(int slot, size_t bytes);
+  // Copies a small host array to device scratch `slot` (stream-ordered).
+  void* UploadScratch(int slot, const void* host, size_t bytes);
+  // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
+  void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y);
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  struct ScratchSlot {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+  std::vector<ScratchSlot> scratch_;
+};
+
+inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }
+inline float* DevF32(const Tensor& t) { return reinterpret_cast<float*>(DevPtr(t)); }
+
+// Launch helpers implemented in the .cu files (all on the backend's stream).
+inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
+
+}  // namespace latentserve::kernels::cuda

@@ -1,0 +1,162 @@
+// Row and element-wise ops: norms, activations, the KDA gate and the short convolution.
+#include "kernels/cuda/cuda_backend.h"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ float BlockSum(float value) {
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffff, value, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) partial[warp] = value;
+  __syncthreads();
+  float total = 0;
+  for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += partial[w];
+  return total;
+}
+
+__global__ void RmsNormKernel(const float* x, const float* w, int64_t width, int64_t d, float eps, float* y) {
+  const float* in = x + blockIdx.x * width;
+  float* out = y + blockIdx.x * width;
+  float sum = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += in[i] * in[i];
+  const float scale = rsqrtf(BlockSum(sum) / d + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[i] = i < d ? in[i] * scale * w[i] : in[i];
+}
+
+__global__ void L2NormKernel(const float* x, int64_t width, float eps, float* y) {
+  const float* in = x + blockIdx.x * width;
+  float* out = y + blockIdx.x * width;
+  float sum = 0;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) sum += in[i] * in[i];
+  const float scale = 1.0f / fmaxf(sqrtf(BlockSum(sum)), eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[i] = in[i] * scale;
+}
+
+enum class Binary { kAdd, kMul, kSwiGlu };
+
+__global__ void BinaryKernel(Binary op, const float* a, const float* b, float* y, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  switch (op) {
+    case Binary::kAdd: y[i] = a[i] + b[i]; break;
+    case Binary::kMul: y[i] = a[i] * b[i]; break;
+    case Binary::kSwiGlu: y[i] = a[i] / (1.0f + expf(-a[i])) * b[i]; break;
+  }
+}
+
+__global__ void SigmoidKernel(const float* x, float* y, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+__global__ void KdaGateKernel(const float* f, const float* bias, const float* a, int64_t width, int64_t head_dim,
+                              float* g, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int64_t c = i % width;
+  const float x = f[i] + bias[c];
+  const float softplus = x > 20.0f ? x : log1pf(expf(x));
+  g[i] = a[c / head_dim] * softplus;
+}
+
+// One thread per (channel, token): reads its window from the carried tail and the new inputs.
+__global__ void ShortConvKernel(const float* x, const float* w, const float* tail, int64_t channels, int64_t taps,
+                                int64_t first, int64_t count, float* y) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= channels * count) return;
+  const int64_t t = i / channels, c = i % channels;
+  float acc = 0;
+  for (int64_t j = 0; j < taps; ++j) {
+    const int64_t src = t + j - (taps - 1);  // < 0: from the tail
+    const float value = src >= 0 ? x[(first + src) * channels + c] : tail[c * (taps - 1) + (taps - 1 + src)];
+    acc += w[c * taps + j] * value;
+  }
+  y[(first + t) * channels + c] = acc / (1.0f + expf(-acc));
+}
+
+// New tail = the last taps-1 values of [old tail, x]; run after ShortConvKernel.
+__global__ void ShortConvTailKernel(const float* x, float* tail, int64_t channels, int64_t taps, int64_t first,
+                                    int64_t count) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  float* prev = tail + c * (taps - 1);
+  float window[8];  // taps - 1 <= 8
+  for (int64_t j = 0; j < taps - 1; ++j) {
+    const int64_t src = count - (taps - 1) + j;  // index into x's new tokens
+    window[j] = src >= 0 ? x[(first + src) * channels + c] : prev[j + count];
+  }
+  for (int64_t j = 0; j < taps - 1; ++j) prev[j] = window[j];
+}
+
+}  // namespace
+
+void CudaBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
+  const int64_t width = x.ne[0], d = w.elements();
+  CU_CHECK(d <= width && x.elements() == y.elements());
+  if (x.rows() == 0) return;
+  RmsNormKernel<<<static_cast<unsigned>(x.rows()), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), width, d, eps, DevF32(y));
+  LAUNCH_OK();
+}
+
+void CudaBackend::L2Norm(const Tensor& x, float eps, const Tensor& y) {
+  CU_CHECK(x.elements() == y.elements());
+  if (x.rows() == 0) return;
+  const int threads = x.ne[0] <= 128 ? 128 : kThreads;
+  L2NormKernel<<<static_cast<unsigned>(x.rows()), threads, 0, stream_>>>(DevF32(x), x.ne[0], eps, DevF32(y));
+  LAUNCH_OK();
+}
+
+void CudaBackend::Add(const Tensor& a, const Tensor& b, const Tensor& y) {
+  CU_CHECK(a.elements() == b.elements() && a.elements() == y.elements());
+  BinaryKernel<<<Blocks(a.elements(), kThreads), kThreads, 0, stream_>>>(Binary::kAdd, DevF32(a), DevF32(b), DevF32(y), a.elements());
+  LAUNCH_OK();
+}
+
+void CudaBackend::Mul(const Tensor& a, const Tensor& b, const Tensor& y) {
+  CU_CHECK(a.elements() == b.elements() && a.elements() == y.elements());
+  BinaryKernel<<<Blocks(a.elements(), kThreads), kThreads, 0, stream_>>>(Binary::kMul, DevF32(a), DevF32(b), DevF32(y), a.elements());
+  LAUNCH_OK();
+}
+
+void CudaBackend::SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  CU_CHECK(gate.elements() == up.elements() && gate.elements() == y.elements());
+  BinaryKernel<<<Blocks(gate.elements(), kThreads), kThreads, 0, stream_>>>(Binary::kSwiGlu, DevF32(gate), DevF32(up),
+                                                                            DevF32(y), gate.elements());
+  LAUNCH_OK();
+}
+
+void CudaBackend::Sigmoid(const Tensor& x, const Tensor& y) {
+  CU_CHECK(x.elements() == y.elements());
+  SigmoidKernel<<<Blocks(x.elements(), kThreads), kThreads, 0, stream_>>>(DevF32(x), DevF32(y), x.elements());
+  LAUNCH_OK();
+}
+
+void CudaBackend::KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim, const Tensor& g) {
+  CU_CHECK(dt_bias.elements() == f.ne[0] && a.elements() * head_dim == f.ne[0]);
+  KdaGateKernel<<<Blocks(f.elements(), kThreads), kThreads, 0, stream_>>>(DevF32(f), DevF32(dt_bias), DevF32(a), f.ne[0],
+                                                                          head_dim, DevF32(g), f.elements());
+  LAUNCH_OK();
+}
+
+void CudaBackend::ShortConvSilu(const Tensor& x, const Tensor& weight, int which, absl::Span<const SeqSlice> seqs,
+                                absl::Span<const KdaStateView> states, const Tensor& y) {
+  const int64_t channels = x.ne[0], taps = weight.ne[0];
+  CU_CHECK(weight.dtype == DType::kF32 && weight.rows() == channels && seqs.size() == states.size() && taps <= 9);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    float* tail = DevF32(states[s].conv) + which * channels * (taps - 1);
+    const int64_t n = seqs[s].token_count;
+    if (n == 0) continue;
+    ShortConvKernel<<<Blocks(channels * n, kThreads), kThreads, 0, stream_>>>(DevF32(x), DevF32(weight), tail, channels,
+                                                                              taps, seqs[s].first_token, n, DevF32(y));
+    LAUNCH_OK();
+    ShortConvTailKernel<<<Blocks(channels, kThreads), kThreads, 0, stream_>>>(DevF32(x), tail, channels, taps,
+                                                                              seqs[s].first_token, n);
+    LAUNCH_OK();
+  }
+}
+
+}  // namespace latentserve::kernels::cuda
