@@ -1,0 +1,49 @@
+// C++ client of latentserve.v1.Generation (what `latentserve client` and the tests use).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "latentserve/v1/generate.grpc.pb.h"
+
+namespace latentserve::client {
+
+struct GenerateCallbacks {
+  // Return false to cancel the request (the call then ends CANCELLED).
+  std::function<bool(const v1::PrefillProgress&)> on_progress;
+  std::function<bool(const v1::TokenChunk&)> on_tokens;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  v1::Finished finished;
+};
+
+class GenerationClient {
+ public:
+  explicit GenerationClient(const std::string& target);
+
+  // Streams one request to its end. timeout: the call's deadline (InfiniteDuration: none).
+  absl::StatusOr<GenerateResult> Generate(const v1::GenerateRequest& request, const GenerateCallbacks& callbacks,
+                                          absl::Duration timeout);
+  absl::StatusOr<v1::GetModelInfoResponse> GetModelInfo(absl::Duration timeout = absl::Seconds(5));
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const v1::TokenizeRequest& request,
+                                                absl::Duration timeout = absl::Seconds(30));
+
+ private:
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+// "INVALID_ARGUMENT", "OK", ...
+const char* StatusCodeName(absl::StatusCode code);
+// JSON string literal (quotes included) for arbitrary bytes; invalid UTF-8 becomes U+FFFD.
+std::string JsonString(const std::string& bytes);
+const char* FinishReasonName(v1::FinishReason reason);
+
+}  // namespace latentserve::client

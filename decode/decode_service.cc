@@ -1,0 +1,73 @@
+#include "decode/decode_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "transfer/grpc_status.h"
+#include "transfer/grpc_transport.h"
+
+namespace latentserve::decode {
+
+using transfer::ToGrpc;
+
+grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
+                                         v1::ReserveLeaseResponse* response) {
+  auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
+                                    request->model_fingerprint());
+  if (!lease.ok()) return ToGrpc(lease.status());
+  response->set_lease_id(*lease);
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
+                                         v1::ReleaseLeaseResponse* response) {
+  worker_.ReleaseLease(request->lease_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
+                                         grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
+                                         v1::ReceiveCacheResponse* response) {
+  return transfer::ServeReceiveCache(worker_, context, reader, response);
+}
+
+grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                                   grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  DecodeParams params;
+  params.lease_id = request->lease_id();
+  params.sampling.temperature = request->sampling().temperature();
+  params.sampling.top_k = request->sampling().top_k();
+  params.sampling.top_p = request->sampling().top_p() > 0 ? request->sampling().top_p() : 1.0f;
+  params.sampling.min_p = request->sampling().min_p();
+  params.sampling.seed = request->sampling().seed();
+  params.max_new_tokens = request->max_new_tokens();
+  params.stop_token_ids.assign(request->stop_token_ids().begin(), request->stop_token_ids().end());
+  auto reason = worker_.Decode(
+      params,
+      [&](const std::vector<int32_t>& tokens) {
+        v1::DecodeResponse event;
+        for (int32_t t : tokens) event.add_token_ids(t);
+        return writer->Write(event);
+      },
+      [&] { return context->IsCancelled(); });
+  if (!reason.ok()) return ToGrpc(reason.status());
+  v1::DecodeResponse last;
+  last.set_finish_reason(*reason == FinishReason::kStopToken ? v1::FINISH_REASON_STOP_TOKEN : v1::FINISH_REASON_LENGTH);
+  writer->Write(last);
+  return grpc::Status::OK;
+}
+
+v1::WorkerInfo DecodeService::Info(const std::string& address) const {
+  const DecodeStats stats = worker_.Stats();
+  v1::WorkerInfo info;
+  info.set_address(address);
+  info.set_role("decode");
+  info.set_alive(true);
+  info.set_cache_pages_free(stats.pages_free);
+  info.set_cache_pages_total(stats.pages_total);
+  info.set_page_tokens(stats.page_tokens);
+  info.set_leases_active(stats.leases_active);
+  info.set_sequences_active(stats.sequences_active);
+  info.set_draining(stats.draining);
+  return info;
+}
+
+}  // namespace latentserve::decode

@@ -1,0 +1,36 @@
+// gRPC face of the decode worker: latentserve.v1.DecodeWorker and WorkerStats.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "decode/decode_worker.h"
+#include "latentserve/v1/worker.grpc.pb.h"
+
+namespace latentserve::decode {
+
+class DecodeService final : public v1::DecodeWorker::Service {
+ public:
+  DecodeService(DecodeWorker& worker, v1::ModelDescriptor model) : worker_(worker), model_(std::move(model)) {}
+
+  grpc::Status ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
+                            v1::ReserveLeaseResponse* response) override;
+  grpc::Status ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
+                            v1::ReleaseLeaseResponse* response) override;
+  grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
+                            v1::ReceiveCacheResponse* response) override;
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                      grpc::ServerWriter<v1::DecodeResponse>* writer) override;
+
+  // This worker's stats as the router reports them.
+  v1::WorkerInfo Info(const std::string& address) const;
+  const v1::ModelDescriptor& model() const { return model_; }
+
+ private:
+  DecodeWorker& worker_;
+  v1::ModelDescriptor model_;
+};
+
+}  // namespace latentserve::decode

@@ -1,0 +1,100 @@
+// The decode worker's engine side (no gRPC): leases, cache admission, continuous batching.
+//
+// Life of a request: ReserveLease reserves cache pages for prompt + max_tokens (the lease
+// ends at its deadline unless Decode has started). A handoff (transfer::CacheSink) imports
+// latent rows and KDA state, checking every chunk; after its End the sequence is ready.
+// Decode admits it into the batch: one scheduler thread runs Model::Forward over every
+// decoding sequence, one token each, and samples per request. Pages return to the cache on
+// finish, error, cancel and lease expiry.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "model/latent_cache.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "transfer/transport.h"
+
+namespace latentserve::decode {
+
+enum class FinishReason { kLength, kStopToken };
+
+struct DecodeParams {
+  std::string lease_id;
+  model::SamplingParams sampling;
+  int64_t max_new_tokens = 0;          // tokens after the first; >= 1
+  std::vector<int32_t> stop_token_ids;  // EOS included by the caller unless ignore_eos
+};
+
+struct DecodeStats {
+  int64_t pages_free = 0;
+  int64_t pages_total = 0;
+  int64_t page_tokens = 0;
+  int64_t leases_active = 0;     // reserved, not yet decoding
+  int64_t sequences_active = 0;  // in the batch
+  int64_t steps = 0;             // batched forward steps run
+  bool draining = false;
+};
+
+class DecodeWorker : public transfer::CacheSink {
+ public:
+  DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint);
+  ~DecodeWorker() override;
+
+  // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` passes without Decode.
+  // ResourceExhausted when the cache is too full, Unavailable while draining.
+  absl::StatusOr<std::string> ReserveLease(const std::string& request_id, int64_t tokens, absl::Duration ttl,
+                                           const std::string& fingerprint);
+  void ReleaseLease(const std::string& lease_id);
+
+  absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> BeginHandoff(
+      const transfer::HandoffHeader& header) override;
+
+  // Runs a ready lease to the end. `on_tokens` streams new tokens (false: the caller is
+  // gone); `cancelled` is polled. Returns why generation ended, or the error.
+  absl::StatusOr<FinishReason> Decode(const DecodeParams& params,
+                                      const std::function<bool(const std::vector<int32_t>&)>& on_tokens,
+                                      const std::function<bool()>& cancelled);
+
+  DecodeStats Stats() const;
+  void StartDrain();
+  const std::string& fingerprint() const { return fingerprint_; }
+  int64_t max_context_tokens() const { return cache_.total_pages() * cache_.page_tokens(); }
+
+ private:
+  struct Slot;
+  class Receiver;
+  friend class Receiver;
+
+  void SchedulerLoop();
+  void ReaperLoop();
+  // Marks a slot done and returns its pages (takes backend_mu_; call without mu_).
+  void FreeSlot(const std::shared_ptr<Slot>& slot);
+
+  const model::Model& model_;
+  model::LatentCache& cache_;
+  const std::string fingerprint_;
+
+  // Serialises use of the backend (Forward, imports, resets): one stream of work.
+  std::mutex backend_mu_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // slot state changes; scheduler wake-ups
+  std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id
+  int64_t next_lease_ = 1;
+  int64_t steps_ = 0;
+  bool draining_ = false;
+  bool stopping_ = false;
+  std::thread scheduler_;
+  std::thread reaper_;
+};
+
+}  // namespace latentserve::decode

@@ -1,0 +1,70 @@
+#include "prefill/prefill_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "transfer/grpc_status.h"
+
+namespace latentserve::prefill {
+
+grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                                     grpc::ServerWriter<v1::PrefillResponse>* writer) {
+  if (request->model_fingerprint() != worker_.fingerprint()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("prefill worker serves model ", worker_.fingerprint(), ", request is for ",
+                                     request->model_fingerprint()));
+  }
+  PrefillJob job;
+  job.request_id = request->request_id();
+  job.lease_id = request->lease_id();
+  job.decode_worker = request->decode_worker();
+  job.tokens.assign(request->token_ids().begin(), request->token_ids().end());
+  job.sampling.temperature = request->sampling().temperature();
+  job.sampling.top_k = request->sampling().top_k();
+  job.sampling.top_p = request->sampling().top_p() > 0 ? request->sampling().top_p() : 1.0f;
+  job.sampling.min_p = request->sampling().min_p();
+  job.sampling.seed = request->sampling().seed();
+  // The handoff inherits this call's deadline (the router sets one on every call).
+  job.deadline = absl::FromChrono(context->deadline());
+  bool writer_gone = false;
+  bool transfer_failed = false;
+  auto result = worker_.Run(
+      job,
+      [&](const PrefillProgressEvent& progress) {
+        v1::PrefillResponse event;
+        auto* p = event.mutable_progress();
+        p->set_tokens_done(progress.tokens_done);
+        p->set_tokens_total(progress.tokens_total);
+        p->set_cache_bytes_sent(progress.cache_bytes_sent);
+        if (!writer->Write(event)) writer_gone = true;
+      },
+      [&] { return writer_gone || context->IsCancelled(); }, &transfer_failed);
+  if (!result.ok()) {
+    if (transfer_failed) context->AddTrailingMetadata(kFailedStageKey, "transfer");
+    return transfer::ToGrpc(result.status());
+  }
+  v1::PrefillResponse event;
+  auto* done = event.mutable_done();
+  done->set_first_token(result->first_token);
+  done->set_prefill_ms(result->prefill_ms);
+  done->set_cache_bytes(result->cache_bytes);
+  done->set_transfer_tail_ms(result->transfer_tail_ms);
+  writer->Write(event);
+  return grpc::Status::OK;
+}
+
+v1::WorkerInfo PrefillService::Info(const std::string& address) const {
+  const PrefillStats stats = worker_.Stats();
+  v1::WorkerInfo info;
+  info.set_address(address);
+  info.set_role("prefill");
+  info.set_alive(true);
+  info.set_cache_pages_free(stats.pages_free);
+  info.set_cache_pages_total(stats.pages_total);
+  info.set_page_tokens(stats.page_tokens);
+  info.set_sequences_active(stats.jobs_active);
+  info.set_outstanding_cost(stats.outstanding_cost);
+  info.set_draining(stats.draining);
+  return info;
+}
+
+}  // namespace latentserve::prefill

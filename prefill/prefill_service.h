@@ -1,0 +1,30 @@
+// gRPC face of the prefill worker: latentserve.v1.PrefillWorker.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "latentserve/v1/worker.grpc.pb.h"
+#include "prefill/prefill_worker.h"
+
+namespace latentserve::prefill {
+
+// Trailing-metadata key set when the cache handoff (not the prefill) failed, so the router
+// knows a retry on another prefill worker would not help.
+inline constexpr const char* kFailedStageKey = "latentserve-failed-stage";
+
+class PrefillService final : public v1::PrefillWorker::Service {
+ public:
+  PrefillService(PrefillWorker& worker, v1::ModelDescriptor model) : worker_(worker), model_(std::move(model)) {}
+
+  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                       grpc::ServerWriter<v1::PrefillResponse>* writer) override;
+
+  v1::WorkerInfo Info(const std::string& address) const;
+  const v1::ModelDescriptor& model() const { return model_; }
+
+ private:
+  PrefillWorker& worker_;
+  v1::ModelDescriptor model_;
+};
+
+}  // namespace latentserve::prefill

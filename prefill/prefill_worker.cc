@@ -1,0 +1,192 @@
+#include "prefill/prefill_worker.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "transfer/checksum.h"
+
+namespace latentserve::prefill {
+
+PrefillWorker::PrefillWorker(const model::Model& model, model::LatentCache& cache,
+                             transfer::CacheTransport& transport, std::string fingerprint, int64_t chunk_tokens)
+    : model_(model), cache_(cache), transport_(transport), fingerprint_(std::move(fingerprint)),
+      chunk_tokens_(chunk_tokens) {}
+
+absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
+                                                 const std::function<void(const PrefillProgressEvent&)>& on_progress,
+                                                 const std::function<bool()>& cancelled, bool* transfer_failed) {
+  *transfer_failed = false;
+  if (job.tokens.empty()) return absl::InvalidArgumentError("empty prompt");
+  RETURN_IF_ERROR(model_.ValidateTokens(job.tokens));
+  if (static_cast<int64_t>(job.tokens.size()) > max_context_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", job.tokens.size(), " tokens exceeds this prefill worker's ",
+                                                   max_context_tokens(), "-token cache (--cache-tokens)"));
+  }
+  const double cost = static_cast<double>(job.tokens.size()) * static_cast<double>(job.tokens.size());
+  std::unique_lock<std::mutex> lock(mu_);
+  if (draining_) return absl::UnavailableError("prefill worker is draining");
+  jobs_active_++;
+  outstanding_cost_ += cost;
+  absl::Status queue_status;
+  while (busy_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(20));
+    if (cancelled()) {
+      queue_status = absl::CancelledError("request cancelled while queued for prefill");
+      break;
+    }
+    if (absl::Now() > job.deadline) {
+      queue_status = absl::DeadlineExceededError("deadline passed while queued for prefill");
+      break;
+    }
+  }
+  absl::StatusOr<PrefillResult> result = queue_status;
+  if (queue_status.ok()) {
+    busy_ = true;
+    lock.unlock();
+    result = RunLocked(job, on_progress, cancelled, transfer_failed);
+    lock.lock();
+    busy_ = false;
+  }
+  jobs_active_--;
+  outstanding_cost_ -= cost;
+  if (jobs_active_ == 0) outstanding_cost_ = 0;  // no drift from float sums
+  cv_.notify_all();
+  return result;
+}
+
+absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
+    const PrefillJob& job, const std::function<void(const PrefillProgressEvent&)>& on_progress,
+    const std::function<bool()>& cancelled, bool* transfer_failed) {
+  const model::ModelConfig& config = model_.config();
+  const int64_t prompt_tokens = static_cast<int64_t>(job.tokens.size());
+  transfer::HandoffHeader header;
+  header.request_id = job.request_id;
+  header.lease_id = job.lease_id;
+  header.model_fingerprint = fingerprint_;
+  header.cache_dtype = cache_.dtype();
+  header.page_tokens = cache_.page_tokens();
+  header.latent_width = cache_.latent_width();
+  header.row_bytes = static_cast<int64_t>(cache_.row_bytes());
+  for (int64_t layer = 0; layer < config.n_layers; ++layer) {
+    (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
+  }
+  const int64_t kda_layers = static_cast<int64_t>(header.kda_layers.size());
+  header.kda_state_bytes = kda_layers > 0 ? model_.KdaStateBytes() / kda_layers : 0;
+  header.prompt_tokens = prompt_tokens;
+
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, model_.NewSequence());
+  // Pages of this worker's cache go back on every path out of here.
+  struct Cleanup {
+    const model::Model& model;
+    model::LatentCache& cache;
+    model::Sequence& sequence;
+    ~Cleanup() { model.ResetSequence(sequence, cache); }
+  } cleanup{model_, cache_, *sequence};
+
+  auto sender_or = transport_.Open(job.decode_worker, header, job.deadline);
+  if (!sender_or.ok()) {
+    *transfer_failed = true;
+    return sender_or.status();
+  }
+  std::unique_ptr<transfer::CacheSender> sender = std::move(*sender_or);
+  bool sender_finished = false;
+  struct CancelSender {
+    transfer::CacheSender& sender;
+    const bool& finished;
+    ~CancelSender() {
+      if (!finished) sender.Cancel();
+    }
+  } cancel_sender{*sender, sender_finished};
+
+  const int64_t rows_per_message = std::max<int64_t>(1, transfer::kMaxChunkBytes / header.row_bytes);
+  int64_t chunks = 0;
+  int64_t bytes_sent = 0;
+  absl::Status send_status;
+  const auto send_chunk_rows = [&](int64_t first, int64_t count) {
+    for (int64_t mla = 0; mla < cache_.mla_layers() && send_status.ok(); ++mla) {
+      for (int64_t t = first; t < first + count && send_status.ok(); t += rows_per_message) {
+        transfer::LatentRows rows;
+        rows.mla_index = static_cast<int32_t>(mla);
+        rows.first_token = t;
+        rows.token_count = std::min(rows_per_message, first + count - t);
+        send_status = cache_.ExportRows(model_.backend(), mla, sequence->pages, t, rows.token_count, &rows.rows);
+        if (!send_status.ok()) return;
+        rows.checksum = transfer::Xxh64(rows.rows);
+        bytes_sent += static_cast<int64_t>(rows.rows.size());
+        chunks++;
+        send_status = sender->SendLatentRows(std::move(rows));
+        if (!send_status.ok()) *transfer_failed = true;
+      }
+    }
+  };
+
+  const absl::Time start = absl::Now();
+  std::vector<float> logits;
+  for (int64_t first = 0; first < prompt_tokens; first += chunk_tokens_) {
+    if (cancelled()) return absl::CancelledError("request cancelled during prefill");
+    if (absl::Now() > job.deadline) return absl::DeadlineExceededError("deadline passed during prefill");
+    const int64_t count = std::min(chunk_tokens_, prompt_tokens - first);
+    // One Model::Prefill call per chunk: its callback streams the chunk's rows while the
+    // next chunk computes, and the loop gives cancellation a point between chunks.
+    ASSIGN_OR_RETURN(logits, model_.Prefill(*sequence, absl::MakeConstSpan(job.tokens).subspan(first, count), cache_,
+                                            chunk_tokens_, /*all_logits=*/false,
+                                            [&](int64_t chunk_first, int64_t chunk_count) {
+                                              send_chunk_rows(first + chunk_first, chunk_count);
+                                            }));
+    RETURN_IF_ERROR(send_status);
+    if (on_progress) on_progress({first + count, prompt_tokens, bytes_sent});
+  }
+  const absl::Time computed = absl::Now();
+  PrefillResult result;
+  result.first_token = model::Sampler(job.sampling).Sample(logits);
+  for (int64_t kda = 0; kda < kda_layers; ++kda) {
+    std::string state;
+    RETURN_IF_ERROR(model_.ExportKdaState(*sequence, kda, &state));
+    for (int64_t offset = 0; offset < static_cast<int64_t>(state.size()); offset += transfer::kMaxChunkBytes) {
+      transfer::KdaStateBytes chunk;
+      chunk.kda_index = static_cast<int32_t>(kda);
+      chunk.offset = offset;
+      chunk.data = state.substr(offset, transfer::kMaxChunkBytes);
+      chunk.checksum = transfer::Xxh64(chunk.data);
+      bytes_sent += static_cast<int64_t>(chunk.data.size());
+      chunks++;
+      absl::Status status = sender->SendKdaState(std::move(chunk));
+      if (!status.ok()) {
+        *transfer_failed = true;
+        return status;
+      }
+    }
+  }
+  auto accepted = sender->Finish({result.first_token, chunks, bytes_sent});
+  sender_finished = true;
+  if (!accepted.ok()) {
+    *transfer_failed = true;
+    return accepted.status();
+  }
+  const absl::Time acked = absl::Now();
+  result.prefill_ms = absl::ToDoubleMilliseconds(computed - start);
+  result.cache_bytes = bytes_sent;
+  result.transfer_tail_ms = absl::ToDoubleMilliseconds(acked - computed);
+  return result;
+}
+
+PrefillStats PrefillWorker::Stats() const {
+  PrefillStats stats;
+  stats.pages_free = cache_.free_pages();
+  stats.pages_total = cache_.total_pages();
+  stats.page_tokens = cache_.page_tokens();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats.jobs_active = jobs_active_;
+  stats.outstanding_cost = outstanding_cost_;
+  stats.draining = draining_;
+  return stats;
+}
+
+void PrefillWorker::StartDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+}  // namespace latentserve::prefill

@@ -1,0 +1,88 @@
+// The prefill worker's engine side (no gRPC): chunked prefill that streams each chunk's
+// latent rows to the decode worker as soon as they are final, then the KDA states and the
+// first sampled token. One prefill runs at a time (it uses every core); others queue, and
+// the queue's cost (sum of prompt_tokens^2) is what the router balances on.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "model/latent_cache.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "transfer/transport.h"
+
+namespace latentserve::prefill {
+
+struct PrefillJob {
+  std::string request_id;
+  std::string lease_id;       // on the decode worker
+  std::string decode_worker;  // host:port
+  std::vector<int32_t> tokens;
+  model::SamplingParams sampling;  // for the first token
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct PrefillProgressEvent {
+  int64_t tokens_done = 0;
+  int64_t tokens_total = 0;
+  int64_t cache_bytes_sent = 0;
+};
+
+struct PrefillResult {
+  int32_t first_token = -1;
+  double prefill_ms = 0;        // compute, first chunk to last
+  int64_t cache_bytes = 0;      // latent rows + KDA state sent
+  double transfer_tail_ms = 0;  // last chunk computed -> decode worker acknowledged
+};
+
+struct PrefillStats {
+  int64_t pages_free = 0;
+  int64_t pages_total = 0;
+  int64_t page_tokens = 0;
+  int64_t jobs_active = 0;        // running + queued
+  double outstanding_cost = 0;    // sum of prompt_tokens^2 over those jobs
+  bool draining = false;
+};
+
+class PrefillWorker {
+ public:
+  PrefillWorker(const model::Model& model, model::LatentCache& cache, transfer::CacheTransport& transport,
+                std::string fingerprint, int64_t chunk_tokens);
+
+  // Runs one job. `on_progress` after every chunk; `cancelled` is polled between chunks.
+  // On error, *transfer_failed tells whether the handoff (not this worker) failed.
+  absl::StatusOr<PrefillResult> Run(const PrefillJob& job,
+                                    const std::function<void(const PrefillProgressEvent&)>& on_progress,
+                                    const std::function<bool()>& cancelled, bool* transfer_failed);
+
+  PrefillStats Stats() const;
+  void StartDrain();
+  const std::string& fingerprint() const { return fingerprint_; }
+  int64_t max_context_tokens() const { return cache_.total_pages() * cache_.page_tokens(); }
+
+ private:
+  absl::StatusOr<PrefillResult> RunLocked(const PrefillJob& job,
+                                          const std::function<void(const PrefillProgressEvent&)>& on_progress,
+                                          const std::function<bool()>& cancelled, bool* transfer_failed);
+
+  const model::Model& model_;
+  model::LatentCache& cache_;
+  transfer::CacheTransport& transport_;
+  const std::string fingerprint_;
+  const int64_t chunk_tokens_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool busy_ = false;
+  int64_t jobs_active_ = 0;
+  double outstanding_cost_ = 0;
+  bool draining_ = false;
+};
+
+}  // namespace latentserve::prefill

@@ -1,0 +1,494 @@
+#include "router/generation_service.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "router/text_codec.h"
+#include "transfer/grpc_status.h"
+
+namespace latentserve::router {
+namespace {
+
+using transfer::FromGrpc;
+using transfer::ToGrpc;
+
+constexpr const char* kFailedStageKey = "latentserve-failed-stage";  // prefill/prefill_service.h
+
+// Cancels the attached downstream call when the client's call is cancelled (client gone,
+// deadline passed). The sync server has no cancel callback, so one thread polls.
+class CancelLink {
+ public:
+  explicit CancelLink(grpc::ServerContext* server) : server_(server), thread_([this] { Loop(); }) {}
+  ~CancelLink() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Attach(grpc::ClientContext* client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    client_ = client;
+    if (cancelled_) client_->TryCancel();
+  }
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    client_ = nullptr;
+  }
+  bool cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      if (!cancelled_ && server_->IsCancelled()) {
+        cancelled_ = true;
+        if (client_) client_->TryCancel();
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(10));
+    }
+  }
+  grpc::ServerContext* server_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  grpc::ClientContext* client_ = nullptr;
+  bool cancelled_ = false;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
+  static std::mutex mu;
+  static auto* channels = new std::map<std::string, std::shared_ptr<grpc::Channel>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto& channel = (*channels)[address];
+  if (!channel) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(16 << 20);
+    channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  return channel;
+}
+
+void SetDeadline(grpc::ClientContext& context, absl::Time deadline) {
+  context.set_deadline(absl::ToChronoTime(deadline));
+}
+
+// Holds back text that may be the start of a stop string; reports a match.
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
+    for (const auto& s : stops_) hold_ = std::max(hold_, s.empty() ? size_t{0} : s.size() - 1);
+  }
+  // Appends text; returns what can be emitted now. *matched when a stop string appeared
+  // (the text before it is returned, nothing after).
+  std::string Push(const std::string& text, bool* matched) {
+    pending_ += text;
+    for (const auto& s : stops_) {
+      if (s.empty()) continue;
+      const size_t at = pending_.find(s);
+      if (at != std::string::npos) {
+        *matched = true;
+        std::string out = pending_.substr(0, at);
+        pending_.clear();
+        return out;
+      }
+    }
+    if (pending_.size() <= hold_) return "";
+    std::string out = pending_.substr(0, pending_.size() - hold_);
+    pending_.erase(0, pending_.size() - hold_);
+    return out;
+  }
+  std::string Flush() { return std::exchange(pending_, std::string()); }
+
+ private:
+  std::vector<std::string> stops_;
+  size_t hold_ = 0;
+  std::string pending_;
+};
+
+void ReleaseLease(const std::string& decode_worker, const std::string& lease_id, absl::Duration timeout) {
+  auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Now() + timeout);
+  v1::ReleaseLeaseRequest request;
+  request.set_lease_id(lease_id);
+  v1::ReleaseLeaseResponse response;
+  stub->ReleaseLease(&context, request, &response);  // best effort: the lease also expires
+}
+
+}  // namespace
+
+RouterState::RouterState(RouterOptions options) : options_(std::move(options)) {}
+RouterState::~RouterState() = default;
+
+const TextCodec* RouterState::codec() {
+  std::lock_guard<std::mutex> lock(codec_mu_);
+  if (codec_ || codec_tried_) return codec_.get();
+  std::string path = options_.model_path;
+  if (path.empty()) {
+    auto model = registry_.Model();
+    if (!model) return nullptr;  // try again once a worker has registered
+    path = model->path();
+  }
+  codec_tried_ = true;
+  auto codec = TextCodec::Load(path);
+  if (codec.ok()) {
+    codec_ = std::move(*codec);
+  } else {
+    std::fprintf(stderr, "router: no tokenizer (%s): text prompts are refused\n",
+                 std::string(codec.status().message()).c_str());
+  }
+  return codec_.get();
+}
+
+namespace {
+
+absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::GenerateRequest& request) {
+  switch (request.prompt_case()) {
+    case v1::GenerateRequest::kTokens:
+      return std::vector<int32_t>(request.tokens().ids().begin(), request.tokens().ids().end());
+    case v1::GenerateRequest::kText:
+    case v1::GenerateRequest::kChat: {
+      const TextCodec* codec = state.codec();
+      if (!codec) {
+        return absl::UnimplementedError(
+            "this deployment has no tokenizer, so text and chat prompts cannot be encoded; send token ids instead");
+      }
+      if (request.prompt_case() == v1::GenerateRequest::kText) return codec->EncodeText(request.text());
+      if (request.chat().messages().empty()) return absl::InvalidArgumentError("chat prompt has no messages");
+      return codec->EncodeChat(request.chat());
+    }
+    default:
+      return absl::InvalidArgumentError("the request has no prompt: set text, tokens or chat");
+  }
+}
+
+absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& request,
+                             const std::vector<int32_t>& tokens, const v1::ModelDescriptor& model) {
+  if (!request.model().empty() && request.model() != model.name()) {
+    return absl::NotFoundError(absl::StrCat("unknown model '", request.model(), "'; this router serves '", model.name(),
+                                            "' (or leave model empty)"));
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("the prompt is empty: it has no tokens");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= model.vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " has id ", tokens[i],
+                                                     ", outside the vocabulary [0, ", model.vocab_size(), ")"));
+    }
+  }
+  const int64_t max_tokens = request.stopping().max_tokens();
+  if (max_tokens <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.max_tokens must be positive, got ", max_tokens));
+  }
+  const int64_t limit = state.registry().MaxContextTokens();
+  if (static_cast<int64_t>(tokens.size()) + max_tokens > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", tokens.size(), " tokens) + max_tokens (", max_tokens,
+                                                   ") = ", tokens.size() + max_tokens, " exceeds the context limit of ",
+                                                   limit, " tokens"));
+  }
+  const auto& s = request.sampling();
+  if (s.temperature() < 0 || s.top_k() < 0 || s.top_p() < 0 || s.top_p() > 1 || s.min_p() < 0 || s.min_p() > 1) {
+    return absl::InvalidArgumentError("sampling: temperature >= 0, top_k >= 0, top_p and min_p in [0, 1]");
+  }
+  for (int32_t id : request.stopping().stop_token_ids()) {
+    if (id < 0 || id >= model.vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " is outside the vocabulary"));
+    }
+  }
+  if (!request.stopping().stop_strings().empty() && !state.codec()) {
+    return absl::UnimplementedError("stop strings need a tokenizer, which this deployment lacks");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  const absl::Time start = absl::Now();
+  if (state_.draining()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "router is draining; retry elsewhere");
+  auto model = state_.registry().Model();
+  if (!model || !state_.registry().AnyAlive("decode") || !state_.registry().AnyAlive("prefill")) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "no live prefill and decode workers are registered with this router yet");
+  }
+  auto tokens_or = PromptTokens(state_, *request);
+  if (!tokens_or.ok()) return ToGrpc(tokens_or.status());
+  const std::vector<int32_t>& tokens = *tokens_or;
+  if (absl::Status status = ValidateRequest(state_, *request, tokens, *model); !status.ok()) return ToGrpc(status);
+
+  const int64_t max_tokens = request->stopping().max_tokens();
+  const std::string request_id =
+      request->request_id().empty() ? absl::StrCat("req-", state_.next_request++) : request->request_id();
+  absl::Time deadline = start + state_.options().request_timeout;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    deadline = std::min(deadline, absl::FromChrono(context->deadline()));
+  }
+  std::set<int32_t> stop_ids(request->stopping().stop_token_ids().begin(), request->stopping().stop_token_ids().end());
+  const TextCodec* codec = state_.codec();
+  if (!request->stopping().ignore_eos() && codec && codec->eos_id() >= 0) stop_ids.insert(codec->eos_id());
+
+  CancelLink cancel(context);
+  const auto client_gone = [&] { return cancel.cancelled() || context->IsCancelled(); };
+
+  // 1. Reserve pages on a decode worker for the whole prompt + max_tokens.
+  const int64_t lease_tokens = static_cast<int64_t>(tokens.size()) + max_tokens;
+  std::string decode_worker, lease_id;
+  absl::Status last_error = absl::ResourceExhaustedError(absl::StrCat(
+      "no decode worker has room for ", lease_tokens, " cache tokens right now; retry later or add decode workers"));
+  for (const std::string& candidate : state_.registry().DecodeCandidates(lease_tokens, {})) {
+    auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
+    grpc::ClientContext lease_context;
+    SetDeadline(lease_context, std::min(deadline, absl::Now() + state_.options().control_timeout));
+    v1::ReserveLeaseRequest lease_request;
+    lease_request.set_request_id(request_id);
+    lease_request.set_tokens(lease_tokens);
+    lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state_.options().lease_ttl));
+    lease_request.set_model_fingerprint(model->fingerprint());
+    v1::ReserveLeaseResponse lease_response;
+    cancel.Attach(&lease_context);
+    grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
+    cancel.Detach();
+    if (status.ok()) {
+      decode_worker = candidate;
+      lease_id = lease_response.lease_id();
+      break;
+    }
+    if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(candidate);
+    if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
+    }
+  }
+  if (lease_id.empty()) return ToGrpc(last_error);
+  state_.leases_active++;
+  bool lease_open = true;  // until Decode takes it over
+  struct LeaseGuard {
+    RouterState& state;
+    const std::string& worker;
+    const std::string& lease;
+    bool& open;
+    ~LeaseGuard() {
+      if (open) ReleaseLease(worker, lease, state.options().control_timeout);
+      state.leases_active--;
+    }
+  } lease_guard{state_, decode_worker, lease_id, lease_open};
+
+  // 2. Prefill, retrying on another prefill worker if one fails before the first token.
+  const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
+  std::set<std::string> tried;
+  v1::PrefillDone prefill_done;
+  std::string prefill_worker;
+  bool have_first = false;
+  absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
+  while (!have_first) {
+    auto pick = state_.registry().PickPrefill(tried);
+    if (!pick) break;
+    prefill_worker = *pick;
+    tried.insert(prefill_worker);
+    state_.registry().AddPrefillCost(prefill_worker, cost);
+    auto stub = v1::PrefillWorker::NewStub(ChannelTo(prefill_worker));
+    grpc::ClientContext prefill_context;
+    SetDeadline(prefill_context, deadline);
+    v1::PrefillRequest prefill_request;
+    prefill_request.set_request_id(request_id);
+    prefill_request.set_lease_id(lease_id);
+    prefill_request.set_decode_worker(decode_worker);
+    *prefill_request.mutable_token_ids() = {tokens.begin(), tokens.end()};
+    *prefill_request.mutable_sampling() = request->sampling();
+    prefill_request.set_model_fingerprint(model->fingerprint());
+    cancel.Attach(&prefill_context);
+    auto reader = stub->Prefill(&prefill_context, prefill_request);
+    v1::PrefillResponse event;
+    bool client_write_failed = false;
+    while (reader->Read(&event)) {
+      if (event.has_progress()) {
+        v1::GenerateResponse out;
+        *out.mutable_progress() = event.progress();
+        if (!writer->Write(out)) {
+          client_write_failed = true;
+          prefill_context.TryCancel();
+        }
+      } else if (event.has_done()) {
+        prefill_done = event.done();
+        have_first = true;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    cancel.Detach();
+    state_.registry().AddPrefillCost(prefill_worker, -cost);
+    if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+    if (status.ok() && have_first) break;
+    have_first = false;
+    const auto& trailers = prefill_context.GetServerTrailingMetadata();
+    const bool transfer_failed = trailers.find(kFailedStageKey) != trailers.end();
+    if (transfer_failed) {
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(decode_worker);
+      return grpc::Status(status.error_code(),
+                          absl::StrCat("cache handoff to decode worker ", decode_worker, " failed: ", status.error_message()));
+    }
+    prefill_error = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                                 absl::StrCat("prefill worker ", prefill_worker, " failed: ", status.error_message()));
+    if (absl::Now() >= deadline || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrCat("deadline passed during prefill (", status.error_message(), ")"));
+    }
+    // A worker fault (process gone, internal error) is worth another worker; a verdict on
+    // the request itself is not.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      state_.registry().MarkDead(prefill_worker);
+    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN) {
+      return ToGrpc(prefill_error);
+    }
+  }
+  if (!have_first) return ToGrpc(prefill_error);
+
+  // 3. The first token, then the decode worker's stream.
+  std::unique_ptr<TextCodec::Stream> detok = codec ? codec->NewStream() : nullptr;
+  StopMatcher stop_matcher({request->stopping().stop_strings().begin(), request->stopping().stop_strings().end()});
+  int64_t completion_tokens = 0;
+  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+  absl::Time first_token_at, last_token_at;
+  // Emits tokens to the client; returns false when the client is gone.
+  const auto emit = [&](const std::vector<int32_t>& ids) {
+    v1::GenerateResponse out;
+    auto* chunk = out.mutable_tokens();
+    for (int32_t id : ids) {
+      if (reason != v1::FINISH_REASON_UNSPECIFIED) break;
+      chunk->add_token_ids(id);
+      completion_tokens++;
+      if (detok) {
+        bool matched = false;
+        chunk->mutable_text()->append(stop_matcher.Push(detok->Push(id), &matched));
+        if (matched) reason = v1::FINISH_REASON_STOP_STRING;
+      }
+      if (reason == v1::FINISH_REASON_UNSPECIFIED && stop_ids.count(id)) reason = v1::FINISH_REASON_STOP_TOKEN;
+      if (reason == v1::FINISH_REASON_UNSPECIFIED && completion_tokens >= max_tokens) reason = v1::FINISH_REASON_LENGTH;
+    }
+    if (detok && reason != v1::FINISH_REASON_UNSPECIFIED && reason != v1::FINISH_REASON_STOP_STRING) {
+      bool flushed_match = false;
+      chunk->mutable_text()->append(stop_matcher.Push(detok->Flush(), &flushed_match));
+      chunk->mutable_text()->append(stop_matcher.Flush());
+    }
+    last_token_at = absl::Now();
+    return writer->Write(out);
+  };
+  first_token_at = absl::Now();
+  if (!emit({prefill_done.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+
+  if (reason == v1::FINISH_REASON_UNSPECIFIED) {
+    auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
+    grpc::ClientContext decode_context;
+    SetDeadline(decode_context, deadline);
+    v1::DecodeRequest decode_request;
+    decode_request.set_request_id(request_id);
+    decode_request.set_lease_id(lease_id);
+    *decode_request.mutable_sampling() = request->sampling();
+    decode_request.set_max_new_tokens(static_cast<int32_t>(max_tokens - 1));
+    for (int32_t id : stop_ids) decode_request.add_stop_token_ids(id);
+    cancel.Attach(&decode_context);
+    lease_open = false;  // Decode frees the pages on every path from here
+    auto reader = stub->Decode(&decode_context, decode_request);
+    v1::DecodeResponse event;
+    bool client_write_failed = false;
+    while (reason == v1::FINISH_REASON_UNSPECIFIED && reader->Read(&event)) {
+      if (event.token_ids_size() > 0 &&
+          !emit(std::vector<int32_t>(event.token_ids().begin(), event.token_ids().end()))) {
+        client_write_failed = true;
+      }
+      if (reason == v1::FINISH_REASON_UNSPECIFIED && event.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        reason = event.finish_reason();
+      }
+      if (client_write_failed) break;
+    }
+    if (reason != v1::FINISH_REASON_UNSPECIFIED || client_write_failed) decode_context.TryCancel();
+    grpc::Status status = reader->Finish();
+    cancel.Detach();
+    if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+    if (reason == v1::FINISH_REASON_UNSPECIFIED) {
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(decode_worker);
+      if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "decode stream ended without a finish reason");
+      return grpc::Status(status.error_code(),
+                          absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()));
+    }
+  }
+
+  v1::GenerateResponse out;
+  auto* finished = out.mutable_finished();
+  finished->set_reason(reason);
+  finished->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(tokens.size()));
+  finished->mutable_usage()->set_completion_tokens(completion_tokens);
+  finished->mutable_usage()->set_cache_bytes_transferred(prefill_done.cache_bytes());
+  finished->mutable_timings()->set_ttft_ms(absl::ToDoubleMilliseconds(first_token_at - start));
+  const double decode_s = absl::ToDoubleSeconds(last_token_at - first_token_at);
+  finished->mutable_timings()->set_decode_tokens_per_s(completion_tokens > 1 && decode_s > 0
+                                                           ? (completion_tokens - 1) / decode_s : 0.0);
+  finished->mutable_timings()->set_prefill_ms(prefill_done.prefill_ms());
+  finished->mutable_timings()->set_transfer_tail_ms(prefill_done.transfer_tail_ms());
+  finished->set_prefill_worker(prefill_worker);
+  finished->set_decode_worker(decode_worker);
+  finished->set_request_id(request_id);
+  writer->Write(out);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                                         v1::TokenizeResponse* response) {
+  v1::GenerateRequest as_generate;
+  if (request->has_chat()) {
+    *as_generate.mutable_chat() = request->chat();
+  } else {
+    as_generate.set_text(request->text());
+  }
+  auto tokens = PromptTokens(state_, as_generate);
+  if (!tokens.ok()) return ToGrpc(tokens.status());
+  for (int32_t id : *tokens) response->add_token_ids(id);
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
+                                             v1::GetModelInfoResponse* response) {
+  if (auto model = state_.registry().Model()) {
+    response->set_model_name(model->name());
+    response->set_model_fingerprint(model->fingerprint());
+    response->set_vocab_size(model->vocab_size());
+  }
+  response->set_max_context_tokens(state_.registry().MaxContextTokens());
+  response->set_has_tokenizer(state_.codec() != nullptr);
+  for (const WorkerEntry& entry : state_.registry().Snapshot()) {
+    v1::WorkerInfo* info = response->add_workers();
+    *info = entry.stats;
+    info->set_address(entry.address);
+    info->set_role(entry.role);
+    info->set_alive(entry.alive);
+  }
+  response->set_router_leases_active(state_.leases_active.load());
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
+                                             v1::RegisterWorkerResponse* response) {
+  absl::Status status = state_.registry().Register(*request);
+  if (!status.ok()) return ToGrpc(status);
+  std::fprintf(stderr, "router: %s worker %s registered\n", request->role().c_str(), request->address().c_str());
+  response->set_heartbeat_interval_ms(1000);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
+                                        v1::HeartbeatResponse* response) {
+  return ToGrpc(state_.registry().Heartbeat(*request));
+}
+
+}  // namespace latentserve::router

@@ -1,0 +1,80 @@
+// The router: public latentserve.v1.Generation and the WorkerRegistry workers call.
+//
+// Generate: validate -> reserve a lease on a decode worker (pages for prompt + max_tokens)
+// -> prefill on the least-loaded prefill worker (retried elsewhere if that worker fails
+// before the first token) -> relay the first token -> relay the decode worker's tokens.
+// Client cancellation and deadlines reach every downstream call; the lease is released on
+// every path that does not end in Decode (which frees pages itself).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "latentserve/v1/generate.grpc.pb.h"
+#include "latentserve/v1/worker.grpc.pb.h"
+#include "router/worker_registry.h"
+
+namespace latentserve::router {
+
+struct RouterOptions {
+  absl::Duration lease_ttl = absl::Seconds(120);         // cache must arrive and Decode start within
+  absl::Duration request_timeout = absl::Minutes(30);    // when the client sets no deadline
+  absl::Duration control_timeout = absl::Seconds(5);     // ReserveLease / ReleaseLease
+  std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
+};
+
+class TextCodec;  // tokenizer wrapper (router/text_codec.h)
+
+class RouterState {
+ public:
+  explicit RouterState(RouterOptions options);
+  ~RouterState();
+  WorkerRegistry& registry() { return registry_; }
+  const RouterOptions& options() const { return options_; }
+  // The tokenizer, loaded on first use; nullptr when the model has none (or it is not built).
+  const TextCodec* codec();
+  void StartDrain() { draining_ = true; }
+  bool draining() const { return draining_; }
+  std::atomic<int64_t> leases_active{0};
+  std::atomic<int64_t> next_request{1};
+
+ private:
+  RouterOptions options_;
+  WorkerRegistry registry_;
+  std::mutex codec_mu_;
+  std::unique_ptr<TextCodec> codec_;
+  bool codec_tried_ = false;
+  std::atomic<bool> draining_{false};
+};
+
+class GenerationService final : public v1::Generation::Service {
+ public:
+  explicit GenerationService(RouterState& state) : state_(state) {}
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
+                            v1::GetModelInfoResponse* response) override;
+
+ private:
+  RouterState& state_;
+};
+
+class RegistryService final : public v1::WorkerRegistry::Service {
+ public:
+  explicit RegistryService(RouterState& state) : state_(state) {}
+  grpc::Status RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
+                              v1::RegisterWorkerResponse* response) override;
+  grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override;
+
+ private:
+  RouterState& state_;
+};
+
+}  // namespace latentserve::router

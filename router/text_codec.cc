@@ -1,0 +1,65 @@
+#include "router/text_codec.h"
+
+#include "common/status.h"
+
+#ifdef LATENTSERVE_HAVE_TOKENIZER
+#include "common/gguf/gguf.h"
+#include "common/tokenizer/chat_format.h"
+#include "common/tokenizer/detokenizer.h"
+#include "common/tokenizer/tokenizer.h"
+#endif
+
+namespace latentserve::router {
+
+#ifdef LATENTSERVE_HAVE_TOKENIZER
+namespace {
+
+class TokenizerCodec : public TextCodec {
+ public:
+  explicit TokenizerCodec(tokenizer::Tokenizer tok) : tokenizer_(std::move(tok)) {}
+
+  std::vector<int32_t> EncodeText(const std::string& text) const override {
+    return tokenizer_.Encode(text, /*parse_special=*/false, /*add_special=*/true);
+  }
+  std::vector<int32_t> EncodeChat(const v1::ChatMessages& chat) const override {
+    std::vector<tokenizer::ChatMessage> messages;
+    for (const auto& m : chat.messages()) messages.push_back({m.role(), m.content()});
+    const bool add_generation_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
+    return tokenizer_.Encode(tokenizer::FormatChat(messages, add_generation_prompt), /*parse_special=*/true);
+  }
+  int32_t eos_id() const override { return tokenizer_.eos_id(); }
+
+  class DecoderStream : public Stream {
+   public:
+    explicit DecoderStream(const tokenizer::Tokenizer& tok) : decoder_(tok, /*render_special=*/false) {}
+    std::string Push(int32_t id) override {
+      auto text = decoder_.Push(id);
+      return text.ok() ? *text : std::string();
+    }
+    std::string Flush() override { return decoder_.Flush(); }
+
+   private:
+    tokenizer::StreamingDecoder decoder_;
+  };
+  std::unique_ptr<Stream> NewStream() const override { return std::make_unique<DecoderStream>(tokenizer_); }
+
+ private:
+  tokenizer::Tokenizer tokenizer_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TextCodec>> TextCodec::Load(const std::string& gguf_path) {
+  ASSIGN_OR_RETURN(auto file, gguf::File::Open(gguf_path));
+  ASSIGN_OR_RETURN(tokenizer::Tokenizer tok, tokenizer::Tokenizer::FromGguf(*file));
+  return std::unique_ptr<TextCodec>(new TokenizerCodec(std::move(tok)));
+}
+#else
+absl::StatusOr<std::unique_ptr<TextCodec>> TextCodec::Load(const std::string&) {
+  return absl::UnimplementedError(
+      "text and chat prompts need the tokenizer, which this build of latentserve lacks; send token ids "
+      "(GenerateRequest.tokens / --prompt-tokens)");
+}
+#endif
+
+}  // namespace latentserve::router

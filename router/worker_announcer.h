@@ -1,0 +1,33 @@
+// Worker side of registration: registers with the router, then sends heartbeats with fresh
+// stats; re-registers when the router forgets the worker (router restart).
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "latentserve/v1/worker.pb.h"
+
+namespace latentserve::router {
+
+class WorkerAnnouncer {
+ public:
+  // `stats` is called from the announcer's thread.
+  WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
+                  v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats);
+  ~WorkerAnnouncer();
+
+ private:
+  void Loop();
+  const std::string router_address_, worker_address_, role_;
+  const v1::ModelDescriptor model_;
+  const std::function<v1::WorkerInfo()> stats_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace latentserve::router

@@ -1,0 +1,183 @@
+#include "router/worker_registry.h"
+
+#include <algorithm>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "latentserve/v1/worker.grpc.pb.h"
+
+namespace latentserve::router {
+
+WorkerRegistry::WorkerRegistry(absl::Duration poll_interval) : poll_interval_(poll_interval) {
+  monitor_ = std::thread([this] { MonitorLoop(); });
+}
+
+WorkerRegistry::~WorkerRegistry() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  monitor_.join();
+}
+
+void WorkerRegistry::AddStatic(const std::string& address, const std::string& role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  WorkerEntry& entry = workers_[address];
+  entry.address = address;
+  entry.role = role;
+  entry.static_entry = true;
+}
+
+absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const std::string& address) {
+  if (!model_) {
+    model_ = model;
+    return absl::OkStatus();
+  }
+  if (model_->fingerprint() != model.fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", address, " serves model ", model.name(), " (",
+                                                      model.fingerprint(), "), this router serves ", model_->name(),
+                                                      " (", model_->fingerprint(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) {
+  if (request.address().empty()) return absl::InvalidArgumentError("worker address is empty");
+  if (request.role() != "prefill" && request.role() != "decode") {
+    return absl::InvalidArgumentError(absl::StrCat("worker role must be prefill or decode, got '", request.role(), "'"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status status = AcceptModel(request.model(), request.address()); !status.ok()) return status;
+  WorkerEntry& entry = workers_[request.address()];
+  entry.address = request.address();
+  entry.role = request.role();
+  entry.model = request.model();
+  entry.stats = request.stats();
+  entry.alive = true;
+  entry.last_seen = absl::Now();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerRegistry::Heartbeat(const v1::HeartbeatRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(request.address());
+  if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", request.address(), " is not registered"));
+  it->second.stats = request.stats();
+  it->second.alive = true;
+  it->second.last_seen = absl::Now();
+  return absl::OkStatus();
+}
+
+void WorkerRegistry::MarkDead(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  if (it != workers_.end()) it->second.alive = false;
+}
+
+std::vector<std::string> WorkerRegistry::DecodeCandidates(int64_t tokens, const std::set<std::string>& exclude) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<const WorkerEntry*> fits;
+  for (const auto& [address, entry] : workers_) {
+    if (entry.role != "decode" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
+    if (entry.model.max_context_tokens() < tokens) continue;
+    fits.push_back(&entry);
+  }
+  // Stats can be a poll old: the lease itself is the authority, so order by free tokens and
+  // let ReserveLease say no.
+  std::sort(fits.begin(), fits.end(), [](const WorkerEntry* a, const WorkerEntry* b) {
+    return a->stats.cache_pages_free() * a->stats.page_tokens() > b->stats.cache_pages_free() * b->stats.page_tokens();
+  });
+  std::vector<std::string> out;
+  for (const WorkerEntry* entry : fits) out.push_back(entry->address);
+  return out;
+}
+
+std::optional<std::string> WorkerRegistry::PickPrefill(const std::set<std::string>& exclude) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const WorkerEntry* best = nullptr;
+  for (const auto& [address, entry] : workers_) {
+    if (entry.role != "prefill" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
+    // The router's own in-flight cost is current; the worker's reported cost covers other routers.
+    if (!best || entry.inflight_cost < best->inflight_cost) best = &entry;
+  }
+  if (!best) return std::nullopt;
+  return best->address;
+}
+
+void WorkerRegistry::AddPrefillCost(const std::string& address, double cost) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  if (it != workers_.end()) it->second.inflight_cost = std::max(0.0, it->second.inflight_cost + cost);
+}
+
+std::optional<v1::ModelDescriptor> WorkerRegistry::Model() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return model_;
+}
+
+int64_t WorkerRegistry::MaxContextTokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t best = 0;
+  for (const auto& [address, entry] : workers_) {
+    if (entry.role == "decode" && entry.alive) best = std::max(best, entry.model.max_context_tokens());
+  }
+  return best;
+}
+
+bool WorkerRegistry::AnyAlive(const std::string& role) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [address, entry] : workers_) {
+    if (entry.role == role && entry.alive) return true;
+  }
+  return false;
+}
+
+std::vector<WorkerEntry> WorkerRegistry::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<WorkerEntry> out;
+  for (const auto& [address, entry] : workers_) out.push_back(entry);
+  return out;
+}
+
+void WorkerRegistry::MonitorLoop() {
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    std::vector<std::string> addresses;
+    for (const auto& [address, entry] : workers_) addresses.push_back(address);
+    lock.unlock();
+    for (const std::string& address : addresses) {
+      auto& channel = channels[address];
+      if (!channel) channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+      auto stub = v1::WorkerStats::NewStub(channel);
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
+      v1::GetWorkerStatsRequest request;
+      v1::GetWorkerStatsResponse response;
+      grpc::Status status = stub->GetWorkerStats(&context, request, &response);
+      std::lock_guard<std::mutex> relock(mu_);
+      auto it = workers_.find(address);
+      if (it == workers_.end()) continue;
+      if (!status.ok()) {
+        it->second.alive = false;
+        continue;
+      }
+      if (!AcceptModel(response.model(), address).ok()) {
+        it->second.alive = false;  // a worker of another model never takes work here
+        continue;
+      }
+      it->second.model = response.model();
+      it->second.stats = response.stats();
+      it->second.role = response.role();
+      it->second.alive = true;
+      it->second.last_seen = absl::Now();
+    }
+    lock.lock();
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(poll_interval_), [&] { return stopping_; });
+  }
+}
+
+}  // namespace latentserve::router
