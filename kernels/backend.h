@@ -66,6 +66,13 @@ class Backend {
   virtual void CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,
                            int64_t cols) = 0;
 
+  // Pseudo-random contents from a hash of (seed, element index), the same on every backend:
+  // float types uniform in [mean - scale, mean + scale]; q8_0 / q4_0 random quants whose
+  // values span [-scale, scale]. Lets a full-size model exist without a 50-100 GB file.
+  virtual void FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) = 0;
+  // Peak bytes of memory the backend has held for tensors (-1 when not tracked).
+  virtual int64_t PeakMemoryBytes() const { return -1; }
+
   // ---- dense ----
   // out[:, i] = table[:, ids[i]] converted to f32. table [E, V] any dtype; ids i32 [n].
   virtual void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;

@@ -21,13 +21,26 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, kern
     return absl::InvalidArgumentError(absl::StrCat("kimi-linear.vocab_size is ", *declared,
                                                    " but token_embd has ", model->config_.vocab, " rows"));
   }
-  int64_t kda = 0, mla = 0;
-  for (int64_t i = 0; i < model->config_.n_layers; ++i) {
-    const bool is_mla = model->config_.is_mla[i];
-    model->kda_index_.push_back(is_mla ? -1 : kda++);
-    model->mla_index_.push_back(is_mla ? mla++ : -1);
-  }
+  model->IndexLayers();
   return model;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Random(const ModelConfig& config, kernels::Backend& backend,
+                                                     DType matrix_type, uint64_t seed) {
+  std::unique_ptr<Model> model(new Model(backend));
+  model->config_ = config;
+  ASSIGN_OR_RETURN(model->weights_, Weights::Random(config, backend, matrix_type, seed));
+  model->IndexLayers();
+  return model;
+}
+
+void Model::IndexLayers() {
+  int64_t kda = 0, mla = 0;
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    const bool is_mla = config_.is_mla[i];
+    kda_index_.push_back(is_mla ? -1 : kda++);
+    mla_index_.push_back(is_mla ? mla++ : -1);
+  }
 }
 
 int64_t Model::KdaStateBytes() const { return PlanMemory(config_, 0, DType::kF32, 0).kda_state_bytes; }

@@ -35,11 +35,14 @@ struct ForwardOptions {
 class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path, kernels::Backend& backend);
+  // A model of `config`'s shape with random weights made on the backend (no file).
+  static absl::StatusOr<std::unique_ptr<Model>> Random(const ModelConfig& config, kernels::Backend& backend,
+                                                       DType matrix_type, uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return weights_; }
   kernels::Backend& backend() const { return backend_; }
-  const gguf::File& file() const { return *file_; }
+  const gguf::File* file() const { return file_.get(); }  // null for random weights
   int64_t vocab() const { return config_.vocab; }
 
   // A fresh sequence with zeroed KDA state and no cache pages.
@@ -71,7 +74,8 @@ class Model {
       const ForwardOptions& options = {}) const;
 
  private:
-  Model(kernels::Backend& backend) : backend_(backend) {}
+  explicit Model(kernels::Backend& backend) : backend_(backend) {}
+  void IndexLayers();
   kernels::Backend& backend_;
   std::unique_ptr<gguf::File> file_;
   ModelConfig config_;

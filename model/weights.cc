@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
@@ -9,15 +11,53 @@ namespace {
 
 std::string ShapeString(const std::vector<int64_t>& ne) { return absl::StrCat("[", absl::StrJoin(ne, ", "), "]"); }
 
-class Loader {
+// Where weights come from: a GGUF file, or random values made on the backend.
+class Source {
+ public:
+  virtual ~Source() = default;
+  // `name` with `shape`; `f32_only` for small parameters the math needs in full precision.
+  virtual absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
+                                     bool optional = false) = 0;
+};
+
+class RandomSource final : public Source {
+ public:
+  RandomSource(kernels::Backend& backend, DType matrix_type, uint64_t seed, uint64_t* bytes)
+      : backend_(backend), matrix_type_(matrix_type), seed_(seed), bytes_(bytes) {}
+
+  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only, bool) override {
+    kernels::Shape ne = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
+    const bool matrix = !f32_only && shape.size() >= 2 && ne[0] % 32 == 0;
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(matrix ? matrix_type_ : DType::kF32, ne));
+    // Scales keep activations O(1): matrices ~ 1/sqrt(fan_in), norms ~ 1, decays negative.
+    float mean = 0, scale = 1.0f / std::sqrt(static_cast<float>(ne[0]));
+    if (name.find("norm") != std::string::npos) mean = 1.0f, scale = 0.1f;
+    if (name.find("ssm_a") != std::string::npos) mean = -1.0f, scale = 0.5f;
+    if (name.find("ssm_dt") != std::string::npos || name.find("conv1d") != std::string::npos) scale = 0.5f;
+    if (name.find("exp_probs_b") != std::string::npos) scale = 0.01f;
+    if (name == "token_embd.weight") scale = 1.0f;
+    backend_.FillRandom(t, seed_ + (counter_++) * 1000003ull, mean, scale);
+    *bytes_ += t.nbytes();
+    return t;
+  }
+
+ private:
+  kernels::Backend& backend_;
+  DType matrix_type_;
+  uint64_t seed_;
+  uint64_t* bytes_;
+  uint64_t counter_ = 0;
+};
+
+class Loader final : public Source {
  public:
   Loader(const gguf::File& file, kernels::Backend& backend, uint64_t* bytes)
       : file_(file), backend_(backend), bytes_(bytes) {}
 
-  // Loads `name` expecting `shape` (trailing 1s in the file are ignored). `f32_only` for
-  // small parameters that the math needs in full precision.
+  // Loads `name` expecting `shape` (trailing 1s in the file are ignored).
   absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
-                             bool optional = false) {
+                             bool optional = false) override {
     const gguf::TensorInfo* info = file_.FindTensor(name);
     if (info == nullptr) {
       if (optional) return Tensor{};
@@ -54,6 +94,12 @@ class Loader {
 
 }  // namespace
 
+namespace {
+
+absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, Weights w);
+
+}  // namespace
+
 absl::StatusOr<Weights> Weights::Load(const gguf::File& file, const ModelConfig& c, kernels::Backend& backend) {
   Weights w;
   Loader l(file, backend, &w.bytes);
@@ -61,7 +107,19 @@ absl::StatusOr<Weights> Weights::Load(const gguf::File& file, const ModelConfig&
   if (embd == nullptr || embd->ne.size() < 2) {
     return absl::InvalidArgumentError("model file lacks a 2-D tensor 'token_embd.weight'");
   }
-  const int64_t vocab = embd->ne[1];
+  return Build(l, c, embd->ne[1], std::move(w));
+}
+
+absl::StatusOr<Weights> Weights::Random(const ModelConfig& c, kernels::Backend& backend, DType matrix_type,
+                                        uint64_t seed) {
+  Weights w;
+  RandomSource source(backend, matrix_type, seed, &w.bytes);
+  return Build(source, c, c.vocab, std::move(w));
+}
+
+namespace {
+
+absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, Weights w) {
   const int64_t E = c.hidden, H = c.n_heads, Dk = c.kda_head_dim, Di = c.kda_inner();
   const int64_t R = c.kv_lora_rank, Pn = c.qk_nope, Pr = c.qk_rope, Dv = c.v_head;
   ASSIGN_OR_RETURN(w.token_embd, l.Get("token_embd.weight", {E, vocab}));
@@ -120,5 +178,7 @@ absl::StatusOr<Weights> Weights::Load(const gguf::File& file, const ModelConfig&
   }
   return w;
 }
+
+}  // namespace
 
 }  // namespace latentserve::model

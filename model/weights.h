@@ -61,6 +61,10 @@ struct Weights {
   // Creates backend tensors for every weight, validating names, shapes and types.
   static absl::StatusOr<Weights> Load(const gguf::File& file, const ModelConfig& config,
                                       kernels::Backend& backend);
+  // Random weights of `config`'s shape made directly in backend memory (matrices in
+  // `matrix_type`), for full-size runs without a file.
+  static absl::StatusOr<Weights> Random(const ModelConfig& config, kernels::Backend& backend, DType matrix_type,
+                                        uint64_t seed);
 };
 
 }  // namespace latentserve::model

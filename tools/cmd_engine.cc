@@ -104,6 +104,7 @@ absl::Status RunGenerate(int argc, char** argv) {
   }
   const auto done = std::chrono::steady_clock::now();
   std::printf("\n");
+  PrintMemoryBreakdown(engine, 1);
   const double prefill_s = std::chrono::duration<double>(prefilled - start).count();
   const double decode_s = std::chrono::duration<double>(done - prefilled).count();
   std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens in %.3f s (%.1f tok/s)\n",

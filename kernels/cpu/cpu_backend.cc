@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/random_fill.h"
 
 namespace latentserve::kernels::cpu {
 namespace {
@@ -107,6 +108,46 @@ void CpuBackend::CopyColumns(const Tensor& src, int64_t src_col, const Tensor& d
   for (int64_t r = 0; r < src.rows(); ++r) {
     std::memcpy(F32(dst) + r * dst.ne[0] + dst_col, F32(src) + r * src.ne[0] + src_col, cols * sizeof(float));
   }
+}
+
+void CpuBackend::FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) {
+  const int64_t width = dst.ne[0];
+  const size_t row_bytes = dst.row_bytes();
+  pool_.ParallelFor(dst.rows(), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      uint8_t* row = HostPtr(dst) + r * row_bytes;
+      const uint64_t base = static_cast<uint64_t>(r * width);
+      switch (dst.dtype) {
+        case DType::kQ8_0: {
+          auto* blocks = reinterpret_cast<BlockQ8_0*>(row);
+          for (int64_t b = 0; b < width / 32; ++b) {
+            blocks[b].d = FloatToHalf(scale / 127.0f);
+            for (int i = 0; i < 32; ++i) blocks[b].qs[i] = static_cast<int8_t>(HashUniform(seed, base + b * 32 + i) * 127.0f);
+          }
+          break;
+        }
+        case DType::kQ4_0: {
+          auto* blocks = reinterpret_cast<BlockQ4_0*>(row);
+          for (int64_t b = 0; b < width / 32; ++b) {
+            blocks[b].d = FloatToHalf(scale / 8.0f);
+            for (int i = 0; i < 16; ++i) {
+              const int lo = static_cast<int>((HashUniform(seed, base + b * 32 + i) + 1.0f) * 7.999f);
+              const int hi = static_cast<int>((HashUniform(seed, base + b * 32 + 16 + i) + 1.0f) * 7.999f);
+              blocks[b].qs[i] = static_cast<uint8_t>(lo | (hi << 4));
+            }
+          }
+          break;
+        }
+        case DType::kI32:
+          CheckFailed("FillRandom on i32", __FILE__, __LINE__);
+        default: {
+          std::vector<float> values(width);
+          for (int64_t i = 0; i < width; ++i) values[i] = mean + scale * HashUniform(seed, base + i);
+          QuantizeRow(dst.dtype, values.data(), row, width);
+        }
+      }
+    }
+  });
 }
 
 void CpuBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) {

@@ -24,6 +24,7 @@ class CpuBackend final : public Backend {
   void CopyColumns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,
                    int64_t cols) override;
 
+  void FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) override;
   void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/random_fill.h"
 
 namespace latentserve::kernels::cuda {
 
@@ -45,7 +46,53 @@ __global__ void GetRowsKernel(DType type, const uint8_t* table, size_t row_bytes
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[column * width + i] = LoadElement(type, row, i);
 }
 
+__global__ void FillRandomKernel(DType type, uint8_t* data, size_t row_bytes, int64_t width, int64_t rows,
+                                 uint64_t seed, float mean, float scale) {
+  const int64_t per_row = (type == DType::kQ8_0 || type == DType::kQ4_0) ? width / 32 : width;
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= per_row * rows) return;
+  const int64_t r = i / per_row, j = i % per_row;
+  uint8_t* row = data + r * row_bytes;
+  const uint64_t base = static_cast<uint64_t>(r * width);
+  if (type == DType::kQ8_0) {
+    uint8_t* block = row + j * 34;
+    *reinterpret_cast<__half*>(block) = __float2half_rn(scale / 127.0f);
+    for (int k = 0; k < 32; ++k) block[2 + k] = static_cast<uint8_t>(static_cast<int8_t>(HashUniform(seed, base + j * 32 + k) * 127.0f));
+  } else if (type == DType::kQ4_0) {
+    uint8_t* block = row + j * 18;
+    *reinterpret_cast<__half*>(block) = __float2half_rn(scale / 8.0f);
+    for (int k = 0; k < 16; ++k) {
+      const int lo = static_cast<int>((HashUniform(seed, base + j * 32 + k) + 1.0f) * 7.999f);
+      const int hi = static_cast<int>((HashUniform(seed, base + j * 32 + 16 + k) + 1.0f) * 7.999f);
+      block[2 + k] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  } else {
+    const float v = mean + scale * HashUniform(seed, base + j);
+    if (type == DType::kF32) reinterpret_cast<float*>(row)[j] = v;
+    if (type == DType::kF16) reinterpret_cast<__half*>(row)[j] = __float2half_rn(v);
+    if (type == DType::kBF16) reinterpret_cast<__nv_bfloat16*>(row)[j] = __float2bfloat16_rn(v);
+  }
+}
+
 }  // namespace
+
+void CudaBackend::FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) {
+  CU_CHECK(dst.dtype != DType::kI32);
+  const bool quantised = dst.dtype == DType::kQ8_0 || dst.dtype == DType::kQ4_0;
+  const int64_t n = (quantised ? dst.ne[0] / 32 : dst.ne[0]) * dst.rows();
+  if (n == 0) return;
+  FillRandomKernel<<<Blocks(n, 256), 256, 0, stream_>>>(dst.dtype, DevPtr(dst), dst.row_bytes(), dst.ne[0], dst.rows(),
+                                                        seed, mean, scale);
+  LAUNCH_OK();
+}
+
+int64_t CudaBackend::PeakMemoryBytes() const {
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, device_) != cudaSuccess) return -1;
+  uint64_t high = 0;
+  if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &high) != cudaSuccess) return -1;
+  return static_cast<int64_t>(high);
+}
 
 CudaBackend::CudaBackend(int device) : device_(device), scratch_(8) {
   CUDA_OK(cudaSetDevice(device));

@@ -93,6 +93,18 @@ TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {
   }
 }
 
+TEST_F(BackendOps, FillRandomIsIdenticalOnBothBackends) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+    Tensor c = *cpu_->Alloc(type, {96, 7, 2, 1}), g = *gpu_->Alloc(type, {96, 7, 2, 1});
+    cpu_->FillRandom(c, 99, 0.5f, 0.25f);
+    gpu_->FillRandom(g, 99, 0.5f, 0.25f);
+    std::vector<uint8_t> a(c.nbytes()), b(g.nbytes());
+    cpu_->Download(c, a.data(), a.size());
+    gpu_->Download(g, b.data(), b.size());
+    EXPECT_EQ(a, b) << DTypeName(type);
+  }
+}
+
 TEST_F(BackendOps, HeadMatMul) {
   for (DType type : {DType::kF32, DType::kQ8_0}) {
     const int64_t k = 64, n = 96, heads = 5, kx = 96, tokens = 7;

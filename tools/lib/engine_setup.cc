@@ -1,5 +1,6 @@
 #include "tools/lib/engine_setup.h"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -15,8 +16,20 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   backend_options.threads = static_cast<int>(threads);
   ASSIGN_OR_RETURN(engine.backend, kernels::CreateBackend(backend_options));
-  ASSIGN_OR_RETURN(std::string path, args.Require("model"));
-  ASSIGN_OR_RETURN(engine.model, model::Model::Load(path, *engine.backend));
+  if (args.Has("random-weights")) {
+    // The real shape with random weights made on the backend: full-size runs without a file.
+    if (args.Get("random-weights") != "kimi-linear-48b-a3b") {
+      return absl::InvalidArgumentError("--random-weights supports kimi-linear-48b-a3b");
+    }
+    auto weight_type = ParseDType(args.Get("weight-type", "q4_0"));
+    if (!weight_type) return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0 or q4_0");
+    ASSIGN_OR_RETURN(int64_t seed, args.GetInt("weights-seed", 1));
+    ASSIGN_OR_RETURN(engine.model, model::Model::Random(model::ModelConfig::KimiLinear48B(), *engine.backend,
+                                                        *weight_type, static_cast<uint64_t>(seed)));
+  } else {
+    ASSIGN_OR_RETURN(std::string path, args.Require("model"));
+    ASSIGN_OR_RETURN(engine.model, model::Model::Load(path, *engine.backend));
+  }
   model::LatentCacheOptions cache_options;
   const std::string cache_type = args.Get("cache-type", "f16");
   auto dtype = ParseDType(cache_type);
@@ -33,6 +46,19 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", 512));
   if (engine.chunk_tokens <= 0) return absl::InvalidArgumentError("--chunk must be positive");
   return engine;
+}
+
+void PrintMemoryBreakdown(const Engine& engine, int64_t sequences) {
+  const int64_t weights = static_cast<int64_t>(engine.model->weights().bytes);
+  const int64_t cache = static_cast<int64_t>(engine.cache->total_bytes());
+  const int64_t kda = engine.model->KdaStateBytes() * sequences;
+  const int64_t peak = engine.backend->PeakMemoryBytes();
+  std::fprintf(stderr,
+               "{\"memory\":{\"backend\":\"%s\",\"weights_bytes\":%lld,\"latent_cache_bytes\":%lld,"
+               "\"kda_state_bytes\":%lld,\"peak_bytes\":%lld,\"workspace_bytes\":%lld}}\n",
+               engine.backend->name().c_str(), static_cast<long long>(weights), static_cast<long long>(cache),
+               static_cast<long long>(kda), static_cast<long long>(peak),
+               static_cast<long long>(peak >= 0 ? peak - weights - cache - kda : -1));
 }
 
 absl::StatusOr<std::vector<int32_t>> TokensFromArgs(const Args& args, const std::string& flag,

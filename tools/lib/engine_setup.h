@@ -16,7 +16,8 @@ namespace latentserve::cli {
 
 // Flags understood by EngineFromArgs.
 inline const std::set<std::string> kEngineFlags = {"model", "backend", "threads", "cache-type", "page-tokens",
-                                                   "chunk", "context"};
+                                                   "chunk", "context", "random-weights", "weight-type",
+                                                   "weights-seed"};
 
 struct Engine {
   std::unique_ptr<kernels::Backend> backend;
@@ -27,6 +28,9 @@ struct Engine {
 
 // Loads the model and sizes a latent cache for `context_tokens` (at least).
 absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens);
+
+// One line of JSON on stderr: weights, latent cache, KDA state, backend peak and workspace.
+void PrintMemoryBreakdown(const Engine& engine, int64_t sequences);
 
 // Token ids from --tokens "1,2,3" or --tokens-file F (same format).
 absl::StatusOr<std::vector<int32_t>> TokensFromArgs(const Args& args, const std::string& flag,

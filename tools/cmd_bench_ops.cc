@@ -1,0 +1,204 @@
+// latentserve bench-ops: measured ceilings (device copy bandwidth, bf16 GEMM rate) and per-op
+// times at the real model's shapes (hidden 2304, 32 heads, Dk 128, latent 576, 256 experts
+// top-8, q4_0 weights), each as a fraction of the ceiling that bounds it. Timing: host clock
+// around Synchronize(), after warm-up, median of repeats. One JSON line per row on stdout.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/args.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "tools/cli.h"
+
+namespace latentserve::cli {
+namespace {
+
+using kernels::Backend;
+using kernels::Tensor;
+
+double MedianSeconds(Backend& b, int repeats, const std::function<void()>& op) {
+  op();
+  b.Synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    op();
+    b.Synchronize();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+absl::StatusOr<Tensor> Random(Backend& b, DType type, kernels::Shape ne, float mean = 0, float scale = 1) {
+  ASSIGN_OR_RETURN(Tensor t, b.Alloc(type, ne));
+  static uint64_t seed = 1;
+  b.FillRandom(t, seed++, mean, scale);
+  return t;
+}
+
+struct Row {
+  std::string op, shape, bound;
+  double seconds, fraction;
+};
+
+absl::Status Run(int argc, char** argv) {
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens"}));
+  kernels::BackendOptions options;
+  options.kind = args.Get("backend", "cuda");
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  options.threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, kernels::CreateBackend(options));
+  Backend& b = *backend;
+  ASSIGN_OR_RETURN(int64_t repeats, args.GetInt("repeats", 10));
+  ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 131072));
+  ASSIGN_OR_RETURN(int64_t prefill, args.GetInt("prefill-tokens", 8192));
+  const bool cpu = options.kind == "cpu";
+  const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
+  std::vector<Row> rows;
+
+  // Ceiling 1: device copy bandwidth (bytes read + written).
+  const int64_t copy_elems = cpu ? (int64_t{64} << 20) : (int64_t{512} << 20);
+  ASSIGN_OR_RETURN(Tensor src, Random(b, DType::kF32, {copy_elems, 1, 1, 1}));
+  ASSIGN_OR_RETURN(Tensor dst, b.Alloc(DType::kF32, {copy_elems, 1, 1, 1}));
+  const double copy_s = MedianSeconds(b, static_cast<int>(repeats), [&] { b.Copy(src, dst); });
+  const double bandwidth = 2.0 * copy_elems * 4 / copy_s;
+  rows.push_back({"copy", std::to_string(copy_elems * 4 >> 20) + " MiB", "ceiling", copy_s, 1.0});
+  src = {};
+  dst = {};
+  // Ceiling 2: a large bf16 GEMM (includes casting the f32 activations to bf16).
+  const int64_t g = cpu ? 1024 : 8192;
+  ASSIGN_OR_RETURN(Tensor gw, Random(b, DType::kBF16, {g, g, 1, 1}, 0, 0.02f));
+  ASSIGN_OR_RETURN(Tensor gx, Random(b, DType::kF32, {g, g, 1, 1}));
+  ASSIGN_OR_RETURN(Tensor gy, b.Alloc(DType::kF32, {g, g, 1, 1}));
+  const double gemm_s = MedianSeconds(b, static_cast<int>(repeats), [&] { b.MatMul(gw, gx, gy); });
+  const double flops_rate = 2.0 * g * g * g / gemm_s;
+  rows.push_back({"gemm_bf16", std::to_string(g) + "^3", "ceiling", gemm_s, 1.0});
+  gw = gx = gy = {};
+
+  auto memory_row = [&](const std::string& op, const std::string& shape, double bytes, const std::function<void()>& fn) {
+    const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
+    rows.push_back({op, shape, "memory", s, bytes / s / bandwidth});
+  };
+  auto compute_row = [&](const std::string& op, const std::string& shape, double flops, const std::function<void()>& fn) {
+    const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
+    rows.push_back({op, shape, "compute", s, flops / s / flops_rate});
+  };
+
+  // Decode (one token): weight-streaming GEMVs.
+  for (auto [n_out, k_in, name] : {std::tuple<int64_t, int64_t, const char*>{Di, E, "kda_qkv_proj"}, {E, Di, "o_proj"},
+                                   {163840, E, "lm_head"}}) {
+    ASSIGN_OR_RETURN(Tensor w, Random(b, DType::kQ4_0, {k_in, n_out, 1, 1}, 0, 0.05f));
+    ASSIGN_OR_RETURN(Tensor x, Random(b, DType::kF32, {k_in, 1, 1, 1}));
+    ASSIGN_OR_RETURN(Tensor y, b.Alloc(DType::kF32, {n_out, 1, 1, 1}));
+    memory_row(std::string("decode_gemv_q4_0_") + name, std::to_string(k_in) + "x" + std::to_string(n_out),
+               static_cast<double>(w.nbytes()), [&] { b.MatMul(w, x, y); });
+    if (!cpu) {
+      ASSIGN_OR_RETURN(Tensor xp, Random(b, DType::kF32, {k_in, prefill, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor yp, b.Alloc(DType::kF32, {n_out, prefill, 1, 1}));
+      compute_row(std::string("prefill_gemm_q4_0_") + name,
+                  std::to_string(k_in) + "x" + std::to_string(n_out) + "x" + std::to_string(prefill),
+                  2.0 * k_in * n_out * prefill, [&] { b.MatMul(w, xp, yp); });
+    }
+  }
+
+  // MoE: routing + 8 routed experts of 256 (q4_0), decode and prefill.
+  {
+    ASSIGN_OR_RETURN(Tensor router, Random(b, DType::kF32, {E, X, 1, 1}, 0, 0.05f));
+    ASSIGN_OR_RETURN(Tensor bias, Random(b, DType::kF32, {X, 1, 1, 1}, 0, 0.01f));
+    kernels::MoeWeights experts;
+    ASSIGN_OR_RETURN(experts.gate_exps, Random(b, DType::kQ4_0, {E, Fe, X, 1}, 0, 0.05f));
+    ASSIGN_OR_RETURN(experts.up_exps, Random(b, DType::kQ4_0, {E, Fe, X, 1}, 0, 0.05f));
+    ASSIGN_OR_RETURN(experts.down_exps, Random(b, DType::kQ4_0, {Fe, E, X, 1}, 0, 0.05f));
+    for (int64_t n : {int64_t{1}, cpu ? int64_t{64} : prefill}) {
+      ASSIGN_OR_RETURN(Tensor x, Random(b, DType::kF32, {E, n, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor logits, b.Alloc(DType::kF32, {X, n, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor ids, b.Alloc(DType::kI32, {K, n, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor weights, b.Alloc(DType::kF32, {K, n, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor y, b.Alloc(DType::kF32, {E, n, 1, 1}));
+      auto op = [&] {
+        b.MatMul(router, x, logits);
+        b.MoeRoute(logits, bias, K, true, 2.446f, ids, weights);
+        b.MoeExperts(x, experts, ids, weights, y);
+      };
+      const double expert_bytes = 3.0 * E * Fe * 18 / 32;
+      if (n == 1) {
+        memory_row("decode_moe_top8_of_256", "1 token", K * expert_bytes + E * X * 4.0, op);
+      } else {
+        compute_row("prefill_moe_top8_of_256", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, op);
+      }
+    }
+  }
+
+  // KDA: recurrent step (state read + written) and a prefill chunk.
+  for (int64_t n : {int64_t{1}, cpu ? int64_t{256} : prefill}) {
+    const kernels::Shape shape = {Dk, H, n, 1};
+    ASSIGN_OR_RETURN(Tensor q, Random(b, DType::kF32, shape, 0, 0.1f));
+    ASSIGN_OR_RETURN(Tensor k, Random(b, DType::kF32, shape, 0, 0.1f));
+    ASSIGN_OR_RETURN(Tensor v, Random(b, DType::kF32, shape));
+    ASSIGN_OR_RETURN(Tensor gate, Random(b, DType::kF32, shape, -0.05f, 0.04f));
+    ASSIGN_OR_RETURN(Tensor beta, Random(b, DType::kF32, {H, n, 1, 1}, 0.5f, 0.4f));
+    ASSIGN_OR_RETURN(Tensor out, b.Alloc(DType::kF32, shape));
+    kernels::KdaStateView state;
+    ASSIGN_OR_RETURN(state.recurrent, Random(b, DType::kF32, {Dk, Dk, H, 1}, 0, 0.1f));
+    ASSIGN_OR_RETURN(state.conv, b.Alloc(DType::kF32, {3, Di, 3, 1}));
+    std::vector<kernels::SeqSlice> seqs = {{0, n}};
+    std::vector<kernels::KdaStateView> states = {state};
+    auto op = [&] { b.KdaAttention(q, k, v, gate, beta, seqs, states, n > 1 ? 64 : 0, out); };
+    if (n == 1) {
+      memory_row("decode_kda_step", "32 heads x 128^2 state", 2.0 * H * Dk * Dk * 4, op);
+    } else {
+      compute_row("prefill_kda", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n, op);
+    }
+  }
+
+  // MLA over the paged f16 latent cache: decode at `context`, prefill chunk at depth.
+  {
+    const int64_t page = 256;
+    const int64_t ctx = cpu ? 8192 : context;
+    const int64_t pages = (ctx + prefill) / page + 2;
+    ASSIGN_OR_RETURN(Tensor pool, Random(b, DType::kF16, {L, page, pages, 1}, 0, 1.0f));
+    std::vector<int32_t> table(pages);
+    for (int64_t i = 0; i < pages; ++i) table[i] = static_cast<int32_t>(i);
+    for (int64_t n : {int64_t{1}, cpu ? int64_t{16} : int64_t{1024}}) {
+      ASSIGN_OR_RETURN(Tensor q, Random(b, DType::kF32, {L, H, n, 1}, 0, 0.05f));
+      ASSIGN_OR_RETURN(Tensor out, b.Alloc(DType::kF32, {R, H, n, 1}));
+      const int64_t depth = n == 1 ? ctx - 1 : ctx - n;
+      std::vector<kernels::LatentSeqView> seqs = {{table, depth, 0, n}};
+      auto op = [&] { b.MlaAttention(q, pool, seqs, 0.07f, out); };
+      if (n == 1) {
+        memory_row("decode_mla_absorbed_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+      } else {
+        compute_row("prefill_mla_absorbed_f16", std::to_string(n) + " q @ " + std::to_string(ctx) + " ctx",
+                    2.0 * n * H * (depth + n / 2.0) * (L + R), op);
+      }
+    }
+  }
+
+  std::printf("{\"backend\":\"%s\",\"copy_GBps\":%.1f,\"bf16_TFLOPs\":%.1f}\n", b.name().c_str(), bandwidth / 1e9,
+              flops_rate / 1e12);
+  for (const Row& r : rows) {
+    std::printf("{\"op\":\"%s\",\"shape\":\"%s\",\"bound\":\"%s\",\"ms\":%.4f,\"fraction_of_ceiling\":%.4f}\n",
+                r.op.c_str(), r.shape.c_str(), r.bound.c_str(), r.seconds * 1e3, r.fraction);
+  }
+  std::fprintf(stderr, "%-28s %-28s %-8s %10s %9s\n", "op", "shape", "bound", "ms", "of ceil");
+  for (const Row& r : rows) {
+    std::fprintf(stderr, "%-28s %-28s %-8s %10.4f %8.1f%%\n", r.op.c_str(), r.shape.c_str(), r.bound.c_str(),
+                 r.seconds * 1e3, r.fraction * 100);
+  }
+  return absl::OkStatus();
+}
+
+Registrar bench_ops("bench-ops", "per-op times at real shapes against measured ceilings (GPU baseline)",
+                    [](int argc, char** argv) {
+                      absl::Status s = Run(argc, argv);
+                      if (!s.ok()) std::fprintf(stderr, "latentserve bench-ops: %s\n", std::string(s.message()).c_str());
+                      return s.ok() ? 0 : 1;
+                    });
+
+}  // namespace
+}  // namespace latentserve::cli

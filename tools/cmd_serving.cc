@@ -1,0 +1,555 @@
+// Serving subcommands: router, prefill, decode, serve (all roles in one process), client.
+// Each role is one gRPC server with the health service and reflection; SIGTERM drains it.
+#if __has_include("latentserve/v1/generate.grpc.pb.h")
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <iterator>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "common/args.h"
+#include "common/status.h"
+#include "decode/decode_service.h"
+#include "prefill/prefill_service.h"
+#include "router/generation_service.h"
+#include "router/worker_announcer.h"
+#include "tools/cli.h"
+#include "tools/lib/engine_setup.h"
+#include "transfer/fingerprint.h"
+#include "transfer/grpc_transport.h"
+#include "transfer/inproc_transport.h"
+
+namespace latentserve::cli {
+namespace {
+
+// ---- process plumbing ----
+
+// Blocks the shutdown signals in this thread (and every thread it starts) so the main thread
+// can sigwait() for them.
+sigset_t BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+struct Listening {
+  std::unique_ptr<grpc::Server> server;
+  std::string address;  // host:port actually bound
+};
+
+// Builds and starts a server on `listen` (port 0: any free port).
+absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vector<grpc::Service*>& services) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got '", listen, "'"));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  Listening out;
+  out.server = builder.BuildAndStart();
+  if (!out.server || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " (address in use or not local?)"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
+  out.address = absl::StrCat(host, ":", port);
+  return out;
+}
+
+absl::Status Announce(const Args& args, const std::string& address) {
+  std::printf("listening on %s\n", address.c_str());
+  std::fflush(stdout);
+  if (args.Has("port-file")) {
+    const std::string path = args.Get("port-file");
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << address << "\n";
+      if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write --port-file ", path));
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      return absl::PermissionDeniedError(absl::StrCat("cannot write --port-file ", path));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
+// Shutdown with a deadline (in-flight calls finish or are cancelled by then).
+void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& servers,
+                      const std::function<void()>& stop_taking_work, absl::Duration drain) {
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::fprintf(stderr, "latentserve: signal %d: draining (up to %.1f s)\n", signal, absl::ToDoubleSeconds(drain));
+  stop_taking_work();
+  for (grpc::Server* server : servers) {
+    if (auto* health = server->GetHealthCheckService()) health->SetServingStatus(false);
+  }
+  const auto deadline = absl::ToChronoTime(absl::Now() + drain);
+  for (grpc::Server* server : servers) server->Shutdown(deadline);
+  for (grpc::Server* server : servers) server->Wait();
+}
+
+class WorkerStatsService final : public v1::WorkerStats::Service {
+ public:
+  explicit WorkerStatsService(std::function<v1::GetWorkerStatsResponse()> stats) : stats_(std::move(stats)) {}
+  grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
+                              v1::GetWorkerStatsResponse* response) override {
+    *response = stats_();
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::function<v1::GetWorkerStatsResponse()> stats_;
+};
+
+// ---- worker roles ----
+
+const std::set<std::string> kWorkerFlags = {"listen", "router", "model", "port-file", "advertise", "threads",
+                                            "cache-type", "page-tokens", "cache-tokens", "chunk", "backend",
+                                            "drain-ms"};
+
+struct LoadedEngine {
+  Engine engine;
+  v1::ModelDescriptor descriptor;
+};
+
+absl::StatusOr<LoadedEngine> LoadEngine(const Args& args) {
+  ASSIGN_OR_RETURN(int64_t cache_tokens, args.GetInt("cache-tokens", 65536));
+  if (cache_tokens <= 0) return absl::InvalidArgumentError("--cache-tokens must be positive");
+  ASSIGN_OR_RETURN(std::string path, args.Require("model"));
+  LoadedEngine loaded;
+  ASSIGN_OR_RETURN(loaded.engine, EngineFromArgs(args, cache_tokens));
+  ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
+  char resolved[PATH_MAX];
+  loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
+  auto name = loaded.engine.model->file()->GetString("general.name");
+  loaded.descriptor.set_name(name.ok() ? *name : path.substr(path.rfind('/') + 1));
+  loaded.descriptor.set_fingerprint(fingerprint);
+  loaded.descriptor.set_vocab_size(loaded.engine.model->vocab());
+  loaded.descriptor.set_cache_dtype(transfer::ToProtoDType(loaded.engine.cache->dtype()));
+  loaded.descriptor.set_max_context_tokens(loaded.engine.cache->total_pages() * loaded.engine.cache->page_tokens());
+  return loaded;
+}
+
+absl::Status RunPrefill(int argc, char** argv) {
+  sigset_t signals = BlockShutdownSignals();
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
+  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  transfer::GrpcTransport transport;
+  prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
+                                loaded.engine.chunk_tokens);
+  prefill::PrefillService service(worker, loaded.descriptor);
+  std::string address;
+  WorkerStatsService stats([&] {
+    v1::GetWorkerStatsResponse r;
+    *r.mutable_stats() = service.Info(address);
+    *r.mutable_model() = loaded.descriptor;
+    r.set_role("prefill");
+    return r;
+  });
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}));
+  address = args.Get("advertise", server.address);
+  RETURN_IF_ERROR(Announce(args, server.address));
+  router::WorkerAnnouncer announcer(router_address, address, "prefill", loaded.descriptor,
+                                    [&] { return service.Info(address); });
+  ServeUntilSignal(signals, {server.server.get()}, [&] { worker.StartDrain(); }, absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+absl::Status RunDecode(int argc, char** argv) {
+  sigset_t signals = BlockShutdownSignals();
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
+  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
+  decode::DecodeService service(worker, loaded.descriptor);
+  std::string address;
+  WorkerStatsService stats([&] {
+    v1::GetWorkerStatsResponse r;
+    *r.mutable_stats() = service.Info(address);
+    *r.mutable_model() = loaded.descriptor;
+    r.set_role("decode");
+    return r;
+  });
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}));
+  address = args.Get("advertise", server.address);
+  RETURN_IF_ERROR(Announce(args, server.address));
+  router::WorkerAnnouncer announcer(router_address, address, "decode", loaded.descriptor,
+                                    [&] { return service.Info(address); });
+  ServeUntilSignal(signals, {server.server.get()}, [&] { worker.StartDrain(); }, absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args) {
+  for (const char* role : {"prefill", "decode"}) {
+    const std::string list = args.Get(absl::StrCat(role, "-workers"));
+    for (absl::string_view address : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+      registry.AddStatic(std::string(address), role);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
+  router::RouterOptions options;
+  ASSIGN_OR_RETURN(int64_t lease_ttl_ms, args.GetInt("lease-ttl-ms", 120000));
+  ASSIGN_OR_RETURN(int64_t request_timeout_ms, args.GetInt("request-timeout-ms", 1800000));
+  if (lease_ttl_ms <= 0 || request_timeout_ms <= 0) {
+    return absl::InvalidArgumentError("--lease-ttl-ms and --request-timeout-ms must be positive");
+  }
+  options.lease_ttl = absl::Milliseconds(lease_ttl_ms);
+  options.request_timeout = absl::Milliseconds(request_timeout_ms);
+  options.model_path = args.Get("model");
+  return options;
+}
+
+absl::Status RunRouter(int argc, char** argv) {
+  sigset_t signals = BlockShutdownSignals();
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"listen", "port-file", "model", "prefill-workers",
+                                                       "decode-workers", "lease-ttl-ms", "request-timeout-ms",
+                                                       "drain-ms"}));
+  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
+  router::RouterState state(options);
+  RETURN_IF_ERROR(AddStaticWorkers(state.registry(), args));
+  router::GenerationService generation(state);
+  router::RegistryService registry(state);
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}));
+  RETURN_IF_ERROR(Announce(args, server.address));
+  ServeUntilSignal(signals, {server.server.get()}, [&] { state.StartDrain(); }, absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+// All roles in one process: the router on --listen, one prefill and one decode worker on
+// private loopback ports; the cache moves in process (InProcTransport), not over gRPC.
+absl::Status RunServe(int argc, char** argv) {
+  sigset_t signals = BlockShutdownSignals();
+  std::set<std::string> known = kWorkerFlags;
+  known.insert({"lease-ttl-ms", "request-timeout-ms"});
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known));
+  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  // Two engines (each with its own backend): prefill and decode compute concurrently.
+  ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args));
+  const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
+
+  decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint());
+  decode::DecodeService decode_service(decode_worker, descriptor);
+  std::string decode_address;
+  WorkerStatsService decode_stats([&] {
+    v1::GetWorkerStatsResponse r;
+    *r.mutable_stats() = decode_service.Info(decode_address);
+    *r.mutable_model() = descriptor;
+    r.set_role("decode");
+    return r;
+  });
+  ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}));
+  decode_address = decode_server.address;
+
+  transfer::InProcTransport inproc;
+  inproc.AddSink(decode_address, &decode_worker);
+  transfer::GrpcTransport grpc_transport;
+  transfer::RoutingTransport transport(&inproc, &grpc_transport);
+  prefill::PrefillWorker prefill_worker(*prefill_engine.engine.model, *prefill_engine.engine.cache, transport,
+                                        descriptor.fingerprint(), prefill_engine.engine.chunk_tokens);
+  prefill::PrefillService prefill_service(prefill_worker, descriptor);
+  std::string prefill_address;
+  WorkerStatsService prefill_stats([&] {
+    v1::GetWorkerStatsResponse r;
+    *r.mutable_stats() = prefill_service.Info(prefill_address);
+    *r.mutable_model() = descriptor;
+    r.set_role("prefill");
+    return r;
+  });
+  ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}));
+  prefill_address = prefill_server.address;
+
+  ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
+  router::RouterState state(options);
+  state.registry().AddStatic(prefill_address, "prefill");
+  state.registry().AddStatic(decode_address, "decode");
+  router::GenerationService generation(state);
+  router::RegistryService registry(state);
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}));
+  // Ready once the router has seen both workers (its first poll).
+  const absl::Time ready_by = absl::Now() + absl::Seconds(10);
+  while (!(state.registry().AnyAlive("prefill") && state.registry().AnyAlive("decode")) && absl::Now() < ready_by) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  RETURN_IF_ERROR(Announce(args, server.address));
+  ServeUntilSignal(
+      signals, {server.server.get(), prefill_server.server.get(), decode_server.server.get()},
+      [&] {
+        state.StartDrain();
+        prefill_worker.StartDrain();
+        decode_worker.StartDrain();
+      },
+      absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+// ---- client ----
+
+std::string IdsJson(const std::vector<int32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&out, i ? "," : "", ids[i]);
+  return out + "]";
+}
+
+int ClientError(const absl::Status& status, bool json) {
+  if (json) {
+    std::printf("{\"error\":{\"code\":\"%s\",\"message\":%s}}\n", client::StatusCodeName(status.code()),
+                client::JsonString(std::string(status.message())).c_str());
+    std::fflush(stdout);
+  }
+  std::fprintf(stderr, "latentserve client: %s: %s\n", client::StatusCodeName(status.code()),
+               std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
+  v1::GenerateRequest request;
+  if (args.Has("prompt-tokens") || args.Has("prompt-tokens-file")) {
+    std::string text = args.Get("prompt-tokens");
+    if (args.Has("prompt-tokens-file")) {
+      ASSIGN_OR_RETURN(text, ReadFile(args.Get("prompt-tokens-file")));
+    }
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(text));
+    auto* tokens = request.mutable_tokens();
+    for (int64_t id : ids) {
+      if (id < INT32_MIN || id > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " does not fit int32"));
+      tokens->add_ids(static_cast<int32_t>(id));
+    }
+  } else if (args.Has("prompt")) {
+    request.set_text(args.Get("prompt"));
+  } else if (args.Has("prompt-file")) {
+    ASSIGN_OR_RETURN(std::string text, ReadFile(args.Get("prompt-file")));
+    request.set_text(text);
+  } else {
+    return absl::InvalidArgumentError("give --prompt-tokens, --prompt-tokens-file, --prompt or --prompt-file");
+  }
+  request.set_model(args.Get("model"));
+  ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
+  request.mutable_stopping()->set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(max_tokens, INT32_MIN, INT32_MAX)));
+  request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
+  if (args.Has("stop")) request.mutable_stopping()->add_stop_strings(args.Get("stop"));
+  if (args.Has("stop-token-ids")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(args.Get("stop-token-ids")));
+    for (int64_t id : ids) request.mutable_stopping()->add_stop_token_ids(static_cast<int32_t>(id));
+  }
+  ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
+  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
+  ASSIGN_OR_RETURN(double min_p, args.GetDouble("min-p", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  auto* sampling = request.mutable_sampling();
+  sampling->set_temperature(static_cast<float>(temperature));
+  sampling->set_top_k(static_cast<int32_t>(top_k));
+  sampling->set_top_p(static_cast<float>(top_p));
+  sampling->set_min_p(static_cast<float>(min_p));
+  sampling->set_seed(static_cast<uint64_t>(seed));
+  return request;
+}
+
+int RunClientGenerate(const Args& args) {
+  const bool json = args.Has("json");
+  auto request = RequestFromArgs(args);
+  if (!request.ok()) return ClientError(request.status(), json);
+  auto timeout_ms = args.GetInt("timeout-ms", 0);
+  auto cancel_after_progress = args.GetInt("cancel-after-progress", -1);
+  auto cancel_after_tokens = args.GetInt("cancel-after-tokens", -1);
+  if (!timeout_ms.ok() || !cancel_after_progress.ok() || !cancel_after_tokens.ok()) {
+    return ClientError(absl::InvalidArgumentError("--timeout-ms / --cancel-after-* must be integers"), json);
+  }
+  client::GenerationClient client(args.Get("target"));
+  int64_t progress_events = 0, tokens_seen = 0;
+  const bool tty_progress = !json && isatty(STDERR_FILENO);
+  client::GenerateCallbacks callbacks;
+  callbacks.on_progress = [&](const v1::PrefillProgress& p) {
+    ++progress_events;
+    if (!json) {
+      const int width = 30;
+      const int filled = p.tokens_total() ? static_cast<int>(width * p.tokens_done() / p.tokens_total()) : 0;
+      std::fprintf(stderr, "%sprefill [%s%s] %lld/%lld tokens, %.1f MiB cache sent%s", tty_progress ? "\r" : "",
+                   std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(),
+                   static_cast<long long>(p.tokens_done()), static_cast<long long>(p.tokens_total()),
+                   p.cache_bytes_sent() / 1048576.0, tty_progress ? "" : "\n");
+    }
+    return *cancel_after_progress < 0 || progress_events < *cancel_after_progress;
+  };
+  bool first_chunk = true;
+  callbacks.on_tokens = [&](const v1::TokenChunk& chunk) {
+    if (!json) {
+      if (first_chunk && tty_progress) std::fprintf(stderr, "\n");
+      if (!chunk.text().empty()) {
+        std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
+      } else if (chunk.text().empty() && chunk.token_ids_size() > 0) {
+        for (int32_t id : chunk.token_ids()) std::printf("%s%d", tokens_seen || !first_chunk ? "," : "", id);
+      }
+      std::fflush(stdout);
+    }
+    first_chunk = false;
+    tokens_seen += chunk.token_ids_size();
+    return *cancel_after_tokens < 0 || tokens_seen < *cancel_after_tokens;
+  };
+  const absl::Duration timeout = *timeout_ms > 0 ? absl::Milliseconds(*timeout_ms) : absl::InfiniteDuration();
+  auto result = client.Generate(*request, callbacks, timeout);
+  if (!result.ok()) {
+    if (!json) std::printf("\n");
+    return ClientError(result.status(), json);
+  }
+  const v1::Finished& f = result->finished;
+  if (json) {
+    std::printf(
+        "{\"token_ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%lld,"
+        "\"completion_tokens\":%lld,\"cache_bytes_transferred\":%lld},\"timing\":{\"ttft_ms\":%.3f,"
+        "\"decode_tokens_per_s\":%.3f,\"prefill_ms\":%.3f,\"transfer_tail_ms\":%.3f},\"prefill_worker\":%s,"
+        "\"decode_worker\":%s,\"request_id\":%s,\"progress_events\":%lld}\n",
+        IdsJson(result->token_ids).c_str(), client::JsonString(result->text).c_str(),
+        client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
+        static_cast<long long>(f.usage().completion_tokens()),
+        static_cast<long long>(f.usage().cache_bytes_transferred()), f.timings().ttft_ms(),
+        f.timings().decode_tokens_per_s(), f.timings().prefill_ms(), f.timings().transfer_tail_ms(),
+        client::JsonString(f.prefill_worker()).c_str(), client::JsonString(f.decode_worker()).c_str(),
+        client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events));
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr,
+                 "[%s] prompt %lld tokens, %lld generated; TTFT %.1f ms, decode %.1f tok/s, %.2f MiB cache moved\n",
+                 client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
+                 static_cast<long long>(f.usage().completion_tokens()), f.timings().ttft_ms(),
+                 f.timings().decode_tokens_per_s(), f.usage().cache_bytes_transferred() / 1048576.0);
+  }
+  return 0;
+}
+
+int RunClientInfo(const Args& args) {
+  client::GenerationClient client(args.Get("target"));
+  auto info = client.GetModelInfo();
+  if (!info.ok()) return ClientError(info.status(), true);
+  std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
+                                 info->model_fingerprint(), "\",\"vocab_size\":", info->vocab_size(),
+                                 ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
+                                 info->has_tokenizer() ? "true" : "false", ",\"router_leases_active\":",
+                                 info->router_leases_active(), ",\"workers\":[");
+  for (int i = 0; i < info->workers_size(); ++i) {
+    const auto& w = info->workers(i);
+    absl::StrAppend(&out, i ? "," : "", "{\"address\":\"", w.address(), "\",\"role\":\"", w.role(),
+                    "\",\"alive\":", w.alive() ? "true" : "false", ",\"cache_pages_free\":", w.cache_pages_free(),
+                    ",\"cache_pages_total\":", w.cache_pages_total(), ",\"leases_active\":", w.leases_active(),
+                    ",\"sequences_active\":", w.sequences_active(), ",\"outstanding_cost\":", w.outstanding_cost(),
+                    ",\"draining\":", w.draining() ? "true" : "false", "}");
+  }
+  out += "]}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+int RunClientTokenize(const Args& args) {
+  client::GenerationClient client(args.Get("target"));
+  v1::TokenizeRequest request;
+  if (args.Has("prompt-file")) {
+    auto text = ReadFile(args.Get("prompt-file"));
+    if (!text.ok()) return ClientError(text.status(), true);
+    request.set_text(*text);
+  } else {
+    request.set_text(args.Get("prompt"));
+  }
+  auto ids = client.Tokenize(request);
+  if (!ids.ok()) return ClientError(ids.status(), true);
+  std::printf("{\"token_ids\":%s}\n", IdsJson(*ids).c_str());
+  return 0;
+}
+
+int RunClient(int argc, char** argv) {
+  constexpr const char* kUsage =
+      "usage: latentserve client generate --target HOST:PORT (--prompt-tokens \"1,2,3\" | --prompt-tokens-file F |\n"
+      "         --prompt TEXT | --prompt-file F) --max-tokens N [--temperature T --top-k K --top-p P --min-p P\n"
+      "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json]\n"
+      "       latentserve client info --target HOST:PORT\n"
+      "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
+  if (argc < 1) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string verb = argv[0];
+  auto args = Args::Parse(argc - 1, argv + 1,
+                          {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
+                           "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
+                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens"},
+                          {"json", "ignore-eos"});
+  if (!args.ok()) {
+    std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  if (!args->Has("target")) {
+    std::fprintf(stderr, "latentserve client: --target HOST:PORT is required\n%s", kUsage);
+    return 2;
+  }
+  if (verb == "generate") return RunClientGenerate(*args);
+  if (verb == "info") return RunClientInfo(*args);
+  if (verb == "tokenize") return RunClientTokenize(*args);
+  std::fprintf(stderr, "latentserve client: unknown verb '%s'\n%s", verb.c_str(), kUsage);
+  return 2;
+}
+
+int Fail(const absl::Status& status, const char* command) {
+  std::fprintf(stderr, "latentserve %s: %s\n", command, std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+int Wrap(absl::Status (*fn)(int, char**), const char* name, int argc, char** argv) {
+  absl::Status status = fn(argc, argv);
+  return status.ok() ? 0 : Fail(status, name);
+}
+
+Registrar router_cmd("router", "serve the public Generation API and place requests on workers",
+                     [](int argc, char** argv) { return Wrap(RunRouter, "router", argc, argv); });
+Registrar prefill_cmd("prefill", "run a prefill worker registered with a router",
+                      [](int argc, char** argv) { return Wrap(RunPrefill, "prefill", argc, argv); });
+Registrar decode_cmd("decode", "run a decode worker registered with a router",
+                     [](int argc, char** argv) { return Wrap(RunDecode, "decode", argc, argv); });
+Registrar serve_cmd("serve", "router + prefill + decode in one process (in-process cache handoff)",
+                    [](int argc, char** argv) { return Wrap(RunServe, "serve", argc, argv); });
+Registrar client_cmd("client", "call a router: generate (streaming), info, tokenize", RunClient);
+
+}  // namespace
+}  // namespace latentserve::cli
+
+#endif  // __has_include generated protos
