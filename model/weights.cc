@@ -96,30 +96,32 @@ class Loader final : public Source {
 
 namespace {
 
-absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, Weights w);
+absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, uint64_t* bytes);
 
 }  // namespace
 
 absl::StatusOr<Weights> Weights::Load(const gguf::File& file, const ModelConfig& c, kernels::Backend& backend) {
-  Weights w;
-  Loader l(file, backend, &w.bytes);
   const gguf::TensorInfo* embd = file.FindTensor("token_embd.weight");
   if (embd == nullptr || embd->ne.size() < 2) {
     return absl::InvalidArgumentError("model file lacks a 2-D tensor 'token_embd.weight'");
   }
-  return Build(l, c, embd->ne[1], std::move(w));
+  uint64_t bytes = 0;
+  Loader l(file, backend, &bytes);
+  return Build(l, c, embd->ne[1], &bytes);
 }
 
 absl::StatusOr<Weights> Weights::Random(const ModelConfig& c, kernels::Backend& backend, DType matrix_type,
                                         uint64_t seed) {
-  Weights w;
-  RandomSource source(backend, matrix_type, seed, &w.bytes);
-  return Build(source, c, c.vocab, std::move(w));
+  uint64_t bytes = 0;
+  RandomSource source(backend, matrix_type, seed, &bytes);
+  return Build(source, c, c.vocab, &bytes);
 }
 
 namespace {
 
-absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, Weights w) {
+// Creates every tensor through `l`; `bytes` is the counter the source adds to.
+absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, uint64_t* bytes) {
+  Weights w;
   const int64_t E = c.hidden, H = c.n_heads, Dk = c.kda_head_dim, Di = c.kda_inner();
   const int64_t R = c.kv_lora_rank, Pn = c.qk_nope, Pr = c.qk_rope, Dv = c.v_head;
   ASSIGN_OR_RETURN(w.token_embd, l.Get("token_embd.weight", {E, vocab}));
@@ -176,6 +178,7 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, We
       ASSIGN_OR_RETURN(f.shared_down, l.Get(n("ffn_down_shexp.weight"), {Fs, E}, false, !shared));
     }
   }
+  w.bytes = *bytes;
   return w;
 }
 
