@@ -10,6 +10,10 @@
 #include "model/sampler.h"
 #include "tools/cli.h"
 #include "tools/lib/engine_setup.h"
+#include "common/tokenizer/detokenizer.h"
+#include "common/tokenizer/tokenizer.h"
+#include <fstream>
+#include <sstream>
 
 namespace latentserve::cli {
 namespace {
@@ -69,10 +73,18 @@ absl::Status RunLogits(int argc, char** argv) {
 // latentserve generate: prefill then sample, streaming each token id as it is made.
 absl::Status RunGenerate(int argc, char** argv) {
   std::set<std::string> known = kEngineFlags;
-  known.insert({"prompt-tokens", "prompt-tokens-file", "max-tokens", "temperature", "top-k", "top-p", "min-p",
-                "seed"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"ignore-eos"}));
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, TokensFromArgs(args, "prompt-tokens", "prompt-tokens-file"));
+  known.insert({"prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens", "temperature", "top-k",
+                "top-p", "min-p", "seed"});
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"ignore-eos", "ids"}));
+  const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
+  std::string prompt_text = args.Get("prompt");
+  if (args.Has("prompt-file")) {
+    std::ifstream in(args.Get("prompt-file"), std::ios::binary);
+    if (!in) return absl::NotFoundError("cannot read --prompt-file " + args.Get("prompt-file"));
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    prompt_text = buffer.str();
+  }
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
   if (max_tokens <= 0) return absl::InvalidArgumentError("--max-tokens must be positive");
   model::SamplingParams sampling;
@@ -86,9 +98,29 @@ absl::Status RunGenerate(int argc, char** argv) {
   sampling.top_p = static_cast<float>(top_p);
   sampling.min_p = static_cast<float>(min_p);
   sampling.seed = static_cast<uint64_t>(seed);
+  // The tokenizer comes from the model file (none with --random-weights: ids only).
+  std::unique_ptr<tokenizer::Tokenizer> vocab;
+  std::unique_ptr<gguf::File> vocab_file;
+  if (args.Has("model")) {
+    ASSIGN_OR_RETURN(vocab_file, gguf::File::Open(args.Get("model")));
+    auto loaded = tokenizer::Tokenizer::FromGguf(*vocab_file);
+    if (loaded.ok()) vocab = std::make_unique<tokenizer::Tokenizer>(std::move(*loaded));
+  }
+  std::vector<int32_t> prompt;
+  if (text_prompt) {
+    if (!vocab) return absl::FailedPreconditionError("--prompt needs a model file with a tokenizer");
+    prompt = vocab->Encode(prompt_text, /*parse_special=*/true, /*add_special=*/true);
+    if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  } else {
+    ASSIGN_OR_RETURN(prompt, TokensFromArgs(args, "prompt-tokens", "prompt-tokens-file"));
+  }
+  const bool print_ids = args.Has("ids") || !vocab;
+  const bool stop_at_eos = !args.Has("ignore-eos") && vocab && vocab->eos_id() >= 0;
   ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(prompt.size()) + max_tokens));
   const model::Model& m = *engine.model;
   ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  std::unique_ptr<tokenizer::StreamingDecoder> decoder;
+  if (!print_ids) decoder = std::make_unique<tokenizer::StreamingDecoder>(*vocab, /*render_special=*/false);
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(std::vector<float> logits, m.Prefill(*sequence, prompt, *engine.cache, engine.chunk_tokens, false));
   const auto prefilled = std::chrono::steady_clock::now();
@@ -96,19 +128,31 @@ absl::Status RunGenerate(int argc, char** argv) {
   int64_t generated = 0;
   for (; generated < max_tokens; ++generated) {
     const int32_t next = sampler.Sample(logits);
-    std::printf("%s%d", generated ? "," : "", next);
+    if (stop_at_eos && next == vocab->eos_id()) break;
+    if (decoder) {
+      ASSIGN_OR_RETURN(std::string piece, decoder->Push(next));
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+    } else {
+      std::printf("%s%d", generated ? "," : "", next);
+    }
     std::fflush(stdout);
     if (generated + 1 == max_tokens) break;
     model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&next, 1), false};
     ASSIGN_OR_RETURN(logits, m.Forward({entry}, *engine.cache));
   }
   const auto done = std::chrono::steady_clock::now();
+  if (decoder) {
+    const std::string rest = decoder->Flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+  }
   std::printf("\n");
+  std::fflush(stdout);
   PrintMemoryBreakdown(engine, 1);
   const double prefill_s = std::chrono::duration<double>(prefilled - start).count();
   const double decode_s = std::chrono::duration<double>(done - prefilled).count();
-  std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens in %.3f s (%.1f tok/s)\n",
-               prompt.size(), prefill_s, prompt.size() / prefill_s, static_cast<long long>(generated + 1), decode_s,
+  const int64_t produced = std::min(generated + 1, max_tokens);
+  std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens, decode %.1f tok/s\n", prompt.size(),
+               prefill_s, prompt.size() / prefill_s, static_cast<long long>(produced),
                generated > 0 ? generated / decode_s : 0.0);
   m.ResetSequence(*sequence, *engine.cache);
   return absl::OkStatus();
