@@ -1,5 +1,6 @@
 // Engine invariants on generated models: chunking, splitting, decoding and batching change
-// nothing; bad input fails without touching the cache.
+// nothing (up to float rounding, NMSE < 1e-6, where a wrong formula gives > 1e-2); bad
+// input fails without touching the cache.
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -78,7 +79,7 @@ TEST_P(ModelInvariants, ChunkSizeDoesNotChangeLogits) {
     model_->ResetSequence(*b, *cache_);
     ASSERT_EQ(chunked.size(), whole.size());
     for (size_t t = 0; t < prompt_.size(); ++t) {
-      ASSERT_LT(Nmse(chunked.data() + t * V, whole.data() + t * V, V), 1e-9) << "chunk " << chunk << " pos " << t;
+      ASSERT_LT(Nmse(chunked.data() + t * V, whole.data() + t * V, V), 1e-6) << "chunk " << chunk << " pos " << t;
     }
   }
 }
@@ -91,7 +92,7 @@ TEST_P(ModelInvariants, PrefillOfAThenBEqualsPrefillOfAB) {
   PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(0, split), 32);
   auto tail = PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(split), 32);
   for (size_t t = 0; t < prompt_.size() - split; ++t) {
-    ASSERT_LT(Nmse(tail.data() + t * V, whole.data() + (split + t) * V, V), 1e-9) << "pos " << t;
+    ASSERT_LT(Nmse(tail.data() + t * V, whole.data() + (split + t) * V, V), 1e-6) << "pos " << t;
   }
   model_->ResetSequence(*ab, *cache_);
   model_->ResetSequence(*s, *cache_);
@@ -107,7 +108,7 @@ TEST_P(ModelInvariants, PrefillThenDecodeEqualsLongerPrefill) {
     BatchEntry entry{s.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
     auto logits = model_->Forward({entry}, *cache_);
     ASSERT_TRUE(logits.ok());
-    ASSERT_LT(Nmse(logits->data(), whole.data() + t * V, V), 1e-8) << "pos " << t;
+    ASSERT_LT(Nmse(logits->data(), whole.data() + t * V, V), 1e-6) << "pos " << t;
   }
   model_->ResetSequence(*full, *cache_);
   model_->ResetSequence(*s, *cache_);
