@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/simd.h"
 
 namespace latentserve::kernels::cpu {
 
@@ -43,13 +44,20 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 
 namespace {
 
-constexpr int64_t kRowBlock = 16;  // weight rows dequantised together
+constexpr int64_t kRowBlock = 16;     // weight rows dequantised together
+constexpr int64_t kFusedMaxCols = 2;  // up to this many columns: dot on the stored rows directly
 
 // y[n, m] = sum_k w[k, n] x[k, m] for rows [row_begin, row_end) of w.
 // x column m starts at x + m * x_stride; y element (n, m) at y + m * y_stride + n.
 void MatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, int64_t row_begin,
                 int64_t row_end, const float* x, int64_t x_stride, int64_t cols, float* y,
                 int64_t y_stride, std::vector<float>& scratch) {
+  if (cols <= kFusedMaxCols) {  // decode: every weight byte is read once, no f32 copy
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      for (int64_t m = 0; m < cols; ++m) y[m * y_stride + r] = RowDot(wtype, w + r * w_row_bytes, x + m * x_stride, k);
+    }
+    return;
+  }
   scratch.resize(kRowBlock * k);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, row_end - r0);
@@ -57,14 +65,10 @@ void MatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, in
     if (wtype == DType::kF32) {
       wrows = reinterpret_cast<const float*>(w + r0 * w_row_bytes);
     } else {
-      for (int64_t r = 0; r < rows; ++r) DequantizeRow(wtype, w + (r0 + r) * w_row_bytes, scratch.data() + r * k, k);
+      for (int64_t r = 0; r < rows; ++r) DequantizeRowFast(wtype, w + (r0 + r) * w_row_bytes, scratch.data() + r * k, k);
       wrows = scratch.data();
     }
-    for (int64_t m = 0; m < cols; ++m) {
-      const float* xm = x + m * x_stride;
-      float* ym = y + m * y_stride + r0;
-      for (int64_t r = 0; r < rows; ++r) ym[r] = Dot(wrows + r * k, xm, k);
-    }
+    GemmTile(wrows, rows, k, x, x_stride, cols, y + r0, 1, y_stride);
   }
 }
 

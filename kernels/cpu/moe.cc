@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/simd.h"
 
 namespace latentserve::kernels::cpu {
 
@@ -54,7 +55,7 @@ void CpuBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const Te
   struct Item {
     int64_t expert, first, count;
   };
-  constexpr int64_t kTokenBlock = 16;
+  constexpr int64_t kTokenBlock = 64;
   std::vector<Item> items;
   for (int64_t e = 0; e < n_experts; ++e) {
     for (int64_t i = 0; i < static_cast<int64_t>(routed[e].size()); i += kTokenBlock) {
@@ -65,27 +66,59 @@ void CpuBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const Te
   const size_t gate_row = experts.gate_exps.row_bytes(), up_row = experts.up_exps.row_bytes();
   const size_t down_row = experts.down_exps.row_bytes();
   pool_.ParallelFor(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> wrow(std::max(hidden, ffn)), wrow2(hidden), act(kTokenBlock * ffn);
+    constexpr int64_t kRows = 16;
+    std::vector<float> act(kTokenBlock * ffn), gate_out(kTokenBlock * ffn), xs(kTokenBlock * hidden);
+    std::vector<float> down_out(kTokenBlock * hidden), wblock(kRows * std::max(hidden, ffn));
     for (int64_t it = begin; it < end; ++it) {
       const Item& item = items[it];
       const int64_t* slots = routed[item.expert].data() + item.first;
       const uint8_t* gate = HostPtr(experts.gate_exps) + item.expert * ffn * gate_row;
       const uint8_t* up = HostPtr(experts.up_exps) + item.expert * ffn * up_row;
       const uint8_t* down = HostPtr(experts.down_exps) + item.expert * hidden * down_row;
-      for (int64_t f = 0; f < ffn; ++f) {
-        DequantizeRow(experts.gate_exps.dtype, gate + f * gate_row, wrow.data(), hidden);
-        DequantizeRow(experts.up_exps.dtype, up + f * up_row, wrow2.data(), hidden);
-        for (int64_t i = 0; i < item.count; ++i) {
-          const float* xt = F32(x) + (slots[i] / top_k) * hidden;
-          const float g = Dot(wrow.data(), xt, hidden), u = Dot(wrow2.data(), xt, hidden);
-          act[i * ffn + f] = g / (1.0f + std::exp(-g)) * u;
+      if (item.count <= 2) {  // decode: dot products on the stored rows, each read once
+        for (int64_t f = 0; f < ffn; ++f) {
+          for (int64_t i = 0; i < item.count; ++i) {
+            const float* xt = F32(x) + (slots[i] / top_k) * hidden;
+            const float g = RowDot(experts.gate_exps.dtype, gate + f * gate_row, xt, hidden);
+            const float u = RowDot(experts.up_exps.dtype, up + f * up_row, xt, hidden);
+            act[i * ffn + f] = g / (1.0f + std::exp(-g)) * u;
+          }
         }
+        for (int64_t d = 0; d < hidden; ++d) {
+          for (int64_t i = 0; i < item.count; ++i) {
+            slot_out[slots[i] * hidden + d] = RowDot(experts.down_exps.dtype, down + d * down_row, act.data() + i * ffn, ffn);
+          }
+        }
+        continue;
       }
-      for (int64_t d = 0; d < hidden; ++d) {
-        DequantizeRow(experts.down_exps.dtype, down + d * down_row, wrow.data(), ffn);
-        for (int64_t i = 0; i < item.count; ++i) {
-          slot_out[slots[i] * hidden + d] = Dot(wrow.data(), act.data() + i * ffn, ffn);
+      // Prefill: gather the tokens, then register-blocked tiles over dequantised row blocks.
+      for (int64_t i = 0; i < item.count; ++i) {
+        std::copy_n(F32(x) + (slots[i] / top_k) * hidden, hidden, xs.data() + i * hidden);
+      }
+      for (int64_t f0 = 0; f0 < ffn; f0 += kRows) {
+        const int64_t rows = std::min(kRows, ffn - f0);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRowFast(experts.gate_exps.dtype, gate + (f0 + r) * gate_row, wblock.data() + r * hidden, hidden);
         }
+        GemmTile(wblock.data(), rows, hidden, xs.data(), hidden, item.count, gate_out.data() + f0, 1, ffn);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRowFast(experts.up_exps.dtype, up + (f0 + r) * up_row, wblock.data() + r * hidden, hidden);
+        }
+        GemmTile(wblock.data(), rows, hidden, xs.data(), hidden, item.count, act.data() + f0, 1, ffn);
+      }
+      for (int64_t i = 0; i < item.count * ffn; ++i) {
+        const float g = gate_out[i];
+        act[i] = g / (1.0f + std::exp(-g)) * act[i];
+      }
+      for (int64_t d0 = 0; d0 < hidden; d0 += kRows) {
+        const int64_t rows = std::min(kRows, hidden - d0);
+        for (int64_t r = 0; r < rows; ++r) {
+          DequantizeRowFast(experts.down_exps.dtype, down + (d0 + r) * down_row, wblock.data() + r * ffn, ffn);
+        }
+        GemmTile(wblock.data(), rows, ffn, act.data(), ffn, item.count, down_out.data() + d0, 1, hidden);
+      }
+      for (int64_t i = 0; i < item.count; ++i) {
+        std::copy_n(down_out.data() + i * hidden, hidden, slot_out.data() + slots[i] * hidden);
       }
     }
   });
