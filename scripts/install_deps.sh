@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
   clang   # fuzzing and sanitizer builds
+  clang-16 libclang-rt-16-dev   # libFuzzer (scripts/fuzz.sh): clang 14 lacks _Float16 on x86-64
 )
 # Node only when there is none: the harness needs node >= 20 and npm, and a newer node
 # installed by other means must not be replaced by the distribution's.
@@ -51,5 +52,15 @@ want=$(sha256sum "$ref/package-lock.json" | cut -d' ' -f1)
 if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   echo "install_deps: npm ci in $ref"
   (cd "$ref" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi
+
+# The Kubernetes manifest validator (k8s/validate: kubernetes-models schemas, dockerfilelint).
+k8s=k8s/validate
+stamp=$k8s/node_modules/.latentserve-lock.sha256
+want=$(sha256sum "$k8s/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "install_deps: npm ci in $k8s"
+  (cd "$k8s" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$want" > "$stamp"
 fi
