@@ -2,7 +2,8 @@
 # The test command: dependencies, a RelWithDebInfo build with every test (unit, integration,
 # llama.cpp reference), then an ASan/UBSan build of the sanitize-labelled tests.
 # Environment: JOBS (default 2) build/test parallelism; SKIP_DEPS=1 skips install_deps.sh;
-# SKIP_SANITIZE=1 skips the sanitizer build.
+# SKIP_SANITIZE=1 skips the sanitizer build; SKIP_FUZZ=1 skips the short libFuzzer run
+# (scripts/fuzz.sh, FUZZ_SECONDS per target, default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -47,5 +48,10 @@ if [[ "${SKIP_SANITIZE:-0}" != 1 ]]; then
   else
     echo "no sanitize-labelled tests yet"
   fi
+fi
+
+if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
+  echo "== fuzz (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-15}s per target)"
+  JOBS="$JOBS" scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 fi
 echo "== all tests passed"
