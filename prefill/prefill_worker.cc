@@ -41,8 +41,10 @@ absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
       break;
     }
   }
-  absl::StatusOr<PrefillResult> result = queue_status;
-  if (queue_status.ok()) {
+  absl::StatusOr<PrefillResult> result = absl::UnknownError("prefill did not run");
+  if (!queue_status.ok()) {
+    result = queue_status;
+  } else {
     busy_ = true;
     lock.unlock();
     result = RunLocked(job, on_progress, cancelled, transfer_failed);
