@@ -1,6 +1,7 @@
 // CUDA backend: device, stream, memory (stream-ordered pool), copies, GetRows, factory.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -112,6 +113,10 @@ CudaBackend::~CudaBackend() {
     if (slot.ptr) cudaFreeAsync(slot.ptr, stream_);
   }
   cudaStreamSynchronize(stream_);
+  for (auto& entry : staging_) {
+    if (entry.host) cudaFreeHost(entry.host);
+    if (entry.done) cudaEventDestroy(entry.done);
+  }
   cublasDestroy(cublas_);
   // Tensors still alive free themselves on the stream; it is intentionally not destroyed.
 }
@@ -205,7 +210,21 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
 
 void* CudaBackend::UploadScratch(int slot, const void* host, size_t bytes) {
   void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
-  if (bytes) CUDA_OK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_));
+  if (bytes == 0) return dst;
+  // Round-robin over pinned entries; an entry is reused only after its last copy finished
+  // (256 uploads later: several decode steps back, so the wait is normally free).
+  if (staging_.empty()) staging_.resize(256);
+  Staging& entry = staging_[next_staging_++ % staging_.size()];
+  if (entry.done) CUDA_OK(cudaEventSynchronize(entry.done));
+  if (entry.bytes < bytes) {
+    if (entry.host) CUDA_OK(cudaFreeHost(entry.host));
+    entry.bytes = std::max<size_t>(bytes, 4096);
+    CUDA_OK(cudaHostAlloc(&entry.host, entry.bytes, cudaHostAllocDefault));
+  }
+  if (!entry.done) CUDA_OK(cudaEventCreateWithFlags(&entry.done, cudaEventDisableTiming));
+  std::memcpy(entry.host, host, bytes);
+  CUDA_OK(cudaMemcpyAsync(dst, entry.host, bytes, cudaMemcpyHostToDevice, stream_));
+  CUDA_OK(cudaEventRecord(entry.done, stream_));
   return dst;
 }
 

@@ -92,6 +92,15 @@ class CudaBackend final : public Backend {
     size_t bytes = 0;
   };
   std::vector<ScratchSlot> scratch_;
+  // Pinned staging for small per-op uploads (page tables, routing indices): a pageable
+  // cudaMemcpyAsync would make the host wait for the stream, serialising launch and execution.
+  struct Staging {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;  // the copy that last read this entry
+  };
+  std::vector<Staging> staging_;
+  size_t next_staging_ = 0;
 };
 
 inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/warp_dot.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -15,42 +16,13 @@ constexpr int64_t kGemvMaxColumns = 8;
 constexpr int kGemvWarps = 8;
 
 template <DType T>
-__device__ __forceinline__ float RowDot(const uint8_t* row, const float* x, int64_t k, int lane) {
-  float acc = 0;
-  if constexpr (T == DType::kQ8_0 || T == DType::kQ4_0) {
-    const int64_t block_bytes = T == DType::kQ8_0 ? 34 : 18;
-    for (int64_t b = lane; b < k / 32; b += 32) {
-      const uint8_t* block = row + b * block_bytes;
-      const float d = __half2float(*reinterpret_cast<const __half*>(block));
-      const float* xb = x + b * 32;
-      float s = 0;
-      if constexpr (T == DType::kQ8_0) {
-#pragma unroll
-        for (int j = 0; j < 32; ++j) s += static_cast<int8_t>(block[2 + j]) * xb[j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const uint8_t byte = block[2 + j];
-          s += (static_cast<int>(byte & 15) - 8) * xb[j] + (static_cast<int>(byte >> 4) - 8) * xb[16 + j];
-        }
-      }
-      acc += d * s;
-    }
-  } else {
-    for (int64_t i = lane; i < k; i += 32) acc += LoadElement(T, row, i) * x[i];
-  }
-  return acc;
-}
-
-template <DType T>
 __global__ void GemvKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
   const int64_t row = blockIdx.x * int64_t(kGemvWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= n) return;
   const uint8_t* wrow = w + row * row_bytes;
   for (int64_t col = 0; col < m; ++col) {
-    float acc = RowDot<T>(wrow, x + col * k, k, lane);
-    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, offset);
+    const float acc = WarpSum(WarpDotPartial<T>(wrow, x + col * k, k, lane));
     if (lane == 0) y[col * n + row] = acc;
   }
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/warp_dot.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -95,6 +96,52 @@ __global__ void WeightedSumKernel(const float* slot_out, const float* weights, i
   y[i] = acc;
 }
 
+// Decode path (few tokens): no host round trip. Each warp computes one FFN row of the expert
+// that routing chose for its slot, reading the expert id from device memory.
+constexpr int kWarpsPerBlock = 8;
+constexpr int64_t kDecodeSlots = 64;  // up to 8 tokens x top-8 take the device-only path
+
+template <DType T>
+__global__ void ExpertGateUpKernel(const float* x, const int32_t* ids, int64_t top_k, const uint8_t* gate,
+                                   const uint8_t* up, size_t row_bytes, int64_t hidden, int64_t ffn, float* act) {
+  const int64_t slot = blockIdx.y;
+  const int64_t f = blockIdx.x * int64_t(kWarpsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (f >= ffn) return;
+  const int64_t expert = ids[slot];
+  const float* xt = x + (slot / top_k) * hidden;
+  const size_t offset = (expert * ffn + f) * row_bytes;
+  const float g = WarpSum(WarpDotPartial<T>(gate + offset, xt, hidden, lane));
+  const float u = WarpSum(WarpDotPartial<T>(up + offset, xt, hidden, lane));
+  if (lane == 0) act[slot * ffn + f] = g / (1.0f + expf(-g)) * u;
+}
+
+template <DType T>
+__global__ void ExpertDownKernel(const float* act, const int32_t* ids, const uint8_t* down, size_t row_bytes,
+                                 int64_t hidden, int64_t ffn, float* slot_out) {
+  const int64_t slot = blockIdx.y;
+  const int64_t d = blockIdx.x * int64_t(kWarpsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (d >= hidden) return;
+  const int64_t expert = ids[slot];
+  const float v = WarpSum(WarpDotPartial<T>(down + (expert * hidden + d) * row_bytes, act + slot * ffn, ffn, lane));
+  if (lane == 0) slot_out[slot * hidden + d] = v;
+}
+
+template <DType T>
+void LaunchDecodeExperts(cudaStream_t stream, const float* x, const int32_t* ids, int64_t slots, int64_t top_k,
+                         const MoeWeights& e, int64_t hidden, int64_t ffn, float* act, float* slot_out) {
+  const dim3 threads(kWarpsPerBlock * 32);
+  ExpertGateUpKernel<T><<<dim3(static_cast<unsigned>((ffn + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(slots)),
+                          threads, 0, stream>>>(x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps),
+                                                e.gate_exps.row_bytes(), hidden, ffn, act);
+  LAUNCH_OK();
+  ExpertDownKernel<T><<<dim3(static_cast<unsigned>((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(slots)),
+                        threads, 0, stream>>>(act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn,
+                                              slot_out);
+  LAUNCH_OK();
+}
+
 }  // namespace
 
 void CudaBackend::MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
@@ -115,6 +162,25 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
   CU_CHECK(experts.gate_exps.ne[0] == hidden && experts.down_exps.ne[0] == ffn && experts.down_exps.ne[1] == hidden &&
            y.ne[0] == hidden && y.rows() == tokens);
   if (tokens == 0) return;
+  const bool same_type = experts.gate_exps.dtype == experts.up_exps.dtype && experts.gate_exps.dtype == experts.down_exps.dtype;
+  if (tokens * top_k <= kDecodeSlots && same_type) {
+    const int64_t slots = tokens * top_k;
+    auto* act = static_cast<float*>(Scratch(6, static_cast<size_t>(slots * (ffn + hidden)) * 4));
+    float* slot_out = act + slots * ffn;
+    const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
+    switch (experts.gate_exps.dtype) {
+      case DType::kF32: LaunchDecodeExperts<DType::kF32>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kF16: LaunchDecodeExperts<DType::kF16>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kBF16: LaunchDecodeExperts<DType::kBF16>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kQ8_0: LaunchDecodeExperts<DType::kQ8_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kQ4_0: LaunchDecodeExperts<DType::kQ4_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      default: CU_CHECK(false);
+    }
+    WeightedSumKernel<<<Blocks(hidden * tokens, 256), 256, 0, stream_>>>(slot_out, DevF32(weights), hidden, top_k, tokens,
+                                                                          DevF32(y));
+    LAUNCH_OK();
+    return;
+  }
   std::vector<int32_t> host_ids(tokens * top_k);
   Download(ids, host_ids.data(), host_ids.size() * sizeof(int32_t), 0);
   std::vector<std::vector<int32_t>> routed(n_experts);  // slots per expert

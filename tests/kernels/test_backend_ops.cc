@@ -212,7 +212,7 @@ TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
 TEST_F(BackendOps, LatentStoreAndMlaAttentionAllCacheTypes) {
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     for (int64_t width : {64, 576}) {
-      const int64_t value_dim = width - 64, heads = 4, page = 16, pages = 40;
+      const int64_t value_dim = width == 576 ? 512 : 48, heads = 4, page = 16, pages = 40;
       auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
       // Sequence 0: 300 cached + 5 new; sequence 1: 0 cached + 1 new (single token, empty history).
       std::vector<int32_t> table0(20), table1 = {39};
@@ -242,6 +242,31 @@ TEST_F(BackendOps, LatentStoreAndMlaAttentionAllCacheTypes) {
       EXPECT_EQ(0, std::memcmp(c.data() + 5 * page_bytes, b.data() + table0[3] * page_bytes, page_bytes));
     }
   }
+}
+
+TEST_F(BackendOps, MlaDecodeLongContextAllHeads) {
+  // The real model's decode shape: 32 heads, latent 576, value 512, thousands of cached rows
+  // (the split-KV path), batch of two sequences of different lengths.
+  const int64_t width = 576, value_dim = 512, heads = 32, page = 64, cached0 = 5000, cached1 = 77;
+  const int64_t pages = (cached0 + 1 + page - 1) / page + (cached1 + 1 + page - 1) / page;
+  auto pool = Make(DType::kF16, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
+  std::vector<int32_t> table0, table1;
+  for (int64_t i = 0; i < pages; ++i) ((i % 5 == 4 && table1.size() * page < cached1 + 1) ? table1 : table0).push_back(int32_t(i));
+  ASSERT_GE(int64_t(table0.size()) * page, cached0 + 1);
+  ASSERT_GE(int64_t(table1.size()) * page, cached1 + 1);
+  std::vector<LatentSeqView> history = {{table0, 0, 0, cached0}, {table1, 0, cached0, cached1}};
+  auto rows = F32({width, cached0 + cached1, 1, 1}, Random(width * (cached0 + cached1), -2, 2));
+  cpu_->LatentStore(rows.cpu, history, pool.cpu);
+  gpu_->LatentStore(rows.gpu, history, pool.gpu);
+  std::vector<LatentSeqView> step = {{table0, cached0, 0, 1}, {table1, cached1, 1, 1}};
+  auto fresh = F32({width, 2, 1, 1}, Random(width * 2, -2, 2));
+  cpu_->LatentStore(fresh.cpu, step, pool.cpu);
+  gpu_->LatentStore(fresh.gpu, step, pool.gpu);
+  auto q = F32({width, heads, 2, 1}, Random(width * heads * 2, -0.3f, 0.3f));
+  auto out = Poisoned({value_dim, heads, 2, 1});
+  cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
+  gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
+  Expect(out, 1e-9, "MlaAttention decode 32 heads x 5000 ctx");
 }
 
 TEST_F(BackendOps, MoeRouteAndExperts) {
