@@ -301,6 +301,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   }
   if (lease_id.empty()) return ToGrpc(last_error);
   state_.leases_active++;
+  state_.registry().AddDecodeRequests(decode_worker, 1);
   bool lease_open = true;  // until Decode takes it over
   struct LeaseGuard {
     RouterState& state;
@@ -310,6 +311,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
     ~LeaseGuard() {
       if (open) ReleaseLease(worker, lease, state.options().control_timeout);
       state.leases_active--;
+      state.registry().AddDecodeRequests(worker, -1);
     }
   } lease_guard{state_, decode_worker, lease_id, lease_open};
 

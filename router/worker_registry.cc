@@ -85,9 +85,10 @@ std::vector<std::string> WorkerRegistry::DecodeCandidates(int64_t tokens, const 
     if (entry.model.max_context_tokens() < tokens) continue;
     fits.push_back(&entry);
   }
-  // Stats can be a poll old: the lease itself is the authority, so order by free tokens and
-  // let ReserveLease say no.
+  // Stats can be a poll old: the lease itself is the authority. Prefer the worker with the
+  // fewest requests this router placed (current), then the most free tokens (polled).
   std::sort(fits.begin(), fits.end(), [](const WorkerEntry* a, const WorkerEntry* b) {
+    if (a->inflight_requests != b->inflight_requests) return a->inflight_requests < b->inflight_requests;
     return a->stats.cache_pages_free() * a->stats.page_tokens() > b->stats.cache_pages_free() * b->stats.page_tokens();
   });
   std::vector<std::string> out;
@@ -111,6 +112,12 @@ void WorkerRegistry::AddPrefillCost(const std::string& address, double cost) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(address);
   if (it != workers_.end()) it->second.inflight_cost = std::max(0.0, it->second.inflight_cost + cost);
+}
+
+void WorkerRegistry::AddDecodeRequests(const std::string& address, int64_t delta) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  if (it != workers_.end()) it->second.inflight_requests = std::max<int64_t>(0, it->second.inflight_requests + delta);
 }
 
 std::optional<v1::ModelDescriptor> WorkerRegistry::Model() const {

@@ -28,6 +28,7 @@ struct WorkerEntry {
   bool alive = false;
   bool static_entry = false;
   double inflight_cost = 0;  // prefill: cost of jobs this router has running there
+  int64_t inflight_requests = 0;  // decode: requests this router has placed there, not finished
   absl::Time last_seen = absl::InfinitePast();
 };
 
@@ -47,6 +48,7 @@ class WorkerRegistry {
   // The live prefill worker with the least outstanding work, or nullopt.
   std::optional<std::string> PickPrefill(const std::set<std::string>& exclude) const;
   void AddPrefillCost(const std::string& address, double cost);
+  void AddDecodeRequests(const std::string& address, int64_t delta);
 
   // The served model (from the first worker that reported one).
   std::optional<v1::ModelDescriptor> Model() const;

@@ -66,6 +66,7 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
   for (grpc::Service* service : services) builder.RegisterService(service);
   Listening out;
   out.server = builder.BuildAndStart();

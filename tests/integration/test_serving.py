@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Integration tests of the split deployment: real `latentserve` processes on loopback.
+
+Stdlib only. Every process listens on port 0 and reports its address through --port-file;
+the tests wait on conditions (files, worker stats), never on fixed sleeps, and every wait
+is bounded. Run: test_serving.py --bin build/bin/latentserve [unittest args].
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+BIN = None
+WORK = None
+MODEL = None
+CHUNK = "64"          # the same prefill chunk for workers and for the `logits` reference
+THREADS = "1"
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def prompt(n, salt=0):
+    return [(i * 7 + salt * 13 + 1) % 300 for i in range(n)]
+
+
+def ids_arg(ids):
+    return ",".join(str(i) for i in ids)
+
+
+_reference_cache = {}
+
+
+def reference_greedy(ids, k):
+    key = (tuple(ids), k)
+    if key not in _reference_cache:
+        path = os.path.join(WORK, f"ref_{len(ids)}_{hash(key) & 0xffff}.txt")
+        with open(path, "w") as f:
+            f.write(ids_arg(ids))
+        out = subprocess.run([BIN, "logits", "--model", MODEL, "--tokens-file", path, "--greedy", str(k),
+                              "--chunk", CHUNK, "--threads", THREADS],
+                             check=True, capture_output=True, text=True, timeout=300).stdout
+        _reference_cache[key] = json.loads(out)["greedy"]
+    return _reference_cache[key]
+
+
+class Cluster:
+    """A router plus workers as separate processes (or one `serve` process)."""
+
+    def __init__(self, name, prefill=1, decode=1, serve=False, router_flags=(), worker_flags=()):
+        self.dir = os.path.join(WORK, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.procs = {}
+        self.worker_flags = list(worker_flags)
+        if serve:
+            self.router = self._start("serve", ["serve", "--listen", "127.0.0.1:0", "--model", MODEL, "--chunk", CHUNK,
+                                                "--threads", THREADS, *router_flags, *worker_flags])
+        else:
+            self.router = self._start("router", ["router", "--listen", "127.0.0.1:0", *router_flags])
+            for i in range(prefill):
+                self.add_worker("prefill", f"prefill{i}")
+            for i in range(decode):
+                self.add_worker("decode", f"decode{i}")
+        wait_for(lambda: self.alive_count() == (2 if serve else prefill + decode), 30, "workers to register")
+        self.baseline = self.snapshot()
+
+    def _start(self, name, args):
+        port_file = os.path.join(self.dir, f"{name}.port")
+        log = open(os.path.join(self.dir, f"{name}.log"), "w")
+        proc = subprocess.Popen([BIN, *args, "--port-file", port_file], stdout=log, stderr=subprocess.STDOUT)
+        log.close()  # the child holds its own descriptor
+        self.procs[name] = proc
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}: {open(log.name).read()}")
+            return os.path.exists(port_file)
+        wait_for(ready, 30, f"{name} to listen")
+        with open(port_file) as f:
+            address = f.read().strip()
+        setattr(proc, "address", address)
+        return address
+
+    def add_worker(self, role, name):
+        return self._start(name, [role, "--listen", "127.0.0.1:0", "--router", self.router, "--model", MODEL,
+                                  "--chunk", CHUNK, "--threads", THREADS, *self.worker_flags])
+
+    def kill(self, name):
+        self.procs[name].kill()
+        self.procs[name].wait(10)
+
+    def name_of(self, address):
+        for name, proc in self.procs.items():
+            if getattr(proc, "address", None) == address:
+                return name
+        return None
+
+    def info(self):
+        out = subprocess.run([BIN, "client", "info", "--target", self.router], capture_output=True, text=True,
+                             timeout=10)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def alive_count(self):
+        try:
+            return sum(1 for w in self.info()["workers"] if w["alive"])
+        except Exception:
+            return 0
+
+    def snapshot(self):
+        info = self.info()
+        return {w["address"]: (w["cache_pages_free"], w["leases_active"], w["sequences_active"])
+                for w in info["workers"] if w["alive"]}, info["router_leases_active"]
+
+    def assert_baseline(self, test):
+        """Free pages, leases and active sequences return to their start values on every live worker."""
+        def at_baseline():
+            workers, router_leases = self.snapshot()
+            want = {a: v for a, v in self.baseline[0].items() if a in workers}
+            return router_leases == 0 and all(workers[a] == v for a, v in want.items())
+        try:
+            wait_for(at_baseline, 10, "free pages and leases to return to baseline")
+        except AssertionError:
+            test.fail(f"not at baseline: {self.snapshot()} vs {self.baseline}")
+
+    def generate(self, ids=None, max_tokens=8, extra=(), timeout=120, text=None, background=False):
+        args = [BIN, "client", "generate", "--target", self.router, "--max-tokens", str(max_tokens), "--json",
+                "--ignore-eos", *extra]
+        if ids is not None:
+            path = os.path.join(self.dir, f"prompt_{time.monotonic_ns()}.txt")
+            with open(path, "w") as f:
+                f.write(ids_arg(ids))
+            args += ["--prompt-tokens-file", path]
+        elif text is not None:
+            args += ["--prompt", text]
+        if background:
+            return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        return parse_result(done.stdout, done.returncode)
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def parse_result(stdout, returncode):
+    lines = [l for l in stdout.strip().splitlines() if l.startswith("{")]
+    if not lines:
+        raise AssertionError(f"client printed no JSON (rc {returncode}): {stdout!r}")
+    result = json.loads(lines[-1])
+    result["rc"] = returncode
+    return result
+
+
+class SplitDeployment(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = Cluster("split", prefill=1, decode=1)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def test_greedy_equals_logits_reference(self):
+        ids = prompt(300)
+        r = self.cluster.generate(ids, max_tokens=8)
+        self.assertEqual(r.get("error"), None, r)
+        self.assertEqual(r["token_ids"], reference_greedy(ids, 8))
+        self.assertEqual(r["finish_reason"], "length")
+        self.assertEqual(r["usage"]["prompt_tokens"], 300)
+        self.assertEqual(r["usage"]["completion_tokens"], 8)
+        self.assertGreater(r["usage"]["cache_bytes_transferred"], 0)
+        self.assertGreater(r["timing"]["ttft_ms"], 0)
+        self.assertGreater(r["progress_events"], 1)  # 300 tokens / 64-token chunks
+        self.cluster.assert_baseline(self)
+
+    def test_text_prompt(self):
+        r = self.cluster.generate(text="hello world, this is a test", max_tokens=4)
+        self.assertEqual(r.get("error"), None, r)
+        self.assertEqual(len(r["token_ids"]), 4)
+        self.assertIsInstance(r["text"], str)
+
+    def test_bad_inputs(self):
+        c = self.cluster
+        cases = [
+            ("empty prompt", dict(ids=[]), "INVALID_ARGUMENT"),
+            ("token out of range", dict(ids=[1, 2, 100000]), "INVALID_ARGUMENT"),
+            ("negative token", dict(ids=[1, -5]), "INVALID_ARGUMENT"),
+            ("over context", dict(ids=[1, 2, 3], max_tokens=10_000_000), "INVALID_ARGUMENT"),
+            ("max_tokens 0", dict(ids=[1, 2, 3], max_tokens=0), "INVALID_ARGUMENT"),
+            ("max_tokens < 0", dict(ids=[1, 2, 3], max_tokens=-4), "INVALID_ARGUMENT"),
+            ("unknown model", dict(ids=[1, 2, 3], extra=("--model", "no-such-model")), "NOT_FOUND"),
+        ]
+        for name, kwargs, code in cases:
+            with self.subTest(name):
+                r = c.generate(**kwargs)
+                self.assertIn("error", r, r)
+                self.assertEqual(r["error"]["code"], code, r)
+                self.assertTrue(r["error"]["message"])
+        c.assert_baseline(self)
+        ids = prompt(50)
+        self.assertEqual(c.generate(ids)["token_ids"], reference_greedy(ids, 8))  # still serving
+
+    def test_cancel_during_prefill(self):
+        c = self.cluster
+        r = c.generate(prompt(2000, 1), max_tokens=8, extra=("--cancel-after-progress", "2"))
+        self.assertEqual(r["error"]["code"], "CANCELLED", r)
+        c.assert_baseline(self)
+
+    def test_cancel_during_decode(self):
+        c = self.cluster
+        r = c.generate(prompt(100, 2), max_tokens=5000, extra=("--cancel-after-tokens", "3"))
+        self.assertEqual(r["error"]["code"], "CANCELLED", r)
+        c.assert_baseline(self)
+
+    def test_client_deadline(self):
+        c = self.cluster
+        start = time.monotonic()
+        r = c.generate(prompt(3000, 3), max_tokens=8, extra=("--timeout-ms", "300"))
+        self.assertEqual(r["error"]["code"], "DEADLINE_EXCEEDED", r)
+        self.assertLess(time.monotonic() - start, 10)
+        c.assert_baseline(self)
+
+
+class ScaledDeployment(unittest.TestCase):
+    def test_two_prefill_two_decode_concurrent(self):
+        c = Cluster("scaled", prefill=2, decode=2)
+        try:
+            prompts = [prompt(200 + 40 * i, 10 + i) for i in range(4)]
+            procs = [c.generate(ids, max_tokens=6, background=True) for ids in prompts]
+            results = []
+            for proc in procs:
+                out, _ = proc.communicate(timeout=180)
+                results.append(parse_result(out, proc.returncode))
+            for ids, r in zip(prompts, results):
+                self.assertEqual(r.get("error"), None, r)
+                self.assertEqual(r["token_ids"], reference_greedy(ids, 6))
+            self.assertEqual(len({r["decode_worker"] for r in results}), 2, "both decode workers used")
+            self.assertEqual(len({r["prefill_worker"] for r in results}), 2, "both prefill workers used")
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+    def test_serve_equals_split(self):
+        c = Cluster("serve", serve=True)
+        try:
+            for n in (1, 130, 700):
+                ids = prompt(n, n)
+                r = c.generate(ids, max_tokens=7)
+                self.assertEqual(r.get("error"), None, r)
+                self.assertEqual(r["token_ids"], reference_greedy(ids, 7), f"prompt of {n}")
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+
+class Faults(unittest.TestCase):
+    def busy_worker(self, c, role):
+        def find():
+            for w in c.info()["workers"]:
+                if w["role"] == role and w["alive"] and (w["sequences_active"] > 0 or w["leases_active"] > 0):
+                    return w["address"]
+            return None
+        return wait_for(find, 30, f"a busy {role} worker")
+
+    def test_prefill_worker_killed_mid_prefill(self):
+        c = Cluster("kill_prefill", prefill=2, decode=1)
+        try:
+            ids = prompt(3000, 5)
+            proc = c.generate(ids, max_tokens=5, background=True)
+            victim = self.busy_worker(c, "prefill")
+            c.kill(c.name_of(victim))
+            out, _ = proc.communicate(timeout=120)
+            r = parse_result(out, proc.returncode)
+            # The router retries on the surviving prefill worker: same answer.
+            self.assertEqual(r.get("error"), None, r)
+            self.assertNotEqual(r["prefill_worker"], victim)
+            self.assertEqual(r["token_ids"], reference_greedy(ids, 5))
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+    def test_decode_worker_killed_during_transfer(self):
+        c = Cluster("kill_decode", prefill=1, decode=2)
+        try:
+            ids = prompt(3000, 6)
+            start = time.monotonic()
+            proc = c.generate(ids, max_tokens=5, background=True, extra=("--timeout-ms", "60000"))
+            victim = self.busy_worker(c, "decode")
+            c.kill(c.name_of(victim))
+            out, _ = proc.communicate(timeout=90)
+            r = parse_result(out, proc.returncode)
+            self.assertIn("error", r, r)
+            self.assertIn(r["error"]["code"], ("UNAVAILABLE", "CANCELLED", "ABORTED"), r)
+            self.assertLess(time.monotonic() - start, 60)
+            wait_for(lambda: all(w["alive"] == (w["address"] != victim) for w in c.info()["workers"]), 10,
+                     "the killed decode worker to be marked dead")
+            small = prompt(100, 7)
+            r2 = c.generate(small, max_tokens=5)  # survivors keep serving
+            self.assertEqual(r2.get("error"), None, r2)
+            self.assertEqual(r2["token_ids"], reference_greedy(small, 5))
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+    def test_lease_expires(self):
+        c = Cluster("lease", prefill=1, decode=1, router_flags=("--lease-ttl-ms", "300"))
+        try:
+            start = time.monotonic()
+            r = c.generate(prompt(3000, 8), max_tokens=5, extra=("--timeout-ms", "60000"))
+            self.assertIn("error", r, r)
+            self.assertEqual(r["error"]["code"], "ABORTED", r)
+            self.assertIn("expired", r["error"]["message"])
+            self.assertLess(time.monotonic() - start, 60)
+            c.assert_baseline(self)
+            small = prompt(20, 9)
+            r2 = c.generate(small, max_tokens=3)  # a prefill shorter than the lease still works
+            self.assertEqual(r2.get("error"), None, r2)
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+
+class Startup(unittest.TestCase):
+    def test_bad_model_file_exits_nonzero(self):
+        bad = os.path.join(WORK, "bad.gguf")
+        with open(bad, "wb") as f:
+            f.write(b"not a gguf file")
+        done = subprocess.run([BIN, "decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", bad],
+                              capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("latentserve decode:", done.stderr)
+
+    def test_port_taken_exits_nonzero(self):
+        c = Cluster("ports", prefill=1, decode=1)
+        try:
+            done = subprocess.run([BIN, "router", "--listen", c.router], capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(done.returncode, 0)
+            self.assertIn("cannot listen", done.stderr)
+        finally:
+            c.stop()
+
+
+def main():
+    global BIN, WORK, MODEL
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    args, rest = parser.parse_known_args()
+    BIN = os.path.abspath(args.bin)
+    WORK = tempfile.mkdtemp(prefix="latentserve-it-")
+    MODEL = os.path.join(WORK, "model.gguf")
+    subprocess.run([BIN, "make-test-model", "--out", MODEL, "--context", "65536", "--seed", "7"], check=True,
+                   capture_output=True, timeout=120)
+    try:
+        ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
+    finally:
+        if os.environ.get("KEEP_WORK"):
+            print("work dir:", WORK)
+        else:
+            shutil.rmtree(WORK, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
