@@ -51,7 +51,8 @@ for name, flags in configs:
         greedy = res["cuda"]["greedy"] == res["cpu"]["greedy"]
         rows.append((name, n, cache, float(np.median(nmse)), float(nmse.max()), float(agree), greedy))
         # CUDA rounds prefill activations to 16 bits for 16-bit and quantised weights.
-        limit = 1e-6 if name == "f32" else 5e-2
+        # Prefill attention runs its GEMMs in f16 (queries, latent keys, probabilities).
+        limit = 1e-4 if name == "f32" else 5e-2
         if np.median(nmse) > limit: fail = True
 print(f"{'weights':8} {'tokens':>6} {'cache':6} {'median NMSE':>12} {'max NMSE':>10} {'top1':>6} greedy")
 for r in rows: print(f"{r[0]:8} {r[1]:6d} {r[2]:6} {r[3]:12.3e} {r[4]:10.3e} {r[5]:6.3f} {r[6]}")

@@ -74,6 +74,11 @@ class CudaBackend final : public Backend {
   void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                   const Tensor& y) override;
 
+  // Prefill chunks (many queries of one sequence): absorbed attention as tensor-core GEMMs
+  // with a flash-style online softmax over key tiles (cuda_mla_prefill.cu).
+  void MlaPrefillAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
+                           const Tensor& out);
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.

@@ -15,6 +15,7 @@ namespace latentserve::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr int64_t kPrefillTokens = 64;  // a sequence with more new tokens takes the GEMM path
 
 // Per-token addressing: absolute position, and offset of its sequence's page table.
 struct TokenMap {
@@ -303,14 +304,19 @@ void CudaBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<c
   CU_CHECK(pool.ne[0] == width && out.ne[1] == heads && value_dim <= width && width <= 1024);
   const int64_t tokens = BatchTokens(seqs);
   if (tokens == 0) return;
+  bool prefill = false;
+  for (const LatentSeqView& seq : seqs) prefill |= seq.token_count > kPrefillTokens;
+  if (prefill) {
+    for (const LatentSeqView& seq : seqs) MlaPrefillAttention(q, pool, seq, scale, out);
+    return;
+  }
   TokenMap map = UploadTokenMap(*this, seqs, tokens);
   const int64_t stride = width + 1;
   const size_t split_smem = static_cast<size_t>(heads * stride + kTile * stride + heads * kTile + 3 * heads) * sizeof(float);
   const bool heads_fit = heads <= 32 && kSplitThreads % heads == 0 &&
                          (value_dim + kSplitThreads / heads - 1) / (kSplitThreads / heads) <= kMaxDimsPerThread;
-  // Decode batches (few queries, long contexts): the all-heads split-KV kernel. Prefill chunks
-  // keep the per-(head, token) kernel until the MHA-form prefill kernel lands.
-  if (heads_fit && split_smem <= 200 * 1024 && tokens <= 64) {
+  // Decode batches (few queries, long contexts): the all-heads split-KV kernel.
+  if (heads_fit && split_smem <= 200 * 1024) {
     int64_t longest = 0;
     for (const LatentSeqView& seq : seqs) longest = std::max(longest, seq.cached_tokens + seq.token_count);
     // Enough splits to fill the GPU for short batches, bounded by the partials' scratch size.

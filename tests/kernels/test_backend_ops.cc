@@ -269,6 +269,31 @@ TEST_F(BackendOps, MlaDecodeLongContextAllHeads) {
   Expect(out, 1e-9, "MlaAttention decode 32 heads x 5000 ctx");
 }
 
+TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
+  // A prefill chunk (> 64 new tokens) over a cached prefix spanning several key tiles takes
+  // the GEMM path: f16 queries/keys/probabilities, f32 accumulation.
+  for (DType type : {DType::kF16, DType::kQ8_0}) {
+    const int64_t width = 576, value_dim = 512, heads = 8, page = 128, cached = 4500, fresh = 300;
+    const int64_t pages = (cached + fresh + page - 1) / page + 1;
+    auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
+    std::vector<int32_t> table;
+    for (int64_t i = pages - 1; i >= 1; --i) table.push_back(int32_t(i));  // reversed page order
+    std::vector<LatentSeqView> history = {{table, 0, 0, cached}};
+    auto rows = F32({width, cached, 1, 1}, Random(width * cached, -1, 1));
+    cpu_->LatentStore(rows.cpu, history, pool.cpu);
+    gpu_->LatentStore(rows.gpu, history, pool.gpu);
+    std::vector<LatentSeqView> chunk = {{table, cached, 0, fresh}};
+    auto fresh_rows = F32({width, fresh, 1, 1}, Random(width * fresh, -1, 1));
+    cpu_->LatentStore(fresh_rows.cpu, chunk, pool.cpu);
+    gpu_->LatentStore(fresh_rows.gpu, chunk, pool.gpu);
+    auto q = F32({width, heads, fresh, 1}, Random(width * heads * fresh, -0.5f, 0.5f));
+    auto out = Poisoned({value_dim, heads, fresh, 1});
+    cpu_->MlaAttention(q.cpu, pool.cpu, chunk, 1.0f / std::sqrt(192.0f), out.cpu);
+    gpu_->MlaAttention(q.gpu, pool.gpu, chunk, 1.0f / std::sqrt(192.0f), out.gpu);
+    Expect(out, 1e-5, std::string("MlaAttention prefill chunk (f16 GEMMs) ") + DTypeName(type));
+  }
+}
+
 TEST_F(BackendOps, MoeRouteAndExperts) {
   for (DType type : {DType::kF32, DType::kQ4_0}) {
     const int64_t hidden = 96, ffn = 64, experts = 40, top_k = 6;
