@@ -1,6 +1,8 @@
 // Helpers for GGUF tests: a little-endian byte builder and temp files.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -51,8 +53,10 @@ struct Bytes {
   }
 };
 
+// A path private to this process: ctest runs each test in its own process, in parallel, and
+// a file rewritten while another process has it mapped would fault there (SIGBUS).
 inline std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
+  return ::testing::TempDir() + "/ls" + std::to_string(::getpid()) + "_" + name;
 }
 
 inline std::string WriteTemp(const std::string& name, const std::string& bytes) {
