@@ -66,9 +66,7 @@ python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i*31 + i//97 + 7
   "$TOKENS" >"$WORK/document.txt"
 echo "sending a $TOKENS-token document; prefill progress below, then the answer's tokens:"
 "$LS" client generate --target "$ROUTER" --prompt-tokens-file "$WORK/document.txt" --max-tokens "$ANSWER" \
-  --ignore-eos
-"$LS" client generate --target "$ROUTER" --prompt-tokens-file "$WORK/document.txt" --max-tokens "$ANSWER" \
-  --ignore-eos --json | tail -n 1 >"$WORK/result.json"
+  --ignore-eos --summary-file "$WORK/result.json"
 
 # 5. Summary.
 "$LS" plan --model "$MODEL" --context "$TOKENS" >"$WORK/plan.json"

@@ -20,6 +20,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
@@ -436,8 +437,7 @@ int RunClientGenerate(const Args& args) {
     return ClientError(result.status(), json);
   }
   const v1::Finished& f = result->finished;
-  if (json) {
-    std::printf(
+  const std::string summary = absl::StrFormat(
         "{\"token_ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%lld,"
         "\"completion_tokens\":%lld,\"cache_bytes_transferred\":%lld},\"timing\":{\"ttft_ms\":%.3f,"
         "\"decode_tokens_per_s\":%.3f,\"prefill_ms\":%.3f,\"transfer_tail_ms\":%.3f},\"prefill_worker\":%s,"
@@ -449,6 +449,11 @@ int RunClientGenerate(const Args& args) {
         f.timings().decode_tokens_per_s(), f.timings().prefill_ms(), f.timings().transfer_tail_ms(),
         client::JsonString(f.prefill_worker()).c_str(), client::JsonString(f.decode_worker()).c_str(),
         client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events));
+  if (args.Has("summary-file")) {
+    std::ofstream(args.Get("summary-file")) << summary;
+  }
+  if (json) {
+    std::fputs(summary.c_str(), stdout);
   } else {
     std::printf("\n");
     std::fprintf(stderr,
@@ -502,7 +507,8 @@ int RunClient(int argc, char** argv) {
   constexpr const char* kUsage =
       "usage: latentserve client generate --target HOST:PORT (--prompt-tokens \"1,2,3\" | --prompt-tokens-file F |\n"
       "         --prompt TEXT | --prompt-file F) --max-tokens N [--temperature T --top-k K --top-p P --min-p P\n"
-      "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json]\n"
+      "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
+      "         --summary-file F (the --json object, written to F)]\n"
       "       latentserve client info --target HOST:PORT\n"
       "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
   if (argc < 1) {
@@ -513,7 +519,7 @@ int RunClient(int argc, char** argv) {
   auto args = Args::Parse(argc - 1, argv + 1,
                           {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
-                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens"},
+                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file"},
                           {"json", "ignore-eos"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
