@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -153,26 +154,42 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   ctx.tokens = n;
   ctx.kda_chunk_tokens = any_multi_token ? options.kda_chunk_tokens : 0;
 
+  // Optional profiling: charge the time since the last mark to one part.
+  auto last_mark = std::chrono::steady_clock::now();
+  auto mark = [&](double ForwardProfile::*part) {
+    if (options.profile == nullptr) return;
+    backend_.Synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    options.profile->*part += std::chrono::duration<double>(now - last_mark).count();
+    last_mark = now;
+  };
+  if (options.profile) ++options.profile->forwards;
   ASSIGN_OR_RETURN(Tensor id_tensor, backend_.Alloc(DType::kI32, {n, 1, 1, 1}));
   backend_.Upload(ids.data(), ids.size() * sizeof(int32_t), id_tensor);
   ASSIGN_OR_RETURN(Tensor x, ctx.F32({c.hidden, n, 1, 1}));
   backend_.GetRows(weights_.token_embd, id_tensor, x);
   ASSIGN_OR_RETURN(Tensor h, ctx.F32({c.hidden, n, 1, 1}));
 
+  mark(&ForwardProfile::embed);
   for (int64_t layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
     backend_.RmsNorm(x, w.attn_norm, c.rms_eps, h);
+    mark(&ForwardProfile::norms);
     Tensor attn;
     if (c.is_mla[layer]) {
       ASSIGN_OR_RETURN(attn, MlaLayer(ctx, w.mla, cache.pool(mla_index_[layer]), h));
+      mark(&ForwardProfile::mla);
     } else {
       std::vector<kernels::KdaStateView> states;
       for (const BatchEntry& entry : batch) states.push_back(entry.sequence->kda[kda_index_[layer]]);
       ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, h));
+      mark(&ForwardProfile::kda);
     }
     backend_.Add(x, attn, x);
     backend_.RmsNorm(x, w.ffn_norm, c.rms_eps, h);
+    mark(&ForwardProfile::norms);
     ASSIGN_OR_RETURN(Tensor ffn, FfnLayer(ctx, w.ffn, c.is_moe(layer), h));
+    mark(c.is_moe(layer) ? &ForwardProfile::moe : &ForwardProfile::ffn_dense);
     backend_.Add(x, ffn, x);
   }
   for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += entry.tokens.size();
@@ -187,6 +204,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   backend_.MatMul(weights_.output, selected, logits);
   std::vector<float> host(static_cast<size_t>(c.vocab * m));
   backend_.Download(logits, host.data(), host.size() * sizeof(float));
+  mark(&ForwardProfile::head);
   return host;
 }
 

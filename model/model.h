@@ -28,8 +28,16 @@ struct BatchEntry {
   bool all_logits = false;  // logits for every new token, else only for the last
 };
 
+// Seconds spent per part of the forward pass (host clock around Synchronize()). Filling it
+// synchronises after every part, so it is for diagnosis only, never for serving.
+struct ForwardProfile {
+  double embed = 0, kda = 0, mla = 0, ffn_dense = 0, moe = 0, norms = 0, head = 0;
+  int64_t forwards = 0;
+};
+
 struct ForwardOptions {
   int64_t kda_chunk_tokens = 64;  // chunked KDA when a sequence has > 1 new token; 0 = recurrence
+  ForwardProfile* profile = nullptr;  // when set, time each part
 };
 
 class Model {
