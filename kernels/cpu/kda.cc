@@ -41,9 +41,13 @@ void RecurrentHead(const HeadIo& io, int64_t dk, int64_t tokens, float scale, fl
   }
 }
 
+// Largest |G| (summed log-decay within a chunk) for the factorised form: e^{60} ~ 1e26 keeps
+// every product well inside f32's range.
+constexpr float kMaxFactorisedDecay = 60.0f;
+
 void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, float scale, float* state) {
   std::vector<float> cum(chunk * dk), kd(chunk * dk), qd(chunk * dk), u(chunk * dk);
-  std::vector<float> a(chunk * chunk), b(chunk * chunk), tmp(dk);
+  std::vector<float> a(chunk * chunk), b(chunk * chunk), tmp(dk), kinv(chunk * dk);
   for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
     const int64_t n = std::min(chunk, tokens - c0);
     auto K = [&](int64_t t) { return io.k + (c0 + t) * io.stride; };
@@ -58,13 +62,30 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
         qd[t * dk + c] = e * Q(t)[c] * scale;
       }
     }
-    // Pairwise decayed products A (strictly lower) and B (lower incl. diagonal).
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t j = 0; j <= t; ++j) {
-        const float* kj = K(j);
-        for (int64_t c = 0; c < dk; ++c) tmp[c] = std::exp(cum[t * dk + c] - cum[j * dk + c]) * kj[c];
-        a[t * chunk + j] = j < t ? Dot(K(t), tmp.data(), dk) : 0.0f;
-        b[t * chunk + j] = Dot(Q(t), tmp.data(), dk) * scale;
+    // Pairwise decayed products A (strictly lower) and B (lower incl. diagonal). When the
+    // chunk's total decay is moderate, e^{G_t - G_j} factorises as e^{G_t} e^{-G_j} and the
+    // products are plain dots of precomputed rows (no exp per pair); otherwise e^{-G_j} could
+    // overflow, so each pair's exponent is taken whole.
+    float deepest = 0;
+    for (int64_t i = 0; i < n * dk; ++i) deepest = std::min(deepest, cum[i]);
+    if (deepest > -kMaxFactorisedDecay) {
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t c = 0; c < dk; ++c) kinv[j * dk + c] = K(j)[c] * std::exp(-cum[j * dk + c]);
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t j = 0; j <= t; ++j) {
+          a[t * chunk + j] = j < t ? Dot(kd.data() + t * dk, kinv.data() + j * dk, dk) : 0.0f;
+          b[t * chunk + j] = Dot(qd.data() + t * dk, kinv.data() + j * dk, dk);
+        }
+      }
+    } else {
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t j = 0; j <= t; ++j) {
+          const float* kj = K(j);
+          for (int64_t c = 0; c < dk; ++c) tmp[c] = std::exp(cum[t * dk + c] - cum[j * dk + c]) * kj[c];
+          a[t * chunk + j] = j < t ? Dot(K(t), tmp.data(), dk) : 0.0f;
+          b[t * chunk + j] = Dot(Q(t), tmp.data(), dk) * scale;
+        }
       }
     }
     // u by forward substitution; then outputs. u[t] has one entry per value column.
