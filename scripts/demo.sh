@@ -25,7 +25,7 @@ trap cleanup EXIT INT TERM
 
 # 1. Dependencies and build.
 if [[ -x scripts/install_deps.sh ]]; then scripts/install_deps.sh; fi
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null  # same as scripts/test.sh: no rebuild between them
 ninja -C "$BUILD" latentserve
 LS=$BUILD/bin/latentserve
 
