@@ -7,15 +7,25 @@
 
 namespace latentserve::client {
 
-GenerationClient::GenerationClient(const std::string& target) {
+GenerationClient::GenerationClient(const std::string& target)
+    : GenerationClient(target, grpc::InsecureChannelCredentials(), "") {}
+
+GenerationClient::GenerationClient(const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                   std::string bearer_token)
+    : bearer_token_(std::move(bearer_token)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  stub_ = v1::Generation::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  stub_ = v1::Generation::NewStub(grpc::CreateCustomChannel(target, std::move(credentials), args));
+}
+
+void GenerationClient::Authorize(grpc::ClientContext& context) const {
+  if (!bearer_token_.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", bearer_token_));
 }
 
 absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequest& request,
                                                           const GenerateCallbacks& callbacks, absl::Duration timeout) {
   grpc::ClientContext context;
+  Authorize(context);
   if (timeout != absl::InfiniteDuration()) context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   auto reader = stub_->Generate(&context, request);
   GenerateResult result;
@@ -50,6 +60,7 @@ absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequ
 
 absl::StatusOr<v1::GetModelInfoResponse> GenerationClient::GetModelInfo(absl::Duration timeout) {
   grpc::ClientContext context;
+  Authorize(context);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::GetModelInfoRequest request;
   v1::GetModelInfoResponse response;
@@ -61,6 +72,7 @@ absl::StatusOr<v1::GetModelInfoResponse> GenerationClient::GetModelInfo(absl::Du
 absl::StatusOr<std::vector<int32_t>> GenerationClient::Tokenize(const v1::TokenizeRequest& request,
                                                                 absl::Duration timeout) {
   grpc::ClientContext context;
+  Authorize(context);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::TokenizeResponse response;
   grpc::Status status = stub_->Tokenize(&context, request, &response);

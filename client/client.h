@@ -28,6 +28,10 @@ struct GenerateResult {
 class GenerationClient {
  public:
   explicit GenerationClient(const std::string& target);
+  // `credentials`: TLS (serving/security.h) or insecure; `bearer_token` (may be empty) is
+  // sent as `authorization: Bearer <token>` on every call.
+  GenerationClient(const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   std::string bearer_token);
 
   // Streams one request to its end. timeout: the call's deadline (InfiniteDuration: none).
   absl::StatusOr<GenerateResult> Generate(const v1::GenerateRequest& request, const GenerateCallbacks& callbacks,
@@ -37,7 +41,9 @@ class GenerationClient {
                                                 absl::Duration timeout = absl::Seconds(30));
 
  private:
+  void Authorize(grpc::ClientContext& context) const;
   std::unique_ptr<v1::Generation::Stub> stub_;
+  std::string bearer_token_;
 };
 
 // "INVALID_ARGUMENT", "OK", ...

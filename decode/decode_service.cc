@@ -1,6 +1,7 @@
 #include "decode/decode_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "serving/metrics.h"
 #include "transfer/grpc_status.h"
 #include "transfer/grpc_transport.h"
 
@@ -40,15 +41,27 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   params.sampling.seed = request->sampling().seed();
   params.max_new_tokens = request->max_new_tokens();
   params.stop_token_ids.assign(request->stop_token_ids().begin(), request->stop_token_ids().end());
+  int64_t generated = 0;
   auto reason = worker_.Decode(
       params,
       [&](const std::vector<int32_t>& tokens) {
         v1::DecodeResponse event;
         for (int32_t t : tokens) event.add_token_ids(t);
+        serving::Metrics::Get().decode_tokens_total.Increment(static_cast<double>(tokens.size()));
+        generated += static_cast<int64_t>(tokens.size());
         return writer->Write(event);
       },
       [&] { return context->IsCancelled(); });
-  if (!reason.ok()) return ToGrpc(reason.status());
+  if (!reason.ok()) {
+    serving::LogEvent("decode", "decode_failed", request->request_id(),
+                      {{"lease", params.lease_id},
+                       {"code", absl::StatusCodeToString(reason.status().code())},
+                       {"tokens", absl::StrCat(generated)}});
+    return ToGrpc(reason.status());
+  }
+  serving::LogEvent("decode", "decode_done", request->request_id(),
+                    {{"lease", params.lease_id}, {"tokens", absl::StrCat(generated)},
+                     {"finish", *reason == FinishReason::kStopToken ? "stop_token" : "length"}});
   v1::DecodeResponse last;
   last.set_finish_reason(*reason == FinishReason::kStopToken ? v1::FINISH_REASON_STOP_TOKEN : v1::FINISH_REASON_LENGTH);
   writer->Write(last);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "serving/metrics.h"
 #include "transfer/grpc_status.h"
 
 namespace latentserve::prefill {
@@ -38,10 +39,28 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
         if (!writer->Write(event)) writer_gone = true;
       },
       [&] { return writer_gone || context->IsCancelled(); }, &transfer_failed);
+  serving::Metrics& metrics = serving::Metrics::Get();
   if (!result.ok()) {
-    if (transfer_failed) context->AddTrailingMetadata(kFailedStageKey, "transfer");
+    if (transfer_failed) {
+      metrics.transfer_failures_total.Increment();
+      context->AddTrailingMetadata(kFailedStageKey, "transfer");
+    }
+    serving::LogEvent("prefill", "prefill_failed", job.request_id,
+                      {{"code", absl::StatusCodeToString(result.status().code())},
+                       {"stage", transfer_failed ? "transfer" : "prefill"},
+                       {"message", std::string(result.status().message())}});
     return transfer::ToGrpc(result.status());
   }
+  metrics.prefill_tokens_total.Increment(static_cast<double>(job.tokens.size()));
+  metrics.prefill_compute_seconds_total.Increment(result->prefill_ms / 1000.0);
+  metrics.transfer_bytes_total.Increment(static_cast<double>(result->cache_bytes));
+  metrics.transfer_tail_seconds.Observe(result->transfer_tail_ms / 1000.0);
+  serving::LogEvent("prefill", "prefill_done", job.request_id,
+                    {{"prompt_tokens", absl::StrCat(job.tokens.size())},
+                     {"prefill_ms", absl::StrCat(result->prefill_ms)},
+                     {"cache_bytes", absl::StrCat(result->cache_bytes)},
+                     {"transfer_tail_ms", absl::StrCat(result->transfer_tail_ms)},
+                     {"decode_worker", job.decode_worker}});
   v1::PrefillResponse event;
   auto* done = event.mutable_done();
   done->set_first_token(result->first_token);

@@ -143,6 +143,17 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   const absl::Time computed = absl::Now();
   PrefillResult result;
   result.first_token = model::Sampler(job.sampling).Sample(logits);
+  if (fault_stall_transfer_ > absl::ZeroDuration()) {
+    const absl::Time stall_until = absl::Now() + fault_stall_transfer_;
+    while (absl::Now() < stall_until) {
+      if (cancelled()) return absl::CancelledError("request cancelled during a (fault-injected) transfer stall");
+      if (absl::Now() > job.deadline) {
+        *transfer_failed = true;
+        return absl::DeadlineExceededError("deadline passed while the cache transfer was stalled");
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
   for (int64_t kda = 0; kda < kda_layers; ++kda) {
     std::string state;
     RETURN_IF_ERROR(model_.ExportKdaState(*sequence, kda, &state));

@@ -63,6 +63,9 @@ class PrefillWorker {
 
   PrefillStats Stats() const;
   void StartDrain();
+  // Testing only (--fault-stall-transfer-ms): hold every handoff this long before its KDA
+  // state and End, as a stuck link would. Cancellation and the deadline still end it.
+  void SetFaultStallTransfer(absl::Duration stall) { fault_stall_transfer_ = stall; }
   const std::string& fingerprint() const { return fingerprint_; }
   int64_t max_context_tokens() const { return cache_.total_pages() * cache_.page_tokens(); }
 
@@ -76,6 +79,7 @@ class PrefillWorker {
   transfer::CacheTransport& transport_;
   const std::string fingerprint_;
   const int64_t chunk_tokens_;
+  absl::Duration fault_stall_transfer_ = absl::ZeroDuration();
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

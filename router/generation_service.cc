@@ -6,10 +6,13 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "router/text_codec.h"
+#include "serving/metrics.h"
+#include "serving/security.h"
 #include "transfer/grpc_status.h"
 
 namespace latentserve::router {
@@ -75,7 +78,7 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
   if (!channel) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(16 << 20);
-    channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    channel = grpc::CreateCustomChannel(address, serving::InternalChannelCredentials(), args);
   }
   return channel;
 }
@@ -209,6 +212,11 @@ absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& requ
                                             "' (or leave model empty)"));
   }
   if (tokens.empty()) return absl::InvalidArgumentError("the prompt is empty: it has no tokens");
+  const int64_t max_prompt = state.options().max_prompt_tokens;
+  if (max_prompt > 0 && static_cast<int64_t>(tokens.size()) > max_prompt) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", tokens.size(), " tokens exceeds this router's limit of ",
+                                                   max_prompt, " tokens (--max-prompt-tokens)"));
+  }
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= model.vocab_size()) {
       return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " has id ", tokens[i],
@@ -244,6 +252,36 @@ absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& requ
 
 grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                          grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  serving::Metrics& metrics = serving::Metrics::Get();
+  const absl::Time start = absl::Now();
+  const std::string client = serving::ClientIdentity(*context);
+  std::string request_id = request->request_id();
+  if (!stream_limiter_.TryAcquire(client)) {
+    metrics.router_stream_limit_rejections_total.Increment();
+    metrics.CountRouterRequest(grpc::StatusCode::RESOURCE_EXHAUSTED);
+    serving::LogEvent("router", "request_rejected", request_id,
+                      {{"client", client}, {"code", "RESOURCE_EXHAUSTED"}, {"reason", "stream limit"}});
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
+                                     " Generate streams open (the per-client limit); retry when one ends"));
+  }
+  metrics.router_requests_in_flight.Increment();
+  grpc::Status status = GenerateStream(context, request, writer, &request_id);
+  metrics.router_requests_in_flight.Decrement();
+  stream_limiter_.Release(client);
+  metrics.CountRouterRequest(status.error_code());
+  serving::LogEvent("router", "request_finished", request_id,
+                    {{"client", client},
+                     {"code", serving::GrpcCodeName(status.error_code())},
+                     {"duration_ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - start))},
+                     {"message", status.ok() ? "" : status.error_message()}});
+  return status;
+}
+
+grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                               grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                               std::string* request_id_out) {
+  serving::Metrics& metrics = serving::Metrics::Get();
   const absl::Time start = absl::Now();
   if (state_.draining()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "router is draining; retry elsewhere");
   auto model = state_.registry().Model();
@@ -259,6 +297,9 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   const int64_t max_tokens = request->stopping().max_tokens();
   const std::string request_id =
       request->request_id().empty() ? absl::StrCat("req-", state_.next_request++) : request->request_id();
+  *request_id_out = request_id;
+  serving::LogEvent("router", "request_started", request_id,
+                    {{"prompt_tokens", absl::StrCat(tokens.size())}, {"max_tokens", absl::StrCat(max_tokens)}});
   absl::Time deadline = start + state_.options().request_timeout;
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     deadline = std::min(deadline, absl::FromChrono(context->deadline()));
@@ -392,6 +433,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   absl::Time first_token_at, last_token_at;
   // Emits tokens to the client; returns false when the client is gone.
   const auto emit = [&](const std::vector<int32_t>& ids) {
+    const int64_t completion_tokens_before = completion_tokens;
     v1::GenerateResponse out;
     auto* chunk = out.mutable_tokens();
     for (int32_t id : ids) {
@@ -412,10 +454,16 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
       chunk->mutable_text()->append(stop_matcher.Flush());
     }
     if (!chunk->text().empty()) *chunk->mutable_text() = ValidUtf8(chunk->text());
-    last_token_at = absl::Now();
+    const absl::Time now = absl::Now();
+    if (completion_tokens_before > 0 && chunk->token_ids_size() > 0) {
+      const double gap = absl::ToDoubleSeconds(now - last_token_at) / chunk->token_ids_size();
+      for (int i = 0; i < chunk->token_ids_size(); ++i) metrics.inter_token_seconds.Observe(gap);
+    }
+    last_token_at = now;
     return writer->Write(out);
   };
   first_token_at = absl::Now();
+  metrics.ttft_seconds.Observe(absl::ToDoubleSeconds(first_token_at - start));
   if (!emit({prefill_done.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
 
   if (reason == v1::FINISH_REASON_UNSPECIFIED) {
@@ -512,7 +560,7 @@ grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const
                                              v1::RegisterWorkerResponse* response) {
   absl::Status status = state_.registry().Register(*request);
   if (!status.ok()) return ToGrpc(status);
-  std::fprintf(stderr, "router: %s worker %s registered\n", request->role().c_str(), request->address().c_str());
+  serving::LogEvent("router", "worker_registered", "", {{"worker", request->address()}, {"role", request->role()}});
   response->set_heartbeat_interval_ms(1000);
   return grpc::Status::OK;
 }

@@ -17,6 +17,7 @@
 #include "latentserve/v1/generate.grpc.pb.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/worker_registry.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
@@ -25,6 +26,8 @@ struct RouterOptions {
   absl::Duration request_timeout = absl::Minutes(30);    // when the client sets no deadline
   absl::Duration control_timeout = absl::Seconds(5);     // ReserveLease / ReleaseLease
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
+  int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
+  int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
 };
 
 class TextCodec;  // tokenizer wrapper (router/text_codec.h)
@@ -53,7 +56,8 @@ class RouterState {
 
 class GenerationService final : public v1::Generation::Service {
  public:
-  explicit GenerationService(RouterState& state) : state_(state) {}
+  explicit GenerationService(RouterState& state)
+      : state_(state), stream_limiter_(state.options().max_streams_per_client) {}
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
@@ -62,7 +66,12 @@ class GenerationService final : public v1::Generation::Service {
                             v1::GetModelInfoResponse* response) override;
 
  private:
+  // Generate without the bookkeeping (limits, metrics, the request log) around it.
+  grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                              grpc::ServerWriter<v1::GenerateResponse>* writer, std::string* request_id);
+
   RouterState& state_;
+  serving::StreamLimiter stream_limiter_;
 };
 
 class RegistryService final : public v1::WorkerRegistry::Service {

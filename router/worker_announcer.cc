@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "latentserve/v1/worker.grpc.pb.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
@@ -23,7 +24,7 @@ WorkerAnnouncer::~WorkerAnnouncer() {
 }
 
 void WorkerAnnouncer::Loop() {
-  auto stub = v1::WorkerRegistry::NewStub(grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
+  auto stub = v1::WorkerRegistry::NewStub(grpc::CreateChannel(router_address_, serving::InternalChannelCredentials()));
   bool registered = false;
   std::string last_error;
   std::unique_lock<std::mutex> lock(mu_);

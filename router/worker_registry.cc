@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
@@ -158,7 +159,7 @@ void WorkerRegistry::MonitorLoop() {
     lock.unlock();
     for (const std::string& address : addresses) {
       auto& channel = channels[address];
-      if (!channel) channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+      if (!channel) channel = grpc::CreateChannel(address, serving::InternalChannelCredentials());
       auto stub = v1::WorkerStats::NewStub(channel);
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));

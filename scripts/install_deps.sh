@@ -9,6 +9,8 @@ APT_PACKAGES=(
   ninja-build cmake g++ pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
+  prometheus-cpp-dev libcivetweb-dev   # /metrics: prometheus-cpp (pull) serves through civetweb
+  openssl   # integration tests make a throwaway CA and certificates
   clang   # fuzzing and sanitizer builds
   clang-16 libclang-rt-16-dev   # libFuzzer (scripts/fuzz.sh): clang 14 lacks _Float16 on x86-64
 )

@@ -30,6 +30,8 @@
 #include "prefill/prefill_service.h"
 #include "router/generation_service.h"
 #include "router/worker_announcer.h"
+#include "serving/metrics.h"
+#include "serving/security.h"
 #include "tools/cli.h"
 #include "tools/lib/engine_setup.h"
 #include "transfer/fingerprint.h"
@@ -57,16 +59,95 @@ struct Listening {
   std::string address;  // host:port actually bound
 };
 
+// What every serving process sets up from its flags before it listens: TLS credentials
+// (server side, and the client side of its internal channels), message limits, metrics.
+struct ProcessSecurity {
+  std::shared_ptr<grpc::ServerCredentials> server_credentials;
+  std::shared_ptr<grpc::AuthMetadataProcessor> auth;  // public API only (router)
+  int64_t max_message_bytes = 16 << 20;
+};
+
+// Flags every serving subcommand accepts (beyond its own).
+const std::set<std::string> kCommonFlags = {"metrics-listen", "tls-cert", "tls-key", "tls-ca", "max-message-bytes"};
+
+std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
+  flags.insert(kCommonFlags.begin(), kCommonFlags.end());
+  return flags;
+}
+
+absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
+  ProcessSecurity security;
+  ASSIGN_OR_RETURN(security.server_credentials, serving::MakeServerCredentials(tls));
+  ASSIGN_OR_RETURN(auto channel_credentials, serving::MakeChannelCredentials(tls));
+  serving::SetInternalChannelCredentials(channel_credentials);
+  ASSIGN_OR_RETURN(security.max_message_bytes, args.GetInt("max-message-bytes", 16 << 20));
+  if (security.max_message_bytes < 4096 || security.max_message_bytes > (1 << 30)) {
+    return absl::InvalidArgumentError("--max-message-bytes must be in [4096, 1073741824]");
+  }
+  return security;
+}
+
+// Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
+absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args) {
+  if (!args.Has("metrics-listen")) return std::unique_ptr<serving::MetricsServer>();
+  ASSIGN_OR_RETURN(auto server, serving::MetricsServer::Start(args.Get("metrics-listen")));
+  std::printf("metrics on http://%s/metrics\n", server->address().c_str());
+  std::fflush(stdout);
+  return server;
+}
+
+void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, std::function<v1::WorkerInfo()> info) {
+  if (!metrics) return;
+  metrics->AddGaugeSource([role, info](serving::GaugeWriter& out) {
+    const v1::WorkerInfo w = info();
+    out.Set("latentserve_cache_pages_free", "Cache pages free on this worker", {{"role", role}},
+            static_cast<double>(w.cache_pages_free()));
+    out.Set("latentserve_cache_pages_used", "Cache pages in use on this worker", {{"role", role}},
+            static_cast<double>(w.cache_pages_total() - w.cache_pages_free()));
+    out.Set("latentserve_worker_draining", "1 while this worker drains", {{"role", role}}, w.draining() ? 1.0 : 0.0);
+    if (role == "decode") {
+      out.Set("latentserve_decode_leases_active", "Decode: leases reserved, not yet decoding", {},
+              static_cast<double>(w.leases_active()));
+      out.Set("latentserve_decode_sequences_active", "Decode: sequences in the continuous batch", {},
+              static_cast<double>(w.sequences_active()));
+    } else {
+      out.Set("latentserve_prefill_queue_depth", "Prefill: jobs running or queued", {},
+              static_cast<double>(w.sequences_active()));
+      out.Set("latentserve_prefill_outstanding_cost", "Prefill: sum of prompt_tokens^2 over queued and running jobs",
+              {}, w.outstanding_cost());
+    }
+  });
+}
+
+void AddRouterGauges(serving::MetricsServer* metrics, router::RouterState& state) {
+  if (!metrics) return;
+  metrics->AddGaugeSource([&state](serving::GaugeWriter& out) {
+    out.Set("latentserve_router_leases_active", "Router: decode leases held by requests in flight", {},
+            static_cast<double>(state.leases_active.load()));
+    for (const router::WorkerEntry& w : state.registry().Snapshot()) {
+      out.Set("latentserve_router_worker_up", "Router: 1 when the worker answered its last poll",
+              {{"worker", w.address}, {"role", w.role}}, w.alive ? 1.0 : 0.0);
+      out.Set("latentserve_router_worker_cache_pages_free", "Router: the worker's free cache pages, as last polled",
+              {{"worker", w.address}, {"role", w.role}}, static_cast<double>(w.stats.cache_pages_free()));
+    }
+  });
+}
+
 // Builds and starts a server on `listen` (port 0: any free port).
-absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vector<grpc::Service*>& services) {
+absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vector<grpc::Service*>& services,
+                                      const ProcessSecurity& security) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got '", listen, "'"));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  // The processor attaches to the credentials object: callers give each server its own.
+  if (security.auth) security.server_credentials->SetAuthMetadataProcessor(security.auth);
+  builder.AddListeningPort(listen, security.server_credentials, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(security.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(security.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
   for (grpc::Service* service : services) builder.RegisterService(service);
   Listening out;
@@ -129,9 +210,10 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
 
 // ---- worker roles ----
 
-const std::set<std::string> kWorkerFlags = {"listen", "router", "model", "port-file", "advertise", "threads",
-                                            "cache-type", "page-tokens", "cache-tokens", "chunk", "backend",
-                                            "drain-ms"};
+const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "model", "port-file", "advertise",
+                                                             "threads", "cache-type", "page-tokens", "cache-tokens",
+                                                             "chunk", "backend", "drain-ms",
+                                                             "fault-stall-transfer-ms"});
 
 struct LoadedEngine {
   Engine engine;
@@ -162,10 +244,17 @@ absl::Status RunPrefill(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
   transfer::GrpcTransport transport;
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
                                 loaded.engine.chunk_tokens);
+  if (stall_ms > 0) {
+    std::fprintf(stderr, "prefill: TESTING ONLY: every cache transfer stalls %lld ms (--fault-stall-transfer-ms)\n",
+                 static_cast<long long>(stall_ms));
+    worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
+  }
   prefill::PrefillService service(worker, loaded.descriptor);
   std::string address;
   WorkerStatsService stats([&] {
@@ -175,7 +264,9 @@ absl::Status RunPrefill(int argc, char** argv) {
     r.set_role("prefill");
     return r;
   });
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}));
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  AddCacheGauges(metrics.get(), "prefill", [&] { return service.Info(address); });
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::WorkerAnnouncer announcer(router_address, address, "prefill", loaded.descriptor,
@@ -190,6 +281,7 @@ absl::Status RunDecode(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
   decode::DecodeService service(worker, loaded.descriptor);
@@ -201,7 +293,9 @@ absl::Status RunDecode(int argc, char** argv) {
     r.set_role("decode");
     return r;
   });
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}));
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  AddCacheGauges(metrics.get(), "decode", [&] { return service.Info(address); });
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::WorkerAnnouncer announcer(router_address, address, "decode", loaded.descriptor,
@@ -230,22 +324,50 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   options.lease_ttl = absl::Milliseconds(lease_ttl_ms);
   options.request_timeout = absl::Milliseconds(request_timeout_ms);
   options.model_path = args.Get("model");
+  ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
+  ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
+  if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0) {
+    return absl::InvalidArgumentError("--max-prompt-tokens and --max-streams-per-client must be >= 0 (0: no limit)");
+  }
   return options;
+}
+
+const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "auth-token-file",
+                                            "max-prompt-tokens", "max-streams-per-client"};
+
+// The router's public API checks a bearer token when --auth-token-file is given; the
+// worker registry and health service are left to mutual TLS.
+absl::Status AddAuth(const Args& args, ProcessSecurity& security) {
+  if (!args.Has("auth-token-file")) return absl::OkStatus();
+  if (!args.Has("tls-cert")) {
+    // Also: grpc 1.51's insecure server credentials cannot carry an AuthMetadataProcessor.
+    return absl::InvalidArgumentError(
+        "--auth-token-file needs --tls-cert/--tls-key: a bearer token sent in plaintext can be read off the wire");
+  }
+  ASSIGN_OR_RETURN(std::string token, serving::ReadTokenFile(args.Get("auth-token-file")));
+  security.auth = std::make_shared<serving::BearerTokenProcessor>(
+      std::move(token), std::set<std::string>{"latentserve.v1.WorkerRegistry", "grpc.health.v1.Health"});
+  return absl::OkStatus();
 }
 
 absl::Status RunRouter(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"listen", "port-file", "model", "prefill-workers",
-                                                       "decode-workers", "lease-ttl-ms", "request-timeout-ms",
-                                                       "drain-ms"}));
+  std::set<std::string> known = WithCommonFlags({"listen", "port-file", "model", "prefill-workers", "decode-workers",
+                                                  "drain-ms"});
+  known.insert(kRouterFlags.begin(), kRouterFlags.end());
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known));
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  RETURN_IF_ERROR(AddAuth(args, security));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
   router::RouterState state(options);
   RETURN_IF_ERROR(AddStaticWorkers(state.registry(), args));
   router::GenerationService generation(state);
   router::RegistryService registry(state);
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}));
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(signals, {server.server.get()}, [&] { state.StartDrain(); }, absl::Milliseconds(drain_ms));
   return absl::OkStatus();
@@ -256,9 +378,14 @@ absl::Status RunRouter(int argc, char** argv) {
 absl::Status RunServe(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
   std::set<std::string> known = kWorkerFlags;
-  known.insert({"lease-ttl-ms", "request-timeout-ms"});
+  known.insert(kRouterFlags.begin(), kRouterFlags.end());
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known));
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(ProcessSecurity public_security, SecurityFromArgs(args));
+  RETURN_IF_ERROR(AddAuth(args, public_security));
+  // The in-process workers listen on loopback; they keep the TLS settings (the router
+  // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   // Two engines (each with its own backend): prefill and decode compute concurrently.
   ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args));
@@ -275,7 +402,7 @@ absl::Status RunServe(int argc, char** argv) {
     r.set_role("decode");
     return r;
   });
-  ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}));
+  ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}, security));
   decode_address = decode_server.address;
 
   transfer::InProcTransport inproc;
@@ -293,7 +420,7 @@ absl::Status RunServe(int argc, char** argv) {
     r.set_role("prefill");
     return r;
   });
-  ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}));
+  ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}, security));
   prefill_address = prefill_server.address;
 
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
@@ -302,7 +429,11 @@ absl::Status RunServe(int argc, char** argv) {
   state.registry().AddStatic(decode_address, "decode");
   router::GenerationService generation(state);
   router::RegistryService registry(state);
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}));
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  AddRouterGauges(metrics.get(), state);
+  AddCacheGauges(metrics.get(), "prefill", [&] { return prefill_service.Info(prefill_address); });
+  AddCacheGauges(metrics.get(), "decode", [&] { return decode_service.Info(decode_address); });
   // Ready once the router has seen both workers (its first poll).
   const absl::Time ready_by = absl::Now() + absl::Seconds(10);
   while (!(state.registry().AnyAlive("prefill") && state.registry().AnyAlive("decode")) && absl::Now() < ready_by) {
@@ -389,6 +520,23 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   return request;
 }
 
+// The client's channel: TLS when --tls-ca is given (plus --tls-cert/--tls-key for mutual
+// TLS), and `authorization: Bearer` from --auth-token-file.
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
+  ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
+  std::string token;
+  if (args.Has("auth-token-file")) {
+    ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+  }
+  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
+}
+
+#define ASSIGN_OR_RETURN_CLIENT(name, args)                                 \
+  auto name##_or = ClientFromArgs(args);                                    \
+  if (!name##_or.ok()) return ClientError(name##_or.status(), true);       \
+  client::GenerationClient& name = **name##_or
+
 int RunClientGenerate(const Args& args) {
   const bool json = args.Has("json");
   auto request = RequestFromArgs(args);
@@ -399,7 +547,7 @@ int RunClientGenerate(const Args& args) {
   if (!timeout_ms.ok() || !cancel_after_progress.ok() || !cancel_after_tokens.ok()) {
     return ClientError(absl::InvalidArgumentError("--timeout-ms / --cancel-after-* must be integers"), json);
   }
-  client::GenerationClient client(args.Get("target"));
+  ASSIGN_OR_RETURN_CLIENT(client, args);
   int64_t progress_events = 0, tokens_seen = 0;
   const bool tty_progress = !json && isatty(STDERR_FILENO);
   client::GenerateCallbacks callbacks;
@@ -466,7 +614,7 @@ int RunClientGenerate(const Args& args) {
 }
 
 int RunClientInfo(const Args& args) {
-  client::GenerationClient client(args.Get("target"));
+  ASSIGN_OR_RETURN_CLIENT(client, args);
   auto info = client.GetModelInfo();
   if (!info.ok()) return ClientError(info.status(), true);
   std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
@@ -488,7 +636,7 @@ int RunClientInfo(const Args& args) {
 }
 
 int RunClientTokenize(const Args& args) {
-  client::GenerationClient client(args.Get("target"));
+  ASSIGN_OR_RETURN_CLIENT(client, args);
   v1::TokenizeRequest request;
   if (args.Has("prompt-file")) {
     auto text = ReadFile(args.Get("prompt-file"));
@@ -509,6 +657,7 @@ int RunClient(int argc, char** argv) {
       "         --prompt TEXT | --prompt-file F) --max-tokens N [--temperature T --top-k K --top-p P --min-p P\n"
       "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
       "         --summary-file F (the --json object, written to F)]\n"
+      "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
       "       latentserve client info --target HOST:PORT\n"
       "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
   if (argc < 1) {
@@ -519,7 +668,8 @@ int RunClient(int argc, char** argv) {
   auto args = Args::Parse(argc - 1, argv + 1,
                           {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
-                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file"},
+                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
+                           "tls-cert", "tls-key", "auth-token-file"},
                           {"json", "ignore-eos"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);

@@ -1,0 +1,157 @@
+#include "serving/security.h"
+
+#include <fstream>
+#include <iterator>
+
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace latentserve::serving {
+namespace {
+
+// How often the certificate files are re-read.
+constexpr unsigned int kCertRefreshSeconds = 30;
+
+absl::Status CheckReadable(const std::string& flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", path, ": cannot read the file"));
+  return absl::OkStatus();
+}
+
+std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> Provider(const TlsFiles& files) {
+  if (files.cert.empty()) {
+    return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(files.ca, kCertRefreshSeconds);
+  }
+  return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(files.key, files.cert, files.ca,
+                                                                             kCertRefreshSeconds);
+}
+
+std::mutex internal_mu;
+std::shared_ptr<grpc::ChannelCredentials>* internal_credentials = nullptr;
+
+}  // namespace
+
+const std::set<std::string> kTlsFlags = {"tls-cert", "tls-key", "tls-ca"};
+
+absl::StatusOr<TlsFiles> TlsFilesFromArgs(const Args& args) {
+  TlsFiles files{args.Get("tls-cert"), args.Get("tls-key"), args.Get("tls-ca")};
+  if (files.cert.empty() != files.key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!files.cert.empty()) {
+    if (absl::Status s = CheckReadable("tls-cert", files.cert); !s.ok()) return s;
+    if (absl::Status s = CheckReadable("tls-key", files.key); !s.ok()) return s;
+  }
+  if (!files.ca.empty()) {
+    if (absl::Status s = CheckReadable("tls-ca", files.ca); !s.ok()) return s;
+  }
+  return files;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files) {
+  if (!files.enabled()) return grpc::InsecureServerCredentials();
+  if (files.cert.empty()) return absl::InvalidArgumentError("a TLS server needs --tls-cert and --tls-key");
+  grpc::experimental::TlsServerCredentialsOptions options(Provider(files));
+  options.watch_identity_key_cert_pairs();
+  if (!files.ca.empty()) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const TlsFiles& files) {
+  if (!files.enabled()) return grpc::InsecureChannelCredentials();
+  if (files.ca.empty()) return absl::InvalidArgumentError("a TLS client needs --tls-ca to verify the server");
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(Provider(files));
+  options.watch_root_certs();
+  if (!files.cert.empty()) options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
+  return grpc::experimental::TlsCredentials(options);
+}
+
+void SetInternalChannelCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  std::lock_guard<std::mutex> lock(internal_mu);
+  if (!internal_credentials) internal_credentials = new std::shared_ptr<grpc::ChannelCredentials>();
+  *internal_credentials = std::move(credentials);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> InternalChannelCredentials() {
+  std::lock_guard<std::mutex> lock(internal_mu);
+  if (internal_credentials && *internal_credentials) return *internal_credentials;
+  return grpc::InsecureChannelCredentials();
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file ", path, ": cannot read the file"));
+  std::string token(std::istreambuf_iterator<char>(in), {});
+  token = std::string(absl::StripAsciiWhitespace(token));
+  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file ", path, " is empty"));
+  return token;
+}
+
+BearerTokenProcessor::BearerTokenProcessor(std::string token, std::set<std::string> exempt_services)
+    : expected_(absl::StrCat("Bearer ", token)), exempt_services_(std::move(exempt_services)) {}
+
+grpc::Status BearerTokenProcessor::Process(const InputMetadata& auth_metadata, grpc::AuthContext*,
+                                           OutputMetadata* consumed, OutputMetadata*) {
+  auto path = auth_metadata.find(":path");
+  if (path != auth_metadata.end()) {
+    const std::string method(path->second.data(), path->second.size());  // "/pkg.Service/Method"
+    const size_t slash = method.find('/', 1);
+    if (slash != std::string::npos && exempt_services_.count(method.substr(1, slash - 1))) return grpc::Status::OK;
+  }
+  auto header = auth_metadata.find("authorization");
+  bool ok = false;
+  if (header != auth_metadata.end() && header->second.size() == expected_.size()) {
+    unsigned char diff = 0;  // constant time: no early exit on the first wrong byte
+    for (size_t i = 0; i < expected_.size(); ++i) diff |= static_cast<unsigned char>(header->second.data()[i] ^ expected_[i]);
+    ok = diff == 0;
+  }
+  if (!ok) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        header == auth_metadata.end() ? "missing 'authorization: Bearer <token>' metadata"
+                                                      : "invalid bearer token");
+  }
+  consumed->insert({std::string(header->first.data(), header->first.size()),
+                    std::string(header->second.data(), header->second.size())});
+  return grpc::Status::OK;
+}
+
+std::string ClientIdentity(const grpc::ServerContext& context) {
+  if (auto auth = context.auth_context()) {
+    for (const auto& name : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME)) {
+      return absl::StrCat("cn:", std::string(name.data(), name.size()));
+    }
+  }
+  std::string peer = context.peer();  // "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:..."
+  const size_t colon = peer.rfind(':');
+  if (colon != std::string::npos && (absl::StartsWith(peer, "ipv4:") || absl::StartsWith(peer, "ipv6:"))) {
+    peer.resize(colon);
+  }
+  return peer;
+}
+
+bool StreamLimiter::TryAcquire(const std::string& client) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t& active = active_[client];
+  if (max_per_client_ > 0 && active >= max_per_client_) return false;
+  active++;
+  return true;
+}
+
+void StreamLimiter::Release(const std::string& client) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(client);
+  if (it != active_.end() && --it->second <= 0) active_.erase(it);
+}
+
+}  // namespace latentserve::serving
