@@ -74,9 +74,9 @@ class CudaBackend final : public Backend {
   void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                   const Tensor& y) override;
 
-  // Prefill chunks (many queries of one sequence): absorbed attention as tensor-core GEMMs
-  // with a flash-style online softmax over key tiles (cuda_mla_prefill.cu).
-  void MlaPrefillAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
+  // One sequence's new queries: absorbed attention as tensor-core GEMMs with a flash-style
+  // online softmax over key tiles (cuda_mla_gemm.cu).
+  void MlaGemmAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
                            const Tensor& out);
 
   cudaStream_t stream() const { return stream_; }
