@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "serving/metrics.h"
 
 namespace latentserve::serving {
 namespace {
@@ -117,6 +118,7 @@ grpc::Status BearerTokenProcessor::Process(const InputMetadata& auth_metadata, g
     ok = diff == 0;
   }
   if (!ok) {
+    Metrics::Get().router_auth_failures_total.Increment();
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         header == auth_metadata.end() ? "missing 'authorization: Bearer <token>' metadata"
                                                       : "invalid bearer token");
