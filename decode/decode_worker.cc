@@ -273,7 +273,9 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(header.lease_id);
   if (it == slots_.end()) {
-    return absl::NotFoundError(absl::StrCat("lease ", header.lease_id, " is unknown to this decode worker (expired or released)"));
+    // The router made this lease; unknown now means it expired (or was released) before the
+    // handoff: ABORTED, like the reaper, so clients see one retryable code for it.
+    return absl::AbortedError(absl::StrCat("lease ", header.lease_id, " is unknown to this decode worker (expired or released)"));
   }
   std::shared_ptr<Slot> slot = it->second;
   if (slot->state != SlotState::kLeased && slot->state != SlotState::kReceiving) {
@@ -297,7 +299,7 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
     std::lock_guard<std::mutex> lock(mu_);
     auto it = slots_.find(params.lease_id);
     if (it == slots_.end()) {
-      return absl::NotFoundError(absl::StrCat("lease ", params.lease_id, " is unknown (expired or released)"));
+      return absl::AbortedError(absl::StrCat("lease ", params.lease_id, " is unknown (expired or released)"));
     }
     slot = it->second;
     if (slot->state != SlotState::kReady) {
