@@ -1,11 +1,18 @@
 #include "transfer/grpc_transport.h"
 
+#include <malloc.h>
+
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/rpc_method.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -69,12 +76,93 @@ absl::StatusOr<HandoffHeader> FromProto(const v1::CacheHandoffHeader& p) {
   return h;
 }
 
+void DeleteString(void* p) { delete static_cast<std::string*>(p); }
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Wire tags (field number << 3 | wire type) of the fields written by hand below; they must
+// match worker.proto (the unit tests parse the result with the generated code).
+constexpr char kTagLatent = (2 << 3) | 2;     // ReceiveCacheRequest.latent
+constexpr char kTagKda = (3 << 3) | 2;        // ReceiveCacheRequest.kda
+constexpr char kTagRows = (4 << 3) | 2;       // LatentRowsChunk.rows
+constexpr char kTagRowsSum = (5 << 3) | 1;    // LatentRowsChunk.checksum (fixed64)
+constexpr char kTagKdaData = (3 << 3) | 2;    // KdaStateChunk.data
+constexpr char kTagKdaSum = (4 << 3) | 1;     // KdaStateChunk.checksum (fixed64)
+
+// One ReceiveCacheRequest whose payload field is `payload`, as three slices: the envelope
+// and small fields (serialised by protobuf), the payload itself (not copied: the slice owns
+// the string and frees it once gRPC has written it), and the checksum. The bytes are exactly
+// what ReceiveCacheRequest::SerializeAsString would produce for the same message.
+grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::MessageLite& small_fields, char payload_tag,
+                                   std::string payload, char checksum_tag, uint64_t checksum) {
+  const std::string fields = small_fields.SerializeAsString();
+  const size_t n = payload.size();
+  const size_t payload_field = n == 0 ? 0 : 1 + VarintSize(n) + n;
+  const size_t checksum_field = checksum == 0 ? 0 : 9;
+  const size_t inner = fields.size() + payload_field + checksum_field;
+  std::string head;
+  head.reserve(1 + 10 + fields.size() + 1 + 10);
+  head.push_back(outer_tag);
+  AppendVarint(&head, inner);
+  head += fields;
+  if (n > 0) {
+    head.push_back(payload_tag);
+    AppendVarint(&head, n);
+  }
+  std::string tail;
+  if (checksum != 0) {
+    tail.push_back(checksum_tag);
+    for (int i = 0; i < 8; ++i) tail.push_back(static_cast<char>(checksum >> (8 * i)));
+  }
+  grpc::Slice slices[3];
+  size_t count = 0;
+  slices[count++] = grpc::Slice(head);
+  if (n > 0) {
+    auto* owned = new std::string(std::move(payload));
+    slices[count++] = grpc::Slice(owned->data(), owned->size(), &DeleteString, owned);
+  }
+  if (!tail.empty()) slices[count++] = grpc::Slice(tail);
+  return grpc::ByteBuffer(slices, count);
+}
+
+grpc::ByteBuffer EncodeSmall(const v1::ReceiveCacheRequest& message) {
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+const char* ReceiveCacheMethodName() {
+  static const std::string* name =
+      new std::string(std::string("/") + v1::DecodeWorker::service_full_name() + "/ReceiveCache");
+  return name->c_str();
+}
+
 class GrpcSender : public CacheSender {
  public:
   GrpcSender(std::shared_ptr<grpc::Channel> channel, absl::Time deadline, int64_t max_queued_bytes)
-      : stub_(v1::DecodeWorker::NewStub(channel)), max_queued_bytes_(max_queued_bytes) {
+      : channel_(std::move(channel)),
+        method_(ReceiveCacheMethodName(), grpc::internal::RpcMethod::CLIENT_STREAMING, channel_),
+        max_queued_bytes_(max_queued_bytes) {
     context_.set_deadline(absl::ToChronoTime(deadline));
-    writer_ = stub_->ReceiveCache(&context_, &response_);
+    // The generated stub would serialise each ReceiveCacheRequest into a fresh buffer (a full
+    // copy of every chunk); writing ByteBuffers on the same method sends the same bytes with
+    // the payload referenced in place.
+    writer_.reset(grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method_, &context_,
+                                                                               &response_buffer_));
     thread_ = std::thread([this] { WriteLoop(); });
   }
   ~GrpcSender() override {
@@ -87,12 +175,14 @@ class GrpcSender : public CacheSender {
     thread_.join();
   }
 
-  absl::Status Enqueue(v1::ReceiveCacheRequest message, int64_t bytes) {
+  absl::Status Enqueue(grpc::ByteBuffer message, int64_t bytes) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return done_ || queued_bytes_ < max_queued_bytes_; });
     if (done_) return final_status_.ok() ? absl::FailedPreconditionError("handoff already ended") : final_status_;
     queued_bytes_ += bytes;
-    queue_.push_back({std::move(message), bytes});
+    queue_.emplace_back();
+    queue_.back().message.Swap(&message);
+    queue_.back().bytes = bytes;
     cv_.notify_all();
     return absl::OkStatus();
   }
@@ -100,28 +190,15 @@ class GrpcSender : public CacheSender {
   absl::Status SendHeader(const HandoffHeader& header) {
     v1::ReceiveCacheRequest message;
     ToProto(header, message.mutable_header());
-    return Enqueue(std::move(message), 0);
+    return Enqueue(EncodeSmall(message), 0);
   }
   absl::Status SendLatentRows(LatentRows chunk) override {
-    v1::ReceiveCacheRequest message;
-    auto* p = message.mutable_latent();
-    p->set_mla_index(chunk.mla_index);
-    p->set_first_token(chunk.first_token);
-    p->set_token_count(chunk.token_count);
-    p->set_checksum(chunk.checksum);
     const int64_t bytes = static_cast<int64_t>(chunk.rows.size());
-    p->set_rows(std::move(chunk.rows));
-    return Enqueue(std::move(message), bytes);
+    return Enqueue(EncodeLatentRows(std::move(chunk)), bytes);
   }
   absl::Status SendKdaState(KdaStateBytes chunk) override {
-    v1::ReceiveCacheRequest message;
-    auto* p = message.mutable_kda();
-    p->set_kda_index(chunk.kda_index);
-    p->set_offset(chunk.offset);
-    p->set_checksum(chunk.checksum);
     const int64_t bytes = static_cast<int64_t>(chunk.data.size());
-    p->set_data(std::move(chunk.data));
-    return Enqueue(std::move(message), bytes);
+    return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     v1::ReceiveCacheRequest message;
@@ -129,7 +206,7 @@ class GrpcSender : public CacheSender {
     p->set_first_token(end.first_token);
     p->set_chunks(end.chunks);
     p->set_payload_bytes(end.payload_bytes);
-    RETURN_IF_ERROR(Enqueue(std::move(message), 0));
+    RETURN_IF_ERROR(Enqueue(EncodeSmall(message), 0));
     {
       std::lock_guard<std::mutex> lock(mu_);
       finishing_ = true;
@@ -151,8 +228,8 @@ class GrpcSender : public CacheSender {
 
  private:
   struct Item {
-    v1::ReceiveCacheRequest message;
-    int64_t bytes;
+    grpc::ByteBuffer message;
+    int64_t bytes = 0;
   };
 
   void WriteLoop() {
@@ -164,7 +241,8 @@ class GrpcSender : public CacheSender {
         cv_.wait(lock, [&] { return !queue_.empty() || finishing_ || closing_; });
         if (queue_.empty()) break;  // finishing (all written) or closing
         if (closing_ && !finishing_) break;
-        item = std::move(queue_.front());
+        item.message.Swap(&queue_.front().message);
+        item.bytes = queue_.front().bytes;
         queue_.pop_front();
       }
       const bool ok = writer_->Write(item.message);
@@ -182,6 +260,9 @@ class GrpcSender : public CacheSender {
     grpc::Status status = writer_->Finish();
     absl::Status final_status = FromGrpc(status);
     if (broken && final_status.ok()) final_status = absl::UnavailableError("cache stream closed by the decode worker");
+    if (final_status.ok() && !grpc::SerializationTraits<v1::ReceiveCacheResponse>::Deserialize(&response_buffer_, &response_).ok()) {
+      final_status = absl::InternalError("unparsable ReceiveCache response");
+    }
     if (!final_status.ok()) {
       final_status = absl::Status(final_status.code(),
                                   absl::StrCat("cache transfer to decode worker failed: ", final_status.message()));
@@ -192,10 +273,12 @@ class GrpcSender : public CacheSender {
     cv_.notify_all();
   }
 
-  std::unique_ptr<v1::DecodeWorker::Stub> stub_;
+  std::shared_ptr<grpc::Channel> channel_;
+  const grpc::internal::RpcMethod method_;
   grpc::ClientContext context_;
+  grpc::ByteBuffer response_buffer_;
   v1::ReceiveCacheResponse response_;
-  std::unique_ptr<grpc::ClientWriter<v1::ReceiveCacheRequest>> writer_;
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer_;
   const int64_t max_queued_bytes_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -209,6 +292,33 @@ class GrpcSender : public CacheSender {
 };
 
 }  // namespace
+
+grpc::ByteBuffer EncodeLatentRows(LatentRows chunk) {
+  v1::LatentRowsChunk fields;
+  fields.set_mla_index(chunk.mla_index);
+  fields.set_first_token(chunk.first_token);
+  fields.set_token_count(chunk.token_count);
+  return EncodeWithPayload(kTagLatent, fields, kTagRows, std::move(chunk.rows), kTagRowsSum, chunk.checksum);
+}
+
+grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk) {
+  v1::KdaStateChunk fields;
+  fields.set_kda_index(chunk.kda_index);
+  fields.set_offset(chunk.offset);
+  return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), kTagKdaSum, chunk.checksum);
+}
+
+void TuneAllocatorForCacheStreaming() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* tunables = std::getenv("GLIBC_TUNABLES");
+    if (tunables != nullptr && std::strstr(tunables, "glibc.malloc.") != nullptr) return;  // the operator's choice
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
+  });
+}
 
 absl::StatusOr<std::unique_ptr<CacheSender>> GrpcTransport::Open(const std::string& target,
                                                                  const HandoffHeader& header, absl::Time deadline) {
@@ -228,6 +338,7 @@ grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
   if (!message.has_header()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first ReceiveCache message must be a header");
   }
+  TuneAllocatorForCacheStreaming();
   auto header = FromProto(message.header());
   if (!header.ok()) return ToGrpc(header.status());
   auto receiver = sink.BeginHandoff(*header);

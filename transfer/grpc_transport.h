@@ -3,11 +3,18 @@
 // The sender queues chunks for a writer thread, so the prefill keeps computing while bytes
 // move; when more than `max_queued_bytes` are queued, Send* blocks (backpressure) instead of
 // buffering an unbounded cache in memory. The call carries the handoff deadline.
+//
+// Zero-copy send: each chunk goes out as a grpc::ByteBuffer on the ReceiveCache method whose
+// bytes are exactly the ReceiveCacheRequest serialisation (same typed message, same XXH64
+// field), but whose payload slice points at the chunk's own string instead of a serialised
+// copy of it. The receiving side is the generated typed reader (one parse copy), so decode
+// workers need no change. Measured on loopback: docs/benchmarks-serving.md.
 #pragma once
 
 #include <memory>
 
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
 
 #include "latentserve/v1/worker.pb.h"
@@ -15,9 +22,20 @@
 
 namespace latentserve::transfer {
 
+// Keeps this process's large transfer buffers (1 MiB chunks: exported rows, gRPC read slices,
+// parsed payloads) in the malloc heap instead of a fresh mmap per chunk. With glibc's defaults
+// every chunk costs ~256 page faults, page clearing and an munmap: about a third of the CPU
+// time of a transfer on loopback. Sets M_MMAP_THRESHOLD 32 MiB and M_TRIM_THRESHOLD 64 MiB
+// (so up to 64 MiB of freed heap may stay mapped per arena), once per process, unless
+// GLIBC_TUNABLES already sets glibc.malloc.* options. GrpcTransport's constructor and
+// ServeReceiveCache call it.
+void TuneAllocatorForCacheStreaming();
+
 class GrpcTransport : public CacheTransport {
  public:
-  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20) : max_queued_bytes_(max_queued_bytes) {}
+  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20) : max_queued_bytes_(max_queued_bytes) {
+    TuneAllocatorForCacheStreaming();
+  }
   std::string name() const override { return "grpc"; }
   absl::StatusOr<std::unique_ptr<CacheSender>> Open(const std::string& target, const HandoffHeader& header,
                                                     absl::Time deadline) override;
@@ -29,6 +47,11 @@ class GrpcTransport : public CacheTransport {
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.
 grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
                                grpc::ServerReader<v1::ReceiveCacheRequest>* reader, v1::ReceiveCacheResponse* response);
+
+// The ReceiveCacheRequest carrying `chunk`, encoded without copying its payload (the buffer
+// takes the string over). Byte-for-byte the protobuf serialisation; exposed for tests.
+grpc::ByteBuffer EncodeLatentRows(LatentRows chunk);
+grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk);
 
 v1::CacheDType ToProtoDType(DType dtype);
 absl::StatusOr<DType> FromProtoDType(v1::CacheDType dtype);

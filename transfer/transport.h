@@ -63,7 +63,8 @@ struct HandoffEnd {
   int64_t payload_bytes = 0;  // sum of rows/data sizes
 };
 
-// Largest payload of one chunk: well under gRPC's 4 MiB message limit.
+// Largest payload of one chunk: well under gRPC's 4 MiB default message limit. 1 MiB measured
+// best on loopback (docs/benchmarks-serving.md): 256 KiB and 4 MiB chunks were both slower.
 inline constexpr int64_t kMaxChunkBytes = 1 << 20;
 
 // One handoff on the receiving side. Calls come from one thread, in order.
