@@ -247,7 +247,7 @@ absl::Status RunPrefill(int argc, char** argv) {
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
-  transfer::GrpcTransport transport;
+  transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
                                 loaded.engine.chunk_tokens);
   if (stall_ms > 0) {
@@ -407,7 +407,7 @@ absl::Status RunServe(int argc, char** argv) {
 
   transfer::InProcTransport inproc;
   inproc.AddSink(decode_address, &decode_worker);
-  transfer::GrpcTransport grpc_transport;
+  transfer::GrpcTransport grpc_transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
   transfer::RoutingTransport transport(&inproc, &grpc_transport);
   prefill::PrefillWorker prefill_worker(*prefill_engine.engine.model, *prefill_engine.engine.cache, transport,
                                         descriptor.fingerprint(), prefill_engine.engine.chunk_tokens);

@@ -324,7 +324,8 @@ absl::StatusOr<std::unique_ptr<CacheSender>> GrpcTransport::Open(const std::stri
                                                                  const HandoffHeader& header, absl::Time deadline) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(8 << 20);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  auto credentials = credentials_ ? credentials_() : nullptr;
+  auto channel = grpc::CreateCustomChannel(target, credentials ? credentials : grpc::InsecureChannelCredentials(), args);
   auto sender = std::make_unique<GrpcSender>(channel, deadline, max_queued_bytes_);
   RETURN_IF_ERROR(sender->SendHeader(header));
   return std::unique_ptr<CacheSender>(std::move(sender));

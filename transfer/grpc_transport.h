@@ -11,8 +11,10 @@
 // workers need no change. Measured on loopback: docs/benchmarks-serving.md.
 #pragma once
 
+#include <functional>
 #include <memory>
 
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
@@ -33,7 +35,12 @@ void TuneAllocatorForCacheStreaming();
 
 class GrpcTransport : public CacheTransport {
  public:
-  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20) : max_queued_bytes_(max_queued_bytes) {
+  // Returns the credentials for the channel to a decode worker (TLS / mTLS when the process
+  // has certificates); asked at each Open so reloaded certificates apply. Empty = insecure.
+  using CredentialsProvider = std::function<std::shared_ptr<grpc::ChannelCredentials>()>;
+
+  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20, CredentialsProvider credentials = {})
+      : max_queued_bytes_(max_queued_bytes), credentials_(std::move(credentials)) {
     TuneAllocatorForCacheStreaming();
   }
   std::string name() const override { return "grpc"; }
@@ -42,6 +49,7 @@ class GrpcTransport : public CacheTransport {
 
  private:
   int64_t max_queued_bytes_;
+  CredentialsProvider credentials_;
 };
 
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.

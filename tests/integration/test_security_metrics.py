@@ -184,6 +184,21 @@ class Security(unittest.TestCase):
         self.cluster.assert_baseline(self)
         self.assertGreaterEqual(scrape(url)["latentserve_router_stream_limit_rejections_total"], 1)
 
+    def test_split_deployment_streams_the_cache_over_mtls(self):
+        # Router, prefill and decode as separate processes, every channel (the cache transfer
+        # included) over mutual TLS; the answer equals the plaintext single-process reference.
+        c = SecureCluster("mtls-transfer", prefill=1, decode=1, client_flags=[*self.client_tls],
+                          router_flags=self.server_tls, worker_flags=self.server_tls)
+        try:
+            prompt = ts.prompt(150, salt=11)
+            r = c.generate(prompt, max_tokens=6)
+            self.assertEqual(r["rc"], 0, r)
+            self.assertGreater(r["usage"]["cache_bytes_transferred"], 0)
+            self.assertEqual(r["token_ids"], ts.reference_greedy(prompt, 6))
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
     def test_worker_without_client_certificate_is_rejected(self):
         # A split deployment with mutual TLS: a worker with the node identity registers, one
         # without a client certificate never does.
