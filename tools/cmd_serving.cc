@@ -229,7 +229,8 @@ absl::StatusOr<LoadedEngine> LoadEngine(const Args& args) {
   ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
   char resolved[PATH_MAX];
   loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
-  auto name = loaded.engine.model->file()->GetString("general.name");
+  const gguf::File* file = loaded.engine.model->file();  // null with --random-weights
+  auto name = file ? file->GetString("general.name") : absl::StatusOr<std::string>(absl::NotFoundError(""));
   loaded.descriptor.set_name(name.ok() ? *name : path.substr(path.rfind('/') + 1));
   loaded.descriptor.set_fingerprint(fingerprint);
   loaded.descriptor.set_vocab_size(loaded.engine.model->vocab());
@@ -238,12 +239,45 @@ absl::StatusOr<LoadedEngine> LoadEngine(const Args& args) {
   return loaded;
 }
 
-absl::Status RunPrefill(int argc, char** argv) {
-  sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+// What differs between the two worker roles; ServeWorker does the rest.
+struct WorkerRole {
+  const char* name;                                           // "prefill" or "decode"
+  grpc::Service* service;                                     // the role's gRPC service
+  std::function<v1::WorkerInfo(const std::string&)> info;     // stats, given the advertised address
+  std::function<void()> start_drain;                          // stop taking work (SIGTERM)
+};
+
+// Serves a worker role until SIGTERM/SIGINT: its service and WorkerStats on --listen, metrics,
+// and registration + heartbeats with the router.
+absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine& loaded,
+                         const ProcessSecurity& security, const WorkerRole& role) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  std::string address;
+  auto info = [&] { return role.info(address); };
+  WorkerStatsService stats([&] {
+    v1::GetWorkerStatsResponse r;
+    *r.mutable_stats() = info();
+    *r.mutable_model() = loaded.descriptor;
+    r.set_role(role.name);
+    return r;
+  });
+  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  AddCacheGauges(metrics.get(), role.name, info);
+  address = args.Get("advertise", server.address);
+  RETURN_IF_ERROR(Announce(args, server.address));
+  router::WorkerAnnouncer announcer(router_address, address, role.name, loaded.descriptor, info);
+  ServeUntilSignal(signals, {server.server.get()}, role.start_drain, absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+absl::Status RunPrefill(int argc, char** argv) {
+  sigset_t signals = BlockShutdownSignals();
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
+  RETURN_IF_ERROR(args.Require("router").status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
@@ -256,52 +290,23 @@ absl::Status RunPrefill(int argc, char** argv) {
     worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
   }
   prefill::PrefillService service(worker, loaded.descriptor);
-  std::string address;
-  WorkerStatsService stats([&] {
-    v1::GetWorkerStatsResponse r;
-    *r.mutable_stats() = service.Info(address);
-    *r.mutable_model() = loaded.descriptor;
-    r.set_role("prefill");
-    return r;
-  });
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}, security));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
-  AddCacheGauges(metrics.get(), "prefill", [&] { return service.Info(address); });
-  address = args.Get("advertise", server.address);
-  RETURN_IF_ERROR(Announce(args, server.address));
-  router::WorkerAnnouncer announcer(router_address, address, "prefill", loaded.descriptor,
-                                    [&] { return service.Info(address); });
-  ServeUntilSignal(signals, {server.server.get()}, [&] { worker.StartDrain(); }, absl::Milliseconds(drain_ms));
-  return absl::OkStatus();
+  return ServeWorker(args, signals, loaded, security,
+                     {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
+                      [&] { worker.StartDrain(); }});
 }
 
 absl::Status RunDecode(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
-  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
-  ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
-  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  RETURN_IF_ERROR(args.Require("listen").status());
+  RETURN_IF_ERROR(args.Require("router").status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
   decode::DecodeService service(worker, loaded.descriptor);
-  std::string address;
-  WorkerStatsService stats([&] {
-    v1::GetWorkerStatsResponse r;
-    *r.mutable_stats() = service.Info(address);
-    *r.mutable_model() = loaded.descriptor;
-    r.set_role("decode");
-    return r;
-  });
-  ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&service, &stats}, security));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
-  AddCacheGauges(metrics.get(), "decode", [&] { return service.Info(address); });
-  address = args.Get("advertise", server.address);
-  RETURN_IF_ERROR(Announce(args, server.address));
-  router::WorkerAnnouncer announcer(router_address, address, "decode", loaded.descriptor,
-                                    [&] { return service.Info(address); });
-  ServeUntilSignal(signals, {server.server.get()}, [&] { worker.StartDrain(); }, absl::Milliseconds(drain_ms));
-  return absl::OkStatus();
+  return ServeWorker(args, signals, loaded, security,
+                     {"decode", &service, [&](const std::string& address) { return service.Info(address); },
+                      [&] { worker.StartDrain(); }});
 }
 
 absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args) {
