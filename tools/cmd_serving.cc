@@ -195,17 +195,23 @@ void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& server
   for (grpc::Server* server : servers) server->Wait();
 }
 
+// WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.
 class WorkerStatsService final : public v1::WorkerStats::Service {
  public:
-  explicit WorkerStatsService(std::function<v1::GetWorkerStatsResponse()> stats) : stats_(std::move(stats)) {}
+  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info)
+      : role_(std::move(role)), model_(model), info_(std::move(info)) {}
   grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
                               v1::GetWorkerStatsResponse* response) override {
-    *response = stats_();
+    *response->mutable_stats() = info_();
+    *response->mutable_model() = model_;
+    response->set_role(role_);
     return grpc::Status::OK;
   }
 
  private:
-  std::function<v1::GetWorkerStatsResponse()> stats_;
+  std::string role_;
+  const v1::ModelDescriptor& model_;
+  std::function<v1::WorkerInfo()> info_;
 };
 
 // ---- worker roles ----
@@ -256,13 +262,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   std::string address;
   auto info = [&] { return role.info(address); };
-  WorkerStatsService stats([&] {
-    v1::GetWorkerStatsResponse r;
-    *r.mutable_stats() = info();
-    *r.mutable_model() = loaded.descriptor;
-    r.set_role(role.name);
-    return r;
-  });
+  WorkerStatsService stats(role.name, loaded.descriptor, info);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddCacheGauges(metrics.get(), role.name, info);
@@ -400,13 +400,7 @@ absl::Status RunServe(int argc, char** argv) {
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint());
   decode::DecodeService decode_service(decode_worker, descriptor);
   std::string decode_address;
-  WorkerStatsService decode_stats([&] {
-    v1::GetWorkerStatsResponse r;
-    *r.mutable_stats() = decode_service.Info(decode_address);
-    *r.mutable_model() = descriptor;
-    r.set_role("decode");
-    return r;
-  });
+  WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); });
   ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}, security));
   decode_address = decode_server.address;
 
@@ -418,13 +412,7 @@ absl::Status RunServe(int argc, char** argv) {
                                         descriptor.fingerprint(), prefill_engine.engine.chunk_tokens);
   prefill::PrefillService prefill_service(prefill_worker, descriptor);
   std::string prefill_address;
-  WorkerStatsService prefill_stats([&] {
-    v1::GetWorkerStatsResponse r;
-    *r.mutable_stats() = prefill_service.Info(prefill_address);
-    *r.mutable_model() = descriptor;
-    r.set_role("prefill");
-    return r;
-  });
+  WorkerStatsService prefill_stats("prefill", descriptor, [&] { return prefill_service.Info(prefill_address); });
   ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}, security));
   prefill_address = prefill_server.address;
 
