@@ -103,3 +103,15 @@ export function vocabularySize(model) {
   if (Array.isArray(tokens)) return tokens.length;
   fail("cannot tell the vocabulary size from the GGUF metadata");
 }
+
+// Seeded uniform [0, 1) generator (mulberry32): reproducible prompts without dependencies.
+export function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

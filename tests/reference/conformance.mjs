@@ -17,7 +17,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { parseArgs, fail, argmax } from "./common.mjs";
+import { parseArgs, fail, argmax, rng } from "./common.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const USAGE = `usage: node conformance.mjs --latentserve PATH [--threads N (2)] [--configs NAME,...]
@@ -99,17 +99,6 @@ if (args.configs) {
 }
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "latentserve-conformance-"));
 
-// Deterministic prompts: mulberry32, so a failure is reproducible from config + length.
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function randomPrompt(seed, length, vocab) {
   const random = rng(seed);
   return Array.from({ length }, () => Math.floor(random() * vocab));

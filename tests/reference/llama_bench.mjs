@@ -2,7 +2,7 @@
 // llama.cpp CPU throughput on a GGUF, for comparison with `latentserve` at the same thread
 // count: prefill = P tokens evaluated in one batch, decode = G single-token steps after it.
 // Token ids are random (seeded) so any vocabulary works. Prints one JSON object.
-import { parseArgs, fail, loadLlama, vocabularySize } from "./common.mjs";
+import { parseArgs, fail, loadLlama, vocabularySize, rng } from "./common.mjs";
 
 const USAGE = `usage: node llama_bench.mjs --model M [--threads N (2)] [--prompt-tokens P (512)]
        [--gen-tokens G (64)] [--repetitions R (1)] [--seed S (1)] [--flash-attention auto|on|off]`;
@@ -17,17 +17,6 @@ const genTokens = args["gen-tokens"] ?? 64;
 const repetitions = args.repetitions ?? 1;
 if (threads < 1 || promptTokens < 1 || genTokens < 0 || repetitions < 1) fail("bad sizes");
 
-// Small deterministic generator (mulberry32) so runs are repeatable without dependencies.
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const llama = await loadLlama(threads);
 const model = await llama.loadModel({ modelPath: args.model });
