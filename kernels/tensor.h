@@ -38,8 +38,6 @@ struct Tensor {
 
   // Same memory, another shape with the same element count (metadata only).
   Tensor Reshape(Shape shape) const;
-  // Rows [first, first + count) of the tensor seen as a 2-D [ne0, rows] matrix.
-  Tensor RowSlice(int64_t first, int64_t count) const;
 };
 
 }  // namespace latentserve::kernels
