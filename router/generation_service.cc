@@ -316,7 +316,9 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   std::string decode_worker, lease_id;
   absl::Status last_error = absl::ResourceExhaustedError(absl::StrCat(
       "no decode worker has room for ", lease_tokens, " cache tokens right now; retry later or add decode workers"));
-  for (const std::string& candidate : state_.registry().DecodeCandidates(lease_tokens, {})) {
+  std::set<std::string> refused;
+  while (auto claimed = state_.registry().ClaimDecode(lease_tokens, refused)) {
+    const std::string candidate = *claimed;
     auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
     grpc::ClientContext lease_context;
     SetDeadline(lease_context, std::min(deadline, absl::Now() + state_.options().control_timeout));
@@ -334,6 +336,8 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
       lease_id = lease_response.lease_id();
       break;
     }
+    state_.registry().ReleaseDecode(candidate);
+    refused.insert(candidate);
     if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(candidate);
     if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
@@ -341,8 +345,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     }
   }
   if (lease_id.empty()) return ToGrpc(last_error);
-  state_.leases_active++;
-  state_.registry().AddDecodeRequests(decode_worker, 1);
+  state_.leases_active++;  // the decode claim above is held until the guard below
   bool lease_open = true;  // until Decode takes it over
   struct LeaseGuard {
     RouterState& state;
@@ -352,7 +355,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     ~LeaseGuard() {
       if (open) ReleaseLease(worker, lease, state.options().control_timeout);
       state.leases_active--;
-      state.registry().AddDecodeRequests(worker, -1);
+      state.registry().ReleaseDecode(worker);
     }
   } lease_guard{state_, decode_worker, lease_id, lease_open};
 
@@ -364,11 +367,10 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   bool have_first = false;
   absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
   while (!have_first) {
-    auto pick = state_.registry().PickPrefill(tried);
+    auto pick = state_.registry().ClaimPrefill(cost, tried);
     if (!pick) break;
     prefill_worker = *pick;
     tried.insert(prefill_worker);
-    state_.registry().AddPrefillCost(prefill_worker, cost);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(prefill_worker));
     grpc::ClientContext prefill_context;
     SetDeadline(prefill_context, deadline);
@@ -398,7 +400,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     }
     grpc::Status status = reader->Finish();
     cancel.Detach();
-    state_.registry().AddPrefillCost(prefill_worker, -cost);
+    state_.registry().ReleasePrefill(prefill_worker, cost);
     if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
     if (status.ok() && have_first) break;
     have_first = false;

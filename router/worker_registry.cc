@@ -78,47 +78,54 @@ void WorkerRegistry::MarkDead(const std::string& address) {
   if (it != workers_.end()) it->second.alive = false;
 }
 
-std::vector<std::string> WorkerRegistry::DecodeCandidates(int64_t tokens, const std::set<std::string>& exclude) const {
+std::optional<std::string> WorkerRegistry::ClaimDecode(int64_t tokens, const std::set<std::string>& exclude) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<const WorkerEntry*> fits;
-  for (const auto& [address, entry] : workers_) {
+  // Stats can be a poll old: the lease itself is the authority. The router's own count is current.
+  const auto better = [](const WorkerEntry& a, const WorkerEntry& b) {
+    if (a.inflight_requests != b.inflight_requests) return a.inflight_requests < b.inflight_requests;
+    const int64_t free_a = a.stats.cache_pages_free() * a.stats.page_tokens();
+    const int64_t free_b = b.stats.cache_pages_free() * b.stats.page_tokens();
+    if (free_a != free_b) return free_a > free_b;
+    return a.last_placed < b.last_placed;
+  };
+  WorkerEntry* best = nullptr;
+  for (auto& [address, entry] : workers_) {
     if (entry.role != "decode" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
     if (entry.model.max_context_tokens() < tokens) continue;
-    fits.push_back(&entry);
-  }
-  // Stats can be a poll old: the lease itself is the authority. Prefer the worker with the
-  // fewest requests this router placed (current), then the most free tokens (polled).
-  std::sort(fits.begin(), fits.end(), [](const WorkerEntry* a, const WorkerEntry* b) {
-    if (a->inflight_requests != b->inflight_requests) return a->inflight_requests < b->inflight_requests;
-    return a->stats.cache_pages_free() * a->stats.page_tokens() > b->stats.cache_pages_free() * b->stats.page_tokens();
-  });
-  std::vector<std::string> out;
-  for (const WorkerEntry* entry : fits) out.push_back(entry->address);
-  return out;
-}
-
-std::optional<std::string> WorkerRegistry::PickPrefill(const std::set<std::string>& exclude) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  const WorkerEntry* best = nullptr;
-  for (const auto& [address, entry] : workers_) {
-    if (entry.role != "prefill" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
-    // The router's own in-flight cost is current; the worker's reported cost covers other routers.
-    if (!best || entry.inflight_cost < best->inflight_cost) best = &entry;
+    if (!best || better(entry, *best)) best = &entry;
   }
   if (!best) return std::nullopt;
+  best->inflight_requests++;
+  best->last_placed = ++placements_;
   return best->address;
 }
 
-void WorkerRegistry::AddPrefillCost(const std::string& address, double cost) {
+void WorkerRegistry::ReleaseDecode(const std::string& address) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(address);
-  if (it != workers_.end()) it->second.inflight_cost = std::max(0.0, it->second.inflight_cost + cost);
+  if (it != workers_.end()) it->second.inflight_requests = std::max<int64_t>(0, it->second.inflight_requests - 1);
 }
 
-void WorkerRegistry::AddDecodeRequests(const std::string& address, int64_t delta) {
+std::optional<std::string> WorkerRegistry::ClaimPrefill(double cost, const std::set<std::string>& exclude) {
+  std::lock_guard<std::mutex> lock(mu_);
+  WorkerEntry* best = nullptr;
+  for (auto& [address, entry] : workers_) {
+    if (entry.role != "prefill" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
+    if (!best || entry.inflight_cost < best->inflight_cost ||
+        (entry.inflight_cost == best->inflight_cost && entry.last_placed < best->last_placed)) {
+      best = &entry;
+    }
+  }
+  if (!best) return std::nullopt;
+  best->inflight_cost += cost;
+  best->last_placed = ++placements_;
+  return best->address;
+}
+
+void WorkerRegistry::ReleasePrefill(const std::string& address, double cost) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(address);
-  if (it != workers_.end()) it->second.inflight_requests = std::max<int64_t>(0, it->second.inflight_requests + delta);
+  if (it != workers_.end()) it->second.inflight_cost = std::max(0.0, it->second.inflight_cost - cost);
 }
 
 std::optional<v1::ModelDescriptor> WorkerRegistry::Model() const {

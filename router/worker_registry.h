@@ -6,6 +6,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -29,6 +30,7 @@ struct WorkerEntry {
   bool static_entry = false;
   double inflight_cost = 0;  // prefill: cost of jobs this router has running there
   int64_t inflight_requests = 0;  // decode: requests this router has placed there, not finished
+  uint64_t last_placed = 0;  // the registry's placement counter when a request last went here
   absl::Time last_seen = absl::InfinitePast();
 };
 
@@ -43,12 +45,18 @@ class WorkerRegistry {
   absl::Status Heartbeat(const v1::HeartbeatRequest& request);
   void MarkDead(const std::string& address);
 
-  // Decode workers that may hold `tokens`, most free pages first.
-  std::vector<std::string> DecodeCandidates(int64_t tokens, const std::set<std::string>& exclude) const;
-  // The live prefill worker with the least outstanding work, or nullopt.
-  std::optional<std::string> PickPrefill(const std::set<std::string>& exclude) const;
-  void AddPrefillCost(const std::string& address, double cost);
-  void AddDecodeRequests(const std::string& address, int64_t delta);
+  // Placement picks and counts in one step, under the lock, so that concurrent requests see
+  // each other's claims (a pick followed by a separate increment let them all pick the same
+  // worker). Each claim is undone with the matching Release* call.
+  //
+  // Decode: among live workers whose context holds `tokens`, the fewest requests this router
+  // has placed there, then the most free cache tokens (polled), then the least recently placed.
+  std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude);
+  void ReleaseDecode(const std::string& address);
+  // Prefill: the least outstanding cost (sum of prompt_tokens^2 of running jobs), then the
+  // least recently placed.
+  std::optional<std::string> ClaimPrefill(double cost, const std::set<std::string>& exclude);
+  void ReleasePrefill(const std::string& address, double cost);
 
   // The served model (from the first worker that reported one).
   std::optional<v1::ModelDescriptor> Model() const;
@@ -65,6 +73,7 @@ class WorkerRegistry {
   std::condition_variable cv_;
   std::map<std::string, WorkerEntry> workers_;
   std::optional<v1::ModelDescriptor> model_;
+  uint64_t placements_ = 0;
   bool stopping_ = false;
   std::thread monitor_;
 };
