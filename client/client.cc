@@ -15,7 +15,9 @@ GenerationClient::GenerationClient(const std::string& target, std::shared_ptr<gr
     : bearer_token_(std::move(bearer_token)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  stub_ = v1::Generation::NewStub(grpc::CreateCustomChannel(target, std::move(credentials), args));
+  auto channel = grpc::CreateCustomChannel(target, std::move(credentials), args);
+  stub_ = v1::Generation::NewStub(channel);
+  stats_stub_ = v1::WorkerStats::NewStub(channel);
 }
 
 void GenerationClient::Authorize(grpc::ClientContext& context) const {
@@ -65,6 +67,17 @@ absl::StatusOr<v1::GetModelInfoResponse> GenerationClient::GetModelInfo(absl::Du
   v1::GetModelInfoRequest request;
   v1::GetModelInfoResponse response;
   grpc::Status status = stub_->GetModelInfo(&context, request, &response);
+  if (!status.ok()) return transfer::FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::GetWorkerStatsResponse> GenerationClient::GetWorkerStats(absl::Duration timeout) {
+  grpc::ClientContext context;
+  Authorize(context);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::GetWorkerStatsRequest request;
+  v1::GetWorkerStatsResponse response;
+  grpc::Status status = stats_stub_->GetWorkerStats(&context, request, &response);
   if (!status.ok()) return transfer::FromGrpc(status);
   return response;
 }

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
+#include "latentserve/v1/worker.grpc.pb.h"
 
 namespace latentserve::client {
 
@@ -39,10 +40,13 @@ class GenerationClient {
   absl::StatusOr<v1::GetModelInfoResponse> GetModelInfo(absl::Duration timeout = absl::Seconds(5));
   absl::StatusOr<std::vector<int32_t>> Tokenize(const v1::TokenizeRequest& request,
                                                 absl::Duration timeout = absl::Seconds(30));
+  // WorkerStats.GetWorkerStats, for a target that is a worker (or `serve`), not a router.
+  absl::StatusOr<v1::GetWorkerStatsResponse> GetWorkerStats(absl::Duration timeout = absl::Seconds(5));
 
  private:
   void Authorize(grpc::ClientContext& context) const;
   std::unique_ptr<v1::Generation::Stub> stub_;
+  std::unique_ptr<v1::WorkerStats::Stub> stats_stub_;
   std::string bearer_token_;
 };
 

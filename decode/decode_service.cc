@@ -24,6 +24,11 @@ grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
+grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
+                                       v1::RenewLeaseResponse* response) {
+  return ToGrpc(worker_.RenewLease(request->lease_id(), absl::Milliseconds(request->ttl_ms())));
+}
+
 grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
                                          grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
                                          v1::ReceiveCacheResponse* response) {

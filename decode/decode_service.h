@@ -19,6 +19,8 @@ class DecodeService final : public v1::DecodeWorker::Service {
                             v1::ReserveLeaseResponse* response) override;
   grpc::Status ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
                             v1::ReleaseLeaseResponse* response) override;
+  grpc::Status RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
+                          v1::RenewLeaseResponse* response) override;
   grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
                             v1::ReceiveCacheResponse* response) override;
   grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,

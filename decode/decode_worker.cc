@@ -236,6 +236,18 @@ void DecodeWorker::ReleaseLease(const std::string& lease_id) {
   FreeSlot(slot);
 }
 
+absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl) {
+  if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = slots_.find(lease_id);
+  if (it == slots_.end() || it->second->state == SlotState::kDone) {
+    return absl::AbortedError(absl::StrCat("lease ", lease_id, " is no longer held (expired or released)"));
+  }
+  Slot& slot = *it->second;
+  slot.lease_deadline = std::max(slot.lease_deadline, absl::Now() + ttl);
+  return absl::OkStatus();
+}
+
 void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
   {
     std::lock_guard<std::mutex> lock(mu_);

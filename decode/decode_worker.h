@@ -55,6 +55,9 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<std::string> ReserveLease(const std::string& request_id, int64_t tokens, absl::Duration ttl,
                                            const std::string& fingerprint);
   void ReleaseLease(const std::string& lease_id);
+  // Moves the lease's deadline to at least now + ttl. Aborted when it is no longer held;
+  // OK (nothing to do) once Decode has taken it over.
+  absl::Status RenewLease(const std::string& lease_id, absl::Duration ttl);
 
   absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> BeginHandoff(
       const transfer::HandoffHeader& header) override;

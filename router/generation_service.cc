@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <functional>
+#include <memory>
 #include <set>
 #include <thread>
 
@@ -10,6 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "router/channels.h"
+#include "router/lease_keeper.h"
 #include "router/text_codec.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
@@ -70,18 +74,6 @@ class CancelLink {
   std::thread thread_;
 };
 
-std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
-  static std::mutex mu;
-  static auto* channels = new std::map<std::string, std::shared_ptr<grpc::Channel>>();
-  std::lock_guard<std::mutex> lock(mu);
-  auto& channel = (*channels)[address];
-  if (!channel) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(16 << 20);
-    channel = grpc::CreateCustomChannel(address, serving::InternalChannelCredentials(), args);
-  }
-  return channel;
-}
 
 void SetDeadline(grpc::ClientContext& context, absl::Time deadline) {
   context.set_deadline(absl::ToChronoTime(deadline));
@@ -158,9 +150,158 @@ void ReleaseLease(const std::string& decode_worker, const std::string& lease_id,
   stub->ReleaseLease(&context, request, &response);  // best effort: the lease also expires
 }
 
+// A decode lease held by one request: counted by the router, renewed by the LeaseKeeper
+// until Decode takes it over, released on every other path.
+class DecodeLease {
+ public:
+  DecodeLease(RouterState& state, std::string worker, std::string id)
+      : state_(state), worker_(std::move(worker)), id_(std::move(id)) {
+    state_.leases_active++;
+    state_.lease_keeper().Add(worker_, id_);
+  }
+  ~DecodeLease() {
+    state_.lease_keeper().Remove(id_);
+    if (open_) ReleaseLease(worker_, id_, state_.options().control_timeout);
+    state_.leases_active--;
+    state_.registry().ReleaseDecode(worker_);  // the claim ClaimDecode made
+  }
+  DecodeLease(const DecodeLease&) = delete;
+  DecodeLease& operator=(const DecodeLease&) = delete;
+
+  // From here Decode owns the pages (it frees them on every path) and the deadline.
+  void HandToDecode() {
+    open_ = false;
+    state_.lease_keeper().Remove(id_);
+  }
+  const std::string& worker() const { return worker_; }
+  const std::string& id() const { return id_; }
+
+ private:
+  RouterState& state_;
+  const std::string worker_;
+  const std::string id_;
+  bool open_ = true;
+};
+
+constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's handoff
+
+// Reserves pages for `lease_tokens` on the best decode worker that accepts them.
+grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
+                                int64_t lease_tokens, absl::Time deadline, const std::set<std::string>& exclude,
+                                CancelLink& cancel, const std::function<bool()>& client_gone,
+                                std::unique_ptr<DecodeLease>* lease) {
+  absl::Status last_error = absl::ResourceExhaustedError(absl::StrCat(
+      "no decode worker has room for ", lease_tokens, " cache tokens right now; retry later or add decode workers"));
+  std::set<std::string> refused = exclude;
+  while (auto claimed = state.registry().ClaimDecode(lease_tokens, refused)) {
+    const std::string candidate = *claimed;
+    auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
+    grpc::ClientContext lease_context;
+    SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
+    v1::ReserveLeaseRequest lease_request;
+    lease_request.set_request_id(request_id);
+    lease_request.set_tokens(lease_tokens);
+    lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
+    lease_request.set_model_fingerprint(model.fingerprint());
+    v1::ReserveLeaseResponse lease_response;
+    cancel.Attach(&lease_context);
+    grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
+    cancel.Detach();
+    if (status.ok()) {
+      *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
+      return grpc::Status::OK;
+    }
+    state.registry().ReleaseDecode(candidate);
+    refused.insert(candidate);
+    if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state.registry().MarkDead(candidate);
+    if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
+    }
+  }
+  return ToGrpc(last_error);
+}
+
+struct PrefillOutcome {
+  grpc::Status status;
+  bool handoff_lost = false;  // the cache did not reach the decode worker (status says why)
+};
+
+// Prefills into `lease`, relaying progress; retries on another prefill worker when one
+// fails before the first token. Fills `done` and `prefill_worker` on success.
+PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const v1::ModelDescriptor& model,
+                          const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
+                          absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
+                          grpc::ServerWriter<v1::GenerateResponse>* writer, v1::PrefillDone* done,
+                          std::string* prefill_worker) {
+  // Attention work grows with the square of the prompt: the placement cost.
+  const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
+  std::set<std::string> tried;
+  absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
+  while (auto pick = state.registry().ClaimPrefill(cost, tried)) {
+    *prefill_worker = *pick;
+    tried.insert(*prefill_worker);
+    auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
+    grpc::ClientContext prefill_context;
+    SetDeadline(prefill_context, deadline);
+    v1::PrefillRequest prefill_request;
+    prefill_request.set_request_id(request_id);
+    prefill_request.set_lease_id(lease.id());
+    prefill_request.set_decode_worker(lease.worker());
+    *prefill_request.mutable_token_ids() = {tokens.begin(), tokens.end()};
+    *prefill_request.mutable_sampling() = request.sampling();
+    prefill_request.set_model_fingerprint(model.fingerprint());
+    cancel.Attach(&prefill_context);
+    auto reader = stub->Prefill(&prefill_context, prefill_request);
+    v1::PrefillResponse event;
+    bool have_first = false;
+    bool client_write_failed = false;
+    while (reader->Read(&event)) {
+      if (event.has_progress()) {
+        v1::GenerateResponse out;
+        *out.mutable_progress() = event.progress();
+        if (!writer->Write(out)) {
+          client_write_failed = true;
+          prefill_context.TryCancel();
+        }
+      } else if (event.has_done()) {
+        *done = event.done();
+        have_first = true;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    cancel.Detach();
+    state.registry().ReleasePrefill(*prefill_worker, cost);
+    if (client_gone() || client_write_failed) return {grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled")};
+    if (status.ok() && have_first) return {grpc::Status::OK};
+    const auto& trailers = prefill_context.GetServerTrailingMetadata();
+    if (trailers.find(kFailedStageKey) != trailers.end()) {
+      return {grpc::Status(status.error_code(), absl::StrCat("cache handoff to decode worker ", lease.worker(),
+                                                             " failed: ", status.error_message())),
+              true};
+    }
+    prefill_error = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                                 absl::StrCat("prefill worker ", *prefill_worker, " failed: ", status.error_message()));
+    if (absl::Now() >= deadline || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                           absl::StrCat("deadline passed during prefill (", status.error_message(), ")"))};
+    }
+    // A worker fault (process gone, internal error) is worth another worker; a verdict on
+    // the request itself is not.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      state.registry().MarkDead(*prefill_worker);
+    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN) {
+      return {ToGrpc(prefill_error)};
+    }
+  }
+  return {ToGrpc(prefill_error)};
+}
+
 }  // namespace
 
-RouterState::RouterState(RouterOptions options) : options_(std::move(options)) {}
+RouterState::RouterState(RouterOptions options)
+    : options_(std::move(options)),
+      lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {}
 RouterState::~RouterState() = default;
 
 const TextCodec* RouterState::codec() {
@@ -311,121 +452,35 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   CancelLink cancel(context);
   const auto client_gone = [&] { return cancel.cancelled() || context->IsCancelled(); };
 
-  // 1. Reserve pages on a decode worker for the whole prompt + max_tokens.
+  // 1. Reserve pages on a decode worker for the whole prompt + max_tokens; 2. prefill into
+  // that lease. A handoff lost to the decode worker (process gone, lease lost) happens
+  // before the client has any token, so it is retried on another decode worker.
   const int64_t lease_tokens = static_cast<int64_t>(tokens.size()) + max_tokens;
-  std::string decode_worker, lease_id;
-  absl::Status last_error = absl::ResourceExhaustedError(absl::StrCat(
-      "no decode worker has room for ", lease_tokens, " cache tokens right now; retry later or add decode workers"));
-  std::set<std::string> refused;
-  while (auto claimed = state_.registry().ClaimDecode(lease_tokens, refused)) {
-    const std::string candidate = *claimed;
-    auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
-    grpc::ClientContext lease_context;
-    SetDeadline(lease_context, std::min(deadline, absl::Now() + state_.options().control_timeout));
-    v1::ReserveLeaseRequest lease_request;
-    lease_request.set_request_id(request_id);
-    lease_request.set_tokens(lease_tokens);
-    lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state_.options().lease_ttl));
-    lease_request.set_model_fingerprint(model->fingerprint());
-    v1::ReserveLeaseResponse lease_response;
-    cancel.Attach(&lease_context);
-    grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
-    cancel.Detach();
-    if (status.ok()) {
-      decode_worker = candidate;
-      lease_id = lease_response.lease_id();
-      break;
-    }
-    state_.registry().ReleaseDecode(candidate);
-    refused.insert(candidate);
-    if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(candidate);
-    if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
-    }
-  }
-  if (lease_id.empty()) return ToGrpc(last_error);
-  state_.leases_active++;  // the decode claim above is held until the guard below
-  bool lease_open = true;  // until Decode takes it over
-  struct LeaseGuard {
-    RouterState& state;
-    const std::string& worker;
-    const std::string& lease;
-    bool& open;
-    ~LeaseGuard() {
-      if (open) ReleaseLease(worker, lease, state.options().control_timeout);
-      state.leases_active--;
-      state.registry().ReleaseDecode(worker);
-    }
-  } lease_guard{state_, decode_worker, lease_id, lease_open};
-
-  // 2. Prefill, retrying on another prefill worker if one fails before the first token.
-  const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
-  std::set<std::string> tried;
+  std::set<std::string> decode_refused;
+  std::unique_ptr<DecodeLease> lease;
   v1::PrefillDone prefill_done;
   std::string prefill_worker;
-  bool have_first = false;
-  absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
-  while (!have_first) {
-    auto pick = state_.registry().ClaimPrefill(cost, tried);
-    if (!pick) break;
-    prefill_worker = *pick;
-    tried.insert(prefill_worker);
-    auto stub = v1::PrefillWorker::NewStub(ChannelTo(prefill_worker));
-    grpc::ClientContext prefill_context;
-    SetDeadline(prefill_context, deadline);
-    v1::PrefillRequest prefill_request;
-    prefill_request.set_request_id(request_id);
-    prefill_request.set_lease_id(lease_id);
-    prefill_request.set_decode_worker(decode_worker);
-    *prefill_request.mutable_token_ids() = {tokens.begin(), tokens.end()};
-    *prefill_request.mutable_sampling() = request->sampling();
-    prefill_request.set_model_fingerprint(model->fingerprint());
-    cancel.Attach(&prefill_context);
-    auto reader = stub->Prefill(&prefill_context, prefill_request);
-    v1::PrefillResponse event;
-    bool client_write_failed = false;
-    while (reader->Read(&event)) {
-      if (event.has_progress()) {
-        v1::GenerateResponse out;
-        *out.mutable_progress() = event.progress();
-        if (!writer->Write(out)) {
-          client_write_failed = true;
-          prefill_context.TryCancel();
-        }
-      } else if (event.has_done()) {
-        prefill_done = event.done();
-        have_first = true;
-      }
+  for (int decode_attempt = 1;; ++decode_attempt) {
+    grpc::Status reserved = ReserveDecodeLease(state_, *model, request_id, lease_tokens, deadline, decode_refused, cancel,
+                                               client_gone, &lease);
+    if (!reserved.ok()) return reserved;
+    PrefillOutcome outcome = RunPrefill(state_, *request, *model, request_id, tokens, *lease, deadline, cancel,
+                                        client_gone, writer, &prefill_done, &prefill_worker);
+    if (!outcome.handoff_lost) {
+      if (!outcome.status.ok()) return outcome.status;
+      break;
     }
-    grpc::Status status = reader->Finish();
-    cancel.Detach();
-    state_.registry().ReleasePrefill(prefill_worker, cost);
-    if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-    if (status.ok() && have_first) break;
-    have_first = false;
-    const auto& trailers = prefill_context.GetServerTrailingMetadata();
-    const bool transfer_failed = trailers.find(kFailedStageKey) != trailers.end();
-    if (transfer_failed) {
-      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(decode_worker);
-      return grpc::Status(status.error_code(),
-                          absl::StrCat("cache handoff to decode worker ", decode_worker, " failed: ", status.error_message()));
-    }
-    prefill_error = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                                 absl::StrCat("prefill worker ", prefill_worker, " failed: ", status.error_message()));
-    if (absl::Now() >= deadline || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                          absl::StrCat("deadline passed during prefill (", status.error_message(), ")"));
-    }
-    // A worker fault (process gone, internal error) is worth another worker; a verdict on
-    // the request itself is not.
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      state_.registry().MarkDead(prefill_worker);
-    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN) {
-      return ToGrpc(prefill_error);
-    }
+    const grpc::StatusCode code = outcome.status.error_code();
+    if (code == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(lease->worker());
+    const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::ABORTED;
+    if (!retryable || decode_attempt >= kMaxDecodeAttempts || absl::Now() >= deadline) return outcome.status;
+    serving::LogEvent("router", "handoff_retry", request_id,
+                      {{"decode_worker", lease->worker()}, {"error", outcome.status.error_message()}});
+    decode_refused.insert(lease->worker());
+    lease.reset();  // best-effort release; the worker may be gone
   }
-  if (!have_first) return ToGrpc(prefill_error);
+  const std::string decode_worker = lease->worker();
+  const std::string lease_id = lease->id();
 
   // 3. The first token, then the decode worker's stream.
   std::unique_ptr<TextCodec::Stream> detok = codec ? codec->NewStream() : nullptr;
@@ -479,7 +534,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     decode_request.set_max_new_tokens(static_cast<int32_t>(max_tokens - 1));
     for (int32_t id : stop_ids) decode_request.add_stop_token_ids(id);
     cancel.Attach(&decode_context);
-    lease_open = false;  // Decode frees the pages on every path from here
+    lease->HandToDecode();  // Decode frees the pages on every path from here
     auto reader = stub->Decode(&decode_context, decode_request);
     v1::DecodeResponse event;
     bool client_write_failed = false;

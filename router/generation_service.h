@@ -22,7 +22,7 @@
 namespace latentserve::router {
 
 struct RouterOptions {
-  absl::Duration lease_ttl = absl::Seconds(120);         // cache must arrive and Decode start within
+  absl::Duration lease_ttl = absl::Seconds(30);  // renewed each ttl/3 while the router holds it
   absl::Duration request_timeout = absl::Minutes(30);    // when the client sets no deadline
   absl::Duration control_timeout = absl::Seconds(5);     // ReserveLease / ReleaseLease
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
@@ -30,13 +30,15 @@ struct RouterOptions {
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
 };
 
-class TextCodec;  // tokenizer wrapper (router/text_codec.h)
+class TextCodec;    // tokenizer wrapper (router/text_codec.h)
+class LeaseKeeper;  // router/lease_keeper.h
 
 class RouterState {
  public:
   explicit RouterState(RouterOptions options);
   ~RouterState();
   WorkerRegistry& registry() { return registry_; }
+  LeaseKeeper& lease_keeper() { return *lease_keeper_; }
   const RouterOptions& options() const { return options_; }
   // The tokenizer, loaded on first use; nullptr when the model has none (or it is not built).
   const TextCodec* codec();
@@ -48,6 +50,7 @@ class RouterState {
  private:
   RouterOptions options_;
   WorkerRegistry registry_;
+  std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::mutex codec_mu_;
   std::unique_ptr<TextCodec> codec_;
   bool codec_tried_ = false;

@@ -321,7 +321,7 @@ absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args
 
 absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   router::RouterOptions options;
-  ASSIGN_OR_RETURN(int64_t lease_ttl_ms, args.GetInt("lease-ttl-ms", 120000));
+  ASSIGN_OR_RETURN(int64_t lease_ttl_ms, args.GetInt("lease-ttl-ms", 30000));
   ASSIGN_OR_RETURN(int64_t request_timeout_ms, args.GetInt("request-timeout-ms", 1800000));
   if (lease_ttl_ms <= 0 || request_timeout_ms <= 0) {
     return absl::InvalidArgumentError("--lease-ttl-ms and --request-timeout-ms must be positive");
@@ -606,6 +606,14 @@ int RunClientGenerate(const Args& args) {
   return 0;
 }
 
+std::string WorkerJson(const v1::WorkerInfo& w) {
+  return absl::StrCat("{\"address\":\"", w.address(), "\",\"role\":\"", w.role(), "\",\"alive\":",
+                      w.alive() ? "true" : "false", ",\"cache_pages_free\":", w.cache_pages_free(),
+                      ",\"cache_pages_total\":", w.cache_pages_total(), ",\"leases_active\":", w.leases_active(),
+                      ",\"sequences_active\":", w.sequences_active(), ",\"outstanding_cost\":", w.outstanding_cost(),
+                      ",\"draining\":", w.draining() ? "true" : "false", "}");
+}
+
 int RunClientInfo(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto info = client.GetModelInfo();
@@ -615,15 +623,21 @@ int RunClientInfo(const Args& args) {
                                  ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
                                  info->has_tokenizer() ? "true" : "false", ",\"router_leases_active\":",
                                  info->router_leases_active(), ",\"workers\":[");
-  for (int i = 0; i < info->workers_size(); ++i) {
-    const auto& w = info->workers(i);
-    absl::StrAppend(&out, i ? "," : "", "{\"address\":\"", w.address(), "\",\"role\":\"", w.role(),
-                    "\",\"alive\":", w.alive() ? "true" : "false", ",\"cache_pages_free\":", w.cache_pages_free(),
-                    ",\"cache_pages_total\":", w.cache_pages_total(), ",\"leases_active\":", w.leases_active(),
-                    ",\"sequences_active\":", w.sequences_active(), ",\"outstanding_cost\":", w.outstanding_cost(),
-                    ",\"draining\":", w.draining() ? "true" : "false", "}");
-  }
+  for (int i = 0; i < info->workers_size(); ++i) absl::StrAppend(&out, i ? "," : "", WorkerJson(info->workers(i)));
   out += "]}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// One worker's own view of itself (WorkerStats), e.g. to watch a worker the router lost.
+int RunClientStats(const Args& args) {
+  ASSIGN_OR_RETURN_CLIENT(client, args);
+  auto stats = client.GetWorkerStats();
+  if (!stats.ok()) return ClientError(stats.status(), true);
+  v1::WorkerInfo w = stats->stats();
+  w.set_role(stats->role());
+  w.set_alive(true);
+  const std::string out = absl::StrCat(WorkerJson(w), "\n");
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
 }
@@ -651,7 +665,8 @@ int RunClient(int argc, char** argv) {
       "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
       "         --summary-file F (the --json object, written to F)]\n"
       "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
-      "       latentserve client info --target HOST:PORT\n"
+      "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
+      "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
       "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
   if (argc < 1) {
     std::fputs(kUsage, stderr);
@@ -674,6 +689,7 @@ int RunClient(int argc, char** argv) {
   }
   if (verb == "generate") return RunClientGenerate(*args);
   if (verb == "info") return RunClientInfo(*args);
+  if (verb == "stats") return RunClientStats(*args);
   if (verb == "tokenize") return RunClientTokenize(*args);
   std::fprintf(stderr, "latentserve client: unknown verb '%s'\n%s", verb.c_str(), kUsage);
   return 2;
@@ -697,7 +713,7 @@ Registrar decode_cmd("decode", "run a decode worker registered with a router",
                      [](int argc, char** argv) { return Wrap(RunDecode, "decode", argc, argv); });
 Registrar serve_cmd("serve", "router + prefill + decode in one process (in-process cache handoff)",
                     [](int argc, char** argv) { return Wrap(RunServe, "serve", argc, argv); });
-Registrar client_cmd("client", "call a router: generate (streaming), info, tokenize", RunClient);
+Registrar client_cmd("client", "call a router: generate (streaming), info, tokenize; a worker: stats", RunClient);
 
 }  // namespace
 }  // namespace latentserve::cli

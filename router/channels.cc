@@ -1,0 +1,23 @@
+#include "router/channels.h"
+
+#include <map>
+#include <mutex>
+
+#include "serving/security.h"
+
+namespace latentserve::router {
+
+std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
+  static std::mutex mu;
+  static auto* channels = new std::map<std::string, std::shared_ptr<grpc::Channel>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto& channel = (*channels)[address];
+  if (!channel) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(16 << 20);
+    channel = grpc::CreateCustomChannel(address, serving::InternalChannelCredentials(), args);
+  }
+  return channel;
+}
+
+}  // namespace latentserve::router
