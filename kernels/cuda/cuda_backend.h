@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <string>
@@ -78,6 +79,10 @@ class CudaBackend final : public Backend {
   // online softmax over key tiles (cuda_mla_gemm.cu).
   void MlaGemmAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
                            const Tensor& out);
+  // Its decode case (few query rows): flash-decoding over key chunks, every chunk in parallel.
+  // q16 [rows x width], keys [whole chunks x width] (f16, padding zeroed), out [rows x value_dim].
+  void MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width, int64_t heads,
+                       int64_t rows, int64_t first_position, float scale, int64_t value_dim, float* out);
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }

@@ -88,6 +88,66 @@ __global__ void NormaliseKernel(float* out, const float* row_sum, int64_t rows, 
   if (i < rows * value_dim) out[i] /= row_sum[i / value_dim];
 }
 
+// Decode (few query rows, many keys), flash-decoding style: keys are split into chunks of
+// kDecodeChunk; each (row, chunk) gets its own softmax against its own max, the chunks' P.V
+// products run as one strided-batched GEMM, and a last pass merges the chunks' partial
+// outputs. Every stage is parallel over chunks, so a 128K context fills the GPU (the tiled
+// path above walks key tiles one after another with a handful of rows per tile).
+constexpr int64_t kDecodeChunk = 1024;
+constexpr int64_t kDecodeMaxRows = 128;  // query rows (tokens x heads) that take this path
+
+// One warp per (row, chunk): masked, scaled scores -> f16 probabilities against the chunk's
+// max; writes the chunk's max and sum.
+__global__ void ChunkSoftmaxKernel(const float* scores, int64_t rows, int64_t heads, int64_t chunks, int64_t ld,
+                                   int64_t first_position, float scale, __half* probs, float* chunk_max,
+                                   float* chunk_sum) {
+  const int64_t warp = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (warp >= rows * chunks) return;
+  const int64_t row = warp / chunks, chunk = warp % chunks;
+  const int64_t position = first_position + row / heads;  // keys <= position are visible
+  const int64_t begin = chunk * kDecodeChunk;
+  const float* s = scores + row * ld + begin;
+  __half* p = probs + row * ld + begin;
+  float m = -INFINITY;
+  for (int64_t j = lane; j < kDecodeChunk; j += 32) {
+    if (begin + j <= position) m = fmaxf(m, s[j] * scale);
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
+  float sum = 0;
+  for (int64_t j = lane; j < kDecodeChunk; j += 32) {
+    const float v = (begin + j <= position && m > -INFINITY) ? expf(s[j] * scale - m) : 0.0f;
+    p[j] = __float2half_rn(v);
+    sum += v;
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  if (lane == 0) {
+    chunk_max[chunk * rows + row] = m;
+    chunk_sum[chunk * rows + row] = sum;
+  }
+}
+
+// One block per row: out = sum_c e^(m_c - M) O_c / sum_c e^(m_c - M) l_c.
+__global__ void MergeChunksKernel(const float* partial, const float* chunk_max, const float* chunk_sum, int64_t rows,
+                                  int64_t chunks, int64_t value_dim, float* out) {
+  const int64_t row = blockIdx.x;
+  float m = -INFINITY;
+  for (int64_t c = 0; c < chunks; ++c) m = fmaxf(m, chunk_max[c * rows + row]);
+  float total = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float cm = chunk_max[c * rows + row];
+    if (cm > -INFINITY) total += expf(cm - m) * chunk_sum[c * rows + row];
+  }
+  for (int64_t d = threadIdx.x; d < value_dim; d += blockDim.x) {
+    float acc = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float cm = chunk_max[c * rows + row];
+      if (cm > -INFINITY) acc += expf(cm - m) * partial[(c * rows + row) * value_dim + d];
+    }
+    out[row * value_dim + d] = acc / total;
+  }
+}
+
 }  // namespace
 
 void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
@@ -100,7 +160,15 @@ void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const La
   const int64_t key_tile = std::min(keys_total, std::max(kKeyTile, kScoreBytes / (rows * 6) / 256 * 256));
   const int64_t ld = (key_tile + 7) / 8 * 8;  // leading dimension of scores/probabilities: 16-byte rows
   auto* q16 = static_cast<__half*>(Scratch(0, static_cast<size_t>(rows * width) * 2));
-  auto* keys = static_cast<__half*>(Scratch(1, static_cast<size_t>(keys_total * width) * 2));
+  // The decode path reads whole chunks of keys: pad to a chunk, padding zeroed (its
+  // probabilities are 0, and 0 * garbage could be NaN).
+  const int64_t key_rows = rows <= kDecodeMaxRows ? (keys_total + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk
+                                                  : keys_total;
+  auto* keys = static_cast<__half*>(Scratch(1, static_cast<size_t>(key_rows * width) * 2));
+  if (key_rows > keys_total) {
+    CUDA_OK(cudaMemsetAsync(keys + keys_total * width, 0, static_cast<size_t>((key_rows - keys_total) * width) * 2,
+                            stream_));
+  }
   auto* pages = static_cast<int32_t*>(UploadScratch(3, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
   const float* q_first = DevF32(q) + seq.first_token * heads * width;
   float* out_first = DevF32(out) + seq.first_token * heads * value_dim;
@@ -115,6 +183,10 @@ void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const La
                                                                            pool.ne[1], pages, width, keys_total, keys);
   }
   LAUNCH_OK();
+  if (rows <= kDecodeMaxRows) {
+    MlaDecodeChunks(q16, keys, keys_total, width, heads, rows, seq.cached_tokens, scale, value_dim, out_first);
+    return;
+  }
   CUDA_OK(cudaMemsetAsync(out_first, 0, static_cast<size_t>(rows * value_dim) * 4, stream_));
   // Query tiles bounded so one tile of scores fits the budget.
   const int64_t query_tokens = std::max<int64_t>(1, std::min<int64_t>(n, kScoreBytes / (ld * heads * 6)));
@@ -150,6 +222,43 @@ void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const La
     }
   }
   NormaliseKernel<<<Blocks(rows * value_dim, 256), 256, 0, stream_>>>(out_first, row_sum, rows, value_dim);
+  LAUNCH_OK();
+}
+
+}  // namespace latentserve::kernels::cuda
+
+namespace latentserve::kernels::cuda {
+
+void CudaBackend::MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width,
+                                  int64_t heads, int64_t rows, int64_t first_position, float scale, int64_t value_dim,
+                                  float* out) {
+  const int64_t chunks = (keys_total + kDecodeChunk - 1) / kDecodeChunk;
+  const int64_t ld = chunks * kDecodeChunk;
+  auto* scores = static_cast<float*>(Scratch(2, static_cast<size_t>(rows * ld) * 4));
+  auto* probs = static_cast<__half*>(Scratch(5, static_cast<size_t>(rows * ld) * 2));
+  auto* stats = static_cast<float*>(Scratch(6, static_cast<size_t>(chunks * rows) * 8));
+  auto* partial = static_cast<float*>(Scratch(7, static_cast<size_t>(chunks * rows * value_dim) * 4));
+  float* chunk_max = stats;
+  float* chunk_sum = stats + chunks * rows;
+  const float one = 1.0f, zero = 0.0f;
+  // S (row-major [rows x keys], ld) = Q . K^T; column-major: S^T = K . Q^T.
+  CUBLAS_OK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(keys_total), static_cast<int>(rows),
+                         static_cast<int>(width), &one, keys, CUDA_R_16F, static_cast<int>(width), q16, CUDA_R_16F,
+                         static_cast<int>(width), &zero, scores, CUDA_R_32F, static_cast<int>(ld), CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+  ChunkSoftmaxKernel<<<Blocks(rows * chunks * 32, 256), 256, 0, stream_>>>(scores, rows, heads, chunks, ld,
+                                                                          first_position, scale, probs, chunk_max,
+                                                                          chunk_sum);
+  LAUNCH_OK();
+  // Per chunk c: O_c (row-major [rows x R]) = P_c . V_c; column-major: O_c^T = V_c^T . P_c^T,
+  // V_c^T = the first R rows of the column-major view of the chunk's keys.
+  CUBLAS_OK(cublasGemmStridedBatchedEx(
+      cublas_, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(value_dim), static_cast<int>(rows),
+      static_cast<int>(kDecodeChunk), &one, keys, CUDA_R_16F, static_cast<int>(width), kDecodeChunk * width, probs,
+      CUDA_R_16F, static_cast<int>(ld), kDecodeChunk, &zero, partial, CUDA_R_32F, static_cast<int>(value_dim),
+      rows * value_dim, static_cast<int>(chunks), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  MergeChunksKernel<<<static_cast<unsigned>(rows), 256, 0, stream_>>>(partial, chunk_max, chunk_sum, rows, chunks,
+                                                                     value_dim, out);
   LAUNCH_OK();
 }
 

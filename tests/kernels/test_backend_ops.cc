@@ -244,10 +244,13 @@ TEST_F(BackendOps, LatentStoreAndMlaAttentionAllCacheTypes) {
   }
 }
 
-TEST_F(BackendOps, MlaDecodeLongContextAllHeads) {
+class MlaDecodeContexts : public BackendOps, public ::testing::WithParamInterface<int64_t> {};
+
+TEST_P(MlaDecodeContexts, LongContextAllHeads) {
   // The real model's decode shape: 32 heads, latent 576, value 512, thousands of cached rows
-  // (the split-KV path), batch of two sequences of different lengths.
-  const int64_t width = 576, value_dim = 512, heads = 32, page = 64, cached0 = 5000, cached1 = 77;
+  // (the chunked flash-decoding path: a partial last chunk, or keys filling whole chunks),
+  // batch of two sequences of different lengths.
+  const int64_t width = 576, value_dim = 512, heads = 32, page = 64, cached0 = GetParam(), cached1 = 77;
   const int64_t pages = (cached0 + 1 + page - 1) / page + (cached1 + 1 + page - 1) / page;
   auto pool = Make(DType::kF16, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
   std::vector<int32_t> table0, table1;
@@ -266,8 +269,11 @@ TEST_F(BackendOps, MlaDecodeLongContextAllHeads) {
   auto out = Poisoned({value_dim, heads, 2, 1});
   cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
   gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
-  Expect(out, 1e-5, "MlaAttention decode 32 heads x 5000 ctx (f16 GEMMs)");
+  Expect(out, 1e-5, "MlaAttention decode 32 heads x " + std::to_string(cached0 + 1) + " keys (f16 GEMMs)");
 }
+
+// 5,001 keys: a partial last chunk; 2,048: whole chunks; 40,000: many chunks.
+INSTANTIATE_TEST_SUITE_P(Keys, MlaDecodeContexts, ::testing::Values(5000, 2047, 39999));
 
 TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
   // A prefill chunk (> 64 new tokens) over a cached prefix spanning several key tiles takes
