@@ -66,3 +66,13 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   (cd "$k8s" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$want" > "$stamp"
 fi
+
+# buf, for `buf lint` of proto/ (the ctest proto_lint).
+buf=proto
+stamp=$buf/node_modules/.latentserve-lock.sha256
+want=$(sha256sum "$buf/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "install_deps: npm ci in $buf"
+  (cd "$buf" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi
