@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "client/health_check.h"
 #include "common/args.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
@@ -68,7 +69,8 @@ struct ProcessSecurity {
 };
 
 // Flags every serving subcommand accepts (beyond its own).
-const std::set<std::string> kCommonFlags = {"metrics-listen", "tls-cert", "tls-key", "tls-ca", "max-message-bytes"};
+const std::set<std::string> kCommonFlags = {"metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca",
+                                            "max-message-bytes"};
 
 std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
   flags.insert(kCommonFlags.begin(), kCommonFlags.end());
@@ -161,6 +163,19 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   return out;
 }
 
+// --health-listen HOST:PORT: grpc.health.v1 alone, in plaintext, for probes that cannot
+// speak TLS (kubelet's gRPC probes). It says what the serving port's health service says:
+// SERVING once listening, NOT_SERVING from the start of a drain. Empty when not asked for.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealth(const Args& args) {
+  if (!args.Has("health-listen")) return std::unique_ptr<grpc::Server>();
+  ProcessSecurity plaintext;
+  plaintext.server_credentials = grpc::InsecureServerCredentials();
+  ASSIGN_OR_RETURN(Listening health, StartServer(args.Get("health-listen"), {}, plaintext));
+  std::printf("health on %s\n", health.address.c_str());
+  std::fflush(stdout);
+  return std::move(health.server);
+}
+
 absl::Status Announce(const Args& args, const std::string& address) {
   std::printf("listening on %s\n", address.c_str());
   std::fflush(stdout);
@@ -177,6 +192,11 @@ absl::Status Announce(const Args& args, const std::string& address) {
     }
   }
   return absl::OkStatus();
+}
+
+std::vector<grpc::Server*> WithHealth(std::vector<grpc::Server*> servers, const std::unique_ptr<grpc::Server>& health) {
+  if (health) servers.push_back(health.get());
+  return servers;
 }
 
 // Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
@@ -264,12 +284,13 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   auto info = [&] { return role.info(address); };
   WorkerStatsService stats(role.name, loaded.descriptor, info);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddCacheGauges(metrics.get(), role.name, info);
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::WorkerAnnouncer announcer(router_address, address, role.name, loaded.descriptor, info);
-  ServeUntilSignal(signals, {server.server.get()}, role.start_drain, absl::Milliseconds(drain_ms));
+  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
 
@@ -371,10 +392,12 @@ absl::Status RunRouter(int argc, char** argv) {
   router::GenerationService generation(state);
   router::RegistryService registry(state);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
-  ServeUntilSignal(signals, {server.server.get()}, [&] { state.StartDrain(); }, absl::Milliseconds(drain_ms));
+  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
+                   absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
 
@@ -423,6 +446,7 @@ absl::Status RunServe(int argc, char** argv) {
   router::GenerationService generation(state);
   router::RegistryService registry(state);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddRouterGauges(metrics.get(), state);
   AddCacheGauges(metrics.get(), "prefill", [&] { return prefill_service.Info(prefill_address); });
@@ -434,7 +458,7 @@ absl::Status RunServe(int argc, char** argv) {
   }
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(
-      signals, {server.server.get(), prefill_server.server.get(), decode_server.server.get()},
+      signals, WithHealth({server.server.get(), prefill_server.server.get(), decode_server.server.get()}, health),
       [&] {
         state.StartDrain();
         prefill_worker.StartDrain();
@@ -642,6 +666,24 @@ int RunClientStats(const Args& args) {
   return 0;
 }
 
+// grpc.health.v1 Check, like grpc_health_probe: prints {"status":"SERVING"}; exit 0 only
+// when SERVING.
+int RunClientHealth(const Args& args) {
+  auto tls = serving::TlsFilesFromArgs(args);
+  if (!tls.ok()) return ClientError(tls.status(), true);
+  auto credentials = serving::MakeChannelCredentials(*tls);
+  if (!credentials.ok()) return ClientError(credentials.status(), true);
+  auto timeout_ms = args.GetInt("timeout-ms", 5000);
+  if (!timeout_ms.ok() || *timeout_ms <= 0) {
+    return ClientError(absl::InvalidArgumentError("--timeout-ms must be a positive integer"), true);
+  }
+  auto status = client::CheckHealth(args.Get("target"), *credentials, args.Get("service"),
+                                    absl::Milliseconds(*timeout_ms));
+  if (!status.ok()) return ClientError(status.status(), true);
+  std::printf("{\"status\":\"%s\"}\n", status->c_str());
+  return *status == "SERVING" ? 0 : 1;
+}
+
 int RunClientTokenize(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   v1::TokenizeRequest request;
@@ -667,6 +709,7 @@ int RunClient(int argc, char** argv) {
       "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
       "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
       "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
+      "       latentserve client health --target HOST:PORT [--service NAME] (grpc.health.v1; exit 0 when SERVING)\n"
       "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
   if (argc < 1) {
     std::fputs(kUsage, stderr);
@@ -677,7 +720,7 @@ int RunClient(int argc, char** argv) {
                           {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
-                           "tls-cert", "tls-key", "auth-token-file"},
+                           "tls-cert", "tls-key", "auth-token-file", "service"},
                           {"json", "ignore-eos"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
@@ -690,6 +733,7 @@ int RunClient(int argc, char** argv) {
   if (verb == "generate") return RunClientGenerate(*args);
   if (verb == "info") return RunClientInfo(*args);
   if (verb == "stats") return RunClientStats(*args);
+  if (verb == "health") return RunClientHealth(*args);
   if (verb == "tokenize") return RunClientTokenize(*args);
   std::fprintf(stderr, "latentserve client: unknown verb '%s'\n%s", verb.c_str(), kUsage);
   return 2;

@@ -131,7 +131,8 @@ class Security(unittest.TestCase):
         cls.cluster = SecureCluster(
             "tls", serve=True, client_flags=[*cls.client_tls, "--auth-token-file", p["token"]],
             router_flags=[*cls.server_tls, "--auth-token-file", p["token"], "--max-streams-per-client", "1",
-                          "--max-prompt-tokens", "4096", "--metrics-listen", "127.0.0.1:0"])
+                          "--max-prompt-tokens", "4096", "--metrics-listen", "127.0.0.1:0",
+                          "--health-listen", "127.0.0.1:0"])
 
     @classmethod
     def tearDownClass(cls):
@@ -148,6 +149,25 @@ class Security(unittest.TestCase):
         self.assertEqual(r["rc"], 0, r)
         self.assertEqual(len(r["token_ids"]), 5)
         self.cluster.assert_baseline(self)
+
+    def health(self, target, flags=()):
+        done = subprocess.run([ts.BIN, "client", "health", "--target", target, *flags], capture_output=True,
+                              text=True, timeout=30)
+        return done.returncode, ts.json.loads(done.stdout.strip().splitlines()[-1])
+
+    def test_plaintext_health_port_for_probes(self):
+        # kubelet's gRPC probes cannot speak TLS: --health-listen serves grpc.health.v1 alone
+        # in plaintext, while the serving port accepts only TLS.
+        log = os.path.join(self.cluster.dir, "serve.log")
+        health = ts.wait_for(lambda: re.search(r"health on (\S+)", read(log)), 10, "the health port").group(1)
+        self.assertEqual(self.health(health), (0, {"status": "SERVING"}))
+        self.assertEqual(self.health(self.cluster.router, self.client_tls), (0, {"status": "SERVING"}))
+        rc, out = self.health(self.cluster.router)  # plaintext to the TLS port
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(out["error"]["code"], "UNAVAILABLE")
+        rc, out = self.health(health, ["--service", "no.such.Service"])
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(out["error"]["code"], "NOT_FOUND")
 
     def test_client_without_ca_fails(self):
         r = self.call(["--auth-token-file", self.pki["token"]])  # plaintext to a TLS port
