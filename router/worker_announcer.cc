@@ -8,9 +8,10 @@
 namespace latentserve::router {
 
 WorkerAnnouncer::WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
-                                 v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats)
+                                 v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
+                                 std::string tls_name)
     : router_address_(std::move(router_address)), worker_address_(std::move(worker_address)), role_(std::move(role)),
-      model_(std::move(model)), stats_(std::move(stats)) {
+      tls_name_(std::move(tls_name)), model_(std::move(model)), stats_(std::move(stats)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -24,7 +25,10 @@ WorkerAnnouncer::~WorkerAnnouncer() {
 }
 
 void WorkerAnnouncer::Loop() {
-  auto stub = v1::WorkerRegistry::NewStub(grpc::CreateChannel(router_address_, serving::InternalChannelCredentials()));
+  grpc::ChannelArguments args;
+  if (!tls_name_.empty()) args.SetSslTargetNameOverride(tls_name_);
+  auto stub = v1::WorkerRegistry::NewStub(
+      grpc::CreateCustomChannel(router_address_, serving::InternalChannelCredentials(), args));
   bool registered = false;
   std::string last_error;
   std::unique_lock<std::mutex> lock(mu_);

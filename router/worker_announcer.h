@@ -14,14 +14,15 @@ namespace latentserve::router {
 
 class WorkerAnnouncer {
  public:
-  // `stats` is called from the announcer's thread.
+  // `stats` is called from the announcer's thread. `tls_name` (may be empty): the name the
+  // router's certificate must carry when `router_address` is a bare IP.
   WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
-                  v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats);
+                  v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats, std::string tls_name = "");
   ~WorkerAnnouncer();
 
  private:
   void Loop();
-  const std::string router_address_, worker_address_, role_;
+  const std::string router_address_, worker_address_, role_, tls_name_;
   const v1::ModelDescriptor model_;
   const std::function<v1::WorkerInfo()> stats_;
   std::mutex mu_;

@@ -108,11 +108,13 @@ void WorkerRegistry::ReleaseDecode(const std::string& address) {
 
 std::optional<std::string> WorkerRegistry::ClaimPrefill(double cost, const std::set<std::string>& exclude) {
   std::lock_guard<std::mutex> lock(mu_);
+  // This router's own cost is current; the worker's reported cost (polled) also covers the
+  // jobs of other router replicas. The larger of the two is the load.
+  const auto load = [](const WorkerEntry& e) { return std::max(e.inflight_cost, e.stats.outstanding_cost()); };
   WorkerEntry* best = nullptr;
   for (auto& [address, entry] : workers_) {
     if (entry.role != "prefill" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
-    if (!best || entry.inflight_cost < best->inflight_cost ||
-        (entry.inflight_cost == best->inflight_cost && entry.last_placed < best->last_placed)) {
+    if (!best || load(entry) < load(*best) || (load(entry) == load(*best) && entry.last_placed < best->last_placed)) {
       best = &entry;
     }
   }

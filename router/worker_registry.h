@@ -53,8 +53,8 @@ class WorkerRegistry {
   // has placed there, then the most free cache tokens (polled), then the least recently placed.
   std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude);
   void ReleaseDecode(const std::string& address);
-  // Prefill: the least outstanding cost (sum of prompt_tokens^2 of running jobs), then the
-  // least recently placed.
+  // Prefill: the least outstanding cost (sum of prompt_tokens^2 of running jobs: this
+  // router's, or the worker's polled total when larger), then the least recently placed.
   std::optional<std::string> ClaimPrefill(double cost, const std::set<std::string>& exclude);
   void ReleasePrefill(const std::string& address, double cost);
 

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/health_check.h"
@@ -29,8 +30,8 @@
 #include "common/status.h"
 #include "decode/decode_service.h"
 #include "prefill/prefill_service.h"
+#include "router/announcer_set.h"
 #include "router/generation_service.h"
-#include "router/worker_announcer.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
 #include "tools/cli.h"
@@ -236,7 +237,7 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
 
 // ---- worker roles ----
 
-const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "model", "port-file", "advertise",
+const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "routers-dns", "model", "port-file", "advertise",
                                                              "threads", "cache-type", "page-tokens", "cache-tokens",
                                                              "chunk", "backend", "drain-ms",
                                                              "fault-stall-transfer-ms"});
@@ -273,12 +274,32 @@ struct WorkerRole {
   std::function<void()> start_drain;                          // stop taking work (SIGTERM)
 };
 
+// --router A[,B...] (each router replica by address) and/or --routers-dns HOST:PORT (every
+// address HOST resolves to: a headless Service of router replicas). At least one is needed.
+absl::StatusOr<std::vector<std::string>> RoutersFromArgs(const Args& args) {
+  std::vector<std::string> routers;
+  for (absl::string_view r : absl::StrSplit(args.Get("router"), ',', absl::SkipWhitespace())) {
+    routers.emplace_back(absl::StripAsciiWhitespace(r));
+  }
+  if (args.Has("routers-dns")) {
+    const std::string dns = args.Get("routers-dns");
+    const size_t colon = dns.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == dns.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("--routers-dns must be HOST:PORT, got '", dns, "'"));
+    }
+  }
+  if (routers.empty() && !args.Has("routers-dns")) {
+    return absl::InvalidArgumentError("--router HOST:PORT[,HOST:PORT...] or --routers-dns HOST:PORT is required");
+  }
+  return routers;
+}
+
 // Serves a worker role until SIGTERM/SIGINT: its service and WorkerStats on --listen, metrics,
 // and registration + heartbeats with the router.
 absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine& loaded,
                          const ProcessSecurity& security, const WorkerRole& role) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
-  ASSIGN_OR_RETURN(std::string router_address, args.Require("router"));
+  ASSIGN_OR_RETURN(std::vector<std::string> routers, RoutersFromArgs(args));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   std::string address;
   auto info = [&] { return role.info(address); };
@@ -289,7 +310,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   AddCacheGauges(metrics.get(), role.name, info);
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
-  router::WorkerAnnouncer announcer(router_address, address, role.name, loaded.descriptor, info);
+  router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
   ServeUntilSignal(signals, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
@@ -298,7 +319,7 @@ absl::Status RunPrefill(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
   RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
-  RETURN_IF_ERROR(args.Require("router").status());
+  RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
@@ -320,7 +341,7 @@ absl::Status RunDecode(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
   RETURN_IF_ERROR(args.Require("listen").status());
-  RETURN_IF_ERROR(args.Require("router").status());
+  RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());

@@ -273,6 +273,34 @@ class ScaledDeployment(unittest.TestCase):
             c.stop()
 
 
+class RouterReplicas(unittest.TestCase):
+    def test_workers_register_with_every_router_and_one_survives_the_other(self):
+        c = Cluster("replicas", prefill=0, decode=0)
+        try:
+            first = c.router
+            second = c._start("router2", ["router", "--listen", "127.0.0.1:0"])
+            for role in ("prefill", "decode"):
+                c._start(role, [role, "--listen", "127.0.0.1:0", "--router", f"{first},{second}", "--model", MODEL,
+                                "--chunk", CHUNK, "--threads", THREADS])
+            for router in (first, second):
+                c.router = router
+                wait_for(lambda: c.alive_count() == 2, 30, f"router {router} to see both workers")
+            ids = prompt(150, 21)
+            for router in (first, second):
+                c.router = router
+                r = c.generate(ids, max_tokens=4)
+                self.assertEqual(r.get("error"), None, r)
+                self.assertEqual(r["token_ids"], reference_greedy(ids, 4))
+            c.baseline = c.snapshot()
+            c.kill("router")  # the first replica dies; the second keeps serving
+            r = c.generate(ids, max_tokens=4)
+            self.assertEqual(r.get("error"), None, r)
+            self.assertEqual(r["token_ids"], reference_greedy(ids, 4))
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+
 class Faults(unittest.TestCase):
     def busy_worker(self, c, role):
         def find():
