@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 #include "transfer/grpc_status.h"
 
 namespace latentserve::client {
@@ -61,35 +62,22 @@ absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequ
 }
 
 absl::StatusOr<v1::GetModelInfoResponse> GenerationClient::GetModelInfo(absl::Duration timeout) {
-  grpc::ClientContext context;
-  Authorize(context);
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  v1::GetModelInfoRequest request;
   v1::GetModelInfoResponse response;
-  grpc::Status status = stub_->GetModelInfo(&context, request, &response);
-  if (!status.ok()) return transfer::FromGrpc(status);
+  RETURN_IF_ERROR(Call(&v1::Generation::Stub::GetModelInfo, *stub_, v1::GetModelInfoRequest(), &response, timeout));
   return response;
 }
 
 absl::StatusOr<v1::GetWorkerStatsResponse> GenerationClient::GetWorkerStats(absl::Duration timeout) {
-  grpc::ClientContext context;
-  Authorize(context);
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  v1::GetWorkerStatsRequest request;
   v1::GetWorkerStatsResponse response;
-  grpc::Status status = stats_stub_->GetWorkerStats(&context, request, &response);
-  if (!status.ok()) return transfer::FromGrpc(status);
+  RETURN_IF_ERROR(
+      Call(&v1::WorkerStats::Stub::GetWorkerStats, *stats_stub_, v1::GetWorkerStatsRequest(), &response, timeout));
   return response;
 }
 
 absl::StatusOr<std::vector<int32_t>> GenerationClient::Tokenize(const v1::TokenizeRequest& request,
                                                                 absl::Duration timeout) {
-  grpc::ClientContext context;
-  Authorize(context);
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::TokenizeResponse response;
-  grpc::Status status = stub_->Tokenize(&context, request, &response);
-  if (!status.ok()) return transfer::FromGrpc(status);
+  RETURN_IF_ERROR(Call(&v1::Generation::Stub::Tokenize, *stub_, request, &response, timeout));
   return std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end());
 }
 

@@ -8,9 +8,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
 #include "latentserve/v1/worker.grpc.pb.h"
+#include "transfer/grpc_status.h"
 
 namespace latentserve::client {
 
@@ -45,6 +47,16 @@ class GenerationClient {
 
  private:
   void Authorize(grpc::ClientContext& context) const;
+  // One unary call with the token and a deadline `timeout` from now.
+  template <typename Stub, typename Request, typename Response>
+  absl::Status Call(grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*), Stub& stub,
+                    const Request& request, Response* response, absl::Duration timeout) const {
+    grpc::ClientContext context;
+    Authorize(context);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    grpc::Status status = (stub.*method)(&context, request, response);
+    return status.ok() ? absl::OkStatus() : transfer::FromGrpc(status);
+  }
   std::unique_ptr<v1::Generation::Stub> stub_;
   std::unique_ptr<v1::WorkerStats::Stub> stats_stub_;
   std::string bearer_token_;

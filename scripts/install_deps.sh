@@ -45,34 +45,24 @@ if ((node_major < 20)); then
   exit 1
 fi
 
+# `npm ci` in a folder, only when its lockfile changed since the last install there.
+npm_ci_once() {
+  local dir=$1; shift
+  local stamp=$dir/node_modules/.latentserve-lock.sha256
+  local want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+    echo "install_deps: npm ci in $dir"
+    (cd "$dir" && npm ci "$@" --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+}
+
 # The reference harness. --omit=optional keeps only the CPU prebuilt of llama.cpp
 # (@node-llama-cpp/linux-x64, a direct dependency): ~106 MB instead of ~770 MB with the
 # CUDA and Vulkan builds, which the harness never loads (gpu: false).
-ref=tests/reference
-stamp=$ref/node_modules/.latentserve-lock.sha256
-want=$(sha256sum "$ref/package-lock.json" | cut -d' ' -f1)
-if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
-  echo "install_deps: npm ci in $ref"
-  (cd "$ref" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
-fi
-
+npm_ci_once tests/reference --omit=optional
 # The Kubernetes manifest validator (k8s/validate: kubernetes-models schemas, dockerfilelint).
-k8s=k8s/validate
-stamp=$k8s/node_modules/.latentserve-lock.sha256
-want=$(sha256sum "$k8s/package-lock.json" | cut -d' ' -f1)
-if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
-  echo "install_deps: npm ci in $k8s"
-  (cd "$k8s" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
-fi
-
+npm_ci_once k8s/validate
 # buf, for `buf lint` of proto/ (the ctest proto_lint).
-buf=proto
-stamp=$buf/node_modules/.latentserve-lock.sha256
-want=$(sha256sum "$buf/package-lock.json" | cut -d' ' -f1)
-if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
-  echo "install_deps: npm ci in $buf"
-  (cd "$buf" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
-fi
+npm_ci_once proto
