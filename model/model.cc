@@ -156,8 +156,9 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
 
   // Optional profiling: charge the time since the last mark to one part.
   auto last_mark = std::chrono::steady_clock::now();
+  const auto forward_start = last_mark;
   auto mark = [&](double ForwardProfile::*part) {
-    if (options.profile == nullptr) return;
+    if (options.profile == nullptr || !options.profile_parts) return;
     backend_.Synchronize();
     const auto now = std::chrono::steady_clock::now();
     options.profile->*part += std::chrono::duration<double>(now - last_mark).count();
@@ -203,7 +204,13 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   ASSIGN_OR_RETURN(Tensor logits, ctx.F32({c.vocab, m, 1, 1}));
   backend_.MatMul(weights_.output, selected, logits);
   std::vector<float> host(static_cast<size_t>(c.vocab * m));
+  const auto issued = std::chrono::steady_clock::now();
   backend_.Download(logits, host.data(), host.size() * sizeof(float));
+  if (options.profile) {
+    const auto downloaded = std::chrono::steady_clock::now();
+    options.profile->enqueue += std::chrono::duration<double>(issued - forward_start).count();
+    options.profile->wait += std::chrono::duration<double>(downloaded - issued).count();
+  }
   mark(&ForwardProfile::head);
   return host;
 }

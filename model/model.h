@@ -31,13 +31,19 @@ struct BatchEntry {
 // Seconds spent per part of the forward pass (host clock around Synchronize()). Filling it
 // synchronises after every part, so it is for diagnosis only, never for serving.
 struct ForwardProfile {
+  // Per part, with a device synchronise at each boundary (only when `parts` is on).
   double embed = 0, kda = 0, mla = 0, ffn_dense = 0, moe = 0, norms = 0, head = 0;
+  // Host time to issue the whole forward up to the logits download, then the time spent
+  // waiting in that download for the device to finish. wait ~ 0: the host is the bottleneck
+  // (launch overhead); enqueue small and wait large: the device is.
+  double enqueue = 0, wait = 0;
   int64_t forwards = 0;
 };
 
 struct ForwardOptions {
   int64_t kda_chunk_tokens = 64;  // chunked KDA when a sequence has > 1 new token; 0 = recurrence
-  ForwardProfile* profile = nullptr;  // when set, time each part
+  ForwardProfile* profile = nullptr;  // when set, time the forward
+  bool profile_parts = true;          // ... and each part (synchronising between them)
 };
 
 class Model {

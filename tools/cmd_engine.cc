@@ -75,7 +75,7 @@ absl::Status RunGenerate(int argc, char** argv) {
   std::set<std::string> known = kEngineFlags;
   known.insert({"prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens", "temperature", "top-k",
                 "top-p", "min-p", "seed"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"ignore-eos", "ids", "profile"}));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"ignore-eos", "ids", "profile", "profile-overlap"}));
   const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
   std::string prompt_text = args.Get("prompt");
   if (args.Has("prompt-file")) {
@@ -124,9 +124,13 @@ absl::Status RunGenerate(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   model::ForwardProfile prefill_profile, decode_profile;
   model::ForwardOptions prefill_options, decode_options;
-  if (args.Has("profile")) {
+  const bool profile = args.Has("profile") || args.Has("profile-overlap");
+  if (profile) {
     prefill_options.profile = &prefill_profile;
     decode_options.profile = &decode_profile;
+    // --profile-overlap: no synchronise between parts, so the host runs ahead as it does
+    // normally; only the enqueue / wait split is measured.
+    prefill_options.profile_parts = decode_options.profile_parts = !args.Has("profile-overlap");
   }
   ASSIGN_OR_RETURN(std::vector<float> logits,
                    m.Prefill(*sequence, prompt, *engine.cache, engine.chunk_tokens, false, nullptr, prefill_options));
@@ -161,15 +165,16 @@ absl::Status RunGenerate(int argc, char** argv) {
   std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens, decode %.1f tok/s\n", prompt.size(),
                prefill_s, prompt.size() / prefill_s, static_cast<long long>(produced),
                generated > 0 ? generated / decode_s : 0.0);
-  if (args.Has("profile")) {
+  if (profile) {
     for (auto [name, p] : {std::pair<const char*, model::ForwardProfile*>{"prefill", &prefill_profile},
                            {"decode", &decode_profile}}) {
       const double per = p->forwards ? 1e3 / p->forwards : 0;
       std::fprintf(stderr,
                    "{\"profile\":\"%s\",\"forwards\":%lld,\"ms_per_forward\":{\"embed\":%.3f,\"norms\":%.3f,"
-                   "\"kda\":%.3f,\"mla\":%.3f,\"ffn_dense\":%.3f,\"moe\":%.3f,\"head\":%.3f}}\n",
+                   "\"kda\":%.3f,\"mla\":%.3f,\"ffn_dense\":%.3f,\"moe\":%.3f,\"head\":%.3f,\"enqueue\":%.3f,"
+                   "\"wait\":%.3f}}\n",
                    name, static_cast<long long>(p->forwards), p->embed * per, p->norms * per, p->kda * per,
-                   p->mla * per, p->ffn_dense * per, p->moe * per, p->head * per);
+                   p->mla * per, p->ffn_dense * per, p->moe * per, p->head * per, p->enqueue * per, p->wait * per);
     }
   }
   m.ResetSequence(*sequence, *engine.cache);
