@@ -5,8 +5,10 @@
 //  2. strict fields: no field the schema does not define (what `kubectl apply` rejects with
 //     --validate=strict): the schema validator runs on a proxy that records every field it
 //     looks at; a field it never read is not in the schema;
-//  3. latentserve's deployment rules (restricted pod security, gRPC probes, drain within the
-//     grace period, $(VAR) references that resolve, a PDB per Deployment, NetworkPolicy shape).
+//  3. latentserve's deployment rules (restricted pod security, gRPC probes on the port that
+//     serves grpc.health in plaintext, drain within the grace period, $(VAR) references that
+//     resolve, TLS/token files on read-only Secret volumes, workers under TLS advertising a DNS
+//     name a certificate can carry, a PDB per Deployment, NetworkPolicy shape, namespaces).
 // Before that, each check must reject a deliberately broken object (a validator that accepts
 // everything fails here), and the Dockerfile at the repository root is linted (dockerfilelint).
 // Exit status 0 only when everything passes. Usage: node k8s/validate/validate.mjs
@@ -177,6 +179,89 @@ function flagValue(args, name) {
   return undefined;
 }
 
+// "0.0.0.0:50051" -> 50051; undefined when there is no numeric port.
+function portOf(address) {
+  if (address == null) return undefined;
+  const m = /:(\d+)$/.exec(String(address));
+  return m ? Number(m[1]) : undefined;
+}
+
+const SERVING_ROLES = ["router", "prefill", "decode", "serve"];
+// Flags naming files the process reads at start (TLS: also re-read while running).
+const FILE_FLAGS = ["tls-cert", "tls-key", "tls-ca", "auth-token-file"];
+const CLUSTER_SCOPED = new Set(["Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
+  "CustomResourceDefinition", "PriorityClass", "RuntimeClass", "IngressClass", "ValidatingWebhookConfiguration",
+  "MutatingWebhookConfiguration"]);
+
+// The script of a `command: [/bin/sh, -c, SCRIPT, ...]` wrapper, else undefined.
+function shellScript(c) {
+  const cmd = c.command ?? [];
+  return /^(\/bin\/|\/usr\/bin\/)?(sh|bash|dash)$/.test(String(cmd[0] ?? "")) && cmd[1] === "-c" ? String(cmd[2] ?? "") : undefined;
+}
+
+// The flags the server gets: its args, plus any --flag=value a shell wrapper appends.
+function effectiveArgs(c) {
+  const args = (c.args ?? []).map(String);
+  const script = shellScript(c);
+  if (script === undefined) return args;
+  const extra = [];
+  for (const m of script.matchAll(/(?:^|\s)--([a-z][a-z0-9-]*)=("(\$\$?\([^)]*\)|[^"\\]|\\.)*"|'[^']*'|\S+)/g)) {
+    extra.push(`--${m[1]}=${m[2].replace(/^(["'])(.*)\1$/s, "$2")}`);
+  }
+  return [...args, ...extra];
+}
+
+// Replaces each $(VAR) with its value from the container's env (literal values) or envFrom
+// ConfigMaps; leaves unknown references (and fieldRef values) as they are.
+function expandVars(text, c, configMaps) {
+  const values = new Map();
+  for (const from of c.envFrom ?? []) {
+    const cm = configMaps.find((m) => m.metadata?.name === from.configMapRef?.name);
+    for (const [k, v] of Object.entries(cm?.data ?? {})) values.set((from.prefix ?? "") + k, v);
+  }
+  for (const e of c.env ?? []) if (e.value !== undefined) values.set(e.name, e.value);
+  return String(text).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (all, name) => (values.has(name) ? values.get(name) : all));
+}
+
+// Ports that serve only grpc.health.v1 in plaintext (--health-listen) in this render.
+function healthPorts(all) {
+  const ports = new Set();
+  for (const o of all) {
+    for (const c of podSpecOf(o)?.containers ?? []) {
+      const port = portOf(flagValue(effectiveArgs(c), "health-listen"));
+      if (port !== undefined) ports.add(port);
+    }
+  }
+  return ports;
+}
+
+// A file named by a flag must come from a read-only, whole-directory Secret volume of the pod:
+// a file baked into the image or a Secret that is not mounted fails at start; a subPath mount
+// never sees a rotated Secret.
+function secretFileErrors(c, pod, flag, file) {
+  const errors = [];
+  const where = `container ${c.name}: --${flag}=${file}`;
+  const mounts = (c.volumeMounts ?? []).filter((m) => file === m.mountPath || file.startsWith(`${m.mountPath.replace(/\/$/, "")}/`));
+  mounts.sort((a, b) => b.mountPath.length - a.mountPath.length);
+  const mount = mounts[0];
+  if (!mount) return [`${where} is not under any volumeMount of the container (mount the Secret that holds it)`];
+  const volume = (pod.volumes ?? []).find((v) => v.name === mount.name);
+  if (!volume) return [`${where}: volumeMount '${mount.name}' names no volume of the pod`];
+  const secrets = volume.secret ? [volume.secret] : (volume.projected?.sources ?? []).map((s) => s.secret).filter(Boolean);
+  if (secrets.length === 0) errors.push(`${where}: volume '${volume.name}' is not a Secret (credentials belong in a Secret)`);
+  if (secrets.some((sec) => sec.optional === true)) errors.push(`${where}: Secret volume '${volume.name}' is optional: the process would start without its file`);
+  if (mount.readOnly !== true) errors.push(`${where}: volumeMount '${mount.name}' must be readOnly`);
+  if (mount.subPath || mount.subPathExpr) errors.push(`${where}: volumeMount '${mount.name}' uses subPath, which never sees a rotated Secret`);
+  const rel = file.slice(mount.mountPath.replace(/\/$/, "").length + 1);
+  if (volume.secret?.items && !volume.secret.items.some((i) => i.path === rel)) {
+    errors.push(`${where}: Secret volume '${volume.name}' lists items, none with path '${rel}'`);
+  }
+  if (volume.projected && secrets.length && !secrets.some((sec) => !sec.items || sec.items.some((i) => i.path === rel))) {
+    errors.push(`${where}: no Secret source of projected volume '${volume.name}' provides '${rel}'`);
+  }
+  return errors;
+}
+
 function ruleErrors(obj, all) {
   const errors = [];
   const add = (m) => errors.push(`rule: ${m}`);
@@ -187,12 +272,18 @@ function ruleErrors(obj, all) {
   if (obj.kind === "Service" && obj.spec?.type && obj.spec.type !== "ClusterIP") {
     add(`Service type ${obj.spec.type}: expose the router through your ingress, not a node port / load balancer here`);
   }
+  if (!CLUSTER_SCOPED.has(obj.kind) && !obj.metadata?.namespace) {
+    add(`${obj.kind} has no namespace: it would land in the kubectl context's namespace (set namespace: in the kustomization)`);
+  }
   if (obj.kind === "NetworkPolicy") {
     const component = obj.spec?.podSelector?.matchLabels?.["app.kubernetes.io/component"];
+    const health = healthPorts(all);
     for (const [i, rule] of (obj.spec?.ingress ?? []).entries()) {
       const from = rule.from ?? [];
       const ports = (rule.ports ?? []).map((p) => p.port);
-      const onlyMetrics = ports.length > 0 && ports.every((p) => p === 9090 || p === "metrics");
+      // Metrics and the plaintext health ports (--health-listen: grpc.health.v1 only) may be
+      // opened wider, e.g. to a node CIDR where the network plugin filters kubelet probes.
+      const onlyMetrics = ports.length > 0 && ports.every((p) => p === 9090 || p === "metrics" || p === "health" || health.has(p));
       const external = from.length === 0 || from.some((peer) => peer.ipBlock || peer.namespaceSelector);
       if (external && component !== "router" && !onlyMetrics) {
         add(`ingress rule ${i} admits traffic from outside the namespace to pods other than the router`);
@@ -237,18 +328,87 @@ function ruleErrors(obj, all) {
       else for (const k of Object.keys(cm.data ?? {})) env.add((from.prefix ?? "") + k);
     }
     for (const arg of [...(c.command ?? []), ...(c.args ?? [])]) {
-      for (const m of String(arg).matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
+      // `$$` is Kubernetes' escape for a literal `$`: `$$(x)` is not a reference.
+      for (const m of String(arg).replace(/\$\$/g, "").matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
         if (!env.has(m[1])) add(`${where}: '${arg}' uses $(${m[1]}), which the container does not define`);
       }
     }
+    // A shell wrapper: its $VAR / ${VAR} must be defined too, and it must exec the server with
+    // the manifest's args (else SIGTERM goes to the shell and the drain never starts).
+    const script = shellScript(c);
+    if (script !== undefined) {
+      for (const m of script.replace(/\$\$/g, "$").matchAll(/\$\{?([A-Za-z_][A-Za-z0-9_]*)/g)) {
+        if (!env.has(m[1])) add(`${where}: the shell wrapper uses $${m[1]}, which the container does not define`);
+      }
+      if (!init && !/(^|[\n;&|]\s*)exec\s/.test(script)) add(`${where}: a shell wrapper must exec the server (else SIGTERM stops at the shell)`);
+      if (!init && (c.args ?? []).length > 0 && !script.includes('"$@"')) add(`${where}: the shell wrapper drops the container's args (pass "$@")`);
+    }
     if (init) continue;
     if (c.args?.[0] === "make-test-model") add(`${where}: make-test-model belongs in an initContainer`);
-    // Probes: native gRPC health checks on a declared port.
+    const args = effectiveArgs(c);
+    const role = SERVING_ROLES.includes(args[0]) ? args[0] : null;
+    const tls = flagValue(args, "tls-cert") !== undefined;
+    const listenPort = portOf(flagValue(args, "listen"));
+    const healthPort = portOf(flagValue(args, "health-listen"));
+    // Probes: native gRPC health checks on a declared port, the one where the process serves
+    // grpc.health.v1 in plaintext: --health-listen when given, else --listen. The kubelet's
+    // gRPC probe cannot speak TLS, so under --tls-cert the serving port always fails it.
     const ports = new Set((c.ports ?? []).map((p) => p.containerPort));
+    const probePort = healthPort ?? listenPort;
+    if (tls && healthPort !== undefined && healthPort === listenPort) {
+      add(`${where}: --health-listen must be another port than the TLS serving port --listen`);
+    }
     for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
       const p = c[probe];
       if (!p?.grpc) add(`${where}: ${probe} must be a grpc: probe`);
-      else if (!ports.has(p.grpc.port)) add(`${where}: ${probe} port ${p.grpc.port} is not a container port`);
+      else {
+        if (!ports.has(p.grpc.port)) add(`${where}: ${probe} port ${p.grpc.port} is not a container port`);
+        if (tls && p.grpc.port === listenPort) {
+          add(`${where}: ${probe} targets the TLS serving port ${listenPort}: a kubelet gRPC probe cannot speak TLS (probe the --health-listen port)`);
+        } else if (role && probePort !== undefined && p.grpc.port !== probePort) {
+          add(`${where}: ${probe} targets port ${p.grpc.port}, but grpc.health is served in plaintext on ${probePort} (${healthPort !== undefined ? "--health-listen" : "--listen"})`);
+        }
+      }
+    }
+    // TLS and token files: flags that go together, files on read-only Secret volumes.
+    if (tls !== (flagValue(args, "tls-key") !== undefined)) add(`${where}: --tls-cert and --tls-key go together`);
+    if (tls && flagValue(args, "tls-ca") === undefined) {
+      add(`${where}: --tls-cert without --tls-ca: the process's internal channels cannot verify their peers`);
+    }
+    if (flagValue(args, "auth-token-file") !== undefined && !tls) {
+      add(`${where}: --auth-token-file needs --tls-cert/--tls-key (the binary refuses a bearer token in plaintext)`);
+    }
+    for (const flag of FILE_FLAGS) {
+      const file = flagValue(args, flag);
+      if (file !== undefined) for (const e of secretFileErrors(c, pod, flag, file)) add(e);
+    }
+    // Under TLS a peer verifies the address a worker advertises against its certificate: a pod
+    // IP (new on every restart) cannot be in it. A DNS name under a headless Service
+    // (<dashed IP>.<service>.<ns>.svc...) needs that Service rendered, selecting the pod, and
+    // publishing not-ready endpoints (registration precedes readiness; draining pods are not
+    // ready but still serve their work).
+    if (tls && ["prefill", "decode"].includes(role)) {
+      const advertised = String(flagValue(args, "advertise") ?? "");
+      const host = expandVars(advertised, c, configMaps).replace(/:[0-9]+$/, "");
+      if (/^(\$\(POD_IP\)|\$\{?POD_IP\}?)$/.test(host) || /^[0-9.]+$/.test(host) || host.startsWith("[")) {
+        add(`${where}: under TLS --advertise must be a DNS name the certificate carries, not an IP (${advertised})`);
+      } else {
+        const m = /\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.|$)/.exec(host);
+        if (m) {
+          const [sub, ns] = [m[1], m[3]];
+          const svc = all.find((o) => o.kind === "Service" && o.metadata?.name === sub);
+          if (!svc) add(`${where}: advertises a name under Service '${sub}', which is not rendered`);
+          else {
+            if (svc.metadata?.namespace && svc.metadata.namespace !== ns) add(`${where}: advertises a name in namespace '${ns}', Service '${sub}' is in '${svc.metadata.namespace}'`);
+            if (svc.spec?.clusterIP !== "None") add(`${where}: Service '${sub}' must be headless for per-pod DNS names`);
+            if (svc.spec?.publishNotReadyAddresses !== true) add(`${where}: Service '${sub}' must set publishNotReadyAddresses: true (names must resolve before readiness and while draining)`);
+            if (Object.keys(svc.spec?.selector ?? {}).length === 0 ||
+                !Object.entries(svc.spec.selector).every(([k, v]) => obj.spec?.template?.metadata?.labels?.[k] === v)) {
+              add(`${where}: Service '${sub}' does not select this pod`);
+            }
+          }
+        }
+      }
     }
     // Drain: preStop sleep + --drain-ms must end before SIGKILL at terminationGracePeriodSeconds.
     const sleepCmd = c.lifecycle?.preStop?.exec?.command;
@@ -258,7 +418,7 @@ function ruleErrors(obj, all) {
     if (preStop > 0 && preStop + drainMs / 1000 + 5 > grace) {
       add(`${where}: preStop ${preStop}s + drain ${drainMs / 1000}s + 5s margin exceeds terminationGracePeriodSeconds ${grace}`);
     }
-    if (["prefill", "decode"].includes(c.args?.[0]) && !flagValue(c.args, "advertise")) {
+    if (["prefill", "decode"].includes(role) && !flagValue(args, "advertise")) {
       add(`${where}: workers must --advertise an address the router can dial (the pod IP)`);
     }
   }
@@ -281,6 +441,14 @@ function renderErrors(objects) {
   const routerOpen = policies.some((p) => p.spec?.podSelector?.matchLabels?.["app.kubernetes.io/component"] === "router" &&
     (p.spec?.ingress ?? []).some((r) => !r.from || r.from.length === 0));
   if (!routerOpen) errors.push("rule: the router must be reachable from outside the namespace (a NetworkPolicy admitting its gRPC port)");
+  // TLS is all or nothing: a plaintext process cannot talk to a TLS one.
+  const servers = objects.flatMap((o) => (podSpecOf(o)?.containers ?? []).map((c) => ({ o, c })))
+    .filter(({ c }) => SERVING_ROLES.includes(String(c.args?.[0])));
+  const withTls = servers.filter(({ c }) => flagValue(c.args.map(String), "tls-cert") !== undefined);
+  if (withTls.length > 0 && withTls.length < servers.length) {
+    const plain = servers.filter((s) => !withTls.includes(s)).map(({ o, c }) => `${describe(o)} ${c.name}`);
+    errors.push(`rule: TLS on some serving processes but not on ${plain.join(", ")}: they cannot talk to each other`);
+  }
   return errors;
 }
 
@@ -293,29 +461,99 @@ const describe = (o) => `${o?.kind ?? "?"}/${o?.metadata?.name ?? "?"}`;
 
 // ---- negative checks: each must find the planted fault ----
 
-async function selfTest(sample) {
+// `sample`: the base's render (plaintext); `tlsSample`: the first render whose servers use
+// --tls-cert (overlays/gpu), for the TLS, health-port, Secret-volume and advertise rules.
+async function selfTest(sample, tlsSample) {
   const failures = [];
   const deployment = sample.find((o) => o.kind === "Deployment");
   if (!deployment) return ["self-test: the base renders no Deployment to break"];
+  const c0 = (d) => d.spec.template.spec.containers[0];
+  const setArg = (d, flag, value) => {
+    const args = c0(d).args;
+    const i = args.findIndex((a) => a === `--${flag}` || a.startsWith(`--${flag}=`));
+    if (value === undefined) args.splice(i, 1);
+    else args[i] = `--${flag}=${value}`;
+  };
   const cases = [
-    ["replicas as a string (schema type)", (d) => { d.spec.replicas = "two"; }, /schema:.*replicas/],
-    ["container without a name (schema required)", (d) => { delete d.spec.template.spec.containers[0].name; }, /schema:.*name/],
-    ["misspelt field (strict)", (d) => { d.spec.template.spec.containers[0].readinesProbe = { grpc: { port: 1 } }; }, /unknown field .*readinesProbe/],
-    ["unknown nested field (strict)", (d) => { d.spec.template.spec.securityContext.runAsNonroot = true; }, /unknown field .*runAsNonroot/],
-    ["writable root filesystem (rule)", (d) => { d.spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem = false; }, /readOnlyRootFilesystem/],
-    ["drain longer than the grace period (rule)", (d) => { d.spec.template.spec.terminationGracePeriodSeconds = 1; }, /exceeds terminationGracePeriodSeconds/],
-    ["http probe instead of grpc (rule)", (d) => { d.spec.template.spec.containers[0].livenessProbe = { httpGet: { path: "/", port: 8080 } }; }, /livenessProbe must be a grpc/],
-    ["undefined $(VAR) (rule)", (d) => { d.spec.template.spec.containers[0].args.push("--x=$(NOT_DEFINED)"); }, /NOT_DEFINED/],
+    [deployment, "replicas as a string (schema type)", (d) => { d.spec.replicas = "two"; }, /schema:.*replicas/],
+    [deployment, "container without a name (schema required)", (d) => { delete c0(d).name; }, /schema:.*name/],
+    [deployment, "misspelt field (strict)", (d) => { c0(d).readinesProbe = { grpc: { port: 1 } }; }, /unknown field .*readinesProbe/],
+    [deployment, "unknown nested field (strict)", (d) => { d.spec.template.spec.securityContext.runAsNonroot = true; }, /unknown field .*runAsNonroot/],
+    [deployment, "writable root filesystem (rule)", (d) => { c0(d).securityContext.readOnlyRootFilesystem = false; }, /readOnlyRootFilesystem/],
+    [deployment, "drain longer than the grace period (rule)", (d) => { d.spec.template.spec.terminationGracePeriodSeconds = 1; }, /exceeds terminationGracePeriodSeconds/],
+    [deployment, "http probe instead of grpc (rule)", (d) => { c0(d).livenessProbe = { httpGet: { path: "/", port: 8080 } }; }, /livenessProbe must be a grpc/],
+    [deployment, "probe on a declared port that is not the health port (rule)", (d) => { c0(d).readinessProbe.grpc.port = 9090; }, /readinessProbe targets port 9090, but grpc.health is served/],
+    [deployment, "undefined $(VAR) (rule)", (d) => { c0(d).args.push("--x=$(NOT_DEFINED)"); }, /NOT_DEFINED/],
+    [deployment, "object without a namespace (rule)", (d) => { delete d.metadata.namespace; }, /has no namespace/],
+    [deployment, "token file without TLS (rule)", (d) => { c0(d).args.push("--auth-token-file=/etc/t/token"); }, /--auth-token-file needs --tls-cert/],
   ];
-  for (const [name, mutate, expect] of cases) {
-    const broken = structuredClone(deployment);
+  const tlsRouter = tlsSample?.find((o) => o.kind === "Deployment" && c0(o).args?.[0] === "router");
+  const tlsWorker = tlsSample?.find((o) => o.kind === "Deployment" && ["prefill", "decode"].includes(c0(o).args?.[0]));
+  if (!tlsRouter || !tlsWorker) {
+    failures.push("self-test: no render has a TLS router and TLS worker (components/tls) to break: the TLS rules go untested");
+  } else {
+    const tlsVolume = (d) => {
+      const file = flagValue(c0(d).args, "tls-cert");
+      return c0(d).volumeMounts.find((m) => file.startsWith(`${m.mountPath}/`));
+    };
+    cases.push(
+      [tlsRouter, "TLS: probe on the TLS serving port (rule)", (d) => { c0(d).livenessProbe.grpc.port = portOf(flagValue(c0(d).args, "listen")); }, /livenessProbe targets the TLS serving port/],
+      [tlsRouter, "TLS: --health-listen dropped, probes left on its port (rule)", (d) => { setArg(d, "health-listen"); }, /startupProbe targets port \d+, but grpc.health is served in plaintext on \d+ \(--listen\)/],
+      [tlsRouter, "TLS: health port = serving port (rule)", (d) => { setArg(d, "health-listen", flagValue(c0(d).args, "listen")); }, /--health-listen must be another port/],
+      [tlsRouter, "TLS: the certificate's Secret volume missing (rule)", (d) => {
+        const name = tlsVolume(d).name;
+        d.spec.template.spec.volumes = d.spec.template.spec.volumes.filter((v) => v.name !== name);
+      }, /--tls-cert=.*names no volume of the pod/],
+      [tlsRouter, "TLS: the token's mount missing (rule)", (d) => {
+        const file = flagValue(c0(d).args, "auth-token-file");
+        c0(d).volumeMounts = c0(d).volumeMounts.filter((m) => !file.startsWith(`${m.mountPath}/`));
+      }, /--auth-token-file=.* is not under any volumeMount/],
+      [tlsRouter, "TLS: certificate on an emptyDir, not a Secret (rule)", (d) => {
+        const name = tlsVolume(d).name;
+        d.spec.template.spec.volumes = d.spec.template.spec.volumes.map((v) => (v.name === name ? { name, emptyDir: {} } : v));
+      }, /--tls-cert=.*is not a Secret/],
+      [tlsRouter, "TLS: Secret mounted with subPath (rule)", (d) => { tlsVolume(d).subPath = "tls.crt"; }, /uses subPath/],
+      [tlsRouter, "TLS: --tls-key dropped (rule)", (d) => { setArg(d, "tls-key"); }, /--tls-cert and --tls-key go together/],
+      [tlsWorker, "TLS: worker advertising its pod IP (rule)", (d) => {
+        c0(d).command[2] = c0(d).command[2].replace(/--advertise=.*$/s, "--advertise=$$(POD_IP):50051");  // JS: "$$" -> "$"
+      }, /--advertise must be a DNS name/],
+      [tlsWorker, "TLS: shell wrapper without exec (rule)", (d) => { c0(d).command[2] = c0(d).command[2].replace(/\bexec\s+/, ""); }, /must exec the server/],
+      [tlsWorker, "TLS: shell wrapper with an undefined $VAR (rule)", (d) => { c0(d).command[2] = c0(d).command[2].replace("$POD_IP", "$POD_IPX"); }, /uses \$POD_IPX/],
+    );
+    // The workers' DNS Service: mutated, but reported on the worker that advertises under it.
+    const sub = /\.([a-z0-9-]+)\.[a-z0-9-]+\.svc(\.|$)/.exec(expandVars(flagValue(effectiveArgs(c0(tlsWorker)), "advertise") ?? "", c0(tlsWorker),
+      tlsSample.filter((o) => o.kind === "ConfigMap")))?.[1];
+    const workersService = tlsSample.find((o) => o.kind === "Service" && o.metadata?.name === sub);
+    if (!workersService) failures.push("self-test: the TLS workers advertise no name under a rendered Service");
+    else {
+      cases.push(
+        [workersService, "TLS: workers' DNS Service hides not-ready pods (rule)", (s) => { delete s.spec.publishNotReadyAddresses; }, /publishNotReadyAddresses/, tlsWorker],
+        [workersService, "TLS: workers' DNS Service selects other pods (rule)", (s) => { s.spec.selector = { "app.kubernetes.io/component": "router" }; }, /does not select this pod/, tlsWorker],
+      );
+    }
+  }
+  for (const [target, name, mutate, expect, reportedOn] of cases) {
+    const samples = target === deployment ? sample : tlsSample;
+    const broken = structuredClone(target);
     mutate(broken);
-    const all = sample.map((o) => (o === deployment ? broken : o));
-    const errors = await checkObject(broken, all);
+    const all = samples.map((o) => (o === target ? broken : o));
+    const errors = await checkObject(reportedOn ?? broken, all);
     if (!errors.some((e) => expect.test(e))) failures.push(`self-test '${name}': not detected (got: ${errors.join("; ") || "no errors"})`);
   }
-  const clean = await checkObject(deployment, sample);
-  if (clean.length) failures.push(`self-test: the unmodified ${describe(deployment)} has errors: ${clean.join("; ")}`);
+  // Whole-render rule: a plaintext worker among TLS ones.
+  if (tlsWorker) {
+    const plain = structuredClone(tlsWorker);
+    c0(plain).args = c0(plain).args.filter((a) => !/^--tls-/.test(a));
+    const errors = renderErrors(tlsSample.map((o) => (o === tlsWorker ? plain : o)));
+    if (!errors.some((e) => /TLS on some serving processes but not on/.test(e))) {
+      failures.push(`self-test 'TLS: one plaintext worker among TLS ones (render rule)': not detected (got: ${errors.join("; ") || "no errors"})`);
+    }
+  }
+  for (const [objs, d] of [[sample, deployment], [tlsSample, tlsRouter], [tlsSample, tlsWorker]]) {
+    if (!d) continue;
+    const clean = await checkObject(d, objs);
+    if (clean.length) failures.push(`self-test: the unmodified ${describe(d)} has errors: ${clean.join("; ")}`);
+  }
   return failures;
 }
 
@@ -342,6 +580,7 @@ const report = (label, errors) => {
 const kustomizations = findKustomizations();
 if (kustomizations.length === 0) report("k8s", ["no kustomization.yaml found under k8s/"]);
 let baseObjects = null;
+let tlsObjects = null;
 for (const dir of kustomizations) {
   const label = path.relative(repoRoot, dir);
   let objects;
@@ -352,6 +591,10 @@ for (const dir of kustomizations) {
     continue;
   }
   if (baseObjects === null) baseObjects = objects;
+  if (tlsObjects === null && objects.some((o) => (podSpecOf(o)?.containers ?? []).some((c) => flagValue((c.args ?? []).map(String), "tls-cert") !== undefined) &&
+      o.kind === "Deployment" && ["prefill", "decode"].includes(String(o.spec?.template?.spec?.containers?.[0]?.args?.[0])))) {
+    tlsObjects = objects;
+  }
   const before = failed;
   for (const obj of objects) report(`${label} ${describe(obj)}`, await checkObject(obj, objects));
   report(label, renderErrors(objects));
@@ -360,9 +603,9 @@ for (const dir of kustomizations) {
   console.log(`${failed === before ? "ok  " : "FAIL"} ${label}: ${objects.length} objects (${Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(", ")})`);
 }
 if (baseObjects) {
-  const selfFailures = await selfTest(baseObjects);
+  const selfFailures = await selfTest(baseObjects, tlsObjects);
   report("self-test", selfFailures);
-  if (selfFailures.length === 0) console.log("ok   self-test: every planted fault was detected (schema, strict fields, rules)");
+  if (selfFailures.length === 0) console.log("ok   self-test: every planted fault was detected (schema, strict fields, rules, TLS rules)");
 }
 const lint = lintDockerfile();
 {
