@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
@@ -57,6 +58,11 @@ class CpuBackend final : public Backend {
   ThreadPool& pool() { return pool_; }
 
  private:
+  // MoeExperts for q8_0 / q4_0 experts: writes each routed slot's expert output (slot
+  // t * top_k + j) to slot_out [tokens * top_k][hidden]; routed[e] lists expert e's slots.
+  void QuantExperts(const Tensor& x, const MoeWeights& experts, const std::vector<std::vector<int64_t>>& routed,
+                    int64_t top_k, float* slot_out);
+
   ThreadPool pool_;
 };
 

@@ -1,11 +1,14 @@
 // Dense products: MatMul (weights of any dtype x f32 activations) and per-head HeadMatMul.
-// Weight rows are dequantised once per block of rows and reused for every activation column.
+// q8_0 / q4_0 weights: activations rounded to 8-bit blocks once per call, integer tiles over
+// repacked row blocks (quant_dot.h). Other types: weight rows dequantised once per block of
+// rows and reused for every activation column, f32 tiles.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/simd.h"
 
 namespace latentserve::kernels::cpu {
@@ -72,6 +75,16 @@ void MatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, in
   }
 }
 
+// The same product for q8_0 / q4_0 weights over activation columns already quantised.
+void QuantMatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, int64_t row_begin,
+                     int64_t row_end, const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_stride,
+                     QuantPanel& panel) {
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, row_end - r0);
+    QuantMatMul(wtype, w + r0 * w_row_bytes, w_row_bytes, rows, k, xq, xd, cols, y + r0, 1, y_stride, panel);
+  }
+}
+
 }  // namespace
 
 void CpuBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
@@ -80,6 +93,20 @@ void CpuBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
   LS_CHECK(x.ne[0] == k && y.ne[0] == n && y.rows() == m);
   const uint8_t* wp = HostPtr(w);
   const size_t row_bytes = w.row_bytes();
+  if (UsesQ8Activations(w.dtype)) {
+    static thread_local Q8Activations caller_act;  // the workers below use the caller's
+    Q8Activations& act = caller_act;
+    act.Resize(k, m);
+    pool_.ParallelFor(m, 16, [&](int64_t begin, int64_t end) {
+      QuantizeActivations(F32(x) + begin * k, k, k, end - begin, act.col_qs(begin), act.col_d(begin));
+    });
+    pool_.ParallelFor((n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t begin, int64_t end) {
+      static thread_local QuantPanel panel;
+      QuantMatMulRows(w.dtype, wp, row_bytes, k, begin * kRowBlock, std::min(n, end * kRowBlock), act.qs.data(),
+                      act.d.data(), m, F32(y), n, panel);
+    });
+    return;
+  }
   pool_.ParallelFor((n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     MatMulRows(w.dtype, wp, row_bytes, k, begin * kRowBlock, std::min(n, end * kRowBlock), F32(x), k, m,
@@ -95,6 +122,18 @@ void CpuBackend::HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, 
            y.ne[2] == tokens);
   const uint8_t* wp = HostPtr(w);
   const size_t row_bytes = w.row_bytes();
+  if (UsesQ8Activations(w.dtype)) {
+    pool_.ParallelFor(heads, 1, [&](int64_t begin, int64_t end) {
+      static thread_local Q8Activations act;
+      static thread_local QuantPanel panel;
+      for (int64_t h = begin; h < end; ++h) {
+        QuantizeActivations(F32(x) + h * x_width + x_offset, heads * x_width, k, tokens, act);
+        QuantMatMulRows(w.dtype, wp + h * n * row_bytes, row_bytes, k, 0, n, act.qs.data(), act.d.data(), tokens,
+                        F32(y) + h * n, heads * n, panel);
+      }
+    });
+    return;
+  }
   pool_.ParallelFor(heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     for (int64_t h = begin; h < end; ++h) {

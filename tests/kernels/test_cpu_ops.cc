@@ -1,7 +1,9 @@
 // CPU reference ops against direct double-precision formulas, and the KDA chunked form
 // against the recurrence.
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -52,26 +54,117 @@ double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return num / den;
 }
 
+// What the CPU matmuls do to activations before meeting q8_0 / q4_0 weights (like ggml):
+// per block of 32, d = max|x| / 127 and x becomes round(x * (1 / d)) * d.
+std::vector<float> RoundActivationsToQ8(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    float amax = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+    const float d = amax / 127.0f, inv = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 32; ++i) out[b * 32 + i] = float(std::nearbyint(x[b * 32 + i] * inv)) * d;
+  }
+  return out;
+}
+
+bool QuantisesActivations(DType weights) { return weights == DType::kQ8_0 || weights == DType::kQ4_0; }
+
+// y[m][n] = sum_k dequantised w[n][k] * x[m][k] in double, with x rounded as the backend does.
+std::vector<float> ReferenceMatMul(DType type, const std::vector<uint8_t>& w_bytes, size_t row_bytes,
+                                   const std::vector<float>& x, int64_t K, int64_t N, int64_t M) {
+  std::vector<float> wd(K * N);
+  for (int64_t n = 0; n < N; ++n) DequantizeRow(type, w_bytes.data() + n * row_bytes, wd.data() + n * K, K);
+  const std::vector<float> xr = QuantisesActivations(type) ? RoundActivationsToQ8(x) : x;
+  std::vector<float> y(N * M);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += double(wd[n * K + k]) * xr[m * K + k];
+      y[m * N + n] = float(s);
+    }
+  return y;
+}
+
 TEST_F(CpuOps, MatMulEveryWeightType) {
   const int64_t K = 96, N = 37, M = 5;
   auto w = Random(K * N), x = Random(K * M);
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     Tensor wt = Make(type, {K, N, 1, 1}, w);
-    // Reference on the dequantised weights, in double.
-    std::vector<float> wd(K * N);
     std::vector<uint8_t> bytes(wt.nbytes());
     backend_->Download(wt, bytes.data(), bytes.size());
-    for (int64_t n = 0; n < N; ++n) DequantizeRow(type, bytes.data() + n * wt.row_bytes(), wd.data() + n * K, K);
     Tensor y = Zeros({N, M, 1, 1});
     backend_->MatMul(wt, F32({K, M, 1, 1}, x), y);
-    std::vector<float> expect(N * M);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        double s = 0;
-        for (int64_t k = 0; k < K; ++k) s += double(wd[n * K + k]) * x[m * K + k];
-        expect[m * N + n] = float(s);
+    EXPECT_LT(MaxRelDiff(Read(y), ReferenceMatMul(type, bytes, wt.row_bytes(), x, K, N, M)), 1e-5) << DTypeName(type);
+  }
+}
+
+// The integer tiles cover 4 rows x 4 columns and 16-row blocks: every remainder, one token,
+// one block per row, and a column's result must not depend on how many columns share the call
+// (prefill then decode must equal a longer prefill).
+TEST_F(CpuOps, QuantisedMatMulOddShapesAndColumnIndependence) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    for (int64_t K : {32, 96, 320}) {
+      for (int64_t N : {1, 3, 4, 5, 17, 333}) {
+        for (int64_t M : {1, 2, 3, 4, 5, 9, 77}) {
+          auto w = Random(K * N, -2, 2), x = Random(K * M, -3, 3);
+          Tensor wt = Make(type, {K, N, 1, 1}, w);
+          std::vector<uint8_t> bytes(wt.nbytes());
+          backend_->Download(wt, bytes.data(), bytes.size());
+          Tensor y = Zeros({N, M, 1, 1});
+          backend_->MatMul(wt, F32({K, M, 1, 1}, x), y);
+          const auto got = Read(y);
+          const std::string what = std::string(DTypeName(type)) + " K=" + std::to_string(K) +
+                                   " N=" + std::to_string(N) + " M=" + std::to_string(M);
+          ASSERT_LT(MaxRelDiff(got, ReferenceMatMul(type, bytes, wt.row_bytes(), x, K, N, M)), 1e-5) << what;
+          const int64_t last = M - 1;  // the last column alone
+          Tensor y1 = Zeros({N, 1, 1, 1});
+          backend_->MatMul(wt, F32({K, 1, 1, 1}, std::vector<float>(x.begin() + last * K, x.end())), y1);
+          const auto alone = Read(y1);
+          for (int64_t n = 0; n < N; ++n) ASSERT_EQ(alone[n], got[last * N + n]) << what << " row " << n;
+        }
       }
-    EXPECT_LT(MaxRelDiff(Read(y), expect), 1e-5) << DTypeName(type);
+    }
+  }
+}
+
+TEST_F(CpuOps, QuantisedActivationsKeepZeroAndExtremeBlocks) {
+  // A block of zeros (scale 0), one spike, and values that round to +-127 exactly.
+  const int64_t K = 96, N = 6;
+  std::vector<float> x(K, 0.0f);
+  x[40] = 1e6f;
+  for (int i = 64; i < 96; ++i) x[i] = (i % 2 ? 1.0f : -1.0f) * (i - 63);
+  auto w = Random(K * N);
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    Tensor wt = Make(type, {K, N, 1, 1}, w);
+    std::vector<uint8_t> bytes(wt.nbytes());
+    backend_->Download(wt, bytes.data(), bytes.size());
+    Tensor y = Zeros({N, 1, 1, 1});
+    backend_->MatMul(wt, F32({K, 1, 1, 1}, x), y);
+    EXPECT_LT(MaxRelDiff(Read(y), ReferenceMatMul(type, bytes, wt.row_bytes(), x, K, N, 1)), 1e-5) << DTypeName(type);
+  }
+}
+
+TEST_F(CpuOps, QuantisedHeadMatMulUsesColumnOffset) {
+  const int64_t K = 64, N = 7, H = 3, T = 5, Kx = 128, off = 32;
+  auto w = Random(K * N * H), x = Random(Kx * H * T);
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    Tensor wt = Make(type, {K, N, H, 1}, w);
+    std::vector<uint8_t> bytes(wt.nbytes());
+    backend_->Download(wt, bytes.data(), bytes.size());
+    Tensor y = Zeros({N, H, T, 1});
+    backend_->HeadMatMul(wt, F32({Kx, H, T, 1}, x), off, y);
+    const auto got = Read(y);
+    for (int64_t h = 0; h < H; ++h) {
+      std::vector<uint8_t> head(bytes.begin() + h * N * wt.row_bytes(), bytes.begin() + (h + 1) * N * wt.row_bytes());
+      std::vector<float> xh(K * T);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k) xh[t * K + k] = x[(t * H + h) * Kx + off + k];
+      const auto expect = ReferenceMatMul(type, head, wt.row_bytes(), xh, K, N, T);
+      std::vector<float> got_h(N * T);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) got_h[t * N + n] = got[(t * H + h) * N + n];
+      EXPECT_LT(MaxRelDiff(got_h, expect), 1e-5) << DTypeName(type) << " head " << h;
+    }
   }
 }
 
@@ -285,6 +378,66 @@ TEST_F(CpuOps, MoeRouteUsesBiasForChoiceOnly) {
   const double p2 = 1 / (1 + std::exp(1.0)), p0 = 1 / (1 + std::exp(-1.0));
   EXPECT_NEAR(w[0], 2.0 * p2 / (p0 + p2), 1e-6);
   EXPECT_NEAR(w[1], 2.0 * p0 / (p0 + p2), 1e-6);
+}
+
+// MoE experts against a direct formula (silu(gate x) * (up x), then down, weighted), with
+// activations rounded the way the backend rounds them for quantised experts; and a token's
+// output must not depend on which other tokens share the call.
+TEST_F(CpuOps, MoeExpertsMatchReferenceForEveryWeightType) {
+  const int64_t hidden = 64, ffn = 96, experts = 5, top_k = 2, tokens = 11;
+  auto gate = Random(hidden * ffn * experts), up = Random(hidden * ffn * experts);
+  auto down = Random(ffn * hidden * experts), x = Random(hidden * tokens, -2, 2);
+  std::vector<int32_t> ids(tokens * top_k);
+  std::vector<float> route_w(tokens * top_k);
+  for (int64_t t = 0; t < tokens; ++t) {
+    ids[t * top_k] = static_cast<int32_t>(t % experts);
+    ids[t * top_k + 1] = static_cast<int32_t>((t + 1 + t / experts) % experts);  // never the first
+    route_w[t * top_k] = 0.7f;
+    route_w[t * top_k + 1] = 0.4f;
+  }
+  for (DType type : {DType::kF32, DType::kQ8_0, DType::kQ4_0}) {
+    Tensor g = Make(type, {hidden, ffn, experts, 1}, gate), u = Make(type, {hidden, ffn, experts, 1}, up);
+    Tensor d = Make(type, {ffn, hidden, experts, 1}, down);
+    auto bytes = [&](const Tensor& t) {
+      std::vector<uint8_t> b(t.nbytes());
+      backend_->Download(t, b.data(), b.size());
+      return b;
+    };
+    const auto gb = bytes(g), ub = bytes(u), db = bytes(d);
+    auto run = [&](int64_t first, int64_t count) {  // tokens [first, first + count)
+      Tensor id = *backend_->Alloc(DType::kI32, {top_k, count, 1, 1});
+      backend_->Upload(ids.data() + first * top_k, count * top_k * 4, id);
+      const std::vector<float> xs(x.begin() + first * hidden, x.begin() + (first + count) * hidden);
+      const std::vector<float> ws(route_w.begin() + first * top_k, route_w.begin() + (first + count) * top_k);
+      Tensor y = Zeros({hidden, count, 1, 1});
+      backend_->MoeExperts(F32({hidden, count, 1, 1}, xs), MoeWeights{g, u, d}, id, F32({top_k, count, 1, 1}, ws), y);
+      return Read(y);
+    };
+    const auto all = run(0, tokens);
+    std::vector<float> expect(hidden * tokens, 0.0f);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const std::vector<float> xt(x.begin() + t * hidden, x.begin() + (t + 1) * hidden);
+      for (int64_t j = 0; j < top_k; ++j) {
+        const int64_t e = ids[t * top_k + j];
+        auto slice = [&](const std::vector<uint8_t>& b, const Tensor& whole, int64_t rows) {  // expert e
+          const int64_t bytes = rows * whole.row_bytes();
+          return std::vector<uint8_t>(b.begin() + e * bytes, b.begin() + (e + 1) * bytes);
+        };
+        const auto gv = ReferenceMatMul(type, slice(gb, g, ffn), g.row_bytes(), xt, hidden, ffn, 1);
+        const auto uv = ReferenceMatMul(type, slice(ub, u, ffn), u.row_bytes(), xt, hidden, ffn, 1);
+        std::vector<float> act(ffn);
+        for (int64_t f = 0; f < ffn; ++f) act[f] = float(gv[f] / (1.0 + std::exp(-double(gv[f]))) * uv[f]);
+        const auto dv = ReferenceMatMul(type, slice(db, d, hidden), d.row_bytes(), act, ffn, hidden, 1);
+        for (int64_t i = 0; i < hidden; ++i) expect[t * hidden + i] += route_w[t * top_k + j] * dv[i];
+      }
+    }
+    EXPECT_LT(MaxRelDiff(all, expect), 1e-4) << DTypeName(type);
+    if (type == DType::kF32) continue;  // f32 experts: a different summation order for one token
+    const auto last = run(tokens - 1, 1);
+    for (int64_t i = 0; i < hidden; ++i) {
+      ASSERT_EQ(last[i], all[(tokens - 1) * hidden + i]) << DTypeName(type) << " element " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,78 @@
+// Integer matmuls for q8_0 / q4_0 weights, as ggml computes them on the CPU: the f32
+// activations are rounded once per matmul to 8-bit blocks of 32 (a per-block f32 scale
+// d = max|x| / 127, q = round(x / d)), and each weight block meets each activation block in an
+// exact integer dot (AVX2 maddubs + madd) scaled by d_w * d_x.
+//
+// Decode (1-2 tokens, q8_0) reads each stored row front to back, up to 8 tokens read 4 stored
+// rows side by side, more tokens first repack the rows into a panel; all three add the same
+// per-block terms in the same order, so a token's result is bitwise the same however many
+// tokens share the matmul (prefill then decode equals a longer prefill).
+//
+// This is not the f32 product: against the CUDA backend (f32 / f16 activations) expect the
+// rounding of the activations, NMSE ~1e-5.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/dtype.h"
+
+namespace latentserve::kernels::cpu {
+
+constexpr int64_t kQ8Block = 32;  // values per activation / weight block
+
+// Weight types whose matmuls run on quantised activations (all others keep f32 activations).
+inline bool UsesQ8Activations(DType weights) {
+  return weights == DType::kQ8_0 || weights == DType::kQ4_0;
+}
+
+// Activation columns rounded to 8-bit blocks. Layout: qs [cols][k] (column c's values at
+// qs + c * k), d [cols][k / 32].
+struct Q8Activations {
+  int64_t k = 0, cols = 0;
+  std::vector<int8_t> qs;
+  std::vector<float> d;
+  void Resize(int64_t k_, int64_t cols_) {
+    k = k_;
+    cols = cols_;
+    qs.resize(cols * k);
+    d.resize(cols * (k / kQ8Block));
+  }
+  int8_t* col_qs(int64_t c) { return qs.data() + c * k; }
+  float* col_d(int64_t c) { return d.data() + c * (k / kQ8Block); }
+  const int8_t* col_qs(int64_t c) const { return qs.data() + c * k; }
+  const float* col_d(int64_t c) const { return d.data() + c * (k / kQ8Block); }
+};
+
+// Rounds `cols` columns of k values (column c at x + c * x_stride; k % 32 == 0) into qs
+// [cols][k] and d [cols][k / 32].
+void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs,
+                         float* d);
+inline void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t cols,
+                                Q8Activations& out) {
+  out.Resize(k, cols);
+  QuantizeActivations(x, x_stride, k, cols, out.qs.data(), out.d.data());
+}
+
+// Weight rows repacked for the many-column tiles, in groups of 4 rows. Per group and block:
+// the 4 rows' 32 signed values (q4_0 nibbles become q - 8), their magnitudes, and the 4 rows'
+// f32 scales. Layout: w, abs [groups][k / 32][4][32]; d [groups][k / 32][4]. Reused across
+// calls as scratch.
+struct QuantPanel {
+  int64_t rows = 0, k = 0;
+  std::vector<int8_t> w, abs;
+  std::vector<float> d;
+};
+
+// Up to this many columns the tiles read the stored rows in place; beyond, the rows are
+// repacked into a QuantPanel first (the unpacking is then paid once, not per column tile).
+constexpr int64_t kDirectMaxCols = 8;
+
+// y[r * y_row_stride + c * y_col_stride] = dot(stored row r, column c) for r < rows, c < cols:
+// rows of a q8_0 / q4_0 matrix (row r at w + r * row_bytes, k values) against quantised columns
+// xq [cols][k], xd [cols][k / 32] (Q8Activations' layout). `panel` is scratch.
+void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
+                 const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_row_stride,
+                 int64_t y_col_stride, QuantPanel& panel);
+
+}  // namespace latentserve::kernels::cpu
