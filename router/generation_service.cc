@@ -185,41 +185,67 @@ class DecodeLease {
 
 constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's handoff
 
-// Reserves pages for `lease_tokens` on the best decode worker that accepts them.
+// Reserves pages for `lease_tokens` on the best decode worker that accepts them. When every
+// live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
+// for up to the router's capacity_wait (and never past the request's deadline), as a queue
+// would; any other refusal moves on to the next worker.
 grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
                                 int64_t lease_tokens, absl::Time deadline, const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease) {
-  absl::Status last_error = absl::ResourceExhaustedError(absl::StrCat(
-      "no decode worker has room for ", lease_tokens, " cache tokens right now; retry later or add decode workers"));
-  std::set<std::string> refused = exclude;
-  while (auto claimed = state.registry().ClaimDecode(lease_tokens, refused)) {
-    const std::string candidate = *claimed;
-    auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
-    grpc::ClientContext lease_context;
-    SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
-    v1::ReserveLeaseRequest lease_request;
-    lease_request.set_request_id(request_id);
-    lease_request.set_tokens(lease_tokens);
-    lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
-    lease_request.set_model_fingerprint(model.fingerprint());
-    v1::ReserveLeaseResponse lease_response;
-    cancel.Attach(&lease_context);
-    grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
-    cancel.Detach();
-    if (status.ok()) {
-      *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
-      return grpc::Status::OK;
+  const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
+  absl::Duration backoff = absl::Milliseconds(20);
+  bool waited = false;
+  for (;;) {
+    absl::Status last_error = absl::ResourceExhaustedError(
+        absl::StrCat("no decode worker has had room for ", lease_tokens, " cache tokens within ",
+                     absl::FormatDuration(state.options().capacity_wait), "; retry later or add decode workers"));
+    bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
+    std::set<std::string> refused = exclude;
+    while (auto claimed = state.registry().ClaimDecode(lease_tokens, refused)) {
+      const std::string candidate = *claimed;
+      auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
+      grpc::ClientContext lease_context;
+      SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
+      v1::ReserveLeaseRequest lease_request;
+      lease_request.set_request_id(request_id);
+      lease_request.set_tokens(lease_tokens);
+      lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
+      lease_request.set_model_fingerprint(model.fingerprint());
+      v1::ReserveLeaseResponse lease_response;
+      cancel.Attach(&lease_context);
+      grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
+      cancel.Detach();
+      if (status.ok()) {
+        if (waited) serving::LogEvent("router", "capacity_wait_done", request_id, {{"decode_worker", candidate}});
+        *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
+        return grpc::Status::OK;
+      }
+      state.registry().ReleaseDecode(candidate);
+      refused.insert(candidate);
+      if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state.registry().MarkDead(candidate);
+      if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        only_full = false;
+        last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
+      }
     }
-    state.registry().ReleaseDecode(candidate);
-    refused.insert(candidate);
-    if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state.registry().MarkDead(candidate);
-    if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
+    // Nothing to wait for when a worker failed for another reason, or none is registered.
+    if (!only_full || refused.size() == exclude.size()) return ToGrpc(last_error);
+    const absl::Time now = absl::Now();
+    if (now + backoff > give_up) {
+      return now >= deadline ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                            "deadline passed while waiting for decode cache room")
+                             : ToGrpc(last_error);
     }
+    if (!waited) serving::LogEvent("router", "capacity_wait", request_id, {{"tokens", absl::StrCat(lease_tokens)}});
+    waited = true;
+    for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
+      if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+      absl::SleepFor(std::min(absl::Milliseconds(10), wake - absl::Now()));
+    }
+    backoff = std::min(backoff * 2, absl::Milliseconds(500));
   }
-  return ToGrpc(last_error);
 }
 
 struct PrefillOutcome {

@@ -25,6 +25,9 @@ struct RouterOptions {
   absl::Duration lease_ttl = absl::Seconds(30);  // renewed each ttl/3 while the router holds it
   absl::Duration request_timeout = absl::Minutes(30);    // when the client sets no deadline
   absl::Duration control_timeout = absl::Seconds(5);     // ReserveLease / ReleaseLease
+  // How long a request waits for a decode worker with room (every one answered
+  // RESOURCE_EXHAUSTED) before it fails with RESOURCE_EXHAUSTED; its deadline still applies.
+  absl::Duration capacity_wait = absl::Seconds(30);
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
   int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)

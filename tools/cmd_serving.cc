@@ -370,6 +370,9 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   }
   options.lease_ttl = absl::Milliseconds(lease_ttl_ms);
   options.request_timeout = absl::Milliseconds(request_timeout_ms);
+  ASSIGN_OR_RETURN(int64_t capacity_wait_ms, args.GetInt("capacity-wait-ms", 30000));
+  if (capacity_wait_ms < 0) return absl::InvalidArgumentError("--capacity-wait-ms must be >= 0");
+  options.capacity_wait = absl::Milliseconds(capacity_wait_ms);
   options.model_path = args.Get("model");
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
@@ -379,7 +382,7 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   return options;
 }
 
-const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "auth-token-file",
+const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-streams-per-client"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the

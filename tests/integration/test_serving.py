@@ -273,6 +273,44 @@ class ScaledDeployment(unittest.TestCase):
             c.stop()
 
 
+class DecodeCapacity(unittest.TestCase):
+    """A request that finds every decode cache full waits for room (as a queue would)."""
+
+    def test_request_waits_for_cache_room_then_runs(self):
+        # 4 pages of 256 tokens: one request of 600 + 300 tokens fills the decode worker.
+        c = Cluster("capacity", prefill=1, decode=1, worker_flags=("--cache-tokens", "1024"))
+        try:
+            first, second = prompt(600, 31), prompt(600, 32)
+            p1 = c.generate(first, max_tokens=300, background=True)
+            wait_for(lambda: any(w["role"] == "decode" and w["leases_active"] + w["sequences_active"] > 0
+                                 for w in c.info()["workers"]), 30, "the first request to hold the decode cache")
+            r2 = c.generate(second, max_tokens=300)
+            r1 = parse_result(p1.communicate(timeout=120)[0], p1.returncode)
+            self.assertEqual(r1.get("error"), None, r1)
+            self.assertEqual(r2.get("error"), None, r2)
+            self.assertEqual(r2["token_ids"], reference_greedy(second, 300))
+            with open(os.path.join(c.dir, "router.log")) as f:
+                log = f.read()
+            self.assertIn('"event":"capacity_wait"', log, "the second request waited for room")
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+    def test_no_wait_when_disabled(self):
+        c = Cluster("capacity0", prefill=1, decode=1, worker_flags=("--cache-tokens", "1024"),
+                    router_flags=("--capacity-wait-ms", "0"))
+        try:
+            p1 = c.generate(prompt(600, 33), max_tokens=300, background=True)
+            wait_for(lambda: any(w["role"] == "decode" and w["leases_active"] + w["sequences_active"] > 0
+                                 for w in c.info()["workers"]), 30, "the first request to hold the decode cache")
+            r2 = c.generate(prompt(600, 34), max_tokens=300)
+            self.assertEqual(r2["error"]["code"], "RESOURCE_EXHAUSTED", r2)
+            p1.communicate(timeout=120)
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+
 class RouterReplicas(unittest.TestCase):
     def test_workers_register_with_every_router_and_one_survives_the_other(self):
         c = Cluster("replicas", prefill=0, decode=0)
