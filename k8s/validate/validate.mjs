@@ -8,7 +8,9 @@
 //  3. latentserve's deployment rules (restricted pod security, gRPC probes on the port that
 //     serves grpc.health in plaintext, drain within the grace period, $(VAR) references that
 //     resolve, TLS/token files on read-only Secret volumes, workers under TLS advertising a DNS
-//     name a certificate can carry, a PDB per Deployment, NetworkPolicy shape, namespaces).
+//     name a certificate can carry, workers registering with every router replica through a
+//     headless Service the NetworkPolicies let them reach, a PDB per Deployment, NetworkPolicy
+//     shape, namespaces).
 // Before that, each check must reject a deliberately broken object (a validator that accepts
 // everything fails here), and the Dockerfile at the repository root is linted (dockerfilelint).
 // Exit status 0 only when everything passes. Usage: node k8s/validate/validate.mjs
@@ -262,6 +264,123 @@ function secretFileErrors(c, pod, flag, file) {
   return errors;
 }
 
+// ---- workers -> router replicas ----
+
+// The pod templates of a render (Deployments etc.) with their labels, namespace and server role.
+function podTemplates(all) {
+  return all.filter((o) => podSpecOf(o) && o.kind !== "Pod").map((o) => {
+    const c = podSpecOf(o).containers?.[0] ?? {};
+    const args = effectiveArgs(c);
+    return { o, labels: o.spec?.template?.metadata?.labels ?? {}, namespace: o.metadata?.namespace, c, args,
+      role: SERVING_ROLES.includes(args[0]) ? args[0] : null };
+  });
+}
+
+// The Service a host names in cluster DNS: <service>[.<namespace>[.svc[.<domain>]]]; undefined
+// for an IP or a name that is not under .svc.
+function serviceOfHost(host, defaultNamespace) {
+  const h = host.replace(/\.$/, "");
+  if (/^[0-9.]+$/.test(h) || h.includes(":") || h.startsWith("[")) return undefined;
+  const labels = h.split(".");
+  if (labels.length >= 3 && labels[2] !== "svc") return undefined;
+  return { name: labels[0], namespace: labels[1] ?? defaultNamespace };
+}
+
+function findService(all, ref) {
+  return all.find((o) => o.kind === "Service" && o.metadata?.name === ref.name && (o.metadata?.namespace ?? ref.namespace) === ref.namespace);
+}
+
+// The pod templates a Service's selector picks (none for an empty selector).
+function selectedTemplates(svc, all) {
+  const sel = svc.spec?.selector ?? {};
+  if (Object.keys(sel).length === 0) return [];
+  return podTemplates(all).filter((t) => t.namespace === svc.metadata?.namespace && Object.entries(sel).every(([k, v]) => t.labels[k] === v));
+}
+
+// --routers-dns HOST:PORT: HOST must be a headless Service (DNS answers with every pod IP, so
+// the worker registers with every replica) that selects the router pods and only those,
+// publishes not-ready addresses (a starting replica learns the workers before it takes clients),
+// and PORT must be the routers' --listen port (the worker dials the pod IPs directly).
+// Returns the router templates it reaches (for the NetworkPolicy check) and the errors.
+function routersDnsCheck(value, obj, c, configMaps, all) {
+  const errors = [];
+  const expanded = expandVars(value, c, configMaps);
+  const m = /^(.+):([0-9]+)$/.exec(expanded);
+  if (!m) return { errors: [`--routers-dns=${value} (${expanded}) must be HOST:PORT`], routers: [] };
+  const [host, port] = [m[1], Number(m[2])];
+  const ref = serviceOfHost(host, obj.metadata?.namespace);
+  if (!ref) {
+    return { errors: [`--routers-dns host '${host}' is not a Service name (<service>[.<namespace>[.svc[.<domain>]]]): name the headless Service of the router replicas`], routers: [] };
+  }
+  const svc = findService(all, ref);
+  if (!svc) return { errors: [`--routers-dns names Service '${ref.name}' in namespace '${ref.namespace}', which is not rendered`], routers: [] };
+  if (svc.spec?.clusterIP !== "None") {
+    errors.push(`--routers-dns: Service '${ref.name}' must be headless (clusterIP: None): a ClusterIP Service resolves to one virtual IP, so the worker would register with one router replica only`);
+  }
+  if (svc.spec?.publishNotReadyAddresses !== true) {
+    errors.push(`--routers-dns: Service '${ref.name}' must set publishNotReadyAddresses: true (a starting router replica must learn the workers before it is ready)`);
+  }
+  const selected = selectedTemplates(svc, all);
+  const routers = selected.filter((t) => t.role === "router");
+  if (routers.length === 0) errors.push(`--routers-dns: Service '${ref.name}' selects no router pods`);
+  const others = selected.filter((t) => t.role !== "router");
+  if (others.length) errors.push(`--routers-dns: Service '${ref.name}' also selects pods that are not routers (${others.map((t) => describe(t.o)).join(", ")})`);
+  for (const t of routers) {
+    const listen = portOf(flagValue(t.args, "listen"));
+    if (listen !== port) errors.push(`--routers-dns port ${port} is not the --listen port ${listen} of ${describe(t.o)}`);
+  }
+  return { errors, routers, port };
+}
+
+// --router A,B: a name of a ClusterIP Service in front of several router replicas reaches one
+// of them per connection, so the worker would register with that one only.
+function routerListErrors(value, obj, c, configMaps, all) {
+  const errors = [];
+  for (const entry of expandVars(value, c, configMaps).split(",").map((x) => x.trim()).filter(Boolean)) {
+    const ref = serviceOfHost(entry.replace(/:[0-9]+$/, ""), obj.metadata?.namespace);
+    const svc = ref && findService(all, ref);
+    if (!svc || svc.spec?.clusterIP === "None") continue;
+    const replicas = selectedTemplates(svc, all).filter((t) => t.role === "router")
+      .reduce((n, t) => n + (t.o.spec?.replicas ?? 1), 0);
+    if (replicas > 1) {
+      errors.push(`--router=${entry} names the ClusterIP Service '${ref.name}' in front of ${replicas} router replicas: the worker registers with only one of them (use --routers-dns with a headless Service)`);
+    }
+  }
+  return errors;
+}
+
+// Whether the NetworkPolicies of the render admit TCP `port` on the pods of template `target`
+// from the pods of template `source`. ipBlock peers are not counted (pod IPs are unknowable
+// here) and matchExpressions selectors are not evaluated (treated as not matching).
+function selectorMatches(selector, labels) {
+  if (!selector) return false;
+  if ((selector.matchExpressions ?? []).length) return false;
+  return labelsMatch(selector, labels);
+}
+
+function policyAdmits(all, target, source, port) {
+  const namedPorts = new Map((target.c.ports ?? []).map((p) => [p.name, p.containerPort]));
+  const policies = all.filter((p) => p.kind === "NetworkPolicy" && p.metadata?.namespace === target.namespace &&
+    (p.spec?.policyTypes ?? ["Ingress"]).includes("Ingress") && selectorMatches(p.spec?.podSelector ?? {}, target.labels));
+  if (policies.length === 0) return true;  // not isolated for ingress
+  const portOk = (rule) => (rule.ports ?? []).length === 0 || rule.ports.some((p) => {
+    if ((p.protocol ?? "TCP") !== "TCP") return false;
+    if (p.port === undefined) return true;
+    const n = typeof p.port === "string" ? namedPorts.get(p.port) : p.port;
+    return n === port || (p.endPort !== undefined && n <= port && port <= p.endPort);
+  });
+  const peerOk = (peer) => {
+    if (peer.ipBlock) return false;
+    if (peer.namespaceSelector) {
+      const nsLabels = { "kubernetes.io/metadata.name": source.namespace };
+      if (!selectorMatches(peer.namespaceSelector, nsLabels)) return false;
+      return peer.podSelector ? selectorMatches(peer.podSelector, source.labels) : true;
+    }
+    return source.namespace === target.namespace && selectorMatches(peer.podSelector ?? {}, source.labels);
+  };
+  return policies.some((p) => (p.spec?.ingress ?? []).some((rule) => portOk(rule) && ((rule.from ?? []).length === 0 || rule.from.some(peerOk))));
+}
+
 function ruleErrors(obj, all) {
   const errors = [];
   const add = (m) => errors.push(`rule: ${m}`);
@@ -421,6 +540,24 @@ function ruleErrors(obj, all) {
     if (["prefill", "decode"].includes(role) && !flagValue(args, "advertise")) {
       add(`${where}: workers must --advertise an address the router can dial (the pod IP)`);
     }
+    // Registration with the routers: every replica (headless Service), reachable through the
+    // NetworkPolicies on the routers' pod IPs (not only through a Service).
+    if (["prefill", "decode"].includes(role)) {
+      const routersDns = flagValue(args, "routers-dns");
+      const routerList = flagValue(args, "router");
+      if (routersDns === undefined && !routerList) add(`${where}: a worker needs --routers-dns or --router (it refuses to start without one)`);
+      if (routerList) for (const e of routerListErrors(routerList, obj, c, configMaps, all)) add(`${where}: ${e}`);
+      if (routersDns !== undefined) {
+        const check = routersDnsCheck(routersDns, obj, c, configMaps, all);
+        for (const e of check.errors) add(`${where}: ${e}`);
+        const self = { o: obj, labels: obj.spec?.template?.metadata?.labels ?? {}, namespace: obj.metadata?.namespace, c };
+        for (const r of check.routers) {
+          if (!policyAdmits(all, r, self, check.port)) {
+            add(`${where}: no NetworkPolicy admits ingress to the router pods of ${describe(r.o)} on port ${check.port} from this pod (it registers with each router pod directly)`);
+          }
+        }
+      }
+    }
   }
   if (obj.kind === "Deployment") {
     const labels = obj.spec?.template?.metadata?.labels;
@@ -487,6 +624,46 @@ async function selfTest(sample, tlsSample) {
     [deployment, "object without a namespace (rule)", (d) => { delete d.metadata.namespace; }, /has no namespace/],
     [deployment, "token file without TLS (rule)", (d) => { c0(d).args.push("--auth-token-file=/etc/t/token"); }, /--auth-token-file needs --tls-cert/],
   ];
+  // Workers -> router replicas (--routers-dns), on a base worker; the headless Service and the
+  // NetworkPolicies are mutated but reported on the worker.
+  const worker = sample.find((o) => o.kind === "Deployment" && ["prefill", "decode"].includes(c0(o).args?.[0]));
+  const workerDns = worker && flagValue(c0(worker).args, "routers-dns");
+  const peersRef = workerDns && serviceOfHost(expandVars(workerDns, c0(worker), sample.filter((o) => o.kind === "ConfigMap")).replace(/:[0-9]+$/, ""),
+    worker.metadata?.namespace);
+  const peers = peersRef && findService(sample, peersRef);
+  if (!worker || !peers) {
+    failures.push("self-test: the base has no worker with --routers-dns naming a rendered Service: the router-replica rules go untested");
+  } else {
+    const clientService = sample.find((o) => o.kind === "Service" && o !== peers && o.spec?.clusterIP !== "None" &&
+      selectedTemplates(o, sample).some((t) => t.role === "router"));
+    cases.push(
+      [worker, "--routers-dns naming a Service that is not rendered (rule)", (d) => { setArg(d, "routers-dns", `nope.${d.metadata.namespace}.svc.cluster.local:50051`); }, /--routers-dns names Service 'nope'/],
+      [worker, "--routers-dns port other than the routers' --listen (rule)", (d) => { setArg(d, "routers-dns", `${peersRef.name}.${peersRef.namespace}:50052`); }, /--routers-dns port 50052 is not the --listen port/],
+      [worker, "--routers-dns naming a pod IP (rule)", (d) => { setArg(d, "routers-dns", "10.0.0.1:50051"); }, /is not a Service name/],
+      [worker, "no --routers-dns and no --router (rule)", (d) => { setArg(d, "routers-dns"); }, /needs --routers-dns or --router/],
+      [peers, "routers' Service not headless (rule)", (s) => { delete s.spec.clusterIP; }, /must be headless/, worker],
+      [peers, "routers' Service hides not-ready routers (rule)", (s) => { delete s.spec.publishNotReadyAddresses; }, /--routers-dns: .*publishNotReadyAddresses/, worker],
+      [peers, "routers' Service selects the decode workers (rule)", (s) => { s.spec.selector = { ...s.spec.selector, "app.kubernetes.io/component": "decode" }; }, /selects no router pods/, worker],
+      [peers, "routers' Service selects every latentserve pod (rule)", (s) => { s.spec.selector = { "app.kubernetes.io/name": "latentserve" }; }, /also selects pods that are not routers/, worker],
+    );
+    if (!clientService) failures.push("self-test: no ClusterIP Service selects the routers: the --router rule goes untested");
+    else {
+      cases.push([worker, "--router through the ClusterIP Service of several replicas (rule)", (d) => {
+        setArg(d, "routers-dns", `${clientService.metadata.name}:50051`);
+        c0(d).args.push(`--router=${clientService.metadata.name}:50051`);
+        c0(d).args = c0(d).args.filter((a) => !a.startsWith("--routers-dns"));
+      }, /registers with only one of them/]);
+    }
+    // NetworkPolicy: the routers reachable from outside on a CIDR only, nothing from the
+    // namespace's pods (two policies changed: not expressible as one mutated object above).
+    const isolated = sample.filter((o) => !(o.kind === "NetworkPolicy" && (o.spec?.ingress ?? []).some((r) => (r.from ?? []).some((f) => f.podSelector && !f.namespaceSelector))))
+      .map((o) => (o.kind === "NetworkPolicy" && o.spec?.podSelector?.matchLabels?.["app.kubernetes.io/component"] === "router"
+        ? { ...o, spec: { ...o.spec, ingress: [{ from: [{ ipBlock: { cidr: "203.0.113.0/24" } }], ports: [{ port: 50051, protocol: "TCP" }] }] } } : o));
+    const npErrors = await checkObject(worker, isolated);
+    if (!npErrors.some((e) => /no NetworkPolicy admits ingress to the router pods/.test(e))) {
+      failures.push(`self-test 'workers cannot reach the router pods (NetworkPolicy rule)': not detected (got: ${npErrors.join("; ") || "no errors"})`);
+    }
+  }
   const tlsRouter = tlsSample?.find((o) => o.kind === "Deployment" && c0(o).args?.[0] === "router");
   const tlsWorker = tlsSample?.find((o) => o.kind === "Deployment" && ["prefill", "decode"].includes(c0(o).args?.[0]));
   if (!tlsRouter || !tlsWorker) {
@@ -533,7 +710,7 @@ async function selfTest(sample, tlsSample) {
     }
   }
   for (const [target, name, mutate, expect, reportedOn] of cases) {
-    const samples = target === deployment ? sample : tlsSample;
+    const samples = sample.includes(target) ? sample : tlsSample;
     const broken = structuredClone(target);
     mutate(broken);
     const all = samples.map((o) => (o === target ? broken : o));
@@ -549,7 +726,7 @@ async function selfTest(sample, tlsSample) {
       failures.push(`self-test 'TLS: one plaintext worker among TLS ones (render rule)': not detected (got: ${errors.join("; ") || "no errors"})`);
     }
   }
-  for (const [objs, d] of [[sample, deployment], [tlsSample, tlsRouter], [tlsSample, tlsWorker]]) {
+  for (const [objs, d] of [[sample, deployment], [sample, worker], [tlsSample, tlsRouter], [tlsSample, tlsWorker]]) {
     if (!d) continue;
     const clean = await checkObject(d, objs);
     if (clean.length) failures.push(`self-test: the unmodified ${describe(d)} has errors: ${clean.join("; ")}`);
