@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/simd.h"
 
 namespace latentserve::kernels::cpu {
 namespace {
@@ -28,7 +29,7 @@ void RecurrentHead(const HeadIo& io, int64_t dk, int64_t tokens, float scale, fl
     const float* v = io.v + t * io.stride;
     const float* g = io.g + t * io.stride;
     const float beta = io.beta[t * io.beta_stride];
-    for (int64_t c = 0; c < dk; ++c) decay[c] = std::exp(g[c]);
+    ExpRow(g, decay.data(), dk);
     float* o = io.out + t * io.stride;
     for (int64_t j = 0; j < dk; ++j) {  // value column j
       float* s = state + j * dk;
@@ -41,13 +42,48 @@ void RecurrentHead(const HeadIo& io, int64_t dk, int64_t tokens, float scale, fl
   }
 }
 
+// kk = k_t . (e^{G_t - G_j} * k_j) and qk = q_t . (e^{G_t - G_j} * k_j), one exp per channel.
+void DecayedPairDots(const float* cum_t, const float* cum_j, const float* kj, const float* kt, const float* qt,
+                     int64_t dk, float* kk, float* qk) {
+  int64_t c = 0;
+  float sum_k = 0, sum_q = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc_k = _mm256_setzero_ps(), acc_q = _mm256_setzero_ps();
+  for (; c + 8 <= dk; c += 8) {
+    const __m256 decayed = _mm256_mul_ps(
+        Exp8(_mm256_sub_ps(_mm256_loadu_ps(cum_t + c), _mm256_loadu_ps(cum_j + c))), _mm256_loadu_ps(kj + c));
+    acc_k = _mm256_fmadd_ps(_mm256_loadu_ps(kt + c), decayed, acc_k);
+    acc_q = _mm256_fmadd_ps(_mm256_loadu_ps(qt + c), decayed, acc_q);
+  }
+  alignas(32) float lanes_k[8], lanes_q[8];
+  _mm256_store_ps(lanes_k, acc_k);
+  _mm256_store_ps(lanes_q, acc_q);
+  for (int i = 0; i < 8; ++i) {
+    sum_k += lanes_k[i];
+    sum_q += lanes_q[i];
+  }
+#endif
+  for (; c < dk; ++c) {
+    const float decayed = std::exp(cum_t[c] - cum_j[c]) * kj[c];
+    sum_k += kt[c] * decayed;
+    sum_q += qt[c] * decayed;
+  }
+  *kk = sum_k;
+  *qk = sum_q;
+}
+
 // Largest |G| (summed log-decay within a chunk) for the factorised form: e^{60} ~ 1e26 keeps
 // every product well inside f32's range.
 constexpr float kMaxFactorisedDecay = 60.0f;
 
 void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, float scale, float* state) {
-  std::vector<float> cum(chunk * dk), kd(chunk * dk), qd(chunk * dk), u(chunk * dk);
-  std::vector<float> a(chunk * chunk), b(chunk * chunk), tmp(dk), kinv(chunk * dk);
+  // Per chunk of n <= chunk tokens; [n][dk] (token-major) unless noted. The products are f32
+  // GEMM tiles (simd.h GemmTile: y[r][c] = w_r . x_c).
+  std::vector<float> cum(chunk * dk), kd(chunk * dk), qd(chunk * dk), kinv(chunk * dk), u(chunk * dk);
+  std::vector<float> a(chunk * chunk), b(chunk * chunk);  // [n][n]
+  std::vector<float> from_state(chunk * dk), from_chunk(chunk * dk);
+  std::vector<float> u_cols(dk * chunk), kdec_cols(dk * chunk);  // [dk][n]: u^T, decayed k^T
+  std::vector<float> update(dk * dk), tmp(dk), e(dk);
   for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
     const int64_t n = std::min(chunk, tokens - c0);
     auto K = [&](int64_t t) { return io.k + (c0 + t) * io.stride; };
@@ -55,66 +91,78 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
     // Cumulative log-decay and decayed keys/queries relative to the chunk start.
     for (int64_t t = 0; t < n; ++t) {
       const float* g = io.g + (c0 + t) * io.stride;
+      for (int64_t c = 0; c < dk; ++c) cum[t * dk + c] = (t ? cum[(t - 1) * dk + c] : 0.0f) + g[c];
+      ExpRow(cum.data() + t * dk, e.data(), dk);
       for (int64_t c = 0; c < dk; ++c) {
-        cum[t * dk + c] = (t ? cum[(t - 1) * dk + c] : 0.0f) + g[c];
-        const float e = std::exp(cum[t * dk + c]);
-        kd[t * dk + c] = e * K(t)[c];
-        qd[t * dk + c] = e * Q(t)[c] * scale;
+        kd[t * dk + c] = e[c] * K(t)[c];
+        qd[t * dk + c] = e[c] * Q(t)[c] * scale;
       }
     }
     // Pairwise decayed products A (strictly lower) and B (lower incl. diagonal). When the
     // chunk's total decay is moderate, e^{G_t - G_j} factorises as e^{G_t} e^{-G_j} and the
-    // products are plain dots of precomputed rows (no exp per pair); otherwise e^{-G_j} could
-    // overflow, so each pair's exponent is taken whole.
+    // products are plain dots of precomputed rows (no exp per pair; the upper triangle is
+    // computed and dropped); otherwise e^{-G_j} could overflow, so each pair's exponent is
+    // taken whole.
     float deepest = 0;
     for (int64_t i = 0; i < n * dk; ++i) deepest = std::min(deepest, cum[i]);
     if (deepest > -kMaxFactorisedDecay) {
       for (int64_t j = 0; j < n; ++j) {
-        for (int64_t c = 0; c < dk; ++c) kinv[j * dk + c] = K(j)[c] * std::exp(-cum[j * dk + c]);
+        for (int64_t c = 0; c < dk; ++c) tmp[c] = -cum[j * dk + c];
+        ExpRow(tmp.data(), e.data(), dk);
+        for (int64_t c = 0; c < dk; ++c) kinv[j * dk + c] = K(j)[c] * e[c];
       }
+      GemmTile(kd.data(), n, dk, kinv.data(), dk, n, a.data(), n, 1);
+      GemmTile(qd.data(), n, dk, kinv.data(), dk, n, b.data(), n, 1);
       for (int64_t t = 0; t < n; ++t) {
-        for (int64_t j = 0; j <= t; ++j) {
-          a[t * chunk + j] = j < t ? Dot(kd.data() + t * dk, kinv.data() + j * dk, dk) : 0.0f;
-          b[t * chunk + j] = Dot(qd.data() + t * dk, kinv.data() + j * dk, dk);
+        for (int64_t j = t; j < n; ++j) {
+          a[t * n + j] = 0.0f;
+          if (j > t) b[t * n + j] = 0.0f;
         }
       }
     } else {
       for (int64_t t = 0; t < n; ++t) {
         for (int64_t j = 0; j <= t; ++j) {
-          const float* kj = K(j);
-          for (int64_t c = 0; c < dk; ++c) tmp[c] = std::exp(cum[t * dk + c] - cum[j * dk + c]) * kj[c];
-          a[t * chunk + j] = j < t ? Dot(K(t), tmp.data(), dk) : 0.0f;
-          b[t * chunk + j] = Dot(Q(t), tmp.data(), dk) * scale;
+          float kk, qk;
+          DecayedPairDots(cum.data() + t * dk, cum.data() + j * dk, K(j), K(t), Q(t), dk, &kk, &qk);
+          a[t * n + j] = j < t ? kk : 0.0f;
+          b[t * n + j] = qk * scale;
         }
+        for (int64_t j = t + 1; j < n; ++j) a[t * n + j] = b[t * n + j] = 0.0f;
       }
     }
-    // u by forward substitution; then outputs. u[t] has one entry per value column.
+    // u by forward substitution. u[t] has one entry per value column j; from_state[t][j] is
+    // S0^T (e^{G_t} * k_t).
+    GemmTile(state, dk, dk, kd.data(), dk, n, from_state.data(), 1, dk);
     for (int64_t t = 0; t < n; ++t) {
       const float* v = io.v + (c0 + t) * io.stride;
       const float beta = io.beta[(c0 + t) * io.beta_stride];
       float* ut = u.data() + t * dk;
-      for (int64_t j = 0; j < dk; ++j) ut[j] = v[j] - Dot(state + j * dk, kd.data() + t * dk, dk);
-      for (int64_t s = 0; s < t; ++s) Axpy(-a[t * chunk + s], u.data() + s * dk, ut, dk);
+      for (int64_t j = 0; j < dk; ++j) ut[j] = v[j] - from_state[t * dk + j];
+      for (int64_t s = 0; s < t; ++s) Axpy(-a[t * n + s], u.data() + s * dk, ut, dk);
       for (int64_t j = 0; j < dk; ++j) ut[j] *= beta;
     }
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < dk; ++j) u_cols[j * n + t] = u[t * dk + j];
+    // Outputs: S0^T (e^{G_t} * q_t) + sum_s B_ts u_s.
+    GemmTile(state, dk, dk, qd.data(), dk, n, from_state.data(), 1, dk);
+    GemmTile(b.data(), n, n, u_cols.data(), n, dk, from_chunk.data(), dk, 1);
     for (int64_t t = 0; t < n; ++t) {
       float* o = io.out + (c0 + t) * io.stride;
-      for (int64_t j = 0; j < dk; ++j) o[j] = Dot(state + j * dk, qd.data() + t * dk, dk);
-      for (int64_t s = 0; s <= t; ++s) Axpy(b[t * chunk + s], u.data() + s * dk, o, dk);
+      for (int64_t j = 0; j < dk; ++j) o[j] = from_state[t * dk + j] + from_chunk[t * dk + j];
     }
-    // State at the end of the chunk.
+    // State at the end of the chunk: e^{G_C} * S0 + sum_t (e^{G_C - G_t} * k_t) u_t^T.
     const float* last = cum.data() + (n - 1) * dk;
-    for (int64_t c = 0; c < dk; ++c) tmp[c] = std::exp(last[c]);
-    for (int64_t j = 0; j < dk; ++j) {
-      float* s = state + j * dk;
-      for (int64_t c = 0; c < dk; ++c) s[c] *= tmp[c];
-    }
-    std::vector<float> kdec(dk);
     for (int64_t t = 0; t < n; ++t) {
       const float* kt = K(t);
-      for (int64_t c = 0; c < dk; ++c) kdec[c] = std::exp(last[c] - cum[t * dk + c]) * kt[c];
-      const float* ut = u.data() + t * dk;
-      for (int64_t j = 0; j < dk; ++j) Axpy(ut[j], kdec.data(), state + j * dk, dk);
+      for (int64_t c = 0; c < dk; ++c) tmp[c] = last[c] - cum[t * dk + c];
+      ExpRow(tmp.data(), e.data(), dk);
+      for (int64_t c = 0; c < dk; ++c) kdec_cols[c * n + t] = e[c] * kt[c];
+    }
+    GemmTile(u_cols.data(), dk, n, kdec_cols.data(), n, dk, update.data(), dk, 1);
+    ExpRow(last, tmp.data(), dk);
+    for (int64_t j = 0; j < dk; ++j) {
+      float* s = state + j * dk;
+      for (int64_t c = 0; c < dk; ++c) s[c] = s[c] * tmp[c] + update[j * dk + c];
     }
   }
 }

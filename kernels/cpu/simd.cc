@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/cpu/cpu_backend.h"
 
 namespace latentserve::kernels::cpu {
@@ -94,6 +96,14 @@ float RowDot(DType type, const uint8_t* row, const float* x, int64_t k) {
     sum += Dot(buffer, x + i0, n);
   }
   return sum;
+}
+
+void ExpRow(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef LS_SIMD
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, Exp8(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
 void DequantizeRowFast(DType type, const uint8_t* row, float* out, int64_t k) {

@@ -229,11 +229,14 @@ void ReferenceKda(const KdaCase& c, std::vector<float>& out, std::vector<double>
     }
 }
 
-class KdaForms : public CpuOps, public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};
+// (tokens, chunk, dk, most negative log-decay per token): deep decays take the chunked form's
+// per-pair-exponent path, dk 20 the vector tails.
+class KdaForms : public CpuOps,
+                 public ::testing::WithParamInterface<std::tuple<int64_t, int64_t, int64_t, float>> {};
 
 TEST_P(KdaForms, ChunkedAndRecurrentMatchReference) {
-  const auto [tokens, chunk] = GetParam();
-  KdaCase c{16, 3, tokens, {}, {}, {}, {}, {}, {}};
+  const auto [tokens, chunk, dk, g_min] = GetParam();
+  KdaCase c{dk, 3, tokens, {}, {}, {}, {}, {}, {}};
   const int64_t n = c.dk * c.heads * tokens;
   auto normalise = [&](std::vector<float>& x) {
     for (int64_t r = 0; r < n / c.dk; ++r) {
@@ -247,7 +250,7 @@ TEST_P(KdaForms, ChunkedAndRecurrentMatchReference) {
   normalise(c.q);
   normalise(c.k);
   c.v = Random(n);
-  c.g = Random(n, -2.0f, -0.001f);
+  c.g = Random(n, g_min, -0.001f);
   c.beta = Random(c.heads * tokens, 0.05f, 0.95f);
   c.state = Random(c.dk * c.dk * c.heads, -0.5f, 0.5f);
   std::vector<float> expect;
@@ -268,8 +271,10 @@ TEST_P(KdaForms, ChunkedAndRecurrentMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, KdaForms,
-                         ::testing::Values(std::make_tuple(1, 64), std::make_tuple(5, 2), std::make_tuple(37, 8),
-                                           std::make_tuple(130, 64), std::make_tuple(64, 64)));
+                         ::testing::Values(std::make_tuple(1, 64, 16, -2.0f), std::make_tuple(5, 2, 16, -2.0f),
+                                           std::make_tuple(37, 8, 16, -2.0f), std::make_tuple(130, 64, 16, -2.0f),
+                                           std::make_tuple(64, 64, 16, -2.0f), std::make_tuple(77, 16, 20, -0.2f),
+                                           std::make_tuple(100, 64, 20, -8.0f), std::make_tuple(3, 64, 24, -8.0f)));
 
 TEST_F(CpuOps, ShortConvCarriesTailAcrossCalls) {
   const int64_t D = 5, taps = 4, T = 9;
