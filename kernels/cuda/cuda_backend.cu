@@ -2,6 +2,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -15,21 +19,78 @@ void CudaFailed(const char* what, const char* detail, const char* file, int line
   std::abort();
 }
 
+// Freed tensor memory kept for the next allocation of the same (rounded) size, the way
+// PyTorch's caching allocator works: a decode step allocates the same few hundred tensors
+// every time, and a cudaMallocAsync + cudaFreeAsync pair per tensor cost more host time than
+// launching the step's kernels (the decode step was host-bound: generate --profile-overlap).
+// Every use of the memory is on the backend's one stream, so a block given back after its
+// last use was enqueued can serve work enqueued later: stream order separates them.
+// LATENTSERVE_CUDA_ALLOC_CACHE=0 turns it off (each tensor then goes back to the pool).
+class BlockCache {
+ public:
+  explicit BlockCache(cudaStream_t stream) : stream_(stream) {
+    const char* env = std::getenv("LATENTSERVE_CUDA_ALLOC_CACHE");
+    enabled_ = env == nullptr || std::strcmp(env, "0") != 0;
+  }
+  ~BlockCache() { Flush(); }
+
+  static size_t Round(size_t bytes) { return (std::max<size_t>(bytes, 256) + 511) / 512 * 512; }
+
+  void* Take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(bytes);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* ptr = it->second.back();
+    it->second.pop_back();
+    cached_bytes_ -= bytes;
+    return ptr;
+  }
+  void Give(void* ptr, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (enabled_ && cached_bytes_ + bytes <= kMaxCachedBytes) {
+        free_[bytes].push_back(ptr);
+        cached_bytes_ += bytes;
+        return;
+      }
+    }
+    cudaFreeAsync(ptr, stream_);
+  }
+  // Returns every cached block to the pool (before retrying an allocation that failed).
+  void Flush() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [bytes, blocks] : free_) {
+      for (void* ptr : blocks) cudaFreeAsync(ptr, stream_);
+    }
+    free_.clear();
+    cached_bytes_ = 0;
+  }
+
+ private:
+  static constexpr size_t kMaxCachedBytes = size_t{4} << 30;
+  cudaStream_t stream_;
+  bool enabled_ = true;
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+  size_t cached_bytes_ = 0;
+};
+
 namespace {
 
-// Device memory from the stream-ordered pool; freed in stream order, so a tensor dropped
-// while kernels that use it are queued stays valid for them.
+// Device memory from the stream-ordered pool (through the block cache); freed in stream
+// order, so a tensor dropped while kernels that use it are queued stays valid for them.
 class DeviceBuffer final : public Buffer {
  public:
-  DeviceBuffer(void* ptr, size_t size, cudaStream_t stream) : ptr_(ptr), size_(size), stream_(stream) {}
-  ~DeviceBuffer() override { cudaFreeAsync(ptr_, stream_); }
+  DeviceBuffer(void* ptr, size_t size, std::shared_ptr<BlockCache> cache)
+      : ptr_(ptr), size_(size), cache_(std::move(cache)) {}
+  ~DeviceBuffer() override { cache_->Give(ptr_, size_); }
   void* address() override { return ptr_; }
   size_t size() const override { return size_; }
 
  private:
   void* ptr_;
   size_t size_;
-  cudaStream_t stream_;
+  std::shared_ptr<BlockCache> cache_;  // outlives the backend while tensors do
 };
 
 __global__ void CopyColumnsKernel(const float* src, int64_t src_width, int64_t src_col, float* dst, int64_t dst_width,
@@ -100,6 +161,7 @@ CudaBackend::CudaBackend(int device) : device_(device), scratch_(8) {
   CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_OK(cublasCreate(&cublas_));
   CUBLAS_OK(cublasSetStream(cublas_, stream_));
+  block_cache_ = std::make_shared<BlockCache>(stream_);
   // Keep freed memory in the pool instead of returning it to the driver.
   cudaMemPool_t pool;
   CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, device));
@@ -131,14 +193,22 @@ absl::StatusOr<Tensor> CudaBackend::Alloc(DType dtype, Shape ne) {
   Tensor t;
   t.dtype = dtype;
   t.ne = ne;
-  void* ptr = nullptr;
-  const size_t bytes = std::max<size_t>(256, t.nbytes());
-  cudaError_t err = cudaMallocAsync(&ptr, bytes, stream_);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    return absl::ResourceExhaustedError(absl::StrCat("device allocation of ", bytes, " bytes failed: ", cudaGetErrorString(err)));
+  const size_t bytes = BlockCache::Round(t.nbytes());
+  void* ptr = block_cache_->Take(bytes);
+  if (ptr == nullptr) {
+    cudaError_t err = cudaMallocAsync(&ptr, bytes, stream_);
+    if (err != cudaSuccess) {  // cached blocks of other sizes may be what is missing
+      cudaGetLastError();
+      block_cache_->Flush();
+      err = cudaMallocAsync(&ptr, bytes, stream_);
+    }
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat("device allocation of ", bytes, " bytes failed: ", cudaGetErrorString(err)));
+    }
   }
-  t.buffer = std::make_shared<DeviceBuffer>(ptr, bytes, stream_);
+  t.buffer = std::make_shared<DeviceBuffer>(ptr, bytes, block_cache_);
   return t;
 }
 

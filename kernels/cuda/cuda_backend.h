@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,8 @@ namespace latentserve::kernels::cuda {
   do {                                                                                    \
     if (!(cond)) ::latentserve::kernels::cuda::CudaFailed(#cond, "internal check", __FILE__, __LINE__); \
   } while (0)
+
+class BlockCache;  // cuda_backend.cu
 
 class CudaBackend final : public Backend {
  public:
@@ -102,6 +105,7 @@ class CudaBackend final : public Backend {
     size_t bytes = 0;
   };
   std::vector<ScratchSlot> scratch_;
+  std::shared_ptr<BlockCache> block_cache_;  // freed tensor memory for reuse (cuda_backend.cu)
   // Pinned staging for small per-op uploads (page tables, routing indices): a pageable
   // cudaMemcpyAsync would make the host wait for the stream, serialising launch and execution.
   struct Staging {

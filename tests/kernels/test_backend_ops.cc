@@ -49,6 +49,22 @@ class BackendOps : public ::testing::Test {
     return p;
   }
   Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
+  // The CPU reference for a weight: for q8_0 / q4_0 the same values dequantised to f32. The
+  // CPU backend multiplies quantised weights on 8-bit activation blocks (as ggml does); the
+  // CUDA kernels keep f32 activations (GEMV) or f16 (GEMM), so the exact reference for them
+  // is the f32 matmul over the dequantised weights.
+  Tensor CpuReferenceWeights(const Pair& w) {
+    if (w.cpu.dtype != DType::kQ8_0 && w.cpu.dtype != DType::kQ4_0) return w.cpu;
+    std::vector<uint8_t> bytes(w.cpu.nbytes());
+    cpu_->Download(w.cpu, bytes.data(), bytes.size());
+    std::vector<float> values(w.cpu.elements());
+    for (int64_t r = 0; r < w.cpu.rows(); ++r) {
+      DequantizeRow(w.cpu.dtype, bytes.data() + r * w.cpu.row_bytes(), values.data() + r * w.cpu.ne[0], w.cpu.ne[0]);
+    }
+    Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
+    cpu_->Upload(values.data(), values.size() * 4, t);
+    return t;
+  }
   Pair Poisoned(Shape ne) {  // outputs start as NaN so an unwritten element fails
     return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN));
   }
@@ -85,7 +101,7 @@ TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {
       auto w = Make(type, {k, n, 1, 1}, Random(k * n));
       auto x = F32({k, m, 1, 1}, Random(k * m));
       auto y = Poisoned({n, m, 1, 1});
-      cpu_->MatMul(w.cpu, x.cpu, y.cpu);
+      cpu_->MatMul(CpuReferenceWeights(w), x.cpu, y.cpu);
       gpu_->MatMul(w.gpu, x.gpu, y.gpu);
       const bool half = m > 8 && type != DType::kF32;
       Expect(y, half ? kHalfActivations : 1e-9, std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m));
@@ -111,7 +127,7 @@ TEST_F(BackendOps, HeadMatMul) {
     auto w = Make(type, {k, n, heads, 1}, Random(k * n * heads));
     auto x = F32({kx, heads, tokens, 1}, Random(kx * heads * tokens));
     auto y = Poisoned({n, heads, tokens, 1});
-    cpu_->HeadMatMul(w.cpu, x.cpu, 32, y.cpu);
+    cpu_->HeadMatMul(CpuReferenceWeights(w), x.cpu, 32, y.cpu);
     gpu_->HeadMatMul(w.gpu, x.gpu, 32, y.gpu);
     Expect(y, kExact, std::string("HeadMatMul ") + DTypeName(type));
   }
@@ -319,7 +335,7 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
       auto gate = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto up = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto down = Make(type, {ffn, hidden, experts, 1}, Random(ffn * hidden * experts));
-      cw = {gate.cpu, up.cpu, down.cpu};
+      cw = {CpuReferenceWeights(gate), CpuReferenceWeights(up), CpuReferenceWeights(down)};
       gw = {gate.gpu, up.gpu, down.gpu};
       auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
       auto y = Poisoned({hidden, tokens, 1, 1});
