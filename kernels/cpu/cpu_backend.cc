@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/random_fill.h"
 
 namespace latentserve::kernels::cpu {
@@ -219,7 +220,9 @@ void CpuBackend::SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) {
   LS_CHECK(gate.elements() == up.elements() && gate.elements() == y.elements());
   const float *pg = F32(gate), *pu = F32(up);
   float* py = F32(y);
-  for (int64_t i = 0, n = gate.elements(); i < n; ++i) py[i] = pg[i] * SigmoidF(pg[i]) * pu[i];
+  pool_.ParallelFor(gate.elements(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) py[i] = pg[i] * SigmoidF(pg[i]) * pu[i];
+  });
 }
 
 void CpuBackend::KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
@@ -228,13 +231,15 @@ void CpuBackend::KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a
   LS_CHECK(dt_bias.elements() == width && a.elements() * head_dim == width);
   const float *pf = F32(f), *bias = F32(dt_bias), *pa = F32(a);
   float* pg = F32(g);
-  for (int64_t t = 0; t < f.rows(); ++t) {
-    for (int64_t c = 0; c < width; ++c) {
-      const float x = pf[t * width + c] + bias[c];
-      const float softplus = x > 20.0f ? x : std::log1p(std::exp(x));
-      pg[t * width + c] = pa[c / head_dim] * softplus;
+  pool_.ParallelFor(f.rows(), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t c = 0; c < width; ++c) {
+        const float x = pf[t * width + c] + bias[c];
+        const float softplus = x > 20.0f ? x : std::log1p(std::exp(x));
+        pg[t * width + c] = pa[c / head_dim] * softplus;
+      }
     }
-  }
+  });
 }
 
 void CpuBackend::ShortConvSilu(const Tensor& x, const Tensor& weight, int which,
@@ -243,22 +248,49 @@ void CpuBackend::ShortConvSilu(const Tensor& x, const Tensor& weight, int which,
   const int64_t channels = x.ne[0], taps = weight.ne[0];
   LS_CHECK(weight.dtype == DType::kF32 && weight.rows() == channels && seqs.size() == states.size());
   const float* w = F32(weight);
+  const float* in = F32(x);
+  float* out = F32(y);
   for (size_t s = 0; s < seqs.size(); ++s) {
-    float* tail = F32(states[s].conv) + which * channels * (taps - 1);
+    float* tail = F32(states[s].conv) + which * channels * (taps - 1);  // [channels][taps - 1]
     const int64_t first = seqs[s].first_token, n = seqs[s].token_count;
+    // Each thread takes a slice of channels through every token, row by row (vectors along
+    // the channels): window [taps - 1 + n][slice] is the carried tail followed by the tokens.
     pool_.ParallelFor(channels, 64, [&](int64_t begin, int64_t end) {
-      std::vector<float> window(taps - 1 + n);
-      for (int64_t c = begin; c < end; ++c) {
-        float* prev = tail + c * (taps - 1);
-        std::memcpy(window.data(), prev, (taps - 1) * sizeof(float));
-        for (int64_t t = 0; t < n; ++t) window[taps - 1 + t] = F32(x)[(first + t) * channels + c];
-        const float* wc = w + c * taps;
-        for (int64_t t = 0; t < n; ++t) {
-          float acc = 0;
-          for (int64_t j = 0; j < taps; ++j) acc += wc[j] * window[t + j];
-          F32(y)[(first + t) * channels + c] = acc * SigmoidF(acc);
+      const int64_t width = end - begin;
+      static thread_local std::vector<float> window, taps_by_channel;
+      window.resize((taps - 1 + n) * width);
+      taps_by_channel.resize(taps * width);
+      for (int64_t c = 0; c < width; ++c) {
+        for (int64_t j = 0; j < taps - 1; ++j) window[j * width + c] = tail[(begin + c) * (taps - 1) + j];
+        for (int64_t j = 0; j < taps; ++j) taps_by_channel[j * width + c] = w[(begin + c) * taps + j];
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        std::memcpy(window.data() + (taps - 1 + t) * width, in + (first + t) * channels + begin, width * sizeof(float));
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        float* dst = out + (first + t) * channels + begin;
+        int64_t c = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; c + 8 <= width; c += 8) {
+          __m256 acc = _mm256_setzero_ps();
+          for (int64_t j = 0; j < taps; ++j) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(taps_by_channel.data() + j * width + c),
+                                  _mm256_loadu_ps(window.data() + (t + j) * width + c), acc);
+          }
+          const __m256 sigmoid = _mm256_div_ps(
+              _mm256_set1_ps(1.0f),
+              _mm256_add_ps(_mm256_set1_ps(1.0f), Exp8(_mm256_sub_ps(_mm256_setzero_ps(), acc))));
+          _mm256_storeu_ps(dst + c, _mm256_mul_ps(acc, sigmoid));
         }
-        std::memcpy(prev, window.data() + n, (taps - 1) * sizeof(float));
+#endif
+        for (; c < width; ++c) {
+          float acc = 0;
+          for (int64_t j = 0; j < taps; ++j) acc += taps_by_channel[j * width + c] * window[(t + j) * width + c];
+          dst[c] = acc * SigmoidF(acc);
+        }
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        for (int64_t j = 0; j < taps - 1; ++j) tail[(begin + c) * (taps - 1) + j] = window[(n + j) * width + c];
       }
     });
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 namespace latentserve::kernels::cpu {
 namespace {
@@ -47,6 +48,22 @@ struct PanelRows {  // a repacked QuantPanel group
     wb = w + b * kGroupRows * kQ8Block;
     const int8_t* ab = w_abs + b * kGroupRows * kQ8Block;
     for (int r = 0; r < 4; ++r) abs[r] = Load32(ab + r * kQ8Block);
+    scale = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(d + b * kGroupRows));
+  }
+  const int8_t* W(int r) const { return wb + r * kQ8Block; }
+};
+
+// A repacked q4_0 group: values within [-8, 7] let the tile skip the sign trick (see TileSmall).
+struct PanelSmallRows {
+  const int8_t* w;
+  const int32_t* corr;
+  const float* d;
+  const int8_t* wb = nullptr;
+  __m256i offset;  // 128 * (sum of the row's values) per half, as Tile folds the rows
+  __m256 scale;
+  void Block(int64_t b) {
+    wb = w + b * kGroupRows * kQ8Block;
+    offset = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + b * 2 * kGroupRows));
     scale = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(d + b * kGroupRows));
   }
   const int8_t* W(int r) const { return wb + r * kQ8Block; }
@@ -128,6 +145,48 @@ void Tile(Rows& rows, int64_t blocks, const int8_t* xq, const float* xd, float* 
   }
 }
 
+// Tile for values within [-8, 7] (q4_0): x + 128 is unsigned, so maddubs takes it directly
+// (pair sums <= 2 * 255 * 8), hadds fold 16 products per row-half in int16 (<= 16 * 255 * 8
+// fits) and one madd widens; subtracting 128 * (sum of the values) leaves exactly Tile's
+// integers, so the result is bitwise Tile's.
+template <int C>
+void TileSmall(PanelSmallRows& rows, int64_t blocks, const int8_t* xq, const float* xd, float* y,
+               int64_t y_row_stride, int64_t y_col_stride, int valid_rows) {
+  const int64_t k = blocks * kQ8Block;
+  __m256 acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < blocks; ++b) {
+    rows.Block(b);
+    for (int c = 0; c < C; ++c) {
+      const __m256i x = _mm256_xor_si256(Load32(xq + c * k + b * kQ8Block), bias);
+      const __m256i m01 = _mm256_hadd_epi16(_mm256_maddubs_epi16(x, Load32(rows.W(0))),
+                                            _mm256_maddubs_epi16(x, Load32(rows.W(1))));
+      const __m256i m23 = _mm256_hadd_epi16(_mm256_maddubs_epi16(x, Load32(rows.W(2))),
+                                            _mm256_maddubs_epi16(x, Load32(rows.W(3))));
+      const __m256i h = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_hadd_epi16(m01, m23), ones), rows.offset);
+      const __m256 scale = _mm256_mul_ps(rows.scale, _mm256_broadcast_ss(xd + c * blocks + b));
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), scale, acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    alignas(16) float out[kGroupRows];
+    _mm_store_ps(out, _mm_add_ps(_mm256_castps256_ps128(acc[c]), _mm256_extractf128_ps(acc[c], 1)));
+    for (int r = 0; r < valid_rows; ++r) y[r * y_row_stride + c * y_col_stride] = out[r];
+  }
+}
+
+template <int C, class Rows>
+void AnyTile(Rows& rows, int64_t blocks, const int8_t* xq, const float* xd, float* y, int64_t y_row_stride,
+             int64_t y_col_stride, int valid_rows) {
+  if constexpr (std::is_same_v<Rows, PanelSmallRows>) {
+    TileSmall<C>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
+  } else {
+    Tile<C>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
+  }
+}
+
 // All columns against one group of rows: 4-column tiles, then the remainder.
 template <class Rows>
 void GroupTimesColumns(Rows& rows, int64_t blocks, const int8_t* xq, const float* xd, int64_t cols,
@@ -137,16 +196,16 @@ void GroupTimesColumns(Rows& rows, int64_t blocks, const int8_t* xq, const float
   const int64_t k = blocks * kQ8Block;
   int64_t c = 0;
   for (; c + C <= cols; c += C) {
-    Tile<C>(rows, blocks, xq + c * k, xd + c * blocks, y + c * y_col_stride, y_row_stride,
+    AnyTile<C>(rows, blocks, xq + c * k, xd + c * blocks, y + c * y_col_stride, y_row_stride,
             y_col_stride, valid_rows);
   }
   const int64_t left = cols - c;
   xq += c * k;
   xd += c * blocks;
   y += c * y_col_stride;
-  if (left == 3) Tile<3>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
-  if (left == 2) Tile<2>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
-  if (left == 1) Tile<1>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
+  if (left == 3) AnyTile<3>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
+  if (left == 2) AnyTile<2>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
+  if (left == 1) AnyTile<1>(rows, blocks, xq, xd, y, y_row_stride, y_col_stride, valid_rows);
 }
 #endif
 
@@ -219,11 +278,21 @@ void Pack(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t blocks, Quan
     for (int64_t b = 0; b < blocks; ++b) {
       src.Block(b);
       const int64_t at = (g * blocks + b) * kGroupRows;
+      constexpr bool kSmall = std::is_same_v<Stored, StoredQ4Rows>;  // panel.small
+      __m256i sums[kGroupRows];
       for (int r = 0; r < kGroupRows; ++r) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.w.data() + (at + r) * kQ8Block),
-                            Load32(src.W(r)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.abs.data() + (at + r) * kQ8Block),
-                            src.abs[r]);
+        const __m256i values = Load32(src.W(r));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.w.data() + (at + r) * kQ8Block), values);
+        if constexpr (kSmall) {
+          sums[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), values), _mm256_set1_epi16(1));
+        } else {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.abs.data() + (at + r) * kQ8Block), src.abs[r]);
+        }
+      }
+      if constexpr (kSmall) {  // 128 * sum per row and half, folded like TileSmall's products
+        const __m256i folded =
+            _mm256_hadd_epi32(_mm256_hadd_epi32(sums[0], sums[1]), _mm256_hadd_epi32(sums[2], sums[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.corr.data() + at * 2), _mm256_slli_epi32(folded, 7));
       }
       _mm_storeu_ps(panel.d.data() + at, _mm256_castps256_ps128(src.scale));
     }
@@ -299,8 +368,10 @@ void PackWeightRows(DType type, const uint8_t* w, size_t row_bytes, int64_t rows
   const int64_t groups = (rows + kGroupRows - 1) / kGroupRows;
   panel.rows = rows;
   panel.k = k;
+  panel.small = type == DType::kQ4_0;
   panel.w.resize(groups * k * kGroupRows);
-  panel.abs.resize(groups * k * kGroupRows);
+  panel.abs.resize(panel.small ? 0 : groups * k * kGroupRows);
+  panel.corr.resize(panel.small ? groups * blocks * 2 * kGroupRows : 0);
   panel.d.resize(groups * blocks * kGroupRows);
   if (type == DType::kQ8_0) {
     Pack<StoredQ8Rows, BlockQ8_0>(w, row_bytes, rows, blocks, panel);
@@ -313,13 +384,21 @@ void QuantGemm(const QuantPanel& panel, const int8_t* xq, const float* xd, int64
                int64_t y_row_stride, int64_t y_col_stride) {
   const int64_t k = panel.k, blocks = k / kQ8Block;
   for (int64_t g = 0; g * kGroupRows < panel.rows; ++g) {
-    PanelRows src;
-    src.w = panel.w.data() + g * k * kGroupRows;
-    src.w_abs = panel.abs.data() + g * k * kGroupRows;
-    src.d = panel.d.data() + g * blocks * kGroupRows;
     const int valid = static_cast<int>(std::min<int64_t>(kGroupRows, panel.rows - g * kGroupRows));
-    GroupTimesColumns(src, blocks, xq, xd, cols, y + g * kGroupRows * y_row_stride, y_row_stride,
-                      y_col_stride, valid);
+    float* yg = y + g * kGroupRows * y_row_stride;
+    if (panel.small) {
+      PanelSmallRows src;
+      src.w = panel.w.data() + g * k * kGroupRows;
+      src.corr = panel.corr.data() + g * blocks * 2 * kGroupRows;
+      src.d = panel.d.data() + g * blocks * kGroupRows;
+      GroupTimesColumns(src, blocks, xq, xd, cols, yg, y_row_stride, y_col_stride, valid);
+    } else {
+      PanelRows src;
+      src.w = panel.w.data() + g * k * kGroupRows;
+      src.w_abs = panel.abs.data() + g * k * kGroupRows;
+      src.d = panel.d.data() + g * blocks * kGroupRows;
+      GroupTimesColumns(src, blocks, xq, xd, cols, yg, y_row_stride, y_col_stride, valid);
+    }
   }
 }
 

@@ -58,9 +58,13 @@ inline void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int
 // the 4 rows' 32 signed values (q4_0 nibbles become q - 8), their magnitudes, and the 4 rows'
 // f32 scales. Layout: w, abs [groups][k / 32][4][32]; d [groups][k / 32][4]. Reused across
 // calls as scratch.
+// q4_0 panels (small = true) keep no magnitudes but corr [groups][k / 32][2][4]: 128 * the sum
+// of each row's values over elements 0..15 and 16..31 of the block.
 struct QuantPanel {
   int64_t rows = 0, k = 0;
+  bool small = false;
   std::vector<int8_t> w, abs;
+  std::vector<int32_t> corr;
   std::vector<float> d;
 };
 
