@@ -38,6 +38,8 @@ struct Tensor {
 
   // Same memory, another shape with the same element count (metadata only).
   Tensor Reshape(Shape shape) const;
+  // Rows [first, first + count) as a [ne[0], count] matrix sharing this memory.
+  Tensor RowSlice(int64_t first, int64_t count) const;
 };
 
 }  // namespace latentserve::kernels

@@ -6,25 +6,59 @@ namespace latentserve::model {
 
 using kernels::Tensor;
 
+namespace {
+
+// Elements [first, first + count) of a one-column tensor, sharing its memory.
+Tensor Slice(const Tensor& column, int64_t first, int64_t count) {
+  return column.Reshape({1, column.elements(), 1, 1}).RowSlice(first, count);
+}
+
+}  // namespace
+
 absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
                                 const std::vector<kernels::KdaStateView>& states, const Tensor& h) {
   kernels::Backend& b = ctx.backend;
   const int64_t n = ctx.tokens, H = ctx.config.n_heads, Dk = ctx.config.kda_head_dim;
   const int64_t Di = H * Dk;
-  Tensor conv_out[3];
-  const Tensor* proj_w[3] = {&w.q, &w.k, &w.v};
-  const Tensor* conv_w[3] = {&w.conv_q, &w.conv_k, &w.conv_v};
-  ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
-  for (int which = 0; which < 3; ++which) {
-    b.MatMul(*proj_w[which], h, proj);
-    ASSIGN_OR_RETURN(conv_out[which], ctx.F32({Di, n, 1, 1}));
-    b.ShortConvSilu(proj, *conv_w[which], which, ctx.slices, states, conv_out[which]);
-  }
   const kernels::Shape heads_shape = {Dk, H, n, 1};
-  Tensor q = conv_out[0].Reshape(heads_shape), k = conv_out[1].Reshape(heads_shape);
-  Tensor v = conv_out[2].Reshape(heads_shape);
-  b.L2Norm(q.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, q.Reshape({Dk, H * n, 1, 1}));
-  b.L2Norm(k.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, k.Reshape({Dk, H * n, 1, 1}));
+  Tensor q, k, v;
+  if (w.qkv.defined()) {
+    // One matmul and one short conv for q, k and v together (stacked channels; the conv
+    // state is laid out [q|k|v][channel][tap], the same order).
+    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({3 * Di, n, 1, 1}));
+    b.MatMul(w.qkv, h, proj);
+    ASSIGN_OR_RETURN(Tensor conv, ctx.F32({3 * Di, n, 1, 1}));
+    b.ShortConvSilu(proj, w.conv_qkv, 0, ctx.slices, states, conv);
+    if (n == 1) {  // decode: q, k, v are consecutive ranges of the one column
+      q = Slice(conv, 0, Di).Reshape(heads_shape);
+      k = Slice(conv, Di, Di).Reshape(heads_shape);
+      v = Slice(conv, 2 * Di, Di).Reshape(heads_shape);
+      // q and k are adjacent: one L2Norm over both.
+      const Tensor qk = Slice(conv, 0, 2 * Di).Reshape({Dk, 2 * H, 1, 1});
+      b.L2Norm(qk, ctx.config.rms_eps, qk);
+    } else {  // several tokens: each column interleaves q, k, v; split them apart
+      Tensor* parts[3] = {&q, &k, &v};
+      for (int which = 0; which < 3; ++which) {
+        ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
+        b.CopyColumns(conv, which * Di, *parts[which], 0, Di);
+        *parts[which] = parts[which]->Reshape(heads_shape);
+      }
+      b.L2Norm(q.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, q.Reshape({Dk, H * n, 1, 1}));
+      b.L2Norm(k.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, k.Reshape({Dk, H * n, 1, 1}));
+    }
+  } else {  // q, k, v of different types (mixed-quantisation files): three matmuls
+    const Tensor* proj_w[3] = {&w.q, &w.k, &w.v};
+    Tensor* parts[3] = {&q, &k, &v};
+    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
+    for (int which = 0; which < 3; ++which) {
+      b.MatMul(*proj_w[which], h, proj);
+      ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
+      b.ShortConvSilu(proj, w.conv_qkv.RowSlice(which * Di, Di), which, ctx.slices, states, *parts[which]);
+      *parts[which] = parts[which]->Reshape(heads_shape);
+    }
+    b.L2Norm(q.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, q.Reshape({Dk, H * n, 1, 1}));
+    b.L2Norm(k.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, k.Reshape({Dk, H * n, 1, 1}));
+  }
 
   // Per-channel decay g = A * softplus(f_b(f_a(h)) + dt_bias); mixing beta = sigmoid(b(h)).
   ASSIGN_OR_RETURN(Tensor low, ctx.F32({Dk, n, 1, 1}));

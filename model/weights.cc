@@ -18,7 +18,12 @@ class Source {
   // `name` with `shape`; `f32_only` for small parameters the math needs in full precision.
   virtual absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
                                      bool optional = false) = 0;
+  // Tensors of one `shape` stacked along their rows (ne[1]) in one tensor. FailedPrecondition
+  // when their types differ (the caller then keeps them apart).
+  virtual absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
+                                            bool f32_only = false) = 0;
 };
+
 
 class RandomSource final : public Source {
  public:
@@ -28,8 +33,29 @@ class RandomSource final : public Source {
   absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only, bool) override {
     kernels::Shape ne = {1, 1, 1, 1};
     for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
-    const bool matrix = !f32_only && shape.size() >= 2 && ne[0] % 32 == 0;
-    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(matrix ? matrix_type_ : DType::kF32, ne));
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(Type(shape, f32_only), ne));
+    Fill(name, t);
+    return t;
+  }
+
+  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
+                                    bool f32_only) override {
+    const int64_t rows = shape.size() > 1 ? shape[1] : 1;
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(Type(shape, f32_only),
+                                              {shape[0], rows * static_cast<int64_t>(names.size()), 1, 1}));
+    // Each part gets the values Get would have given it alone.
+    for (size_t i = 0; i < names.size(); ++i) Fill(names[i], t.RowSlice(static_cast<int64_t>(i) * rows, rows));
+    return t;
+  }
+
+ private:
+  DType Type(const std::vector<int64_t>& shape, bool f32_only) const {
+    const bool matrix = !f32_only && shape.size() >= 2 && shape[0] % 32 == 0;
+    return matrix ? matrix_type_ : DType::kF32;
+  }
+
+  void Fill(const std::string& name, const Tensor& t) {
+    const kernels::Shape& ne = t.ne;
     // Scales keep activations O(1): matrices ~ 1/sqrt(fan_in), norms ~ 1, decays negative.
     float mean = 0, scale = 1.0f / std::sqrt(static_cast<float>(ne[0]));
     if (name.find("norm") != std::string::npos) mean = 1.0f, scale = 0.1f;
@@ -39,10 +65,8 @@ class RandomSource final : public Source {
     if (name == "token_embd.weight") scale = 1.0f;
     backend_.FillRandom(t, seed_ + (counter_++) * 1000003ull, mean, scale);
     *bytes_ += t.nbytes();
-    return t;
   }
 
- private:
   kernels::Backend& backend_;
   DType matrix_type_;
   uint64_t seed_;
@@ -58,9 +82,41 @@ class Loader final : public Source {
   // Loads `name` expecting `shape` (trailing 1s in the file are ignored).
   absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
                              bool optional = false) override {
+    if (optional && file_.FindTensor(name) == nullptr) return Tensor{};
+    ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(name, shape, f32_only));
+    kernels::Shape ne = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
+    *bytes_ += info->nbytes;
+    return backend_.ImportHost(info->type, ne, info->data);
+  }
+
+  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
+                                    bool f32_only) override {
+    std::vector<const gguf::TensorInfo*> infos;
+    for (const std::string& name : names) {
+      ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(name, shape, f32_only));
+      if (!infos.empty() && info->type != infos.front()->type) {
+        return absl::FailedPreconditionError(absl::StrCat("'", name, "' is ", DTypeName(info->type), ", '", names[0],
+                                                          "' is ", DTypeName(infos.front()->type)));
+      }
+      infos.push_back(info);
+    }
+    const int64_t rows = shape.size() > 1 ? shape[1] : 1;
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(infos.front()->type,
+                                              {shape[0], rows * static_cast<int64_t>(names.size()), 1, 1}));
+    for (size_t i = 0; i < infos.size(); ++i) {
+      backend_.Upload(infos[i]->data, infos[i]->nbytes, t, i * infos[i]->nbytes);
+      *bytes_ += infos[i]->nbytes;
+    }
+    return t;
+  }
+
+ private:
+  // `name`, checked against `shape` (and f32 when asked).
+  absl::StatusOr<const gguf::TensorInfo*> Find(const std::string& name, const std::vector<int64_t>& shape,
+                                               bool f32_only) {
     const gguf::TensorInfo* info = file_.FindTensor(name);
     if (info == nullptr) {
-      if (optional) return Tensor{};
       return absl::InvalidArgumentError(absl::StrCat("model file lacks tensor '", name, "'"));
     }
     std::vector<int64_t> have = info->ne;
@@ -80,13 +136,9 @@ class Loader final : public Source {
     if (f32_only && info->type != DType::kF32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' must be f32, found ", DTypeName(info->type)));
     }
-    kernels::Shape ne = {1, 1, 1, 1};
-    for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
-    *bytes_ += info->nbytes;
-    return backend_.ImportHost(info->type, ne, info->data);
+    return info;
   }
 
- private:
   const gguf::File& file_;
   kernels::Backend& backend_;
   uint64_t* bytes_;
@@ -143,12 +195,19 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, ui
       ASSIGN_OR_RETURN(m.out, l.Get(n("attn_output.weight"), {H * Dv, E}));
     } else {
       KdaWeights& k = L.kda;
-      ASSIGN_OR_RETURN(k.q, l.Get(n("attn_q.weight"), {E, Di}));
-      ASSIGN_OR_RETURN(k.k, l.Get(n("attn_k.weight"), {E, Di}));
-      ASSIGN_OR_RETURN(k.v, l.Get(n("attn_v.weight"), {E, Di}));
-      ASSIGN_OR_RETURN(k.conv_q, l.Get(n("ssm_conv1d_q.weight"), {c.conv_kernel, Di}, true));
-      ASSIGN_OR_RETURN(k.conv_k, l.Get(n("ssm_conv1d_k.weight"), {c.conv_kernel, Di}, true));
-      ASSIGN_OR_RETURN(k.conv_v, l.Get(n("ssm_conv1d_v.weight"), {c.conv_kernel, Di}, true));
+      auto qkv = l.GetStacked({n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, {E, Di});
+      if (qkv.ok()) {
+        k.qkv = *std::move(qkv);
+      } else if (absl::IsFailedPrecondition(qkv.status())) {  // mixed types: three matmuls
+        ASSIGN_OR_RETURN(k.q, l.Get(n("attn_q.weight"), {E, Di}));
+        ASSIGN_OR_RETURN(k.k, l.Get(n("attn_k.weight"), {E, Di}));
+        ASSIGN_OR_RETURN(k.v, l.Get(n("attn_v.weight"), {E, Di}));
+      } else {
+        return qkv.status();
+      }
+      ASSIGN_OR_RETURN(k.conv_qkv, l.GetStacked({n("ssm_conv1d_q.weight"), n("ssm_conv1d_k.weight"),
+                                                 n("ssm_conv1d_v.weight")},
+                                                {c.conv_kernel, Di}, true));
       ASSIGN_OR_RETURN(k.f_a, l.Get(n("ssm_f_a.weight"), {E, Dk}));
       ASSIGN_OR_RETURN(k.f_b, l.Get(n("ssm_f_b.weight"), {Dk, Di}));
       ASSIGN_OR_RETURN(k.beta, l.Get(n("ssm_beta.weight"), {E, H}));

@@ -15,8 +15,12 @@ namespace latentserve::model {
 using kernels::Tensor;
 
 struct KdaWeights {
-  Tensor q, k, v;                  // [E, Di]
-  Tensor conv_q, conv_k, conv_v;   // [d_conv, Di] f32 (taps fastest)
+  // q, k and v projections stacked: [E, 3 Di] (rows q, then k, then v), so one matmul and
+  // one short conv serve all three. Files whose q, k, v differ in type keep them apart in
+  // q, k, v [E, Di] (qkv undefined).
+  Tensor qkv;
+  Tensor q, k, v;
+  Tensor conv_qkv;                 // [d_conv, 3 Di] f32 (taps fastest; channels q, k, v)
   Tensor f_a, f_b;                 // [E, Dk], [Dk, Di]: decay gate (low rank)
   Tensor beta;                     // [E, H]
   Tensor a;                        // [H] f32: A = -exp(A_log)

@@ -206,6 +206,53 @@ INSTANTIATE_TEST_SUITE_P(CacheTypes, ModelInvariants,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+// KDA q, k and v are stacked into one matmul when the file gives them one type; a file that
+// mixes types takes three matmuls. Both must compute the same layer: a model whose attn_k is
+// f16 (others f32, same underlying values) stays within f16 rounding of the all-f32 model,
+// one token at a time (decode) and in chunks (prefill), where a swapped or misplaced
+// projection would be far off.
+TEST(MixedTypes, KdaProjectionsOfDifferentTypesMatchTheStackedPath) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string stacked = (dir / ("ls_stacked_" + std::to_string(::getpid()) + ".gguf")).string();
+  const std::string mixed = (dir / ("ls_mixed_" + std::to_string(::getpid()) + ".gguf")).string();
+  tools::TestModelOptions options = tools::TinyTestModel();
+  options.seed = 9;
+  options.out_path = stacked;
+  ASSERT_TRUE(tools::WriteTestModel(options).ok());
+  options.out_path = mixed;
+  options.type_overrides = {{"attn_k.weight", DType::kF16}};
+  ASSERT_TRUE(tools::WriteTestModel(options).ok());
+  auto backend = *kernels::CreateBackend({"cpu", 2, 0});
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back((i * 37 + 5) % 300);
+  std::vector<std::vector<float>> logits;
+  for (const std::string& path : {stacked, mixed}) {
+    auto model = Model::Load(path, *backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    LatentCacheOptions cache_options;
+    cache_options.page_tokens = 16;
+    cache_options.pages = 16;
+    auto cache = *LatentCache::Create((*model)->config(), *backend, cache_options);
+    auto seq = *(*model)->NewSequence();
+    // 30 tokens in chunks of 8 (several tokens per column), then 10 decoded one at a time.
+    auto out = (*model)->Prefill(*seq, absl::MakeConstSpan(prompt).subspan(0, 30), *cache, 8, true);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (int t = 30; t < 40; ++t) {
+      auto step = (*model)->Forward({{seq.get(), absl::MakeConstSpan(&prompt[t], 1), false}}, *cache, {});
+      ASSERT_TRUE(step.ok()) << step.status();
+      out->insert(out->end(), step->begin(), step->end());
+    }
+    (*model)->ResetSequence(*seq, *cache);
+    logits.push_back(*out);
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  const double nmse = Nmse(logits[1].data(), logits[0].data(), static_cast<int64_t>(logits[0].size()));
+  EXPECT_LT(nmse, 1e-4) << "mixed-type q/k/v path disagrees with the stacked path";
+  EXPECT_GT(nmse, 0.0) << "the f16 attn_k must actually have been loaded";
+  std::filesystem::remove(stacked);
+  std::filesystem::remove(mixed);
+}
+
 TEST(Plan, RealModelLatentBytesMatchDesign) {
   const ModelConfig c = ModelConfig::KimiLinear48B();
   EXPECT_EQ(PlanMemory(c, 1048576, DType::kF16, 0).latent_cache_bytes, 8455716864);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/gguf/gguf.h"
@@ -409,6 +410,9 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
   for (const TensorSpec& s : specs) {
     const bool quantize = s.quantizable && s.ne.size() >= 2 && s.ne[0] % kQuantBlock == 0;
     types.push_back(quantize ? o.weight_type : DType::kF32);
+    for (const auto& [suffix, type] : o.type_overrides) {
+      if (absl::EndsWith(s.name, suffix)) types.back() = type;
+    }
     RETURN_IF_ERROR(w.AddTensor(s.name, types.back(), s.ne));
     int64_t n = 1;
     for (int64_t d : s.ne) n *= d;

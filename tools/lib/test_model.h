@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@ struct TestModelOptions {
   int64_t vocab = 320;                 // vocab_size (>= 264: 256 bytes + 8 control tokens)
   int64_t context = 4096;              // context_length
   DType weight_type = DType::kF32;     // type of matrices whose ne[0] % 32 == 0
+  // Tensors whose name ends with a key get that type instead (tests of mixed-type files).
+  std::map<std::string, DType> type_overrides;
   int threads = 0;                     // generator threads; 0 = all cores (output is the same)
 
   // Every 4th layer starting at 3, plus the last layer (the real model's pattern).
