@@ -2,11 +2,13 @@
 // Pool layout: [L, page_tokens, n_pages] in the cache dtype; the row of position p of a
 // sequence is row (page_table[p / page_tokens] * page_tokens + p % page_tokens).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/simd.h"
 
 namespace latentserve::kernels::cpu {
 namespace {
@@ -15,7 +17,8 @@ inline int64_t PoolRow(const LatentSeqView& seq, int64_t page_tokens, int64_t po
   return static_cast<int64_t>(seq.page_table[position / page_tokens]) * page_tokens + position % page_tokens;
 }
 
-constexpr int64_t kQueryBlock = 8;  // queries sharing one dequantised cache row
+constexpr int64_t kQueryBlock = 8;  // queries sharing each dequantised tile of cache rows
+constexpr int64_t kKeyTile = 64;    // cache rows per tile
 
 }  // namespace
 
@@ -40,7 +43,8 @@ void CpuBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<co
   const int64_t page_tokens = pool.ne[1];
   LS_CHECK(pool.ne[0] == width && out.ne[1] == heads && value_dim <= width);
   const size_t row_bytes = pool.row_bytes();
-  // Work items: blocks of consecutive new tokens of one sequence.
+  // Work items: blocks of consecutive new tokens of one sequence, the ones that see the most
+  // keys first, taken by whichever thread is free (causal blocks differ widely in cost).
   struct Block {
     size_t seq;
     int64_t first, count;  // token offsets within the sequence's new tokens
@@ -51,52 +55,72 @@ void CpuBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<co
       blocks.push_back({s, t, std::min(kQueryBlock, seqs[s].token_count - t)});
     }
   }
-  pool_.ParallelFor(static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(width), acc(kQueryBlock * heads * value_dim);
-    std::vector<float> maxes(kQueryBlock * heads), sums(kQueryBlock * heads);
-    for (int64_t bi = begin; bi < end; ++bi) {
+  auto keys_seen = [&](const Block& b) { return seqs[b.seq].cached_tokens + b.first + b.count; };
+  std::stable_sort(blocks.begin(), blocks.end(),
+                   [&](const Block& x, const Block& y) { return keys_seen(x) > keys_seen(y); });
+  std::atomic<int64_t> next{0};
+  pool_.ParallelFor(pool_.size(), 1, [&](int64_t, int64_t) {
+    // A block's query rows are contiguous: row (i * heads + h) is token i, head h. Keys come in
+    // tiles of kKeyTile cached rows; scores and probability-weighted values are f32 GEMM tiles
+    // (simd.h GemmTile) with an online softmax across tiles.
+    const int64_t rows = kQueryBlock * heads;
+    static thread_local std::vector<float> keys, values_t, scores, weighted, acc, maxes, sums;
+    keys.resize(kKeyTile * width);
+    values_t.resize(value_dim * kKeyTile);  // [value_dim][tile]
+    scores.resize(rows * kKeyTile);
+    weighted.resize(rows * value_dim);
+    acc.resize(rows * value_dim);
+    maxes.resize(rows);
+    sums.resize(rows);
+    for (int64_t bi = next++; bi < static_cast<int64_t>(blocks.size()); bi = next++) {
       const Block& block = blocks[bi];
       const LatentSeqView& seq = seqs[block.seq];
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      std::fill(maxes.begin(), maxes.end(), -std::numeric_limits<float>::infinity());
-      std::fill(sums.begin(), sums.end(), 0.0f);
-      const int64_t last_visible = seq.cached_tokens + block.first + block.count - 1;
-      for (int64_t p = 0; p <= last_visible; ++p) {
-        const uint8_t* src = HostPtr(pool) + PoolRow(seq, page_tokens, p) * row_bytes;
-        const float* r;
-        if (pool.dtype == DType::kF32) {
-          r = reinterpret_cast<const float*>(src);
-        } else {
-          DequantizeRow(pool.dtype, src, row.data(), width);
-          r = row.data();
+      const int64_t n_rows = block.count * heads;
+      const float* q_rows = F32(q) + (seq.first_token + block.first) * heads * width;
+      std::fill(acc.begin(), acc.begin() + n_rows * value_dim, 0.0f);
+      std::fill(maxes.begin(), maxes.begin() + n_rows, -std::numeric_limits<float>::infinity());
+      std::fill(sums.begin(), sums.begin() + n_rows, 0.0f);
+      const int64_t first_position = seq.cached_tokens + block.first;  // of query i = 0
+      const int64_t visible = first_position + block.count;             // keys [0, visible)
+      for (int64_t p0 = 0; p0 < visible; p0 += kKeyTile) {
+        const int64_t tile = std::min(kKeyTile, visible - p0);
+        for (int64_t p = 0; p < tile; ++p) {
+          const uint8_t* src = HostPtr(pool) + PoolRow(seq, page_tokens, p0 + p) * row_bytes;
+          DequantizeRowFast(pool.dtype, src, keys.data() + p * width, width);
         }
-        for (int64_t i = 0; i < block.count; ++i) {
-          if (p > seq.cached_tokens + block.first + i) continue;  // causal
-          const int64_t token = seq.first_token + block.first + i;
-          for (int64_t h = 0; h < heads; ++h) {
-            const float score = Dot(F32(q) + (token * heads + h) * width, r, width) * scale;
-            const int64_t slot = i * heads + h;
-            float* a = acc.data() + slot * value_dim;
-            if (score > maxes[slot]) {
-              const float correction = std::exp(maxes[slot] - score);
-              for (int64_t c = 0; c < value_dim; ++c) a[c] *= correction;
-              sums[slot] *= correction;
-              maxes[slot] = score;
-            }
-            const float weight = std::exp(score - maxes[slot]);
-            sums[slot] += weight;
-            Axpy(weight, r, a, value_dim);
+        GemmTile(q_rows, n_rows, width, keys.data(), width, tile, scores.data(), tile, 1);
+        for (int64_t p = 0; p < tile; ++p)
+          for (int64_t c = 0; c < value_dim; ++c) values_t[c * tile + p] = keys[p * width + c];
+        for (int64_t r = 0; r < n_rows; ++r) {
+          float* sr = scores.data() + r * tile;
+          const int64_t last = first_position + r / heads;  // causal: keys p <= last
+          const int64_t live = std::clamp<int64_t>(last - p0 + 1, 0, tile);
+          float tile_max = -std::numeric_limits<float>::infinity();
+          for (int64_t p = 0; p < live; ++p) {
+            sr[p] *= scale;
+            tile_max = std::max(tile_max, sr[p]);
+          }
+          const float new_max = std::max(maxes[r], tile_max);
+          const float correction = std::exp(maxes[r] - new_max);  // 0 on the first tile
+          for (int64_t p = 0; p < live; ++p) sr[p] -= new_max;
+          ExpRow(sr, sr, live);
+          for (int64_t p = live; p < tile; ++p) sr[p] = 0.0f;
+          float tile_sum = 0;
+          for (int64_t p = 0; p < live; ++p) tile_sum += sr[p];
+          sums[r] = sums[r] * correction + tile_sum;
+          maxes[r] = new_max;
+          float* a = acc.data() + r * value_dim;
+          if (correction != 1.0f) {
+            for (int64_t c = 0; c < value_dim; ++c) a[c] *= correction;
           }
         }
+        GemmTile(scores.data(), n_rows, tile, values_t.data(), tile, value_dim, weighted.data(), value_dim, 1);
+        for (int64_t i = 0; i < n_rows * value_dim; ++i) acc[i] += weighted[i];
       }
-      for (int64_t i = 0; i < block.count; ++i) {
-        const int64_t token = seq.first_token + block.first + i;
-        for (int64_t h = 0; h < heads; ++h) {
-          const int64_t slot = i * heads + h;
-          float* dst = F32(out) + (token * heads + h) * value_dim;
-          const float inv = 1.0f / sums[slot];
-          for (int64_t c = 0; c < value_dim; ++c) dst[c] = acc[slot * value_dim + c] * inv;
-        }
+      for (int64_t r = 0; r < n_rows; ++r) {
+        float* dst = F32(out) + ((seq.first_token + block.first) * heads + r) * value_dim;
+        const float inv = 1.0f / sums[r];
+        for (int64_t c = 0; c < value_dim; ++c) dst[c] = acc[r * value_dim + c] * inv;
       }
     }
   });

@@ -271,36 +271,46 @@ Stored StoredGroup(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t rows)
   return s;
 }
 
-template <class Stored, class Block>
+inline __m256i BlockValues(const BlockQ8_0& block) { return Load32(block.qs); }
+inline __m256i BlockValues(const BlockQ4_0& block) { return UnpackQ4(block.qs); }
+
+// Rows past the end of the matrix are packed as copies of the group's first row (their results
+// are dropped), so every group is whole.
+template <class Block>
 void Pack(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t blocks, QuantPanel& panel) {
+  constexpr bool kSmall = std::is_same_v<Block, BlockQ4_0>;  // panel.small
   for (int64_t g = 0; g * kGroupRows < rows; ++g) {
-    Stored src = StoredGroup<Stored, Block>(w, row_bytes, g * kGroupRows, rows);
+    const Block* row[kGroupRows];
+    for (int r = 0; r < kGroupRows; ++r) {
+      const int64_t at = g * kGroupRows + r < rows ? g * kGroupRows + r : g * kGroupRows;
+      row[r] = reinterpret_cast<const Block*>(w + at * row_bytes);
+    }
+    int8_t* w_out = panel.w.data() + g * blocks * kGroupRows * kQ8Block;
+    int8_t* abs_out = kSmall ? nullptr : panel.abs.data() + g * blocks * kGroupRows * kQ8Block;
+    float* d_out = panel.d.data() + g * blocks * kGroupRows;
     for (int64_t b = 0; b < blocks; ++b) {
-      src.Block(b);
-      const int64_t at = (g * blocks + b) * kGroupRows;
-      constexpr bool kSmall = std::is_same_v<Stored, StoredQ4Rows>;  // panel.small
       __m256i sums[kGroupRows];
       for (int r = 0; r < kGroupRows; ++r) {
-        const __m256i values = Load32(src.W(r));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.w.data() + (at + r) * kQ8Block), values);
+        const __m256i values = BlockValues(row[r][b]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w_out + (b * kGroupRows + r) * kQ8Block), values);
         if constexpr (kSmall) {
           sums[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), values), _mm256_set1_epi16(1));
         } else {
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.abs.data() + (at + r) * kQ8Block), src.abs[r]);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(abs_out + (b * kGroupRows + r) * kQ8Block),
+                              _mm256_sign_epi8(values, values));
         }
+        d_out[b * kGroupRows + r] = _cvtsh_ss(row[r][b].d);
       }
       if constexpr (kSmall) {  // 128 * sum per row and half, folded like TileSmall's products
         const __m256i folded =
             _mm256_hadd_epi32(_mm256_hadd_epi32(sums[0], sums[1]), _mm256_hadd_epi32(sums[2], sums[3]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.corr.data() + at * 2), _mm256_slli_epi32(folded, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel.corr.data() + (g * blocks + b) * 2 * kGroupRows),
+                            _mm256_slli_epi32(folded, 7));
       }
-      _mm_storeu_ps(panel.d.data() + at, _mm256_castps256_ps128(src.scale));
     }
   }
 }
 
-inline __m256i BlockValues(const BlockQ8_0& block) { return Load32(block.qs); }
-inline __m256i BlockValues(const BlockQ4_0& block) { return UnpackQ4(block.qs); }
 
 // One stored row against C <= 2 columns (decode), reading the row front to back. Per block the
 // row's lanes are folded to [lo x4 | hi x4] and accumulated exactly as one lane pair of Tile
@@ -374,9 +384,9 @@ void PackWeightRows(DType type, const uint8_t* w, size_t row_bytes, int64_t rows
   panel.corr.resize(panel.small ? groups * blocks * 2 * kGroupRows : 0);
   panel.d.resize(groups * blocks * kGroupRows);
   if (type == DType::kQ8_0) {
-    Pack<StoredQ8Rows, BlockQ8_0>(w, row_bytes, rows, blocks, panel);
+    Pack<BlockQ8_0>(w, row_bytes, rows, blocks, panel);
   } else {
-    Pack<StoredQ4Rows, BlockQ4_0>(w, row_bytes, rows, blocks, panel);
+    Pack<BlockQ4_0>(w, row_bytes, rows, blocks, panel);
   }
 }
 
