@@ -221,7 +221,7 @@ void CpuBackend::SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) {
   const float *pg = F32(gate), *pu = F32(up);
   float* py = F32(y);
   pool_.ParallelFor(gate.elements(), 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) py[i] = pg[i] * SigmoidF(pg[i]) * pu[i];
+    SiluMulRow(pg + begin, pu + begin, py + begin, end - begin);
   });
 }
 

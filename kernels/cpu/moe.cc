@@ -99,10 +99,7 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
         QuantMatMul(experts.up_exps.dtype, up + f0 * up_row, up_row, rows, hidden, xs.qs.data(), xs.d.data(),
                     item.count, act.data() + f0, 1, ffn, panel);
       }
-      for (int64_t i = 0; i < item.count * ffn; ++i) {
-        const float g = gate_out[i];
-        act[i] = g / (1.0f + std::exp(-g)) * act[i];
-      }
+      SiluMulRow(gate_out.data(), act.data(), act.data(), item.count * ffn);
       QuantizeActivations(act.data(), ffn, ffn, item.count, acts.qs.data(), acts.d.data());
       for (int64_t d0 = 0; d0 < hidden; d0 += kRows) {
         const int64_t rows = std::min(kRows, hidden - d0);
@@ -140,7 +137,10 @@ void CpuBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const Te
       items.push_back({e, i, std::min<int64_t>(kTokenBlock, routed[e].size() - i)});
     }
   }
-  std::vector<float> slot_out(tokens * top_k * hidden);
+  // Kept across calls (a prefill chunk's is megabytes; fresh pages each call cost faults).
+  static thread_local std::vector<float> caller_slot_out;
+  std::vector<float>& slot_out = caller_slot_out;
+  slot_out.resize(tokens * top_k * hidden);
   const size_t gate_row = experts.gate_exps.row_bytes(), up_row = experts.up_exps.row_bytes();
   const size_t down_row = experts.down_exps.row_bytes();
   if (UsesQ8Activations(experts.gate_exps.dtype) && experts.up_exps.dtype == experts.gate_exps.dtype &&

@@ -106,6 +106,19 @@ void ExpRow(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
+void SiluMulRow(const float* gate, const float* up, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef LS_SIMD
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 sigmoid = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), _mm256_loadu_ps(up + i)));
+  }
+#endif
+  for (; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 void DequantizeRowFast(DType type, const uint8_t* row, float* out, int64_t k) {
 #ifdef LS_SIMD
   if (type == DType::kQ8_0) {

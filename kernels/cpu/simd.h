@@ -37,6 +37,8 @@ inline __m256 Exp8(__m256 x) {
 
 // y[i] = e^{x[i]} for i < n (Exp8 where available, expf for the tail and elsewhere).
 void ExpRow(const float* x, float* y, int64_t n);
+// y[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^{-gate[i]}) * up[i] (y may alias either).
+void SiluMulRow(const float* gate, const float* up, float* y, int64_t n);
 
 // dot(row of `type`, x) over k values, without materialising the row in f32.
 float RowDot(DType type, const uint8_t* row, const float* x, int64_t k);
