@@ -6,14 +6,6 @@ namespace latentserve::model {
 
 using kernels::Tensor;
 
-namespace {
-
-// Elements [first, first + count) of a one-column tensor, sharing its memory.
-Tensor Slice(const Tensor& column, int64_t first, int64_t count) {
-  return column.Reshape({1, column.elements(), 1, 1}).RowSlice(first, count);
-}
-
-}  // namespace
 
 absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
                                 const std::vector<kernels::KdaStateView>& states, const Tensor& h) {
@@ -22,36 +14,23 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
   const int64_t Di = H * Dk;
   const kernels::Shape heads_shape = {Dk, H, n, 1};
   Tensor q, k, v;
-  if (w.qkv.defined()) {
-    // One matmul and one short conv for q, k and v together (stacked channels; the conv
-    // state is laid out [q|k|v][channel][tap], the same order).
-    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({3 * Di, n, 1, 1}));
-    b.MatMul(w.qkv, h, proj);
-    ASSIGN_OR_RETURN(Tensor conv, ctx.F32({3 * Di, n, 1, 1}));
+  if (w.qkv.stacked.defined() && n == 1) {
+    // Decode: one matmul and one short conv for q, k and v together (stacked channels; the
+    // conv state is laid out [q|k|v][channel][tap], the same order), then views.
+    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({3 * Di, 1, 1, 1}));
+    b.MatMul(w.qkv.stacked, h, proj);
+    ASSIGN_OR_RETURN(Tensor conv, ctx.F32({3 * Di, 1, 1, 1}));
     b.ShortConvSilu(proj, w.conv_qkv, 0, ctx.slices, states, conv);
-    if (n == 1) {  // decode: q, k, v are consecutive ranges of the one column
-      q = Slice(conv, 0, Di).Reshape(heads_shape);
-      k = Slice(conv, Di, Di).Reshape(heads_shape);
-      v = Slice(conv, 2 * Di, Di).Reshape(heads_shape);
-      // q and k are adjacent: one L2Norm over both.
-      const Tensor qk = Slice(conv, 0, 2 * Di).Reshape({Dk, 2 * H, 1, 1});
-      b.L2Norm(qk, ctx.config.rms_eps, qk);
-    } else {  // several tokens: each column interleaves q, k, v; split them apart
-      Tensor* parts[3] = {&q, &k, &v};
-      for (int which = 0; which < 3; ++which) {
-        ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
-        b.CopyColumns(conv, which * Di, *parts[which], 0, Di);
-        *parts[which] = parts[which]->Reshape(heads_shape);
-      }
-      b.L2Norm(q.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, q.Reshape({Dk, H * n, 1, 1}));
-      b.L2Norm(k.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, k.Reshape({Dk, H * n, 1, 1}));
-    }
-  } else {  // q, k, v of different types (mixed-quantisation files): three matmuls
-    const Tensor* proj_w[3] = {&w.q, &w.k, &w.v};
+    q = ColumnSlice(conv, 0, Di).Reshape(heads_shape);
+    k = ColumnSlice(conv, Di, Di).Reshape(heads_shape);
+    v = ColumnSlice(conv, 2 * Di, Di).Reshape(heads_shape);
+    const Tensor qk = ColumnSlice(conv, 0, 2 * Di).Reshape({Dk, 2 * H, 1, 1});  // q and k are adjacent
+    b.L2Norm(qk, ctx.config.rms_eps, qk);
+  } else {  // several tokens (or q, k, v of different types): one matmul and conv each
     Tensor* parts[3] = {&q, &k, &v};
-    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
     for (int which = 0; which < 3; ++which) {
-      b.MatMul(*proj_w[which], h, proj);
+      ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
+      b.MatMul(w.qkv.parts[which], h, proj);
       ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
       b.ShortConvSilu(proj, w.conv_qkv.RowSlice(which * Di, Di), which, ctx.slices, states, *parts[which]);
       *parts[which] = parts[which]->Reshape(heads_shape);
@@ -60,14 +39,13 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
     b.L2Norm(k.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, k.Reshape({Dk, H * n, 1, 1}));
   }
 
+  // Low-rank decay and output-gate inputs and the mixing logits, all from h.
+  ASSIGN_OR_RETURN(std::vector<Tensor> gates, Project(ctx, w.gates, h));
+  const Tensor &decay_low = gates[0], &gate_low = gates[1], &beta = gates[2];
   // Per-channel decay g = A * softplus(f_b(f_a(h)) + dt_bias); mixing beta = sigmoid(b(h)).
-  ASSIGN_OR_RETURN(Tensor low, ctx.F32({Dk, n, 1, 1}));
   ASSIGN_OR_RETURN(Tensor g, ctx.F32({Di, n, 1, 1}));
-  b.MatMul(w.f_a, h, low);
-  b.MatMul(w.f_b, low, g);
+  b.MatMul(w.f_b, decay_low, g);
   b.KdaGate(g, w.dt_bias, w.a, Dk, g);
-  ASSIGN_OR_RETURN(Tensor beta, ctx.F32({H, n, 1, 1}));
-  b.MatMul(w.beta, h, beta);
   b.Sigmoid(beta, beta);
 
   ASSIGN_OR_RETURN(Tensor o, ctx.F32(heads_shape));
@@ -75,8 +53,7 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
 
   // Output: RMSNorm per head, times sigmoid(g_b(g_a(h))), then o_proj.
   ASSIGN_OR_RETURN(Tensor gate, ctx.F32({Di, n, 1, 1}));
-  b.MatMul(w.g_a, h, low);
-  b.MatMul(w.g_b, low, gate);
+  b.MatMul(w.g_b, gate_low, gate);
   b.Sigmoid(gate, gate);
   const Tensor per_head = o.Reshape({Dk, H * n, 1, 1});
   b.RmsNorm(per_head, w.o_norm, ctx.config.rms_eps, per_head);

@@ -24,6 +24,15 @@ struct BatchContext {
   absl::StatusOr<kernels::Tensor> F32(kernels::Shape ne) const { return backend.Alloc(DType::kF32, ne); }
 };
 
+// Elements [first, first + count) of a one-column tensor as a [count] column, sharing memory.
+kernels::Tensor ColumnSlice(const kernels::Tensor& column, int64_t first, int64_t count);
+
+// h [E, n] through every projection of `p`: out[i] [rows_i, n]. One token and a stacked
+// weight: one matmul, and the outputs are slices of its column (fewer backend operations
+// per decode step); otherwise one matmul per part.
+absl::StatusOr<std::vector<kernels::Tensor>> Project(const BatchContext& ctx, const Projections& p,
+                                                     const kernels::Tensor& h);
+
 // KDA: short convs, L2 norms, gates, gated delta rule, gated head norm, output projection.
 absl::StatusOr<kernels::Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
                                          const std::vector<kernels::KdaStateView>& states,

@@ -17,14 +17,13 @@ absl::StatusOr<Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w, co
   const int64_t L = R + Pr;
 
   // Latent row of each new token: RMS-normalise the first R values, keep k_pe as is (NoPE).
-  ASSIGN_OR_RETURN(Tensor latent, ctx.F32({L, n, 1, 1}));
-  b.MatMul(w.kv_a, h, latent);
+  ASSIGN_OR_RETURN(std::vector<Tensor> in, Project(ctx, w.in, h));
+  const Tensor latent = in[0].Reshape({L, n, 1, 1});
   b.RmsNorm(latent, w.kv_norm, c.rms_eps, latent);
   b.LatentStore(latent, ctx.latent, pool);
 
   // Absorbed query per head: [q_nope . k_b (R), q_pe (Pr)].
-  ASSIGN_OR_RETURN(Tensor q, ctx.F32({Pn + Pr, H, n, 1}));
-  b.MatMul(w.q, h, q.Reshape({(Pn + Pr) * H, n, 1, 1}));
+  const Tensor q = in[1].Reshape({Pn + Pr, H, n, 1});
   ASSIGN_OR_RETURN(Tensor q_nope_abs, ctx.F32({R, H, n, 1}));
   b.HeadMatMul(w.k_b, q, 0, q_nope_abs);
   ASSIGN_OR_RETURN(Tensor q_abs, ctx.F32({L, H, n, 1}));

@@ -9,24 +9,20 @@ using kernels::Tensor;
 
 namespace {
 
-absl::StatusOr<Tensor> SwiGluFfn(const BatchContext& ctx, const Tensor& gate_w, const Tensor& up_w,
-                                 const Tensor& down_w, const Tensor& h) {
+absl::StatusOr<Tensor> SwiGluFfn(const BatchContext& ctx, const Projections& gate_up, const Tensor& down_w,
+                                 const Tensor& h) {
   kernels::Backend& b = ctx.backend;
-  const int64_t width = gate_w.ne[1], n = ctx.tokens;
-  ASSIGN_OR_RETURN(Tensor gate, ctx.F32({width, n, 1, 1}));
-  ASSIGN_OR_RETURN(Tensor up, ctx.F32({width, n, 1, 1}));
-  b.MatMul(gate_w, h, gate);
-  b.MatMul(up_w, h, up);
-  b.SwiGlu(gate, up, gate);
-  ASSIGN_OR_RETURN(Tensor out, ctx.F32({ctx.config.hidden, n, 1, 1}));
-  b.MatMul(down_w, gate, out);
+  ASSIGN_OR_RETURN(std::vector<Tensor> gu, Project(ctx, gate_up, h));
+  b.SwiGlu(gu[0], gu[1], gu[0]);
+  ASSIGN_OR_RETURN(Tensor out, ctx.F32({ctx.config.hidden, ctx.tokens, 1, 1}));
+  b.MatMul(down_w, gu[0], out);
   return out;
 }
 
 }  // namespace
 
 absl::StatusOr<Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe, const Tensor& h) {
-  if (!moe) return SwiGluFfn(ctx, w.gate, w.up, w.down, h);
+  if (!moe) return SwiGluFfn(ctx, w.gate_up, w.down, h);
   kernels::Backend& b = ctx.backend;
   const ModelConfig& c = ctx.config;
   const int64_t n = ctx.tokens, k = c.n_experts_used;
@@ -37,8 +33,8 @@ absl::StatusOr<Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bo
   b.MoeRoute(logits, w.router_bias, k, c.expert_weights_norm, c.expert_weights_scale, ids, weights);
   ASSIGN_OR_RETURN(Tensor out, ctx.F32({c.hidden, n, 1, 1}));
   b.MoeExperts(h, w.experts, ids, weights, out);
-  if (w.shared_gate.defined()) {
-    ASSIGN_OR_RETURN(Tensor shared, SwiGluFfn(ctx, w.shared_gate, w.shared_up, w.shared_down, h));
+  if (!w.shared_gate_up.parts.empty()) {
+    ASSIGN_OR_RETURN(Tensor shared, SwiGluFfn(ctx, w.shared_gate_up, w.shared_down, h));
     b.Add(out, shared, out);
   }
   return out;

@@ -18,10 +18,10 @@ class Source {
   // `name` with `shape`; `f32_only` for small parameters the math needs in full precision.
   virtual absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
                                      bool optional = false) = 0;
-  // Tensors of one `shape` stacked along their rows (ne[1]) in one tensor. FailedPrecondition
-  // when their types differ (the caller then keeps them apart).
-  virtual absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
-                                            bool f32_only = false) = 0;
+  // Matrices [width, rows[i]] stacked along their rows (ne[1]) in one tensor.
+  // FailedPrecondition when their types differ (the caller then keeps them apart).
+  virtual absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, int64_t width,
+                                            const std::vector<int64_t>& rows, bool f32_only = false) = 0;
 };
 
 
@@ -38,13 +38,15 @@ class RandomSource final : public Source {
     return t;
   }
 
-  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
-                                    bool f32_only) override {
-    const int64_t rows = shape.size() > 1 ? shape[1] : 1;
-    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(Type(shape, f32_only),
-                                              {shape[0], rows * static_cast<int64_t>(names.size()), 1, 1}));
+  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, int64_t width,
+                                    const std::vector<int64_t>& rows, bool f32_only) override {
+    int64_t total = 0;
+    for (int64_t r : rows) total += r;
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(Type({width, total}, f32_only), {width, total, 1, 1}));
     // Each part gets the values Get would have given it alone.
-    for (size_t i = 0; i < names.size(); ++i) Fill(names[i], t.RowSlice(static_cast<int64_t>(i) * rows, rows));
+    for (size_t i = 0, first = 0; i < names.size(); first += rows[i], ++i) {
+      Fill(names[i], t.RowSlice(static_cast<int64_t>(first), rows[i]));
+    }
     return t;
   }
 
@@ -90,23 +92,25 @@ class Loader final : public Source {
     return backend_.ImportHost(info->type, ne, info->data);
   }
 
-  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, std::vector<int64_t> shape,
-                                    bool f32_only) override {
+  absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, int64_t width,
+                                    const std::vector<int64_t>& rows, bool f32_only) override {
     std::vector<const gguf::TensorInfo*> infos;
-    for (const std::string& name : names) {
-      ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(name, shape, f32_only));
+    int64_t total = 0;
+    for (size_t i = 0; i < names.size(); ++i) {
+      ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(names[i], {width, rows[i]}, f32_only));
       if (!infos.empty() && info->type != infos.front()->type) {
-        return absl::FailedPreconditionError(absl::StrCat("'", name, "' is ", DTypeName(info->type), ", '", names[0],
-                                                          "' is ", DTypeName(infos.front()->type)));
+        return absl::FailedPreconditionError(absl::StrCat("'", names[i], "' is ", DTypeName(info->type), ", '",
+                                                          names[0], "' is ", DTypeName(infos.front()->type)));
       }
       infos.push_back(info);
+      total += rows[i];
     }
-    const int64_t rows = shape.size() > 1 ? shape[1] : 1;
-    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(infos.front()->type,
-                                              {shape[0], rows * static_cast<int64_t>(names.size()), 1, 1}));
-    for (size_t i = 0; i < infos.size(); ++i) {
-      backend_.Upload(infos[i]->data, infos[i]->nbytes, t, i * infos[i]->nbytes);
-      *bytes_ += infos[i]->nbytes;
+    ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(infos.front()->type, {width, total, 1, 1}));
+    size_t offset = 0;
+    for (const gguf::TensorInfo* info : infos) {
+      backend_.Upload(info->data, info->nbytes, t, offset);
+      offset += info->nbytes;
+      *bytes_ += info->nbytes;
     }
     return t;
   }
@@ -169,7 +173,33 @@ absl::StatusOr<Weights> Weights::Random(const ModelConfig& c, kernels::Backend& 
   return Build(source, c, c.vocab, &bytes);
 }
 
+int64_t Projections::rows() const {
+  int64_t total = 0;
+  for (const Tensor& part : parts) total += part.ne[1];
+  return total;
+}
+
 namespace {
+
+// Projections `names` [width, rows[i]]: stacked when they share a type, else one by one.
+absl::StatusOr<Projections> LoadProjections(Source& l, const std::vector<std::string>& names, int64_t width,
+                                            const std::vector<int64_t>& rows) {
+  Projections p;
+  auto stacked = l.GetStacked(names, width, rows);
+  if (stacked.ok()) {
+    p.stacked = *std::move(stacked);
+    for (size_t i = 0, first = 0; i < names.size(); first += rows[i], ++i) {
+      p.parts.push_back(p.stacked.RowSlice(static_cast<int64_t>(first), rows[i]));
+    }
+    return p;
+  }
+  if (!absl::IsFailedPrecondition(stacked.status())) return stacked.status();
+  for (size_t i = 0; i < names.size(); ++i) {  // mixed types: one matmul each
+    ASSIGN_OR_RETURN(Tensor part, l.Get(names[i], {width, rows[i]}));
+    p.parts.push_back(std::move(part));
+  }
+  return p;
+}
 
 // Creates every tensor through `l`; `bytes` is the counter the source adds to.
 absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, uint64_t* bytes) {
@@ -187,41 +217,31 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, ui
     ASSIGN_OR_RETURN(L.ffn_norm, l.Get(n("ffn_norm.weight"), {E}, true));
     if (c.is_mla[i]) {
       MlaWeights& m = L.mla;
-      ASSIGN_OR_RETURN(m.q, l.Get(n("attn_q.weight"), {E, H * (Pn + Pr)}));
-      ASSIGN_OR_RETURN(m.kv_a, l.Get(n("attn_kv_a_mqa.weight"), {E, R + Pr}));
+      ASSIGN_OR_RETURN(m.in, LoadProjections(l, {n("attn_kv_a_mqa.weight"), n("attn_q.weight")}, E,
+                                             {R + Pr, H * (Pn + Pr)}));
       ASSIGN_OR_RETURN(m.kv_norm, l.Get(n("attn_kv_a_norm.weight"), {R}, true));
       ASSIGN_OR_RETURN(m.k_b, l.Get(n("attn_k_b.weight"), {Pn, R, H}));
       ASSIGN_OR_RETURN(m.v_b, l.Get(n("attn_v_b.weight"), {R, Dv, H}));
       ASSIGN_OR_RETURN(m.out, l.Get(n("attn_output.weight"), {H * Dv, E}));
     } else {
       KdaWeights& k = L.kda;
-      auto qkv = l.GetStacked({n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, {E, Di});
-      if (qkv.ok()) {
-        k.qkv = *std::move(qkv);
-      } else if (absl::IsFailedPrecondition(qkv.status())) {  // mixed types: three matmuls
-        ASSIGN_OR_RETURN(k.q, l.Get(n("attn_q.weight"), {E, Di}));
-        ASSIGN_OR_RETURN(k.k, l.Get(n("attn_k.weight"), {E, Di}));
-        ASSIGN_OR_RETURN(k.v, l.Get(n("attn_v.weight"), {E, Di}));
-      } else {
-        return qkv.status();
-      }
+      ASSIGN_OR_RETURN(k.qkv, LoadProjections(l, {n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, E,
+                                              {Di, Di, Di}));
       ASSIGN_OR_RETURN(k.conv_qkv, l.GetStacked({n("ssm_conv1d_q.weight"), n("ssm_conv1d_k.weight"),
                                                  n("ssm_conv1d_v.weight")},
-                                                {c.conv_kernel, Di}, true));
-      ASSIGN_OR_RETURN(k.f_a, l.Get(n("ssm_f_a.weight"), {E, Dk}));
+                                                c.conv_kernel, {Di, Di, Di}, true));
+      ASSIGN_OR_RETURN(k.gates, LoadProjections(l, {n("ssm_f_a.weight"), n("ssm_g_a.weight"), n("ssm_beta.weight")},
+                                                E, {Dk, Dk, H}));
       ASSIGN_OR_RETURN(k.f_b, l.Get(n("ssm_f_b.weight"), {Dk, Di}));
-      ASSIGN_OR_RETURN(k.beta, l.Get(n("ssm_beta.weight"), {E, H}));
       ASSIGN_OR_RETURN(k.a, l.Get(n("ssm_a"), {H}, true));
       ASSIGN_OR_RETURN(k.dt_bias, l.Get(n("ssm_dt.bias"), {Di}, true));
-      ASSIGN_OR_RETURN(k.g_a, l.Get(n("ssm_g_a.weight"), {E, Dk}));
       ASSIGN_OR_RETURN(k.g_b, l.Get(n("ssm_g_b.weight"), {Dk, Di}));
       ASSIGN_OR_RETURN(k.o_norm, l.Get(n("ssm_norm.weight"), {Dk}, true));
       ASSIGN_OR_RETURN(k.out, l.Get(n("attn_output.weight"), {Di, E}));
     }
     FfnWeights& f = L.ffn;
     if (!c.is_moe(i)) {
-      ASSIGN_OR_RETURN(f.gate, l.Get(n("ffn_gate.weight"), {E, c.ffn}));
-      ASSIGN_OR_RETURN(f.up, l.Get(n("ffn_up.weight"), {E, c.ffn}));
+      ASSIGN_OR_RETURN(f.gate_up, LoadProjections(l, {n("ffn_gate.weight"), n("ffn_up.weight")}, E, {c.ffn, c.ffn}));
       ASSIGN_OR_RETURN(f.down, l.Get(n("ffn_down.weight"), {c.ffn, E}));
     } else {
       const int64_t X = c.n_experts, Fe = c.expert_ffn;
@@ -232,9 +252,11 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, ui
       ASSIGN_OR_RETURN(f.experts.up_exps, l.Get(n("ffn_up_exps.weight"), {E, Fe, X}));
       ASSIGN_OR_RETURN(f.experts.down_exps, l.Get(n("ffn_down_exps.weight"), {Fe, E, X}));
       const bool shared = c.n_shared_experts > 0;
-      ASSIGN_OR_RETURN(f.shared_gate, l.Get(n("ffn_gate_shexp.weight"), {E, Fs}, false, !shared));
-      ASSIGN_OR_RETURN(f.shared_up, l.Get(n("ffn_up_shexp.weight"), {E, Fs}, false, !shared));
-      ASSIGN_OR_RETURN(f.shared_down, l.Get(n("ffn_down_shexp.weight"), {Fs, E}, false, !shared));
+      if (shared) {
+        ASSIGN_OR_RETURN(f.shared_gate_up,
+                         LoadProjections(l, {n("ffn_gate_shexp.weight"), n("ffn_up_shexp.weight")}, E, {Fs, Fs}));
+        ASSIGN_OR_RETURN(f.shared_down, l.Get(n("ffn_down_shexp.weight"), {Fs, E}));
+      }
     }
   }
   w.bytes = *bytes;

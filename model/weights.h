@@ -14,25 +14,29 @@ namespace latentserve::model {
 
 using kernels::Tensor;
 
+// Several projections of the same input, parts[i] [E, rows_i]. When the file gives them one
+// type they are loaded into one stacked tensor [E, sum rows_i] (`stacked` defined) and the
+// parts are views of it, so one matmul can serve all of them (model/layers.h Project).
+struct Projections {
+  Tensor stacked;
+  std::vector<Tensor> parts;
+  int64_t rows() const;  // sum of the parts' rows
+};
+
 struct KdaWeights {
-  // q, k and v projections stacked: [E, 3 Di] (rows q, then k, then v), so one matmul and
-  // one short conv serve all three. Files whose q, k, v differ in type keep them apart in
-  // q, k, v [E, Di] (qkv undefined).
-  Tensor qkv;
-  Tensor q, k, v;
+  Projections qkv;                 // q, k, v: [E, Di] each
   Tensor conv_qkv;                 // [d_conv, 3 Di] f32 (taps fastest; channels q, k, v)
-  Tensor f_a, f_b;                 // [E, Dk], [Dk, Di]: decay gate (low rank)
-  Tensor beta;                     // [E, H]
+  Projections gates;               // f_a [E, Dk] (decay), g_a [E, Dk] (output gate), beta [E, H]
+  Tensor f_b;                      // [Dk, Di]: decay gate, low rank
   Tensor a;                        // [H] f32: A = -exp(A_log)
   Tensor dt_bias;                  // [Di] f32
-  Tensor g_a, g_b;                 // [E, Dk], [Dk, Di]: output gate (low rank)
+  Tensor g_b;                      // [Dk, Di]: output gate, low rank
   Tensor o_norm;                   // [Dk] f32
   Tensor out;                      // [Di, E]
 };
 
 struct MlaWeights {
-  Tensor q;         // [E, H * (Pn + Pr)]
-  Tensor kv_a;      // [E, R + Pr]
+  Projections in;   // kv_a [E, R + Pr] (the latent row), q [E, H * (Pn + Pr)]
   Tensor kv_norm;   // [R] f32
   Tensor k_b;       // [Pn, R, H]
   Tensor v_b;       // [R, Dv, H]
@@ -40,12 +44,16 @@ struct MlaWeights {
 };
 
 struct FfnWeights {
-  // Dense layers: gate/up [E, F], down [F, E]. MoE layers: router, bias, experts, shared.
-  Tensor gate, up, down;
+  // Dense layers: gate and up [E, F] (gate_up), down [F, E]. MoE layers: router, bias,
+  // experts, and the shared expert's gate and up [E, Fs] (shared_gate_up; no parts when
+  // the file has no shared expert) and down [Fs, E].
+  Projections gate_up;
+  Tensor down;
   Tensor router;        // [E, X]
   Tensor router_bias;   // [X] f32 (selection only)
   kernels::MoeWeights experts;
-  Tensor shared_gate, shared_up, shared_down;  // [E, Fs], [E, Fs], [Fs, E]; may be undefined
+  Projections shared_gate_up;
+  Tensor shared_down;
 };
 
 struct LayerWeights {

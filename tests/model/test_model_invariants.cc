@@ -206,11 +206,12 @@ INSTANTIATE_TEST_SUITE_P(CacheTypes, ModelInvariants,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
-// KDA q, k and v are stacked into one matmul when the file gives them one type; a file that
-// mixes types takes three matmuls. Both must compute the same layer: a model whose attn_k is
-// f16 (others f32, same underlying values) stays within f16 rounding of the all-f32 model,
-// one token at a time (decode) and in chunks (prefill), where a swapped or misplaced
-// projection would be far off.
+// Projections of one input (KDA q/k/v and f_a/g_a/beta, MLA kv_a/q, FFN and shared-expert
+// gate/up) are stacked into one matmul when the file gives them one type; a file that mixes
+// types takes one matmul each. Both must compute the same layers: a model with one f16 part
+// in every group (others f32, same underlying values) stays within f16 rounding of the
+// all-f32 model, one token at a time (decode) and in chunks (prefill), where a swapped or
+// misplaced projection would be far off.
 TEST(MixedTypes, KdaProjectionsOfDifferentTypesMatchTheStackedPath) {
   const auto dir = std::filesystem::temp_directory_path();
   const std::string stacked = (dir / ("ls_stacked_" + std::to_string(::getpid()) + ".gguf")).string();
@@ -220,7 +221,9 @@ TEST(MixedTypes, KdaProjectionsOfDifferentTypesMatchTheStackedPath) {
   options.out_path = stacked;
   ASSERT_TRUE(tools::WriteTestModel(options).ok());
   options.out_path = mixed;
-  options.type_overrides = {{"attn_k.weight", DType::kF16}};
+  options.type_overrides = {{"attn_k.weight", DType::kF16},        {"ssm_g_a.weight", DType::kF16},
+                            {"attn_kv_a_mqa.weight", DType::kF16}, {"ffn_up_shexp.weight", DType::kF16},
+                            {"ffn_up.weight", DType::kF16}};
   ASSERT_TRUE(tools::WriteTestModel(options).ok());
   auto backend = *kernels::CreateBackend({"cpu", 2, 0});
   std::vector<int32_t> prompt;

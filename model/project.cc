@@ -1,0 +1,33 @@
+// Projections of one input by several weights (model/layers.h).
+#include "common/status.h"
+#include "model/layers.h"
+
+namespace latentserve::model {
+
+using kernels::Tensor;
+
+Tensor ColumnSlice(const Tensor& column, int64_t first, int64_t count) {
+  return column.Reshape({1, column.elements(), 1, 1}).RowSlice(first, count).Reshape({count, 1, 1, 1});
+}
+
+absl::StatusOr<std::vector<Tensor>> Project(const BatchContext& ctx, const Projections& p, const Tensor& h) {
+  std::vector<Tensor> out;
+  if (p.stacked.defined() && ctx.tokens == 1) {
+    ASSIGN_OR_RETURN(Tensor all, ctx.F32({p.rows(), 1, 1, 1}));
+    ctx.backend.MatMul(p.stacked, h, all);
+    int64_t first = 0;
+    for (const Tensor& part : p.parts) {
+      out.push_back(ColumnSlice(all, first, part.ne[1]));
+      first += part.ne[1];
+    }
+    return out;
+  }
+  for (const Tensor& part : p.parts) {
+    ASSIGN_OR_RETURN(Tensor y, ctx.F32({part.ne[1], ctx.tokens, 1, 1}));
+    ctx.backend.MatMul(part, h, y);
+    out.push_back(std::move(y));
+  }
+  return out;
+}
+
+}  // namespace latentserve::model
