@@ -258,8 +258,8 @@ struct PrefillOutcome {
 PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const v1::ModelDescriptor& model,
                           const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
                           absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer, v1::PrefillDone* done,
-                          std::string* prefill_worker) {
+                          grpc::ServerWriter<v1::GenerateResponse>* writer, bool relay_progress,
+                          v1::PrefillDone* done, std::string* prefill_worker) {
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
   std::set<std::string> tried;
@@ -284,6 +284,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     bool client_write_failed = false;
     while (reader->Read(&event)) {
       if (event.has_progress()) {
+        if (!relay_progress) continue;
         v1::GenerateResponse out;
         *out.mutable_progress() = event.progress();
         if (!writer->Write(out)) {
@@ -481,37 +482,42 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   // 1. Reserve pages on a decode worker for the whole prompt + max_tokens; 2. prefill into
   // that lease. A handoff lost to the decode worker (process gone, lease lost) happens
   // before the client has any token, so it is retried on another decode worker.
-  const int64_t lease_tokens = static_cast<int64_t>(tokens.size()) + max_tokens;
   std::set<std::string> decode_refused;
   std::unique_ptr<DecodeLease> lease;
   v1::PrefillDone prefill_done;
   std::string prefill_worker;
-  for (int decode_attempt = 1;; ++decode_attempt) {
-    grpc::Status reserved = ReserveDecodeLease(state_, *model, request_id, lease_tokens, deadline, decode_refused, cancel,
-                                               client_gone, &lease);
-    if (!reserved.ok()) return reserved;
-    PrefillOutcome outcome = RunPrefill(state_, *request, *model, request_id, tokens, *lease, deadline, cancel,
-                                        client_gone, writer, &prefill_done, &prefill_worker);
-    if (!outcome.handoff_lost) {
-      if (!outcome.status.ok()) return outcome.status;
-      break;
+  int64_t cache_bytes = 0;
+  // Places `context` (the prompt, plus what was generated when resuming) with room for
+  // `remaining` more tokens and prefills it; relays prefill progress only the first time.
+  const auto place = [&](const std::vector<int32_t>& context, int64_t remaining, bool relay_progress) {
+    for (int decode_attempt = 1;; ++decode_attempt) {
+      grpc::Status reserved =
+          ReserveDecodeLease(state_, *model, request_id, static_cast<int64_t>(context.size()) + remaining, deadline,
+                             decode_refused, cancel, client_gone, &lease);
+      if (!reserved.ok()) return reserved;
+      PrefillOutcome outcome = RunPrefill(state_, *request, *model, request_id, context, *lease, deadline, cancel,
+                                          client_gone, writer, relay_progress, &prefill_done, &prefill_worker);
+      if (!outcome.handoff_lost) {
+        if (outcome.status.ok()) cache_bytes += prefill_done.cache_bytes();
+        return outcome.status;
+      }
+      const grpc::StatusCode code = outcome.status.error_code();
+      if (code == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(lease->worker());
+      const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::ABORTED;
+      if (!retryable || decode_attempt >= kMaxDecodeAttempts || absl::Now() >= deadline) return outcome.status;
+      serving::LogEvent("router", "handoff_retry", request_id,
+                        {{"decode_worker", lease->worker()}, {"error", outcome.status.error_message()}});
+      decode_refused.insert(lease->worker());
+      lease.reset();  // best-effort release; the worker may be gone
     }
-    const grpc::StatusCode code = outcome.status.error_code();
-    if (code == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(lease->worker());
-    const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::ABORTED;
-    if (!retryable || decode_attempt >= kMaxDecodeAttempts || absl::Now() >= deadline) return outcome.status;
-    serving::LogEvent("router", "handoff_retry", request_id,
-                      {{"decode_worker", lease->worker()}, {"error", outcome.status.error_message()}});
-    decode_refused.insert(lease->worker());
-    lease.reset();  // best-effort release; the worker may be gone
-  }
-  const std::string decode_worker = lease->worker();
-  const std::string lease_id = lease->id();
+  };
+  if (grpc::Status placed = place(tokens, max_tokens, true); !placed.ok()) return placed;
 
   // 3. The first token, then the decode worker's stream.
   std::unique_ptr<TextCodec::Stream> detok = codec ? codec->NewStream() : nullptr;
   StopMatcher stop_matcher({request->stopping().stop_strings().begin(), request->stopping().stop_strings().end()});
   int64_t completion_tokens = 0;
+  std::vector<int32_t> generated;  // every token sent to the client, for a resume
   v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
   absl::Time first_token_at, last_token_at;
   // Emits tokens to the client; returns false when the client is gone.
@@ -522,6 +528,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     for (int32_t id : ids) {
       if (reason != v1::FINISH_REASON_UNSPECIFIED) break;
       chunk->add_token_ids(id);
+      generated.push_back(id);
       completion_tokens++;
       if (detok) {
         bool matched = false;
@@ -549,15 +556,21 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   metrics.ttft_seconds.Observe(absl::ToDoubleSeconds(first_token_at - start));
   if (!emit({prefill_done.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
 
-  if (reason == v1::FINISH_REASON_UNSPECIFIED) {
+  // A decode worker lost mid-stream is replaced: the prompt plus every token already sent is
+  // prefilled again into a lease on another decode worker, whose first token is the next
+  // one, and decoding goes on there (greedy output is unchanged; seeded sampling restarts
+  // its random stream at the resume point).
+  int resumes = 0;
+  while (reason == v1::FINISH_REASON_UNSPECIFIED) {
+    const std::string decode_worker = lease->worker();
     auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
     grpc::ClientContext decode_context;
     SetDeadline(decode_context, deadline);
     v1::DecodeRequest decode_request;
     decode_request.set_request_id(request_id);
-    decode_request.set_lease_id(lease_id);
+    decode_request.set_lease_id(lease->id());
     *decode_request.mutable_sampling() = request->sampling();
-    decode_request.set_max_new_tokens(static_cast<int32_t>(max_tokens - 1));
+    decode_request.set_max_new_tokens(static_cast<int32_t>(max_tokens - completion_tokens));
     for (int32_t id : stop_ids) decode_request.add_stop_token_ids(id);
     cancel.Attach(&decode_context);
     lease->HandToDecode();  // Decode frees the pages on every path from here
@@ -578,20 +591,33 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     grpc::Status status = reader->Finish();
     cancel.Detach();
     if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-    if (reason == v1::FINISH_REASON_UNSPECIFIED) {
-      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(decode_worker);
-      if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "decode stream ended without a finish reason");
-      return grpc::Status(status.error_code(),
-                          absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()));
+    if (reason != v1::FINISH_REASON_UNSPECIFIED) break;
+    if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "decode stream ended without a finish reason");
+    const grpc::Status failed(status.error_code(),
+                              absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()));
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return failed;
+    state_.registry().MarkDead(decode_worker);
+    if (++resumes > kMaxDecodeAttempts || absl::Now() >= deadline) return failed;
+    serving::LogEvent("router", "decode_resume", request_id,
+                      {{"decode_worker", decode_worker}, {"generated", absl::StrCat(completion_tokens)}});
+    decode_refused.insert(decode_worker);
+    lease.reset();
+    std::vector<int32_t> context = tokens;
+    context.insert(context.end(), generated.begin(), generated.end());
+    if (grpc::Status placed = place(context, max_tokens - completion_tokens, false); !placed.ok()) {
+      return grpc::Status(placed.error_code(), absl::StrCat(failed.error_message(), "; resuming elsewhere failed: ",
+                                                            placed.error_message()));
     }
+    if (!emit({prefill_done.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
+  const std::string decode_worker = lease->worker();
 
   v1::GenerateResponse out;
   auto* finished = out.mutable_finished();
   finished->set_reason(reason);
   finished->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(tokens.size()));
   finished->mutable_usage()->set_completion_tokens(completion_tokens);
-  finished->mutable_usage()->set_cache_bytes_transferred(prefill_done.cache_bytes());
+  finished->mutable_usage()->set_cache_bytes_transferred(cache_bytes);
   finished->mutable_timings()->set_ttft_ms(absl::ToDoubleMilliseconds(first_token_at - start));
   const double decode_s = absl::ToDoubleSeconds(last_token_at - first_token_at);
   finished->mutable_timings()->set_decode_tokens_per_s(completion_tokens > 1 && decode_s > 0

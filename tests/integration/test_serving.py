@@ -235,7 +235,7 @@ class SplitDeployment(unittest.TestCase):
     def test_client_deadline(self):
         c = self.cluster
         start = time.monotonic()
-        r = c.generate(prompt(3000, 3), max_tokens=8, extra=("--timeout-ms", "300"))
+        r = c.generate(prompt(8000, 3), max_tokens=8, extra=("--timeout-ms", "300"))
         self.assertEqual(r["error"]["code"], "DEADLINE_EXCEEDED", r)
         self.assertLess(time.monotonic() - start, 10)
         c.assert_baseline(self)
@@ -276,35 +276,39 @@ class ScaledDeployment(unittest.TestCase):
 class DecodeCapacity(unittest.TestCase):
     """A request that finds every decode cache full waits for room (as a queue would)."""
 
+    # 9 pages of 256 tokens: one request of 100 + 2000 tokens fills the decode worker for the
+    # seconds its 2000 decode steps take.
+    FLAGS = ("--cache-tokens", "2304")
+
+    def hold_the_cache(self, c, salt):
+        p1 = c.generate(prompt(100, salt), max_tokens=2000, background=True)
+        wait_for(lambda: any(w["role"] == "decode" and w["leases_active"] + w["sequences_active"] > 0
+                             for w in c.info()["workers"]), 30, "the first request to hold the decode cache")
+        return p1
+
     def test_request_waits_for_cache_room_then_runs(self):
-        # 4 pages of 256 tokens: one request of 600 + 300 tokens fills the decode worker.
-        c = Cluster("capacity", prefill=1, decode=1, worker_flags=("--cache-tokens", "1024"))
+        c = Cluster("capacity", prefill=1, decode=1, worker_flags=self.FLAGS)
         try:
-            first, second = prompt(600, 31), prompt(600, 32)
-            p1 = c.generate(first, max_tokens=300, background=True)
-            wait_for(lambda: any(w["role"] == "decode" and w["leases_active"] + w["sequences_active"] > 0
-                                 for w in c.info()["workers"]), 30, "the first request to hold the decode cache")
-            r2 = c.generate(second, max_tokens=300)
+            p1 = self.hold_the_cache(c, 31)
+            second = prompt(100, 32)
+            r2 = c.generate(second, max_tokens=2000)
             r1 = parse_result(p1.communicate(timeout=120)[0], p1.returncode)
             self.assertEqual(r1.get("error"), None, r1)
             self.assertEqual(r2.get("error"), None, r2)
-            self.assertEqual(r2["token_ids"], reference_greedy(second, 300))
+            self.assertEqual(r2["token_ids"], reference_greedy(second, 2000))
             with open(os.path.join(c.dir, "router.log")) as f:
-                log = f.read()
-            self.assertIn('"event":"capacity_wait"', log, "the second request waited for room")
+                self.assertIn('"event":"capacity_wait"', f.read(), "the second request waited for room")
             c.assert_baseline(self)
         finally:
             c.stop()
 
     def test_no_wait_when_disabled(self):
-        c = Cluster("capacity0", prefill=1, decode=1, worker_flags=("--cache-tokens", "1024"),
+        c = Cluster("capacity0", prefill=1, decode=1, worker_flags=self.FLAGS,
                     router_flags=("--capacity-wait-ms", "0"))
         try:
-            p1 = c.generate(prompt(600, 33), max_tokens=300, background=True)
-            wait_for(lambda: any(w["role"] == "decode" and w["leases_active"] + w["sequences_active"] > 0
-                                 for w in c.info()["workers"]), 30, "the first request to hold the decode cache")
-            r2 = c.generate(prompt(600, 34), max_tokens=300)
-            self.assertEqual(r2["error"]["code"], "RESOURCE_EXHAUSTED", r2)
+            p1 = self.hold_the_cache(c, 33)
+            r2 = c.generate(prompt(100, 34), max_tokens=2000)
+            self.assertEqual(r2.get("error", {}).get("code"), "RESOURCE_EXHAUSTED", r2)
             p1.communicate(timeout=120)
             c.assert_baseline(self)
         finally:
@@ -329,6 +333,9 @@ class RouterReplicas(unittest.TestCase):
                 r = c.generate(ids, max_tokens=4)
                 self.assertEqual(r.get("error"), None, r)
                 self.assertEqual(r["token_ids"], reference_greedy(ids, 4))
+            # The second replica's view once the requests above are done (stats are polled).
+            wait_for(lambda: all(w["leases_active"] == 0 and w["sequences_active"] == 0
+                                 for w in c.info()["workers"] if w["alive"]), 10, "the workers to be idle")
             c.baseline = c.snapshot()
             c.kill("router")  # the first replica dies; the second keeps serving
             r = c.generate(ids, max_tokens=4)
@@ -351,7 +358,7 @@ class Faults(unittest.TestCase):
     def test_prefill_worker_killed_mid_prefill(self):
         c = Cluster("kill_prefill", prefill=2, decode=1)
         try:
-            ids = prompt(3000, 5)
+            ids = prompt(8000, 5)
             proc = c.generate(ids, max_tokens=5, background=True)
             victim = self.busy_worker(c, "prefill")
             c.kill(c.name_of(victim))
@@ -368,7 +375,7 @@ class Faults(unittest.TestCase):
     def test_decode_worker_killed_during_transfer(self):
         c = Cluster("kill_decode", prefill=1, decode=2)
         try:
-            ids = prompt(3000, 6)
+            ids = prompt(8000, 6)
             start = time.monotonic()
             proc = c.generate(ids, max_tokens=5, background=True, extra=("--timeout-ms", "60000"))
             victim = self.busy_worker(c, "decode")
@@ -391,15 +398,40 @@ class Faults(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_decode_worker_killed_mid_decode(self):
+        # Tokens were already streamed: the router prefills prompt + generated tokens on the
+        # other decode worker and the stream goes on where it stopped, same greedy answer.
+        c = Cluster("kill_decode_mid", prefill=1, decode=2)
+        try:
+            ids = prompt(100, 41)
+            proc = c.generate(ids, max_tokens=3000, background=True, extra=("--timeout-ms", "120000"))
+            def decoding():
+                for w in c.info()["workers"]:
+                    if w["role"] == "decode" and w["alive"] and w["sequences_active"] > 0:
+                        return w["address"]
+                return None
+            victim = wait_for(decoding, 60, "a decode worker to be decoding")
+            c.kill(c.name_of(victim))
+            r = parse_result(proc.communicate(timeout=180)[0], proc.returncode)
+            self.assertEqual(r.get("error"), None, r)
+            self.assertNotEqual(r["decode_worker"], victim)
+            self.assertEqual(r["usage"]["completion_tokens"], 3000)
+            self.assertEqual(r["token_ids"], reference_greedy(ids, 3000))
+            with open(os.path.join(c.dir, "router.log")) as f:
+                self.assertIn('"event":"decode_resume"', f.read())
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
-        # finds its lease when the cache arrives.
-        c = Cluster("lease", prefill=1, decode=1, router_flags=("--lease-ttl-ms", "300"))
+        # finds its lease when the cache arrives (6000 tokens: > 1 s here, TTL 200 ms).
+        c = Cluster("lease", prefill=1, decode=1, router_flags=("--lease-ttl-ms", "200"))
         try:
-            ids = prompt(3000, 8)
+            ids = prompt(6000, 8)
             r = c.generate(ids, max_tokens=5, extra=("--timeout-ms", "60000"))
             self.assertEqual(r.get("error"), None, r)
-            self.assertGreater(r["timing"]["ttft_ms"], 600, "the prefill outlasted the lease TTL")
+            self.assertGreater(r["timing"]["ttft_ms"], 600, "the prefill outlasted the lease TTL 3 times")
             self.assertEqual(r["token_ids"], reference_greedy(ids, 5))
             c.assert_baseline(self)
         finally:
@@ -410,7 +442,7 @@ class Faults(unittest.TestCase):
         # pages after the TTL, and the prefill worker drops the orphaned handoff.
         c = Cluster("lease_orphan", prefill=1, decode=1, router_flags=("--lease-ttl-ms", "300"))
         try:
-            proc = c.generate(prompt(3000, 9), max_tokens=5, background=True, extra=("--timeout-ms", "60000"))
+            proc = c.generate(prompt(8000, 9), max_tokens=5, background=True, extra=("--timeout-ms", "60000"))
             decode = self.busy_worker(c, "decode")
             prefill = next(w["address"] for w in c.info()["workers"] if w["role"] == "prefill")
             base_pages = c.baseline[0][decode][0]
