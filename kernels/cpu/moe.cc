@@ -55,7 +55,7 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
   // Work items: up to kTokenBlock tokens of one expert, largest first, taken by whichever
   // thread is free (experts get very different token counts). An item's result does not
   // depend on the thread that computes it.
-  constexpr int64_t kTokenBlock = 64, kRows = 16;
+  constexpr int64_t kTokenBlock = 256, kRows = 16;
   struct Item {
     int64_t expert, first, count;
   };
