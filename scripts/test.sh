@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command: dependencies, a RelWithDebInfo build with every test (unit, integration,
-# llama.cpp reference), then an ASan/UBSan build of the sanitize-labelled tests.
+# llama.cpp reference), a compile of the CUDA backend, then an ASan/UBSan build of the
+# sanitize-labelled tests and a short fuzz run.
 # Environment: JOBS (default 2) build/test parallelism; SKIP_DEPS=1 skips install_deps.sh;
 # SKIP_SANITIZE=1 skips the sanitizer build; SKIP_FUZZ=1 skips the short libFuzzer run
-# (scripts/fuzz.sh, FUZZ_SECONDS per target, default 15).
+# (scripts/fuzz.sh, FUZZ_SECONDS per target, default 15); SKIP_CUDA=1 skips the CUDA compile
+# check (run when /usr/local/cuda/bin/nvcc exists).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -17,6 +19,14 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j "$JOBS"
 echo "== ctest (all labels)"
 ctest --test-dir build --output-on-failure -j "$JOBS"
+
+# The CUDA backend compiles here (nvcc, no GPU); its tests (label gpu) run on the device.
+if [[ "${SKIP_CUDA:-0}" != 1 && -x /usr/local/cuda/bin/nvcc ]]; then
+  echo "== build-cuda/ (sm_90 compile check: the binary and test_backend_ops)"
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLATENTSERVE_CUDA=ON \
+    -DLATENTSERVE_SERVING=OFF
+  cmake --build build-cuda -j "$JOBS" --target latentserve test_backend_ops
+fi
 
 if [[ "${SKIP_SANITIZE:-0}" != 1 ]]; then
   echo "== build-asan/ (ASan + UBSan, sanitize-labelled tests)"
