@@ -76,36 +76,26 @@ inline __m256 HalfScales(uint16_t d0, uint16_t d1, uint16_t d2, uint16_t d3) {
   return _mm256_set_m128(s, s);
 }
 
-struct StoredQ8Rows {  // 4 stored q8_0 rows, copied a block at a time (aligned re-reads)
-  const BlockQ8_0* row[4];
+
+inline __m256i BlockValues(const BlockQ8_0& block) { return Load32(block.qs); }
+inline __m256i BlockValues(const BlockQ4_0& block) { return UnpackQ4(block.qs); }
+
+// 4 stored q8_0 / q4_0 rows, decoded to int8 a block at a time (aligned re-reads).
+template <typename BlockT>
+struct StoredRows {
+  const BlockT* row[4];
   alignas(32) int8_t values[4 * kQ8Block];
   __m256i abs[4];
   __m256 scale;
   void Block(int64_t b) {
     for (int r = 0; r < 4; ++r) {
-      const __m256i w = Load32(row[r][b].qs);
+      const __m256i w = BlockValues(row[r][b]);
       _mm256_store_si256(reinterpret_cast<__m256i*>(values + r * kQ8Block), w);
       abs[r] = _mm256_sign_epi8(w, w);
     }
     scale = HalfScales(row[0][b].d, row[1][b].d, row[2][b].d, row[3][b].d);
   }
   const int8_t* W(int r) const { return values + r * kQ8Block; }
-};
-
-struct StoredQ4Rows {  // 4 stored q4_0 rows, unpacked a block at a time
-  const BlockQ4_0* row[4];
-  alignas(32) int8_t unpacked[4 * kQ8Block];
-  __m256i abs[4];
-  __m256 scale;
-  void Block(int64_t b) {
-    for (int r = 0; r < 4; ++r) {
-      const __m256i w = UnpackQ4(row[r][b].qs);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(unpacked + r * kQ8Block), w);
-      abs[r] = _mm256_sign_epi8(w, w);
-    }
-    scale = HalfScales(row[0][b].d, row[1][b].d, row[2][b].d, row[3][b].d);
-  }
-  const int8_t* W(int r) const { return unpacked + r * kQ8Block; }
 };
 #endif
 
@@ -271,8 +261,6 @@ Stored StoredGroup(const uint8_t* w, size_t row_bytes, int64_t r0, int64_t rows)
   return s;
 }
 
-inline __m256i BlockValues(const BlockQ8_0& block) { return Load32(block.qs); }
-inline __m256i BlockValues(const BlockQ4_0& block) { return UnpackQ4(block.qs); }
 
 // Rows past the end of the matrix are packed as copies of the group's first row (their results
 // are dropped), so every group is whole.
@@ -425,10 +413,10 @@ void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, i
     // unpacking is better shared by 4 rows.
     Rows<BlockQ8_0>(w, row_bytes, rows, k / kQ8Block, xq, xd, cols, y, y_row_stride, y_col_stride);
   } else if (type == DType::kQ8_0) {
-    Direct<StoredQ8Rows, BlockQ8_0>(w, row_bytes, rows, k / kQ8Block, xq, xd, cols, y, y_row_stride,
+    Direct<StoredRows<BlockQ8_0>, BlockQ8_0>(w, row_bytes, rows, k / kQ8Block, xq, xd, cols, y, y_row_stride,
                                     y_col_stride);
   } else {
-    Direct<StoredQ4Rows, BlockQ4_0>(w, row_bytes, rows, k / kQ8Block, xq, xd, cols, y, y_row_stride,
+    Direct<StoredRows<BlockQ4_0>, BlockQ4_0>(w, row_bytes, rows, k / kQ8Block, xq, xd, cols, y, y_row_stride,
                                     y_col_stride);
   }
 }
