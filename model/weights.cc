@@ -16,8 +16,8 @@ class Source {
  public:
   virtual ~Source() = default;
   // `name` with `shape`; `f32_only` for small parameters the math needs in full precision.
-  virtual absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
-                                     bool optional = false) = 0;
+  virtual absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape,
+                                     bool f32_only = false) = 0;
   // Matrices [width, rows[i]] stacked along their rows (ne[1]) in one tensor.
   // FailedPrecondition when their types differ (the caller then keeps them apart).
   virtual absl::StatusOr<Tensor> GetStacked(const std::vector<std::string>& names, int64_t width,
@@ -30,7 +30,7 @@ class RandomSource final : public Source {
   RandomSource(kernels::Backend& backend, DType matrix_type, uint64_t seed, uint64_t* bytes)
       : backend_(backend), matrix_type_(matrix_type), seed_(seed), bytes_(bytes) {}
 
-  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only, bool) override {
+  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only) override {
     kernels::Shape ne = {1, 1, 1, 1};
     for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];
     ASSIGN_OR_RETURN(Tensor t, backend_.Alloc(Type(shape, f32_only), ne));
@@ -82,9 +82,7 @@ class Loader final : public Source {
       : file_(file), backend_(backend), bytes_(bytes) {}
 
   // Loads `name` expecting `shape` (trailing 1s in the file are ignored).
-  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false,
-                             bool optional = false) override {
-    if (optional && file_.FindTensor(name) == nullptr) return Tensor{};
+  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool f32_only = false) override {
     ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(name, shape, f32_only));
     kernels::Shape ne = {1, 1, 1, 1};
     for (size_t i = 0; i < shape.size() && i < 4; ++i) ne[i] = shape[i];

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
-#include "serving/security.h"
+#include "router/channels.h"
 
 namespace latentserve::router {
 
@@ -160,16 +160,13 @@ std::vector<WorkerEntry> WorkerRegistry::Snapshot() const {
 }
 
 void WorkerRegistry::MonitorLoop() {
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     std::vector<std::string> addresses;
     for (const auto& [address, entry] : workers_) addresses.push_back(address);
     lock.unlock();
     for (const std::string& address : addresses) {
-      auto& channel = channels[address];
-      if (!channel) channel = grpc::CreateChannel(address, serving::InternalChannelCredentials());
-      auto stub = v1::WorkerStats::NewStub(channel);
+      auto stub = v1::WorkerStats::NewStub(ChannelTo(address));
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
       v1::GetWorkerStatsRequest request;
