@@ -122,6 +122,18 @@ class Backend {
   // out [value_dim, H, n].
   virtual void MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs,
                             float scale, const Tensor& out) = 0;
+  // The attention core of an MLA layer from un-absorbed queries. q [Pn + Pr, H, n] (per head
+  // the no-position part, then the rotary part); k_b [Pn, R, H]; v_b [R, Dv, H]; pool rows
+  // [R (normalised c_kv), Pr (k_pe)]; out [Dv, H, n]. With row_p the cached row at position p:
+  //   k_p,h = [k_b[:, :, h] row_p[0:R], row_p[R:]],  v_p,h = v_b[:, :, h]^T row_p[0:R]
+  //   out[:, h, t] = sum_{p <= cached + t} softmax_p(scale * q[:, h, t] . k_p,h) v_p,h
+  // Backends choose the form per sequence. The default here is the absorbed form (queries
+  // taken into the latent space, MlaAttention over the rows, values expanded after); the
+  // CUDA backend expands keys and values per head for long query chunks and runs one flash
+  // attention kernel over them (the MHA form: 320 instead of 1,088 multiply-adds per
+  // (query, key, head)). Fails only when scratch memory cannot be allocated.
+  virtual absl::Status MlaAttentionHeads(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
+                                         absl::Span<const LatentSeqView> seqs, float scale, const Tensor& out);
   // Copies whole cache pages between pools or within one (used by prefix sharing and transfer).
   virtual void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool,
                         int32_t dst_page) = 0;

@@ -37,7 +37,7 @@ absl::StatusOr<std::vector<kernels::Tensor>> Project(const BatchContext& ctx, co
 absl::StatusOr<kernels::Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
                                          const std::vector<kernels::KdaStateView>& states,
                                          const kernels::Tensor& h);
-// MLA in absorbed form over the paged latent cache of one layer (`pool`).
+// MLA over the paged latent cache of one layer (`pool`); the backend picks absorbed or MHA form.
 absl::StatusOr<kernels::Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w,
                                          const kernels::Tensor& pool, const kernels::Tensor& h);
 // Dense SwiGLU FFN or MoE (sigmoid routing + shared expert).

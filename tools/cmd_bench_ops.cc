@@ -4,11 +4,16 @@
 // around Synchronize(), after warm-up, median of repeats. One JSON line per row on stdout.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/args.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -47,7 +52,7 @@ struct Row {
 };
 
 absl::Status Run(int argc, char** argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens"}));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens", "mha-contexts"}));
   kernels::BackendOptions options;
   options.kind = args.Get("backend", "cuda");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -176,6 +181,45 @@ absl::Status Run(int argc, char** argv) {
         compute_row("prefill_mla_absorbed_f16", std::to_string(n) + " q @ " + std::to_string(ctx) + " ctx",
                     2.0 * n * H * (depth + n / 2.0) * (L + R), op);
       }
+    }
+  }
+
+  // MLA prefill through MlaAttentionHeads (Kimi-Linear head shape, q4_0 k_b / v_b, f16 cache):
+  // a chunk of `prefill` queries at the end of each context in --mha-contexts, in the MHA form
+  // (expansion GEMM + flash kernel) and, at the first context, in the absorbed form for the
+  // same-run comparison. FLOPs counted are each form's attention (causal; per query, key and
+  // head 2 (Pn + Pr + Dv) = 640 MHA, 2 (L + R) = 2,176 absorbed), not the expansion.
+  if (!cpu) {
+    ASSIGN_OR_RETURN(Tensor k_b, Random(b, DType::kQ4_0, {128, R, H, 1}, 0, 0.05f));
+    ASSIGN_OR_RETURN(Tensor v_b, Random(b, DType::kQ4_0, {R, 128, H, 1}, 0, 0.05f));
+    bool first = true;
+    for (absl::string_view item : absl::StrSplit(args.Get("mha-contexts", std::to_string(context)), ',')) {
+      int64_t ctx = 0;
+      if (!absl::SimpleAtoi(item, &ctx) || ctx < prefill || ctx > (int64_t{1} << 24)) {
+        return absl::InvalidArgumentError(absl::StrCat("--mha-contexts: '", item, "' is not a context of ",
+                                                       prefill, " to 16M tokens"));
+      }
+      const int64_t page = 256, pages = ctx / page + 2;
+      ASSIGN_OR_RETURN(Tensor pool, Random(b, DType::kF16, {L, page, pages, 1}, 0, 1.0f));
+      std::vector<int32_t> table(pages);
+      for (int64_t i = 0; i < pages; ++i) table[i] = static_cast<int32_t>(i);
+      ASSIGN_OR_RETURN(Tensor q, Random(b, DType::kF32, {192, H, prefill, 1}, 0, 0.5f));
+      ASSIGN_OR_RETURN(Tensor out, b.Alloc(DType::kF32, {128, H, prefill, 1}));
+      const int64_t depth = ctx - prefill;
+      std::vector<kernels::LatentSeqView> seqs = {{table, depth, 0, prefill}};
+      const double pairs = static_cast<double>(prefill) * H * (depth + prefill / 2.0);
+      absl::Status status;
+      auto op = [&] { status.Update(b.MlaAttentionHeads(q, k_b, v_b, pool, seqs, 1.0f / std::sqrt(192.0f), out)); };
+      const std::string shape = std::to_string(prefill) + " q @ " + std::to_string(ctx) + " ctx";
+      setenv("LATENTSERVE_MLA_FORM", "mha", 1);
+      compute_row("prefill_mla_mha_f16", shape, 2.0 * pairs * (192 + 128), op);
+      if (first) {
+        setenv("LATENTSERVE_MLA_FORM", "absorbed", 1);
+        compute_row("prefill_mla_absorbed_heads", shape, 2.0 * pairs * (L + R), op);
+      }
+      unsetenv("LATENTSERVE_MLA_FORM");
+      RETURN_IF_ERROR(status);
+      first = false;
     }
   }
 

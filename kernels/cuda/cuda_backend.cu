@@ -156,7 +156,7 @@ int64_t CudaBackend::PeakMemoryBytes() const {
   return static_cast<int64_t>(high);
 }
 
-CudaBackend::CudaBackend(int device) : device_(device), scratch_(8) {
+CudaBackend::CudaBackend(int device) : device_(device), scratch_(16) {
   CUDA_OK(cudaSetDevice(device));
   CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_OK(cublasCreate(&cublas_));
@@ -174,6 +174,7 @@ CudaBackend::~CudaBackend() {
   for (auto& slot : scratch_) {
     if (slot.ptr) cudaFreeAsync(slot.ptr, stream_);
   }
+  for (auto& [key, matrix] : mla_expansion_) cudaFreeAsync(matrix, stream_);
   cudaStreamSynchronize(stream_);
   for (auto& entry : staging_) {
     if (entry.host) cudaFreeHost(entry.host);

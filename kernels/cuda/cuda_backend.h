@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,10 @@ class CudaBackend final : public Backend {
   void LatentStore(const Tensor& latent, absl::Span<const LatentSeqView> seqs, const Tensor& pool) override;
   void MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs, float scale,
                     const Tensor& out) override;
+  // Long query chunks in the MHA form (cuda_mla_prefill.cu), the rest through the absorbed
+  // default; LATENTSERVE_MLA_FORM=absorbed|mha|auto overrides the choice (benchmarks).
+  absl::Status MlaAttentionHeads(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
+                                 absl::Span<const LatentSeqView> seqs, float scale, const Tensor& out) override;
   void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool, int32_t dst_page) override;
 
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
@@ -86,6 +91,14 @@ class CudaBackend final : public Backend {
   // q16 [rows x width], keys [whole chunks x width] (f16, padding zeroed), out [rows x value_dim].
   void MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width, int64_t heads,
                        int64_t rows, int64_t first_position, float scale, int64_t value_dim, float* out);
+
+  // One sequence's new queries in the MHA form: keys and values expanded per head from the
+  // latent rows (f16 GEMM), then the flash-attention kernel (cuda_mla_prefill.cu).
+  void MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
+                       const LatentSeqView& seq, float scale, const Tensor& out);
+  // k_b and v_b of one layer as one f16 matrix [H x (Pn + Dv)] x R (rows: output features),
+  // built on first use and kept for the backend's lifetime (8 MiB per layer at full size).
+  const __half* MlaExpansionWeights(const Tensor& k_b, const Tensor& v_b);
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
@@ -105,6 +118,7 @@ class CudaBackend final : public Backend {
     size_t bytes = 0;
   };
   std::vector<ScratchSlot> scratch_;
+  std::map<std::pair<const void*, const void*>, void*> mla_expansion_;  // (k_b, v_b) -> f16 matrix
   std::shared_ptr<BlockCache> block_cache_;  // freed tensor memory for reuse (cuda_backend.cu)
   // Pinned staging for small per-op uploads (page tables, routing indices): a pageable
   // cudaMemcpyAsync would make the host wait for the stream, serialising launch and execution.

@@ -3,6 +3,7 @@
 // tokens, long contexts), normalised MSE per op and dtype. Runs only where a GPU is visible
 // (ctest label "gpu"; CI has no GPU and skips the label).
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -315,6 +316,67 @@ TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
     Expect(out, 1e-5, std::string("MlaAttention prefill chunk (f16 GEMMs) ") + DTypeName(type));
   }
 }
+
+// MLA attention from un-absorbed queries at Kimi-Linear's head shape (Pn 128, Pr 64, R 512,
+// Dv 128): the CPU's absorbed form is the reference for the CUDA MHA form (keys and values
+// expanded per head, flash kernel). LATENTSERVE_MLA_FORM=mha forces the MHA form for short
+// chunks too; a batch under the automatic choice mixes both forms.
+struct MlaHeadsCase {
+  int64_t cached, fresh, heads;
+  DType cache, weights;
+  const char* form;  // LATENTSERVE_MLA_FORM
+};
+
+class MlaHeads : public BackendOps, public ::testing::WithParamInterface<MlaHeadsCase> {};
+
+TEST_P(MlaHeads, MhaFormMatchesAbsorbedReference) {
+  const MlaHeadsCase c = GetParam();
+  const int64_t Pn = 128, Pr = 64, R = 512, Dv = 128, L = R + Pr, H = c.heads, page = 64;
+  // Two sequences: the case's, and a short one (3 new tokens over 70 cached) in the same batch.
+  const int64_t cached1 = 70, fresh1 = 3;
+  const int64_t pages0 = (c.cached + c.fresh + page - 1) / page, pages1 = (cached1 + fresh1 + page - 1) / page;
+  const int64_t pages = pages0 + pages1;
+  auto pool = Make(c.cache, {L, page, pages, 1}, std::vector<float>(L * page * pages, 0.0f));
+  std::vector<int32_t> table0, table1;
+  for (int64_t i = 0; i < pages; ++i) (int64_t(table0.size()) < pages0 ? table0 : table1).push_back(int32_t(pages - 1 - i));
+  std::vector<LatentSeqView> history = {{table0, 0, 0, c.cached}, {table1, 0, c.cached, cached1}};
+  auto rows = F32({L, c.cached + cached1, 1, 1}, Random(L * (c.cached + cached1), -1.5f, 1.5f));
+  cpu_->LatentStore(rows.cpu, history, pool.cpu);
+  gpu_->LatentStore(rows.gpu, history, pool.gpu);
+  const int64_t n = c.fresh + fresh1;
+  std::vector<LatentSeqView> batch = {{table0, c.cached, 0, c.fresh}, {table1, cached1, c.fresh, fresh1}};
+  auto fresh_rows = F32({L, n, 1, 1}, Random(L * n, -1.5f, 1.5f));
+  cpu_->LatentStore(fresh_rows.cpu, batch, pool.cpu);
+  gpu_->LatentStore(fresh_rows.gpu, batch, pool.gpu);
+  auto k_b = Make(c.weights, {Pn, R, H, 1}, Random(Pn * R * H, -0.08f, 0.08f));
+  auto v_b = Make(c.weights, {R, Dv, H, 1}, Random(R * Dv * H, -0.08f, 0.08f));
+  const Tensor k_b_ref = CpuReferenceWeights(k_b), v_b_ref = CpuReferenceWeights(v_b);
+  auto q = F32({Pn + Pr, H, n, 1}, Random((Pn + Pr) * H * n, -2.0f, 2.0f));
+  auto out = Poisoned({Dv, H, n, 1});
+  const float scale = 1.0f / std::sqrt(192.0f);
+  ASSERT_TRUE(cpu_->MlaAttentionHeads(q.cpu, k_b_ref, v_b_ref, pool.cpu, batch, scale, out.cpu).ok());
+  setenv("LATENTSERVE_MLA_FORM", c.form, 1);
+  const absl::Status status = gpu_->MlaAttentionHeads(q.gpu, k_b.gpu, v_b.gpu, pool.gpu, batch, scale, out.gpu);
+  unsetenv("LATENTSERVE_MLA_FORM");
+  ASSERT_TRUE(status.ok()) << status;
+  Expect(out, 2e-5,
+         std::string("MlaAttentionHeads ") + c.form + " " + std::to_string(c.fresh) + " q @ " + std::to_string(c.cached) +
+             " cached, cache " + DTypeName(c.cache) + ", weights " + DTypeName(c.weights));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MlaHeads,
+    ::testing::Values(MlaHeadsCase{0, 1, 4, DType::kF16, DType::kF16, "mha"},
+                      MlaHeadsCase{0, 63, 4, DType::kF16, DType::kF16, "mha"},
+                      MlaHeadsCase{0, 65, 4, DType::kF16, DType::kF16, "mha"},
+                      MlaHeadsCase{0, 128, 4, DType::kF16, DType::kF16, "mha"},
+                      MlaHeadsCase{64, 129, 4, DType::kF16, DType::kF16, "mha"},
+                      MlaHeadsCase{4500, 300, 4, DType::kF16, DType::kF16, "auto"},
+                      MlaHeadsCase{4500, 300, 4, DType::kQ8_0, DType::kQ4_0, "auto"},
+                      MlaHeadsCase{1000, 257, 32, DType::kBF16, DType::kQ8_0, "auto"},
+                      MlaHeadsCase{5001, 200, 2, DType::kQ4_0, DType::kF16, "mha"},
+                      MlaHeadsCase{0, 4097, 2, DType::kF16, DType::kF16, "auto"},
+                      MlaHeadsCase{4500, 300, 4, DType::kF16, DType::kF16, "absorbed"}));
 
 TEST_F(BackendOps, MoeRouteAndExperts) {
   for (DType type : {DType::kF32, DType::kQ4_0}) {

@@ -1,0 +1,375 @@
+// MLA prefill in the MHA form. For a chunk of n new queries over `keys` cached positions:
+//  1. the cached latent rows are gathered from their pages into a dense f16 matrix [keys x L];
+//  2. one f16 GEMM expands them per head into no-position keys and values,
+//     KV [keys x H x (Pn + Dv)] = rows[:, 0:R] . E^T, E = the layer's k_b and v_b as one f16
+//     matrix [H (Pn + Dv) x R] (built once per layer);
+//  3. one causal flash-attention kernel: a CTA per (128 queries, head) walks 64-key tiles,
+//     keys = [KV no-position part (Pn), the row's shared k_pe (Pr)], values = KV's Dv part,
+//     scores and probabilities stay in registers (online softmax in base 2, queries pre-scaled
+//     by scale * log2 e), f16 mma.sync with f32 accumulation, cp.async double buffering.
+// Per (query, key, head) this is 2 (Pn + Pr + Dv) = 640 FLOPs against the absorbed form's
+// 2 (L + R) = 2,176, plus the expansion (2 R H (Pn + Dv) per key and chunk), so the MHA form
+// wins from about 171 queries per chunk (MhaCheaper below).
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dequant.cuh"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+constexpr int kNope = 128;   // Pn
+constexpr int kRope = 64;    // Pr
+constexpr int kQk = kNope + kRope;
+constexpr int kV = 128;      // Dv
+constexpr int kBlockQ = 128;  // queries per CTA: 8 warps x 16 rows
+constexpr int kBlockK = 64;   // keys per tile
+constexpr int kWarps = kBlockQ / 16;
+constexpr int kThreads = kWarps * 32;
+constexpr int kQkChunks = kQk / 8;  // 16-byte chunks per key row in shared memory
+constexpr int kVChunks = kV / 8;
+constexpr size_t kSmemBytes = (size_t{kBlockQ} * kQk + 2 * size_t{kBlockK} * kQk + 2 * size_t{kBlockK} * kV) * 2;
+
+// Shared-memory tiles are rows of 16-byte chunks; chunk c of row r sits at c ^ (r & 7) so the
+// 8 rows an ldmatrix reads at one column land in 8 different bank groups.
+__device__ __forceinline__ int Swizzle(int row, int chunk, int chunks_per_row) {
+  return row * chunks_per_row + (chunk ^ (row & 7));
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* global, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill (rows past the end)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+// d += a (16x16, row) . b (16x8, col); f16 inputs, f32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+struct FlashArgs {
+  const __half* q;     // [n][H][kQk], pre-scaled by scale * log2(e)
+  const __half* kv;    // [keys][H][kNope + kV]: no-position key, then value
+  const __half* rows;  // gathered latent rows [keys][rows_ld]; k_pe at column rope_col
+  int64_t rows_ld;
+  int64_t rope_col;
+  float* out;  // [n][H][kV]
+  int64_t n, heads, keys, first_position;
+};
+
+__global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const FlashArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* s_q = reinterpret_cast<__half*>(smem);
+  __half* s_k = s_q + kBlockQ * kQk;      // 2 stages
+  __half* s_v = s_k + 2 * kBlockK * kQk;  // 2 stages
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t head = blockIdx.y;
+  // Longest query tiles (the causal diagonal's far end) first, for load balance.
+  const int64_t q_tiles = gridDim.x;
+  const int64_t t0 = (q_tiles - 1 - blockIdx.x) * int64_t{kBlockQ};
+  const int64_t kv_stride = a.heads * (kNope + kV);
+  // Keys this tile needs: up to the last valid query's position.
+  const int64_t last_query = min(t0 + kBlockQ, a.n) - 1;
+  const int64_t key_end = min(a.keys, a.first_position + last_query + 1);
+  const int tiles = static_cast<int>((key_end + kBlockK - 1) / kBlockK);
+
+  // Queries: 128 rows x 24 chunks.
+  for (int i = tid; i < kBlockQ * kQkChunks; i += kThreads) {
+    const int r = i / kQkChunks, c = i % kQkChunks;
+    const int64_t t = t0 + r;
+    const bool valid = t < a.n;
+    const __half* src = a.q + ((valid ? t : 0) * a.heads + head) * kQk + c * 8;
+    CpAsync16(s_q + Swizzle(r, c, kQkChunks) * 8, src, valid);
+  }
+  auto load_tile = [&](int tile, int stage) {
+    __half* k_dst = s_k + stage * kBlockK * kQk;
+    __half* v_dst = s_v + stage * kBlockK * kV;
+    for (int i = tid; i < kBlockK * kQkChunks; i += kThreads) {
+      const int r = i / kQkChunks, c = i % kQkChunks;
+      const int64_t key = int64_t{tile} * kBlockK + r;
+      const bool valid = key < a.keys;
+      const int64_t k = valid ? key : 0;
+      const __half* src = c < kNope / 8 ? a.kv + k * kv_stride + head * (kNope + kV) + c * 8
+                                        : a.rows + k * a.rows_ld + a.rope_col + (c - kNope / 8) * 8;
+      CpAsync16(k_dst + Swizzle(r, c, kQkChunks) * 8, src, valid);
+    }
+    for (int i = tid; i < kBlockK * kVChunks; i += kThreads) {
+      const int r = i / kVChunks, c = i % kVChunks;
+      const int64_t key = int64_t{tile} * kBlockK + r;
+      const bool valid = key < a.keys;
+      const __half* src = a.kv + (valid ? key : 0) * kv_stride + head * (kNope + kV) + kNope + c * 8;
+      CpAsync16(v_dst + Swizzle(r, c, kVChunks) * 8, src, valid);
+    }
+  };
+  load_tile(0, 0);
+  CpAsyncCommit();
+
+  uint32_t q_frag[kQk / 16][4];
+  float o[kV / 8][4];
+#pragma unroll
+  for (int j = 0; j < kV / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  // This thread's two query rows (lane / 4 and lane / 4 + 8 of the warp's 16) as positions.
+  const int64_t row_position0 = a.first_position + t0 + warp * 16 + lane / 4;
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < tiles) {
+      load_tile(tile + 1, stage ^ 1);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    if (tile == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kQk / 16; ++kk) {
+        const int r = warp * 16 + (lane & 15), c = 2 * kk + (lane >> 4);
+        LdMatrixX4(q_frag[kk], s_q + Swizzle(r, c, kQkChunks) * 8);
+      }
+    }
+    const __half* k_tile = s_k + stage * kBlockK * kQk;
+    const __half* v_tile = s_v + stage * kBlockK * kV;
+
+    // S = Q K^T: 16 rows x 64 keys per warp, as 8 n-tiles of 8 keys.
+    float s[kBlockK / 8][4];
+#pragma unroll
+    for (int j = 0; j < kBlockK / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kQk / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kBlockK / 16; ++np) {
+        uint32_t b[4];
+        const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * kk + ((lane >> 3) & 1);
+        LdMatrixX4(b, k_tile + Swizzle(r, c, kQkChunks) * 8);
+        Mma(s[2 * np], q_frag[kk], b[0], b[1]);
+        Mma(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+      }
+    }
+    // Causal mask where the tile reaches past the block's first query (and past the keys).
+    const int64_t key0 = int64_t{tile} * kBlockK;
+    if (key0 + kBlockK - 1 > a.first_position + t0 || key0 + kBlockK > a.keys) {
+#pragma unroll
+      for (int j = 0; j < kBlockK / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
+          const int64_t position = row_position0 + (e >> 1) * 8;
+          if (key > position || key >= a.keys) s[j][e] = -INFINITY;
+        }
+      }
+    }
+    // Online softmax per row (base 2): the quad of lanes sharing a row reduces its max.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = row_max[half];
+#pragma unroll
+      for (int j = 0; j < kBlockK / 8; ++j) m = fmaxf(m, fmaxf(s[j][2 * half], s[j][2 * half + 1]));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+      // Every row sees key 0 in tile 0, so m is finite from the first tile on.
+      const float correction = exp2f(row_max[half] - m);
+      row_max[half] = m;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kBlockK / 8; ++j) {
+        s[j][2 * half] = exp2f(s[j][2 * half] - m);
+        s[j][2 * half + 1] = exp2f(s[j][2 * half + 1] - m);
+        sum += s[j][2 * half] + s[j][2 * half + 1];
+      }
+      row_sum[half] = row_sum[half] * correction + sum;
+#pragma unroll
+      for (int j = 0; j < kV / 8; ++j) {
+        o[j][2 * half] *= correction;
+        o[j][2 * half + 1] *= correction;
+      }
+    }
+    // O += P V: the score accumulators are the A fragments of P, 16 keys per k-step.
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      const uint32_t p[4] = {PackHalf2(s[2 * kk][0], s[2 * kk][1]), PackHalf2(s[2 * kk][2], s[2 * kk][3]),
+                             PackHalf2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             PackHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < kV / 16; ++dp) {
+        uint32_t b[4];
+        const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), c = 2 * dp + (lane >> 4);
+        LdMatrixX4Trans(b, v_tile + Swizzle(r, c, kVChunks) * 8);
+        Mma(o[2 * dp], p, b[0], b[1]);
+        Mma(o[2 * dp + 1], p, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // this stage is refilled by the next iteration's load
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float l = row_sum[half];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const float inv = 1.0f / l;
+    const int64_t t = t0 + warp * 16 + lane / 4 + half * 8;
+    if (t >= a.n) continue;
+    float* dst = a.out + (t * a.heads + head) * kV + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < kV / 8; ++j) {
+      *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][2 * half] * inv, o[j][2 * half + 1] * inv);
+    }
+  }
+}
+
+// E[(h (Pn + Dv) + j) R + r] = k_b[j, r, h] for j < Pn, v_b[r, j - Pn, h] after.
+__global__ void ExpansionWeightsKernel(DType k_type, const uint8_t* k_b, size_t k_row_bytes, DType v_type,
+                                       const uint8_t* v_b, size_t v_row_bytes, int64_t R, int64_t heads,
+                                       __half* e) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t width = kNope + kV;
+  if (i >= heads * width * R) return;
+  const int64_t r = i % R, j = (i / R) % width, h = i / (R * width);
+  const float value = j < kNope ? LoadElement(k_type, k_b + (r + R * h) * k_row_bytes, j)
+                                : LoadElement(v_type, v_b + ((j - kNope) + kV * h) * v_row_bytes, r);
+  e[i] = __float2half_rn(value);
+}
+
+// Positions [0, count) of a sequence's cached rows as dense f16 rows.
+__global__ void GatherRowsKernel(DType type, const uint8_t* pool, size_t row_bytes, int64_t page_tokens,
+                                 const int32_t* pages, int64_t width, int64_t count, __half* rows) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (type == DType::kF16 && width % 8 == 0) {  // 16-byte copies
+    const int64_t vectors = width / 8;
+    if (i >= count * vectors) return;
+    const int64_t p = i / vectors, v = i % vectors;
+    const int64_t row = static_cast<int64_t>(pages[p / page_tokens]) * page_tokens + p % page_tokens;
+    reinterpret_cast<int4*>(rows)[i] = reinterpret_cast<const int4*>(pool + row * row_bytes)[v];
+    return;
+  }
+  if (i >= count * width) return;
+  const int64_t p = i / width, e = i % width;
+  const int64_t row = static_cast<int64_t>(pages[p / page_tokens]) * page_tokens + p % page_tokens;
+  rows[i] = __float2half_rn(LoadElement(type, pool + row * row_bytes, e));
+}
+
+__global__ void ScaleToHalfKernel(const float* x, float scale, int64_t count, __half* y) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < count) y[i] = __float2half_rn(x[i] * scale);
+}
+
+// The form for one sequence. The flash kernel is built for Kimi-Linear's head shape.
+enum class Form { kAbsorbed, kMha };
+
+Form ChooseForm(const Tensor& k_b, const Tensor& v_b, const Tensor& pool, const LatentSeqView& seq) {
+  const int64_t Pn = k_b.ne[0], R = k_b.ne[1], H = k_b.ne[2], Dv = v_b.ne[1], L = pool.ne[0];
+  if (Pn != kNope || Dv != kV || L - R != kRope || R % 8 != 0 || L % 8 != 0) return Form::kAbsorbed;
+  const char* forced = std::getenv("LATENTSERVE_MLA_FORM");
+  if (forced != nullptr && std::strcmp(forced, "absorbed") == 0) return Form::kAbsorbed;
+  if (forced != nullptr && std::strcmp(forced, "mha") == 0) return Form::kMha;
+  // Multiply-adds per key: the expansion (R H (Pn + Dv)) plus n H (Pn + Pr + Dv) in the MHA
+  // form, against n H (L + R) absorbed.
+  const double n = static_cast<double>(seq.token_count);
+  const double mha = double(R) * H * (Pn + Dv) + n * H * (Pn + kRope + Dv);
+  const double absorbed = n * H * (L + R);
+  return mha < absorbed ? Form::kMha : Form::kAbsorbed;
+}
+
+}  // namespace
+
+const __half* CudaBackend::MlaExpansionWeights(const Tensor& k_b, const Tensor& v_b) {
+  const auto key = std::make_pair(static_cast<const void*>(DevPtr(k_b)), static_cast<const void*>(DevPtr(v_b)));
+  auto it = mla_expansion_.find(key);
+  if (it != mla_expansion_.end()) return static_cast<const __half*>(it->second);
+  const int64_t R = k_b.ne[1], H = k_b.ne[2];
+  const int64_t count = H * (kNope + kV) * R;
+  void* matrix = nullptr;
+  CUDA_OK(cudaMallocAsync(&matrix, static_cast<size_t>(count) * 2, stream_));
+  ExpansionWeightsKernel<<<Blocks(count, 256), 256, 0, stream_>>>(k_b.dtype, DevPtr(k_b), k_b.row_bytes(), v_b.dtype,
+                                                                  DevPtr(v_b), v_b.row_bytes(), R, H,
+                                                                  static_cast<__half*>(matrix));
+  LAUNCH_OK();
+  mla_expansion_.emplace(key, matrix);
+  return static_cast<const __half*>(matrix);
+}
+
+void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
+                                  const LatentSeqView& seq, float scale, const Tensor& out) {
+  const int64_t R = k_b.ne[1], H = k_b.ne[2], L = pool.ne[0];
+  const int64_t n = seq.token_count, keys = seq.cached_tokens + n;
+  if (n == 0) return;
+  const __half* expansion = MlaExpansionWeights(k_b, v_b);
+  auto* pages = static_cast<int32_t*>(UploadScratch(8, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
+  auto* rows = static_cast<__half*>(Scratch(9, static_cast<size_t>(keys * L) * 2));
+  const int64_t vectors = pool.dtype == DType::kF16 && L % 8 == 0 ? keys * L / 8 : keys * L;
+  GatherRowsKernel<<<Blocks(vectors, 256), 256, 0, stream_>>>(pool.dtype, DevPtr(pool), pool.row_bytes(), pool.ne[1],
+                                                              pages, L, keys, rows);
+  LAUNCH_OK();
+  // KV (column-major [H (Pn + Dv) x keys]) = E (stored [features x R], i.e. column-major
+  // R x features, transposed) . rows[:, 0:R] (column-major R x keys, leading dimension L).
+  const int64_t features = H * (kNope + kV);
+  auto* kv = static_cast<__half*>(Scratch(10, static_cast<size_t>(keys * features) * 2));
+  const float one_f = 1.0f, zero_f = 0.0f;
+  CUBLAS_OK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(features), static_cast<int>(keys),
+                         static_cast<int>(R), &one_f, expansion, CUDA_R_16F, static_cast<int>(R), rows, CUDA_R_16F,
+                         static_cast<int>(L), &zero_f, kv, CUDA_R_16F, static_cast<int>(features), CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+  auto* q16 = static_cast<__half*>(Scratch(11, static_cast<size_t>(n * H * kQk) * 2));
+  const float* q_first = DevF32(q) + seq.first_token * H * kQk;
+  ScaleToHalfKernel<<<Blocks(n * H * kQk, 256), 256, 0, stream_>>>(q_first, scale * 1.4426950408889634f, n * H * kQk,
+                                                                  q16);
+  LAUNCH_OK();
+  CUDA_OK(cudaFuncSetAttribute(MlaFlashPrefillKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(kSmemBytes)));
+  FlashArgs args{q16, kv, rows, L, R, DevF32(out) + seq.first_token * H * kV, n, H, keys, seq.cached_tokens};
+  const dim3 grid(static_cast<unsigned>((n + kBlockQ - 1) / kBlockQ), static_cast<unsigned>(H));
+  MlaFlashPrefillKernel<<<grid, kThreads, kSmemBytes, stream_>>>(args);
+  LAUNCH_OK();
+}
+
+absl::Status CudaBackend::MlaAttentionHeads(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
+                                            absl::Span<const LatentSeqView> seqs, float scale, const Tensor& out) {
+  CU_CHECK(q.ne[0] == k_b.ne[0] + pool.ne[0] - k_b.ne[1] && q.ne[1] == k_b.ne[2] && out.ne[0] == v_b.ne[1] &&
+           out.ne[1] == q.ne[1] && out.ne[2] == q.ne[2] && v_b.ne[0] == k_b.ne[1] && v_b.ne[2] == k_b.ne[2]);
+  std::vector<LatentSeqView> absorbed, mha;
+  for (const LatentSeqView& seq : seqs) {
+    (ChooseForm(k_b, v_b, pool, seq) == Form::kMha ? mha : absorbed).push_back(seq);
+  }
+  // The absorbed default writes every column of `out` (its value expansion runs over the whole
+  // batch), so it goes first and the MHA sequences overwrite their own columns after it.
+  if (!absorbed.empty()) RETURN_IF_ERROR(Backend::MlaAttentionHeads(q, k_b, v_b, pool, absorbed, scale, out));
+  for (const LatentSeqView& seq : mha) MlaMhaAttention(q, k_b, v_b, pool, seq, scale, out);
+  return absl::OkStatus();
+}
+
+}  // namespace latentserve::kernels::cuda
