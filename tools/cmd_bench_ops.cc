@@ -212,7 +212,11 @@ absl::Status Run(int argc, char** argv) {
       auto op = [&] { status.Update(b.MlaAttentionHeads(q, k_b, v_b, pool, seqs, 1.0f / std::sqrt(192.0f), out)); };
       const std::string shape = std::to_string(prefill) + " q @ " + std::to_string(ctx) + " ctx";
       setenv("LATENTSERVE_MLA_FORM", "mha", 1);
-      compute_row("prefill_mla_mha_f16", shape, 2.0 * pairs * (192 + 128), op);
+      setenv("LATENTSERVE_MLA_KERNEL", "mma", 1);
+      compute_row("prefill_mla_mha_mma_f16", shape, 2.0 * pairs * (192 + 128), op);
+      setenv("LATENTSERVE_MLA_KERNEL", "tma", 1);
+      compute_row("prefill_mla_mha_tma_f16", shape, 2.0 * pairs * (192 + 128), op);
+      unsetenv("LATENTSERVE_MLA_KERNEL");
       if (first) {
         setenv("LATENTSERVE_MLA_FORM", "absorbed", 1);
         compute_row("prefill_mla_absorbed_heads", shape, 2.0 * pairs * (L + R), op);

@@ -1,12 +1,15 @@
 // MLA prefill in the MHA form. For a chunk of n new queries over `keys` cached positions:
 //  1. the cached latent rows are gathered from their pages into a dense f16 matrix [keys x L];
-//  2. one f16 GEMM expands them per head into no-position keys and values,
-//     KV [keys x H x (Pn + Dv)] = rows[:, 0:R] . E^T, E = the layer's k_b and v_b as one f16
-//     matrix [H (Pn + Dv) x R] (built once per layer);
-//  3. one causal flash-attention kernel: a CTA per (128 queries, head) walks 64-key tiles,
-//     keys = [KV no-position part (Pn), the row's shared k_pe (Pr)], values = KV's Dv part,
-//     scores and probabilities stay in registers (online softmax in base 2, queries pre-scaled
-//     by scale * log2 e), f16 mma.sync with f32 accumulation, cp.async double buffering.
+//  2. two f16 GEMMs expand them per head: no-position keys K [keys x H x Pn] and values,
+//     transposed, Vt [H x Dv x keys], from E = the layer's k_b and v_b as one f16 matrix
+//     [H (Pn + Dv) x R] (built once per layer);
+//  3. one causal flash-attention kernel (cuda_mla_flash.h): a CTA per (128 queries, head)
+//     walks 64-key tiles, keys = [K (Pn), the row's shared k_pe (Pr)], scores and
+//     probabilities stay in registers (online softmax in base 2, queries pre-scaled by
+//     scale * log2 e), f32 accumulation. Two kernels compute it: wgmma (Hopper's warpgroup
+//     instructions and TMA, cuda_mla_flash_wgmma.cu, the default) and mma.sync (below, any
+//     sm_80+), chosen by LATENTSERVE_MLA_KERNEL=tma|mma; the op tests check both against the
+//     CPU.
 // Per (query, key, head) this is 2 (Pn + Pr + Dv) = 640 FLOPs against the absorbed form's
 // 2 (L + R) = 2,176, plus the expansion (2 R H (Pn + Dv) per key and chunk), so the MHA form
 // wins from about 171 queries per chunk (MhaCheaper below).
@@ -19,22 +22,20 @@
 
 #include "common/status.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_mla_flash.h"
 #include "kernels/cuda/dequant.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
 
-constexpr int kNope = 128;   // Pn
-constexpr int kRope = 64;    // Pr
-constexpr int kQk = kNope + kRope;
-constexpr int kV = 128;      // Dv
+constexpr int kNope = kMlaNope, kRope = kMlaRope, kQk = kMlaQk, kV = kMlaV;
 constexpr int kBlockQ = 128;  // queries per CTA: 8 warps x 16 rows
 constexpr int kBlockK = 64;   // keys per tile
 constexpr int kWarps = kBlockQ / 16;
 constexpr int kThreads = kWarps * 32;
 constexpr int kQkChunks = kQk / 8;  // 16-byte chunks per key row in shared memory
-constexpr int kVChunks = kV / 8;
-constexpr size_t kSmemBytes = (size_t{kBlockQ} * kQk + 2 * size_t{kBlockK} * kQk + 2 * size_t{kBlockK} * kV) * 2;
+constexpr int kVtChunks = kBlockK / 8;  // a tile of Vt: kV rows of 64 keys
+constexpr size_t kSmemBytes = (size_t{kBlockQ} * kQk + 2 * size_t{kBlockK} * kQk + 2 * size_t{kV} * kBlockK) * 2;
 
 // Shared-memory tiles are rows of 16-byte chunks; chunk c of row r sits at c ^ (r & 7) so the
 // 8 rows an ldmatrix reads at one column land in 8 different bank groups.
@@ -59,12 +60,6 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
-}
 
 // d += a (16x16, row) . b (16x8, col); f16 inputs, f32 accumulators.
 __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -80,27 +75,19 @@ __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-struct FlashArgs {
-  const __half* q;     // [n][H][kQk], pre-scaled by scale * log2(e)
-  const __half* kv;    // [keys][H][kNope + kV]: no-position key, then value
-  const __half* rows;  // gathered latent rows [keys][rows_ld]; k_pe at column rope_col
-  int64_t rows_ld;
-  int64_t rope_col;
-  float* out;  // [n][H][kV]
-  int64_t n, heads, keys, first_position;
-};
 
-__global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const FlashArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) MlaFlashMmaKernel(const MlaFlashArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __half* s_q = reinterpret_cast<__half*>(smem);
   __half* s_k = s_q + kBlockQ * kQk;      // 2 stages
-  __half* s_v = s_k + 2 * kBlockK * kQk;  // 2 stages
+  __half* s_v = s_k + 2 * kBlockK * kQk;  // 2 stages of Vt [kV][kBlockK]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t head = blockIdx.y;
   // Longest query tiles (the causal diagonal's far end) first, for load balance.
   const int64_t q_tiles = gridDim.x;
   const int64_t t0 = (q_tiles - 1 - blockIdx.x) * int64_t{kBlockQ};
-  const int64_t kv_stride = a.heads * (kNope + kV);
+  const int64_t k_stride = a.heads * kNope;
+  const __half* vt = a.vt + head * kV * a.keys_ld;
   // Keys this tile needs: up to the last valid query's position.
   const int64_t last_query = min(t0 + kBlockQ, a.n) - 1;
   const int64_t key_end = min(a.keys, a.first_position + last_query + 1);
@@ -116,22 +103,22 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const Flash
   }
   auto load_tile = [&](int tile, int stage) {
     __half* k_dst = s_k + stage * kBlockK * kQk;
-    __half* v_dst = s_v + stage * kBlockK * kV;
+    __half* v_dst = s_v + stage * kV * kBlockK;
     for (int i = tid; i < kBlockK * kQkChunks; i += kThreads) {
       const int r = i / kQkChunks, c = i % kQkChunks;
       const int64_t key = int64_t{tile} * kBlockK + r;
       const bool valid = key < a.keys;
       const int64_t k = valid ? key : 0;
-      const __half* src = c < kNope / 8 ? a.kv + k * kv_stride + head * (kNope + kV) + c * 8
+      const __half* src = c < kNope / 8 ? a.k + k * k_stride + head * kNope + c * 8
                                         : a.rows + k * a.rows_ld + a.rope_col + (c - kNope / 8) * 8;
       CpAsync16(k_dst + Swizzle(r, c, kQkChunks) * 8, src, valid);
     }
-    for (int i = tid; i < kBlockK * kVChunks; i += kThreads) {
-      const int r = i / kVChunks, c = i % kVChunks;
-      const int64_t key = int64_t{tile} * kBlockK + r;
-      const bool valid = key < a.keys;
-      const __half* src = a.kv + (valid ? key : 0) * kv_stride + head * (kNope + kV) + kNope + c * 8;
-      CpAsync16(v_dst + Swizzle(r, c, kVChunks) * 8, src, valid);
+    // Vt rows are zero past the keys (up to keys_ld), so partial chunks load as they are.
+    for (int i = tid; i < kV * kVtChunks; i += kThreads) {
+      const int d = i / kVtChunks, c = i % kVtChunks;
+      const int64_t key = int64_t{tile} * kBlockK + c * 8;
+      const bool valid = key < a.keys_ld;
+      CpAsync16(v_dst + Swizzle(d, c, kVtChunks) * 8, vt + d * a.keys_ld + (valid ? key : 0), valid);
     }
   };
   load_tile(0, 0);
@@ -163,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const Flash
       }
     }
     const __half* k_tile = s_k + stage * kBlockK * kQk;
-    const __half* v_tile = s_v + stage * kBlockK * kV;
+    const __half* v_tile = s_v + stage * kV * kBlockK;
 
     // S = Q K^T: 16 rows x 64 keys per warp, as 8 n-tiles of 8 keys.
     float s[kBlockK / 8][4];
@@ -226,9 +213,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const Flash
                              PackHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < kV / 16; ++dp) {
-        uint32_t b[4];
-        const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), c = 2 * dp + (lane >> 4);
-        LdMatrixX4Trans(b, v_tile + Swizzle(r, c, kVChunks) * 8);
+        uint32_t b[4];  // Vt rows are the n index (value dims), keys the k index
+        const int r = dp * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * kk + ((lane >> 3) & 1);
+        LdMatrixX4(b, v_tile + Swizzle(r, c, kVtChunks) * 8);
         Mma(o[2 * dp], p, b[0], b[1]);
         Mma(o[2 * dp + 1], p, b[2], b[3]);
       }
@@ -252,16 +239,19 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashPrefillKernel(const Flash
   }
 }
 
-// E[(h (Pn + Dv) + j) R + r] = k_b[j, r, h] for j < Pn, v_b[r, j - Pn, h] after.
+// E [H (Pn + Dv) rows x R]: row h Pn + j is k_b[j, :, h]; row H Pn + h Dv + d is v_b[:, d, h].
 __global__ void ExpansionWeightsKernel(DType k_type, const uint8_t* k_b, size_t k_row_bytes, DType v_type,
                                        const uint8_t* v_b, size_t v_row_bytes, int64_t R, int64_t heads,
                                        __half* e) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t width = kNope + kV;
-  if (i >= heads * width * R) return;
-  const int64_t r = i % R, j = (i / R) % width, h = i / (R * width);
-  const float value = j < kNope ? LoadElement(k_type, k_b + (r + R * h) * k_row_bytes, j)
-                                : LoadElement(v_type, v_b + ((j - kNope) + kV * h) * v_row_bytes, r);
+  if (i >= heads * (kNope + kV) * R) return;
+  const int64_t r = i % R, f = i / R;
+  float value;
+  if (f < heads * kNope) {
+    value = LoadElement(k_type, k_b + (r + R * (f / kNope)) * k_row_bytes, f % kNope);
+  } else {
+    value = LoadElement(v_type, v_b + (f - heads * kNope) * v_row_bytes, r);  // row (d, h) of v_b
+  }
   e[i] = __float2half_rn(value);
 }
 
@@ -323,38 +313,55 @@ const __half* CudaBackend::MlaExpansionWeights(const Tensor& k_b, const Tensor& 
   return static_cast<const __half*>(matrix);
 }
 
+void LaunchMlaFlashMma(const MlaFlashArgs& args, cudaStream_t stream) {
+  CUDA_OK(cudaFuncSetAttribute(MlaFlashMmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(kSmemBytes)));
+  const dim3 grid(static_cast<unsigned>((args.n + kBlockQ - 1) / kBlockQ), static_cast<unsigned>(args.heads));
+  MlaFlashMmaKernel<<<grid, kThreads, kSmemBytes, stream>>>(args);
+  LAUNCH_OK();
+}
+
 void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
                                   const LatentSeqView& seq, float scale, const Tensor& out) {
   const int64_t R = k_b.ne[1], H = k_b.ne[2], L = pool.ne[0];
   const int64_t n = seq.token_count, keys = seq.cached_tokens + n;
   if (n == 0) return;
+  const int64_t keys_ld = (keys + 63) / 64 * 64;  // whole key tiles; rows past `keys` are zero
   const __half* expansion = MlaExpansionWeights(k_b, v_b);
   auto* pages = static_cast<int32_t*>(UploadScratch(8, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
-  auto* rows = static_cast<__half*>(Scratch(9, static_cast<size_t>(keys * L) * 2));
+  auto* rows = static_cast<__half*>(Scratch(9, static_cast<size_t>(keys_ld * L) * 2));
+  CUDA_OK(cudaMemsetAsync(rows + keys * L, 0, static_cast<size_t>((keys_ld - keys) * L) * 2, stream_));
   const int64_t vectors = pool.dtype == DType::kF16 && L % 8 == 0 ? keys * L / 8 : keys * L;
   GatherRowsKernel<<<Blocks(vectors, 256), 256, 0, stream_>>>(pool.dtype, DevPtr(pool), pool.row_bytes(), pool.ne[1],
                                                               pages, L, keys, rows);
   LAUNCH_OK();
-  // KV (column-major [H (Pn + Dv) x keys]) = E (stored [features x R], i.e. column-major
-  // R x features, transposed) . rows[:, 0:R] (column-major R x keys, leading dimension L).
-  const int64_t features = H * (kNope + kV);
-  auto* kv = static_cast<__half*>(Scratch(10, static_cast<size_t>(keys * features) * 2));
-  const float one_f = 1.0f, zero_f = 0.0f;
-  CUBLAS_OK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(features), static_cast<int>(keys),
-                         static_cast<int>(R), &one_f, expansion, CUDA_R_16F, static_cast<int>(R), rows, CUDA_R_16F,
-                         static_cast<int>(L), &zero_f, kv, CUDA_R_16F, static_cast<int>(features), CUBLAS_COMPUTE_32F,
+  // rows[:, 0:R] is column-major R x keys_ld (leading dimension L); E is stored [features x R],
+  // i.e. column-major R x features. K (column-major H Pn x keys) = E_k^T . rows;
+  // Vt (column-major keys_ld x H Dv) = rows^T . E_v.
+  auto* k = static_cast<__half*>(Scratch(10, static_cast<size_t>(keys * H * kNope) * 2));
+  auto* vt = static_cast<__half*>(Scratch(12, static_cast<size_t>(keys_ld * H * kV) * 2));
+  const float one = 1.0f, zero = 0.0f;
+  CUBLAS_OK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(H * kNope), static_cast<int>(keys),
+                         static_cast<int>(R), &one, expansion, CUDA_R_16F, static_cast<int>(R), rows, CUDA_R_16F,
+                         static_cast<int>(L), &zero, k, CUDA_R_16F, static_cast<int>(H * kNope), CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT));
+  CUBLAS_OK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(keys_ld), static_cast<int>(H * kV),
+                         static_cast<int>(R), &one, rows, CUDA_R_16F, static_cast<int>(L), expansion + H * kNope * R,
+                         CUDA_R_16F, static_cast<int>(R), &zero, vt, CUDA_R_16F, static_cast<int>(keys_ld),
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   auto* q16 = static_cast<__half*>(Scratch(11, static_cast<size_t>(n * H * kQk) * 2));
   const float* q_first = DevF32(q) + seq.first_token * H * kQk;
   ScaleToHalfKernel<<<Blocks(n * H * kQk, 256), 256, 0, stream_>>>(q_first, scale * 1.4426950408889634f, n * H * kQk,
                                                                   q16);
   LAUNCH_OK();
-  CUDA_OK(cudaFuncSetAttribute(MlaFlashPrefillKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(kSmemBytes)));
-  FlashArgs args{q16, kv, rows, L, R, DevF32(out) + seq.first_token * H * kV, n, H, keys, seq.cached_tokens};
-  const dim3 grid(static_cast<unsigned>((n + kBlockQ - 1) / kBlockQ), static_cast<unsigned>(H));
-  MlaFlashPrefillKernel<<<grid, kThreads, kSmemBytes, stream_>>>(args);
-  LAUNCH_OK();
+  const MlaFlashArgs args{q16, k, rows, vt, L, R, keys_ld, DevF32(out) + seq.first_token * H * kV,
+                          n, H, keys, seq.cached_tokens};
+  const char* kernel = std::getenv("LATENTSERVE_MLA_KERNEL");
+  if (kernel != nullptr && std::strcmp(kernel, "mma") == 0) {
+    LaunchMlaFlashMma(args, stream_);
+  } else {
+    CUDA_OK(LaunchMlaFlashTma(args, stream_));
+  }
 }
 
 absl::Status CudaBackend::MlaAttentionHeads(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,

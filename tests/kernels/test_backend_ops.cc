@@ -352,16 +352,21 @@ TEST_P(MlaHeads, MhaFormMatchesAbsorbedReference) {
   auto v_b = Make(c.weights, {R, Dv, H, 1}, Random(R * Dv * H, -0.08f, 0.08f));
   const Tensor k_b_ref = CpuReferenceWeights(k_b), v_b_ref = CpuReferenceWeights(v_b);
   auto q = F32({Pn + Pr, H, n, 1}, Random((Pn + Pr) * H * n, -2.0f, 2.0f));
-  auto out = Poisoned({Dv, H, n, 1});
   const float scale = 1.0f / std::sqrt(192.0f);
-  ASSERT_TRUE(cpu_->MlaAttentionHeads(q.cpu, k_b_ref, v_b_ref, pool.cpu, batch, scale, out.cpu).ok());
-  setenv("LATENTSERVE_MLA_FORM", c.form, 1);
-  const absl::Status status = gpu_->MlaAttentionHeads(q.gpu, k_b.gpu, v_b.gpu, pool.gpu, batch, scale, out.gpu);
-  unsetenv("LATENTSERVE_MLA_FORM");
-  ASSERT_TRUE(status.ok()) << status;
-  Expect(out, 2e-5,
-         std::string("MlaAttentionHeads ") + c.form + " " + std::to_string(c.fresh) + " q @ " + std::to_string(c.cached) +
-             " cached, cache " + DTypeName(c.cache) + ", weights " + DTypeName(c.weights));
+  // Both flash kernels (wgmma + TMA, mma.sync) against the same CPU result.
+  for (const char* kernel : {"tma", "mma"}) {
+    auto out = Poisoned({Dv, H, n, 1});
+    ASSERT_TRUE(cpu_->MlaAttentionHeads(q.cpu, k_b_ref, v_b_ref, pool.cpu, batch, scale, out.cpu).ok());
+    setenv("LATENTSERVE_MLA_FORM", c.form, 1);
+    setenv("LATENTSERVE_MLA_KERNEL", kernel, 1);
+    const absl::Status status = gpu_->MlaAttentionHeads(q.gpu, k_b.gpu, v_b.gpu, pool.gpu, batch, scale, out.gpu);
+    unsetenv("LATENTSERVE_MLA_FORM");
+    unsetenv("LATENTSERVE_MLA_KERNEL");
+    ASSERT_TRUE(status.ok()) << status;
+    Expect(out, 2e-5,
+           std::string("MlaAttentionHeads ") + c.form + " (" + kernel + ") " + std::to_string(c.fresh) + " q @ " +
+               std::to_string(c.cached) + " cached, cache " + DTypeName(c.cache) + ", weights " + DTypeName(c.weights));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

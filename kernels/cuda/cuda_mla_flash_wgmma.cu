@@ -1,0 +1,346 @@
+// The MLA prefill flash kernel on Hopper's warpgroup instructions (sm_90a): a CTA of two
+// warpgroups takes 128 queries of one head (64 each) and walks 64-key tiles of the causal
+// range. Per tile j: S = Q K^T as 12 wgmma m64n64k16 (queries in registers, keys in shared
+// memory), the online softmax on the accumulators (base 2; queries pre-scaled by
+// scale * log2 e), then O += P Vt^T as 4 wgmma m64n128k16 (P in registers). The tensor cores
+// are kept busy across the softmax: S for tile j + 1 is issued before the softmax of tile j,
+// and P V of tile j runs on through the next iteration's loads and softmax. Tiles arrive by
+// TMA (keys two tiles ahead in 2 buffers, values one ahead in 3) in the 128-byte-swizzled
+// K-major layout the wgmma descriptors name: rows of 64 halves (128 bytes), 16-byte chunk c
+// of row r at c ^ (r % 8), 8-row groups 1,024 bytes apart, head dimensions past 64 in
+// further such blocks. Same inputs and results as the mma.sync kernel (cuda_mla_prefill.cu);
+// the op tests run both.
+#include <cuda.h>
+#include <cuda_fp16.h>
+#include <cudaTypedefs.h>
+
+#include "kernels/cuda/cuda_mla_flash.h"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+constexpr int kBlockQ = 128;  // two warpgroups x 64 rows
+constexpr int kBlockK = 64;
+constexpr int kThreads = 256;
+constexpr int kQBytes = kBlockQ * kMlaQk * 2;   // 48 KiB
+constexpr int kKBytes = kBlockK * kMlaQk * 2;   // 24 KiB per stage
+constexpr int kVBytes = kMlaV * kBlockK * 2;    // 16 KiB per stage
+constexpr int kKStages = 2, kVStages = 3;
+// Tiles, 1,024 bytes of alignment slack, and the mbarriers (queries, keys, values buffers).
+constexpr size_t kSmemBytes = kQBytes + kKStages * kKBytes + kVStages * kVBytes + 1024 + 8 * (1 + kKStages + kVStages);
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LATENTSERVE_WGMMA 1
+#endif
+
+// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` inside a swizzled block.
+__device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// Shared-memory matrix descriptor: 128-byte swizzle, 8-row groups 1,024 bytes apart.
+__device__ __forceinline__ uint64_t Descriptor(uint32_t smem) {
+  return static_cast<uint64_t>((smem & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem));
+}
+
+template <int N>
+__device__ __forceinline__ void FenceOperands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#ifdef LATENTSERVE_WGMMA
+// d (m64n64, f32) (+)= A (registers: this warp's 16 rows as mma.sync A fragments) . B (smem,
+// K-major); f16 inputs. `accumulate` 0 overwrites d.
+__device__ __forceinline__ void WgmmaRS_N64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+
+// d (m64n128, f32) (+)= A (registers: this warp's 16 rows as mma.sync A fragments) . B (smem,
+// K-major); f16 inputs. `accumulate` 0 overwrites d.
+__device__ __forceinline__ void WgmmaRS_N128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+#endif
+
+__device__ __forceinline__ void BarrierInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void BarrierExpect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// One box of a tensor map into shared memory; completion counted on `bar` in bytes.
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+
+// Tiles are fetched by the tensor memory accelerator: one thread issues each tile as 64 x 64
+// (or 64 x 128) boxes that land already 128-byte swizzled, completion on an mbarrier per
+// buffer; no thread spends instructions on addresses or copies (a cp.async version of this
+// kernel, every thread copying, ran at 44% of the bf16 GEMM rate against this one's 74%).
+// Maps: q (192, H, n) boxes (64, 1, 128); k (H Pn, keys) boxes (64, 64); rope = the latent
+// rows (L, keys_ld) boxes (64, 64); vt (keys_ld, H Dv) boxes (64, 128). Out of range: zeros.
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaFlashTmaKernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                      const __grid_constant__ CUtensorMap map_rope, const __grid_constant__ CUtensorMap map_vt,
+                      const MlaFlashArgs a) {
+#ifdef LATENTSERVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t s_q = base, s_k = base + kQBytes, s_v = s_k + kKStages * kKBytes;
+  const uint32_t bars = s_v + kVStages * kVBytes;  // q, k[2], v[3]: 8 bytes each
+  const uint32_t bar_q = bars, bar_k = bars + 8, bar_v = bars + 8 * (1 + kKStages);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, group = warp / 4;
+  const int head = static_cast<int>(blockIdx.y);
+  const int64_t t0 = (int64_t{gridDim.x} - 1 - blockIdx.x) * kBlockQ;  // longest tiles first
+  const int64_t last_query = min(t0 + kBlockQ, a.n) - 1;
+  const int64_t key_end = min(a.keys, a.first_position + last_query + 1);
+  const int tiles = static_cast<int>((key_end + kBlockK - 1) / kBlockK);
+
+  auto load_keys = [&](int tile) {
+    const uint32_t dst = s_k + (tile % kKStages) * kKBytes, bar = bar_k + 8 * (tile % kKStages);
+    BarrierExpect(bar, kKBytes);
+    const int key = tile * kBlockK;
+    TmaLoad2d(dst, &map_k, head * kMlaNope, key, bar);
+    TmaLoad2d(dst + kBlockK * 128, &map_k, head * kMlaNope + 64, key, bar);
+    TmaLoad2d(dst + 2 * kBlockK * 128, &map_rope, static_cast<int>(a.rope_col), key, bar);
+  };
+  auto load_values = [&](int tile) {
+    const uint32_t bar = bar_v + 8 * (tile % kVStages);
+    BarrierExpect(bar, kVBytes);
+    TmaLoad2d(s_v + (tile % kVStages) * kVBytes, &map_vt, tile * kBlockK, head * kMlaV, bar);
+  };
+  if (tid == 0) {
+    for (int i = 0; i < 1 + kKStages + kVStages; ++i) BarrierInit(bars + 8 * i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tid == 0) {
+    BarrierExpect(bar_q, kQBytes);
+    for (int b = 0; b < kMlaQk / 64; ++b) {
+      TmaLoad3d(s_q + b * (kBlockQ * 128), &map_q, b * 64, head, static_cast<int>(t0), bar_q);
+    }
+    load_keys(0);
+    load_values(0);
+    if (tiles > 1) load_keys(1);
+  }
+  auto issue_scores = [&](float (&s)[kBlockK / 2], const uint32_t (&q)[kMlaQk / 16][4], int tile) {
+    const uint32_t keys = s_k + (tile % kKStages) * kKBytes;
+    BarrierWait(bar_k + 8 * (tile % kKStages), (tile / kKStages) & 1);
+    // Zeroed first so the compiler cannot give these accumulators the registers of a live copy
+    // of them (it sees the asm read them; the tensor cores write them later, asynchronously).
+#pragma unroll
+    for (int i = 0; i < kBlockK / 2; ++i) s[i] = 0.0f;
+    FenceOperands(s);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < kMlaQk / 16; ++kk) {
+      WgmmaRS_N64(s, q[kk], Descriptor(keys + (kk / 4) * (kBlockK * 128) + (kk % 4) * 32), kk > 0 ? 1 : 0);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  };
+  BarrierWait(bar_q, 0);
+  uint32_t q[kMlaQk / 16][4];
+  const int row_in_block = group * 64 + (warp % 4) * 16 + lane / 4;
+#pragma unroll
+  for (int kk = 0; kk < kMlaQk / 16; ++kk) {
+    const int r = group * 64 + (warp % 4) * 16 + (lane & 15), c = 2 * kk + (lane >> 4);
+    LdMatrixX4(q[kk], s_q + (c / 8) * (kBlockQ * 128) + SwizzledOffset(r, c % 8));
+  }
+
+  float o[kMlaV / 2];
+#pragma unroll
+  for (int i = 0; i < kMlaV / 2; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  const int64_t row_position0 = a.first_position + t0 + row_in_block;
+  float s[kBlockK / 2], s_next[kBlockK / 2];
+  issue_scores(s, q, 0);
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  FenceOperands(s);
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    // Every warpgroup is past S of this tile and P V of tile - 2: their buffers are free.
+    __syncthreads();
+    if (tid == 0) {
+      if (tile + 2 < tiles) load_keys(tile + 2);
+      if (tile + 1 < tiles) load_values(tile + 1);
+    }
+    if (tile + 1 < tiles) issue_scores(s_next, q, tile + 1);  // runs during this tile's softmax
+
+    const int64_t key0 = int64_t{tile} * kBlockK;
+    if (key0 + kBlockK - 1 > a.first_position + t0 || key0 + kBlockK > a.keys) {
+#pragma unroll
+      for (int i = 0; i < kBlockK / 2; ++i) {
+        const int64_t key = key0 + (i / 4) * 8 + 2 * (lane & 3) + (i & 1);
+        const int64_t position = row_position0 + ((i >> 1) & 1) * 8;
+        if (key > position || key >= a.keys) s[i] = -INFINITY;
+      }
+    }
+    float correction[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = row_max[half];
+#pragma unroll
+      for (int j = 0; j < kBlockK / 8; ++j) m = fmaxf(m, fmaxf(s[j * 4 + 2 * half], s[j * 4 + 2 * half + 1]));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+      correction[half] = exp2f(row_max[half] - m);
+      row_max[half] = m;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kBlockK / 8; ++j) {
+        s[j * 4 + 2 * half] = exp2f(s[j * 4 + 2 * half] - m);
+        s[j * 4 + 2 * half + 1] = exp2f(s[j * 4 + 2 * half + 1] - m);
+        sum += s[j * 4 + 2 * half] + s[j * 4 + 2 * half + 1];
+      }
+      row_sum[half] = row_sum[half] * correction[half] + sum;
+    }
+    uint32_t p[kBlockK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      p[kk][0] = PackHalf2(s[(2 * kk) * 4 + 0], s[(2 * kk) * 4 + 1]);
+      p[kk][1] = PackHalf2(s[(2 * kk) * 4 + 2], s[(2 * kk) * 4 + 3]);
+      p[kk][2] = PackHalf2(s[(2 * kk + 1) * 4 + 0], s[(2 * kk + 1) * 4 + 1]);
+      p[kk][3] = PackHalf2(s[(2 * kk + 1) * 4 + 2], s[(2 * kk + 1) * 4 + 3]);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    FenceOperands(o);
+    FenceOperands(s_next);
+#pragma unroll
+    for (int i = 0; i < kBlockK / 2; ++i) s[i] = s_next[i];
+#pragma unroll
+    for (int j = 0; j < kMlaV / 8; ++j) {
+      o[j * 4 + 0] *= correction[0];
+      o[j * 4 + 1] *= correction[0];
+      o[j * 4 + 2] *= correction[1];
+      o[j * 4 + 3] *= correction[1];
+    }
+    FenceOperands(o);
+    BarrierWait(bar_v + 8 * (tile % kVStages), (tile / kVStages) & 1);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    const uint32_t values = s_v + (tile % kVStages) * kVBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) WgmmaRS_N128(o, p[kk], Descriptor(values + kk * 32), 1);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");  // runs on into the next tile
+  }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  FenceOperands(o);
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float l = row_sum[half];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const float inv = 1.0f / l;
+    const int64_t t = t0 + row_in_block + half * 8;
+    if (t >= a.n) continue;
+    float* dst = a.out + (t * a.heads + head) * kMlaV + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < kMlaV / 8; ++j) {
+      *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j * 4 + 2 * half] * inv, o[j * 4 + 2 * half + 1] * inv);
+    }
+  }
+#else
+  __trap();  // not reached: this file is compiled for sm_90a only (kernels/cuda/CMakeLists.txt)
+#endif
+}
+
+// A 2-D or 3-D f16 tensor map with 128-byte swizzled boxes (inner box dimension 64 halves).
+cudaError_t EncodeMap(CUtensorMap* map, const void* address, int rank, const cuuint64_t* dims,
+                      const cuuint64_t* strides_bytes, const cuuint32_t* box) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult result;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &result) !=
+            cudaSuccess ||
+        result != cudaDriverEntryPointSuccess) {
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, static_cast<cuuint32_t>(rank),
+                            const_cast<void*>(address), dims, strides_bytes, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+
+}  // namespace latentserve::kernels::cuda
+
+namespace latentserve::kernels::cuda {
+
+cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, cudaStream_t stream) {
+  CUtensorMap maps[4];
+  const cuuint64_t H = static_cast<cuuint64_t>(args.heads);
+  const cuuint64_t q_dims[3] = {kMlaQk, H, static_cast<cuuint64_t>(args.n)};
+  const cuuint64_t q_strides[2] = {kMlaQk * 2, H * kMlaQk * 2};
+  const cuuint32_t q_box[3] = {64, 1, kBlockQ};
+  const cuuint64_t k_dims[2] = {H * kMlaNope, static_cast<cuuint64_t>(args.keys)};
+  const cuuint64_t k_strides[1] = {H * kMlaNope * 2};
+  const cuuint32_t k_box[2] = {64, kBlockK};
+  const cuuint64_t rope_dims[2] = {static_cast<cuuint64_t>(args.rows_ld), static_cast<cuuint64_t>(args.keys_ld)};
+  const cuuint64_t rope_strides[1] = {static_cast<cuuint64_t>(args.rows_ld) * 2};
+  const cuuint64_t vt_dims[2] = {static_cast<cuuint64_t>(args.keys_ld), H * kMlaV};
+  const cuuint64_t vt_strides[1] = {static_cast<cuuint64_t>(args.keys_ld) * 2};
+  const cuuint32_t vt_box[2] = {kBlockK, kMlaV};
+  cudaError_t e;
+  if ((e = EncodeMap(&maps[0], args.q, 3, q_dims, q_strides, q_box)) != cudaSuccess) return e;
+  if ((e = EncodeMap(&maps[1], args.k, 2, k_dims, k_strides, k_box)) != cudaSuccess) return e;
+  if ((e = EncodeMap(&maps[2], args.rows, 2, rope_dims, rope_strides, k_box)) != cudaSuccess) return e;
+  if ((e = EncodeMap(&maps[3], args.vt, 2, vt_dims, vt_strides, vt_box)) != cudaSuccess) return e;
+  e = cudaFuncSetAttribute(MlaFlashTmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kSmemBytes));
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>((args.n + kBlockQ - 1) / kBlockQ), static_cast<unsigned>(args.heads));
+  MlaFlashTmaKernel<<<grid, kThreads, kSmemBytes, stream>>>(maps[0], maps[1], maps[2], maps[3], args);
+  return cudaGetLastError();
+}
+
+}  // namespace latentserve::kernels::cuda
