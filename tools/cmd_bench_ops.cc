@@ -176,7 +176,10 @@ absl::Status Run(int argc, char** argv) {
       std::vector<kernels::LatentSeqView> seqs = {{table, depth, 0, n}};
       auto op = [&] { b.MlaAttention(q, pool, seqs, 0.07f, out); };
       if (n == 1) {
-        memory_row("decode_mla_absorbed_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        memory_row("decode_mla_paged_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        setenv("LATENTSERVE_MLA_DECODE", "gather", 1);  // the gather path, same run
+        memory_row("decode_mla_gather_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        unsetenv("LATENTSERVE_MLA_DECODE");
       } else {
         compute_row("prefill_mla_absorbed_f16", std::to_string(n) + " q @ " + std::to_string(ctx) + " ctx",
                     2.0 * n * H * (depth + n / 2.0) * (L + R), op);

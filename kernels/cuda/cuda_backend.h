@@ -87,6 +87,11 @@ class CudaBackend final : public Backend {
   // online softmax over key tiles (cuda_mla_gemm.cu).
   void MlaGemmAttention(const Tensor& q, const Tensor& pool, const LatentSeqView& seq, float scale,
                            const Tensor& out);
+  // Decode steps (one new token per sequence) over the pages in place, all sequences in one
+  // launch (cuda_mla_decode.cu). False when the shapes are not its own (the caller then takes
+  // the gather path); LATENTSERVE_MLA_DECODE=gather forces that path (benchmarks).
+  bool MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs, float scale,
+                      const Tensor& out);
   // Its decode case (few query rows): flash-decoding over key chunks, every chunk in parallel.
   // q16 [rows x width], keys [whole chunks x width] (f16, padding zeroed), out [rows x value_dim].
   void MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width, int64_t heads,

@@ -1,6 +1,7 @@
 // MLA over the paged latent cache on the GPU.
 // LatentStore: one block per new token quantises its row into its page slot.
-// MlaAttention: per sequence, GEMMs on the tensor cores (cuda_mla_gemm.cu).
+// MlaAttention: decode steps over the pages in place (cuda_mla_decode.cu); otherwise per
+// sequence, GEMMs on the tensor cores (cuda_mla_gemm.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -110,9 +111,10 @@ void CudaBackend::LatentStore(const Tensor& latent, absl::Span<const LatentSeqVi
 void CudaBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs, float scale,
                                const Tensor& out) {
   CU_CHECK(pool.ne[0] == q.ne[0] && out.ne[1] == q.ne[1] && out.ne[0] <= q.ne[0]);
-  // Prefill chunks and decode steps alike run as tensor-core GEMMs over the sequence's
-  // gathered latent rows (cuda_mla_gemm.cu); a decode step is the case of one query row
-  // per head and a single key tile.
+  // Decode steps (one token per sequence, Kimi-Linear's row shape) read the pages in place
+  // (cuda_mla_decode.cu); the rest run as tensor-core GEMMs over the sequence's gathered
+  // latent rows (cuda_mla_gemm.cu).
+  if (MlaDecodePaged(q, pool, seqs, scale, out)) return;
   for (const LatentSeqView& seq : seqs) MlaGemmAttention(q, pool, seq, scale, out);
 }
 

@@ -292,6 +292,50 @@ TEST_P(MlaDecodeContexts, LongContextAllHeads) {
 // 5,001 keys: a partial last chunk; 2,048: whole chunks; 40,000: many chunks.
 INSTANTIATE_TEST_SUITE_P(Keys, MlaDecodeContexts, ::testing::Values(5000, 2047, 39999));
 
+// Decode steps of several sequences in one batch over the pages in place (the paged decode
+// kernel), every cache type, 16 and 32 heads, contexts of 1 to 5,001 keys (a range of 512
+// keys per CTA: partial first tile, exact multiples, many ranges), pages shuffled.
+TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
+  const int64_t width = 576, value_dim = 512, page = 64;
+  const std::vector<int64_t> cached = {0, 62, 63, 64, 511, 512, 5000};
+  int64_t pages = 0;
+  for (int64_t c : cached) pages += (c + 1 + page - 1) / page;
+  std::vector<int32_t> order(pages);
+  for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);  // 37 is prime to the count
+  for (int64_t heads : {16, 32}) {
+    for (DType type : {DType::kF16, DType::kF32, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+      auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
+      std::vector<std::vector<int32_t>> tables;
+      int64_t next = 0, total = 0;
+      for (int64_t c : cached) {
+        tables.emplace_back(order.begin() + next, order.begin() + next + (c + 1 + page - 1) / page);
+        next += (c + 1 + page - 1) / page;
+        total += c;
+      }
+      std::vector<LatentSeqView> history, step;
+      int64_t column = 0;
+      for (size_t s = 0; s < cached.size(); ++s) {
+        history.push_back({tables[s], 0, column, cached[s]});
+        column += cached[s];
+      }
+      auto rows = F32({width, std::max<int64_t>(total, 1), 1, 1}, Random(width * std::max<int64_t>(total, 1), -2, 2));
+      cpu_->LatentStore(rows.cpu, history, pool.cpu);
+      gpu_->LatentStore(rows.gpu, history, pool.gpu);
+      for (size_t s = 0; s < cached.size(); ++s) step.push_back({tables[s], cached[s], int64_t(s), 1});
+      const int64_t n = static_cast<int64_t>(cached.size());
+      auto fresh = F32({width, n, 1, 1}, Random(width * n, -2, 2));
+      cpu_->LatentStore(fresh.cpu, step, pool.cpu);
+      gpu_->LatentStore(fresh.gpu, step, pool.gpu);
+      auto q = F32({width, heads, n, 1}, Random(width * heads * n, -0.3f, 0.3f));
+      auto out = Poisoned({value_dim, heads, n, 1});
+      cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
+      gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
+      Expect(out, 1e-5, std::string("MlaAttention paged decode ") + DTypeName(type) + " " + std::to_string(heads) +
+                            " heads");
+    }
+  }
+}
+
 TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
   // A prefill chunk (> 64 new tokens) over a cached prefix spanning several key tiles takes
   // the GEMM path: f16 queries/keys/probabilities, f32 accumulation.

@@ -1,0 +1,318 @@
+// MLA decode over the paged latent cache, read in place (no gather into a dense matrix): the
+// absorbed form, one new token per sequence, every head of a token in one CTA so each cache
+// row is read once for all heads. The keys of a sequence are split into ranges of kSplitKeys;
+// one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
+// (cp.async, double buffered, f16 caches; other cache types dequantised on the way in):
+//   S [H x 64] = Q [H x L] . rows^T          (mma.sync f16, f32 accumulation)
+//   online softmax per head (base 2, queries pre-scaled by scale * log2 e)
+//   O [H x R] += P [H x 64] . rows[:, 0:R]   (each warp owns 64 of the R output columns)
+// and writes its unnormalised O with the range's max and sum; a second kernel merges the
+// ranges (flash-decoding). Shapes: L = 576, R = 512, H a multiple of 16 up to 32.
+#include <cuda_fp16.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dequant.cuh"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+constexpr int kWidth = 576;     // L: latent row
+constexpr int kValue = 512;     // R: value part of the row
+constexpr int kMaxHeads = 32;
+constexpr int kTile = 64;       // cache rows per tile
+constexpr int kSplitKeys = 512; // keys per CTA
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowChunks = kWidth / 8;  // 16-byte chunks per row (72)
+constexpr size_t kRowsBytes = size_t{kTile} * kWidth * 2;
+constexpr size_t kSmemBytes = size_t{kMaxHeads} * kWidth * 2 + 2 * kRowsBytes + size_t{kMaxHeads} * kTile * 4 +
+                              size_t{kMaxHeads} * kTile * 2 + 3 * kMaxHeads * 4;
+
+struct DecodeSeq {
+  int64_t keys;         // cached + 1: positions [0, keys) are visible
+  int64_t token;        // batch column of its token
+  int32_t table_offset; // first entry of its page table in the concatenated tables
+  int32_t first_split;  // first of its ranges in the partial outputs
+};
+
+__device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowChunks + (chunk ^ (row & 7)); }
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* global, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem, bool trans) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if (trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+  }
+}
+
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One CTA per (key range, sequence). kMTiles = heads / 16.
+template <int kMTiles>
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaDecodePagedKernel(const float* q, float scale_log2, DType type, const uint8_t* pool, size_t row_bytes,
+                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, float* partial,
+                         float* partial_max, float* partial_sum) {
+  constexpr int kHeads = kMTiles * 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* s_q = reinterpret_cast<__half*>(smem);                      // [H][576], swizzled
+  __half* s_rows = s_q + kMaxHeads * kWidth;                          // 2 x [64][576], swizzled
+  float* s_scores = reinterpret_cast<float*>(s_rows + 2 * kTile * kWidth);  // [H][64]
+  __half* s_p = reinterpret_cast<__half*>(s_scores + kMaxHeads * kTile);   // [H][64], swizzled
+  float* s_max = reinterpret_cast<float*>(s_p + kMaxHeads * kTile);        // [H]
+  float* s_sum = s_max + kMaxHeads;
+  float* s_correction = s_sum + kMaxHeads;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const DecodeSeq seq = seqs[blockIdx.y];
+  const int64_t begin = int64_t{blockIdx.x} * kSplitKeys;
+  if (begin >= seq.keys) return;  // this sequence has fewer ranges than the grid
+  const int64_t end = min(seq.keys, begin + kSplitKeys);
+  const int tiles = static_cast<int>((end - begin + kTile - 1) / kTile);
+  const int32_t* table = tables + seq.table_offset;
+  const int split = seq.first_split + static_cast<int>(blockIdx.x);
+
+  const float* q_token = q + seq.token * kHeads * kWidth;
+  for (int i = tid; i < kHeads * kWidth; i += kThreads) {
+    const int h = i / kWidth, e = i % kWidth;
+    s_q[Swizzle(h, e / 8) * 8 + e % 8] = __float2half_rn(q_token[i] * scale_log2);
+  }
+  if (tid < kHeads) {
+    s_max[tid] = -INFINITY;
+    s_sum[tid] = 0.0f;
+  }
+  auto load_tile = [&](int tile, int stage) {
+    __half* dst = s_rows + stage * kTile * kWidth;
+    const int64_t first = begin + int64_t{tile} * kTile;
+    if (type == DType::kF16) {
+      for (int i = tid; i < kTile * kRowChunks; i += kThreads) {
+        const int r = i / kRowChunks, c = i % kRowChunks;
+        const int64_t p = first + r;
+        const bool valid = p < end;
+        const int64_t row = valid ? int64_t{table[p / page_tokens]} * page_tokens + p % page_tokens : 0;
+        CpAsync16(dst + Swizzle(r, c) * 8, pool + row * row_bytes + c * 16, valid);
+      }
+    } else {
+      for (int i = tid; i < kTile * kWidth; i += kThreads) {
+        const int r = i / kWidth, e = i % kWidth;
+        const int64_t p = first + r;
+        float v = 0.0f;
+        if (p < end) v = LoadElement(type, pool + (int64_t{table[p / page_tokens]} * page_tokens + p % page_tokens) * row_bytes, e);
+        dst[Swizzle(r, e / 8) * 8 + e % 8] = __float2half_rn(v);
+      }
+    }
+  };
+  load_tile(0, 0);
+  asm volatile("cp.async.commit_group;\n" ::);
+
+  // This warp's output columns: 64 of the 512, for every head (kMTiles x 8 n-tiles of 8).
+  float o[kMTiles][8][4];
+#pragma unroll
+  for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[m][j][0] = o[m][j][1] = o[m][j][2] = o[m][j][3] = 0.0f;
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < tiles) {
+      load_tile(tile + 1, stage ^ 1);
+      asm volatile("cp.async.commit_group;\n" ::);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
+    __syncthreads();
+    const __half* rows = s_rows + stage * kTile * kWidth;
+    // S: warp w takes keys 8w..8w+7 for every head, over the 576 dimensions.
+    {
+      float s[kMTiles][4] = {};
+#pragma unroll 4
+      for (int kk = 0; kk < kWidth / 16; ++kk) {
+        uint32_t b[4];  // keys 8w..8w+7: dims 16kk..+7 (b0), +8..+15 (b1); x4 loads two k-steps
+        // Two matrices suffice per k-step; load 16 dims as m0 (chunk 2kk) and m1 (chunk 2kk+1).
+        const int r = warp * 8 + (lane & 7), c = 2 * kk + ((lane >> 3) & 1);
+        LdMatrixX4(b, rows + Swizzle(r, c) * 8, false);
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m) {
+          uint32_t a[4];
+          const int qr = m * 16 + (lane & 15), qc = 2 * kk + (lane >> 4);
+          LdMatrixX4(a, s_q + Swizzle(qr, qc) * 8, false);
+          Mma(s[m], a, b[0], b[1]);
+        }
+      }
+      const int64_t key = begin + int64_t{tile} * kTile + warp * 8 + 2 * (lane & 3);
+#pragma unroll
+      for (int m = 0; m < kMTiles; ++m) {
+        const int h = m * 16 + lane / 4;
+        s_scores[h * kTile + warp * 8 + 2 * (lane & 3)] = key < end ? s[m][0] : -INFINITY;
+        s_scores[h * kTile + warp * 8 + 2 * (lane & 3) + 1] = key + 1 < end ? s[m][1] : -INFINITY;
+        s_scores[(h + 8) * kTile + warp * 8 + 2 * (lane & 3)] = key < end ? s[m][2] : -INFINITY;
+        s_scores[(h + 8) * kTile + warp * 8 + 2 * (lane & 3) + 1] = key + 1 < end ? s[m][3] : -INFINITY;
+      }
+    }
+    __syncthreads();
+    // Online softmax: warp w takes heads w, w + 8, ...; two keys per lane.
+    for (int h = warp; h < kHeads; h += kWarps) {
+      const float a = s_scores[h * kTile + lane], b = s_scores[h * kTile + lane + 32];
+      float m = fmaxf(a, b);
+      for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
+      const float old_max = s_max[h], new_max = fmaxf(old_max, m);  // the range's first key is visible
+      const float pa = exp2f(a - new_max), pb = exp2f(b - new_max);
+      float sum = pa + pb;
+      for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+      s_p[(h * 8 + ((lane / 8) ^ (h & 7))) * 8 + lane % 8] = __float2half_rn(pa);
+      s_p[(h * 8 + ((4 + lane / 8) ^ (h & 7))) * 8 + lane % 8] = __float2half_rn(pb);
+      if (lane == 0) {
+        const float correction = exp2f(old_max - new_max);
+        s_correction[h] = correction;
+        s_sum[h] = s_sum[h] * correction + sum;
+        s_max[h] = new_max;
+      }
+    }
+    __syncthreads();
+    // O: rescale, then += P V over the tile's 64 keys for this warp's 64 value columns.
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      const float c0 = s_correction[m * 16 + lane / 4], c1 = s_correction[m * 16 + lane / 4 + 8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        o[m][j][0] *= c0;
+        o[m][j][1] *= c0;
+        o[m][j][2] *= c1;
+        o[m][j][3] *= c1;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t a[kMTiles][4];
+#pragma unroll
+      for (int m = 0; m < kMTiles; ++m) {
+        const int pr = m * 16 + (lane & 15), pc = 2 * kk + (lane >> 4);
+        const unsigned addr = (pr * 8 + (pc ^ (pr & 7))) * 8;
+        LdMatrixX4(a[m], s_p + addr, false);
+      }
+#pragma unroll
+      for (int dp = 0; dp < 4; ++dp) {  // 16 value columns per step
+        uint32_t b[4];
+        const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), c = warp * 8 + 2 * dp + (lane >> 4);
+        LdMatrixX4(b, rows + Swizzle(r, c) * 8, true);
+#pragma unroll
+        for (int m = 0; m < kMTiles; ++m) {
+          Mma(o[m][2 * dp], a[m], b[0], b[1]);
+          Mma(o[m][2 * dp + 1], a[m], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // buffers are refilled next
+  }
+  // Unnormalised partial output of this range: [split][H][R].
+#pragma unroll
+  for (int m = 0; m < kMTiles; ++m) {
+    const int h = m * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int col = warp * 64 + j * 8 + 2 * (lane & 3);
+      float* dst = partial + (int64_t{split} * kHeads + h) * kValue + col;
+      *reinterpret_cast<float2*>(dst) = make_float2(o[m][j][0], o[m][j][1]);
+      *reinterpret_cast<float2*>(dst + 8 * kValue) = make_float2(o[m][j][2], o[m][j][3]);
+    }
+  }
+  if (tid < kHeads) {
+    partial_max[split * kHeads + tid] = s_max[tid];
+    partial_sum[split * kHeads + tid] = s_sum[tid];
+  }
+}
+
+// One block per (head, sequence): out = sum_r 2^(m_r - M) O_r / sum_r 2^(m_r - M) l_r.
+__global__ void MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum,
+                                  const DecodeSeq* seqs, int64_t heads, float* out) {
+  const DecodeSeq seq = seqs[blockIdx.y];
+  const int64_t h = blockIdx.x;
+  const int ranges = static_cast<int>((seq.keys + kSplitKeys - 1) / kSplitKeys);
+  float m = -INFINITY;
+  for (int r = 0; r < ranges; ++r) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
+  float total = 0.0f;
+  for (int r = 0; r < ranges; ++r) {
+    const int64_t i = (seq.first_split + r) * heads + h;
+    total += exp2f(partial_max[i] - m) * partial_sum[i];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t d = threadIdx.x; d < kValue; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int r = 0; r < ranges; ++r) {
+      const int64_t i = (seq.first_split + r) * heads + h;
+      acc += exp2f(partial_max[i] - m) * partial[i * kValue + d];
+    }
+    out[(seq.token * heads + h) * kValue + d] = acc * inv;
+  }
+}
+
+}  // namespace
+
+bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span<const LatentSeqView> seqs,
+                                 float scale, const Tensor& out) {
+  const int64_t heads = q.ne[1];
+  if (q.ne[0] != kWidth || out.ne[0] != kValue || heads % 16 != 0 || heads > kMaxHeads) return false;
+  const char* forced = std::getenv("LATENTSERVE_MLA_DECODE");
+  if (forced != nullptr && std::strcmp(forced, "gather") == 0) return false;
+  std::vector<DecodeSeq> meta;
+  std::vector<int32_t> tables;
+  int32_t splits = 0;
+  int64_t max_ranges = 0;
+  for (const LatentSeqView& seq : seqs) {
+    if (seq.token_count != 1) return false;
+    const int64_t keys = seq.cached_tokens + 1;
+    const int64_t ranges = (keys + kSplitKeys - 1) / kSplitKeys;
+    meta.push_back({keys, seq.first_token, static_cast<int32_t>(tables.size()), splits});
+    tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
+    splits += static_cast<int32_t>(ranges);
+    max_ranges = std::max(max_ranges, ranges);
+  }
+  if (meta.empty()) return true;
+  auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
+  auto* device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
+  auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
+  float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
+  float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
+  const dim3 grid(static_cast<unsigned>(max_ranges), static_cast<unsigned>(meta.size()));
+  const float scale_log2 = scale * 1.4426950408889634f;
+  if (heads == 16) {
+    CUDA_OK(cudaFuncSetAttribute(MlaDecodePagedKernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(kSmemBytes)));
+    MlaDecodePagedKernel<1><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
+                                                                    pool.row_bytes(), pool.ne[1], device_tables,
+                                                                    device_meta, partial, partial_max, partial_sum);
+  } else {
+    CUDA_OK(cudaFuncSetAttribute(MlaDecodePagedKernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(kSmemBytes)));
+    MlaDecodePagedKernel<2><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
+                                                                    pool.row_bytes(), pool.ne[1], device_tables,
+                                                                    device_meta, partial, partial_max, partial_sum);
+  }
+  LAUNCH_OK();
+  MergeRangesKernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size())), 128, 0, stream_>>>(
+      partial, partial_max, partial_sum, device_meta, heads, DevF32(out));
+  LAUNCH_OK();
+  return true;
+}
+
+}  // namespace latentserve::kernels::cuda
