@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -130,6 +131,16 @@ absl::Status Run(int argc, char** argv) {
         memory_row("decode_moe_top8_of_256", "1 token", K * expert_bytes + E * X * 4.0, op);
       } else {
         compute_row("prefill_moe_top8_of_256", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, op);
+        // The experts alone (routing done above): the grouped GEMMs, then, for the before/after
+        // comparison in the same run, the generic path that groups tokens on the host.
+        auto experts_only = [&] { b.MoeExperts(x, experts, ids, weights, y); };
+        compute_row("prefill_moe_experts_grouped", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, experts_only);
+        if (!cpu) {
+          setenv("LATENTSERVE_CUDA_MOE", "host", 1);
+          compute_row("prefill_moe_experts_host_grouping", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,
+                      experts_only);
+          unsetenv("LATENTSERVE_CUDA_MOE");
+        }
       }
     }
   }

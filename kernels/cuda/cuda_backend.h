@@ -87,6 +87,12 @@ class CudaBackend final : public Backend {
   void MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width, int64_t heads,
                        int64_t rows, int64_t first_position, float scale, int64_t value_dim, float* out);
 
+  // MoE prefill as grouped GEMMs with the routing sort on the device (cuda_moe_grouped.cu).
+  // Returns false, having enqueued nothing, for weight types or shapes it does not take
+  // (f32 weights, gate/up of different types, hidden or ffn not a multiple of 32).
+  bool MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
+                         const Tensor& y);
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.

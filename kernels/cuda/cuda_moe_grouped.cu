@@ -1,0 +1,544 @@
+// MoE prefill as grouped GEMMs on the device (issue 9): no host round trip and no host sync
+// inside the layer. Per call:
+//   1. routing sort: per-expert slot counts (atomics); one block scans them into each
+//      expert's first sorted row and a list of M-tiles (expert, first row); a scatter gives
+//      every (token, slot) a row in expert-sorted order. Rows of one expert land in any
+//      order, but a row's arithmetic does not depend on where it sits, and the final sum is
+//      taken in slot order, so results are bitwise reproducible;
+//   2. the activations cast once to 16 bits in token order (a chunk's fits in L2); the
+//      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
+//   3. gate+up grouped GEMM: one CTA per (M-tile, N-tile) reads its expert's stored rows
+//      (q4_0 / q8_0 / f16 / bf16), dequantises a K-step into shared memory, and runs
+//      mma.sync m16n8k16 with f32 accumulation. Its N-tile holds 64 gate rows and the same
+//      64 up rows, so the epilogue writes silu(g) * u directly (no gate/up round trip);
+//   4. down grouped GEMM (the same kernel) writing each row to its slot's output row;
+//   5. the weighted sum of each token's top-k slot rows in slot order, as the CPU does.
+// The 16-bit type is f16 for q4_0 / q8_0 / f16 weights (f16 holds q4_0 and f16 weights
+// closer than bf16: 11 significant bits against 8; the generic cuBLAS path uses f16 too) and
+// bf16 for bf16 weights.
+#include <cub/block/block_scan.cuh>
+
+#include <type_traits>
+
+#include "kernels/cuda/cuda_backend.h"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+// Tile shapes of the grouped GEMM. C[m, n] = sum_k A[m, k] W[n, k]: A the expert-sorted
+// activations [rows, K] (K contiguous), W one expert's stored rows [N, K] (K contiguous), so
+// both operands feed ldmatrix without transposes.
+struct GroupedGemmTraits {
+  static constexpr int kBlockM = 128;  // sorted rows (token slots) per CTA
+  static constexpr int kBlockN = 128;  // weight rows per CTA (gate+up: 64 gate and their 64 up)
+  static constexpr int kBlockK = 64;   // reduction elements per pipeline step (2 quant blocks)
+  static constexpr int kWarpsM = 2, kWarpsN = 4;
+  static constexpr int kThreads = kWarpsM * kWarpsN * 32;
+  static constexpr int kWarpTileM = kBlockM / kWarpsM;  // 64: 4 m16 fragments
+  static constexpr int kWarpTileN = kBlockN / kWarpsN;  // 32: 4 n8 fragments
+  static constexpr int kFragsM = kWarpTileM / 16;
+  static constexpr int kFragsN = kWarpTileN / 8;
+  static constexpr int kPitch = kBlockK + 8;  // shared row pitch (elements): +16 bytes keeps ldmatrix conflict-free
+  static constexpr int kStages = 2;
+  static constexpr size_t kSharedBytes = size_t{kStages} * (kBlockM + kBlockN) * kPitch * 2;
+};
+using Traits = GroupedGemmTraits;
+static_assert(Traits::kThreads == 2 * Traits::kBlockN, "one thread dequantises one 32-element block per step");
+
+constexpr int kPlanThreads = 256;
+
+template <DType W>
+using ComputeType = std::conditional_t<W == DType::kBF16, __nv_bfloat16, __half>;
+
+// One grouped GEMM launch. Rows of A and of the output are expert-sorted rows.
+struct GroupedGemmParams {
+  const void* a;               // compute type: [rows, k] sorted rows, or [tokens, k] when a_by_token
+  bool a_by_token;             // sorted row r reads a's row row_slot[r] / top_k
+  const uint8_t* w0;           // gate (or down) weights [experts][n][k], stored type
+  const uint8_t* w1;           // up weights (same layout) for the SwiGLU form; else null
+  size_t w_row_bytes;          // bytes of one stored weight row (k elements)
+  size_t w_expert_bytes;       // n * w_row_bytes
+  int k;                       // reduction length, a multiple of 32
+  int n;                       // output columns (weight rows per expert), a multiple of 32
+  const int2* tiles;           // [tile_count] (expert, first sorted row)
+  const int32_t* tile_count;   // device scalar
+  const int32_t* first_row;    // [experts + 1] first sorted row of each expert
+  const int32_t* row_slot;     // [rows] slot of each sorted row (output row of the down form)
+  int top_k;                   // slots per token
+  void* out;                   // SwiGLU: compute type [rows, n]; down: f32 [slots, n]
+};
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
+  uint32_t bits;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    memcpy(&bits, &h, 4);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    memcpy(&bits, &h, 4);
+  }
+  return bits;
+}
+
+__device__ __forceinline__ uint32_t Load2x16(const uint16_t* p) {  // 4 bytes at a 2-byte aligned address
+  return static_cast<uint32_t>(__ldg(p)) | (static_cast<uint32_t>(__ldg(p + 1)) << 16);
+}
+
+// One 32-element block of a stored weight row, as loaded from global memory (registers), and
+// its conversion to 16 packed pairs of the compute type.
+template <DType W>
+struct RawBlock;
+
+template <>
+struct RawBlock<DType::kQ4_0> {  // 18 bytes: f16 scale, 16 bytes of nibbles (low: 0..15, high: 16..31)
+  uint32_t scale = 0;
+  uint32_t q[4] = {0, 0, 0, 0};
+  __device__ __forceinline__ void Load(const uint8_t* block) {
+    const auto* h = reinterpret_cast<const uint16_t*>(block);
+    scale = __ldg(h);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = Load2x16(h + 1 + 2 * i);
+  }
+  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(scale)));
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {  // pair i: bytes 2i, 2i+1 (low nibbles: elements 2i, 2i+1; high: 16+2i, 17+2i)
+      const uint32_t b0 = (q[i / 2] >> (16 * (i % 2))) & 0xff, b1 = (q[i / 2] >> (16 * (i % 2) + 8)) & 0xff;
+      out[i] = Pack2<__half>(d * (static_cast<int>(b0 & 15) - 8), d * (static_cast<int>(b1 & 15) - 8));
+      out[8 + i] = Pack2<__half>(d * (static_cast<int>(b0 >> 4) - 8), d * (static_cast<int>(b1 >> 4) - 8));
+    }
+  }
+};
+
+template <>
+struct RawBlock<DType::kQ8_0> {  // 34 bytes: f16 scale, 32 int8
+  uint32_t scale = 0;
+  uint32_t q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  __device__ __forceinline__ void Load(const uint8_t* block) {
+    const auto* h = reinterpret_cast<const uint16_t*>(block);
+    scale = __ldg(h);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = Load2x16(h + 1 + 2 * i);
+  }
+  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(scale)));
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int lo = static_cast<int8_t>((q[i / 2] >> (16 * (i % 2))) & 0xff);
+      const int hi = static_cast<int8_t>((q[i / 2] >> (16 * (i % 2) + 8)) & 0xff);
+      out[i] = Pack2<__half>(d * lo, d * hi);
+    }
+  }
+};
+
+template <DType W>
+struct RawBlock16 {  // f16 / bf16: 64 bytes, already the compute type
+  uint4 v[4] = {};
+  __device__ __forceinline__ void Load(const uint8_t* block) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = __ldg(reinterpret_cast<const uint4*>(block) + i);
+  }
+  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[4 * i] = v[i].x;
+      out[4 * i + 1] = v[i].y;
+      out[4 * i + 2] = v[i].z;
+      out[4 * i + 3] = v[i].w;
+    }
+  }
+};
+template <>
+struct RawBlock<DType::kF16> : RawBlock16<DType::kF16> {};
+template <>
+struct RawBlock<DType::kBF16> : RawBlock16<DType::kBF16> {};
+
+constexpr size_t BlockBytes(DType w) {
+  return w == DType::kQ4_0 ? 18 : w == DType::kQ8_0 ? 34 : 64;  // 32 elements
+}
+
+// The grouped GEMM. blockIdx.x: N-tile (fastest, so the N-tiles of one M-tile run together
+// and share its activations in L2, and an expert's M-tiles follow each other and share its
+// weights); blockIdx.y: entry of the device tile list (CTAs past tile_count exit).
+template <DType W, bool kSwiGlu>
+__global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(GroupedGemmParams p) {
+  using T = ComputeType<W>;
+  using Tr = Traits;
+  if (static_cast<int>(blockIdx.y) >= *p.tile_count) return;
+  const int2 tile = p.tiles[blockIdx.y];
+  const int expert = tile.x, row0 = tile.y;
+  const int rows = min(Tr::kBlockM, p.first_row[expert + 1] - row0);
+  const int n0 = static_cast<int>(blockIdx.x) * (kSwiGlu ? Tr::kBlockN / 2 : Tr::kBlockN);
+
+  extern __shared__ uint4 shared_raw[];
+  T* smem_a = reinterpret_cast<T*>(shared_raw);                     // [kStages][kBlockM][kPitch]
+  T* smem_b = smem_a + Tr::kStages * Tr::kBlockM * Tr::kPitch;     // [kStages][kBlockN][kPitch]
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp / Tr::kWarpsN, warp_n = warp % Tr::kWarpsN;
+
+  // This thread's weight block each step: shared row b_row, elements [32 * b_half, +32).
+  // SwiGLU form: each warp's 32 shared rows are 16 gate rows then the same 16 up rows, so a
+  // thread's accumulators hold gate and up of the same outputs.
+  const int b_row = tid / 2, b_half = tid % 2;
+  int w_out;  // output column (weight row within the expert)
+  const uint8_t* w_base;
+  if constexpr (kSwiGlu) {
+    constexpr int kHalfWarpN = Tr::kWarpTileN / 2;
+    w_out = n0 + (b_row / Tr::kWarpTileN) * kHalfWarpN + b_row % kHalfWarpN;
+    w_base = (b_row % Tr::kWarpTileN) < kHalfWarpN ? p.w0 : p.w1;
+  } else {
+    w_out = n0 + b_row;
+    w_base = p.w0;
+  }
+  const bool w_valid = w_out < p.n;
+  const uint8_t* w_row = w_base + expert * p.w_expert_bytes + static_cast<size_t>(w_valid ? w_out : 0) * p.w_row_bytes;
+  // This thread's A chunks each step: 16 bytes at column a_col of rows a_row0 + i * kRowStride.
+  constexpr int kChunksPerRow = Tr::kBlockK / 8;
+  constexpr int kChunks = Tr::kBlockM * kChunksPerRow / Tr::kThreads;
+  constexpr int kRowStride = Tr::kThreads / kChunksPerRow;
+  const int a_row0 = tid / kChunksPerRow, a_col = (tid % kChunksPerRow) * 8;
+  const T* a_src[kChunks];
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int r = a_row0 + i * kRowStride;
+    const int64_t source_row = r >= rows ? 0 : p.a_by_token ? p.row_slot[row0 + r] / p.top_k : row0 + r;
+    a_src[i] = static_cast<const T*>(p.a) + source_row * p.k + a_col;
+  }
+
+  auto load_a = [&](int step, int stage) {  // cp.async, zero-filled past the tile's rows or K
+    T* dst = smem_a + stage * Tr::kBlockM * Tr::kPitch + a_row0 * Tr::kPitch + a_col;
+    const int kk = step * Tr::kBlockK;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const bool valid = a_row0 + i * kRowStride < rows && kk + a_col < p.k;
+      CpAsync16(dst + i * kRowStride * Tr::kPitch, valid ? a_src[i] + kk : p.a, valid);
+    }
+  };
+  RawBlock<W> raw;
+  auto load_b = [&](int step) {
+    const int kk = step * Tr::kBlockK + 32 * b_half;
+    if (w_valid && kk < p.k) raw.Load(w_row + (kk / 32) * BlockBytes(W));
+  };
+  auto store_b = [&](int step, int stage) {
+    const int kk = step * Tr::kBlockK + 32 * b_half;
+    uint32_t packed[16];
+    if (w_valid && kk < p.k) {
+      raw.Dequant(packed);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) packed[i] = 0;
+    }
+    uint4* dst = reinterpret_cast<uint4*>(smem_b + stage * Tr::kBlockN * Tr::kPitch + b_row * Tr::kPitch + 32 * b_half);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dst[i] = make_uint4(packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]);
+  };
+
+  float acc[Tr::kFragsM][Tr::kFragsN][4];
+#pragma unroll
+  for (int mi = 0; mi < Tr::kFragsM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Tr::kFragsN; ++ni)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
+
+  auto compute = [&](int stage) {
+    const T* a_tile = smem_a + stage * Tr::kBlockM * Tr::kPitch + (warp_m * Tr::kWarpTileM) * Tr::kPitch;
+    const T* b_tile = smem_b + stage * Tr::kBlockN * Tr::kPitch + (warp_n * Tr::kWarpTileN) * Tr::kPitch;
+#pragma unroll
+    for (int ks = 0; ks < Tr::kBlockK / 16; ++ks) {
+      uint32_t a_frag[Tr::kFragsM][4];
+      uint32_t b_frag[Tr::kFragsN / 2][4];
+#pragma unroll
+      for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+        LdMatrixX4(a_frag[mi], a_tile + (mi * 16 + lane % 16) * Tr::kPitch + ks * 16 + (lane / 16) * 8);
+      }
+#pragma unroll
+      for (int nj = 0; nj < Tr::kFragsN / 2; ++nj) {  // two n8 fragments per ldmatrix: {b0, b1} of 2nj, of 2nj+1
+        LdMatrixX4(b_frag[nj], b_tile + (nj * 16 + (lane / 16) * 8 + lane % 8) * Tr::kPitch + ks * 16 + ((lane / 8) % 2) * 8);
+      }
+#pragma unroll
+      for (int mi = 0; mi < Tr::kFragsM; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Tr::kFragsN; ++ni)
+          Mma16816<T>(acc[mi][ni], a_frag[mi], b_frag[ni / 2][(ni % 2) * 2], b_frag[ni / 2][(ni % 2) * 2 + 1]);
+    }
+  };
+
+  // Two stages, one barrier per step: the barrier at the top of step s publishes stage s
+  // (cp.async of A, dequantised W) and retires every warp's reads of the other stage, which
+  // step s then refills for s + 1 while the tensor cores work on stage s.
+  const int steps = (p.k + Tr::kBlockK - 1) / Tr::kBlockK;
+  load_a(0, 0);
+  CpAsyncCommit();
+  load_b(0);
+  store_b(0, 0);
+  for (int step = 0; step < steps; ++step) {
+    CpAsyncWaitAll();
+    __syncthreads();
+    const int stage = step % 2;
+    const bool next = step + 1 < steps;
+    if (next) {
+      load_a(step + 1, stage ^ 1);
+      CpAsyncCommit();
+      load_b(step + 1);
+    }
+    compute(stage);
+    if (next) store_b(step + 1, stage ^ 1);
+  }
+
+  // Epilogue. Fragment element c of (mi, ni): row mi*16 + lane/4 (+8 for c >= 2), column
+  // ni*8 + 2*(lane%4) + (c%2) of the warp tile.
+#pragma unroll
+  for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = warp_m * Tr::kWarpTileM + mi * 16 + lane / 4 + 8 * half;
+      if (r >= rows) continue;
+      if constexpr (kSwiGlu) {
+        T* out = static_cast<T*>(p.out) + static_cast<size_t>(row0 + r) * p.n;
+#pragma unroll
+        for (int ni = 0; ni < Tr::kFragsN / 2; ++ni) {
+          const int f = n0 + warp_n * (Tr::kWarpTileN / 2) + ni * 8 + 2 * (lane % 4);
+          if (f >= p.n) continue;
+          const float g0 = acc[mi][ni][2 * half], g1 = acc[mi][ni][2 * half + 1];
+          const float u0 = acc[mi][ni + Tr::kFragsN / 2][2 * half], u1 = acc[mi][ni + Tr::kFragsN / 2][2 * half + 1];
+          *reinterpret_cast<uint32_t*>(out + f) = Pack2<T>(g0 / (1.0f + expf(-g0)) * u0, g1 / (1.0f + expf(-g1)) * u1);
+        }
+      } else {
+        float* out = static_cast<float*>(p.out) + static_cast<size_t>(p.row_slot[row0 + r]) * p.n;
+#pragma unroll
+        for (int ni = 0; ni < Tr::kFragsN; ++ni) {
+          const int col = n0 + warp_n * Tr::kWarpTileN + ni * 8 + 2 * (lane % 4);
+          if (col >= p.n) continue;
+          *reinterpret_cast<float2*>(out + col) = make_float2(acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
+        }
+      }
+    }
+  }
+}
+
+// ---- routing sort ----
+
+__global__ void CountKernel(const int32_t* ids, int64_t slots, int experts, int32_t* counts) {
+  const int64_t slot = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (slot >= slots) return;
+  const int e = ids[slot];
+  if (e < 0 || e >= experts) __trap();  // routing produced an id out of range: a broken invariant
+  atomicAdd(&counts[e], 1);
+}
+
+// One block: first sorted row of every expert (exclusive scan of the counts), the scatter
+// cursors, and the M-tile list in expert order.
+__global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts, int experts, int32_t* first_row,
+                                                           int32_t* cursor, int2* tiles, int32_t* tile_count) {
+  using Scan = cub::BlockScan<int, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int row_carry = 0, tile_carry = 0;
+  for (int base = 0; base < experts; base += kPlanThreads) {
+    const int e = base + static_cast<int>(threadIdx.x);
+    const int count = e < experts ? counts[e] : 0;
+    const int expert_tiles = (count + Traits::kBlockM - 1) / Traits::kBlockM;
+    int row_start, row_total, tile_start, tile_total;
+    Scan(scan_storage).ExclusiveSum(count, row_start, row_total);
+    __syncthreads();
+    Scan(scan_storage).ExclusiveSum(expert_tiles, tile_start, tile_total);
+    __syncthreads();
+    if (e < experts) {
+      const int first = row_carry + row_start;
+      first_row[e] = first;
+      cursor[e] = first;
+      for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * Traits::kBlockM);
+    }
+    row_carry += row_total;
+    tile_carry += tile_total;
+  }
+  if (threadIdx.x == 0) {
+    first_row[experts] = row_carry;
+    *tile_count = tile_carry;
+  }
+}
+
+__global__ void ScatterKernel(const int32_t* ids, int64_t slots, int32_t* cursor, int32_t* row_slot) {
+  const int64_t slot = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (slot >= slots) return;
+  row_slot[atomicAdd(&cursor[ids[slot]], 1)] = static_cast<int32_t>(slot);
+}
+
+template <typename T>
+__global__ void CastKernel(const float4* x, int64_t quads, uint2* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= quads) return;
+  const float4 v = x[i];
+  out[i] = make_uint2(Pack2<T>(v.x, v.y), Pack2<T>(v.z, v.w));
+}
+
+// y[:, t] = sum_j weights[j, t] * slot_out[:, t * top_k + j], j in slot order.
+__global__ void WeightedSlotSumKernel(const float* slot_out, const float* weights, int hidden, int top_k, int64_t tokens,
+                                      float* y) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // float4 index
+  const int64_t quads = hidden / 4;
+  if (i >= quads * tokens) return;
+  const int64_t t = i / quads, q = i % quads;
+  float4 acc = make_float4(0, 0, 0, 0);
+  for (int j = 0; j < top_k; ++j) {
+    const float w = weights[t * top_k + j];
+    const float4 v = reinterpret_cast<const float4*>(slot_out + (t * top_k + j) * hidden)[q];
+    acc.x += w * v.x;
+    acc.y += w * v.y;
+    acc.z += w * v.z;
+    acc.w += w * v.w;
+  }
+  reinterpret_cast<float4*>(y + t * hidden)[q] = acc;
+}
+
+template <DType W, bool kSwiGlu>
+void LaunchGroupedGemm(const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  static const bool configured = [] {
+    CUDA_OK(cudaFuncSetAttribute(GroupedGemmKernel<W, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(Traits::kSharedBytes)));
+    return true;
+  }();
+  (void)configured;
+  const int tile_n = kSwiGlu ? Traits::kBlockN / 2 : Traits::kBlockN;
+  const dim3 grid(static_cast<unsigned>((p.n + tile_n - 1) / tile_n), static_cast<unsigned>(max_tiles));
+  GroupedGemmKernel<W, kSwiGlu><<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(p);
+  LAUNCH_OK();
+}
+
+template <bool kSwiGlu>
+void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  switch (w) {
+    case DType::kQ4_0: LaunchGroupedGemm<DType::kQ4_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kQ8_0: LaunchGroupedGemm<DType::kQ8_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kF16: LaunchGroupedGemm<DType::kF16, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kBF16: LaunchGroupedGemm<DType::kBF16, kSwiGlu>(p, max_tiles, stream); break;
+    default: CU_CHECK(false);
+  }
+}
+
+bool GroupedType(DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0 || t == DType::kF16 || t == DType::kBF16; }
+
+size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
+                                    const Tensor& weights, const Tensor& y) {
+  const int64_t hidden = x.ne[0], tokens = x.rows();
+  const int64_t ffn = experts.gate_exps.ne[1], n_experts = experts.gate_exps.ne[2], top_k = ids.ne[0];
+  const DType gate_type = experts.gate_exps.dtype, down_type = experts.down_exps.dtype;
+  // f32 weights keep the generic (exact f32) path; the 16-bit type of both GEMMs must agree
+  // because the SwiGLU output feeds the down GEMM directly.
+  if (gate_type != experts.up_exps.dtype || !GroupedType(gate_type) || !GroupedType(down_type) ||
+      (gate_type == DType::kBF16) != (down_type == DType::kBF16) || hidden % 32 != 0 || ffn % 32 != 0) {
+    return false;
+  }
+  const int64_t slots = tokens * top_k;
+  // Every expert's tiles but its last are full, so the list is at most slots / kBlockM plus
+  // one partial tile per expert that has rows.
+  const int64_t max_tiles = slots / Traits::kBlockM + std::min(n_experts, slots);
+  if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
+
+  // Small integer workspace (slot 5): counts, cursors, first rows, tile count, tiles, row slots.
+  const size_t counts_bytes = AlignUp(n_experts * 4), first_bytes = AlignUp((n_experts + 1) * 4);
+  const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), row_slot_bytes = AlignUp(slots * 4);
+  auto* ints = static_cast<uint8_t*>(Scratch(5, 2 * counts_bytes + first_bytes + 256 + tiles_bytes + row_slot_bytes));
+  auto* counts = reinterpret_cast<int32_t*>(ints);
+  auto* cursor = reinterpret_cast<int32_t*>(ints + counts_bytes);
+  auto* first_row = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes);
+  auto* tile_count = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes + first_bytes);
+  auto* tiles = reinterpret_cast<int2*>(ints + 2 * counts_bytes + first_bytes + 256);
+  auto* row_slot = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes + first_bytes + 256 + tiles_bytes);
+  // Activations (slot 6): the 16-bit inputs [tokens, hidden], the SwiGLU output in sorted
+  // rows [slots, ffn], the f32 expert outputs in slot order [slots, hidden].
+  const size_t x16_bytes = AlignUp(tokens * hidden * 2), act_bytes = AlignUp(slots * ffn * 2);
+  auto* work = static_cast<uint8_t*>(Scratch(6, x16_bytes + act_bytes + slots * hidden * 4));
+  void* x16 = work;
+  void* act = work + x16_bytes;
+  auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
+
+  const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
+  const int experts_i = static_cast<int>(n_experts);
+  CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
+  CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(dev_ids, slots, experts_i, counts);
+  LAUNCH_OK();
+  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, cursor, tiles, tile_count);
+  LAUNCH_OK();
+  ScatterKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(dev_ids, slots, cursor, row_slot);
+  LAUNCH_OK();
+  const int64_t quads = tokens * hidden / 4;
+  const auto* x4 = reinterpret_cast<const float4*>(DevF32(x));
+  if (gate_type == DType::kBF16) {
+    CastKernel<__nv_bfloat16><<<Blocks(quads, 256), 256, 0, stream_>>>(x4, quads, static_cast<uint2*>(x16));
+  } else {
+    CastKernel<__half><<<Blocks(quads, 256), 256, 0, stream_>>>(x4, quads, static_cast<uint2*>(x16));
+  }
+  LAUNCH_OK();
+
+  GroupedGemmParams gate_up{};
+  gate_up.a = x16;
+  gate_up.a_by_token = true;
+  gate_up.top_k = static_cast<int>(top_k);
+  gate_up.w0 = DevPtr(experts.gate_exps);
+  gate_up.w1 = DevPtr(experts.up_exps);
+  gate_up.w_row_bytes = experts.gate_exps.row_bytes();
+  gate_up.w_expert_bytes = gate_up.w_row_bytes * ffn;
+  gate_up.k = static_cast<int>(hidden);
+  gate_up.n = static_cast<int>(ffn);
+  gate_up.tiles = tiles;
+  gate_up.tile_count = tile_count;
+  gate_up.first_row = first_row;
+  gate_up.row_slot = row_slot;
+  gate_up.out = act;
+  LaunchGroupedGemm<true>(gate_type, gate_up, static_cast<int>(max_tiles), stream_);
+
+  GroupedGemmParams down = gate_up;
+  down.a = act;
+  down.a_by_token = false;
+  down.w0 = DevPtr(experts.down_exps);
+  down.w1 = nullptr;
+  down.w_row_bytes = experts.down_exps.row_bytes();
+  down.w_expert_bytes = down.w_row_bytes * hidden;
+  down.k = static_cast<int>(ffn);
+  down.n = static_cast<int>(hidden);
+  down.out = slot_out;
+  LaunchGroupedGemm<false>(down_type, down, static_cast<int>(max_tiles), stream_);
+
+  WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
+      slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));
+  LAUNCH_OK();
+  return true;
+}
+
+}  // namespace latentserve::kernels::cuda
