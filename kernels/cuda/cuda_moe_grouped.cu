@@ -110,6 +110,16 @@ __device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
   return bits;
 }
 
+// (bits as f16 pair - offset) * d, each rounded once: the dequantised pair as 32 bits.
+__device__ __forceinline__ uint32_t Scaled(uint32_t bits, __half2 offset, __half2 d) {
+  __half2 v;
+  memcpy(&v, &bits, 4);
+  v = __hmul2_rn(__hsub2_rn(v, offset), d);
+  uint32_t out;
+  memcpy(&out, &v, 4);
+  return out;
+}
+
 __device__ __forceinline__ uint32_t Load2x16(const uint16_t* p) {  // 4 bytes at a 2-byte aligned address
   return static_cast<uint32_t>(__ldg(p)) | (static_cast<uint32_t>(__ldg(p + 1)) << 16);
 }
@@ -129,13 +139,16 @@ struct RawBlock<DType::kQ4_0> {  // 18 bytes: f16 scale, 16 bytes of nibbles (lo
 #pragma unroll
     for (int i = 0; i < 4; ++i) q[i] = Load2x16(h + 1 + 2 * i);
   }
+  // A nibble n becomes the f16 1024 + n by its bit pattern (0x6400 | n); minus 1032 is n - 8
+  // exactly, and one rounding of (n - 8) * d, the same as converting the f32 product.
   __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
-    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(scale)));
+    const __half2 d = __half2half2(__ushort_as_half(static_cast<unsigned short>(scale)));
+    const __half2 offset = __float2half2_rn(1032.0f);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {  // pair i: bytes 2i, 2i+1 (low nibbles: elements 2i, 2i+1; high: 16+2i, 17+2i)
-      const uint32_t b0 = (q[i / 2] >> (16 * (i % 2))) & 0xff, b1 = (q[i / 2] >> (16 * (i % 2) + 8)) & 0xff;
-      out[i] = Pack2<__half>(d * (static_cast<int>(b0 & 15) - 8), d * (static_cast<int>(b1 & 15) - 8));
-      out[8 + i] = Pack2<__half>(d * (static_cast<int>(b0 >> 4) - 8), d * (static_cast<int>(b1 >> 4) - 8));
+    for (int i = 0; i < 8; ++i) {  // bytes 2i, 2i+1: low nibbles are elements 2i, 2i+1; high ones 16+2i, 17+2i
+      const uint32_t pair = __byte_perm(q[i / 2], 0, i % 2 == 0 ? 0x4140 : 0x4342);  // byte 2i at bit 0, 2i+1 at bit 16
+      out[i] = Scaled(((pair & 0x000f000fu) | 0x64006400u), offset, d);
+      out[8 + i] = Scaled((((pair >> 4) & 0x000f000fu) | 0x64006400u), offset, d);
     }
   }
 };
@@ -150,13 +163,14 @@ struct RawBlock<DType::kQ8_0> {  // 34 bytes: f16 scale, 32 int8
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[i] = Load2x16(h + 1 + 2 * i);
   }
+  // An int8 b with its sign bit flipped is b + 128; as the low byte under 0x64 it is the f16
+  // 1152 + b, minus 1152 exactly b; then one rounding of b * d.
   __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
-    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(scale)));
+    const __half2 d = __half2half2(__ushort_as_half(static_cast<unsigned short>(scale)));
+    const __half2 offset = __float2half2_rn(1152.0f);
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int lo = static_cast<int8_t>((q[i / 2] >> (16 * (i % 2))) & 0xff);
-      const int hi = static_cast<int8_t>((q[i / 2] >> (16 * (i % 2) + 8)) & 0xff);
-      out[i] = Pack2<__half>(d * lo, d * hi);
+    for (int i = 0; i < 16; ++i) {  // bytes 2i, 2i+1
+      out[i] = Scaled(__byte_perm(q[i / 2] ^ 0x80808080u, 0x64646464u, i % 2 == 0 ? 0x4140 : 0x4342), offset, d);
     }
   }
 };
@@ -223,26 +237,29 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
   }
   const bool w_valid = w_out < p.n;
   const uint8_t* w_row = w_base + expert * p.w_expert_bytes + static_cast<size_t>(w_valid ? w_out : 0) * p.w_row_bytes;
+  // Element offset in A of each row of the tile (-1 past its rows), kept in shared memory
+  // rather than registers, which the accumulators need.
+  __shared__ int a_row_offset[Tr::kBlockM];
+  for (int r = tid; r < Tr::kBlockM; r += Tr::kThreads) {
+    const int source_row = r >= rows ? -1 : p.a_by_token ? p.row_slot[row0 + r] / p.top_k : row0 + r;
+    a_row_offset[r] = source_row < 0 ? -1 : source_row * p.k;
+  }
+  __syncthreads();
   // This thread's A chunks each step: 16 bytes at column a_col of rows a_row0 + i * kRowStride.
   constexpr int kChunksPerRow = Tr::kBlockK / 8;
   constexpr int kChunks = Tr::kBlockM * kChunksPerRow / Tr::kThreads;
   constexpr int kRowStride = Tr::kThreads / kChunksPerRow;
   const int a_row0 = tid / kChunksPerRow, a_col = (tid % kChunksPerRow) * 8;
-  const T* a_src[kChunks];
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int r = a_row0 + i * kRowStride;
-    const int64_t source_row = r >= rows ? 0 : p.a_by_token ? p.row_slot[row0 + r] / p.top_k : row0 + r;
-    a_src[i] = static_cast<const T*>(p.a) + source_row * p.k + a_col;
-  }
+  const T* a = static_cast<const T*>(p.a);
 
   auto load_a = [&](int step, int stage) {  // cp.async, zero-filled past the tile's rows or K
     T* dst = smem_a + stage * Tr::kBlockM * Tr::kPitch + a_row0 * Tr::kPitch + a_col;
-    const int kk = step * Tr::kBlockK;
+    const int kk = step * Tr::kBlockK + a_col;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
-      const bool valid = a_row0 + i * kRowStride < rows && kk + a_col < p.k;
-      CpAsync16(dst + i * kRowStride * Tr::kPitch, valid ? a_src[i] + kk : p.a, valid);
+      const int offset = a_row_offset[a_row0 + i * kRowStride];
+      const bool valid = offset >= 0 && kk < p.k;
+      CpAsync16(dst + i * kRowStride * Tr::kPitch, valid ? a + offset + kk : a, valid);
     }
   };
   RawBlock<W> raw;
@@ -272,7 +289,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
 
-  auto compute = [&](int stage) {
+  // Rows of this warp's 64 that hold tokens; fragments wholly past them are skipped (the
+  // last tile of an expert is partial: at 8192 tokens over 256 experts about a fifth of
+  // the rows of a full-tile schedule would be padding).
+  const int warp_rows = rows - warp_m * Tr::kWarpTileM;
+  auto compute = [&](int stage, auto full) {
+    constexpr bool kFull = decltype(full)::value;
     const T* a_tile = smem_a + stage * Tr::kBlockM * Tr::kPitch + (warp_m * Tr::kWarpTileM) * Tr::kPitch;
     const T* b_tile = smem_b + stage * Tr::kBlockN * Tr::kPitch + (warp_n * Tr::kWarpTileN) * Tr::kPitch;
 #pragma unroll
@@ -281,17 +303,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
       uint32_t b_frag[Tr::kFragsN / 2][4];
 #pragma unroll
       for (int mi = 0; mi < Tr::kFragsM; ++mi) {
-        LdMatrixX4(a_frag[mi], a_tile + (mi * 16 + lane % 16) * Tr::kPitch + ks * 16 + (lane / 16) * 8);
+        if (kFull || mi * 16 < warp_rows) {
+          LdMatrixX4(a_frag[mi], a_tile + (mi * 16 + lane % 16) * Tr::kPitch + ks * 16 + (lane / 16) * 8);
+        }
       }
 #pragma unroll
       for (int nj = 0; nj < Tr::kFragsN / 2; ++nj) {  // two n8 fragments per ldmatrix: {b0, b1} of 2nj, of 2nj+1
         LdMatrixX4(b_frag[nj], b_tile + (nj * 16 + (lane / 16) * 8 + lane % 8) * Tr::kPitch + ks * 16 + ((lane / 8) % 2) * 8);
       }
 #pragma unroll
-      for (int mi = 0; mi < Tr::kFragsM; ++mi)
+      for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+        if (kFull || mi * 16 < warp_rows) {
 #pragma unroll
-        for (int ni = 0; ni < Tr::kFragsN; ++ni)
-          Mma16816<T>(acc[mi][ni], a_frag[mi], b_frag[ni / 2][(ni % 2) * 2], b_frag[ni / 2][(ni % 2) * 2 + 1]);
+          for (int ni = 0; ni < Tr::kFragsN; ++ni) {
+            Mma16816<T>(acc[mi][ni], a_frag[mi], b_frag[ni / 2][(ni % 2) * 2], b_frag[ni / 2][(ni % 2) * 2 + 1]);
+          }
+        }
+      }
     }
   };
 
@@ -313,7 +341,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
       CpAsyncCommit();
       load_b(step + 1);
     }
-    compute(stage);
+    if (warp_rows >= Tr::kWarpTileM) {
+      compute(stage, std::true_type{});
+    } else if (warp_rows > 0) {
+      compute(stage, std::false_type{});
+    }
     if (next) store_b(step + 1, stage ^ 1);
   }
 
@@ -468,6 +500,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   // Every expert's tiles but its last are full, so the list is at most slots / kBlockM plus
   // one partial tile per expert that has rows.
   const int64_t max_tiles = slots / Traits::kBlockM + std::min(n_experts, slots);
+  // Element offsets into the activations are 32-bit in the kernel.
   if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
 
   // Small integer workspace (slot 5): counts, cursors, first rows, tile count, tiles, row slots.
