@@ -136,6 +136,10 @@ absl::Status Run(int argc, char** argv) {
         auto experts_only = [&] { b.MoeExperts(x, experts, ids, weights, y); };
         compute_row("prefill_moe_experts_grouped", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, experts_only);
         if (!cpu) {
+          setenv("LATENTSERVE_CUDA_MOE_TILE", "warps4", 1);  // the other tile shape of the grouped GEMM
+          compute_row("prefill_moe_experts_grouped_warps4", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,
+                      experts_only);
+          unsetenv("LATENTSERVE_CUDA_MOE_TILE");
           setenv("LATENTSERVE_CUDA_MOE", "host", 1);
           compute_row("prefill_moe_experts_host_grouping", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,
                       experts_only);

@@ -18,6 +18,8 @@
 // bf16 for bf16 weights.
 #include <cub/block/block_scan.cuh>
 
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -27,23 +29,33 @@ namespace {
 
 // Tile shapes of the grouped GEMM. C[m, n] = sum_k A[m, k] W[n, k]: A the expert-sorted
 // activations [rows, K] (K contiguous), W one expert's stored rows [N, K] (K contiguous), so
-// both operands feed ldmatrix without transposes.
+// both operands feed ldmatrix without transposes. Every CTA covers 128 sorted rows (one
+// M-tile of the device tile list) and 128 weight rows (gate+up: 64 gate and their 64 up).
+constexpr int kTileRows = 128;
+
+template <int kWarpsM_, int kWarpsN_, int kMinCtasPerSm_>
 struct GroupedGemmTraits {
-  static constexpr int kBlockM = 128;  // sorted rows (token slots) per CTA
-  static constexpr int kBlockN = 128;  // weight rows per CTA (gate+up: 64 gate and their 64 up)
-  static constexpr int kBlockK = 64;   // reduction elements per pipeline step (2 quant blocks)
-  static constexpr int kWarpsM = 2, kWarpsN = 4;
+  static constexpr int kBlockM = kTileRows;
+  static constexpr int kBlockN = 128;
+  static constexpr int kBlockK = 64;  // reduction elements per pipeline step (2 quant blocks)
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
   static constexpr int kThreads = kWarpsM * kWarpsN * 32;
-  static constexpr int kWarpTileM = kBlockM / kWarpsM;  // 64: 4 m16 fragments
-  static constexpr int kWarpTileN = kBlockN / kWarpsN;  // 32: 4 n8 fragments
+  static constexpr int kMinCtasPerSm = kMinCtasPerSm_;
+  static constexpr int kWarpTileM = kBlockM / kWarpsM;
+  static constexpr int kWarpTileN = kBlockN / kWarpsN;
   static constexpr int kFragsM = kWarpTileM / 16;
   static constexpr int kFragsN = kWarpTileN / 8;
+  static constexpr int kBlocksPerThread = 2 * kBlockN / kThreads;  // 32-element weight blocks dequantised per step
   static constexpr int kPitch = kBlockK + 8;  // shared row pitch (elements): +16 bytes keeps ldmatrix conflict-free
   static constexpr int kStages = 2;
   static constexpr size_t kSharedBytes = size_t{kStages} * (kBlockM + kBlockN) * kPitch * 2;
+  static_assert(kWarpTileM == 64 && kFragsN % 4 == 0 && kBlocksPerThread >= 1, "tile shape");
 };
-using Traits = GroupedGemmTraits;
-static_assert(Traits::kThreads == 2 * Traits::kBlockN, "one thread dequantises one 32-element block per step");
+// 8 warps of 64x32, 2 CTAs per SM (128 registers a thread): the default.
+using Warps8Tile = GroupedGemmTraits<2, 4, 2>;
+// 4 warps of 64x64, 2 CTAs per SM: a third less shared-memory traffic per MMA (fragments
+// reused across a wider warp tile), half the warps to hide latency. LATENTSERVE_CUDA_MOE_TILE=warps4.
+using Warps4Tile = GroupedGemmTraits<2, 2, 2>;
 
 constexpr int kPlanThreads = 256;
 
@@ -204,10 +216,9 @@ constexpr size_t BlockBytes(DType w) {
 // The grouped GEMM. blockIdx.x: N-tile (fastest, so the N-tiles of one M-tile run together
 // and share its activations in L2, and an expert's M-tiles follow each other and share its
 // weights); blockIdx.y: entry of the device tile list (CTAs past tile_count exit).
-template <DType W, bool kSwiGlu>
-__global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(GroupedGemmParams p) {
+template <typename Tr, DType W, bool kSwiGlu>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) GroupedGemmKernel(GroupedGemmParams p) {
   using T = ComputeType<W>;
-  using Tr = Traits;
   if (static_cast<int>(blockIdx.y) >= *p.tile_count) return;
   const int2 tile = p.tiles[blockIdx.y];
   const int expert = tile.x, row0 = tile.y;
@@ -221,22 +232,25 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp / Tr::kWarpsN, warp_n = warp % Tr::kWarpsN;
 
-  // This thread's weight block each step: shared row b_row, elements [32 * b_half, +32).
-  // SwiGLU form: each warp's 32 shared rows are 16 gate rows then the same 16 up rows, so a
-  // thread's accumulators hold gate and up of the same outputs.
-  const int b_row = tid / 2, b_half = tid % 2;
-  int w_out;  // output column (weight row within the expert)
-  const uint8_t* w_base;
-  if constexpr (kSwiGlu) {
-    constexpr int kHalfWarpN = Tr::kWarpTileN / 2;
-    w_out = n0 + (b_row / Tr::kWarpTileN) * kHalfWarpN + b_row % kHalfWarpN;
-    w_base = (b_row % Tr::kWarpTileN) < kHalfWarpN ? p.w0 : p.w1;
-  } else {
-    w_out = n0 + b_row;
-    w_base = p.w0;
+  // This thread's weight blocks each step: block b = tid + j * kThreads is shared row b / 2,
+  // elements [32 * (b % 2), +32). SwiGLU form: each warp's shared rows are its gate rows then
+  // the same up rows, so a thread's accumulators hold gate and up of the same outputs.
+  const uint8_t* w_rows[Tr::kBlocksPerThread];  // null past the expert's n rows
+#pragma unroll
+  for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+    const int b_row = (tid + j * Tr::kThreads) / 2;
+    int w_out;  // output column (weight row within the expert)
+    const uint8_t* w_base;
+    if constexpr (kSwiGlu) {
+      constexpr int kHalfWarpN = Tr::kWarpTileN / 2;
+      w_out = n0 + (b_row / Tr::kWarpTileN) * kHalfWarpN + b_row % kHalfWarpN;
+      w_base = (b_row % Tr::kWarpTileN) < kHalfWarpN ? p.w0 : p.w1;
+    } else {
+      w_out = n0 + b_row;
+      w_base = p.w0;
+    }
+    w_rows[j] = w_out < p.n ? w_base + expert * p.w_expert_bytes + static_cast<size_t>(w_out) * p.w_row_bytes : nullptr;
   }
-  const bool w_valid = w_out < p.n;
-  const uint8_t* w_row = w_base + expert * p.w_expert_bytes + static_cast<size_t>(w_valid ? w_out : 0) * p.w_row_bytes;
   // Element offset in A of each row of the tile (-1 past its rows), kept in shared memory
   // rather than registers, which the accumulators need.
   __shared__ int a_row_offset[Tr::kBlockM];
@@ -262,23 +276,30 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) GroupedGemmKernel(Grouped
       CpAsync16(dst + i * kRowStride * Tr::kPitch, valid ? a + offset + kk : a, valid);
     }
   };
-  RawBlock<W> raw;
+  RawBlock<W> raw[Tr::kBlocksPerThread];
   auto load_b = [&](int step) {
-    const int kk = step * Tr::kBlockK + 32 * b_half;
-    if (w_valid && kk < p.k) raw.Load(w_row + (kk / 32) * BlockBytes(W));
+#pragma unroll
+    for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+      const int kk = step * Tr::kBlockK + 32 * (tid % 2);
+      if (w_rows[j] != nullptr && kk < p.k) raw[j].Load(w_rows[j] + (kk / 32) * BlockBytes(W));
+    }
   };
   auto store_b = [&](int step, int stage) {
-    const int kk = step * Tr::kBlockK + 32 * b_half;
-    uint32_t packed[16];
-    if (w_valid && kk < p.k) {
-      raw.Dequant(packed);
-    } else {
 #pragma unroll
-      for (int i = 0; i < 16; ++i) packed[i] = 0;
+    for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+      const int kk = step * Tr::kBlockK + 32 * (tid % 2);
+      uint32_t packed[16];
+      if (w_rows[j] != nullptr && kk < p.k) {
+        raw[j].Dequant(packed);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) packed[i] = 0;
+      }
+      const int b_row = (tid + j * Tr::kThreads) / 2;
+      uint4* dst = reinterpret_cast<uint4*>(smem_b + stage * Tr::kBlockN * Tr::kPitch + b_row * Tr::kPitch + 32 * (tid % 2));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = make_uint4(packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]);
     }
-    uint4* dst = reinterpret_cast<uint4*>(smem_b + stage * Tr::kBlockN * Tr::kPitch + b_row * Tr::kPitch + 32 * b_half);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) dst[i] = make_uint4(packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]);
   };
 
   float acc[Tr::kFragsM][Tr::kFragsN][4];
@@ -400,7 +421,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
   for (int base = 0; base < experts; base += kPlanThreads) {
     const int e = base + static_cast<int>(threadIdx.x);
     const int count = e < experts ? counts[e] : 0;
-    const int expert_tiles = (count + Traits::kBlockM - 1) / Traits::kBlockM;
+    const int expert_tiles = (count + kTileRows - 1) / kTileRows;
     int row_start, row_total, tile_start, tile_total;
     Scan(scan_storage).ExclusiveSum(count, row_start, row_total);
     __syncthreads();
@@ -410,7 +431,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
       const int first = row_carry + row_start;
       first_row[e] = first;
       cursor[e] = first;
-      for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * Traits::kBlockM);
+      for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * kTileRows);
     }
     row_carry += row_total;
     tile_carry += tile_total;
@@ -454,28 +475,37 @@ __global__ void WeightedSlotSumKernel(const float* slot_out, const float* weight
   reinterpret_cast<float4*>(y + t * hidden)[q] = acc;
 }
 
-template <DType W, bool kSwiGlu>
+template <typename Tr, DType W, bool kSwiGlu>
 void LaunchGroupedGemm(const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
   static const bool configured = [] {
-    CUDA_OK(cudaFuncSetAttribute(GroupedGemmKernel<W, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(Traits::kSharedBytes)));
+    CUDA_OK(cudaFuncSetAttribute(GroupedGemmKernel<Tr, W, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(Tr::kSharedBytes)));
     return true;
   }();
   (void)configured;
-  const int tile_n = kSwiGlu ? Traits::kBlockN / 2 : Traits::kBlockN;
+  const int tile_n = kSwiGlu ? Tr::kBlockN / 2 : Tr::kBlockN;
   const dim3 grid(static_cast<unsigned>((p.n + tile_n - 1) / tile_n), static_cast<unsigned>(max_tiles));
-  GroupedGemmKernel<W, kSwiGlu><<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(p);
+  GroupedGemmKernel<Tr, W, kSwiGlu><<<grid, Tr::kThreads, Tr::kSharedBytes, stream>>>(p);
   LAUNCH_OK();
 }
 
-template <bool kSwiGlu>
+template <typename Tr, bool kSwiGlu>
 void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
   switch (w) {
-    case DType::kQ4_0: LaunchGroupedGemm<DType::kQ4_0, kSwiGlu>(p, max_tiles, stream); break;
-    case DType::kQ8_0: LaunchGroupedGemm<DType::kQ8_0, kSwiGlu>(p, max_tiles, stream); break;
-    case DType::kF16: LaunchGroupedGemm<DType::kF16, kSwiGlu>(p, max_tiles, stream); break;
-    case DType::kBF16: LaunchGroupedGemm<DType::kBF16, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kQ4_0: LaunchGroupedGemm<Tr, DType::kQ4_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kQ8_0: LaunchGroupedGemm<Tr, DType::kQ8_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kF16: LaunchGroupedGemm<Tr, DType::kF16, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kBF16: LaunchGroupedGemm<Tr, DType::kBF16, kSwiGlu>(p, max_tiles, stream); break;
     default: CU_CHECK(false);
+  }
+}
+
+template <bool kSwiGlu>
+void LaunchGroupedGemm(bool warps4, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  if (warps4) {
+    LaunchGroupedGemm<Warps4Tile, kSwiGlu>(w, p, max_tiles, stream);
+  } else {
+    LaunchGroupedGemm<Warps8Tile, kSwiGlu>(w, p, max_tiles, stream);
   }
 }
 
@@ -497,9 +527,9 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
     return false;
   }
   const int64_t slots = tokens * top_k;
-  // Every expert's tiles but its last are full, so the list is at most slots / kBlockM plus
+  // Every expert's tiles but its last are full, so the list is at most slots / kTileRows plus
   // one partial tile per expert that has rows.
-  const int64_t max_tiles = slots / Traits::kBlockM + std::min(n_experts, slots);
+  const int64_t max_tiles = slots / kTileRows + std::min(n_experts, slots);
   // Element offsets into the activations are 32-bit in the kernel.
   if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
 
@@ -521,6 +551,8 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   void* act = work + x16_bytes;
   auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
 
+  const char* tile_choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
+  const bool warps4 = tile_choice != nullptr && std::strcmp(tile_choice, "warps4") == 0;
   const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
   const int experts_i = static_cast<int>(n_experts);
   CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
@@ -554,7 +586,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   gate_up.first_row = first_row;
   gate_up.row_slot = row_slot;
   gate_up.out = act;
-  LaunchGroupedGemm<true>(gate_type, gate_up, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<true>(warps4, gate_type, gate_up, static_cast<int>(max_tiles), stream_);
 
   GroupedGemmParams down = gate_up;
   down.a = act;
@@ -566,7 +598,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   down.k = static_cast<int>(ffn);
   down.n = static_cast<int>(hidden);
   down.out = slot_out;
-  LaunchGroupedGemm<false>(down_type, down, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<false>(warps4, down_type, down, static_cast<int>(max_tiles), stream_);
 
   WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
       slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));

@@ -357,8 +357,9 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
 // f32 accumulation. hidden 160 and ffn 96 leave partial tiles along N and K in both GEMMs.
 // Routing "random": 8 distinct experts per token (with 256 experts most get no token at small
 // counts); "skewed": every token to the same 8 experts (the first and the last among them),
-// so those receive all tokens and the rest none. Each case runs twice: the results must be
-// bitwise equal (the expert-sorted row order comes from atomics, the sums must not depend on it).
+// so those receive all tokens and the rest none. Each case runs with both tile shapes, twice
+// each: the results must be bitwise equal (the expert-sorted row order comes from atomics,
+// the sums must not depend on it).
 class MoeGrouped : public BackendOps {
  protected:
   void Run(DType type, int64_t n_experts, int64_t hidden, int64_t ffn, const std::vector<int64_t>& token_counts,
@@ -389,14 +390,18 @@ class MoeGrouped : public BackendOps {
         auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
         auto y = Poisoned({hidden, tokens, 1, 1});
         cpu_->MoeExperts(x.cpu, cw, ids.cpu, weights.cpu, y.cpu);
-        gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
-        const std::string what = std::string("MoeExperts grouped ") + DTypeName(type) + " experts=" +
-                                 std::to_string(n_experts) + " hidden=" + std::to_string(hidden) + " tokens=" +
-                                 std::to_string(tokens) + (skewed ? " skewed" : " random");
-        Expect(y, kHalfActivations, what);
-        const std::vector<float> first = Read(*gpu_, y.gpu);
-        gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
-        EXPECT_TRUE(Read(*gpu_, y.gpu) == first) << what << ": a second run differs";
+        for (const char* tile : {"warps8", "warps4"}) {  // both tile shapes of the grouped GEMM
+          setenv("LATENTSERVE_CUDA_MOE_TILE", tile, 1);
+          gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
+          const std::string what = std::string("MoeExperts grouped ") + tile + " " + DTypeName(type) + " experts=" +
+                                   std::to_string(n_experts) + " hidden=" + std::to_string(hidden) + " tokens=" +
+                                   std::to_string(tokens) + (skewed ? " skewed" : " random");
+          Expect(y, kHalfActivations, what);
+          const std::vector<float> first = Read(*gpu_, y.gpu);
+          gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
+          EXPECT_TRUE(Read(*gpu_, y.gpu) == first) << what << ": a second run differs";
+        }
+        unsetenv("LATENTSERVE_CUDA_MOE_TILE");
       }
     }
     if (force_grouped) unsetenv("LATENTSERVE_CUDA_MOE");
