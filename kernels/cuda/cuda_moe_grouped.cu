@@ -1,10 +1,9 @@
 // MoE prefill as grouped GEMMs on the device (issue 9): no host round trip and no host sync
 // inside the layer. Per call:
-//   1. routing sort: per-expert slot counts (atomics); one block scans them into each
-//      expert's first sorted row and a list of M-tiles (expert, first row); a scatter gives
-//      every (token, slot) a row in expert-sorted order. Rows of one expert land in any
-//      order, but a row's arithmetic does not depend on where it sits, and the final sum is
-//      taken in slot order, so results are bitwise reproducible;
+//   1. routing sort: per-expert slot counts; one block scans them into each expert's first
+//      sorted row and a list of M-tiles (expert, first row); CUB's radix sort on the expert
+//      id (stable, log2(experts) bits) gives every (token, slot) its expert-sorted row, in
+//      slot order within an expert, so every run computes the same rows in the same tiles;
 //   2. the activations cast once to 16 bits in token order (a chunk's fits in L2); the
 //      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
 //   3. gate+up grouped GEMM: one CTA per (M-tile, N-tile) reads its expert's stored rows
@@ -17,7 +16,9 @@
 // closer than bf16: 11 significant bits against 8; the generic cuBLAS path uses f16 too) and
 // bf16 for bf16 weights.
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -403,18 +404,20 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) GroupedGemmKe
 
 // ---- routing sort ----
 
-__global__ void CountKernel(const int32_t* ids, int64_t slots, int experts, int32_t* counts) {
-  const int64_t slot = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+// Slots per expert, and the slot numbers that the sort carries along with the expert ids.
+__global__ void CountKernel(const int32_t* ids, int slots, int experts, int32_t* counts, int32_t* slot_numbers) {
+  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
   if (slot >= slots) return;
   const int e = ids[slot];
   if (e < 0 || e >= experts) __trap();  // routing produced an id out of range: a broken invariant
   atomicAdd(&counts[e], 1);
+  slot_numbers[slot] = slot;
 }
 
-// One block: first sorted row of every expert (exclusive scan of the counts), the scatter
-// cursors, and the M-tile list in expert order.
+// One block: first sorted row of every expert (exclusive scan of the counts) and the M-tile
+// list in expert order.
 __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts, int experts, int32_t* first_row,
-                                                           int32_t* cursor, int2* tiles, int32_t* tile_count) {
+                                                           int2* tiles, int32_t* tile_count) {
   using Scan = cub::BlockScan<int, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   int row_carry = 0, tile_carry = 0;
@@ -430,7 +433,6 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
     if (e < experts) {
       const int first = row_carry + row_start;
       first_row[e] = first;
-      cursor[e] = first;
       for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * kTileRows);
     }
     row_carry += row_total;
@@ -440,12 +442,6 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
     first_row[experts] = row_carry;
     *tile_count = tile_carry;
   }
-}
-
-__global__ void ScatterKernel(const int32_t* ids, int64_t slots, int32_t* cursor, int32_t* row_slot) {
-  const int64_t slot = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (slot >= slots) return;
-  row_slot[atomicAdd(&cursor[ids[slot]], 1)] = static_cast<int32_t>(slot);
 }
 
 template <typename T>
@@ -533,16 +529,28 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   // Element offsets into the activations are 32-bit in the kernel.
   if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
 
-  // Small integer workspace (slot 5): counts, cursors, first rows, tile count, tiles, row slots.
+  // Small integer workspace (slot 5): counts, first rows, tile count, tiles, slot numbers,
+  // sorted expert ids (unused), row slots, the sort's temporary storage.
+  int expert_bits = 1;  // radix bits that hold every expert id
+  while ((int64_t{1} << expert_bits) < n_experts) ++expert_bits;
+  const auto* dev_ids = reinterpret_cast<const uint32_t*>(DevPtr(ids));
+  size_t sort_bytes = 0;
+  CUDA_OK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, dev_ids, static_cast<uint32_t*>(nullptr),
+                                          static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                          static_cast<int>(slots), 0, expert_bits, stream_));
   const size_t counts_bytes = AlignUp(n_experts * 4), first_bytes = AlignUp((n_experts + 1) * 4);
-  const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), row_slot_bytes = AlignUp(slots * 4);
-  auto* ints = static_cast<uint8_t*>(Scratch(5, 2 * counts_bytes + first_bytes + 256 + tiles_bytes + row_slot_bytes));
+  const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), slot_bytes = AlignUp(slots * 4);
+  auto* ints = static_cast<uint8_t*>(
+      Scratch(5, counts_bytes + first_bytes + 256 + tiles_bytes + 3 * slot_bytes + AlignUp(sort_bytes)));
   auto* counts = reinterpret_cast<int32_t*>(ints);
-  auto* cursor = reinterpret_cast<int32_t*>(ints + counts_bytes);
-  auto* first_row = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes);
-  auto* tile_count = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes + first_bytes);
-  auto* tiles = reinterpret_cast<int2*>(ints + 2 * counts_bytes + first_bytes + 256);
-  auto* row_slot = reinterpret_cast<int32_t*>(ints + 2 * counts_bytes + first_bytes + 256 + tiles_bytes);
+  auto* first_row = reinterpret_cast<int32_t*>(ints + counts_bytes);
+  auto* tile_count = reinterpret_cast<int32_t*>(ints + counts_bytes + first_bytes);
+  auto* tiles = reinterpret_cast<int2*>(ints + counts_bytes + first_bytes + 256);
+  uint8_t* slot_arrays = ints + counts_bytes + first_bytes + 256 + tiles_bytes;
+  auto* slot_numbers = reinterpret_cast<int32_t*>(slot_arrays);
+  auto* sorted_ids = reinterpret_cast<uint32_t*>(slot_arrays + slot_bytes);
+  auto* row_slot = reinterpret_cast<int32_t*>(slot_arrays + 2 * slot_bytes);
+  void* sort_storage = slot_arrays + 3 * slot_bytes;
   // Activations (slot 6): the 16-bit inputs [tokens, hidden], the SwiGLU output in sorted
   // rows [slots, ffn], the f32 expert outputs in slot order [slots, hidden].
   const size_t x16_bytes = AlignUp(tokens * hidden * 2), act_bytes = AlignUp(slots * ffn * 2);
@@ -553,15 +561,15 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
 
   const char* tile_choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
   const bool warps4 = tile_choice != nullptr && std::strcmp(tile_choice, "warps4") == 0;
-  const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
-  const int experts_i = static_cast<int>(n_experts);
+  const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);
   CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
-  CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(dev_ids, slots, experts_i, counts);
+  CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(reinterpret_cast<const int32_t*>(dev_ids), slots_i, experts_i,
+                                                       counts, slot_numbers);
   LAUNCH_OK();
-  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, cursor, tiles, tile_count);
+  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, tiles, tile_count);
   LAUNCH_OK();
-  ScatterKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(dev_ids, slots, cursor, row_slot);
-  LAUNCH_OK();
+  CUDA_OK(cub::DeviceRadixSort::SortPairs(sort_storage, sort_bytes, dev_ids, sorted_ids, slot_numbers, row_slot, slots_i,
+                                          0, expert_bits, stream_));
   const int64_t quads = tokens * hidden / 4;
   const auto* x4 = reinterpret_cast<const float4*>(DevF32(x));
   if (gate_type == DType::kBF16) {

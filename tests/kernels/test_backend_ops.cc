@@ -358,8 +358,7 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
 // Routing "random": 8 distinct experts per token (with 256 experts most get no token at small
 // counts); "skewed": every token to the same 8 experts (the first and the last among them),
 // so those receive all tokens and the rest none. Each case runs with both tile shapes, twice
-// each: the results must be bitwise equal (the expert-sorted row order comes from atomics,
-// the sums must not depend on it).
+// each: the results must be bitwise equal (stable sort, fixed tiles, slot-order sums).
 class MoeGrouped : public BackendOps {
  protected:
   void Run(DType type, int64_t n_experts, int64_t hidden, int64_t ffn, const std::vector<int64_t>& token_counts,
