@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/args.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -48,7 +50,7 @@ struct Row {
 };
 
 absl::Status Run(int argc, char** argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens"}));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens", "moe-kernels"}));
   kernels::BackendOptions options;
   options.kind = args.Get("backend", "cuda");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -58,6 +60,7 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t repeats, args.GetInt("repeats", 10));
   ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 131072));
   ASSIGN_OR_RETURN(int64_t prefill, args.GetInt("prefill-tokens", 8192));
+  const std::string moe_kernels = args.Get("moe-kernels", "warps4,wgmma");
   const bool cpu = options.kind == "cpu";
   const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
   std::vector<Row> rows;
@@ -136,9 +139,12 @@ absl::Status Run(int argc, char** argv) {
         auto experts_only = [&] { b.MoeExperts(x, experts, ids, weights, y); };
         compute_row("prefill_moe_experts_grouped", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, experts_only);
         if (!cpu) {
-          setenv("LATENTSERVE_CUDA_MOE_TILE", "warps4", 1);  // the other tile shape of the grouped GEMM
-          compute_row("prefill_moe_experts_grouped_warps4", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,
-                      experts_only);
+          // The other grouped GEMM kernels (LATENTSERVE_CUDA_MOE_TILE), --moe-kernels=warps4,wgmma by default.
+          for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
+            setenv("LATENTSERVE_CUDA_MOE_TILE", std::string(kernel).c_str(), 1);
+            compute_row("prefill_moe_experts_grouped_" + std::string(kernel), std::to_string(n) + " tokens",
+                        2.0 * 3 * E * Fe * K * n, experts_only);
+          }
           unsetenv("LATENTSERVE_CUDA_MOE_TILE");
           setenv("LATENTSERVE_CUDA_MOE", "host", 1);
           compute_row("prefill_moe_experts_host_grouping", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,

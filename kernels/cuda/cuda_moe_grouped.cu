@@ -24,15 +24,17 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/moe_grouped.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
+
+using namespace moe;  // NOLINT: the shared pieces of this file's kernels
 
 // Tile shapes of the grouped GEMM. C[m, n] = sum_k A[m, k] W[n, k]: A the expert-sorted
 // activations [rows, K] (K contiguous), W one expert's stored rows [N, K] (K contiguous), so
 // both operands feed ldmatrix without transposes. Every CTA covers 128 sorted rows (one
 // M-tile of the device tile list) and 128 weight rows (gate+up: 64 gate and their 64 up).
-constexpr int kTileRows = 128;
 
 template <int kWarpsM_, int kWarpsN_, int kMinCtasPerSm_>
 struct GroupedGemmTraits {
@@ -55,38 +57,11 @@ struct GroupedGemmTraits {
 // 8 warps of 64x32, 2 CTAs per SM (128 registers a thread): the default.
 using Warps8Tile = GroupedGemmTraits<2, 4, 2>;
 // 4 warps of 64x64, 2 CTAs per SM: a third less shared-memory traffic per MMA (fragments
-// reused across a wider warp tile), half the warps to hide latency. LATENTSERVE_CUDA_MOE_TILE=warps4.
+// reused across a wider warp tile), half the warps to hide latency. LATENTSERVE_CUDA_MOE_TILE=warps4;
+// =wgmma takes the warpgroup-MMA kernel of cuda_moe_wgmma.cu instead.
 using Warps4Tile = GroupedGemmTraits<2, 2, 2>;
 
 constexpr int kPlanThreads = 256;
-
-template <DType W>
-using ComputeType = std::conditional_t<W == DType::kBF16, __nv_bfloat16, __half>;
-
-// One grouped GEMM launch. Rows of A and of the output are expert-sorted rows.
-struct GroupedGemmParams {
-  const void* a;               // compute type: [rows, k] sorted rows, or [tokens, k] when a_by_token
-  bool a_by_token;             // sorted row r reads a's row row_slot[r] / top_k
-  const uint8_t* w0;           // gate (or down) weights [experts][n][k], stored type
-  const uint8_t* w1;           // up weights (same layout) for the SwiGLU form; else null
-  size_t w_row_bytes;          // bytes of one stored weight row (k elements)
-  size_t w_expert_bytes;       // n * w_row_bytes
-  int k;                       // reduction length, a multiple of 32
-  int n;                       // output columns (weight rows per expert), a multiple of 32
-  const int2* tiles;           // [tile_count] (expert, first sorted row)
-  const int32_t* tile_count;   // device scalar
-  const int32_t* first_row;    // [experts + 1] first sorted row of each expert
-  const int32_t* row_slot;     // [rows] slot of each sorted row (output row of the down form)
-  int top_k;                   // slots per token
-  void* out;                   // SwiGLU: compute type [rows, n]; down: f32 [slots, n]
-};
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -110,109 +85,7 @@ __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
-  uint32_t bits;
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&bits, &h, 4);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&bits, &h, 4);
-  }
-  return bits;
-}
 
-// (bits as f16 pair - offset) * d, each rounded once: the dequantised pair as 32 bits.
-__device__ __forceinline__ uint32_t Scaled(uint32_t bits, __half2 offset, __half2 d) {
-  __half2 v;
-  memcpy(&v, &bits, 4);
-  v = __hmul2_rn(__hsub2_rn(v, offset), d);
-  uint32_t out;
-  memcpy(&out, &v, 4);
-  return out;
-}
-
-__device__ __forceinline__ uint32_t Load2x16(const uint16_t* p) {  // 4 bytes at a 2-byte aligned address
-  return static_cast<uint32_t>(__ldg(p)) | (static_cast<uint32_t>(__ldg(p + 1)) << 16);
-}
-
-// One 32-element block of a stored weight row, as loaded from global memory (registers), and
-// its conversion to 16 packed pairs of the compute type.
-template <DType W>
-struct RawBlock;
-
-template <>
-struct RawBlock<DType::kQ4_0> {  // 18 bytes: f16 scale, 16 bytes of nibbles (low: 0..15, high: 16..31)
-  uint32_t scale = 0;
-  uint32_t q[4] = {0, 0, 0, 0};
-  __device__ __forceinline__ void Load(const uint8_t* block) {
-    const auto* h = reinterpret_cast<const uint16_t*>(block);
-    scale = __ldg(h);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = Load2x16(h + 1 + 2 * i);
-  }
-  // A nibble n becomes the f16 1024 + n by its bit pattern (0x6400 | n); minus 1032 is n - 8
-  // exactly, and one rounding of (n - 8) * d, the same as converting the f32 product.
-  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
-    const __half2 d = __half2half2(__ushort_as_half(static_cast<unsigned short>(scale)));
-    const __half2 offset = __float2half2_rn(1032.0f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {  // bytes 2i, 2i+1: low nibbles are elements 2i, 2i+1; high ones 16+2i, 17+2i
-      const uint32_t pair = __byte_perm(q[i / 2], 0, i % 2 == 0 ? 0x4140 : 0x4342);  // byte 2i at bit 0, 2i+1 at bit 16
-      out[i] = Scaled(((pair & 0x000f000fu) | 0x64006400u), offset, d);
-      out[8 + i] = Scaled((((pair >> 4) & 0x000f000fu) | 0x64006400u), offset, d);
-    }
-  }
-};
-
-template <>
-struct RawBlock<DType::kQ8_0> {  // 34 bytes: f16 scale, 32 int8
-  uint32_t scale = 0;
-  uint32_t q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  __device__ __forceinline__ void Load(const uint8_t* block) {
-    const auto* h = reinterpret_cast<const uint16_t*>(block);
-    scale = __ldg(h);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) q[i] = Load2x16(h + 1 + 2 * i);
-  }
-  // An int8 b with its sign bit flipped is b + 128; as the low byte under 0x64 it is the f16
-  // 1152 + b, minus 1152 exactly b; then one rounding of b * d.
-  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
-    const __half2 d = __half2half2(__ushort_as_half(static_cast<unsigned short>(scale)));
-    const __half2 offset = __float2half2_rn(1152.0f);
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {  // bytes 2i, 2i+1
-      out[i] = Scaled(__byte_perm(q[i / 2] ^ 0x80808080u, 0x64646464u, i % 2 == 0 ? 0x4140 : 0x4342), offset, d);
-    }
-  }
-};
-
-template <DType W>
-struct RawBlock16 {  // f16 / bf16: 64 bytes, already the compute type
-  uint4 v[4] = {};
-  __device__ __forceinline__ void Load(const uint8_t* block) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = __ldg(reinterpret_cast<const uint4*>(block) + i);
-  }
-  __device__ __forceinline__ void Dequant(uint32_t (&out)[16]) const {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[4 * i] = v[i].x;
-      out[4 * i + 1] = v[i].y;
-      out[4 * i + 2] = v[i].z;
-      out[4 * i + 3] = v[i].w;
-    }
-  }
-};
-template <>
-struct RawBlock<DType::kF16> : RawBlock16<DType::kF16> {};
-template <>
-struct RawBlock<DType::kBF16> : RawBlock16<DType::kBF16> {};
-
-constexpr size_t BlockBytes(DType w) {
-  return w == DType::kQ4_0 ? 18 : w == DType::kQ8_0 ? 34 : 64;  // 32 elements
-}
 
 // The grouped GEMM. blockIdx.x: N-tile (fastest, so the N-tiles of one M-tile run together
 // and share its activations in L2, and an expert's M-tiles follow each other and share its
@@ -239,26 +112,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) GroupedGemmKe
   const uint8_t* w_rows[Tr::kBlocksPerThread];  // null past the expert's n rows
 #pragma unroll
   for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
-    const int b_row = (tid + j * Tr::kThreads) / 2;
-    int w_out;  // output column (weight row within the expert)
-    const uint8_t* w_base;
-    if constexpr (kSwiGlu) {
-      constexpr int kHalfWarpN = Tr::kWarpTileN / 2;
-      w_out = n0 + (b_row / Tr::kWarpTileN) * kHalfWarpN + b_row % kHalfWarpN;
-      w_base = (b_row % Tr::kWarpTileN) < kHalfWarpN ? p.w0 : p.w1;
-    } else {
-      w_out = n0 + b_row;
-      w_base = p.w0;
-    }
-    w_rows[j] = w_out < p.n ? w_base + expert * p.w_expert_bytes + static_cast<size_t>(w_out) * p.w_row_bytes : nullptr;
+    w_rows[j] = WeightRow<kSwiGlu, Tr::kWarpTileN>(p, expert, n0, (tid + j * Tr::kThreads) / 2);
   }
   // Element offset in A of each row of the tile (-1 past its rows), kept in shared memory
   // rather than registers, which the accumulators need.
   __shared__ int a_row_offset[Tr::kBlockM];
-  for (int r = tid; r < Tr::kBlockM; r += Tr::kThreads) {
-    const int source_row = r >= rows ? -1 : p.a_by_token ? p.row_slot[row0 + r] / p.top_k : row0 + r;
-    a_row_offset[r] = source_row < 0 ? -1 : source_row * p.k;
-  }
+  for (int r = tid; r < Tr::kBlockM; r += Tr::kThreads) a_row_offset[r] = ActivationOffset(p, row0, rows, r);
   __syncthreads();
   // This thread's A chunks each step: 16 bytes at column a_col of rows a_row0 + i * kRowStride.
   constexpr int kChunksPerRow = Tr::kBlockK / 8;
@@ -496,12 +355,22 @@ void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaS
   }
 }
 
+enum class GroupedKernel { kWarps8, kWarps4, kWgmma };
+
+// LATENTSERVE_CUDA_MOE_TILE=warps4 | wgmma picks a kernel other than the default (measurement).
+GroupedKernel ChosenKernel() {
+  const char* choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
+  if (choice != nullptr && std::strcmp(choice, "warps4") == 0) return GroupedKernel::kWarps4;
+  if (choice != nullptr && std::strcmp(choice, "wgmma") == 0) return GroupedKernel::kWgmma;
+  return GroupedKernel::kWarps8;
+}
+
 template <bool kSwiGlu>
-void LaunchGroupedGemm(bool warps4, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
-  if (warps4) {
-    LaunchGroupedGemm<Warps4Tile, kSwiGlu>(w, p, max_tiles, stream);
-  } else {
-    LaunchGroupedGemm<Warps8Tile, kSwiGlu>(w, p, max_tiles, stream);
+void LaunchGroupedGemm(GroupedKernel kernel, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  switch (kernel) {
+    case GroupedKernel::kWarps8: LaunchGroupedGemm<Warps8Tile, kSwiGlu>(w, p, max_tiles, stream); break;
+    case GroupedKernel::kWarps4: LaunchGroupedGemm<Warps4Tile, kSwiGlu>(w, p, max_tiles, stream); break;
+    case GroupedKernel::kWgmma: LaunchGroupedGemmWgmma(kSwiGlu, w, p, max_tiles, stream); break;
   }
 }
 
@@ -559,8 +428,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   void* act = work + x16_bytes;
   auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
 
-  const char* tile_choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
-  const bool warps4 = tile_choice != nullptr && std::strcmp(tile_choice, "warps4") == 0;
+  const GroupedKernel kernel = ChosenKernel();
   const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);
   CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
   CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(reinterpret_cast<const int32_t*>(dev_ids), slots_i, experts_i,
@@ -594,7 +462,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   gate_up.first_row = first_row;
   gate_up.row_slot = row_slot;
   gate_up.out = act;
-  LaunchGroupedGemm<true>(warps4, gate_type, gate_up, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<true>(kernel, gate_type, gate_up, static_cast<int>(max_tiles), stream_);
 
   GroupedGemmParams down = gate_up;
   down.a = act;
@@ -606,7 +474,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   down.k = static_cast<int>(ffn);
   down.n = static_cast<int>(hidden);
   down.out = slot_out;
-  LaunchGroupedGemm<false>(warps4, down_type, down, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<false>(kernel, down_type, down, static_cast<int>(max_tiles), stream_);
 
   WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
       slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));

@@ -362,7 +362,7 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
 class MoeGrouped : public BackendOps {
  protected:
   void Run(DType type, int64_t n_experts, int64_t hidden, int64_t ffn, const std::vector<int64_t>& token_counts,
-           bool force_grouped) {
+           bool force_grouped, const std::vector<const char*>& kernels = {"warps8", "warps4"}) {
     const int64_t top_k = 8;
     auto gate = Make(type, {hidden, ffn, n_experts, 1}, Random(hidden * ffn * n_experts));
     auto up = Make(type, {hidden, ffn, n_experts, 1}, Random(hidden * ffn * n_experts));
@@ -389,7 +389,7 @@ class MoeGrouped : public BackendOps {
         auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
         auto y = Poisoned({hidden, tokens, 1, 1});
         cpu_->MoeExperts(x.cpu, cw, ids.cpu, weights.cpu, y.cpu);
-        for (const char* tile : {"warps8", "warps4"}) {  // both tile shapes of the grouped GEMM
+        for (const char* tile : kernels) {  // LATENTSERVE_CUDA_MOE_TILE: the grouped GEMM kernel
           setenv("LATENTSERVE_CUDA_MOE_TILE", tile, 1);
           gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
           const std::string what = std::string("MoeExperts grouped ") + tile + " " + DTypeName(type) + " experts=" +
@@ -431,6 +431,33 @@ INSTANTIATE_TEST_SUITE_P(Types, MoeGroupedExperts,
 // The real model's expert shape (hidden 2304: 36 K-steps; ffn 1024: 16 N-tiles of gate+up),
 // 16 experts to keep the f32 CPU reference small.
 TEST_F(MoeGrouped, ModelShapeQ4_0) { Run(DType::kQ4_0, 16, 2304, 1024, {300}, false); }
+
+// The warpgroup-MMA kernel (sm_90a, opt-in until measured) on the same cases. Its own suite,
+// instantiated last, so that a failure there (descriptor or swizzle layout) cannot hide the
+// results of the default kernels: --gtest_filter=-Wgmma/* leaves it out.
+class MoeGroupedWgmma : public MoeGrouped, public ::testing::WithParamInterface<std::tuple<DType, int64_t>> {};
+
+TEST_P(MoeGroupedWgmma, AgainstCpu) {
+  const auto [type, n_experts] = GetParam();
+  Run(type, n_experts, 160, 96, {1}, true, {"wgmma"});
+  Run(type, n_experts, 160, 96, {63, 65, 300, 4097}, false, {"wgmma"});
+}
+
+INSTANTIATE_TEST_SUITE_P(Wgmma, MoeGroupedWgmma,
+                         ::testing::Combine(::testing::Values(DType::kQ4_0, DType::kQ8_0, DType::kF16, DType::kBF16),
+                                            ::testing::Values(int64_t{8}, int64_t{256})),
+                         [](const auto& info) {
+                           return std::string(DTypeName(std::get<0>(info.param))) + "_experts" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+// The real expert shape (36 K-steps through the two shared-memory stages, 16 N-tiles).
+class MoeGroupedWgmmaModelShape : public MoeGrouped, public ::testing::WithParamInterface<DType> {};
+
+TEST_P(MoeGroupedWgmmaModelShape, AgainstCpu) { Run(GetParam(), 16, 2304, 1024, {300}, false, {"wgmma"}); }
+
+INSTANTIATE_TEST_SUITE_P(Wgmma, MoeGroupedWgmmaModelShape, ::testing::Values(DType::kQ4_0, DType::kQ8_0),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 }  // namespace
 }  // namespace latentserve::kernels
