@@ -4,7 +4,8 @@
 //      sorted row and a list of M-tiles (expert, first row); CUB's radix sort on the expert
 //      id (stable, log2(experts) bits) gives every (token, slot) its expert-sorted row, in
 //      slot order within an expert, so every run computes the same rows in the same tiles;
-//   2. the activations cast once to 16 bits in token order (a chunk's fits in L2); the
+//   2. the activations cast once to 16 bits in token order (37.7 MB for 8192 tokens, about
+//      the size of L2, where the repeated reads of each token row mostly land); the
 //      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
 //   3. gate+up grouped GEMM: one CTA per (M-tile, N-tile) reads its expert's stored rows
 //      (q4_0 / q8_0 / f16 / bf16), dequantises a K-step into shared memory, and runs
