@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/args.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -52,7 +53,8 @@ struct Row {
 };
 
 absl::Status Run(int argc, char** argv) {
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens", "mha-contexts"}));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens",
+                                                      "mha-contexts", "moe-kernels"}));
   kernels::BackendOptions options;
   options.kind = args.Get("backend", "cuda");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -62,6 +64,7 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t repeats, args.GetInt("repeats", 10));
   ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 131072));
   ASSIGN_OR_RETURN(int64_t prefill, args.GetInt("prefill-tokens", 8192));
+  const std::string moe_kernels = args.Get("moe-kernels", "warps4,wgmma");
   const bool cpu = options.kind == "cpu";
   const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
   std::vector<Row> rows;
@@ -83,15 +86,27 @@ absl::Status Run(int argc, char** argv) {
   const double gemm_s = MedianSeconds(b, static_cast<int>(repeats), [&] { b.MatMul(gw, gx, gy); });
   const double flops_rate = 2.0 * g * g * g / gemm_s;
   rows.push_back({"gemm_bf16", std::to_string(g) + "^3", "ceiling", gemm_s, 1.0});
+  std::printf("{\"backend\":\"%s\",\"copy_GBps\":%.1f,\"bf16_TFLOPs\":%.1f}\n", b.name().c_str(), bandwidth / 1e9,
+              flops_rate / 1e12);
+  // Each row goes out as it is measured, so a failing op still leaves the rows before it.
+  auto print_row = [](const Row& r) {
+    std::printf("{\"op\":\"%s\",\"shape\":\"%s\",\"bound\":\"%s\",\"ms\":%.4f,\"fraction_of_ceiling\":%.4f}\n",
+                r.op.c_str(), r.shape.c_str(), r.bound.c_str(), r.seconds * 1e3, r.fraction);
+    std::fflush(stdout);
+  };
+  print_row(rows[0]);
+  print_row(rows[1]);
   gw = gx = gy = {};
 
   auto memory_row = [&](const std::string& op, const std::string& shape, double bytes, const std::function<void()>& fn) {
     const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
     rows.push_back({op, shape, "memory", s, bytes / s / bandwidth});
+    print_row(rows.back());
   };
   auto compute_row = [&](const std::string& op, const std::string& shape, double flops, const std::function<void()>& fn) {
     const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
     rows.push_back({op, shape, "compute", s, flops / s / flops_rate});
+    print_row(rows.back());
   };
 
   // Decode (one token): weight-streaming GEMVs.
@@ -135,6 +150,24 @@ absl::Status Run(int argc, char** argv) {
         memory_row("decode_moe_top8_of_256", "1 token", K * expert_bytes + E * X * 4.0, op);
       } else {
         compute_row("prefill_moe_top8_of_256", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, op);
+        // The experts alone (routing done above): on CUDA the default grouped GEMM kernel, the
+        // other grouped kernels, and for the before/after comparison in the same run the
+        // generic path that groups tokens on the host.
+        auto experts_only = [&] { b.MoeExperts(x, experts, ids, weights, y); };
+        compute_row("prefill_moe_experts", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, experts_only);
+        if (!cpu) {
+          // The other grouped GEMM kernels (LATENTSERVE_CUDA_MOE_TILE), --moe-kernels=warps4,wgmma by default.
+          for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
+            setenv("LATENTSERVE_CUDA_MOE_TILE", std::string(kernel).c_str(), 1);
+            compute_row("prefill_moe_experts_" + std::string(kernel), std::to_string(n) + " tokens",
+                        2.0 * 3 * E * Fe * K * n, experts_only);
+          }
+          unsetenv("LATENTSERVE_CUDA_MOE_TILE");
+          setenv("LATENTSERVE_CUDA_MOE", "host", 1);
+          compute_row("prefill_moe_experts_host_grouping", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n,
+                      experts_only);
+          unsetenv("LATENTSERVE_CUDA_MOE");
+        }
       }
     }
   }
@@ -230,12 +263,6 @@ absl::Status Run(int argc, char** argv) {
     }
   }
 
-  std::printf("{\"backend\":\"%s\",\"copy_GBps\":%.1f,\"bf16_TFLOPs\":%.1f}\n", b.name().c_str(), bandwidth / 1e9,
-              flops_rate / 1e12);
-  for (const Row& r : rows) {
-    std::printf("{\"op\":\"%s\",\"shape\":\"%s\",\"bound\":\"%s\",\"ms\":%.4f,\"fraction_of_ceiling\":%.4f}\n",
-                r.op.c_str(), r.shape.c_str(), r.bound.c_str(), r.seconds * 1e3, r.fraction);
-  }
   std::fprintf(stderr, "%-28s %-28s %-8s %10s %9s\n", "op", "shape", "bound", "ms", "of ceil");
   for (const Row& r : rows) {
     std::fprintf(stderr, "%-28s %-28s %-8s %10.4f %8.1f%%\n", r.op.c_str(), r.shape.c_str(), r.bound.c_str(),

@@ -105,6 +105,12 @@ class CudaBackend final : public Backend {
   // built on first use and kept for the backend's lifetime (8 MiB per layer at full size).
   const __half* MlaExpansionWeights(const Tensor& k_b, const Tensor& v_b);
 
+  // MoE prefill as grouped GEMMs with the routing sort on the device (cuda_moe_grouped.cu).
+  // Returns false, having enqueued nothing, for weight types or shapes it does not take
+  // (f32 weights, gate/up of different types, hidden or ffn not a multiple of 32).
+  bool MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
+                         const Tensor& y);
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.

@@ -1,8 +1,12 @@
 // MoE on the GPU. Routing: one block per token (sigmoid, biased top-k by repeated block
-// argmax, renormalise, scale). Experts: ids come to the host once per layer (a few KB) to
-// group tokens by expert; each routed expert then runs gather -> gate/up -> SwiGLU -> down
-// over its tokens only, writing one output row per (token, slot); a final kernel sums the
-// slots in slot order, as the CPU reference does.
+// argmax, renormalise, scale). Experts: decode (up to 64 slots) reads each routed expert's
+// rows with warp dot products, no host round trip; prefill runs grouped GEMMs over all
+// experts with the routing sorted on the device (cuda_moe_grouped.cu). The generic path
+// below (f32 weights, odd shapes) brings the ids to the host to group tokens by expert and
+// runs gather -> gate/up -> SwiGLU -> down per expert; every path sums each token's slots
+// in slot order, as the CPU reference does.
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -163,7 +167,13 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
            y.ne[0] == hidden && y.rows() == tokens);
   if (tokens == 0) return;
   const bool same_type = experts.gate_exps.dtype == experts.up_exps.dtype && experts.gate_exps.dtype == experts.down_exps.dtype;
-  if (tokens * top_k <= kDecodeSlots && same_type) {
+  // LATENTSERVE_CUDA_MOE=grouped or =host forces that path at every size where it applies
+  // (op tests of the grouped path at decode sizes; before/after timings in bench-ops).
+  const char* forced = std::getenv("LATENTSERVE_CUDA_MOE");
+  const bool force_grouped = forced != nullptr && std::strcmp(forced, "grouped") == 0;
+  const bool force_host = forced != nullptr && std::strcmp(forced, "host") == 0;
+  if (force_grouped && MoeExpertsGrouped(x, experts, ids, weights, y)) return;
+  if (tokens * top_k <= kDecodeSlots && same_type && !force_host) {
     const int64_t slots = tokens * top_k;
     auto* act = static_cast<float*>(Scratch(6, static_cast<size_t>(slots * (ffn + hidden)) * 4));
     float* slot_out = act + slots * ffn;
@@ -181,6 +191,9 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
     LAUNCH_OK();
     return;
   }
+  // Prefill: grouped GEMMs over all experts, routing sorted on the device.
+  if (!force_host && MoeExpertsGrouped(x, experts, ids, weights, y)) return;
+  // Generic path (f32 weights, odd shapes): group on the host, one GEMM chain per expert.
   std::vector<int32_t> host_ids(tokens * top_k);
   Download(ids, host_ids.data(), host_ids.size() * sizeof(int32_t), 0);
   std::vector<std::vector<int32_t>> routed(n_experts);  // slots per expert

@@ -1,0 +1,486 @@
+// MoE prefill as grouped GEMMs on the device (issue 9): no host round trip and no host sync
+// inside the layer. Per call:
+//   1. routing sort: per-expert slot counts; one block scans them into each expert's first
+//      sorted row and a list of M-tiles (expert, first row); CUB's radix sort on the expert
+//      id (stable, log2(experts) bits) gives every (token, slot) its expert-sorted row, in
+//      slot order within an expert, so every run computes the same rows in the same tiles;
+//   2. the activations cast once to 16 bits in token order (37.7 MB for 8192 tokens, about
+//      the size of L2, where the repeated reads of each token row mostly land); the
+//      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
+//   3. gate+up grouped GEMM: one CTA per (M-tile, N-tile) reads its expert's stored rows
+//      (q4_0 / q8_0 / f16 / bf16), dequantises a K-step into shared memory, and runs
+//      mma.sync m16n8k16 with f32 accumulation. Its N-tile holds 64 gate rows and the same
+//      64 up rows, so the epilogue writes silu(g) * u directly (no gate/up round trip);
+//   4. down grouped GEMM (the same kernel) writing each row to its slot's output row;
+//   5. the weighted sum of each token's top-k slot rows in slot order, as the CPU does.
+// The 16-bit type is f16 for q4_0 / q8_0 / f16 weights (f16 holds q4_0 and f16 weights
+// closer than bf16: 11 significant bits against 8; the generic cuBLAS path uses f16 too) and
+// bf16 for bf16 weights.
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/moe_grouped.cuh"
+
+namespace latentserve::kernels::cuda {
+namespace {
+
+using namespace moe;  // NOLINT: the shared pieces of this file's kernels
+
+// Tile shapes of the grouped GEMM. C[m, n] = sum_k A[m, k] W[n, k]: A the expert-sorted
+// activations [rows, K] (K contiguous), W one expert's stored rows [N, K] (K contiguous), so
+// both operands feed ldmatrix without transposes. Every CTA covers 128 sorted rows (one
+// M-tile of the device tile list) and 128 weight rows (gate+up: 64 gate and their 64 up).
+
+template <int kWarpsM_, int kWarpsN_, int kMinCtasPerSm_>
+struct GroupedGemmTraits {
+  static constexpr int kBlockM = kTileRows;
+  static constexpr int kBlockN = 128;
+  static constexpr int kBlockK = 64;  // reduction elements per pipeline step (2 quant blocks)
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
+  static constexpr int kThreads = kWarpsM * kWarpsN * 32;
+  static constexpr int kMinCtasPerSm = kMinCtasPerSm_;
+  static constexpr int kWarpTileM = kBlockM / kWarpsM;
+  static constexpr int kWarpTileN = kBlockN / kWarpsN;
+  static constexpr int kFragsM = kWarpTileM / 16;
+  static constexpr int kFragsN = kWarpTileN / 8;
+  static constexpr int kBlocksPerThread = 2 * kBlockN / kThreads;  // 32-element weight blocks dequantised per step
+  static constexpr int kPitch = kBlockK + 8;  // shared row pitch (elements): +16 bytes keeps ldmatrix conflict-free
+  static constexpr int kStages = 2;
+  static constexpr size_t kSharedBytes = size_t{kStages} * (kBlockM + kBlockN) * kPitch * 2;
+  static_assert(kWarpTileM == 64 && kFragsN % 4 == 0 && kBlocksPerThread >= 1, "tile shape");
+};
+// 8 warps of 64x32, 2 CTAs per SM (128 registers a thread): the default.
+using Warps8Tile = GroupedGemmTraits<2, 4, 2>;
+// 4 warps of 64x64, 2 CTAs per SM: a third less shared-memory traffic per MMA (fragments
+// reused across a wider warp tile), half the warps to hide latency. LATENTSERVE_CUDA_MOE_TILE=warps4;
+// =wgmma takes the warpgroup-MMA kernel of cuda_moe_wgmma.cu instead.
+using Warps4Tile = GroupedGemmTraits<2, 2, 2>;
+
+constexpr int kPlanThreads = 256;
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+
+
+// The grouped GEMM. blockIdx.x: N-tile (fastest, so the N-tiles of one M-tile run together
+// and share its activations in L2, and an expert's M-tiles follow each other and share its
+// weights); blockIdx.y: entry of the device tile list (CTAs past tile_count exit).
+template <typename Tr, DType W, bool kSwiGlu>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) GroupedGemmKernel(GroupedGemmParams p) {
+  using T = ComputeType<W>;
+  if (static_cast<int>(blockIdx.y) >= *p.tile_count) return;
+  const int2 tile = p.tiles[blockIdx.y];
+  const int expert = tile.x, row0 = tile.y;
+  const int rows = min(Tr::kBlockM, p.first_row[expert + 1] - row0);
+  const int n0 = static_cast<int>(blockIdx.x) * (kSwiGlu ? Tr::kBlockN / 2 : Tr::kBlockN);
+
+  extern __shared__ uint4 shared_raw[];
+  T* smem_a = reinterpret_cast<T*>(shared_raw);                     // [kStages][kBlockM][kPitch]
+  T* smem_b = smem_a + Tr::kStages * Tr::kBlockM * Tr::kPitch;     // [kStages][kBlockN][kPitch]
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp / Tr::kWarpsN, warp_n = warp % Tr::kWarpsN;
+
+  // This thread's weight blocks each step: block b = tid + j * kThreads is shared row b / 2,
+  // elements [32 * (b % 2), +32). SwiGLU form: each warp's shared rows are its gate rows then
+  // the same up rows, so a thread's accumulators hold gate and up of the same outputs.
+  const uint8_t* w_rows[Tr::kBlocksPerThread];  // null past the expert's n rows
+#pragma unroll
+  for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+    w_rows[j] = WeightRow<kSwiGlu, Tr::kWarpTileN>(p, expert, n0, (tid + j * Tr::kThreads) / 2);
+  }
+  // Element offset in A of each row of the tile (-1 past its rows), kept in shared memory
+  // rather than registers, which the accumulators need.
+  __shared__ int a_row_offset[Tr::kBlockM];
+  for (int r = tid; r < Tr::kBlockM; r += Tr::kThreads) a_row_offset[r] = ActivationOffset(p, row0, rows, r);
+  __syncthreads();
+  // This thread's A chunks each step: 16 bytes at column a_col of rows a_row0 + i * kRowStride.
+  constexpr int kChunksPerRow = Tr::kBlockK / 8;
+  constexpr int kChunks = Tr::kBlockM * kChunksPerRow / Tr::kThreads;
+  constexpr int kRowStride = Tr::kThreads / kChunksPerRow;
+  const int a_row0 = tid / kChunksPerRow, a_col = (tid % kChunksPerRow) * 8;
+  const T* a = static_cast<const T*>(p.a);
+
+  auto load_a = [&](int step, int stage) {  // cp.async, zero-filled past the tile's rows or K
+    T* dst = smem_a + stage * Tr::kBlockM * Tr::kPitch + a_row0 * Tr::kPitch + a_col;
+    const int kk = step * Tr::kBlockK + a_col;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int offset = a_row_offset[a_row0 + i * kRowStride];
+      const bool valid = offset >= 0 && kk < p.k;
+      CpAsync16(dst + i * kRowStride * Tr::kPitch, valid ? a + offset + kk : a, valid);
+    }
+  };
+  RawBlock<W> raw[Tr::kBlocksPerThread];
+  auto load_b = [&](int step) {
+#pragma unroll
+    for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+      const int kk = step * Tr::kBlockK + 32 * (tid % 2);
+      if (w_rows[j] != nullptr && kk < p.k) raw[j].Load(w_rows[j] + (kk / 32) * BlockBytes(W));
+    }
+  };
+  auto store_b = [&](int step, int stage) {
+#pragma unroll
+    for (int j = 0; j < Tr::kBlocksPerThread; ++j) {
+      const int kk = step * Tr::kBlockK + 32 * (tid % 2);
+      uint32_t packed[16];
+      if (w_rows[j] != nullptr && kk < p.k) {
+        raw[j].Dequant(packed);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) packed[i] = 0;
+      }
+      const int b_row = (tid + j * Tr::kThreads) / 2;
+      uint4* dst = reinterpret_cast<uint4*>(smem_b + stage * Tr::kBlockN * Tr::kPitch + b_row * Tr::kPitch + 32 * (tid % 2));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = make_uint4(packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]);
+    }
+  };
+
+  float acc[Tr::kFragsM][Tr::kFragsN][4];
+#pragma unroll
+  for (int mi = 0; mi < Tr::kFragsM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Tr::kFragsN; ++ni)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
+
+  // Rows of this warp's 64 that hold tokens; fragments wholly past them are skipped (the
+  // last tile of an expert is partial: at 8192 tokens over 256 experts about a fifth of
+  // the rows of a full-tile schedule would be padding).
+  const int warp_rows = rows - warp_m * Tr::kWarpTileM;
+  auto compute = [&](int stage, auto full) {
+    constexpr bool kFull = decltype(full)::value;
+    const T* a_tile = smem_a + stage * Tr::kBlockM * Tr::kPitch + (warp_m * Tr::kWarpTileM) * Tr::kPitch;
+    const T* b_tile = smem_b + stage * Tr::kBlockN * Tr::kPitch + (warp_n * Tr::kWarpTileN) * Tr::kPitch;
+#pragma unroll
+    for (int ks = 0; ks < Tr::kBlockK / 16; ++ks) {
+      uint32_t a_frag[Tr::kFragsM][4];
+      uint32_t b_frag[Tr::kFragsN / 2][4];
+#pragma unroll
+      for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+        if (kFull || mi * 16 < warp_rows) {
+          LdMatrixX4(a_frag[mi], a_tile + (mi * 16 + lane % 16) * Tr::kPitch + ks * 16 + (lane / 16) * 8);
+        }
+      }
+#pragma unroll
+      for (int nj = 0; nj < Tr::kFragsN / 2; ++nj) {  // two n8 fragments per ldmatrix: {b0, b1} of 2nj, of 2nj+1
+        LdMatrixX4(b_frag[nj], b_tile + (nj * 16 + (lane / 16) * 8 + lane % 8) * Tr::kPitch + ks * 16 + ((lane / 8) % 2) * 8);
+      }
+#pragma unroll
+      for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+        if (kFull || mi * 16 < warp_rows) {
+#pragma unroll
+          for (int ni = 0; ni < Tr::kFragsN; ++ni) {
+            Mma16816<T>(acc[mi][ni], a_frag[mi], b_frag[ni / 2][(ni % 2) * 2], b_frag[ni / 2][(ni % 2) * 2 + 1]);
+          }
+        }
+      }
+    }
+  };
+
+  // Two stages, one barrier per step: the barrier at the top of step s publishes stage s
+  // (cp.async of A, dequantised W) and retires every warp's reads of the other stage, which
+  // step s then refills for s + 1 while the tensor cores work on stage s.
+  const int steps = (p.k + Tr::kBlockK - 1) / Tr::kBlockK;
+  load_a(0, 0);
+  CpAsyncCommit();
+  load_b(0);
+  store_b(0, 0);
+  for (int step = 0; step < steps; ++step) {
+    CpAsyncWaitAll();
+    __syncthreads();
+    const int stage = step % 2;
+    const bool next = step + 1 < steps;
+    if (next) {
+      load_a(step + 1, stage ^ 1);
+      CpAsyncCommit();
+      load_b(step + 1);
+    }
+    if (warp_rows >= Tr::kWarpTileM) {
+      compute(stage, std::true_type{});
+    } else if (warp_rows > 0) {
+      compute(stage, std::false_type{});
+    }
+    if (next) store_b(step + 1, stage ^ 1);
+  }
+
+  // Epilogue. Fragment element c of (mi, ni): row mi*16 + lane/4 (+8 for c >= 2), column
+  // ni*8 + 2*(lane%4) + (c%2) of the warp tile.
+#pragma unroll
+  for (int mi = 0; mi < Tr::kFragsM; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = warp_m * Tr::kWarpTileM + mi * 16 + lane / 4 + 8 * half;
+      if (r >= rows) continue;
+      if constexpr (kSwiGlu) {
+        T* out = static_cast<T*>(p.out) + static_cast<size_t>(row0 + r) * p.n;
+#pragma unroll
+        for (int ni = 0; ni < Tr::kFragsN / 2; ++ni) {
+          const int f = n0 + warp_n * (Tr::kWarpTileN / 2) + ni * 8 + 2 * (lane % 4);
+          if (f >= p.n) continue;
+          const float g0 = acc[mi][ni][2 * half], g1 = acc[mi][ni][2 * half + 1];
+          const float u0 = acc[mi][ni + Tr::kFragsN / 2][2 * half], u1 = acc[mi][ni + Tr::kFragsN / 2][2 * half + 1];
+          *reinterpret_cast<uint32_t*>(out + f) = Pack2<T>(g0 / (1.0f + expf(-g0)) * u0, g1 / (1.0f + expf(-g1)) * u1);
+        }
+      } else {
+        float* out = static_cast<float*>(p.out) + static_cast<size_t>(p.row_slot[row0 + r]) * p.n;
+#pragma unroll
+        for (int ni = 0; ni < Tr::kFragsN; ++ni) {
+          const int col = n0 + warp_n * Tr::kWarpTileN + ni * 8 + 2 * (lane % 4);
+          if (col >= p.n) continue;
+          *reinterpret_cast<float2*>(out + col) = make_float2(acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
+        }
+      }
+    }
+  }
+}
+
+// ---- routing sort ----
+
+// Slots per expert, and the slot numbers that the sort carries along with the expert ids.
+__global__ void CountKernel(const int32_t* ids, int slots, int experts, int32_t* counts, int32_t* slot_numbers) {
+  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
+  if (slot >= slots) return;
+  const int e = ids[slot];
+  if (e < 0 || e >= experts) __trap();  // routing produced an id out of range: a broken invariant
+  atomicAdd(&counts[e], 1);
+  slot_numbers[slot] = slot;
+}
+
+// One block: first sorted row of every expert (exclusive scan of the counts) and the M-tile
+// list in expert order.
+__global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts, int experts, int32_t* first_row,
+                                                           int2* tiles, int32_t* tile_count) {
+  using Scan = cub::BlockScan<int, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int row_carry = 0, tile_carry = 0;
+  for (int base = 0; base < experts; base += kPlanThreads) {
+    const int e = base + static_cast<int>(threadIdx.x);
+    const int count = e < experts ? counts[e] : 0;
+    const int expert_tiles = (count + kTileRows - 1) / kTileRows;
+    int row_start, row_total, tile_start, tile_total;
+    Scan(scan_storage).ExclusiveSum(count, row_start, row_total);
+    __syncthreads();
+    Scan(scan_storage).ExclusiveSum(expert_tiles, tile_start, tile_total);
+    __syncthreads();
+    if (e < experts) {
+      const int first = row_carry + row_start;
+      first_row[e] = first;
+      for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * kTileRows);
+    }
+    row_carry += row_total;
+    tile_carry += tile_total;
+  }
+  if (threadIdx.x == 0) {
+    first_row[experts] = row_carry;
+    *tile_count = tile_carry;
+  }
+}
+
+template <typename T>
+__global__ void CastKernel(const float4* x, int64_t quads, uint2* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= quads) return;
+  const float4 v = x[i];
+  out[i] = make_uint2(Pack2<T>(v.x, v.y), Pack2<T>(v.z, v.w));
+}
+
+// y[:, t] = sum_j weights[j, t] * slot_out[:, t * top_k + j], j in slot order.
+__global__ void WeightedSlotSumKernel(const float* slot_out, const float* weights, int hidden, int top_k, int64_t tokens,
+                                      float* y) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // float4 index
+  const int64_t quads = hidden / 4;
+  if (i >= quads * tokens) return;
+  const int64_t t = i / quads, q = i % quads;
+  float4 acc = make_float4(0, 0, 0, 0);
+  for (int j = 0; j < top_k; ++j) {
+    const float w = weights[t * top_k + j];
+    const float4 v = reinterpret_cast<const float4*>(slot_out + (t * top_k + j) * hidden)[q];
+    acc.x += w * v.x;
+    acc.y += w * v.y;
+    acc.z += w * v.z;
+    acc.w += w * v.w;
+  }
+  reinterpret_cast<float4*>(y + t * hidden)[q] = acc;
+}
+
+template <typename Tr, DType W, bool kSwiGlu>
+void LaunchGroupedGemm(const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  static const bool configured = [] {
+    CUDA_OK(cudaFuncSetAttribute(GroupedGemmKernel<Tr, W, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(Tr::kSharedBytes)));
+    return true;
+  }();
+  (void)configured;
+  const int tile_n = kSwiGlu ? Tr::kBlockN / 2 : Tr::kBlockN;
+  const dim3 grid(static_cast<unsigned>((p.n + tile_n - 1) / tile_n), static_cast<unsigned>(max_tiles));
+  GroupedGemmKernel<Tr, W, kSwiGlu><<<grid, Tr::kThreads, Tr::kSharedBytes, stream>>>(p);
+  LAUNCH_OK();
+}
+
+template <typename Tr, bool kSwiGlu>
+void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  switch (w) {
+    case DType::kQ4_0: LaunchGroupedGemm<Tr, DType::kQ4_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kQ8_0: LaunchGroupedGemm<Tr, DType::kQ8_0, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kF16: LaunchGroupedGemm<Tr, DType::kF16, kSwiGlu>(p, max_tiles, stream); break;
+    case DType::kBF16: LaunchGroupedGemm<Tr, DType::kBF16, kSwiGlu>(p, max_tiles, stream); break;
+    default: CU_CHECK(false);
+  }
+}
+
+enum class GroupedKernel { kWarps8, kWarps4, kWgmma };
+
+// LATENTSERVE_CUDA_MOE_TILE=warps4 | wgmma picks a kernel other than the default (measurement).
+GroupedKernel ChosenKernel() {
+  const char* choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
+  if (choice != nullptr && std::strcmp(choice, "warps4") == 0) return GroupedKernel::kWarps4;
+  if (choice != nullptr && std::strcmp(choice, "wgmma") == 0) return GroupedKernel::kWgmma;
+  return GroupedKernel::kWarps8;
+}
+
+template <bool kSwiGlu>
+void LaunchGroupedGemm(GroupedKernel kernel, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+  switch (kernel) {
+    case GroupedKernel::kWarps8: LaunchGroupedGemm<Warps8Tile, kSwiGlu>(w, p, max_tiles, stream); break;
+    case GroupedKernel::kWarps4: LaunchGroupedGemm<Warps4Tile, kSwiGlu>(w, p, max_tiles, stream); break;
+    case GroupedKernel::kWgmma: LaunchGroupedGemmWgmma(kSwiGlu, w, p, max_tiles, stream); break;
+  }
+}
+
+bool GroupedType(DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0 || t == DType::kF16 || t == DType::kBF16; }
+
+size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
+                                    const Tensor& weights, const Tensor& y) {
+  const int64_t hidden = x.ne[0], tokens = x.rows();
+  const int64_t ffn = experts.gate_exps.ne[1], n_experts = experts.gate_exps.ne[2], top_k = ids.ne[0];
+  const DType gate_type = experts.gate_exps.dtype, down_type = experts.down_exps.dtype;
+  // f32 weights keep the generic (exact f32) path; the 16-bit type of both GEMMs must agree
+  // because the SwiGLU output feeds the down GEMM directly.
+  if (gate_type != experts.up_exps.dtype || !GroupedType(gate_type) || !GroupedType(down_type) ||
+      (gate_type == DType::kBF16) != (down_type == DType::kBF16) || hidden % 32 != 0 || ffn % 32 != 0) {
+    return false;
+  }
+  const int64_t slots = tokens * top_k;
+  // Every expert's tiles but its last are full, so the list is at most slots / kTileRows plus
+  // one partial tile per expert that has rows.
+  const int64_t max_tiles = slots / kTileRows + std::min(n_experts, slots);
+  // Element offsets into the activations are 32-bit in the kernel.
+  if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
+
+  // Small integer workspace (slot 5): counts, first rows, tile count, tiles, slot numbers,
+  // sorted expert ids (unused), row slots, the sort's temporary storage.
+  int expert_bits = 1;  // radix bits that hold every expert id
+  while ((int64_t{1} << expert_bits) < n_experts) ++expert_bits;
+  const auto* dev_ids = reinterpret_cast<const uint32_t*>(DevPtr(ids));
+  size_t sort_bytes = 0;
+  CUDA_OK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, dev_ids, static_cast<uint32_t*>(nullptr),
+                                          static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                          static_cast<int>(slots), 0, expert_bits, stream_));
+  const size_t counts_bytes = AlignUp(n_experts * 4), first_bytes = AlignUp((n_experts + 1) * 4);
+  const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), slot_bytes = AlignUp(slots * 4);
+  auto* ints = static_cast<uint8_t*>(
+      Scratch(5, counts_bytes + first_bytes + 256 + tiles_bytes + 3 * slot_bytes + AlignUp(sort_bytes)));
+  auto* counts = reinterpret_cast<int32_t*>(ints);
+  auto* first_row = reinterpret_cast<int32_t*>(ints + counts_bytes);
+  auto* tile_count = reinterpret_cast<int32_t*>(ints + counts_bytes + first_bytes);
+  auto* tiles = reinterpret_cast<int2*>(ints + counts_bytes + first_bytes + 256);
+  uint8_t* slot_arrays = ints + counts_bytes + first_bytes + 256 + tiles_bytes;
+  auto* slot_numbers = reinterpret_cast<int32_t*>(slot_arrays);
+  auto* sorted_ids = reinterpret_cast<uint32_t*>(slot_arrays + slot_bytes);
+  auto* row_slot = reinterpret_cast<int32_t*>(slot_arrays + 2 * slot_bytes);
+  void* sort_storage = slot_arrays + 3 * slot_bytes;
+  // Activations (slot 6): the 16-bit inputs [tokens, hidden], the SwiGLU output in sorted
+  // rows [slots, ffn], the f32 expert outputs in slot order [slots, hidden].
+  const size_t x16_bytes = AlignUp(tokens * hidden * 2), act_bytes = AlignUp(slots * ffn * 2);
+  auto* work = static_cast<uint8_t*>(Scratch(6, x16_bytes + act_bytes + slots * hidden * 4));
+  void* x16 = work;
+  void* act = work + x16_bytes;
+  auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
+
+  const GroupedKernel kernel = ChosenKernel();
+  const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);
+  CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
+  CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(reinterpret_cast<const int32_t*>(dev_ids), slots_i, experts_i,
+                                                       counts, slot_numbers);
+  LAUNCH_OK();
+  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, tiles, tile_count);
+  LAUNCH_OK();
+  CUDA_OK(cub::DeviceRadixSort::SortPairs(sort_storage, sort_bytes, dev_ids, sorted_ids, slot_numbers, row_slot, slots_i,
+                                          0, expert_bits, stream_));
+  const int64_t quads = tokens * hidden / 4;
+  const auto* x4 = reinterpret_cast<const float4*>(DevF32(x));
+  if (gate_type == DType::kBF16) {
+    CastKernel<__nv_bfloat16><<<Blocks(quads, 256), 256, 0, stream_>>>(x4, quads, static_cast<uint2*>(x16));
+  } else {
+    CastKernel<__half><<<Blocks(quads, 256), 256, 0, stream_>>>(x4, quads, static_cast<uint2*>(x16));
+  }
+  LAUNCH_OK();
+
+  GroupedGemmParams gate_up{};
+  gate_up.a = x16;
+  gate_up.a_by_token = true;
+  gate_up.top_k = static_cast<int>(top_k);
+  gate_up.w0 = DevPtr(experts.gate_exps);
+  gate_up.w1 = DevPtr(experts.up_exps);
+  gate_up.w_row_bytes = experts.gate_exps.row_bytes();
+  gate_up.w_expert_bytes = gate_up.w_row_bytes * ffn;
+  gate_up.k = static_cast<int>(hidden);
+  gate_up.n = static_cast<int>(ffn);
+  gate_up.tiles = tiles;
+  gate_up.tile_count = tile_count;
+  gate_up.first_row = first_row;
+  gate_up.row_slot = row_slot;
+  gate_up.out = act;
+  LaunchGroupedGemm<true>(kernel, gate_type, gate_up, static_cast<int>(max_tiles), stream_);
+
+  GroupedGemmParams down = gate_up;
+  down.a = act;
+  down.a_by_token = false;
+  down.w0 = DevPtr(experts.down_exps);
+  down.w1 = nullptr;
+  down.w_row_bytes = experts.down_exps.row_bytes();
+  down.w_expert_bytes = down.w_row_bytes * hidden;
+  down.k = static_cast<int>(ffn);
+  down.n = static_cast<int>(hidden);
+  down.out = slot_out;
+  LaunchGroupedGemm<false>(kernel, down_type, down, static_cast<int>(max_tiles), stream_);
+
+  WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
+      slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));
+  LAUNCH_OK();
+  return true;
+}
+
+}  // namespace latentserve::kernels::cuda
