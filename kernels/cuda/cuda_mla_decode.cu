@@ -1,7 +1,7 @@
 // MLA decode over the paged latent cache, read in place (no gather into a dense matrix): the
 // absorbed form, one new token per sequence, every head of a token in one CTA so each cache
-// row is read once for all heads. The keys of a sequence are split into ranges of kSplitKeys;
-// one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
+// row is read once for all heads. The keys are split into ranges sized so the launch has
+// about two CTAs per multiprocessor (at least 512 keys a range); one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
 // (cp.async, double buffered, f16 caches; other cache types dequantised on the way in):
 //   S [H x 64] = Q [H x L] . rows^T          (mma.sync f16, f32 accumulation)
 //   online softmax per head (base 2, queries pre-scaled by scale * log2 e)
@@ -10,6 +10,7 @@
 // ranges (flash-decoding). Shapes: L = 576, R = 512, H a multiple of 16 up to 32.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -24,7 +25,8 @@ constexpr int kWidth = 576;     // L: latent row
 constexpr int kValue = 512;     // R: value part of the row
 constexpr int kMaxHeads = 32;
 constexpr int kTile = 64;       // cache rows per tile
-constexpr int kSplitKeys = 512; // keys per CTA
+constexpr int kMinSplit = 512;  // keys per CTA at least
+constexpr int kMaxRanges = 1024; // ranges per sequence at most (the merge keeps their weights in shared memory)
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowChunks = kWidth / 8;  // 16-byte chunks per row (72)
@@ -71,8 +73,8 @@ __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint3
 template <int kMTiles>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaDecodePagedKernel(const float* q, float scale_log2, DType type, const uint8_t* pool, size_t row_bytes,
-                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, float* partial,
-                         float* partial_max, float* partial_sum) {
+                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, int64_t split_keys,
+                         float* partial, float* partial_max, float* partial_sum) {
   constexpr int kHeads = kMTiles * 16;
   extern __shared__ __align__(128) unsigned char smem[];
   __half* s_q = reinterpret_cast<__half*>(smem);                      // [H][576], swizzled
@@ -84,9 +86,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_correction = s_sum + kMaxHeads;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const DecodeSeq seq = seqs[blockIdx.y];
-  const int64_t begin = int64_t{blockIdx.x} * kSplitKeys;
+  const int64_t begin = int64_t{blockIdx.x} * split_keys;
   if (begin >= seq.keys) return;  // this sequence has fewer ranges than the grid
-  const int64_t end = min(seq.keys, begin + kSplitKeys);
+  const int64_t end = min(seq.keys, begin + split_keys);
   const int tiles = static_cast<int>((end - begin + kTile - 1) / kTile);
   const int32_t* table = tables + seq.table_offset;
   const int split = seq.first_split + static_cast<int>(blockIdx.x);
@@ -108,7 +110,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int r = i / kRowChunks, c = i % kRowChunks;
         const int64_t p = first + r;
         const bool valid = p < end;
-        const int64_t row = valid ? int64_t{table[p / page_tokens]} * page_tokens + p % page_tokens : 0;
+        const uint32_t pu = static_cast<uint32_t>(p), pt = static_cast<uint32_t>(page_tokens);  // 32-bit division
+        const int64_t row = valid ? int64_t{table[pu / pt]} * pt + pu % pt : 0;
         CpAsync16(dst + Swizzle(r, c) * 8, pool + row * row_bytes + c * 16, valid);
       }
     } else {
@@ -242,28 +245,35 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// One block per (head, sequence): out = sum_r 2^(m_r - M) O_r / sum_r 2^(m_r - M) l_r.
+// One block per (head, sequence, 128 value columns): out = sum_r 2^(m_r - M) O_r / sum_r 2^(m_r - M) l_r,
+// the ranges' weights computed once into shared memory, then one column per thread with the
+// ranges' partial rows read in parallel (coalesced across the block, unrolled across ranges).
 __global__ void MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum,
-                                  const DecodeSeq* seqs, int64_t heads, float* out) {
+                                  const DecodeSeq* seqs, int64_t heads, int64_t split_keys, float* out) {
+  __shared__ float weight[kMaxRanges];
+  __shared__ float total;
   const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t h = blockIdx.x;
-  const int ranges = static_cast<int>((seq.keys + kSplitKeys - 1) / kSplitKeys);
-  float m = -INFINITY;
-  for (int r = 0; r < ranges; ++r) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
-  float total = 0.0f;
-  for (int r = 0; r < ranges; ++r) {
-    const int64_t i = (seq.first_split + r) * heads + h;
-    total += exp2f(partial_max[i] - m) * partial_sum[i];
-  }
-  const float inv = 1.0f / total;
-  for (int64_t d = threadIdx.x; d < kValue; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int r = 0; r < ranges; ++r) {
+  const int ranges = static_cast<int>((seq.keys + split_keys - 1) / split_keys);
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int r = threadIdx.x; r < ranges; r += 32) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
+    float sum = 0.0f;
+    for (int r = threadIdx.x; r < ranges; r += 32) {
       const int64_t i = (seq.first_split + r) * heads + h;
-      acc += exp2f(partial_max[i] - m) * partial[i * kValue + d];
+      weight[r] = exp2f(partial_max[i] - m);
+      sum += weight[r] * partial_sum[i];
     }
-    out[(seq.token * heads + h) * kValue + d] = acc * inv;
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    if (threadIdx.x == 0) total = sum;
   }
+  __syncthreads();
+  const int64_t d = blockIdx.z * int64_t{blockDim.x} + threadIdx.x;
+  float acc = 0.0f;
+#pragma unroll 8
+  for (int r = 0; r < ranges; ++r) acc += weight[r] * partial[((seq.first_split + r) * heads + h) * kValue + d];
+  out[(seq.token * heads + h) * kValue + d] = acc / total;
 }
 
 }  // namespace
@@ -274,14 +284,23 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   if (q.ne[0] != kWidth || out.ne[0] != kValue || heads % 16 != 0 || heads > kMaxHeads) return false;
   const char* forced = std::getenv("LATENTSERVE_MLA_DECODE");
   if (forced != nullptr && std::strcmp(forced, "gather") == 0) return false;
+  int64_t total_keys = 0;
+  for (const LatentSeqView& seq : seqs) {
+    if (seq.token_count != 1 || seq.cached_tokens + 1 >= (int64_t{1} << 31)) return false;  // 32-bit positions
+    total_keys += seq.cached_tokens + 1;
+  }
+  int device_sms = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
+  int64_t split = std::max<int64_t>(kMinSplit, total_keys / (2 * int64_t{device_sms}));
+  split = (split + kTile - 1) / kTile * kTile;
   std::vector<DecodeSeq> meta;
   std::vector<int32_t> tables;
   int32_t splits = 0;
   int64_t max_ranges = 0;
   for (const LatentSeqView& seq : seqs) {
-    if (seq.token_count != 1) return false;
     const int64_t keys = seq.cached_tokens + 1;
-    const int64_t ranges = (keys + kSplitKeys - 1) / kSplitKeys;
+    const int64_t ranges = (keys + split - 1) / split;
+    if (ranges > kMaxRanges) return false;
     meta.push_back({keys, seq.first_token, static_cast<int32_t>(tables.size()), splits});
     tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
     splits += static_cast<int32_t>(ranges);
@@ -300,17 +319,19 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                                  static_cast<int>(kSmemBytes)));
     MlaDecodePagedKernel<1><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
                                                                     pool.row_bytes(), pool.ne[1], device_tables,
-                                                                    device_meta, partial, partial_max, partial_sum);
+                                                                    device_meta, split, partial, partial_max,
+                                                                    partial_sum);
   } else {
     CUDA_OK(cudaFuncSetAttribute(MlaDecodePagedKernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(kSmemBytes)));
     MlaDecodePagedKernel<2><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
                                                                     pool.row_bytes(), pool.ne[1], device_tables,
-                                                                    device_meta, partial, partial_max, partial_sum);
+                                                                    device_meta, split, partial, partial_max,
+                                                                    partial_sum);
   }
   LAUNCH_OK();
-  MergeRangesKernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size())), 128, 0, stream_>>>(
-      partial, partial_max, partial_sum, device_meta, heads, DevF32(out));
+  MergeRangesKernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size()), kValue / 128), 128, 0,
+                      stream_>>>(partial, partial_max, partial_sum, device_meta, heads, split, DevF32(out));
   LAUNCH_OK();
   return true;
 }
