@@ -152,7 +152,11 @@ absl::Status Run(int argc, char** argv) {
     if (n == 1) {
       memory_row("decode_kda_step", "32 heads x 128^2 state", 2.0 * H * Dk * Dk * 4, op);
     } else {
+      // Nominal 6 H Dk^2 n FLOPs for both rows: the chunked form (cuda_kda_chunk.cu) and, for
+      // the before/after in one run, the token recurrence it replaces.
       compute_row("prefill_kda", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n, op);
+      compute_row("prefill_kda_recurrent", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n,
+                  [&] { b.KdaAttention(q, k, v, gate, beta, seqs, states, 0, out); });
     }
   }
 

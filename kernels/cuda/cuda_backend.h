@@ -87,10 +87,17 @@ class CudaBackend final : public Backend {
   void MlaDecodeChunks(const __half* q16, const __half* keys, int64_t keys_total, int64_t width, int64_t heads,
                        int64_t rows, int64_t first_position, float scale, int64_t value_dim, float* out);
 
+  // KDA prefill in the chunked (WY) form for head dimension 128 (cuda_kda_chunk.cu); returns
+  // false, doing nothing, for shapes it is not built for (the caller runs the recurrence).
+  bool KdaChunkedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                           absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states, const Tensor& out);
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.
   void* Scratch(int slot, size_t bytes);
+  static constexpr int kScratchSlots = 9;
+  static constexpr int kKdaWorkspaceSlot = 8;  // the chunked KDA workspace (hundreds of MB): its own slot
   // Copies a small host array to device scratch `slot` (stream-ordered).
   void* UploadScratch(int slot, const void* host, size_t bytes);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
