@@ -11,10 +11,14 @@
 //   S1 = e^{G_last} * S0 + (e^{G_last - G} * k)^T U'
 // Kernel 1 (prepare) is parallel over (chunk, head) and writes W, U, the decayed queries and
 // keys, B and e^{G_last} to a workspace. Kernel 2 (state pass) walks the chunks of each
-// sequence in order, one block per (head, 32 value columns), with the state slice in shared
-// memory. Both are f32 FFMA (no tensor cores yet), so they agree with the CPU to f32 rounding.
-// The pair factors e^{G_t - G_j} are taken one exponent per (pair, channel): no reference
-// point can overflow, whatever the gates.
+// sequence in order, one block per (head, 32 value columns), the state slice in registers
+// and shared memory, the next chunk's tiles loading while the current one computes.
+//
+// Products run on the tensor cores as mma.sync m16n8k8 TF32 (operands rounded to 10-bit
+// mantissas, f32 accumulation); the state, the gates' sums and the forward substitution stay
+// f32. A and B factorise per key channel as (k_t e^{G_t}) . (k_j e^{-G_j}) when the chunk's
+// total decay on that channel is moderate (e^{-G} stays far inside f32); channels that decay
+// further take e^{G_t - G_j} one exponent per pair, so no gate can overflow anything.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -25,28 +29,36 @@ namespace latentserve::kernels::cuda {
 namespace {
 
 struct KdaChunkTraits {
-  static constexpr int kDk = 128;         // key = value head dimension this path is built for
-  static constexpr int kChunk = 64;       // tokens per chunk
-  static constexpr int kThreads = 256;    // both kernels
-  static constexpr int kColumns = 32;     // value columns per state-pass block
+  static constexpr int kDk = 128;        // key = value head dimension this path is built for
+  static constexpr int kChunk = 64;      // tokens per chunk
+  static constexpr int kThreads = 256;   // both kernels: 8 warps
+  static constexpr int kColumns = 32;    // value columns per state-pass block
   static constexpr int kColumnBlocks = kDk / kColumns;
-  static constexpr int kRowStride = kDk + 1;  // token-major [C][Dk] tiles in kernel 1: column walks hit distinct banks
-  static constexpr int kAStride = kChunk + 4;  // A rows, read as float4 by the solve
-  static constexpr int kBStride = kChunk + 1;  // B rows, read down columns when transposed
-  static constexpr int kStateStride = kColumns + 4;  // state slice rows [Dk][kColumns], float4 aligned
-  // Workspace per (chunk, head), in floats. The first four parts are copied to shared memory
-  // in this order as one block by the state pass.
-  static constexpr int kWt = 0;                        // [Dk][C]  W^T
-  static constexpr int kQgt = kWt + kDk * kChunk;      // [Dk][C]  (e^{G} * q / sqrt(Dk))^T
-  static constexpr int kKl = kQgt + kDk * kChunk;      // [C][Dk]  e^{G_last - G} * k
-  static constexpr int kBt = kKl + kChunk * kDk;       // [C][C]   B^T (zero above the diagonal of B)
-  static constexpr int kU = kBt + kChunk * kChunk;     // [C][Dk]  U
-  static constexpr int kGl = kU + kChunk * kDk;        // [Dk]     e^{G_last}
+  // Channels whose decay over the chunk stays above 2^-kFactorisedLog2 factorise: the largest
+  // factor k e^{-G} is then 2^100 ~ 1e30, inside f32 (and TF32) range.
+  static constexpr float kFactorisedLog2 = 100.0f;
+  // Shared-memory row strides (floats). Those read as mma fragments are 4 or 8 mod 32, so
+  // the 32 lanes of a fragment load hit 32 distinct banks.
+  static constexpr int kRow = kDk + 4;       // [C][Dk] tiles read as A (row-major) or B^T
+  static constexpr int kRowT = kDk + 8;      // [C][Dk] tile read as A^T (Kl)
+  static constexpr int kPairRow = kChunk + 4;  // [C][C] A and B
+  static constexpr int kColRow = kColumns + 8;  // [C or Dk][kColumns] U' and state slices
+  // Workspace per (chunk, head), in floats, all row-major (token rows).
+  static constexpr int kW = 0;                       // [C][Dk]  W
+  static constexpr int kQg = kW + kChunk * kDk;      // [C][Dk]  e^{G} * q / sqrt(Dk)
+  static constexpr int kKl = kQg + kChunk * kDk;     // [C][Dk]  e^{G_last - G} * k
+  static constexpr int kB = kKl + kChunk * kDk;      // [C][C]   B (zero above the diagonal)
+  static constexpr int kU = kB + kChunk * kChunk;    // [C][Dk]  U
+  static constexpr int kGl = kU + kChunk * kDk;      // [Dk]     e^{G_last}
   static constexpr int kFloats = kGl + kDk;
+  // Kernel 1 shared memory: G, k', q', k'' [C][kRow]; A, B [C][kPairRow]; beta [C];
+  // G_last [Dk]; the deep channels' list [Dk] (ints) and its warp masks.
   static constexpr size_t kPrepareSmem =
-      (3 * kChunk * kRowStride + kChunk * kAStride + kChunk * kBStride + kChunk) * sizeof(float);
-  static constexpr size_t kStateSmem =
-      (kDk * kStateStride + kBt + kChunk * kChunk + kChunk * kColumns + kDk) * sizeof(float);
+      (4 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + 2 * kDk + kDk / 32 + 4) * sizeof(float);
+  // Kernel 2 shared memory: the state slice [Dk][kColRow]; W, Qg [C][kRow]; two stages of
+  // Kl [C][kRowT], B [C][kPairRow], U' [C][kColRow], e^{G_last} [Dk].
+  static constexpr int kStage = kChunk * kRowT + kChunk * kPairRow + kChunk * kColRow + kDk;
+  static constexpr size_t kStateSmem = (kDk * kColRow + 2 * kChunk * kRow + 2 * kStage) * sizeof(float);
   // Workspace budget per pass: longer batches run in several passes, the state carried
   // through the sequences' state tensors.
   static constexpr size_t kPassBytes = size_t{1} << 30;
@@ -66,22 +78,89 @@ struct KdaRun {  // one sequence's consecutive chunks within a pass
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// ---- tensor-core fragments: mma.sync m16n8k8, TF32 in, f32 accumulators ----
+// Lane l holds, with g = l / 4 and i = l % 4: A (16x8) elements (g, i), (g+8, i), (g, i+4),
+// (g+8, i+4); B (8x8) elements (i, g), (i+4, g); C/D (16x8) (g, 2i), (g, 2i+1), (g+8, 2i),
+// (g+8, 2i+1).
+struct FragA {
+  uint32_t x[4];
+};
+struct FragB {
+  uint32_t x[2];
+};
+
+__device__ __forceinline__ uint32_t ToTf32(float value) {
+  uint32_t bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(value));
+  return bits;
+}
+
+__device__ __forceinline__ void MmaTf32(float (&d)[4], const FragA& a, const FragB& b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+
+// A at rows r0.., columns k0.. of a row-major matrix (element (r, k) at m[r * stride + k]).
+__device__ __forceinline__ FragA LoadA(const float* m, int stride, int r0, int k0, int lane) {
+  const float* p = m + (r0 + lane / 4) * stride + k0 + lane % 4;
+  return {{ToTf32(p[0]), ToTf32(p[8 * stride]), ToTf32(p[4]), ToTf32(p[8 * stride + 4])}};
+}
+// A from a matrix stored transposed (element (r, k) at m[k * stride + r]).
+__device__ __forceinline__ FragA LoadAT(const float* m, int stride, int r0, int k0, int lane) {
+  const float* p = m + (k0 + lane % 4) * stride + r0 + lane / 4;
+  return {{ToTf32(p[0]), ToTf32(p[8]), ToTf32(p[4 * stride]), ToTf32(p[4 * stride + 8])}};
+}
+// B at rows k0.., columns n0.. (element (k, n) at m[k * stride + n]).
+__device__ __forceinline__ FragB LoadB(const float* m, int stride, int k0, int n0, int lane) {
+  const float* p = m + (k0 + lane % 4) * stride + n0 + lane / 4;
+  return {{ToTf32(p[0]), ToTf32(p[4 * stride])}};
+}
+// B from a matrix stored transposed (element (k, n) at m[n * stride + k]).
+__device__ __forceinline__ FragB LoadBT(const float* m, int stride, int k0, int n0, int lane) {
+  const float* p = m + (n0 + lane / 4) * stride + k0 + lane % 4;
+  return {{ToTf32(p[0]), ToTf32(p[4])}};
+}
+
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+}
+__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// Copies `rows` rows of `width` floats (a multiple of 4) from global (row stride
+// `global_stride`) to shared memory (row stride `smem_stride`), 16 bytes per thread and step.
+__device__ __forceinline__ void CopyRowsAsync(float* smem, int smem_stride, const float* global, int global_stride,
+                                              int rows, int width, int tid) {
+  const int per_row = width / 4;
+  for (int i = tid; i < rows * per_row; i += Traits::kThreads) {
+    const int r = i / per_row, c4 = (i % per_row) * 4;
+    CopyAsync16(smem + r * smem_stride + c4, global + r * global_stride + c4);
+  }
+}
+
 // Kernel 1: one block per (chunk, head).
 __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const float* q, const float* k,
                                                                          const float* v, const float* g,
                                                                          const float* beta, const KdaChunk* chunks,
                                                                          int64_t heads, float scale, float* work) {
-  constexpr int C = Traits::kChunk, Dk = Traits::kDk, RS = Traits::kRowStride;
+  constexpr int C = Traits::kChunk, Dk = Traits::kDk, RS = Traits::kRow, PS = Traits::kPairRow;
   extern __shared__ float4 prepare_smem[];
-  float* gs = reinterpret_cast<float*>(prepare_smem);  // [C][RS] cumulative decay, log2 units
-  float* ks = gs + C * RS;                             // [C][RS]
-  float* qs = ks + C * RS;                             // [C][RS]
-  float* as = qs + C * RS;                             // [C][kAStride] A, strictly lower part valid
-  float* bs = as + C * Traits::kAStride;               // [C][kBStride] B, lower part valid
-  float* betas = bs + C * Traits::kBStride;            // [C]
+  float* gs = reinterpret_cast<float*>(prepare_smem);  // [C][RS] G, log2 units
+  float* kd = gs + C * RS;      // [C][RS] k e^{G} (factorised channels) or k (deep channels)
+  float* qd = kd + C * RS;      // [C][RS] q e^{G} or q, likewise
+  float* ki = qd + C * RS;      // [C][RS] k e^{-G} (factorised channels) or 0
+  float* as = ki + C * RS;      // [C][PS] A, strictly lower part valid
+  float* bs = as + C * PS;      // [C][PS] B, lower part valid
+  float* betas = bs + C * PS;   // [C]
+  float* glast = betas + C;     // [Dk] G of the chunk's last token
+  int* deep = reinterpret_cast<int*>(glast + Dk);  // [Dk] channels that do not factorise
+  unsigned* deep_masks = reinterpret_cast<unsigned*>(deep + Dk);  // [Dk / 32]
   const KdaChunk chunk = chunks[blockIdx.x];
   const int64_t h = blockIdx.y;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   float* ws = work + (static_cast<int64_t>(blockIdx.x) * heads + h) * Traits::kFloats;
   const int64_t row0 = (chunk.first_token * heads + h) * Dk;  // token t of this head at row0 + t * heads * Dk
   const int64_t token_stride = heads * Dk;
@@ -91,97 +170,162 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
     const int t = i / Dk, c = i % Dk;
     const bool real = t < chunk.tokens;
     const int64_t at = row0 + t * token_stride + c;
-    ks[t * RS + c] = real ? k[at] : 0.0f;
-    qs[t * RS + c] = real ? q[at] : 0.0f;
+    kd[t * RS + c] = real ? k[at] : 0.0f;
+    qd[t * RS + c] = real ? q[at] : 0.0f;
     gs[t * RS + c] = real ? g[at] * kLog2e : 0.0f;
   }
   if (tid < C) betas[tid] = tid < chunk.tokens ? beta[(chunk.first_token + tid) * heads + h] : 0.0f;
   __syncthreads();
+
+  // One thread per channel: cumulative gate, then the factorised rows.
+  bool factorised = true;
   if (tid < Dk) {
+    const int c = tid;
     float run = 0;
     for (int t = 0; t < C; ++t) {
-      run += gs[t * RS + tid];
-      gs[t * RS + tid] = run;
+      run += gs[t * RS + c];
+      gs[t * RS + c] = run;
+    }
+    glast[c] = run;
+    factorised = run >= -Traits::kFactorisedLog2;
+    for (int t = 0; t < C; ++t) {
+      const float key = kd[t * RS + c];
+      if (factorised) {
+        const float decay = exp2f(gs[t * RS + c]);
+        kd[t * RS + c] = key * decay;
+        qd[t * RS + c] *= decay;
+        ki[t * RS + c] = key * exp2f(-gs[t * RS + c]);
+      } else {
+        ki[t * RS + c] = 0.0f;
+      }
+    }
+  }
+  const unsigned deep_ballot = __ballot_sync(0xffffffffu, !factorised);
+  if (tid < Dk && lane == 0) deep_masks[warp] = deep_ballot;
+  __syncthreads();
+  int deep_count = 0;
+  for (int w = 0; w < Dk / 32; ++w) deep_count += __popc(deep_masks[w]);
+  if (tid < Dk && !factorised) {
+    int before = __popc(deep_ballot & ((1u << lane) - 1));
+    for (int w = 0; w < warp; ++w) before += __popc(deep_masks[w]);
+    deep[before] = tid;
+  }
+
+  // A and B over the factorised channels on the tensor cores: only the 16x8 tiles that touch
+  // the lower triangle. Warp w takes rows 16 (w / 2).. and every other column tile.
+  {
+    const int mt = warp / 2, first_nt = warp % 2, tiles = mt + 1;  // column tiles first_nt, +2, .. <= 2 mt + 1
+    float acc_a[4][4] = {}, acc_b[4][4] = {};
+#pragma unroll 4
+    for (int k0 = 0; k0 < Dk; k0 += 8) {
+      const FragA fk = LoadA(kd, RS, 16 * mt, k0, lane);
+      const FragA fq = LoadA(qd, RS, 16 * mt, k0, lane);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (i < tiles) {
+          const FragB fb = LoadBT(ki, RS, k0, 8 * (first_nt + 2 * i), lane);
+          MmaTf32(acc_a[i], fk, fb);
+          MmaTf32(acc_b[i], fq, fb);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (i < tiles) {
+        const int r = 16 * mt + lane / 4, col = 8 * (first_nt + 2 * i) + 2 * (lane % 4);
+        as[r * PS + col] = acc_a[i][0];
+        as[r * PS + col + 1] = acc_a[i][1];
+        as[(r + 8) * PS + col] = acc_a[i][2];
+        as[(r + 8) * PS + col + 1] = acc_a[i][3];
+        bs[r * PS + col] = acc_b[i][0] * scale;
+        bs[r * PS + col + 1] = acc_b[i][1] * scale;
+        bs[(r + 8) * PS + col] = acc_b[i][2] * scale;
+        bs[(r + 8) * PS + col + 1] = acc_b[i][3] * scale;
+      }
     }
   }
   __syncthreads();
 
-  constexpr int kPairTiles = (C / 4) * (C / 4 + 1) / 2;  // 4x4 tiles on or below the diagonal
-  if (tid < kPairTiles) {
-    // A and B, one 4x4 tile of (t, j) pairs per thread, one exponent per pair and channel.
-    int ti = 0, tj = tid;
-    while (tj > ti) {
-      tj -= ti + 1;
-      ++ti;
-    }
-    float acc_a[4][4] = {}, acc_b[4][4] = {};
-    for (int c = 0; c < Dk; ++c) {
-      float gt[4], kt[4], qt[4], gj[4], kj[4];
+  // Deep channels (only with strong gates): one exponent per pair and channel, 4x4 tiles of
+  // (t, j) pairs on or below the diagonal, one per thread.
+  constexpr int kPairTiles = (C / 4) * (C / 4 + 1) / 2;
+  if (deep_count > 0) {
+    if (tid < kPairTiles) {
+      int ti = 0, tj = tid;
+      while (tj > ti) {
+        tj -= ti + 1;
+        ++ti;
+      }
+      float sum_a[4][4] = {}, sum_b[4][4] = {};
+      for (int d = 0; d < deep_count; ++d) {
+        const int c = deep[d];
+        float gt[4], kt[4], qt[4], gj[4], kj[4];
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        gt[r] = gs[(4 * ti + r) * RS + c];
-        kt[r] = ks[(4 * ti + r) * RS + c];
-        qt[r] = qs[(4 * ti + r) * RS + c];
-        gj[r] = gs[(4 * tj + r) * RS + c];
-        kj[r] = ks[(4 * tj + r) * RS + c];
+        for (int r = 0; r < 4; ++r) {
+          gt[r] = gs[(4 * ti + r) * RS + c];
+          kt[r] = kd[(4 * ti + r) * RS + c];
+          qt[r] = qd[(4 * ti + r) * RS + c];
+          gj[r] = gs[(4 * tj + r) * RS + c];
+          kj[r] = kd[(4 * tj + r) * RS + c];
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+#pragma unroll
+          for (int s = 0; s < 4; ++s) {
+            // Pairs above the diagonal (only in diagonal tiles) are dropped: exponent -inf.
+            const float exponent = 4 * tj + s <= 4 * ti + r ? gt[r] - gj[s] : -INFINITY;
+            const float decayed = exp2f(exponent) * kj[s];
+            sum_a[r][s] = fmaf(kt[r], decayed, sum_a[r][s]);
+            sum_b[r][s] = fmaf(qt[r], decayed, sum_b[r][s]);
+          }
+        }
       }
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-          // Pairs above the diagonal (only in diagonal tiles) are dropped: exponent -inf.
-          const float exponent = 4 * tj + s <= 4 * ti + r ? gt[r] - gj[s] : -INFINITY;
-          const float decayed = exp2f(exponent) * kj[s];
-          acc_a[r][s] = fmaf(kt[r], decayed, acc_a[r][s]);
-          acc_b[r][s] = fmaf(qt[r], decayed, acc_b[r][s]);
+          const int t = 4 * ti + r, j = 4 * tj + s;
+          as[t * PS + j] += sum_a[r][s];
+          bs[t * PS + j] += sum_b[r][s] * scale;
         }
       }
     }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        const int t = 4 * ti + r, j = 4 * tj + s;
-        as[t * Traits::kAStride + j] = acc_a[r][s];
-        bs[t * Traits::kBStride + j] = acc_b[r][s] * scale;
-      }
-    }
-  } else {
-    // The other warps write the decayed queries and keys the state pass needs.
-    const int helper = tid - 160, helpers = Traits::kThreads - 160;
-    if (helper >= 0) {
-      const int last = chunk.tokens - 1;
-      for (int i = helper; i < Dk * C; i += helpers) {
-        const int c = i / C, t = i % C;
-        ws[Traits::kQgt + i] = exp2f(gs[t * RS + c]) * qs[t * RS + c] * scale;
-      }
-      for (int i = helper; i < C * Dk; i += helpers) {
-        const int t = i / Dk, c = i % Dk;
-        ws[Traits::kKl + i] = exp2f(gs[last * RS + c] - gs[t * RS + c]) * ks[t * RS + c];
-      }
-      for (int c = helper; c < Dk; c += helpers) ws[Traits::kGl + c] = exp2f(gs[last * RS + c]);
-    }
+    __syncthreads();
   }
-  __syncthreads();
 
-  // B^T, zero above B's diagonal.
+  // Workspace: B (masked), decayed queries and keys, e^{G_last}.
   for (int i = tid; i < C * C; i += Traits::kThreads) {
-    const int s = i / C, t = i % C;
-    ws[Traits::kBt + i] = s <= t ? bs[t * Traits::kBStride + s] : 0.0f;
+    const int t = i / C, s = i % C;
+    ws[Traits::kB + i] = s <= t ? bs[t * PS + s] : 0.0f;
   }
+  for (int i = tid; i < C * Dk; i += Traits::kThreads) {
+    const int t = i / Dk, c = i % Dk;
+    const float last = glast[c], here = gs[t * RS + c];
+    if (last >= -Traits::kFactorisedLog2) {
+      ws[Traits::kQg + i] = qd[t * RS + c] * scale;
+      ws[Traits::kKl + i] = ki[t * RS + c] * exp2f(last);
+    } else {
+      ws[Traits::kQg + i] = exp2f(here) * qd[t * RS + c] * scale;
+      ws[Traits::kKl + i] = exp2f(last - here) * kd[t * RS + c];
+    }
+  }
+  if (tid < Dk) ws[Traits::kGl + tid] = exp2f(glast[tid]);
+
   // Forward substitution, one column of [e^G * k | v] per thread: columns are independent.
   const int col = tid;
   const bool key_side = col < Dk;
+  const bool col_factorised = key_side && glast[col] >= -Traits::kFactorisedLog2;
+  float* x_out = ws + (key_side ? Traits::kW + col : Traits::kU + col - Dk);
   float x[C];
 #pragma unroll
   for (int t = 0; t < C; ++t) {
     float y;
     if (key_side) {
-      y = exp2f(gs[t * RS + col]) * ks[t * RS + col];
+      y = col_factorised ? kd[t * RS + col] : exp2f(gs[t * RS + col]) * kd[t * RS + col];
     } else {
       y = t < chunk.tokens ? v[row0 + t * token_stride + (col - Dk)] : 0.0f;
     }
-    const float* a_row = as + t * Traits::kAStride;
+    const float* a_row = as + t * PS;
 #pragma unroll
     for (int j4 = 0; j4 < t; j4 += 4) {
       const float4 a4 = *reinterpret_cast<const float4*>(a_row + j4);
@@ -191,138 +335,161 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
       if (j4 + 3 < t) y = fmaf(-a4.w, x[j4 + 3], y);
     }
     x[t] = betas[t] * y;
-    if (!key_side) ws[Traits::kU + t * Dk + (col - Dk)] = x[t];
+    x_out[t * Dk] = x[t];
   }
-  if (key_side) {
-    float4* w_row = reinterpret_cast<float4*>(ws + Traits::kWt + col * C);
-#pragma unroll
-    for (int t = 0; t < C; t += 4) w_row[t / 4] = make_float4(x[t], x[t + 1], x[t + 2], x[t + 3]);
-  }
-}
-
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
-}
-__device__ __forceinline__ void CopyAsyncWaitAll() {
-  asm volatile("cp.async.commit_group;\n" ::);
-  asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
 // Kernel 2: one block per (head, kColumns value columns, run); walks the run's chunks in order.
+// Warp w keeps state rows (keys) 16 w.. 16 w + 15 of the slice in registers as mma
+// accumulators; shared memory holds a copy for the products that read the whole state.
 __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const KdaChunk* chunks, const KdaRun* runs,
                                                                        const float* work, int64_t heads, float* out) {
-  constexpr int C = Traits::kChunk, Dk = Traits::kDk, J = Traits::kColumns, SS = Traits::kStateStride;
+  constexpr int C = Traits::kChunk, Dk = Traits::kDk, J = Traits::kColumns;
+  constexpr int RS = Traits::kRow, RT = Traits::kRowT, PS = Traits::kPairRow, CS = Traits::kColRow;
   extern __shared__ float4 state_smem[];
-  float* ss = reinterpret_cast<float*>(state_smem);  // [Dk][SS] state slice S[c][j]
-  float* parts = ss + Dk * SS;                        // W^T, Qg^T, Kl, B^T: the workspace's layout
-  float* wt = parts + Traits::kWt;
-  float* qgt = parts + Traits::kQgt;
-  float* kl = parts + Traits::kKl;
-  float* bt = parts + Traits::kBt;
-  float* us = parts + Traits::kU;  // [C][J] U's columns of this block, then U' in place
-  float* gl = us + C * J;          // [Dk]
+  float* ss = reinterpret_cast<float*>(state_smem);  // [Dk][CS] state slice S[c][j]
+  float* ws_w = ss + Dk * CS;                         // [C][RS] W
+  float* ws_q = ws_w + C * RS;                        // [C][RS] Qg
+  float* stages = ws_q + C * RS;                      // two of: Kl [C][RT], B [C][PS], U' [C][CS], e^{G_last} [Dk]
   const KdaRun run = runs[blockIdx.y];
   const int64_t h = blockIdx.x / Traits::kColumnBlocks;
   const int column0 = (blockIdx.x % Traits::kColumnBlocks) * J;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int fg = lane / 4, fi = lane % 4;  // fragment row group and index
   float* state = run.state + h * Dk * Dk + static_cast<int64_t>(column0) * Dk;  // S[v][k], v = column0 + j
-  for (int i = tid; i < J * Dk; i += Traits::kThreads) {
-    const int j = i / Dk, c = i % Dk;
-    ss[c * SS + j] = state[j * Dk + c];
-  }
-  // Products W S and Qg S: rows 2 * rg, 2 * rg + 1 and columns 4 * cg.. of the [C][J] results;
-  // the state update: keys 4 * rg.. and the same columns.
-  const int rg = tid / 8, cg = tid % 8;
-  for (int chunk_index = 0; chunk_index < run.chunks; ++chunk_index) {
-    const KdaChunk chunk = chunks[run.first_chunk + chunk_index];
-    const float* ws = work + (static_cast<int64_t>(run.first_chunk + chunk_index) * heads + h) * Traits::kFloats;
-    __syncthreads();  // the previous chunk is done with every buffer
-    for (int i = tid; i < Traits::kU / 4; i += Traits::kThreads) CopyAsync16(parts + 4 * i, ws + 4 * i);
-    for (int i = tid; i < C * J / 4; i += Traits::kThreads) {
-      const int t = i / (J / 4), j4 = (i % (J / 4)) * 4;
-      CopyAsync16(us + t * J + j4, ws + Traits::kU + t * Dk + column0 + j4);
+  auto chunk_work = [&](int index) {
+    return work + (static_cast<int64_t>(run.first_chunk + index) * heads + h) * Traits::kFloats;
+  };
+  auto load_stage = [&](int index) {
+    const float* src = chunk_work(index);
+    float* kl = stages + (index % 2) * Traits::kStage;
+    CopyRowsAsync(kl, RT, src + Traits::kKl, Dk, C, Dk, tid);
+    CopyRowsAsync(kl + C * RT, PS, src + Traits::kB, C, C, C, tid);
+    CopyRowsAsync(kl + C * RT + C * PS, CS, src + Traits::kU + column0, Dk, C, J, tid);
+    CopyRowsAsync(kl + C * RT + C * PS + C * CS, Dk, src + Traits::kGl, Dk, 1, Dk, tid);
+  };
+  auto load_products = [&](int index) {
+    const float* src = chunk_work(index);
+    CopyRowsAsync(ws_w, RS, src + Traits::kW, Dk, C, Dk, tid);
+    CopyRowsAsync(ws_q, RS, src + Traits::kQg, Dk, C, Dk, tid);
+  };
+  load_stage(0);
+  load_products(0);
+  CopyAsyncCommit();
+
+  // The state slice: warp w's rows as accumulators (4 column tiles of 8), and in ss.
+  float s_acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 16 * warp + fg + (e >= 2 ? 8 : 0), j = 8 * nt + 2 * fi + (e & 1);
+      s_acc[nt][e] = state[j * Dk + c];
+      ss[c * CS + j] = s_acc[nt][e];
     }
-    for (int i = tid; i < Dk / 4; i += Traits::kThreads) CopyAsync16(gl + 4 * i, ws + Traits::kGl + 4 * i);
+  }
+
+  // Products W S and Qg S: warp w takes row tile w % 4 and column tiles 2 (w / 4), +1.
+  const int pm = warp % 4, pn = 2 * (warp / 4);
+  for (int index = 0; index < run.chunks; ++index) {
+    const KdaChunk chunk = chunks[run.first_chunk + index];
+    float* kl = stages + (index % 2) * Traits::kStage;
+    float* bm = kl + C * RT;
+    float* us = bm + C * PS;
+    float* gl = us + C * CS;
     CopyAsyncWaitAll();
-    __syncthreads();
+    __syncthreads();  // this chunk's tiles and the state copy are visible; the other stage is free
+    if (index + 1 < run.chunks) {
+      load_stage(index + 1);
+      CopyAsyncCommit();
+    }
 
     float p[2][4] = {}, o[2][4] = {};
-    for (int c = 0; c < Dk; ++c) {
-      const float2 w2 = *reinterpret_cast<const float2*>(wt + c * C + 2 * rg);
-      const float2 q2 = *reinterpret_cast<const float2*>(qgt + c * C + 2 * rg);
-      const float4 s4 = *reinterpret_cast<const float4*>(ss + c * SS + 4 * cg);
-      const float s[4] = {s4.x, s4.y, s4.z, s4.w};
+#pragma unroll 4
+    for (int k0 = 0; k0 < Dk; k0 += 8) {
+      const FragA fw = LoadA(ws_w, RS, 16 * pm, k0, lane);
+      const FragA fq = LoadA(ws_q, RS, 16 * pm, k0, lane);
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        p[0][jj] = fmaf(w2.x, s[jj], p[0][jj]);
-        p[1][jj] = fmaf(w2.y, s[jj], p[1][jj]);
-        o[0][jj] = fmaf(q2.x, s[jj], o[0][jj]);
-        o[1][jj] = fmaf(q2.y, s[jj], o[1][jj]);
+      for (int n = 0; n < 2; ++n) {
+        const FragB fs = LoadB(ss, CS, k0, 8 * (pn + n), lane);
+        MmaTf32(p[n], fw, fs);
+        MmaTf32(o[n], fq, fs);
       }
     }
+    // U' = U - W S in place.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float4* u4 = reinterpret_cast<float4*>(us + (2 * rg + r) * J + 4 * cg);
-      const float4 u = *u4;
-      *u4 = make_float4(u.x - p[r][0], u.y - p[r][1], u.z - p[r][2], u.w - p[r][3]);
+    for (int n = 0; n < 2; ++n) {
+      const int r = 16 * pm + fg, j = 8 * (pn + n) + 2 * fi;
+      us[r * CS + j] -= p[n][0];
+      us[r * CS + j + 1] -= p[n][1];
+      us[(r + 8) * CS + j] -= p[n][2];
+      us[(r + 8) * CS + j + 1] -= p[n][3];
     }
-    __syncthreads();  // U' complete; every read of the old state done
-
-    // O = Qg S0 + B U' (B is zero above its diagonal, so s stops at the thread's last row).
-    for (int s = 0; s <= 2 * rg + 1; ++s) {
-      const float2 b2 = *reinterpret_cast<const float2*>(bt + s * C + 2 * rg);
-      const float4 u4 = *reinterpret_cast<const float4*>(us + s * J + 4 * cg);
-      const float u[4] = {u4.x, u4.y, u4.z, u4.w};
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        o[0][jj] = fmaf(b2.x, u[jj], o[0][jj]);
-        o[1][jj] = fmaf(b2.y, u[jj], o[1][jj]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int t = 2 * rg + r;
-      if (t < chunk.tokens) {
-        float* dst = out + ((chunk.first_token + t) * heads + h) * Dk + column0 + 4 * cg;
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) dst[jj] = o[r][jj];
-      }
+    __syncthreads();  // U' complete; W, Qg and the state copy are no longer read
+    if (index + 1 < run.chunks) {
+      load_products(index + 1);
+      CopyAsyncCommit();
     }
 
-    // S1 = e^{G_last} * S0 + Kl^T U' on this thread's 4 keys x 4 columns.
-    float acc[4][4] = {};
-    for (int t = 0; t < C; ++t) {
-      const float4 k4 = *reinterpret_cast<const float4*>(kl + t * Dk + 4 * rg);
-      const float4 u4 = *reinterpret_cast<const float4*>(us + t * J + 4 * cg);
-      const float kk[4] = {k4.x, k4.y, k4.z, k4.w}, u[4] = {u4.x, u4.y, u4.z, u4.w};
+    // O = Qg S0 + B U': B is zero above its diagonal, so k stops after the row tile.
+    for (int k0 = 0; k0 < 16 * (pm + 1); k0 += 8) {
+      const FragA fb = LoadA(bm, PS, 16 * pm, k0, lane);
 #pragma unroll
-      for (int a = 0; a < 4; ++a) {
-#pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(kk[a], u[b], acc[a][b]);
-      }
+      for (int n = 0; n < 2; ++n) MmaTf32(o[n], fb, LoadB(us, CS, k0, 8 * (pn + n), lane));
     }
 #pragma unroll
-    for (int a = 0; a < 4; ++a) {
-      const int c = 4 * rg + a;
-      float4* s4 = reinterpret_cast<float4*>(ss + c * SS + 4 * cg);
-      const float4 s = *s4;
-      const float decay = gl[c];
-      *s4 = make_float4(fmaf(decay, s.x, acc[a][0]), fmaf(decay, s.y, acc[a][1]), fmaf(decay, s.z, acc[a][2]),
-                        fmaf(decay, s.w, acc[a][3]));
+    for (int n = 0; n < 2; ++n) {
+      const int j = column0 + 8 * (pn + n) + 2 * fi;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int t = 16 * pm + fg + 8 * half;
+        if (t < chunk.tokens) {
+          float* dst = out + ((chunk.first_token + t) * heads + h) * Dk + j;
+          dst[0] = o[n][2 * half];
+          dst[1] = o[n][2 * half + 1];
+        }
+      }
+    }
+
+    // S1 = e^{G_last} S0 + Kl^T U' on this warp's 16 keys.
+    const float decay_lo = gl[16 * warp + fg], decay_hi = gl[16 * warp + fg + 8];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      s_acc[nt][0] *= decay_lo;
+      s_acc[nt][1] *= decay_lo;
+      s_acc[nt][2] *= decay_hi;
+      s_acc[nt][3] *= decay_hi;
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < C; k0 += 8) {
+      const FragA fk = LoadAT(kl, RT, 16 * warp, k0, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) MmaTf32(s_acc[nt], fk, LoadB(us, CS, k0, 8 * nt, lane));
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int c = 16 * warp + fg, j = 8 * nt + 2 * fi;
+      ss[c * CS + j] = s_acc[nt][0];
+      ss[c * CS + j + 1] = s_acc[nt][1];
+      ss[(c + 8) * CS + j] = s_acc[nt][2];
+      ss[(c + 8) * CS + j + 1] = s_acc[nt][3];
     }
   }
-  __syncthreads();
-  for (int i = tid; i < J * Dk; i += Traits::kThreads) {
-    const int j = i / Dk, c = i % Dk;
-    state[j * Dk + c] = ss[c * SS + j];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 16 * warp + fg + (e >= 2 ? 8 : 0), j = 8 * nt + 2 * fi + (e & 1);
+      state[j * Dk + c] = s_acc[nt][e];
+    }
   }
 }
 
-static_assert(Traits::kThreads == (Traits::kDk / 4) * (Traits::kColumns / 4), "state update: one 4x4 tile per thread");
-static_assert(Traits::kThreads == (Traits::kChunk / 2) * (Traits::kColumns / 4), "products: one 2x4 tile per thread");
 static_assert(Traits::kThreads == 2 * Traits::kDk, "solve: one column of [e^G k | v] per thread");
-static_assert((Traits::kChunk / 4) * (Traits::kChunk / 4 + 1) / 2 <= 160, "pair tiles fit the first five warps");
+static_assert(Traits::kThreads / 32 * 16 == Traits::kDk, "state pass: 16 keys per warp");
+static_assert(Traits::kColumns == 32 && Traits::kChunk == 64, "state pass: 4 x 4 tiles of W S per chunk");
+static_assert((Traits::kChunk / 4) * (Traits::kChunk / 4 + 1) / 2 <= Traits::kThreads, "deep channels: a tile per thread");
+static_assert(Traits::kStateSmem <= 227 * 1024 && Traits::kPrepareSmem <= 227 * 1024, "shared memory per block");
 
 }  // namespace
 

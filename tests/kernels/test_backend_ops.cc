@@ -18,6 +18,9 @@ namespace {
 // round activations to 16 bits (cuBLAS f16/bf16 GEMMs for many columns) near 1e-6..1e-5.
 constexpr double kExact = 1e-9;
 constexpr double kHalfActivations = 1e-4;
+// TF32 tensor-core products (10-bit mantissas), f32 accumulation and state: the chunked KDA
+// prefill lands near 1e-7 (measured in a host emulation of its kernels).
+constexpr double kTf32 = 1e-5;
 
 double Nmse(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
@@ -220,8 +223,10 @@ TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
       auto out = Poisoned(shape);
       cpu_->KdaAttention(q.cpu, k.cpu, v.cpu, gg.cpu, beta.cpu, seqs, cpu_states, chunk, out.cpu);
       gpu_->KdaAttention(q.gpu, k.gpu, v.gpu, gg.gpu, beta.gpu, seqs, gpu_states, chunk, out.gpu);
-      Expect(out, 1e-9, "KdaAttention dk=" + std::to_string(dk) + " chunk=" + std::to_string(chunk));
-      for (auto& r : rec) Expect(r, 1e-9, "KdaAttention state");
+      // Head size 128 with chunk > 0 takes the chunked tensor-core kernels on the GPU.
+      const double tolerance = chunk > 0 && dk == 128 ? kTf32 : kExact;
+      Expect(out, tolerance, "KdaAttention dk=" + std::to_string(dk) + " chunk=" + std::to_string(chunk));
+      for (auto& r : rec) Expect(r, tolerance, "KdaAttention state");
     }
   }
 }
@@ -231,8 +236,6 @@ TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
 // non-zero carried state, head size 128 as in the model. Gates: a mild range (long memory, so
 // the carried state matters across many chunks) and a log-uniform one reaching -20 per token,
 // where e^{-G} over a chunk would overflow any factorisation without a reference point.
-constexpr double kKdaChunked = 1e-9;  // f32 arithmetic throughout (FFMA)
-
 class KdaPrefill : public BackendOps {
  protected:
   static std::string Scientific(double x) {
@@ -311,8 +314,8 @@ TEST_P(KdaChunkedPrefill, MatchesCpuAndRecurrence) {
     const std::vector<float> recurrent = Run(*gpu_, in, true, 0);
     const std::vector<float> cpu = Run(*cpu_, in, false, 64);
     const double vs_cpu = Nmse(chunked, cpu), vs_recurrence = Nmse(chunked, recurrent);
-    EXPECT_LE(vs_cpu, kKdaChunked) << "chunked GPU vs CPU, " << what;
-    EXPECT_LE(vs_recurrence, kKdaChunked) << "chunked vs recurrent GPU, " << what;
+    EXPECT_LE(vs_cpu, kTf32) << "chunked GPU vs CPU, " << what;
+    EXPECT_LE(vs_recurrence, kTf32) << "chunked vs recurrent GPU, " << what;
     RecordProperty("vs_cpu " + what, Scientific(vs_cpu));
     RecordProperty("vs_recurrence " + what, Scientific(vs_recurrence));
   }
@@ -325,7 +328,7 @@ TEST_F(KdaPrefill, SeveralWorkspacePassesMatchRecurrence) {
   // sequence is split between passes (its state carried through the state tensor).
   Inputs in = MakeInputs(32, {300, 15000}, false);
   const double nmse = Nmse(Run(*gpu_, in, true, 64), Run(*gpu_, in, true, 0));
-  EXPECT_LE(nmse, kKdaChunked);
+  EXPECT_LE(nmse, kTf32);
   RecordProperty("vs_recurrence", Scientific(nmse));
 }
 
