@@ -51,10 +51,10 @@ struct KdaChunkTraits {
   static constexpr int kU = kB + kChunk * kChunk;    // [C][Dk]  U
   static constexpr int kGl = kU + kChunk * kDk;      // [Dk]     e^{G_last}
   static constexpr int kFloats = kGl + kDk;
-  // Kernel 1 shared memory: G, k', q', k'' [C][kRow]; A, B [C][kPairRow]; beta [C];
+  // Kernel 1 shared memory: G, k', q', k'', v [C][kRow]; A, B [C][kPairRow]; beta [C];
   // G_last [Dk]; the deep channels' list [Dk] (ints) and its warp masks.
   static constexpr size_t kPrepareSmem =
-      (4 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + 2 * kDk + kDk / 32 + 4) * sizeof(float);
+      (5 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + 2 * kDk + kDk / 32 + 4) * sizeof(float);
   // Kernel 2 shared memory: the state slice [Dk][kColRow]; W, Qg [C][kRow]; two stages of
   // Kl [C][kRowT], B [C][kPairRow], U' [C][kColRow], e^{G_last} [Dk].
   static constexpr int kStage = kChunk * kRowT + kChunk * kPairRow + kChunk * kColRow + kDk;
@@ -127,6 +127,11 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
 }
+// The same with zeros instead when `real` is false (then nothing is read from `global`).
+__device__ __forceinline__ void CopyAsync16OrZero(void* smem, const void* global, bool real) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(real ? 16 : 0));
+}
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
@@ -152,7 +157,8 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   float* kd = gs + C * RS;      // [C][RS] k e^{G} (factorised channels) or k (deep channels)
   float* qd = kd + C * RS;      // [C][RS] q e^{G} or q, likewise
   float* ki = qd + C * RS;      // [C][RS] k e^{-G} (factorised channels) or 0
-  float* as = ki + C * RS;      // [C][PS] A, strictly lower part valid
+  float* vs = ki + C * RS;      // [C][RS] v
+  float* as = vs + C * RS;      // [C][PS] A, strictly lower part valid
   float* bs = as + C * PS;      // [C][PS] B, lower part valid
   float* betas = bs + C * PS;   // [C]
   float* glast = betas + C;     // [Dk] G of the chunk's last token
@@ -166,15 +172,18 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   const int64_t token_stride = heads * Dk;
 
   // Tokens past the chunk's end are zero (g = 0 keeps G flat), so they add nothing anywhere.
-  for (int i = tid; i < C * Dk; i += Traits::kThreads) {
-    const int t = i / Dk, c = i % Dk;
+  for (int i = tid; i < C * Dk / 4; i += Traits::kThreads) {
+    const int t = i / (Dk / 4), c = (i % (Dk / 4)) * 4;
     const bool real = t < chunk.tokens;
-    const int64_t at = row0 + t * token_stride + c;
-    kd[t * RS + c] = real ? k[at] : 0.0f;
-    qd[t * RS + c] = real ? q[at] : 0.0f;
-    gs[t * RS + c] = real ? g[at] * kLog2e : 0.0f;
+    const int64_t at = real ? row0 + t * token_stride + c : row0;
+    CopyAsync16OrZero(kd + t * RS + c, k + at, real);
+    CopyAsync16OrZero(qd + t * RS + c, q + at, real);
+    CopyAsync16OrZero(gs + t * RS + c, g + at, real);
+    CopyAsync16OrZero(vs + t * RS + c, v + at, real);
   }
+  CopyAsyncCommit();
   if (tid < C) betas[tid] = tid < chunk.tokens ? beta[(chunk.first_token + tid) * heads + h] : 0.0f;
+  CopyAsyncWaitAll();
   __syncthreads();
 
   // One thread per channel: cumulative gate, then the factorised rows.
@@ -183,7 +192,7 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
     const int c = tid;
     float run = 0;
     for (int t = 0; t < C; ++t) {
-      run += gs[t * RS + c];
+      run += gs[t * RS + c] * kLog2e;
       gs[t * RS + c] = run;
     }
     glast[c] = run;
@@ -312,6 +321,7 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   if (tid < Dk) ws[Traits::kGl + tid] = exp2f(glast[tid]);
 
   // Forward substitution, one column of [e^G * k | v] per thread: columns are independent.
+  // Four partial sums per row keep the dependent chain short.
   const int col = tid;
   const bool key_side = col < Dk;
   const bool col_factorised = key_side && glast[col] >= -Traits::kFactorisedLog2;
@@ -323,18 +333,19 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
     if (key_side) {
       y = col_factorised ? kd[t * RS + col] : exp2f(gs[t * RS + col]) * kd[t * RS + col];
     } else {
-      y = t < chunk.tokens ? v[row0 + t * token_stride + (col - Dk)] : 0.0f;
+      y = vs[t * RS + col - Dk];
     }
     const float* a_row = as + t * PS;
+    float part[4] = {};
 #pragma unroll
     for (int j4 = 0; j4 < t; j4 += 4) {
       const float4 a4 = *reinterpret_cast<const float4*>(a_row + j4);
-      y = fmaf(-a4.x, x[j4], y);
-      if (j4 + 1 < t) y = fmaf(-a4.y, x[j4 + 1], y);
-      if (j4 + 2 < t) y = fmaf(-a4.z, x[j4 + 2], y);
-      if (j4 + 3 < t) y = fmaf(-a4.w, x[j4 + 3], y);
+      part[0] = fmaf(a4.x, x[j4], part[0]);
+      if (j4 + 1 < t) part[1] = fmaf(a4.y, x[j4 + 1], part[1]);
+      if (j4 + 2 < t) part[2] = fmaf(a4.z, x[j4 + 2], part[2]);
+      if (j4 + 3 < t) part[3] = fmaf(a4.w, x[j4 + 3], part[3]);
     }
-    x[t] = betas[t] * y;
+    x[t] = betas[t] * (y - ((part[0] + part[1]) + (part[2] + part[3])));
     x_out[t * Dk] = x[t];
   }
 }
@@ -498,6 +509,10 @@ bool CudaBackend::KdaChunkedAttention(const Tensor& q, const Tensor& k, const Te
                                       absl::Span<const KdaStateView> states, const Tensor& out) {
   const int64_t dk = q.ne[0], heads = q.ne[1];
   if (dk != Traits::kDk) return false;
+  // The kernels copy 16-byte pieces of q, k, v and g (views at odd offsets take the recurrence).
+  for (const Tensor* t : {&q, &k, &v, &g}) {
+    if (reinterpret_cast<uintptr_t>(DevPtr(*t)) % 16 != 0) return false;
+  }
   // Chunks of every sequence, split into passes whose workspace fits the budget.
   const size_t chunk_bytes = static_cast<size_t>(heads) * Traits::kFloats * sizeof(float);
   const int64_t pass_chunks = std::max<int64_t>(1, static_cast<int64_t>(Traits::kPassBytes / chunk_bytes));
