@@ -16,9 +16,11 @@
 //
 // Products run on the tensor cores as mma.sync m16n8k8 TF32 (operands rounded to 10-bit
 // mantissas, f32 accumulation); the state, the gates' sums and the forward substitution stay
-// f32. A and B factorise per key channel as (k_t e^{G_t}) . (k_j e^{-G_j}) when the chunk's
-// total decay on that channel is moderate (e^{-G} stays far inside f32); channels that decay
-// further take e^{G_t - G_j} one exponent per pair, so no gate can overflow anything.
+// f32. A and B factorise per 16-row sub-chunk relative to its first row r, as
+// (k_t e^{G_t - G_r}) . (k_j e^{G_r - G_j}): both factors are <= 1 for earlier sub-chunks, and
+// within the sub-chunk bounded by its decay; a channel decaying past 2^-100 inside a
+// sub-chunk (gates below about -4 per token) takes e^{G_t - G_j} there one exponent per pair,
+// so no gate can overflow anything.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -34,8 +36,9 @@ struct KdaChunkTraits {
   static constexpr int kThreads = 256;   // both kernels: 8 warps
   static constexpr int kColumns = 32;    // value columns per state-pass block
   static constexpr int kColumnBlocks = kDk / kColumns;
-  // Channels whose decay over the chunk stays above 2^-kFactorisedLog2 factorise: the largest
-  // factor k e^{-G} is then 2^100 ~ 1e30, inside f32 (and TF32) range.
+  static constexpr int kSubChunk = 16;   // rows sharing a reference point in A and B
+  // A channel whose decay over a sub-chunk stays above 2^-kFactorisedLog2 factorises there:
+  // its largest factor e^{G_r - G_j} is then 2^100 ~ 1e30, inside f32 (and TF32) range.
   static constexpr float kFactorisedLog2 = 100.0f;
   // Shared-memory row strides (floats). Those read as mma fragments are 4 or 8 mod 32, so
   // the 32 lanes of a fragment load hit 32 distinct banks.
@@ -51,10 +54,10 @@ struct KdaChunkTraits {
   static constexpr int kU = kB + kChunk * kChunk;    // [C][Dk]  U
   static constexpr int kGl = kU + kChunk * kDk;      // [Dk]     e^{G_last}
   static constexpr int kFloats = kGl + kDk;
-  // Kernel 1 shared memory: G, k', q', k'', v [C][kRow]; A, B [C][kPairRow]; beta [C];
-  // G_last [Dk]; the deep channels' list [Dk] (ints) and its warp masks.
+  // Kernel 1 shared memory: G, k, q, v [C][kRow]; A, B [C][kPairRow]; beta [C]; per
+  // sub-chunk the deep channels' list [Dk] (ints) and its warp masks [Dk / 32].
   static constexpr size_t kPrepareSmem =
-      (5 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + 2 * kDk + kDk / 32 + 4) * sizeof(float);
+      (4 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + (kChunk / kSubChunk) * (kDk + kDk / 32)) * sizeof(float);
   // Kernel 2 shared memory: the state slice [Dk][kColRow]; W, Qg [C][kRow]; two stages of
   // Kl [C][kRowT], B [C][kPairRow], U' [C][kColRow], e^{G_last} [Dk].
   static constexpr int kStage = kChunk * kRowT + kChunk * kPairRow + kChunk * kColRow + kDk;
@@ -117,12 +120,6 @@ __device__ __forceinline__ FragB LoadB(const float* m, int stride, int k0, int n
   const float* p = m + (k0 + lane % 4) * stride + n0 + lane / 4;
   return {{ToTf32(p[0]), ToTf32(p[4 * stride])}};
 }
-// B from a matrix stored transposed (element (k, n) at m[n * stride + k]).
-__device__ __forceinline__ FragB LoadBT(const float* m, int stride, int k0, int n0, int lane) {
-  const float* p = m + (n0 + lane / 4) * stride + k0 + lane % 4;
-  return {{ToTf32(p[0]), ToTf32(p[4])}};
-}
-
 __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
@@ -152,21 +149,21 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
                                                                          const float* beta, const KdaChunk* chunks,
                                                                          int64_t heads, float scale, float* work) {
   constexpr int C = Traits::kChunk, Dk = Traits::kDk, RS = Traits::kRow, PS = Traits::kPairRow;
+  constexpr int L = Traits::kSubChunk, kSubChunks = C / L, kMaskWords = Dk / 32;
   extern __shared__ float4 prepare_smem[];
   float* gs = reinterpret_cast<float*>(prepare_smem);  // [C][RS] G, log2 units
-  float* kd = gs + C * RS;      // [C][RS] k e^{G} (factorised channels) or k (deep channels)
-  float* qd = kd + C * RS;      // [C][RS] q e^{G} or q, likewise
-  float* ki = qd + C * RS;      // [C][RS] k e^{-G} (factorised channels) or 0
-  float* vs = ki + C * RS;      // [C][RS] v
+  float* ks = gs + C * RS;      // [C][RS] k
+  float* qs = ks + C * RS;      // [C][RS] q
+  float* vs = qs + C * RS;      // [C][RS] v
   float* as = vs + C * RS;      // [C][PS] A, strictly lower part valid
   float* bs = as + C * PS;      // [C][PS] B, lower part valid
   float* betas = bs + C * PS;   // [C]
-  float* glast = betas + C;     // [Dk] G of the chunk's last token
-  int* deep = reinterpret_cast<int*>(glast + Dk);  // [Dk] channels that do not factorise
-  unsigned* deep_masks = reinterpret_cast<unsigned*>(deep + Dk);  // [Dk / 32]
+  int* deep = reinterpret_cast<int*>(betas + C);  // [kSubChunks][Dk] deep channels of each sub-chunk
+  unsigned* deep_masks = reinterpret_cast<unsigned*>(deep + kSubChunks * Dk);  // [kSubChunks][kMaskWords]
   const KdaChunk chunk = chunks[blockIdx.x];
   const int64_t h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int fg = lane / 4, fi = lane % 4;  // fragment row group and index
   float* ws = work + (static_cast<int64_t>(blockIdx.x) * heads + h) * Traits::kFloats;
   const int64_t row0 = (chunk.first_token * heads + h) * Dk;  // token t of this head at row0 + t * heads * Dk
   const int64_t token_stride = heads * Dk;
@@ -176,8 +173,8 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
     const int t = i / (Dk / 4), c = (i % (Dk / 4)) * 4;
     const bool real = t < chunk.tokens;
     const int64_t at = real ? row0 + t * token_stride + c : row0;
-    CopyAsync16OrZero(kd + t * RS + c, k + at, real);
-    CopyAsync16OrZero(qd + t * RS + c, q + at, real);
+    CopyAsync16OrZero(ks + t * RS + c, k + at, real);
+    CopyAsync16OrZero(qs + t * RS + c, q + at, real);
     CopyAsync16OrZero(gs + t * RS + c, g + at, real);
     CopyAsync16OrZero(vs + t * RS + c, v + at, real);
   }
@@ -186,53 +183,68 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   CopyAsyncWaitAll();
   __syncthreads();
 
-  // One thread per channel: cumulative gate, then the factorised rows.
-  bool factorised = true;
+  // One thread per channel: the cumulative gate, and whether each sub-chunk decays too far
+  // for its factorised products (then its pairs take one exponent each, below).
+  bool deep_in[kSubChunks] = {};
   if (tid < Dk) {
-    const int c = tid;
     float run = 0;
     for (int t = 0; t < C; ++t) {
-      run += gs[t * RS + c] * kLog2e;
-      gs[t * RS + c] = run;
+      run += gs[t * RS + tid] * kLog2e;
+      gs[t * RS + tid] = run;
     }
-    glast[c] = run;
-    factorised = run >= -Traits::kFactorisedLog2;
-    for (int t = 0; t < C; ++t) {
-      const float key = kd[t * RS + c];
-      if (factorised) {
-        const float decay = exp2f(gs[t * RS + c]);
-        kd[t * RS + c] = key * decay;
-        qd[t * RS + c] *= decay;
-        ki[t * RS + c] = key * exp2f(-gs[t * RS + c]);
-      } else {
-        ki[t * RS + c] = 0.0f;
-      }
+#pragma unroll
+    for (int s = 0; s < kSubChunks; ++s) {
+      deep_in[s] = gs[s * L * RS + tid] - gs[(s * L + L - 1) * RS + tid] > Traits::kFactorisedLog2;
     }
   }
-  const unsigned deep_ballot = __ballot_sync(0xffffffffu, !factorised);
-  if (tid < Dk && lane == 0) deep_masks[warp] = deep_ballot;
+#pragma unroll
+  for (int s = 0; s < kSubChunks; ++s) {
+    const unsigned ballot = __ballot_sync(0xffffffffu, deep_in[s]);
+    if (tid < Dk && lane == 0) deep_masks[s * kMaskWords + warp] = ballot;
+  }
   __syncthreads();
-  int deep_count = 0;
-  for (int w = 0; w < Dk / 32; ++w) deep_count += __popc(deep_masks[w]);
-  if (tid < Dk && !factorised) {
-    int before = __popc(deep_ballot & ((1u << lane) - 1));
-    for (int w = 0; w < warp; ++w) before += __popc(deep_masks[w]);
-    deep[before] = tid;
+  unsigned any_deep = 0;
+  for (int w = 0; w < kSubChunks * kMaskWords; ++w) any_deep |= deep_masks[w];
+#pragma unroll
+  for (int s = 0; s < kSubChunks; ++s) {
+    if (tid < Dk && deep_in[s]) {
+      int before = __popc(deep_masks[s * kMaskWords + warp] & ((1u << lane) - 1));
+      for (int w = 0; w < warp; ++w) before += __popc(deep_masks[s * kMaskWords + w]);
+      deep[s * Dk + before] = tid;
+    }
   }
 
-  // A and B over the factorised channels on the tensor cores: only the 16x8 tiles that touch
-  // the lower triangle. Warp w takes rows 16 (w / 2).. and every other column tile.
+  // A and B on the tensor cores, only the 16x8 tiles that touch the lower triangle; warp w
+  // takes rows 16 (w / 2).. (sub-chunk m) and every other column tile. Relative to the
+  // sub-chunk's first row r: A_tj = sum_c (k_t e^{G_t - G_r}) (k_j e^{G_r - G_j}); the row
+  // factor is <= 1, and so is the column factor for earlier sub-chunks (j < r). Within the
+  // sub-chunk (j >= r) the column factor is <= 2^kFactorisedLog2 except on deep channels,
+  // which are left out here.
   {
-    const int mt = warp / 2, first_nt = warp % 2, tiles = mt + 1;  // column tiles first_nt, +2, .. <= 2 mt + 1
+    const int m = warp / 2, first_nt = warp % 2, tiles = m + 1;  // column tiles first_nt, +2, .. <= 2 m + 1
+    const int r = m * L;
+    const unsigned* sub_deep = deep_masks + m * kMaskWords;
     float acc_a[4][4] = {}, acc_b[4][4] = {};
-#pragma unroll 4
+#pragma unroll 2
     for (int k0 = 0; k0 < Dk; k0 += 8) {
-      const FragA fk = LoadA(kd, RS, 16 * mt, k0, lane);
-      const FragA fq = LoadA(qd, RS, 16 * mt, k0, lane);
+      const int c_lo = k0 + fi, c_hi = c_lo + 4;
+      const float ref_lo = gs[r * RS + c_lo], ref_hi = gs[r * RS + c_hi];
+      const int t_lo = r + fg, t_hi = t_lo + 8;
+      const float f00 = exp2f(gs[t_lo * RS + c_lo] - ref_lo), f10 = exp2f(gs[t_hi * RS + c_lo] - ref_lo);
+      const float f01 = exp2f(gs[t_lo * RS + c_hi] - ref_hi), f11 = exp2f(gs[t_hi * RS + c_hi] - ref_hi);
+      const FragA fk = {{ToTf32(ks[t_lo * RS + c_lo] * f00), ToTf32(ks[t_hi * RS + c_lo] * f10),
+                         ToTf32(ks[t_lo * RS + c_hi] * f01), ToTf32(ks[t_hi * RS + c_hi] * f11)}};
+      const FragA fq = {{ToTf32(qs[t_lo * RS + c_lo] * f00), ToTf32(qs[t_hi * RS + c_lo] * f10),
+                         ToTf32(qs[t_lo * RS + c_hi] * f01), ToTf32(qs[t_hi * RS + c_hi] * f11)}};
+      const bool deep_lo = (sub_deep[c_lo / 32] >> (c_lo % 32)) & 1u, deep_hi = (sub_deep[c_hi / 32] >> (c_hi % 32)) & 1u;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         if (i < tiles) {
-          const FragB fb = LoadBT(ki, RS, k0, 8 * (first_nt + 2 * i), lane);
+          const int nt = first_nt + 2 * i, j = 8 * nt + fg;
+          const bool diagonal = j >= r;
+          const float b_lo = diagonal && deep_lo ? 0.0f : ks[j * RS + c_lo] * exp2f(ref_lo - gs[j * RS + c_lo]);
+          const float b_hi = diagonal && deep_hi ? 0.0f : ks[j * RS + c_hi] * exp2f(ref_hi - gs[j * RS + c_hi]);
+          const FragB fb = {{ToTf32(b_lo), ToTf32(b_hi)}};
           MmaTf32(acc_a[i], fk, fb);
           MmaTf32(acc_b[i], fq, fb);
         }
@@ -241,82 +253,57 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       if (i < tiles) {
-        const int r = 16 * mt + lane / 4, col = 8 * (first_nt + 2 * i) + 2 * (lane % 4);
-        as[r * PS + col] = acc_a[i][0];
-        as[r * PS + col + 1] = acc_a[i][1];
-        as[(r + 8) * PS + col] = acc_a[i][2];
-        as[(r + 8) * PS + col + 1] = acc_a[i][3];
-        bs[r * PS + col] = acc_b[i][0] * scale;
-        bs[r * PS + col + 1] = acc_b[i][1] * scale;
-        bs[(r + 8) * PS + col] = acc_b[i][2] * scale;
-        bs[(r + 8) * PS + col + 1] = acc_b[i][3] * scale;
+        const int row = r + fg, col = 8 * (first_nt + 2 * i) + 2 * fi;
+        as[row * PS + col] = acc_a[i][0];
+        as[row * PS + col + 1] = acc_a[i][1];
+        as[(row + 8) * PS + col] = acc_a[i][2];
+        as[(row + 8) * PS + col + 1] = acc_a[i][3];
+        bs[row * PS + col] = acc_b[i][0] * scale;
+        bs[row * PS + col + 1] = acc_b[i][1] * scale;
+        bs[(row + 8) * PS + col] = acc_b[i][2] * scale;
+        bs[(row + 8) * PS + col + 1] = acc_b[i][3] * scale;
       }
     }
   }
   __syncthreads();
 
-  // Deep channels (only with strong gates): one exponent per pair and channel, 4x4 tiles of
-  // (t, j) pairs on or below the diagonal, one per thread.
-  constexpr int kPairTiles = (C / 4) * (C / 4 + 1) / 2;
-  if (deep_count > 0) {
-    if (tid < kPairTiles) {
-      int ti = 0, tj = tid;
-      while (tj > ti) {
-        tj -= ti + 1;
-        ++ti;
+  // Deep channels of a sub-chunk (gates below about -4 per token): its own pairs, one
+  // exponent per pair and channel. Threads: 64 per sub-chunk, a row and 4 columns each.
+  if (any_deep != 0) {
+    const int s = tid / 64, t = s * L + (tid % 64) / 4, j0 = s * L + 4 * (tid % 4);
+    int deep_count = 0;
+    for (int w = 0; w < kMaskWords; ++w) deep_count += __popc(deep_masks[s * kMaskWords + w]);
+    float sum_a[4] = {}, sum_b[4] = {};
+    for (int d = 0; d < deep_count; ++d) {
+      const int c = deep[s * Dk + d];
+      const float gt = gs[t * RS + c], kt = ks[t * RS + c], qt = qs[t * RS + c];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = j0 + e;
+        const float decayed = exp2f(j <= t ? gt - gs[j * RS + c] : -INFINITY) * ks[j * RS + c];
+        sum_a[e] = fmaf(kt, decayed, sum_a[e]);
+        sum_b[e] = fmaf(qt, decayed, sum_b[e]);
       }
-      float sum_a[4][4] = {}, sum_b[4][4] = {};
-      for (int d = 0; d < deep_count; ++d) {
-        const int c = deep[d];
-        float gt[4], kt[4], qt[4], gj[4], kj[4];
+    }
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          gt[r] = gs[(4 * ti + r) * RS + c];
-          kt[r] = kd[(4 * ti + r) * RS + c];
-          qt[r] = qd[(4 * ti + r) * RS + c];
-          gj[r] = gs[(4 * tj + r) * RS + c];
-          kj[r] = kd[(4 * tj + r) * RS + c];
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int s = 0; s < 4; ++s) {
-            // Pairs above the diagonal (only in diagonal tiles) are dropped: exponent -inf.
-            const float exponent = 4 * tj + s <= 4 * ti + r ? gt[r] - gj[s] : -INFINITY;
-            const float decayed = exp2f(exponent) * kj[s];
-            sum_a[r][s] = fmaf(kt[r], decayed, sum_a[r][s]);
-            sum_b[r][s] = fmaf(qt[r], decayed, sum_b[r][s]);
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const int t = 4 * ti + r, j = 4 * tj + s;
-          as[t * PS + j] += sum_a[r][s];
-          bs[t * PS + j] += sum_b[r][s] * scale;
-        }
-      }
+    for (int e = 0; e < 4; ++e) {
+      as[t * PS + j0 + e] += sum_a[e];
+      bs[t * PS + j0 + e] += sum_b[e] * scale;
     }
     __syncthreads();
   }
 
-  // Workspace: B (masked), decayed queries and keys, e^{G_last}.
+  // Workspace: B (masked), decayed queries and keys, e^{G_last} (every exponent <= 0).
   for (int i = tid; i < C * C; i += Traits::kThreads) {
     const int t = i / C, s = i % C;
     ws[Traits::kB + i] = s <= t ? bs[t * PS + s] : 0.0f;
   }
+  const float* glast = gs + (C - 1) * RS;  // flat past the chunk's end
   for (int i = tid; i < C * Dk; i += Traits::kThreads) {
     const int t = i / Dk, c = i % Dk;
-    const float last = glast[c], here = gs[t * RS + c];
-    if (last >= -Traits::kFactorisedLog2) {
-      ws[Traits::kQg + i] = qd[t * RS + c] * scale;
-      ws[Traits::kKl + i] = ki[t * RS + c] * exp2f(last);
-    } else {
-      ws[Traits::kQg + i] = exp2f(here) * qd[t * RS + c] * scale;
-      ws[Traits::kKl + i] = exp2f(last - here) * kd[t * RS + c];
-    }
+    const float here = gs[t * RS + c];
+    ws[Traits::kQg + i] = exp2f(here) * qs[t * RS + c] * scale;
+    ws[Traits::kKl + i] = exp2f(glast[c] - here) * ks[t * RS + c];
   }
   if (tid < Dk) ws[Traits::kGl + tid] = exp2f(glast[tid]);
 
@@ -324,17 +311,11 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   // Four partial sums per row keep the dependent chain short.
   const int col = tid;
   const bool key_side = col < Dk;
-  const bool col_factorised = key_side && glast[col] >= -Traits::kFactorisedLog2;
   float* x_out = ws + (key_side ? Traits::kW + col : Traits::kU + col - Dk);
   float x[C];
 #pragma unroll
   for (int t = 0; t < C; ++t) {
-    float y;
-    if (key_side) {
-      y = col_factorised ? kd[t * RS + col] : exp2f(gs[t * RS + col]) * kd[t * RS + col];
-    } else {
-      y = vs[t * RS + col - Dk];
-    }
+    const float y = key_side ? exp2f(gs[t * RS + col]) * ks[t * RS + col] : vs[t * RS + col - Dk];
     const float* a_row = as + t * PS;
     float part[4] = {};
 #pragma unroll
@@ -499,7 +480,8 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const Kd
 static_assert(Traits::kThreads == 2 * Traits::kDk, "solve: one column of [e^G k | v] per thread");
 static_assert(Traits::kThreads / 32 * 16 == Traits::kDk, "state pass: 16 keys per warp");
 static_assert(Traits::kColumns == 32 && Traits::kChunk == 64, "state pass: 4 x 4 tiles of W S per chunk");
-static_assert((Traits::kChunk / 4) * (Traits::kChunk / 4 + 1) / 2 <= Traits::kThreads, "deep channels: a tile per thread");
+static_assert(Traits::kChunk / Traits::kSubChunk * 64 == Traits::kThreads && Traits::kSubChunk == 16,
+              "A and B: two warps per sub-chunk of 16 rows; deep pairs: 64 threads per sub-chunk");
 static_assert(Traits::kStateSmem <= 227 * 1024 && Traits::kPrepareSmem <= 227 * 1024, "shared memory per block");
 
 }  // namespace

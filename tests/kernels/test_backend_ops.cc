@@ -234,8 +234,10 @@ TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
 // KDA prefill in the chunked form (chunks of 64 on the GPU) against the CPU and against the
 // GPU's own token recurrence: two sequences per batch (the one under test, then 37 tokens),
 // non-zero carried state, head size 128 as in the model. Gates: a mild range (long memory, so
-// the carried state matters across many chunks) and a log-uniform one reaching -20 per token,
-// where e^{-G} over a chunk would overflow any factorisation without a reference point.
+// the carried state matters across many chunks), a log-uniform one reaching -20 per token
+// (e^{-G} over a chunk would overflow any factorisation without a reference point; a few
+// channels of a few sub-chunks take the per-pair path), and uniform in [-20, -1] (almost
+// every channel takes it).
 class KdaPrefill : public BackendOps {
  protected:
   static std::string Scientific(double x) {
@@ -248,7 +250,11 @@ class KdaPrefill : public BackendOps {
     std::vector<SeqSlice> seqs;
     std::vector<std::vector<float>> initial_states;  // per sequence [Dk, Dk, H]
   };
-  Inputs MakeInputs(int64_t heads, std::vector<int64_t> lengths, bool deep_gates) {
+  enum class Gates { kMild, kLogUniformTo20, kUniformTo20 };
+  static std::string Name(Gates gates) {
+    return gates == Gates::kMild ? "mild gates" : gates == Gates::kLogUniformTo20 ? "log-uniform gates to -20" : "gates in [-20, -1]";
+  }
+  Inputs MakeInputs(int64_t heads, std::vector<int64_t> lengths, Gates gates) {
     Inputs in;
     int64_t n = 0;
     for (int64_t length : lengths) {
@@ -267,12 +273,14 @@ class KdaPrefill : public BackendOps {
     in.q = F32(shape, unit(Random(kDk * heads * n)));
     in.k = F32(shape, unit(Random(kDk * heads * n)));
     in.v = F32(shape, Random(kDk * heads * n));
-    std::vector<float> gates = deep_gates ? Random(kDk * heads * n, std::log(1e-3f), std::log(20.0f))
-                                          : Random(kDk * heads * n, -0.1f, -0.001f);
-    if (deep_gates) {
-      for (float& x : gates) x = -std::exp(x);
+    std::vector<float> g;
+    if (gates == Gates::kMild) g = Random(kDk * heads * n, -0.1f, -0.001f);
+    if (gates == Gates::kUniformTo20) g = Random(kDk * heads * n, -20.0f, -1.0f);
+    if (gates == Gates::kLogUniformTo20) {
+      g = Random(kDk * heads * n, std::log(1e-3f), std::log(20.0f));
+      for (float& x : g) x = -std::exp(x);
     }
-    in.g = F32(shape, gates);
+    in.g = F32(shape, g);
     in.beta = F32({heads, n, 1, 1}, Random(heads * n, 0.05f, 0.95f));
     for (size_t s = 0; s < lengths.size(); ++s) in.initial_states.push_back(Random(kDk * kDk * heads, -0.3f, 0.3f));
     return in;
@@ -307,9 +315,9 @@ class KdaChunkedPrefill : public KdaPrefill, public ::testing::WithParamInterfac
 
 TEST_P(KdaChunkedPrefill, MatchesCpuAndRecurrence) {
   const int64_t tokens = GetParam(), heads = 4;
-  for (bool deep_gates : {false, true}) {
-    const std::string what = std::to_string(tokens) + " tokens, " + (deep_gates ? "gates to -20" : "mild gates");
-    Inputs in = MakeInputs(heads, {tokens, 37}, deep_gates);
+  for (Gates gates : {Gates::kMild, Gates::kLogUniformTo20, Gates::kUniformTo20}) {
+    const std::string what = std::to_string(tokens) + " tokens, " + Name(gates);
+    Inputs in = MakeInputs(heads, {tokens, 37}, gates);
     const std::vector<float> chunked = Run(*gpu_, in, true, 64);
     const std::vector<float> recurrent = Run(*gpu_, in, true, 0);
     const std::vector<float> cpu = Run(*cpu_, in, false, 64);
@@ -326,7 +334,7 @@ INSTANTIATE_TEST_SUITE_P(Tokens, KdaChunkedPrefill, ::testing::Values(1, 63, 64,
 TEST_F(KdaPrefill, SeveralWorkspacePassesMatchRecurrence) {
   // 32 heads x 15,000 tokens needs more than one pass over the 1 GiB workspace, so a
   // sequence is split between passes (its state carried through the state tensor).
-  Inputs in = MakeInputs(32, {300, 15000}, false);
+  Inputs in = MakeInputs(32, {300, 15000}, Gates::kMild);
   const double nmse = Nmse(Run(*gpu_, in, true, 64), Run(*gpu_, in, true, 0));
   EXPECT_LE(nmse, kTf32);
   RecordProperty("vs_recurrence", Scientific(nmse));
