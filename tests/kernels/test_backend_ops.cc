@@ -237,7 +237,9 @@ TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
 // the carried state matters across many chunks), a log-uniform one reaching -20 per token
 // (e^{-G} over a chunk would overflow any factorisation without a reference point; a few
 // channels of a few sub-chunks take the per-pair path), and uniform in [-20, -1] (almost
-// every channel takes it).
+// every channel takes it). A sequence under 8 tokens takes the GPU recurrence even here
+// (CudaBackend::kKdaChunkedMinTokens); the chunked kernels meet short chunks as the tails of
+// 65, 200 and 4097 tokens.
 class KdaPrefill : public BackendOps {
  protected:
   static std::string Scientific(double x) {
