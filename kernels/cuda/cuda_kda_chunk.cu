@@ -42,7 +42,7 @@ struct KdaChunkTraits {
   static constexpr float kFactorisedLog2 = 100.0f;
   // Shared-memory row strides (floats). Those read as mma fragments are 4 or 8 mod 32, so
   // the 32 lanes of a fragment load hit 32 distinct banks.
-  static constexpr int kRow = kDk + 4;       // [C][Dk] tiles read as A (row-major) or B^T
+  static constexpr int kRow = kDk + 4;       // [C][Dk] tiles read as A (row-major) or B (transposed)
   static constexpr int kRowT = kDk + 8;      // [C][Dk] tile read as A^T (Kl)
   static constexpr int kPairRow = kChunk + 4;  // [C][C] A and B
   static constexpr int kColRow = kColumns + 8;  // [C or Dk][kColumns] U' and state slices
@@ -120,6 +120,7 @@ __device__ __forceinline__ FragB LoadB(const float* m, int stride, int k0, int n
   const float* p = m + (k0 + lane % 4) * stride + n0 + lane / 4;
   return {{ToTf32(p[0]), ToTf32(p[4 * stride])}};
 }
+
 __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
@@ -130,7 +131,7 @@ __device__ __forceinline__ void CopyAsync16OrZero(void* smem, const void* global
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(real ? 16 : 0));
 }
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Copies `rows` rows of `width` floats (a multiple of 4) from global (row stride
 // `global_stride`) to shared memory (row stride `smem_stride`), 16 bytes per thread and step.
