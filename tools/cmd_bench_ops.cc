@@ -190,7 +190,16 @@ absl::Status Run(int argc, char** argv) {
     if (n == 1) {
       memory_row("decode_kda_step", "32 heads x 128^2 state", 2.0 * H * Dk * Dk * 4, op);
     } else {
+      // Nominal 6 H Dk^2 n FLOPs for both rows: the chunked form (cuda_kda_chunk.cu) and, for
+      // the before/after in one run, the token recurrence it replaces.
       compute_row("prefill_kda", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n, op);
+      compute_row("prefill_kda_recurrent", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n,
+                  [&] { b.KdaAttention(q, k, v, gate, beta, seqs, states, 0, out); });
+      // Gates near -6 per token: most channels decay past 2^-100 within 16 tokens, where the
+      // chunked form takes one exponent per token pair instead of tensor-core products.
+      ASSIGN_OR_RETURN(Tensor deep_gate, Random(b, DType::kF32, shape, -6.0f, 2.0f));
+      compute_row("prefill_kda_deep_gates", std::to_string(n) + " tokens", 6.0 * H * Dk * Dk * n,
+                  [&] { b.KdaAttention(q, k, v, deep_gate, beta, seqs, states, 64, out); });
     }
   }
 

@@ -156,7 +156,7 @@ int64_t CudaBackend::PeakMemoryBytes() const {
   return static_cast<int64_t>(high);
 }
 
-CudaBackend::CudaBackend(int device) : device_(device), scratch_(16) {
+CudaBackend::CudaBackend(int device) : device_(device), scratch_(kScratchSlots) {
   CUDA_OK(cudaSetDevice(device));
   CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_OK(cublasCreate(&cublas_));

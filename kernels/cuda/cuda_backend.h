@@ -111,10 +111,24 @@ class CudaBackend final : public Backend {
   bool MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                          const Tensor& y);
 
+  // KDA prefill in the chunked (WY) form for head dimension 128 (cuda_kda_chunk.cu); returns
+  // false, doing nothing, for shapes it is not built for (the caller runs the recurrence).
+  // KdaAttention gives it the sequences with at least kKdaChunkedMinTokens new tokens: a chunk
+  // costs about as much as 8 recurrent steps (estimated: ~7 us of parallel preparation plus
+  // ~1.5 us in the sequential state pass, against ~1.5 us per recurrent token).
+  bool KdaChunkedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                           absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states, const Tensor& out);
+  static constexpr int64_t kKdaChunkedMinTokens = 8;
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.
   void* Scratch(int slot, size_t bytes);
+  static constexpr int kScratchSlots = 17;
+  // Slots: 0-7 the absorbed MLA GEMM path (cuda_mla_gemm.cu), 8-12 the MHA prefill
+  // (cuda_mla_prefill.cu), 13-15 the paged decode (cuda_mla_decode.cu), 16 the chunked KDA
+  // workspace (hundreds of MB); 3 and 4 also carry small per-op uploads (KDA, MLA token maps).
+  static constexpr int kKdaWorkspaceSlot = 16;
   // Copies a small host array to device scratch `slot` (stream-ordered).
   void* UploadScratch(int slot, const void* host, size_t bytes);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.

@@ -1,8 +1,9 @@
 // KDA gated delta rule on the GPU: one block per (head, sequence), one thread per value
 // column; the head's state S (Dk x Dk f32) lives in shared memory, stored k-major
 // (s[k * Dk + v]) so a warp's accesses fall in distinct banks.
-// The recurrence runs for prefill too: it computes the same function as the chunked form
-// (the CPU reference checks both); a chunked GPU kernel is the next speed step.
+// Prefill (chunk_tokens > 0) takes the chunked form in cuda_kda_chunk.cu for sequences of at
+// least kKdaChunkedMinTokens new tokens where it is built for the head size; decode, shorter
+// sequences and other head sizes run the recurrence here (the same function).
 #include <cmath>
 #include <vector>
 
@@ -117,6 +118,24 @@ void CudaBackend::KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v
   const int64_t dk = q.ne[0], heads = q.ne[1];
   CU_CHECK(seqs.size() == states.size() && beta.ne[0] == heads && dk <= 1024);
   if (seqs.empty()) return;
+  // Prefill: sequences with enough new tokens take the chunked form; the rest (decode steps
+  // batched with a prefill) stay here, where a few tokens cost less than a chunk's fixed work.
+  std::vector<SeqSlice> recurrent_seqs;
+  std::vector<KdaStateView> recurrent_states;
+  if (chunk_tokens > 0) {
+    std::vector<SeqSlice> chunked_seqs;
+    std::vector<KdaStateView> chunked_states;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const bool chunked = seqs[i].token_count >= kKdaChunkedMinTokens;
+      (chunked ? chunked_seqs : recurrent_seqs).push_back(seqs[i]);
+      (chunked ? chunked_states : recurrent_states).push_back(states[i]);
+    }
+    if (!chunked_seqs.empty() && KdaChunkedAttention(q, k, v, g, beta, chunked_seqs, chunked_states, out)) {
+      if (recurrent_seqs.empty()) return;
+      seqs = recurrent_seqs;
+      states = recurrent_states;
+    }
+  }
   std::vector<KdaSeq> host;
   for (size_t i = 0; i < seqs.size(); ++i) host.push_back({seqs[i].first_token, seqs[i].token_count, DevF32(states[i].recurrent)});
   auto* device_seqs = static_cast<KdaSeq*>(UploadScratch(3, host.data(), host.size() * sizeof(KdaSeq)));
