@@ -10,9 +10,11 @@
 //   O  = (e^{G} * q / sqrt(Dk)) S0 + B U'
 //   S1 = e^{G_last} * S0 + (e^{G_last - G} * k)^T U'
 // Kernel 1 (prepare) is parallel over (chunk, head) and writes W, U, the decayed queries and
-// keys, B and e^{G_last} to a workspace. Kernel 2 (state pass) walks the chunks of each
-// sequence in order, one block per (head, 32 value columns), the state slice in registers
-// and shared memory, the next chunk's tiles loading while the current one computes.
+// keys, B (f16) and e^{G_last} (f32) to a workspace. Kernel 2 (state pass) walks the chunks
+// of each sequence in order, one block per (head, 32 value columns), the state slice in
+// registers and shared memory, the next chunk's tiles loading while the current one computes.
+// Both move more bytes than they compute on (an 8192-token layer of 32 heads reads 0.5 GB of
+// q, k, v, g and passes 0.3 GB of workspace), hence the f16 workspace.
 //
 // Products run on the tensor cores as mma.sync m16n8k8 TF32 (operands rounded to 10-bit
 // mantissas, f32 accumulation); the state, the gates' sums and the forward substitution stay
@@ -42,29 +44,39 @@ struct KdaChunkTraits {
   static constexpr float kFactorisedLog2 = 100.0f;
   // Shared-memory row strides (floats). Those read as mma fragments are 4 or 8 mod 32, so
   // the 32 lanes of a fragment load hit 32 distinct banks.
-  static constexpr int kRow = kDk + 4;       // [C][Dk] tiles read as A (row-major) or B (transposed)
-  static constexpr int kRowT = kDk + 8;      // [C][Dk] tile read as A^T (Kl)
-  static constexpr int kPairRow = kChunk + 4;  // [C][C] A and B
-  static constexpr int kColRow = kColumns + 8;  // [C or Dk][kColumns] U' and state slices
-  // Workspace per (chunk, head), in floats, all row-major (token rows).
+  static constexpr int kRow = kDk + 4;       // kernel 1: f32 [C][Dk] tiles read as A (row-major) or B (transposed)
+  static constexpr int kPairRow = kChunk + 4;  // kernel 1: f32 [C][C] A and B
+  static constexpr int kColRow = kColumns + 8;  // kernel 2: f32 [C or Dk][kColumns] U' and state slices
+  static constexpr int kRowH = kDk + 8;         // kernel 2: f16 [C][Dk] tiles (W, Qg, Kl), 16-byte rows
+  static constexpr int kPairRowH = kChunk + 8;  // kernel 2: f16 [C][C] B
+  static constexpr int kColRowH = kColumns + 8;  // kernel 2: f16 [C][kColumns] U
+  // Workspace per (chunk, head), all row-major (token rows): f16 parts (in halves), then
+  // e^{G_last} in f32. f16 keeps the 10-bit mantissa the TF32 products round to anyway;
+  // every part is bounded (|Qg|, |B| <= 1 / sqrt(Dk), |Kl| <= 1; W and U are the chunk's
+  // delta-rule response to its keys and values, of their size), far inside f16's range.
   static constexpr int kW = 0;                       // [C][Dk]  W
   static constexpr int kQg = kW + kChunk * kDk;      // [C][Dk]  e^{G} * q / sqrt(Dk)
   static constexpr int kKl = kQg + kChunk * kDk;     // [C][Dk]  e^{G_last - G} * k
   static constexpr int kB = kKl + kChunk * kDk;      // [C][C]   B (zero above the diagonal)
   static constexpr int kU = kB + kChunk * kChunk;    // [C][Dk]  U
-  static constexpr int kGl = kU + kChunk * kDk;      // [Dk]     e^{G_last}
-  static constexpr int kFloats = kGl + kDk;
+  static constexpr int kHalves = kU + kChunk * kDk;
+  static constexpr int kGlByte = kHalves * 2;        // [Dk] f32 e^{G_last}
+  static constexpr int kBytes = kGlByte + kDk * 4;
   // Kernel 1 shared memory: G, k, q, v [C][kRow]; A, B [C][kPairRow]; beta [C]; per
   // sub-chunk the deep channels' list [Dk] (ints) and its warp masks [Dk / 32].
   static constexpr size_t kPrepareSmem =
       (4 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + (kChunk / kSubChunk) * (kDk + kDk / 32)) * sizeof(float);
-  // Kernel 2 shared memory: the state slice [Dk][kColRow]; W, Qg [C][kRow]; two stages of
-  // Kl [C][kRowT], B [C][kPairRow], U' [C][kColRow], e^{G_last} [Dk].
-  static constexpr int kStage = kChunk * kRowT + kChunk * kPairRow + kChunk * kColRow + kDk;
-  static constexpr size_t kStateSmem = (kDk * kColRow + 2 * kChunk * kRow + 2 * kStage) * sizeof(float);
+  // Kernel 2 shared memory: the state slice [Dk][kColRow] and U' [C][kColRow] (f32), then
+  // two stages (one chunk in use, the next loading) of W, Qg, Kl [C][kRowH], B [C][kPairRowH],
+  // U [C][kColRowH] (f16) and e^{G_last} [Dk] (f32), in bytes.
+  static constexpr int kStageW = 0, kStageQg = kStageW + kChunk * kRowH * 2, kStageKl = kStageQg + kChunk * kRowH * 2;
+  static constexpr int kStageB = kStageKl + kChunk * kRowH * 2, kStageU = kStageB + kChunk * kPairRowH * 2;
+  static constexpr int kStageGl = kStageU + kChunk * kColRowH * 2, kStageBytes = kStageGl + kDk * 4;
+  static constexpr size_t kStateSmem = (kDk + kChunk) * kColRow * sizeof(float) + 2 * kStageBytes;
   // Workspace budget per pass: longer batches run in several passes, the state carried
-  // through the sequences' state tensors.
-  static constexpr size_t kPassBytes = size_t{1} << 30;
+  // through the sequences' state tensors. 512 MiB holds 225 chunks of 32 heads (14,400
+  // tokens), so an 8192-token prefill chunk is one pass.
+  static constexpr size_t kPassBytes = size_t{512} << 20;
 };
 using Traits = KdaChunkTraits;
 
@@ -105,15 +117,16 @@ __device__ __forceinline__ void MmaTf32(float (&d)[4], const FragA& a, const Fra
       : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
 }
 
-// A at rows r0.., columns k0.. of a row-major matrix (element (r, k) at m[r * stride + k]).
-__device__ __forceinline__ FragA LoadA(const float* m, int stride, int r0, int k0, int lane) {
-  const float* p = m + (r0 + lane / 4) * stride + k0 + lane % 4;
-  return {{ToTf32(p[0]), ToTf32(p[8 * stride]), ToTf32(p[4]), ToTf32(p[8 * stride + 4])}};
+// A from f16 tiles, row-major (element (r, k) at m[r * stride + k]) or transposed (at
+// m[k * stride + r]); f16 values are exact in TF32, so they need no rounding.
+__device__ __forceinline__ uint32_t HalfAsTf32(__half value) { return __float_as_uint(__half2float(value)); }
+__device__ __forceinline__ FragA LoadA(const __half* m, int stride, int r0, int k0, int lane) {
+  const __half* p = m + (r0 + lane / 4) * stride + k0 + lane % 4;
+  return {{HalfAsTf32(p[0]), HalfAsTf32(p[8 * stride]), HalfAsTf32(p[4]), HalfAsTf32(p[8 * stride + 4])}};
 }
-// A from a matrix stored transposed (element (r, k) at m[k * stride + r]).
-__device__ __forceinline__ FragA LoadAT(const float* m, int stride, int r0, int k0, int lane) {
-  const float* p = m + (k0 + lane % 4) * stride + r0 + lane / 4;
-  return {{ToTf32(p[0]), ToTf32(p[8]), ToTf32(p[4 * stride]), ToTf32(p[4 * stride + 8])}};
+__device__ __forceinline__ FragA LoadAT(const __half* m, int stride, int r0, int k0, int lane) {
+  const __half* p = m + (k0 + lane % 4) * stride + r0 + lane / 4;
+  return {{HalfAsTf32(p[0]), HalfAsTf32(p[8]), HalfAsTf32(p[4 * stride]), HalfAsTf32(p[4 * stride + 8])}};
 }
 // B at rows k0.., columns n0.. (element (k, n) at m[k * stride + n]).
 __device__ __forceinline__ FragB LoadB(const float* m, int stride, int k0, int n0, int lane) {
@@ -133,14 +146,15 @@ __device__ __forceinline__ void CopyAsync16OrZero(void* smem, const void* global
 __device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
-// Copies `rows` rows of `width` floats (a multiple of 4) from global (row stride
-// `global_stride`) to shared memory (row stride `smem_stride`), 16 bytes per thread and step.
-__device__ __forceinline__ void CopyRowsAsync(float* smem, int smem_stride, const float* global, int global_stride,
-                                              int rows, int width, int tid) {
-  const int per_row = width / 4;
+// Copies `rows` rows of `row_bytes` (a multiple of 16) from global to shared memory, row
+// strides in bytes, 16 bytes per thread and step.
+__device__ __forceinline__ void CopyRowsAsync(void* smem, int smem_stride, const void* global, int global_stride,
+                                              int rows, int row_bytes, int tid) {
+  const int per_row = row_bytes / 16;
   for (int i = tid; i < rows * per_row; i += Traits::kThreads) {
-    const int r = i / per_row, c4 = (i % per_row) * 4;
-    CopyAsync16(smem + r * smem_stride + c4, global + r * global_stride + c4);
+    const int r = i / per_row, offset = (i % per_row) * 16;
+    CopyAsync16(static_cast<uint8_t*>(smem) + r * smem_stride + offset,
+                static_cast<const uint8_t*>(global) + r * global_stride + offset);
   }
 }
 
@@ -148,7 +162,7 @@ __device__ __forceinline__ void CopyRowsAsync(float* smem, int smem_stride, cons
 __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const float* q, const float* k,
                                                                          const float* v, const float* g,
                                                                          const float* beta, const KdaChunk* chunks,
-                                                                         int64_t heads, float scale, float* work) {
+                                                                         int64_t heads, float scale, uint8_t* work) {
   constexpr int C = Traits::kChunk, Dk = Traits::kDk, RS = Traits::kRow, PS = Traits::kPairRow;
   constexpr int L = Traits::kSubChunk, kSubChunks = C / L, kMaskWords = Dk / 32;
   extern __shared__ float4 prepare_smem[];
@@ -165,7 +179,8 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   const int64_t h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int fg = lane / 4, fi = lane % 4;  // fragment row group and index
-  float* ws = work + (static_cast<int64_t>(blockIdx.x) * heads + h) * Traits::kFloats;
+  uint8_t* chunk_work = work + (static_cast<int64_t>(blockIdx.x) * heads + h) * Traits::kBytes;
+  __half* ws = reinterpret_cast<__half*>(chunk_work);
   const int64_t row0 = (chunk.first_token * heads + h) * Dk;  // token t of this head at row0 + t * heads * Dk
   const int64_t token_stride = heads * Dk;
 
@@ -297,22 +312,22 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   // Workspace: B (masked), decayed queries and keys, e^{G_last} (every exponent <= 0).
   for (int i = tid; i < C * C; i += Traits::kThreads) {
     const int t = i / C, s = i % C;
-    ws[Traits::kB + i] = s <= t ? bs[t * PS + s] : 0.0f;
+    ws[Traits::kB + i] = __float2half_rn(s <= t ? bs[t * PS + s] : 0.0f);
   }
   const float* glast = gs + (C - 1) * RS;  // flat past the chunk's end
   for (int i = tid; i < C * Dk; i += Traits::kThreads) {
     const int t = i / Dk, c = i % Dk;
     const float here = gs[t * RS + c];
-    ws[Traits::kQg + i] = exp2f(here) * qs[t * RS + c] * scale;
-    ws[Traits::kKl + i] = exp2f(glast[c] - here) * ks[t * RS + c];
+    ws[Traits::kQg + i] = __float2half_rn(exp2f(here) * qs[t * RS + c] * scale);
+    ws[Traits::kKl + i] = __float2half_rn(exp2f(glast[c] - here) * ks[t * RS + c]);
   }
-  if (tid < Dk) ws[Traits::kGl + tid] = exp2f(glast[tid]);
+  if (tid < Dk) reinterpret_cast<float*>(chunk_work + Traits::kGlByte)[tid] = exp2f(glast[tid]);
 
   // Forward substitution, one column of [e^G * k | v] per thread: columns are independent.
   // Four partial sums per row keep the dependent chain short.
   const int col = tid;
   const bool key_side = col < Dk;
-  float* x_out = ws + (key_side ? Traits::kW + col : Traits::kU + col - Dk);
+  __half* x_out = ws + (key_side ? Traits::kW + col : Traits::kU + col - Dk);
   float x[C];
 #pragma unroll
   for (int t = 0; t < C; ++t) {
@@ -328,47 +343,40 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
       if (j4 + 3 < t) part[3] = fmaf(a4.w, x[j4 + 3], part[3]);
     }
     x[t] = betas[t] * (y - ((part[0] + part[1]) + (part[2] + part[3])));
-    x_out[t * Dk] = x[t];
+    x_out[t * Dk] = __float2half_rn(x[t]);
   }
 }
 
 // Kernel 2: one block per (head, kColumns value columns, run); walks the run's chunks in order.
 // Warp w keeps state rows (keys) 16 w.. 16 w + 15 of the slice in registers as mma
 // accumulators; shared memory holds a copy for the products that read the whole state.
+// Chunk i + 1's tiles load (cp.async) into the other stage while chunk i computes.
 __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const KdaChunk* chunks, const KdaRun* runs,
-                                                                       const float* work, int64_t heads, float* out) {
-  constexpr int C = Traits::kChunk, Dk = Traits::kDk, J = Traits::kColumns;
-  constexpr int RS = Traits::kRow, RT = Traits::kRowT, PS = Traits::kPairRow, CS = Traits::kColRow;
+                                                                       const uint8_t* work, int64_t heads, float* out) {
+  constexpr int C = Traits::kChunk, Dk = Traits::kDk, J = Traits::kColumns, CS = Traits::kColRow;
+  constexpr int RH = Traits::kRowH, PH = Traits::kPairRowH, UH = Traits::kColRowH;
   extern __shared__ float4 state_smem[];
   float* ss = reinterpret_cast<float*>(state_smem);  // [Dk][CS] state slice S[c][j]
-  float* ws_w = ss + Dk * CS;                         // [C][RS] W
-  float* ws_q = ws_w + C * RS;                        // [C][RS] Qg
-  float* stages = ws_q + C * RS;                      // two of: Kl [C][RT], B [C][PS], U' [C][CS], e^{G_last} [Dk]
+  float* us = ss + Dk * CS;                           // [C][CS] U' of the current chunk
+  uint8_t* stages = reinterpret_cast<uint8_t*>(us + C * CS);
   const KdaRun run = runs[blockIdx.y];
   const int64_t h = blockIdx.x / Traits::kColumnBlocks;
   const int column0 = (blockIdx.x % Traits::kColumnBlocks) * J;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int fg = lane / 4, fi = lane % 4;  // fragment row group and index
   float* state = run.state + h * Dk * Dk + static_cast<int64_t>(column0) * Dk;  // S[v][k], v = column0 + j
-  auto chunk_work = [&](int index) {
-    return work + (static_cast<int64_t>(run.first_chunk + index) * heads + h) * Traits::kFloats;
-  };
   auto load_stage = [&](int index) {
-    const float* src = chunk_work(index);
-    float* kl = stages + (index % 2) * Traits::kStage;
-    CopyRowsAsync(kl, RT, src + Traits::kKl, Dk, C, Dk, tid);
-    CopyRowsAsync(kl + C * RT, PS, src + Traits::kB, C, C, C, tid);
-    CopyRowsAsync(kl + C * RT + C * PS, CS, src + Traits::kU + column0, Dk, C, J, tid);
-    CopyRowsAsync(kl + C * RT + C * PS + C * CS, Dk, src + Traits::kGl, Dk, 1, Dk, tid);
-  };
-  auto load_products = [&](int index) {
-    const float* src = chunk_work(index);
-    CopyRowsAsync(ws_w, RS, src + Traits::kW, Dk, C, Dk, tid);
-    CopyRowsAsync(ws_q, RS, src + Traits::kQg, Dk, C, Dk, tid);
+    const uint8_t* src = work + (static_cast<int64_t>(run.first_chunk + index) * heads + h) * Traits::kBytes;
+    uint8_t* stage = stages + (index % 2) * Traits::kStageBytes;
+    CopyRowsAsync(stage + Traits::kStageW, RH * 2, src + Traits::kW * 2, Dk * 2, C, Dk * 2, tid);
+    CopyRowsAsync(stage + Traits::kStageQg, RH * 2, src + Traits::kQg * 2, Dk * 2, C, Dk * 2, tid);
+    CopyRowsAsync(stage + Traits::kStageKl, RH * 2, src + Traits::kKl * 2, Dk * 2, C, Dk * 2, tid);
+    CopyRowsAsync(stage + Traits::kStageB, PH * 2, src + Traits::kB * 2, C * 2, C, C * 2, tid);
+    CopyRowsAsync(stage + Traits::kStageU, UH * 2, src + (Traits::kU + column0) * 2, Dk * 2, C, J * 2, tid);
+    CopyRowsAsync(stage + Traits::kStageGl, Dk * 4, src + Traits::kGlByte, Dk * 4, 1, Dk * 4, tid);
+    CopyAsyncCommit();
   };
   load_stage(0);
-  load_products(0);
-  CopyAsyncCommit();
 
   // The state slice: warp w's rows as accumulators (4 column tiles of 8), and in ss.
   float s_acc[4][4];
@@ -386,22 +394,22 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const Kd
   const int pm = warp % 4, pn = 2 * (warp / 4);
   for (int index = 0; index < run.chunks; ++index) {
     const KdaChunk chunk = chunks[run.first_chunk + index];
-    float* kl = stages + (index % 2) * Traits::kStage;
-    float* bm = kl + C * RT;
-    float* us = bm + C * PS;
-    float* gl = us + C * CS;
+    const uint8_t* stage = stages + (index % 2) * Traits::kStageBytes;
+    const __half* wm = reinterpret_cast<const __half*>(stage + Traits::kStageW);
+    const __half* qg = reinterpret_cast<const __half*>(stage + Traits::kStageQg);
+    const __half* kl = reinterpret_cast<const __half*>(stage + Traits::kStageKl);
+    const __half* bm = reinterpret_cast<const __half*>(stage + Traits::kStageB);
+    const __half* um = reinterpret_cast<const __half*>(stage + Traits::kStageU);
+    const float* gl = reinterpret_cast<const float*>(stage + Traits::kStageGl);
     CopyAsyncWaitAll();
-    __syncthreads();  // this chunk's tiles and the state copy are visible; the other stage is free
-    if (index + 1 < run.chunks) {
-      load_stage(index + 1);
-      CopyAsyncCommit();
-    }
+    __syncthreads();  // this chunk's stage and the state copy are visible; the other stage is free
+    if (index + 1 < run.chunks) load_stage(index + 1);
 
     float p[2][4] = {}, o[2][4] = {};
 #pragma unroll 4
     for (int k0 = 0; k0 < Dk; k0 += 8) {
-      const FragA fw = LoadA(ws_w, RS, 16 * pm, k0, lane);
-      const FragA fq = LoadA(ws_q, RS, 16 * pm, k0, lane);
+      const FragA fw = LoadA(wm, RH, 16 * pm, k0, lane);
+      const FragA fq = LoadA(qg, RH, 16 * pm, k0, lane);
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
         const FragB fs = LoadB(ss, CS, k0, 8 * (pn + n), lane);
@@ -409,24 +417,20 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const Kd
         MmaTf32(o[n], fq, fs);
       }
     }
-    // U' = U - W S in place.
+    // U' = U - W S.
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
-      const int r = 16 * pm + fg, j = 8 * (pn + n) + 2 * fi;
-      us[r * CS + j] -= p[n][0];
-      us[r * CS + j + 1] -= p[n][1];
-      us[(r + 8) * CS + j] -= p[n][2];
-      us[(r + 8) * CS + j + 1] -= p[n][3];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 16 * pm + fg + (e >= 2 ? 8 : 0), j = 8 * (pn + n) + 2 * fi + (e & 1);
+        us[r * CS + j] = __half2float(um[r * UH + j]) - p[n][e];
+      }
     }
-    __syncthreads();  // U' complete; W, Qg and the state copy are no longer read
-    if (index + 1 < run.chunks) {
-      load_products(index + 1);
-      CopyAsyncCommit();
-    }
+    __syncthreads();  // U' complete; the state copy is no longer read
 
     // O = Qg S0 + B U': B is zero above its diagonal, so k stops after the row tile.
     for (int k0 = 0; k0 < 16 * (pm + 1); k0 += 8) {
-      const FragA fb = LoadA(bm, PS, 16 * pm, k0, lane);
+      const FragA fb = LoadA(bm, PH, 16 * pm, k0, lane);
 #pragma unroll
       for (int n = 0; n < 2; ++n) MmaTf32(o[n], fb, LoadB(us, CS, k0, 8 * (pn + n), lane));
     }
@@ -455,7 +459,7 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const Kd
     }
 #pragma unroll
     for (int k0 = 0; k0 < C; k0 += 8) {
-      const FragA fk = LoadAT(kl, RT, 16 * warp, k0, lane);
+      const FragA fk = LoadAT(kl, RH, 16 * warp, k0, lane);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) MmaTf32(s_acc[nt], fk, LoadB(us, CS, k0, 8 * nt, lane));
     }
@@ -484,6 +488,11 @@ static_assert(Traits::kColumns == 32 && Traits::kChunk == 64, "state pass: 4 x 4
 static_assert(Traits::kChunk / Traits::kSubChunk * 64 == Traits::kThreads && Traits::kSubChunk == 16,
               "A and B: two warps per sub-chunk of 16 rows; deep pairs: 64 threads per sub-chunk");
 static_assert(Traits::kStateSmem <= 227 * 1024 && Traits::kPrepareSmem <= 227 * 1024, "shared memory per block");
+static_assert(Traits::kBytes % 16 == 0 && Traits::kGlByte % 16 == 0 && Traits::kStageBytes % 16 == 0 &&
+                  Traits::kStageQg % 16 == 0 && Traits::kStageKl % 16 == 0 && Traits::kStageB % 16 == 0 &&
+                  Traits::kStageU % 16 == 0 && Traits::kStageGl % 16 == 0 && Traits::kRowH * 2 % 16 == 0 &&
+                  Traits::kPairRowH * 2 % 16 == 0 && Traits::kColRowH * 2 % 16 == 0,
+              "cp.async: 16-byte aligned rows and parts");
 
 }  // namespace
 
@@ -497,7 +506,7 @@ bool CudaBackend::KdaChunkedAttention(const Tensor& q, const Tensor& k, const Te
     if (reinterpret_cast<uintptr_t>(DevPtr(*t)) % 16 != 0) return false;
   }
   // Chunks of every sequence, split into passes whose workspace fits the budget.
-  const size_t chunk_bytes = static_cast<size_t>(heads) * Traits::kFloats * sizeof(float);
+  const size_t chunk_bytes = static_cast<size_t>(heads) * Traits::kBytes;
   const int64_t pass_chunks = std::max<int64_t>(1, static_cast<int64_t>(Traits::kPassBytes / chunk_bytes));
   struct Pass {
     std::vector<KdaChunk> chunks;
@@ -531,7 +540,7 @@ bool CudaBackend::KdaChunkedAttention(const Tensor& q, const Tensor& k, const Te
   auto* device = static_cast<uint8_t*>(UploadScratch(3, host.data(), host.size()));
   size_t most_chunks = 0;
   for (const Pass& pass : passes) most_chunks = std::max(most_chunks, pass.chunks.size());
-  auto* work = static_cast<float*>(Scratch(kKdaWorkspaceSlot, most_chunks * chunk_bytes));
+  auto* work = static_cast<uint8_t*>(Scratch(kKdaWorkspaceSlot, most_chunks * chunk_bytes));
 
   static bool configured = false;
   if (!configured) {

@@ -338,7 +338,7 @@ TEST_P(KdaChunkedPrefill, MatchesCpuAndRecurrence) {
 INSTANTIATE_TEST_SUITE_P(Tokens, KdaChunkedPrefill, ::testing::Values(1, 63, 64, 65, 200, 4097));
 
 TEST_F(KdaPrefill, SeveralWorkspacePassesMatchRecurrence) {
-  // 32 heads x 15,000 tokens needs more than one pass over the 1 GiB workspace, so a
+  // 32 heads x 15,300 tokens needs more than one pass over the 512 MiB workspace, so a
   // sequence is split between passes (its state carried through the state tensor).
   Inputs in = MakeInputs(32, {300, 15000}, Gates::kMild);
   const double nmse = Nmse(Run(*gpu_, in, true, 64), Run(*gpu_, in, true, 0));
