@@ -8,6 +8,9 @@
 #   model      full-size Kimi-Linear-48B-A3B (256 experts, random q4_0, f16 cache), PROMPTS
 #              tokens (default 131072), chunk CHUNK (default 8192), MLA absorbed vs auto form
 #   long       the same at LONG tokens (default 1048576), auto form, with --profile
+#   beforeafter  BA_PROMPTS (default "4096 131072") with this session's kernels switched off
+#              (absorbed MLA prefill, MoE grouped on the host, KDA recurrence, gathered MLA
+#              decode) and on, alternating, same binary and call; MAX_TOKENS decode tokens
 # Results under $OUT; a short table last.
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -59,6 +62,15 @@ if has model; then
 fi
 if has long; then
   generate "${LONG:-1048576}" auto "${LONG:-1048576}_auto" --profile
+fi
+if has beforeafter; then
+  for tokens in ${BA_PROMPTS:-4096 131072}; do
+    for round in $(seq 1 ${BA_ROUNDS:-2}); do
+      LATENTSERVE_CUDA_MOE=host LATENTSERVE_KDA_FORM=recurrent LATENTSERVE_MLA_DECODE=gather \
+        generate "$tokens" absorbed "${tokens}_before_$round"
+      generate "$tokens" auto "${tokens}_after_$round"
+    done
+  done
 fi
 echo "== summary"
 grep -h -E "prefill_mla|prefill_kda|prefill_moe|gemm_bf16|copy " "$OUT/bench_ops.txt" 2>/dev/null

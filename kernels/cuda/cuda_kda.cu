@@ -5,6 +5,8 @@
 // least kKdaChunkedMinTokens new tokens where it is built for the head size; decode, shorter
 // sequences and other head sizes run the recurrence here (the same function).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -122,7 +124,9 @@ void CudaBackend::KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v
   // batched with a prefill) stay here, where a few tokens cost less than a chunk's fixed work.
   std::vector<SeqSlice> recurrent_seqs;
   std::vector<KdaStateView> recurrent_states;
-  if (chunk_tokens > 0) {
+  // LATENTSERVE_KDA_FORM=recurrent keeps prefill on the recurrence (before/after measurements).
+  const char* forced = std::getenv("LATENTSERVE_KDA_FORM");
+  if (chunk_tokens > 0 && !(forced != nullptr && std::strcmp(forced, "recurrent") == 0)) {
     std::vector<SeqSlice> chunked_seqs;
     std::vector<KdaStateView> chunked_states;
     for (size_t i = 0; i < seqs.size(); ++i) {
