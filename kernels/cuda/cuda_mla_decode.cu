@@ -3,7 +3,8 @@
 // row is read once for all heads. The keys are split into ranges sized so the launch has
 // about two CTAs per multiprocessor (at least 512 keys a range); one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
 // (cp.async, double buffered, f16 caches; other cache types dequantised on the way in):
-//   S [H x 64] = Q [H x L] . rows^T          (mma.sync f16, f32 accumulation)
+//   S [H x 64] = Q [H x L] . rows^T          (mma.sync f16, f32 accumulation; warps split
+//                                            keys x dimensions, queries held in registers)
 //   online softmax per head (base 2, queries pre-scaled by scale * log2 e)
 //   O [H x R] += P [H x 64] . rows[:, 0:R]   (each warp owns 64 of the R output columns)
 // and writes its unnormalised O with the range's max and sum; a second kernel merges the
@@ -27,12 +28,13 @@ constexpr int kMaxHeads = 32;
 constexpr int kTile = 64;       // cache rows per tile
 constexpr int kMinSplit = 512;  // keys per CTA at least
 constexpr int kMaxRanges = 1024; // ranges per sequence at most (the merge keeps their weights in shared memory)
+constexpr int kMaxRangePages = 1024;  // page-table entries a range may span (copied to shared memory)
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowChunks = kWidth / 8;  // 16-byte chunks per row (72)
 constexpr size_t kRowsBytes = size_t{kTile} * kWidth * 2;
 constexpr size_t kSmemBytes = size_t{kMaxHeads} * kWidth * 2 + 2 * kRowsBytes + size_t{kMaxHeads} * kTile * 4 +
-                              size_t{kMaxHeads} * kTile * 2 + 3 * kMaxHeads * 4;
+                              size_t{kMaxHeads} * kTile * 2 + 3 * kMaxHeads * 4 + kMaxRangePages * 4;
 
 struct DecodeSeq {
   int64_t keys;         // cached + 1: positions [0, keys) are visible
@@ -84,6 +86,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_max = reinterpret_cast<float*>(s_p + kMaxHeads * kTile);        // [H]
   float* s_sum = s_max + kMaxHeads;
   float* s_correction = s_sum + kMaxHeads;
+  int32_t* s_table = reinterpret_cast<int32_t*>(s_correction + kMaxHeads);  // this range's pages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
@@ -102,6 +105,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     s_max[tid] = -INFINITY;
     s_sum[tid] = 0.0f;
   }
+  // The range's page ids, once: the tile loads then take row addresses from shared memory
+  // instead of waiting on a global page-table read per 16-byte copy.
+  const uint32_t pt = static_cast<uint32_t>(page_tokens);
+  const uint32_t first_page = static_cast<uint32_t>(begin) / pt;
+  const int range_pages = static_cast<int>((static_cast<uint32_t>(end - 1) / pt) - first_page + 1);
+  for (int i = tid; i < range_pages; i += kThreads) s_table[i] = table[first_page + i];
+  for (int i = tid; i < kHeads * kTile; i += kThreads) s_scores[i] = 0.0f;
+  __syncthreads();
+  // S is split over the warps by (keys, dimensions): warp w takes keys 32 (w % 2) .. + 31 of
+  // each tile and k-steps 9 (w / 2) .. + 8 of the 36 over the 576 dimensions, so every cache
+  // row element is read from shared memory once, and this warp's query fragments (all heads,
+  // its 9 k-steps) stay in registers for the whole range. Partial scores meet in s_scores by
+  // shared-memory atomic adds.
+  constexpr int kStepsPerWarp = kWidth / 16 / 4;
+  const int key_group = warp % 2, dim_group = warp / 2;
+  uint32_t q_frag[kStepsPerWarp][kMTiles][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsPerWarp; ++kk) {
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      const int qr = m * 16 + (lane & 15), qc = 2 * (dim_group * kStepsPerWarp + kk) + (lane >> 4);
+      LdMatrixX4(q_frag[kk][m], s_q + Swizzle(qr, qc) * 8, false);
+    }
+  }
   auto load_tile = [&](int tile, int stage) {
     __half* dst = s_rows + stage * kTile * kWidth;
     const int64_t first = begin + int64_t{tile} * kTile;
@@ -110,8 +137,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int r = i / kRowChunks, c = i % kRowChunks;
         const int64_t p = first + r;
         const bool valid = p < end;
-        const uint32_t pu = static_cast<uint32_t>(p), pt = static_cast<uint32_t>(page_tokens);  // 32-bit division
-        const int64_t row = valid ? int64_t{table[pu / pt]} * pt + pu % pt : 0;
+        const uint32_t pu = static_cast<uint32_t>(p);  // positions < 2^31 (checked by the launcher)
+        const int64_t row = valid ? int64_t{s_table[pu / pt - first_page]} * pt + pu % pt : 0;
         CpAsync16(dst + Swizzle(r, c) * 8, pool + row * row_bytes + c * 16, valid);
       }
     } else {
@@ -119,7 +146,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int r = i / kWidth, e = i % kWidth;
         const int64_t p = first + r;
         float v = 0.0f;
-        if (p < end) v = LoadElement(type, pool + (int64_t{table[p / page_tokens]} * page_tokens + p % page_tokens) * row_bytes, e);
+        if (p < end) {
+          const uint32_t pu = static_cast<uint32_t>(p);
+          v = LoadElement(type, pool + (int64_t{s_table[pu / pt - first_page]} * pt + pu % pt) * row_bytes, e);
+        }
         dst[Swizzle(r, e / 8) * 8 + e % 8] = __float2half_rn(v);
       }
     }
@@ -145,37 +175,45 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
     const __half* rows = s_rows + stage * kTile * kWidth;
-    // S: warp w takes keys 8w..8w+7 for every head, over the 576 dimensions.
     {
-      float s[kMTiles][4] = {};
-#pragma unroll 4
-      for (int kk = 0; kk < kWidth / 16; ++kk) {
-        uint32_t b[4];  // keys 8w..8w+7: dims 16kk..+7 (b0), +8..+15 (b1); x4 loads two k-steps
-        // Two matrices suffice per k-step; load 16 dims as m0 (chunk 2kk) and m1 (chunk 2kk+1).
-        const int r = warp * 8 + (lane & 7), c = 2 * kk + ((lane >> 3) & 1);
-        LdMatrixX4(b, rows + Swizzle(r, c) * 8, false);
+      float s[kMTiles][4][4] = {};  // heads x this warp's 4 n-tiles of 8 keys
 #pragma unroll
-        for (int m = 0; m < kMTiles; ++m) {
-          uint32_t a[4];
-          const int qr = m * 16 + (lane & 15), qc = 2 * kk + (lane >> 4);
-          LdMatrixX4(a, s_q + Swizzle(qr, qc) * 8, false);
-          Mma(s[m], a, b[0], b[1]);
+      for (int kk = 0; kk < kStepsPerWarp; ++kk) {
+        const int step = dim_group * kStepsPerWarp + kk;
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {  // 16 keys: n-tiles 2 np, 2 np + 1
+          uint32_t b[4];
+          const int r = key_group * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * step + ((lane >> 3) & 1);
+          LdMatrixX4(b, rows + Swizzle(r, c) * 8, false);
+#pragma unroll
+          for (int m = 0; m < kMTiles; ++m) {
+            Mma(s[m][2 * np], q_frag[kk][m], b[0], b[1]);
+            Mma(s[m][2 * np + 1], q_frag[kk][m], b[2], b[3]);
+          }
         }
       }
-      const int64_t key = begin + int64_t{tile} * kTile + warp * 8 + 2 * (lane & 3);
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m) {
         const int h = m * 16 + lane / 4;
-        s_scores[h * kTile + warp * 8 + 2 * (lane & 3)] = key < end ? s[m][0] : -INFINITY;
-        s_scores[h * kTile + warp * 8 + 2 * (lane & 3) + 1] = key + 1 < end ? s[m][1] : -INFINITY;
-        s_scores[(h + 8) * kTile + warp * 8 + 2 * (lane & 3)] = key < end ? s[m][2] : -INFINITY;
-        s_scores[(h + 8) * kTile + warp * 8 + 2 * (lane & 3) + 1] = key + 1 < end ? s[m][3] : -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int key = key_group * 32 + j * 8 + 2 * (lane & 3);
+          atomicAdd(&s_scores[h * kTile + key], s[m][j][0]);
+          atomicAdd(&s_scores[h * kTile + key + 1], s[m][j][1]);
+          atomicAdd(&s_scores[(h + 8) * kTile + key], s[m][j][2]);
+          atomicAdd(&s_scores[(h + 8) * kTile + key + 1], s[m][j][3]);
+        }
       }
     }
     __syncthreads();
     // Online softmax: warp w takes heads w, w + 8, ...; two keys per lane.
     for (int h = warp; h < kHeads; h += kWarps) {
-      const float a = s_scores[h * kTile + lane], b = s_scores[h * kTile + lane + 32];
+      // Keys past the range are masked here; the sums are zeroed for the next tile's adds.
+      const int64_t key0 = begin + int64_t{tile} * kTile;
+      const float a = key0 + lane < end ? s_scores[h * kTile + lane] : -INFINITY;
+      const float b = key0 + lane + 32 < end ? s_scores[h * kTile + lane + 32] : -INFINITY;
+      s_scores[h * kTile + lane] = 0.0f;
+      s_scores[h * kTile + lane + 32] = 0.0f;
       float m = fmaxf(a, b);
       for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
       const float old_max = s_max[h], new_max = fmaxf(old_max, m);  // the range's first key is visible
@@ -293,6 +331,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
   int64_t split = std::max<int64_t>(kMinSplit, total_keys / (2 * int64_t{device_sms}));
   split = (split + kTile - 1) / kTile * kTile;
+  if (split / pool.ne[1] + 2 > kMaxRangePages) return false;  // a range's pages must fit shared memory
   std::vector<DecodeSeq> meta;
   std::vector<int32_t> tables;
   int32_t splits = 0;
