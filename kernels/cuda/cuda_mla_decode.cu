@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -44,32 +45,6 @@ struct DecodeSeq {
 };
 
 __device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowChunks + (chunk ^ (row & 7)); }
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* global, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem, bool trans) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if (trans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-  }
-}
-
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // One CTA per (key range, sequence). kMTiles = heads / 16.
 template <int kMTiles>
@@ -126,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       const int qr = m * 16 + (lane & 15), qc = 2 * (dim_group * kStepsPerWarp + kk) + (lane >> 4);
-      LdMatrixX4(q_frag[kk][m], s_q + Swizzle(qr, qc) * 8, false);
+      LdMatrixX4(q_frag[kk][m], s_q + Swizzle(qr, qc) * 8);
     }
   }
   auto load_tile = [&](int tile, int stage) {
@@ -155,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   load_tile(0, 0);
-  asm volatile("cp.async.commit_group;\n" ::);
+  CpAsyncCommit();
 
   // This warp's output columns: 64 of the 512, for every head (kMTiles x 8 n-tiles of 8).
   float o[kMTiles][8][4];
@@ -168,10 +143,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int stage = tile & 1;
     if (tile + 1 < tiles) {
       load_tile(tile + 1, stage ^ 1);
-      asm volatile("cp.async.commit_group;\n" ::);
-      asm volatile("cp.async.wait_group 1;\n" ::);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
     } else {
-      asm volatile("cp.async.wait_group 0;\n" ::);
+      CpAsyncWait<0>();
     }
     __syncthreads();
     const __half* rows = s_rows + stage * kTile * kWidth;
@@ -184,11 +159,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int np = 0; np < 2; ++np) {  // 16 keys: n-tiles 2 np, 2 np + 1
           uint32_t b[4];
           const int r = key_group * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * step + ((lane >> 3) & 1);
-          LdMatrixX4(b, rows + Swizzle(r, c) * 8, false);
+          LdMatrixX4(b, rows + Swizzle(r, c) * 8);
 #pragma unroll
           for (int m = 0; m < kMTiles; ++m) {
-            Mma(s[m][2 * np], q_frag[kk][m], b[0], b[1]);
-            Mma(s[m][2 * np + 1], q_frag[kk][m], b[2], b[3]);
+            MmaF16(s[m][2 * np], q_frag[kk][m], b[0], b[1]);
+            MmaF16(s[m][2 * np + 1], q_frag[kk][m], b[2], b[3]);
           }
         }
       }
@@ -249,17 +224,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int m = 0; m < kMTiles; ++m) {
         const int pr = m * 16 + (lane & 15), pc = 2 * kk + (lane >> 4);
         const unsigned addr = (pr * 8 + (pc ^ (pr & 7))) * 8;
-        LdMatrixX4(a[m], s_p + addr, false);
+        LdMatrixX4(a[m], s_p + addr);
       }
 #pragma unroll
       for (int dp = 0; dp < 4; ++dp) {  // 16 value columns per step
         uint32_t b[4];
         const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), c = warp * 8 + 2 * dp + (lane >> 4);
-        LdMatrixX4(b, rows + Swizzle(r, c) * 8, true);
+        LdMatrixX4<true>(b, rows + Swizzle(r, c) * 8);
 #pragma unroll
         for (int m = 0; m < kMTiles; ++m) {
-          Mma(o[m][2 * dp], a[m], b[0], b[1]);
-          Mma(o[m][2 * dp + 1], a[m], b[2], b[3]);
+          MmaF16(o[m][2 * dp], a[m], b[0], b[1]);
+          MmaF16(o[m][2 * dp + 1], a[m], b[2], b[3]);
         }
       }
     }

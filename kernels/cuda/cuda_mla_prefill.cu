@@ -24,6 +24,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_mla_flash.h"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -43,37 +44,6 @@ __device__ __forceinline__ int Swizzle(int row, int chunk, int chunks_per_row) {
   return row * chunks_per_row + (chunk ^ (row & 7));
 }
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* global, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill (rows past the end)
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global), "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
-}
-
-// d += a (16x16, row) . b (16x8, col); f16 inputs, f32 accumulators.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 
 
 __global__ void __launch_bounds__(kThreads, 1) MlaFlashMmaKernel(const MlaFlashArgs a) {
@@ -163,8 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashMmaKernel(const MlaFlashA
         uint32_t b[4];
         const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * kk + ((lane >> 3) & 1);
         LdMatrixX4(b, k_tile + Swizzle(r, c, kQkChunks) * 8);
-        Mma(s[2 * np], q_frag[kk], b[0], b[1]);
-        Mma(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+        MmaF16(s[2 * np], q_frag[kk], b[0], b[1]);
+        MmaF16(s[2 * np + 1], q_frag[kk], b[2], b[3]);
       }
     }
     // Causal mask where the tile reaches past the block's first query (and past the keys).
@@ -216,8 +186,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaFlashMmaKernel(const MlaFlashA
         uint32_t b[4];  // Vt rows are the n index (value dims), keys the k index
         const int r = dp * 16 + (lane & 7) + ((lane >> 4) << 3), c = 2 * kk + ((lane >> 3) & 1);
         LdMatrixX4(b, v_tile + Swizzle(r, c, kVtChunks) * 8);
-        Mma(o[2 * dp], p, b[0], b[1]);
-        Mma(o[2 * dp + 1], p, b[2], b[3]);
+        MmaF16(o[2 * dp], p, b[0], b[1]);
+        MmaF16(o[2 * dp + 1], p, b[2], b[3]);
       }
     }
     __syncthreads();  // this stage is refilled by the next iteration's load
