@@ -11,6 +11,7 @@ using transfer::ToGrpc;
 
 grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
                                          v1::ReserveLeaseResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReserveLease"); !denied.ok()) return denied;
   auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
                                     request->model_fingerprint());
   if (!lease.ok()) return ToGrpc(lease.status());
@@ -20,23 +21,27 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1:
 
 grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
                                          v1::ReleaseLeaseResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReleaseLease"); !denied.ok()) return denied;
   worker_.ReleaseLease(request->lease_id());
   return grpc::Status::OK;
 }
 
 grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
                                        v1::RenewLeaseResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.RenewLease"); !denied.ok()) return denied;
   return ToGrpc(worker_.RenewLease(request->lease_id(), absl::Milliseconds(request->ttl_ms())));
 }
 
 grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
                                          grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
                                          v1::ReceiveCacheResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReceiveCache"); !denied.ok()) return denied;
   return transfer::ServeReceiveCache(worker_, context, reader, response);
 }
 
 grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
                                    grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.Decode"); !denied.ok()) return denied;
   DecodeParams params;
   params.lease_id = request->lease_id();
   params.sampling.temperature = request->sampling().temperature();

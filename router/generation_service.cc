@@ -143,6 +143,7 @@ std::string ValidUtf8(const std::string& bytes) {
 void ReleaseLease(const std::string& decode_worker, const std::string& lease_id, absl::Duration timeout) {
   auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
   grpc::ClientContext context;
+  serving::AttachInternalCredential(context);
   SetDeadline(context, absl::Now() + timeout);
   v1::ReleaseLeaseRequest request;
   request.set_lease_id(lease_id);
@@ -206,6 +207,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
       const std::string candidate = *claimed;
       auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;
+      serving::AttachInternalCredential(lease_context);
       SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
       v1::ReserveLeaseRequest lease_request;
       lease_request.set_request_id(request_id);
@@ -269,6 +271,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     tried.insert(*prefill_worker);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
     grpc::ClientContext prefill_context;
+    serving::AttachInternalCredential(prefill_context);
     SetDeadline(prefill_context, deadline);
     v1::PrefillRequest prefill_request;
     prefill_request.set_request_id(request_id);
@@ -565,6 +568,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     const std::string decode_worker = lease->worker();
     auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
     grpc::ClientContext decode_context;
+    serving::AttachInternalCredential(decode_context);
     SetDeadline(decode_context, deadline);
     v1::DecodeRequest decode_request;
     decode_request.set_request_id(request_id);
@@ -667,6 +671,7 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context, const
 
 grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
                                              v1::RegisterWorkerResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.RegisterWorker"); !denied.ok()) return denied;
   absl::Status status = state_.registry().Register(*request);
   if (!status.ok()) return ToGrpc(status);
   serving::LogEvent("router", "worker_registered", "", {{"worker", request->address()}, {"role", request->role()}});
@@ -676,6 +681,7 @@ grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const
 
 grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                                         v1::HeartbeatResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.Heartbeat"); !denied.ok()) return denied;
   return ToGrpc(state_.registry().Heartbeat(*request));
 }
 

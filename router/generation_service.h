@@ -80,9 +80,10 @@ class GenerationService final : public v1::Generation::Service {
   serving::StreamLimiter stream_limiter_;
 };
 
+// Internal: `auth` admits only cluster components (workers).
 class RegistryService final : public v1::WorkerRegistry::Service {
  public:
-  explicit RegistryService(RouterState& state) : state_(state) {}
+  RegistryService(RouterState& state, const serving::InternalAuthorizer& auth) : state_(state), auth_(auth) {}
   grpc::Status RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
                               v1::RegisterWorkerResponse* response) override;
   grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
@@ -90,6 +91,7 @@ class RegistryService final : public v1::WorkerRegistry::Service {
 
  private:
   RouterState& state_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 }  // namespace latentserve::router

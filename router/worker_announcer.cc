@@ -35,6 +35,7 @@ void WorkerAnnouncer::Loop() {
   while (!stopping_) {
     lock.unlock();
     grpc::ClientContext context;
+    serving::AttachInternalCredential(context);
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     grpc::Status status;
     if (!registered) {

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/channels.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
@@ -168,6 +169,7 @@ void WorkerRegistry::MonitorLoop() {
     for (const std::string& address : addresses) {
       auto stub = v1::WorkerStats::NewStub(ChannelTo(address));
       grpc::ClientContext context;
+      serving::AttachInternalCredential(context);
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
       v1::GetWorkerStatsRequest request;
       v1::GetWorkerStatsResponse response;

@@ -86,6 +86,9 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry)
       router_stream_limit_rejections_total(
           NewCounter(*registry, "latentserve_router_stream_limit_rejections_total",
                      "Router: Generate calls refused by the per-client concurrent stream limit")),
+      internal_auth_failures_total(
+          NewCounter(*registry, "latentserve_internal_auth_failures_total",
+                     "Internal RPCs refused: the caller did not prove to be a cluster component")),
       prefill_tokens_total(NewCounter(*registry, "latentserve_prefill_tokens_total", "Prefill: prompt tokens prefilled")),
       prefill_compute_seconds_total(NewCounter(*registry, "latentserve_prefill_compute_seconds_total",
                                                "Prefill: seconds spent computing prefills")),

@@ -27,6 +27,7 @@
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
+#include "common/secure_random.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
 #include "prefill/prefill_service.h"
@@ -71,7 +72,7 @@ struct ProcessSecurity {
 
 // Flags every serving subcommand accepts (beyond its own).
 const std::set<std::string> kCommonFlags = {"metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca",
-                                            "max-message-bytes"};
+                                            "max-message-bytes", "internal-token-file", "internal-peer-cn"};
 
 std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
   flags.insert(kCommonFlags.begin(), kCommonFlags.end());
@@ -89,6 +90,34 @@ absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [4096, 1073741824]");
   }
   return security;
+}
+
+// Who may call this process's internal methods (serving/security.h). A split deployment
+// with TLS or a public token must say who its components are (otherwise any certificate
+// of the CA, a public client's included, would reach them); without either it runs open,
+// as the plaintext loopback mode always has, and says so. `serve`, whose internal servers
+// only its own router calls, makes up a random internal token when none is given.
+absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
+                                                                                        const char* command,
+                                                                                        bool generate_token) {
+  ASSIGN_OR_RETURN(serving::InternalAuthConfig config, serving::InternalAuthFromArgs(args));
+  if (config.token.empty() && generate_token) {
+    ASSIGN_OR_RETURN(config.token, SecureRandomHex(32));
+  }
+  if (config.empty()) {
+    if (args.Has("tls-cert") || args.Has("auth-token-file")) {
+      return absl::InvalidArgumentError(
+          "with --tls-cert or --auth-token-file, give --internal-peer-cn CN (the common name of the cluster "
+          "components' certificate) and/or --internal-token-file F: otherwise every certificate the CA signed, a "
+          "public client's included, could call the internal APIs (leases, prefill, decode, registry)");
+    }
+    std::fprintf(stderr,
+                 "%s: no --internal-token-file / --internal-peer-cn: the internal APIs are open to anyone who can "
+                 "reach this port (plaintext loopback mode)\n",
+                 command);
+  }
+  serving::SetInternalCallToken(config.token);
+  return std::make_unique<serving::InternalAuthorizer>(std::move(config));
 }
 
 // Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
@@ -219,10 +248,12 @@ void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& server
 // WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.
 class WorkerStatsService final : public v1::WorkerStats::Service {
  public:
-  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info)
-      : role_(std::move(role)), model_(model), info_(std::move(info)) {}
-  grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
+  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info,
+                     const serving::InternalAuthorizer& auth)
+      : role_(std::move(role)), model_(model), info_(std::move(info)), auth_(auth) {}
+  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
                               v1::GetWorkerStatsResponse* response) override {
+    if (grpc::Status denied = auth_.Check(*context, "WorkerStats.GetWorkerStats"); !denied.ok()) return denied;
     *response->mutable_stats() = info_();
     *response->mutable_model() = model_;
     response->set_role(role_);
@@ -233,6 +264,7 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
   std::string role_;
   const v1::ModelDescriptor& model_;
   std::function<v1::WorkerInfo()> info_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 // ---- worker roles ----
@@ -297,13 +329,14 @@ absl::StatusOr<std::vector<std::string>> RoutersFromArgs(const Args& args) {
 // Serves a worker role until SIGTERM/SIGINT: its service and WorkerStats on --listen, metrics,
 // and registration + heartbeats with the router.
 absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine& loaded,
-                         const ProcessSecurity& security, const WorkerRole& role) {
+                         const ProcessSecurity& security, const serving::InternalAuthorizer& auth,
+                         const WorkerRole& role) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(std::vector<std::string> routers, RoutersFromArgs(args));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   std::string address;
   auto info = [&] { return role.info(address); };
-  WorkerStatsService stats(role.name, loaded.descriptor, info);
+  WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -321,9 +354,11 @@ absl::Status RunPrefill(int argc, char** argv) {
   RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
-  transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
+  transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
+                                    [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
                                 loaded.engine.chunk_tokens);
   if (stall_ms > 0) {
@@ -331,8 +366,8 @@ absl::Status RunPrefill(int argc, char** argv) {
                  static_cast<long long>(stall_ms));
     worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
   }
-  prefill::PrefillService service(worker, loaded.descriptor);
-  return ServeWorker(args, signals, loaded, security,
+  prefill::PrefillService service(worker, loaded.descriptor, *auth);
+  return ServeWorker(args, signals, loaded, security, *auth,
                      {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }});
 }
@@ -343,10 +378,11 @@ absl::Status RunDecode(int argc, char** argv) {
   RETURN_IF_ERROR(args.Require("listen").status());
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "decode", false));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
-  decode::DecodeService service(worker, loaded.descriptor);
-  return ServeWorker(args, signals, loaded, security,
+  decode::DecodeService service(worker, loaded.descriptor, *auth);
+  return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }});
 }
@@ -409,12 +445,13 @@ absl::Status RunRouter(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   RETURN_IF_ERROR(AddAuth(args, security));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "router", false));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
   router::RouterState state(options);
   RETURN_IF_ERROR(AddStaticWorkers(state.registry(), args));
   router::GenerationService generation(state);
-  router::RegistryService registry(state);
+  router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -436,6 +473,7 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(ProcessSecurity public_security, SecurityFromArgs(args));
   RETURN_IF_ERROR(AddAuth(args, public_security));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "serve", true));
   // The in-process workers listen on loopback; they keep the TLS settings (the router
   // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
@@ -445,21 +483,22 @@ absl::Status RunServe(int argc, char** argv) {
   const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint());
-  decode::DecodeService decode_service(decode_worker, descriptor);
+  decode::DecodeService decode_service(decode_worker, descriptor, *auth);
   std::string decode_address;
-  WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); });
+  WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); }, *auth);
   ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}, security));
   decode_address = decode_server.address;
 
   transfer::InProcTransport inproc;
   inproc.AddSink(decode_address, &decode_worker);
-  transfer::GrpcTransport grpc_transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
+  transfer::GrpcTransport grpc_transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
+                                         [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   transfer::RoutingTransport transport(&inproc, &grpc_transport);
   prefill::PrefillWorker prefill_worker(*prefill_engine.engine.model, *prefill_engine.engine.cache, transport,
                                         descriptor.fingerprint(), prefill_engine.engine.chunk_tokens);
-  prefill::PrefillService prefill_service(prefill_worker, descriptor);
+  prefill::PrefillService prefill_service(prefill_worker, descriptor, *auth);
   std::string prefill_address;
-  WorkerStatsService prefill_stats("prefill", descriptor, [&] { return prefill_service.Info(prefill_address); });
+  WorkerStatsService prefill_stats("prefill", descriptor, [&] { return prefill_service.Info(prefill_address); }, *auth);
   ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}, security));
   prefill_address = prefill_server.address;
 
@@ -468,7 +507,7 @@ absl::Status RunServe(int argc, char** argv) {
   state.registry().AddStatic(prefill_address, "prefill");
   state.registry().AddStatic(decode_address, "decode");
   router::GenerationService generation(state);
-  router::RegistryService registry(state);
+  router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -569,6 +608,10 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const A
   std::string token;
   if (args.Has("auth-token-file")) {
     ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+  }
+  if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker
+    ASSIGN_OR_RETURN(std::string internal, serving::ReadTokenFile(args.Get("internal-token-file")));
+    serving::SetInternalCallToken(std::move(internal));
   }
   return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
 }
@@ -731,6 +774,7 @@ int RunClient(int argc, char** argv) {
       "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
       "         --summary-file F (the --json object, written to F)]\n"
       "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
+      "         [--internal-token-file F] (the cluster's internal token: `stats` on a worker that requires it)\n"
       "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
       "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
       "       latentserve client health --target HOST:PORT [--service NAME] (grpc.health.v1; exit 0 when SERVING)\n"
@@ -744,7 +788,7 @@ int RunClient(int argc, char** argv) {
                           {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
-                           "tls-cert", "tls-key", "auth-token-file", "service"},
+                           "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service"},
                           {"json", "ignore-eos"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);

@@ -38,9 +38,13 @@ class GrpcTransport : public CacheTransport {
   // Returns the credentials for the channel to a decode worker (TLS / mTLS when the process
   // has certificates); asked at each Open so reloaded certificates apply. Empty = insecure.
   using CredentialsProvider = std::function<std::shared_ptr<grpc::ChannelCredentials>()>;
+  // Adds per-call credentials (the internal token) to each ReceiveCache call. Empty = none.
+  using CallDecorator = std::function<void(grpc::ClientContext&)>;
 
-  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20, CredentialsProvider credentials = {})
-      : max_queued_bytes_(max_queued_bytes), credentials_(std::move(credentials)) {
+  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20, CredentialsProvider credentials = {},
+                         CallDecorator decorate_call = {})
+      : max_queued_bytes_(max_queued_bytes), credentials_(std::move(credentials)),
+        decorate_call_(std::move(decorate_call)) {
     TuneAllocatorForCacheStreaming();
   }
   std::string name() const override { return "grpc"; }
@@ -50,6 +54,7 @@ class GrpcTransport : public CacheTransport {
  private:
   int64_t max_queued_bytes_;
   CredentialsProvider credentials_;
+  CallDecorator decorate_call_;
 };
 
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.

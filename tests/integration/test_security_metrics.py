@@ -128,6 +128,8 @@ class Security(unittest.TestCase):
         p = cls.pki
         cls.server_tls = ["--tls-cert", p["node_cert"], "--tls-key", p["node_key"], "--tls-ca", p["ca"]]
         cls.client_tls = ["--tls-ca", p["ca"], "--tls-cert", p["client_cert"], "--tls-key", p["client_key"]]
+        # A split deployment names its components: internal RPCs only for CN=latentserve-node.
+        cls.split_tls = [*cls.server_tls, "--internal-peer-cn", "latentserve-node"]
         cls.cluster = SecureCluster(
             "tls", serve=True, client_flags=[*cls.client_tls, "--auth-token-file", p["token"]],
             router_flags=[*cls.server_tls, "--auth-token-file", p["token"], "--max-streams-per-client", "1",
@@ -208,7 +210,7 @@ class Security(unittest.TestCase):
         # Router, prefill and decode as separate processes, every channel (the cache transfer
         # included) over mutual TLS; the answer equals the plaintext single-process reference.
         c = SecureCluster("mtls-transfer", prefill=1, decode=1, client_flags=[*self.client_tls],
-                          router_flags=self.server_tls, worker_flags=self.server_tls)
+                          router_flags=self.split_tls, worker_flags=self.split_tls)
         try:
             prompt = ts.prompt(150, salt=11)
             r = c.generate(prompt, max_tokens=6)
@@ -223,7 +225,7 @@ class Security(unittest.TestCase):
         # A split deployment with mutual TLS: a worker with the node identity registers, one
         # without a client certificate never does.
         c = SecureCluster("mtls-split", prefill=0, decode=1, client_flags=[*self.client_tls],
-                          router_flags=self.server_tls, worker_flags=self.server_tls)
+                          router_flags=self.split_tls, worker_flags=self.split_tls)
         try:
             c.worker_flags = []  # no TLS flags at all
             plain_address = c.add_worker("decode", "plain-decode")

@@ -1,0 +1,538 @@
+// Trust boundaries of a split deployment (issue 17), against real processes on loopback:
+// `latentserve router`, `prefill` and `decode` started from the built binary, certificates made
+// with the openssl CLI, every call real gRPC. A caller with a public client's credentials
+// (a certificate of the cluster CA, the public bearer token) must be refused on every internal
+// method; cluster components (the component certificate's CN, or the internal token) must not.
+//
+// The binary: $LATENTSERVE_BIN, else the one this test was built with (LATENTSERVE_BIN_PATH).
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "latentserve/v1/generate.grpc.pb.h"
+#include "latentserve/v1/worker.grpc.pb.h"
+
+namespace latentserve {
+namespace {
+
+namespace v1 = ::latentserve::v1;
+using std::chrono::milliseconds;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void WriteAll(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Polls `predicate` every 20 ms for at most `timeout`.
+bool WaitFor(const std::function<bool()>& predicate, milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return predicate();
+}
+
+std::string Bin() {
+  if (const char* bin = std::getenv("LATENTSERVE_BIN")) return bin;
+#ifdef LATENTSERVE_BIN_PATH
+  return LATENTSERVE_BIN_PATH;
+#else
+  return "";
+#endif
+}
+
+int RunQuiet(const std::string& command) { return std::system(("(" + command + ") >/dev/null 2>&1").c_str()); }
+
+// One `latentserve` child process; stdout+stderr go to <dir>/<name>.log. Killed on destruction.
+class Process {
+ public:
+  Process(const std::string& dir, const std::string& name, std::vector<std::string> args, bool wait_listening = true)
+      : log_(dir + "/" + name + ".log"), port_file_(dir + "/" + name + ".port") {
+    unlink(port_file_.c_str());
+    args.insert(args.begin(), Bin());
+    if (wait_listening) {
+      args.push_back("--port-file");
+      args.push_back(port_file_);
+    }
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* log = std::fopen(log_.c_str(), "w");
+      if (log) {
+        dup2(fileno(log), 1);
+        dup2(fileno(log), 2);
+      }
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    if (wait_listening) {
+      WaitFor([&] { return Exited() || !ReadAll(port_file_).empty(); }, milliseconds(60000));
+      address_ = ReadAll(port_file_);
+      while (!address_.empty() && (address_.back() == '\n' || address_.back() == ' ')) address_.pop_back();
+    }
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // True once the process has ended (its status then in exit_code()).
+  bool Exited() {
+    if (exited_) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exited_ = true;
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    return exited_;
+  }
+  int exit_code() const { return exit_code_; }
+  const std::string& address() const { return address_; }
+  std::string log() const { return ReadAll(log_); }
+
+ private:
+  std::string log_;
+  std::string port_file_;
+  std::string address_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int exit_code_ = -1;
+};
+
+// Files shared by every test: the model, a CA, component and client certificates, tokens.
+struct Fixture {
+  std::string dir;
+  std::string model;
+  std::string ca, node_cert, node_key, node2_cert, node2_key, client_cert, client_key;
+  std::string public_token, internal_token;  // file paths
+  std::string public_token_value = "public-test-token", internal_token_value = "internal-test-token-7f3a";
+  bool ok = false;
+};
+
+std::string* work_dir = nullptr;  // set once Files() made it
+
+// Removes the work directory when the test binary ends (KEEP_WORK=1 keeps it).
+class RemoveWorkDir : public ::testing::Environment {
+ public:
+  void TearDown() override;
+};
+
+Fixture& Files() {
+  static Fixture* fixture = [] {
+    auto* f = new Fixture();
+    char pattern[] = "/tmp/latentserve-auth-XXXXXX";
+    f->dir = mkdtemp(pattern);
+    work_dir = new std::string(f->dir);
+    f->model = f->dir + "/model.gguf";
+    const std::string d = f->dir;
+    int rc = RunQuiet(Bin() + " make-test-model --out " + f->model + " --seed 5");
+    const std::string key = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
+    rc |= RunQuiet("cd " + d + " && openssl req -x509" + key + "-keyout ca.key -out ca.pem -days 1 -subj /CN=auth-test-ca");
+    WriteAll(d + "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+    for (const auto& [name, cn] : std::vector<std::pair<std::string, std::string>>{
+             {"node", "latentserve-node"}, {"node2", "latentserve-node2"}, {"client", "test-client"}}) {
+      rc |= RunQuiet("cd " + d + " && openssl req" + key + "-keyout " + name + ".key -out " + name + ".csr -subj /CN=" +
+                     cn + " && openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -out " +
+                     name + ".pem -days 1 -extfile san.ext");
+    }
+    f->ca = d + "/ca.pem";
+    f->node_cert = d + "/node.pem";
+    f->node_key = d + "/node.key";
+    f->node2_cert = d + "/node2.pem";
+    f->node2_key = d + "/node2.key";
+    f->client_cert = d + "/client.pem";
+    f->client_key = d + "/client.key";
+    f->public_token = d + "/public-token";
+    f->internal_token = d + "/internal-token";
+    WriteAll(f->public_token, f->public_token_value + "\n");
+    WriteAll(f->internal_token, f->internal_token_value + "\n");
+    f->ok = rc == 0;
+    return f;
+  }();
+  return *fixture;
+}
+
+void RemoveWorkDir::TearDown() {
+  if (work_dir && !std::getenv("KEEP_WORK")) RunQuiet("rm -rf '" + *work_dir + "'");
+}
+const ::testing::Environment* const kRemoveWorkDir = ::testing::AddGlobalTestEnvironment(new RemoveWorkDir);
+
+std::shared_ptr<grpc::ChannelCredentials> TlsAs(const std::string& cert, const std::string& key) {
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = ReadAll(Files().ca);
+  if (!cert.empty()) {
+    options.pem_cert_chain = ReadAll(cert);
+    options.pem_private_key = ReadAll(key);
+  }
+  return grpc::SslCredentials(options);
+}
+
+// Metadata a caller attaches to each call.
+struct Caller {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::vector<std::pair<std::string, std::string>> metadata;
+
+  std::shared_ptr<grpc::Channel> To(const std::string& address) const {
+    return grpc::CreateChannel(address, credentials);
+  }
+  void Prepare(grpc::ClientContext& context, milliseconds timeout = milliseconds(5000)) const {
+    for (const auto& [k, v] : metadata) context.AddMetadata(k, v);
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+  }
+};
+
+// A router, one prefill and one decode worker, each its own process.
+struct Cluster {
+  std::unique_ptr<Process> router, prefill, decode;
+
+  Cluster(const std::string& name, const std::vector<std::string>& router_flags,
+          const std::vector<std::string>& worker_flags, const std::vector<std::string>& decode_flags = {}) {
+    const std::string dir = Files().dir + "/" + name;
+    mkdir(dir.c_str(), 0700);
+    std::vector<std::string> r = {"router", "--listen", "127.0.0.1:0"};
+    r.insert(r.end(), router_flags.begin(), router_flags.end());
+    router = std::make_unique<Process>(dir, "router", r);
+    auto worker = [&](const char* role, const std::vector<std::string>& extra) {
+      std::vector<std::string> w = {role, "--listen", "127.0.0.1:0", "--router", router->address(), "--model",
+                                    Files().model, "--threads", "1", "--chunk", "64"};
+      w.insert(w.end(), worker_flags.begin(), worker_flags.end());
+      w.insert(w.end(), extra.begin(), extra.end());
+      return std::make_unique<Process>(dir, role, w);
+    };
+    prefill = worker("prefill", {});
+    decode = worker("decode", decode_flags);
+  }
+  bool Listening() const {
+    return !router->address().empty() && !prefill->address().empty() && !decode->address().empty();
+  }
+  std::string Logs() const {
+    return "router:\n" + router->log() + "\nprefill:\n" + prefill->log() + "\ndecode:\n" + decode->log();
+  }
+};
+
+// GetModelInfo through the router as `caller`: both workers alive?
+bool BothWorkersAlive(const Cluster& cluster, const Caller& caller) {
+  auto stub = v1::Generation::NewStub(caller.To(cluster.router->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::GetModelInfoResponse info;
+  if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return false;
+  int alive = 0;
+  for (const auto& w : info.workers()) alive += w.alive() ? 1 : 0;
+  return alive == 2;
+}
+
+// After a forged "draining" heartbeat: wait until the router's next poll has undone it.
+bool NoneDraining(const Cluster& cluster, const Caller& caller) {
+  auto stub = v1::Generation::NewStub(caller.To(cluster.router->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::GetModelInfoResponse info;
+  if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return false;
+  int ready = 0;
+  for (const auto& w : info.workers()) ready += (w.alive() && !w.draining()) ? 1 : 0;
+  return ready == 2;
+}
+
+// One generation through the router; returns the status and the number of tokens seen.
+grpc::Status Generate(const Cluster& cluster, const Caller& caller, int max_tokens, int* tokens) {
+  auto stub = v1::Generation::NewStub(caller.To(cluster.router->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context, milliseconds(60000));
+  v1::GenerateRequest request;
+  for (int i = 0; i < 40; ++i) request.mutable_tokens()->add_ids((i * 7 + 1) % 300);
+  request.mutable_stopping()->set_max_tokens(max_tokens);
+  request.mutable_stopping()->set_ignore_eos(true);
+  auto reader = stub->Generate(&context, request);
+  v1::GenerateResponse event;
+  *tokens = 0;
+  while (reader->Read(&event)) {
+    if (event.has_tokens()) *tokens += event.tokens().token_ids_size();
+  }
+  return reader->Finish();
+}
+
+std::string Fingerprint(const Cluster& cluster, const Caller& component) {
+  auto stub = v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  component.Prepare(context);
+  v1::GetWorkerStatsResponse stats;
+  grpc::Status status = stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  return status.ok() ? stats.model().fingerprint() : "";
+}
+
+// Every internal method of the cluster, called as `caller`; returns each method's status.
+std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const Cluster& cluster, const Caller& caller,
+                                                                          const std::string& fingerprint) {
+  std::vector<std::pair<std::string, grpc::Status>> out;
+  auto decode = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::ReserveLeaseRequest request;
+    request.set_request_id("intruder");
+    request.set_tokens(64);
+    request.set_ttl_ms(2000);
+    request.set_model_fingerprint(fingerprint);
+    v1::ReserveLeaseResponse response;
+    out.emplace_back("DecodeWorker.ReserveLease", decode->ReserveLease(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::ReleaseLeaseRequest request;
+    request.set_lease_id("lease-1");
+    v1::ReleaseLeaseResponse response;
+    out.emplace_back("DecodeWorker.ReleaseLease", decode->ReleaseLease(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::RenewLeaseRequest request;
+    request.set_lease_id("lease-1");
+    request.set_ttl_ms(1000);
+    v1::RenewLeaseResponse response;
+    out.emplace_back("DecodeWorker.RenewLease", decode->RenewLease(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::DecodeRequest request;
+    request.set_lease_id("lease-1");
+    request.set_max_new_tokens(4);
+    auto reader = decode->Decode(&context, request);
+    v1::DecodeResponse event;
+    while (reader->Read(&event)) {
+    }
+    out.emplace_back("DecodeWorker.Decode", reader->Finish());
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::ReceiveCacheResponse response;
+    auto writer = decode->ReceiveCache(&context, &response);
+    v1::ReceiveCacheRequest header;
+    header.mutable_header()->set_lease_id("lease-1");
+    header.mutable_header()->set_model_fingerprint(fingerprint);
+    writer->Write(header);
+    writer->WritesDone();
+    out.emplace_back("DecodeWorker.ReceiveCache", writer->Finish());
+  }
+  {
+    auto prefill = v1::PrefillWorker::NewStub(caller.To(cluster.prefill->address()));
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::PrefillRequest request;
+    request.set_request_id("intruder");
+    request.set_lease_id("lease-1");
+    request.set_decode_worker(cluster.decode->address());
+    request.add_token_ids(1);
+    request.set_model_fingerprint(fingerprint);
+    auto reader = prefill->Prefill(&context, request);
+    v1::PrefillResponse event;
+    while (reader->Read(&event)) {
+    }
+    out.emplace_back("PrefillWorker.Prefill", reader->Finish());
+  }
+  for (const Process* worker : {cluster.prefill.get(), cluster.decode.get()}) {
+    auto stats = v1::WorkerStats::NewStub(caller.To(worker->address()));
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::GetWorkerStatsResponse response;
+    out.emplace_back("WorkerStats.GetWorkerStats", stats->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &response));
+  }
+  auto registry = v1::WorkerRegistry::NewStub(caller.To(cluster.router->address()));
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::RegisterWorkerRequest request;
+    request.set_address("127.0.0.1:9");
+    request.set_role("decode");
+    request.mutable_model()->set_fingerprint("bogus");
+    v1::RegisterWorkerResponse response;
+    out.emplace_back("WorkerRegistry.RegisterWorker", registry->RegisterWorker(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    v1::HeartbeatRequest request;
+    request.set_address(cluster.decode->address());
+    request.mutable_stats()->set_draining(true);
+    v1::HeartbeatResponse response;
+    out.emplace_back("WorkerRegistry.Heartbeat", registry->Heartbeat(&context, request, &response));
+  }
+  return out;
+}
+
+// ---- mutual TLS: components are CN=latentserve-node; public clients hold CN=test-client ----
+
+class MutualTls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
+    ASSERT_TRUE(Files().ok) << "making the model or the certificates failed in " << Files().dir;
+    const Fixture& f = Files();
+    const std::vector<std::string> tls = {"--tls-cert", f.node_cert, "--tls-key", f.node_key, "--tls-ca", f.ca,
+                                          "--internal-peer-cn", "latentserve-node,latentserve-node2"};
+    std::vector<std::string> router_flags = tls;
+    router_flags.insert(router_flags.end(), {"--auth-token-file", f.public_token});
+    cluster_ = new Cluster("mtls", router_flags, tls);
+    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
+    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, PublicClient()); }, milliseconds(30000)))
+        << cluster_->Logs();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  // A public client: a certificate of the cluster CA and the public bearer token.
+  static Caller PublicClient() {
+    return {TlsAs(Files().client_cert, Files().client_key),
+            {{"authorization", "Bearer " + Files().public_token_value}}};
+  }
+  static Caller Component() { return {TlsAs(Files().node_cert, Files().node_key), {}}; }
+  static Cluster* cluster_;
+};
+Cluster* MutualTls::cluster_ = nullptr;
+
+TEST_F(MutualTls, PublicClientIsRefusedOnEveryInternalMethod) {
+  const std::string fingerprint = Fingerprint(*cluster_, Component());
+  ASSERT_FALSE(fingerprint.empty());
+  const auto results = CallEveryInternalMethod(*cluster_, PublicClient(), fingerprint);
+  ASSERT_EQ(results.size(), 10u);
+  for (const auto& [method, status] : results) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
+  }
+  // The forged registration and heartbeat changed nothing: both real workers still serve.
+  int tokens = 0;
+  grpc::Status status = Generate(*cluster_, PublicClient(), 4, &tokens);
+  EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << cluster_->Logs();
+  EXPECT_EQ(tokens, 4);
+}
+
+TEST_F(MutualTls, ComponentCertificateIsAdmitted) {
+  // The same calls as a cluster component get past authorization (they may still fail on
+  // their arguments: the lease ids are made up).
+  const std::string fingerprint = Fingerprint(*cluster_, Component());
+  ASSERT_FALSE(fingerprint.empty());
+  for (const auto& [method, status] : CallEveryInternalMethod(*cluster_, Component(), fingerprint)) {
+    EXPECT_NE(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
+    EXPECT_NE(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method << ": " << status.error_message();
+  }
+  EXPECT_TRUE(WaitFor([] { return NoneDraining(*cluster_, PublicClient()); }, milliseconds(10000)));
+}
+
+TEST_F(MutualTls, GenerationThroughTheRouterStillWorks) {
+  int tokens = 0;
+  grpc::Status status = Generate(*cluster_, PublicClient(), 6, &tokens);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << cluster_->Logs();
+  EXPECT_EQ(tokens, 6);
+  // Without the public token the router's public API still says UNAUTHENTICATED.
+  Caller no_token{TlsAs(Files().client_cert, Files().client_key), {}};
+  status = Generate(*cluster_, no_token, 2, &tokens);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+}
+
+// ---- plaintext with an internal token ----
+
+class InternalToken : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
+    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    const std::vector<std::string> flags = {"--internal-token-file", Files().internal_token};
+    cluster_ = new Cluster("token", flags, flags);
+    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
+    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000)))
+        << cluster_->Logs();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static Caller Anonymous() { return {grpc::InsecureChannelCredentials(), {}}; }
+  static Caller WithInternalToken(const std::string& token) {
+    return {grpc::InsecureChannelCredentials(), {{"latentserve-internal-token", token}}};
+  }
+  static Cluster* cluster_;
+};
+Cluster* InternalToken::cluster_ = nullptr;
+
+TEST_F(InternalToken, CallersWithoutTheTokenAreRefused) {
+  const std::string fingerprint = Fingerprint(*cluster_, WithInternalToken(Files().internal_token_value));
+  ASSERT_FALSE(fingerprint.empty());
+  for (const auto& [method, status] : CallEveryInternalMethod(*cluster_, Anonymous(), fingerprint)) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method << ": " << status.error_message();
+  }
+  const Caller public_token{grpc::InsecureChannelCredentials(), {{"authorization", "Bearer " + Files().internal_token_value}}};
+  for (const Caller& caller : {WithInternalToken("internal-test-token-7f3b"), WithInternalToken(""), public_token}) {
+    for (const auto& [method, status] : CallEveryInternalMethod(*cluster_, caller, fingerprint)) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
+    }
+  }
+}
+
+TEST_F(InternalToken, TokenHoldersAreAdmittedAndGenerationWorks) {
+  // The router's own internal calls (registration, polls, lease, prefill, cache transfer,
+  // decode) carry the token: a generation goes through.
+  int tokens = 0;
+  grpc::Status status = Generate(*cluster_, Anonymous(), 5, &tokens);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << cluster_->Logs();
+  EXPECT_EQ(tokens, 5);
+  const Caller component = WithInternalToken(Files().internal_token_value);
+  const std::string fingerprint = Fingerprint(*cluster_, component);
+  ASSERT_FALSE(fingerprint.empty());
+  for (const auto& [method, status] : CallEveryInternalMethod(*cluster_, component, fingerprint)) {
+    EXPECT_NE(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
+    EXPECT_NE(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method << ": " << status.error_message();
+  }
+  EXPECT_TRUE(WaitFor([] { return NoneDraining(*cluster_, Anonymous()); }, milliseconds(10000)));
+}
+
+// ---- startup: TLS without saying who the components are is refused ----
+
+TEST(InternalAuthFlags, TlsWithoutInternalCredentialFailsAtStartup) {
+  ASSERT_TRUE(Files().ok);
+  const Fixture& f = Files();
+  for (const char* role : {"router", "decode"}) {
+    std::vector<std::string> args = {role, "--listen", "127.0.0.1:0", "--tls-cert", f.node_cert, "--tls-key",
+                                     f.node_key, "--tls-ca", f.ca};
+    if (std::string(role) == "decode") args.insert(args.end(), {"--router", "127.0.0.1:1", "--model", f.model});
+    Process p(f.dir, std::string("startup-") + role, args, /*wait_listening=*/false);
+    ASSERT_TRUE(WaitFor([&] { return p.Exited(); }, milliseconds(30000))) << role;
+    EXPECT_EQ(p.exit_code(), 2) << role << ": " << p.log();
+    EXPECT_NE(p.log().find("--internal-peer-cn"), std::string::npos) << p.log();
+  }
+  // A CN list means nothing unless the server verifies client certificates.
+  Process p(f.dir, "startup-cn-without-ca",
+            {"router", "--listen", "127.0.0.1:0", "--internal-peer-cn", "latentserve-node"}, false);
+  ASSERT_TRUE(WaitFor([&] { return p.Exited(); }, milliseconds(30000)));
+  EXPECT_EQ(p.exit_code(), 2) << p.log();
+  EXPECT_NE(p.log().find("--tls-ca"), std::string::npos) << p.log();
+}
+
+}  // namespace
+}  // namespace latentserve
