@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/secure_random.h"
 #include "common/status.h"
 #include "transfer/checksum.h"
 
@@ -13,6 +14,7 @@ enum class SlotState { kLeased, kReceiving, kReady, kDecoding, kDone };
 
 struct DecodeWorker::Slot {
   std::string lease_id;
+  std::string owner;  // the reserving caller's identity
   std::string request_id;
   std::unique_ptr<model::Sequence> sequence;
   int64_t reserved_tokens = 0;
@@ -188,8 +190,18 @@ DecodeWorker::~DecodeWorker() {
   for (auto& slot : slots) FreeSlot(slot);
 }
 
+namespace {
+
+absl::Status NotOwner(const std::string& lease_id, const std::string& caller) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("lease ", lease_id, " belongs to another caller than ", caller.empty() ? "this one" : caller));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& request_id, int64_t tokens,
-                                                       absl::Duration ttl, const std::string& fingerprint) {
+                                                       absl::Duration ttl, const std::string& fingerprint,
+                                                       const std::string& owner) {
   if (fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("model fingerprint ", fingerprint, " does not match this decode worker's ",
                                                       fingerprint_, ": it serves a different model file"));
@@ -214,35 +226,48 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
                                                        " cache pages (", cache_.free_pages(), " free): ", status.message()));
     }
   }
+  absl::StatusOr<std::string> random = SecureRandomHex(16);
+  if (!random.ok()) {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    model_.ResetSequence(*slot->sequence, cache_);
+    return random.status();
+  }
+  slot->lease_id = absl::StrCat("lease-", *random);
+  slot->owner = owner;
   slot->request_id = request_id;
   slot->reserved_tokens = tokens;
   slot->lease_deadline = absl::Now() + ttl;
   std::lock_guard<std::mutex> lock(mu_);
-  slot->lease_id = absl::StrCat("lease-", next_lease_++);
-  slots_[slot->lease_id] = slot;
+  if (!slots_.emplace(slot->lease_id, slot).second) {  // 2^-128: a broken random source
+    return absl::InternalError("lease id collision: the kernel's random source repeats");
+  }
   cv_.notify_all();
   return slot->lease_id;
 }
 
-void DecodeWorker::ReleaseLease(const std::string& lease_id) {
+absl::Status DecodeWorker::ReleaseLease(const std::string& lease_id, const std::string& caller) {
   std::shared_ptr<Slot> slot;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = slots_.find(lease_id);
-    if (it == slots_.end() || it->second->state == SlotState::kDecoding) return;
+    if (it == slots_.end()) return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is not held"));
+    if (it->second->owner != caller) return NotOwner(lease_id, caller);
+    if (it->second->state == SlotState::kDecoding) return absl::OkStatus();
     slot = it->second;
     slot->end_status = absl::CancelledError(absl::StrCat("lease ", lease_id, " was released"));
   }
   FreeSlot(slot);
+  return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl) {
+absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl, const std::string& caller) {
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(lease_id);
   if (it == slots_.end() || it->second->state == SlotState::kDone) {
     return absl::AbortedError(absl::StrCat("lease ", lease_id, " is no longer held (expired or released)"));
   }
+  if (it->second->owner != caller) return NotOwner(lease_id, caller);
   Slot& slot = *it->second;
   slot.lease_deadline = std::max(slot.lease_deadline, absl::Now() + ttl);
   return absl::OkStatus();
@@ -314,6 +339,7 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
       return absl::AbortedError(absl::StrCat("lease ", params.lease_id, " is unknown (expired or released)"));
     }
     slot = it->second;
+    if (slot->owner != params.caller) return NotOwner(params.lease_id, params.caller);
     if (slot->state != SlotState::kReady) {
       return absl::FailedPreconditionError(absl::StrCat("the cache of lease ", params.lease_id, " has not fully arrived"));
     }

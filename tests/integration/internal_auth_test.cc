@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -299,6 +300,14 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
     request.set_model_fingerprint(fingerprint);
     v1::ReserveLeaseResponse response;
     out.emplace_back("DecodeWorker.ReserveLease", decode->ReserveLease(&context, request, &response));
+    if (out.back().second.ok()) {  // admitted: give the pages back at once (not one of the checked calls)
+      grpc::ClientContext release_context;
+      caller.Prepare(release_context);
+      v1::ReleaseLeaseRequest release;
+      release.set_lease_id(response.lease_id());
+      v1::ReleaseLeaseResponse released;
+      decode->ReleaseLease(&release_context, release, &released);
+    }
   }
   {
     grpc::ClientContext context;
@@ -454,6 +463,106 @@ TEST_F(MutualTls, GenerationThroughTheRouterStillWorks) {
   Caller no_token{TlsAs(Files().client_cert, Files().client_key), {}};
   status = Generate(*cluster_, no_token, 2, &tokens);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+}
+
+v1::WorkerInfo DecodeStats(const Cluster& cluster, const Caller& component) {
+  auto stub = v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  component.Prepare(context);
+  v1::GetWorkerStatsResponse stats;
+  EXPECT_TRUE(stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+  return stats.stats();
+}
+
+grpc::Status Reserve(const Cluster& cluster, const Caller& caller, int64_t tokens, int64_t ttl_ms, std::string* lease_id) {
+  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::ReserveLeaseRequest request;
+  request.set_request_id("lease-test");
+  request.set_tokens(tokens);
+  request.set_ttl_ms(ttl_ms);
+  request.set_model_fingerprint(Fingerprint(cluster, caller));
+  v1::ReserveLeaseResponse response;
+  grpc::Status status = stub->ReserveLease(&context, request, &response);
+  *lease_id = response.lease_id();
+  return status;
+}
+
+grpc::Status Release(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
+  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::ReleaseLeaseRequest request;
+  request.set_lease_id(lease_id);
+  v1::ReleaseLeaseResponse response;
+  return stub->ReleaseLease(&context, request, &response);
+}
+
+grpc::Status Renew(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
+  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::RenewLeaseRequest request;
+  request.set_lease_id(lease_id);
+  request.set_ttl_ms(5000);
+  v1::RenewLeaseResponse response;
+  return stub->RenewLease(&context, request, &response);
+}
+
+grpc::Status DecodeLease(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
+  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::DecodeRequest request;
+  request.set_lease_id(lease_id);
+  request.set_max_new_tokens(2);
+  auto reader = stub->Decode(&context, request);
+  v1::DecodeResponse event;
+  while (reader->Read(&event)) {
+  }
+  return reader->Finish();
+}
+
+bool IsLeaseId(const std::string& id) {
+  if (id.size() != 6 + 32 || id.compare(0, 6, "lease-") != 0) return false;
+  for (size_t i = 6; i < id.size(); ++i) {
+    if (!std::isxdigit(static_cast<unsigned char>(id[i])) || std::isupper(static_cast<unsigned char>(id[i]))) return false;
+  }
+  return true;
+}
+
+TEST_F(MutualTls, LeaseIdsAreUnguessableAndBoundToTheirOwner) {
+  const Caller owner = Component();
+  const Caller other_component{TlsAs(Files().node2_cert, Files().node2_key), {}};  // CN=latentserve-node2
+  const int64_t leases_before = DecodeStats(*cluster_, owner).leases_active();
+  std::string first, second;
+  ASSERT_TRUE(Reserve(*cluster_, owner, 32, 30000, &first).ok());
+  ASSERT_TRUE(Reserve(*cluster_, owner, 32, 30000, &second).ok());
+  EXPECT_TRUE(IsLeaseId(first)) << first;
+  EXPECT_TRUE(IsLeaseId(second)) << second;
+  EXPECT_NE(first, second);
+  EXPECT_EQ(DecodeStats(*cluster_, owner).leases_active(), leases_before + 2);
+
+  // Guessed ids (the old sequential scheme, a neighbour of a real id) name no lease.
+  std::string neighbour = first;
+  neighbour.back() = neighbour.back() == '0' ? '1' : '0';
+  for (const std::string& guess : {std::string("lease-1"), std::string("lease-2"), std::string("lease-3"), neighbour}) {
+    EXPECT_EQ(Release(*cluster_, owner, guess).error_code(), grpc::StatusCode::NOT_FOUND) << guess;
+    EXPECT_EQ(Renew(*cluster_, owner, guess).error_code(), grpc::StatusCode::ABORTED) << guess;
+    EXPECT_EQ(DecodeLease(*cluster_, owner, guess).error_code(), grpc::StatusCode::ABORTED) << guess;
+  }
+  // Another component that learnt the id can neither release, renew nor decode it.
+  EXPECT_EQ(Release(*cluster_, other_component, first).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Renew(*cluster_, other_component, first).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(DecodeLease(*cluster_, other_component, first).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(DecodeStats(*cluster_, owner).leases_active(), leases_before + 2);
+
+  // The owner can.
+  EXPECT_TRUE(Renew(*cluster_, owner, first).ok());
+  EXPECT_TRUE(Release(*cluster_, owner, first).ok());
+  EXPECT_TRUE(Release(*cluster_, owner, second).ok());
+  EXPECT_EQ(DecodeStats(*cluster_, owner).leases_active(), leases_before);
 }
 
 // ---- plaintext with an internal token ----
