@@ -171,8 +171,9 @@ class DecodeWorker::Receiver : public transfer::CacheReceiver {
   bool finished_ = false;
 };
 
-DecodeWorker::DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint)
-    : model_(model), cache_(cache), fingerprint_(std::move(fingerprint)) {
+DecodeWorker::DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
+                           absl::Duration max_lease_ttl)
+    : model_(model), cache_(cache), fingerprint_(std::move(fingerprint)), max_lease_ttl_(max_lease_ttl) {
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
@@ -211,6 +212,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
                                                    max_context_tokens()));
   }
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  ttl = std::min(ttl, max_lease_ttl_);  // a caller cannot hold pages past the configured bound
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("decode worker is draining");
@@ -262,6 +264,7 @@ absl::Status DecodeWorker::ReleaseLease(const std::string& lease_id, const std::
 
 absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl, const std::string& caller) {
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  ttl = std::min(ttl, max_lease_ttl_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(lease_id);
   if (it == slots_.end() || it->second->state == SlotState::kDone) {
@@ -302,10 +305,26 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
         header.mla_layers.size(), " MLA layers; receiver ", DTypeName(cache_.dtype()), " width ", cache_.latent_width(),
         " x ", cache_.mla_layers(), " (start both workers with the same --cache-type)"));
   }
+  // Sizes from the wire are compared without multiplying them (a negative or huge
+  // kda_state_bytes must not pass by overflow).
   const int64_t kda_layers = model_.config().kda_layer_count();
-  if (static_cast<int64_t>(header.kda_layers.size()) != kda_layers ||
-      header.kda_state_bytes * kda_layers != model_.KdaStateBytes()) {
-    return absl::FailedPreconditionError("KDA state layout mismatch between prefill and decode workers");
+  const int64_t kda_total = model_.KdaStateBytes();
+  const bool kda_bytes_match = kda_layers == 0 ? header.kda_state_bytes == 0
+                                               : header.kda_state_bytes >= 0 && kda_total % kda_layers == 0 &&
+                                                     header.kda_state_bytes == kda_total / kda_layers;
+  if (static_cast<int64_t>(header.kda_layers.size()) != kda_layers || !kda_bytes_match) {
+    return absl::FailedPreconditionError(absl::StrCat("KDA state layout mismatch between prefill and decode workers: ",
+                                                      header.kda_layers.size(), " layers of ", header.kda_state_bytes,
+                                                      " bytes, expected ", kda_layers, " layers of ", kda_total,
+                                                      " bytes in all"));
+  }
+  for (const std::vector<int32_t>* layers : {&header.mla_layers, &header.kda_layers}) {
+    for (int32_t layer : *layers) {
+      if (layer < 0 || layer >= model_.config().n_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("handoff names layer ", layer, " of a ",
+                                                       model_.config().n_layers, "-layer model"));
+      }
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(header.lease_id);

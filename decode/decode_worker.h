@@ -48,10 +48,14 @@ struct DecodeStats {
 
 class DecodeWorker : public transfer::CacheSink {
  public:
-  DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint);
+  // `max_lease_ttl`: the longest a lease lives without Decode, whatever ttl a caller asks for
+  // (ReserveLease and RenewLease clamp to it).
+  DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
+               absl::Duration max_lease_ttl = absl::Minutes(5));
   ~DecodeWorker() override;
 
-  // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` passes without Decode.
+  // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` (at most max_lease_ttl)
+  // passes without Decode.
   // ResourceExhausted when the cache is too full, Unavailable while draining. The lease id is
   // "lease-" + 128 random bits from the kernel (unguessable: it is the handoff's capability)
   // and the lease belongs to `owner` (the reserving caller's identity): only the owner may
@@ -93,6 +97,7 @@ class DecodeWorker : public transfer::CacheSink {
   const model::Model& model_;
   model::LatentCache& cache_;
   const std::string fingerprint_;
+  const absl::Duration max_lease_ttl_;
 
   // Serialises use of the backend (Forward, imports, resets): one stream of work.
   std::mutex backend_mu_;

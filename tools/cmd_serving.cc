@@ -272,7 +272,17 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
 const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "routers-dns", "model", "port-file", "advertise",
                                                              "threads", "cache-type", "page-tokens", "cache-tokens",
                                                              "chunk", "backend", "drain-ms",
-                                                             "fault-stall-transfer-ms"});
+                                                             "fault-stall-transfer-ms", "max-lease-ttl-ms"});
+
+// --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
+// caller's ReserveLease/RenewLease asks for.
+absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(int64_t max_lease_ttl_ms, args.GetInt("max-lease-ttl-ms", 300000));
+  if (max_lease_ttl_ms <= 0 || max_lease_ttl_ms > 86400000) {
+    return absl::InvalidArgumentError("--max-lease-ttl-ms must be in [1, 86400000] (one day)");
+  }
+  return absl::Milliseconds(max_lease_ttl_ms);
+}
 
 struct LoadedEngine {
   Engine engine;
@@ -379,8 +389,10 @@ absl::Status RunDecode(int argc, char** argv) {
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "decode", false));
+  ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
-  decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
+  decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
+                              max_lease_ttl);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
@@ -474,6 +486,7 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(ProcessSecurity public_security, SecurityFromArgs(args));
   RETURN_IF_ERROR(AddAuth(args, public_security));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "serve", true));
+  ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
   // The in-process workers listen on loopback; they keep the TLS settings (the router
   // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
@@ -482,7 +495,8 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args));
   const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
-  decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint());
+  decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint(),
+                                     max_lease_ttl);
   decode::DecodeService decode_service(decode_worker, descriptor, *auth);
   std::string decode_address;
   WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); }, *auth);
@@ -503,6 +517,9 @@ absl::Status RunServe(int argc, char** argv) {
   prefill_address = prefill_server.address;
 
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
+  if (options.lease_ttl > max_lease_ttl) {
+    return absl::InvalidArgumentError("--lease-ttl-ms must not exceed --max-lease-ttl-ms (the decode worker would cut it)");
+  }
   router::RouterState state(options);
   state.registry().AddStatic(prefill_address, "prefill");
   state.registry().AddStatic(decode_address, "decode");

@@ -10,7 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -619,6 +621,134 @@ TEST_F(InternalToken, TokenHoldersAreAdmittedAndGenerationWorks) {
     EXPECT_NE(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method << ": " << status.error_message();
   }
   EXPECT_TRUE(WaitFor([] { return NoneDraining(*cluster_, Anonymous()); }, milliseconds(10000)));
+}
+
+// ---- bounds on what a component's request may hold (plaintext, internal token) ----
+
+// A number from the one-line JSON `latentserve plan` prints.
+int64_t JsonInt(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\":");
+  return at == std::string::npos ? -1 : std::atoll(json.c_str() + at + key.size() + 3);
+}
+
+class LeaseBounds : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
+    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    const std::vector<std::string> flags = {"--internal-token-file", Files().internal_token};
+    std::vector<std::string> router_flags = flags;
+    router_flags.insert(router_flags.end(), {"--lease-ttl-ms", "900"});  // renewed every 300 ms
+    cluster_ = new Cluster("bounds", router_flags, flags, {"--max-lease-ttl-ms", "1000"});
+    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
+    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Component()); }, milliseconds(30000)))
+        << cluster_->Logs();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static Caller Component() {
+    return {grpc::InsecureChannelCredentials(), {{"latentserve-internal-token", Files().internal_token_value}}};
+  }
+  static bool AtBaseline(const v1::WorkerInfo& baseline) {
+    const v1::WorkerInfo now = DecodeStats(*cluster_, Component());
+    return now.leases_active() == baseline.leases_active() && now.cache_pages_free() == baseline.cache_pages_free();
+  }
+  static Cluster* cluster_;
+};
+Cluster* LeaseBounds::cluster_ = nullptr;
+
+TEST_F(LeaseBounds, ReserveTtlIsClampedToTheWorkersMaximum) {
+  const v1::WorkerInfo baseline = DecodeStats(*cluster_, Component());
+  std::string lease;
+  ASSERT_TRUE(Reserve(*cluster_, Component(), 256, INT64_MAX, &lease).ok());
+  const v1::WorkerInfo held = DecodeStats(*cluster_, Component());
+  EXPECT_EQ(held.leases_active(), baseline.leases_active() + 1);
+  EXPECT_LT(held.cache_pages_free(), baseline.cache_pages_free());
+  // --max-lease-ttl-ms 1000: the pages come back after about a second, not in 292 million years.
+  EXPECT_TRUE(WaitFor([&] { return AtBaseline(baseline); }, milliseconds(8000)));
+  EXPECT_EQ(Renew(*cluster_, Component(), lease).error_code(), grpc::StatusCode::ABORTED);
+}
+
+TEST_F(LeaseBounds, RenewTtlIsClampedToTheWorkersMaximum) {
+  const v1::WorkerInfo baseline = DecodeStats(*cluster_, Component());
+  std::string lease;
+  ASSERT_TRUE(Reserve(*cluster_, Component(), 256, 500, &lease).ok());
+  auto stub = v1::DecodeWorker::NewStub(Component().To(cluster_->decode->address()));
+  grpc::ClientContext context;
+  Component().Prepare(context);
+  v1::RenewLeaseRequest request;
+  request.set_lease_id(lease);
+  request.set_ttl_ms(INT64_MAX);
+  v1::RenewLeaseResponse response;
+  ASSERT_TRUE(stub->RenewLease(&context, request, &response).ok());
+  EXPECT_TRUE(WaitFor([&] { return AtBaseline(baseline); }, milliseconds(8000)));
+}
+
+TEST_F(LeaseBounds, GenerationRenewsWithinTheBound) {
+  int tokens = 0;
+  grpc::Status status = Generate(*cluster_, Component(), 8, &tokens);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << cluster_->Logs();
+  EXPECT_EQ(tokens, 8);
+}
+
+// A handoff header whose kda_state_bytes only matches the model after overflowing
+// (kda_state_bytes * kda_layers wraps to the real total) is refused, not accepted.
+TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
+  FILE* pipe = popen((Bin() + " plan --model " + Files().model + " --context 1024 2>/dev/null").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[4096] = {};
+  const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, pipe);
+  pclose(pipe);
+  const std::string plan(buffer, n);
+  const int64_t mla_layers = JsonInt(plan, "mla_layers"), kda_layers = JsonInt(plan, "kda_layers");
+  const int64_t row_bytes = JsonInt(plan, "latent_bytes_per_token") / std::max<int64_t>(mla_layers, 1);
+  const int64_t kda_total = JsonInt(plan, "kda_state_bytes");
+  ASSERT_GT(mla_layers, 0) << plan;
+  ASSERT_EQ(kda_layers, 2) << plan << " (the test model's shape changed: the overflow below assumes 2 KDA layers)";
+  ASSERT_EQ(kda_total % 2, 0) << plan;
+
+  const Caller component = Component();
+  const std::string fingerprint = Fingerprint(*cluster_, component);
+  auto send_header = [&](int64_t kda_state_bytes) {
+    std::string lease;
+    EXPECT_TRUE(Reserve(*cluster_, component, 64, 5000, &lease).ok());
+    auto stub = v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
+    grpc::ClientContext context;
+    component.Prepare(context);
+    v1::ReceiveCacheResponse response;
+    auto writer = stub->ReceiveCache(&context, &response);
+    v1::ReceiveCacheRequest message;
+    v1::CacheHandoffHeader* h = message.mutable_header();
+    h->set_request_id("overflow");
+    h->set_lease_id(lease);
+    h->set_model_fingerprint(fingerprint);
+    h->set_cache_dtype(v1::CACHE_D_TYPE_F16);  // the workers' default --cache-type
+    h->set_page_tokens(16);
+    h->set_latent_width(row_bytes / 2);
+    h->set_row_bytes(row_bytes);
+    for (int64_t i = 0; i < mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
+    for (int64_t i = 0; i < kda_layers; ++i) h->add_kda_layers(static_cast<int32_t>(mla_layers + i));
+    h->set_kda_state_bytes(kda_state_bytes);
+    h->set_prompt_tokens(4);
+    writer->Write(message);
+    writer->WritesDone();
+    grpc::Status status = writer->Finish();
+    Release(*cluster_, component, lease);
+    return status;
+  };
+  // Control: the true size passes the header checks (the stream then ends without data).
+  grpc::Status control = send_header(kda_total / 2);
+  EXPECT_EQ(control.error_code(), grpc::StatusCode::CANCELLED) << control.error_message();
+  // kda_total / 2 + 2^63: negative, and twice it is kda_total modulo 2^64.
+  const int64_t wrapping = static_cast<int64_t>(static_cast<uint64_t>(kda_total / 2) + (uint64_t{1} << 63));
+  ASSERT_LT(wrapping, 0);
+  grpc::Status refused = send_header(wrapping);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("KDA state layout"), std::string::npos) << refused.error_message();
+  grpc::Status negative = send_header(-1);
+  EXPECT_EQ(negative.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << negative.error_message();
 }
 
 // ---- startup: TLS without saying who the components are is refused ----
