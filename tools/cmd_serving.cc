@@ -256,6 +256,12 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
     if (grpc::Status denied = auth_.Check(*context, "WorkerStats.GetWorkerStats"); !denied.ok()) return denied;
     *response->mutable_stats() = info_();
     *response->mutable_model() = model_;
+    // The absolute path says where the host keeps its files: only a verified component (the
+    // router's polls with the internal credential) gets it; anyone else the file name.
+    if (!auth_.Verified(*context)) {
+      const std::string& path = model_.path();
+      response->mutable_model()->set_path(path.substr(path.rfind('/') + 1));
+    }
     response->set_role(role_);
     return grpc::Status::OK;
   }

@@ -6,6 +6,8 @@
 //
 // The binary: $LATENTSERVE_BIN, else the one this test was built with (LATENTSERVE_BIN_PATH).
 #include <signal.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -621,6 +623,70 @@ TEST_F(InternalToken, TokenHoldersAreAdmittedAndGenerationWorks) {
     EXPECT_NE(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method << ": " << status.error_message();
   }
   EXPECT_TRUE(WaitFor([] { return NoneDraining(*cluster_, Anonymous()); }, milliseconds(10000)));
+}
+
+v1::ModelDescriptor WorkerModel(const Process& worker, const Caller& caller, grpc::Status* status) {
+  auto stub = v1::WorkerStats::NewStub(caller.To(worker.address()));
+  grpc::ClientContext context;
+  caller.Prepare(context);
+  v1::GetWorkerStatsResponse stats;
+  *status = stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  return stats.model();
+}
+
+TEST_F(InternalToken, WorkerStatsGiveTheAbsoluteModelPathToComponentsOnly) {
+  const Caller component = WithInternalToken(Files().internal_token_value);
+  for (const Process* worker : {cluster_->prefill.get(), cluster_->decode.get()}) {
+    grpc::Status status;
+    const v1::ModelDescriptor model = WorkerModel(*worker, component, &status);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    char resolved[PATH_MAX];
+    ASSERT_NE(realpath(Files().model.c_str(), resolved), nullptr);
+    EXPECT_EQ(model.path(), resolved);  // the router reads the tokenizer from it
+    WorkerModel(*worker, Anonymous(), &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+}
+
+// ---- plaintext without any internal credential: the loopback / demo mode ----
+
+class OpenLoopback : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
+    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    cluster_ = new Cluster("open", {}, {});
+    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
+    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000)))
+        << cluster_->Logs();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static Caller Anonymous() { return {grpc::InsecureChannelCredentials(), {}}; }
+  static Cluster* cluster_;
+};
+Cluster* OpenLoopback::cluster_ = nullptr;
+
+TEST_F(OpenLoopback, GenerationWorksAndEveryProcessWarnsThatItIsOpen) {
+  int tokens = 0;
+  grpc::Status status = Generate(*cluster_, Anonymous(), 4, &tokens);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << cluster_->Logs();
+  EXPECT_EQ(tokens, 4);
+  for (const Process* p : {cluster_->router.get(), cluster_->prefill.get(), cluster_->decode.get()}) {
+    EXPECT_NE(p->log().find("the internal APIs are open"), std::string::npos) << p->log();
+  }
+}
+
+TEST_F(OpenLoopback, WorkerStatsDoNotLeakTheAbsoluteModelPath) {
+  for (const Process* worker : {cluster_->prefill.get(), cluster_->decode.get()}) {
+    grpc::Status status;
+    const v1::ModelDescriptor model = WorkerModel(*worker, Anonymous(), &status);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(model.path(), "model.gguf");
+    EXPECT_FALSE(model.fingerprint().empty());
+  }
 }
 
 // ---- bounds on what a component's request may hold (plaintext, internal token) ----
