@@ -256,7 +256,9 @@ absl::Status DecodeWorker::ReleaseLease(const std::string& lease_id, const std::
     if (it->second->owner != caller) return NotOwner(lease_id, caller);
     if (it->second->state == SlotState::kDecoding) return absl::OkStatus();
     slot = it->second;
-    slot->end_status = absl::CancelledError(absl::StrCat("lease ", lease_id, " was released"));
+    // ABORTED, like expiry: whoever still streams into the lease lost it (retryable), it
+    // did not cancel anything itself.
+    slot->end_status = absl::AbortedError(absl::StrCat("lease ", lease_id, " was released"));
   }
   FreeSlot(slot);
   return absl::OkStatus();

@@ -15,6 +15,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
                         absl::StrCat("prefill worker serves model ", worker_.fingerprint(), ", request is for ",
                                      request->model_fingerprint()));
   }
+  if (absl::Status address = serving::ValidateWorkerAddress(request->decode_worker()); !address.ok()) {
+    return transfer::ToGrpc(address);
+  }
   PrefillJob job;
   job.request_id = request->request_id();
   job.lease_id = request->lease_id();

@@ -1,6 +1,7 @@
 #include "router/generation_service.h"
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -356,7 +357,27 @@ const TextCodec* RouterState::codec() {
 
 namespace {
 
+// Text and chat prompts are measured before the tokenizer sees them: tokenising is the
+// expensive, memory-hungry step a limit must come before.
+absl::Status CheckPromptBytes(const RouterState& state, const v1::GenerateRequest& request) {
+  const int64_t limit = state.options().max_prompt_bytes;
+  if (limit <= 0) return absl::OkStatus();
+  int64_t bytes = 0;
+  if (request.prompt_case() == v1::GenerateRequest::kText) bytes = static_cast<int64_t>(request.text().size());
+  if (request.prompt_case() == v1::GenerateRequest::kChat) {
+    for (const v1::ChatMessage& m : request.chat().messages()) {
+      bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+    }
+  }
+  if (bytes > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", bytes, " bytes exceeds this router's limit of ", limit,
+                                                   " bytes (--max-prompt-bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::GenerateRequest& request) {
+  RETURN_IF_ERROR(CheckPromptBytes(state, request));
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kTokens:
       return std::vector<int32_t>(request.tokens().ids().begin(), request.tokens().ids().end());
@@ -405,8 +426,11 @@ absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& requ
                                                    limit, " tokens"));
   }
   const auto& s = request.sampling();
-  if (s.temperature() < 0 || s.top_k() < 0 || s.top_p() < 0 || s.top_p() > 1 || s.min_p() < 0 || s.min_p() > 1) {
-    return absl::InvalidArgumentError("sampling: temperature >= 0, top_k >= 0, top_p and min_p in [0, 1]");
+  // Written so that NaN fails every comparison (NaN < 0 and NaN > 1 are both false).
+  const bool sampling_ok = std::isfinite(s.temperature()) && s.temperature() >= 0 && s.top_k() >= 0 &&
+                           s.top_p() >= 0 && s.top_p() <= 1 && s.min_p() >= 0 && s.min_p() <= 1;
+  if (!sampling_ok) {
+    return absl::InvalidArgumentError("sampling: temperature finite and >= 0, top_k >= 0, top_p and min_p in [0, 1]");
   }
   for (int32_t id : request.stopping().stop_token_ids()) {
     if (id < 0 || id >= model.vocab_size()) {
@@ -643,8 +667,14 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext* context, const v1:
   } else {
     as_generate.set_text(request->text());
   }
-  auto tokens = PromptTokens(state_, as_generate);
+  auto tokens = PromptTokens(state_, as_generate);  // --max-prompt-bytes, as for Generate
   if (!tokens.ok()) return ToGrpc(tokens.status());
+  const int64_t max_prompt = state_.options().max_prompt_tokens;
+  if (max_prompt > 0 && static_cast<int64_t>(tokens->size()) > max_prompt) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("prompt of ", tokens->size(), " tokens exceeds this router's limit of ", max_prompt,
+                                     " tokens (--max-prompt-tokens)"));
+  }
   for (int32_t id : *tokens) response->add_token_ids(id);
   return grpc::Status::OK;
 }

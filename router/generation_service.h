@@ -30,6 +30,7 @@ struct RouterOptions {
   absl::Duration capacity_wait = absl::Seconds(30);
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
   int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
+  int64_t max_prompt_bytes = 8 << 20;  // longest text / chat prompt, checked before tokenising (0: none)
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
 };
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/channels.h"
 #include "serving/security.h"
@@ -47,7 +48,7 @@ absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const
 }
 
 absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) {
-  if (request.address().empty()) return absl::InvalidArgumentError("worker address is empty");
+  RETURN_IF_ERROR(serving::ValidateWorkerAddress(request.address()));
   if (request.role() != "prefill" && request.role() != "decode") {
     return absl::InvalidArgumentError(absl::StrCat("worker role must be prefill or decode, got '", request.role(), "'"));
   }

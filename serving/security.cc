@@ -82,6 +82,33 @@ absl::StatusOr<InternalAuthConfig> InternalAuthFromArgs(const Args& args) {
   return config;
 }
 
+absl::Status ValidateWorkerAddress(const std::string& address) {
+  const auto bad = [&](const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("worker address '", address.substr(0, 128), "' ", why,
+                                                   ": expected HOST:PORT or [IPV6]:PORT"));
+  };
+  if (address.empty() || address.size() > 255) return bad("is empty or too long");
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return bad("has no port");
+  const std::string host = address.substr(0, colon), port = address.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) < 1 || std::stoi(port) > 65535) {
+    return bad("has no port in 1..65535");
+  }
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']' || host.find_first_not_of("0123456789abcdefABCDEF:.", 1) != host.size() - 1) {
+      return bad("has a malformed IPv6 host");
+    }
+    return absl::OkStatus();
+  }
+  for (char c : host) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') {
+      return bad("has a host that is not a DNS name or IPv4 address (no scheme such as unix:)");
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool InternalAuthorizer::TokenMatches(const grpc::ServerContext& context) const {
   if (config_.token.empty()) return false;
   for (std::string_view value : MetadataValues(context, kInternalTokenMetadata)) {

@@ -115,6 +115,12 @@ void SetInternalCallToken(std::string token);
 // Adds the internal token (when set) to an internal call's metadata.
 void AttachInternalCredential(grpc::ClientContext& context);
 
+// A worker address from the wire (registration, a prefill's decode_worker): HOST:PORT or
+// [IPV6]:PORT, port 1..65535, host of letters, digits, '.', '-', '_' only. No gRPC target
+// schemes (unix:, dns:, ipv4:...): a caller must not make a component dial a local socket or
+// resolve arbitrary names (server-side request forgery).
+absl::Status ValidateWorkerAddress(const std::string& address);
+
 // Constant-time equality (no early exit on the first differing byte; lengths may leak).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 

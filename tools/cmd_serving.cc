@@ -171,6 +171,13 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
                                       const ProcessSecurity& security) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got '", listen, "'"));
+  // gRPC reads the port modulo 2^16 (99999 would bind 34463): only 0..65535 in decimal.
+  const std::string port_text = listen.substr(colon + 1);
+  int64_t port_number = -1;
+  if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
+      (port_number = std::stoll(port_text)) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("listen address '", listen, "': the port must be 0..65535"));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -430,14 +437,16 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   options.model_path = args.Get("model");
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
-  if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0) {
-    return absl::InvalidArgumentError("--max-prompt-tokens and --max-streams-per-client must be >= 0 (0: no limit)");
+  ASSIGN_OR_RETURN(options.max_prompt_bytes, args.GetInt("max-prompt-bytes", 8 << 20));
+  if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0 || options.max_prompt_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "--max-prompt-tokens, --max-prompt-bytes and --max-streams-per-client must be >= 0 (0: no limit)");
   }
   return options;
 }
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
-                                            "max-prompt-tokens", "max-streams-per-client"};
+                                            "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.
@@ -579,6 +588,15 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// A 64-bit flag value that the request carries as int32: out of range is an error, never
+// a silent truncation or clamp.
+absl::StatusOr<int32_t> Int32Flag(const char* flag, int64_t value) {
+  if (value < INT32_MIN || value > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", value, " does not fit a 32-bit integer"));
+  }
+  return static_cast<int32_t>(value);
+}
+
 absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   v1::GenerateRequest request;
   if (args.Has("prompt-tokens") || args.Has("prompt-tokens-file")) {
@@ -602,12 +620,16 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   }
   request.set_model(args.Get("model"));
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
-  request.mutable_stopping()->set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(max_tokens, INT32_MIN, INT32_MAX)));
+  ASSIGN_OR_RETURN(int32_t max_tokens32, Int32Flag("max-tokens", max_tokens));
+  request.mutable_stopping()->set_max_tokens(max_tokens32);
   request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
   if (args.Has("stop")) request.mutable_stopping()->add_stop_strings(args.Get("stop"));
   if (args.Has("stop-token-ids")) {
     ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(args.Get("stop-token-ids")));
-    for (int64_t id : ids) request.mutable_stopping()->add_stop_token_ids(static_cast<int32_t>(id));
+    for (int64_t id : ids) {
+      ASSIGN_OR_RETURN(int32_t id32, Int32Flag("stop-token-ids", id));
+      request.mutable_stopping()->add_stop_token_ids(id32);
+    }
   }
   ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
   ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
@@ -616,7 +638,8 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   auto* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(temperature));
-  sampling->set_top_k(static_cast<int32_t>(top_k));
+  ASSIGN_OR_RETURN(int32_t top_k32, Int32Flag("top-k", top_k));
+  sampling->set_top_k(top_k32);
   sampling->set_top_p(static_cast<float>(top_p));
   sampling->set_min_p(static_cast<float>(min_p));
   sampling->set_seed(static_cast<uint64_t>(seed));
@@ -630,6 +653,11 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const A
   ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
   std::string token;
   if (args.Has("auth-token-file")) {
+    if (!tls.enabled()) {
+      return absl::InvalidArgumentError(
+          "--auth-token-file needs --tls-ca: the token would cross the network in plaintext (and a router only "
+          "checks tokens under TLS)");
+    }
     ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
   }
   if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker

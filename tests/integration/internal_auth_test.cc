@@ -648,6 +648,42 @@ TEST_F(InternalToken, WorkerStatsGiveTheAbsoluteModelPathToComponentsOnly) {
   }
 }
 
+// Server-side request forgery: a prefill's decode_worker and a registered address must be
+// HOST:PORT, never a gRPC target scheme such as unix: (even from a component).
+TEST_F(InternalToken, WorkerAddressesFromTheWireMustBeHostAndPort) {
+  const Caller component = WithInternalToken(Files().internal_token_value);
+  const std::string fingerprint = Fingerprint(*cluster_, component);
+  for (const std::string& target : {std::string("unix:/tmp/latentserve-ssrf.sock"), std::string("dns:///example.com:80"),
+                                    std::string("127.0.0.1"), std::string("127.0.0.1:0"), std::string("")}) {
+    auto prefill = v1::PrefillWorker::NewStub(component.To(cluster_->prefill->address()));
+    grpc::ClientContext context;
+    component.Prepare(context);
+    v1::PrefillRequest request;
+    request.set_request_id("ssrf");
+    request.set_lease_id("lease-0");
+    request.set_decode_worker(target);
+    request.add_token_ids(1);
+    request.set_model_fingerprint(fingerprint);
+    auto reader = prefill->Prefill(&context, request);
+    v1::PrefillResponse event;
+    while (reader->Read(&event)) {
+    }
+    grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << target << ": " << status.error_message();
+
+    auto registry = v1::WorkerRegistry::NewStub(component.To(cluster_->router->address()));
+    grpc::ClientContext register_context;
+    component.Prepare(register_context);
+    v1::RegisterWorkerRequest registration;
+    registration.set_address(target);
+    registration.set_role("decode");
+    registration.mutable_model()->set_fingerprint(fingerprint);
+    v1::RegisterWorkerResponse registered;
+    status = registry->RegisterWorker(&register_context, registration, &registered);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << target << ": " << status.error_message();
+  }
+}
+
 // ---- plaintext without any internal credential: the loopback / demo mode ----
 
 class OpenLoopback : public ::testing::Test {
@@ -815,6 +851,53 @@ TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
   EXPECT_NE(refused.error_message().find("KDA state layout"), std::string::npos) << refused.error_message();
   grpc::Status negative = send_header(-1);
   EXPECT_EQ(negative.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << negative.error_message();
+}
+
+// A handoff into a lease its owner released ends ABORTED (lease lost, retryable), not
+// CANCELLED.
+TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
+  FILE* pipe = popen((Bin() + " plan --model " + Files().model + " --context 1024 2>/dev/null").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[4096] = {};
+  const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, pipe);
+  pclose(pipe);
+  const std::string plan(buffer, n);
+  const int64_t mla_layers = JsonInt(plan, "mla_layers"), kda_layers = JsonInt(plan, "kda_layers");
+  const int64_t row_bytes = JsonInt(plan, "latent_bytes_per_token") / std::max<int64_t>(mla_layers, 1);
+  const int64_t kda_total = JsonInt(plan, "kda_state_bytes");
+  ASSERT_GT(kda_layers, 0) << plan;
+
+  const Caller component = Component();
+  std::string lease;
+  ASSERT_TRUE(Reserve(*cluster_, component, 64, 5000, &lease).ok());
+  auto stub = v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
+  grpc::ClientContext context;
+  component.Prepare(context);
+  v1::ReceiveCacheResponse response;
+  auto writer = stub->ReceiveCache(&context, &response);
+  v1::ReceiveCacheRequest message;
+  v1::CacheHandoffHeader* h = message.mutable_header();
+  h->set_lease_id(lease);
+  h->set_model_fingerprint(Fingerprint(*cluster_, component));
+  h->set_cache_dtype(v1::CACHE_D_TYPE_F16);
+  h->set_latent_width(row_bytes / 2);
+  h->set_row_bytes(row_bytes);
+  for (int64_t i = 0; i < mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
+  for (int64_t i = 0; i < kda_layers; ++i) h->add_kda_layers(static_cast<int32_t>(mla_layers + i));
+  h->set_kda_state_bytes(kda_total / kda_layers);
+  h->set_prompt_tokens(4);
+  ASSERT_TRUE(writer->Write(message));
+  std::this_thread::sleep_for(milliseconds(1000));  // the header is taken (milliseconds on loopback)
+  ASSERT_TRUE(Release(*cluster_, component, lease).ok());
+  v1::ReceiveCacheRequest chunk;
+  chunk.mutable_kda()->set_kda_index(0);
+  chunk.mutable_kda()->set_offset(0);
+  chunk.mutable_kda()->set_data("x");
+  writer->Write(chunk);
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("was released"), std::string::npos) << status.error_message();
 }
 
 // ---- startup: TLS without saying who the components are is refused ----

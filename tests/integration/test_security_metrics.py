@@ -133,7 +133,8 @@ class Security(unittest.TestCase):
         cls.cluster = SecureCluster(
             "tls", serve=True, client_flags=[*cls.client_tls, "--auth-token-file", p["token"]],
             router_flags=[*cls.server_tls, "--auth-token-file", p["token"], "--max-streams-per-client", "1",
-                          "--max-prompt-tokens", "4096", "--metrics-listen", "127.0.0.1:0",
+                          "--max-prompt-tokens", "4096", "--max-prompt-bytes", "65536",
+                          "--metrics-listen", "127.0.0.1:0",
                           "--health-listen", "127.0.0.1:0"])
 
     @classmethod
@@ -172,8 +173,12 @@ class Security(unittest.TestCase):
         self.assertEqual(out["error"]["code"], "NOT_FOUND")
 
     def test_client_without_ca_fails(self):
-        r = self.call(["--auth-token-file", self.pki["token"]])  # plaintext to a TLS port
-        self.assertEqual(r["error"]["code"], "UNAVAILABLE")
+        # issue 17, 4: the client refuses to send the token in plaintext at all.
+        r = self.call(["--auth-token-file", self.pki["token"]])
+        self.assertEqual(r["error"]["code"], "INVALID_ARGUMENT", r)
+        self.assertIn("--tls-ca", r["error"]["message"])
+        r = self.call([])  # plaintext to a TLS port
+        self.assertEqual(r["error"]["code"], "UNAVAILABLE", r)
 
     def test_client_without_certificate_rejected_by_mtls(self):
         r = self.call(["--tls-ca", self.pki["ca"], "--auth-token-file", self.pki["token"]])
@@ -192,6 +197,32 @@ class Security(unittest.TestCase):
         r = self.cluster.generate(ts.prompt(5000), max_tokens=2)
         self.assertEqual(r["error"]["code"], "INVALID_ARGUMENT")
         self.assertIn("--max-prompt-tokens", r["error"]["message"])
+
+    def client_json(self, verb, prompt_text):
+        path = os.path.join(self.cluster.dir, f"prompt-{len(prompt_text)}.txt")
+        with open(path, "w") as f:
+            f.write(prompt_text)
+        args = [ts.BIN, "client", verb, "--target", self.cluster.router, "--prompt-file", path,
+                *self.cluster.client_flags]
+        if verb == "generate":
+            args += ["--max-tokens", "2", "--json"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        return ts.json.loads(done.stdout.strip().splitlines()[-1])
+
+    def test_prompt_bytes_limit_comes_before_tokenizing(self):
+        # issue 17, 7: byte limits checked before the tokenizer runs; Tokenize under the same
+        # limits as Generate.
+        big = "hello world " * 8000  # 96000 bytes > --max-prompt-bytes 65536
+        for verb in ("generate", "tokenize"):
+            out = self.client_json(verb, big)
+            self.assertEqual(out["error"]["code"], "INVALID_ARGUMENT", out)
+            self.assertIn("--max-prompt-bytes", out["error"]["message"])
+        many_tokens = "a b c d " * 2000  # 16000 bytes, well over 4096 tokens
+        out = self.client_json("tokenize", many_tokens)
+        self.assertEqual(out["error"]["code"], "INVALID_ARGUMENT", out)
+        self.assertIn("--max-prompt-tokens", out["error"]["message"])
+        out = self.client_json("tokenize", "hello world")
+        self.assertTrue(out["token_ids"], out)
 
     def test_stream_limit_per_client(self):
         url = metrics_url(self.cluster, "serve")

@@ -209,6 +209,16 @@ class SplitDeployment(unittest.TestCase):
             ("max_tokens 0", dict(ids=[1, 2, 3], max_tokens=0), "INVALID_ARGUMENT"),
             ("max_tokens < 0", dict(ids=[1, 2, 3], max_tokens=-4), "INVALID_ARGUMENT"),
             ("unknown model", dict(ids=[1, 2, 3], extra=("--model", "no-such-model")), "NOT_FOUND"),
+            # NaN fails every comparison: it used to pass `< 0` / `> 1` checks (issue 17, 9).
+            ("NaN temperature", dict(ids=[1, 2, 3], extra=("--temperature", "nan")), "INVALID_ARGUMENT"),
+            ("infinite temperature", dict(ids=[1, 2, 3], extra=("--temperature", "inf")), "INVALID_ARGUMENT"),
+            ("NaN top_p", dict(ids=[1, 2, 3], extra=("--top-p", "nan")), "INVALID_ARGUMENT"),
+            ("NaN min_p", dict(ids=[1, 2, 3], extra=("--min-p", "nan")), "INVALID_ARGUMENT"),
+            # 64-bit CLI values are refused, not truncated to 32 bits.
+            ("max_tokens beyond int32", dict(ids=[1, 2, 3], max_tokens=2**32 + 4), "INVALID_ARGUMENT"),
+            ("top_k beyond int32", dict(ids=[1, 2, 3], extra=("--top-k", str(2**32 + 1))), "INVALID_ARGUMENT"),
+            ("stop id beyond int32", dict(ids=[1, 2, 3], extra=("--stop-token-ids", str(2**32 + 2))),
+             "INVALID_ARGUMENT"),
         ]
         for name, kwargs, code in cases:
             with self.subTest(name):
@@ -464,6 +474,22 @@ def worker_stats(address):
 
 
 class Startup(unittest.TestCase):
+    def assert_refused(self, args, flag):
+        done = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(flag, done.stderr)
+
+    def test_out_of_range_values_fail_at_startup(self):
+        # issue 17, 6 and 9: a SIGFPE on --page-tokens 0, a one-page cache from a wrapped
+        # --cache-tokens, and a port above 65535 that bound another port.
+        worker = ["decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", MODEL]
+        self.assert_refused([*worker, "--page-tokens", "0"], "--page-tokens")
+        self.assert_refused([*worker, "--page-tokens", "-16"], "--page-tokens")
+        self.assert_refused([*worker, "--cache-tokens", "9223372036854775807"], "--cache-tokens")
+        self.assert_refused([*worker, "--max-lease-ttl-ms", "0"], "--max-lease-ttl-ms")
+        self.assert_refused(["router", "--listen", "127.0.0.1:99999"], "0..65535")
+        self.assert_refused(["router", "--listen", "127.0.0.1:-1"], "0..65535")
+
     def test_bad_model_file_exits_nonzero(self):
         bad = os.path.join(WORK, "bad.gguf")
         with open(bad, "wb") as f:
