@@ -196,6 +196,9 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
+  // Which limit ends the wait decides the status: the client's deadline -> DEADLINE_EXCEEDED,
+  // --capacity-wait-ms -> RESOURCE_EXHAUSTED.
+  const bool deadline_binds = give_up == deadline;
   absl::Duration backoff = absl::Milliseconds(20);
   bool waited = false;
   for (;;) {
@@ -236,11 +239,13 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
     // Nothing to wait for when a worker failed for another reason, or none is registered.
     if (!only_full || refused.size() == exclude.size()) return ToGrpc(last_error);
     const absl::Time now = absl::Now();
-    if (now + backoff > give_up) {
-      return now >= deadline ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                            "deadline passed while waiting for decode cache room")
-                             : ToGrpc(last_error);
+    if (now >= give_up || give_up - now < absl::Milliseconds(1)) {
+      return deadline_binds ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                           "the request's deadline passed while it waited for decode cache room "
+                                           "(every decode worker was full)")
+                            : ToGrpc(last_error);
     }
+    backoff = std::min(backoff, give_up - now);  // the last round ends at the limit, not before it
     if (!waited) serving::LogEvent("router", "capacity_wait", request_id, {{"tokens", absl::StrCat(lease_tokens)}});
     waited = true;
     for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
@@ -332,6 +337,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
 
 RouterState::RouterState(RouterOptions options)
     : options_(std::move(options)),
+      registry_(absl::Milliseconds(250), options_.registry),
       lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {}
 RouterState::~RouterState() = default;
 

@@ -32,6 +32,7 @@ struct RouterOptions {
   int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
   int64_t max_prompt_bytes = 8 << 20;  // longest text / chat prompt, checked before tokenising (0: none)
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
+  RegistryLimits registry;             // worker registrations: cap and eviction
 };
 
 class TextCodec;    // tokenizer wrapper (router/text_codec.h)

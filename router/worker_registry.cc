@@ -13,7 +13,8 @@
 
 namespace latentserve::router {
 
-WorkerRegistry::WorkerRegistry(absl::Duration poll_interval) : poll_interval_(poll_interval) {
+WorkerRegistry::WorkerRegistry(absl::Duration poll_interval, RegistryLimits limits)
+    : poll_interval_(poll_interval), limits_(limits) {
   monitor_ = std::thread([this] { MonitorLoop(); });
 }
 
@@ -53,6 +54,14 @@ absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) 
     return absl::InvalidArgumentError(absl::StrCat("worker role must be prefill or decode, got '", request.role(), "'"));
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (!workers_.count(request.address())) {
+    int64_t registered = 0;
+    for (const auto& [address, entry] : workers_) registered += entry.static_entry ? 0 : 1;
+    if (registered >= limits_.max_workers) {
+      return absl::ResourceExhaustedError(absl::StrCat("this router already has ", registered,
+                                                       " registered workers (--max-workers)"));
+    }
+  }
   if (absl::Status status = AcceptModel(request.model(), request.address()); !status.ok()) return status;
   WorkerEntry& entry = workers_[request.address()];
   entry.address = request.address();
@@ -193,6 +202,17 @@ void WorkerRegistry::MonitorLoop() {
       it->second.last_seen = absl::Now();
     }
     lock.lock();
+    // Forget registered workers nobody has heard from for evict_after (dead, or never real):
+    // they re-register when they come back.
+    const absl::Time now = absl::Now();
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      const WorkerEntry& entry = it->second;
+      if (!entry.static_entry && !entry.alive && now - entry.last_seen > limits_.evict_after) {
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     cv_.wait_for(lock, absl::ToChronoNanoseconds(poll_interval_), [&] { return stopping_; });
   }
 }

@@ -34,13 +34,21 @@ struct WorkerEntry {
   absl::Time last_seen = absl::InfinitePast();
 };
 
+// Bounds on what registrations may cost the router.
+struct RegistryLimits {
+  int64_t max_workers = 1024;                // registered (not static) workers; more -> RESOURCE_EXHAUSTED
+  absl::Duration evict_after = absl::Seconds(60);  // a registered worker unheard-from this long is forgotten
+};
+
 class WorkerRegistry {
  public:
-  explicit WorkerRegistry(absl::Duration poll_interval = absl::Milliseconds(250));
+  explicit WorkerRegistry(absl::Duration poll_interval = absl::Milliseconds(250), RegistryLimits limits = {});
   ~WorkerRegistry();
 
   void AddStatic(const std::string& address, const std::string& role);
-  // FailedPrecondition when the worker serves a different model than the others.
+  // FailedPrecondition when the worker serves a different model than the others;
+  // InvalidArgument for an address that is not HOST:PORT; ResourceExhausted for a new address
+  // beyond limits.max_workers.
   absl::Status Register(const v1::RegisterWorkerRequest& request);
   absl::Status Heartbeat(const v1::HeartbeatRequest& request);
   void MarkDead(const std::string& address);
@@ -69,6 +77,7 @@ class WorkerRegistry {
   absl::Status AcceptModel(const v1::ModelDescriptor& model, const std::string& address);
 
   const absl::Duration poll_interval_;
+  const RegistryLimits limits_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, WorkerEntry> workers_;

@@ -438,6 +438,12 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
   ASSIGN_OR_RETURN(options.max_prompt_bytes, args.GetInt("max-prompt-bytes", 8 << 20));
+  ASSIGN_OR_RETURN(options.registry.max_workers, args.GetInt("max-workers", 1024));
+  ASSIGN_OR_RETURN(int64_t evict_ms, args.GetInt("worker-evict-ms", 60000));
+  if (options.registry.max_workers <= 0 || evict_ms <= 0) {
+    return absl::InvalidArgumentError("--max-workers and --worker-evict-ms must be positive");
+  }
+  options.registry.evict_after = absl::Milliseconds(evict_ms);
   if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0 || options.max_prompt_bytes < 0) {
     return absl::InvalidArgumentError(
         "--max-prompt-tokens, --max-prompt-bytes and --max-streams-per-client must be >= 0 (0: no limit)");
@@ -446,7 +452,8 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
 }
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
-                                            "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client"};
+                                            "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
+                                            "max-workers", "worker-evict-ms"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.

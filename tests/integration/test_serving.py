@@ -312,6 +312,21 @@ class DecodeCapacity(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_client_deadline_while_waiting_is_deadline_exceeded(self):
+        # issue 17, 10: the client's deadline, not --capacity-wait-ms (30 s), ran out: the
+        # status says so (it was RESOURCE_EXHAUSTED "... within 30s" after 0.7 s).
+        c = Cluster("capacity-deadline", prefill=1, decode=1, worker_flags=self.FLAGS)
+        try:
+            p1 = self.hold_the_cache(c, 35)
+            start = time.monotonic()
+            r2 = c.generate(prompt(100, 36), max_tokens=2000, extra=("--timeout-ms", "1500"))
+            self.assertEqual(r2.get("error", {}).get("code"), "DEADLINE_EXCEEDED", r2)
+            self.assertLess(time.monotonic() - start, 10)
+            p1.communicate(timeout=120)
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
     def test_no_wait_when_disabled(self):
         c = Cluster("capacity0", prefill=1, decode=1, worker_flags=self.FLAGS,
                     router_flags=("--capacity-wait-ms", "0"))
