@@ -188,6 +188,7 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   builder.SetMaxReceiveMessageSize(static_cast<int>(security.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(security.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
+  transfer::AllowInternalKeepalivePings(builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
   Listening out;
   out.server = builder.BuildAndStart();

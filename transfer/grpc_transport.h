@@ -15,6 +15,8 @@
 #include <memory>
 
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
@@ -32,6 +34,16 @@ namespace latentserve::transfer {
 // GLIBC_TUNABLES already sets glibc.malloc.* options. GrpcTransport's constructor and
 // ServeReceiveCache call it.
 void TuneAllocatorForCacheStreaming();
+
+// Keepalive for the client side of every internal channel (router -> workers, prefill ->
+// decode, workers -> router): a ping every 2 s while a call is open, the connection closed
+// (calls UNAVAILABLE) when one goes unanswered for 2 s. A frozen peer (SIGSTOP, a hung host)
+// then fails its streams within seconds instead of holding them until their deadlines; a
+// slow but live peer answers pings and is left alone. Servers allow these pings
+// (AllowInternalKeepalivePings).
+void SetInternalKeepalive(grpc::ChannelArguments& args);
+// The server side: accept a ping every second from a client with open calls.
+void AllowInternalKeepalivePings(grpc::ServerBuilder& builder);
 
 class GrpcTransport : public CacheTransport {
  public:

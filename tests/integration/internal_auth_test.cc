@@ -887,7 +887,8 @@ TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
   h->set_kda_state_bytes(kda_total / kda_layers);
   h->set_prompt_tokens(4);
   ASSERT_TRUE(writer->Write(message));
-  std::this_thread::sleep_for(milliseconds(1000));  // the header is taken (milliseconds on loopback)
+  // The header is taken within milliseconds on loopback; well inside the 1 s lease bound.
+  std::this_thread::sleep_for(milliseconds(300));
   ASSERT_TRUE(Release(*cluster_, component, lease).ok());
   v1::ReceiveCacheRequest chunk;
   chunk.mutable_kda()->set_kda_index(0);
@@ -897,7 +898,9 @@ TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
   writer->WritesDone();
   grpc::Status status = writer->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
-  EXPECT_NE(status.error_message().find("was released"), std::string::npos) << status.error_message();
+  // "lease ... was released" (or, had the header been slower than the release, "... unknown
+  // to this decode worker (expired or released)": ABORTED as well).
+  EXPECT_NE(status.error_message().find("released"), std::string::npos) << status.error_message();
 }
 
 // ---- startup: TLS without saying who the components are is refused ----

@@ -448,6 +448,41 @@ class Faults(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_frozen_decode_worker_releases_its_request_within_seconds(self):
+        # issue 17, 8: a SIGSTOPped worker still has its TCP connection (the kernel answers),
+        # so the stream used to hang for as long as the worker was stopped. Keepalive pings on
+        # the router's channels close the connection within ~4 s; the router resumes the
+        # generation on the other decode worker (same greedy answer).
+        c = Cluster("freeze_decode", prefill=1, decode=2)
+        victim_proc = None
+        try:
+            ids = prompt(100, 43)
+            proc = c.generate(ids, max_tokens=3000, background=True, extra=("--timeout-ms", "120000"))
+            def decoding():
+                for w in c.info()["workers"]:
+                    if w["role"] == "decode" and w["alive"] and w["sequences_active"] > 0:
+                        return w["address"]
+                return None
+            victim = wait_for(decoding, 60, "a decode worker to be decoding")
+            victim_proc = c.procs[c.name_of(victim)]
+            victim_proc.send_signal(signal.SIGSTOP)
+            log = os.path.join(c.dir, "router.log")
+            wait_for(lambda: '"event":"decode_resume"' in open(log).read(), 15,
+                     "the router to give up on the frozen worker and resume elsewhere")
+            r = parse_result(proc.communicate(timeout=120)[0], proc.returncode)
+            self.assertEqual(r.get("error"), None, r)
+            self.assertNotEqual(r["decode_worker"], victim)
+            self.assertEqual(r["token_ids"], reference_greedy(ids, 3000))
+            victim_proc.send_signal(signal.SIGCONT)
+            victim_proc = None
+            wait_for(lambda: any(w["address"] == victim and w["alive"] for w in c.info()["workers"]), 20,
+                     "the thawed worker to answer polls again")
+            c.assert_baseline(self)  # the thawed worker freed the abandoned sequence
+        finally:
+            if victim_proc is not None:
+                victim_proc.send_signal(signal.SIGCONT)
+            c.stop()
+
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
         # finds its lease when the cache arrives (6000 tokens: > 1 s here, TTL 200 ms).
