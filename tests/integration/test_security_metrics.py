@@ -32,6 +32,13 @@ def scrape(url):
     return values
 
 
+def scrape_with_timeout(url, seconds):
+    with urllib.request.urlopen(url, timeout=seconds) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def metrics_url(cluster, name):
     log = os.path.join(cluster.dir, f"{name}.log")
     found = ts.wait_for(lambda: re.search(r"metrics on (http://\S+)", read(log)), 10, f"{name} metrics")
@@ -110,6 +117,26 @@ class Metrics(unittest.TestCase):
             self.assertIn('"event":"request_finished","request_id":"%s"' % r["request_id"], log)
             c.assert_baseline(self)
         finally:
+            c.stop()
+
+    def test_idle_connections_do_not_block_scrapes(self):
+        # issue 17, 4: two idle half-open connections blocked every /metrics scrape (civetweb's
+        # 2 threads, 30 s read timeout). Now 8 threads and a 5 s request timeout.
+        import socket
+        c = ts.Cluster("metrics-idle", prefill=0, decode=0, router_flags=["--metrics-listen", "127.0.0.1:0"])
+        idle = []
+        try:
+            url = metrics_url(c, "router")
+            host, port = url[len("http://"):].split("/")[0].split(":")
+            for _ in range(12):  # more than the server's threads
+                idle.append(socket.create_connection((host, int(port)), timeout=5))
+            start = time.monotonic()
+            values = scrape_with_timeout(url, 12)
+            self.assertIn("latentserve_router_requests_in_flight", values)
+            self.assertLess(time.monotonic() - start, 12)
+        finally:
+            for s in idle:
+                s.close()
             c.stop()
 
     def test_bad_metrics_listen_fails_at_startup(self):
