@@ -35,7 +35,17 @@ void WorkerRegistry::AddStatic(const std::string& address, const std::string& ro
   entry.static_entry = true;
 }
 
+void WorkerRegistry::PinFingerprint(const std::string& fingerprint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pinned_fingerprint_ = fingerprint;
+}
+
 absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const std::string& address) {
+  if (!pinned_fingerprint_.empty() && model.fingerprint() != pinned_fingerprint_) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", address, " serves model ", model.name(), " (",
+                                                      model.fingerprint(), "), this router's --model is ",
+                                                      pinned_fingerprint_));
+  }
   if (!model_) {
     model_ = model;
     return absl::OkStatus();

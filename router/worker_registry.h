@@ -46,6 +46,9 @@ class WorkerRegistry {
   ~WorkerRegistry();
 
   void AddStatic(const std::string& address, const std::string& role);
+  // Accept only workers of this model fingerprint (the router's --model). Without a pin the
+  // first worker heard from decides.
+  void PinFingerprint(const std::string& fingerprint);
   // FailedPrecondition when the worker serves a different model than the others;
   // InvalidArgument for an address that is not HOST:PORT; ResourceExhausted for a new address
   // beyond limits.max_workers.
@@ -82,6 +85,7 @@ class WorkerRegistry {
   std::condition_variable cv_;
   std::map<std::string, WorkerEntry> workers_;
   std::optional<v1::ModelDescriptor> model_;
+  std::string pinned_fingerprint_;
   uint64_t placements_ = 0;
   bool stopping_ = false;
   std::thread monitor_;

@@ -166,9 +166,23 @@ void AddRouterGauges(serving::MetricsServer* metrics, router::RouterState& state
   });
 }
 
-// Builds and starts a server on `listen` (port 0: any free port).
+// Drops the reflection plugin from one server: InitProtoReflectionServerBuilderPlugin adds it
+// to every ServerBuilder of the process, and the plaintext health port must not describe the
+// internal schema to whoever can reach it.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& plugin) { return plugin->name() == "proto_server_reflection"; }),
+                   plugins->end());
+  }
+};
+
+// Builds and starts a server on `listen` (port 0: any free port); `reflection` adds gRPC
+// server reflection (the serving ports; never the plaintext health port).
 absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vector<grpc::Service*>& services,
-                                      const ProcessSecurity& security) {
+                                      const ProcessSecurity& security, bool reflection = true) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got '", listen, "'"));
   // gRPC reads the port modulo 2^16 (99999 would bind 34463): only 0..65535 in decimal.
@@ -188,6 +202,7 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   builder.SetMaxReceiveMessageSize(static_cast<int>(security.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(security.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
+  if (!reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   transfer::AllowInternalKeepalivePings(builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
   Listening out;
@@ -208,7 +223,13 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealth(const Args& args) {
   if (!args.Has("health-listen")) return std::unique_ptr<grpc::Server>();
   ProcessSecurity plaintext;
   plaintext.server_credentials = grpc::InsecureServerCredentials();
-  ASSIGN_OR_RETURN(Listening health, StartServer(args.Get("health-listen"), {}, plaintext));
+  // grpc builds a server (and its default health service) only when some synchronous method
+  // is registered; without reflection the health port has none of its own. The generated
+  // base class answers UNIMPLEMENTED to everything: it gives the server a method and exposes
+  // nothing.
+  static auto* placeholder = new v1::WorkerStats::Service();
+  ASSIGN_OR_RETURN(Listening health,
+                   StartServer(args.Get("health-listen"), {placeholder}, plaintext, /*reflection=*/false));
   std::printf("health on %s\n", health.address.c_str());
   std::fflush(stdout);
   return std::move(health.server);
@@ -484,6 +505,10 @@ absl::Status RunRouter(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
   router::RouterState state(options);
+  if (!options.model_path.empty()) {  // only workers of this model, whoever registers first
+    ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(options.model_path));
+    state.registry().PinFingerprint(fingerprint);
+  }
   RETURN_IF_ERROR(AddStaticWorkers(state.registry(), args));
   router::GenerationService generation(state);
   router::RegistryService registry(state, *auth);
@@ -544,6 +569,7 @@ absl::Status RunServe(int argc, char** argv) {
     return absl::InvalidArgumentError("--lease-ttl-ms must not exceed --max-lease-ttl-ms (the decode worker would cut it)");
   }
   router::RouterState state(options);
+  state.registry().PinFingerprint(descriptor.fingerprint());
   state.registry().AddStatic(prefill_address, "prefill");
   state.registry().AddStatic(decode_address, "decode");
   router::GenerationService generation(state);

@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -901,6 +902,63 @@ TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
   // "lease ... was released" (or, had the header been slower than the release, "... unknown
   // to this decode worker (expired or released)": ABORTED as well).
   EXPECT_NE(status.error_message().find("released"), std::string::npos) << status.error_message();
+}
+
+// ---- the plaintext health port answers health checks only ----
+
+// One grpc.reflection.v1alpha.ServerReflection call (list_services) as a unary generic call.
+grpc::Status ListServicesByReflection(const std::string& target, std::string* response_bytes) {
+  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + milliseconds(5000));
+  const std::string request_bytes("\x3a\x00", 2);  // field 7 (list_services) = ""
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareUnaryCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                    request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  std::vector<grpc::Slice> slices;
+  response_bytes->clear();
+  if (response.Dump(&slices).ok()) {
+    for (const grpc::Slice& piece : slices) response_bytes->append(reinterpret_cast<const char*>(piece.begin()), piece.size());
+  }
+  return status;
+}
+
+TEST(HealthPort, ServesNoReflection) {
+  ASSERT_TRUE(Files().ok);
+  Process router(Files().dir, "health-reflection",
+                 {"router", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"});
+  ASSERT_FALSE(router.address().empty()) << router.log();
+  std::string health;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const std::string log = router.log();
+        const size_t at = log.find("health on ");
+        if (at == std::string::npos) return false;
+        health = log.substr(at + 10, log.find('\n', at) - at - 10);
+        return true;
+      },
+      milliseconds(10000)))
+      << router.log();
+  std::string services;
+  // Control: the serving port lists its services (the internal schema included).
+  grpc::Status status = ListServicesByReflection(router.address(), &services);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_NE(services.find("latentserve.v1.WorkerRegistry"), std::string::npos);
+  // The plaintext health port: no reflection at all.
+  status = ListServicesByReflection(health, &services);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << status.error_message() << " " << services;
 }
 
 // ---- startup: TLS without saying who the components are is refused ----

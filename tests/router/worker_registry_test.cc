@@ -197,5 +197,17 @@ TEST(RegistryLimitsTest, UnheardWorkersAreEvicted) {
   EXPECT_TRUE(left.count("127.0.0.1:2"));
 }
 
+TEST(RegistryLimitsTest, PinnedFingerprintIsNotDecidedByTheFirstRegistration) {
+  WorkerRegistry registry(absl::Milliseconds(50));
+  registry.PinFingerprint(TestModel().fingerprint());
+  v1::RegisterWorkerRequest bogus = RegistrationAt("127.0.0.1:9");
+  bogus.mutable_model()->set_fingerprint("bogus");
+  EXPECT_EQ(registry.Register(bogus).code(), absl::StatusCode::kFailedPrecondition);
+  StatsServer real("decode");
+  EXPECT_TRUE(registry.Register(real.Registration()).ok());
+  ASSERT_TRUE(registry.Model().has_value());
+  EXPECT_EQ(registry.Model()->fingerprint(), TestModel().fingerprint());
+}
+
 }  // namespace
 }  // namespace latentserve::router
