@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -616,6 +617,24 @@ int ClientError(const absl::Status& status, bool json) {
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
+// A connection that failed before any reply ("Socket closed", a failed handshake) says nothing
+// about TLS; this adds what to check, from the client's own TLS flags.
+absl::Status WithTlsHint(const absl::Status& status, const Args& args) {
+  if (status.code() != absl::StatusCode::kUnavailable) return status;
+  const std::string message(status.message());
+  const bool connection_level = absl::StrContains(message, "Socket closed") ||
+                                absl::StrContains(message, "failed to connect") ||
+                                absl::StrContains(message, "Connection reset") ||
+                                absl::StrContains(absl::AsciiStrToLower(message), "handshake");
+  if (!connection_level) return status;
+  const char* hint = args.Has("tls-ca")
+                         ? " (TLS: check that --tls-ca signed the server's certificate and, if the server requires "
+                           "client certificates, pass --tls-cert/--tls-key signed by its CA)"
+                         : " (no --tls-ca: if the server speaks TLS, pass --tls-ca CA.pem, and --tls-cert/--tls-key "
+                           "when it requires client certificates)";
+  return absl::UnavailableError(absl::StrCat(message, hint));
+}
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
@@ -751,7 +770,7 @@ int RunClientGenerate(const Args& args) {
   auto result = client.Generate(*request, callbacks, timeout);
   if (!result.ok()) {
     if (!json) std::printf("\n");
-    return ClientError(result.status(), json);
+    return ClientError(WithTlsHint(result.status(), args), json);
   }
   const v1::Finished& f = result->finished;
   const std::string summary = absl::StrFormat(
@@ -793,7 +812,7 @@ std::string WorkerJson(const v1::WorkerInfo& w) {
 int RunClientInfo(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto info = client.GetModelInfo();
-  if (!info.ok()) return ClientError(info.status(), true);
+  if (!info.ok()) return ClientError(WithTlsHint(info.status(), args), true);
   std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
                                  info->model_fingerprint(), "\",\"vocab_size\":", info->vocab_size(),
                                  ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
@@ -809,7 +828,7 @@ int RunClientInfo(const Args& args) {
 int RunClientStats(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto stats = client.GetWorkerStats();
-  if (!stats.ok()) return ClientError(stats.status(), true);
+  if (!stats.ok()) return ClientError(WithTlsHint(stats.status(), args), true);
   v1::WorkerInfo w = stats->stats();
   w.set_role(stats->role());
   w.set_alive(true);
@@ -831,7 +850,7 @@ int RunClientHealth(const Args& args) {
   }
   auto status = client::CheckHealth(args.Get("target"), *credentials, args.Get("service"),
                                     absl::Milliseconds(*timeout_ms));
-  if (!status.ok()) return ClientError(status.status(), true);
+  if (!status.ok()) return ClientError(WithTlsHint(status.status(), args), true);
   std::printf("{\"status\":\"%s\"}\n", status->c_str());
   return *status == "SERVING" ? 0 : 1;
 }
@@ -847,7 +866,7 @@ int RunClientTokenize(const Args& args) {
     request.set_text(args.Get("prompt"));
   }
   auto ids = client.Tokenize(request);
-  if (!ids.ok()) return ClientError(ids.status(), true);
+  if (!ids.ok()) return ClientError(WithTlsHint(ids.status(), args), true);
   std::printf("{\"token_ids\":%s}\n", IdsJson(*ids).c_str());
   return 0;
 }

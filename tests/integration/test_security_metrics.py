@@ -206,10 +206,13 @@ class Security(unittest.TestCase):
         self.assertIn("--tls-ca", r["error"]["message"])
         r = self.call([])  # plaintext to a TLS port
         self.assertEqual(r["error"]["code"], "UNAVAILABLE", r)
+        # issue 17, 10: the refusal says what to check ("Socket closed" alone did not).
+        self.assertIn("--tls-ca", r["error"]["message"], r)
 
     def test_client_without_certificate_rejected_by_mtls(self):
         r = self.call(["--tls-ca", self.pki["ca"], "--auth-token-file", self.pki["token"]])
         self.assertEqual(r["error"]["code"], "UNAVAILABLE")
+        self.assertIn("--tls-cert", r["error"]["message"], r)
 
     def test_missing_or_wrong_token(self):
         r = self.call(self.client_tls)
