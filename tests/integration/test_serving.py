@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -523,11 +524,61 @@ def worker_stats(address):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def gguf_tensor_infos(buf):
+    """(name, type_offset, type, dims) of every tensor in a GGUF v3 file."""
+    off = 8  # magic, version
+    n_tensors, n_kv = struct.unpack_from("<QQ", buf, off); off += 16
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    def skip_value(off, t):
+        if t in sizes:
+            return off + sizes[t]
+        if t == 8:
+            n, = struct.unpack_from("<Q", buf, off)
+            return off + 8 + n
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", buf, off); off += 12
+            for _ in range(n):
+                off = skip_value(off, et)
+            return off
+        raise ValueError(t)
+    for _ in range(n_kv):
+        n, = struct.unpack_from("<Q", buf, off); off += 8 + n
+        t, = struct.unpack_from("<I", buf, off); off += 4
+        off = skip_value(off, t)
+    out = []
+    for _ in range(n_tensors):
+        n, = struct.unpack_from("<Q", buf, off); off += 8
+        name = buf[off:off + n].decode(); off += n
+        nd, = struct.unpack_from("<I", buf, off); off += 4
+        dims = struct.unpack_from("<%dQ" % nd, buf, off); off += 8 * nd
+        t, = struct.unpack_from("<I", buf, off)
+        out.append((name, off, t, dims))
+        off += 4 + 8
+    return out
+
+
 class Startup(unittest.TestCase):
     def assert_refused(self, args, flag):
         done = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
         self.assertEqual(done.returncode, 2, done.stderr)
         self.assertIn(flag, done.stderr)
+
+    def test_integer_weight_tensor_refused_at_load(self):
+        # issue 17, 6: an i32 weight tensor loaded, the worker said SERVING, and the first
+        # request aborted the process in DequantizeRow. Same bytes per element as f32, so
+        # only the type changes.
+        data = bytearray(open(MODEL, "rb").read())
+        name, type_offset, dtype, _ = next(t for t in gguf_tensor_infos(data) if t[0] == "output.weight")
+        self.assertEqual(dtype, 0, "the test model's weights are f32")
+        struct.pack_into("<I", data, type_offset, 26)  # GGML_TYPE_I32
+        bad = os.path.join(WORK, "i32_weight.gguf")
+        with open(bad, "wb") as f:
+            f.write(bytes(data))
+        done = subprocess.run([BIN, "decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", bad],
+                              capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(done.returncode, 0, done.stderr)
+        self.assertIn("output.weight", done.stderr)
+        self.assertIn("i32", done.stderr)
 
     def test_out_of_range_values_fail_at_startup(self):
         # issue 17, 6 and 9: a SIGFPE on --page-tokens 0, a one-page cache from a wrapped
