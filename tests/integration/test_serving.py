@@ -524,27 +524,38 @@ def worker_stats(address):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def gguf_tensor_infos(buf):
-    """(name, type_offset, type, dims) of every tensor in a GGUF v3 file."""
+def gguf_metadata(buf):
+    """A GGUF v3 file's metadata: ({key: (value type, value offset)}, tensor count, offset of the tensor infos)."""
     off = 8  # magic, version
     n_tensors, n_kv = struct.unpack_from("<QQ", buf, off); off += 16
     sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
     def skip_value(off, t):
         if t in sizes:
             return off + sizes[t]
-        if t == 8:
+        if t == 8:  # string
             n, = struct.unpack_from("<Q", buf, off)
             return off + 8 + n
-        if t == 9:
-            et, n = struct.unpack_from("<IQ", buf, off); off += 12
-            for _ in range(n):
-                off = skip_value(off, et)
-            return off
-        raise ValueError(t)
+        et, n = struct.unpack_from("<IQ", buf, off); off += 12  # array
+        for _ in range(n):
+            off = skip_value(off, et)
+        return off
+    kv = {}
     for _ in range(n_kv):
-        n, = struct.unpack_from("<Q", buf, off); off += 8 + n
+        n, = struct.unpack_from("<Q", buf, off); off += 8
+        key = buf[off:off + n].decode(); off += n
         t, = struct.unpack_from("<I", buf, off); off += 4
+        kv[key] = (t, off)
         off = skip_value(off, t)
+    return kv, n_tensors, off
+
+
+def gguf_kv_offsets(buf):
+    return gguf_metadata(buf)[0]
+
+
+def gguf_tensor_infos(buf):
+    """(name, type offset, type, dims) of every tensor in a GGUF v3 file."""
+    _, n_tensors, off = gguf_metadata(buf)
     out = []
     for _ in range(n_tensors):
         n, = struct.unpack_from("<Q", buf, off); off += 8
@@ -579,6 +590,26 @@ class Startup(unittest.TestCase):
         self.assertNotEqual(done.returncode, 0, done.stderr)
         self.assertIn("output.weight", done.stderr)
         self.assertIn("i32", done.stderr)
+
+    def test_non_finite_hyperparameters_refused_at_load(self):
+        # issue 17, 9: NaN / negative rms_eps and an infinite expert_weights_scale were accepted.
+        original = open(MODEL, "rb").read()
+        cases = [("kimi-linear.attention.layer_norm_rms_epsilon", float("nan")),
+                 ("kimi-linear.attention.layer_norm_rms_epsilon", -1e-5),
+                 ("kimi-linear.expert_weights_scale", float("inf"))]
+        for key, value in cases:
+            with self.subTest(key=key, value=value):
+                data = bytearray(original)
+                vtype, offset = gguf_kv_offsets(data)[key]
+                self.assertEqual(vtype, 6, "the test model stores it as f32")
+                struct.pack_into("<f", data, offset, value)
+                bad = os.path.join(WORK, "bad_hparam.gguf")
+                with open(bad, "wb") as f:
+                    f.write(bytes(data))
+                done = subprocess.run([BIN, "decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1",
+                                       "--model", bad], capture_output=True, text=True, timeout=60)
+                self.assertNotEqual(done.returncode, 0, done.stderr)
+                self.assertIn(key, done.stderr)
 
     def test_out_of_range_values_fail_at_startup(self):
         # issue 17, 6 and 9: a SIGFPE on --page-tokens 0, a one-page cache from a wrapped
