@@ -4,6 +4,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "serving/security.h"
 #include "transfer/grpc_status.h"
 
 namespace latentserve::client {
@@ -23,6 +24,7 @@ GenerationClient::GenerationClient(const std::string& target, std::shared_ptr<gr
 
 void GenerationClient::Authorize(grpc::ClientContext& context) const {
   if (!bearer_token_.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", bearer_token_));
+  serving::AttachInternalCredential(context);  // set only by `client --internal-token-file` (operators)
 }
 
 absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequest& request,

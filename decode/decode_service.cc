@@ -11,8 +11,9 @@ using transfer::ToGrpc;
 
 grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
                                          v1::ReserveLeaseResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReserveLease"); !denied.ok()) return denied;
   auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
-                                    request->model_fingerprint());
+                                    request->model_fingerprint(), serving::ClientIdentity(*context));
   if (!lease.ok()) return ToGrpc(lease.status());
   response->set_lease_id(*lease);
   return grpc::Status::OK;
@@ -20,25 +21,30 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1:
 
 grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
                                          v1::ReleaseLeaseResponse* response) {
-  worker_.ReleaseLease(request->lease_id());
-  return grpc::Status::OK;
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReleaseLease"); !denied.ok()) return denied;
+  return ToGrpc(worker_.ReleaseLease(request->lease_id(), serving::ClientIdentity(*context)));
 }
 
 grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
                                        v1::RenewLeaseResponse* response) {
-  return ToGrpc(worker_.RenewLease(request->lease_id(), absl::Milliseconds(request->ttl_ms())));
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.RenewLease"); !denied.ok()) return denied;
+  return ToGrpc(worker_.RenewLease(request->lease_id(), absl::Milliseconds(request->ttl_ms()),
+                                   serving::ClientIdentity(*context)));
 }
 
 grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
                                          grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
                                          v1::ReceiveCacheResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReceiveCache"); !denied.ok()) return denied;
   return transfer::ServeReceiveCache(worker_, context, reader, response);
 }
 
 grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
                                    grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.Decode"); !denied.ok()) return denied;
   DecodeParams params;
   params.lease_id = request->lease_id();
+  params.caller = serving::ClientIdentity(*context);
   params.sampling.temperature = request->sampling().temperature();
   params.sampling.top_k = request->sampling().top_k();
   params.sampling.top_p = request->sampling().top_p() > 0 ? request->sampling().top_p() : 1.0f;

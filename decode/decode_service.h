@@ -8,12 +8,16 @@
 
 #include "decode/decode_worker.h"
 #include "latentserve/v1/worker.grpc.pb.h"
+#include "serving/security.h"
 
 namespace latentserve::decode {
 
+// Every method is internal: `auth` admits only cluster components (the router; a prefill
+// worker for ReceiveCache).
 class DecodeService final : public v1::DecodeWorker::Service {
  public:
-  DecodeService(DecodeWorker& worker, v1::ModelDescriptor model) : worker_(worker), model_(std::move(model)) {}
+  DecodeService(DecodeWorker& worker, v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
+      : worker_(worker), model_(std::move(model)), auth_(auth) {}
 
   grpc::Status ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
                             v1::ReserveLeaseResponse* response) override;
@@ -33,6 +37,7 @@ class DecodeService final : public v1::DecodeWorker::Service {
  private:
   DecodeWorker& worker_;
   v1::ModelDescriptor model_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 }  // namespace latentserve::decode

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/secure_random.h"
 #include "common/status.h"
 #include "transfer/checksum.h"
 
@@ -13,6 +14,7 @@ enum class SlotState { kLeased, kReceiving, kReady, kDecoding, kDone };
 
 struct DecodeWorker::Slot {
   std::string lease_id;
+  std::string owner;  // the reserving caller's identity
   std::string request_id;
   std::unique_ptr<model::Sequence> sequence;
   int64_t reserved_tokens = 0;
@@ -169,8 +171,9 @@ class DecodeWorker::Receiver : public transfer::CacheReceiver {
   bool finished_ = false;
 };
 
-DecodeWorker::DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint)
-    : model_(model), cache_(cache), fingerprint_(std::move(fingerprint)) {
+DecodeWorker::DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
+                           absl::Duration max_lease_ttl)
+    : model_(model), cache_(cache), fingerprint_(std::move(fingerprint)), max_lease_ttl_(max_lease_ttl) {
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
@@ -188,8 +191,18 @@ DecodeWorker::~DecodeWorker() {
   for (auto& slot : slots) FreeSlot(slot);
 }
 
+namespace {
+
+absl::Status NotOwner(const std::string& lease_id, const std::string& caller) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("lease ", lease_id, " belongs to another caller than ", caller.empty() ? "this one" : caller));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& request_id, int64_t tokens,
-                                                       absl::Duration ttl, const std::string& fingerprint) {
+                                                       absl::Duration ttl, const std::string& fingerprint,
+                                                       const std::string& owner) {
   if (fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("model fingerprint ", fingerprint, " does not match this decode worker's ",
                                                       fingerprint_, ": it serves a different model file"));
@@ -199,6 +212,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
                                                    max_context_tokens()));
   }
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  ttl = std::min(ttl, max_lease_ttl_);  // a caller cannot hold pages past the configured bound
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("decode worker is draining");
@@ -214,35 +228,51 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
                                                        " cache pages (", cache_.free_pages(), " free): ", status.message()));
     }
   }
+  absl::StatusOr<std::string> random = SecureRandomHex(16);
+  if (!random.ok()) {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    model_.ResetSequence(*slot->sequence, cache_);
+    return random.status();
+  }
+  slot->lease_id = absl::StrCat("lease-", *random);
+  slot->owner = owner;
   slot->request_id = request_id;
   slot->reserved_tokens = tokens;
   slot->lease_deadline = absl::Now() + ttl;
   std::lock_guard<std::mutex> lock(mu_);
-  slot->lease_id = absl::StrCat("lease-", next_lease_++);
-  slots_[slot->lease_id] = slot;
+  if (!slots_.emplace(slot->lease_id, slot).second) {  // 2^-128: a broken random source
+    return absl::InternalError("lease id collision: the kernel's random source repeats");
+  }
   cv_.notify_all();
   return slot->lease_id;
 }
 
-void DecodeWorker::ReleaseLease(const std::string& lease_id) {
+absl::Status DecodeWorker::ReleaseLease(const std::string& lease_id, const std::string& caller) {
   std::shared_ptr<Slot> slot;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = slots_.find(lease_id);
-    if (it == slots_.end() || it->second->state == SlotState::kDecoding) return;
+    if (it == slots_.end()) return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is not held"));
+    if (it->second->owner != caller) return NotOwner(lease_id, caller);
+    if (it->second->state == SlotState::kDecoding) return absl::OkStatus();
     slot = it->second;
-    slot->end_status = absl::CancelledError(absl::StrCat("lease ", lease_id, " was released"));
+    // ABORTED, like expiry: whoever still streams into the lease lost it (retryable), it
+    // did not cancel anything itself.
+    slot->end_status = absl::AbortedError(absl::StrCat("lease ", lease_id, " was released"));
   }
   FreeSlot(slot);
+  return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl) {
+absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duration ttl, const std::string& caller) {
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  ttl = std::min(ttl, max_lease_ttl_);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(lease_id);
   if (it == slots_.end() || it->second->state == SlotState::kDone) {
     return absl::AbortedError(absl::StrCat("lease ", lease_id, " is no longer held (expired or released)"));
   }
+  if (it->second->owner != caller) return NotOwner(lease_id, caller);
   Slot& slot = *it->second;
   slot.lease_deadline = std::max(slot.lease_deadline, absl::Now() + ttl);
   return absl::OkStatus();
@@ -277,10 +307,26 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
         header.mla_layers.size(), " MLA layers; receiver ", DTypeName(cache_.dtype()), " width ", cache_.latent_width(),
         " x ", cache_.mla_layers(), " (start both workers with the same --cache-type)"));
   }
+  // Sizes from the wire are compared without multiplying them (a negative or huge
+  // kda_state_bytes must not pass by overflow).
   const int64_t kda_layers = model_.config().kda_layer_count();
-  if (static_cast<int64_t>(header.kda_layers.size()) != kda_layers ||
-      header.kda_state_bytes * kda_layers != model_.KdaStateBytes()) {
-    return absl::FailedPreconditionError("KDA state layout mismatch between prefill and decode workers");
+  const int64_t kda_total = model_.KdaStateBytes();
+  const bool kda_bytes_match = kda_layers == 0 ? header.kda_state_bytes == 0
+                                               : header.kda_state_bytes >= 0 && kda_total % kda_layers == 0 &&
+                                                     header.kda_state_bytes == kda_total / kda_layers;
+  if (static_cast<int64_t>(header.kda_layers.size()) != kda_layers || !kda_bytes_match) {
+    return absl::FailedPreconditionError(absl::StrCat("KDA state layout mismatch between prefill and decode workers: ",
+                                                      header.kda_layers.size(), " layers of ", header.kda_state_bytes,
+                                                      " bytes, expected ", kda_layers, " layers of ", kda_total,
+                                                      " bytes in all"));
+  }
+  for (const std::vector<int32_t>* layers : {&header.mla_layers, &header.kda_layers}) {
+    for (int32_t layer : *layers) {
+      if (layer < 0 || layer >= model_.config().n_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("handoff names layer ", layer, " of a ",
+                                                       model_.config().n_layers, "-layer model"));
+      }
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   auto it = slots_.find(header.lease_id);
@@ -314,6 +360,7 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
       return absl::AbortedError(absl::StrCat("lease ", params.lease_id, " is unknown (expired or released)"));
     }
     slot = it->second;
+    if (slot->owner != params.caller) return NotOwner(params.lease_id, params.caller);
     if (slot->state != SlotState::kReady) {
       return absl::FailedPreconditionError(absl::StrCat("the cache of lease ", params.lease_id, " has not fully arrived"));
     }

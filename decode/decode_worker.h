@@ -30,6 +30,7 @@ enum class FinishReason { kLength, kStopToken };
 
 struct DecodeParams {
   std::string lease_id;
+  std::string caller;  // who asks (serving::ClientIdentity); must be the lease's owner
   model::SamplingParams sampling;
   int64_t max_new_tokens = 0;          // tokens after the first; >= 1
   std::vector<int32_t> stop_token_ids;  // EOS included by the caller unless ignore_eos
@@ -47,17 +48,27 @@ struct DecodeStats {
 
 class DecodeWorker : public transfer::CacheSink {
  public:
-  DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint);
+  // `max_lease_ttl`: the longest a lease lives without Decode, whatever ttl a caller asks for
+  // (ReserveLease and RenewLease clamp to it).
+  DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
+               absl::Duration max_lease_ttl = absl::Minutes(5));
   ~DecodeWorker() override;
 
-  // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` passes without Decode.
-  // ResourceExhausted when the cache is too full, Unavailable while draining.
+  // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` (at most max_lease_ttl)
+  // passes without Decode.
+  // ResourceExhausted when the cache is too full, Unavailable while draining. The lease id is
+  // "lease-" + 128 random bits from the kernel (unguessable: it is the handoff's capability)
+  // and the lease belongs to `owner` (the reserving caller's identity): only the owner may
+  // release, renew or decode it.
   absl::StatusOr<std::string> ReserveLease(const std::string& request_id, int64_t tokens, absl::Duration ttl,
-                                           const std::string& fingerprint);
-  void ReleaseLease(const std::string& lease_id);
-  // Moves the lease's deadline to at least now + ttl. Aborted when it is no longer held;
-  // OK (nothing to do) once Decode has taken it over.
-  absl::Status RenewLease(const std::string& lease_id, absl::Duration ttl);
+                                           const std::string& fingerprint, const std::string& owner = "");
+  // NotFound when the lease is not held (expired, released, never existed); PermissionDenied
+  // when `caller` is not its owner; OK (nothing to do) once Decode has taken it over.
+  absl::Status ReleaseLease(const std::string& lease_id, const std::string& caller = "");
+  // Moves the lease's deadline to at least now + ttl. Aborted when it is no longer held,
+  // PermissionDenied when `caller` is not its owner; OK (nothing to do) once Decode has taken
+  // it over.
+  absl::Status RenewLease(const std::string& lease_id, absl::Duration ttl, const std::string& caller = "");
 
   absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> BeginHandoff(
       const transfer::HandoffHeader& header) override;
@@ -86,13 +97,13 @@ class DecodeWorker : public transfer::CacheSink {
   const model::Model& model_;
   model::LatentCache& cache_;
   const std::string fingerprint_;
+  const absl::Duration max_lease_ttl_;
 
   // Serialises use of the backend (Forward, imports, resets): one stream of work.
   std::mutex backend_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id
-  int64_t next_lease_ = 1;
   int64_t steps_ = 0;
   bool draining_ = false;
   bool stopping_ = false;

@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -63,6 +65,15 @@ absl::StatusOr<ModelConfig> ModelConfig::FromGguf(const gguf::File& f) {
   c.expert_weights_scale = static_cast<float>(f.GetFloat(Key("expert_weights_scale")).value_or(1.0));
   c.expert_weights_norm = f.GetBool(Key("expert_weights_norm")).value_or(true);
   c.rms_eps = static_cast<float>(f.GetFloat(Key("attention.layer_norm_rms_epsilon")).value_or(1e-5));
+  // Written so that NaN fails the check too (every comparison with NaN is false).
+  if (!(std::isfinite(c.rms_eps) && c.rms_eps > 0 && c.rms_eps <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("model metadata: ", Key("attention.layer_norm_rms_epsilon"), " = ",
+                                                   c.rms_eps, " must be finite and in (0, 1]"));
+  }
+  if (!(std::isfinite(c.expert_weights_scale) && c.expert_weights_scale > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("model metadata: ", Key("expert_weights_scale"), " = ",
+                                                   c.expert_weights_scale, " must be finite and positive"));
+  }
   c.expert_gating_func = f.GetInt(Key("expert_gating_func")).value_or(2);
   if (c.expert_gating_func != 2) {
     return absl::InvalidArgumentError(absl::StrCat("model metadata: expert_gating_func ", c.expert_gating_func,

@@ -138,6 +138,12 @@ class Loader final : public Source {
     if (f32_only && info->type != DType::kF32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' must be f32, found ", DTypeName(info->type)));
     }
+    // The kernels read weights as f32, f16, bf16, q8_0 or q4_0; an integer tensor used to load
+    // and abort the process at its first request.
+    if (info->type == DType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has type ", DTypeName(info->type),
+                                                     ": weights must be f32, f16, bf16, q8_0 or q4_0"));
+    }
     return info;
   }
 

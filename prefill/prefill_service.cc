@@ -9,10 +9,14 @@ namespace latentserve::prefill {
 
 grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
                                      grpc::ServerWriter<v1::PrefillResponse>* writer) {
+  if (grpc::Status denied = auth_.Check(*context, "PrefillWorker.Prefill"); !denied.ok()) return denied;
   if (request->model_fingerprint() != worker_.fingerprint()) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         absl::StrCat("prefill worker serves model ", worker_.fingerprint(), ", request is for ",
                                      request->model_fingerprint()));
+  }
+  if (absl::Status address = serving::ValidateWorkerAddress(request->decode_worker()); !address.ok()) {
+    return transfer::ToGrpc(address);
   }
   PrefillJob job;
   job.request_id = request->request_id();

@@ -5,6 +5,7 @@
 
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "prefill/prefill_worker.h"
+#include "serving/security.h"
 
 namespace latentserve::prefill {
 
@@ -14,7 +15,9 @@ inline constexpr const char* kFailedStageKey = "latentserve-failed-stage";
 
 class PrefillService final : public v1::PrefillWorker::Service {
  public:
-  PrefillService(PrefillWorker& worker, v1::ModelDescriptor model) : worker_(worker), model_(std::move(model)) {}
+  // Prefill is internal: `auth` admits only cluster components (the router).
+  PrefillService(PrefillWorker& worker, v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
+      : worker_(worker), model_(std::move(model)), auth_(auth) {}
 
   grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
                        grpc::ServerWriter<v1::PrefillResponse>* writer) override;
@@ -25,6 +28,7 @@ class PrefillService final : public v1::PrefillWorker::Service {
  private:
   PrefillWorker& worker_;
   v1::ModelDescriptor model_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 }  // namespace latentserve::prefill

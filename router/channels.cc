@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "serving/security.h"
+#include "transfer/grpc_transport.h"
 
 namespace latentserve::router {
 
@@ -15,6 +16,7 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
   if (!channel) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(16 << 20);
+    transfer::SetInternalKeepalive(args);
     channel = grpc::CreateCustomChannel(address, serving::InternalChannelCredentials(), args);
   }
   return channel;

@@ -1,6 +1,7 @@
 #include "router/generation_service.h"
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -143,6 +144,7 @@ std::string ValidUtf8(const std::string& bytes) {
 void ReleaseLease(const std::string& decode_worker, const std::string& lease_id, absl::Duration timeout) {
   auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
   grpc::ClientContext context;
+  serving::AttachInternalCredential(context);
   SetDeadline(context, absl::Now() + timeout);
   v1::ReleaseLeaseRequest request;
   request.set_lease_id(lease_id);
@@ -194,6 +196,9 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
+  // Which limit ends the wait decides the status: the client's deadline -> DEADLINE_EXCEEDED,
+  // --capacity-wait-ms -> RESOURCE_EXHAUSTED.
+  const bool deadline_binds = give_up == deadline;
   absl::Duration backoff = absl::Milliseconds(20);
   bool waited = false;
   for (;;) {
@@ -206,6 +211,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
       const std::string candidate = *claimed;
       auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;
+      serving::AttachInternalCredential(lease_context);
       SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
       v1::ReserveLeaseRequest lease_request;
       lease_request.set_request_id(request_id);
@@ -233,11 +239,13 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
     // Nothing to wait for when a worker failed for another reason, or none is registered.
     if (!only_full || refused.size() == exclude.size()) return ToGrpc(last_error);
     const absl::Time now = absl::Now();
-    if (now + backoff > give_up) {
-      return now >= deadline ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                            "deadline passed while waiting for decode cache room")
-                             : ToGrpc(last_error);
+    if (now >= give_up || give_up - now < absl::Milliseconds(1)) {
+      return deadline_binds ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                           "the request's deadline passed while it waited for decode cache room "
+                                           "(every decode worker was full)")
+                            : ToGrpc(last_error);
     }
+    backoff = std::min(backoff, give_up - now);  // the last round ends at the limit, not before it
     if (!waited) serving::LogEvent("router", "capacity_wait", request_id, {{"tokens", absl::StrCat(lease_tokens)}});
     waited = true;
     for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
@@ -269,6 +277,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     tried.insert(*prefill_worker);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
     grpc::ClientContext prefill_context;
+    serving::AttachInternalCredential(prefill_context);
     SetDeadline(prefill_context, deadline);
     v1::PrefillRequest prefill_request;
     prefill_request.set_request_id(request_id);
@@ -328,6 +337,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
 
 RouterState::RouterState(RouterOptions options)
     : options_(std::move(options)),
+      registry_(absl::Milliseconds(250), options_.registry),
       lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {}
 RouterState::~RouterState() = default;
 
@@ -353,7 +363,27 @@ const TextCodec* RouterState::codec() {
 
 namespace {
 
+// Text and chat prompts are measured before the tokenizer sees them: tokenising is the
+// expensive, memory-hungry step a limit must come before.
+absl::Status CheckPromptBytes(const RouterState& state, const v1::GenerateRequest& request) {
+  const int64_t limit = state.options().max_prompt_bytes;
+  if (limit <= 0) return absl::OkStatus();
+  int64_t bytes = 0;
+  if (request.prompt_case() == v1::GenerateRequest::kText) bytes = static_cast<int64_t>(request.text().size());
+  if (request.prompt_case() == v1::GenerateRequest::kChat) {
+    for (const v1::ChatMessage& m : request.chat().messages()) {
+      bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+    }
+  }
+  if (bytes > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", bytes, " bytes exceeds this router's limit of ", limit,
+                                                   " bytes (--max-prompt-bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::GenerateRequest& request) {
+  RETURN_IF_ERROR(CheckPromptBytes(state, request));
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kTokens:
       return std::vector<int32_t>(request.tokens().ids().begin(), request.tokens().ids().end());
@@ -402,8 +432,11 @@ absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& requ
                                                    limit, " tokens"));
   }
   const auto& s = request.sampling();
-  if (s.temperature() < 0 || s.top_k() < 0 || s.top_p() < 0 || s.top_p() > 1 || s.min_p() < 0 || s.min_p() > 1) {
-    return absl::InvalidArgumentError("sampling: temperature >= 0, top_k >= 0, top_p and min_p in [0, 1]");
+  // Written so that NaN fails every comparison (NaN < 0 and NaN > 1 are both false).
+  const bool sampling_ok = std::isfinite(s.temperature()) && s.temperature() >= 0 && s.top_k() >= 0 &&
+                           s.top_p() >= 0 && s.top_p() <= 1 && s.min_p() >= 0 && s.min_p() <= 1;
+  if (!sampling_ok) {
+    return absl::InvalidArgumentError("sampling: temperature finite and >= 0, top_k >= 0, top_p and min_p in [0, 1]");
   }
   for (int32_t id : request.stopping().stop_token_ids()) {
     if (id < 0 || id >= model.vocab_size()) {
@@ -565,6 +598,7 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     const std::string decode_worker = lease->worker();
     auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
     grpc::ClientContext decode_context;
+    serving::AttachInternalCredential(decode_context);
     SetDeadline(decode_context, deadline);
     v1::DecodeRequest decode_request;
     decode_request.set_request_id(request_id);
@@ -639,8 +673,14 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext* context, const v1:
   } else {
     as_generate.set_text(request->text());
   }
-  auto tokens = PromptTokens(state_, as_generate);
+  auto tokens = PromptTokens(state_, as_generate);  // --max-prompt-bytes, as for Generate
   if (!tokens.ok()) return ToGrpc(tokens.status());
+  const int64_t max_prompt = state_.options().max_prompt_tokens;
+  if (max_prompt > 0 && static_cast<int64_t>(tokens->size()) > max_prompt) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("prompt of ", tokens->size(), " tokens exceeds this router's limit of ", max_prompt,
+                                     " tokens (--max-prompt-tokens)"));
+  }
   for (int32_t id : *tokens) response->add_token_ids(id);
   return grpc::Status::OK;
 }
@@ -667,6 +707,7 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context, const
 
 grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
                                              v1::RegisterWorkerResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.RegisterWorker"); !denied.ok()) return denied;
   absl::Status status = state_.registry().Register(*request);
   if (!status.ok()) return ToGrpc(status);
   serving::LogEvent("router", "worker_registered", "", {{"worker", request->address()}, {"role", request->role()}});
@@ -676,6 +717,7 @@ grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const
 
 grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                                         v1::HeartbeatResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.Heartbeat"); !denied.ok()) return denied;
   return ToGrpc(state_.registry().Heartbeat(*request));
 }
 

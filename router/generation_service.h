@@ -30,7 +30,9 @@ struct RouterOptions {
   absl::Duration capacity_wait = absl::Seconds(30);
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
   int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
+  int64_t max_prompt_bytes = 8 << 20;  // longest text / chat prompt, checked before tokenising (0: none)
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
+  RegistryLimits registry;             // worker registrations: cap and eviction
 };
 
 class TextCodec;    // tokenizer wrapper (router/text_codec.h)
@@ -80,9 +82,10 @@ class GenerationService final : public v1::Generation::Service {
   serving::StreamLimiter stream_limiter_;
 };
 
+// Internal: `auth` admits only cluster components (workers).
 class RegistryService final : public v1::WorkerRegistry::Service {
  public:
-  explicit RegistryService(RouterState& state) : state_(state) {}
+  RegistryService(RouterState& state, const serving::InternalAuthorizer& auth) : state_(state), auth_(auth) {}
   grpc::Status RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
                               v1::RegisterWorkerResponse* response) override;
   grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
@@ -90,6 +93,7 @@ class RegistryService final : public v1::WorkerRegistry::Service {
 
  private:
   RouterState& state_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 }  // namespace latentserve::router

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/channels.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
@@ -54,6 +55,7 @@ void LeaseKeeper::Loop() {
       if (unreachable.count(worker)) continue;
       auto stub = v1::DecodeWorker::NewStub(ChannelTo(worker));
       grpc::ClientContext context;
+      serving::AttachInternalCredential(context);
       context.set_deadline(absl::ToChronoTime(absl::Now() + call_limit));
       v1::RenewLeaseRequest request;
       request.set_lease_id(lease_id);

@@ -4,6 +4,7 @@
 
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "serving/security.h"
+#include "transfer/grpc_transport.h"
 
 namespace latentserve::router {
 
@@ -27,6 +28,7 @@ WorkerAnnouncer::~WorkerAnnouncer() {
 void WorkerAnnouncer::Loop() {
   grpc::ChannelArguments args;
   if (!tls_name_.empty()) args.SetSslTargetNameOverride(tls_name_);
+  transfer::SetInternalKeepalive(args);
   auto stub = v1::WorkerRegistry::NewStub(
       grpc::CreateCustomChannel(router_address_, serving::InternalChannelCredentials(), args));
   bool registered = false;
@@ -35,6 +37,7 @@ void WorkerAnnouncer::Loop() {
   while (!stopping_) {
     lock.unlock();
     grpc::ClientContext context;
+    serving::AttachInternalCredential(context);
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     grpc::Status status;
     if (!registered) {

@@ -6,12 +6,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/channels.h"
+#include "serving/security.h"
 
 namespace latentserve::router {
 
-WorkerRegistry::WorkerRegistry(absl::Duration poll_interval) : poll_interval_(poll_interval) {
+WorkerRegistry::WorkerRegistry(absl::Duration poll_interval, RegistryLimits limits)
+    : poll_interval_(poll_interval), limits_(limits) {
   monitor_ = std::thread([this] { MonitorLoop(); });
 }
 
@@ -32,7 +35,17 @@ void WorkerRegistry::AddStatic(const std::string& address, const std::string& ro
   entry.static_entry = true;
 }
 
+void WorkerRegistry::PinFingerprint(const std::string& fingerprint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pinned_fingerprint_ = fingerprint;
+}
+
 absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const std::string& address) {
+  if (!pinned_fingerprint_.empty() && model.fingerprint() != pinned_fingerprint_) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", address, " serves model ", model.name(), " (",
+                                                      model.fingerprint(), "), this router's --model is ",
+                                                      pinned_fingerprint_));
+  }
   if (!model_) {
     model_ = model;
     return absl::OkStatus();
@@ -46,11 +59,19 @@ absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const
 }
 
 absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) {
-  if (request.address().empty()) return absl::InvalidArgumentError("worker address is empty");
+  RETURN_IF_ERROR(serving::ValidateWorkerAddress(request.address()));
   if (request.role() != "prefill" && request.role() != "decode") {
     return absl::InvalidArgumentError(absl::StrCat("worker role must be prefill or decode, got '", request.role(), "'"));
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (!workers_.count(request.address())) {
+    int64_t registered = 0;
+    for (const auto& [address, entry] : workers_) registered += entry.static_entry ? 0 : 1;
+    if (registered >= limits_.max_workers) {
+      return absl::ResourceExhaustedError(absl::StrCat("this router already has ", registered,
+                                                       " registered workers (--max-workers)"));
+    }
+  }
   if (absl::Status status = AcceptModel(request.model(), request.address()); !status.ok()) return status;
   WorkerEntry& entry = workers_[request.address()];
   entry.address = request.address();
@@ -168,6 +189,7 @@ void WorkerRegistry::MonitorLoop() {
     for (const std::string& address : addresses) {
       auto stub = v1::WorkerStats::NewStub(ChannelTo(address));
       grpc::ClientContext context;
+      serving::AttachInternalCredential(context);
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
       v1::GetWorkerStatsRequest request;
       v1::GetWorkerStatsResponse response;
@@ -190,6 +212,17 @@ void WorkerRegistry::MonitorLoop() {
       it->second.last_seen = absl::Now();
     }
     lock.lock();
+    // Forget registered workers nobody has heard from for evict_after (dead, or never real):
+    // they re-register when they come back.
+    const absl::Time now = absl::Now();
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      const WorkerEntry& entry = it->second;
+      if (!entry.static_entry && !entry.alive && now - entry.last_seen > limits_.evict_after) {
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     cv_.wait_for(lock, absl::ToChronoNanoseconds(poll_interval_), [&] { return stopping_; });
   }
 }

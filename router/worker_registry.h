@@ -34,13 +34,24 @@ struct WorkerEntry {
   absl::Time last_seen = absl::InfinitePast();
 };
 
+// Bounds on what registrations may cost the router.
+struct RegistryLimits {
+  int64_t max_workers = 1024;                // registered (not static) workers; more -> RESOURCE_EXHAUSTED
+  absl::Duration evict_after = absl::Seconds(60);  // a registered worker unheard-from this long is forgotten
+};
+
 class WorkerRegistry {
  public:
-  explicit WorkerRegistry(absl::Duration poll_interval = absl::Milliseconds(250));
+  explicit WorkerRegistry(absl::Duration poll_interval = absl::Milliseconds(250), RegistryLimits limits = {});
   ~WorkerRegistry();
 
   void AddStatic(const std::string& address, const std::string& role);
-  // FailedPrecondition when the worker serves a different model than the others.
+  // Accept only workers of this model fingerprint (the router's --model). Without a pin the
+  // first worker heard from decides.
+  void PinFingerprint(const std::string& fingerprint);
+  // FailedPrecondition when the worker serves a different model than the others;
+  // InvalidArgument for an address that is not HOST:PORT; ResourceExhausted for a new address
+  // beyond limits.max_workers.
   absl::Status Register(const v1::RegisterWorkerRequest& request);
   absl::Status Heartbeat(const v1::HeartbeatRequest& request);
   void MarkDead(const std::string& address);
@@ -69,10 +80,12 @@ class WorkerRegistry {
   absl::Status AcceptModel(const v1::ModelDescriptor& model, const std::string& address);
 
   const absl::Duration poll_interval_;
+  const RegistryLimits limits_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, WorkerEntry> workers_;
   std::optional<v1::ModelDescriptor> model_;
+  std::string pinned_fingerprint_;
   uint64_t placements_ = 0;
   bool stopping_ = false;
   std::thread monitor_;

@@ -86,6 +86,9 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry)
       router_stream_limit_rejections_total(
           NewCounter(*registry, "latentserve_router_stream_limit_rejections_total",
                      "Router: Generate calls refused by the per-client concurrent stream limit")),
+      internal_auth_failures_total(
+          NewCounter(*registry, "latentserve_internal_auth_failures_total",
+                     "Internal RPCs refused: the caller did not prove to be a cluster component")),
       prefill_tokens_total(NewCounter(*registry, "latentserve_prefill_tokens_total", "Prefill: prompt tokens prefilled")),
       prefill_compute_seconds_total(NewCounter(*registry, "latentserve_prefill_compute_seconds_total",
                                                "Prefill: seconds spent computing prefills")),
@@ -153,7 +156,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/2);
+    // civetweb serves one connection per thread: with its defaults (2 threads, 30 s read
+    // timeout) two idle connections blocked every scrape. More threads, and a connection
+    // that sends no request within 5 s is dropped.
+    server->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", "8", "request_timeout_ms", "5000"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }

@@ -42,6 +42,8 @@ class Metrics {
   prometheus::Gauge& router_requests_in_flight;
   prometheus::Counter& router_auth_failures_total;
   prometheus::Counter& router_stream_limit_rejections_total;
+  // Any server: internal RPCs refused because the caller is not a cluster component.
+  prometheus::Counter& internal_auth_failures_total;
   // Prefill.
   prometheus::Counter& prefill_tokens_total;
   prometheus::Counter& prefill_compute_seconds_total;  // rate(tokens)/rate(seconds) = tokens/s

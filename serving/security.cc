@@ -2,6 +2,8 @@
 
 #include <fstream>
 #include <iterator>
+#include <string_view>
+#include <vector>
 
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -9,6 +11,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "serving/metrics.h"
 
 namespace latentserve::serving {
@@ -33,10 +37,126 @@ std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> Provider(con
 
 std::mutex internal_mu;
 std::shared_ptr<grpc::ChannelCredentials>* internal_credentials = nullptr;
+std::string* internal_call_token = nullptr;
+
+// The values of metadata `key` in a call (normally zero or one).
+std::vector<std::string_view> MetadataValues(const grpc::ServerContext& context, const char* key) {
+  std::vector<std::string_view> out;
+  const auto& metadata = context.client_metadata();
+  for (auto [it, end] = metadata.equal_range(key); it != end; ++it) {
+    out.emplace_back(it->second.data(), it->second.size());
+  }
+  return out;
+}
 
 }  // namespace
 
 const std::set<std::string> kTlsFlags = {"tls-cert", "tls-key", "tls-ca"};
+const std::set<std::string> kInternalAuthFlags = {"internal-token-file", "internal-peer-cn"};
+
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+absl::StatusOr<InternalAuthConfig> InternalAuthFromArgs(const Args& args) {
+  InternalAuthConfig config;
+  if (args.Has("internal-token-file")) {
+    absl::StatusOr<std::string> token = ReadTokenFile(args.Get("internal-token-file"));
+    if (!token.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--internal-token-file: ",
+          absl::StripPrefix(token.status().message(), "--auth-token-file ")));
+    }
+    config.token = *std::move(token);
+  }
+  for (absl::string_view cn : absl::StrSplit(args.Get("internal-peer-cn"), ',', absl::SkipWhitespace())) {
+    config.peer_cns.emplace(absl::StripAsciiWhitespace(cn));
+  }
+  if (!config.peer_cns.empty() && args.Get("tls-ca").empty()) {
+    return absl::InvalidArgumentError(
+        "--internal-peer-cn needs --tls-ca: only a server that verifies client certificates knows the caller's CN");
+  }
+  return config;
+}
+
+absl::Status ValidateWorkerAddress(const std::string& address) {
+  const auto bad = [&](const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("worker address '", address.substr(0, 128), "' ", why,
+                                                   ": expected HOST:PORT or [IPV6]:PORT"));
+  };
+  if (address.empty() || address.size() > 255) return bad("is empty or too long");
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return bad("has no port");
+  const std::string host = address.substr(0, colon), port = address.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) < 1 || std::stoi(port) > 65535) {
+    return bad("has no port in 1..65535");
+  }
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']' || host.find_first_not_of("0123456789abcdefABCDEF:.", 1) != host.size() - 1) {
+      return bad("has a malformed IPv6 host");
+    }
+    return absl::OkStatus();
+  }
+  for (char c : host) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') {
+      return bad("has a host that is not a DNS name or IPv4 address (no scheme such as unix:)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool InternalAuthorizer::TokenMatches(const grpc::ServerContext& context) const {
+  if (config_.token.empty()) return false;
+  for (std::string_view value : MetadataValues(context, kInternalTokenMetadata)) {
+    if (ConstantTimeEquals(value, config_.token)) return true;
+  }
+  return false;
+}
+
+bool InternalAuthorizer::PeerCnMatches(const grpc::ServerContext& context) const {
+  if (config_.peer_cns.empty()) return false;
+  auto auth = context.auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) return false;
+  for (const auto& name : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME)) {
+    if (config_.peer_cns.count(std::string(name.data(), name.size()))) return true;
+  }
+  return false;
+}
+
+bool InternalAuthorizer::Verified(const grpc::ServerContext& context) const {
+  return TokenMatches(context) || PeerCnMatches(context);
+}
+
+grpc::Status InternalAuthorizer::Check(const grpc::ServerContext& context, const char* method) const {
+  if (config_.empty() || Verified(context)) return grpc::Status::OK;
+  Metrics::Get().internal_auth_failures_total.Increment();
+  auto auth = context.auth_context();
+  const bool has_certificate = auth && auth->IsPeerAuthenticated();
+  const bool has_token = !MetadataValues(context, kInternalTokenMetadata).empty() ||
+                         !MetadataValues(context, "authorization").empty();
+  if (!has_certificate && !has_token) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        absl::StrCat(method, " is internal: it needs the cluster's internal credential"));
+  }
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      absl::StrCat(method, " is internal to the cluster: the caller's credential is not a cluster "
+                                           "component's (internal token or component certificate)"));
+}
+
+void SetInternalCallToken(std::string token) {
+  std::lock_guard<std::mutex> lock(internal_mu);
+  if (!internal_call_token) internal_call_token = new std::string();
+  *internal_call_token = std::move(token);
+}
+
+void AttachInternalCredential(grpc::ClientContext& context) {
+  std::lock_guard<std::mutex> lock(internal_mu);
+  if (internal_call_token && !internal_call_token->empty()) context.AddMetadata(kInternalTokenMetadata, *internal_call_token);
+}
 
 absl::StatusOr<TlsFiles> TlsFilesFromArgs(const Args& args) {
   TlsFiles files{args.Get("tls-cert"), args.Get("tls-key"), args.Get("tls-ca")};
@@ -111,12 +231,8 @@ grpc::Status BearerTokenProcessor::Process(const InputMetadata& auth_metadata, g
     if (slash != std::string::npos && exempt_services_.count(method.substr(1, slash - 1))) return grpc::Status::OK;
   }
   auto header = auth_metadata.find("authorization");
-  bool ok = false;
-  if (header != auth_metadata.end() && header->second.size() == expected_.size()) {
-    unsigned char diff = 0;  // constant time: no early exit on the first wrong byte
-    for (size_t i = 0; i < expected_.size(); ++i) diff |= static_cast<unsigned char>(header->second.data()[i] ^ expected_[i]);
-    ok = diff == 0;
-  }
+  const bool ok = header != auth_metadata.end() &&
+                  ConstantTimeEquals(std::string_view(header->second.data(), header->second.size()), expected_);
   if (!ok) {
     Metrics::Get().router_auth_failures_total.Increment();
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,

@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -27,6 +28,7 @@
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
+#include "common/secure_random.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
 #include "prefill/prefill_service.h"
@@ -71,7 +73,7 @@ struct ProcessSecurity {
 
 // Flags every serving subcommand accepts (beyond its own).
 const std::set<std::string> kCommonFlags = {"metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca",
-                                            "max-message-bytes"};
+                                            "max-message-bytes", "internal-token-file", "internal-peer-cn"};
 
 std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
   flags.insert(kCommonFlags.begin(), kCommonFlags.end());
@@ -89,6 +91,34 @@ absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [4096, 1073741824]");
   }
   return security;
+}
+
+// Who may call this process's internal methods (serving/security.h). A split deployment
+// with TLS or a public token must say who its components are (otherwise any certificate
+// of the CA, a public client's included, would reach them); without either it runs open,
+// as the plaintext loopback mode always has, and says so. `serve`, whose internal servers
+// only its own router calls, makes up a random internal token when none is given.
+absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
+                                                                                        const char* command,
+                                                                                        bool generate_token) {
+  ASSIGN_OR_RETURN(serving::InternalAuthConfig config, serving::InternalAuthFromArgs(args));
+  if (config.token.empty() && generate_token) {
+    ASSIGN_OR_RETURN(config.token, SecureRandomHex(32));
+  }
+  if (config.empty()) {
+    if (args.Has("tls-cert") || args.Has("auth-token-file")) {
+      return absl::InvalidArgumentError(
+          "with --tls-cert or --auth-token-file, give --internal-peer-cn CN (the common name of the cluster "
+          "components' certificate) and/or --internal-token-file F: otherwise every certificate the CA signed, a "
+          "public client's included, could call the internal APIs (leases, prefill, decode, registry)");
+    }
+    std::fprintf(stderr,
+                 "%s: no --internal-token-file / --internal-peer-cn: the internal APIs are open to anyone who can "
+                 "reach this port (plaintext loopback mode)\n",
+                 command);
+  }
+  serving::SetInternalCallToken(config.token);
+  return std::make_unique<serving::InternalAuthorizer>(std::move(config));
 }
 
 // Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
@@ -137,11 +167,32 @@ void AddRouterGauges(serving::MetricsServer* metrics, router::RouterState& state
   });
 }
 
-// Builds and starts a server on `listen` (port 0: any free port).
+// Drops the reflection plugin from one server: InitProtoReflectionServerBuilderPlugin adds it
+// to every ServerBuilder of the process, and the plaintext health port must not describe the
+// internal schema to whoever can reach it.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& plugin) { return plugin->name() == "proto_server_reflection"; }),
+                   plugins->end());
+  }
+};
+
+// Builds and starts a server on `listen` (port 0: any free port); `reflection` adds gRPC
+// server reflection (the serving ports; never the plaintext health port).
 absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vector<grpc::Service*>& services,
-                                      const ProcessSecurity& security) {
+                                      const ProcessSecurity& security, bool reflection = true) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--listen must be HOST:PORT, got '", listen, "'"));
+  // gRPC reads the port modulo 2^16 (99999 would bind 34463): only 0..65535 in decimal.
+  const std::string port_text = listen.substr(colon + 1);
+  int64_t port_number = -1;
+  if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
+      (port_number = std::stoll(port_text)) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("listen address '", listen, "': the port must be 0..65535"));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -152,6 +203,8 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   builder.SetMaxReceiveMessageSize(static_cast<int>(security.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(security.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
+  if (!reflection) builder.SetOption(std::make_unique<WithoutReflection>());
+  transfer::AllowInternalKeepalivePings(builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
   Listening out;
   out.server = builder.BuildAndStart();
@@ -171,7 +224,13 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealth(const Args& args) {
   if (!args.Has("health-listen")) return std::unique_ptr<grpc::Server>();
   ProcessSecurity plaintext;
   plaintext.server_credentials = grpc::InsecureServerCredentials();
-  ASSIGN_OR_RETURN(Listening health, StartServer(args.Get("health-listen"), {}, plaintext));
+  // grpc builds a server (and its default health service) only when some synchronous method
+  // is registered; without reflection the health port has none of its own. The generated
+  // base class answers UNIMPLEMENTED to everything: it gives the server a method and exposes
+  // nothing.
+  static auto* placeholder = new v1::WorkerStats::Service();
+  ASSIGN_OR_RETURN(Listening health,
+                   StartServer(args.Get("health-listen"), {placeholder}, plaintext, /*reflection=*/false));
   std::printf("health on %s\n", health.address.c_str());
   std::fflush(stdout);
   return std::move(health.server);
@@ -219,12 +278,20 @@ void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& server
 // WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.
 class WorkerStatsService final : public v1::WorkerStats::Service {
  public:
-  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info)
-      : role_(std::move(role)), model_(model), info_(std::move(info)) {}
-  grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
+  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info,
+                     const serving::InternalAuthorizer& auth)
+      : role_(std::move(role)), model_(model), info_(std::move(info)), auth_(auth) {}
+  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
                               v1::GetWorkerStatsResponse* response) override {
+    if (grpc::Status denied = auth_.Check(*context, "WorkerStats.GetWorkerStats"); !denied.ok()) return denied;
     *response->mutable_stats() = info_();
     *response->mutable_model() = model_;
+    // The absolute path says where the host keeps its files: only a verified component (the
+    // router's polls with the internal credential) gets it; anyone else the file name.
+    if (!auth_.Verified(*context)) {
+      const std::string& path = model_.path();
+      response->mutable_model()->set_path(path.substr(path.rfind('/') + 1));
+    }
     response->set_role(role_);
     return grpc::Status::OK;
   }
@@ -233,6 +300,7 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
   std::string role_;
   const v1::ModelDescriptor& model_;
   std::function<v1::WorkerInfo()> info_;
+  const serving::InternalAuthorizer& auth_;
 };
 
 // ---- worker roles ----
@@ -240,7 +308,17 @@ class WorkerStatsService final : public v1::WorkerStats::Service {
 const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "routers-dns", "model", "port-file", "advertise",
                                                              "threads", "cache-type", "page-tokens", "cache-tokens",
                                                              "chunk", "backend", "drain-ms",
-                                                             "fault-stall-transfer-ms"});
+                                                             "fault-stall-transfer-ms", "max-lease-ttl-ms"});
+
+// --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
+// caller's ReserveLease/RenewLease asks for.
+absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(int64_t max_lease_ttl_ms, args.GetInt("max-lease-ttl-ms", 300000));
+  if (max_lease_ttl_ms <= 0 || max_lease_ttl_ms > 86400000) {
+    return absl::InvalidArgumentError("--max-lease-ttl-ms must be in [1, 86400000] (one day)");
+  }
+  return absl::Milliseconds(max_lease_ttl_ms);
+}
 
 struct LoadedEngine {
   Engine engine;
@@ -297,13 +375,14 @@ absl::StatusOr<std::vector<std::string>> RoutersFromArgs(const Args& args) {
 // Serves a worker role until SIGTERM/SIGINT: its service and WorkerStats on --listen, metrics,
 // and registration + heartbeats with the router.
 absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine& loaded,
-                         const ProcessSecurity& security, const WorkerRole& role) {
+                         const ProcessSecurity& security, const serving::InternalAuthorizer& auth,
+                         const WorkerRole& role) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(std::vector<std::string> routers, RoutersFromArgs(args));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   std::string address;
   auto info = [&] { return role.info(address); };
-  WorkerStatsService stats(role.name, loaded.descriptor, info);
+  WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -321,9 +400,11 @@ absl::Status RunPrefill(int argc, char** argv) {
   RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
-  transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
+  transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
+                                    [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
                                 loaded.engine.chunk_tokens);
   if (stall_ms > 0) {
@@ -331,8 +412,8 @@ absl::Status RunPrefill(int argc, char** argv) {
                  static_cast<long long>(stall_ms));
     worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
   }
-  prefill::PrefillService service(worker, loaded.descriptor);
-  return ServeWorker(args, signals, loaded, security,
+  prefill::PrefillService service(worker, loaded.descriptor, *auth);
+  return ServeWorker(args, signals, loaded, security, *auth,
                      {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }});
 }
@@ -343,10 +424,13 @@ absl::Status RunDecode(int argc, char** argv) {
   RETURN_IF_ERROR(args.Require("listen").status());
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "decode", false));
+  ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
-  decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint());
-  decode::DecodeService service(worker, loaded.descriptor);
-  return ServeWorker(args, signals, loaded, security,
+  decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
+                              max_lease_ttl);
+  decode::DecodeService service(worker, loaded.descriptor, *auth);
+  return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }});
 }
@@ -376,14 +460,23 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   options.model_path = args.Get("model");
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
-  if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0) {
-    return absl::InvalidArgumentError("--max-prompt-tokens and --max-streams-per-client must be >= 0 (0: no limit)");
+  ASSIGN_OR_RETURN(options.max_prompt_bytes, args.GetInt("max-prompt-bytes", 8 << 20));
+  ASSIGN_OR_RETURN(options.registry.max_workers, args.GetInt("max-workers", 1024));
+  ASSIGN_OR_RETURN(int64_t evict_ms, args.GetInt("worker-evict-ms", 60000));
+  if (options.registry.max_workers <= 0 || evict_ms <= 0) {
+    return absl::InvalidArgumentError("--max-workers and --worker-evict-ms must be positive");
+  }
+  options.registry.evict_after = absl::Milliseconds(evict_ms);
+  if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0 || options.max_prompt_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "--max-prompt-tokens, --max-prompt-bytes and --max-streams-per-client must be >= 0 (0: no limit)");
   }
   return options;
 }
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
-                                            "max-prompt-tokens", "max-streams-per-client"};
+                                            "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
+                                            "max-workers", "worker-evict-ms"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.
@@ -409,12 +502,17 @@ absl::Status RunRouter(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   RETURN_IF_ERROR(AddAuth(args, security));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "router", false));
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
   router::RouterState state(options);
+  if (!options.model_path.empty()) {  // only workers of this model, whoever registers first
+    ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(options.model_path));
+    state.registry().PinFingerprint(fingerprint);
+  }
   RETURN_IF_ERROR(AddStaticWorkers(state.registry(), args));
   router::GenerationService generation(state);
-  router::RegistryService registry(state);
+  router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -436,6 +534,8 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(ProcessSecurity public_security, SecurityFromArgs(args));
   RETURN_IF_ERROR(AddAuth(args, public_security));
+  ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "serve", true));
+  ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
   // The in-process workers listen on loopback; they keep the TLS settings (the router
   // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
@@ -444,31 +544,37 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args));
   const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
-  decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint());
-  decode::DecodeService decode_service(decode_worker, descriptor);
+  decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint(),
+                                     max_lease_ttl);
+  decode::DecodeService decode_service(decode_worker, descriptor, *auth);
   std::string decode_address;
-  WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); });
+  WorkerStatsService decode_stats("decode", descriptor, [&] { return decode_service.Info(decode_address); }, *auth);
   ASSIGN_OR_RETURN(Listening decode_server, StartServer("127.0.0.1:0", {&decode_service, &decode_stats}, security));
   decode_address = decode_server.address;
 
   transfer::InProcTransport inproc;
   inproc.AddSink(decode_address, &decode_worker);
-  transfer::GrpcTransport grpc_transport(32 << 20, [] { return serving::InternalChannelCredentials(); });
+  transfer::GrpcTransport grpc_transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
+                                         [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   transfer::RoutingTransport transport(&inproc, &grpc_transport);
   prefill::PrefillWorker prefill_worker(*prefill_engine.engine.model, *prefill_engine.engine.cache, transport,
                                         descriptor.fingerprint(), prefill_engine.engine.chunk_tokens);
-  prefill::PrefillService prefill_service(prefill_worker, descriptor);
+  prefill::PrefillService prefill_service(prefill_worker, descriptor, *auth);
   std::string prefill_address;
-  WorkerStatsService prefill_stats("prefill", descriptor, [&] { return prefill_service.Info(prefill_address); });
+  WorkerStatsService prefill_stats("prefill", descriptor, [&] { return prefill_service.Info(prefill_address); }, *auth);
   ASSIGN_OR_RETURN(Listening prefill_server, StartServer("127.0.0.1:0", {&prefill_service, &prefill_stats}, security));
   prefill_address = prefill_server.address;
 
   ASSIGN_OR_RETURN(router::RouterOptions options, RouterOptionsFromArgs(args));
+  if (options.lease_ttl > max_lease_ttl) {
+    return absl::InvalidArgumentError("--lease-ttl-ms must not exceed --max-lease-ttl-ms (the decode worker would cut it)");
+  }
   router::RouterState state(options);
+  state.registry().PinFingerprint(descriptor.fingerprint());
   state.registry().AddStatic(prefill_address, "prefill");
   state.registry().AddStatic(decode_address, "decode");
   router::GenerationService generation(state);
-  router::RegistryService registry(state);
+  router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
@@ -511,10 +617,37 @@ int ClientError(const absl::Status& status, bool json) {
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
+// A connection that failed before any reply ("Socket closed", a failed handshake) says nothing
+// about TLS; this adds what to check, from the client's own TLS flags.
+absl::Status WithTlsHint(const absl::Status& status, const Args& args) {
+  if (status.code() != absl::StatusCode::kUnavailable) return status;
+  const std::string message(status.message());
+  const bool connection_level = absl::StrContains(message, "Socket closed") ||
+                                absl::StrContains(message, "failed to connect") ||
+                                absl::StrContains(message, "Connection reset") ||
+                                absl::StrContains(absl::AsciiStrToLower(message), "handshake");
+  if (!connection_level) return status;
+  const char* hint = args.Has("tls-ca")
+                         ? " (TLS: check that --tls-ca signed the server's certificate and, if the server requires "
+                           "client certificates, pass --tls-cert/--tls-key signed by its CA)"
+                         : " (no --tls-ca: if the server speaks TLS, pass --tls-ca CA.pem, and --tls-cert/--tls-key "
+                           "when it requires client certificates)";
+  return absl::UnavailableError(absl::StrCat(message, hint));
+}
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A 64-bit flag value that the request carries as int32: out of range is an error, never
+// a silent truncation or clamp.
+absl::StatusOr<int32_t> Int32Flag(const char* flag, int64_t value) {
+  if (value < INT32_MIN || value > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", value, " does not fit a 32-bit integer"));
+  }
+  return static_cast<int32_t>(value);
 }
 
 absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
@@ -540,12 +673,16 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   }
   request.set_model(args.Get("model"));
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
-  request.mutable_stopping()->set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(max_tokens, INT32_MIN, INT32_MAX)));
+  ASSIGN_OR_RETURN(int32_t max_tokens32, Int32Flag("max-tokens", max_tokens));
+  request.mutable_stopping()->set_max_tokens(max_tokens32);
   request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
   if (args.Has("stop")) request.mutable_stopping()->add_stop_strings(args.Get("stop"));
   if (args.Has("stop-token-ids")) {
     ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(args.Get("stop-token-ids")));
-    for (int64_t id : ids) request.mutable_stopping()->add_stop_token_ids(static_cast<int32_t>(id));
+    for (int64_t id : ids) {
+      ASSIGN_OR_RETURN(int32_t id32, Int32Flag("stop-token-ids", id));
+      request.mutable_stopping()->add_stop_token_ids(id32);
+    }
   }
   ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
   ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
@@ -554,7 +691,8 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   auto* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(temperature));
-  sampling->set_top_k(static_cast<int32_t>(top_k));
+  ASSIGN_OR_RETURN(int32_t top_k32, Int32Flag("top-k", top_k));
+  sampling->set_top_k(top_k32);
   sampling->set_top_p(static_cast<float>(top_p));
   sampling->set_min_p(static_cast<float>(min_p));
   sampling->set_seed(static_cast<uint64_t>(seed));
@@ -568,7 +706,16 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const A
   ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
   std::string token;
   if (args.Has("auth-token-file")) {
+    if (!tls.enabled()) {
+      return absl::InvalidArgumentError(
+          "--auth-token-file needs --tls-ca: the token would cross the network in plaintext (and a router only "
+          "checks tokens under TLS)");
+    }
     ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+  }
+  if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker
+    ASSIGN_OR_RETURN(std::string internal, serving::ReadTokenFile(args.Get("internal-token-file")));
+    serving::SetInternalCallToken(std::move(internal));
   }
   return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
 }
@@ -623,7 +770,7 @@ int RunClientGenerate(const Args& args) {
   auto result = client.Generate(*request, callbacks, timeout);
   if (!result.ok()) {
     if (!json) std::printf("\n");
-    return ClientError(result.status(), json);
+    return ClientError(WithTlsHint(result.status(), args), json);
   }
   const v1::Finished& f = result->finished;
   const std::string summary = absl::StrFormat(
@@ -665,7 +812,7 @@ std::string WorkerJson(const v1::WorkerInfo& w) {
 int RunClientInfo(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto info = client.GetModelInfo();
-  if (!info.ok()) return ClientError(info.status(), true);
+  if (!info.ok()) return ClientError(WithTlsHint(info.status(), args), true);
   std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
                                  info->model_fingerprint(), "\",\"vocab_size\":", info->vocab_size(),
                                  ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
@@ -681,7 +828,7 @@ int RunClientInfo(const Args& args) {
 int RunClientStats(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto stats = client.GetWorkerStats();
-  if (!stats.ok()) return ClientError(stats.status(), true);
+  if (!stats.ok()) return ClientError(WithTlsHint(stats.status(), args), true);
   v1::WorkerInfo w = stats->stats();
   w.set_role(stats->role());
   w.set_alive(true);
@@ -703,7 +850,7 @@ int RunClientHealth(const Args& args) {
   }
   auto status = client::CheckHealth(args.Get("target"), *credentials, args.Get("service"),
                                     absl::Milliseconds(*timeout_ms));
-  if (!status.ok()) return ClientError(status.status(), true);
+  if (!status.ok()) return ClientError(WithTlsHint(status.status(), args), true);
   std::printf("{\"status\":\"%s\"}\n", status->c_str());
   return *status == "SERVING" ? 0 : 1;
 }
@@ -719,7 +866,7 @@ int RunClientTokenize(const Args& args) {
     request.set_text(args.Get("prompt"));
   }
   auto ids = client.Tokenize(request);
-  if (!ids.ok()) return ClientError(ids.status(), true);
+  if (!ids.ok()) return ClientError(WithTlsHint(ids.status(), args), true);
   std::printf("{\"token_ids\":%s}\n", IdsJson(*ids).c_str());
   return 0;
 }
@@ -731,6 +878,7 @@ int RunClient(int argc, char** argv) {
       "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
       "         --summary-file F (the --json object, written to F)]\n"
       "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
+      "         [--internal-token-file F] (the cluster's internal token: `stats` on a worker that requires it)\n"
       "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
       "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
       "       latentserve client health --target HOST:PORT [--service NAME] (grpc.health.v1; exit 0 when SERVING)\n"
@@ -744,7 +892,7 @@ int RunClient(int argc, char** argv) {
                           {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
-                           "tls-cert", "tls-key", "auth-token-file", "service"},
+                           "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service"},
                           {"json", "ignore-eos"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);

@@ -153,11 +153,13 @@ const char* ReceiveCacheMethodName() {
 
 class GrpcSender : public CacheSender {
  public:
-  GrpcSender(std::shared_ptr<grpc::Channel> channel, absl::Time deadline, int64_t max_queued_bytes)
+  GrpcSender(std::shared_ptr<grpc::Channel> channel, absl::Time deadline, int64_t max_queued_bytes,
+             const GrpcTransport::CallDecorator& decorate_call)
       : channel_(std::move(channel)),
         method_(ReceiveCacheMethodName(), grpc::internal::RpcMethod::CLIENT_STREAMING, channel_),
         max_queued_bytes_(max_queued_bytes) {
     context_.set_deadline(absl::ToChronoTime(deadline));
+    if (decorate_call) decorate_call(context_);
     // The generated stub would serialise each ReceiveCacheRequest into a fresh buffer (a full
     // copy of every chunk); writing ByteBuffers on the same method sends the same bytes with
     // the payload referenced in place.
@@ -320,13 +322,26 @@ void TuneAllocatorForCacheStreaming() {
   });
 }
 
+void SetInternalKeepalive(grpc::ChannelArguments& args) {
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // server-streaming calls send no data upstream
+}
+
+void AllowInternalKeepalivePings(grpc::ServerBuilder& builder) {
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);  // never GOAWAY a pinging peer
+}
+
 absl::StatusOr<std::unique_ptr<CacheSender>> GrpcTransport::Open(const std::string& target,
                                                                  const HandoffHeader& header, absl::Time deadline) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(8 << 20);
+  SetInternalKeepalive(args);
   auto credentials = credentials_ ? credentials_() : nullptr;
   auto channel = grpc::CreateCustomChannel(target, credentials ? credentials : grpc::InsecureChannelCredentials(), args);
-  auto sender = std::make_unique<GrpcSender>(channel, deadline, max_queued_bytes_);
+  auto sender = std::make_unique<GrpcSender>(channel, deadline, max_queued_bytes_, decorate_call_);
   RETURN_IF_ERROR(sender->SendHeader(header));
   return std::unique_ptr<CacheSender>(std::move(sender));
 }

@@ -15,6 +15,8 @@
 #include <memory>
 
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
@@ -33,14 +35,28 @@ namespace latentserve::transfer {
 // ServeReceiveCache call it.
 void TuneAllocatorForCacheStreaming();
 
+// Keepalive for the client side of every internal channel (router -> workers, prefill ->
+// decode, workers -> router): a ping every 2 s while a call is open, the connection closed
+// (calls UNAVAILABLE) when one goes unanswered for 2 s. A frozen peer (SIGSTOP, a hung host)
+// then fails its streams within seconds instead of holding them until their deadlines; a
+// slow but live peer answers pings and is left alone. Servers allow these pings
+// (AllowInternalKeepalivePings).
+void SetInternalKeepalive(grpc::ChannelArguments& args);
+// The server side: accept a ping every second from a client with open calls.
+void AllowInternalKeepalivePings(grpc::ServerBuilder& builder);
+
 class GrpcTransport : public CacheTransport {
  public:
   // Returns the credentials for the channel to a decode worker (TLS / mTLS when the process
   // has certificates); asked at each Open so reloaded certificates apply. Empty = insecure.
   using CredentialsProvider = std::function<std::shared_ptr<grpc::ChannelCredentials>()>;
+  // Adds per-call credentials (the internal token) to each ReceiveCache call. Empty = none.
+  using CallDecorator = std::function<void(grpc::ClientContext&)>;
 
-  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20, CredentialsProvider credentials = {})
-      : max_queued_bytes_(max_queued_bytes), credentials_(std::move(credentials)) {
+  explicit GrpcTransport(int64_t max_queued_bytes = 32 << 20, CredentialsProvider credentials = {},
+                         CallDecorator decorate_call = {})
+      : max_queued_bytes_(max_queued_bytes), credentials_(std::move(credentials)),
+        decorate_call_(std::move(decorate_call)) {
     TuneAllocatorForCacheStreaming();
   }
   std::string name() const override { return "grpc"; }
@@ -50,6 +66,7 @@ class GrpcTransport : public CacheTransport {
  private:
   int64_t max_queued_bytes_;
   CredentialsProvider credentials_;
+  CallDecorator decorate_call_;
 };
 
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.

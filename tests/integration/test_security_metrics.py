@@ -32,6 +32,13 @@ def scrape(url):
     return values
 
 
+def scrape_with_timeout(url, seconds):
+    with urllib.request.urlopen(url, timeout=seconds) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def metrics_url(cluster, name):
     log = os.path.join(cluster.dir, f"{name}.log")
     found = ts.wait_for(lambda: re.search(r"metrics on (http://\S+)", read(log)), 10, f"{name} metrics")
@@ -112,6 +119,26 @@ class Metrics(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_idle_connections_do_not_block_scrapes(self):
+        # issue 17, 4: two idle half-open connections blocked every /metrics scrape (civetweb's
+        # 2 threads, 30 s read timeout). Now 8 threads and a 5 s request timeout.
+        import socket
+        c = ts.Cluster("metrics-idle", prefill=0, decode=0, router_flags=["--metrics-listen", "127.0.0.1:0"])
+        idle = []
+        try:
+            url = metrics_url(c, "router")
+            host, port = url[len("http://"):].split("/")[0].split(":")
+            for _ in range(12):  # more than the server's threads
+                idle.append(socket.create_connection((host, int(port)), timeout=5))
+            start = time.monotonic()
+            values = scrape_with_timeout(url, 12)
+            self.assertIn("latentserve_router_requests_in_flight", values)
+            self.assertLess(time.monotonic() - start, 12)
+        finally:
+            for s in idle:
+                s.close()
+            c.stop()
+
     def test_bad_metrics_listen_fails_at_startup(self):
         done = subprocess.run([ts.BIN, "router", "--listen", "127.0.0.1:0", "--metrics-listen", "nonsense"],
                               capture_output=True, text=True, timeout=30)
@@ -128,10 +155,13 @@ class Security(unittest.TestCase):
         p = cls.pki
         cls.server_tls = ["--tls-cert", p["node_cert"], "--tls-key", p["node_key"], "--tls-ca", p["ca"]]
         cls.client_tls = ["--tls-ca", p["ca"], "--tls-cert", p["client_cert"], "--tls-key", p["client_key"]]
+        # A split deployment names its components: internal RPCs only for CN=latentserve-node.
+        cls.split_tls = [*cls.server_tls, "--internal-peer-cn", "latentserve-node"]
         cls.cluster = SecureCluster(
             "tls", serve=True, client_flags=[*cls.client_tls, "--auth-token-file", p["token"]],
             router_flags=[*cls.server_tls, "--auth-token-file", p["token"], "--max-streams-per-client", "1",
-                          "--max-prompt-tokens", "4096", "--metrics-listen", "127.0.0.1:0",
+                          "--max-prompt-tokens", "4096", "--max-prompt-bytes", "65536",
+                          "--metrics-listen", "127.0.0.1:0",
                           "--health-listen", "127.0.0.1:0"])
 
     @classmethod
@@ -170,12 +200,19 @@ class Security(unittest.TestCase):
         self.assertEqual(out["error"]["code"], "NOT_FOUND")
 
     def test_client_without_ca_fails(self):
-        r = self.call(["--auth-token-file", self.pki["token"]])  # plaintext to a TLS port
-        self.assertEqual(r["error"]["code"], "UNAVAILABLE")
+        # issue 17, 4: the client refuses to send the token in plaintext at all.
+        r = self.call(["--auth-token-file", self.pki["token"]])
+        self.assertEqual(r["error"]["code"], "INVALID_ARGUMENT", r)
+        self.assertIn("--tls-ca", r["error"]["message"])
+        r = self.call([])  # plaintext to a TLS port
+        self.assertEqual(r["error"]["code"], "UNAVAILABLE", r)
+        # issue 17, 10: the refusal says what to check ("Socket closed" alone did not).
+        self.assertIn("--tls-ca", r["error"]["message"], r)
 
     def test_client_without_certificate_rejected_by_mtls(self):
         r = self.call(["--tls-ca", self.pki["ca"], "--auth-token-file", self.pki["token"]])
         self.assertEqual(r["error"]["code"], "UNAVAILABLE")
+        self.assertIn("--tls-cert", r["error"]["message"], r)
 
     def test_missing_or_wrong_token(self):
         r = self.call(self.client_tls)
@@ -190,6 +227,32 @@ class Security(unittest.TestCase):
         r = self.cluster.generate(ts.prompt(5000), max_tokens=2)
         self.assertEqual(r["error"]["code"], "INVALID_ARGUMENT")
         self.assertIn("--max-prompt-tokens", r["error"]["message"])
+
+    def client_json(self, verb, prompt_text):
+        path = os.path.join(self.cluster.dir, f"prompt-{len(prompt_text)}.txt")
+        with open(path, "w") as f:
+            f.write(prompt_text)
+        args = [ts.BIN, "client", verb, "--target", self.cluster.router, "--prompt-file", path,
+                *self.cluster.client_flags]
+        if verb == "generate":
+            args += ["--max-tokens", "2", "--json"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        return ts.json.loads(done.stdout.strip().splitlines()[-1])
+
+    def test_prompt_bytes_limit_comes_before_tokenizing(self):
+        # issue 17, 7: byte limits checked before the tokenizer runs; Tokenize under the same
+        # limits as Generate.
+        big = "hello world " * 8000  # 96000 bytes > --max-prompt-bytes 65536
+        for verb in ("generate", "tokenize"):
+            out = self.client_json(verb, big)
+            self.assertEqual(out["error"]["code"], "INVALID_ARGUMENT", out)
+            self.assertIn("--max-prompt-bytes", out["error"]["message"])
+        many_tokens = "a b c d " * 2000  # 16000 bytes, well over 4096 tokens
+        out = self.client_json("tokenize", many_tokens)
+        self.assertEqual(out["error"]["code"], "INVALID_ARGUMENT", out)
+        self.assertIn("--max-prompt-tokens", out["error"]["message"])
+        out = self.client_json("tokenize", "hello world")
+        self.assertTrue(out["token_ids"], out)
 
     def test_stream_limit_per_client(self):
         url = metrics_url(self.cluster, "serve")
@@ -208,7 +271,7 @@ class Security(unittest.TestCase):
         # Router, prefill and decode as separate processes, every channel (the cache transfer
         # included) over mutual TLS; the answer equals the plaintext single-process reference.
         c = SecureCluster("mtls-transfer", prefill=1, decode=1, client_flags=[*self.client_tls],
-                          router_flags=self.server_tls, worker_flags=self.server_tls)
+                          router_flags=self.split_tls, worker_flags=self.split_tls)
         try:
             prompt = ts.prompt(150, salt=11)
             r = c.generate(prompt, max_tokens=6)
@@ -223,7 +286,7 @@ class Security(unittest.TestCase):
         # A split deployment with mutual TLS: a worker with the node identity registers, one
         # without a client certificate never does.
         c = SecureCluster("mtls-split", prefill=0, decode=1, client_flags=[*self.client_tls],
-                          router_flags=self.server_tls, worker_flags=self.server_tls)
+                          router_flags=self.split_tls, worker_flags=self.split_tls)
         try:
             c.worker_flags = []  # no TLS flags at all
             plain_address = c.add_worker("decode", "plain-decode")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,16 @@ class SplitDeployment(unittest.TestCase):
             ("max_tokens 0", dict(ids=[1, 2, 3], max_tokens=0), "INVALID_ARGUMENT"),
             ("max_tokens < 0", dict(ids=[1, 2, 3], max_tokens=-4), "INVALID_ARGUMENT"),
             ("unknown model", dict(ids=[1, 2, 3], extra=("--model", "no-such-model")), "NOT_FOUND"),
+            # NaN fails every comparison: it used to pass `< 0` / `> 1` checks (issue 17, 9).
+            ("NaN temperature", dict(ids=[1, 2, 3], extra=("--temperature", "nan")), "INVALID_ARGUMENT"),
+            ("infinite temperature", dict(ids=[1, 2, 3], extra=("--temperature", "inf")), "INVALID_ARGUMENT"),
+            ("NaN top_p", dict(ids=[1, 2, 3], extra=("--top-p", "nan")), "INVALID_ARGUMENT"),
+            ("NaN min_p", dict(ids=[1, 2, 3], extra=("--min-p", "nan")), "INVALID_ARGUMENT"),
+            # 64-bit CLI values are refused, not truncated to 32 bits.
+            ("max_tokens beyond int32", dict(ids=[1, 2, 3], max_tokens=2**32 + 4), "INVALID_ARGUMENT"),
+            ("top_k beyond int32", dict(ids=[1, 2, 3], extra=("--top-k", str(2**32 + 1))), "INVALID_ARGUMENT"),
+            ("stop id beyond int32", dict(ids=[1, 2, 3], extra=("--stop-token-ids", str(2**32 + 2))),
+             "INVALID_ARGUMENT"),
         ]
         for name, kwargs, code in cases:
             with self.subTest(name):
@@ -298,6 +309,21 @@ class DecodeCapacity(unittest.TestCase):
             self.assertEqual(r2["token_ids"], reference_greedy(second, 2000))
             with open(os.path.join(c.dir, "router.log")) as f:
                 self.assertIn('"event":"capacity_wait"', f.read(), "the second request waited for room")
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+    def test_client_deadline_while_waiting_is_deadline_exceeded(self):
+        # issue 17, 10: the client's deadline, not --capacity-wait-ms (30 s), ran out: the
+        # status says so (it was RESOURCE_EXHAUSTED "... within 30s" after 0.7 s).
+        c = Cluster("capacity-deadline", prefill=1, decode=1, worker_flags=self.FLAGS)
+        try:
+            p1 = self.hold_the_cache(c, 35)
+            start = time.monotonic()
+            r2 = c.generate(prompt(100, 36), max_tokens=2000, extra=("--timeout-ms", "1500"))
+            self.assertEqual(r2.get("error", {}).get("code"), "DEADLINE_EXCEEDED", r2)
+            self.assertLess(time.monotonic() - start, 10)
+            p1.communicate(timeout=120)
             c.assert_baseline(self)
         finally:
             c.stop()
@@ -423,6 +449,41 @@ class Faults(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_frozen_decode_worker_releases_its_request_within_seconds(self):
+        # issue 17, 8: a SIGSTOPped worker still has its TCP connection (the kernel answers),
+        # so the stream used to hang for as long as the worker was stopped. Keepalive pings on
+        # the router's channels close the connection within ~4 s; the router resumes the
+        # generation on the other decode worker (same greedy answer).
+        c = Cluster("freeze_decode", prefill=1, decode=2)
+        victim_proc = None
+        try:
+            ids = prompt(100, 43)
+            proc = c.generate(ids, max_tokens=3000, background=True, extra=("--timeout-ms", "120000"))
+            def decoding():
+                for w in c.info()["workers"]:
+                    if w["role"] == "decode" and w["alive"] and w["sequences_active"] > 0:
+                        return w["address"]
+                return None
+            victim = wait_for(decoding, 60, "a decode worker to be decoding")
+            victim_proc = c.procs[c.name_of(victim)]
+            victim_proc.send_signal(signal.SIGSTOP)
+            log = os.path.join(c.dir, "router.log")
+            wait_for(lambda: '"event":"decode_resume"' in open(log).read(), 15,
+                     "the router to give up on the frozen worker and resume elsewhere")
+            r = parse_result(proc.communicate(timeout=120)[0], proc.returncode)
+            self.assertEqual(r.get("error"), None, r)
+            self.assertNotEqual(r["decode_worker"], victim)
+            self.assertEqual(r["token_ids"], reference_greedy(ids, 3000))
+            victim_proc.send_signal(signal.SIGCONT)
+            victim_proc = None
+            wait_for(lambda: any(w["address"] == victim and w["alive"] for w in c.info()["workers"]), 20,
+                     "the thawed worker to answer polls again")
+            c.assert_baseline(self)  # the thawed worker freed the abandoned sequence
+        finally:
+            if victim_proc is not None:
+                victim_proc.send_signal(signal.SIGCONT)
+            c.stop()
+
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
         # finds its lease when the cache arrives (6000 tokens: > 1 s here, TTL 200 ms).
@@ -463,7 +524,104 @@ def worker_stats(address):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def gguf_metadata(buf):
+    """A GGUF v3 file's metadata: ({key: (value type, value offset)}, tensor count, offset of the tensor infos)."""
+    off = 8  # magic, version
+    n_tensors, n_kv = struct.unpack_from("<QQ", buf, off); off += 16
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    def skip_value(off, t):
+        if t in sizes:
+            return off + sizes[t]
+        if t == 8:  # string
+            n, = struct.unpack_from("<Q", buf, off)
+            return off + 8 + n
+        et, n = struct.unpack_from("<IQ", buf, off); off += 12  # array
+        for _ in range(n):
+            off = skip_value(off, et)
+        return off
+    kv = {}
+    for _ in range(n_kv):
+        n, = struct.unpack_from("<Q", buf, off); off += 8
+        key = buf[off:off + n].decode(); off += n
+        t, = struct.unpack_from("<I", buf, off); off += 4
+        kv[key] = (t, off)
+        off = skip_value(off, t)
+    return kv, n_tensors, off
+
+
+def gguf_kv_offsets(buf):
+    return gguf_metadata(buf)[0]
+
+
+def gguf_tensor_infos(buf):
+    """(name, type offset, type, dims) of every tensor in a GGUF v3 file."""
+    _, n_tensors, off = gguf_metadata(buf)
+    out = []
+    for _ in range(n_tensors):
+        n, = struct.unpack_from("<Q", buf, off); off += 8
+        name = buf[off:off + n].decode(); off += n
+        nd, = struct.unpack_from("<I", buf, off); off += 4
+        dims = struct.unpack_from("<%dQ" % nd, buf, off); off += 8 * nd
+        t, = struct.unpack_from("<I", buf, off)
+        out.append((name, off, t, dims))
+        off += 4 + 8
+    return out
+
+
 class Startup(unittest.TestCase):
+    def assert_refused(self, args, flag):
+        done = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(flag, done.stderr)
+
+    def test_integer_weight_tensor_refused_at_load(self):
+        # issue 17, 6: an i32 weight tensor loaded, the worker said SERVING, and the first
+        # request aborted the process in DequantizeRow. Same bytes per element as f32, so
+        # only the type changes.
+        data = bytearray(open(MODEL, "rb").read())
+        name, type_offset, dtype, _ = next(t for t in gguf_tensor_infos(data) if t[0] == "output.weight")
+        self.assertEqual(dtype, 0, "the test model's weights are f32")
+        struct.pack_into("<I", data, type_offset, 26)  # GGML_TYPE_I32
+        bad = os.path.join(WORK, "i32_weight.gguf")
+        with open(bad, "wb") as f:
+            f.write(bytes(data))
+        done = subprocess.run([BIN, "decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", bad],
+                              capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(done.returncode, 0, done.stderr)
+        self.assertIn("output.weight", done.stderr)
+        self.assertIn("i32", done.stderr)
+
+    def test_non_finite_hyperparameters_refused_at_load(self):
+        # issue 17, 9: NaN / negative rms_eps and an infinite expert_weights_scale were accepted.
+        original = open(MODEL, "rb").read()
+        cases = [("kimi-linear.attention.layer_norm_rms_epsilon", float("nan")),
+                 ("kimi-linear.attention.layer_norm_rms_epsilon", -1e-5),
+                 ("kimi-linear.expert_weights_scale", float("inf"))]
+        for key, value in cases:
+            with self.subTest(key=key, value=value):
+                data = bytearray(original)
+                vtype, offset = gguf_kv_offsets(data)[key]
+                self.assertEqual(vtype, 6, "the test model stores it as f32")
+                struct.pack_into("<f", data, offset, value)
+                bad = os.path.join(WORK, "bad_hparam.gguf")
+                with open(bad, "wb") as f:
+                    f.write(bytes(data))
+                done = subprocess.run([BIN, "decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1",
+                                       "--model", bad], capture_output=True, text=True, timeout=60)
+                self.assertNotEqual(done.returncode, 0, done.stderr)
+                self.assertIn(key, done.stderr)
+
+    def test_out_of_range_values_fail_at_startup(self):
+        # issue 17, 6 and 9: a SIGFPE on --page-tokens 0, a one-page cache from a wrapped
+        # --cache-tokens, and a port above 65535 that bound another port.
+        worker = ["decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", MODEL]
+        self.assert_refused([*worker, "--page-tokens", "0"], "--page-tokens")
+        self.assert_refused([*worker, "--page-tokens", "-16"], "--page-tokens")
+        self.assert_refused([*worker, "--cache-tokens", "9223372036854775807"], "--cache-tokens")
+        self.assert_refused([*worker, "--max-lease-ttl-ms", "0"], "--max-lease-ttl-ms")
+        self.assert_refused(["router", "--listen", "127.0.0.1:99999"], "0..65535")
+        self.assert_refused(["router", "--listen", "127.0.0.1:-1"], "0..65535")
+
     def test_bad_model_file_exits_nonzero(self):
         bad = os.path.join(WORK, "bad.gguf")
         with open(bad, "wb") as f:

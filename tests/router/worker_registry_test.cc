@@ -3,6 +3,7 @@
 // the registry's monitor sees them alive, as it does in production.
 #include "router/worker_registry.h"
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 
 namespace latentserve::router {
@@ -130,6 +132,81 @@ TEST_F(PlacementTest, PrefillClaimsFollowOutstandingCost) {
   ASSERT_TRUE(y);
   registry_.ReleasePrefill(*y, 1.0);
   EXPECT_NE(*x, *y);
+}
+
+// Registrations are bounded (issue 17, 3): forged ones cannot grow the router without end,
+// addresses must be HOST:PORT, and a worker nobody hears from is forgotten.
+v1::RegisterWorkerRequest RegistrationAt(const std::string& address) {
+  v1::RegisterWorkerRequest request;
+  request.set_address(address);
+  request.set_role("decode");
+  *request.mutable_model() = TestModel();
+  return request;
+}
+
+bool Wait(const std::function<bool()>& predicate, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (predicate()) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return predicate();
+}
+
+TEST(RegistryLimitsTest, NewRegistrationsBeyondTheCapAreRefused) {
+  RegistryLimits limits;
+  limits.max_workers = 3;
+  WorkerRegistry registry(absl::Milliseconds(50), limits);
+  registry.AddStatic("127.0.0.1:5", "prefill");  // static entries do not count
+  for (int port = 1; port <= 3; ++port) {
+    ASSERT_TRUE(registry.Register(RegistrationAt(absl::StrCat("127.0.0.1:", port))).ok()) << port;
+  }
+  const absl::Status refused = registry.Register(RegistrationAt("127.0.0.1:4"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(registry.Register(RegistrationAt("127.0.0.1:2")).ok());  // re-registering is not growth
+  EXPECT_EQ(registry.Snapshot().size(), 4u);
+}
+
+TEST(RegistryLimitsTest, AddressesMustBeHostAndPort) {
+  WorkerRegistry registry(absl::Milliseconds(50));
+  for (const char* bad : {"unix:/tmp/x.sock", "dns:///example.com:80", "127.0.0.1", "host:0", "host:65536", "a b:1",
+                          "", "[::1:5"}) {
+    EXPECT_EQ(registry.Register(RegistrationAt(bad)).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  for (const char* good : {"127.0.0.1:7", "decode-0.latentserve-workers.ns.svc.cluster.local:50051", "[::1]:8"}) {
+    EXPECT_TRUE(registry.Register(RegistrationAt(good)).ok()) << good;
+  }
+}
+
+TEST(RegistryLimitsTest, UnheardWorkersAreEvicted) {
+  RegistryLimits limits;
+  limits.evict_after = absl::Milliseconds(300);
+  WorkerRegistry registry(absl::Milliseconds(50), limits);
+  StatsServer real("decode");
+  ASSERT_TRUE(registry.Register(real.Registration()).ok());
+  ASSERT_TRUE(registry.Register(RegistrationAt("127.0.0.1:1")).ok());  // nobody listens there
+  registry.AddStatic("127.0.0.1:2", "prefill");                        // static: never evicted
+  const auto addresses = [&] {
+    std::set<std::string> out;
+    for (const WorkerEntry& w : registry.Snapshot()) out.insert(w.address);
+    return out;
+  };
+  EXPECT_TRUE(Wait([&] { return !addresses().count("127.0.0.1:1"); }, absl::Seconds(10)));
+  const std::set<std::string> left = addresses();
+  EXPECT_TRUE(left.count(real.address()));  // answers its polls: kept
+  EXPECT_TRUE(left.count("127.0.0.1:2"));
+}
+
+TEST(RegistryLimitsTest, PinnedFingerprintIsNotDecidedByTheFirstRegistration) {
+  WorkerRegistry registry(absl::Milliseconds(50));
+  registry.PinFingerprint(TestModel().fingerprint());
+  v1::RegisterWorkerRequest bogus = RegistrationAt("127.0.0.1:9");
+  bogus.mutable_model()->set_fingerprint("bogus");
+  EXPECT_EQ(registry.Register(bogus).code(), absl::StatusCode::kFailedPrecondition);
+  StatsServer real("decode");
+  EXPECT_TRUE(registry.Register(real.Registration()).ok());
+  ASSERT_TRUE(registry.Model().has_value());
+  EXPECT_EQ(registry.Model()->fingerprint(), TestModel().fingerprint());
 }
 
 }  // namespace

@@ -39,8 +39,20 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   }
   cache_options.dtype = *dtype;
   ASSIGN_OR_RETURN(cache_options.page_tokens, args.GetInt("page-tokens", 256));
+  // Checked before any arithmetic with them: 0 divided, and a count near INT64_MAX wrapped
+  // to a one-page cache.
+  constexpr int64_t kMaxPageTokens = 1 << 16;
+  constexpr int64_t kMaxCacheTokens = int64_t{1} << 40;
+  if (cache_options.page_tokens <= 0 || cache_options.page_tokens > kMaxPageTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--page-tokens must be in [1, ", kMaxPageTokens, "], got ",
+                                                   cache_options.page_tokens));
+  }
   ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", context_tokens));
   context = std::max(context, context_tokens);
+  if (context <= 0 || context > kMaxCacheTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cache-tokens / --context must be in [1, ", kMaxCacheTokens, "], got ", context));
+  }
   cache_options.pages = std::max<int64_t>(1, (context + cache_options.page_tokens - 1) / cache_options.page_tokens);
   ASSIGN_OR_RETURN(engine.cache, model::LatentCache::Create(engine.model->config(), *engine.backend, cache_options));
   // Prefill chunk: 512 tokens on the CPU; 8,192 on the GPU, where the MHA-form MLA prefill
