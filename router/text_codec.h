@@ -2,8 +2,10 @@
 // and the GGUF has one. Kept behind this small class so the router builds without it.
 #pragma once
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,5 +32,42 @@ class TextCodec {
   };
   virtual std::unique_ptr<Stream> NewStream() const = 0;
 };
+
+// Holds back text that may be the start of a stop string; reports a match.
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
+    for (const auto& s : stops_) hold_ = std::max(hold_, s.empty() ? size_t{0} : s.size() - 1);
+  }
+  // Appends text; returns what can be emitted now. *matched when a stop string appeared
+  // (the text before it is returned, nothing after).
+  std::string Push(const std::string& text, bool* matched) {
+    pending_ += text;
+    for (const auto& s : stops_) {
+      if (s.empty()) continue;
+      const size_t at = pending_.find(s);
+      if (at != std::string::npos) {
+        *matched = true;
+        std::string out = pending_.substr(0, at);
+        pending_.clear();
+        return out;
+      }
+    }
+    if (pending_.size() <= hold_) return "";
+    std::string out = pending_.substr(0, pending_.size() - hold_);
+    pending_.erase(0, pending_.size() - hold_);
+    return out;
+  }
+  std::string Flush() { return std::exchange(pending_, std::string()); }
+
+ private:
+  std::vector<std::string> stops_;
+  size_t hold_ = 0;
+  std::string pending_;
+};
+
+// Proto3 strings must be UTF-8; the detokeniser passes bytes that can never become valid
+// through (a model may emit them), so they become U+FFFD here.
+std::string ValidUtf8(const std::string& bytes);
 
 }  // namespace latentserve::router

@@ -9,8 +9,8 @@
 //   U' = U - W S0                        (the chunk's true delta-rule updates u_t)
 //   O  = (e^{G} * q / sqrt(Dk)) S0 + B U'
 //   S1 = e^{G_last} * S0 + (e^{G_last - G} * k)^T U'
-// Kernel 1 (prepare) is parallel over (chunk, head) and writes W, U, the decayed queries and
-// keys, B (f16) and e^{G_last} (f32) to a workspace. Kernel 2 (state pass) walks the chunks
+// Kernel 1 (prepare, here) is parallel over (chunk, head) and writes W, U, the decayed queries and
+// keys, B (f16) and e^{G_last} (f32) to a workspace. Kernel 2 (state pass, cuda_kda_chunk_state.cu) walks the chunks
 // of each sequence in order, one block per (head, 32 value columns), the state slice in
 // registers and shared memory, the next chunk's tiles loading while the current one computes.
 // Both move more bytes than they compute on (an 8192-token layer of 32 heads reads 0.5 GB of
@@ -28,135 +28,11 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/kda_chunk.cuh"
 
 namespace latentserve::kernels::cuda {
+namespace kda_chunk {
 namespace {
-
-struct KdaChunkTraits {
-  static constexpr int kDk = 128;        // key = value head dimension this path is built for
-  static constexpr int kChunk = 64;      // tokens per chunk
-  static constexpr int kThreads = 256;   // both kernels: 8 warps
-  static constexpr int kColumns = 32;    // value columns per state-pass block
-  static constexpr int kColumnBlocks = kDk / kColumns;
-  static constexpr int kSubChunk = 16;   // rows sharing a reference point in A and B
-  // A channel whose decay over a sub-chunk stays above 2^-kFactorisedLog2 factorises there:
-  // its largest factor e^{G_r - G_j} is then 2^100 ~ 1e30, inside f32 (and TF32) range.
-  static constexpr float kFactorisedLog2 = 100.0f;
-  // Shared-memory row strides (floats). Those read as mma fragments are 4 or 8 mod 32, so
-  // the 32 lanes of a fragment load hit 32 distinct banks.
-  static constexpr int kRow = kDk + 4;       // kernel 1: f32 [C][Dk] tiles read as A (row-major) or B (transposed)
-  static constexpr int kPairRow = kChunk + 4;  // kernel 1: f32 [C][C] A and B
-  static constexpr int kColRow = kColumns + 8;  // kernel 2: f32 [C or Dk][kColumns] U' and state slices
-  static constexpr int kRowH = kDk + 8;         // kernel 2: f16 [C][Dk] tiles (W, Qg, Kl), 16-byte rows
-  static constexpr int kPairRowH = kChunk + 8;  // kernel 2: f16 [C][C] B
-  static constexpr int kColRowH = kColumns + 8;  // kernel 2: f16 [C][kColumns] U
-  // Workspace per (chunk, head), all row-major (token rows): f16 parts (in halves), then
-  // e^{G_last} in f32. f16 keeps the 10-bit mantissa the TF32 products round to anyway;
-  // every part is bounded (|Qg|, |B| <= 1 / sqrt(Dk), |Kl| <= 1; W and U are the chunk's
-  // delta-rule response to its keys and values, of their size), far inside f16's range.
-  static constexpr int kW = 0;                       // [C][Dk]  W
-  static constexpr int kQg = kW + kChunk * kDk;      // [C][Dk]  e^{G} * q / sqrt(Dk)
-  static constexpr int kKl = kQg + kChunk * kDk;     // [C][Dk]  e^{G_last - G} * k
-  static constexpr int kB = kKl + kChunk * kDk;      // [C][C]   B (zero above the diagonal)
-  static constexpr int kU = kB + kChunk * kChunk;    // [C][Dk]  U
-  static constexpr int kHalves = kU + kChunk * kDk;
-  static constexpr int kGlByte = kHalves * 2;        // [Dk] f32 e^{G_last}
-  static constexpr int kBytes = kGlByte + kDk * 4;
-  // Kernel 1 shared memory: G, k, q, v [C][kRow]; A, B [C][kPairRow]; beta [C]; per
-  // sub-chunk the deep channels' list [Dk] (ints) and its warp masks [Dk / 32].
-  static constexpr size_t kPrepareSmem =
-      (4 * kChunk * kRow + 2 * kChunk * kPairRow + kChunk + (kChunk / kSubChunk) * (kDk + kDk / 32)) * sizeof(float);
-  // Kernel 2 shared memory: the state slice [Dk][kColRow] and U' [C][kColRow] (f32), then
-  // two stages (one chunk in use, the next loading) of W, Qg, Kl [C][kRowH], B [C][kPairRowH],
-  // U [C][kColRowH] (f16) and e^{G_last} [Dk] (f32), in bytes.
-  static constexpr int kStageW = 0, kStageQg = kStageW + kChunk * kRowH * 2, kStageKl = kStageQg + kChunk * kRowH * 2;
-  static constexpr int kStageB = kStageKl + kChunk * kRowH * 2, kStageU = kStageB + kChunk * kPairRowH * 2;
-  static constexpr int kStageGl = kStageU + kChunk * kColRowH * 2, kStageBytes = kStageGl + kDk * 4;
-  static constexpr size_t kStateSmem = (kDk + kChunk) * kColRow * sizeof(float) + 2 * kStageBytes;
-  // Workspace budget per pass: longer batches run in several passes, the state carried
-  // through the sequences' state tensors. 512 MiB holds 225 chunks of 32 heads (14,400
-  // tokens), so an 8192-token prefill chunk is one pass.
-  static constexpr size_t kPassBytes = size_t{512} << 20;
-};
-using Traits = KdaChunkTraits;
-
-struct KdaChunk {
-  int64_t first_token;  // batch column of the chunk's first token
-  int32_t tokens;       // 1..kChunk
-  int32_t unused;
-};
-struct KdaRun {  // one sequence's consecutive chunks within a pass
-  int32_t first_chunk;  // index into the pass's chunks
-  int32_t chunks;
-  float* state;  // [Dk (key), Dk (value), H]
-};
-
-constexpr float kLog2e = 1.4426950408889634f;
-
-// ---- tensor-core fragments: mma.sync m16n8k8, TF32 in, f32 accumulators ----
-// Lane l holds, with g = l / 4 and i = l % 4: A (16x8) elements (g, i), (g+8, i), (g, i+4),
-// (g+8, i+4); B (8x8) elements (i, g), (i+4, g); C/D (16x8) (g, 2i), (g, 2i+1), (g+8, 2i),
-// (g+8, 2i+1).
-struct FragA {
-  uint32_t x[4];
-};
-struct FragB {
-  uint32_t x[2];
-};
-
-__device__ __forceinline__ uint32_t ToTf32(float value) {
-  uint32_t bits;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(value));
-  return bits;
-}
-
-__device__ __forceinline__ void MmaTf32(float (&d)[4], const FragA& a, const FragB& b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
-}
-
-// A from f16 tiles, row-major (element (r, k) at m[r * stride + k]) or transposed (at
-// m[k * stride + r]); f16 values are exact in TF32, so they need no rounding.
-__device__ __forceinline__ uint32_t HalfAsTf32(__half value) { return __float_as_uint(__half2float(value)); }
-__device__ __forceinline__ FragA LoadA(const __half* m, int stride, int r0, int k0, int lane) {
-  const __half* p = m + (r0 + lane / 4) * stride + k0 + lane % 4;
-  return {{HalfAsTf32(p[0]), HalfAsTf32(p[8 * stride]), HalfAsTf32(p[4]), HalfAsTf32(p[8 * stride + 4])}};
-}
-__device__ __forceinline__ FragA LoadAT(const __half* m, int stride, int r0, int k0, int lane) {
-  const __half* p = m + (k0 + lane % 4) * stride + r0 + lane / 4;
-  return {{HalfAsTf32(p[0]), HalfAsTf32(p[8]), HalfAsTf32(p[4 * stride]), HalfAsTf32(p[4 * stride + 8])}};
-}
-// B at rows k0.., columns n0.. (element (k, n) at m[k * stride + n]).
-__device__ __forceinline__ FragB LoadB(const float* m, int stride, int k0, int n0, int lane) {
-  const float* p = m + (k0 + lane % 4) * stride + n0 + lane / 4;
-  return {{ToTf32(p[0]), ToTf32(p[4 * stride])}};
-}
-
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
-}
-// The same with zeros instead when `real` is false (then nothing is read from `global`).
-__device__ __forceinline__ void CopyAsync16OrZero(void* smem, const void* global, bool real) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(real ? 16 : 0));
-}
-__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void CopyAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Copies `rows` rows of `row_bytes` (a multiple of 16) from global to shared memory, row
-// strides in bytes, 16 bytes per thread and step.
-__device__ __forceinline__ void CopyRowsAsync(void* smem, int smem_stride, const void* global, int global_stride,
-                                              int rows, int row_bytes, int tid) {
-  const int per_row = row_bytes / 16;
-  for (int i = tid; i < rows * per_row; i += Traits::kThreads) {
-    const int r = i / per_row, offset = (i % per_row) * 16;
-    CopyAsync16(static_cast<uint8_t*>(smem) + r * smem_stride + offset,
-                static_cast<const uint8_t*>(global) + r * global_stride + offset);
-  }
-}
 
 // Kernel 1: one block per (chunk, head).
 __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const float* q, const float* k,
@@ -347,154 +223,24 @@ __global__ void __launch_bounds__(Traits::kThreads) KdaChunkPrepareKernel(const 
   }
 }
 
-// Kernel 2: one block per (head, kColumns value columns, run); walks the run's chunks in order.
-// Warp w keeps state rows (keys) 16 w.. 16 w + 15 of the slice in registers as mma
-// accumulators; shared memory holds a copy for the products that read the whole state.
-// Chunk i + 1's tiles load (cp.async) into the other stage while chunk i computes.
-__global__ void __launch_bounds__(Traits::kThreads) KdaChunkStateKernel(const KdaChunk* chunks, const KdaRun* runs,
-                                                                       const uint8_t* work, int64_t heads, float* out) {
-  constexpr int C = Traits::kChunk, Dk = Traits::kDk, J = Traits::kColumns, CS = Traits::kColRow;
-  constexpr int RH = Traits::kRowH, PH = Traits::kPairRowH, UH = Traits::kColRowH;
-  extern __shared__ float4 state_smem[];
-  float* ss = reinterpret_cast<float*>(state_smem);  // [Dk][CS] state slice S[c][j]
-  float* us = ss + Dk * CS;                           // [C][CS] U' of the current chunk
-  uint8_t* stages = reinterpret_cast<uint8_t*>(us + C * CS);
-  const KdaRun run = runs[blockIdx.y];
-  const int64_t h = blockIdx.x / Traits::kColumnBlocks;
-  const int column0 = (blockIdx.x % Traits::kColumnBlocks) * J;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int fg = lane / 4, fi = lane % 4;  // fragment row group and index
-  float* state = run.state + h * Dk * Dk + static_cast<int64_t>(column0) * Dk;  // S[v][k], v = column0 + j
-  auto load_stage = [&](int index) {
-    const uint8_t* src = work + (static_cast<int64_t>(run.first_chunk + index) * heads + h) * Traits::kBytes;
-    uint8_t* stage = stages + (index % 2) * Traits::kStageBytes;
-    CopyRowsAsync(stage + Traits::kStageW, RH * 2, src + Traits::kW * 2, Dk * 2, C, Dk * 2, tid);
-    CopyRowsAsync(stage + Traits::kStageQg, RH * 2, src + Traits::kQg * 2, Dk * 2, C, Dk * 2, tid);
-    CopyRowsAsync(stage + Traits::kStageKl, RH * 2, src + Traits::kKl * 2, Dk * 2, C, Dk * 2, tid);
-    CopyRowsAsync(stage + Traits::kStageB, PH * 2, src + Traits::kB * 2, C * 2, C, C * 2, tid);
-    CopyRowsAsync(stage + Traits::kStageU, UH * 2, src + (Traits::kU + column0) * 2, Dk * 2, C, J * 2, tid);
-    CopyRowsAsync(stage + Traits::kStageGl, Dk * 4, src + Traits::kGlByte, Dk * 4, 1, Dk * 4, tid);
-    CopyAsyncCommit();
-  };
-  load_stage(0);
+}  // namespace
 
-  // The state slice: warp w's rows as accumulators (4 column tiles of 8), and in ss.
-  float s_acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = 16 * warp + fg + (e >= 2 ? 8 : 0), j = 8 * nt + 2 * fi + (e & 1);
-      s_acc[nt][e] = state[j * Dk + c];
-      ss[c * CS + j] = s_acc[nt][e];
-    }
-  }
-
-  // Products W S and Qg S: warp w takes row tile w % 4 and column tiles 2 (w / 4), +1.
-  const int pm = warp % 4, pn = 2 * (warp / 4);
-  for (int index = 0; index < run.chunks; ++index) {
-    const KdaChunk chunk = chunks[run.first_chunk + index];
-    const uint8_t* stage = stages + (index % 2) * Traits::kStageBytes;
-    const __half* wm = reinterpret_cast<const __half*>(stage + Traits::kStageW);
-    const __half* qg = reinterpret_cast<const __half*>(stage + Traits::kStageQg);
-    const __half* kl = reinterpret_cast<const __half*>(stage + Traits::kStageKl);
-    const __half* bm = reinterpret_cast<const __half*>(stage + Traits::kStageB);
-    const __half* um = reinterpret_cast<const __half*>(stage + Traits::kStageU);
-    const float* gl = reinterpret_cast<const float*>(stage + Traits::kStageGl);
-    CopyAsyncWaitAll();
-    __syncthreads();  // this chunk's stage and the state copy are visible; the other stage is free
-    if (index + 1 < run.chunks) load_stage(index + 1);
-
-    float p[2][4] = {}, o[2][4] = {};
-#pragma unroll 4
-    for (int k0 = 0; k0 < Dk; k0 += 8) {
-      const FragA fw = LoadA(wm, RH, 16 * pm, k0, lane);
-      const FragA fq = LoadA(qg, RH, 16 * pm, k0, lane);
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-        const FragB fs = LoadB(ss, CS, k0, 8 * (pn + n), lane);
-        MmaTf32(p[n], fw, fs);
-        MmaTf32(o[n], fq, fs);
-      }
-    }
-    // U' = U - W S.
-#pragma unroll
-    for (int n = 0; n < 2; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = 16 * pm + fg + (e >= 2 ? 8 : 0), j = 8 * (pn + n) + 2 * fi + (e & 1);
-        us[r * CS + j] = __half2float(um[r * UH + j]) - p[n][e];
-      }
-    }
-    __syncthreads();  // U' complete; the state copy is no longer read
-
-    // O = Qg S0 + B U': B is zero above its diagonal, so k stops after the row tile.
-    for (int k0 = 0; k0 < 16 * (pm + 1); k0 += 8) {
-      const FragA fb = LoadA(bm, PH, 16 * pm, k0, lane);
-#pragma unroll
-      for (int n = 0; n < 2; ++n) MmaTf32(o[n], fb, LoadB(us, CS, k0, 8 * (pn + n), lane));
-    }
-#pragma unroll
-    for (int n = 0; n < 2; ++n) {
-      const int j = column0 + 8 * (pn + n) + 2 * fi;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int t = 16 * pm + fg + 8 * half;
-        if (t < chunk.tokens) {
-          float* dst = out + ((chunk.first_token + t) * heads + h) * Dk + j;
-          dst[0] = o[n][2 * half];
-          dst[1] = o[n][2 * half + 1];
-        }
-      }
-    }
-
-    // S1 = e^{G_last} S0 + Kl^T U' on this warp's 16 keys.
-    const float decay_lo = gl[16 * warp + fg], decay_hi = gl[16 * warp + fg + 8];
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      s_acc[nt][0] *= decay_lo;
-      s_acc[nt][1] *= decay_lo;
-      s_acc[nt][2] *= decay_hi;
-      s_acc[nt][3] *= decay_hi;
-    }
-#pragma unroll
-    for (int k0 = 0; k0 < C; k0 += 8) {
-      const FragA fk = LoadAT(kl, RH, 16 * warp, k0, lane);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) MmaTf32(s_acc[nt], fk, LoadB(us, CS, k0, 8 * nt, lane));
-    }
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int c = 16 * warp + fg, j = 8 * nt + 2 * fi;
-      ss[c * CS + j] = s_acc[nt][0];
-      ss[c * CS + j + 1] = s_acc[nt][1];
-      ss[(c + 8) * CS + j] = s_acc[nt][2];
-      ss[(c + 8) * CS + j + 1] = s_acc[nt][3];
-    }
-  }
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = 16 * warp + fg + (e >= 2 ? 8 : 0), j = 8 * nt + 2 * fi + (e & 1);
-      state[j * Dk + c] = s_acc[nt][e];
-    }
-  }
+cudaError_t LaunchPrepare(dim3 grid, cudaStream_t stream, const float* q, const float* k, const float* v,
+                          const float* g, const float* beta, const KdaChunk* chunks, int64_t heads, float scale,
+                          uint8_t* work) {
+  const cudaError_t e = cudaFuncSetAttribute(KdaChunkPrepareKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(Traits::kPrepareSmem));
+  if (e != cudaSuccess) return e;
+  KdaChunkPrepareKernel<<<grid, Traits::kThreads, Traits::kPrepareSmem, stream>>>(q, k, v, g, beta, chunks, heads,
+                                                                                  scale, work);
+  return cudaGetLastError();
 }
 
-static_assert(Traits::kThreads == 2 * Traits::kDk, "solve: one column of [e^G k | v] per thread");
-static_assert(Traits::kThreads / 32 * 16 == Traits::kDk, "state pass: 16 keys per warp");
-static_assert(Traits::kColumns == 32 && Traits::kChunk == 64, "state pass: 4 x 4 tiles of W S per chunk");
-static_assert(Traits::kChunk / Traits::kSubChunk * 64 == Traits::kThreads && Traits::kSubChunk == 16,
-              "A and B: two warps per sub-chunk of 16 rows; deep pairs: 64 threads per sub-chunk");
-static_assert(Traits::kStateSmem <= 227 * 1024 && Traits::kPrepareSmem <= 227 * 1024, "shared memory per block");
-static_assert(Traits::kBytes % 16 == 0 && Traits::kGlByte % 16 == 0 && Traits::kStageBytes % 16 == 0 &&
-                  Traits::kStageQg % 16 == 0 && Traits::kStageKl % 16 == 0 && Traits::kStageB % 16 == 0 &&
-                  Traits::kStageU % 16 == 0 && Traits::kStageGl % 16 == 0 && Traits::kRowH * 2 % 16 == 0 &&
-                  Traits::kPairRowH * 2 % 16 == 0 && Traits::kColRowH * 2 % 16 == 0,
-              "cp.async: 16-byte aligned rows and parts");
+}  // namespace kda_chunk
 
-}  // namespace
+using kda_chunk::KdaChunk;
+using kda_chunk::KdaRun;
+using kda_chunk::Traits;
 
 bool CudaBackend::KdaChunkedAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                                       const Tensor& beta, absl::Span<const SeqSlice> seqs,
@@ -542,26 +288,15 @@ bool CudaBackend::KdaChunkedAttention(const Tensor& q, const Tensor& k, const Te
   for (const Pass& pass : passes) most_chunks = std::max(most_chunks, pass.chunks.size());
   auto* work = static_cast<uint8_t*>(Scratch(kKdaWorkspaceSlot, most_chunks * chunk_bytes));
 
-  static bool configured = false;
-  if (!configured) {
-    CUDA_OK(cudaFuncSetAttribute(KdaChunkPrepareKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(Traits::kPrepareSmem)));
-    CUDA_OK(cudaFuncSetAttribute(KdaChunkStateKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(Traits::kStateSmem)));
-    configured = true;
-  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(dk));
   for (size_t i = 0; i < passes.size(); ++i) {
     const auto* chunks = reinterpret_cast<const KdaChunk*>(device + chunk_at[i]);
     const auto* runs = reinterpret_cast<const KdaRun*>(device + run_at[i]);
     const dim3 prepare_grid(static_cast<unsigned>(passes[i].chunks.size()), static_cast<unsigned>(heads));
-    KdaChunkPrepareKernel<<<prepare_grid, Traits::kThreads, Traits::kPrepareSmem, stream_>>>(
-        DevF32(q), DevF32(k), DevF32(v), DevF32(g), DevF32(beta), chunks, heads, scale, work);
-    LAUNCH_OK();
+    CUDA_OK(kda_chunk::LaunchPrepare(prepare_grid, stream_, DevF32(q), DevF32(k), DevF32(v), DevF32(g), DevF32(beta),
+                                     chunks, heads, scale, work));
     const dim3 state_grid(static_cast<unsigned>(heads * Traits::kColumnBlocks), static_cast<unsigned>(passes[i].runs.size()));
-    KdaChunkStateKernel<<<state_grid, Traits::kThreads, Traits::kStateSmem, stream_>>>(chunks, runs, work, heads,
-                                                                                      DevF32(out));
-    LAUNCH_OK();
+    CUDA_OK(kda_chunk::LaunchState(state_grid, stream_, chunks, runs, work, heads, DevF32(out)));
   }
   return true;
 }

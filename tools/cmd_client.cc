@@ -1,0 +1,366 @@
+// The `client` subcommand: calls a router (generate with streaming, info, tokenize) or any
+// serving process (stats, health) over gRPC, with the same TLS / token flags as the servers.
+#if __has_include("latentserve/v1/generate.grpc.pb.h")
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <iterator>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/health_check.h"
+#include "common/args.h"
+#include "common/secure_random.h"
+#include "common/status.h"
+#include "decode/decode_service.h"
+#include "prefill/prefill_service.h"
+#include "router/announcer_set.h"
+#include "router/generation_service.h"
+#include "serving/metrics.h"
+#include "serving/security.h"
+#include "tools/cli.h"
+#include "tools/lib/engine_setup.h"
+#include "transfer/fingerprint.h"
+#include "transfer/grpc_transport.h"
+#include "transfer/inproc_transport.h"
+
+namespace latentserve::cli {
+namespace {
+
+// ---- client ----
+
+std::string IdsJson(const std::vector<int32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&out, i ? "," : "", ids[i]);
+  return out + "]";
+}
+
+int ClientError(const absl::Status& status, bool json) {
+  if (json) {
+    std::printf("{\"error\":{\"code\":\"%s\",\"message\":%s}}\n", client::StatusCodeName(status.code()),
+                client::JsonString(std::string(status.message())).c_str());
+    std::fflush(stdout);
+  }
+  std::fprintf(stderr, "latentserve client: %s: %s\n", client::StatusCodeName(status.code()),
+               std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+// A connection that failed before any reply ("Socket closed", a failed handshake) says nothing
+// about TLS; this adds what to check, from the client's own TLS flags.
+absl::Status WithTlsHint(const absl::Status& status, const Args& args) {
+  if (status.code() != absl::StatusCode::kUnavailable) return status;
+  const std::string message(status.message());
+  const bool connection_level = absl::StrContains(message, "Socket closed") ||
+                                absl::StrContains(message, "failed to connect") ||
+                                absl::StrContains(message, "Connection reset") ||
+                                absl::StrContains(absl::AsciiStrToLower(message), "handshake");
+  if (!connection_level) return status;
+  const char* hint = args.Has("tls-ca")
+                         ? " (TLS: check that --tls-ca signed the server's certificate and, if the server requires "
+                           "client certificates, pass --tls-cert/--tls-key signed by its CA)"
+                         : " (no --tls-ca: if the server speaks TLS, pass --tls-ca CA.pem, and --tls-cert/--tls-key "
+                           "when it requires client certificates)";
+  return absl::UnavailableError(absl::StrCat(message, hint));
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A 64-bit flag value that the request carries as int32: out of range is an error, never
+// a silent truncation or clamp.
+absl::StatusOr<int32_t> Int32Flag(const char* flag, int64_t value) {
+  if (value < INT32_MIN || value > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", value, " does not fit a 32-bit integer"));
+  }
+  return static_cast<int32_t>(value);
+}
+
+absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
+  v1::GenerateRequest request;
+  if (args.Has("prompt-tokens") || args.Has("prompt-tokens-file")) {
+    std::string text = args.Get("prompt-tokens");
+    if (args.Has("prompt-tokens-file")) {
+      ASSIGN_OR_RETURN(text, ReadFile(args.Get("prompt-tokens-file")));
+    }
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(text));
+    auto* tokens = request.mutable_tokens();
+    for (int64_t id : ids) {
+      if (id < INT32_MIN || id > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " does not fit int32"));
+      tokens->add_ids(static_cast<int32_t>(id));
+    }
+  } else if (args.Has("prompt")) {
+    request.set_text(args.Get("prompt"));
+  } else if (args.Has("prompt-file")) {
+    ASSIGN_OR_RETURN(std::string text, ReadFile(args.Get("prompt-file")));
+    request.set_text(text);
+  } else {
+    return absl::InvalidArgumentError("give --prompt-tokens, --prompt-tokens-file, --prompt or --prompt-file");
+  }
+  request.set_model(args.Get("model"));
+  ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
+  ASSIGN_OR_RETURN(int32_t max_tokens32, Int32Flag("max-tokens", max_tokens));
+  request.mutable_stopping()->set_max_tokens(max_tokens32);
+  request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
+  if (args.Has("stop")) request.mutable_stopping()->add_stop_strings(args.Get("stop"));
+  if (args.Has("stop-token-ids")) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(args.Get("stop-token-ids")));
+    for (int64_t id : ids) {
+      ASSIGN_OR_RETURN(int32_t id32, Int32Flag("stop-token-ids", id));
+      request.mutable_stopping()->add_stop_token_ids(id32);
+    }
+  }
+  ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
+  ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
+  ASSIGN_OR_RETURN(double min_p, args.GetDouble("min-p", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  auto* sampling = request.mutable_sampling();
+  sampling->set_temperature(static_cast<float>(temperature));
+  ASSIGN_OR_RETURN(int32_t top_k32, Int32Flag("top-k", top_k));
+  sampling->set_top_k(top_k32);
+  sampling->set_top_p(static_cast<float>(top_p));
+  sampling->set_min_p(static_cast<float>(min_p));
+  sampling->set_seed(static_cast<uint64_t>(seed));
+  return request;
+}
+
+// The client's channel: TLS when --tls-ca is given (plus --tls-cert/--tls-key for mutual
+// TLS), and `authorization: Bearer` from --auth-token-file.
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
+  ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
+  std::string token;
+  if (args.Has("auth-token-file")) {
+    if (!tls.enabled()) {
+      return absl::InvalidArgumentError(
+          "--auth-token-file needs --tls-ca: the token would cross the network in plaintext (and a router only "
+          "checks tokens under TLS)");
+    }
+    ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+  }
+  if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker
+    ASSIGN_OR_RETURN(std::string internal, serving::ReadTokenFile(args.Get("internal-token-file")));
+    serving::SetInternalCallToken(std::move(internal));
+  }
+  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
+}
+
+#define ASSIGN_OR_RETURN_CLIENT(name, args)                                 \
+  auto name##_or = ClientFromArgs(args);                                    \
+  if (!name##_or.ok()) return ClientError(name##_or.status(), true);       \
+  client::GenerationClient& name = **name##_or
+
+int RunClientGenerate(const Args& args) {
+  const bool json = args.Has("json");
+  auto request = RequestFromArgs(args);
+  if (!request.ok()) return ClientError(request.status(), json);
+  auto timeout_ms = args.GetInt("timeout-ms", 0);
+  auto cancel_after_progress = args.GetInt("cancel-after-progress", -1);
+  auto cancel_after_tokens = args.GetInt("cancel-after-tokens", -1);
+  if (!timeout_ms.ok() || !cancel_after_progress.ok() || !cancel_after_tokens.ok()) {
+    return ClientError(absl::InvalidArgumentError("--timeout-ms / --cancel-after-* must be integers"), json);
+  }
+  ASSIGN_OR_RETURN_CLIENT(client, args);
+  int64_t progress_events = 0, tokens_seen = 0;
+  const bool tty_progress = !json && isatty(STDERR_FILENO);
+  client::GenerateCallbacks callbacks;
+  callbacks.on_progress = [&](const v1::PrefillProgress& p) {
+    ++progress_events;
+    if (!json) {
+      const int width = 30;
+      const int filled = p.tokens_total() ? static_cast<int>(width * p.tokens_done() / p.tokens_total()) : 0;
+      std::fprintf(stderr, "%sprefill [%s%s] %lld/%lld tokens, %.1f MiB cache sent%s", tty_progress ? "\r" : "",
+                   std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(),
+                   static_cast<long long>(p.tokens_done()), static_cast<long long>(p.tokens_total()),
+                   p.cache_bytes_sent() / 1048576.0, tty_progress ? "" : "\n");
+    }
+    return *cancel_after_progress < 0 || progress_events < *cancel_after_progress;
+  };
+  bool first_chunk = true;
+  callbacks.on_tokens = [&](const v1::TokenChunk& chunk) {
+    if (!json) {
+      if (first_chunk && tty_progress) std::fprintf(stderr, "\n");
+      if (!chunk.text().empty()) {
+        std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
+      } else if (chunk.text().empty() && chunk.token_ids_size() > 0) {
+        for (int32_t id : chunk.token_ids()) std::printf("%s%d", tokens_seen || !first_chunk ? "," : "", id);
+      }
+      std::fflush(stdout);
+    }
+    first_chunk = false;
+    tokens_seen += chunk.token_ids_size();
+    return *cancel_after_tokens < 0 || tokens_seen < *cancel_after_tokens;
+  };
+  const absl::Duration timeout = *timeout_ms > 0 ? absl::Milliseconds(*timeout_ms) : absl::InfiniteDuration();
+  auto result = client.Generate(*request, callbacks, timeout);
+  if (!result.ok()) {
+    if (!json) std::printf("\n");
+    return ClientError(WithTlsHint(result.status(), args), json);
+  }
+  const v1::Finished& f = result->finished;
+  const std::string summary = absl::StrFormat(
+        "{\"token_ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%lld,"
+        "\"completion_tokens\":%lld,\"cache_bytes_transferred\":%lld},\"timing\":{\"ttft_ms\":%.3f,"
+        "\"decode_tokens_per_s\":%.3f,\"prefill_ms\":%.3f,\"transfer_tail_ms\":%.3f},\"prefill_worker\":%s,"
+        "\"decode_worker\":%s,\"request_id\":%s,\"progress_events\":%lld}\n",
+        IdsJson(result->token_ids).c_str(), client::JsonString(result->text).c_str(),
+        client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
+        static_cast<long long>(f.usage().completion_tokens()),
+        static_cast<long long>(f.usage().cache_bytes_transferred()), f.timings().ttft_ms(),
+        f.timings().decode_tokens_per_s(), f.timings().prefill_ms(), f.timings().transfer_tail_ms(),
+        client::JsonString(f.prefill_worker()).c_str(), client::JsonString(f.decode_worker()).c_str(),
+        client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events));
+  if (args.Has("summary-file")) {
+    std::ofstream(args.Get("summary-file")) << summary;
+  }
+  if (json) {
+    std::fputs(summary.c_str(), stdout);
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr,
+                 "[%s] prompt %lld tokens, %lld generated; TTFT %.1f ms, decode %.1f tok/s, %.2f MiB cache moved\n",
+                 client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
+                 static_cast<long long>(f.usage().completion_tokens()), f.timings().ttft_ms(),
+                 f.timings().decode_tokens_per_s(), f.usage().cache_bytes_transferred() / 1048576.0);
+  }
+  return 0;
+}
+
+std::string WorkerJson(const v1::WorkerInfo& w) {
+  return absl::StrCat("{\"address\":\"", w.address(), "\",\"role\":\"", w.role(), "\",\"alive\":",
+                      w.alive() ? "true" : "false", ",\"cache_pages_free\":", w.cache_pages_free(),
+                      ",\"cache_pages_total\":", w.cache_pages_total(), ",\"leases_active\":", w.leases_active(),
+                      ",\"sequences_active\":", w.sequences_active(), ",\"outstanding_cost\":", w.outstanding_cost(),
+                      ",\"draining\":", w.draining() ? "true" : "false", "}");
+}
+
+int RunClientInfo(const Args& args) {
+  ASSIGN_OR_RETURN_CLIENT(client, args);
+  auto info = client.GetModelInfo();
+  if (!info.ok()) return ClientError(WithTlsHint(info.status(), args), true);
+  std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
+                                 info->model_fingerprint(), "\",\"vocab_size\":", info->vocab_size(),
+                                 ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
+                                 info->has_tokenizer() ? "true" : "false", ",\"router_leases_active\":",
+                                 info->router_leases_active(), ",\"workers\":[");
+  for (int i = 0; i < info->workers_size(); ++i) absl::StrAppend(&out, i ? "," : "", WorkerJson(info->workers(i)));
+  out += "]}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// One worker's own view of itself (WorkerStats), e.g. to watch a worker the router lost.
+int RunClientStats(const Args& args) {
+  ASSIGN_OR_RETURN_CLIENT(client, args);
+  auto stats = client.GetWorkerStats();
+  if (!stats.ok()) return ClientError(WithTlsHint(stats.status(), args), true);
+  v1::WorkerInfo w = stats->stats();
+  w.set_role(stats->role());
+  w.set_alive(true);
+  const std::string out = absl::StrCat(WorkerJson(w), "\n");
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// grpc.health.v1 Check, like grpc_health_probe: prints {"status":"SERVING"}; exit 0 only
+// when SERVING.
+int RunClientHealth(const Args& args) {
+  auto tls = serving::TlsFilesFromArgs(args);
+  if (!tls.ok()) return ClientError(tls.status(), true);
+  auto credentials = serving::MakeChannelCredentials(*tls);
+  if (!credentials.ok()) return ClientError(credentials.status(), true);
+  auto timeout_ms = args.GetInt("timeout-ms", 5000);
+  if (!timeout_ms.ok() || *timeout_ms <= 0) {
+    return ClientError(absl::InvalidArgumentError("--timeout-ms must be a positive integer"), true);
+  }
+  auto status = client::CheckHealth(args.Get("target"), *credentials, args.Get("service"),
+                                    absl::Milliseconds(*timeout_ms));
+  if (!status.ok()) return ClientError(WithTlsHint(status.status(), args), true);
+  std::printf("{\"status\":\"%s\"}\n", status->c_str());
+  return *status == "SERVING" ? 0 : 1;
+}
+
+int RunClientTokenize(const Args& args) {
+  ASSIGN_OR_RETURN_CLIENT(client, args);
+  v1::TokenizeRequest request;
+  if (args.Has("prompt-file")) {
+    auto text = ReadFile(args.Get("prompt-file"));
+    if (!text.ok()) return ClientError(text.status(), true);
+    request.set_text(*text);
+  } else {
+    request.set_text(args.Get("prompt"));
+  }
+  auto ids = client.Tokenize(request);
+  if (!ids.ok()) return ClientError(WithTlsHint(ids.status(), args), true);
+  std::printf("{\"token_ids\":%s}\n", IdsJson(*ids).c_str());
+  return 0;
+}
+
+int RunClient(int argc, char** argv) {
+  constexpr const char* kUsage =
+      "usage: latentserve client generate --target HOST:PORT (--prompt-tokens \"1,2,3\" | --prompt-tokens-file F |\n"
+      "         --prompt TEXT | --prompt-file F) --max-tokens N [--temperature T --top-k K --top-p P --min-p P\n"
+      "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
+      "         --summary-file F (the --json object, written to F)]\n"
+      "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
+      "         [--internal-token-file F] (the cluster's internal token: `stats` on a worker that requires it)\n"
+      "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
+      "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
+      "       latentserve client health --target HOST:PORT [--service NAME] (grpc.health.v1; exit 0 when SERVING)\n"
+      "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
+  if (argc < 1) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string verb = argv[0];
+  auto args = Args::Parse(argc - 1, argv + 1,
+                          {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
+                           "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
+                           "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
+                           "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service"},
+                          {"json", "ignore-eos"});
+  if (!args.ok()) {
+    std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  if (!args->Has("target")) {
+    std::fprintf(stderr, "latentserve client: --target HOST:PORT is required\n%s", kUsage);
+    return 2;
+  }
+  if (verb == "generate") return RunClientGenerate(*args);
+  if (verb == "info") return RunClientInfo(*args);
+  if (verb == "stats") return RunClientStats(*args);
+  if (verb == "health") return RunClientHealth(*args);
+  if (verb == "tokenize") return RunClientTokenize(*args);
+  std::fprintf(stderr, "latentserve client: unknown verb '%s'\n%s", verb.c_str(), kUsage);
+  return 2;
+}
+
+Registrar client_cmd("client", "call a router: generate (streaming), info, tokenize; a worker: stats", RunClient);
+
+}  // namespace
+}  // namespace latentserve::cli
+
+#endif  // __has_include generated protos
