@@ -159,6 +159,10 @@ class CudaBackend final : public Backend {
 inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }
 inline float* DevF32(const Tensor& t) { return reinterpret_cast<float*>(DevPtr(t)); }
 
+// Positions [0, count) of a sequence's cached rows (pool [L, page_tokens, n_pages], any cache
+// type; `pages` its page table on the device) as dense f16 rows [count][L] (cuda_mla_prefill.cu).
+void GatherLatentRows(cudaStream_t stream, const Tensor& pool, const int32_t* pages, int64_t count, __half* rows);
+
 // Launch helpers implemented in the .cu files (all on the backend's stream).
 inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 

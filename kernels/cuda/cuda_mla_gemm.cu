@@ -22,25 +22,6 @@ __global__ void ToHalfKernel(const float* x, __half* y, int64_t n) {
   if (i < n) y[i] = __float2half_rn(x[i]);
 }
 
-// Keys of one sequence, positions [0, count), gathered from the pages into a dense f16 matrix.
-__global__ void GatherKeysKernel(DType type, const uint8_t* pool, size_t row_bytes, int64_t page_tokens,
-                                 const int32_t* pages, int64_t width, int64_t count, __half* keys) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= count * width) return;
-  const int64_t p = i / width, e = i % width;
-  const int64_t row = static_cast<int64_t>(pages[p / page_tokens]) * page_tokens + p % page_tokens;
-  keys[i] = __float2half_rn(LoadElement(type, pool + row * row_bytes, e));
-}
-
-__global__ void GatherHalfRowsKernel(const uint8_t* pool, size_t row_bytes, int64_t page_tokens, const int32_t* pages,
-                                     int64_t vectors_per_row, int64_t count, __half* keys) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= count * vectors_per_row) return;
-  const int64_t p = i / vectors_per_row, v = i % vectors_per_row;
-  const int64_t row = static_cast<int64_t>(pages[p / page_tokens]) * page_tokens + p % page_tokens;
-  reinterpret_cast<int4*>(keys)[i] = reinterpret_cast<const int4*>(pool + row * row_bytes)[v];
-}
-
 // One row (token t, head h) per warp: causal mask, scale, online-softmax update; writes the
 // tile's probabilities as f16 and rescales the row's output accumulator.
 __global__ void SoftmaxTileKernel(const float* scores, int64_t rows, int64_t heads, int64_t key_count, int64_t ld,
@@ -174,15 +155,7 @@ void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const La
   float* out_first = DevF32(out) + seq.first_token * heads * value_dim;
   ToHalfKernel<<<Blocks(rows * width, 256), 256, 0, stream_>>>(q_first, q16, rows * width);
   LAUNCH_OK();
-  if (pool.dtype == DType::kF16 && width % 8 == 0) {  // rows are already f16: 16-byte copies
-    const int64_t vectors = keys_total * width / 8;
-    GatherHalfRowsKernel<<<Blocks(vectors, 256), 256, 0, stream_>>>(DevPtr(pool), pool.row_bytes(), pool.ne[1], pages,
-                                                                     width / 8, keys_total, keys);
-  } else {
-    GatherKeysKernel<<<Blocks(keys_total * width, 256), 256, 0, stream_>>>(pool.dtype, DevPtr(pool), pool.row_bytes(),
-                                                                           pool.ne[1], pages, width, keys_total, keys);
-  }
-  LAUNCH_OK();
+  GatherLatentRows(stream_, pool, pages, keys_total, keys);
   if (rows <= kDecodeMaxRows) {
     MlaDecodeChunks(q16, keys, keys_total, width, heads, rows, seq.cached_tokens, scale, value_dim, out_first);
     return;

@@ -267,6 +267,14 @@ Form ChooseForm(const Tensor& k_b, const Tensor& v_b, const Tensor& pool, const 
 
 }  // namespace
 
+void GatherLatentRows(cudaStream_t stream, const Tensor& pool, const int32_t* pages, int64_t count, __half* rows) {
+  const int64_t width = pool.ne[0];
+  const int64_t threads = pool.dtype == DType::kF16 && width % 8 == 0 ? count * width / 8 : count * width;
+  GatherRowsKernel<<<Blocks(threads, 256), 256, 0, stream>>>(pool.dtype, DevPtr(pool), pool.row_bytes(), pool.ne[1],
+                                                            pages, width, count, rows);
+  LAUNCH_OK();
+}
+
 const __half* CudaBackend::MlaExpansionWeights(const Tensor& k_b, const Tensor& v_b) {
   const auto key = std::make_pair(static_cast<const void*>(DevPtr(k_b)), static_cast<const void*>(DevPtr(v_b)));
   auto it = mla_expansion_.find(key);
@@ -301,10 +309,7 @@ void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tens
   auto* pages = static_cast<int32_t*>(UploadScratch(8, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
   auto* rows = static_cast<__half*>(Scratch(9, static_cast<size_t>(keys_ld * L) * 2));
   CUDA_OK(cudaMemsetAsync(rows + keys * L, 0, static_cast<size_t>((keys_ld - keys) * L) * 2, stream_));
-  const int64_t vectors = pool.dtype == DType::kF16 && L % 8 == 0 ? keys * L / 8 : keys * L;
-  GatherRowsKernel<<<Blocks(vectors, 256), 256, 0, stream_>>>(pool.dtype, DevPtr(pool), pool.row_bytes(), pool.ne[1],
-                                                              pages, L, keys, rows);
-  LAUNCH_OK();
+  GatherLatentRows(stream_, pool, pages, keys, rows);
   // rows[:, 0:R] is column-major R x keys_ld (leading dimension L); E is stored [features x R],
   // i.e. column-major R x features. K (column-major H Pn x keys) = E_k^T . rows;
   // Vt (column-major keys_ld x H Dv) = rows^T . E_v.
