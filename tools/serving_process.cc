@@ -33,10 +33,6 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
   }
 };
 
-// Flags every serving subcommand accepts (beyond its own).
-const std::set<std::string> kCommonFlags = {"metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca",
-                                            "max-message-bytes", "internal-token-file", "internal-peer-cn"};
-
 }  // namespace
 
 // Blocks the shutdown signals in this thread (and every thread it starts) so the main thread
@@ -53,7 +49,12 @@ sigset_t BlockShutdownSignals() {
 
 
 std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
-  flags.insert(kCommonFlags.begin(), kCommonFlags.end());
+  // Flags every serving subcommand accepts (beyond its own). A local: other files' static
+  // flag sets call this during static initialisation.
+  static const std::set<std::string>* const kCommonFlags = new std::set<std::string>{
+      "metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca", "max-message-bytes", "internal-token-file",
+      "internal-peer-cn"};
+  flags.insert(kCommonFlags->begin(), kCommonFlags->end());
   return flags;
 }
 
