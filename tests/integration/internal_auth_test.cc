@@ -403,20 +403,35 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
 
 // ---- mutual TLS: components are CN=latentserve-node; public clients hold CN=test-client ----
 
-class MutualTls : public ::testing::Test {
+// A fatal failure inside SetUpTestSuite makes gtest report the suite's tests as SKIPPED,
+// which ctest counts as skips, not failures: the suites record why their shared setup (the
+// model, the certificates, the cluster) failed, and every test then fails with that reason.
+template <typename Suite>
+class ClusterSuite : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(setup_error().empty()) << setup_error(); }
+  static std::string& setup_error() {
+    static std::string error;
+    return error;
+  }
+  static void SetupFailed(const std::string& why) { setup_error() = why; }
+};
+
+class MutualTls : public ClusterSuite<MutualTls> {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
-    ASSERT_TRUE(Files().ok) << "making the model or the certificates failed in " << Files().dir;
+    if (Bin().empty()) return SetupFailed("set LATENTSERVE_BIN");
+    if (!Files().ok) return SetupFailed("making the model or the certificates failed in " + Files().dir);
     const Fixture& f = Files();
     const std::vector<std::string> tls = {"--tls-cert", f.node_cert, "--tls-key", f.node_key, "--tls-ca", f.ca,
                                           "--internal-peer-cn", "latentserve-node,latentserve-node2"};
     std::vector<std::string> router_flags = tls;
     router_flags.insert(router_flags.end(), {"--auth-token-file", f.public_token});
     cluster_ = new Cluster("mtls", router_flags, tls);
-    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
-    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, PublicClient()); }, milliseconds(30000)))
-        << cluster_->Logs();
+    if (!cluster_->Listening()) return SetupFailed(cluster_->Logs());
+    if (!WaitFor([] { return BothWorkersAlive(*cluster_, PublicClient()); }, milliseconds(30000))) {
+      return SetupFailed(cluster_->Logs());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -572,16 +587,17 @@ TEST_F(MutualTls, LeaseIdsAreUnguessableAndBoundToTheirOwner) {
 
 // ---- plaintext with an internal token ----
 
-class InternalToken : public ::testing::Test {
+class InternalToken : public ClusterSuite<InternalToken> {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
-    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    if (Bin().empty()) return SetupFailed("set LATENTSERVE_BIN");
+    if (!Files().ok) return SetupFailed("making the model failed in " + Files().dir);
     const std::vector<std::string> flags = {"--internal-token-file", Files().internal_token};
     cluster_ = new Cluster("token", flags, flags);
-    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
-    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000)))
-        << cluster_->Logs();
+    if (!cluster_->Listening()) return SetupFailed(cluster_->Logs());
+    if (!WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000))) {
+      return SetupFailed(cluster_->Logs());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -687,15 +703,16 @@ TEST_F(InternalToken, WorkerAddressesFromTheWireMustBeHostAndPort) {
 
 // ---- plaintext without any internal credential: the loopback / demo mode ----
 
-class OpenLoopback : public ::testing::Test {
+class OpenLoopback : public ClusterSuite<OpenLoopback> {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
-    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    if (Bin().empty()) return SetupFailed("set LATENTSERVE_BIN");
+    if (!Files().ok) return SetupFailed("making the model failed in " + Files().dir);
     cluster_ = new Cluster("open", {}, {});
-    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
-    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000)))
-        << cluster_->Logs();
+    if (!cluster_->Listening()) return SetupFailed(cluster_->Logs());
+    if (!WaitFor([] { return BothWorkersAlive(*cluster_, Anonymous()); }, milliseconds(30000))) {
+      return SetupFailed(cluster_->Logs());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -734,18 +751,54 @@ int64_t JsonInt(const std::string& json, const std::string& key) {
   return at == std::string::npos ? -1 : std::atoll(json.c_str() + at + key.size() + 3);
 }
 
-class LeaseBounds : public ::testing::Test {
+// The test model's cache layout as `latentserve plan` reports it.
+struct ModelPlan {
+  std::string json;
+  int64_t mla_layers = -1, kda_layers = -1, row_bytes = -1, kda_total = -1;
+};
+
+ModelPlan ReadPlan() {
+  ModelPlan plan;
+  FILE* pipe = popen((Bin() + " plan --model " + Files().model + " --context 1024 2>/dev/null").c_str(), "r");
+  if (pipe == nullptr) return plan;
+  char buffer[4096] = {};
+  const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, pipe);
+  pclose(pipe);
+  plan.json.assign(buffer, n);
+  plan.mla_layers = JsonInt(plan.json, "mla_layers");
+  plan.kda_layers = JsonInt(plan.json, "kda_layers");
+  plan.row_bytes = JsonInt(plan.json, "latent_bytes_per_token") / std::max<int64_t>(plan.mla_layers, 1);
+  plan.kda_total = JsonInt(plan.json, "kda_state_bytes");
+  return plan;
+}
+
+// A handoff header for that layout (f16 cache, the workers' default; 4 prompt tokens).
+void FillHeader(const ModelPlan& plan, const std::string& lease, const std::string& fingerprint,
+                int64_t kda_state_bytes, v1::CacheHandoffHeader* h) {
+  h->set_lease_id(lease);
+  h->set_model_fingerprint(fingerprint);
+  h->set_cache_dtype(v1::CACHE_D_TYPE_F16);
+  h->set_latent_width(plan.row_bytes / 2);
+  h->set_row_bytes(plan.row_bytes);
+  for (int64_t i = 0; i < plan.mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
+  for (int64_t i = 0; i < plan.kda_layers; ++i) h->add_kda_layers(static_cast<int32_t>(plan.mla_layers + i));
+  h->set_kda_state_bytes(kda_state_bytes);
+  h->set_prompt_tokens(4);
+}
+
+class LeaseBounds : public ClusterSuite<LeaseBounds> {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_FALSE(Bin().empty()) << "set LATENTSERVE_BIN";
-    ASSERT_TRUE(Files().ok) << "making the model failed in " << Files().dir;
+    if (Bin().empty()) return SetupFailed("set LATENTSERVE_BIN");
+    if (!Files().ok) return SetupFailed("making the model failed in " + Files().dir);
     const std::vector<std::string> flags = {"--internal-token-file", Files().internal_token};
     std::vector<std::string> router_flags = flags;
     router_flags.insert(router_flags.end(), {"--lease-ttl-ms", "900"});  // renewed every 300 ms
     cluster_ = new Cluster("bounds", router_flags, flags, {"--max-lease-ttl-ms", "1000"});
-    ASSERT_TRUE(cluster_->Listening()) << cluster_->Logs();
-    ASSERT_TRUE(WaitFor([] { return BothWorkersAlive(*cluster_, Component()); }, milliseconds(30000)))
-        << cluster_->Logs();
+    if (!cluster_->Listening()) return SetupFailed(cluster_->Logs());
+    if (!WaitFor([] { return BothWorkersAlive(*cluster_, Component()); }, milliseconds(30000))) {
+      return SetupFailed(cluster_->Logs());
+    }
   }
   static void TearDownTestSuite() {
     delete cluster_;
@@ -799,15 +852,10 @@ TEST_F(LeaseBounds, GenerationRenewsWithinTheBound) {
 // A handoff header whose kda_state_bytes only matches the model after overflowing
 // (kda_state_bytes * kda_layers wraps to the real total) is refused, not accepted.
 TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
-  FILE* pipe = popen((Bin() + " plan --model " + Files().model + " --context 1024 2>/dev/null").c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  char buffer[4096] = {};
-  const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, pipe);
-  pclose(pipe);
-  const std::string plan(buffer, n);
-  const int64_t mla_layers = JsonInt(plan, "mla_layers"), kda_layers = JsonInt(plan, "kda_layers");
-  const int64_t row_bytes = JsonInt(plan, "latent_bytes_per_token") / std::max<int64_t>(mla_layers, 1);
-  const int64_t kda_total = JsonInt(plan, "kda_state_bytes");
+  const ModelPlan model = ReadPlan();
+  const std::string& plan = model.json;
+  const int64_t mla_layers = model.mla_layers, kda_layers = model.kda_layers, kda_total = model.kda_total;
+  ASSERT_FALSE(plan.empty()) << "latentserve plan printed nothing";
   ASSERT_GT(mla_layers, 0) << plan;
   ASSERT_EQ(kda_layers, 2) << plan << " (the test model's shape changed: the overflow below assumes 2 KDA layers)";
   ASSERT_EQ(kda_total % 2, 0) << plan;
@@ -825,16 +873,8 @@ TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
     v1::ReceiveCacheRequest message;
     v1::CacheHandoffHeader* h = message.mutable_header();
     h->set_request_id("overflow");
-    h->set_lease_id(lease);
-    h->set_model_fingerprint(fingerprint);
-    h->set_cache_dtype(v1::CACHE_D_TYPE_F16);  // the workers' default --cache-type
     h->set_page_tokens(16);
-    h->set_latent_width(row_bytes / 2);
-    h->set_row_bytes(row_bytes);
-    for (int64_t i = 0; i < mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
-    for (int64_t i = 0; i < kda_layers; ++i) h->add_kda_layers(static_cast<int32_t>(mla_layers + i));
-    h->set_kda_state_bytes(kda_state_bytes);
-    h->set_prompt_tokens(4);
+    FillHeader(model, lease, fingerprint, kda_state_bytes, h);
     writer->Write(message);
     writer->WritesDone();
     grpc::Status status = writer->Finish();
@@ -857,15 +897,10 @@ TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
 // A handoff into a lease its owner released ends ABORTED (lease lost, retryable), not
 // CANCELLED.
 TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
-  FILE* pipe = popen((Bin() + " plan --model " + Files().model + " --context 1024 2>/dev/null").c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  char buffer[4096] = {};
-  const size_t n = std::fread(buffer, 1, sizeof(buffer) - 1, pipe);
-  pclose(pipe);
-  const std::string plan(buffer, n);
-  const int64_t mla_layers = JsonInt(plan, "mla_layers"), kda_layers = JsonInt(plan, "kda_layers");
-  const int64_t row_bytes = JsonInt(plan, "latent_bytes_per_token") / std::max<int64_t>(mla_layers, 1);
-  const int64_t kda_total = JsonInt(plan, "kda_state_bytes");
+  const ModelPlan model = ReadPlan();
+  const std::string& plan = model.json;
+  const int64_t kda_layers = model.kda_layers, kda_total = model.kda_total;
+  ASSERT_FALSE(plan.empty()) << "latentserve plan printed nothing";
   ASSERT_GT(kda_layers, 0) << plan;
 
   const Caller component = Component();
@@ -878,15 +913,7 @@ TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
   auto writer = stub->ReceiveCache(&context, &response);
   v1::ReceiveCacheRequest message;
   v1::CacheHandoffHeader* h = message.mutable_header();
-  h->set_lease_id(lease);
-  h->set_model_fingerprint(Fingerprint(*cluster_, component));
-  h->set_cache_dtype(v1::CACHE_D_TYPE_F16);
-  h->set_latent_width(row_bytes / 2);
-  h->set_row_bytes(row_bytes);
-  for (int64_t i = 0; i < mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
-  for (int64_t i = 0; i < kda_layers; ++i) h->add_kda_layers(static_cast<int32_t>(mla_layers + i));
-  h->set_kda_state_bytes(kda_total / kda_layers);
-  h->set_prompt_tokens(4);
+  FillHeader(model, lease, Fingerprint(*cluster_, component), kda_total / kda_layers, h);
   ASSERT_TRUE(writer->Write(message));
   // The header is taken within milliseconds on loopback; well inside the 1 s lease bound.
   std::this_thread::sleep_for(milliseconds(300));
