@@ -220,7 +220,7 @@ void DecodeWorker::SchedulerLoop() {
     std::vector<model::BatchEntry> entries;
     entries.reserve(batch.size());
     for (auto& slot : batch) entries.push_back({slot->sequence.get(), absl::MakeConstSpan(&slot->next_input, 1), false});
-    absl::StatusOr<std::vector<float>> logits = model_.Forward(entries, cache_);
+    absl::StatusOr<std::vector<float>> logits = graphs_.Step(entries);
     backend_lock.unlock();
     std::lock_guard<std::mutex> lock(mu_);
     steps_++;

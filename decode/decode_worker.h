@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "model/decode_graphs.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -96,6 +97,7 @@ class DecodeWorker : public transfer::CacheSink {
 
   const model::Model& model_;
   model::LatentCache& cache_;
+  model::DecodeGraphs graphs_{model_, cache_};  // the scheduler's steps, replayed (under backend_mu_)
   const std::string fingerprint_;
   const absl::Duration max_lease_ttl_;
 

@@ -1,6 +1,7 @@
 // The Backend ops with a default built from the other ops.
 #include "kernels/backend.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace latentserve::kernels {
@@ -18,6 +19,18 @@ absl::Status Backend::MlaAttentionHeads(const Tensor& q, const Tensor& k_b, cons
   MlaAttention(q_abs, pool, seqs, scale, attn_latent);
   HeadMatMul(v_b, attn_latent, 0, out);
   return absl::OkStatus();
+}
+
+absl::Status Backend::BeginCapture() {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
+}
+
+absl::StatusOr<std::unique_ptr<Backend::Graph>> Backend::EndCapture() {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
+}
+
+absl::Status Backend::Replay(const Graph&) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
 }
 
 }  // namespace latentserve::kernels

@@ -31,12 +31,25 @@ struct KdaStateView {
   Tensor conv;       // [d_conv - 1, Di, 3]: the last d_conv-1 inputs of the q, k, v convs
 };
 
+// A decode step (one new token per sequence) that reads what changes from step to step out
+// of device memory, so that one recorded step (a Graph) serves every later step of the same
+// batch: sequence b stores its new row at position positions[b], sees positions
+// [0, positions[b]], and its pages are page_tables[0 : stride, b].
+struct DeviceStep {
+  Tensor positions;    // i32 [B]
+  Tensor page_tables;  // i32 [stride, B]
+};
+
 // Per-sequence view of the paged latent cache of one MLA layer.
 struct LatentSeqView {
   absl::Span<const int32_t> page_table;  // page ids, in token order
   int64_t cached_tokens = 0;             // tokens already in the cache before this batch
   int64_t first_token = 0;               // batch column of this sequence's first new token
   int64_t token_count = 0;               // new tokens (already stored by LatentStore)
+  // Set for recorded decode steps (token_count 1, first_token == its index in `device`):
+  // backends that record read the position and pages there at run time; the fields above
+  // hold the values of the step being recorded (what a backend that runs ops at once uses).
+  const DeviceStep* device = nullptr;
 };
 
 struct MoeWeights {
@@ -72,6 +85,22 @@ class Backend {
   virtual void FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) = 0;
   // Peak bytes of memory the backend has held for tensors (-1 when not tracked).
   virtual int64_t PeakMemoryBytes() const { return -1; }
+
+  // ---- recorded steps (optional: CUDA graphs) ----
+  // Between BeginCapture and EndCapture the backend records the ops enqueued instead of
+  // running them. Upload keeps a copy of its bytes (every replay uploads the same bytes);
+  // tensors allocated meanwhile belong to the recording and live as long as it does; Download
+  // and Synchronize cannot be recorded (EndCapture then fails, naming them), nor can an op
+  // whose work depends on host values that a DeviceStep does not carry. Replay runs the
+  // recorded work again, in stream order with everything else.
+  class Graph {
+   public:
+    virtual ~Graph() = default;
+  };
+  virtual bool CanCapture() const { return false; }
+  virtual absl::Status BeginCapture();
+  virtual absl::StatusOr<std::unique_ptr<Graph>> EndCapture();
+  virtual absl::Status Replay(const Graph& graph);
 
   // ---- dense ----
   // out[:, i] = table[:, ids[i]] converted to f32. table [E, V] any dtype; ids i32 [n].

@@ -113,17 +113,12 @@ absl::Status Model::ValidateTokens(absl::Span<const int32_t> tokens) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
-                                                  const ForwardOptions& options) const {
+absl::Status Model::PrepareBatch(absl::Span<const BatchEntry> batch, LatentCache& cache) const {
   const ModelConfig& c = config_;
   if (batch.empty()) return absl::InvalidArgumentError("empty batch");
   if (cache.mla_layers() != c.mla_layer_count()) {
     return absl::FailedPreconditionError("latent cache was made for another model");
   }
-  std::vector<int32_t> ids;
-  std::vector<int32_t> output_rows;  // batch columns whose logits are returned
-  BatchContext ctx{backend_, c, 0, {}, {}, 0};
-  bool any_multi_token = false;
   for (const BatchEntry& entry : batch) {
     if (entry.sequence == nullptr || entry.tokens.empty()) {
       return absl::InvalidArgumentError("every batch entry needs a sequence and at least one token");
@@ -137,12 +132,61 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   for (const BatchEntry& entry : batch) {
     RETURN_IF_ERROR(Reserve(*entry.sequence, cache, entry.sequence->cached_tokens + entry.tokens.size()));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                                  const ForwardOptions& options) const {
+  RETURN_IF_ERROR(PrepareBatch(batch, cache));
+  const auto forward_start = std::chrono::steady_clock::now();
+  int64_t m = 0;
+  ASSIGN_OR_RETURN(Tensor logits, Enqueue(batch, cache, options, nullptr, &m));
+  for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += entry.tokens.size();
+  std::vector<float> host(static_cast<size_t>(config_.vocab * m));
+  const auto issued = std::chrono::steady_clock::now();
+  backend_.Download(logits, host.data(), host.size() * sizeof(float));
+  if (options.profile) {
+    const auto downloaded = std::chrono::steady_clock::now();
+    options.profile->enqueue += std::chrono::duration<double>(issued - forward_start).count();
+    options.profile->wait += std::chrono::duration<double>(downloaded - issued).count();
+  }
+  return host;
+}
+
+absl::StatusOr<Tensor> Model::EnqueueDecodeStep(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                                const DecodeStepInputs& step) const {
+  const int64_t n = static_cast<int64_t>(batch.size());
+  for (const BatchEntry& entry : batch) {
+    if (entry.tokens.size() != 1 || entry.all_logits) {
+      return absl::InvalidArgumentError("a recorded decode step takes one token per sequence");
+    }
+    const int64_t needed = cache.PagesFor(entry.sequence->cached_tokens + 1);
+    if (needed > static_cast<int64_t>(entry.sequence->pages.size()) || needed > step.device.page_tables.ne[0]) {
+      return absl::FailedPreconditionError("decode step pages are not reserved");
+    }
+  }
+  if (step.ids.elements() != n || step.device.positions.elements() != n || step.device.page_tables.rows() != n) {
+    return absl::InvalidArgumentError("decode step inputs do not match the batch");
+  }
+  int64_t m = 0;
+  return Enqueue(batch, cache, {}, &step, &m);
+}
+
+absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                      const ForwardOptions& options, const DecodeStepInputs* step,
+                                      int64_t* output_count) const {
+  const ModelConfig& c = config_;
+  std::vector<int32_t> ids;
+  std::vector<int32_t> output_rows;  // batch columns whose logits are returned
+  BatchContext ctx{backend_, c, 0, {}, {}, 0};
+  bool any_multi_token = false;
   for (const BatchEntry& entry : batch) {
     const int64_t first = static_cast<int64_t>(ids.size());
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
     ids.insert(ids.end(), entry.tokens.begin(), entry.tokens.end());
     ctx.slices.push_back({first, count});
-    ctx.latent.push_back({entry.sequence->pages, entry.sequence->cached_tokens, first, count});
+    ctx.latent.push_back({entry.sequence->pages, entry.sequence->cached_tokens, first, count,
+                          step ? &step->device : nullptr});
     any_multi_token |= count > 1;
     if (entry.all_logits) {
       for (int64_t t = 0; t < count; ++t) output_rows.push_back(static_cast<int32_t>(first + t));
@@ -156,7 +200,6 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
 
   // Optional profiling: charge the time since the last mark to one part.
   auto last_mark = std::chrono::steady_clock::now();
-  const auto forward_start = last_mark;
   auto mark = [&](double ForwardProfile::*part) {
     if (options.profile == nullptr || !options.profile_parts) return;
     backend_.Synchronize();
@@ -165,8 +208,13 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
     last_mark = now;
   };
   if (options.profile) ++options.profile->forwards;
-  ASSIGN_OR_RETURN(Tensor id_tensor, backend_.Alloc(DType::kI32, {n, 1, 1, 1}));
-  backend_.Upload(ids.data(), ids.size() * sizeof(int32_t), id_tensor);
+  Tensor id_tensor;
+  if (step != nullptr) {
+    id_tensor = step->ids;
+  } else {
+    ASSIGN_OR_RETURN(id_tensor, backend_.Alloc(DType::kI32, {n, 1, 1, 1}));
+    backend_.Upload(ids.data(), ids.size() * sizeof(int32_t), id_tensor);
+  }
   ASSIGN_OR_RETURN(Tensor x, ctx.F32({c.hidden, n, 1, 1}));
   backend_.GetRows(weights_.token_embd, id_tensor, x);
   ASSIGN_OR_RETURN(Tensor h, ctx.F32({c.hidden, n, 1, 1}));
@@ -193,7 +241,6 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
     mark(c.is_moe(layer) ? &ForwardProfile::moe : &ForwardProfile::ffn_dense);
     backend_.Add(x, ffn, x);
   }
-  for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += entry.tokens.size();
 
   const int64_t m = static_cast<int64_t>(output_rows.size());
   ASSIGN_OR_RETURN(Tensor rows, backend_.Alloc(DType::kI32, {m, 1, 1, 1}));
@@ -203,16 +250,9 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   backend_.RmsNorm(selected, weights_.output_norm, c.rms_eps, selected);
   ASSIGN_OR_RETURN(Tensor logits, ctx.F32({c.vocab, m, 1, 1}));
   backend_.MatMul(weights_.output, selected, logits);
-  std::vector<float> host(static_cast<size_t>(c.vocab * m));
-  const auto issued = std::chrono::steady_clock::now();
-  backend_.Download(logits, host.data(), host.size() * sizeof(float));
-  if (options.profile) {
-    const auto downloaded = std::chrono::steady_clock::now();
-    options.profile->enqueue += std::chrono::duration<double>(issued - forward_start).count();
-    options.profile->wait += std::chrono::duration<double>(downloaded - issued).count();
-  }
   mark(&ForwardProfile::head);
-  return host;
+  *output_count = m;
+  return logits;
 }
 
 absl::StatusOr<std::vector<float>> Model::Prefill(Sequence& sequence, absl::Span<const int32_t> tokens,

@@ -46,6 +46,13 @@ struct ForwardOptions {
   bool profile_parts = true;          // ... and each part (synchronising between them)
 };
 
+// What a recorded decode step reads from device memory (model/decode_graphs.h): the token ids
+// [B] and, for the MLA layers, positions and page tables.
+struct DecodeStepInputs {
+  kernels::Tensor ids;  // i32 [B]
+  kernels::DeviceStep device;
+};
+
 class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path, kernels::Backend& backend);
@@ -80,6 +87,16 @@ class Model {
   absl::StatusOr<std::vector<float>> Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
                                              const ForwardOptions& options = {}) const;
 
+  // Checks a batch and reserves its pages (a failure changes nothing); Forward does this.
+  absl::Status PrepareBatch(absl::Span<const BatchEntry> batch, LatentCache& cache) const;
+
+  // One decode step (one token per entry, logits of each) enqueued with its inputs read from
+  // `step` at run time, so that a recording of it serves later steps (DecodeGraphs). Pages
+  // must be reserved; the entries' token values are not read. Returns the logits tensor
+  // [vocab, B] without waiting for it; changes no sequence (the caller advances them).
+  absl::StatusOr<kernels::Tensor> EnqueueDecodeStep(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                                    const DecodeStepInputs& step) const;
+
   // Chunked prefill of one sequence; `on_chunk(first_token, count)` runs after each chunk's
   // cache rows are final. Returns logits of every token (all_logits) or of the last.
   absl::StatusOr<std::vector<float>> Prefill(
@@ -90,6 +107,10 @@ class Model {
  private:
   explicit Model(kernels::Backend& backend) : backend_(backend) {}
   void IndexLayers();
+  // Enqueues the forward of a prepared batch; returns the logits of its output rows.
+  absl::StatusOr<kernels::Tensor> Enqueue(absl::Span<const BatchEntry> batch, LatentCache& cache,
+                                          const ForwardOptions& options, const DecodeStepInputs* step,
+                                          int64_t* output_rows) const;
   kernels::Backend& backend_;
   std::unique_ptr<gguf::File> file_;
   ModelConfig config_;

@@ -11,6 +11,10 @@
 #   beforeafter  BA_PROMPTS (default "4096 131072") with this session's kernels switched off
 #              (absorbed MLA prefill, MoE grouped on the host, KDA recurrence, gathered MLA
 #              decode) and on, alternating, same binary and call; MAX_TOKENS decode tokens
+#   graphs     decode with the step replayed as a CUDA graph and without (LATENTSERVE_CUDA_GRAPHS=0),
+#              alternating, GRAPH_PROMPTS (default "4096 131072") tokens, GRAPH_TOKENS (default 128)
+#              greedy decode tokens, GRAPH_ROUNDS rounds (default 2): the token ids must be
+#              identical; decode tok/s of each
 # Results under $OUT; a short table last.
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -69,6 +73,23 @@ if has beforeafter; then
       LATENTSERVE_CUDA_MOE=host LATENTSERVE_KDA_FORM=recurrent LATENTSERVE_MLA_DECODE=gather \
         generate "$tokens" absorbed "${tokens}_before_$round"
       generate "$tokens" auto "${tokens}_after_$round"
+    done
+  done
+fi
+if has graphs; then
+  for tokens in ${GRAPH_PROMPTS:-4096 131072}; do
+    for round in $(seq 1 ${GRAPH_ROUNDS:-2}); do
+      for graphs in 0 1; do
+        tag="${tokens}_graphs${graphs}_$round"
+        LATENTSERVE_CUDA_GRAPHS=$graphs MAX_TOKENS=${GRAPH_TOKENS:-128} generate "$tokens" auto "$tag" --ids --temperature 0
+        grep -E "^[0-9]+(,[0-9]+)*$" "$OUT/generate_$tag.txt" > "$OUT/ids_$tag.txt"
+      done
+      if cmp -s "$OUT/ids_${tokens}_graphs0_$round.txt" "$OUT/ids_${tokens}_graphs1_$round.txt" && \
+         [[ -s "$OUT/ids_${tokens}_graphs1_$round.txt" ]]; then
+        echo "graphs $tokens round $round: identical tokens"
+      else
+        echo "graphs $tokens round $round: TOKENS DIFFER"; diff "$OUT/ids_${tokens}_graphs0_$round.txt" "$OUT/ids_${tokens}_graphs1_$round.txt" | head -4
+      fi
     done
   done
 fi

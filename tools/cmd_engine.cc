@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/args.h"
 #include "common/status.h"
+#include "model/decode_graphs.h"
 #include "model/plan.h"
 #include "model/sampler.h"
 #include "tools/cli.h"
@@ -136,6 +137,7 @@ absl::Status RunGenerate(int argc, char** argv) {
                    m.Prefill(*sequence, prompt, *engine.cache, engine.chunk_tokens, false, nullptr, prefill_options));
   const auto prefilled = std::chrono::steady_clock::now();
   model::Sampler sampler(sampling);
+  model::DecodeGraphs graphs(m, *engine.cache);  // decode steps replayed as CUDA graphs
   int64_t generated = 0;
   for (; generated < max_tokens; ++generated) {
     const int32_t next = sampler.Sample(logits);
@@ -149,7 +151,11 @@ absl::Status RunGenerate(int argc, char** argv) {
     std::fflush(stdout);
     if (generated + 1 == max_tokens) break;
     model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&next, 1), false};
-    ASSIGN_OR_RETURN(logits, m.Forward({entry}, *engine.cache, decode_options));
+    if (profile) {
+      ASSIGN_OR_RETURN(logits, m.Forward({entry}, *engine.cache, decode_options));
+    } else {
+      ASSIGN_OR_RETURN(logits, graphs.Step({entry}));
+    }
   }
   const auto done = std::chrono::steady_clock::now();
   if (decoder) {
@@ -165,6 +171,11 @@ absl::Status RunGenerate(int argc, char** argv) {
   std::fprintf(stderr, "prompt %zu tokens in %.3f s (%.1f tok/s); %lld tokens, decode %.1f tok/s\n", prompt.size(),
                prefill_s, prompt.size() / prefill_s, static_cast<long long>(produced),
                generated > 0 ? generated / decode_s : 0.0);
+  if (m.backend().CanCapture()) {
+    std::fprintf(stderr, "decode graphs: %lld recorded, %lld replays%s%s\n", static_cast<long long>(graphs.recordings()),
+                 static_cast<long long>(graphs.replays()), graphs.disabled_reason().empty() ? "" : "; off: ",
+                 graphs.disabled_reason().c_str());
+  }
   if (profile) {
     for (auto [name, p] : {std::pair<const char*, model::ForwardProfile*>{"prefill", &prefill_profile},
                            {"decode", &decode_profile}}) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_graph.h"
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/random_fill.h"
 
@@ -48,13 +49,18 @@ class BlockCache {
   void Give(void* ptr, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (enabled_ && cached_bytes_ + bytes <= kMaxCachedBytes) {
+      // While a graph is recorded the stream may not free: keep every block until it ends.
+      if (hold_ || (enabled_ && cached_bytes_ + bytes <= kMaxCachedBytes)) {
         free_[bytes].push_back(ptr);
         cached_bytes_ += bytes;
         return;
       }
     }
     cudaFreeAsync(ptr, stream_);
+  }
+  void Hold(bool hold) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = hold;
   }
   // Returns every cached block to the pool (before retrying an allocation that failed).
   void Flush() {
@@ -70,6 +76,7 @@ class BlockCache {
   static constexpr size_t kMaxCachedBytes = size_t{4} << 30;
   cudaStream_t stream_;
   bool enabled_ = true;
+  bool hold_ = false;
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
   size_t cached_bytes_ = 0;
@@ -91,6 +98,18 @@ class DeviceBuffer final : public Buffer {
   void* ptr_;
   size_t size_;
   std::shared_ptr<BlockCache> cache_;  // outlives the backend while tensors do
+};
+
+// Memory of a recording (cuda_graph.cu): freed with the graph, not per tensor.
+class RecordedBuffer final : public Buffer {
+ public:
+  RecordedBuffer(void* ptr, size_t size) : ptr_(ptr), size_(size) {}
+  void* address() override { return ptr_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* ptr_;
+  size_t size_;
 };
 
 __global__ void CopyColumnsKernel(const float* src, int64_t src_width, int64_t src_col, float* dst, int64_t dst_width,
@@ -161,6 +180,10 @@ CudaBackend::CudaBackend(int device) : device_(device), scratch_(kScratchSlots) 
   CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_OK(cublasCreate(&cublas_));
   CUBLAS_OK(cublasSetStream(cublas_, stream_));
+  // cuBLAS's own workspace, set once: GEMMs recorded into a graph must not allocate.
+  constexpr size_t kCublasWorkspace = size_t{32} << 20;
+  CUDA_OK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
+  CUBLAS_OK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   block_cache_ = std::make_shared<BlockCache>(stream_);
   // Keep freed memory in the pool instead of returning it to the driver.
   cudaMemPool_t pool;
@@ -180,7 +203,10 @@ CudaBackend::~CudaBackend() {
     if (entry.host) cudaFreeHost(entry.host);
     if (entry.done) cudaEventDestroy(entry.done);
   }
+  for (auto& [key, copy] : f32_weights_) cudaFree(copy.second);
   cublasDestroy(cublas_);
+  cudaFree(cublas_workspace_);
+  if (aux_stream_) cudaStreamDestroy(aux_stream_);
   // Tensors still alive free themselves on the stream; it is intentionally not destroyed.
 }
 
@@ -195,6 +221,10 @@ absl::StatusOr<Tensor> CudaBackend::Alloc(DType dtype, Shape ne) {
   t.dtype = dtype;
   t.ne = ne;
   const size_t bytes = BlockCache::Round(t.nbytes());
+  if (capture_) {
+    t.buffer = std::make_shared<RecordedBuffer>(capture_->Device(bytes), bytes);
+    return t;
+  }
   void* ptr = block_cache_->Take(bytes);
   if (ptr == nullptr) {
     cudaError_t err = cudaMallocAsync(&ptr, bytes, stream_);
@@ -223,17 +253,27 @@ absl::StatusOr<Tensor> CudaBackend::ImportHost(DType dtype, Shape ne, const void
 void CudaBackend::Upload(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) {
   CU_CHECK(dst_offset + bytes <= dst.nbytes());
   if (bytes == 0) return;
+  // A recorded upload reads a pinned copy owned by the recording at every replay.
+  if (capture_) host = capture_->PinnedCopy(host, bytes);
   // From pageable memory the call returns once the data is staged, so `host` may be reused.
   CUDA_OK(cudaMemcpyAsync(DevPtr(dst) + dst_offset, host, bytes, cudaMemcpyHostToDevice, stream_));
 }
 
 void CudaBackend::Download(const Tensor& src, void* host, size_t bytes, size_t src_offset) {
   CU_CHECK(src_offset + bytes <= src.nbytes());
+  if (capture_) {
+    CaptureRefused("Download (the host would wait for the device)");
+    std::memset(host, 0, bytes);
+    return;
+  }
   if (bytes) CUDA_OK(cudaMemcpyAsync(host, DevPtr(src) + src_offset, bytes, cudaMemcpyDeviceToHost, stream_));
   CUDA_OK(cudaStreamSynchronize(stream_));
 }
 
-void CudaBackend::Synchronize() { CUDA_OK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::Synchronize() {
+  if (capture_) return CaptureRefused("Synchronize");
+  CUDA_OK(cudaStreamSynchronize(stream_));
+}
 
 void CudaBackend::Zero(const Tensor& dst) { CUDA_OK(cudaMemsetAsync(DevPtr(dst), 0, dst.nbytes(), stream_)); }
 
@@ -269,7 +309,17 @@ void CudaBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& 
   LAUNCH_OK();
 }
 
+void CudaBackend::HoldFreedBlocks(bool hold) { block_cache_->Hold(hold); }
+
 void* CudaBackend::Scratch(int slot, size_t bytes) {
+  if (capture_) {  // the recording's own block per slot, with the same reuse rule
+    auto& [ptr, size] = capture_->scratch[slot];
+    if (size < bytes) {
+      ptr = capture_->Device(bytes);
+      size = bytes;
+    }
+    return ptr;
+  }
   ScratchSlot& s = scratch_.at(slot);
   if (s.bytes < bytes) {
     if (s.ptr) CUDA_OK(cudaFreeAsync(s.ptr, stream_));
@@ -282,6 +332,10 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
 void* CudaBackend::UploadScratch(int slot, const void* host, size_t bytes) {
   void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
   if (bytes == 0) return dst;
+  if (capture_) {
+    CUDA_OK(cudaMemcpyAsync(dst, capture_->PinnedCopy(host, bytes), bytes, cudaMemcpyHostToDevice, stream_));
+    return dst;
+  }
   // Round-robin over pinned entries; an entry is reused only after its last copy finished
   // (256 uploads later: several decode steps back, so the wait is normally free).
   if (staging_.empty()) staging_.resize(256);

@@ -33,7 +33,8 @@ namespace latentserve::kernels::cuda {
     if (!(cond)) ::latentserve::kernels::cuda::CudaFailed(#cond, "internal check", __FILE__, __LINE__); \
   } while (0)
 
-class BlockCache;  // cuda_backend.cu
+class BlockCache;         // cuda_backend.cu
+struct RecordingMemory;   // cuda_graph.h
 
 class CudaBackend final : public Backend {
  public:
@@ -120,6 +121,16 @@ class CudaBackend final : public Backend {
                            absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states, const Tensor& out);
   static constexpr int64_t kKdaChunkedMinTokens = 8;
 
+  // Recorded steps as CUDA graphs (cuda_graph.cu). While recording, Alloc, Scratch and the
+  // uploads take memory that belongs to the recording; Download and Synchronize are refused.
+  bool CanCapture() const override { return true; }
+  absl::Status BeginCapture() override;
+  absl::StatusOr<std::unique_ptr<Graph>> EndCapture() override;
+  absl::Status Replay(const Graph& graph) override;
+  bool capturing() const { return capture_ != nullptr; }
+  // Marks the recording in progress as failed (EndCapture returns `why`).
+  void CaptureRefused(const std::string& why);
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.
@@ -154,6 +165,14 @@ class CudaBackend final : public Backend {
   };
   std::vector<Staging> staging_;
   size_t next_staging_ = 0;
+  // f32 copies of non-f32 per-head weights (HeadMatMul's k_b / v_b), made once per weight
+  // buffer (the weak pointer tells a live weight from a new tensor at a freed address).
+  const float* F32Weights(const Tensor& w);
+  std::map<const void*, std::pair<std::weak_ptr<Buffer>, float*>> f32_weights_;
+  cudaStream_t aux_stream_ = nullptr;  // one-time work that must stay out of a recording
+  std::unique_ptr<RecordingMemory> capture_;  // set between BeginCapture and EndCapture
+  void HoldFreedBlocks(bool hold);            // no stream frees while recording
+  void* cublas_workspace_ = nullptr;          // fixed, so recorded GEMMs never allocate
 };
 
 inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }

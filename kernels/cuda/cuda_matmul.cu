@@ -27,6 +27,61 @@ __global__ void GemvKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_
   }
 }
 
+// The same with the rows staged through shared memory (warp_dot.cuh) and each row's k split
+// over kGemvSplit warps, so that a decode GEMV of a small matrix has all of its bytes in
+// flight at once and each warp's serial part is a quarter of the row; the warps' sums meet in
+// shared memory. Rows need k % 256 == 0 (whole super-blocks of 8 q4_0 / q8_0 blocks).
+constexpr int kGemvSplit = 4;
+constexpr int kGemvRowsPerBlock = kGemvWarps / kGemvSplit;
+
+template <DType T>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    GemvSplitKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
+  __shared__ __align__(16) uint8_t stage[kGemvWarps][RowChunk<T>::kBytes];
+  __shared__ float partial[kGemvWarps][kGemvMaxColumns];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, part = warp % kGemvSplit;
+  const int64_t row = blockIdx.x * int64_t(kGemvRowsPerBlock) + warp / kGemvSplit;
+  float acc[kGemvMaxColumns] = {};
+  if (row < n) {
+    const uint8_t* wrow = w + row * row_bytes;
+    const int64_t units = k / 256, end = units * (part + 1) / kGemvSplit * 256;
+    for (int64_t first = units * part / kGemvSplit * 256; first < end; first += RowChunk<T>::kValues) {
+      const int count = static_cast<int>(min(int64_t{RowChunk<T>::kValues}, end - first));
+      StageChunk<T>(wrow, first, count, stage[warp], lane);
+      StageWait();
+#pragma unroll
+      for (int col = 0; col < kGemvMaxColumns; ++col) {
+        if (col < m) acc[col] += WarpDotPartial<T>(stage[warp], x + col * k + first, count, lane);
+      }
+      __syncwarp();  // the stage is refilled next
+    }
+  }
+#pragma unroll
+  for (int col = 0; col < kGemvMaxColumns; ++col) {
+    const float sum = WarpSum(acc[col]);
+    if (lane == 0) partial[warp][col] = sum;
+  }
+  __syncthreads();
+  if (part == 0 && row < n && lane < m) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kGemvSplit; ++p) sum += partial[warp + p][lane];
+    y[lane * n + row] = sum;
+  }
+}
+
+template <DType T>
+void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m,
+                float* y) {
+  if (StagedRowsFit<T>(k, row_bytes, w) && k % 256 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const unsigned blocks = static_cast<unsigned>((n + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+    GemvSplitKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
+  } else {
+    const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
+    GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
+  }
+}
+
 template <typename Out>
 __global__ void DequantKernel(DType type, const uint8_t* w, size_t row_bytes, int64_t k, int64_t rows, Out* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -59,13 +114,16 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
   if (n == 0 || m == 0) return;
   const auto* wp = static_cast<const uint8_t*>(w);
   if (m <= kGemvMaxColumns) {
-    const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
     switch (wtype) {
-      case DType::kF32: GemvKernel<DType::kF32><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y); break;
-      case DType::kF16: GemvKernel<DType::kF16><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y); break;
-      case DType::kBF16: GemvKernel<DType::kBF16><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ8_0: GemvKernel<DType::kQ8_0><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ4_0: GemvKernel<DType::kQ4_0><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y); break;
+      case DType::kF32: {
+        const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
+        GemvKernel<DType::kF32><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y);
+        break;
+      }
+      case DType::kF16: LaunchGemv<DType::kF16>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kBF16: LaunchGemv<DType::kBF16>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kQ8_0: LaunchGemv<DType::kQ8_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kQ4_0: LaunchGemv<DType::kQ4_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
       default: CU_CHECK(false);
     }
     LAUNCH_OK();
@@ -111,19 +169,43 @@ void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
   Gemm(w.dtype, DevPtr(w), w.row_bytes(), k, n, DevF32(x), m, DevF32(y));
 }
 
+const float* CudaBackend::F32Weights(const Tensor& w) {
+  const void* key = DevPtr(w);
+  if (auto it = f32_weights_.find(key); it != f32_weights_.end()) {
+    if (it->second.first.lock() == w.buffer) return it->second.second;
+    if (capture_) {  // no synchronising while recording
+      CaptureRefused("a per-head weight was replaced while recording");
+      return it->second.second;
+    }
+    CUDA_OK(cudaStreamSynchronize(stream_));  // a freed weight's copy: its last use may be queued
+    CUDA_OK(cudaFree(it->second.second));
+    f32_weights_.erase(it);
+  }
+  // Made once per weight (7 MLA layers x k_b and v_b: 16 MiB each at full size). While a step
+  // is recorded the copy runs on a side stream, so replays do not dequantise again; the
+  // weights were uploaded and synchronised long before any recording.
+  float* out = nullptr;
+  CUDA_OK(cudaMalloc(&out, static_cast<size_t>(w.elements()) * 4));
+  cudaStream_t stream = stream_;
+  if (capture_) {
+    if (aux_stream_ == nullptr) CUDA_OK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
+    stream = aux_stream_;
+  }
+  DequantKernel<<<Blocks(w.elements(), 256), 256, 0, stream>>>(w.dtype, DevPtr(w), w.row_bytes(), w.ne[0],
+                                                              w.elements() / w.ne[0], out);
+  LAUNCH_OK();
+  if (capture_) CUDA_OK(cudaStreamSynchronize(aux_stream_));
+  f32_weights_[key] = {w.buffer, out};
+  return out;
+}
+
 void CudaBackend::HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) {
   const int64_t k = w.ne[0], n = w.ne[1], heads = w.ne[2];
   const int64_t x_width = x.ne[0], tokens = x.ne[2];
   CU_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32 && x_offset + k <= x_width && x.ne[1] == heads &&
            y.ne[0] == n && y.ne[1] == heads && y.ne[2] == tokens);
   if (tokens == 0) return;
-  const float* wf = reinterpret_cast<const float*>(DevPtr(w));
-  if (w.dtype != DType::kF32) {
-    auto* tmp = static_cast<float*>(Scratch(2, static_cast<size_t>(k * n * heads) * 4));
-    DequantKernel<<<Blocks(k * n * heads, 256), 256, 0, stream_>>>(w.dtype, DevPtr(w), w.row_bytes(), k, n * heads, tmp);
-    LAUNCH_OK();
-    wf = tmp;
-  }
+  const float* wf = w.dtype == DType::kF32 ? reinterpret_cast<const float*>(DevPtr(w)) : F32Weights(w);
   const float one = 1.0f, zero = 0.0f;
   CUBLAS_OK(cublasSgemmStridedBatched(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(tokens),
                                       static_cast<int>(k), &one, wf, static_cast<int>(k), k * n, DevF32(x) + x_offset,

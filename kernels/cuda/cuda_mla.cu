@@ -102,7 +102,22 @@ void CudaBackend::LatentStore(const Tensor& latent, absl::Span<const LatentSeqVi
   }
   const int64_t tokens = BatchTokens(seqs);
   if (tokens == 0) return;
-  TokenMap map = UploadTokenMap(*this, seqs, tokens);
+  TokenMap map;
+  if (const DeviceStep* step = seqs[0].device; step != nullptr) {
+    // A recorded step: token b of the batch goes to position positions[b] of page table b.
+    const int64_t stride = step->page_tables.ne[0];
+    std::vector<int32_t> offsets(tokens);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      CU_CHECK(seqs[b].device == step && seqs[b].token_count == 1 && seqs[b].first_token == static_cast<int64_t>(b));
+      offsets[b] = static_cast<int32_t>(b * stride);
+    }
+    CU_CHECK(step->positions.elements() >= tokens && step->page_tables.rows() >= tokens);
+    map.position = reinterpret_cast<const int32_t*>(DevPtr(step->positions));
+    map.table_offset = static_cast<const int32_t*>(UploadScratch(4, offsets.data(), offsets.size() * sizeof(int32_t)));
+    map.pages = reinterpret_cast<const int32_t*>(DevPtr(step->page_tables));
+  } else {
+    map = UploadTokenMap(*this, seqs, tokens);
+  }
   LatentStoreKernel<<<static_cast<unsigned>(tokens), 128, 0, stream_>>>(pool.dtype, DevF32(latent), latent.ne[0], map,
                                                                        pool.ne[1], pool.row_bytes(), DevPtr(pool));
   LAUNCH_OK();
@@ -115,6 +130,11 @@ void CudaBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<c
   // (cuda_mla_decode.cu); the rest run as tensor-core GEMMs over the sequence's gathered
   // latent rows (cuda_mla_gemm.cu).
   if (MlaDecodePaged(q, pool, seqs, scale, out)) return;
+  if (!seqs.empty() && seqs[0].device != nullptr) {
+    // The other paths take positions and pages from the host: right for the step being
+    // recorded, wrong for every replay.
+    CaptureRefused("MLA decode of this shape (or LATENTSERVE_MLA_DECODE=gather) reads positions from the host");
+  }
   for (const LatentSeqView& seq : seqs) MlaGemmAttention(q, pool, seq, scale, out);
 }
 

@@ -1,7 +1,7 @@
 // MLA decode over the paged latent cache, read in place (no gather into a dense matrix): the
 // absorbed form, one new token per sequence, every head of a token in one CTA so each cache
 // row is read once for all heads. The keys are split into ranges sized so the launch has
-// about two CTAs per multiprocessor (at least 512 keys a range); one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
+// about two CTAs per multiprocessor (at least 128 keys a range); one CTA per (range, sequence) walks its range in 64-row tiles straight from the pages
 // (cp.async, double buffered, f16 caches; other cache types dequantised on the way in):
 //   S [H x 64] = Q [H x L] . rows^T          (mma.sync f16, f32 accumulation; warps split
 //                                            keys x dimensions, queries held in registers)
@@ -27,22 +27,37 @@ constexpr int kWidth = 576;     // L: latent row
 constexpr int kValue = 512;     // R: value part of the row
 constexpr int kMaxHeads = 32;
 constexpr int kTile = 64;       // cache rows per tile
-constexpr int kMinSplit = 512;  // keys per CTA at least
+constexpr int kMinSplit = 128;  // keys per CTA at least (two tiles)
 constexpr int kMaxRanges = 1024; // ranges per sequence at most (the merge keeps their weights in shared memory)
 constexpr int kMaxRangePages = 1024;  // page-table entries a range may span (copied to shared memory)
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowChunks = kWidth / 8;  // 16-byte chunks per row (72)
 constexpr size_t kRowsBytes = size_t{kTile} * kWidth * 2;
-constexpr size_t kSmemBytes = size_t{kMaxHeads} * kWidth * 2 + 2 * kRowsBytes + size_t{kMaxHeads} * kTile * 4 +
-                              size_t{kMaxHeads} * kTile * 2 + 3 * kMaxHeads * 4 + kMaxRangePages * 4;
+constexpr int kDimGroups = 4;   // warps that split a tile's 576 dimensions (kWarps / 2)
+constexpr size_t kSmemBytes = size_t{kMaxHeads} * kWidth * 2 + 2 * kRowsBytes +
+                              size_t{kDimGroups} * kMaxHeads * kTile * 4 + size_t{kMaxHeads} * kTile * 2 +
+                              3 * kMaxHeads * 4 + kMaxRangePages * 4;
 
 struct DecodeSeq {
-  int64_t keys;         // cached + 1: positions [0, keys) are visible
+  int64_t keys;         // cached + 1: positions [0, keys) are visible (with `positions`: at most)
   int64_t token;        // batch column of its token
-  int32_t table_offset; // first entry of its page table in the concatenated tables
+  int32_t table_offset; // first entry of its page table in `tables`
   int32_t first_split;  // first of its ranges in the partial outputs
+  int32_t ranges;       // ranges it may use: each covers SplitKeys(keys, ranges) keys
 };
+
+// Recorded steps (DeviceStep) read each sequence's position at run time; otherwise `keys`.
+__device__ __forceinline__ int64_t VisibleKeys(const DecodeSeq& seq, const int32_t* positions, int index) {
+  return positions ? min(int64_t{positions[index]} + 1, seq.keys) : seq.keys;
+}
+
+// Keys per range: the sequence's keys over its ranges, whole tiles, at least kMinSplit.
+__host__ __device__ __forceinline__ int64_t SplitKeys(int64_t keys, int ranges) {
+  int64_t split = (keys + ranges - 1) / ranges;
+  split = split < kMinSplit ? kMinSplit : split;
+  return (split + kTile - 1) / kTile * kTile;
+}
 
 __device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowChunks + (chunk ^ (row & 7)); }
 
@@ -50,23 +65,25 @@ __device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowCh
 template <int kMTiles>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaDecodePagedKernel(const float* q, float scale_log2, DType type, const uint8_t* pool, size_t row_bytes,
-                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, int64_t split_keys,
+                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, const int32_t* positions,
                          float* partial, float* partial_max, float* partial_sum) {
   constexpr int kHeads = kMTiles * 16;
   extern __shared__ __align__(128) unsigned char smem[];
   __half* s_q = reinterpret_cast<__half*>(smem);                      // [H][576], swizzled
   __half* s_rows = s_q + kMaxHeads * kWidth;                          // 2 x [64][576], swizzled
-  float* s_scores = reinterpret_cast<float*>(s_rows + 2 * kTile * kWidth);  // [H][64]
-  __half* s_p = reinterpret_cast<__half*>(s_scores + kMaxHeads * kTile);   // [H][64], swizzled
+  float* s_scores = reinterpret_cast<float*>(s_rows + 2 * kTile * kWidth);  // [dim group][H][64]
+  __half* s_p = reinterpret_cast<__half*>(s_scores + kDimGroups * kMaxHeads * kTile);  // [H][64], swizzled
   float* s_max = reinterpret_cast<float*>(s_p + kMaxHeads * kTile);        // [H]
   float* s_sum = s_max + kMaxHeads;
   float* s_correction = s_sum + kMaxHeads;
   int32_t* s_table = reinterpret_cast<int32_t*>(s_correction + kMaxHeads);  // this range's pages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const DecodeSeq seq = seqs[blockIdx.y];
+  const int64_t keys = VisibleKeys(seq, positions, blockIdx.y);
+  const int64_t split_keys = SplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
-  if (begin >= seq.keys) return;  // this sequence has fewer ranges than the grid
-  const int64_t end = min(seq.keys, begin + split_keys);
+  if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
+  const int64_t end = min(keys, begin + split_keys);
   const int tiles = static_cast<int>((end - begin + kTile - 1) / kTile);
   const int32_t* table = tables + seq.table_offset;
   const int split = seq.first_split + static_cast<int>(blockIdx.x);
@@ -86,13 +103,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t first_page = static_cast<uint32_t>(begin) / pt;
   const int range_pages = static_cast<int>((static_cast<uint32_t>(end - 1) / pt) - first_page + 1);
   for (int i = tid; i < range_pages; i += kThreads) s_table[i] = table[first_page + i];
-  for (int i = tid; i < kHeads * kTile; i += kThreads) s_scores[i] = 0.0f;
   __syncthreads();
   // S is split over the warps by (keys, dimensions): warp w takes keys 32 (w % 2) .. + 31 of
   // each tile and k-steps 9 (w / 2) .. + 8 of the 36 over the 576 dimensions, so every cache
   // row element is read from shared memory once, and this warp's query fragments (all heads,
-  // its 9 k-steps) stay in registers for the whole range. Partial scores meet in s_scores by
-  // shared-memory atomic adds.
+  // its 9 k-steps) stay in registers for the whole range. Each dimension group stores its
+  // partial scores in its own slice of s_scores; the softmax adds the four (shared-memory
+  // float atomics are compare-and-swap loops, and cost more than the rest of the tile).
   constexpr int kStepsPerWarp = kWidth / 16 / 4;
   const int key_group = warp % 2, dim_group = warp / 2;
   uint32_t q_frag[kStepsPerWarp][kMTiles][4];
@@ -173,22 +190,25 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int key = key_group * 32 + j * 8 + 2 * (lane & 3);
-          atomicAdd(&s_scores[h * kTile + key], s[m][j][0]);
-          atomicAdd(&s_scores[h * kTile + key + 1], s[m][j][1]);
-          atomicAdd(&s_scores[(h + 8) * kTile + key], s[m][j][2]);
-          atomicAdd(&s_scores[(h + 8) * kTile + key + 1], s[m][j][3]);
+          float* part = s_scores + dim_group * kHeads * kTile;
+          *reinterpret_cast<float2*>(&part[h * kTile + key]) = make_float2(s[m][j][0], s[m][j][1]);
+          *reinterpret_cast<float2*>(&part[(h + 8) * kTile + key]) = make_float2(s[m][j][2], s[m][j][3]);
         }
       }
     }
     __syncthreads();
     // Online softmax: warp w takes heads w, w + 8, ...; two keys per lane.
     for (int h = warp; h < kHeads; h += kWarps) {
-      // Keys past the range are masked here; the sums are zeroed for the next tile's adds.
+      // The four dimension groups' partial scores added; keys past the range masked.
       const int64_t key0 = begin + int64_t{tile} * kTile;
-      const float a = key0 + lane < end ? s_scores[h * kTile + lane] : -INFINITY;
-      const float b = key0 + lane + 32 < end ? s_scores[h * kTile + lane + 32] : -INFINITY;
-      s_scores[h * kTile + lane] = 0.0f;
-      s_scores[h * kTile + lane + 32] = 0.0f;
+      float a = 0.0f, b = 0.0f;
+#pragma unroll
+      for (int g = 0; g < kDimGroups; ++g) {
+        a += s_scores[(g * kHeads + h) * kTile + lane];
+        b += s_scores[(g * kHeads + h) * kTile + lane + 32];
+      }
+      a = key0 + lane < end ? a : -INFINITY;
+      b = key0 + lane + 32 < end ? b : -INFINITY;
       float m = fmaxf(a, b);
       for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
       const float old_max = s_max[h], new_max = fmaxf(old_max, m);  // the range's first key is visible
@@ -262,12 +282,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 // the ranges' weights computed once into shared memory, then one column per thread with the
 // ranges' partial rows read in parallel (coalesced across the block, unrolled across ranges).
 __global__ void MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum,
-                                  const DecodeSeq* seqs, int64_t heads, int64_t split_keys, float* out) {
+                                  const DecodeSeq* seqs, const int32_t* positions, int64_t heads, float* out) {
   __shared__ float weight[kMaxRanges];
   __shared__ float total;
   const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t h = blockIdx.x;
-  const int ranges = static_cast<int>((seq.keys + split_keys - 1) / split_keys);
+  const int64_t keys = VisibleKeys(seq, positions, blockIdx.y);
+  const int64_t split_keys = SplitKeys(keys, seq.ranges);
+  const int ranges = static_cast<int>((keys + split_keys - 1) / split_keys);
   if (threadIdx.x < 32) {
     float m = -INFINITY;
     for (int r = threadIdx.x; r < ranges; r += 32) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
@@ -297,55 +319,66 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   if (q.ne[0] != kWidth || out.ne[0] != kValue || heads % 16 != 0 || heads > kMaxHeads) return false;
   const char* forced = std::getenv("LATENTSERVE_MLA_DECODE");
   if (forced != nullptr && std::strcmp(forced, "gather") == 0) return false;
-  int64_t total_keys = 0;
-  for (const LatentSeqView& seq : seqs) {
-    if (seq.token_count != 1 || seq.cached_tokens + 1 >= (int64_t{1} << 31)) return false;  // 32-bit positions
-    total_keys += seq.cached_tokens + 1;
-  }
+  if (seqs.empty()) return true;
+  const int64_t page_tokens = pool.ne[1];
   int device_sms = 0;
   CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
-  int64_t split = std::max<int64_t>(kMinSplit, total_keys / (2 * int64_t{device_sms}));
-  split = (split + kTile - 1) / kTile * kTile;
-  if (split / pool.ne[1] + 2 > kMaxRangePages) return false;  // a range's pages must fit shared memory
   std::vector<DecodeSeq> meta;
   std::vector<int32_t> tables;
+  const int32_t* device_tables = nullptr;
+  const int32_t* positions = nullptr;
   int32_t splits = 0;
-  int64_t max_ranges = 0;
-  for (const LatentSeqView& seq : seqs) {
-    const int64_t keys = seq.cached_tokens + 1;
-    const int64_t ranges = (keys + split - 1) / split;
-    if (ranges > kMaxRanges) return false;
-    meta.push_back({keys, seq.first_token, static_cast<int32_t>(tables.size()), splits});
-    tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
-    splits += static_cast<int32_t>(ranges);
-    max_ranges = std::max(max_ranges, ranges);
+  int max_ranges = 0;
+  const DeviceStep* step = seqs[0].device;
+  if (step != nullptr) {
+    // A recorded step: a fixed grid (about two CTAs per SM over the batch), each sequence's
+    // ranges sized at run time from its position; pages straight from the step's tables.
+    const int64_t batch = static_cast<int64_t>(seqs.size()), stride = step->page_tables.ne[0];
+    if (step->positions.elements() < batch || step->page_tables.rows() < batch) return false;
+    const int ranges = static_cast<int>(std::clamp<int64_t>(2 * int64_t{device_sms} / batch, 1, kMaxRanges));
+    const int64_t max_keys = stride * page_tokens;
+    if (max_keys >= (int64_t{1} << 31) || SplitKeys(max_keys, ranges) / page_tokens + 2 > kMaxRangePages) return false;
+    for (int64_t b = 0; b < batch; ++b) {
+      if (seqs[b].device != step || seqs[b].token_count != 1 || seqs[b].first_token != b) return false;
+      meta.push_back({max_keys, b, static_cast<int32_t>(b * stride), splits, ranges});
+      splits += ranges;
+    }
+    max_ranges = ranges;
+    device_tables = reinterpret_cast<const int32_t*>(DevPtr(step->page_tables));
+    positions = reinterpret_cast<const int32_t*>(DevPtr(step->positions));
+  } else {
+    int64_t total_keys = 0;
+    for (const LatentSeqView& seq : seqs) {
+      if (seq.token_count != 1 || seq.cached_tokens + 1 >= (int64_t{1} << 31)) return false;  // 32-bit positions
+      total_keys += seq.cached_tokens + 1;
+    }
+    const int64_t split = SplitKeys(std::max<int64_t>(1, total_keys / (2 * int64_t{device_sms})), 1);
+    if (split / page_tokens + 2 > kMaxRangePages) return false;  // a range's pages must fit shared memory
+    for (const LatentSeqView& seq : seqs) {
+      const int64_t keys = seq.cached_tokens + 1;
+      const int64_t ranges = (keys + split - 1) / split;
+      if (ranges > kMaxRanges) return false;
+      meta.push_back({keys, seq.first_token, static_cast<int32_t>(tables.size()), splits, static_cast<int32_t>(ranges)});
+      tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
+      splits += static_cast<int32_t>(ranges);
+      max_ranges = std::max(max_ranges, static_cast<int>(ranges));
+    }
+    device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
   }
-  if (meta.empty()) return true;
   auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
-  auto* device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
   float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
   const dim3 grid(static_cast<unsigned>(max_ranges), static_cast<unsigned>(meta.size()));
   const float scale_log2 = scale * 1.4426950408889634f;
-  if (heads == 16) {
-    CUDA_OK(cudaFuncSetAttribute(MlaDecodePagedKernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(kSmemBytes)));
-    MlaDecodePagedKernel<1><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
-                                                                    pool.row_bytes(), pool.ne[1], device_tables,
-                                                                    device_meta, split, partial, partial_max,
-                                                                    partial_sum);
-  } else {
-    CUDA_OK(cudaFuncSetAttribute(MlaDecodePagedKernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(kSmemBytes)));
-    MlaDecodePagedKernel<2><<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool),
-                                                                    pool.row_bytes(), pool.ne[1], device_tables,
-                                                                    device_meta, split, partial, partial_max,
-                                                                    partial_sum);
-  }
+  auto kernel = heads == 16 ? MlaDecodePagedKernel<1> : MlaDecodePagedKernel<2>;
+  CUDA_OK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
+  kernel<<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool), pool.row_bytes(),
+                                                  page_tokens, device_tables, device_meta, positions, partial,
+                                                  partial_max, partial_sum);
   LAUNCH_OK();
   MergeRangesKernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size()), kValue / 128), 128, 0,
-                      stream_>>>(partial, partial_max, partial_sum, device_meta, heads, split, DevF32(out));
+                      stream_>>>(partial, partial_max, partial_sum, device_meta, positions, heads, DevF32(out));
   LAUNCH_OK();
   return true;
 }

@@ -254,6 +254,7 @@ enum class Form { kAbsorbed, kMha };
 Form ChooseForm(const Tensor& k_b, const Tensor& v_b, const Tensor& pool, const LatentSeqView& seq) {
   const int64_t Pn = k_b.ne[0], R = k_b.ne[1], H = k_b.ne[2], Dv = v_b.ne[1], L = pool.ne[0];
   if (Pn != kNope || Dv != kV || L - R != kRope || R % 8 != 0 || L % 8 != 0) return Form::kAbsorbed;
+  if (seq.device != nullptr) return Form::kAbsorbed;  // recorded decode steps: the paged kernel
   const char* forced = std::getenv("LATENTSERVE_MLA_FORM");
   if (forced != nullptr && std::strcmp(forced, "absorbed") == 0) return Form::kAbsorbed;
   if (forced != nullptr && std::strcmp(forced, "mha") == 0) return Form::kMha;

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include "common/dtype.h"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace latentserve::kernels::cuda {
 
@@ -68,6 +69,48 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
     for (int64_t i = lane; i < k; i += 32) acc += w[i] * x[i];
   }
   return acc;
+}
+
+// Staged rows: a warp copies a chunk of its weight row into shared memory with 16-byte
+// cp.async copies issued back to back, then takes the dot products from there. The plain
+// WarpDotPartial waits for each 4-byte load before the next, so a warp has ~150 bytes in
+// flight and decode GEMVs ran at a sixth of HBM bandwidth (ncu, docs/benchmarks.md); staged,
+// the whole chunk is in flight at once. Chunk sizes keep a warp's stage at most 2,304 bytes.
+template <DType T>
+struct RowChunk {
+  static constexpr int kValues = T == DType::kQ4_0 ? 4096 : T == DType::kQ8_0 ? 2048 : 1024;
+  static constexpr int kBytes = T == DType::kQ4_0 ? kValues / 32 * 18 : T == DType::kQ8_0 ? kValues / 32 * 34 : kValues * 2;
+};
+
+// Staging needs every chunk to be whole 16-byte copies from a 16-byte aligned row.
+template <DType T>
+__host__ __device__ inline bool StagedRowsFit(int64_t k, size_t row_bytes, const void* base) {
+  const bool aligned = (reinterpret_cast<uintptr_t>(base) % 16) == 0 && row_bytes % 16 == 0;
+  if constexpr (T == DType::kQ4_0 || T == DType::kQ8_0) return aligned && k % 256 == 0;
+  if constexpr (T == DType::kF16 || T == DType::kBF16) return aligned && k % 8 == 0;
+  return false;
+}
+
+template <DType T>
+__device__ __forceinline__ int64_t RowBytesFor(int64_t values) {
+  if constexpr (T == DType::kQ4_0) return values / 32 * 18;
+  if constexpr (T == DType::kQ8_0) return values / 32 * 34;
+  return values * 2;
+}
+
+// Issues the copies of values [first, first + count) of `row` into `stage` (no wait).
+template <DType T>
+__device__ __forceinline__ void StageChunk(const uint8_t* row, int64_t first, int count, uint8_t* stage, int lane) {
+  const uint8_t* src = row + RowBytesFor<T>(first);
+  const int bytes = static_cast<int>(RowBytesFor<T>(count));
+  for (int i = lane * 16; i < bytes; i += 32 * 16) CpAsync16(stage + i, src + i, true);
+}
+
+// Waits for this lane's staged copies; with __syncwarp the whole chunk is visible to the warp.
+__device__ __forceinline__ void StageWait() {
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncwarp();
 }
 
 }  // namespace latentserve::kernels::cuda

@@ -104,15 +104,19 @@ class BackendOps : public ::testing::Test {
 
 TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
-    for (int64_t m : {1, 3, 8, 9, 77}) {
-      const int64_t k = 320, n = 333;
+    // k 320: the plain warp GEMV; 2304 and 5120: rows staged and split over warps (one or
+    // several chunks per warp).
+    for (auto [m, k] : {std::pair<int64_t, int64_t>{1, 320}, {3, 320}, {8, 320}, {9, 320}, {77, 320}, {1, 2304},
+                        {5, 2304}, {8, 2304}, {1, 5120}, {2, 5120}}) {
+      const int64_t n = 333;
       auto w = Make(type, {k, n, 1, 1}, Random(k * n));
       auto x = F32({k, m, 1, 1}, Random(k * m));
       auto y = Poisoned({n, m, 1, 1});
       cpu_->MatMul(CpuReferenceWeights(w), x.cpu, y.cpu);
       gpu_->MatMul(w.gpu, x.gpu, y.gpu);
       const bool half = m > 8 && type != DType::kF32;
-      Expect(y, half ? kHalfActivations : 1e-9, std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m));
+      Expect(y, half ? kHalfActivations : 1e-9,
+             std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m) + " k=" + std::to_string(k));
     }
   }
 }
@@ -413,8 +417,8 @@ TEST_P(MlaDecodeContexts, LongContextAllHeads) {
 INSTANTIATE_TEST_SUITE_P(Keys, MlaDecodeContexts, ::testing::Values(5000, 2047, 39999));
 
 // Decode steps of several sequences in one batch over the pages in place (the paged decode
-// kernel), every cache type, 16 and 32 heads, contexts of 1 to 5,001 keys (a range of 512
-// keys per CTA: partial first tile, exact multiples, many ranges), pages shuffled.
+// kernel), every cache type, 16 and 32 heads, contexts of 1 to 5,001 keys (ranges of at least 128
+// keys per CTA at least 128: partial first tile, exact multiples, many ranges), pages shuffled.
 TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
   const int64_t width = 576, value_dim = 512, page = 64;
   const std::vector<int64_t> cached = {0, 62, 63, 64, 511, 512, 5000};
@@ -452,6 +456,75 @@ TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
       gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
       Expect(out, 1e-5, std::string("MlaAttention paged decode ") + DTypeName(type) + " " + std::to_string(heads) +
                             " heads");
+    }
+  }
+}
+
+// A decode step recorded once (CUDA graph) and replayed for two steps: LatentStore and the
+// paged decode read positions and page tables from device memory (DeviceStep), so the second
+// replay, whose positions differ from the recorded host values, must still match the CPU.
+TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
+  if (!gpu_->CanCapture()) GTEST_SKIP() << "backend does not record";
+  const int64_t width = 576, value_dim = 512, page = 64, heads = 32, stride = 640;
+  const std::vector<int64_t> cached = {0, 63, 64, 5000, 39999};
+  const int64_t n = static_cast<int64_t>(cached.size());
+  int64_t pages = 0;
+  for (int64_t c : cached) pages += (c + 2 + page - 1) / page;
+  std::vector<int32_t> order(pages);
+  for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);
+  for (DType type : {DType::kF16, DType::kQ8_0}) {
+    auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<int32_t> device_tables(stride * n, 0);
+    int64_t next = 0, total = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t count = (cached[s] + 2 + page - 1) / page;  // room for two steps
+      tables.emplace_back(order.begin() + next, order.begin() + next + count);
+      std::copy(tables.back().begin(), tables.back().end(), device_tables.begin() + s * stride);
+      next += count;
+      total += cached[s];
+    }
+    std::vector<LatentSeqView> history;
+    int64_t column = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      history.push_back({tables[s], 0, column, cached[s]});
+      column += cached[s];
+    }
+    auto rows = F32({width, total, 1, 1}, Random(width * total, -2, 2));
+    cpu_->LatentStore(rows.cpu, history, pool.cpu);
+    gpu_->LatentStore(rows.gpu, history, pool.gpu);
+
+    DeviceStep device{*gpu_->Alloc(DType::kI32, {n, 1, 1, 1}), *gpu_->Alloc(DType::kI32, {stride, n, 1, 1})};
+    gpu_->Upload(device_tables.data(), device_tables.size() * 4, device.page_tables);
+    auto fresh = F32({width, n, 1, 1}, std::vector<float>(width * n, 0.0f));
+    auto q = F32({width, heads, n, 1}, std::vector<float>(width * heads * n, 0.0f));
+    Tensor out_gpu = *gpu_->Alloc(DType::kF32, {value_dim, heads, n, 1});
+    std::vector<LatentSeqView> recorded;
+    for (int64_t s = 0; s < n; ++s) recorded.push_back({tables[s], cached[s], s, 1, &device});
+    ASSERT_TRUE(gpu_->BeginCapture().ok());
+    gpu_->LatentStore(fresh.gpu, recorded, pool.gpu);
+    gpu_->MlaAttention(q.gpu, pool.gpu, recorded, 1.0f / std::sqrt(192.0f), out_gpu);
+    auto graph = gpu_->EndCapture();
+    ASSERT_TRUE(graph.ok()) << graph.status();
+    for (int64_t step = 0; step < 2; ++step) {
+      std::vector<LatentSeqView> views;
+      std::vector<int32_t> positions(n);
+      for (int64_t s = 0; s < n; ++s) {
+        views.push_back({tables[s], cached[s] + step, s, 1});
+        positions[s] = static_cast<int32_t>(cached[s] + step);
+      }
+      const std::vector<float> new_rows = Random(width * n, -2, 2), new_q = Random(width * heads * n, -0.3f, 0.3f);
+      cpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.cpu);
+      gpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.gpu);
+      cpu_->Upload(new_q.data(), new_q.size() * 4, q.cpu);
+      gpu_->Upload(new_q.data(), new_q.size() * 4, q.gpu);
+      gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
+      auto out = Poisoned({value_dim, heads, n, 1});
+      cpu_->LatentStore(fresh.cpu, views, pool.cpu);
+      cpu_->MlaAttention(q.cpu, pool.cpu, views, 1.0f / std::sqrt(192.0f), out.cpu);
+      ASSERT_TRUE(gpu_->Replay(**graph).ok());
+      gpu_->Copy(out_gpu, out.gpu);
+      Expect(out, 1e-5, std::string("recorded MLA decode step ") + std::to_string(step) + " " + DTypeName(type));
     }
   }
 }

@@ -1,0 +1,48 @@
+// Decode steps replayed from a recording (a CUDA graph on the CUDA backend).
+//
+// A decode step is ~800 small operations; issuing them costs the host more time than the GPU
+// needs to run them. DecodeGraphs records the step of a batch once and replays it for every
+// later step of the same sequences: the token ids, positions and page tables the recording
+// reads live in device buffers that are refreshed (one upload) before each replay. A batch of
+// other sequences is recorded anew; backends that cannot record, batches that are not one
+// token per sequence, and LATENTSERVE_CUDA_GRAPHS=0 run Model::Forward.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/latent_cache.h"
+#include "model/model.h"
+
+namespace latentserve::model {
+
+class DecodeGraphs {
+ public:
+  DecodeGraphs(const Model& model, LatentCache& cache);
+  ~DecodeGraphs();
+
+  // Same contract as model.Forward(batch, cache) with default options.
+  absl::StatusOr<std::vector<float>> Step(absl::Span<const BatchEntry> batch);
+
+  int64_t recordings() const { return recordings_; }
+  int64_t replays() const { return replays_; }
+  // Why recording is off (empty while it is on).
+  const std::string& disabled_reason() const { return disabled_; }
+
+ private:
+  struct Recording;
+  // What a recording depends on besides its inputs: the sequences' state addresses.
+  std::vector<const void*> KeyOf(absl::Span<const BatchEntry> batch) const;
+  absl::Status Record(absl::Span<const BatchEntry> batch, int64_t stride);
+
+  const Model& model_;
+  LatentCache& cache_;
+  std::unique_ptr<Recording> current_;
+  std::string disabled_;
+  int64_t recordings_ = 0, replays_ = 0;
+};
+
+}  // namespace latentserve::model
