@@ -192,6 +192,49 @@ TEST(NeedleWeights, Q4_0StoresEveryWeightExactly) {
   EXPECT_GT(quantised, 10);
 }
 
+// The real model's widths (hidden 2304, 32 heads, Dk 128, R 512, Pn 128, Pr 64, Dv 128) with
+// inactive KDA and MLA layers around the two that act: the margins do not depend on the shape.
+TEST(NeedleWeights, RealDimensionsKeepTheMargins) {
+  tools::TestModelOptions o = tools::NeedleTestModel();
+  const tools::TestModelOptions real = tools::KimiLinear48BA3B();
+  o.hidden = real.hidden;
+  o.heads = real.heads;
+  o.kda_head_dim = real.kda_head_dim;
+  o.kv_lora_rank = real.kv_lora_rank;
+  o.qk_nope = real.qk_nope;
+  o.qk_rope = real.qk_rope;
+  o.v_head = real.v_head;
+  o.layers = 5;
+  o.mla_layers = {3, 4};
+  o.weight_type = DType::kQ4_0;
+  o.out_path = TempModel("real_dims");
+  ASSERT_TRUE(tools::WriteTestModel(o).ok());
+  auto backend = *kernels::CreateBackend({"cpu", 2, 0});
+  auto model = model::Model::Load(o.out_path, *backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto file = *gguf::File::Open(o.out_path);
+  auto tokenizer = *tokenizer::Tokenizer::FromGguf(*file);
+  std::filesystem::remove(o.out_path);
+  model::LatentCacheOptions cache_options;
+  cache_options.dtype = DType::kQ4_0;
+  cache_options.page_tokens = 64;
+  cache_options.pages = 8;
+  auto cache = *model::LatentCache::Create((*model)->config(), *backend, cache_options);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 150; ++i) prompt.push_back(tokenizer.Encode(" " + kNeedleNouns[(i * 7) % kNeedleNouns.size()], false)[0]);
+  const int32_t key = tokenizer.Encode(" Sirius", false)[0], value = tokenizer.Encode(" three", false)[0];
+  prompt.insert(prompt.begin() + 70, {key, value});
+  prompt.push_back(key);
+  auto seq = *(*model)->NewSequence();
+  auto logits = (*model)->Prefill(*seq, prompt, *cache, 64, false);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_NEAR((*logits)[value], 64.0f, 0.5f);
+  EXPECT_NEAR((*logits)[tokenizer.eos_id()], 51.2f, 0.5f);
+  (*logits)[value] = (*logits)[tokenizer.eos_id()] = -1e30f;
+  EXPECT_LE(*std::max_element(logits->begin(), logits->end()), 32.5f);
+  (*model)->ResetSequence(*seq, *cache);
+}
+
 TEST(NeedleWeights, RefusesShapesThatCannotCarryTheConstruction) {
   tools::TestModelOptions o = tools::NeedleTestModel();
   o.out_path = TempModel("refused");
