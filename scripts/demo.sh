@@ -85,9 +85,11 @@ echo
 
 # 5. Summary.
 "$LS" plan --model "$MODEL" --context "$TOKENS" --cache-type "$CACHE_TYPE" >"$WORK/plan.json"
-python3 - "$WORK/result.json" "$WORK/plan.json" "$WORK/needle.json" <<'PY'
+"$LS" plan --config kimi-linear-48b-a3b --context "$TOKENS" --cache-type "$CACHE_TYPE" >"$WORK/plan_real.json"
+python3 - "$WORK/result.json" "$WORK/plan.json" "$WORK/needle.json" "$WORK/plan_real.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); p = json.load(open(sys.argv[2])); d = json.load(open(sys.argv[3]))
+real = json.load(open(sys.argv[4]))
 u, t = r["usage"], r["timing"]
 mib = lambda b: b / 1048576
 right = r["text"] == d["expected"]
@@ -101,7 +103,7 @@ print(f"transfer after prefill   {t['transfer_tail_ms']:.1f} ms ({100*t['transfe
 print(f"decode speed             {t['decode_tokens_per_s']:.1f} tokens/s")
 print(f"cache bytes moved        {u['cache_bytes_transferred']} ({mib(u['cache_bytes_transferred']):.2f} MiB: latent rows + KDA state)")
 print(f"latent cache (plan)      {p['latent_cache_bytes']} ({mib(p['latent_cache_bytes']):.2f} MiB)")
-print(f"standard MHA cache, f16  {p['mha_cache_bytes_f16']} ({mib(p['mha_cache_bytes_f16']):.2f} MiB, "
-      f"{p['mha_cache_bytes_f16']/max(p['latent_cache_bytes'],1):.1f}x the latent cache)")
+print(f"Kimi-Linear-48B-A3B, same length: latent cache {mib(real['latent_cache_bytes']):.0f} MiB, standard MHA "
+      f"cache (f16) {mib(real['mha_cache_bytes_f16']):.0f} MiB ({real['mha_cache_bytes_f16']/max(real['latent_cache_bytes'],1):.0f}x)")
 sys.exit(0 if right else 1)
 PY
