@@ -2,6 +2,8 @@
 // every listed word one token; q4_0 stores its weights exactly; and the logits come out as
 // the construction says (answer 64, EOS 51.2, every other token <= 32) with the fact at any
 // depth, every cache type, chunked prefill and decode; an ambiguous key falls back to EOS.
+#include "tools/lib/needle_model.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -14,7 +16,6 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/model.h"
-#include "tools/lib/needle_model.h"
 #include "tools/lib/test_model.h"
 
 namespace latentserve {
@@ -25,7 +26,8 @@ namespace {
 #undef NEEDLE_WORDS
 
 std::string TempModel(const std::string& tag) {
-  return (std::filesystem::temp_directory_path() / ("ls_needle_" + tag + "_" + std::to_string(::getpid()) + ".gguf"))
+  return (std::filesystem::temp_directory_path() /
+          ("ls_needle_" + tag + "_" + std::to_string(::getpid()) + ".gguf"))
       .string();
 }
 
@@ -66,7 +68,9 @@ class NeedleModel : public ::testing::TestWithParam<DType> {
       if (i % 9 == 8) filler_.push_back(Id("."));
     }
   }
-  void TearDown() override { EXPECT_EQ(cache_->free_pages(), cache_->total_pages()) << "pages leaked"; }
+  void TearDown() override {
+    EXPECT_EQ(cache_->free_pages(), cache_->total_pages()) << "pages leaked";
+  }
 
   int32_t Id(const std::string& word) const {
     const std::string text = word == "." ? word : " " + word;
@@ -76,7 +80,8 @@ class NeedleModel : public ::testing::TestWithParam<DType> {
   }
 
   // Last-position logits of `tokens`, prefilled in chunks of `chunk`.
-  std::vector<float> Prefill(model::Sequence& seq, const std::vector<int32_t>& tokens, int64_t chunk) {
+  std::vector<float> Prefill(model::Sequence& seq, const std::vector<int32_t>& tokens,
+                             int64_t chunk) {
     auto logits = model_->Prefill(seq, tokens, *cache_, chunk, false);
     EXPECT_TRUE(logits.ok()) << logits.status();
     return logits.ok() ? *logits : std::vector<float>();
@@ -105,11 +110,13 @@ class NeedleModel : public ::testing::TestWithParam<DType> {
 std::vector<std::string> NeedleModel::paths_;
 
 TEST_P(NeedleModel, EveryListedWordIsOneToken) {
-  for (const auto* group : {&kNeedleStarters, &kNeedleAdjectives, &kNeedleNouns, &kNeedleVerbs, &kNeedleAdverbs,
-                            &kNeedlePrepositions, &kNeedleLinks, &kNeedleFactWords, &kNeedleNames, &kNeedleDigits}) {
+  for (const auto* group :
+       {&kNeedleStarters, &kNeedleAdjectives, &kNeedleNouns, &kNeedleVerbs, &kNeedleAdverbs,
+        &kNeedlePrepositions, &kNeedleLinks, &kNeedleFactWords, &kNeedleNames, &kNeedleDigits}) {
     for (const std::string& word : *group) Id(word);
   }
-  const std::vector<int32_t> chat = tokenizer_->Encode("<|im_user|>user<|im_middle|>hi<|im_end|>", true);
+  const std::vector<int32_t> chat =
+      tokenizer_->Encode("<|im_user|>user<|im_middle|>hi<|im_end|>", true);
   EXPECT_EQ(chat.front(), tokenizer_->Encode("<|im_user|>", true).at(0));
   EXPECT_EQ(chat.back(), tokenizer_->eos_id());
 }
@@ -125,7 +132,8 @@ TEST_P(NeedleModel, RetrievesTheValueAtEveryDepthAndChunking) {
       prompt.insert(prompt.end(), value.begin(), value.end());
       prompt.insert(prompt.end(), filler_.begin() + at, filler_.end());
       prompt.push_back(key);
-      const std::string where = "fact at " + std::to_string(at) + ", chunk " + std::to_string(chunk);
+      const std::string where =
+          "fact at " + std::to_string(at) + ", chunk " + std::to_string(chunk);
       auto seq = *model_->NewSequence();
       ExpectAnswer(Prefill(*seq, prompt, chunk), value[0], where);
       // Decode copies the rest: each value token is the key of the next; "." is ambiguous.
@@ -133,7 +141,8 @@ TEST_P(NeedleModel, RetrievesTheValueAtEveryDepthAndChunking) {
         model::BatchEntry entry{seq.get(), absl::MakeConstSpan(&value[i], 1), false};
         auto logits = model_->Forward({entry}, *cache_);
         ASSERT_TRUE(logits.ok()) << logits.status();
-        const int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        const int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
+                                                  logits->begin());
         if (i + 1 < value.size()) {
           ExpectAnswer(*logits, value[i + 1], where + ", decode step " + std::to_string(i));
         } else {
@@ -185,7 +194,8 @@ TEST(NeedleWeights, Q4_0StoresEveryWeightExactly) {
       DequantizeRow(DType::kQ4_0, q.data + r * RowBytes(DType::kQ4_0, width), row.data(), width);
       const float* want = reinterpret_cast<const float*>(f->data) + r * width;
       for (int64_t i = 0; i < width; ++i) {
-        ASSERT_NEAR(row[i], want[i], std::fabs(want[i]) * 1e-3f) << q.name << " row " << r << " col " << i;
+        ASSERT_NEAR(row[i], want[i], std::fabs(want[i]) * 1e-3f)
+            << q.name << " row " << r << " col " << i;
       }
     }
   }
@@ -221,8 +231,10 @@ TEST(NeedleWeights, RealDimensionsKeepTheMargins) {
   cache_options.pages = 8;
   auto cache = *model::LatentCache::Create((*model)->config(), *backend, cache_options);
   std::vector<int32_t> prompt;
-  for (int i = 0; i < 150; ++i) prompt.push_back(tokenizer.Encode(" " + kNeedleNouns[(i * 7) % kNeedleNouns.size()], false)[0]);
-  const int32_t key = tokenizer.Encode(" Sirius", false)[0], value = tokenizer.Encode(" three", false)[0];
+  for (int i = 0; i < 150; ++i)
+    prompt.push_back(tokenizer.Encode(" " + kNeedleNouns[(i * 7) % kNeedleNouns.size()], false)[0]);
+  const int32_t key = tokenizer.Encode(" Sirius", false)[0],
+                value = tokenizer.Encode(" three", false)[0];
   prompt.insert(prompt.begin() + 70, {key, value});
   prompt.push_back(key);
   auto seq = *(*model)->NewSequence();

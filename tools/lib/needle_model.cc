@@ -95,7 +95,8 @@ absl::Status ValidateNeedleShape(const TestModelOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<NeedleWeights> NeedleWeights::Create(const TestModelOptions& o, const TestVocab& vocab) {
+absl::StatusOr<NeedleWeights> NeedleWeights::Create(const TestModelOptions& o,
+                                                    const TestVocab& vocab) {
   RETURN_IF_ERROR(ValidateNeedleShape(o));
   NeedleWeights w;
   w.o_ = o;
@@ -113,8 +114,8 @@ absl::StatusOr<NeedleWeights> NeedleWeights::Create(const TestModelOptions& o, c
   for (size_t t = 0; t < n; ++t) {
     if (vocab.token_types[t] != 1 && vocab.token_types[t] != 3) continue;
     if (next_message >= L::kMaxCodedTokens) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the needle construction codes at most ", L::kMaxCodedTokens, " tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the needle construction codes at most ", L::kMaxCodedTokens, " tokens"));
     }
     w.code_[t] = ReedMullerCodeword(next_message++);
     w.coded_[t] = true;
@@ -219,7 +220,7 @@ void NeedleWeights::KdaRow(bool active, const std::string& suffix, int64_t row, 
   } else if (suffix == "attn_output.weight") {
     if (row >= L::kPrevious && row < L::kPrevious + kD) {
       const int64_t i = row - L::kPrevious;
-      out[i] = kda_out_scale_;            // SiLU(z) - SiLU(-z) = z
+      out[i] = kda_out_scale_;  // SiLU(z) - SiLU(-z) = z
       out[kD + i] = -kda_out_scale_;
     }
   }
@@ -263,7 +264,8 @@ void NeedleWeights::MlaRow(bool active, const std::string& suffix, int64_t row, 
     }
   } else if (suffix == "attn_output.weight") {
     if (row >= L::kAnswer && row < L::kAnswer + kD) out[row - L::kAnswer] = 1.0f;
-    if (row >= L::kAnswerNegated && row < L::kAnswerNegated + kD) out[row - L::kAnswerNegated] = -1.0f;
+    if (row >= L::kAnswerNegated && row < L::kAnswerNegated + kD)
+      out[row - L::kAnswerNegated] = -1.0f;
   }
   // attn_k_b stays zero: the NoPE part of every query is zero.
 }

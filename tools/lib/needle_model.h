@@ -17,14 +17,14 @@ namespace latentserve::tools {
 // Hidden-state subspaces (each a 32-aligned block, so that every quantisation block of a
 // weight row holds at most one distinct non-zero value and q4_0 / q8_0 store it exactly).
 struct NeedleLayout {
-  static constexpr int kCodeBits = 5;                     // Reed-Muller RM(2,5) codes
-  static constexpr int64_t kCodeDim = 1 << kCodeBits;     // d = 32 code positions
-  static constexpr int64_t kThis = 0;                     // c (d) then 1-c (d): this token
+  static constexpr int kCodeBits = 5;                  // Reed-Muller RM(2,5) codes
+  static constexpr int64_t kCodeDim = 1 << kCodeBits;  // d = 32 code positions
+  static constexpr int64_t kThis = 0;                  // c (d) then 1-c (d): this token
   static constexpr int64_t kThisComplement = kCodeDim;
-  static constexpr int64_t kPrevious = 2 * kCodeDim;      // 2c-1 of the previous token (d)
-  static constexpr int64_t kAnswer = 3 * kCodeDim;        // +(2c-1) of the retrieved token (d)
-  static constexpr int64_t kAnswerNegated = 4 * kCodeDim; // -(2c-1) of the retrieved token (d)
-  static constexpr int64_t kOne = 5 * kCodeDim;           // constant 1 (a bias through RMSNorm)
+  static constexpr int64_t kPrevious = 2 * kCodeDim;       // 2c-1 of the previous token (d)
+  static constexpr int64_t kAnswer = 3 * kCodeDim;         // +(2c-1) of the retrieved token (d)
+  static constexpr int64_t kAnswerNegated = 4 * kCodeDim;  // -(2c-1) of the retrieved token (d)
+  static constexpr int64_t kOne = 5 * kCodeDim;            // constant 1 (a bias through RMSNorm)
   static constexpr int64_t kMinHidden = kOne + 1;
   static constexpr int64_t kMaxCodedTokens = int64_t{1} << 16;  // RM(2,5) has 2^16 codewords
 };
@@ -55,12 +55,12 @@ class NeedleWeights {
   void MlaRow(bool active, const std::string& suffix, int64_t row, float* out, int64_t width) const;
 
   TestModelOptions o_;
-  int64_t shift_layer_ = -1;                // the KDA layer that writes the previous token
-  int64_t retrieval_layer_ = -1;            // the MLA layer that retrieves
-  std::vector<bool> is_mla_;                // per layer
-  std::vector<uint32_t> code_;              // per token: RM(2,5) codeword bits, or
-  std::vector<bool> coded_;                 //   none (reserved tokens)
-  std::vector<bool> readable_;              // per token: output head may emit it (normal type)
+  int64_t shift_layer_ = -1;      // the KDA layer that writes the previous token
+  int64_t retrieval_layer_ = -1;  // the MLA layer that retrieves
+  std::vector<bool> is_mla_;      // per layer
+  std::vector<uint32_t> code_;    // per token: RM(2,5) codeword bits, or
+  std::vector<bool> coded_;       //   none (reserved tokens)
+  std::vector<bool> readable_;    // per token: output head may emit it (normal type)
   int32_t eos_id_ = -1;
   // Scales derived in docs/needle.md.
   float this_norm_ = 0;      // n0: a one-valued entry after layer 0's attn_norm

@@ -27,9 +27,9 @@ WordGroup Group(const char* const (&words)[N]) {
 }
 
 const WordGroup kGroups[] = {
-    Group(kNeedleStarters), Group(kNeedleAdjectives),   Group(kNeedleNouns),
-    Group(kNeedleVerbs),    Group(kNeedleAdverbs),      Group(kNeedlePrepositions),
-    Group(kNeedleLinks),    Group(kNeedleFactWords),    Group(kNeedleNames),
+    Group(kNeedleStarters), Group(kNeedleAdjectives), Group(kNeedleNouns),
+    Group(kNeedleVerbs),    Group(kNeedleAdverbs),    Group(kNeedlePrepositions),
+    Group(kNeedleLinks),    Group(kNeedleFactWords),  Group(kNeedleNames),
     Group(kNeedleDigits),
 };
 
@@ -74,8 +74,8 @@ absl::StatusOr<TestVocab> BuildNeedleVocab(int64_t vocab_size) {
   BuildWords(&v.tokens, &v.merges);
   v.token_types.assign(v.tokens.size(), 1);
   if (vocab_size < NeedleVocabMinimum()) {
-    return absl::InvalidArgumentError(absl::StrCat("the needle vocabulary needs --vocab >= ",
-                                                   NeedleVocabMinimum(), ", got ", vocab_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the needle vocabulary needs --vocab >= ", NeedleVocabMinimum(), ", got ", vocab_size));
   }
   for (const char* text : kControl) {
     const int32_t id = static_cast<int32_t>(v.tokens.size());
