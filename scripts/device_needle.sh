@@ -9,7 +9,8 @@
 #   EXPERTS=32 scripts/device_needle.sh          # all three depths in one call
 # Knobs: TOKENS (1048576), DEPTHS ("0.1 0.5 0.9"), EXPERTS (256), CACHE_TYPE (f16), CHUNK
 # (8192), MODEL (/tmp/needle-48b-<experts>.gguf, reused while the machine stays warm),
-# BACKEND (cuda), CONFIG (kimi-linear-48b-a3b; empty: the small test shape), LS (binary).
+# BACKEND (cuda), CONFIG (kimi-linear-48b-a3b; empty: the small test shape), LS (binary),
+# WORKER_FLAGS (added to prefill and decode, e.g. a transport other than gRPC once one exists).
 #
 # Expected time on one H200 (from the measured 1M-token prefill of the 256-expert random model,
 # 167 s, README): writing the model ~1 min for 256 experts (27 GB; ~20 s for 32 experts,
@@ -65,7 +66,7 @@ wait_port() {  # file pid
 PIDS+=($!); wait_port "$WORK/router.port" $!
 ROUTER=$(cat "$WORK/router.port")
 common=(--router "$ROUTER" --model "$MODEL" --backend "$BACKEND" --cache-tokens $((TOKENS + 4096))
-        --cache-type "$CACHE_TYPE" --chunk "$CHUNK" --threads "$THREADS")
+        --cache-type "$CACHE_TYPE" --chunk "$CHUNK" --threads "$THREADS" ${WORKER_FLAGS:-})
 "$LS" prefill --listen 127.0.0.1:0 --port-file "$WORK/prefill.port" "${common[@]}" >"$WORK/prefill.port.log" 2>&1 &
 PIDS+=($!); wait_port "$WORK/prefill.port" $!
 "$LS" decode --listen 127.0.0.1:0 --port-file "$WORK/decode.port" "${common[@]}" >"$WORK/decode.port.log" 2>&1 &
