@@ -5,19 +5,22 @@
 # processes (--backend cuda, the cache handed over by gRPC on loopback). Per depth: the
 # answer, whether it is right, prefill time and TTFT. Results under $OUT; a table last.
 #
-#   DEPTHS="0.1 0.5" scripts/device_needle.sh    # then DEPTHS=0.9 in the next call (see below)
-#   EXPERTS=32 scripts/device_needle.sh          # all three depths in one call
+#   DEPTHS=0.1 scripts/device_needle.sh          # one depth per call (the device's calls stop
+#   DEPTHS=0.5 scripts/device_needle.sh          # at 10 minutes; three depths take ~14 min)
+#   DEPTHS=0.9 scripts/device_needle.sh
 # Knobs: TOKENS (1048576), DEPTHS ("0.1 0.5 0.9"), EXPERTS (256), CACHE_TYPE (f16), CHUNK
 # (8192), MODEL (/tmp/needle-48b-<experts>.gguf, reused while the machine stays warm),
 # BACKEND (cuda), CONFIG (kimi-linear-48b-a3b; empty: the small test shape), LS (binary),
 # WORKER_FLAGS (added to prefill and decode, e.g. a transport other than gRPC once one exists).
 #
-# Expected time on one H200 (from the measured 1M-token prefill of the 256-expert random model,
-# 167 s, README): writing the model ~1 min for 256 experts (27 GB; ~20 s for 32 experts,
-# 4.5 GB), loading it into two processes ~1 min, then per depth ~3 min (prefill 167 s, the
-# cache hand-off of 7.9 GiB f16 latent rows over loopback gRPC, mostly hidden behind the
-# prefill, a few decode steps). So ~5 min + 3 min per depth: 256 experts fits two depths in
-# one 10-minute call; EXPERTS=32 (the experts add nothing to the answer) fits all three.
+# Expected time on one H200, per call: writing the model 1-3 min for 256 experts (27 GB of
+# q4_0, nearly all zeros: ~20 s of CPU on 16 threads, the rest is the disk; here 650 MB took
+# 23 s) or ~30 s for EXPERTS=32 (4.5 GB); loading it into the prefill and the decode process
+# ~1 min; then per depth ~3 min: the 1M-token prefill (167 s for the random 256-expert model,
+# README; the needle's zero experts route every token to the same 8, same FLOPs), the 7.9 GiB
+# f16 latent hand-off over loopback gRPC (mostly during the prefill), a few decode steps.
+# So ~5-7 min for one depth; with EXPERTS=32 (experts add nothing to the answer) two depths
+# fit one call (~8 min). Checked on the CPU with CONFIG= BACKEND=cpu TOKENS=4096.
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 LS=${LS:-$PWD/.devpack/bin/latentserve}
