@@ -166,6 +166,22 @@ TEST_P(NeedleModel, AKeyWithTwoValuesGivesEos) {
   model_->ResetSequence(*seq, *cache_);
 }
 
+TEST_P(NeedleModel, SeveralFactsEachFoundByItsKey) {
+  std::vector<int32_t> prompt = filler_;
+  const std::vector<std::pair<std::string, std::string>> facts = {
+      {"Lyra", "five"}, {"Deneb", "zero"}, {"Spica", "eight"}};
+  for (size_t i = 0; i < facts.size(); ++i) {
+    prompt.insert(prompt.begin() + 100 + 300 * i, {Id(facts[i].first), Id(facts[i].second)});
+  }
+  for (const auto& [key, value] : facts) {
+    std::vector<int32_t> question = prompt;
+    question.push_back(Id(key));
+    auto seq = *model_->NewSequence();
+    ExpectAnswer(Prefill(*seq, question, 256), Id(value), "key " + key);
+    model_->ResetSequence(*seq, *cache_);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(CacheTypes, NeedleModel,
                          ::testing::Values(DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
