@@ -82,6 +82,7 @@ done
 echo "== workers up after $(elapsed)"
 
 # 3. One document per depth; the answer must be the fact's value, word for word.
+: >"$OUT/table.txt"
 status=0
 seed=7
 for depth in $DEPTHS; do
