@@ -199,12 +199,14 @@ int RunClientGenerate(const Args& args) {
     return *cancel_after_progress < 0 || progress_events < *cancel_after_progress;
   };
   bool first_chunk = true;
+  // A text prompt streams text only: a token without text (EOS) is not printed as its id.
+  const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
   callbacks.on_tokens = [&](const v1::TokenChunk& chunk) {
     if (!json) {
       if (first_chunk && tty_progress) std::fprintf(stderr, "\n");
       if (!chunk.text().empty()) {
         std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
-      } else if (chunk.text().empty() && chunk.token_ids_size() > 0) {
+      } else if (!text_prompt && chunk.token_ids_size() > 0) {
         for (int32_t id : chunk.token_ids()) std::printf("%s%d", tokens_seen || !first_chunk ? "," : "", id);
       }
       std::fflush(stdout);

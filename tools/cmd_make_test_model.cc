@@ -4,6 +4,7 @@
 #include "common/args.h"
 #include "common/status.h"
 #include "tools/cli.h"
+#include "tools/lib/needle_model.h"
 #include "tools/lib/test_model.h"
 
 namespace latentserve::tools {
@@ -16,7 +17,9 @@ constexpr const char* kUsage =
     "   --shared-experts S --dense-layers D --conv-kernel 4 --mla-layers \"3,7\" --vocab V\n"
     "   --context C --name NAME] [--weight-type f32|f16|bf16|q8_0|q4_0] [--threads N]\n"
     "Shape flags override the preset (default: tiny). --layers without --mla-layers puts MLA\n"
-    "on every 4th layer from 3 and on the last layer.\n";
+    "on every 4th layer from 3 and on the last layer. --preset needle writes hand-built weights\n"
+    "that retrieve a key's value from any depth, with a word vocabulary (docs/needle.md); alone\n"
+    "it uses a small 2-layer shape, with --config the preset's shape.\n";
 
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args args,
@@ -25,11 +28,18 @@ absl::Status Run(int argc, char** argv) {
                                 "kda-head-dim", "kv-lora-rank", "qk-nope", "qk-rope", "v-head",
                                 "experts", "experts-used", "expert-ffn", "ffn", "shared-experts",
                                 "dense-layers", "conv-kernel", "mla-layers", "vocab", "context",
-                                "weight-type", "name", "threads"}));
+                                "weight-type", "name", "threads", "preset"}));
   if (!args.positional().empty()) {
     return absl::InvalidArgumentError("unexpected argument '" + args.positional()[0] + "'");
   }
   ASSIGN_OR_RETURN(TestModelOptions o, TestModelPreset(args.Get("config", "tiny")));
+  const std::string preset = args.Get("preset", "random");
+  if (preset == "needle") {
+    if (!args.Has("config")) o = NeedleTestModel();
+    o.needle = true;
+  } else if (preset != "random") {
+    return absl::InvalidArgumentError("--preset must be random or needle, got '" + preset + "'");
+  }
   ASSIGN_OR_RETURN(o.out_path, args.Require("out"));
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   o.seed = static_cast<uint64_t>(seed);
@@ -89,7 +99,7 @@ int Main(int argc, char** argv) {
 }
 
 static latentserve::cli::Registrar registrar("make-test-model",
-                                             "write a random kimi-linear GGUF test model", Main);
+                                             "write a random (or hand-built needle) kimi-linear GGUF test model", Main);
 
 }  // namespace
 }  // namespace latentserve::tools

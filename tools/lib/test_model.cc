@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "common/gguf/gguf.h"
 #include "common/status.h"
+#include "tools/lib/needle_model.h"
 
 namespace latentserve::tools {
 
@@ -301,6 +303,13 @@ absl::StatusOr<TestModelOptions> TestModelPreset(const std::string& name) {
       absl::StrCat("unknown --config '", name, "' (known: tiny, kimi-linear-48b-a3b)"));
 }
 
+std::vector<std::string> ByteTokenTexts() {
+  const std::vector<uint32_t> byte_map = ByteToCodepoint();
+  std::vector<std::string> texts(256);
+  for (int b = 0; b < 256; ++b) texts[b] = Utf8(byte_map[b]);
+  return texts;
+}
+
 absl::StatusOr<TestVocab> BuildTestVocab(int64_t vocab_size) {
   static const char* const kControl[] = {"<|im_end|>",    "<|im_user|>", "<|im_assistant|>",
                                          "<|im_system|>", "<|im_middle|>", "[BOS]",
@@ -359,7 +368,11 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
   if (o.mla_layers.empty()) o.mla_layers = o.DefaultMlaLayers();
   RETURN_IF_ERROR(Validate(o));
   std::sort(o.mla_layers.begin(), o.mla_layers.end());
-  ASSIGN_OR_RETURN(TestVocab vocab, BuildTestVocab(o.vocab));
+  ASSIGN_OR_RETURN(TestVocab vocab, o.needle ? BuildNeedleVocab(o.vocab) : BuildTestVocab(o.vocab));
+  std::optional<NeedleWeights> needle;
+  if (o.needle) {
+    ASSIGN_OR_RETURN(needle, NeedleWeights::Create(o, vocab));
+  }
 
   gguf::Writer w;
   const std::string p = absl::StrCat(kArch, ".");
@@ -439,7 +452,11 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
       auto work = [&](int worker) {
         std::vector<float> row(width);
         for (int64_t r = worker; r < count; r += workers) {
-          GenerateRow(s.init, tensor_seed, first + r, row.data(), width);
+          if (needle) {
+            needle->Row(s.name, s.ne, first + r, row.data());
+          } else {
+            GenerateRow(s.init, tensor_seed, first + r, row.data(), width);
+          }
           QuantizeRow(types[t], row.data(), packed.data() + r * row_bytes, width);
         }
       };

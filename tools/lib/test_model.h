@@ -40,6 +40,8 @@ struct TestModelOptions {
   // Tensors whose name ends with a key get that type instead (tests of mixed-type files).
   std::map<std::string, DType> type_overrides;
   int threads = 0;                     // generator threads; 0 = all cores (output is the same)
+  bool needle = false;                 // hand-built retrieval weights and word vocabulary
+                                       // (tools/lib/needle_model.h) instead of random ones
 
   // Every 4th layer starting at 3, plus the last layer (the real model's pattern).
   std::vector<int64_t> DefaultMlaLayers() const;
@@ -72,5 +74,7 @@ struct TestVocab {
   int32_t pad_id = -1;               // [PAD]
 };
 absl::StatusOr<TestVocab> BuildTestVocab(int64_t vocab_size);
+// The 256 byte tokens' texts in GPT-2's byte-to-unicode alphabet, indexed by byte.
+std::vector<std::string> ByteTokenTexts();
 
 }  // namespace latentserve::tools
