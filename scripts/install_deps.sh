@@ -71,3 +71,5 @@ npm_ci_once k8s/validate
 npm_ci_once proto
 # The official openai npm client, for the HTTP front's integration test (tests/http).
 npm_ci_once tests/http
+# The Node SDK's dependencies (@grpc/grpc-js, @grpc/proto-loader), for its tests (ctest sdk_node).
+npm_ci_once sdk/node
