@@ -188,3 +188,16 @@ def test_readme_example_streams_an_answer(serve):
     out = subprocess.run([sys.executable, "-c", snippet], check=True, capture_output=True, text=True, timeout=60)
     with latentserve.Client(serve.target) as client:
         assert out.stdout == client.complete("Hello", max_tokens=32, ignore_eos=True).text
+
+
+def test_forged_forwarded_client_is_not_believed(serve):
+    """Only the HTTP front's in-process calls (with the process's random key) may name a client."""
+    from latentserve.v1 import generate_pb2 as pb
+    with latentserve.Client(serve.target) as client:
+        request = pb.GenerateRequest(text="Hi", request_id="forged-1",
+                                     stopping=pb.StoppingCriteria(max_tokens=1, ignore_eos=True))
+        metadata = (("latentserve-forwarded-client", "someone-else"), ("latentserve-forwarded-key", "fk-guess"))
+        list(client._stub.Generate(request, metadata=metadata, timeout=30))
+    finished = wait_for(lambda: [e for e in serve.events("forged-1") if e["event"] == "request_finished"], 10,
+                        "the request to finish")
+    assert finished[0]["client"].startswith("ipv4:127.0.0.1"), finished[0]
