@@ -238,3 +238,25 @@ test("curl: SSE on the wire, oversized and malformed bodies, unknown routes", as
   assert.equal(missing.status, 404);
   assert.ok(JSON.parse(missing.body).error.message);
 });
+
+test("router --http-listen without workers: 503 on /health and on requests", async () => {
+  const dir = path.join(work, "router");
+  fs.mkdirSync(dir);
+  const httpPort = path.join(dir, "http.port");
+  const out = fs.openSync(path.join(dir, "router.log"), "w");
+  const router = spawn(BIN, ["router", "--listen", "127.0.0.1:0", "--port-file", path.join(dir, "grpc.port"),
+                             "--http-listen", "127.0.0.1:0", "--http-port-file", httpPort],
+                       { stdio: ["ignore", out, out] });
+  servers.push(router);
+  await waitFor(() => fs.existsSync(httpPort), 30000, "the router's HTTP front");
+  const base = `http://${fs.readFileSync(httpPort, "utf8").trim()}`;
+  const health = await curl([`${base}/health`]);
+  assert.equal(health.status, 503);
+  const routerClient = new OpenAI({ baseURL: `${base}/v1`, apiKey: "unused", maxRetries: 0 });
+  await assert.rejects(routerClient.completions.create({ prompt: "x", max_tokens: 2 }), (error) => {
+    assert.equal(error.status, 503);
+    assert.match(error.message, /no live prefill and decode workers/);
+    return true;
+  });
+  router.kill("SIGKILL");
+});
