@@ -93,7 +93,10 @@ void OpenAiFront::Route() {
     return httplib::Server::HandlerResponse::Handled;
   });
   server_->Get("/health", [this](const httplib::Request&, httplib::Response& response) { Health(response); });
-  server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) { Models(response); });
+  server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) { Models(response, ""); });
+  server_->Get(R"(/v1/models/([^/]+))", [this](const httplib::Request& request, httplib::Response& response) {
+    Models(response, request.matches[1].str());
+  });
   server_->Post("/v1/completions", [this](const httplib::Request& request, httplib::Response& response) {
     Completion(request, response, false);
   });
@@ -161,7 +164,7 @@ std::string OpenAiFront::ServedModelName() {
   return model_name_;
 }
 
-void OpenAiFront::Models(httplib::Response& response) {
+void OpenAiFront::Models(httplib::Response& response, const std::string& id) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::GetModelInfoResponse info;
@@ -170,7 +173,12 @@ void OpenAiFront::Models(httplib::Response& response) {
   if (info.model_name().empty()) {
     return SendError(response, grpc::StatusCode::UNAVAILABLE, "no worker has registered a model yet");
   }
-  response.set_content(ModelsBody(info.model_name(), started_), "application/json");
+  if (id.empty()) return response.set_content(ModelsBody(info.model_name(), started_), "application/json");
+  if (id != info.model_name()) {
+    return SendError(response, grpc::StatusCode::NOT_FOUND,
+                     absl::StrCat("unknown model '", id, "'; this server serves '", info.model_name(), "'"));
+  }
+  response.set_content(ModelBody(info.model_name(), started_), "application/json");
 }
 
 }  // namespace latentserve::http

@@ -58,7 +58,8 @@ class OpenAiFront {
   void Route();
   bool Authorized(const httplib::Request& request, httplib::Response& response) const;
   void Health(httplib::Response& response);
-  void Models(httplib::Response& response);
+  // GET /v1/models (`id` empty) and /v1/models/{id}.
+  void Models(httplib::Response& response, const std::string& id);
   void Completion(const httplib::Request& request, httplib::Response& response, bool chat);
   // The served model's name (GetModelInfo, remembered once known).
   std::string ServedModelName();

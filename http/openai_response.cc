@@ -77,11 +77,17 @@ std::string UsageChunkBody(Endpoint endpoint, const ResponseIdentity& identity, 
   return Dump(body);
 }
 
-std::string ModelsBody(const std::string& model, int64_t created) {
-  return Dump({{"object", "list"},
-               {"data", json::array({{{"id", model}, {"object", "model"}, {"created", created},
-                                      {"owned_by", "latentserve"}}})}});
+namespace {
+json ModelJson(const std::string& model, int64_t created) {
+  return {{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "latentserve"}};
 }
+}  // namespace
+
+std::string ModelsBody(const std::string& model, int64_t created) {
+  return Dump({{"object", "list"}, {"data", json::array({ModelJson(model, created)})}});
+}
+
+std::string ModelBody(const std::string& model, int64_t created) { return Dump(ModelJson(model, created)); }
 
 HttpError ErrorFor(grpc::StatusCode code, const std::string& message) {
   int status = 500;

@@ -30,8 +30,9 @@ std::string ChunkBody(Endpoint endpoint, const ResponseIdentity& identity, const
 // The usage-only last chunk of a stream with stream_options.include_usage (choices: []).
 std::string UsageChunkBody(Endpoint endpoint, const ResponseIdentity& identity, const v1::Usage& usage);
 
-// GET /v1/models.
+// GET /v1/models (a list of the one served model) and GET /v1/models/{model}.
 std::string ModelsBody(const std::string& model, int64_t created);
+std::string ModelBody(const std::string& model, int64_t created);
 
 // "stop" or "length" (OpenAI's names; a stop token or a stop string are both "stop").
 const char* FinishReasonName(v1::FinishReason reason);

@@ -84,6 +84,8 @@ test("models and health", async () => {
   const models = await client.models.list();
   assert.equal(models.data.length, 1);
   assert.equal(models.data[0].object, "model");
+  assert.deepEqual(await client.models.retrieve(models.data[0].id), models.data[0]);
+  await assert.rejects(client.models.retrieve("other"), (error) => error.status === 404);
   const health = await curl([`${httpBase}/health`]);
   assert.equal(health.status, 200);
   assert.deepEqual(JSON.parse(health.body), { status: "ok" });
