@@ -10,6 +10,9 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
   prometheus-cpp-dev libcivetweb-dev   # /metrics: prometheus-cpp (pull) serves through civetweb
+  libcpp-httplib-dev nlohmann-json3-dev   # the OpenAI-compatible HTTP front (http/)
+  python3-grpcio python3-protobuf python3-pytest python3-venv python3-pip python3-setuptools   # sdk/python
+  curl   # tests/http drives the HTTP front with curl too
   openssl   # integration tests make a throwaway CA and certificates
   clang   # fuzzing and sanitizer builds
   clang-16 libclang-rt-16-dev   # libFuzzer (scripts/fuzz.sh): clang 14 lacks _Float16 on x86-64
@@ -66,3 +69,7 @@ npm_ci_once tests/reference --omit=optional
 npm_ci_once k8s/validate
 # buf, for `buf lint` of proto/ (the ctest proto_lint).
 npm_ci_once proto
+# The official openai npm client, for the HTTP front's integration test (tests/http).
+npm_ci_once tests/http
+# The Node SDK's dependencies (@grpc/grpc-js, @grpc/proto-loader), for its tests (ctest sdk_node).
+npm_ci_once sdk/node

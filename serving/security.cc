@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/secure_random.h"
 #include "serving/metrics.h"
 
 namespace latentserve::serving {
@@ -244,11 +245,38 @@ grpc::Status BearerTokenProcessor::Process(const InputMetadata& auth_metadata, g
   return grpc::Status::OK;
 }
 
+namespace {
+
+constexpr const char* kForwardedClientMetadata = "latentserve-forwarded-client";
+constexpr const char* kForwardedKeyMetadata = "latentserve-forwarded-key";
+
+// Random per process; "" (matching nothing) should the kernel's generator fail.
+const std::string& ForwardingKey() {
+  static const std::string key = [] {
+    auto hex = SecureRandomHex(16);
+    return hex.ok() ? "fk-" + *hex : std::string();
+  }();
+  return key;
+}
+
+}  // namespace
+
+void AttachForwardedClient(grpc::ClientContext& context, const std::string& client) {
+  if (ForwardingKey().empty()) return;
+  context.AddMetadata(kForwardedClientMetadata, client);
+  context.AddMetadata(kForwardedKeyMetadata, ForwardingKey());
+}
+
 std::string ClientIdentity(const grpc::ServerContext& context) {
   if (auto auth = context.auth_context()) {
     for (const auto& name : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME)) {
       return absl::StrCat("cn:", std::string(name.data(), name.size()));
     }
+  }
+  const std::vector<std::string_view> forwarded = MetadataValues(context, kForwardedClientMetadata);
+  const std::vector<std::string_view> key = MetadataValues(context, kForwardedKeyMetadata);
+  if (forwarded.size() == 1 && key.size() == 1 && ConstantTimeEquals(key[0], ForwardingKey())) {
+    return absl::StrCat("http:", std::string(forwarded[0]));
   }
   std::string peer = context.peer();  // "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:..."
   const size_t colon = peer.rfind(':');

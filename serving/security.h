@@ -124,6 +124,12 @@ absl::Status ValidateWorkerAddress(const std::string& address);
 // Constant-time equality (no early exit on the first differing byte; lengths may leak).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 
+// The HTTP front (http/) calls the Generation API in process on behalf of HTTP clients and
+// names each one, so an HTTP client gets the same per-client limits as a gRPC caller.
+// ClientIdentity believes that name only from a call that also carries this process's random
+// forwarding key, which never leaves the process. Attaches both to `context`.
+void AttachForwardedClient(grpc::ClientContext& context, const std::string& client);
+
 // Who a call comes from, for per-client limits: the verified certificate's common name when
 // there is one, else the peer's IP address (without its port).
 std::string ClientIdentity(const grpc::ServerContext& context);

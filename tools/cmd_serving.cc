@@ -31,6 +31,7 @@
 #include "common/secure_random.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
+#include "http/openai_front.h"
 #include "prefill/prefill_service.h"
 #include "router/announcer_set.h"
 #include "router/generation_service.h"
@@ -219,7 +220,8 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
-                                            "max-workers", "worker-evict-ms"};
+                                            "max-workers", "worker-evict-ms", "http-listen", "http-port-file",
+                                            "http-max-body-bytes", "http-threads"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.
@@ -257,6 +259,7 @@ absl::Status RunRouter(int argc, char** argv) {
   router::GenerationService generation(state);
   router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
+  ASSIGN_OR_RETURN(auto http_front, http::StartOpenAiFrontFromArgs(args, *server.server));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddRouterGauges(metrics.get(), state);
@@ -319,6 +322,7 @@ absl::Status RunServe(int argc, char** argv) {
   router::GenerationService generation(state);
   router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
+  ASSIGN_OR_RETURN(auto http_front, http::StartOpenAiFrontFromArgs(args, *server.server));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
   AddRouterGauges(metrics.get(), state);

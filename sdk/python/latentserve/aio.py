@@ -1,0 +1,102 @@
+"""asyncio client of latentserve.v1.Generation (grpc.aio): the same surface, awaitable."""
+from typing import AsyncIterator, Iterable, List, Optional, Sequence, Union
+
+import grpc
+import grpc.aio
+
+from latentserve import _request
+from latentserve.errors import from_rpc_error
+from latentserve.types import Chunk, Collector, Completion, chunk_from_proto
+from latentserve.v1 import generate_pb2 as pb
+from latentserve.v1 import generate_pb2_grpc as pb_grpc
+
+
+class AsyncGenerateStream:
+    """Async iterator of Chunks for one generate() call; cancel() stops the request."""
+
+    def __init__(self, call):
+        self._call = call
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        try:
+            event = await self._call.read()
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        if event is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return chunk_from_proto(event)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncClient:
+    """Like latentserve.Client (same arguments), for asyncio; use `async with`."""
+
+    def __init__(self, target: str, *, tls: bool = False, root_certificates: Union[None, bytes, str] = None,
+                 private_key: Union[None, bytes, str] = None, certificate_chain: Union[None, bytes, str] = None,
+                 token: Optional[str] = None, timeout: Optional[float] = None, options: Sequence = ()):
+        credentials = _request.channel_credentials(tls, _request.read_bytes(root_certificates),
+                                                   _request.read_bytes(private_key),
+                                                   _request.read_bytes(certificate_chain))
+        if token and credentials is None:
+            raise ValueError("a bearer token needs TLS (the server refuses tokens in plaintext)")
+        self._channel = (grpc.aio.secure_channel(target, credentials, options=list(options)) if credentials
+                         else grpc.aio.insecure_channel(target, options=list(options)))
+        self._stub = pb_grpc.GenerationStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        return self._timeout if timeout is None else timeout
+
+    def generate(self, prompt: Optional[str] = None, *, prompt_tokens: Optional[Sequence[int]] = None,
+                 messages: Optional[Iterable[_request.Message]] = None, max_tokens: int = 256,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0, min_p: float = 0.0, seed: int = 0,
+                 stop: Union[None, str, Sequence[str]] = None, stop_token_ids: Optional[Sequence[int]] = None,
+                 ignore_eos: bool = False, model: str = "", request_id: str = "",
+                 timeout: Optional[float] = None) -> AsyncGenerateStream:
+        """`async for chunk in client.generate(...)`: see Client.generate."""
+        request = _request.generate_request(prompt, prompt_tokens, messages, max_tokens=max_tokens,
+                                            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                            seed=seed, stop=stop, stop_token_ids=stop_token_ids,
+                                            ignore_eos=ignore_eos, model=model, request_id=request_id)
+        return AsyncGenerateStream(self._stub.Generate(request, timeout=self._deadline(timeout),
+                                                       metadata=self._metadata))
+
+    async def complete(self, prompt: Optional[str] = None, **kwargs) -> Completion:
+        collector = Collector()
+        async for chunk in self.generate(prompt, **kwargs):
+            collector.add(chunk)
+        return collector.result()
+
+    async def chat(self, messages: Iterable[_request.Message], **kwargs) -> Completion:
+        return await self.complete(messages=messages, **kwargs)
+
+    async def tokenize(self, text: Optional[str] = None, *, messages: Optional[Iterable[_request.Message]] = None,
+                       model: str = "", timeout: Optional[float] = None) -> List[int]:
+        try:
+            response = await self._stub.Tokenize(_request.tokenize_request(text, messages, model),
+                                                 timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return list(response.token_ids)
+
+    async def info(self, timeout: Optional[float] = None) -> pb.GetModelInfoResponse:
+        try:
+            return await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._deadline(timeout),
+                                                 metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None

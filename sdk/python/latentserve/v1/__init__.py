@@ -1,0 +1,1 @@
+"""Messages and stubs generated from proto/latentserve/v1/generate.proto at install time."""
