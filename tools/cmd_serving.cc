@@ -28,6 +28,7 @@
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
+#include "common/dtype.h"
 #include "common/secure_random.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
@@ -48,10 +49,18 @@ namespace {
 
 // ---- worker roles ----
 
-const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "routers-dns", "model", "port-file", "advertise",
-                                                             "threads", "cache-type", "page-tokens", "cache-tokens",
-                                                             "chunk", "backend", "drain-ms",
-                                                             "fault-stall-transfer-ms", "max-lease-ttl-ms"});
+// The flags of every worker engine (prefill, decode and serve); a split worker adds how it
+// registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
+const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "model", "port-file", "threads", "cache-type",
+                                                             "page-tokens", "cache-tokens", "chunk", "backend",
+                                                             "drain-ms", "max-lease-ttl-ms"});
+
+std::set<std::string> SplitWorkerFlags(bool prefill) {
+  std::set<std::string> flags = kWorkerFlags;
+  flags.insert({"router", "routers-dns", "advertise"});
+  if (prefill) flags.insert("fault-stall-transfer-ms");
+  return flags;
+}
 
 // --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
 // caller's ReserveLease/RenewLease asks for.
@@ -68,12 +77,30 @@ struct LoadedEngine {
   v1::ModelDescriptor descriptor;
 };
 
-absl::StatusOr<LoadedEngine> LoadEngine(const Args& args) {
+// One startup line per engine: the context it holds and the memory that costs (DESIGN.md §2),
+// so an operator sees the plan of a 1,048,576-token deployment before the first request.
+void LogMemoryPlan(const char* role, const Engine& engine) {
+  const model::LatentCache& cache = *engine.cache;
+  const int64_t context = cache.total_pages() * cache.page_tokens();
+  const auto gib = [](double bytes) { return absl::StrFormat("%.3f", bytes / (1 << 30)); };
+  serving::LogEvent(role, "memory_plan", "",
+                    {{"context_tokens", absl::StrCat(context)},
+                     {"page_tokens", absl::StrCat(cache.page_tokens())},
+                     {"cache_type", DTypeName(cache.dtype())},
+                     {"chunk_tokens", absl::StrCat(engine.chunk_tokens)},
+                     {"backend", engine.backend->name()},
+                     {"latent_cache_gib", gib(static_cast<double>(cache.total_bytes()))},
+                     {"weights_gib", gib(static_cast<double>(engine.model->weights().bytes))},
+                     {"kda_state_mib_per_sequence", absl::StrFormat("%.1f", engine.model->KdaStateBytes() / 1048576.0)}});
+}
+
+absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
   ASSIGN_OR_RETURN(int64_t cache_tokens, args.GetInt("cache-tokens", 65536));
   if (cache_tokens <= 0) return absl::InvalidArgumentError("--cache-tokens must be positive");
   ASSIGN_OR_RETURN(std::string path, args.Require("model"));
   LoadedEngine loaded;
   ASSIGN_OR_RETURN(loaded.engine, EngineFromArgs(args, cache_tokens));
+  LogMemoryPlan(role, loaded.engine);
   ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
   char resolved[PATH_MAX];
   loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
@@ -139,13 +166,13 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
 
 absl::Status RunPrefill(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, SplitWorkerFlags(/*prefill=*/true)));
   RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
-  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "prefill"));
   transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
                                     [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
@@ -163,13 +190,13 @@ absl::Status RunPrefill(int argc, char** argv) {
 
 absl::Status RunDecode(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, SplitWorkerFlags(/*prefill=*/false)));
   RETURN_IF_ERROR(args.Require("listen").status());
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "decode", false));
   ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
-  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "decode"));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
                               max_lease_ttl);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
@@ -283,8 +310,8 @@ absl::Status RunServe(int argc, char** argv) {
   // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   // Two engines (each with its own backend): prefill and decode compute concurrently.
-  ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args));
-  ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args, "prefill"));
+  ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args, "decode"));
   const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint(),

@@ -20,6 +20,7 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
+import { EXPECTATIONS, expectationErrors } from "./expectations.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const k8sDir = path.resolve(here, "..");
@@ -775,6 +776,15 @@ for (const dir of kustomizations) {
   const before = failed;
   for (const obj of objects) report(`${label} ${describe(obj)}`, await checkObject(obj, objects));
   report(label, renderErrors(objects));
+  report(label, expectationErrors(label, objects, { flagValue, expandVars, podSpecOf }));
+  if (EXPECTATIONS[label]) {
+    // Self-test: the same render with the base's 65,536-token cache must fail the promise.
+    const planted = structuredClone(objects);
+    for (const cm of planted.filter((o) => o.kind === "ConfigMap" && o.data?.CACHE_TOKENS)) cm.data.CACHE_TOKENS = "65536";
+    if (expectationErrors(label, planted, { flagValue, expandVars, podSpecOf }).length === 0) {
+      report("self-test", [`${label}: a 65,536-token CACHE_TOKENS passed the overlay's context promise`]);
+    }
+  }
   const kinds = {};
   for (const o of objects) kinds[o.kind] = (kinds[o.kind] ?? 0) + 1;
   console.log(`${failed === before ? "ok  " : "FAIL"} ${label}: ${objects.length} objects (${Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(", ")})`);
