@@ -113,8 +113,10 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
   std::set<std::string> tried;
-  absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
-  while (auto pick = state.registry().ClaimPrefill(cost, tried)) {
+  absl::Status prefill_error = absl::UnavailableError(
+      absl::StrCat("no live prefill worker whose cache holds the ", tokens.size(), "-token prompt"));
+  const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
+  while (auto pick = state.registry().ClaimPrefill(prompt_tokens, cost, tried)) {
     *prefill_worker = *pick;
     tried.insert(*prefill_worker);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
@@ -164,11 +166,12 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
       return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                            absl::StrCat("deadline passed during prefill (", status.error_message(), ")"))};
     }
-    // A worker fault (process gone, internal error) is worth another worker; a verdict on
-    // the request itself is not.
+    // A worker fault (process gone, internal error) or a limit of that worker (its cache,
+    // between polls) is worth another worker; a verdict on the request itself is not.
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
       state.registry().MarkDead(*prefill_worker);
-    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN) {
+    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN &&
+               status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
       return {ToGrpc(prefill_error)};
     }
   }
