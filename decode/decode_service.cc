@@ -64,14 +64,14 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
       },
       [&] { return context->IsCancelled(); });
   if (!reason.ok()) {
-    serving::LogEvent("decode", "decode_failed", request->request_id(),
+    serving::LogEvent(serving::LogLevel::kWarning, "decode", "decode_failed", request->request_id(),
                       {{"lease", params.lease_id},
                        {"code", absl::StatusCodeToString(reason.status().code())},
-                       {"tokens", absl::StrCat(generated)}});
+                       {"tokens", generated}});
     return ToGrpc(reason.status());
   }
   serving::LogEvent("decode", "decode_done", request->request_id(),
-                    {{"lease", params.lease_id}, {"tokens", absl::StrCat(generated)},
+                    {{"lease", params.lease_id}, {"tokens", generated},
                      {"finish", *reason == FinishReason::kStopToken ? "stop_token" : "length"}});
   v1::DecodeResponse last;
   last.set_finish_reason(*reason == FinishReason::kStopToken ? v1::FINISH_REASON_STOP_TOKEN : v1::FINISH_REASON_LENGTH);

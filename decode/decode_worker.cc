@@ -261,6 +261,7 @@ void DecodeWorker::ReaperLoop() {
                                                            " expired before decode started (cache not delivered in time)"));
         slot->state = SlotState::kDone;
         expired.push_back(slot);
+        leases_expired_++;
       }
     }
     if (expired.empty()) continue;
@@ -284,6 +285,7 @@ DecodeStats DecodeWorker::Stats() const {
     }
   }
   stats.steps = steps_;
+  stats.leases_expired = leases_expired_;
   stats.draining = draining_;
   return stats;
 }

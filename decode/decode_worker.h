@@ -43,6 +43,7 @@ struct DecodeStats {
   int64_t leases_active = 0;     // reserved, not yet decoding
   int64_t sequences_active = 0;  // in the batch
   int64_t steps = 0;             // batched forward steps run
+  int64_t leases_expired = 0;    // reservations whose cache did not arrive before their deadline
   bool draining = false;
 };
 
@@ -105,6 +106,7 @@ class DecodeWorker : public transfer::CacheSink {
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id
   int64_t steps_ = 0;
+  int64_t leases_expired_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
   std::thread scheduler_;

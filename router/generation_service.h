@@ -51,9 +51,12 @@ class RouterState {
   bool draining() const { return draining_; }
   std::atomic<int64_t> leases_active{0};
   std::atomic<int64_t> next_request{1};
+  // Random per router process: ids "req-<prefix>-<n>" stay unique across router replicas.
+  const std::string& request_id_prefix() const { return request_id_prefix_; }
 
  private:
   RouterOptions options_;
+  std::string request_id_prefix_;
   WorkerRegistry registry_;
   std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::mutex codec_mu_;

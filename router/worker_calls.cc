@@ -48,6 +48,14 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
   const bool deadline_binds = give_up == deadline;
   absl::Duration backoff = absl::Milliseconds(20);
   bool waited = false;
+  // latentserve_router_requests_waiting counts this request from its first wait to any return.
+  struct WaitingGauge {
+    bool counted = false;
+    ~WaitingGauge() {
+      if (counted) serving::Metrics::Get().router_requests_waiting.Decrement();
+    }
+  } waiting;
+  const absl::Time started = absl::Now();
   for (;;) {
     absl::Status last_error = absl::ResourceExhaustedError(
         absl::StrCat("no decode worker has had room for ", lease_tokens, " cache tokens within ",
@@ -72,6 +80,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
       if (status.ok()) {
         if (waited) serving::LogEvent("router", "capacity_wait_done", request_id, {{"decode_worker", candidate}});
         *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
+        serving::Metrics::Get().queue_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - started));
         return grpc::Status::OK;
       }
       state.registry().ReleaseDecode(candidate);
@@ -93,7 +102,11 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
                             : ToGrpc(last_error);
     }
     backoff = std::min(backoff, give_up - now);  // the last round ends at the limit, not before it
-    if (!waited) serving::LogEvent("router", "capacity_wait", request_id, {{"tokens", absl::StrCat(lease_tokens)}});
+    if (!waited) {
+      serving::LogEvent(serving::LogLevel::kWarning, "router", "capacity_wait", request_id, {{"tokens", lease_tokens}});
+      serving::Metrics::Get().router_requests_waiting.Increment();
+      waiting.counted = true;
+    }
     waited = true;
     for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
       if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
@@ -118,6 +131,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
   const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
   while (auto pick = state.registry().ClaimPrefill(prompt_tokens, cost, tried)) {
     *prefill_worker = *pick;
+    if (!tried.empty()) serving::Metrics::Get().CountFailover("prefill");  // another worker after a failure
     tried.insert(*prefill_worker);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
     grpc::ClientContext prefill_context;

@@ -82,16 +82,16 @@ struct LoadedEngine {
 void LogMemoryPlan(const char* role, const Engine& engine) {
   const model::LatentCache& cache = *engine.cache;
   const int64_t context = cache.total_pages() * cache.page_tokens();
-  const auto gib = [](double bytes) { return absl::StrFormat("%.3f", bytes / (1 << 30)); };
+  const auto gib = [](double bytes) { return bytes / (1 << 30); };
   serving::LogEvent(role, "memory_plan", "",
-                    {{"context_tokens", absl::StrCat(context)},
-                     {"page_tokens", absl::StrCat(cache.page_tokens())},
+                    {{"context_tokens", context},
+                     {"page_tokens", cache.page_tokens()},
                      {"cache_type", DTypeName(cache.dtype())},
-                     {"chunk_tokens", absl::StrCat(engine.chunk_tokens)},
+                     {"chunk_tokens", engine.chunk_tokens},
                      {"backend", engine.backend->name()},
                      {"latent_cache_gib", gib(static_cast<double>(cache.total_bytes()))},
                      {"weights_gib", gib(static_cast<double>(engine.model->weights().bytes))},
-                     {"kda_state_mib_per_sequence", absl::StrFormat("%.1f", engine.model->KdaStateBytes() / 1048576.0)}});
+                     {"kda_state_mib_per_sequence", engine.model->KdaStateBytes() / 1048576.0}});
 }
 
 absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
@@ -120,6 +120,7 @@ struct WorkerRole {
   grpc::Service* service;                                     // the role's gRPC service
   std::function<v1::WorkerInfo(const std::string&)> info;     // stats, given the advertised address
   std::function<void()> start_drain;                          // stop taking work (SIGTERM)
+  std::function<int64_t()> leases_expired;                    // decode only
 };
 
 // --router A[,B...] (each router replica by address) and/or --routers-dns HOST:PORT (every
@@ -155,8 +156,11 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  const std::string model_name = loaded.descriptor.name();
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
+                   StartMetrics(args, {role.name}, [model_name] { return model_name; }));
   AddCacheGauges(metrics.get(), role.name, info);
+  if (role.leases_expired) AddDecodeCounters(metrics.get(), role.leases_expired);
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
@@ -185,7 +189,7 @@ absl::Status RunPrefill(int argc, char** argv) {
   prefill::PrefillService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
-                      [&] { worker.StartDrain(); }});
+                      [&] { worker.StartDrain(); }, nullptr});
 }
 
 absl::Status RunDecode(int argc, char** argv) {
@@ -202,7 +206,7 @@ absl::Status RunDecode(int argc, char** argv) {
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
-                      [&] { worker.StartDrain(); }});
+                      [&] { worker.StartDrain(); }, [&] { return worker.Stats().leases_expired; }});
 }
 
 absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args) {
@@ -285,7 +289,11 @@ absl::Status RunRouter(int argc, char** argv) {
   router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  // The model is known once a worker has reported it.
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args, {"router"}, [&state] {
+                     const auto model = state.registry().Model();
+                     return model ? model->name() : std::string();
+                   }));
   AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(signals, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
@@ -347,10 +355,13 @@ absl::Status RunServe(int argc, char** argv) {
   router::RegistryService registry(state, *auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  const std::string model_name = descriptor.name();
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
+                   StartMetrics(args, {"router", "prefill", "decode"}, [model_name] { return model_name; }));
   AddRouterGauges(metrics.get(), state);
   AddCacheGauges(metrics.get(), "prefill", [&] { return prefill_service.Info(prefill_address); });
   AddCacheGauges(metrics.get(), "decode", [&] { return decode_service.Info(decode_address); });
+  AddDecodeCounters(metrics.get(), [&] { return decode_worker.Stats().leases_expired; });
   // Ready once the router has seen both workers (its first poll).
   const absl::Time ready_by = absl::Now() + absl::Seconds(10);
   while (!(state.registry().AnyAlive("prefill") && state.registry().AnyAlive("decode")) && absl::Now() < ready_by) {
