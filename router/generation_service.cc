@@ -148,10 +148,14 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   // Places `context` (the prompt, plus what was generated when resuming) with room for
   // `remaining` more tokens and prefills it; relays prefill progress only the first time.
   const auto place = [&](const std::vector<int32_t>& context, int64_t remaining, bool relay_progress) {
+    const int64_t context_tokens = static_cast<int64_t>(context.size()) + remaining;
+    const int64_t lease_tokens =
+        state_.options().reserve_max_tokens
+            ? context_tokens
+            : std::min(context_tokens, static_cast<int64_t>(context.size()) + kDecodeHeadroomTokens);
     for (int decode_attempt = 1;; ++decode_attempt) {
-      grpc::Status reserved =
-          ReserveDecodeLease(state_, *model, request_id, static_cast<int64_t>(context.size()) + remaining, deadline,
-                             decode_refused, cancel, client_gone, &lease);
+      grpc::Status reserved = ReserveDecodeLease(state_, *model, request_id, context_tokens, lease_tokens, deadline,
+                                                 decode_refused, cancel, client_gone, &lease);
       if (!reserved.ok()) return reserved;
       PrefillOutcome outcome = RunPrefill(state_, *request, *model, request_id, context, *lease, deadline, cancel,
                                           client_gone, writer, relay_progress, &prefill_done, &prefill_worker);

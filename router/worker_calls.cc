@@ -39,7 +39,8 @@ void ReleaseLease(const std::string& decode_worker, const std::string& lease_id,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
 // would; any other refusal moves on to the next worker.
 grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
-                                int64_t lease_tokens, absl::Time deadline, const std::set<std::string>& exclude,
+                                int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
+                                const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
@@ -62,7 +63,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
                      absl::FormatDuration(state.options().capacity_wait), "; retry later or add decode workers"));
     bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
     std::set<std::string> refused = exclude;
-    while (auto claimed = state.registry().ClaimDecode(lease_tokens, refused)) {
+    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused)) {
       const std::string candidate = *claimed;
       auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;

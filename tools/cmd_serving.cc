@@ -120,7 +120,7 @@ struct WorkerRole {
   grpc::Service* service;                                     // the role's gRPC service
   std::function<v1::WorkerInfo(const std::string&)> info;     // stats, given the advertised address
   std::function<void()> start_drain;                          // stop taking work (SIGTERM)
-  std::function<int64_t()> leases_expired;                    // decode only
+  std::function<decode::DecodeStats()> decode_stats;          // decode only
 };
 
 // --router A[,B...] (each router replica by address) and/or --routers-dns HOST:PORT (every
@@ -160,7 +160,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
                    StartMetrics(args, {role.name}, [model_name] { return model_name; }));
   AddCacheGauges(metrics.get(), role.name, info);
-  if (role.leases_expired) AddDecodeCounters(metrics.get(), role.leases_expired);
+  if (role.decode_stats) AddDecodeCounters(metrics.get(), role.decode_stats);
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
@@ -206,7 +206,7 @@ absl::Status RunDecode(int argc, char** argv) {
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
-                      [&] { worker.StartDrain(); }, [&] { return worker.Stats().leases_expired; }});
+                      [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }});
 }
 
 absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args) {
@@ -236,6 +236,11 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
   ASSIGN_OR_RETURN(options.max_prompt_bytes, args.GetInt("max-prompt-bytes", 8 << 20));
   ASSIGN_OR_RETURN(options.registry.max_workers, args.GetInt("max-workers", 1024));
+  const std::string decode_pages = args.Get("decode-pages", "grow");
+  if (decode_pages != "grow" && decode_pages != "upfront") {
+    return absl::InvalidArgumentError(absl::StrCat("--decode-pages must be grow or upfront, got '", decode_pages, "'"));
+  }
+  options.reserve_max_tokens = decode_pages == "upfront";
   ASSIGN_OR_RETURN(int64_t evict_ms, args.GetInt("worker-evict-ms", 60000));
   if (options.registry.max_workers <= 0 || evict_ms <= 0) {
     return absl::InvalidArgumentError("--max-workers and --worker-evict-ms must be positive");
@@ -250,7 +255,7 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
-                                            "max-workers", "worker-evict-ms"};
+                                            "max-workers", "worker-evict-ms", "decode-pages"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.
@@ -361,7 +366,7 @@ absl::Status RunServe(int argc, char** argv) {
   AddRouterGauges(metrics.get(), state);
   AddCacheGauges(metrics.get(), "prefill", [&] { return prefill_service.Info(prefill_address); });
   AddCacheGauges(metrics.get(), "decode", [&] { return decode_service.Info(decode_address); });
-  AddDecodeCounters(metrics.get(), [&] { return decode_worker.Stats().leases_expired; });
+  AddDecodeCounters(metrics.get(), [&] { return decode_worker.Stats(); });
   // Ready once the router has seen both workers (its first poll).
   const absl::Time ready_by = absl::Now() + absl::Seconds(10);
   while (!(state.registry().AnyAlive("prefill") && state.registry().AnyAlive("decode")) && absl::Now() < ready_by) {

@@ -139,12 +139,16 @@ void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, st
   });
 }
 
-void AddDecodeCounters(serving::MetricsServer* metrics, std::function<int64_t()> leases_expired) {
+void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats) {
   if (!metrics) return;
-  metrics->AddGaugeSource([leases_expired](serving::GaugeWriter& out) {
+  metrics->AddGaugeSource([stats](serving::GaugeWriter& out) {
+    const decode::DecodeStats s = stats();
     out.Set("latentserve_decode_lease_expired_total",
             "Decode: page reservations that expired before their cache arrived", {},
-            static_cast<double>(leases_expired()), /*counter=*/true);
+            static_cast<double>(s.leases_expired), /*counter=*/true);
+    out.Set("latentserve_decode_cache_full_stops_total",
+            "Decode: sequences stopped early (finish_reason length) because no cache page was free for their next token",
+            {}, static_cast<double>(s.cache_full_stops), /*counter=*/true);
   });
 }
 

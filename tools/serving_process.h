@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/args.h"
+#include "decode/decode_worker.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/generation_service.h"
 #include "serving/metrics.h"
@@ -61,8 +62,9 @@ absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args&
                                                                     const std::vector<std::string>& roles,
                                                                     std::function<std::string()> model);
 
-// latentserve_decode_lease_expired_total, read from the decode worker at scrape time.
-void AddDecodeCounters(serving::MetricsServer* metrics, std::function<int64_t()> leases_expired);
+// latentserve_decode_lease_expired_total and latentserve_decode_cache_full_stops_total, read
+// from the decode worker at scrape time.
+void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats);
 
 void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, std::function<v1::WorkerInfo()> info);
 

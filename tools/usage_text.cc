@@ -92,6 +92,9 @@ Flags RouterFlags() {
       {"max-streams-per-client", "N", "0", "concurrent Generate calls per client; 0: no limit"},
       {"max-workers", "N", "1024", "most workers the registry holds"},
       {"worker-evict-ms", "MS", "60000", "forget a worker (and its metric series) after this long without an answer"},
+      {"decode-pages", "grow|upfront", "grow",
+       "grow: reserve the prompt + 256 tokens, add pages while decoding (a request that finds the cache full "
+       "stops with finish_reason length); upfront: reserve prompt + max_tokens"},
   };
 }
 

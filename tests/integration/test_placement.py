@@ -63,6 +63,40 @@ class PrefillCapacity(unittest.TestCase):
         self.assertIn("--cache-tokens", result["error"]["message"])
 
 
+class DecodePagesGrow(unittest.TestCase):
+    """Pages for prompt + 256 tokens up front, the rest while decoding (--decode-pages grow, the
+    default): four requests of 100 + 2000 tokens share a 2,304-token decode cache that held one
+    at a time when max_tokens was reserved up front; as it fills, requests stop early with
+    finish_reason length (counted, logged), and the last one runs to its max_tokens."""
+
+    def test_concurrent_requests_share_the_cache_and_running_out_stops_one_early(self):
+        c = ts.Cluster("grow", prefill=1, decode=1, worker_flags=("--cache-tokens", "2304", "--metrics-listen",
+                                                                  "127.0.0.1:0"))
+        try:
+            runs = [c.generate(ts.prompt(100, salt=40 + i), max_tokens=2000, background=True) for i in range(4)]
+            results = []
+            for proc in runs:
+                stdout, _ = proc.communicate(timeout=300)
+                results.append(ts.parse_result(stdout, proc.returncode))
+            for r in results:
+                self.assertEqual(r["rc"], 0, r)
+                self.assertEqual(r["finish_reason"], "length", r)
+            lengths = sorted(r["usage"]["completion_tokens"] for r in results)
+            # One sequence alone never runs out (100 + 2000 <= 2304): an early stop means the
+            # requests decoded side by side in a cache that up-front reservation gave to one.
+            self.assertLess(lengths[0], 2000, lengths)
+            self.assertEqual(lengths[-1], 2000, lengths)  # the stopped ones' pages let the last finish
+            counted = tsm.scrape(tsm.metrics_url(c, "decode0"))["latentserve_decode_cache_full_stops_total"]
+            self.assertEqual(counted, sum(1 for n in lengths if n < 2000))
+            with open(os.path.join(c.dir, "decode0.log")) as f:
+                stops = [line for line in f if '"cache_full":true' in line]
+            self.assertEqual(len(stops), sum(1 for n in lengths if n < 2000))
+            self.assertTrue(all('"level":"warning"' in line for line in stops))
+            c.assert_baseline(self)
+        finally:
+            c.stop()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", required=True)
