@@ -119,7 +119,7 @@ Flags ClientFlags() {
                    {"summary-file", "FILE", "", "generate: also write the --json object to FILE"},
                    {"cancel-after-progress", "N", "", "testing: cancel after N prefill progress events"},
                    {"cancel-after-tokens", "N", "", "testing: cancel after N generated tokens"},
-                   {"service", "NAME", "\"\" (the whole server)", "health: the service to check"},
+                   {"service", "NAME", "the whole server", "health: the service to check"},
                    {"tls-ca", "PEM", "", "speak TLS, trusting this CA"},
                    {"tls-cert", "PEM", "", "client certificate (servers that require mutual TLS)"},
                    {"tls-key", "PEM", "", "key of --tls-cert"},
@@ -160,7 +160,7 @@ std::map<std::string, Usage> BuildUsages() {
                  "exit 0 when SERVING).",
                  ClientFlags(),
                  "latentserve client generate --target 127.0.0.1:50051 --system \"Be brief.\" --message \"Hi\" "
-                 "--stop \"\\n\" --max-tokens 32"};
+                 "--stop \"User:\" --max-tokens 32"};
   u["generate"] = {"generate --model PATH (--prompt TEXT | --prompt-file F | --prompt-tokens 1,2,3) [flags]",
                    "Load a GGUF and generate locally, streaming text (or ids).",
                    Join({{{"prompt", "TEXT", "", "the prompt as text (needs a tokenizer in the model)"},
