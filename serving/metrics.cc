@@ -100,7 +100,7 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry)
       e2e_seconds(NewHistogram(*registry, "latentserve_router_e2e_request_seconds",
                                "Router: Generate start to finished, successful requests")),
       queue_seconds(NewHistogram(*registry, "latentserve_router_queue_seconds",
-                                 "Router: Generate start to decode cache pages reserved (waiting for capacity)")),
+                                 "Router: asking for decode cache pages to having them (waiting for capacity)")),
       prompt_tokens(NewHistogram(*registry, "latentserve_router_prompt_tokens", "Router: prompt tokens per request",
                                  TokenBuckets())),
       generation_tokens(NewHistogram(*registry, "latentserve_router_generation_tokens",

@@ -45,7 +45,7 @@ class Metrics {
   prometheus::Histogram& ttft_seconds;         // request start -> first token sent
   prometheus::Histogram& inter_token_seconds;  // between consecutive tokens sent
   prometheus::Histogram& e2e_seconds;          // request start -> finished (successful requests)
-  prometheus::Histogram& queue_seconds;        // request start -> decode pages reserved
+  prometheus::Histogram& queue_seconds;        // asking for decode cache pages -> reserved (capacity wait)
   prometheus::Histogram& prompt_tokens;        // prompt length of admitted requests
   prometheus::Histogram& generation_tokens;    // tokens generated per successful request
   prometheus::Gauge& router_requests_in_flight;
