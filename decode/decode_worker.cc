@@ -218,9 +218,9 @@ void DecodeWorker::SchedulerLoop() {
         if (slot->state == SlotState::kDecoding && !slot->finished && slot->sequence) batch.push_back(slot);
       }
     }
-    // Pages grow one token ahead of each sequence. One that finds no free page stops here
-    // (kCacheFull) and frees its pages for the others: running out ends the longest-waiting
-    // request for a page, never the whole batch.
+    // Pages grow one token ahead of each sequence. When pages run out, the sequences that find
+    // none this step (the later ones in slot order) stop here (kCacheFull) and their pages go
+    // to the others: running out ends some requests early, never the whole batch.
     std::vector<std::shared_ptr<Slot>> out_of_pages;
     batch.erase(std::remove_if(batch.begin(), batch.end(),
                                [&](const std::shared_ptr<Slot>& slot) {
