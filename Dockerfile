@@ -13,6 +13,9 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 # PCRE2; gtest/benchmark because the test folders configure with the tree) ----
 FROM ${BUILD_IMAGE} AS build
 ARG CMAKE_ARGS=""
+# `latentserve --version` names this revision (.git stays out of the context):
+#   docker build --build-arg LATENTSERVE_GIT_REVISION=$(git describe --always --dirty) .
+ARG LATENTSERVE_GIT_REVISION=unknown
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ninja-build cmake g++ pkg-config \

@@ -24,38 +24,47 @@ absl::StatusOr<Args> Args::Parse(int argc, char** argv, const std::set<std::stri
       has_value = true;
     }
     if (!known.count(name) && !switches.count(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+      std::set<std::string> accepted = known;
+      accepted.insert(switches.begin(), switches.end());
+      std::string list;
+      for (const std::string& flag : accepted) absl::StrAppend(&list, list.empty() ? "" : " ", "--", flag);
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " (accepted: ", list, ")"));
     }
     if (switches.count(name)) {
-      args.values_[name] = has_value ? value : "true";
+      args.values_[name].push_back(has_value ? value : "true");
       continue;
     }
     if (!has_value) {
       if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       value = argv[++i];
     }
-    args.values_[name] = value;
+    args.values_[name].push_back(value);
   }
   return args;
 }
 
 std::string Args::Get(const std::string& name, const std::string& fallback) const {
   auto it = values_.find(name);
-  return it == values_.end() ? fallback : it->second;
+  return it == values_.end() ? fallback : it->second.back();
+}
+
+std::vector<std::string> Args::GetAll(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
 absl::StatusOr<std::string> Args::Require(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
-  return it->second;
+  return it->second.back();
 }
 
 absl::StatusOr<int64_t> Args::GetInt(const std::string& name, int64_t fallback) const {
   auto it = values_.find(name);
   if (it == values_.end()) return fallback;
   int64_t v;
-  if (!absl::SimpleAtoi(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " expects an integer, got '", it->second, "'"));
+  if (!absl::SimpleAtoi(it->second.back(), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " expects an integer, got '", it->second.back(), "'"));
   }
   return v;
 }
@@ -64,8 +73,8 @@ absl::StatusOr<double> Args::GetDouble(const std::string& name, double fallback)
   auto it = values_.find(name);
   if (it == values_.end()) return fallback;
   double v;
-  if (!absl::SimpleAtod(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " expects a number, got '", it->second, "'"));
+  if (!absl::SimpleAtod(it->second.back(), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " expects a number, got '", it->second.back(), "'"));
   }
   return v;
 }

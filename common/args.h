@@ -1,5 +1,6 @@
 // Minimal `--name value` / `--name=value` / `--switch` parser for the subcommands.
-// Unknown flags are errors so typos never pass silently.
+// Unknown flags are errors so typos never pass silently; the error lists the accepted flags
+// (tests/integration/test_cli.py compares that list with each subcommand's --help).
 #pragma once
 
 #include <cstdint>
@@ -20,14 +21,17 @@ class Args {
                                     const std::set<std::string>& switches = {});
 
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  // The last value given for `name` (a repeated flag overrides, except through GetAll).
   std::string Get(const std::string& name, const std::string& fallback = "") const;
+  // Every value given for `name`, in command-line order (repeatable flags such as --stop).
+  std::vector<std::string> GetAll(const std::string& name) const;
   absl::StatusOr<std::string> Require(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> values_;  // never an empty vector
   std::vector<std::string> positional_;
 };
 

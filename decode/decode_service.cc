@@ -64,16 +64,20 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
       },
       [&] { return context->IsCancelled(); });
   if (!reason.ok()) {
-    serving::LogEvent("decode", "decode_failed", request->request_id(),
+    serving::LogEvent(serving::LogLevel::kWarning, "decode", "decode_failed", request->request_id(),
                       {{"lease", params.lease_id},
                        {"code", absl::StatusCodeToString(reason.status().code())},
-                       {"tokens", absl::StrCat(generated)}});
+                       {"tokens", generated}});
     return ToGrpc(reason.status());
   }
-  serving::LogEvent("decode", "decode_done", request->request_id(),
-                    {{"lease", params.lease_id}, {"tokens", absl::StrCat(generated)},
-                     {"finish", *reason == FinishReason::kStopToken ? "stop_token" : "length"}});
+  const bool cache_full = *reason == FinishReason::kCacheFull;
+  serving::LogEvent(cache_full ? serving::LogLevel::kWarning : serving::LogLevel::kInfo, "decode", "decode_done",
+                    request->request_id(),
+                    {{"lease", params.lease_id}, {"tokens", generated},
+                     {"finish", *reason == FinishReason::kStopToken ? "stop_token" : "length"},
+                     {"cache_full", cache_full}});
   v1::DecodeResponse last;
+  // A stop for want of cache pages reads as LENGTH to the client (fewer tokens than asked).
   last.set_finish_reason(*reason == FinishReason::kStopToken ? v1::FINISH_REASON_STOP_TOKEN : v1::FINISH_REASON_LENGTH);
   writer->Write(last);
   return grpc::Status::OK;

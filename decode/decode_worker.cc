@@ -151,9 +151,11 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
     if (slot->state != SlotState::kReady) {
       return absl::FailedPreconditionError(absl::StrCat("the cache of lease ", params.lease_id, " has not fully arrived"));
     }
-    if (slot->prompt_tokens + 1 + params.max_new_tokens > slot->reserved_tokens + 1) {
-      return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", params.max_new_tokens, " exceeds lease ",
-                                                     params.lease_id));
+    // The lease reserved the prompt (and some room); pages grow while decoding, up to the cache.
+    if (slot->prompt_tokens + params.max_new_tokens > max_context_tokens()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt of ", slot->prompt_tokens, " tokens + max_new_tokens ",
+                                                     params.max_new_tokens, " exceeds this worker's ",
+                                                     max_context_tokens(), "-token cache"));
     }
     slot->sampler = std::make_unique<model::Sampler>(params.sampling);
     if (params.sampling.temperature > 0.0f) {
@@ -216,6 +218,27 @@ void DecodeWorker::SchedulerLoop() {
         if (slot->state == SlotState::kDecoding && !slot->finished && slot->sequence) batch.push_back(slot);
       }
     }
+    // Pages grow one token ahead of each sequence. When pages run out, the sequences that find
+    // none this step (the later ones in slot order) stop here (kCacheFull) and their pages go
+    // to the others: running out ends some requests early, never the whole batch.
+    std::vector<std::shared_ptr<Slot>> out_of_pages;
+    batch.erase(std::remove_if(batch.begin(), batch.end(),
+                               [&](const std::shared_ptr<Slot>& slot) {
+                                 const model::Sequence& s = *slot->sequence;
+                                 if (model_.Reserve(*slot->sequence, cache_, s.cached_tokens + 1).ok()) return false;
+                                 out_of_pages.push_back(slot);
+                                 return true;
+                               }),
+                batch.end());
+    if (!out_of_pages.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& slot : out_of_pages) {
+        slot->reason = FinishReason::kCacheFull;
+        slot->finished = true;
+        cache_full_stops_++;
+      }
+      cv_.notify_all();
+    }
     if (batch.empty()) continue;
     std::vector<model::BatchEntry> entries;
     entries.reserve(batch.size());
@@ -261,6 +284,7 @@ void DecodeWorker::ReaperLoop() {
                                                            " expired before decode started (cache not delivered in time)"));
         slot->state = SlotState::kDone;
         expired.push_back(slot);
+        leases_expired_++;
       }
     }
     if (expired.empty()) continue;
@@ -284,6 +308,8 @@ DecodeStats DecodeWorker::Stats() const {
     }
   }
   stats.steps = steps_;
+  stats.leases_expired = leases_expired_;
+  stats.cache_full_stops = cache_full_stops_;
   stats.draining = draining_;
   return stats;
 }

@@ -1,11 +1,13 @@
 // The decode worker's engine side (no gRPC): leases, cache admission, continuous batching.
 //
-// Life of a request: ReserveLease reserves cache pages for prompt + max_tokens (the lease
-// ends at its deadline unless Decode has started). A handoff (transfer::CacheSink) imports
+// Life of a request: ReserveLease reserves cache pages for the tokens the router asks (the
+// prompt plus some room, or prompt + max_tokens with --decode-pages upfront; the lease ends at
+// its deadline unless Decode has started). A handoff (transfer::CacheSink) imports
 // latent rows and KDA state, checking every chunk; after its End the sequence is ready.
 // Decode admits it into the batch: one scheduler thread runs Model::Forward over every
-// decoding sequence, one token each, and samples per request. Pages return to the cache on
-// finish, error, cancel and lease expiry.
+// decoding sequence, one token each, and samples per request; each step first grows every
+// sequence by the page its next token needs, and one that finds none stops (kCacheFull).
+// Pages return to the cache on finish, error, cancel and lease expiry.
 #pragma once
 
 #include <condition_variable>
@@ -27,7 +29,9 @@
 
 namespace latentserve::decode {
 
-enum class FinishReason { kLength, kStopToken };
+// kCacheFull: the cache had no page for the next token (pages grow during decode): the
+// service reports it as LENGTH and says why in its log and metrics.
+enum class FinishReason { kLength, kStopToken, kCacheFull };
 
 struct DecodeParams {
   std::string lease_id;
@@ -44,6 +48,8 @@ struct DecodeStats {
   int64_t leases_active = 0;     // reserved, not yet decoding
   int64_t sequences_active = 0;  // in the batch
   int64_t steps = 0;             // batched forward steps run
+  int64_t leases_expired = 0;    // reservations whose cache did not arrive before their deadline
+  int64_t cache_full_stops = 0;  // sequences stopped early: no free page for their next token
   bool draining = false;
 };
 
@@ -107,6 +113,8 @@ class DecodeWorker : public transfer::CacheSink {
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id
   int64_t steps_ = 0;
+  int64_t leases_expired_ = 0;
+  int64_t cache_full_stops_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
   std::thread scheduler_;

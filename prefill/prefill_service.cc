@@ -49,7 +49,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
       metrics.transfer_failures_total.Increment();
       context->AddTrailingMetadata(kFailedStageKey, "transfer");
     }
-    serving::LogEvent("prefill", "prefill_failed", job.request_id,
+    serving::LogEvent(serving::LogLevel::kWarning, "prefill", "prefill_failed", job.request_id,
                       {{"code", absl::StatusCodeToString(result.status().code())},
                        {"stage", transfer_failed ? "transfer" : "prefill"},
                        {"message", std::string(result.status().message())}});
@@ -57,13 +57,14 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   }
   metrics.prefill_tokens_total.Increment(static_cast<double>(job.tokens.size()));
   metrics.prefill_compute_seconds_total.Increment(result->prefill_ms / 1000.0);
+  metrics.prefill_seconds.Observe(result->prefill_ms / 1000.0);
   metrics.transfer_bytes_total.Increment(static_cast<double>(result->cache_bytes));
   metrics.transfer_tail_seconds.Observe(result->transfer_tail_ms / 1000.0);
   serving::LogEvent("prefill", "prefill_done", job.request_id,
-                    {{"prompt_tokens", absl::StrCat(job.tokens.size())},
-                     {"prefill_ms", absl::StrCat(result->prefill_ms)},
-                     {"cache_bytes", absl::StrCat(result->cache_bytes)},
-                     {"transfer_tail_ms", absl::StrCat(result->transfer_tail_ms)},
+                    {{"prompt_tokens", job.tokens.size()},
+                     {"prefill_ms", result->prefill_ms},
+                     {"cache_bytes", result->cache_bytes},
+                     {"transfer_tail_ms", result->transfer_tail_ms},
                      {"decode_worker", job.decode_worker}});
   v1::PrefillResponse event;
   auto* done = event.mutable_done();

@@ -21,8 +21,10 @@ absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
   if (job.tokens.empty()) return absl::InvalidArgumentError("empty prompt");
   RETURN_IF_ERROR(model_.ValidateTokens(job.tokens));
   if (static_cast<int64_t>(job.tokens.size()) > max_context_tokens()) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt of ", job.tokens.size(), " tokens exceeds this prefill worker's ",
-                                                   max_context_tokens(), "-token cache (--cache-tokens)"));
+    // This worker's configuration, not the request, falls short: the router tries another.
+    return absl::FailedPreconditionError(absl::StrCat("prompt of ", job.tokens.size(),
+                                                      " tokens exceeds this prefill worker's ", max_context_tokens(),
+                                                      "-token cache (--cache-tokens)"));
   }
   const double cost = static_cast<double>(job.tokens.size()) * static_cast<double>(job.tokens.size());
   std::unique_lock<std::mutex> lock(mu_);

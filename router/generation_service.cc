@@ -8,10 +8,13 @@
 #include <set>
 #include <thread>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/secure_random.h"
 #include "common/status.h"
 #include "router/channels.h"
 #include "router/lease_keeper.h"
@@ -23,11 +26,25 @@
 #include "transfer/grpc_status.h"
 
 namespace latentserve::router {
+namespace {
+
+// The finish reason as the metrics label (and the OpenAI-style name).
+const char* FinishReasonLabel(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_STOP_TOKEN: return "stop_token";
+    case v1::FINISH_REASON_STOP_STRING: return "stop_string";
+    default: return "unspecified";
+  }
+}
+
+}  // namespace
 
 using transfer::ToGrpc;
 
 RouterState::RouterState(RouterOptions options)
     : options_(std::move(options)),
+      request_id_prefix_(SecureRandomHex(4).value_or(absl::StrCat(getpid()))),
       registry_(absl::Milliseconds(250), options_.registry),
       lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {}
 RouterState::~RouterState() = default;
@@ -61,7 +78,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   if (!stream_limiter_.TryAcquire(client)) {
     metrics.router_stream_limit_rejections_total.Increment();
     metrics.CountRouterRequest(grpc::StatusCode::RESOURCE_EXHAUSTED);
-    serving::LogEvent("router", "request_rejected", request_id,
+    serving::LogEvent(serving::LogLevel::kWarning, "router", "request_rejected", request_id,
                       {{"client", client}, {"code", "RESOURCE_EXHAUSTED"}, {"reason", "stream limit"}});
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
@@ -72,10 +89,15 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   metrics.router_requests_in_flight.Decrement();
   stream_limiter_.Release(client);
   metrics.CountRouterRequest(status.error_code());
-  serving::LogEvent("router", "request_finished", request_id,
+  const bool server_fault = status.error_code() == grpc::StatusCode::INTERNAL ||
+                            status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                            status.error_code() == grpc::StatusCode::UNKNOWN;
+  serving::LogEvent(status.ok() ? serving::LogLevel::kInfo
+                                : server_fault ? serving::LogLevel::kError : serving::LogLevel::kWarning,
+                    "router", "request_finished", request_id,
                     {{"client", client},
                      {"code", serving::GrpcCodeName(status.error_code())},
-                     {"duration_ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - start))},
+                     {"duration_ms", absl::ToDoubleMilliseconds(absl::Now() - start)},
                      {"message", status.ok() ? "" : status.error_message()}});
   return status;
 }
@@ -98,10 +120,12 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
 
   const int64_t max_tokens = request->stopping().max_tokens();
   const std::string request_id =
-      request->request_id().empty() ? absl::StrCat("req-", state_.next_request++) : request->request_id();
+      request->request_id().empty() ? absl::StrCat("req-", state_.request_id_prefix(), "-", state_.next_request++)
+                                    : request->request_id();
   *request_id_out = request_id;
   serving::LogEvent("router", "request_started", request_id,
-                    {{"prompt_tokens", absl::StrCat(tokens.size())}, {"max_tokens", absl::StrCat(max_tokens)}});
+                    {{"prompt_tokens", tokens.size()}, {"max_tokens", max_tokens}});
+  metrics.prompt_tokens.Observe(static_cast<double>(tokens.size()));
   absl::Time deadline = start + state_.options().request_timeout;
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     deadline = std::min(deadline, absl::FromChrono(context->deadline()));
@@ -124,10 +148,14 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   // Places `context` (the prompt, plus what was generated when resuming) with room for
   // `remaining` more tokens and prefills it; relays prefill progress only the first time.
   const auto place = [&](const std::vector<int32_t>& context, int64_t remaining, bool relay_progress) {
+    const int64_t context_tokens = static_cast<int64_t>(context.size()) + remaining;
+    const int64_t lease_tokens =
+        state_.options().reserve_max_tokens
+            ? context_tokens
+            : std::min(context_tokens, static_cast<int64_t>(context.size()) + kDecodeHeadroomTokens);
     for (int decode_attempt = 1;; ++decode_attempt) {
-      grpc::Status reserved =
-          ReserveDecodeLease(state_, *model, request_id, static_cast<int64_t>(context.size()) + remaining, deadline,
-                             decode_refused, cancel, client_gone, &lease);
+      grpc::Status reserved = ReserveDecodeLease(state_, *model, request_id, context_tokens, lease_tokens, deadline,
+                                                 decode_refused, cancel, client_gone, &lease);
       if (!reserved.ok()) return reserved;
       PrefillOutcome outcome = RunPrefill(state_, *request, *model, request_id, context, *lease, deadline, cancel,
                                           client_gone, writer, relay_progress, &prefill_done, &prefill_worker);
@@ -139,7 +167,8 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
       if (code == grpc::StatusCode::UNAVAILABLE) state_.registry().MarkDead(lease->worker());
       const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::ABORTED;
       if (!retryable || decode_attempt >= kMaxDecodeAttempts || absl::Now() >= deadline) return outcome.status;
-      serving::LogEvent("router", "handoff_retry", request_id,
+      metrics.CountFailover("handoff");
+      serving::LogEvent(serving::LogLevel::kWarning, "router", "handoff_retry", request_id,
                         {{"decode_worker", lease->worker()}, {"error", outcome.status.error_message()}});
       decode_refused.insert(lease->worker());
       lease.reset();  // best-effort release; the worker may be gone
@@ -233,8 +262,9 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return failed;
     state_.registry().MarkDead(decode_worker);
     if (++resumes > kMaxDecodeAttempts || absl::Now() >= deadline) return failed;
-    serving::LogEvent("router", "decode_resume", request_id,
-                      {{"decode_worker", decode_worker}, {"generated", absl::StrCat(completion_tokens)}});
+    metrics.CountFailover("decode");
+    serving::LogEvent(serving::LogLevel::kWarning, "router", "decode_resume", request_id,
+                      {{"decode_worker", decode_worker}, {"generated", completion_tokens}});
     decode_refused.insert(decode_worker);
     lease.reset();
     std::vector<int32_t> context = tokens;
@@ -263,6 +293,9 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
   finished->set_decode_worker(decode_worker);
   finished->set_request_id(request_id);
   writer->Write(out);
+  metrics.e2e_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  metrics.generation_tokens.Observe(static_cast<double>(completion_tokens));
+  metrics.CountFinishReason(FinishReasonLabel(reason));
   return grpc::Status::OK;
 }
 

@@ -33,7 +33,15 @@ struct RouterOptions {
   int64_t max_prompt_bytes = 8 << 20;  // longest text / chat prompt, checked before tokenising (0: none)
   int64_t max_streams_per_client = 0;  // concurrent Generate calls per client (0: unlimited)
   RegistryLimits registry;             // worker registrations: cap and eviction
+  // Decode cache pages: false (default): a lease reserves the prompt plus
+  // kDecodeHeadroomTokens and the sequence grows a page at a time while it decodes; a
+  // sequence that finds the cache full stops with finish_reason LENGTH (logged and counted
+  // by the decode worker). true: prompt + max_tokens up front (no early stop, less concurrency).
+  bool reserve_max_tokens = false;
 };
+
+// Tokens of decode room a lease reserves beyond the prompt when pages grow during decode.
+inline constexpr int64_t kDecodeHeadroomTokens = 256;
 
 class TextCodec;    // tokenizer wrapper (router/text_codec.h)
 class LeaseKeeper;  // router/lease_keeper.h
@@ -51,9 +59,12 @@ class RouterState {
   bool draining() const { return draining_; }
   std::atomic<int64_t> leases_active{0};
   std::atomic<int64_t> next_request{1};
+  // Random per router process: ids "req-<prefix>-<n>" stay unique across router replicas.
+  const std::string& request_id_prefix() const { return request_id_prefix_; }
 
  private:
   RouterOptions options_;
+  std::string request_id_prefix_;
   WorkerRegistry registry_;
   std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::mutex codec_mu_;

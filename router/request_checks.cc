@@ -79,6 +79,14 @@ absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& requ
                                                    ") = ", tokens.size() + max_tokens, " exceeds the context limit of ",
                                                    limit, " tokens"));
   }
+  // A server-side limit, not the client's fault: say which configuration falls short.
+  const int64_t prefill_limit = state.registry().MaxContextTokens("prefill");
+  if (prefill_limit > 0 && static_cast<int64_t>(tokens.size()) > prefill_limit) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "prompt of ", tokens.size(), " tokens exceeds the cache of every live prefill worker (largest ", prefill_limit,
+        " tokens) although the decode workers hold ", limit, ": start prefill workers with --cache-tokens >= ",
+        tokens.size()));
+  }
   const auto& s = request.sampling();
   // Written so that NaN fails every comparison (NaN < 0 and NaN > 1 are both false).
   const bool sampling_ok = std::isfinite(s.temperature()) && s.temperature() >= 0 && s.top_k() >= 0 &&

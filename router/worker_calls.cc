@@ -39,7 +39,8 @@ void ReleaseLease(const std::string& decode_worker, const std::string& lease_id,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
 // would; any other refusal moves on to the next worker.
 grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
-                                int64_t lease_tokens, absl::Time deadline, const std::set<std::string>& exclude,
+                                int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
+                                const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
@@ -48,13 +49,21 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
   const bool deadline_binds = give_up == deadline;
   absl::Duration backoff = absl::Milliseconds(20);
   bool waited = false;
+  // latentserve_router_requests_waiting counts this request from its first wait to any return.
+  struct WaitingGauge {
+    bool counted = false;
+    ~WaitingGauge() {
+      if (counted) serving::Metrics::Get().router_requests_waiting.Decrement();
+    }
+  } waiting;
+  const absl::Time started = absl::Now();
   for (;;) {
     absl::Status last_error = absl::ResourceExhaustedError(
         absl::StrCat("no decode worker has had room for ", lease_tokens, " cache tokens within ",
                      absl::FormatDuration(state.options().capacity_wait), "; retry later or add decode workers"));
     bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
     std::set<std::string> refused = exclude;
-    while (auto claimed = state.registry().ClaimDecode(lease_tokens, refused)) {
+    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused)) {
       const std::string candidate = *claimed;
       auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;
@@ -72,6 +81,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
       if (status.ok()) {
         if (waited) serving::LogEvent("router", "capacity_wait_done", request_id, {{"decode_worker", candidate}});
         *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
+        serving::Metrics::Get().queue_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - started));
         return grpc::Status::OK;
       }
       state.registry().ReleaseDecode(candidate);
@@ -93,7 +103,11 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
                             : ToGrpc(last_error);
     }
     backoff = std::min(backoff, give_up - now);  // the last round ends at the limit, not before it
-    if (!waited) serving::LogEvent("router", "capacity_wait", request_id, {{"tokens", absl::StrCat(lease_tokens)}});
+    if (!waited) {
+      serving::LogEvent(serving::LogLevel::kWarning, "router", "capacity_wait", request_id, {{"tokens", lease_tokens}});
+      serving::Metrics::Get().router_requests_waiting.Increment();
+      waiting.counted = true;
+    }
     waited = true;
     for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
       if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
@@ -113,9 +127,12 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
   std::set<std::string> tried;
-  absl::Status prefill_error = absl::UnavailableError("no live prefill worker");
-  while (auto pick = state.registry().ClaimPrefill(cost, tried)) {
+  absl::Status prefill_error = absl::UnavailableError(
+      absl::StrCat("no live prefill worker whose cache holds the ", tokens.size(), "-token prompt"));
+  const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
+  while (auto pick = state.registry().ClaimPrefill(prompt_tokens, cost, tried)) {
     *prefill_worker = *pick;
+    if (!tried.empty()) serving::Metrics::Get().CountFailover("prefill");  // another worker after a failure
     tried.insert(*prefill_worker);
     auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
     grpc::ClientContext prefill_context;
@@ -164,11 +181,12 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
       return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                            absl::StrCat("deadline passed during prefill (", status.error_message(), ")"))};
     }
-    // A worker fault (process gone, internal error) is worth another worker; a verdict on
-    // the request itself is not.
+    // A worker fault (process gone, internal error) or a limit of that worker (its cache,
+    // between polls) is worth another worker; a verdict on the request itself is not.
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
       state.registry().MarkDead(*prefill_worker);
-    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN) {
+    } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN &&
+               status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
       return {ToGrpc(prefill_error)};
     }
   }

@@ -108,12 +108,14 @@ class DecodeLease {
 
 constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's handoff
 
-// Reserves pages for `lease_tokens` on the best decode worker that accepts them. When every
+// Reserves pages for `lease_tokens` on the best decode worker that accepts them and whose
+// cache can hold `context_tokens` (prompt + max_tokens: what the sequence may grow to). When every
 // live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
 // would; any other refusal moves on to the next worker.
 grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
-                                int64_t lease_tokens, absl::Time deadline, const std::set<std::string>& exclude,
+                                int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
+                                const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
                                 std::unique_ptr<DecodeLease>* lease);
 

@@ -1,6 +1,8 @@
 #include "router/worker_registry.h"
 
 #include <algorithm>
+#include <chrono>
+#include <memory>
 
 #include <grpcpp/grpcpp.h>
 
@@ -127,7 +129,8 @@ void WorkerRegistry::ReleaseDecode(const std::string& address) {
   if (it != workers_.end()) it->second.inflight_requests = std::max<int64_t>(0, it->second.inflight_requests - 1);
 }
 
-std::optional<std::string> WorkerRegistry::ClaimPrefill(double cost, const std::set<std::string>& exclude) {
+std::optional<std::string> WorkerRegistry::ClaimPrefill(int64_t prompt_tokens, double cost,
+                                                        const std::set<std::string>& exclude) {
   std::lock_guard<std::mutex> lock(mu_);
   // This router's own cost is current; the worker's reported cost (polled) also covers the
   // jobs of other router replicas. The larger of the two is the load.
@@ -135,6 +138,7 @@ std::optional<std::string> WorkerRegistry::ClaimPrefill(double cost, const std::
   WorkerEntry* best = nullptr;
   for (auto& [address, entry] : workers_) {
     if (entry.role != "prefill" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
+    if (entry.model.max_context_tokens() < prompt_tokens) continue;  // its cache cannot hold the prompt
     if (!best || load(entry) < load(*best) || (load(entry) == load(*best) && entry.last_placed < best->last_placed)) {
       best = &entry;
     }
@@ -156,11 +160,11 @@ std::optional<v1::ModelDescriptor> WorkerRegistry::Model() const {
   return model_;
 }
 
-int64_t WorkerRegistry::MaxContextTokens() const {
+int64_t WorkerRegistry::MaxContextTokens(const std::string& role) const {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t best = 0;
   for (const auto& [address, entry] : workers_) {
-    if (entry.role == "decode" && entry.alive) best = std::max(best, entry.model.max_context_tokens());
+    if (entry.role == role && entry.alive) best = std::max(best, entry.model.max_context_tokens());
   }
   return best;
 }
@@ -180,37 +184,71 @@ std::vector<WorkerEntry> WorkerRegistry::Snapshot() const {
   return out;
 }
 
+void WorkerRegistry::PollAll(const std::vector<std::string>& addresses) {
+  // One asynchronous call per worker, all in flight together: a slow or dead worker costs
+  // one deadline per round, not one per worker in the list.
+  struct Poll {
+    std::string address;
+    grpc::ClientContext context;
+    v1::GetWorkerStatsRequest request;
+    v1::GetWorkerStatsResponse response;
+    grpc::Status status;
+    std::unique_ptr<v1::WorkerStats::Stub> stub;
+  };
+  std::vector<std::unique_ptr<Poll>> polls;
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  size_t done = 0;
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(1000);
+  for (const std::string& address : addresses) {
+    auto poll = std::make_unique<Poll>();
+    poll->address = address;
+    poll->stub = v1::WorkerStats::NewStub(ChannelTo(address));
+    serving::AttachInternalCredential(poll->context);
+    poll->context.set_deadline(deadline);
+    polls.push_back(std::move(poll));
+  }
+  for (auto& poll : polls) {
+    poll->stub->async()->GetWorkerStats(&poll->context, &poll->request, &poll->response,
+                                        [&, p = poll.get()](grpc::Status status) {
+                                          p->status = std::move(status);
+                                          std::lock_guard<std::mutex> lock(done_mu);
+                                          ++done;
+                                          done_cv.notify_all();
+                                        });
+  }
+  {
+    // Every call ends by its deadline; gRPC runs each callback exactly once.
+    std::unique_lock<std::mutex> lock(done_mu);
+    done_cv.wait(lock, [&] { return done == polls.size(); });
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& poll : polls) {
+    auto it = workers_.find(poll->address);
+    if (it == workers_.end()) continue;
+    if (!poll->status.ok()) {
+      it->second.alive = false;
+      continue;
+    }
+    if (!AcceptModel(poll->response.model(), poll->address).ok()) {
+      it->second.alive = false;  // a worker of another model never takes work here
+      continue;
+    }
+    it->second.model = poll->response.model();
+    it->second.stats = poll->response.stats();
+    it->second.role = poll->response.role();
+    it->second.alive = true;
+    it->second.last_seen = absl::Now();
+  }
+}
+
 void WorkerRegistry::MonitorLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     std::vector<std::string> addresses;
     for (const auto& [address, entry] : workers_) addresses.push_back(address);
     lock.unlock();
-    for (const std::string& address : addresses) {
-      auto stub = v1::WorkerStats::NewStub(ChannelTo(address));
-      grpc::ClientContext context;
-      serving::AttachInternalCredential(context);
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
-      v1::GetWorkerStatsRequest request;
-      v1::GetWorkerStatsResponse response;
-      grpc::Status status = stub->GetWorkerStats(&context, request, &response);
-      std::lock_guard<std::mutex> relock(mu_);
-      auto it = workers_.find(address);
-      if (it == workers_.end()) continue;
-      if (!status.ok()) {
-        it->second.alive = false;
-        continue;
-      }
-      if (!AcceptModel(response.model(), address).ok()) {
-        it->second.alive = false;  // a worker of another model never takes work here
-        continue;
-      }
-      it->second.model = response.model();
-      it->second.stats = response.stats();
-      it->second.role = response.role();
-      it->second.alive = true;
-      it->second.last_seen = absl::Now();
-    }
+    PollAll(addresses);
     lock.lock();
     // Forget registered workers nobody has heard from for evict_after (dead, or never real):
     // they re-register when they come back.

@@ -1,8 +1,11 @@
 // The router's view of its workers: who is up, how loaded, which model; and placement.
 //
 // Liveness: a monitor thread polls every worker's WorkerStats.GetWorkerStats (the same
-// path for registered and statically listed workers); a failed poll or a failed call marks
-// the worker dead until a poll succeeds again. Heartbeats refresh stats in between.
+// path for registered and statically listed workers), all of them at once, each call under
+// its own deadline; a failed poll or a failed call marks the worker dead until a poll succeeds
+// again. Heartbeats refresh stats in between. A registered worker unheard-from for
+// RegistryLimits::evict_after is forgotten (with it, its metric series: they are read from
+// Snapshot() at each scrape).
 #pragma once
 
 #include <condition_variable>
@@ -64,19 +67,21 @@ class WorkerRegistry {
   // has placed there, then the most free cache tokens (polled), then the least recently placed.
   std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude);
   void ReleaseDecode(const std::string& address);
-  // Prefill: the least outstanding cost (sum of prompt_tokens^2 of running jobs: this
-  // router's, or the worker's polled total when larger), then the least recently placed.
-  std::optional<std::string> ClaimPrefill(double cost, const std::set<std::string>& exclude);
+  // Prefill: among live workers whose cache holds `prompt_tokens`, the least outstanding cost
+  // (sum of prompt_tokens^2 of running jobs: this router's, or the worker's polled total when
+  // larger), then the least recently placed.
+  std::optional<std::string> ClaimPrefill(int64_t prompt_tokens, double cost, const std::set<std::string>& exclude);
   void ReleasePrefill(const std::string& address, double cost);
 
   // The served model (from the first worker that reported one).
   std::optional<v1::ModelDescriptor> Model() const;
-  int64_t MaxContextTokens() const;  // over live decode workers
+  int64_t MaxContextTokens(const std::string& role = "decode") const;  // the largest cache of a live worker
   bool AnyAlive(const std::string& role) const;
   std::vector<WorkerEntry> Snapshot() const;
 
  private:
   void MonitorLoop();
+  void PollAll(const std::vector<std::string>& addresses);  // concurrently; updates entries as answers come
   absl::Status AcceptModel(const v1::ModelDescriptor& model, const std::string& address);
 
   const absl::Duration poll_interval_;

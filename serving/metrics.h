@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <grpcpp/support/status.h>
@@ -37,9 +38,18 @@ class Metrics {
 
   // Router: one per finished Generate call, by gRPC status code name ("OK", "CANCELLED", ...).
   void CountRouterRequest(grpc::StatusCode code);
+  // Router: one per request that produced tokens, by finish reason ("length", "stop_token", ...).
+  void CountFinishReason(const std::string& reason);
+  // Router: a stage retried on another worker ("prefill", "handoff", "decode").
+  void CountFailover(const std::string& stage);
   prometheus::Histogram& ttft_seconds;         // request start -> first token sent
   prometheus::Histogram& inter_token_seconds;  // between consecutive tokens sent
+  prometheus::Histogram& e2e_seconds;          // request start -> finished (successful requests)
+  prometheus::Histogram& queue_seconds;        // asking for decode cache pages -> reserved (capacity wait)
+  prometheus::Histogram& prompt_tokens;        // prompt length of admitted requests
+  prometheus::Histogram& generation_tokens;    // tokens generated per successful request
   prometheus::Gauge& router_requests_in_flight;
+  prometheus::Gauge& router_requests_waiting;  // waiting for decode cache pages
   prometheus::Counter& router_auth_failures_total;
   prometheus::Counter& router_stream_limit_rejections_total;
   // Any server: internal RPCs refused because the caller is not a cluster component.
@@ -47,6 +57,7 @@ class Metrics {
   // Prefill.
   prometheus::Counter& prefill_tokens_total;
   prometheus::Counter& prefill_compute_seconds_total;  // rate(tokens)/rate(seconds) = tokens/s
+  prometheus::Histogram& prefill_seconds;              // one prefill job, start to last chunk
   // Cache transfer (sender side, prefill -> decode).
   prometheus::Counter& transfer_bytes_total;
   prometheus::Histogram& transfer_tail_seconds;  // last chunk computed -> decode acknowledged
@@ -60,9 +71,16 @@ class Metrics {
   Metrics(std::shared_ptr<prometheus::Registry> registry);
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& router_requests_;
+  prometheus::Family<prometheus::Counter>& finish_reasons_;
+  prometheus::Family<prometheus::Counter>& failovers_;
   std::mutex mu_;
   std::map<grpc::StatusCode, prometheus::Counter*> by_code_;
 };
+
+// The families a process of each role exports (a router has no prefill histograms, a decode
+// worker no router TTFT): name prefixes, besides the process-wide ones (process_*, build info,
+// cache gauges, internal auth).
+std::vector<std::string> RoleMetricPrefixes(const std::vector<std::string>& roles);
 
 const char* GrpcCodeName(grpc::StatusCode code);
 
@@ -70,31 +88,60 @@ const char* GrpcCodeName(grpc::StatusCode code);
 class GaugeWriter {
  public:
   virtual ~GaugeWriter() = default;
+  // `counter`: a monotonic total read from elsewhere (e.g. process_cpu_seconds_total).
   virtual void Set(const std::string& name, const std::string& help,
-                   const std::vector<std::pair<std::string, std::string>>& labels, double value) = 0;
+                   const std::vector<std::pair<std::string, std::string>>& labels, double value,
+                   bool counter = false) = 0;
 };
 using GaugeSource = std::function<void(GaugeWriter&)>;
 
 // The HTTP endpoint. Destroy it before whatever its gauge sources read.
 class MetricsServer {
  public:
-  // `listen` is HOST:PORT (port 0: any free port).
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen);
+  // `listen` is HOST:PORT (port 0: any free port). Only families whose names start with one
+  // of `prefixes` are exported (RoleMetricPrefixes); every sample carries model="<model()>".
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen,
+                                                              std::vector<std::string> prefixes,
+                                                              std::function<std::string()> model);
   ~MetricsServer();
   void AddGaugeSource(GaugeSource source);
   const std::string& address() const { return address_; }  // host:port actually bound
 
  private:
   class Gauges;
+  class Exported;
   MetricsServer() = default;
   std::shared_ptr<Gauges> gauges_;
+  std::shared_ptr<Exported> exported_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string address_;
 };
 
-// One structured log line (JSON, stderr) for a request event. `fields` are key/value
-// pairs already safe to log (never tokens, prompts or credentials).
-void LogEvent(const std::string& component, const std::string& event, const std::string& request_id,
-              const std::vector<std::pair<std::string, std::string>>& fields);
+// A log field's value, written as a JSON string, number or boolean.
+class LogValue {
+ public:
+  LogValue(std::string text) : json_(Quote(text)) {}
+  LogValue(const char* text) : json_(Quote(text)) {}
+  LogValue(bool flag) : json_(flag ? "true" : "false") {}
+  LogValue(double number);
+  template <typename T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+  LogValue(T number) : json_(std::to_string(number)) {}
+  const std::string& json() const { return json_; }
+
+ private:
+  static std::string Quote(const std::string& text);
+  std::string json_;
+};
+
+enum class LogLevel { kInfo, kWarning, kError };
+
+// One structured log line (JSON, stderr) for a request event: ts, level, component, event,
+// request_id, then `fields`, already safe to log (never tokens, prompts or credentials).
+void LogEvent(LogLevel level, const std::string& component, const std::string& event, const std::string& request_id,
+              const std::vector<std::pair<std::string, LogValue>>& fields);
+inline void LogEvent(const std::string& component, const std::string& event, const std::string& request_id,
+                     const std::vector<std::pair<std::string, LogValue>>& fields) {
+  LogEvent(LogLevel::kInfo, component, event, request_id, fields);
+}
 
 }  // namespace latentserve::serving

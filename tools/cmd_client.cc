@@ -97,6 +97,33 @@ absl::StatusOr<int32_t> Int32Flag(const char* flag, int64_t value) {
   return static_cast<int32_t>(value);
 }
 
+// --system TEXT and --message [ROLE:]TEXT (repeatable, in order) as chat turns; the router
+// renders them with the model's chat template.
+absl::StatusOr<v1::ChatMessages> ChatFromArgs(const Args& args) {
+  v1::ChatMessages chat;
+  if (args.Has("system")) {
+    v1::ChatMessage* turn = chat.add_messages();
+    turn->set_role("system");
+    turn->set_content(args.Get("system"));
+  }
+  for (const std::string& message : args.GetAll("message")) {
+    v1::ChatMessage* turn = chat.add_messages();
+    turn->set_role("user");
+    turn->set_content(message);
+    for (const char* role : {"user", "assistant", "tool"}) {
+      const std::string prefix = absl::StrCat(role, ":");
+      if (absl::StartsWith(message, prefix)) {
+        turn->set_role(role);
+        turn->set_content(std::string(absl::StripLeadingAsciiWhitespace(message.substr(prefix.size()))));
+      }
+    }
+  }
+  if (chat.messages_size() == 0 || chat.messages(chat.messages_size() - 1).role() == "system") {
+    return absl::InvalidArgumentError("--system needs at least one --message (the user's turn)");
+  }
+  return chat;
+}
+
 absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   v1::GenerateRequest request;
   if (args.Has("prompt-tokens") || args.Has("prompt-tokens-file")) {
@@ -115,15 +142,25 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   } else if (args.Has("prompt-file")) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(args.Get("prompt-file")));
     request.set_text(text);
+  } else if (args.Has("message") || args.Has("system")) {
+    ASSIGN_OR_RETURN(*request.mutable_chat(), ChatFromArgs(args));
   } else {
-    return absl::InvalidArgumentError("give --prompt-tokens, --prompt-tokens-file, --prompt or --prompt-file");
+    return absl::InvalidArgumentError(
+        "give --prompt-tokens, --prompt-tokens-file, --prompt, --prompt-file or chat turns (--message, --system)");
+  }
+  const int prompt_kinds = args.Has("prompt-tokens") + args.Has("prompt-tokens-file") + args.Has("prompt") +
+                           args.Has("prompt-file") + (args.Has("message") || args.Has("system"));
+  if (prompt_kinds != 1) {
+    return absl::InvalidArgumentError(
+        "give one prompt: --prompt-tokens, --prompt-tokens-file, --prompt, --prompt-file, or --message turns "
+        "(with an optional --system)");
   }
   request.set_model(args.Get("model"));
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
   ASSIGN_OR_RETURN(int32_t max_tokens32, Int32Flag("max-tokens", max_tokens));
   request.mutable_stopping()->set_max_tokens(max_tokens32);
   request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
-  if (args.Has("stop")) request.mutable_stopping()->add_stop_strings(args.Get("stop"));
+  for (const std::string& stop : args.GetAll("stop")) request.mutable_stopping()->add_stop_strings(stop);
   if (args.Has("stop-token-ids")) {
     ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIntList(args.Get("stop-token-ids")));
     for (int64_t id : ids) {
@@ -135,14 +172,16 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
   ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
   ASSIGN_OR_RETURN(double min_p, args.GetDouble("min-p", 0.0));
-  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  // Unset: random, as OpenAI and vLLM do; the summary prints the seed so a run can be repeated.
+  bool random_seed = false;
+  ASSIGN_OR_RETURN(uint64_t seed, SeedFromArgs(args, &random_seed));
   auto* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(temperature));
   ASSIGN_OR_RETURN(int32_t top_k32, Int32Flag("top-k", top_k));
   sampling->set_top_k(top_k32);
   sampling->set_top_p(static_cast<float>(top_p));
   sampling->set_min_p(static_cast<float>(min_p));
-  sampling->set_seed(static_cast<uint64_t>(seed));
+  sampling->set_seed(seed);
   return request;
 }
 
@@ -226,14 +265,15 @@ int RunClientGenerate(const Args& args) {
         "{\"token_ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%lld,"
         "\"completion_tokens\":%lld,\"cache_bytes_transferred\":%lld},\"timing\":{\"ttft_ms\":%.3f,"
         "\"decode_tokens_per_s\":%.3f,\"prefill_ms\":%.3f,\"transfer_tail_ms\":%.3f},\"prefill_worker\":%s,"
-        "\"decode_worker\":%s,\"request_id\":%s,\"progress_events\":%lld}\n",
+        "\"decode_worker\":%s,\"request_id\":%s,\"progress_events\":%lld,\"seed\":%llu}\n",
         IdsJson(result->token_ids).c_str(), client::JsonString(result->text).c_str(),
         client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
         static_cast<long long>(f.usage().completion_tokens()),
         static_cast<long long>(f.usage().cache_bytes_transferred()), f.timings().ttft_ms(),
         f.timings().decode_tokens_per_s(), f.timings().prefill_ms(), f.timings().transfer_tail_ms(),
         client::JsonString(f.prefill_worker()).c_str(), client::JsonString(f.decode_worker()).c_str(),
-        client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events));
+        client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events),
+        static_cast<unsigned long long>(request->sampling().seed()));
   if (args.Has("summary-file")) {
     std::ofstream(args.Get("summary-file")) << summary;
   }
@@ -242,10 +282,12 @@ int RunClientGenerate(const Args& args) {
   } else {
     std::printf("\n");
     std::fprintf(stderr,
-                 "[%s] prompt %lld tokens, %lld generated; TTFT %.1f ms, decode %.1f tok/s, %.2f MiB cache moved\n",
+                 "[%s] prompt %lld tokens, %lld generated; TTFT %.1f ms, decode %.1f tok/s, %.2f MiB cache moved; "
+                 "seed %llu\n",
                  client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
                  static_cast<long long>(f.usage().completion_tokens()), f.timings().ttft_ms(),
-                 f.timings().decode_tokens_per_s(), f.usage().cache_bytes_transferred() / 1048576.0);
+                 f.timings().decode_tokens_per_s(), f.usage().cache_bytes_transferred() / 1048576.0,
+                 static_cast<unsigned long long>(request->sampling().seed()));
   }
   return 0;
 }
@@ -277,6 +319,13 @@ int RunClientInfo(const Args& args) {
 int RunClientStats(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto stats = client.GetWorkerStats();
+  if (!stats.ok() && stats.status().code() == absl::StatusCode::kUnimplemented) {
+    return ClientError(absl::UnimplementedError(absl::StrCat(
+                           args.Get("target"), " serves no latentserve.v1.WorkerStats: it is not a prefill or decode "
+                           "worker (a router, or the public port of `serve`?). `client info --target ", args.Get("target"),
+                           "` shows a router's workers with the same fields; `client stats` takes a worker's address")),
+                       true);
+  }
   if (!stats.ok()) return ClientError(WithTlsHint(stats.status(), args), true);
   v1::WorkerInfo w = stats->stats();
   w.set_role(stats->role());
@@ -321,24 +370,16 @@ int RunClientTokenize(const Args& args) {
 }
 
 int RunClient(int argc, char** argv) {
-  constexpr const char* kUsage =
-      "usage: latentserve client generate --target HOST:PORT (--prompt-tokens \"1,2,3\" | --prompt-tokens-file F |\n"
-      "         --prompt TEXT | --prompt-file F) --max-tokens N [--temperature T --top-k K --top-p P --min-p P\n"
-      "         --seed S --stop STR --stop-token-ids \"a,b\" --ignore-eos --model NAME --timeout-ms MS --json\n"
-      "         --summary-file F (the --json object, written to F)]\n"
-      "       common: [--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]] [--auth-token-file F]\n"
-      "         [--internal-token-file F] (the cluster's internal token: `stats` on a worker that requires it)\n"
-      "       latentserve client info --target HOST:PORT (a router: model and workers)\n"
-      "       latentserve client stats --target HOST:PORT (a worker: its own cache, leases, queue)\n"
-      "       latentserve client health --target HOST:PORT [--service NAME] (grpc.health.v1; exit 0 when SERVING)\n"
-      "       latentserve client tokenize --target HOST:PORT (--prompt TEXT | --prompt-file F)\n";
+  constexpr const char* kUsage = "usage: latentserve client generate|info|stats|health|tokenize --target HOST:PORT "
+                                 "[flags] (latentserve client --help: every flag)\n";
   if (argc < 1) {
     std::fputs(kUsage, stderr);
     return 2;
   }
   const std::string verb = argv[0];
   auto args = Args::Parse(argc - 1, argv + 1,
-                          {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
+                          {"target", "prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "system",
+                           "message", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
                            "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service"},

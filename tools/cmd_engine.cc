@@ -93,12 +93,16 @@ absl::Status RunGenerate(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t top_k, args.GetInt("top-k", 0));
   ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
   ASSIGN_OR_RETURN(double min_p, args.GetDouble("min-p", 0.0));
-  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  bool random_seed = false;
+  ASSIGN_OR_RETURN(uint64_t seed, SeedFromArgs(args, &random_seed));
+  if (random_seed && temperature > 0) {  // said, so that the run can be repeated
+    std::fprintf(stderr, "generate: --seed %llu\n", static_cast<unsigned long long>(seed));
+  }
   sampling.temperature = static_cast<float>(temperature);
   sampling.top_k = static_cast<int32_t>(top_k);
   sampling.top_p = static_cast<float>(top_p);
   sampling.min_p = static_cast<float>(min_p);
-  sampling.seed = static_cast<uint64_t>(seed);
+  sampling.seed = seed;
   // The tokenizer comes from the model file (none with --random-weights: ids only).
   std::unique_ptr<tokenizer::Tokenizer> vocab;
   std::unique_ptr<gguf::File> vocab_file;

@@ -28,6 +28,7 @@
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
+#include "common/dtype.h"
 #include "common/secure_random.h"
 #include "common/status.h"
 #include "decode/decode_service.h"
@@ -49,10 +50,18 @@ namespace {
 
 // ---- worker roles ----
 
-const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "router", "routers-dns", "model", "port-file", "advertise",
-                                                             "threads", "cache-type", "page-tokens", "cache-tokens",
-                                                             "chunk", "backend", "drain-ms",
-                                                             "fault-stall-transfer-ms", "max-lease-ttl-ms"});
+// The flags of every worker engine (prefill, decode and serve); a split worker adds how it
+// registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
+const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "model", "port-file", "threads", "cache-type",
+                                                             "page-tokens", "cache-tokens", "chunk", "backend",
+                                                             "drain-ms", "max-lease-ttl-ms"});
+
+std::set<std::string> SplitWorkerFlags(bool prefill) {
+  std::set<std::string> flags = kWorkerFlags;
+  flags.insert({"router", "routers-dns", "advertise"});
+  if (prefill) flags.insert("fault-stall-transfer-ms");
+  return flags;
+}
 
 // --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
 // caller's ReserveLease/RenewLease asks for.
@@ -69,12 +78,30 @@ struct LoadedEngine {
   v1::ModelDescriptor descriptor;
 };
 
-absl::StatusOr<LoadedEngine> LoadEngine(const Args& args) {
+// One startup line per engine: the context it holds and the memory that costs (DESIGN.md §2),
+// so an operator sees the plan of a 1,048,576-token deployment before the first request.
+void LogMemoryPlan(const char* role, const Engine& engine) {
+  const model::LatentCache& cache = *engine.cache;
+  const int64_t context = cache.total_pages() * cache.page_tokens();
+  const auto gib = [](double bytes) { return bytes / (1 << 30); };
+  serving::LogEvent(role, "memory_plan", "",
+                    {{"context_tokens", context},
+                     {"page_tokens", cache.page_tokens()},
+                     {"cache_type", DTypeName(cache.dtype())},
+                     {"chunk_tokens", engine.chunk_tokens},
+                     {"backend", engine.backend->name()},
+                     {"latent_cache_gib", gib(static_cast<double>(cache.total_bytes()))},
+                     {"weights_gib", gib(static_cast<double>(engine.model->weights().bytes))},
+                     {"kda_state_mib_per_sequence", engine.model->KdaStateBytes() / 1048576.0}});
+}
+
+absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
   ASSIGN_OR_RETURN(int64_t cache_tokens, args.GetInt("cache-tokens", 65536));
   if (cache_tokens <= 0) return absl::InvalidArgumentError("--cache-tokens must be positive");
   ASSIGN_OR_RETURN(std::string path, args.Require("model"));
   LoadedEngine loaded;
   ASSIGN_OR_RETURN(loaded.engine, EngineFromArgs(args, cache_tokens));
+  LogMemoryPlan(role, loaded.engine);
   ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
   char resolved[PATH_MAX];
   loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
@@ -94,6 +121,7 @@ struct WorkerRole {
   grpc::Service* service;                                     // the role's gRPC service
   std::function<v1::WorkerInfo(const std::string&)> info;     // stats, given the advertised address
   std::function<void()> start_drain;                          // stop taking work (SIGTERM)
+  std::function<decode::DecodeStats()> decode_stats;          // decode only
 };
 
 // --router A[,B...] (each router replica by address) and/or --routers-dns HOST:PORT (every
@@ -129,8 +157,11 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  const std::string model_name = loaded.descriptor.name();
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
+                   StartMetrics(args, {role.name}, [model_name] { return model_name; }));
   AddCacheGauges(metrics.get(), role.name, info);
+  if (role.decode_stats) AddDecodeCounters(metrics.get(), role.decode_stats);
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
@@ -140,13 +171,13 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
 
 absl::Status RunPrefill(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, SplitWorkerFlags(/*prefill=*/true)));
   RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
-  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "prefill"));
   transfer::GrpcTransport transport(32 << 20, [] { return serving::InternalChannelCredentials(); },
                                     [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport, loaded.descriptor.fingerprint(),
@@ -159,24 +190,24 @@ absl::Status RunPrefill(int argc, char** argv) {
   prefill::PrefillService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
-                      [&] { worker.StartDrain(); }});
+                      [&] { worker.StartDrain(); }, nullptr});
 }
 
 absl::Status RunDecode(int argc, char** argv) {
   sigset_t signals = BlockShutdownSignals();
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, kWorkerFlags));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, SplitWorkerFlags(/*prefill=*/false)));
   RETURN_IF_ERROR(args.Require("listen").status());
   RETURN_IF_ERROR(RoutersFromArgs(args).status());
   ASSIGN_OR_RETURN(ProcessSecurity security, SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, InternalAuthorizerFromArgs(args, "decode", false));
   ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
-  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "decode"));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
                               max_lease_ttl);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
-                      [&] { worker.StartDrain(); }});
+                      [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }});
 }
 
 absl::Status AddStaticWorkers(router::WorkerRegistry& registry, const Args& args) {
@@ -206,6 +237,11 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
   ASSIGN_OR_RETURN(options.max_prompt_bytes, args.GetInt("max-prompt-bytes", 8 << 20));
   ASSIGN_OR_RETURN(options.registry.max_workers, args.GetInt("max-workers", 1024));
+  const std::string decode_pages = args.Get("decode-pages", "grow");
+  if (decode_pages != "grow" && decode_pages != "upfront") {
+    return absl::InvalidArgumentError(absl::StrCat("--decode-pages must be grow or upfront, got '", decode_pages, "'"));
+  }
+  options.reserve_max_tokens = decode_pages == "upfront";
   ASSIGN_OR_RETURN(int64_t evict_ms, args.GetInt("worker-evict-ms", 60000));
   if (options.registry.max_workers <= 0 || evict_ms <= 0) {
     return absl::InvalidArgumentError("--max-workers and --worker-evict-ms must be positive");
@@ -220,8 +256,8 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
 
 const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
-                                            "max-workers", "worker-evict-ms", "http-listen", "http-port-file",
-                                            "http-max-body-bytes", "http-threads"};
+                                            "max-workers", "worker-evict-ms", "decode-pages", "http-listen",
+                                            "http-port-file", "http-max-body-bytes", "http-threads"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.
@@ -261,7 +297,11 @@ absl::Status RunRouter(int argc, char** argv) {
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, security));
   ASSIGN_OR_RETURN(auto http_front, http::StartOpenAiFrontFromArgs(args, *server.server));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  // The model is known once a worker has reported it.
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args, {"router"}, [&state] {
+                     const auto model = state.registry().Model();
+                     return model ? model->name() : std::string();
+                   }));
   AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(signals, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
@@ -286,8 +326,8 @@ absl::Status RunServe(int argc, char** argv) {
   // reaches them over its internal channels).
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   // Two engines (each with its own backend): prefill and decode compute concurrently.
-  ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args));
-  ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args));
+  ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args, "prefill"));
+  ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args, "decode"));
   const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache, descriptor.fingerprint(),
@@ -324,10 +364,13 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(Listening server, StartServer(listen, {&generation, &registry}, public_security));
   ASSIGN_OR_RETURN(auto http_front, http::StartOpenAiFrontFromArgs(args, *server.server));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, StartHealth(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics, StartMetrics(args));
+  const std::string model_name = descriptor.name();
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
+                   StartMetrics(args, {"router", "prefill", "decode"}, [model_name] { return model_name; }));
   AddRouterGauges(metrics.get(), state);
   AddCacheGauges(metrics.get(), "prefill", [&] { return prefill_service.Info(prefill_address); });
   AddCacheGauges(metrics.get(), "decode", [&] { return decode_service.Info(decode_address); });
+  AddDecodeCounters(metrics.get(), [&] { return decode_worker.Stats(); });
   // Ready once the router has seen both workers (its first poll).
   const absl::Time ready_by = absl::Now() + absl::Seconds(10);
   while (!(state.registry().AnyAlive("prefill") && state.registry().AnyAlive("decode")) && absl::Now() < ready_by) {

@@ -46,7 +46,7 @@ absl::Status RunTokenize(int argc, char** argv) {
   ASSIGN_OR_RETURN(tokenizer::Tokenizer tok, LoadTokenizer(model));
   const std::vector<int32_t> ids =
       tok.Encode(text, args.Get("special") == "true", args.Get("add-special") == "true");
-  std::string out = "{\"ids\":[";
+  std::string out = "{\"token_ids\":[";  // the key `client tokenize` prints
   for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&out, i ? "," : "", ids[i]);
   out += "]}\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
@@ -87,13 +87,13 @@ absl::Status RunDetokenize(int argc, char** argv) {
 
 static cli::Registrar tokenize_registrar(
     "tokenize",
-    "--model M (--text-file F | --text T) [--special] [--add-special]: token ids as JSON",
+    "the model's tokenizer: {\"token_ids\":[...]} for a text",
     [](int argc, char** argv) {
       absl::Status s = RunTokenize(argc, argv);
       return s.ok() ? 0 : Fail(s, "tokenize");
     });
 static cli::Registrar detokenize_registrar(
-    "detokenize", "--model M (--ids 1,2,3 | --ids-file F) [--no-special] [--out F]: exact text",
+    "detokenize", "token ids back to their exact text",
     [](int argc, char** argv) {
       absl::Status s = RunDetokenize(argc, argv);
       return s.ok() ? 0 : Fail(s, "detokenize");

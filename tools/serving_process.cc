@@ -13,6 +13,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "latentserve_version.h"  // generated (tools/version.cmake)
 #include "common/secure_random.h"
 #include "common/status.h"
 #include "transfer/grpc_transport.h"
@@ -100,9 +101,16 @@ absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerF
 }
 
 // Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
-absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args) {
+absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args,
+                                                                    const std::vector<std::string>& roles,
+                                                                    std::function<std::string()> model) {
   if (!args.Has("metrics-listen")) return std::unique_ptr<serving::MetricsServer>();
-  ASSIGN_OR_RETURN(auto server, serving::MetricsServer::Start(args.Get("metrics-listen")));
+  ASSIGN_OR_RETURN(auto server, serving::MetricsServer::Start(args.Get("metrics-listen"),
+                                                              serving::RoleMetricPrefixes(roles), std::move(model)));
+  server->AddGaugeSource([](serving::GaugeWriter& out) {
+    out.Set("latentserve_build_info", "1, labelled with the version and git revision of this binary",
+            {{"version", LATENTSERVE_VERSION}, {"revision", LATENTSERVE_GIT_REVISION}}, 1.0);
+  });
   std::printf("metrics on http://%s/metrics\n", server->address().c_str());
   std::fflush(stdout);
   return server;
@@ -128,6 +136,19 @@ void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, st
       out.Set("latentserve_prefill_outstanding_cost", "Prefill: sum of prompt_tokens^2 over queued and running jobs",
               {}, w.outstanding_cost());
     }
+  });
+}
+
+void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats) {
+  if (!metrics) return;
+  metrics->AddGaugeSource([stats](serving::GaugeWriter& out) {
+    const decode::DecodeStats s = stats();
+    out.Set("latentserve_decode_lease_expired_total",
+            "Decode: page reservations that expired before their cache arrived", {},
+            static_cast<double>(s.leases_expired), /*counter=*/true);
+    out.Set("latentserve_decode_cache_full_stops_total",
+            "Decode: sequences stopped early (finish_reason length) because no cache page was free for their next token",
+            {}, static_cast<double>(s.cache_full_stops), /*counter=*/true);
   });
 }
 

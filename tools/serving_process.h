@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/args.h"
+#include "decode/decode_worker.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "router/generation_service.h"
 #include "serving/metrics.h"
@@ -54,8 +55,16 @@ absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerF
                                                                                         const char* command,
                                                                                         bool generate_token);
 
-// Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
-absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args);
+// Starts the /metrics endpoint when --metrics-listen is given (else nullptr): the families of
+// `roles` (serving::RoleMetricPrefixes), process_* and latentserve_build_info, every sample
+// labelled model=<model()>.
+absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args,
+                                                                    const std::vector<std::string>& roles,
+                                                                    std::function<std::string()> model);
+
+// latentserve_decode_lease_expired_total and latentserve_decode_cache_full_stops_total, read
+// from the decode worker at scrape time.
+void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats);
 
 void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, std::function<v1::WorkerInfo()> info);
 

@@ -20,6 +20,8 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
+import { EXPECTATIONS, expectationErrors } from "./expectations.mjs";
+import { documentedMetrics, monitoringErrors } from "./monitoring.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const k8sDir = path.resolve(here, "..");
@@ -27,12 +29,17 @@ const repoRoot = path.resolve(k8sDir, "..");
 
 // ---- rendering ----
 
+// Kustomizations applied next to an overlay (Prometheus Operator objects, an autoscaler).
+const ADD_ONS = ["k8s/monitoring", "k8s/autoscaling"];
+
 function findKustomizations() {
   const dirs = [path.join(k8sDir, "base")];
   const overlays = path.join(k8sDir, "overlays");
   if (existsSync(overlays)) {
     for (const name of readdirSync(overlays).sort()) dirs.push(path.join(overlays, name));
   }
+  // What plugs into a cluster's monitoring and autoscaling, applied next to an overlay.
+  for (const extra of ADD_ONS) dirs.push(path.join(repoRoot, extra));
   return dirs.filter((d) => existsSync(path.join(d, "kustomization.yaml")));
 }
 
@@ -71,12 +78,17 @@ function groupVersion(apiVersion) {
   return slash < 0 ? { group: "", version: apiVersion } : { group: apiVersion.slice(0, slash), version: apiVersion.slice(slash + 1) };
 }
 
+// Custom resources with schemas from @kubernetes-models/prometheus-operator (PodMonitor, PrometheusRule).
+const PROMETHEUS_OPERATOR_GROUP = "monitoring.coreos.com";
+
 const classCache = new Map();
 async function modelClass(apiVersion, kind) {
   const key = `${apiVersion}/${kind}`;
   if (!classCache.has(key)) {
     const { group, version } = groupVersion(apiVersion);
-    const modulePath = group ? `kubernetes-models/${group}/${version}/${kind}` : `kubernetes-models/${version}/${kind}`;
+    const modulePath = group === PROMETHEUS_OPERATOR_GROUP
+      ? `@kubernetes-models/prometheus-operator/${group}/${version}/${kind}`
+      : group ? `kubernetes-models/${group}/${version}/${kind}` : `kubernetes-models/${version}/${kind}`;
     let cls = null;
     try {
       cls = (await import(modulePath))[kind] ?? null;
@@ -97,9 +109,14 @@ async function schemaValidator(apiVersion, kind) {
     const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
     const groupName = group ? cap(group.split(".")[0]) : "Core";
     const name = `IoK8sApi${groupName}${cap(version)}${kind}`;
+    // The Prometheus Operator package does not export its schemas: imported by file.
+    const source = group === PROMETHEUS_OPERATOR_GROUP
+      ? path.join(here, "node_modules/@kubernetes-models/prometheus-operator/_schemas",
+        `ComGithubPrometheusOperatorPrometheusOperatorPkgApisMonitoring${cap(version)}${kind}.js`)
+      : `kubernetes-models/_schemas/${name}`;
     let fn = null;
     try {
-      fn = (await import(`kubernetes-models/_schemas/${name}`)).validate ?? null;
+      fn = (await import(source)).validate ?? null;
     } catch {
       fn = null;
     }
@@ -423,7 +440,9 @@ function ruleErrors(obj, all) {
   const configMaps = all.filter((o) => o.kind === "ConfigMap");
   const grace = pod.terminationGracePeriodSeconds ?? 30;
   const containers = [...(pod.initContainers ?? []).map((c) => ({ c, init: true })), ...(pod.containers ?? []).map((c) => ({ c, init: false }))];
-  for (const { c, init } of containers) {
+  for (const { c, init: initContainer } of containers) {
+    // A Job's containers run to completion like initContainers: no server rules for them.
+    const init = initContainer || obj.kind === "Job";
     const where = `container ${c.name}`;
     const sc = c.securityContext ?? {};
     if (sc.readOnlyRootFilesystem !== true) add(`${where}: readOnlyRootFilesystem must be true`);
@@ -754,6 +773,17 @@ const report = (label, errors) => {
   for (const e of errors) console.log(`FAIL ${label}: ${e}`);
 };
 
+const knownMetrics = documentedMetrics(repoRoot);
+{
+  // Self-test: a rule or dashboard naming a metric latentserve does not export must fail.
+  const planted = [{ kind: "PrometheusRule", metadata: { name: "planted" }, spec: { groups: [{ name: "g", rules: [
+    { alert: "A", expr: "latentserve_no_such_metric > 0", labels: { severity: "warning" }, annotations: { summary: "s" } }] }] } },
+  { kind: "ConfigMap", metadata: { name: "d", labels: { grafana_dashboard: "1" } }, data: { "d.json": JSON.stringify(
+    { title: "t", uid: "u", panels: [{ id: 1, title: "p", gridPos: {}, targets: [{ expr: "rate(latentserve_bogus_total[1m])" }] }] }) } }];
+  if (monitoringErrors(planted, knownMetrics).length !== 2 || knownMetrics.size < 20) {
+    report("self-test", ["monitoring check: a planted unknown metric in a rule and in a dashboard were not both caught"]);
+  }
+}
 const kustomizations = findKustomizations();
 if (kustomizations.length === 0) report("k8s", ["no kustomization.yaml found under k8s/"]);
 let baseObjects = null;
@@ -774,7 +804,18 @@ for (const dir of kustomizations) {
   }
   const before = failed;
   for (const obj of objects) report(`${label} ${describe(obj)}`, await checkObject(obj, objects));
-  report(label, renderErrors(objects));
+  // monitoring/ and autoscaling/ add to a deployment: the whole-deployment rules are not theirs.
+  if (!ADD_ONS.includes(label)) report(label, renderErrors(objects));
+  report(label, expectationErrors(label, objects, { flagValue, expandVars, podSpecOf }));
+  report(label, monitoringErrors(objects, knownMetrics));
+  if (EXPECTATIONS[label]) {
+    // Self-test: the same render with the base's 65,536-token cache must fail the promise.
+    const planted = structuredClone(objects);
+    for (const cm of planted.filter((o) => o.kind === "ConfigMap" && o.data?.CACHE_TOKENS)) cm.data.CACHE_TOKENS = "65536";
+    if (expectationErrors(label, planted, { flagValue, expandVars, podSpecOf }).length === 0) {
+      report("self-test", [`${label}: a 65,536-token CACHE_TOKENS passed the overlay's context promise`]);
+    }
+  }
   const kinds = {};
   for (const o of objects) kinds[o.kind] = (kinds[o.kind] ?? 0) + 1;
   console.log(`${failed === before ? "ok  " : "FAIL"} ${label}: ${objects.length} objects (${Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(", ")})`);

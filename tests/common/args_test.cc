@@ -44,5 +44,19 @@ TEST(Args, Errors) {
   EXPECT_FALSE(args->GetDouble("scale", 0).ok());
 }
 
+TEST(Args, RepeatedFlagsKeepEveryValueInOrder) {
+  auto args = ParseArgs({"--stop", "a", "--out", "x", "--stop=b", "--out", "y"}, {"stop", "out"});
+  ASSERT_TRUE(args.ok()) << args.status();
+  EXPECT_EQ(args->GetAll("stop"), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(args->Get("out"), "y");  // a single-valued flag: the last one wins
+  EXPECT_TRUE(args->GetAll("missing").empty());
+}
+
+TEST(Args, UnknownFlagErrorListsTheAcceptedFlags) {
+  auto args = ParseArgs({"--typo"}, {"out", "seed"}, {"json"});
+  ASSERT_FALSE(args.ok());
+  EXPECT_EQ(args.status().message(), "unknown flag --typo (accepted: --json --out --seed)");
+}
+
 }  // namespace
 }  // namespace latentserve

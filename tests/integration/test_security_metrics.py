@@ -21,21 +21,19 @@ def read(path):
         return f.read()
 
 
+def without_model_label(name):
+    """Every sample carries model="..." as its last label (test_metrics.py checks it); keys here omit it."""
+    return re.sub(r'\{model="[^"]*"\}$', "", re.sub(r',model="[^"]*"\}$', "}", name))
+
+
 def scrape(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
+    return scrape_with_timeout(url, 5)
 
 
 def scrape_with_timeout(url, seconds):
     with urllib.request.urlopen(url, timeout=seconds) as response:
         text = response.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+    return {without_model_label(line.rsplit(" ", 1)[0]): float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
 
 

@@ -288,8 +288,10 @@ class DecodeCapacity(unittest.TestCase):
     """A request that finds every decode cache full waits for room (as a queue would)."""
 
     # 9 pages of 256 tokens: one request of 100 + 2000 tokens fills the decode worker for the
-    # seconds its 2000 decode steps take.
+    # seconds its 2000 decode steps take, with pages reserved up front (--decode-pages upfront;
+    # test_placement.py covers the default, pages that grow).
     FLAGS = ("--cache-tokens", "2304")
+    ROUTER = ("--decode-pages", "upfront")
 
     def hold_the_cache(self, c, salt):
         p1 = c.generate(prompt(100, salt), max_tokens=2000, background=True)
@@ -298,7 +300,7 @@ class DecodeCapacity(unittest.TestCase):
         return p1
 
     def test_request_waits_for_cache_room_then_runs(self):
-        c = Cluster("capacity", prefill=1, decode=1, worker_flags=self.FLAGS)
+        c = Cluster("capacity", prefill=1, decode=1, worker_flags=self.FLAGS, router_flags=self.ROUTER)
         try:
             p1 = self.hold_the_cache(c, 31)
             second = prompt(100, 32)
@@ -316,7 +318,7 @@ class DecodeCapacity(unittest.TestCase):
     def test_client_deadline_while_waiting_is_deadline_exceeded(self):
         # issue 17, 10: the client's deadline, not --capacity-wait-ms (30 s), ran out: the
         # status says so (it was RESOURCE_EXHAUSTED "... within 30s" after 0.7 s).
-        c = Cluster("capacity-deadline", prefill=1, decode=1, worker_flags=self.FLAGS)
+        c = Cluster("capacity-deadline", prefill=1, decode=1, worker_flags=self.FLAGS, router_flags=self.ROUTER)
         try:
             p1 = self.hold_the_cache(c, 35)
             start = time.monotonic()
@@ -330,7 +332,7 @@ class DecodeCapacity(unittest.TestCase):
 
     def test_no_wait_when_disabled(self):
         c = Cluster("capacity0", prefill=1, decode=1, worker_flags=self.FLAGS,
-                    router_flags=("--capacity-wait-ms", "0"))
+                    router_flags=("--capacity-wait-ms", "0", *self.ROUTER))
         try:
             p1 = self.hold_the_cache(c, 33)
             r2 = c.generate(prompt(100, 34), max_tokens=2000)

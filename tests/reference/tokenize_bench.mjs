@@ -37,7 +37,7 @@ const oursResult = JSON.parse(bench.stdout);
 
 const ours = spawnSync(args.latentserve, ["tokenize", "--model", args.model, "--text-file", utf8File],
   { maxBuffer: 1 << 30, encoding: "utf8" });
-const oursIds = JSON.parse(ours.stdout).ids;
+const oursIds = JSON.parse(ours.stdout).token_ids;
 const identical = oursIds.length === ids.length && oursIds.every((t, k) => t === ids[k]);
 await model.dispose();
 await llama.dispose();

@@ -172,7 +172,7 @@ for (let i = 0; i < cases.length; i++) {
   for (const special of [false, true]) {
     checks++;
     const got = JSON.parse(ours("tokenize", ["--text-file", file, ...(special ? ["--special"] : [])])
-      .toString("utf8")).ids;
+      .toString("utf8")).token_ids;
     const want = Array.from(llamaModel.tokenize(llamaString, special));
     const tag = `${c.name} special=${special}`;
     if (got.length !== want.length || got.some((t, k) => t !== want[k])) {

@@ -3,7 +3,10 @@
 // the registry's monitor sees them alive, as it does in production.
 #include "router/worker_registry.h"
 
+#include <algorithm>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <set>
 #include <string>
@@ -19,17 +22,18 @@
 namespace latentserve::router {
 namespace {
 
-v1::ModelDescriptor TestModel() {
+v1::ModelDescriptor TestModel(int64_t max_context_tokens = 4096) {
   v1::ModelDescriptor model;
   model.set_name("test");
   model.set_fingerprint("0123456789abcdef");
-  model.set_max_context_tokens(4096);
+  model.set_max_context_tokens(max_context_tokens);
   return model;
 }
 
 class StatsServer final : public v1::WorkerStats::Service {
  public:
-  explicit StatsServer(std::string role) : role_(std::move(role)) {
+  explicit StatsServer(std::string role, int64_t max_context_tokens = 4096)
+      : role_(std::move(role)), max_context_tokens_(max_context_tokens) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -42,7 +46,7 @@ class StatsServer final : public v1::WorkerStats::Service {
   grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
                               v1::GetWorkerStatsResponse* response) override {
     response->set_role(role_);
-    *response->mutable_model() = TestModel();
+    *response->mutable_model() = TestModel(max_context_tokens_);
     response->mutable_stats()->set_cache_pages_free(100);
     response->mutable_stats()->set_page_tokens(64);
     return grpc::Status::OK;
@@ -52,7 +56,7 @@ class StatsServer final : public v1::WorkerStats::Service {
     v1::RegisterWorkerRequest request;
     request.set_address(address_);
     request.set_role(role_);
-    *request.mutable_model() = TestModel();
+    *request.mutable_model() = TestModel(max_context_tokens_);
     request.mutable_stats()->set_cache_pages_free(100);
     request.mutable_stats()->set_page_tokens(64);
     return request;
@@ -61,6 +65,54 @@ class StatsServer final : public v1::WorkerStats::Service {
 
  private:
   std::string role_;
+  int64_t max_context_tokens_;
+  std::string address_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// A worker whose stats call answers only once `group_size` calls are in flight across the
+// group (a barrier), then reports 777 free pages. Polled one at a time, each call would wait
+// for the others and miss its deadline; polled together, all answer.
+class BarrierStatsServer final : public v1::WorkerStats::Service {
+ public:
+  struct Group {
+    std::mutex mu;
+    std::condition_variable cv;
+    int size = 0;         // calls that must be in flight together
+    int in_flight = 0;
+    int64_t released = 0;  // rounds in which `size` calls met
+  };
+  explicit BarrierStatsServer(Group& group) : group_(group) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+    address_ = absl::StrCat("127.0.0.1:", port);
+  }
+  ~BarrierStatsServer() override { server_->Shutdown(); }
+
+  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
+                              v1::GetWorkerStatsResponse* response) override {
+    std::unique_lock<std::mutex> lock(group_.mu);
+    const int64_t round = group_.released;
+    if (++group_.in_flight == group_.size) {
+      ++group_.released;
+      group_.cv.notify_all();
+    }
+    // Bounded by the caller's deadline: a call the others do not join in time fails.
+    const bool joined = group_.cv.wait_until(lock, context->deadline(), [&] { return group_.released > round; });
+    --group_.in_flight;
+    if (!joined) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the other polls did not come");
+    response->set_role("decode");
+    *response->mutable_model() = TestModel();
+    response->mutable_stats()->set_cache_pages_free(777);
+    return grpc::Status::OK;
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  Group& group_;
   std::string address_;
   std::unique_ptr<grpc::Server> server_;
 };
@@ -112,23 +164,43 @@ TEST_F(PlacementTest, DecodeClaimSkipsExcludedAndTooSmallWorkers) {
   EXPECT_FALSE(registry_.ClaimDecode(TestModel().max_context_tokens() + 1, {}));
 }
 
+TEST_F(PlacementTest, PrefillClaimSkipsWorkersWhoseCacheCannotHoldThePrompt) {
+  // A third prefill worker with a small cache: prompts longer than it never go there, however idle.
+  StatsServer small("prefill", /*max_context_tokens=*/1024);
+  ASSERT_TRUE(registry_.Register(small.Registration()).ok());
+  EXPECT_EQ(registry_.MaxContextTokens("prefill"), TestModel().max_context_tokens());
+  std::vector<std::string> claimed;
+  for (int i = 0; i < 6; ++i) {
+    auto w = registry_.ClaimPrefill(3000, 9e6, {});
+    ASSERT_TRUE(w);
+    EXPECT_NE(*w, small.address());
+    claimed.push_back(*w);
+  }
+  for (const std::string& w : claimed) registry_.ReleasePrefill(w, 9e6);
+  auto fits = registry_.ClaimPrefill(1000, 1.0, {prefill_[0]->address(), prefill_[1]->address()});
+  ASSERT_TRUE(fits);
+  EXPECT_EQ(*fits, small.address());
+  registry_.ReleasePrefill(*fits, 1.0);
+  EXPECT_FALSE(registry_.ClaimPrefill(TestModel().max_context_tokens() + 1, 1.0, {}));
+}
+
 TEST_F(PlacementTest, PrefillClaimsFollowOutstandingCost) {
-  auto big = registry_.ClaimPrefill(1e6, {});
-  auto small = registry_.ClaimPrefill(1.0, {});
+  auto big = registry_.ClaimPrefill(100, 1e6, {});
+  auto small = registry_.ClaimPrefill(100, 1.0, {});
   ASSERT_TRUE(big && small);
   EXPECT_NE(*big, *small);
   // The worker with the small job is less loaded, so it takes the next one too.
-  auto next = registry_.ClaimPrefill(1.0, {});
+  auto next = registry_.ClaimPrefill(100, 1.0, {});
   ASSERT_TRUE(next);
   EXPECT_EQ(*next, *small);
   registry_.ReleasePrefill(*big, 1e6);
   registry_.ReleasePrefill(*small, 1.0);
   registry_.ReleasePrefill(*next, 1.0);
   // All released: equal cost, so placement rotates.
-  auto x = registry_.ClaimPrefill(1.0, {});
+  auto x = registry_.ClaimPrefill(100, 1.0, {});
   ASSERT_TRUE(x);
   registry_.ReleasePrefill(*x, 1.0);
-  auto y = registry_.ClaimPrefill(1.0, {});
+  auto y = registry_.ClaimPrefill(100, 1.0, {});
   ASSERT_TRUE(y);
   registry_.ReleasePrefill(*y, 1.0);
   EXPECT_NE(*x, *y);
@@ -195,6 +267,25 @@ TEST(RegistryLimitsTest, UnheardWorkersAreEvicted) {
   const std::set<std::string> left = addresses();
   EXPECT_TRUE(left.count(real.address()));  // answers its polls: kept
   EXPECT_TRUE(left.count("127.0.0.1:2"));
+}
+
+TEST(RegistryPollTest, WorkersArePolledConcurrently) {
+  BarrierStatsServer::Group group;
+  group.size = 4;
+  std::vector<std::unique_ptr<BarrierStatsServer>> workers;
+  WorkerRegistry registry(absl::Milliseconds(50));
+  for (int i = 0; i < group.size; ++i) {
+    workers.push_back(std::make_unique<BarrierStatsServer>(group));
+    v1::RegisterWorkerRequest request = RegistrationAt(workers.back()->address());
+    request.mutable_stats()->set_cache_pages_free(100);
+    ASSERT_TRUE(registry.Register(request).ok());
+  }
+  const auto all_polled = [&] {
+    const std::vector<WorkerEntry> entries = registry.Snapshot();
+    return std::all_of(entries.begin(), entries.end(),
+                       [](const WorkerEntry& w) { return w.alive && w.stats.cache_pages_free() == 777; });
+  };
+  EXPECT_TRUE(Wait(all_polled, absl::Seconds(20)));
 }
 
 TEST(RegistryLimitsTest, PinnedFingerprintIsNotDecidedByTheFirstRegistration) {

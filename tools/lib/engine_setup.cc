@@ -2,8 +2,10 @@
 
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -60,6 +62,20 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", backend_options.kind == "cuda" ? 8192 : 512));
   if (engine.chunk_tokens <= 0) return absl::InvalidArgumentError("--chunk must be positive");
   return engine;
+}
+
+absl::StatusOr<uint64_t> SeedFromArgs(const Args& args, bool* random) {
+  *random = !args.Has("seed");
+  if (*random) {
+    std::random_device device;
+    return (static_cast<uint64_t>(device()) << 32) ^ device();
+  }
+  uint64_t seed;
+  if (!absl::SimpleAtoi(args.Get("seed"), &seed)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed expects an integer in [0, 18446744073709551615], got '", args.Get("seed"), "'"));
+  }
+  return seed;
 }
 
 void PrintMemoryBreakdown(const Engine& engine, int64_t sequences) {

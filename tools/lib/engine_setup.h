@@ -32,6 +32,10 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens);
 // One line of JSON on stderr: weights, latent cache, KDA state, backend peak and workspace.
 void PrintMemoryBreakdown(const Engine& engine, int64_t sequences);
 
+// --seed as the API's uint64; without it a random seed (OpenAI and vLLM: unset means random;
+// not a secret, so std::random_device is enough). `*random` says which.
+absl::StatusOr<uint64_t> SeedFromArgs(const Args& args, bool* random);
+
 // Token ids from --tokens "1,2,3" or --tokens-file F (same format).
 absl::StatusOr<std::vector<int32_t>> TokensFromArgs(const Args& args, const std::string& flag,
                                                     const std::string& file_flag);
