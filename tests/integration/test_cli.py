@@ -202,7 +202,7 @@ class Demo(unittest.TestCase):
                 f.write(f"#!/bin/sh\necho {tool} >> {called}\nexit 97\n")
             os.chmod(os.path.join(fakes, tool), 0o755)
         env = dict(os.environ, PATH=fakes + os.pathsep + os.environ["PATH"], BUILD_DIR=build, DEMO_TOKENS="256",
-                   DEMO_ANSWER_TOKENS="2", DEMO_THREADS="1")
+                   DEMO_ANSWER_TOKENS="12", DEMO_THREADS="1")
         out = subprocess.run([os.path.join(SOURCE_DIR, "scripts", "demo.sh")], env=env, capture_output=True,
                              text=True, timeout=150)
         self.assertEqual(out.returncode, 0, out.stdout[-2000:] + out.stderr[-2000:])

@@ -51,7 +51,7 @@ for (const [depth, seed] of [[0.05, 21], [0.5, 22], [0.95, 23]]) {
   const where = `${doc.prompt_tokens} tokens, fact at token ${doc.needle_token}`;
 
   const tokens = model.tokenize(doc.prompt);
-  const ours = JSON.parse(run(args.latentserve, ["tokenize", "--model", modelPath, "--text-file", promptFile])).ids;
+  const ours = JSON.parse(run(args.latentserve, ["tokenize", "--model", modelPath, "--text-file", promptFile])).token_ids;
   check(tokens.length === doc.prompt_tokens && tokens.every((t, i) => t === ours[i]),
     `${where}: llama.cpp's tokens equal ours (${tokens.length})`);
 
