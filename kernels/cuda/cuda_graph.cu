@@ -84,25 +84,25 @@ absl::StatusOr<std::unique_ptr<Backend::Graph>> CudaBackend::EndCapture() {
   const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
   std::unique_ptr<RecordingMemory> memory = std::move(capture_);
   HoldFreedBlocks(false);
-  absl::Status failed;
+  std::string failure;
   if (ended != cudaSuccess) {
     (void)cudaGetLastError();
-    failed = absl::InternalError(absl::StrCat("stream capture failed: ", cudaGetErrorString(ended)));
+    failure = absl::StrCat("stream capture failed: ", cudaGetErrorString(ended));
   } else if (!memory->refused.empty()) {
-    failed = absl::FailedPreconditionError(absl::StrCat("cannot record this step: ", memory->refused));
+    failure = absl::StrCat("cannot record this step: ", memory->refused);
   }
   cudaGraphExec_t exec = nullptr;
-  if (failed.ok()) {
+  if (failure.empty()) {
     const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
     if (made != cudaSuccess) {
       (void)cudaGetLastError();
-      failed = absl::InternalError(absl::StrCat("graph instantiation failed: ", cudaGetErrorString(made)));
+      failure = absl::StrCat("graph instantiation failed: ", cudaGetErrorString(made));
     }
   }
-  if (!failed.ok()) {
+  if (!failure.empty()) {
     if (graph) cudaGraphDestroy(graph);
     memory->Free();
-    return failed;
+    return absl::FailedPreconditionError(failure);
   }
   return std::unique_ptr<Backend::Graph>(new CudaGraph(stream_, graph, exec, std::move(*memory)));
 }
