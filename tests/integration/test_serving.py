@@ -593,6 +593,34 @@ class Startup(unittest.TestCase):
         self.assertIn("output.weight", done.stderr)
         self.assertIn("i32", done.stderr)
 
+    def test_vocabulary_smaller_than_the_embedding_refused_at_load(self):
+        # issue 17, 9: ids past the tokenizer's last token were dropped when decoding. The
+        # token list loses its last entry without moving a byte: the count drops by one and
+        # the second-to-last string grows over the last one's length and text.
+        data = bytearray(open(MODEL, "rb").read())
+        t, off = gguf_kv_offsets(data)["tokenizer.ggml.tokens"]
+        self.assertEqual(t, 9, "tokenizer.ggml.tokens is an array")
+        element_type, count = struct.unpack_from("<IQ", data, off)
+        self.assertEqual(element_type, 8, "of strings")
+        pos, second_to_last = off + 12, None
+        for i in range(count):
+            n, = struct.unpack_from("<Q", data, pos)
+            if i == count - 2:
+                second_to_last = (pos, n)
+            if i == count - 1:
+                last_bytes = 8 + n
+            pos += 8 + n
+        struct.pack_into("<Q", data, off + 4, count - 1)
+        struct.pack_into("<Q", data, second_to_last[0], second_to_last[1] + last_bytes)
+        bad = os.path.join(WORK, "small_vocab.gguf")
+        with open(bad, "wb") as f:
+            f.write(bytes(data))
+        for args in (["generate", "--model", bad, "--prompt-tokens", "1,2,3", "--max-tokens", "1"],
+                     ["decode", "--listen", "127.0.0.1:0", "--router", "127.0.0.1:1", "--model", bad]):
+            done = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(done.returncode, 0, done.stderr)
+            self.assertIn(f"tokenizer.ggml.tokens has {count - 1} tokens", done.stderr)
+
     def test_non_finite_hyperparameters_refused_at_load(self):
         # issue 17, 9: NaN / negative rms_eps and an infinite expert_weights_scale were accepted.
         original = open(MODEL, "rb").read()
