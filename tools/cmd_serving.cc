@@ -59,7 +59,7 @@ const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "model", "
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
   flags.insert({"router", "routers-dns", "advertise"});
-  if (prefill) flags.insert("fault-stall-transfer-ms");
+  flags.insert(prefill ? "fault-stall-transfer-ms" : "fault-stall-decode-ms");
   return flags;
 }
 
@@ -205,6 +205,13 @@ absl::Status RunDecode(int argc, char** argv) {
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
                               max_lease_ttl);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
+  ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-decode-ms", 0));
+  if (stall_ms < 0) return absl::InvalidArgumentError("--fault-stall-decode-ms must be >= 0");
+  if (stall_ms > 0) {
+    std::fprintf(stderr, "decode: TESTING ONLY: every token waits %lld ms before it is sent (--fault-stall-decode-ms)\n",
+                 static_cast<long long>(stall_ms));
+    service.SetFaultStallTokens(absl::Milliseconds(stall_ms));
+  }
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }});
@@ -232,6 +239,11 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t capacity_wait_ms, args.GetInt("capacity-wait-ms", 30000));
   if (capacity_wait_ms < 0) return absl::InvalidArgumentError("--capacity-wait-ms must be >= 0");
   options.capacity_wait = absl::Milliseconds(capacity_wait_ms);
+  ASSIGN_OR_RETURN(int64_t progress_timeout_ms, args.GetInt("decode-progress-timeout-ms", 10000));
+  if (progress_timeout_ms < 0 || progress_timeout_ms > 86400000) {
+    return absl::InvalidArgumentError("--decode-progress-timeout-ms must be in 0..86400000 (0: no limit)");
+  }
+  options.decode_progress_timeout = absl::Milliseconds(progress_timeout_ms);
   options.model_path = args.Get("model");
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
@@ -254,7 +266,8 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   return options;
 }
 
-const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
+const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms",
+                                            "decode-progress-timeout-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
                                             "max-workers", "worker-evict-ms", "decode-pages", "http-listen",
                                             "http-port-file", "http-max-body-bytes", "http-threads"};

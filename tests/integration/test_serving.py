@@ -486,6 +486,33 @@ class Faults(unittest.TestCase):
                 victim_proc.send_signal(signal.SIGCONT)
             c.stop()
 
+    def test_decode_worker_that_stops_producing_is_left_within_seconds(self):
+        # issue 17, 8: a worker that is alive (it answers keepalive pings) but sends no token
+        # used to hold its request until the client's deadline. --decode-progress-timeout-ms
+        # cancels such a stream and the router resumes it on the other decode worker.
+        c = Cluster("stall_decode", prefill=1, decode=1, router_flags=("--decode-progress-timeout-ms", "1500"))
+        try:
+            stalled = c._start("stalled", ["decode", "--listen", "127.0.0.1:0", "--router", c.router, "--model", MODEL,
+                                           "--chunk", CHUNK, "--threads", THREADS, "--fault-stall-decode-ms", "600000"])
+            wait_for(lambda: c.alive_count() == 3, 30, "the stalling worker to register")
+            log = os.path.join(c.dir, "router.log")
+            resumed = False
+            for attempt in range(4):  # placement rotates over the two decode workers
+                ids = prompt(40, 60 + attempt)
+                # Without the progress deadline a token every 600 s runs into this deadline.
+                r = c.generate(ids, max_tokens=12, extra=("--timeout-ms", "30000"))
+                self.assertEqual(r.get("error"), None, r)
+                self.assertNotEqual(r["decode_worker"], stalled, r)
+                self.assertEqual(r["token_ids"], reference_greedy(ids, 12))
+                if '"event":"decode_resume"' in open(log).read():
+                    resumed = True
+                    break
+            self.assertTrue(resumed, "no request was ever placed on the stalling worker")
+            self.assertIn(stalled, open(log).read())
+            self.assertIsNone(c.procs["stalled"].poll(), "the stalling worker is alive: keepalive did not end it")
+        finally:
+            c.stop()
+
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
         # finds its lease when the cache arrives (6000 tokens: > 1 s here, TTL 200 ms).
