@@ -36,6 +36,9 @@ struct ProcessSecurity {
   std::shared_ptr<grpc::ServerCredentials> server_credentials;
   std::shared_ptr<grpc::AuthMetadataProcessor> auth;  // public API only (router)
   int64_t max_message_bytes = 16 << 20;
+  // Calls one server runs at once (its thread quota; also HTTP/2 streams per connection):
+  // beyond it a call is refused RESOURCE_EXHAUSTED instead of growing threads without bound.
+  int64_t max_concurrent_calls = 4096;
 };
 
 // Blocks the shutdown signals in this thread (and every thread it starts) so the main thread

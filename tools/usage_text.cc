@@ -53,6 +53,7 @@ Flags CommonServingFlags() {
       {"tls-key", "PEM", "", "private key of --tls-cert"},
       {"tls-ca", "PEM", "", "CA that signs peers: client certificates are required (mutual TLS)"},
       {"max-message-bytes", "N", "16777216", "largest gRPC message, in [4096, 1073741824]"},
+      {"max-concurrent-calls", "N", "4096", "calls each gRPC server runs at once; more get RESOURCE_EXHAUSTED"},
       {"internal-token-file", "FILE", "", "shared secret of the cluster components, required on internal APIs"},
       {"internal-peer-cn", "CN", "", "certificate common name of the cluster components"},
       {"port-file", "FILE", "", "write the bound HOST:PORT here once listening (with --listen ...:0)"},

@@ -513,6 +513,35 @@ class Faults(unittest.TestCase):
         finally:
             c.stop()
 
+    def test_calls_beyond_the_servers_quota_are_refused_and_it_recovers(self):
+        # issue 17, 5: every server has a thread quota (--max-concurrent-calls): calls beyond
+        # it are refused RESOURCE_EXHAUSTED instead of piling up, and the server serves again
+        # as soon as calls end.
+        c = Cluster("call_quota", prefill=1, decode=1, router_flags=("--max-concurrent-calls", "2"))
+        held = []
+        try:
+            held.append(c.generate(prompt(30, 70), max_tokens=20000, background=True))
+            wait_for(lambda: any(w["sequences_active"] > 0 for w in c.info()["workers"] if w["role"] == "decode"), 30,
+                     "the first held stream to decode")
+            held.append(c.generate(prompt(30, 71), max_tokens=20000, background=True))
+            def refused():
+                r = c.generate(prompt(8, 72), max_tokens=2, timeout=30)
+                return r if r.get("error") else None
+            r = wait_for(refused, 30, "a call beyond the quota of 2 to be refused")
+            self.assertEqual(r["error"]["code"], "RESOURCE_EXHAUSTED", r)
+            for proc in held:
+                self.assertIsNone(proc.poll(), "the held streams are still running")
+                proc.kill()
+                proc.wait(10)
+            held = []
+            ok = wait_for(lambda: c.generate(prompt(8, 73), max_tokens=2, timeout=30).get("token_ids"), 30,
+                          "a call once the held streams ended")
+            self.assertEqual(ok, reference_greedy(prompt(8, 73), 2))
+        finally:
+            for proc in held:
+                proc.kill()
+            c.stop()
+
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
         # finds its lease when the cache arrives (6000 tokens: > 1 s here, TTL 200 ms).
