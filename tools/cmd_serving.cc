@@ -165,7 +165,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
-  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
+  ServeUntilSignal(signals, server.address, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
 
@@ -317,7 +317,7 @@ absl::Status RunRouter(int argc, char** argv) {
                    }));
   AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
-  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
+  ServeUntilSignal(signals, server.address, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
                    absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
@@ -391,7 +391,7 @@ absl::Status RunServe(int argc, char** argv) {
   }
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(
-      signals, WithHealth({server.server.get(), prefill_server.server.get(), decode_server.server.get()}, health),
+      signals, server.address, WithHealth({server.server.get(), prefill_server.server.get(), decode_server.server.get()}, health),
       [&] {
         state.StartDrain();
         prefill_worker.StartDrain();

@@ -3,6 +3,7 @@
 
 #include "tools/serving_process.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "latentserve_version.h"  // generated (tools/version.cmake)
 #include "common/secure_random.h"
 #include "common/status.h"
+#include "tools/listener_watch.h"
 #include "transfer/grpc_transport.h"
 
 namespace latentserve::cli {
@@ -40,6 +42,13 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
 // Blocks the shutdown signals in this thread (and every thread it starts) so the main thread
 // can sigwait() for them.
 sigset_t BlockShutdownSignals() {
+  // Every serving process starts here: take the whole descriptor allowance (the soft limit
+  // is often 1024 while the hard one is far higher), since each connection costs one.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -260,10 +269,13 @@ std::vector<grpc::Server*> WithHealth(std::vector<grpc::Server*> servers, const 
 
 // Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
 // Shutdown with a deadline (in-flight calls finish or are cancelled by then).
-void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& servers,
+void ServeUntilSignal(sigset_t signals, const std::string& public_address, const std::vector<grpc::Server*>& servers,
                       const std::function<void()>& stop_taking_work, absl::Duration drain) {
   int signal = 0;
-  sigwait(&signals, &signal);
+  {
+    ListenerWatch watch(public_address, servers);
+    sigwait(&signals, &signal);
+  }
   std::fprintf(stderr, "latentserve: signal %d: draining (up to %.1f s)\n", signal, absl::ToDoubleSeconds(drain));
   stop_taking_work();
   for (grpc::Server* server : servers) {

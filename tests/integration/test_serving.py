@@ -8,6 +8,7 @@ is bounded. Run: test_serving.py --bin build/bin/latentserve [unittest args].
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -541,6 +542,52 @@ class Faults(unittest.TestCase):
             for proc in held:
                 proc.kill()
             c.stop()
+
+    def test_listener_out_of_descriptors_turns_health_not_serving(self):
+        # issue 17, 5: out of file descriptors, grpc's listener stops accepting for good while
+        # the health port kept saying SERVING, so nothing restarted the process. 300 idle
+        # connections under a limit of 256 descriptors.
+        import resource
+        import socket
+        d = os.path.join(WORK, "emfile")
+        os.makedirs(d, exist_ok=True)
+        port_file = os.path.join(d, "router.port")
+        log_path = os.path.join(d, "router.log")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [BIN, "router", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--port-file", port_file],
+                stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+        idle = []
+        def health_status():
+            found = re.search(r"health on (\S+)", open(log_path).read())
+            if not found:
+                return None
+            out = subprocess.run([BIN, "client", "health", "--target", found.group(1)], capture_output=True,
+                                 text=True, timeout=10)
+            return json.loads(out.stdout.strip().splitlines()[-1]).get("status")
+        try:
+            wait_for(lambda: os.path.exists(port_file), 30, "the router to listen")
+            host, port = open(port_file).read().strip().split(":")
+            time.sleep(5)  # two rounds of the listener watch on a healthy port: no false alarm
+            self.assertEqual(health_status(), "SERVING")
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft < 1024 <= hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+            for _ in range(300):
+                idle.append(socket.create_connection((host, int(port)), timeout=5))
+            wait_for(lambda: "Too many open files" in open(log_path).read(), 10, "the router to run out of descriptors")
+            for s in idle:
+                s.close()
+            idle = []
+            wait_for(lambda: health_status() == "NOT_SERVING", 15, "health to say NOT_SERVING")
+            self.assertIn('"event":"listener_stopped"', open(log_path).read())
+            self.assertIsNone(proc.poll())
+        finally:
+            for s in idle:
+                s.close()
+            proc.kill()
+            proc.wait(10)
 
     def test_lease_renewed_while_prefill_outlasts_ttl(self):
         # The router renews its leases every ttl/3, so a prefill several TTLs long still
