@@ -565,7 +565,8 @@ class Faults(unittest.TestCase):
                 return None
             out = subprocess.run([BIN, "client", "health", "--target", found.group(1)], capture_output=True,
                                  text=True, timeout=10)
-            return json.loads(out.stdout.strip().splitlines()[-1]).get("status")
+            lines = out.stdout.strip().splitlines()
+            return json.loads(lines[-1]).get("status") if lines else None
         try:
             wait_for(lambda: os.path.exists(port_file), 30, "the router to listen")
             host, port = open(port_file).read().strip().split(":")
@@ -580,6 +581,10 @@ class Faults(unittest.TestCase):
             for s in idle:
                 s.close()
             idle = []
+            # The health port's listener dies too if a probe reaches it while the router has
+            # no descriptor left: ask only once the router has closed the idle connections.
+            wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) < 128, 15,
+                     "the router to close the idle connections")
             wait_for(lambda: health_status() == "NOT_SERVING", 15, "health to say NOT_SERVING")
             self.assertIn('"event":"listener_stopped"', open(log_path).read())
             self.assertIsNone(proc.poll())
