@@ -29,7 +29,7 @@ namespace {
 namespace ls = latentserve;
 
 struct World {
-  std::unique_ptr<ls::kernels::CpuBackend> backend;
+  std::unique_ptr<ls::kernels::cpu::CpuBackend> backend;
   std::unique_ptr<ls::model::Model> model;
   std::unique_ptr<ls::model::LatentCache> cache;
   std::unique_ptr<ls::decode::DecodeWorker> worker;
@@ -44,7 +44,7 @@ World* MakeWorld() {
   options.seed = 1;
   options.threads = 1;
   if (!ls::tools::WriteTestModel(options).ok()) std::abort();
-  w->backend = std::make_unique<ls::kernels::CpuBackend>(1);
+  w->backend = std::make_unique<ls::kernels::cpu::CpuBackend>(1);
   auto model = ls::model::Model::Load(options.out_path, *w->backend);
   if (!model.ok()) std::abort();
   w->model = std::move(*model);
