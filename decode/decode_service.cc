@@ -1,6 +1,7 @@
 #include "decode/decode_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "serving/metrics.h"
 #include "transfer/grpc_status.h"
 #include "transfer/grpc_transport.h"
@@ -60,6 +61,10 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
         for (int32_t t : tokens) event.add_token_ids(t);
         serving::Metrics::Get().decode_tokens_total.Increment(static_cast<double>(tokens.size()));
         generated += static_cast<int64_t>(tokens.size());
+        for (absl::Time until = absl::Now() + fault_stall_tokens_; absl::Now() < until;) {
+          if (context->IsCancelled()) return false;
+          absl::SleepFor(absl::Milliseconds(10));
+        }
         return writer->Write(event);
       },
       [&] { return context->IsCancelled(); });

@@ -6,6 +6,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/time/time.h"
+
 #include "decode/decode_worker.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 #include "serving/security.h"
@@ -33,11 +35,15 @@ class DecodeService final : public v1::DecodeWorker::Service {
   // This worker's stats as the router reports them.
   v1::WorkerInfo Info(const std::string& address) const;
   const v1::ModelDescriptor& model() const { return model_; }
+  // Testing only (--fault-stall-decode-ms): each token event waits this long before it is
+  // written, while the process keeps answering pings: a live worker that stopped producing.
+  void SetFaultStallTokens(absl::Duration stall) { fault_stall_tokens_ = stall; }
 
  private:
   DecodeWorker& worker_;
   v1::ModelDescriptor model_;
   const serving::InternalAuthorizer& auth_;
+  absl::Duration fault_stall_tokens_ = absl::ZeroDuration();
 };
 
 }  // namespace latentserve::decode

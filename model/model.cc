@@ -22,6 +22,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, kern
     return absl::InvalidArgumentError(absl::StrCat("kimi-linear.vocab_size is ", *declared,
                                                    " but token_embd has ", model->config_.vocab, " rows"));
   }
+  // Issue 17, 9: ids past the tokenizer's last token decoded to nothing, so a smaller
+  // vocabulary silently dropped generated tokens. (A file without a vocabulary serves ids.)
+  if (auto tokens = model->file_->GetStringArray("tokenizer.ggml.tokens");
+      tokens.ok() && static_cast<int64_t>(tokens->size()) < model->config_.vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.tokens has ", tokens->size(),
+                                                   " tokens but token_embd has ", model->config_.vocab,
+                                                   " rows: generated ids past the vocabulary could not be decoded"));
+  }
   model->IndexLayers();
   return model;
 }

@@ -236,12 +236,13 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     *decode_request.mutable_sampling() = request->sampling();
     decode_request.set_max_new_tokens(static_cast<int32_t>(max_tokens - completion_tokens));
     for (int32_t id : stop_ids) decode_request.add_stop_token_ids(id);
-    cancel.Attach(&decode_context);
+    cancel.Attach(&decode_context, state_.options().decode_progress_timeout);
     lease->HandToDecode();  // Decode frees the pages on every path from here
     auto reader = stub->Decode(&decode_context, decode_request);
     v1::DecodeResponse event;
     bool client_write_failed = false;
     while (reason == v1::FINISH_REASON_UNSPECIFIED && reader->Read(&event)) {
+      cancel.Progress();
       if (event.token_ids_size() > 0 &&
           !emit(std::vector<int32_t>(event.token_ids().begin(), event.token_ids().end()))) {
         client_write_failed = true;
@@ -253,9 +254,15 @@ grpc::Status GenerationService::GenerateStream(grpc::ServerContext* context, con
     }
     if (reason != v1::FINISH_REASON_UNSPECIFIED || client_write_failed) decode_context.TryCancel();
     grpc::Status status = reader->Finish();
+    const bool stalled = cancel.stalled();
     cancel.Detach();
     if (client_gone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
     if (reason != v1::FINISH_REASON_UNSPECIFIED) break;
+    if (stalled) {
+      status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            absl::StrCat("no token for ", absl::FormatDuration(state_.options().decode_progress_timeout),
+                                         " (--decode-progress-timeout-ms)"));
+    }
     if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "decode stream ended without a finish reason");
     const grpc::Status failed(status.error_code(),
                               absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()));

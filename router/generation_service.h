@@ -28,6 +28,9 @@ struct RouterOptions {
   // How long a request waits for a decode worker with room (every one answered
   // RESOURCE_EXHAUSTED) before it fails with RESOURCE_EXHAUSTED; its deadline still applies.
   absl::Duration capacity_wait = absl::Seconds(30);
+  // A decode stream that brings no token for this long is cancelled and resumed on another
+  // decode worker, as if that worker had died (zero: no limit).
+  absl::Duration decode_progress_timeout = absl::Seconds(10);
   std::string model_path;  // GGUF to read the tokenizer from (else the first worker's path)
   int64_t max_prompt_tokens = 0;       // longest prompt accepted (0: the context limit only)
   int64_t max_prompt_bytes = 8 << 20;  // longest text / chat prompt, checked before tokenising (0: none)

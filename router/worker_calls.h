@@ -14,6 +14,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
 #include "latentserve/v1/worker.grpc.pb.h"
@@ -35,10 +36,20 @@ class CancelLink {
     cv_.notify_all();
     thread_.join();
   }
-  void Attach(grpc::ClientContext* client) {
+  // progress_timeout > 0: the downstream call is also cancelled when Progress() has not been
+  // called for that long (a live worker that stopped producing; keepalive only catches a
+  // frozen or unreachable one). stalled() says whether that is what ended the call.
+  void Attach(grpc::ClientContext* client, absl::Duration progress_timeout = absl::ZeroDuration()) {
     std::lock_guard<std::mutex> lock(mu_);
     client_ = client;
+    progress_timeout_ = progress_timeout;
+    last_progress_ = absl::Now();
+    stalled_ = false;
     if (cancelled_) client_->TryCancel();
+  }
+  void Progress() {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_progress_ = absl::Now();
   }
   void Detach() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -47,6 +58,10 @@ class CancelLink {
   bool cancelled() {
     std::lock_guard<std::mutex> lock(mu_);
     return cancelled_;
+  }
+  bool stalled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stalled_;
   }
 
  private:
@@ -57,6 +72,11 @@ class CancelLink {
         cancelled_ = true;
         if (client_) client_->TryCancel();
       }
+      if (client_ && !stalled_ && progress_timeout_ > absl::ZeroDuration() &&
+          absl::Now() - last_progress_ > progress_timeout_) {
+        stalled_ = true;
+        client_->TryCancel();
+      }
       cv_.wait_for(lock, std::chrono::milliseconds(10));
     }
   }
@@ -64,6 +84,9 @@ class CancelLink {
   std::mutex mu_;
   std::condition_variable cv_;
   grpc::ClientContext* client_ = nullptr;
+  absl::Duration progress_timeout_ = absl::ZeroDuration();
+  absl::Time last_progress_;
+  bool stalled_ = false;
   bool cancelled_ = false;
   bool stopping_ = false;
   std::thread thread_;

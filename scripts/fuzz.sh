@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz) with clang + ASan/UBSan in build-fuzz/ and runs
 # each one for SECONDS (default 20) on a scratch copy of its seed corpus.
-# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (targets: fuzz_gguf fuzz_tokenizer fuzz_int_list)
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+#   (targets: fuzz_gguf fuzz_tokenizer fuzz_int_list fuzz_handoff fuzz_request)
 # Environment: JOBS (default 2) build parallelism; FUZZ_OUT (default build-fuzz/fuzz-out) where
 # the grown corpora, logs and any crash-* / timeout-* / oom-* reproducers land.
 # Exit status: non-zero when a target finds a crash, leak, timeout or sanitizer report.
@@ -12,7 +13,7 @@ SECONDS_PER_TARGET=${1:-20}
 shift || true
 JOBS=${JOBS:-2}
 OUT=${FUZZ_OUT:-build-fuzz/fuzz-out}
-ALL_TARGETS=(fuzz_gguf fuzz_tokenizer fuzz_int_list)
+ALL_TARGETS=(fuzz_gguf fuzz_tokenizer fuzz_int_list fuzz_handoff fuzz_request)
 TARGETS=("$@")
 if ((${#TARGETS[@]} == 0)); then TARGETS=("${ALL_TARGETS[@]}"); fi
 
@@ -30,7 +31,7 @@ fi
 echo "== build-fuzz/ (clang, libFuzzer, ASan + UBSan)"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$CLANG" -DCMAKE_CXX_COMPILER="$CLANGXX" \
-  -DLATENTSERVE_FUZZ=ON -DLATENTSERVE_SANITIZE=ON -DLATENTSERVE_SERVING=OFF >/dev/null
+  -DLATENTSERVE_FUZZ=ON -DLATENTSERVE_SANITIZE=ON -DLATENTSERVE_SERVING=ON >/dev/null
 cmake --build build-fuzz -j "$JOBS" --target "${TARGETS[@]}"
 
 mkdir -p "$OUT"

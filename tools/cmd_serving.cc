@@ -59,7 +59,7 @@ const std::set<std::string> kWorkerFlags = WithCommonFlags({"listen", "model", "
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
   flags.insert({"router", "routers-dns", "advertise"});
-  if (prefill) flags.insert("fault-stall-transfer-ms");
+  flags.insert(prefill ? "fault-stall-transfer-ms" : "fault-stall-decode-ms");
   return flags;
 }
 
@@ -165,7 +165,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(Announce(args, server.address));
   router::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name, loaded.descriptor, info);
-  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
+  ServeUntilSignal(signals, server.address, WithHealth({server.server.get()}, health), role.start_drain, absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
 
@@ -205,6 +205,13 @@ absl::Status RunDecode(int argc, char** argv) {
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache, loaded.descriptor.fingerprint(),
                               max_lease_ttl);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
+  ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-decode-ms", 0));
+  if (stall_ms < 0) return absl::InvalidArgumentError("--fault-stall-decode-ms must be >= 0");
+  if (stall_ms > 0) {
+    std::fprintf(stderr, "decode: TESTING ONLY: every token waits %lld ms before it is sent (--fault-stall-decode-ms)\n",
+                 static_cast<long long>(stall_ms));
+    service.SetFaultStallTokens(absl::Milliseconds(stall_ms));
+  }
   return ServeWorker(args, signals, loaded, security, *auth,
                      {"decode", &service, [&](const std::string& address) { return service.Info(address); },
                       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }});
@@ -232,6 +239,11 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t capacity_wait_ms, args.GetInt("capacity-wait-ms", 30000));
   if (capacity_wait_ms < 0) return absl::InvalidArgumentError("--capacity-wait-ms must be >= 0");
   options.capacity_wait = absl::Milliseconds(capacity_wait_ms);
+  ASSIGN_OR_RETURN(int64_t progress_timeout_ms, args.GetInt("decode-progress-timeout-ms", 10000));
+  if (progress_timeout_ms < 0 || progress_timeout_ms > 86400000) {
+    return absl::InvalidArgumentError("--decode-progress-timeout-ms must be in 0..86400000 (0: no limit)");
+  }
+  options.decode_progress_timeout = absl::Milliseconds(progress_timeout_ms);
   options.model_path = args.Get("model");
   ASSIGN_OR_RETURN(options.max_prompt_tokens, args.GetInt("max-prompt-tokens", 0));
   ASSIGN_OR_RETURN(options.max_streams_per_client, args.GetInt("max-streams-per-client", 0));
@@ -254,7 +266,8 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
   return options;
 }
 
-const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms", "auth-token-file",
+const std::set<std::string> kRouterFlags = {"lease-ttl-ms", "request-timeout-ms", "capacity-wait-ms",
+                                            "decode-progress-timeout-ms", "auth-token-file",
                                             "max-prompt-tokens", "max-prompt-bytes", "max-streams-per-client",
                                             "max-workers", "worker-evict-ms", "decode-pages", "http-listen",
                                             "http-port-file", "http-max-body-bytes", "http-threads"};
@@ -304,7 +317,7 @@ absl::Status RunRouter(int argc, char** argv) {
                    }));
   AddRouterGauges(metrics.get(), state);
   RETURN_IF_ERROR(Announce(args, server.address));
-  ServeUntilSignal(signals, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
+  ServeUntilSignal(signals, server.address, WithHealth({server.server.get()}, health), [&] { state.StartDrain(); },
                    absl::Milliseconds(drain_ms));
   return absl::OkStatus();
 }
@@ -378,7 +391,7 @@ absl::Status RunServe(int argc, char** argv) {
   }
   RETURN_IF_ERROR(Announce(args, server.address));
   ServeUntilSignal(
-      signals, WithHealth({server.server.get(), prefill_server.server.get(), decode_server.server.get()}, health),
+      signals, server.address, WithHealth({server.server.get(), prefill_server.server.get(), decode_server.server.get()}, health),
       [&] {
         state.StartDrain();
         prefill_worker.StartDrain();

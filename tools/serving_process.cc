@@ -3,6 +3,7 @@
 
 #include "tools/serving_process.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,11 +12,13 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
 #include "latentserve_version.h"  // generated (tools/version.cmake)
 #include "common/secure_random.h"
 #include "common/status.h"
+#include "tools/listener_watch.h"
 #include "transfer/grpc_transport.h"
 
 namespace latentserve::cli {
@@ -39,6 +42,13 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
 // Blocks the shutdown signals in this thread (and every thread it starts) so the main thread
 // can sigwait() for them.
 sigset_t BlockShutdownSignals() {
+  // Every serving process starts here: take the whole descriptor allowance (the soft limit
+  // is often 1024 while the hard one is far higher), since each connection costs one.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -54,7 +64,7 @@ std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
   // flag sets call this during static initialisation.
   static const std::set<std::string>* const kCommonFlags = new std::set<std::string>{
       "metrics-listen", "health-listen", "tls-cert", "tls-key", "tls-ca", "max-message-bytes", "internal-token-file",
-      "internal-peer-cn"};
+      "internal-peer-cn", "max-concurrent-calls"};
   flags.insert(kCommonFlags->begin(), kCommonFlags->end());
   return flags;
 }
@@ -68,6 +78,10 @@ absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(security.max_message_bytes, args.GetInt("max-message-bytes", 16 << 20));
   if (security.max_message_bytes < 4096 || security.max_message_bytes > (1 << 30)) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [4096, 1073741824]");
+  }
+  ASSIGN_OR_RETURN(security.max_concurrent_calls, args.GetInt("max-concurrent-calls", 4096));
+  if (security.max_concurrent_calls < 1 || security.max_concurrent_calls > 65536) {
+    return absl::InvalidArgumentError("--max-concurrent-calls must be in [1, 65536]");
   }
   return security;
 }
@@ -190,6 +204,13 @@ absl::StatusOr<Listening> StartServer(const std::string& listen, const std::vect
   builder.SetMaxReceiveMessageSize(static_cast<int>(security.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(security.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port must be an error
+  // Each running call of the synchronous server holds a thread from this quota, and one more
+  // thread polls: a call that finds no thread left to replace the poller that took it is
+  // answered RESOURCE_EXHAUSTED (grpc ThreadManager), so N + 1 threads run N calls.
+  grpc::ResourceQuota quota(absl::StrCat("latentserve ", listen));
+  quota.SetMaxThreads(static_cast<int>(security.max_concurrent_calls) + 1);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(security.max_concurrent_calls));
   if (!reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   transfer::AllowInternalKeepalivePings(builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
@@ -248,10 +269,13 @@ std::vector<grpc::Server*> WithHealth(std::vector<grpc::Server*> servers, const 
 
 // Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
 // Shutdown with a deadline (in-flight calls finish or are cancelled by then).
-void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& servers,
+void ServeUntilSignal(sigset_t signals, const std::string& public_address, const std::vector<grpc::Server*>& servers,
                       const std::function<void()>& stop_taking_work, absl::Duration drain) {
   int signal = 0;
-  sigwait(&signals, &signal);
+  {
+    ListenerWatch watch(public_address, servers);
+    sigwait(&signals, &signal);
+  }
   std::fprintf(stderr, "latentserve: signal %d: draining (up to %.1f s)\n", signal, absl::ToDoubleSeconds(drain));
   stop_taking_work();
   for (grpc::Server* server : servers) {

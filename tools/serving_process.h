@@ -36,6 +36,9 @@ struct ProcessSecurity {
   std::shared_ptr<grpc::ServerCredentials> server_credentials;
   std::shared_ptr<grpc::AuthMetadataProcessor> auth;  // public API only (router)
   int64_t max_message_bytes = 16 << 20;
+  // Calls one server runs at once (its thread quota; also HTTP/2 streams per connection):
+  // beyond it a call is refused RESOURCE_EXHAUSTED instead of growing threads without bound.
+  int64_t max_concurrent_calls = 4096;
 };
 
 // Blocks the shutdown signals in this thread (and every thread it starts) so the main thread
@@ -85,8 +88,10 @@ absl::Status Announce(const Args& args, const std::string& address);
 std::vector<grpc::Server*> WithHealth(std::vector<grpc::Server*> servers, const std::unique_ptr<grpc::Server>& health);
 
 // Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
-// Shutdown with a deadline (in-flight calls finish or are cancelled by then).
-void ServeUntilSignal(sigset_t signals, const std::vector<grpc::Server*>& servers,
+// Shutdown with a deadline (in-flight calls finish or are cancelled by then). Until the
+// signal, a ListenerWatch (tools/listener_watch.h) turns health NOT_SERVING should
+// `public_address` stop accepting connections.
+void ServeUntilSignal(sigset_t signals, const std::string& public_address, const std::vector<grpc::Server*>& servers,
                       const std::function<void()>& stop_taking_work, absl::Duration drain);
 
 // WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.

@@ -53,6 +53,7 @@ Flags CommonServingFlags() {
       {"tls-key", "PEM", "", "private key of --tls-cert"},
       {"tls-ca", "PEM", "", "CA that signs peers: client certificates are required (mutual TLS)"},
       {"max-message-bytes", "N", "16777216", "largest gRPC message, in [4096, 1073741824]"},
+      {"max-concurrent-calls", "N", "4096", "calls each gRPC server runs at once; more get RESOURCE_EXHAUSTED"},
       {"internal-token-file", "FILE", "", "shared secret of the cluster components, required on internal APIs"},
       {"internal-peer-cn", "CN", "", "certificate common name of the cluster components"},
       {"port-file", "FILE", "", "write the bound HOST:PORT here once listening (with --listen ...:0)"},
@@ -86,6 +87,8 @@ Flags RouterFlags() {
       {"lease-ttl-ms", "MS", "30000", "how long a decode page reservation lives before it must be used"},
       {"request-timeout-ms", "MS", "1800000", "deadline of a request that carries none"},
       {"capacity-wait-ms", "MS", "30000", "how long a request waits for free cache pages before RESOURCE_EXHAUSTED"},
+      {"decode-progress-timeout-ms", "MS", "10000",
+       "resume a request on another decode worker when its stream brings no token for this long; 0: no limit"},
       {"auth-token-file", "FILE", "", "bearer token clients must send (needs --tls-cert)"},
       {"max-prompt-tokens", "N", "0", "refuse longer prompts; 0: no limit beyond the workers' caches"},
       {"max-prompt-bytes", "N", "8388608", "refuse longer prompt texts; 0: no limit"},
@@ -156,7 +159,8 @@ std::map<std::string, Usage> BuildUsages() {
                   Join({worker, {{"fault-stall-transfer-ms", "MS", "0", "testing only: stall every cache transfer"}}}),
                   "latentserve prefill --listen 127.0.0.1:0 --router 127.0.0.1:50051 --model /tmp/m.gguf"};
   u["decode"] = {"decode --listen HOST:PORT --router HOST:PORT --model PATH [flags]",
-                 "A decode worker: continuous batching over received caches, streaming tokens.", worker,
+                 "A decode worker: continuous batching over received caches, streaming tokens.",
+                 Join({worker, {{"fault-stall-decode-ms", "MS", "0", "testing only: hold every token this long"}}}),
                  "latentserve decode --listen 127.0.0.1:0 --router 127.0.0.1:50051 --model /tmp/m.gguf"};
   u["client"] = {"client VERB --target HOST:PORT [flags]",
                  "Verbs: generate (a router; streams tokens), info (a router: model, context, workers),\n"

@@ -349,8 +349,15 @@ absl::StatusOr<std::unique_ptr<CacheSender>> GrpcTransport::Open(const std::stri
 grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
                                grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
                                v1::ReceiveCacheResponse* response) {
+  return ReceiveCacheMessages(
+      sink, [reader](v1::ReceiveCacheRequest* message) { return reader->Read(message); },
+      [context] { return context->IsCancelled(); }, response);
+}
+
+grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(v1::ReceiveCacheRequest*)>& read,
+                                  const std::function<bool()>& cancelled, v1::ReceiveCacheResponse* response) {
   v1::ReceiveCacheRequest message;
-  if (!reader->Read(&message)) return grpc::Status(grpc::StatusCode::CANCELLED, "cache stream ended before its header");
+  if (!read(&message)) return grpc::Status(grpc::StatusCode::CANCELLED, "cache stream ended before its header");
   if (!message.has_header()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first ReceiveCache message must be a header");
   }
@@ -360,7 +367,7 @@ grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
   auto receiver = sink.BeginHandoff(*header);
   if (!receiver.ok()) return ToGrpc(receiver.status());
   int64_t payload_bytes = 0;
-  while (reader->Read(&message)) {
+  while (read(&message)) {
     absl::Status status;
     if (message.has_latent()) {
       auto* p = message.mutable_latent();
@@ -386,7 +393,7 @@ grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
       return ToGrpc(status);
     }
   }
-  const absl::Status why = context->IsCancelled() ? absl::CancelledError("the prefill worker cancelled the handoff")
+  const absl::Status why = cancelled() ? absl::CancelledError("the prefill worker cancelled the handoff")
                                                   : absl::CancelledError("cache stream ended before its end message");
   (*receiver)->Abort(why);
   return ToGrpc(why);

@@ -72,6 +72,10 @@ class GrpcTransport : public CacheTransport {
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.
 grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
                                grpc::ServerReader<v1::ReceiveCacheRequest>* reader, v1::ReceiveCacheResponse* response);
+// Its body over any source of messages: `read` fills the next one (false: the stream ended),
+// `cancelled` says whether the sender cancelled. tests/fuzz/fuzz_handoff.cc drives it.
+grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(v1::ReceiveCacheRequest*)>& read,
+                                  const std::function<bool()>& cancelled, v1::ReceiveCacheResponse* response);
 
 // The ReceiveCacheRequest carrying `chunk`, encoded without copying its payload (the buffer
 // takes the string over). Byte-for-byte the protobuf serialisation; exposed for tests.

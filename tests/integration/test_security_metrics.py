@@ -212,6 +212,19 @@ class Security(unittest.TestCase):
         self.assertEqual(r["error"]["code"], "UNAVAILABLE")
         self.assertIn("--tls-cert", r["error"]["message"], r)
 
+    def test_client_trusting_another_ca_gets_a_tls_hint(self):
+        # issue 17, 10: a client whose --tls-ca did not sign the server's certificate saw only
+        # "Socket closed" / a handshake error; now UNAVAILABLE says which flag to check.
+        other = os.path.join(ts.WORK, "other-ca")
+        os.makedirs(other, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=another-ca"],
+                       check=True, capture_output=True, timeout=60, cwd=other)
+        r = self.call(["--tls-ca", os.path.join(other, "ca.pem"), "--tls-cert", self.pki["client_cert"],
+                       "--tls-key", self.pki["client_key"], "--auth-token-file", self.pki["token"]])
+        self.assertEqual(r["error"]["code"], "UNAVAILABLE", r)
+        self.assertIn("check that --tls-ca signed the server's certificate", r["error"]["message"], r)
+
     def test_missing_or_wrong_token(self):
         r = self.call(self.client_tls)
         self.assertEqual(r["error"]["code"], "UNAUTHENTICATED")
