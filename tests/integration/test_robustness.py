@@ -206,6 +206,13 @@ class Wedge(unittest.TestCase):
                      "the first held stream to decode")
             held.append(c.generate(prompt(30, 71), max_tokens=20000, background=True))
             def refused():
+                for i, proc in enumerate(held):
+                    if proc.poll() is not None:
+                        # A held stream that came while the quota's threads were busy (the
+                        # previous probe's) was itself refused: hold again before probing.
+                        held[i] = c.generate(prompt(30, 70 + i), max_tokens=20000, background=True)
+                        time.sleep(0.5)
+                        return None
                 r = c.generate(prompt(8, 72), max_tokens=2, timeout=30)
                 return r if r.get("error") else None
             r = wait_for(refused, 30, "a call beyond the quota of 2 to be refused")
