@@ -64,25 +64,32 @@ std::string StreamEvent(Answer& answer, const v1::GenerateResponse& event) {
   }
 }
 
+// The held first event if there is one, else the call's next (or a probe's timeout).
+GenerateCall::Wait NextEvent(Answer& answer, absl::Duration probe, v1::GenerateResponse* event) {
+  if (!answer.has_pending) return answer.call->Next(probe, event);
+  *event = std::move(answer.pending);
+  answer.has_pending = false;
+  return GenerateCall::Wait::kEvent;
+}
+
+// The error body for a call that ended without a finish event (after the answer was committed).
+std::string EndedError(const Answer& answer) {
+  const grpc::Status& status = answer.call->status();
+  const grpc::StatusCode code = status.ok() ? grpc::StatusCode::INTERNAL : status.error_code();
+  return ErrorFor(code, status.ok() ? "stream ended without a finish event" : status.error_message()).body;
+}
+
 // One step of a streamed answer: waits for the next event (or a probe's time) and writes.
 // Returns false when the client is gone or the stream is over.
 bool StreamStep(Answer& answer, absl::Duration probe, httplib::DataSink& sink) {
   v1::GenerateResponse event;
-  GenerateCall::Wait wait = GenerateCall::Wait::kEvent;
-  if (answer.has_pending) {
-    event = std::move(answer.pending);
-    answer.has_pending = false;
-  } else {
-    wait = answer.call->Next(probe, &event);
-  }
+  const GenerateCall::Wait wait = NextEvent(answer, probe, &event);
   std::string out;
   if (wait == GenerateCall::Wait::kTimeout) {
     out = ": keep-alive\n\n";
   } else if (wait == GenerateCall::Wait::kEnded) {
     // Ended without a finished event: the call failed after the answer was committed.
-    const grpc::Status& status = answer.call->status();
-    const grpc::StatusCode code = status.ok() ? grpc::StatusCode::INTERNAL : status.error_code();
-    out = SseData(ErrorFor(code, status.ok() ? "stream ended without a finish event" : status.error_message()).body);
+    out = SseData(EndedError(answer));
     answer.finished = true;
   } else {
     out = StreamEvent(answer, event);
@@ -99,20 +106,12 @@ bool StreamStep(Answer& answer, absl::Duration probe, httplib::DataSink& sink) {
 // whole object at the end.
 bool CollectStep(Answer& answer, absl::Duration probe, httplib::DataSink& sink) {
   v1::GenerateResponse event;
-  GenerateCall::Wait wait = GenerateCall::Wait::kEvent;
-  if (answer.has_pending) {
-    event = std::move(answer.pending);
-    answer.has_pending = false;
-  } else {
-    wait = answer.call->Next(probe, &event);
-  }
+  const GenerateCall::Wait wait = NextEvent(answer, probe, &event);
   std::string out;
   if (wait == GenerateCall::Wait::kTimeout) {
     out = " ";
   } else if (wait == GenerateCall::Wait::kEnded) {
-    const grpc::Status& status = answer.call->status();
-    const grpc::StatusCode code = status.ok() ? grpc::StatusCode::INTERNAL : status.error_code();
-    out = ErrorFor(code, status.ok() ? "stream ended without a finish event" : status.error_message()).body;
+    out = EndedError(answer);
     answer.finished = true;
   } else if (event.has_tokens()) {
     answer.text += event.tokens().text();

@@ -5,14 +5,12 @@
 and the client flags against one real `serve` process on loopback with a generated model.
 Run: test_cli.py --bin build/bin/latentserve --source-dir .
 """
-import argparse
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -210,23 +208,10 @@ class Demo(unittest.TestCase):
 
 
 def main():
-    global SOURCE_DIR
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True)
-    parser.add_argument("--source-dir", required=True)
-    args, rest = parser.parse_known_args()
-    ts.BIN = os.path.abspath(args.bin)
-    SOURCE_DIR = os.path.abspath(args.source_dir)
-    ts.WORK = tempfile.mkdtemp(prefix="latentserve-cli-")
-    ts.MODEL = os.path.join(ts.WORK, "model.gguf")
-    subprocess.run([ts.BIN, "make-test-model", "--out", ts.MODEL, "--seed", "7"], check=True, capture_output=True,
-                   timeout=120)
-    try:
-        ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
-    finally:
-        shutil.rmtree(ts.WORK, ignore_errors=True)
-    sys.exit(0 if ok else 1)
-
+    def setup(args):
+        global SOURCE_DIR
+        SOURCE_DIR = os.path.abspath(args.source_dir)
+    ts.run_suite("latentserve-cli-", options=("--source-dir",), setup=setup)
 
 if __name__ == "__main__":
     main()

@@ -6,14 +6,11 @@ role is scraped and its families' names, types and buckets are checked, with the
 on every sample and no family of another role. Logs: typed JSON values, a level, request ids
 that differ between router replicas. Run: test_metrics.py --bin build/bin/latentserve
 """
-import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 import urllib.request
 
@@ -154,20 +151,7 @@ def run_info(target):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True)
-    args, rest = parser.parse_known_args()
-    ts.BIN = os.path.abspath(args.bin)
-    ts.WORK = tempfile.mkdtemp(prefix="latentserve-metrics-")
-    ts.MODEL = os.path.join(ts.WORK, "model.gguf")
-    subprocess.run([ts.BIN, "make-test-model", "--out", ts.MODEL, "--seed", "7"], check=True, capture_output=True,
-                   timeout=120)
-    try:
-        ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
-    finally:
-        shutil.rmtree(ts.WORK, ignore_errors=True)
-    sys.exit(0 if ok else 1)
-
+    ts.run_suite("latentserve-metrics-")
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,10 @@ prefill, decode processes; the cache crosses gRPC), the fact from the first toke
 page, documents of 1K to 64K tokens. Few long cases: CPU time grows with the square of the
 length. Run: test_needle.py --bin build/bin/latentserve [unittest args].
 """
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,28 +101,14 @@ class SplitDeployment(NeedleCase):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True)
-    args, rest = parser.parse_known_args()
-    ts.BIN = os.path.abspath(args.bin)
-    ts.WORK = tempfile.mkdtemp(prefix="latentserve-needle-")
-    ts.MODEL = os.path.join(ts.WORK, "needle.gguf")
-    ts.THREADS = "2"
-    subprocess.run([ts.BIN, "make-test-model", "--preset", "needle", "--weight-type", "q4_0", "--out", ts.MODEL],
-                   check=True, capture_output=True, timeout=120)
-    global MODEL_4_LAYERS
-    MODEL_4_LAYERS = os.path.join(ts.WORK, "needle4.gguf")
-    subprocess.run([ts.BIN, "make-test-model", "--preset", "needle", "--layers", "4", "--mla-layers", "1,3",
-                    "--weight-type", "q8_0", "--out", MODEL_4_LAYERS], check=True, capture_output=True, timeout=120)
-    try:
-        ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
-    finally:
-        if os.environ.get("KEEP_WORK"):
-            print("work dir:", ts.WORK)
-        else:
-            shutil.rmtree(ts.WORK, ignore_errors=True)
-    sys.exit(0 if ok else 1)
-
+    def setup(args):
+        global MODEL_4_LAYERS
+        ts.THREADS = "2"
+        MODEL_4_LAYERS = os.path.join(ts.WORK, "needle4.gguf")
+        subprocess.run([ts.BIN, "make-test-model", "--preset", "needle", "--layers", "4", "--mla-layers", "1,3",
+                        "--weight-type", "q8_0", "--out", MODEL_4_LAYERS], check=True, capture_output=True, timeout=120)
+    ts.run_suite("latentserve-needle-", model_args=("--preset", "needle", "--weight-type", "q4_0"),
+                 model_name="needle.gguf", setup=setup)
 
 if __name__ == "__main__":
     main()

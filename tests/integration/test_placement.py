@@ -7,12 +7,8 @@ left the router answers FAILED_PRECONDITION naming --cache-tokens (a configurati
 the client's). A dead worker is forgotten after --worker-evict-ms, in `client info` and in
 /metrics. Run: test_placement.py --bin build/bin/latentserve
 """
-import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -98,20 +94,7 @@ class DecodePagesGrow(unittest.TestCase):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True)
-    args, rest = parser.parse_known_args()
-    ts.BIN = os.path.abspath(args.bin)
-    ts.WORK = tempfile.mkdtemp(prefix="latentserve-placement-")
-    ts.MODEL = os.path.join(ts.WORK, "model.gguf")
-    subprocess.run([ts.BIN, "make-test-model", "--out", ts.MODEL, "--seed", "7"], check=True, capture_output=True,
-                   timeout=120)
-    try:
-        ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
-    finally:
-        shutil.rmtree(ts.WORK, ignore_errors=True)
-    sys.exit(0 if ok else 1)
-
+    ts.run_suite("latentserve-placement-")
 
 if __name__ == "__main__":
     main()

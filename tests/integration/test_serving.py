@@ -527,17 +527,24 @@ def worker_stats(address):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def run_suite(prefix, model_args=("--seed", "7"), model_name="model.gguf", options=(), setup=None):
+    """The main() of an integration suite: --bin (and each of `options`, required), a work dir with
+    a generated model (BIN, WORK, MODEL here), setup(args) for the suite's own state, the tests of
+    the calling __main__, then the work dir removed (kept with KEEP_WORK=1)."""
     global BIN, WORK, MODEL
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", required=True)
+    for option in options:
+        parser.add_argument(option, required=True)
     args, rest = parser.parse_known_args()
     BIN = os.path.abspath(args.bin)
-    WORK = tempfile.mkdtemp(prefix="latentserve-it-")
-    MODEL = os.path.join(WORK, "model.gguf")
-    subprocess.run([BIN, "make-test-model", "--out", MODEL, "--context", "65536", "--seed", "7"], check=True,
-                   capture_output=True, timeout=120)
+    WORK = tempfile.mkdtemp(prefix=prefix)
+    MODEL = os.path.join(WORK, model_name)
+    subprocess.run([BIN, "make-test-model", "--out", MODEL, *model_args], check=True, capture_output=True,
+                   timeout=120)
     try:
+        if setup:
+            setup(args)
         ok = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result.wasSuccessful()
     finally:
         if os.environ.get("KEEP_WORK"):
@@ -545,6 +552,10 @@ def main():
         else:
             shutil.rmtree(WORK, ignore_errors=True)
     sys.exit(0 if ok else 1)
+
+
+def main():
+    run_suite("latentserve-it-", model_args=("--context", "65536", "--seed", "7"))
 
 
 if __name__ == "__main__":
