@@ -39,15 +39,17 @@ void PrintFloatArray(std::string& out, const float* values, int64_t n) {
 absl::Status RunLogits(int argc, char** argv) {
   std::set<std::string> known = kEngineFlags;
   known.insert({"tokens", "tokens-file", "greedy"});
-  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known));
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known, {"last"}));
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, TokensFromArgs(args, "tokens", "tokens-file"));
   ASSIGN_OR_RETURN(int64_t greedy, args.GetInt("greedy", 0));
   if (greedy < 0) return absl::InvalidArgumentError("--greedy must be >= 0");
+  // --last: only the last position's logits (a long prompt's per-position logits do not fit).
+  const bool last_only = args.Has("last");
   ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(tokens.size()) + greedy));
   const model::Model& m = *engine.model;
   ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
   ASSIGN_OR_RETURN(std::vector<float> logits,
-                   m.Prefill(*sequence, tokens, *engine.cache, engine.chunk_tokens, /*all_logits=*/true));
+                   m.Prefill(*sequence, tokens, *engine.cache, engine.chunk_tokens, /*all_logits=*/!last_only));
   const int64_t vocab = m.vocab();
   std::vector<int32_t> continuation;
   std::vector<float> last(logits.end() - vocab, logits.end());
@@ -60,7 +62,8 @@ absl::Status RunLogits(int argc, char** argv) {
   }
   m.ResetSequence(*sequence, *engine.cache);
   std::string out = "{\"logits\":[";
-  for (size_t t = 0; t < tokens.size(); ++t) {
+  const size_t rows = logits.size() / static_cast<size_t>(vocab);  // every position, or the last
+  for (size_t t = 0; t < rows; ++t) {
     if (t) out += ',';
     PrintFloatArray(out, logits.data() + t * vocab, vocab);
   }

@@ -184,7 +184,8 @@ std::map<std::string, Usage> BuildUsages() {
                  "Per-position logits and a greedy continuation as one JSON object (compared with llama.cpp).",
                  Join({{{"tokens", "1,2,3", "", "the prompt as token ids"},
                         {"tokens-file", "FILE", "", "token ids from a file"},
-                        {"greedy", "N", "0", "greedy tokens to generate after the prompt"}},
+                        {"greedy", "N", "0", "greedy tokens to generate after the prompt"},
+                        {"last", "", "", "print only the last position's logits (long prompts)"}},
                        EngineFlags()}),
                  "latentserve logits --model /tmp/m.gguf --tokens 1,2,3 --greedy 4"};
   u["plan"] = {"plan (--model PATH | --config kimi-linear-48b-a3b) [--context N] [flags]",

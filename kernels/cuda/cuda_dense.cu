@@ -1,5 +1,6 @@
 // Row and element-wise ops: norms, activations, the KDA gate and the short convolution.
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dependent_launch.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -27,6 +28,46 @@ __global__ void RmsNormKernel(const float* x, const float* w, int64_t width, int
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[i] = i < d ? in[i] * scale * w[i] : in[i];
 }
 
+// The same for rows of whole float4s (width, d % 4 == 0), each value read once into registers
+// (kPer float4s per thread, all loads issued before the reduction): kRowThreads threads per
+// row, a warp (short rows: the KDA and MLA per-head norms) or the whole CTA (the model width).
+template <int kRowThreads, int kPer>
+__global__ void __launch_bounds__(kThreads) RmsNormVecKernel(const float* x, const float* w, int64_t rows, int64_t width,
+                                                             int64_t d, float eps, float* y) {
+  AllowDependents();
+  const int64_t row = int64_t{blockIdx.x} * (kThreads / kRowThreads) + threadIdx.x / kRowThreads;
+  const int t = threadIdx.x % kRowThreads;
+  const int64_t n4 = width / 4, d4 = d / 4;
+  const float4* in = reinterpret_cast<const float4*>(x + min(row, rows - 1) * width);
+  float4 v[kPer];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t i = t + int64_t{j} * kRowThreads;
+    v[j] = i < n4 ? in[i] : make_float4(0, 0, 0, 0);
+    if (i < d4) sum += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  }
+  if constexpr (kRowThreads == 32) {
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  } else {
+    sum = BlockSum(sum);
+  }
+  if (row >= rows) return;
+  const float scale = rsqrtf(sum / d + eps);
+  float4* out = reinterpret_cast<float4*>(y + row * width);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t i = t + int64_t{j} * kRowThreads;
+    if (i >= n4) continue;
+    if (i < d4) {
+      const float4 g = w4[i];
+      v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y, v[j].z * scale * g.z, v[j].w * scale * g.w);
+    }
+    out[i] = v[j];
+  }
+}
+
 __global__ void L2NormKernel(const float* x, int64_t width, float eps, float* y) {
   const float* in = x + blockIdx.x * width;
   float* out = y + blockIdx.x * width;
@@ -39,6 +80,7 @@ __global__ void L2NormKernel(const float* x, int64_t width, float eps, float* y)
 enum class Binary { kAdd, kMul, kSwiGlu };
 
 __global__ void BinaryKernel(Binary op, const float* a, const float* b, float* y, int64_t n) {
+  AllowDependents();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   switch (op) {
@@ -49,6 +91,7 @@ __global__ void BinaryKernel(Binary op, const float* a, const float* b, float* y
 }
 
 __global__ void SigmoidKernel(const float* x, float* y, int64_t n) {
+  AllowDependents();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i < n) y[i] = 1.0f / (1.0f + expf(-x[i]));
 }
@@ -97,8 +140,18 @@ __global__ void ShortConvTailKernel(const float* x, float* tail, int64_t channel
 void CudaBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
   const int64_t width = x.ne[0], d = w.elements();
   CU_CHECK(d <= width && x.elements() == y.elements());
-  if (x.rows() == 0) return;
-  RmsNormKernel<<<static_cast<unsigned>(x.rows()), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), width, d, eps, DevF32(y));
+  const int64_t rows = x.rows();
+  if (rows == 0) return;
+  const bool vec = width % 4 == 0 && d % 4 == 0 && reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(DevPtr(w)) % 16 == 0 && reinterpret_cast<uintptr_t>(DevPtr(y)) % 16 == 0;
+  const auto blocks = [&](int rows_per_block) { return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block); };
+  if (vec && width <= 4 * 32 * 4) {  // a warp per row, up to 4 float4s per lane
+    RmsNormVecKernel<32, 4><<<blocks(kThreads / 32), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), rows, width, d, eps, DevF32(y));
+  } else if (vec && width <= 4 * kThreads * 4) {  // a CTA per row, up to 4 float4s per thread
+    RmsNormVecKernel<kThreads, 4><<<blocks(1), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), rows, width, d, eps, DevF32(y));
+  } else {
+    RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), width, d, eps, DevF32(y));
+  }
   LAUNCH_OK();
 }
 

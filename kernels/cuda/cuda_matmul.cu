@@ -6,7 +6,9 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/row_pipeline.cuh"
 #include "kernels/cuda/warp_dot.cuh"
 
 namespace latentserve::kernels::cuda {
@@ -17,6 +19,7 @@ constexpr int kGemvWarps = 8;
 
 template <DType T>
 __global__ void GemvKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
+  AllowDependents();
   const int64_t row = blockIdx.x * int64_t(kGemvWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= n) return;
@@ -27,59 +30,54 @@ __global__ void GemvKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_
   }
 }
 
-// The same with the rows staged through shared memory (warp_dot.cuh) and each row's k split
-// over kGemvSplit warps, so that a decode GEMV of a small matrix has all of its bytes in
-// flight at once and each warp's serial part is a quarter of the row; the warps' sums meet in
-// shared memory. Rows need k % 256 == 0 (whole super-blocks of 8 q4_0 / q8_0 blocks).
-constexpr int kGemvSplit = 4;
-constexpr int kGemvRowsPerBlock = kGemvWarps / kGemvSplit;
+// The pipelined GEMV (row_pipeline.cuh): x (m columns; 8-bit blocks with kQ8) in shared
+// memory, each warp a strided set of whole rows through its ring of row buffers.
+template <DType T, bool kQ8>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    GemvRowsKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  AllowDependents();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint8_t* ring = smem + Align16(ActivationSmem<kQ8>(k, m)) + size_t(warp) * kRowStages * row_bytes;
+  WarpRowPipeline(
+      int64_t{blockIdx.x} * kRowWarps + warp, n, int64_t{gridDim.x} * kRowWarps,
+      [&](int slot, int64_t r) { IssueRow(ring + slot * row_bytes, w + r * row_bytes, row_bytes, lane); },
+      [&] {  // the weight rows are static: only x waits for the kernel before (dependent_launch.cuh)
+        WaitForPredecessor();
+        LoadActivations<kQ8>(x, k, m, smem);
+        __syncthreads();
+      },
+      [&](int slot, int64_t r) {
+        for (int64_t col = 0; col < m; ++col) {
+          const float sum = WarpSum(RowDot<T, kQ8>(ring + slot * row_bytes, smem, k, m, col, lane));
+          if (lane == 0) y[col * n + r] = sum;
+        }
+      });
+}
 
-template <DType T>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    GemvSplitKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
-  __shared__ __align__(16) uint8_t stage[kGemvWarps][RowChunk<T>::kBytes];
-  __shared__ float partial[kGemvWarps][kGemvMaxColumns];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, part = warp % kGemvSplit;
-  const int64_t row = blockIdx.x * int64_t(kGemvRowsPerBlock) + warp / kGemvSplit;
-  float acc[kGemvMaxColumns] = {};
-  if (row < n) {
-    const uint8_t* wrow = w + row * row_bytes;
-    const int64_t units = k / 256, end = units * (part + 1) / kGemvSplit * 256;
-    for (int64_t first = units * part / kGemvSplit * 256; first < end; first += RowChunk<T>::kValues) {
-      const int count = static_cast<int>(min(int64_t{RowChunk<T>::kValues}, end - first));
-      StageChunk<T>(wrow, first, count, stage[warp], lane);
-      StageWait();
-#pragma unroll
-      for (int col = 0; col < kGemvMaxColumns; ++col) {
-        if (col < m) acc[col] += WarpDotPartial<T>(stage[warp], x + col * k + first, count, lane);
-      }
-      __syncwarp();  // the stage is refilled next
-    }
-  }
-#pragma unroll
-  for (int col = 0; col < kGemvMaxColumns; ++col) {
-    const float sum = WarpSum(acc[col]);
-    if (lane == 0) partial[warp][col] = sum;
-  }
-  __syncthreads();
-  if (part == 0 && row < n && lane < m) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int p = 0; p < kGemvSplit; ++p) sum += partial[warp + p][lane];
-    y[lane * n + row] = sum;
-  }
+template <DType T, bool kQ8>
+bool LaunchGemvRows(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x,
+                    int64_t m, float* y) {
+  const size_t smem = RowPipelineSmem(ActivationSmem<kQ8>(k, m), row_bytes, 1);
+  if (smem > kRowSmemLimit || !AllowRowSmem<GemvRowsKernel<T, kQ8>>()) return false;
+  const unsigned blocks = RowPipelineBlocks(n, 1, smem);
+  if (kQ8 != QuantiseRows<T>(n, blocks)) return false;
+  CUDA_OK(LaunchDependent(GemvRowsKernel<T, kQ8>, dim3(blocks), dim3(kRowWarps * 32), smem, stream, w, row_bytes, k,
+                          n, x, m, y));
+  return true;
 }
 
 template <DType T>
 void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m,
                 float* y) {
-  if (StagedRowsFit<T>(k, row_bytes, w) && k % 256 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    const unsigned blocks = static_cast<unsigned>((n + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
-    GemvSplitKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
-  } else {
-    const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-    GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
+  if (StagedRowsFit<T>(k, row_bytes, w) && k % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    if constexpr (kQ8Rows<T>) {
+      if (LaunchGemvRows<T, true>(stream, w, row_bytes, k, n, x, m, y)) return;
+    }
+    if (LaunchGemvRows<T, false>(stream, w, row_bytes, k, n, x, m, y)) return;
   }
+  const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
+  GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
 }
 
 template <typename Out>

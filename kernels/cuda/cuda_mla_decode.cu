@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 
@@ -283,6 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // ranges' partial rows read in parallel (coalesced across the block, unrolled across ranges).
 __global__ void MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum,
                                   const DecodeSeq* seqs, const int32_t* positions, int64_t heads, float* out) {
+  AllowDependents();
   __shared__ float weight[kMaxRanges];
   __shared__ float total;
   const DecodeSeq seq = seqs[blockIdx.y];

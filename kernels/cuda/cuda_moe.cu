@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/row_pipeline.cuh"
 #include "kernels/cuda/warp_dot.cuh"
 
 namespace latentserve::kernels::cuda {
@@ -150,6 +152,7 @@ __global__ void ScatterKernel(const float* rows, int64_t hidden, const int32_t* 
 
 __global__ void WeightedSumKernel(const float* slot_out, const float* weights, int64_t hidden, int64_t top_k,
                                   int64_t tokens, float* y) {
+  AllowDependents();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= hidden * tokens) return;
   const int64_t t = i / hidden, d = i % hidden;
@@ -163,64 +166,81 @@ __global__ void WeightedSumKernel(const float* slot_out, const float* weights, i
 constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kDecodeSlots = 64;  // up to 8 tokens x top-8 take the device-only path
 
-// Decode experts: one warp per output row of one routed slot; rows staged through shared
-// memory when their shape allows (warp_dot.cuh), else read with the plain warp dot product.
-template <DType T, bool kStaged>
+// Decode experts, pipelined (row_pipeline.cuh) when rows and activations allow: the slot's
+// input in shared memory (8-bit blocks for q4_0 / q8_0 rows), each warp a strided set of its expert's rows through a ring of row
+// buffers (gate and up rows together). Otherwise one warp per row with the plain warp dot.
+template <DType T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    ExpertGateUpRowsKernel(const float* x, const int32_t* ids, int64_t top_k, const uint8_t* gate, const uint8_t* up,
+                           size_t row_bytes, int64_t hidden, int64_t ffn, float* act) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t slot = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint8_t* ring = smem + Align16(ActivationSmem<kQ8Rows<T>>(hidden, 1)) + size_t(warp) * kRowStages * 2 * row_bytes;
+  const size_t base = static_cast<size_t>(ids[slot]) * ffn * row_bytes;
+  WarpRowPipeline(
+      int64_t{blockIdx.x} * kRowWarps + warp, ffn, int64_t{gridDim.x} * kRowWarps,
+      [&](int s, int64_t f) {
+        IssueRow(ring + 2 * s * row_bytes, gate + base + f * row_bytes, row_bytes, lane);
+        IssueRow(ring + (2 * s + 1) * row_bytes, up + base + f * row_bytes, row_bytes, lane);
+      },
+      [&] {
+        LoadActivations<kQ8Rows<T>>(x + (slot / top_k) * hidden, hidden, 1, smem);
+        __syncthreads();
+      },
+      [&](int s, int64_t f) {
+        const float g = WarpSum(RowDot<T, kQ8Rows<T>>(ring + 2 * s * row_bytes, smem, hidden, 1, 0, lane));
+        const float u = WarpSum(RowDot<T, kQ8Rows<T>>(ring + (2 * s + 1) * row_bytes, smem, hidden, 1, 0, lane));
+        if (lane == 0) act[slot * ffn + f] = g / (1.0f + expf(-g)) * u;
+      });
+}
+
+template <DType T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    ExpertDownRowsKernel(const float* act, const int32_t* ids, const uint8_t* down, size_t row_bytes, int64_t hidden,
+                         int64_t ffn, float* slot_out) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t slot = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint8_t* ring = smem + Align16(ActivationSmem<kQ8Rows<T>>(ffn, 1)) + size_t(warp) * kRowStages * row_bytes;
+  const size_t base = static_cast<size_t>(ids[slot]) * hidden * row_bytes;
+  WarpRowPipeline(
+      int64_t{blockIdx.x} * kRowWarps + warp, hidden, int64_t{gridDim.x} * kRowWarps,
+      [&](int s, int64_t d) { IssueRow(ring + s * row_bytes, down + base + d * row_bytes, row_bytes, lane); },
+      [&] {
+        LoadActivations<kQ8Rows<T>>(act + slot * ffn, ffn, 1, smem);
+        __syncthreads();
+      },
+      [&](int s, int64_t d) {
+        const float v = WarpSum(RowDot<T, kQ8Rows<T>>(ring + s * row_bytes, smem, ffn, 1, 0, lane));
+        if (lane == 0) slot_out[slot * hidden + d] = v;
+      });
+}
+
+template <DType T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     ExpertGateUpKernel(const float* x, const int32_t* ids, int64_t top_k, const uint8_t* gate, const uint8_t* up,
                        size_t row_bytes, int64_t hidden, int64_t ffn, float* act) {
-  __shared__ __align__(16) uint8_t stage[kStaged ? kWarpsPerBlock : 1][2][RowChunk<T>::kBytes];
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t f = blockIdx.x * int64_t(kWarpsPerBlock) + warp;
   if (f >= ffn) return;
-  const int64_t expert = ids[slot];
   const float* xt = x + (slot / top_k) * hidden;
-  const size_t offset = (expert * ffn + f) * row_bytes;
-  float g = 0.0f, u = 0.0f;
-  if constexpr (kStaged) {
-    for (int64_t first = 0; first < hidden; first += RowChunk<T>::kValues) {
-      const int count = static_cast<int>(min(int64_t{RowChunk<T>::kValues}, hidden - first));
-      StageChunk<T>(gate + offset, first, count, stage[warp][0], lane);
-      StageChunk<T>(up + offset, first, count, stage[warp][1], lane);
-      StageWait();
-      g += WarpDotPartial<T>(stage[warp][0], xt + first, count, lane);
-      u += WarpDotPartial<T>(stage[warp][1], xt + first, count, lane);
-      __syncwarp();
-    }
-  } else {
-    g = WarpDotPartial<T>(gate + offset, xt, hidden, lane);
-    u = WarpDotPartial<T>(up + offset, xt, hidden, lane);
-  }
-  g = WarpSum(g);
-  u = WarpSum(u);
+  const size_t offset = (ids[slot] * ffn + f) * row_bytes;
+  const float g = WarpSum(WarpDotPartial<T>(gate + offset, xt, hidden, lane));
+  const float u = WarpSum(WarpDotPartial<T>(up + offset, xt, hidden, lane));
   if (lane == 0) act[slot * ffn + f] = g / (1.0f + expf(-g)) * u;
 }
 
-template <DType T, bool kStaged>
+template <DType T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     ExpertDownKernel(const float* act, const int32_t* ids, const uint8_t* down, size_t row_bytes, int64_t hidden,
                      int64_t ffn, float* slot_out) {
-  __shared__ __align__(16) uint8_t stage[kStaged ? kWarpsPerBlock : 1][RowChunk<T>::kBytes];
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t d = blockIdx.x * int64_t(kWarpsPerBlock) + warp;
   if (d >= hidden) return;
-  const int64_t expert = ids[slot];
-  const uint8_t* row = down + (expert * hidden + d) * row_bytes;
-  float v = 0.0f;
-  if constexpr (kStaged) {
-    for (int64_t first = 0; first < ffn; first += RowChunk<T>::kValues) {
-      const int count = static_cast<int>(min(int64_t{RowChunk<T>::kValues}, ffn - first));
-      StageChunk<T>(row, first, count, stage[warp], lane);
-      StageWait();
-      v += WarpDotPartial<T>(stage[warp], act + slot * ffn + first, count, lane);
-      __syncwarp();
-    }
-  } else {
-    v = WarpDotPartial<T>(row, act + slot * ffn, ffn, lane);
-  }
-  v = WarpSum(v);
+  const float v = WarpSum(WarpDotPartial<T>(down + (ids[slot] * hidden + d) * row_bytes, act + slot * ffn, ffn, lane));
   if (lane == 0) slot_out[slot * hidden + d] = v;
 }
 
@@ -228,28 +248,34 @@ template <DType T>
 void LaunchDecodeExperts(cudaStream_t stream, const float* x, const int32_t* ids, int64_t slots, int64_t top_k,
                          const MoeWeights& e, int64_t hidden, int64_t ffn, float* act, float* slot_out) {
   const dim3 threads(kWarpsPerBlock * 32);
-  const dim3 gate_up_grid(static_cast<unsigned>((ffn + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(slots));
-  const dim3 down_grid(static_cast<unsigned>((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(slots));
-  // Staging needs 16-byte aligned rows of whole copies, and 16-byte aligned activations.
-  const bool staged_gate_up = StagedRowsFit<T>(hidden, e.gate_exps.row_bytes(), DevPtr(e.gate_exps)) &&
-                              StagedRowsFit<T>(hidden, e.up_exps.row_bytes(), DevPtr(e.up_exps)) &&
-                              reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const bool staged_down = StagedRowsFit<T>(ffn, e.down_exps.row_bytes(), DevPtr(e.down_exps)) &&
-                           reinterpret_cast<uintptr_t>(act) % 16 == 0;
-  if (staged_gate_up) {
-    ExpertGateUpKernel<T, true><<<gate_up_grid, threads, 0, stream>>>(x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps),
-                                                                      e.gate_exps.row_bytes(), hidden, ffn, act);
+  const unsigned ys = static_cast<unsigned>(slots);
+  // Pipelining needs 16-byte aligned rows of whole copies and activations of whole float4s.
+  const size_t gate_up_smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(hidden, 1), e.gate_exps.row_bytes(), 2);
+  const bool rows_gate_up = StagedRowsFit<T>(hidden, e.gate_exps.row_bytes(), DevPtr(e.gate_exps)) &&
+                            StagedRowsFit<T>(hidden, e.up_exps.row_bytes(), DevPtr(e.up_exps)) &&
+                            e.gate_exps.row_bytes() == e.up_exps.row_bytes() && hidden % 4 == 0 &&
+                            reinterpret_cast<uintptr_t>(x) % 16 == 0 && gate_up_smem <= kRowSmemLimit &&
+                            AllowRowSmem<ExpertGateUpRowsKernel<T>>();
+  const size_t down_smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(ffn, 1), e.down_exps.row_bytes(), 1);
+  const bool rows_down = StagedRowsFit<T>(ffn, e.down_exps.row_bytes(), DevPtr(e.down_exps)) && ffn % 4 == 0 &&
+                         reinterpret_cast<uintptr_t>(act) % 16 == 0 && down_smem <= kRowSmemLimit &&
+                         AllowRowSmem<ExpertDownRowsKernel<T>>();
+  if (rows_gate_up) {
+    ExpertGateUpRowsKernel<T><<<dim3(RowPipelineBlocks(ffn, slots, gate_up_smem), ys), kRowWarps * 32, gate_up_smem, stream>>>(
+        x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden, ffn, act);
   } else {
-    ExpertGateUpKernel<T, false><<<gate_up_grid, threads, 0, stream>>>(x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps),
-                                                                       e.gate_exps.row_bytes(), hidden, ffn, act);
+    const dim3 grid(static_cast<unsigned>((ffn + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
+    ExpertGateUpKernel<T><<<grid, threads, 0, stream>>>(x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps),
+                                                        e.gate_exps.row_bytes(), hidden, ffn, act);
   }
   LAUNCH_OK();
-  if (staged_down) {
-    ExpertDownKernel<T, true><<<down_grid, threads, 0, stream>>>(act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(),
-                                                                 hidden, ffn, slot_out);
+  if (rows_down) {
+    ExpertDownRowsKernel<T><<<dim3(RowPipelineBlocks(hidden, slots, down_smem), ys), kRowWarps * 32, down_smem, stream>>>(
+        act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn, slot_out);
   } else {
-    ExpertDownKernel<T, false><<<down_grid, threads, 0, stream>>>(act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(),
-                                                                  hidden, ffn, slot_out);
+    const dim3 grid(static_cast<unsigned>((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
+    ExpertDownKernel<T><<<grid, threads, 0, stream>>>(act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden,
+                                                      ffn, slot_out);
   }
   LAUNCH_OK();
 }

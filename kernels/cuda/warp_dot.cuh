@@ -22,6 +22,13 @@ __device__ __forceinline__ uint32_t Load4Bytes(const uint8_t* p) {  // p is 2-by
   return static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16);
 }
 
+// Small integers to float without I2F (a quarter-rate instruction on Hopper, which made the
+// decode GEMVs compute-bound at 6-15% of HBM bandwidth in bench-ops): v in [0, 2^23) OR'd into
+// the mantissa of 2^23 is the float 2^23 + v, and subtracting 2^23 + bias is exact.
+__device__ __forceinline__ float SmallIntToFloat(uint32_t v, float bias_plus_2p23) {
+  return __int_as_float(static_cast<int>(0x4B000000u | v)) - bias_plus_2p23;
+}
+
 template <DType T>
 __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float* x, int64_t k, int lane) {
   float acc = 0;
@@ -33,10 +40,11 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
       const uint32_t q = Load4Bytes(block + 2 + part * 4);
       const float4 lo = *reinterpret_cast<const float4*>(x + b * 32 + part * 4);
       const float4 hi = *reinterpret_cast<const float4*>(x + b * 32 + 16 + part * 4);
-      const float s = (static_cast<int>(q & 15) - 8) * lo.x + (static_cast<int>((q >> 8) & 15) - 8) * lo.y +
-                      (static_cast<int>((q >> 16) & 15) - 8) * lo.z + (static_cast<int>((q >> 24) & 15) - 8) * lo.w +
-                      (static_cast<int>((q >> 4) & 15) - 8) * hi.x + (static_cast<int>((q >> 12) & 15) - 8) * hi.y +
-                      (static_cast<int>((q >> 20) & 15) - 8) * hi.z + (static_cast<int>((q >> 28) & 15) - 8) * hi.w;
+      constexpr float kBias = 8388608.0f + 8.0f;  // 2^23 + the q4_0 offset
+      const float s = SmallIntToFloat(q & 15, kBias) * lo.x + SmallIntToFloat((q >> 8) & 15, kBias) * lo.y +
+                      SmallIntToFloat((q >> 16) & 15, kBias) * lo.z + SmallIntToFloat((q >> 24) & 15, kBias) * lo.w +
+                      SmallIntToFloat((q >> 4) & 15, kBias) * hi.x + SmallIntToFloat((q >> 12) & 15, kBias) * hi.y +
+                      SmallIntToFloat((q >> 20) & 15, kBias) * hi.z + SmallIntToFloat((q >> 28) & 15, kBias) * hi.w;
       acc += d * s;
     }
   } else if constexpr (T == DType::kQ8_0) {
@@ -46,8 +54,11 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
       const float d = __half2float(*reinterpret_cast<const __half*>(block));
       const uint32_t q = Load4Bytes(block + 2 + part * 4);
       const float4 xv = *reinterpret_cast<const float4*>(x + b * 32 + part * 4);
-      const float s = static_cast<int8_t>(q & 255) * xv.x + static_cast<int8_t>((q >> 8) & 255) * xv.y +
-                      static_cast<int8_t>((q >> 16) & 255) * xv.z + static_cast<int8_t>(q >> 24) * xv.w;
+      // Signed bytes: flipping the sign bit maps [-128, 127] to [0, 255], then bias 128.
+      constexpr float kBias = 8388608.0f + 128.0f;
+      const uint32_t u = q ^ 0x80808080u;
+      const float s = SmallIntToFloat(u & 255, kBias) * xv.x + SmallIntToFloat((u >> 8) & 255, kBias) * xv.y +
+                      SmallIntToFloat((u >> 16) & 255, kBias) * xv.z + SmallIntToFloat(u >> 24, kBias) * xv.w;
       acc += d * s;
     }
   } else if constexpr (T == DType::kF16) {
@@ -71,46 +82,47 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
   return acc;
 }
 
-// Staged rows: a warp copies a chunk of its weight row into shared memory with 16-byte
-// cp.async copies issued back to back, then takes the dot products from there. The plain
-// WarpDotPartial waits for each 4-byte load before the next, so a warp has ~150 bytes in
-// flight and decode GEMVs ran at a sixth of HBM bandwidth (ncu, docs/benchmarks.md); staged,
-// the whole chunk is in flight at once. Chunk sizes keep a warp's stage at most 2,304 bytes.
+// The lane's part of a q4_0 / q8_0 row's dot product with activations rounded to 8-bit blocks
+// (xq values, xd one scale per 32; row_pipeline.cuh makes them): an exact integer dot (dp4a)
+// per block and lane, scaled by d_w * d_x. q4_0 lanes take 4 bytes of a block (values j..j+3
+// in the low nibbles, j+16..j+19 in the high ones), 4 lanes per block; q8_0 lanes 4 bytes, 8
+// lanes per block. xq must be 4-byte aligned.
 template <DType T>
-struct RowChunk {
-  static constexpr int kValues = T == DType::kQ4_0 ? 4096 : T == DType::kQ8_0 ? 2048 : 1024;
-  static constexpr int kBytes = T == DType::kQ4_0 ? kValues / 32 * 18 : T == DType::kQ8_0 ? kValues / 32 * 34 : kValues * 2;
-};
+__device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq, const float* xd, int64_t k, int lane) {
+  float acc = 0.0f;
+  if constexpr (T == DType::kQ4_0) {
+    const int part = lane % 4;
+    for (int64_t b = lane / 4; b < k / 32; b += 8) {
+      const uint8_t* block = row + b * 18;
+      const uint32_t q = Load4Bytes(block + 2 + part * 4);
+      const int x_lo = *reinterpret_cast<const int*>(xq + b * 32 + part * 4);
+      const int x_hi = *reinterpret_cast<const int*>(xq + b * 32 + 16 + part * 4);
+      const int lo = static_cast<int>(__vsub4(q & 0x0F0F0F0Fu, 0x08080808u));  // nibble - 8 per byte
+      const int hi = static_cast<int>(__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u));
+      const int sum = __dp4a(hi, x_hi, __dp4a(lo, x_lo, 0));
+      acc += __half2float(*reinterpret_cast<const __half*>(block)) * xd[b] * static_cast<float>(sum);
+    }
+  } else {
+    static_assert(T == DType::kQ8_0, "q4_0 or q8_0 rows");
+    const int part = lane % 8;
+    for (int64_t b = lane / 8; b < k / 32; b += 4) {
+      const uint8_t* block = row + b * 34;
+      const int q = static_cast<int>(Load4Bytes(block + 2 + part * 4));
+      const int x = *reinterpret_cast<const int*>(xq + b * 32 + part * 4);
+      acc += __half2float(*reinterpret_cast<const __half*>(block)) * xd[b] * static_cast<float>(__dp4a(q, x, 0));
+    }
+  }
+  return acc;
+}
 
-// Staging needs every chunk to be whole 16-byte copies from a 16-byte aligned row.
+// Staging rows through shared memory (row_pipeline.cuh) needs whole 16-byte copies from
+// 16-byte aligned rows; quantised rows whole super-blocks of 8 blocks.
 template <DType T>
 __host__ __device__ inline bool StagedRowsFit(int64_t k, size_t row_bytes, const void* base) {
   const bool aligned = (reinterpret_cast<uintptr_t>(base) % 16) == 0 && row_bytes % 16 == 0;
   if constexpr (T == DType::kQ4_0 || T == DType::kQ8_0) return aligned && k % 256 == 0;
   if constexpr (T == DType::kF16 || T == DType::kBF16) return aligned && k % 8 == 0;
   return false;
-}
-
-template <DType T>
-__device__ __forceinline__ int64_t RowBytesFor(int64_t values) {
-  if constexpr (T == DType::kQ4_0) return values / 32 * 18;
-  if constexpr (T == DType::kQ8_0) return values / 32 * 34;
-  return values * 2;
-}
-
-// Issues the copies of values [first, first + count) of `row` into `stage` (no wait).
-template <DType T>
-__device__ __forceinline__ void StageChunk(const uint8_t* row, int64_t first, int count, uint8_t* stage, int lane) {
-  const uint8_t* src = row + RowBytesFor<T>(first);
-  const int bytes = static_cast<int>(RowBytesFor<T>(count));
-  for (int i = lane * 16; i < bytes; i += 32 * 16) CpAsync16(stage + i, src + i, true);
-}
-
-// Waits for this lane's staged copies; with __syncwarp the whole chunk is visible to the warp.
-__device__ __forceinline__ void StageWait() {
-  CpAsyncCommit();
-  CpAsyncWait<0>();
-  __syncwarp();
 }
 
 }  // namespace latentserve::kernels::cuda

@@ -104,8 +104,8 @@ class BackendOps : public ::testing::Test {
 
 TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
-    // k 320: the plain warp GEMV; 2304 and 5120: rows staged and split over warps (one or
-    // several chunks per warp).
+    // k 320: the plain warp GEMV; 2304 and 5120: the pipelined row GEMV (row_pipeline.cuh),
+    // except f32 / 16-bit rows at k 5120 x 8 columns, whose activations do not fit.
     for (auto [m, k] : {std::pair<int64_t, int64_t>{1, 320}, {3, 320}, {8, 320}, {9, 320}, {77, 320}, {1, 2304},
                         {5, 2304}, {8, 2304}, {1, 5120}, {2, 5120}}) {
       const int64_t n = 333;
@@ -117,6 +117,23 @@ TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {
       const bool half = m > 8 && type != DType::kF32;
       Expect(y, half ? kHalfActivations : 1e-9,
              std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m) + " k=" + std::to_string(k));
+    }
+  }
+}
+
+// Tall q4_0 / q8_0 matrices (the lm_head's shape class: far more rows than warps) take the
+// pipelined GEMV with activations rounded to 8-bit blocks as the CPU backend rounds them:
+// compared with the CPU's own integer path, which must agree to rounding of the f32 sums.
+TEST_F(BackendOps, MatMulTallQuantisedRowsMatchCpuIntegerPath) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    for (int64_t m : {1, 3}) {
+      const int64_t k = 256, n = 300000;
+      auto w = Make(type, {k, n, 1, 1}, Random(k * n));
+      auto x = F32({k, m, 1, 1}, Random(k * m, -3, 3));
+      auto y = Poisoned({n, m, 1, 1});
+      cpu_->MatMul(w.cpu, x.cpu, y.cpu);
+      gpu_->MatMul(w.gpu, x.gpu, y.gpu);
+      Expect(y, 1e-9, std::string("tall MatMul ") + DTypeName(type) + " m=" + std::to_string(m));
     }
   }
 }
@@ -181,6 +198,21 @@ TEST_F(BackendOps, ElementwiseAndNorms) {
   cpu_->GetRows(table.cpu, ids.cpu, rows_out.cpu);
   gpu_->GetRows(table.gpu, ids.gpu, rows_out.gpu);
   Expect(rows_out, 0, "GetRows q4_0");
+}
+
+// The vectorised RMSNorm paths: a warp per row (per-head norms), a CTA per row (the model
+// width, the MLA latent with its rotary tail kept), and the scalar fallback.
+TEST_F(BackendOps, RmsNormRowShapes) {
+  struct Shape { int64_t width, d, rows; };
+  for (Shape s : {Shape{128, 128, 37}, Shape{512, 508, 3}, Shape{576, 512, 5}, Shape{2304, 2304, 1},
+                  Shape{2304, 2304, 9}, Shape{4096, 4096, 2}, Shape{5000, 5000, 2}}) {
+    auto a = F32({s.width, s.rows, 1, 1}, Random(s.width * s.rows, -4, 4));
+    auto w = F32({s.d, 1, 1, 1}, Random(s.d));
+    auto out = Poisoned({s.width, s.rows, 1, 1});
+    cpu_->RmsNorm(a.cpu, w.cpu, 1e-5f, out.cpu);
+    gpu_->RmsNorm(a.gpu, w.gpu, 1e-5f, out.gpu);
+    Expect(out, kExact, "RmsNorm width " + std::to_string(s.width) + " d " + std::to_string(s.d));
+  }
 }
 
 TEST_F(BackendOps, KdaGateConvAndDeltaRule) {
@@ -620,9 +652,12 @@ INSTANTIATE_TEST_SUITE_P(
                       MlaHeadsCase{0, 4097, 2, DType::kF16, DType::kF16, "auto"},
                       MlaHeadsCase{4500, 300, 4, DType::kF16, DType::kF16, "absorbed"}));
 
+// hidden 96 / ffn 64: the plain warp-per-row decode kernels for quantised rows; 512 / 256 and
+// f16 rows: the pipelined row kernels (row_pipeline.cuh).
 TEST_F(BackendOps, MoeRouteAndExperts) {
-  for (DType type : {DType::kF32, DType::kQ4_0}) {
-    const int64_t hidden = 96, ffn = 64, experts = 40, top_k = 6;
+  for (auto [type, hidden, ffn] : {std::tuple<DType, int64_t, int64_t>{DType::kF32, 96, 64}, {DType::kQ4_0, 96, 64},
+                                   {DType::kQ4_0, 512, 256}, {DType::kQ8_0, 512, 256}, {DType::kF16, 96, 64}}) {
+    const int64_t experts = 40, top_k = 6;
     for (int64_t tokens : {1, 13}) {
       auto logits = F32({experts, tokens, 1, 1}, Random(experts * tokens, -3, 3));
       auto bias = F32({experts, 1, 1, 1}, Random(experts, -0.2f, 0.2f));
@@ -639,7 +674,12 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
       auto gate = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto up = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto down = Make(type, {ffn, hidden, experts, 1}, Random(ffn * hidden * experts));
-      cw = {CpuReferenceWeights(gate), CpuReferenceWeights(up), CpuReferenceWeights(down)};
+      // Pipelined decode experts round activations to 8-bit blocks for q4_0 / q8_0 rows as the
+      // CPU backend does: compared with the CPU's own integer path (SiLU's exp differs by ulps,
+      // which can move a rounding of the down projection's input by one step).
+      const bool q8 = (type == DType::kQ4_0 || type == DType::kQ8_0) && hidden % 256 == 0 && tokens * top_k <= 64;
+      cw = q8 ? MoeWeights{gate.cpu, up.cpu, down.cpu}
+              : MoeWeights{CpuReferenceWeights(gate), CpuReferenceWeights(up), CpuReferenceWeights(down)};
       gw = {gate.gpu, up.gpu, down.gpu};
       auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
       auto y = Poisoned({hidden, tokens, 1, 1});
@@ -647,7 +687,7 @@ TEST_F(BackendOps, MoeRouteAndExperts) {
       gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
       // Over 64 slots, quantised weights take the grouped GEMMs (f16 activations).
       const bool half = type != DType::kF32 && tokens * top_k > 64;
-      Expect(y, half ? kHalfActivations : kExact, std::string("MoeExperts ") + DTypeName(type) + " tokens=" + std::to_string(tokens));
+      Expect(y, half ? kHalfActivations : q8 ? 1e-6 : kExact, std::string("MoeExperts ") + DTypeName(type) + " hidden=" + std::to_string(hidden) + " tokens=" + std::to_string(tokens));
     }
   }
 }

@@ -1,0 +1,148 @@
+// Decode GEMVs as a pipeline of whole weight rows per warp. The activation vector(s) go to
+// shared memory once per CTA; each warp then walks its rows (r, r + step, ...) with a ring of
+// kRowStages row buffers filled by 16-byte cp.async copies, so while it takes the dot product
+// of one row the next kRowStages - 1 rows are in flight. A CTA per row pair (the previous
+// design) waited one DRAM round trip per 2.6 KB and ran the q4_0 GEMVs at 6-15% of HBM
+// bandwidth (docs/benchmarks.md); here the grid is a few CTAs per multiprocessor and each keeps
+// ~10 rows per warp-pair in flight.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/mma_sync.cuh"
+#include "kernels/cuda/warp_dot.cuh"
+
+namespace latentserve::kernels::cuda {
+
+constexpr int kRowWarps = 8;   // warps per CTA
+constexpr int kRowStages = 3;  // rows in a warp's ring
+constexpr size_t kRowSmemLimit = 200 * 1024;  // dynamic shared memory a pipelined CTA may take
+
+// Copies one row (row_bytes % 16 == 0, both ends 16-byte aligned) into a ring slot; no wait.
+__device__ __forceinline__ void IssueRow(uint8_t* slot, const uint8_t* row, size_t row_bytes, int lane) {
+  for (size_t i = size_t(lane) * 16; i < row_bytes; i += 32 * 16) CpAsync16(slot + i, row + i, true);
+}
+
+// Runs consume(slot, r) for r = first, first + step, ... < end after issue(slot, r) has been
+// waited for, keeping kRowStages - 1 rows ahead in flight. One commit group per row, empty
+// groups past the end, so the wait count is the same every iteration. `ready()` runs once
+// after the first rows are issued (every thread of the CTA calls it: it may synchronise the
+// CTA), so loading the activations overlaps the first rows' trip from memory.
+template <typename Issue, typename Ready, typename Consume>
+__device__ __forceinline__ void WarpRowPipeline(int64_t first, int64_t end, int64_t step, Issue issue, Ready ready,
+                                                Consume consume) {
+#pragma unroll
+  for (int s = 0; s < kRowStages - 1; ++s) {
+    if (first + s * step < end) issue(s, first + s * step);
+    CpAsyncCommit();
+  }
+  ready();
+  int slot = 0;
+  for (int64_t r = first; r < end; r += step) {
+    const int64_t ahead = r + (kRowStages - 1) * step;
+    if (ahead < end) issue((slot + kRowStages - 1) % kRowStages, ahead);
+    CpAsyncCommit();
+    CpAsyncWait<kRowStages - 1>();
+    __syncwarp();
+    consume(slot, r);
+    __syncwarp();  // the slot is refilled next
+    slot = (slot + 1) % kRowStages;
+  }
+  CpAsyncWait<0>();
+}
+
+// Activations of a pipelined CTA in shared memory, f32 or (kQ8, q4_0 / q8_0 rows only) rounded
+// to 8-bit blocks exactly as the CPU backend rounds them (kernels/cpu/quant_dot.h: d = max|x| /
+// 127, q = round-half-even(x * (1 / d)), IEEE operations) and met through integer dot products.
+// Rounding costs each CTA a pass over x before its first dot product, which pays off only when
+// its warps have many rows (QuantiseRows). Layout for m columns of k: q8 [m][k] int8, then
+// d [m][k / 32] f32 at a 16-byte boundary; f32 [m][k].
+template <DType T>
+constexpr bool kQ8Rows = T == DType::kQ4_0 || T == DType::kQ8_0;
+
+__host__ __device__ inline size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+template <bool kQ8>
+__host__ __device__ inline size_t ActivationSmem(int64_t k, int64_t m) {
+  const size_t values = static_cast<size_t>(k) * static_cast<size_t>(m);
+  return kQ8 ? Align16(values) + values / 32 * 4 : values * 4;
+}
+
+// Fills the layout above from x [m][k] (contiguous columns) with the whole CTA; for f32 x must
+// be 16-byte aligned and k % 4 == 0, for q8 k % 32 == 0.
+template <bool kQ8>
+__device__ __forceinline__ void LoadActivations(const float* x, int64_t k, int64_t m, uint8_t* smem) {
+  if constexpr (kQ8) {
+    int8_t* qs = reinterpret_cast<int8_t*>(smem);
+    float* ds = reinterpret_cast<float*>(smem + Align16(static_cast<size_t>(k * m)));
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int64_t b = warp; b < m * k / 32; b += warps) {
+      const float v = x[b * 32 + lane];
+      float amax = fabsf(v);
+      for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+      const float d = __fdiv_rn(amax, 127.0f);
+      const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
+      qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
+      if (lane == 0) ds[b] = d;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < m * k / 4; i += blockDim.x)
+      reinterpret_cast<float4*>(smem)[i] = reinterpret_cast<const float4*>(x)[i];
+  }
+}
+
+// The lane's part of the dot product of a staged row with activation column `col`.
+template <DType T, bool kQ8>
+__device__ __forceinline__ float RowDot(const uint8_t* row, const uint8_t* acts, int64_t k, int64_t m, int64_t col,
+                                        int lane) {
+  if constexpr (kQ8) {
+    static_assert(kQ8Rows<T>, "8-bit activations meet q4_0 / q8_0 rows only");
+    const int8_t* xq = reinterpret_cast<const int8_t*>(acts) + col * k;
+    const float* xd = reinterpret_cast<const float*>(acts + Align16(static_cast<size_t>(k * m))) + col * (k / 32);
+    return WarpDotQ8<T>(row, xq, xd, k, lane);
+  } else {
+    return WarpDotPartial<T>(row, reinterpret_cast<const float*>(acts) + col * k, k, lane);
+  }
+}
+
+// Whether a pipelined launch rounds its activations: q4_0 / q8_0 rows and at least 8 rows per
+// warp (the lm_head at 164K rows gained 3x from the integer dot products, GEMVs of a few
+// thousand rows lost ~25% to the rounding pass; ncu, docs/benchmarks.md).
+template <DType T>
+inline bool QuantiseRows(int64_t rows, unsigned blocks) {
+  return kQ8Rows<T> && rows >= int64_t{8} * kRowWarps * blocks;
+}
+
+// Dynamic shared memory of a pipelined CTA: the activations (ActivationSmem), then each warp's
+// ring of slots of `rows_per_slot` rows.
+inline size_t RowPipelineSmem(size_t activation_bytes, size_t row_bytes, int rows_per_slot) {
+  return Align16(activation_bytes) + size_t{kRowWarps} * kRowStages * rows_per_slot * row_bytes;
+}
+
+// CTAs for `rows` rows per grid column: a few per multiprocessor across `columns` grid
+// columns, never more warps than rows.
+inline unsigned RowPipelineBlocks(int64_t rows, int64_t columns, size_t smem) {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return count > 0 ? count : 1;
+  }();
+  const int64_t per_sm = smem == 0 ? 8 : std::max<int64_t>(1, std::min<int64_t>(8, (227 * 1024) / static_cast<int64_t>(smem)));
+  const int64_t wanted = std::max<int64_t>(1, (sms * per_sm + columns - 1) / columns);
+  const int64_t enough = (rows + kRowWarps - 1) / kRowWarps;
+  return static_cast<unsigned>(std::min(wanted, enough));
+}
+
+// Raises a kernel's dynamic shared-memory limit once per kernel (a host call, allowed while
+// a step is recorded). Returns false when the runtime refused (callers then fall back).
+template <auto kKernel>
+inline bool AllowRowSmem() {
+  static const bool done =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRowSmemLimit)) == cudaSuccess;
+  return done;
+}
+
+}  // namespace latentserve::kernels::cuda
