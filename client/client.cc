@@ -3,9 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/grpc_status.h"
 #include "common/status.h"
-#include "serving/security.h"
-#include "transfer/grpc_status.h"
 
 namespace latentserve::client {
 
@@ -13,18 +12,17 @@ GenerationClient::GenerationClient(const std::string& target)
     : GenerationClient(target, grpc::InsecureChannelCredentials(), "") {}
 
 GenerationClient::GenerationClient(const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
-                                   std::string bearer_token)
-    : bearer_token_(std::move(bearer_token)) {
+                                   std::string bearer_token, std::vector<std::pair<std::string, std::string>> metadata)
+    : bearer_token_(std::move(bearer_token)), metadata_(std::move(metadata)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(target, std::move(credentials), args);
   stub_ = v1::Generation::NewStub(channel);
-  stats_stub_ = v1::WorkerStats::NewStub(channel);
 }
 
 void GenerationClient::Authorize(grpc::ClientContext& context) const {
   if (!bearer_token_.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", bearer_token_));
-  serving::AttachInternalCredential(context);  // set only by `client --internal-token-file` (operators)
+  for (const auto& [key, value] : metadata_) context.AddMetadata(key, value);
 }
 
 absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequest& request,
@@ -58,7 +56,7 @@ absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequ
   }
   grpc::Status status = reader->Finish();
   if (cancelled) return absl::CancelledError("cancelled by the client");
-  if (!status.ok()) return transfer::FromGrpc(status);
+  if (!status.ok()) return FromGrpc(status);
   if (!finished) return absl::InternalError("stream ended without a finished event");
   return result;
 }
@@ -66,13 +64,6 @@ absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequ
 absl::StatusOr<v1::GetModelInfoResponse> GenerationClient::GetModelInfo(absl::Duration timeout) {
   v1::GetModelInfoResponse response;
   RETURN_IF_ERROR(Call(&v1::Generation::Stub::GetModelInfo, *stub_, v1::GetModelInfoRequest(), &response, timeout));
-  return response;
-}
-
-absl::StatusOr<v1::GetWorkerStatsResponse> GenerationClient::GetWorkerStats(absl::Duration timeout) {
-  v1::GetWorkerStatsResponse response;
-  RETURN_IF_ERROR(
-      Call(&v1::WorkerStats::Stub::GetWorkerStats, *stats_stub_, v1::GetWorkerStatsRequest(), &response, timeout));
   return response;
 }
 

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace latentserve::client {
 namespace {
@@ -80,7 +80,7 @@ absl::StatusOr<std::string> CheckHealth(const std::string& target,
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
-  if (!status.ok()) return transfer::FromGrpc(status);
+  if (!status.ok()) return FromGrpc(status);
   grpc::Slice joined;
   std::string bytes;
   if (response.Length() > 0) {

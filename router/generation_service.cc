@@ -23,7 +23,7 @@
 #include "router/worker_calls.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace latentserve::router {
 namespace {
@@ -40,7 +40,6 @@ const char* FinishReasonLabel(v1::FinishReason reason) {
 
 }  // namespace
 
-using transfer::ToGrpc;
 
 RouterState::RouterState(RouterOptions options)
     : options_(std::move(options)),

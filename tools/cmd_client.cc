@@ -1,46 +1,28 @@
 // The `client` subcommand: calls a router (generate with streaming, info, tokenize) or any
 // serving process (stats, health) over gRPC, with the same TLS / token flags as the servers.
-#if __has_include("latentserve/v1/generate.grpc.pb.h")
-
-#include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <climits>
-#include <iterator>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
-#include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
-#include "common/secure_random.h"
 #include "common/status.h"
-#include "decode/decode_service.h"
-#include "prefill/prefill_service.h"
-#include "router/announcer_set.h"
-#include "router/generation_service.h"
-#include "serving/metrics.h"
 #include "serving/security.h"
 #include "tools/cli.h"
 #include "tools/lib/engine_setup.h"
-#include "transfer/fingerprint.h"
-#include "transfer/grpc_transport.h"
-#include "transfer/inproc_transport.h"
+#include "worker/stats_service.h"
 
 namespace latentserve::cli {
 namespace {
@@ -185,25 +167,38 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   return request;
 }
 
-// The client's channel: TLS when --tls-ca is given (plus --tls-cert/--tls-key for mutual
-// TLS), and `authorization: Bearer` from --auth-token-file.
-absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+// How the client reaches --target: TLS when --tls-ca is given (plus --tls-cert/--tls-key for
+// mutual TLS), `authorization: Bearer` from --auth-token-file, and the internal token from
+// --internal-token-file (operators only: e.g. `client stats` on a worker).
+struct Connection {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::string bearer_token;
+  std::vector<std::pair<std::string, std::string>> metadata;  // beyond the bearer token
+};
+
+absl::StatusOr<Connection> ConnectionFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
-  ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
-  std::string token;
+  Connection connection;
+  ASSIGN_OR_RETURN(connection.credentials, serving::MakeChannelCredentials(tls));
   if (args.Has("auth-token-file")) {
     if (!tls.enabled()) {
       return absl::InvalidArgumentError(
           "--auth-token-file needs --tls-ca: the token would cross the network in plaintext (and a router only "
           "checks tokens under TLS)");
     }
-    ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+    ASSIGN_OR_RETURN(connection.bearer_token, serving::ReadTokenFile(args.Get("auth-token-file")));
   }
-  if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker
+  if (args.Has("internal-token-file")) {
     ASSIGN_OR_RETURN(std::string internal, serving::ReadTokenFile(args.Get("internal-token-file")));
-    serving::SetInternalCallToken(std::move(internal));
+    connection.metadata.emplace_back(serving::kInternalTokenMetadata, std::move(internal));
   }
-  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
+  return connection;
+}
+
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(Connection connection, ConnectionFromArgs(args));
+  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(connection.credentials),
+                                                    std::move(connection.bearer_token), std::move(connection.metadata));
 }
 
 #define ASSIGN_OR_RETURN_CLIENT(name, args)                                 \
@@ -317,8 +312,12 @@ int RunClientInfo(const Args& args) {
 
 // One worker's own view of itself (WorkerStats), e.g. to watch a worker the router lost.
 int RunClientStats(const Args& args) {
-  ASSIGN_OR_RETURN_CLIENT(client, args);
-  auto stats = client.GetWorkerStats();
+  auto connection = ConnectionFromArgs(args);
+  if (!connection.ok()) return ClientError(connection.status(), true);
+  // The same credentials as the other verbs send (a public token is refused PERMISSION_DENIED).
+  std::vector<std::pair<std::string, std::string>> metadata = connection->metadata;
+  if (!connection->bearer_token.empty()) metadata.emplace_back("authorization", "Bearer " + connection->bearer_token);
+  auto stats = worker::GetWorkerStats(args.Get("target"), connection->credentials, metadata, absl::Seconds(5));
   if (!stats.ok() && stats.status().code() == absl::StatusCode::kUnimplemented) {
     return ClientError(absl::UnimplementedError(absl::StrCat(
                            args.Get("target"), " serves no latentserve.v1.WorkerStats: it is not a prefill or decode "
@@ -405,5 +404,3 @@ Registrar client_cmd("client", "call a router: generate (streaming), info, token
 
 }  // namespace
 }  // namespace latentserve::cli
-
-#endif  // __has_include generated protos
