@@ -62,10 +62,4 @@ class GenerationClient {
   std::vector<std::pair<std::string, std::string>> metadata_;
 };
 
-// "INVALID_ARGUMENT", "OK", ...
-const char* StatusCodeName(absl::StatusCode code);
-// JSON string literal (quotes included) for arbitrary bytes; invalid UTF-8 becomes U+FFFD.
-std::string JsonString(const std::string& bytes);
-const char* FinishReasonName(v1::FinishReason reason);
-
 }  // namespace latentserve::client
