@@ -1,18 +1,20 @@
-// C++ client of latentserve.v1.Generation (what `latentserve client` and the tests use).
+// C++ client of latentserve.v1.Generation (what `latentserve client` and the tests use). It
+// links gRPC, protobuf and the public proto only (client/CMakeLists.txt checks that).
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/grpc_status.h"
 #include "latentserve/v1/generate.grpc.pb.h"
-#include "latentserve/v1/worker.grpc.pb.h"
-#include "transfer/grpc_status.h"
 
 namespace latentserve::client {
 
@@ -31,10 +33,10 @@ struct GenerateResult {
 class GenerationClient {
  public:
   explicit GenerationClient(const std::string& target);
-  // `credentials`: TLS (serving/security.h) or insecure; `bearer_token` (may be empty) is
-  // sent as `authorization: Bearer <token>` on every call.
+  // `credentials`: TLS or insecure; `bearer_token` (may be empty) is sent as
+  // `authorization: Bearer <token>` on every call, and `metadata` (key, value) pairs too.
   GenerationClient(const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
-                   std::string bearer_token);
+                   std::string bearer_token, std::vector<std::pair<std::string, std::string>> metadata = {});
 
   // Streams one request to its end. timeout: the call's deadline (InfiniteDuration: none).
   absl::StatusOr<GenerateResult> Generate(const v1::GenerateRequest& request, const GenerateCallbacks& callbacks,
@@ -42,8 +44,6 @@ class GenerationClient {
   absl::StatusOr<v1::GetModelInfoResponse> GetModelInfo(absl::Duration timeout = absl::Seconds(5));
   absl::StatusOr<std::vector<int32_t>> Tokenize(const v1::TokenizeRequest& request,
                                                 absl::Duration timeout = absl::Seconds(30));
-  // WorkerStats.GetWorkerStats, for a target that is a worker (or `serve`), not a router.
-  absl::StatusOr<v1::GetWorkerStatsResponse> GetWorkerStats(absl::Duration timeout = absl::Seconds(5));
 
  private:
   void Authorize(grpc::ClientContext& context) const;
@@ -55,17 +55,11 @@ class GenerationClient {
     Authorize(context);
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     grpc::Status status = (stub.*method)(&context, request, response);
-    return status.ok() ? absl::OkStatus() : transfer::FromGrpc(status);
+    return status.ok() ? absl::OkStatus() : FromGrpc(status);
   }
   std::unique_ptr<v1::Generation::Stub> stub_;
-  std::unique_ptr<v1::WorkerStats::Stub> stats_stub_;
   std::string bearer_token_;
+  std::vector<std::pair<std::string, std::string>> metadata_;
 };
-
-// "INVALID_ARGUMENT", "OK", ...
-const char* StatusCodeName(absl::StatusCode code);
-// JSON string literal (quotes included) for arbitrary bytes; invalid UTF-8 becomes U+FFFD.
-std::string JsonString(const std::string& bytes);
-const char* FinishReasonName(v1::FinishReason reason);
 
 }  // namespace latentserve::client

@@ -1,7 +1,5 @@
-// A grpc.health.v1.Health/Check client, for `latentserve client health` (probes, scripts).
-// The health protocol's two messages are encoded here by hand (one optional string in, one
-// enum out) rather than generating the grpc.health.v1 protos, which the Debian packages do
-// not ship.
+// A grpc.health.v1.Health/Check client, for `latentserve client health` (probes, scripts),
+// over the stubs generated from proto/grpc/health/v1/health.proto.
 #pragma once
 
 #include <memory>

@@ -3,12 +3,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "serving/metrics.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 #include "transfer/grpc_transport.h"
 
 namespace latentserve::decode {
 
-using transfer::ToGrpc;
 
 grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
                                          v1::ReserveLeaseResponse* response) {

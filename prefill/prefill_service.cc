@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "serving/metrics.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace latentserve::prefill {
 
@@ -16,7 +16,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
                                      request->model_fingerprint()));
   }
   if (absl::Status address = serving::ValidateWorkerAddress(request->decode_worker()); !address.ok()) {
-    return transfer::ToGrpc(address);
+    return ToGrpc(address);
   }
   PrefillJob job;
   job.request_id = request->request_id();
@@ -53,7 +53,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
                       {{"code", absl::StatusCodeToString(result.status().code())},
                        {"stage", transfer_failed ? "transfer" : "prefill"},
                        {"message", std::string(result.status().message())}});
-    return transfer::ToGrpc(result.status());
+    return ToGrpc(result.status());
   }
   metrics.prefill_tokens_total.Increment(static_cast<double>(job.tokens.size()));
   metrics.prefill_compute_seconds_total.Increment(result->prefill_ms / 1000.0);

@@ -1,10 +1,7 @@
 // The router: public latentserve.v1.Generation and the WorkerRegistry workers call.
 //
-// Generate: validate -> reserve a lease on a decode worker (pages for prompt + max_tokens)
-// -> prefill on the least-loaded prefill worker (retried elsewhere if that worker fails
-// before the first token) -> relay the first token -> relay the decode worker's tokens.
-// Client cancellation and deadlines reach every downstream call; the lease is released on
-// every path that does not end in Decode (which frees pages itself).
+// Generate: the per-client stream limit, metrics and the request log around one GenerateCall
+// (router/generate_call.h: validate -> place -> prefill -> relay -> resume -> finish).
 #pragma once
 
 #include <atomic>
@@ -88,10 +85,6 @@ class GenerationService final : public v1::Generation::Service {
                             v1::GetModelInfoResponse* response) override;
 
  private:
-  // Generate without the bookkeeping (limits, metrics, the request log) around it.
-  grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                              grpc::ServerWriter<v1::GenerateResponse>* writer, std::string* request_id);
-
   RouterState& state_;
   serving::StreamLimiter stream_limiter_;
 };

@@ -8,12 +8,11 @@
 #include "router/lease_keeper.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace latentserve::router {
 namespace {
 
-using transfer::ToGrpc;
 
 constexpr const char* kFailedStageKey = "latentserve-failed-stage";  // prefill/prefill_service.h
 

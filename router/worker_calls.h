@@ -3,13 +3,10 @@
 // worker. GenerationService (generation_service.cc) strings them together.
 #pragma once
 
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -18,79 +15,11 @@
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
 #include "latentserve/v1/worker.grpc.pb.h"
+#include "router/cancel_link.h"
 #include "router/generation_service.h"
 #include "router/lease_keeper.h"
 
 namespace latentserve::router {
-
-// Cancels the attached downstream call when the client's call is cancelled (client gone,
-// deadline passed). The sync server has no cancel callback, so one thread polls.
-class CancelLink {
- public:
-  explicit CancelLink(grpc::ServerContext* server) : server_(server), thread_([this] { Loop(); }) {}
-  ~CancelLink() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  // progress_timeout > 0: the downstream call is also cancelled when Progress() has not been
-  // called for that long (a live worker that stopped producing; keepalive only catches a
-  // frozen or unreachable one). stalled() says whether that is what ended the call.
-  void Attach(grpc::ClientContext* client, absl::Duration progress_timeout = absl::ZeroDuration()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    client_ = client;
-    progress_timeout_ = progress_timeout;
-    last_progress_ = absl::Now();
-    stalled_ = false;
-    if (cancelled_) client_->TryCancel();
-  }
-  void Progress() {
-    std::lock_guard<std::mutex> lock(mu_);
-    last_progress_ = absl::Now();
-  }
-  void Detach() {
-    std::lock_guard<std::mutex> lock(mu_);
-    client_ = nullptr;
-  }
-  bool cancelled() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cancelled_;
-  }
-  bool stalled() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stalled_;
-  }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stopping_) {
-      if (!cancelled_ && server_->IsCancelled()) {
-        cancelled_ = true;
-        if (client_) client_->TryCancel();
-      }
-      if (client_ && !stalled_ && progress_timeout_ > absl::ZeroDuration() &&
-          absl::Now() - last_progress_ > progress_timeout_) {
-        stalled_ = true;
-        client_->TryCancel();
-      }
-      cv_.wait_for(lock, std::chrono::milliseconds(10));
-    }
-  }
-  grpc::ServerContext* server_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  grpc::ClientContext* client_ = nullptr;
-  absl::Duration progress_timeout_ = absl::ZeroDuration();
-  absl::Time last_progress_;
-  bool stalled_ = false;
-  bool cancelled_ = false;
-  bool stopping_ = false;
-  std::thread thread_;
-};
 
 void SetDeadline(grpc::ClientContext& context, absl::Time deadline);
 

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The test command: dependencies, a RelWithDebInfo build with every test (unit, integration,
-# llama.cpp reference), a compile of the CUDA backend, then an ASan/UBSan build of the
-# sanitize-labelled tests and a short fuzz run.
+# llama.cpp reference), a compile of the CUDA backend, then the sanitize-labelled tests under
+# ASan/UBSan and a short fuzz run.
 # Environment: JOBS (default 2) build/test parallelism; SKIP_DEPS=1 skips install_deps.sh;
-# SKIP_SANITIZE=1 skips the sanitizer build; SKIP_FUZZ=1 skips the short libFuzzer run
+# SKIP_SANITIZE=1 skips the sanitizer tests; SKIP_FUZZ=1 skips the short libFuzzer run
 # (scripts/fuzz.sh, FUZZ_SECONDS per target, default 15); SKIP_CUDA=1 skips the CUDA compile
 # check (run when /usr/local/cuda/bin/nvcc exists).
+#
+# Where the time goes (a 2-core machine): the build and ctest use both cores; ctest's long
+# tests (COST in their CMakeLists) start first. The CUDA compile and the clang build of the
+# sanitizer tests and fuzz targets (one build, build-fuzz/: they share every library) run in the
+# background at nice 19 while ctest runs, on the CPU the tests leave idle, and finish after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -17,51 +22,54 @@ fi
 echo "== build/ (RelWithDebInfo)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j "$JOBS"
-echo "== ctest (all labels)"
-ctest --test-dir build --output-on-failure -j "$JOBS"
 
 # The CUDA backend compiles here (nvcc, no GPU); its tests (label gpu) run on the device.
-if [[ "${SKIP_CUDA:-0}" != 1 && -x /usr/local/cuda/bin/nvcc ]]; then
-  echo "== build-cuda/ (sm_90 compile check: the binary and test_backend_ops)"
-  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLATENTSERVE_CUDA=ON \
-    -DLATENTSERVE_SERVING=OFF
-  cmake --build build-cuda -j "$JOBS" --target latentserve test_backend_ops
-fi
+cuda=0
+if [[ "${SKIP_CUDA:-0}" != 1 && -x /usr/local/cuda/bin/nvcc ]]; then cuda=1; fi
+# build-fuzz/ (clang, ASan + UBSan): the sanitize-labelled tests (target sanitize_tests) and
+# the libFuzzer targets.
+sanitizer_targets=()
+if [[ "${SKIP_SANITIZE:-0}" != 1 ]]; then sanitizer_targets+=(sanitize_tests); fi
+background_log=build/background-builds.log
+(
+  set -e
+  if ((cuda)); then
+    echo "== build-cuda/ (sm_90 compile check: the binary and test_backend_ops)"
+    cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLATENTSERVE_CUDA=ON \
+      -DLATENTSERVE_SERVING=OFF
+    nice -n 19 cmake --build build-cuda -j "$JOBS" --target latentserve test_backend_ops
+  fi
+  if [[ "${SKIP_FUZZ:-0}" != 1 || ${#sanitizer_targets[@]} -gt 0 ]]; then
+    FUZZ_BUILD_ONLY=1 FUZZ_ALSO_BUILD="${sanitizer_targets[*]:-}" JOBS="$JOBS" nice -n 19 scripts/fuzz.sh
+  fi
+) >"$background_log" 2>&1 &
+background=$!
+trap 'kill "$background" 2>/dev/null || true' EXIT
 
-if [[ "${SKIP_SANITIZE:-0}" != 1 ]]; then
-  echo "== build-asan/ (ASan + UBSan, sanitize-labelled tests)"
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DLATENTSERVE_SANITIZE=ON -DLATENTSERVE_SERVING=OFF
-  # Build only the executables of the tests labelled "sanitize": a test's command names its
-  # executable, or (gtest_discover_tests before a build) the test is "<target>_NOT_BUILT".
-  mapfile -t sanitize_targets < <(
-    ctest --test-dir build-asan -L sanitize --show-only=json-v1 |
-      node -e '
-        const path = require("path");
-        const j = JSON.parse(require("fs").readFileSync(0, "utf8"));
-        const names = new Set();
-        for (const t of j.tests || []) {
-          const m = /^(.*)_NOT_BUILT$/.exec(t.name);
-          if (m) names.add(m[1]);
-          else if (t.command && t.command[0]) names.add(path.basename(t.command[0]));
-        }
-        for (const n of names) console.log(n);' |
-      grep -Fxf <(ninja -C build-asan -t targets all | sed -n "s/^\([^:]*\): phony$/\1/p") || true)
-  if ((${#sanitize_targets[@]})); then
-    cmake --build build-asan -j "$JOBS" --target "${sanitize_targets[@]}"
-  else
-    cmake --build build-asan -j "$JOBS"
+echo "== ctest (all labels; CUDA and sanitizer builds in the background: $background_log)"
+ctest --test-dir build --output-on-failure -j "$JOBS"
+
+echo "== waiting for the background builds"
+if ! wait "$background"; then
+  tail -n 60 "$background_log"
+  echo "background builds failed (log: $background_log)" >&2
+  exit 1
+fi
+trap - EXIT
+grep -E '^== ' "$background_log" || true
+
+if ((${#sanitizer_targets[@]})); then
+  echo "== sanitize-labelled tests (build-fuzz/: clang, ASan + UBSan)"
+  if ! ctest --test-dir build-fuzz -L sanitize -N | grep -q "Total Tests: [1-9]"; then
+    echo "no sanitize-labelled tests were built (target sanitize_tests)" >&2
+    exit 1
   fi
-  if ctest --test-dir build-asan -L sanitize -N | grep -q "Total Tests: [1-9]"; then
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      ctest --test-dir build-asan -L sanitize --output-on-failure -j "$JOBS"
-  else
-    echo "no sanitize-labelled tests yet"
-  fi
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-fuzz -L sanitize --output-on-failure -j "$JOBS"
 fi
 
 if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
-  echo "== fuzz (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-15}s per target)"
+  echo "== fuzz (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-15}s per target, $JOBS at a time)"
   JOBS="$JOBS" scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 fi
 echo "== all tests passed"

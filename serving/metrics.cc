@@ -10,8 +10,10 @@
 #include <fstream>
 #include <iterator>
 
+#include <nlohmann/json.hpp>
 #include <prometheus/exposer.h>
 
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -45,46 +47,16 @@ prometheus::Gauge& NewGauge(prometheus::Registry& registry, const std::string& n
   return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
 }
 
-std::string JsonEscape(const std::string& in) {
-  std::string out;
-  for (char c : in) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  return out;
+// A JSON string literal (quotes included); bytes that are not UTF-8 become U+FFFD.
+std::string JsonQuote(const std::string& text) {
+  return nlohmann::json(text).dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace
 
-const char* GrpcCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
-  }
+std::string GrpcCodeName(grpc::StatusCode code) {
+  const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? "UNKNOWN" : name;
 }
 
 Metrics& Metrics::Get() {
@@ -313,16 +285,15 @@ LogValue::LogValue(double number) {
   json_ = std::isfinite(number) ? absl::StrFormat("%.6g", number) : "null";
 }
 
-std::string LogValue::Quote(const std::string& text) { return absl::StrCat("\"", JsonEscape(text), "\""); }
+std::string LogValue::Quote(const std::string& text) { return JsonQuote(text); }
 
 void LogEvent(LogLevel level, const std::string& component, const std::string& event, const std::string& request_id,
               const std::vector<std::pair<std::string, LogValue>>& fields) {
   const char* level_name = level == LogLevel::kError ? "error" : level == LogLevel::kWarning ? "warning" : "info";
   std::string line = absl::StrCat("{\"ts\":\"", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-                                  "\",\"level\":\"", level_name, "\",\"component\":\"", JsonEscape(component),
-                                  "\",\"event\":\"", JsonEscape(event), "\",\"request_id\":\"", JsonEscape(request_id),
-                                  "\"");
-  for (const auto& [key, value] : fields) absl::StrAppend(&line, ",\"", JsonEscape(key), "\":", value.json());
+                                  "\",\"level\":\"", level_name, "\",\"component\":", JsonQuote(component),
+                                  ",\"event\":", JsonQuote(event), ",\"request_id\":", JsonQuote(request_id));
+  for (const auto& [key, value] : fields) absl::StrAppend(&line, ",", JsonQuote(key), ":", value.json());
   line += "}\n";
   std::fputs(line.c_str(), stderr);  // one write per line: lines from threads do not interleave
 }

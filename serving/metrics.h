@@ -82,7 +82,7 @@ class Metrics {
 // cache gauges, internal auth).
 std::vector<std::string> RoleMetricPrefixes(const std::vector<std::string>& roles);
 
-const char* GrpcCodeName(grpc::StatusCode code);
+std::string GrpcCodeName(grpc::StatusCode code);
 
 // Receives one scrape's gauge values.
 class GaugeWriter {

@@ -3,9 +3,12 @@
 // directly, so registration cannot be dropped by the linker.
 #pragma once
 
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
+
+#include "absl/status/status.h"
 
 namespace latentserve::cli {
 
@@ -24,5 +27,16 @@ struct Registrar {
     Registry()[name] = Subcommand{help, std::move(run)};
   }
 };
+
+// A subcommand whose body returns a Status: prints "latentserve NAME: message" on failure;
+// exit code 2 for a usage error (InvalidArgument), 1 for any other failure, 0 on success.
+inline Handler StatusHandler(const char* name, absl::Status (*run)(int argc, char** argv)) {
+  return [name, run](int argc, char** argv) {
+    const absl::Status status = run(argc, argv);
+    if (status.ok()) return 0;
+    std::fprintf(stderr, "latentserve %s: %s\n", name, std::string(status.message()).c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  };
+}
 
 }  // namespace latentserve::cli

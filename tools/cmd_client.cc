@@ -1,66 +1,63 @@
 // The `client` subcommand: calls a router (generate with streaming, info, tokenize) or any
 // serving process (stats, health) over gRPC, with the same TLS / token flags as the servers.
-#if __has_include("latentserve/v1/generate.grpc.pb.h")
-
-#include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <climits>
-#include <iterator>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
+#include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
-#include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
-#include "common/secure_random.h"
 #include "common/status.h"
-#include "decode/decode_service.h"
-#include "prefill/prefill_service.h"
-#include "router/announcer_set.h"
-#include "router/generation_service.h"
-#include "serving/metrics.h"
 #include "serving/security.h"
 #include "tools/cli.h"
 #include "tools/lib/engine_setup.h"
-#include "transfer/fingerprint.h"
-#include "transfer/grpc_transport.h"
-#include "transfer/inproc_transport.h"
+#include "worker/stats_service.h"
 
 namespace latentserve::cli {
 namespace {
 
 // ---- client ----
 
-std::string IdsJson(const std::vector<int32_t>& ids) {
-  std::string out = "[";
-  for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&out, i ? "," : "", ids[i]);
-  return out + "]";
+// Keys in the order written (the summary reads top-down).
+using Json = nlohmann::ordered_json;
+
+// One line of compact JSON; bytes that are not UTF-8 (a cut multi-byte character) become U+FFFD.
+std::string JsonLine(const Json& value) {
+  return value.dump(-1, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace) + "\n";
+}
+
+void PrintJson(const Json& value) {
+  const std::string line = JsonLine(value);
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  std::fflush(stdout);
+}
+
+const char* FinishReasonName(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_STOP_TOKEN: return "stop_token";
+    case v1::FINISH_REASON_STOP_STRING: return "stop_string";
+    default: return "unspecified";
+  }
 }
 
 int ClientError(const absl::Status& status, bool json) {
-  if (json) {
-    std::printf("{\"error\":{\"code\":\"%s\",\"message\":%s}}\n", client::StatusCodeName(status.code()),
-                client::JsonString(std::string(status.message())).c_str());
-    std::fflush(stdout);
-  }
-  std::fprintf(stderr, "latentserve client: %s: %s\n", client::StatusCodeName(status.code()),
-               std::string(status.message()).c_str());
+  const std::string code = absl::StatusCodeToString(status.code());
+  if (json) PrintJson({{"error", {{"code", code}, {"message", std::string(status.message())}}}});
+  std::fprintf(stderr, "latentserve client: %s: %s\n", code.c_str(), std::string(status.message()).c_str());
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
@@ -185,25 +182,38 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   return request;
 }
 
-// The client's channel: TLS when --tls-ca is given (plus --tls-cert/--tls-key for mutual
-// TLS), and `authorization: Bearer` from --auth-token-file.
-absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+// How the client reaches --target: TLS when --tls-ca is given (plus --tls-cert/--tls-key for
+// mutual TLS), `authorization: Bearer` from --auth-token-file, and the internal token from
+// --internal-token-file (operators only: e.g. `client stats` on a worker).
+struct Connection {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::string bearer_token;
+  std::vector<std::pair<std::string, std::string>> metadata;  // beyond the bearer token
+};
+
+absl::StatusOr<Connection> ConnectionFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
-  ASSIGN_OR_RETURN(auto credentials, serving::MakeChannelCredentials(tls));
-  std::string token;
+  Connection connection;
+  ASSIGN_OR_RETURN(connection.credentials, serving::MakeChannelCredentials(tls));
   if (args.Has("auth-token-file")) {
     if (!tls.enabled()) {
       return absl::InvalidArgumentError(
           "--auth-token-file needs --tls-ca: the token would cross the network in plaintext (and a router only "
           "checks tokens under TLS)");
     }
-    ASSIGN_OR_RETURN(token, serving::ReadTokenFile(args.Get("auth-token-file")));
+    ASSIGN_OR_RETURN(connection.bearer_token, serving::ReadTokenFile(args.Get("auth-token-file")));
   }
-  if (args.Has("internal-token-file")) {  // operators only: e.g. `client stats` on a worker
+  if (args.Has("internal-token-file")) {
     ASSIGN_OR_RETURN(std::string internal, serving::ReadTokenFile(args.Get("internal-token-file")));
-    serving::SetInternalCallToken(std::move(internal));
+    connection.metadata.emplace_back(serving::kInternalTokenMetadata, std::move(internal));
   }
-  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(credentials), std::move(token));
+  return connection;
+}
+
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> ClientFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(Connection connection, ConnectionFromArgs(args));
+  return std::make_unique<client::GenerationClient>(args.Get("target"), std::move(connection.credentials),
+                                                    std::move(connection.bearer_token), std::move(connection.metadata));
 }
 
 #define ASSIGN_OR_RETURN_CLIENT(name, args)                                 \
@@ -261,19 +271,25 @@ int RunClientGenerate(const Args& args) {
     return ClientError(WithTlsHint(result.status(), args), json);
   }
   const v1::Finished& f = result->finished;
-  const std::string summary = absl::StrFormat(
-        "{\"token_ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%lld,"
-        "\"completion_tokens\":%lld,\"cache_bytes_transferred\":%lld},\"timing\":{\"ttft_ms\":%.3f,"
-        "\"decode_tokens_per_s\":%.3f,\"prefill_ms\":%.3f,\"transfer_tail_ms\":%.3f},\"prefill_worker\":%s,"
-        "\"decode_worker\":%s,\"request_id\":%s,\"progress_events\":%lld,\"seed\":%llu}\n",
-        IdsJson(result->token_ids).c_str(), client::JsonString(result->text).c_str(),
-        client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
-        static_cast<long long>(f.usage().completion_tokens()),
-        static_cast<long long>(f.usage().cache_bytes_transferred()), f.timings().ttft_ms(),
-        f.timings().decode_tokens_per_s(), f.timings().prefill_ms(), f.timings().transfer_tail_ms(),
-        client::JsonString(f.prefill_worker()).c_str(), client::JsonString(f.decode_worker()).c_str(),
-        client::JsonString(f.request_id()).c_str(), static_cast<long long>(progress_events),
-        static_cast<unsigned long long>(request->sampling().seed()));
+  const std::string summary = JsonLine({
+      {"token_ids", result->token_ids},
+      {"text", result->text},
+      {"finish_reason", FinishReasonName(f.reason())},
+      {"usage",
+       {{"prompt_tokens", f.usage().prompt_tokens()},
+        {"completion_tokens", f.usage().completion_tokens()},
+        {"cache_bytes_transferred", f.usage().cache_bytes_transferred()}}},
+      {"timing",
+       {{"ttft_ms", f.timings().ttft_ms()},
+        {"decode_tokens_per_s", f.timings().decode_tokens_per_s()},
+        {"prefill_ms", f.timings().prefill_ms()},
+        {"transfer_tail_ms", f.timings().transfer_tail_ms()}}},
+      {"prefill_worker", f.prefill_worker()},
+      {"decode_worker", f.decode_worker()},
+      {"request_id", f.request_id()},
+      {"progress_events", progress_events},
+      {"seed", request->sampling().seed()},
+  });
   if (args.Has("summary-file")) {
     std::ofstream(args.Get("summary-file")) << summary;
   }
@@ -284,7 +300,7 @@ int RunClientGenerate(const Args& args) {
     std::fprintf(stderr,
                  "[%s] prompt %lld tokens, %lld generated; TTFT %.1f ms, decode %.1f tok/s, %.2f MiB cache moved; "
                  "seed %llu\n",
-                 client::FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
+                 FinishReasonName(f.reason()), static_cast<long long>(f.usage().prompt_tokens()),
                  static_cast<long long>(f.usage().completion_tokens()), f.timings().ttft_ms(),
                  f.timings().decode_tokens_per_s(), f.usage().cache_bytes_transferred() / 1048576.0,
                  static_cast<unsigned long long>(request->sampling().seed()));
@@ -292,33 +308,42 @@ int RunClientGenerate(const Args& args) {
   return 0;
 }
 
-std::string WorkerJson(const v1::WorkerInfo& w) {
-  return absl::StrCat("{\"address\":\"", w.address(), "\",\"role\":\"", w.role(), "\",\"alive\":",
-                      w.alive() ? "true" : "false", ",\"cache_pages_free\":", w.cache_pages_free(),
-                      ",\"cache_pages_total\":", w.cache_pages_total(), ",\"leases_active\":", w.leases_active(),
-                      ",\"sequences_active\":", w.sequences_active(), ",\"outstanding_cost\":", w.outstanding_cost(),
-                      ",\"draining\":", w.draining() ? "true" : "false", "}");
+Json WorkerJson(const v1::WorkerInfo& w) {
+  return {{"address", w.address()},
+          {"role", w.role()},
+          {"alive", w.alive()},
+          {"cache_pages_free", w.cache_pages_free()},
+          {"cache_pages_total", w.cache_pages_total()},
+          {"leases_active", w.leases_active()},
+          {"sequences_active", w.sequences_active()},
+          {"outstanding_cost", w.outstanding_cost()},
+          {"draining", w.draining()}};
 }
 
 int RunClientInfo(const Args& args) {
   ASSIGN_OR_RETURN_CLIENT(client, args);
   auto info = client.GetModelInfo();
   if (!info.ok()) return ClientError(WithTlsHint(info.status(), args), true);
-  std::string out = absl::StrCat("{\"model_name\":", client::JsonString(info->model_name()), ",\"model_fingerprint\":\"",
-                                 info->model_fingerprint(), "\",\"vocab_size\":", info->vocab_size(),
-                                 ",\"max_context_tokens\":", info->max_context_tokens(), ",\"has_tokenizer\":",
-                                 info->has_tokenizer() ? "true" : "false", ",\"router_leases_active\":",
-                                 info->router_leases_active(), ",\"workers\":[");
-  for (int i = 0; i < info->workers_size(); ++i) absl::StrAppend(&out, i ? "," : "", WorkerJson(info->workers(i)));
-  out += "]}\n";
-  std::fwrite(out.data(), 1, out.size(), stdout);
+  Json workers = Json::array();
+  for (const v1::WorkerInfo& w : info->workers()) workers.push_back(WorkerJson(w));
+  PrintJson({{"model_name", info->model_name()},
+             {"model_fingerprint", info->model_fingerprint()},
+             {"vocab_size", info->vocab_size()},
+             {"max_context_tokens", info->max_context_tokens()},
+             {"has_tokenizer", info->has_tokenizer()},
+             {"router_leases_active", info->router_leases_active()},
+             {"workers", std::move(workers)}});
   return 0;
 }
 
 // One worker's own view of itself (WorkerStats), e.g. to watch a worker the router lost.
 int RunClientStats(const Args& args) {
-  ASSIGN_OR_RETURN_CLIENT(client, args);
-  auto stats = client.GetWorkerStats();
+  auto connection = ConnectionFromArgs(args);
+  if (!connection.ok()) return ClientError(connection.status(), true);
+  // The same credentials as the other verbs send (a public token is refused PERMISSION_DENIED).
+  std::vector<std::pair<std::string, std::string>> metadata = connection->metadata;
+  if (!connection->bearer_token.empty()) metadata.emplace_back("authorization", "Bearer " + connection->bearer_token);
+  auto stats = worker::GetWorkerStats(args.Get("target"), connection->credentials, metadata, absl::Seconds(5));
   if (!stats.ok() && stats.status().code() == absl::StatusCode::kUnimplemented) {
     return ClientError(absl::UnimplementedError(absl::StrCat(
                            args.Get("target"), " serves no latentserve.v1.WorkerStats: it is not a prefill or decode "
@@ -330,8 +355,7 @@ int RunClientStats(const Args& args) {
   v1::WorkerInfo w = stats->stats();
   w.set_role(stats->role());
   w.set_alive(true);
-  const std::string out = absl::StrCat(WorkerJson(w), "\n");
-  std::fwrite(out.data(), 1, out.size(), stdout);
+  PrintJson(WorkerJson(w));
   return 0;
 }
 
@@ -349,7 +373,7 @@ int RunClientHealth(const Args& args) {
   auto status = client::CheckHealth(args.Get("target"), *credentials, args.Get("service"),
                                     absl::Milliseconds(*timeout_ms));
   if (!status.ok()) return ClientError(WithTlsHint(status.status(), args), true);
-  std::printf("{\"status\":\"%s\"}\n", status->c_str());
+  PrintJson({{"status", *status}});
   return *status == "SERVING" ? 0 : 1;
 }
 
@@ -365,7 +389,7 @@ int RunClientTokenize(const Args& args) {
   }
   auto ids = client.Tokenize(request);
   if (!ids.ok()) return ClientError(WithTlsHint(ids.status(), args), true);
-  std::printf("{\"token_ids\":%s}\n", IdsJson(*ids).c_str());
+  PrintJson({{"token_ids", *ids}});
   return 0;
 }
 
@@ -405,5 +429,3 @@ Registrar client_cmd("client", "call a router: generate (streaming), info, token
 
 }  // namespace
 }  // namespace latentserve::cli
-
-#endif  // __has_include generated protos

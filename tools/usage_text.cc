@@ -44,7 +44,7 @@ Flags SamplingFlags() {
   };
 }
 
-// Flags every serving process takes (tools/serving_process.cc WithCommonFlags).
+// Flags every serving process takes (serving/server_shell.cc WithCommonFlags).
 Flags CommonServingFlags() {
   return {
       {"metrics-listen", "HOST:PORT", "", "serve Prometheus /metrics over HTTP here"},

@@ -18,7 +18,7 @@
 #include "absl/time/clock.h"
 #include "common/status.h"
 #include "latentserve/v1/worker.grpc.pb.h"
-#include "transfer/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace latentserve::transfer {
 

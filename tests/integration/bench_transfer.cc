@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   } else {
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   }
-  builder.SetMaxReceiveMessageSize(16 << 20);  // as tools/cmd_serving.cc
+  builder.SetMaxReceiveMessageSize(16 << 20);  // as serving/server_shell.cc (the default --max-message-bytes)
   for (const auto& [name, value] : server_args) builder.AddChannelArgument(name, value);
   builder.RegisterService(&service);
   auto server = builder.BuildAndStart();

@@ -7,6 +7,6 @@ if(EXISTS ${CMAKE_SOURCE_DIR}/tests/reference/node_modules AND TARGET latentserv
              COMMAND ${NODE_EXECUTABLE} ${CMAKE_SOURCE_DIR}/tests/reference/tokenize_conformance.mjs
                      --latentserve $<TARGET_FILE:latentserve>
                      --work-dir ${CMAKE_CURRENT_BINARY_DIR}/reference_tokenizer)
-    set_tests_properties(reference_tokenizer PROPERTIES LABELS reference TIMEOUT 900)
+    set_tests_properties(reference_tokenizer PROPERTIES LABELS reference TIMEOUT 900 COST 134)
   endif()
 endif()

@@ -1,7 +1,5 @@
-// Process plumbing of the serving subcommands (tools/serving_process.h).
-#if __has_include("latentserve/v1/generate.grpc.pb.h")
-
-#include "tools/serving_process.h"
+// The server shell of every serving role (serving/server_shell.h).
+#include "serving/server_shell.h"
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -15,13 +13,13 @@
 #include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
-#include "latentserve_version.h"  // generated (tools/version.cmake)
 #include "common/secure_random.h"
 #include "common/status.h"
-#include "tools/listener_watch.h"
+#include "latentserve/v1/worker.grpc.pb.h"
+#include "serving/listener_watch.h"
 #include "transfer/grpc_transport.h"
 
-namespace latentserve::cli {
+namespace latentserve::serving {
 namespace {
 
 // Drops the reflection plugin from one server: InitProtoReflectionServerBuilderPlugin adds it
@@ -70,11 +68,11 @@ std::set<std::string> WithCommonFlags(std::set<std::string> flags) {
 }
 
 absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
-  ASSIGN_OR_RETURN(serving::TlsFiles tls, serving::TlsFilesFromArgs(args));
+  ASSIGN_OR_RETURN(TlsFiles tls, TlsFilesFromArgs(args));
   ProcessSecurity security;
-  ASSIGN_OR_RETURN(security.server_credentials, serving::MakeServerCredentials(tls));
-  ASSIGN_OR_RETURN(auto channel_credentials, serving::MakeChannelCredentials(tls));
-  serving::SetInternalChannelCredentials(channel_credentials);
+  ASSIGN_OR_RETURN(security.server_credentials, MakeServerCredentials(tls));
+  ASSIGN_OR_RETURN(auto channel_credentials, MakeChannelCredentials(tls));
+  SetInternalChannelCredentials(channel_credentials);
   ASSIGN_OR_RETURN(security.max_message_bytes, args.GetInt("max-message-bytes", 16 << 20));
   if (security.max_message_bytes < 4096 || security.max_message_bytes > (1 << 30)) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [4096, 1073741824]");
@@ -91,10 +89,10 @@ absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args) {
 // of the CA, a public client's included, would reach them); without either it runs open,
 // as the plaintext loopback mode always has, and says so. `serve`, whose internal servers
 // only its own router calls, makes up a random internal token when none is given.
-absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
+absl::StatusOr<std::unique_ptr<InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
                                                                                         const char* command,
                                                                                         bool generate_token) {
-  ASSIGN_OR_RETURN(serving::InternalAuthConfig config, serving::InternalAuthFromArgs(args));
+  ASSIGN_OR_RETURN(InternalAuthConfig config, InternalAuthFromArgs(args));
   if (config.token.empty() && generate_token) {
     ASSIGN_OR_RETURN(config.token, SecureRandomHex(32));
   }
@@ -110,76 +108,24 @@ absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerF
                  "reach this port (plaintext loopback mode)\n",
                  command);
   }
-  serving::SetInternalCallToken(config.token);
-  return std::make_unique<serving::InternalAuthorizer>(std::move(config));
+  SetInternalCallToken(config.token);
+  return std::make_unique<InternalAuthorizer>(std::move(config));
 }
 
 // Starts the /metrics endpoint when --metrics-listen is given (else nullptr).
-absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args,
-                                                                    const std::vector<std::string>& roles,
-                                                                    std::function<std::string()> model) {
-  if (!args.Has("metrics-listen")) return std::unique_ptr<serving::MetricsServer>();
-  ASSIGN_OR_RETURN(auto server, serving::MetricsServer::Start(args.Get("metrics-listen"),
-                                                              serving::RoleMetricPrefixes(roles), std::move(model)));
-  server->AddGaugeSource([](serving::GaugeWriter& out) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const Args& args, const std::vector<std::string>& roles,
+                                                            std::function<std::string()> model, const BuildInfo& build) {
+  if (!args.Has("metrics-listen")) return std::unique_ptr<MetricsServer>();
+  ASSIGN_OR_RETURN(auto server,
+                   MetricsServer::Start(args.Get("metrics-listen"), RoleMetricPrefixes(roles), std::move(model)));
+  server->AddGaugeSource([build](GaugeWriter& out) {
     out.Set("latentserve_build_info", "1, labelled with the version and git revision of this binary",
-            {{"version", LATENTSERVE_VERSION}, {"revision", LATENTSERVE_GIT_REVISION}}, 1.0);
+            {{"version", build.version}, {"revision", build.revision}}, 1.0);
   });
   std::printf("metrics on http://%s/metrics\n", server->address().c_str());
   std::fflush(stdout);
   return server;
 }
-
-void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, std::function<v1::WorkerInfo()> info) {
-  if (!metrics) return;
-  metrics->AddGaugeSource([role, info](serving::GaugeWriter& out) {
-    const v1::WorkerInfo w = info();
-    out.Set("latentserve_cache_pages_free", "Cache pages free on this worker", {{"role", role}},
-            static_cast<double>(w.cache_pages_free()));
-    out.Set("latentserve_cache_pages_used", "Cache pages in use on this worker", {{"role", role}},
-            static_cast<double>(w.cache_pages_total() - w.cache_pages_free()));
-    out.Set("latentserve_worker_draining", "1 while this worker drains", {{"role", role}}, w.draining() ? 1.0 : 0.0);
-    if (role == "decode") {
-      out.Set("latentserve_decode_leases_active", "Decode: leases reserved, not yet decoding", {},
-              static_cast<double>(w.leases_active()));
-      out.Set("latentserve_decode_sequences_active", "Decode: sequences in the continuous batch", {},
-              static_cast<double>(w.sequences_active()));
-    } else {
-      out.Set("latentserve_prefill_queue_depth", "Prefill: jobs running or queued", {},
-              static_cast<double>(w.sequences_active()));
-      out.Set("latentserve_prefill_outstanding_cost", "Prefill: sum of prompt_tokens^2 over queued and running jobs",
-              {}, w.outstanding_cost());
-    }
-  });
-}
-
-void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats) {
-  if (!metrics) return;
-  metrics->AddGaugeSource([stats](serving::GaugeWriter& out) {
-    const decode::DecodeStats s = stats();
-    out.Set("latentserve_decode_lease_expired_total",
-            "Decode: page reservations that expired before their cache arrived", {},
-            static_cast<double>(s.leases_expired), /*counter=*/true);
-    out.Set("latentserve_decode_cache_full_stops_total",
-            "Decode: sequences stopped early (finish_reason length) because no cache page was free for their next token",
-            {}, static_cast<double>(s.cache_full_stops), /*counter=*/true);
-  });
-}
-
-void AddRouterGauges(serving::MetricsServer* metrics, router::RouterState& state) {
-  if (!metrics) return;
-  metrics->AddGaugeSource([&state](serving::GaugeWriter& out) {
-    out.Set("latentserve_router_leases_active", "Router: decode leases held by requests in flight", {},
-            static_cast<double>(state.leases_active.load()));
-    for (const router::WorkerEntry& w : state.registry().Snapshot()) {
-      out.Set("latentserve_router_worker_up", "Router: 1 when the worker answered its last poll",
-              {{"worker", w.address}, {"role", w.role}}, w.alive ? 1.0 : 0.0);
-      out.Set("latentserve_router_worker_cache_pages_free", "Router: the worker's free cache pages, as last polled",
-              {{"worker", w.address}, {"role", w.role}}, static_cast<double>(w.stats.cache_pages_free()));
-    }
-  });
-}
-
 
 // Builds and starts a server on `listen` (port 0: any free port); `reflection` adds gRPC
 // server reflection (the serving ports; never the plaintext health port).
@@ -286,6 +232,4 @@ void ServeUntilSignal(sigset_t signals, const std::string& public_address, const
   for (grpc::Server* server : servers) server->Wait();
 }
 
-}  // namespace latentserve::cli
-
-#endif  // __has_include generated protos
+}  // namespace latentserve::serving

@@ -10,7 +10,7 @@
 
 #include "latentserve/v1/worker.pb.h"
 
-namespace latentserve::router {
+namespace latentserve::worker {
 
 class WorkerAnnouncer {
  public:
@@ -31,4 +31,4 @@ class WorkerAnnouncer {
   std::thread thread_;
 };
 
-}  // namespace latentserve::router
+}  // namespace latentserve::worker

@@ -1,8 +1,8 @@
-// What every serving subcommand (router, prefill, decode, serve) sets up around its gRPC
-// servers: shutdown signals, TLS and internal-caller credentials, metrics and health ports,
-// listening, draining, and the WorkerStats service of a worker role.
+// The server shell every serving role (router, prefill, decode, serve) runs its gRPC services
+// in: shutdown signals, TLS and internal-caller credentials, listening with limits, the health
+// service and reflection, the metrics port, and draining on SIGTERM. It knows no role: roles
+// hand it their services, gauges and "stop taking work" callbacks.
 #pragma once
-#if __has_include("latentserve/v1/generate.grpc.pb.h")
 
 #include <signal.h>
 
@@ -17,13 +17,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/args.h"
-#include "decode/decode_worker.h"
-#include "latentserve/v1/worker.grpc.pb.h"
-#include "router/generation_service.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
 
-namespace latentserve::cli {
+namespace latentserve::serving {
 
 struct Listening {
   std::unique_ptr<grpc::Server> server;
@@ -54,24 +51,21 @@ absl::StatusOr<ProcessSecurity> SecurityFromArgs(const Args& args);
 // of the CA, a public client's included, would reach them); without either it runs open,
 // as the plaintext loopback mode always has, and says so. `serve`, whose internal servers
 // only its own router calls, makes up a random internal token when none is given.
-absl::StatusOr<std::unique_ptr<serving::InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
+absl::StatusOr<std::unique_ptr<InternalAuthorizer>> InternalAuthorizerFromArgs(const Args& args,
                                                                                         const char* command,
                                                                                         bool generate_token);
 
+// The binary's version and git revision (latentserve_build_info).
+struct BuildInfo {
+  std::string version;
+  std::string revision;
+};
+
 // Starts the /metrics endpoint when --metrics-listen is given (else nullptr): the families of
-// `roles` (serving::RoleMetricPrefixes), process_* and latentserve_build_info, every sample
-// labelled model=<model()>.
-absl::StatusOr<std::unique_ptr<serving::MetricsServer>> StartMetrics(const Args& args,
-                                                                    const std::vector<std::string>& roles,
-                                                                    std::function<std::string()> model);
-
-// latentserve_decode_lease_expired_total and latentserve_decode_cache_full_stops_total, read
-// from the decode worker at scrape time.
-void AddDecodeCounters(serving::MetricsServer* metrics, std::function<decode::DecodeStats()> stats);
-
-void AddCacheGauges(serving::MetricsServer* metrics, const std::string& role, std::function<v1::WorkerInfo()> info);
-
-void AddRouterGauges(serving::MetricsServer* metrics, router::RouterState& state);
+// `roles` (RoleMetricPrefixes), process_* and latentserve_build_info, every sample labelled
+// model=<model()>.
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const Args& args, const std::vector<std::string>& roles,
+                                                            std::function<std::string()> model, const BuildInfo& build);
 
 // Builds and starts a server on `listen` (port 0: any free port); `reflection` adds gRPC
 // server reflection (the serving ports; never the plaintext health port).
@@ -89,39 +83,9 @@ std::vector<grpc::Server*> WithHealth(std::vector<grpc::Server*> servers, const 
 
 // Waits for SIGTERM/SIGINT, then drains: `stop_taking_work`, health NOT_SERVING, and
 // Shutdown with a deadline (in-flight calls finish or are cancelled by then). Until the
-// signal, a ListenerWatch (tools/listener_watch.h) turns health NOT_SERVING should
+// signal, a ListenerWatch (serving/listener_watch.h) turns health NOT_SERVING should
 // `public_address` stop accepting connections.
 void ServeUntilSignal(sigset_t signals, const std::string& public_address, const std::vector<grpc::Server*>& servers,
                       const std::function<void()>& stop_taking_work, absl::Duration drain);
 
-// WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.
-class WorkerStatsService final : public v1::WorkerStats::Service {
- public:
-  WorkerStatsService(std::string role, const v1::ModelDescriptor& model, std::function<v1::WorkerInfo()> info,
-                     const serving::InternalAuthorizer& auth)
-      : role_(std::move(role)), model_(model), info_(std::move(info)), auth_(auth) {}
-  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
-                              v1::GetWorkerStatsResponse* response) override {
-    if (grpc::Status denied = auth_.Check(*context, "WorkerStats.GetWorkerStats"); !denied.ok()) return denied;
-    *response->mutable_stats() = info_();
-    *response->mutable_model() = model_;
-    // The absolute path says where the host keeps its files: only a verified component (the
-    // router's polls with the internal credential) gets it; anyone else the file name.
-    if (!auth_.Verified(*context)) {
-      const std::string& path = model_.path();
-      response->mutable_model()->set_path(path.substr(path.rfind('/') + 1));
-    }
-    response->set_role(role_);
-    return grpc::Status::OK;
-  }
-
- private:
-  std::string role_;
-  const v1::ModelDescriptor& model_;
-  std::function<v1::WorkerInfo()> info_;
-  const serving::InternalAuthorizer& auth_;
-};
-
-}  // namespace latentserve::cli
-
-#endif  // __has_include generated protos
+}  // namespace latentserve::serving

@@ -1,4 +1,4 @@
-#include "router/announcer_set.h"
+#include "worker/announcer_set.h"
 
 #include <netdb.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace latentserve::router {
+namespace latentserve::worker {
 
 absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
@@ -120,4 +120,4 @@ void AnnouncerSet::ResolveLoop() {
   }
 }
 
-}  // namespace latentserve::router
+}  // namespace latentserve::worker

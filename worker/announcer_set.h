@@ -18,9 +18,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "latentserve/v1/worker.pb.h"
-#include "router/worker_announcer.h"
+#include "worker/worker_announcer.h"
 
-namespace latentserve::router {
+namespace latentserve::worker {
 
 // Every address `host_port`'s host resolves to, as "ip:port" / "[ip6]:port", sorted, unique.
 absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& host_port);
@@ -48,4 +48,4 @@ class AnnouncerSet {
   std::thread thread_;
 };
 
-}  // namespace latentserve::router
+}  // namespace latentserve::worker

@@ -1,7 +1,5 @@
-// ListenerWatch (tools/listener_watch.h).
-#if __has_include("latentserve/v1/generate.grpc.pb.h")
-
-#include "tools/listener_watch.h"
+// ListenerWatch (serving/listener_watch.h).
+#include "serving/listener_watch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "serving/metrics.h"
 
-namespace latentserve::cli {
+namespace latentserve::serving {
 
 absl::StatusOr<int64_t> ListenBacklog(int port) {
   int64_t backlog = 0;
@@ -129,6 +127,5 @@ void ListenerWatch::Loop() {
   }
 }
 
-}  // namespace latentserve::cli
+}  // namespace latentserve::serving
 
-#endif  // __has_include generated protos

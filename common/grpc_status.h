@@ -1,11 +1,13 @@
-// absl::Status <-> grpc::Status (the codes share numbering).
+// absl::Status <-> grpc::Status (the codes share numbering). Header-only and the one gRPC
+// header in common/: the services, transfer/ and the client library include it; model/ and
+// kernels/ never do.
 #pragma once
 
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
 
-namespace latentserve::transfer {
+namespace latentserve {
 
 inline grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -17,4 +19,4 @@ inline absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-}  // namespace latentserve::transfer
+}  // namespace latentserve

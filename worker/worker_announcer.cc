@@ -1,4 +1,4 @@
-#include "router/worker_announcer.h"
+#include "worker/worker_announcer.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -6,7 +6,7 @@
 #include "serving/security.h"
 #include "transfer/grpc_transport.h"
 
-namespace latentserve::router {
+namespace latentserve::worker {
 
 WorkerAnnouncer::WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
                                  v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
@@ -69,4 +69,4 @@ void WorkerAnnouncer::Loop() {
   }
 }
 
-}  // namespace latentserve::router
+}  // namespace latentserve::worker

@@ -1,5 +1,5 @@
 // Workers announce themselves to every router replica: a list, or all addresses of a name.
-#include "router/announcer_set.h"
+#include "worker/announcer_set.h"
 
 #include <atomic>
 #include <memory>
@@ -13,7 +13,7 @@
 #include "absl/time/clock.h"
 #include "latentserve/v1/worker.grpc.pb.h"
 
-namespace latentserve::router {
+namespace latentserve::worker {
 namespace {
 
 TEST(ResolveAll, LiteralsNamesAndErrors) {
@@ -78,4 +78,4 @@ TEST(AnnouncerSet, RegistersWithEveryListedRouterAndEveryResolvedAddress) {
 }
 
 }  // namespace
-}  // namespace latentserve::router
+}  // namespace latentserve::worker

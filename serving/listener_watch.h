@@ -22,7 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-namespace latentserve::cli {
+namespace latentserve::serving {
 
 // The accept backlog of the listening TCP socket(s) on `port` in this process's network
 // namespace, summed over IPv4 and IPv6; an error when /proc cannot be read (no descriptor
@@ -54,4 +54,4 @@ class ListenerWatch {
   std::thread thread_;
 };
 
-}  // namespace latentserve::cli
+}  // namespace latentserve::serving

@@ -1,0 +1,49 @@
+// `latentserve prefill`: a prefill worker registered with the routers; it streams each
+// request's cache to the decode worker the router chose.
+#include <cstdio>
+
+#include "absl/time/time.h"
+#include "common/args.h"
+#include "common/status.h"
+#include "prefill/prefill_service.h"
+#include "serving/security.h"
+#include "tools/cli.h"
+#include "tools/worker_role.h"
+#include "transfer/grpc_transport.h"
+
+namespace latentserve::cli {
+namespace {
+
+absl::Status RunPrefill(int argc, char** argv) {
+  sigset_t signals = serving::BlockShutdownSignals();
+  ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, SplitWorkerFlags(/*prefill=*/true)));
+  RETURN_IF_ERROR(args.Require("listen").status());  // flag errors before the model loads
+  RETURN_IF_ERROR(RoutersFromArgs(args).status());
+  ASSIGN_OR_RETURN(serving::ProcessSecurity security, serving::SecurityFromArgs(args));
+  ASSIGN_OR_RETURN(auto auth, serving::InternalAuthorizerFromArgs(args, "prefill", false));
+  ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
+  ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "prefill"));
+  transfer::GrpcTransport transport(
+      32 << 20, [] { return serving::InternalChannelCredentials(); },
+      [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
+  prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport,
+                                loaded.descriptor.fingerprint(), loaded.engine.chunk_tokens);
+  if (stall_ms > 0) {
+    std::fprintf(
+        stderr,
+        "prefill: TESTING ONLY: every cache transfer stalls %lld ms (--fault-stall-transfer-ms)\n",
+        static_cast<long long>(stall_ms));
+    worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
+  }
+  prefill::PrefillService service(worker, loaded.descriptor, *auth);
+  return ServeWorker(
+      args, signals, loaded, security, *auth,
+      {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
+       [&] { worker.StartDrain(); }, nullptr});
+}
+
+Registrar prefill_cmd("prefill", "run a prefill worker registered with a router",
+                      StatusHandler("prefill", RunPrefill));
+
+}  // namespace
+}  // namespace latentserve::cli

@@ -1,0 +1,156 @@
+// What the worker subcommands (prefill, decode, serve) share: the engine from flags, its
+// descriptor, and serving one worker role in the server shell (tools/worker_role.h).
+#include "tools/worker_role.h"
+
+#include <climits>
+#include <cstdlib>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/dtype.h"
+#include "common/status.h"
+#include "latentserve_version.h"  // generated (tools/version.cmake)
+#include "transfer/fingerprint.h"
+#include "transfer/grpc_transport.h"
+#include "worker/announcer_set.h"
+#include "worker/stats_service.h"
+
+namespace latentserve::cli {
+
+const serving::BuildInfo kBuildInfo = {LATENTSERVE_VERSION, LATENTSERVE_GIT_REVISION};
+
+namespace {
+
+// One startup line per engine: the context it holds and the memory that costs (DESIGN.md §2),
+// so an operator sees the plan of a 1,048,576-token deployment before the first request.
+void LogMemoryPlan(const char* role, const Engine& engine) {
+  const model::LatentCache& cache = *engine.cache;
+  const int64_t context = cache.total_pages() * cache.page_tokens();
+  const auto gib = [](double bytes) { return bytes / (1 << 30); };
+  serving::LogEvent(role, "memory_plan", "",
+                    {{"context_tokens", context},
+                     {"page_tokens", cache.page_tokens()},
+                     {"cache_type", DTypeName(cache.dtype())},
+                     {"chunk_tokens", engine.chunk_tokens},
+                     {"backend", engine.backend->name()},
+                     {"latent_cache_gib", gib(static_cast<double>(cache.total_bytes()))},
+                     {"weights_gib", gib(static_cast<double>(engine.model->weights().bytes))},
+                     {"kda_state_mib_per_sequence", engine.model->KdaStateBytes() / 1048576.0}});
+}
+
+}  // namespace
+
+// The flags of every worker engine (prefill, decode and serve); a split worker adds how it
+// registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
+const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
+    {"listen", "model", "port-file", "threads", "cache-type", "page-tokens", "cache-tokens",
+     "chunk", "backend", "drain-ms", "max-lease-ttl-ms"});
+
+std::set<std::string> SplitWorkerFlags(bool prefill) {
+  std::set<std::string> flags = kWorkerFlags;
+  flags.insert({"router", "routers-dns", "advertise"});
+  flags.insert(prefill ? "fault-stall-transfer-ms" : "fault-stall-decode-ms");
+  return flags;
+}
+
+// --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
+// caller's ReserveLease/RenewLease asks for.
+absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
+  ASSIGN_OR_RETURN(int64_t max_lease_ttl_ms, args.GetInt("max-lease-ttl-ms", 300000));
+  if (max_lease_ttl_ms <= 0 || max_lease_ttl_ms > 86400000) {
+    return absl::InvalidArgumentError("--max-lease-ttl-ms must be in [1, 86400000] (one day)");
+  }
+  return absl::Milliseconds(max_lease_ttl_ms);
+}
+
+absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
+  ASSIGN_OR_RETURN(int64_t cache_tokens, args.GetInt("cache-tokens", 65536));
+  if (cache_tokens <= 0) return absl::InvalidArgumentError("--cache-tokens must be positive");
+  ASSIGN_OR_RETURN(std::string path, args.Require("model"));
+  LoadedEngine loaded;
+  ASSIGN_OR_RETURN(loaded.engine, EngineFromArgs(args, cache_tokens));
+  LogMemoryPlan(role, loaded.engine);
+  ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
+  char resolved[PATH_MAX];
+  loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
+  const gguf::File* file = loaded.engine.model->file();  // null with --random-weights
+  auto name =
+      file ? file->GetString("general.name") : absl::StatusOr<std::string>(absl::NotFoundError(""));
+  loaded.descriptor.set_name(name.ok() ? *name : path.substr(path.rfind('/') + 1));
+  loaded.descriptor.set_fingerprint(fingerprint);
+  loaded.descriptor.set_vocab_size(loaded.engine.model->vocab());
+  loaded.descriptor.set_cache_dtype(transfer::ToProtoDType(loaded.engine.cache->dtype()));
+  loaded.descriptor.set_max_context_tokens(loaded.engine.cache->total_pages() *
+                                           loaded.engine.cache->page_tokens());
+  return loaded;
+}
+
+// --router A[,B...] (each router replica by address) and/or --routers-dns HOST:PORT (every
+// address HOST resolves to: a headless Service of router replicas). At least one is needed.
+absl::StatusOr<std::vector<std::string>> RoutersFromArgs(const Args& args) {
+  std::vector<std::string> routers;
+  for (absl::string_view r : absl::StrSplit(args.Get("router"), ',', absl::SkipWhitespace())) {
+    routers.emplace_back(absl::StripAsciiWhitespace(r));
+  }
+  if (args.Has("routers-dns")) {
+    const std::string dns = args.Get("routers-dns");
+    const size_t colon = dns.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == dns.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--routers-dns must be HOST:PORT, got '", dns, "'"));
+    }
+  }
+  if (routers.empty() && !args.Has("routers-dns")) {
+    return absl::InvalidArgumentError(
+        "--router HOST:PORT[,HOST:PORT...] or --routers-dns HOST:PORT is required");
+  }
+  return routers;
+}
+
+// Serves a worker role until SIGTERM/SIGINT: its service and WorkerStats on --listen, metrics,
+// and registration + heartbeats with the router.
+absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine& loaded,
+                         const serving::ProcessSecurity& security,
+                         const serving::InternalAuthorizer& auth, const WorkerRole& role) {
+  ASSIGN_OR_RETURN(std::string listen, args.Require("listen"));
+  ASSIGN_OR_RETURN(std::vector<std::string> routers, RoutersFromArgs(args));
+  ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
+  std::string address;
+  auto info = [&] { return role.info(address); };
+  worker::WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
+  ASSIGN_OR_RETURN(serving::Listening server,
+                   serving::StartServer(listen, {role.service, &stats}, security));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, serving::StartHealth(args));
+  const std::string model_name = loaded.descriptor.name();
+  ASSIGN_OR_RETURN(std::unique_ptr<serving::MetricsServer> metrics,
+                   serving::StartMetrics(
+                       args, {role.name}, [model_name] { return model_name; }, kBuildInfo));
+  worker::AddWorkerGauges(metrics.get(), role.name, info);
+  if (role.decode_stats) AddDecodeCounters(metrics.get(), role.decode_stats);
+  address = args.Get("advertise", server.address);
+  RETURN_IF_ERROR(serving::Announce(args, server.address));
+  worker::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name,
+                                  loaded.descriptor, info);
+  serving::ServeUntilSignal(signals, server.address,
+                            serving::WithHealth({server.server.get()}, health), role.start_drain,
+                            absl::Milliseconds(drain_ms));
+  return absl::OkStatus();
+}
+
+void AddDecodeCounters(serving::MetricsServer* metrics,
+                       std::function<decode::DecodeStats()> stats) {
+  if (!metrics) return;
+  metrics->AddGaugeSource([stats](serving::GaugeWriter& out) {
+    const decode::DecodeStats s = stats();
+    out.Set("latentserve_decode_lease_expired_total",
+            "Decode: page reservations that expired before their cache arrived", {},
+            static_cast<double>(s.leases_expired), /*counter=*/true);
+    out.Set("latentserve_decode_cache_full_stops_total",
+            "Decode: sequences stopped early (finish_reason length) because no cache page was free "
+            "for their next token",
+            {}, static_cast<double>(s.cache_full_stops), /*counter=*/true);
+  });
+}
+
+}  // namespace latentserve::cli
