@@ -9,8 +9,8 @@
 namespace latentserve::decode {
 
 
-grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
-                                         v1::ReserveLeaseResponse* response) {
+grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const internal::v1::ReserveLeaseRequest* request,
+                                         internal::v1::ReserveLeaseResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReserveLease"); !denied.ok()) return denied;
   auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
                                     request->model_fingerprint(), serving::ClientIdentity(*context));
@@ -19,28 +19,28 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
-grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
-                                         v1::ReleaseLeaseResponse* response) {
+grpc::Status DecodeService::ReleaseLease(grpc::ServerContext* context, const internal::v1::ReleaseLeaseRequest* request,
+                                         internal::v1::ReleaseLeaseResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReleaseLease"); !denied.ok()) return denied;
   return ToGrpc(worker_.ReleaseLease(request->lease_id(), serving::ClientIdentity(*context)));
 }
 
-grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
-                                       v1::RenewLeaseResponse* response) {
+grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const internal::v1::RenewLeaseRequest* request,
+                                       internal::v1::RenewLeaseResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.RenewLease"); !denied.ok()) return denied;
   return ToGrpc(worker_.RenewLease(request->lease_id(), absl::Milliseconds(request->ttl_ms()),
                                    serving::ClientIdentity(*context)));
 }
 
 grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
-                                         grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
-                                         v1::ReceiveCacheResponse* response) {
+                                         grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
+                                         internal::v1::ReceiveCacheResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReceiveCache"); !denied.ok()) return denied;
   return transfer::ServeReceiveCache(worker_, context, reader, response);
 }
 
-grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                                   grpc::ServerWriter<v1::DecodeResponse>* writer) {
+grpc::Status DecodeService::Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,
+                                   grpc::ServerWriter<internal::v1::DecodeResponse>* writer) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.Decode"); !denied.ok()) return denied;
   DecodeParams params;
   params.lease_id = request->lease_id();
@@ -56,7 +56,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   auto reason = worker_.Decode(
       params,
       [&](const std::vector<int32_t>& tokens) {
-        v1::DecodeResponse event;
+        internal::v1::DecodeResponse event;
         for (int32_t t : tokens) event.add_token_ids(t);
         serving::Metrics::Get().decode_tokens_total.Increment(static_cast<double>(tokens.size()));
         generated += static_cast<int64_t>(tokens.size());
@@ -80,7 +80,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
                     {{"lease", params.lease_id}, {"tokens", generated},
                      {"finish", *reason == FinishReason::kStopToken ? "stop_token" : "length"},
                      {"cache_full", cache_full}});
-  v1::DecodeResponse last;
+  internal::v1::DecodeResponse last;
   // A stop for want of cache pages reads as LENGTH to the client (fewer tokens than asked).
   last.set_finish_reason(*reason == FinishReason::kStopToken ? v1::FINISH_REASON_STOP_TOKEN : v1::FINISH_REASON_LENGTH);
   writer->Write(last);

@@ -1,4 +1,4 @@
-// gRPC face of the decode worker: latentserve.v1.DecodeWorker and WorkerStats.
+// gRPC face of the decode worker: latentserve.internal.v1.DecodeWorker and WorkerStats.
 #pragma once
 
 #include <memory>
@@ -9,39 +9,39 @@
 #include "absl/time/time.h"
 
 #include "decode/decode_worker.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "serving/security.h"
 
 namespace latentserve::decode {
 
 // Every method is internal: `auth` admits only cluster components (the router; a prefill
 // worker for ReceiveCache).
-class DecodeService final : public v1::DecodeWorker::Service {
+class DecodeService final : public internal::v1::DecodeWorker::Service {
  public:
-  DecodeService(DecodeWorker& worker, v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
+  DecodeService(DecodeWorker& worker, internal::v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
       : worker_(worker), model_(std::move(model)), auth_(auth) {}
 
-  grpc::Status ReserveLease(grpc::ServerContext* context, const v1::ReserveLeaseRequest* request,
-                            v1::ReserveLeaseResponse* response) override;
-  grpc::Status ReleaseLease(grpc::ServerContext* context, const v1::ReleaseLeaseRequest* request,
-                            v1::ReleaseLeaseResponse* response) override;
-  grpc::Status RenewLease(grpc::ServerContext* context, const v1::RenewLeaseRequest* request,
-                          v1::RenewLeaseResponse* response) override;
-  grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
-                            v1::ReceiveCacheResponse* response) override;
-  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                      grpc::ServerWriter<v1::DecodeResponse>* writer) override;
+  grpc::Status ReserveLease(grpc::ServerContext* context, const internal::v1::ReserveLeaseRequest* request,
+                            internal::v1::ReserveLeaseResponse* response) override;
+  grpc::Status ReleaseLease(grpc::ServerContext* context, const internal::v1::ReleaseLeaseRequest* request,
+                            internal::v1::ReleaseLeaseResponse* response) override;
+  grpc::Status RenewLease(grpc::ServerContext* context, const internal::v1::RenewLeaseRequest* request,
+                          internal::v1::RenewLeaseResponse* response) override;
+  grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
+                            internal::v1::ReceiveCacheResponse* response) override;
+  grpc::Status Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,
+                      grpc::ServerWriter<internal::v1::DecodeResponse>* writer) override;
 
   // This worker's stats as the router reports them.
   v1::WorkerInfo Info(const std::string& address) const;
-  const v1::ModelDescriptor& model() const { return model_; }
+  const internal::v1::ModelDescriptor& model() const { return model_; }
   // Testing only (--fault-stall-decode-ms): each token event waits this long before it is
   // written, while the process keeps answering pings: a live worker that stopped producing.
   void SetFaultStallTokens(absl::Duration stall) { fault_stall_tokens_ = stall; }
 
  private:
   DecodeWorker& worker_;
-  v1::ModelDescriptor model_;
+  internal::v1::ModelDescriptor model_;
   const serving::InternalAuthorizer& auth_;
   absl::Duration fault_stall_tokens_ = absl::ZeroDuration();
 };

@@ -7,8 +7,8 @@
 
 namespace latentserve::prefill {
 
-grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                                     grpc::ServerWriter<v1::PrefillResponse>* writer) {
+grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const internal::v1::PrefillRequest* request,
+                                     grpc::ServerWriter<internal::v1::PrefillResponse>* writer) {
   if (grpc::Status denied = auth_.Check(*context, "PrefillWorker.Prefill"); !denied.ok()) return denied;
   if (request->model_fingerprint() != worker_.fingerprint()) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -35,7 +35,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   auto result = worker_.Run(
       job,
       [&](const PrefillProgressEvent& progress) {
-        v1::PrefillResponse event;
+        internal::v1::PrefillResponse event;
         auto* p = event.mutable_progress();
         p->set_tokens_done(progress.tokens_done);
         p->set_tokens_total(progress.tokens_total);
@@ -66,7 +66,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
                      {"cache_bytes", result->cache_bytes},
                      {"transfer_tail_ms", result->transfer_tail_ms},
                      {"decode_worker", job.decode_worker}});
-  v1::PrefillResponse event;
+  internal::v1::PrefillResponse event;
   auto* done = event.mutable_done();
   done->set_first_token(result->first_token);
   done->set_prefill_ms(result->prefill_ms);

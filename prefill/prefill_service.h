@@ -1,9 +1,9 @@
-// gRPC face of the prefill worker: latentserve.v1.PrefillWorker.
+// gRPC face of the prefill worker: latentserve.internal.v1.PrefillWorker.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "prefill/prefill_worker.h"
 #include "serving/security.h"
 
@@ -13,21 +13,21 @@ namespace latentserve::prefill {
 // knows a retry on another prefill worker would not help.
 inline constexpr const char* kFailedStageKey = "latentserve-failed-stage";
 
-class PrefillService final : public v1::PrefillWorker::Service {
+class PrefillService final : public internal::v1::PrefillWorker::Service {
  public:
   // Prefill is internal: `auth` admits only cluster components (the router).
-  PrefillService(PrefillWorker& worker, v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
+  PrefillService(PrefillWorker& worker, internal::v1::ModelDescriptor model, const serving::InternalAuthorizer& auth)
       : worker_(worker), model_(std::move(model)), auth_(auth) {}
 
-  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                       grpc::ServerWriter<v1::PrefillResponse>* writer) override;
+  grpc::Status Prefill(grpc::ServerContext* context, const internal::v1::PrefillRequest* request,
+                       grpc::ServerWriter<internal::v1::PrefillResponse>* writer) override;
 
   v1::WorkerInfo Info(const std::string& address) const;
-  const v1::ModelDescriptor& model() const { return model_; }
+  const internal::v1::ModelDescriptor& model() const { return model_; }
 
  private:
   PrefillWorker& worker_;
-  v1::ModelDescriptor model_;
+  internal::v1::ModelDescriptor model_;
   const serving::InternalAuthorizer& auth_;
 };
 

@@ -149,11 +149,11 @@ bool GenerateCall::Emit(const std::vector<int32_t>& ids) {
 grpc::Status GenerateCall::Relay(bool* resumable) {
   *resumable = false;
   const std::string decode_worker = lease_->worker();
-  auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
+  auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
   grpc::ClientContext decode_context;
   serving::AttachInternalCredential(decode_context);
   SetDeadline(decode_context, deadline_);
-  v1::DecodeRequest decode_request;
+  internal::v1::DecodeRequest decode_request;
   decode_request.set_request_id(request_id_);
   decode_request.set_lease_id(lease_->id());
   *decode_request.mutable_sampling() = request_.sampling();
@@ -162,7 +162,7 @@ grpc::Status GenerateCall::Relay(bool* resumable) {
   cancel_.Attach(&decode_context, state_.options().decode_progress_timeout);
   lease_->HandToDecode();  // Decode frees the pages on every path from here
   auto reader = stub->Decode(&decode_context, decode_request);
-  v1::DecodeResponse event;
+  internal::v1::DecodeResponse event;
   bool client_write_failed = false;
   while (reason_ == v1::FINISH_REASON_UNSPECIFIED && reader->Read(&event)) {
     cancel_.Progress();

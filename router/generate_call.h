@@ -24,7 +24,7 @@
 
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/generation_service.h"
 #include "router/text_codec.h"
 #include "router/worker_calls.h"
@@ -68,7 +68,7 @@ class GenerateCall {
 
   // Validate
   std::string request_id_;
-  std::optional<v1::ModelDescriptor> model_;
+  std::optional<internal::v1::ModelDescriptor> model_;
   std::vector<int32_t> tokens_;
   int64_t max_tokens_ = 0;
   absl::Time deadline_;
@@ -76,7 +76,7 @@ class GenerateCall {
   // Place / Prefill
   std::set<std::string> decode_refused_;
   std::unique_ptr<DecodeLease> lease_;
-  v1::PrefillDone prefill_done_;
+  internal::v1::PrefillDone prefill_done_;
   std::string prefill_worker_;
   int64_t cache_bytes_ = 0;
   // Relay / Resume

@@ -122,8 +122,8 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context, const
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
-                                             v1::RegisterWorkerResponse* response) {
+grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const internal::v1::RegisterWorkerRequest* request,
+                                             internal::v1::RegisterWorkerResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.RegisterWorker"); !denied.ok()) return denied;
   absl::Status status = state_.registry().Register(*request);
   if (!status.ok()) return ToGrpc(status);
@@ -132,8 +132,8 @@ grpc::Status RegistryService::RegisterWorker(grpc::ServerContext* context, const
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
-                                        v1::HeartbeatResponse* response) {
+grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context, const internal::v1::HeartbeatRequest* request,
+                                        internal::v1::HeartbeatResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "WorkerRegistry.Heartbeat"); !denied.ok()) return denied;
   return ToGrpc(state_.registry().Heartbeat(*request));
 }

@@ -12,7 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "latentserve/v1/generate.grpc.pb.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/worker_registry.h"
 #include "serving/security.h"
 
@@ -90,13 +90,13 @@ class GenerationService final : public v1::Generation::Service {
 };
 
 // Internal: `auth` admits only cluster components (workers).
-class RegistryService final : public v1::WorkerRegistry::Service {
+class RegistryService final : public internal::v1::WorkerRegistry::Service {
  public:
   RegistryService(RouterState& state, const serving::InternalAuthorizer& auth) : state_(state), auth_(auth) {}
-  grpc::Status RegisterWorker(grpc::ServerContext* context, const v1::RegisterWorkerRequest* request,
-                              v1::RegisterWorkerResponse* response) override;
-  grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
-                         v1::HeartbeatResponse* response) override;
+  grpc::Status RegisterWorker(grpc::ServerContext* context, const internal::v1::RegisterWorkerRequest* request,
+                              internal::v1::RegisterWorkerResponse* response) override;
+  grpc::Status Heartbeat(grpc::ServerContext* context, const internal::v1::HeartbeatRequest* request,
+                         internal::v1::HeartbeatResponse* response) override;
 
  private:
   RouterState& state_;

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/channels.h"
 #include "serving/security.h"
 
@@ -53,14 +53,14 @@ void LeaseKeeper::Loop() {
     int64_t renewed = 0;
     for (const auto& [lease_id, worker] : round) {
       if (unreachable.count(worker)) continue;
-      auto stub = v1::DecodeWorker::NewStub(ChannelTo(worker));
+      auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(worker));
       grpc::ClientContext context;
       serving::AttachInternalCredential(context);
       context.set_deadline(absl::ToChronoTime(absl::Now() + call_limit));
-      v1::RenewLeaseRequest request;
+      internal::v1::RenewLeaseRequest request;
       request.set_lease_id(lease_id);
       request.set_ttl_ms(absl::ToInt64Milliseconds(ttl_));
-      v1::RenewLeaseResponse response;
+      internal::v1::RenewLeaseResponse response;
       grpc::Status status = stub->RenewLease(&context, request, &response);
       if (status.ok()) {
         renewed++;

@@ -52,7 +52,7 @@ absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::
 }
 
 absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& request,
-                             const std::vector<int32_t>& tokens, const v1::ModelDescriptor& model) {
+                             const std::vector<int32_t>& tokens, const internal::v1::ModelDescriptor& model) {
   if (!request.model().empty() && request.model() != model.name()) {
     return absl::NotFoundError(absl::StrCat("unknown model '", request.model(), "'; this router serves '", model.name(),
                                             "' (or leave model empty)"));

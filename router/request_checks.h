@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "latentserve/v1/generate.pb.h"
-#include "latentserve/v1/worker.pb.h"
+#include "latentserve/internal/v1/worker.pb.h"
 #include "router/generation_service.h"
 
 namespace latentserve::router {
@@ -18,6 +18,6 @@ absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::
 
 // Every field of the request against the model, the prompt and context limits.
 absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& request,
-                             const std::vector<int32_t>& tokens, const v1::ModelDescriptor& model);
+                             const std::vector<int32_t>& tokens, const internal::v1::ModelDescriptor& model);
 
 }  // namespace latentserve::router

@@ -23,13 +23,13 @@ void SetDeadline(grpc::ClientContext& context, absl::Time deadline) {
 }
 
 void ReleaseLease(const std::string& decode_worker, const std::string& lease_id, absl::Duration timeout) {
-  auto stub = v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
+  auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(decode_worker));
   grpc::ClientContext context;
   serving::AttachInternalCredential(context);
   SetDeadline(context, absl::Now() + timeout);
-  v1::ReleaseLeaseRequest request;
+  internal::v1::ReleaseLeaseRequest request;
   request.set_lease_id(lease_id);
-  v1::ReleaseLeaseResponse response;
+  internal::v1::ReleaseLeaseResponse response;
   stub->ReleaseLease(&context, request, &response);  // best effort: the lease also expires
 }
 
@@ -37,7 +37,7 @@ void ReleaseLease(const std::string& decode_worker, const std::string& lease_id,
 // live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
 // would; any other refusal moves on to the next worker.
-grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
+grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDescriptor& model, const std::string& request_id,
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
@@ -64,16 +64,16 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
     std::set<std::string> refused = exclude;
     while (auto claimed = state.registry().ClaimDecode(context_tokens, refused)) {
       const std::string candidate = *claimed;
-      auto stub = v1::DecodeWorker::NewStub(ChannelTo(candidate));
+      auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;
       serving::AttachInternalCredential(lease_context);
       SetDeadline(lease_context, std::min(deadline, absl::Now() + state.options().control_timeout));
-      v1::ReserveLeaseRequest lease_request;
+      internal::v1::ReserveLeaseRequest lease_request;
       lease_request.set_request_id(request_id);
       lease_request.set_tokens(lease_tokens);
       lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
       lease_request.set_model_fingerprint(model.fingerprint());
-      v1::ReserveLeaseResponse lease_response;
+      internal::v1::ReserveLeaseResponse lease_response;
       cancel.Attach(&lease_context);
       grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
       cancel.Detach();
@@ -118,11 +118,11 @@ grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& m
 
 // Prefills into `lease`, relaying progress; retries on another prefill worker when one
 // fails before the first token. Fills `done` and `prefill_worker` on success.
-PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const v1::ModelDescriptor& model,
+PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const internal::v1::ModelDescriptor& model,
                           const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
                           absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
                           grpc::ServerWriter<v1::GenerateResponse>* writer, bool relay_progress,
-                          v1::PrefillDone* done, std::string* prefill_worker) {
+                          internal::v1::PrefillDone* done, std::string* prefill_worker) {
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
   std::set<std::string> tried;
@@ -133,11 +133,11 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     *prefill_worker = *pick;
     if (!tried.empty()) serving::Metrics::Get().CountFailover("prefill");  // another worker after a failure
     tried.insert(*prefill_worker);
-    auto stub = v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
+    auto stub = internal::v1::PrefillWorker::NewStub(ChannelTo(*prefill_worker));
     grpc::ClientContext prefill_context;
     serving::AttachInternalCredential(prefill_context);
     SetDeadline(prefill_context, deadline);
-    v1::PrefillRequest prefill_request;
+    internal::v1::PrefillRequest prefill_request;
     prefill_request.set_request_id(request_id);
     prefill_request.set_lease_id(lease.id());
     prefill_request.set_decode_worker(lease.worker());
@@ -146,7 +146,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     prefill_request.set_model_fingerprint(model.fingerprint());
     cancel.Attach(&prefill_context);
     auto reader = stub->Prefill(&prefill_context, prefill_request);
-    v1::PrefillResponse event;
+    internal::v1::PrefillResponse event;
     bool have_first = false;
     bool client_write_failed = false;
     while (reader->Read(&event)) {

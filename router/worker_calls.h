@@ -14,7 +14,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "latentserve/v1/generate.grpc.pb.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/cancel_link.h"
 #include "router/generation_service.h"
 #include "router/lease_keeper.h"
@@ -65,7 +65,7 @@ constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's
 // live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
 // would; any other refusal moves on to the next worker.
-grpc::Status ReserveDecodeLease(RouterState& state, const v1::ModelDescriptor& model, const std::string& request_id,
+grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDescriptor& model, const std::string& request_id,
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
@@ -78,10 +78,10 @@ struct PrefillOutcome {
 
 // Prefills into `lease`, relaying progress; retries on another prefill worker when one
 // fails before the first token. Fills `done` and `prefill_worker` on success.
-PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const v1::ModelDescriptor& model,
+PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const internal::v1::ModelDescriptor& model,
                           const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
                           absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
                           grpc::ServerWriter<v1::GenerateResponse>* writer, bool relay_progress,
-                          v1::PrefillDone* done, std::string* prefill_worker);
+                          internal::v1::PrefillDone* done, std::string* prefill_worker);
 
 }  // namespace latentserve::router

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/channels.h"
 #include "serving/security.h"
 
@@ -42,7 +42,7 @@ void WorkerRegistry::PinFingerprint(const std::string& fingerprint) {
   pinned_fingerprint_ = fingerprint;
 }
 
-absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const std::string& address) {
+absl::Status WorkerRegistry::AcceptModel(const internal::v1::ModelDescriptor& model, const std::string& address) {
   if (!pinned_fingerprint_.empty() && model.fingerprint() != pinned_fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("worker ", address, " serves model ", model.name(), " (",
                                                       model.fingerprint(), "), this router's --model is ",
@@ -60,7 +60,7 @@ absl::Status WorkerRegistry::AcceptModel(const v1::ModelDescriptor& model, const
   return absl::OkStatus();
 }
 
-absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) {
+absl::Status WorkerRegistry::Register(const internal::v1::RegisterWorkerRequest& request) {
   RETURN_IF_ERROR(serving::ValidateWorkerAddress(request.address()));
   if (request.role() != "prefill" && request.role() != "decode") {
     return absl::InvalidArgumentError(absl::StrCat("worker role must be prefill or decode, got '", request.role(), "'"));
@@ -85,7 +85,7 @@ absl::Status WorkerRegistry::Register(const v1::RegisterWorkerRequest& request) 
   return absl::OkStatus();
 }
 
-absl::Status WorkerRegistry::Heartbeat(const v1::HeartbeatRequest& request) {
+absl::Status WorkerRegistry::Heartbeat(const internal::v1::HeartbeatRequest& request) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(request.address());
   if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", request.address(), " is not registered"));
@@ -155,7 +155,7 @@ void WorkerRegistry::ReleasePrefill(const std::string& address, double cost) {
   if (it != workers_.end()) it->second.inflight_cost = std::max(0.0, it->second.inflight_cost - cost);
 }
 
-std::optional<v1::ModelDescriptor> WorkerRegistry::Model() const {
+std::optional<internal::v1::ModelDescriptor> WorkerRegistry::Model() const {
   std::lock_guard<std::mutex> lock(mu_);
   return model_;
 }
@@ -190,10 +190,10 @@ void WorkerRegistry::PollAll(const std::vector<std::string>& addresses) {
   struct Poll {
     std::string address;
     grpc::ClientContext context;
-    v1::GetWorkerStatsRequest request;
-    v1::GetWorkerStatsResponse response;
+    internal::v1::GetWorkerStatsRequest request;
+    internal::v1::GetWorkerStatsResponse response;
     grpc::Status status;
-    std::unique_ptr<v1::WorkerStats::Stub> stub;
+    std::unique_ptr<internal::v1::WorkerStats::Stub> stub;
   };
   std::vector<std::unique_ptr<Poll>> polls;
   std::mutex done_mu;
@@ -203,7 +203,7 @@ void WorkerRegistry::PollAll(const std::vector<std::string>& addresses) {
   for (const std::string& address : addresses) {
     auto poll = std::make_unique<Poll>();
     poll->address = address;
-    poll->stub = v1::WorkerStats::NewStub(ChannelTo(address));
+    poll->stub = internal::v1::WorkerStats::NewStub(ChannelTo(address));
     serving::AttachInternalCredential(poll->context);
     poll->context.set_deadline(deadline);
     polls.push_back(std::move(poll));

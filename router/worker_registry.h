@@ -20,14 +20,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "latentserve/v1/worker.pb.h"
+#include "latentserve/internal/v1/worker.pb.h"
 
 namespace latentserve::router {
 
 struct WorkerEntry {
   std::string address;
   std::string role;  // "prefill" | "decode"
-  v1::ModelDescriptor model;
+  internal::v1::ModelDescriptor model;
   v1::WorkerInfo stats;
   bool alive = false;
   bool static_entry = false;
@@ -55,8 +55,8 @@ class WorkerRegistry {
   // FailedPrecondition when the worker serves a different model than the others;
   // InvalidArgument for an address that is not HOST:PORT; ResourceExhausted for a new address
   // beyond limits.max_workers.
-  absl::Status Register(const v1::RegisterWorkerRequest& request);
-  absl::Status Heartbeat(const v1::HeartbeatRequest& request);
+  absl::Status Register(const internal::v1::RegisterWorkerRequest& request);
+  absl::Status Heartbeat(const internal::v1::HeartbeatRequest& request);
   void MarkDead(const std::string& address);
 
   // Placement picks and counts in one step, under the lock, so that concurrent requests see
@@ -74,7 +74,7 @@ class WorkerRegistry {
   void ReleasePrefill(const std::string& address, double cost);
 
   // The served model (from the first worker that reported one).
-  std::optional<v1::ModelDescriptor> Model() const;
+  std::optional<internal::v1::ModelDescriptor> Model() const;
   int64_t MaxContextTokens(const std::string& role = "decode") const;  // the largest cache of a live worker
   bool AnyAlive(const std::string& role) const;
   std::vector<WorkerEntry> Snapshot() const;
@@ -82,14 +82,14 @@ class WorkerRegistry {
  private:
   void MonitorLoop();
   void PollAll(const std::vector<std::string>& addresses);  // concurrently; updates entries as answers come
-  absl::Status AcceptModel(const v1::ModelDescriptor& model, const std::string& address);
+  absl::Status AcceptModel(const internal::v1::ModelDescriptor& model, const std::string& address);
 
   const absl::Duration poll_interval_;
   const RegistryLimits limits_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, WorkerEntry> workers_;
-  std::optional<v1::ModelDescriptor> model_;
+  std::optional<internal::v1::ModelDescriptor> model_;
   std::string pinned_fingerprint_;
   uint64_t placements_ = 0;
   bool stopping_ = false;

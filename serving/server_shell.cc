@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/secure_random.h"
 #include "common/status.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "serving/listener_watch.h"
 #include "transfer/grpc_transport.h"
 
@@ -182,7 +182,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealth(const Args& args) {
   // is registered; without reflection the health port has none of its own. The generated
   // base class answers UNIMPLEMENTED to everything: it gives the server a method and exposes
   // nothing.
-  static auto* placeholder = new v1::WorkerStats::Service();
+  static auto* placeholder = new internal::v1::WorkerStats::Service();
   ASSIGN_OR_RETURN(Listening health,
                    StartServer(args.Get("health-listen"), {placeholder}, plaintext, /*reflection=*/false));
   std::printf("health on %s\n", health.address.c_str());

@@ -346,7 +346,7 @@ int RunClientStats(const Args& args) {
   auto stats = worker::GetWorkerStats(args.Get("target"), connection->credentials, metadata, absl::Seconds(5));
   if (!stats.ok() && stats.status().code() == absl::StatusCode::kUnimplemented) {
     return ClientError(absl::UnimplementedError(absl::StrCat(
-                           args.Get("target"), " serves no latentserve.v1.WorkerStats: it is not a prefill or decode "
+                           args.Get("target"), " serves no latentserve.internal.v1.WorkerStats: it is not a prefill or decode "
                            "worker (a router, or the public port of `serve`?). `client info --target ", args.Get("target"),
                            "` shows a router's workers with the same fields; `client stats` takes a worker's address")),
                        true);

@@ -37,7 +37,7 @@ absl::Status RunServe(int argc, char** argv) {
   // Two engines (each with its own backend): prefill and decode compute concurrently.
   ASSIGN_OR_RETURN(LoadedEngine prefill_engine, LoadEngine(args, "prefill"));
   ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args, "decode"));
-  const v1::ModelDescriptor& descriptor = decode_engine.descriptor;
+  const internal::v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache,
                                      descriptor.fingerprint(), max_lease_ttl);

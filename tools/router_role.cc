@@ -79,7 +79,7 @@ absl::Status AddAuth(const Args& args, serving::ProcessSecurity& security) {
   ASSIGN_OR_RETURN(std::string token, serving::ReadTokenFile(args.Get("auth-token-file")));
   security.auth = std::make_shared<serving::BearerTokenProcessor>(
       std::move(token),
-      std::set<std::string>{"latentserve.v1.WorkerRegistry", "grpc.health.v1.Health"});
+      std::set<std::string>{"latentserve.internal.v1.WorkerRegistry", "grpc.health.v1.Health"});
   return absl::OkStatus();
 }
 

@@ -15,7 +15,7 @@
 #include "absl/time/time.h"
 #include "common/args.h"
 #include "decode/decode_worker.h"
-#include "latentserve/v1/worker.pb.h"
+#include "latentserve/internal/v1/worker.pb.h"
 #include "serving/server_shell.h"
 #include "tools/lib/engine_setup.h"
 
@@ -34,7 +34,7 @@ absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args);
 
 struct LoadedEngine {
   Engine engine;
-  v1::ModelDescriptor descriptor;
+  internal::v1::ModelDescriptor descriptor;
 };
 
 // The engine from flags (logging its memory plan) and the descriptor workers report.

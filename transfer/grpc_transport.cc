@@ -17,36 +17,36 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "common/grpc_status.h"
 
 namespace latentserve::transfer {
 
-v1::CacheDType ToProtoDType(DType dtype) {
+internal::v1::CacheDType ToProtoDType(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return v1::CACHE_D_TYPE_F32;
-    case DType::kF16: return v1::CACHE_D_TYPE_F16;
-    case DType::kBF16: return v1::CACHE_D_TYPE_BF16;
-    case DType::kQ8_0: return v1::CACHE_D_TYPE_Q8_0;
-    case DType::kQ4_0: return v1::CACHE_D_TYPE_Q4_0;
-    default: return v1::CACHE_D_TYPE_UNSPECIFIED;
+    case DType::kF32: return internal::v1::CACHE_D_TYPE_F32;
+    case DType::kF16: return internal::v1::CACHE_D_TYPE_F16;
+    case DType::kBF16: return internal::v1::CACHE_D_TYPE_BF16;
+    case DType::kQ8_0: return internal::v1::CACHE_D_TYPE_Q8_0;
+    case DType::kQ4_0: return internal::v1::CACHE_D_TYPE_Q4_0;
+    default: return internal::v1::CACHE_D_TYPE_UNSPECIFIED;
   }
 }
 
-absl::StatusOr<DType> FromProtoDType(v1::CacheDType dtype) {
+absl::StatusOr<DType> FromProtoDType(internal::v1::CacheDType dtype) {
   switch (dtype) {
-    case v1::CACHE_D_TYPE_F32: return DType::kF32;
-    case v1::CACHE_D_TYPE_F16: return DType::kF16;
-    case v1::CACHE_D_TYPE_BF16: return DType::kBF16;
-    case v1::CACHE_D_TYPE_Q8_0: return DType::kQ8_0;
-    case v1::CACHE_D_TYPE_Q4_0: return DType::kQ4_0;
+    case internal::v1::CACHE_D_TYPE_F32: return DType::kF32;
+    case internal::v1::CACHE_D_TYPE_F16: return DType::kF16;
+    case internal::v1::CACHE_D_TYPE_BF16: return DType::kBF16;
+    case internal::v1::CACHE_D_TYPE_Q8_0: return DType::kQ8_0;
+    case internal::v1::CACHE_D_TYPE_Q4_0: return DType::kQ4_0;
     default: return absl::InvalidArgumentError(absl::StrCat("unknown cache dtype ", static_cast<int>(dtype)));
   }
 }
 
 namespace {
 
-void ToProto(const HandoffHeader& h, v1::CacheHandoffHeader* p) {
+void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   p->set_request_id(h.request_id);
   p->set_lease_id(h.lease_id);
   p->set_model_fingerprint(h.model_fingerprint);
@@ -60,7 +60,7 @@ void ToProto(const HandoffHeader& h, v1::CacheHandoffHeader* p) {
   p->set_prompt_tokens(h.prompt_tokens);
 }
 
-absl::StatusOr<HandoffHeader> FromProto(const v1::CacheHandoffHeader& p) {
+absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& p) {
   HandoffHeader h;
   h.request_id = p.request_id();
   h.lease_id = p.lease_id();
@@ -140,14 +140,14 @@ grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::Messa
   return grpc::ByteBuffer(slices, count);
 }
 
-grpc::ByteBuffer EncodeSmall(const v1::ReceiveCacheRequest& message) {
+grpc::ByteBuffer EncodeSmall(const internal::v1::ReceiveCacheRequest& message) {
   grpc::Slice slice(message.SerializeAsString());
   return grpc::ByteBuffer(&slice, 1);
 }
 
 const char* ReceiveCacheMethodName() {
   static const std::string* name =
-      new std::string(std::string("/") + v1::DecodeWorker::service_full_name() + "/ReceiveCache");
+      new std::string(std::string("/") + internal::v1::DecodeWorker::service_full_name() + "/ReceiveCache");
   return name->c_str();
 }
 
@@ -190,7 +190,7 @@ class GrpcSender : public CacheSender {
   }
 
   absl::Status SendHeader(const HandoffHeader& header) {
-    v1::ReceiveCacheRequest message;
+    internal::v1::ReceiveCacheRequest message;
     ToProto(header, message.mutable_header());
     return Enqueue(EncodeSmall(message), 0);
   }
@@ -203,7 +203,7 @@ class GrpcSender : public CacheSender {
     return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
-    v1::ReceiveCacheRequest message;
+    internal::v1::ReceiveCacheRequest message;
     auto* p = message.mutable_end();
     p->set_first_token(end.first_token);
     p->set_chunks(end.chunks);
@@ -262,7 +262,7 @@ class GrpcSender : public CacheSender {
     grpc::Status status = writer_->Finish();
     absl::Status final_status = FromGrpc(status);
     if (broken && final_status.ok()) final_status = absl::UnavailableError("cache stream closed by the decode worker");
-    if (final_status.ok() && !grpc::SerializationTraits<v1::ReceiveCacheResponse>::Deserialize(&response_buffer_, &response_).ok()) {
+    if (final_status.ok() && !grpc::SerializationTraits<internal::v1::ReceiveCacheResponse>::Deserialize(&response_buffer_, &response_).ok()) {
       final_status = absl::InternalError("unparsable ReceiveCache response");
     }
     if (!final_status.ok()) {
@@ -279,7 +279,7 @@ class GrpcSender : public CacheSender {
   const grpc::internal::RpcMethod method_;
   grpc::ClientContext context_;
   grpc::ByteBuffer response_buffer_;
-  v1::ReceiveCacheResponse response_;
+  internal::v1::ReceiveCacheResponse response_;
   std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer_;
   const int64_t max_queued_bytes_;
   std::mutex mu_;
@@ -296,7 +296,7 @@ class GrpcSender : public CacheSender {
 }  // namespace
 
 grpc::ByteBuffer EncodeLatentRows(LatentRows chunk) {
-  v1::LatentRowsChunk fields;
+  internal::v1::LatentRowsChunk fields;
   fields.set_mla_index(chunk.mla_index);
   fields.set_first_token(chunk.first_token);
   fields.set_token_count(chunk.token_count);
@@ -304,7 +304,7 @@ grpc::ByteBuffer EncodeLatentRows(LatentRows chunk) {
 }
 
 grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk) {
-  v1::KdaStateChunk fields;
+  internal::v1::KdaStateChunk fields;
   fields.set_kda_index(chunk.kda_index);
   fields.set_offset(chunk.offset);
   return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), kTagKdaSum, chunk.checksum);
@@ -347,16 +347,16 @@ absl::StatusOr<std::unique_ptr<CacheSender>> GrpcTransport::Open(const std::stri
 }
 
 grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
-                               grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
-                               v1::ReceiveCacheResponse* response) {
+                               grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
+                               internal::v1::ReceiveCacheResponse* response) {
   return ReceiveCacheMessages(
-      sink, [reader](v1::ReceiveCacheRequest* message) { return reader->Read(message); },
+      sink, [reader](internal::v1::ReceiveCacheRequest* message) { return reader->Read(message); },
       [context] { return context->IsCancelled(); }, response);
 }
 
-grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(v1::ReceiveCacheRequest*)>& read,
-                                  const std::function<bool()>& cancelled, v1::ReceiveCacheResponse* response) {
-  v1::ReceiveCacheRequest message;
+grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(internal::v1::ReceiveCacheRequest*)>& read,
+                                  const std::function<bool()>& cancelled, internal::v1::ReceiveCacheResponse* response) {
+  internal::v1::ReceiveCacheRequest message;
   if (!read(&message)) return grpc::Status(grpc::StatusCode::CANCELLED, "cache stream ended before its header");
   if (!message.has_header()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first ReceiveCache message must be a header");

@@ -21,7 +21,7 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
 
-#include "latentserve/v1/worker.pb.h"
+#include "latentserve/internal/v1/worker.pb.h"
 #include "transfer/transport.h"
 
 namespace latentserve::transfer {
@@ -71,18 +71,18 @@ class GrpcTransport : public CacheTransport {
 
 // Server side of DecodeWorker.ReceiveCache: reads the stream and feeds `sink`.
 grpc::Status ServeReceiveCache(CacheSink& sink, grpc::ServerContext* context,
-                               grpc::ServerReader<v1::ReceiveCacheRequest>* reader, v1::ReceiveCacheResponse* response);
+                               grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader, internal::v1::ReceiveCacheResponse* response);
 // Its body over any source of messages: `read` fills the next one (false: the stream ended),
 // `cancelled` says whether the sender cancelled. tests/fuzz/fuzz_handoff.cc drives it.
-grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(v1::ReceiveCacheRequest*)>& read,
-                                  const std::function<bool()>& cancelled, v1::ReceiveCacheResponse* response);
+grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(internal::v1::ReceiveCacheRequest*)>& read,
+                                  const std::function<bool()>& cancelled, internal::v1::ReceiveCacheResponse* response);
 
 // The ReceiveCacheRequest carrying `chunk`, encoded without copying its payload (the buffer
 // takes the string over). Byte-for-byte the protobuf serialisation; exposed for tests.
 grpc::ByteBuffer EncodeLatentRows(LatentRows chunk);
 grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk);
 
-v1::CacheDType ToProtoDType(DType dtype);
-absl::StatusOr<DType> FromProtoDType(v1::CacheDType dtype);
+internal::v1::CacheDType ToProtoDType(DType dtype);
+absl::StatusOr<DType> FromProtoDType(internal::v1::CacheDType dtype);
 
 }  // namespace latentserve::transfer

@@ -46,7 +46,7 @@ absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& host_port
 }
 
 AnnouncerSet::AnnouncerSet(std::vector<std::string> routers, std::string routers_dns, std::string worker_address,
-                           std::string role, v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
+                           std::string role, internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
                            absl::Duration resolve_interval)
     : routers_dns_(std::move(routers_dns)), worker_address_(std::move(worker_address)), role_(std::move(role)),
       model_(std::move(model)), stats_(std::move(stats)), resolve_interval_(resolve_interval) {

@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "latentserve/v1/worker.pb.h"
+#include "latentserve/internal/v1/worker.pb.h"
 #include "worker/worker_announcer.h"
 
 namespace latentserve::worker {
@@ -28,7 +28,7 @@ absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& host_port
 class AnnouncerSet {
  public:
   AnnouncerSet(std::vector<std::string> routers, std::string routers_dns, std::string worker_address,
-               std::string role, v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
+               std::string role, internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
                absl::Duration resolve_interval = absl::Seconds(5));
   ~AnnouncerSet();
   std::vector<std::string> Targets() const;  // routers announced to right now
@@ -38,7 +38,7 @@ class AnnouncerSet {
   void ResolveLoop();
 
   const std::string routers_dns_, worker_address_, role_;
-  const v1::ModelDescriptor model_;
+  const internal::v1::ModelDescriptor model_;
   const std::function<v1::WorkerInfo()> stats_;
   const absl::Duration resolve_interval_;
   mutable std::mutex mu_;

@@ -6,8 +6,8 @@
 namespace latentserve::worker {
 
 grpc::Status WorkerStatsService::GetWorkerStats(grpc::ServerContext* context,
-                                                const v1::GetWorkerStatsRequest*,
-                                                v1::GetWorkerStatsResponse* response) {
+                                                const internal::v1::GetWorkerStatsRequest*,
+                                                internal::v1::GetWorkerStatsResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "WorkerStats.GetWorkerStats"); !denied.ok())
     return denied;
   *response->mutable_stats() = info_();
@@ -22,15 +22,15 @@ grpc::Status WorkerStatsService::GetWorkerStats(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-absl::StatusOr<v1::GetWorkerStatsResponse> GetWorkerStats(
+absl::StatusOr<internal::v1::GetWorkerStatsResponse> GetWorkerStats(
     const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
     const std::vector<std::pair<std::string, std::string>>& metadata, absl::Duration timeout) {
-  auto stub = v1::WorkerStats::NewStub(grpc::CreateChannel(target, std::move(credentials)));
+  auto stub = internal::v1::WorkerStats::NewStub(grpc::CreateChannel(target, std::move(credentials)));
   grpc::ClientContext context;
   for (const auto& [key, value] : metadata) context.AddMetadata(key, value);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  v1::GetWorkerStatsResponse response;
-  grpc::Status status = stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &response);
+  internal::v1::GetWorkerStatsResponse response;
+  grpc::Status status = stub->GetWorkerStats(&context, internal::v1::GetWorkerStatsRequest(), &response);
   if (!status.ok()) return FromGrpc(status);
   return response;
 }

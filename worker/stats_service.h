@@ -13,31 +13,31 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
 
 namespace latentserve::worker {
 
 // WorkerStats.GetWorkerStats for one worker role: its live info plus the model it serves.
-class WorkerStatsService final : public v1::WorkerStats::Service {
+class WorkerStatsService final : public internal::v1::WorkerStats::Service {
  public:
-  WorkerStatsService(std::string role, const v1::ModelDescriptor& model,
+  WorkerStatsService(std::string role, const internal::v1::ModelDescriptor& model,
                      std::function<v1::WorkerInfo()> info, const serving::InternalAuthorizer& auth)
       : role_(std::move(role)), model_(model), info_(std::move(info)), auth_(auth) {}
-  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
-                              v1::GetWorkerStatsResponse* response) override;
+  grpc::Status GetWorkerStats(grpc::ServerContext* context, const internal::v1::GetWorkerStatsRequest*,
+                              internal::v1::GetWorkerStatsResponse* response) override;
 
  private:
   std::string role_;
-  const v1::ModelDescriptor& model_;
+  const internal::v1::ModelDescriptor& model_;
   std::function<v1::WorkerInfo()> info_;
   const serving::InternalAuthorizer& auth_;
 };
 
 // Calls WorkerStats.GetWorkerStats on `target` with `metadata` (e.g. the internal token) on
 // the call; a deadline `timeout` from now.
-absl::StatusOr<v1::GetWorkerStatsResponse> GetWorkerStats(
+absl::StatusOr<internal::v1::GetWorkerStatsResponse> GetWorkerStats(
     const std::string& target, std::shared_ptr<grpc::ChannelCredentials> credentials,
     const std::vector<std::pair<std::string, std::string>>& metadata, absl::Duration timeout);
 

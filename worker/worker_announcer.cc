@@ -2,14 +2,14 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "serving/security.h"
 #include "transfer/grpc_transport.h"
 
 namespace latentserve::worker {
 
 WorkerAnnouncer::WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
-                                 v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
+                                 internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
                                  std::string tls_name)
     : router_address_(std::move(router_address)), worker_address_(std::move(worker_address)), role_(std::move(role)),
       tls_name_(std::move(tls_name)), model_(std::move(model)), stats_(std::move(stats)) {
@@ -29,7 +29,7 @@ void WorkerAnnouncer::Loop() {
   grpc::ChannelArguments args;
   if (!tls_name_.empty()) args.SetSslTargetNameOverride(tls_name_);
   transfer::SetInternalKeepalive(args);
-  auto stub = v1::WorkerRegistry::NewStub(
+  auto stub = internal::v1::WorkerRegistry::NewStub(
       grpc::CreateCustomChannel(router_address_, serving::InternalChannelCredentials(), args));
   bool registered = false;
   std::string last_error;
@@ -41,22 +41,22 @@ void WorkerAnnouncer::Loop() {
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     grpc::Status status;
     if (!registered) {
-      v1::RegisterWorkerRequest request;
+      internal::v1::RegisterWorkerRequest request;
       request.set_address(worker_address_);
       request.set_role(role_);
       *request.mutable_model() = model_;
       *request.mutable_stats() = stats_();
-      v1::RegisterWorkerResponse response;
+      internal::v1::RegisterWorkerResponse response;
       status = stub->RegisterWorker(&context, request, &response);
       if (status.ok()) {
         registered = true;
         std::fprintf(stderr, "%s: registered with router %s\n", role_.c_str(), router_address_.c_str());
       }
     } else {
-      v1::HeartbeatRequest request;
+      internal::v1::HeartbeatRequest request;
       request.set_address(worker_address_);
       *request.mutable_stats() = stats_();
-      v1::HeartbeatResponse response;
+      internal::v1::HeartbeatResponse response;
       status = stub->Heartbeat(&context, request, &response);
       if (status.error_code() == grpc::StatusCode::NOT_FOUND) registered = false;
     }

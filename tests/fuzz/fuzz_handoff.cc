@@ -33,7 +33,7 @@ struct World {
   std::unique_ptr<ls::model::Model> model;
   std::unique_ptr<ls::model::LatentCache> cache;
   std::unique_ptr<ls::decode::DecodeWorker> worker;
-  ls::v1::CacheHandoffHeader valid;  // what a correct prefill worker sends, lease id aside
+  ls::internal::v1::CacheHandoffHeader valid;  // what a correct prefill worker sends, lease id aside
   int64_t pages_free = 0;
 };
 
@@ -56,7 +56,7 @@ World* MakeWorld() {
   if (!cache.ok()) std::abort();
   w->cache = std::move(*cache);
   w->worker = std::make_unique<ls::decode::DecodeWorker>(*w->model, *w->cache, "fuzz-fingerprint");
-  ls::v1::CacheHandoffHeader& h = w->valid;
+  ls::internal::v1::CacheHandoffHeader& h = w->valid;
   h.set_request_id("fuzz");
   h.set_model_fingerprint("fuzz-fingerprint");
   h.set_cache_dtype(ls::transfer::ToProtoDType(w->cache->dtype()));
@@ -111,8 +111,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto lease = w.worker->ReserveLease("fuzz", prompt_tokens, absl::Minutes(1), "fuzz-fingerprint", "fuzz-owner");
   if (!lease.ok()) std::abort();  // every earlier lease was released: the cache has room
 
-  ls::v1::ReceiveCacheRequest first;
-  ls::v1::CacheHandoffHeader* h = first.mutable_header();
+  ls::internal::v1::ReceiveCacheRequest first;
+  ls::internal::v1::CacheHandoffHeader* h = first.mutable_header();
   *h = w.valid;
   h->set_lease_id(in.ConsumeIntegralInRange<int>(0, 7) == 0 ? in.ConsumeRandomLengthString(48) : *lease);
   h->set_prompt_tokens(Near(in, prompt_tokens));
@@ -120,7 +120,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (in.ConsumeIntegralInRange<int>(0, 3) == 0) {
     switch (in.ConsumeIntegralInRange<int>(0, 7)) {
       case 0: h->set_model_fingerprint(in.ConsumeRandomLengthString(32)); break;
-      case 1: h->set_cache_dtype(static_cast<ls::v1::CacheDType>(in.ConsumeIntegral<int8_t>())); break;
+      case 1: h->set_cache_dtype(static_cast<ls::internal::v1::CacheDType>(in.ConsumeIntegral<int8_t>())); break;
       case 2: h->set_row_bytes(Near(in, row_bytes)); break;
       case 3: h->set_latent_width(Near(in, w.valid.latent_width())); break;
       case 4: h->set_kda_state_bytes(Near(in, w.valid.kda_state_bytes())); break;
@@ -131,7 +131,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const bool raw_first = in.ConsumeIntegralInRange<int>(0, 15) == 0;
   bool first_sent = false;
-  auto read = [&](ls::v1::ReceiveCacheRequest* message) {
+  auto read = [&](ls::internal::v1::ReceiveCacheRequest* message) {
     message->Clear();
     if (!first_sent) {
       first_sent = true;
@@ -174,7 +174,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
   };
-  ls::v1::ReceiveCacheResponse response;
+  ls::internal::v1::ReceiveCacheResponse response;
   const grpc::Status status = ls::transfer::ReceiveCacheMessages(*w.worker, read, [] { return false; }, &response);
   if (status.ok() && (raw_first || h->lease_id() != *lease)) {
     std::fprintf(stderr, "a handoff without a header naming the lease was accepted\n");

@@ -30,12 +30,12 @@ constexpr int64_t kMaxPromptBytes = 2048;
 
 struct World {
   std::unique_ptr<ls::router::RouterState> state;
-  ls::v1::ModelDescriptor model;
+  ls::internal::v1::ModelDescriptor model;
 };
 
-ls::v1::RegisterWorkerRequest Registration(const std::string& address, const std::string& role,
-                                           const ls::v1::ModelDescriptor& model) {
-  ls::v1::RegisterWorkerRequest r;
+ls::internal::v1::RegisterWorkerRequest Registration(const std::string& address, const std::string& role,
+                                           const ls::internal::v1::ModelDescriptor& model) {
+  ls::internal::v1::RegisterWorkerRequest r;
   r.set_address(address);
   r.set_role(role);
   *r.mutable_model() = model;
@@ -87,7 +87,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
   // The registry's poller marks the never-answering addresses dead; keep them alive.
   for (const char* address : {"127.0.0.1:9", "127.0.0.1:7"}) {
-    ls::v1::HeartbeatRequest beat;
+    ls::internal::v1::HeartbeatRequest beat;
     beat.set_address(address);
     beat.mutable_stats()->set_cache_pages_free(64);
     beat.mutable_stats()->set_alive(true);

@@ -25,7 +25,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/time/clock.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "transfer/checksum.h"
 #include "transfer/grpc_transport.h"
 
@@ -58,10 +58,10 @@ class Sink : public ls::transfer::CacheSink {
   }
 };
 
-class Service final : public ls::v1::DecodeWorker::Service {
+class Service final : public ls::internal::v1::DecodeWorker::Service {
  public:
-  grpc::Status ReceiveCache(grpc::ServerContext* ctx, grpc::ServerReader<ls::v1::ReceiveCacheRequest>* reader,
-                            ls::v1::ReceiveCacheResponse* response) override {
+  grpc::Status ReceiveCache(grpc::ServerContext* ctx, grpc::ServerReader<ls::internal::v1::ReceiveCacheRequest>* reader,
+                            ls::internal::v1::ReceiveCacheResponse* response) override {
     return ls::transfer::ServeReceiveCache(sink_, ctx, reader, response);
   }
   Sink sink_;

@@ -31,7 +31,7 @@
 #include <gtest/gtest.h>
 
 #include "latentserve/v1/generate.grpc.pb.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 
 namespace latentserve {
 namespace {
@@ -282,11 +282,11 @@ grpc::Status Generate(const Cluster& cluster, const Caller& caller, int max_toke
 }
 
 std::string Fingerprint(const Cluster& cluster, const Caller& component) {
-  auto stub = v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
+  auto stub = internal::v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
   grpc::ClientContext context;
   component.Prepare(context);
-  v1::GetWorkerStatsResponse stats;
-  grpc::Status status = stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  internal::v1::GetWorkerStatsResponse stats;
+  grpc::Status status = stub->GetWorkerStats(&context, internal::v1::GetWorkerStatsRequest(), &stats);
   return status.ok() ? stats.model().fingerprint() : "";
 }
 
@@ -294,51 +294,51 @@ std::string Fingerprint(const Cluster& cluster, const Caller& component) {
 std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const Cluster& cluster, const Caller& caller,
                                                                           const std::string& fingerprint) {
   std::vector<std::pair<std::string, grpc::Status>> out;
-  auto decode = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  auto decode = internal::v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::ReserveLeaseRequest request;
+    internal::v1::ReserveLeaseRequest request;
     request.set_request_id("intruder");
     request.set_tokens(64);
     request.set_ttl_ms(2000);
     request.set_model_fingerprint(fingerprint);
-    v1::ReserveLeaseResponse response;
+    internal::v1::ReserveLeaseResponse response;
     out.emplace_back("DecodeWorker.ReserveLease", decode->ReserveLease(&context, request, &response));
     if (out.back().second.ok()) {  // admitted: give the pages back at once (not one of the checked calls)
       grpc::ClientContext release_context;
       caller.Prepare(release_context);
-      v1::ReleaseLeaseRequest release;
+      internal::v1::ReleaseLeaseRequest release;
       release.set_lease_id(response.lease_id());
-      v1::ReleaseLeaseResponse released;
+      internal::v1::ReleaseLeaseResponse released;
       decode->ReleaseLease(&release_context, release, &released);
     }
   }
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::ReleaseLeaseRequest request;
+    internal::v1::ReleaseLeaseRequest request;
     request.set_lease_id("lease-1");
-    v1::ReleaseLeaseResponse response;
+    internal::v1::ReleaseLeaseResponse response;
     out.emplace_back("DecodeWorker.ReleaseLease", decode->ReleaseLease(&context, request, &response));
   }
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::RenewLeaseRequest request;
+    internal::v1::RenewLeaseRequest request;
     request.set_lease_id("lease-1");
     request.set_ttl_ms(1000);
-    v1::RenewLeaseResponse response;
+    internal::v1::RenewLeaseResponse response;
     out.emplace_back("DecodeWorker.RenewLease", decode->RenewLease(&context, request, &response));
   }
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::DecodeRequest request;
+    internal::v1::DecodeRequest request;
     request.set_lease_id("lease-1");
     request.set_max_new_tokens(4);
     auto reader = decode->Decode(&context, request);
-    v1::DecodeResponse event;
+    internal::v1::DecodeResponse event;
     while (reader->Read(&event)) {
     }
     out.emplace_back("DecodeWorker.Decode", reader->Finish());
@@ -346,9 +346,9 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::ReceiveCacheResponse response;
+    internal::v1::ReceiveCacheResponse response;
     auto writer = decode->ReceiveCache(&context, &response);
-    v1::ReceiveCacheRequest header;
+    internal::v1::ReceiveCacheRequest header;
     header.mutable_header()->set_lease_id("lease-1");
     header.mutable_header()->set_model_fingerprint(fingerprint);
     writer->Write(header);
@@ -356,46 +356,46 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
     out.emplace_back("DecodeWorker.ReceiveCache", writer->Finish());
   }
   {
-    auto prefill = v1::PrefillWorker::NewStub(caller.To(cluster.prefill->address()));
+    auto prefill = internal::v1::PrefillWorker::NewStub(caller.To(cluster.prefill->address()));
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::PrefillRequest request;
+    internal::v1::PrefillRequest request;
     request.set_request_id("intruder");
     request.set_lease_id("lease-1");
     request.set_decode_worker(cluster.decode->address());
     request.add_token_ids(1);
     request.set_model_fingerprint(fingerprint);
     auto reader = prefill->Prefill(&context, request);
-    v1::PrefillResponse event;
+    internal::v1::PrefillResponse event;
     while (reader->Read(&event)) {
     }
     out.emplace_back("PrefillWorker.Prefill", reader->Finish());
   }
   for (const Process* worker : {cluster.prefill.get(), cluster.decode.get()}) {
-    auto stats = v1::WorkerStats::NewStub(caller.To(worker->address()));
+    auto stats = internal::v1::WorkerStats::NewStub(caller.To(worker->address()));
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::GetWorkerStatsResponse response;
-    out.emplace_back("WorkerStats.GetWorkerStats", stats->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &response));
+    internal::v1::GetWorkerStatsResponse response;
+    out.emplace_back("WorkerStats.GetWorkerStats", stats->GetWorkerStats(&context, internal::v1::GetWorkerStatsRequest(), &response));
   }
-  auto registry = v1::WorkerRegistry::NewStub(caller.To(cluster.router->address()));
+  auto registry = internal::v1::WorkerRegistry::NewStub(caller.To(cluster.router->address()));
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::RegisterWorkerRequest request;
+    internal::v1::RegisterWorkerRequest request;
     request.set_address("127.0.0.1:9");
     request.set_role("decode");
     request.mutable_model()->set_fingerprint("bogus");
-    v1::RegisterWorkerResponse response;
+    internal::v1::RegisterWorkerResponse response;
     out.emplace_back("WorkerRegistry.RegisterWorker", registry->RegisterWorker(&context, request, &response));
   }
   {
     grpc::ClientContext context;
     caller.Prepare(context);
-    v1::HeartbeatRequest request;
+    internal::v1::HeartbeatRequest request;
     request.set_address(cluster.decode->address());
     request.mutable_stats()->set_draining(true);
-    v1::HeartbeatResponse response;
+    internal::v1::HeartbeatResponse response;
     out.emplace_back("WorkerRegistry.Heartbeat", registry->Heartbeat(&context, request, &response));
   }
   return out;
@@ -486,59 +486,59 @@ TEST_F(MutualTls, GenerationThroughTheRouterStillWorks) {
 }
 
 v1::WorkerInfo DecodeStats(const Cluster& cluster, const Caller& component) {
-  auto stub = v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
+  auto stub = internal::v1::WorkerStats::NewStub(component.To(cluster.decode->address()));
   grpc::ClientContext context;
   component.Prepare(context);
-  v1::GetWorkerStatsResponse stats;
-  EXPECT_TRUE(stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats).ok());
+  internal::v1::GetWorkerStatsResponse stats;
+  EXPECT_TRUE(stub->GetWorkerStats(&context, internal::v1::GetWorkerStatsRequest(), &stats).ok());
   return stats.stats();
 }
 
 grpc::Status Reserve(const Cluster& cluster, const Caller& caller, int64_t tokens, int64_t ttl_ms, std::string* lease_id) {
-  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
   grpc::ClientContext context;
   caller.Prepare(context);
-  v1::ReserveLeaseRequest request;
+  internal::v1::ReserveLeaseRequest request;
   request.set_request_id("lease-test");
   request.set_tokens(tokens);
   request.set_ttl_ms(ttl_ms);
   request.set_model_fingerprint(Fingerprint(cluster, caller));
-  v1::ReserveLeaseResponse response;
+  internal::v1::ReserveLeaseResponse response;
   grpc::Status status = stub->ReserveLease(&context, request, &response);
   *lease_id = response.lease_id();
   return status;
 }
 
 grpc::Status Release(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
-  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
   grpc::ClientContext context;
   caller.Prepare(context);
-  v1::ReleaseLeaseRequest request;
+  internal::v1::ReleaseLeaseRequest request;
   request.set_lease_id(lease_id);
-  v1::ReleaseLeaseResponse response;
+  internal::v1::ReleaseLeaseResponse response;
   return stub->ReleaseLease(&context, request, &response);
 }
 
 grpc::Status Renew(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
-  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
   grpc::ClientContext context;
   caller.Prepare(context);
-  v1::RenewLeaseRequest request;
+  internal::v1::RenewLeaseRequest request;
   request.set_lease_id(lease_id);
   request.set_ttl_ms(5000);
-  v1::RenewLeaseResponse response;
+  internal::v1::RenewLeaseResponse response;
   return stub->RenewLease(&context, request, &response);
 }
 
 grpc::Status DecodeLease(const Cluster& cluster, const Caller& caller, const std::string& lease_id) {
-  auto stub = v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(caller.To(cluster.decode->address()));
   grpc::ClientContext context;
   caller.Prepare(context);
-  v1::DecodeRequest request;
+  internal::v1::DecodeRequest request;
   request.set_lease_id(lease_id);
   request.set_max_new_tokens(2);
   auto reader = stub->Decode(&context, request);
-  v1::DecodeResponse event;
+  internal::v1::DecodeResponse event;
   while (reader->Read(&event)) {
   }
   return reader->Finish();
@@ -642,12 +642,12 @@ TEST_F(InternalToken, TokenHoldersAreAdmittedAndGenerationWorks) {
   EXPECT_TRUE(WaitFor([] { return NoneDraining(*cluster_, Anonymous()); }, milliseconds(10000)));
 }
 
-v1::ModelDescriptor WorkerModel(const Process& worker, const Caller& caller, grpc::Status* status) {
-  auto stub = v1::WorkerStats::NewStub(caller.To(worker.address()));
+internal::v1::ModelDescriptor WorkerModel(const Process& worker, const Caller& caller, grpc::Status* status) {
+  auto stub = internal::v1::WorkerStats::NewStub(caller.To(worker.address()));
   grpc::ClientContext context;
   caller.Prepare(context);
-  v1::GetWorkerStatsResponse stats;
-  *status = stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats);
+  internal::v1::GetWorkerStatsResponse stats;
+  *status = stub->GetWorkerStats(&context, internal::v1::GetWorkerStatsRequest(), &stats);
   return stats.model();
 }
 
@@ -655,7 +655,7 @@ TEST_F(InternalToken, WorkerStatsGiveTheAbsoluteModelPathToComponentsOnly) {
   const Caller component = WithInternalToken(Files().internal_token_value);
   for (const Process* worker : {cluster_->prefill.get(), cluster_->decode.get()}) {
     grpc::Status status;
-    const v1::ModelDescriptor model = WorkerModel(*worker, component, &status);
+    const internal::v1::ModelDescriptor model = WorkerModel(*worker, component, &status);
     ASSERT_TRUE(status.ok()) << status.error_message();
     char resolved[PATH_MAX];
     ASSERT_NE(realpath(Files().model.c_str(), resolved), nullptr);
@@ -672,30 +672,30 @@ TEST_F(InternalToken, WorkerAddressesFromTheWireMustBeHostAndPort) {
   const std::string fingerprint = Fingerprint(*cluster_, component);
   for (const std::string& target : {std::string("unix:/tmp/latentserve-ssrf.sock"), std::string("dns:///example.com:80"),
                                     std::string("127.0.0.1"), std::string("127.0.0.1:0"), std::string("")}) {
-    auto prefill = v1::PrefillWorker::NewStub(component.To(cluster_->prefill->address()));
+    auto prefill = internal::v1::PrefillWorker::NewStub(component.To(cluster_->prefill->address()));
     grpc::ClientContext context;
     component.Prepare(context);
-    v1::PrefillRequest request;
+    internal::v1::PrefillRequest request;
     request.set_request_id("ssrf");
     request.set_lease_id("lease-0");
     request.set_decode_worker(target);
     request.add_token_ids(1);
     request.set_model_fingerprint(fingerprint);
     auto reader = prefill->Prefill(&context, request);
-    v1::PrefillResponse event;
+    internal::v1::PrefillResponse event;
     while (reader->Read(&event)) {
     }
     grpc::Status status = reader->Finish();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << target << ": " << status.error_message();
 
-    auto registry = v1::WorkerRegistry::NewStub(component.To(cluster_->router->address()));
+    auto registry = internal::v1::WorkerRegistry::NewStub(component.To(cluster_->router->address()));
     grpc::ClientContext register_context;
     component.Prepare(register_context);
-    v1::RegisterWorkerRequest registration;
+    internal::v1::RegisterWorkerRequest registration;
     registration.set_address(target);
     registration.set_role("decode");
     registration.mutable_model()->set_fingerprint(fingerprint);
-    v1::RegisterWorkerResponse registered;
+    internal::v1::RegisterWorkerResponse registered;
     status = registry->RegisterWorker(&register_context, registration, &registered);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << target << ": " << status.error_message();
   }
@@ -736,7 +736,7 @@ TEST_F(OpenLoopback, GenerationWorksAndEveryProcessWarnsThatItIsOpen) {
 TEST_F(OpenLoopback, WorkerStatsDoNotLeakTheAbsoluteModelPath) {
   for (const Process* worker : {cluster_->prefill.get(), cluster_->decode.get()}) {
     grpc::Status status;
-    const v1::ModelDescriptor model = WorkerModel(*worker, Anonymous(), &status);
+    const internal::v1::ModelDescriptor model = WorkerModel(*worker, Anonymous(), &status);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(model.path(), "model.gguf");
     EXPECT_FALSE(model.fingerprint().empty());
@@ -774,10 +774,10 @@ ModelPlan ReadPlan() {
 
 // A handoff header for that layout (f16 cache, the workers' default; 4 prompt tokens).
 void FillHeader(const ModelPlan& plan, const std::string& lease, const std::string& fingerprint,
-                int64_t kda_state_bytes, v1::CacheHandoffHeader* h) {
+                int64_t kda_state_bytes, internal::v1::CacheHandoffHeader* h) {
   h->set_lease_id(lease);
   h->set_model_fingerprint(fingerprint);
-  h->set_cache_dtype(v1::CACHE_D_TYPE_F16);
+  h->set_cache_dtype(internal::v1::CACHE_D_TYPE_F16);
   h->set_latent_width(plan.row_bytes / 2);
   h->set_row_bytes(plan.row_bytes);
   for (int64_t i = 0; i < plan.mla_layers; ++i) h->add_mla_layers(static_cast<int32_t>(i));
@@ -831,13 +831,13 @@ TEST_F(LeaseBounds, RenewTtlIsClampedToTheWorkersMaximum) {
   const v1::WorkerInfo baseline = DecodeStats(*cluster_, Component());
   std::string lease;
   ASSERT_TRUE(Reserve(*cluster_, Component(), 256, 500, &lease).ok());
-  auto stub = v1::DecodeWorker::NewStub(Component().To(cluster_->decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(Component().To(cluster_->decode->address()));
   grpc::ClientContext context;
   Component().Prepare(context);
-  v1::RenewLeaseRequest request;
+  internal::v1::RenewLeaseRequest request;
   request.set_lease_id(lease);
   request.set_ttl_ms(INT64_MAX);
-  v1::RenewLeaseResponse response;
+  internal::v1::RenewLeaseResponse response;
   ASSERT_TRUE(stub->RenewLease(&context, request, &response).ok());
   EXPECT_TRUE(WaitFor([&] { return AtBaseline(baseline); }, milliseconds(8000)));
 }
@@ -865,13 +865,13 @@ TEST_F(LeaseBounds, HandoffHeaderSizesAreCheckedWithoutOverflow) {
   auto send_header = [&](int64_t kda_state_bytes) {
     std::string lease;
     EXPECT_TRUE(Reserve(*cluster_, component, 64, 5000, &lease).ok());
-    auto stub = v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
+    auto stub = internal::v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
     grpc::ClientContext context;
     component.Prepare(context);
-    v1::ReceiveCacheResponse response;
+    internal::v1::ReceiveCacheResponse response;
     auto writer = stub->ReceiveCache(&context, &response);
-    v1::ReceiveCacheRequest message;
-    v1::CacheHandoffHeader* h = message.mutable_header();
+    internal::v1::ReceiveCacheRequest message;
+    internal::v1::CacheHandoffHeader* h = message.mutable_header();
     h->set_request_id("overflow");
     h->set_page_tokens(16);
     FillHeader(model, lease, fingerprint, kda_state_bytes, h);
@@ -906,19 +906,19 @@ TEST_F(LeaseBounds, HandoffIntoAReleasedLeaseIsAborted) {
   const Caller component = Component();
   std::string lease;
   ASSERT_TRUE(Reserve(*cluster_, component, 64, 5000, &lease).ok());
-  auto stub = v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
+  auto stub = internal::v1::DecodeWorker::NewStub(component.To(cluster_->decode->address()));
   grpc::ClientContext context;
   component.Prepare(context);
-  v1::ReceiveCacheResponse response;
+  internal::v1::ReceiveCacheResponse response;
   auto writer = stub->ReceiveCache(&context, &response);
-  v1::ReceiveCacheRequest message;
-  v1::CacheHandoffHeader* h = message.mutable_header();
+  internal::v1::ReceiveCacheRequest message;
+  internal::v1::CacheHandoffHeader* h = message.mutable_header();
   FillHeader(model, lease, Fingerprint(*cluster_, component), kda_total / kda_layers, h);
   ASSERT_TRUE(writer->Write(message));
   // The header is taken within milliseconds on loopback; well inside the 1 s lease bound.
   std::this_thread::sleep_for(milliseconds(300));
   ASSERT_TRUE(Release(*cluster_, component, lease).ok());
-  v1::ReceiveCacheRequest chunk;
+  internal::v1::ReceiveCacheRequest chunk;
   chunk.mutable_kda()->set_kda_index(0);
   chunk.mutable_kda()->set_offset(0);
   chunk.mutable_kda()->set_data("x");
@@ -982,7 +982,7 @@ TEST(HealthPort, ServesNoReflection) {
   // Control: the serving port lists its services (the internal schema included).
   grpc::Status status = ListServicesByReflection(router.address(), &services);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_NE(services.find("latentserve.v1.WorkerRegistry"), std::string::npos);
+  EXPECT_NE(services.find("latentserve.internal.v1.WorkerRegistry"), std::string::npos);
   // The plaintext health port: no reflection at all.
   status = ListServicesByReflection(health, &services);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << status.error_message() << " " << services;

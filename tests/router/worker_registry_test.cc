@@ -17,20 +17,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 
 namespace latentserve::router {
 namespace {
 
-v1::ModelDescriptor TestModel(int64_t max_context_tokens = 4096) {
-  v1::ModelDescriptor model;
+internal::v1::ModelDescriptor TestModel(int64_t max_context_tokens = 4096) {
+  internal::v1::ModelDescriptor model;
   model.set_name("test");
   model.set_fingerprint("0123456789abcdef");
   model.set_max_context_tokens(max_context_tokens);
   return model;
 }
 
-class StatsServer final : public v1::WorkerStats::Service {
+class StatsServer final : public internal::v1::WorkerStats::Service {
  public:
   explicit StatsServer(std::string role, int64_t max_context_tokens = 4096)
       : role_(std::move(role)), max_context_tokens_(max_context_tokens) {
@@ -43,8 +43,8 @@ class StatsServer final : public v1::WorkerStats::Service {
   }
   ~StatsServer() override { server_->Shutdown(); }
 
-  grpc::Status GetWorkerStats(grpc::ServerContext*, const v1::GetWorkerStatsRequest*,
-                              v1::GetWorkerStatsResponse* response) override {
+  grpc::Status GetWorkerStats(grpc::ServerContext*, const internal::v1::GetWorkerStatsRequest*,
+                              internal::v1::GetWorkerStatsResponse* response) override {
     response->set_role(role_);
     *response->mutable_model() = TestModel(max_context_tokens_);
     response->mutable_stats()->set_cache_pages_free(100);
@@ -52,8 +52,8 @@ class StatsServer final : public v1::WorkerStats::Service {
     return grpc::Status::OK;
   }
 
-  v1::RegisterWorkerRequest Registration() const {
-    v1::RegisterWorkerRequest request;
+  internal::v1::RegisterWorkerRequest Registration() const {
+    internal::v1::RegisterWorkerRequest request;
     request.set_address(address_);
     request.set_role(role_);
     *request.mutable_model() = TestModel(max_context_tokens_);
@@ -73,7 +73,7 @@ class StatsServer final : public v1::WorkerStats::Service {
 // A worker whose stats call answers only once `group_size` calls are in flight across the
 // group (a barrier), then reports 777 free pages. Polled one at a time, each call would wait
 // for the others and miss its deadline; polled together, all answer.
-class BarrierStatsServer final : public v1::WorkerStats::Service {
+class BarrierStatsServer final : public internal::v1::WorkerStats::Service {
  public:
   struct Group {
     std::mutex mu;
@@ -92,8 +92,8 @@ class BarrierStatsServer final : public v1::WorkerStats::Service {
   }
   ~BarrierStatsServer() override { server_->Shutdown(); }
 
-  grpc::Status GetWorkerStats(grpc::ServerContext* context, const v1::GetWorkerStatsRequest*,
-                              v1::GetWorkerStatsResponse* response) override {
+  grpc::Status GetWorkerStats(grpc::ServerContext* context, const internal::v1::GetWorkerStatsRequest*,
+                              internal::v1::GetWorkerStatsResponse* response) override {
     std::unique_lock<std::mutex> lock(group_.mu);
     const int64_t round = group_.released;
     if (++group_.in_flight == group_.size) {
@@ -208,8 +208,8 @@ TEST_F(PlacementTest, PrefillClaimsFollowOutstandingCost) {
 
 // Registrations are bounded (issue 17, 3): forged ones cannot grow the router without end,
 // addresses must be HOST:PORT, and a worker nobody hears from is forgotten.
-v1::RegisterWorkerRequest RegistrationAt(const std::string& address) {
-  v1::RegisterWorkerRequest request;
+internal::v1::RegisterWorkerRequest RegistrationAt(const std::string& address) {
+  internal::v1::RegisterWorkerRequest request;
   request.set_address(address);
   request.set_role("decode");
   *request.mutable_model() = TestModel();
@@ -276,7 +276,7 @@ TEST(RegistryPollTest, WorkersArePolledConcurrently) {
   WorkerRegistry registry(absl::Milliseconds(50));
   for (int i = 0; i < group.size; ++i) {
     workers.push_back(std::make_unique<BarrierStatsServer>(group));
-    v1::RegisterWorkerRequest request = RegistrationAt(workers.back()->address());
+    internal::v1::RegisterWorkerRequest request = RegistrationAt(workers.back()->address());
     request.mutable_stats()->set_cache_pages_free(100);
     ASSERT_TRUE(registry.Register(request).ok());
   }
@@ -291,7 +291,7 @@ TEST(RegistryPollTest, WorkersArePolledConcurrently) {
 TEST(RegistryLimitsTest, PinnedFingerprintIsNotDecidedByTheFirstRegistration) {
   WorkerRegistry registry(absl::Milliseconds(50));
   registry.PinFingerprint(TestModel().fingerprint());
-  v1::RegisterWorkerRequest bogus = RegistrationAt("127.0.0.1:9");
+  internal::v1::RegisterWorkerRequest bogus = RegistrationAt("127.0.0.1:9");
   bogus.mutable_model()->set_fingerprint("bogus");
   EXPECT_EQ(registry.Register(bogus).code(), absl::StatusCode::kFailedPrecondition);
   StatsServer real("decode");

@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "transfer/checksum.h"
 
 namespace latentserve::transfer {
@@ -39,7 +39,7 @@ TEST(EncodeTest, LatentRowsAreTheProtobufSerialisation) {
   for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{128}, size_t{1} << 20}) {
     for (uint64_t checksum : {uint64_t{0}, uint64_t{0x0123456789abcdefULL}}) {
       LatentRows chunk{3, 4096, 17, Pattern(n, 1), checksum};
-      v1::ReceiveCacheRequest expected;
+      internal::v1::ReceiveCacheRequest expected;
       auto* p = expected.mutable_latent();
       p->set_mla_index(3);
       p->set_first_token(4096);
@@ -48,7 +48,7 @@ TEST(EncodeTest, LatentRowsAreTheProtobufSerialisation) {
       p->set_checksum(checksum);
       const std::string bytes = Flatten(EncodeLatentRows(chunk));
       EXPECT_EQ(bytes, expected.SerializeAsString()) << n << " " << checksum;
-      v1::ReceiveCacheRequest parsed;
+      internal::v1::ReceiveCacheRequest parsed;
       ASSERT_TRUE(parsed.ParseFromString(bytes));
       ASSERT_TRUE(parsed.has_latent());
       EXPECT_EQ(parsed.latent().rows(), chunk.rows);
@@ -60,7 +60,7 @@ TEST(EncodeTest, LatentRowsAreTheProtobufSerialisation) {
 
 TEST(EncodeTest, KdaStateIsTheProtobufSerialisation) {
   KdaStateBytes chunk{2, 3 << 20, Pattern(1000, 2), 0xfedcba9876543210ULL};
-  v1::ReceiveCacheRequest expected;
+  internal::v1::ReceiveCacheRequest expected;
   auto* p = expected.mutable_kda();
   p->set_kda_index(2);
   p->set_offset(3 << 20);
@@ -161,11 +161,11 @@ class TestSink : public CacheSink {
   Received& r_;
 };
 
-class Service final : public v1::DecodeWorker::Service {
+class Service final : public internal::v1::DecodeWorker::Service {
  public:
   explicit Service(CacheSink& sink) : sink_(sink) {}
-  grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<v1::ReceiveCacheRequest>* reader,
-                            v1::ReceiveCacheResponse* response) override {
+  grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
+                            internal::v1::ReceiveCacheResponse* response) override {
     return ServeReceiveCache(sink_, context, reader, response);
   }
 

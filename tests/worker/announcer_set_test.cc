@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "latentserve/v1/worker.grpc.pb.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
 
 namespace latentserve::worker {
 namespace {
@@ -32,7 +32,7 @@ TEST(ResolveAll, LiteralsNamesAndErrors) {
   EXPECT_EQ(ResolveAll("no-such-host.invalid:80").status().code(), absl::StatusCode::kUnavailable);
 }
 
-class CountingRegistry final : public v1::WorkerRegistry::Service {
+class CountingRegistry final : public internal::v1::WorkerRegistry::Service {
  public:
   CountingRegistry() {
     grpc::ServerBuilder builder;
@@ -41,12 +41,12 @@ class CountingRegistry final : public v1::WorkerRegistry::Service {
     server_ = builder.BuildAndStart();
   }
   ~CountingRegistry() override { server_->Shutdown(); }
-  grpc::Status RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest* request,
-                              v1::RegisterWorkerResponse*) override {
+  grpc::Status RegisterWorker(grpc::ServerContext*, const internal::v1::RegisterWorkerRequest* request,
+                              internal::v1::RegisterWorkerResponse*) override {
     if (request->address() == "worker:1") registered_++;
     return grpc::Status::OK;
   }
-  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override {
+  grpc::Status Heartbeat(grpc::ServerContext*, const internal::v1::HeartbeatRequest*, internal::v1::HeartbeatResponse*) override {
     return grpc::Status::OK;
   }
   int port() const { return port_; }
@@ -68,7 +68,7 @@ bool WaitFor(const std::function<bool()>& done) {
 TEST(AnnouncerSet, RegistersWithEveryListedRouterAndEveryResolvedAddress) {
   CountingRegistry a, b, c;
   AnnouncerSet set({absl::StrCat("127.0.0.1:", a.port()), absl::StrCat("127.0.0.1:", b.port())},
-                   absl::StrCat("localhost:", c.port()), "worker:1", "decode", v1::ModelDescriptor(),
+                   absl::StrCat("localhost:", c.port()), "worker:1", "decode", internal::v1::ModelDescriptor(),
                    [] { return v1::WorkerInfo(); }, absl::Milliseconds(50));
   EXPECT_TRUE(WaitFor([&] { return a.registered() > 0 && b.registered() > 0 && c.registered() > 0; }))
       << a.registered() << " " << b.registered() << " " << c.registered();
