@@ -8,12 +8,23 @@
 #include <string>
 #include <string_view>
 
+// Small helpers below are shared with the CUDA kernels.
+#ifndef LS_HOST_DEVICE
+#if defined(__CUDACC__)
+#define LS_HOST_DEVICE __host__ __device__
+#else
+#define LS_HOST_DEVICE
+#endif
+#endif
+
 namespace latentserve {
 
 enum class DType : uint32_t {
   kF32 = 0,
   kF16 = 1,
   kQ4_0 = 2,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
   kQ8_0 = 8,
   kQ4_K = 12,
   kQ5_K = 13,
@@ -67,6 +78,25 @@ struct BlockQ4_0 {
 static_assert(sizeof(BlockQ8_0) == 34, "q8_0 block is 34 bytes");
 static_assert(sizeof(BlockQ4_0) == 18, "q4_0 block is 18 bytes");
 
+// q5_0 / q5_1 (ggml's layouts): 32 values, 5-bit codes q; fifth bit of element i at bit i of
+// qh (little-endian), low 4 bits as q4_0's nibbles. q5_0: value = (q - 16) * d;
+// q5_1: value = q * d + m. (llama.cpp's fallback in K-quant files: dtype_q5.cc.)
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+struct BlockQ5_1 {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ5_0) == 22, "q5_0 block is 22 bytes");
+static_assert(sizeof(BlockQ5_1) == 24, "q5_1 block is 24 bytes");
+void QuantizeRowQ5(DType type, const float* src, void* dst, int64_t elements);
+void DequantizeRowQ5(DType type, const void* src, float* dst, int64_t elements);
+
 // K-quants (ggml's layouts): super-blocks of 256 values along ne[0].
 constexpr int64_t kSuperBlock = 256;
 
@@ -106,12 +136,23 @@ static_assert(sizeof(BlockQ4_K) == 144, "q4_K block is 144 bytes");
 static_assert(sizeof(BlockQ5_K) == 176, "q5_K block is 176 bytes");
 static_assert(sizeof(BlockQ6_K) == 210, "q6_K block is 210 bytes");
 
-inline bool IsKQuant(DType type) {
+LS_HOST_DEVICE inline bool IsKQuant(DType type) {
   return type == DType::kQ4_K || type == DType::kQ5_K || type == DType::kQ6_K;
 }
 
+// What llama.cpp's quantiser stores instead of a K-quant when a row is not whole super-blocks
+// (q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0); other types unchanged.
+inline DType SuperBlockFallback(DType type) {
+  switch (type) {
+    case DType::kQ4_K: return DType::kQ5_0;
+    case DType::kQ5_K: return DType::kQ5_1;
+    case DType::kQ6_K: return DType::kQ8_0;
+    default: return type;
+  }
+}
+
 // Sub-block j's (0..7) 6-bit scale and min from a q4_K / q5_K `scales` array.
-inline void KQuantScaleMin(int j, const uint8_t* scales, int* scale, int* min) {
+LS_HOST_DEVICE inline void KQuantScaleMin(int j, const uint8_t* scales, int* scale, int* min) {
   if (j < 4) {
     *scale = scales[j] & 63;
     *min = scales[j + 4] & 63;

@@ -6,9 +6,9 @@ namespace latentserve::model {
 
 int64_t WeightBytes(const ModelConfig& c, DType wt) {
   auto matrix = [&](int64_t rows_len, int64_t rows) {
-    // Widths the type's block does not divide: K-quants fall back to q8_0, then f32 (as
-    // make-test-model and --random-weights do).
-    DType type = rows_len % Traits(wt).block_elements == 0 ? wt : IsKQuant(wt) ? DType::kQ8_0 : DType::kF32;
+    // Widths the type's block does not divide: K-quants fall back as llama.cpp's quantiser does
+    // (SuperBlockFallback), then f32 (as make-test-model and --random-weights do).
+    DType type = rows_len % Traits(wt).block_elements == 0 ? wt : SuperBlockFallback(wt);
     if (rows_len % Traits(type).block_elements != 0) type = DType::kF32;
     return RowBytes(type, rows_len) * rows;
   };

@@ -39,8 +39,6 @@ uint64_t MinEncodedSize(ValueType type) {
 const char* KnownUnsupportedTypeName(uint32_t id) {
   switch (id) {
     case 3: return "q4_1";
-    case 6: return "q5_0";
-    case 7: return "q5_1";
     case 9: return "q8_1";
     case 10: return "q2_K";
     case 11: return "q3_K";

@@ -91,6 +91,29 @@ TEST(KQuant, Q6KLayout) {
   }
 }
 
+TEST(KQuant, Q5Layouts) {
+  BlockQ5_0 b0{};
+  BlockQ5_1 b1{};
+  b0.d = b1.d = FloatToHalf(0.5f);
+  b1.m = FloatToHalf(-2.0f);
+  for (int i = 0; i < 16; ++i) b0.qs[i] = b1.qs[i] = static_cast<uint8_t>(i * 37 + 3);
+  const uint8_t qh[4] = {0x5a, 0x0f, 0xc3, 0x81};
+  std::memcpy(b0.qh, qh, 4);
+  std::memcpy(b1.qh, qh, 4);
+  float y0[32], y1[32];
+  DequantizeRow(DType::kQ5_0, &b0, y0, 32);
+  DequantizeRow(DType::kQ5_1, &b1, y1, 32);
+  for (int e = 0; e < 32; ++e) {
+    const int low = e < 16 ? b0.qs[e] & 15 : b0.qs[e - 16] >> 4;
+    const int q = low | ((qh[e / 8] >> (e % 8)) & 1) << 4;  // fifth bit: bit e of qh
+    EXPECT_EQ(y0[e], (q - 16) * 0.5f) << e;
+    EXPECT_EQ(y1[e], q * 0.5f - 2.0f) << e;
+  }
+  EXPECT_EQ(GetDTypeTraits(6)->block_bytes, 22);
+  EXPECT_EQ(GetDTypeTraits(7)->block_bytes, 24);
+  EXPECT_EQ(SuperBlockFallback(DType::kQ4_K), DType::kQ5_0);
+}
+
 // Normalised squared error of a gaussian row; ggml's own quantisers reach about 4e-3 (q4_K),
 // 1e-3 (q5_K) and 2.5e-4 (q6_K); ours, without ggml's scale search, must stay near.
 TEST(KQuant, RoundTripError) {
@@ -98,7 +121,8 @@ TEST(KQuant, RoundTripError) {
   std::normal_distribution<float> normal(0.0f, 0.7f);
   std::vector<float> x(256 * 32);
   for (float& v : x) v = normal(rng);
-  for (const auto& [type, bound] : {std::pair{DType::kQ4_K, 1.5e-2}, {DType::kQ5_K, 4e-3}, {DType::kQ6_K, 1e-3}}) {
+  for (const auto& [type, bound] : {std::pair{DType::kQ4_K, 1.5e-2}, {DType::kQ5_K, 4e-3}, {DType::kQ6_K, 1e-3},
+                                    {DType::kQ5_0, 4e-3}, {DType::kQ5_1, 4e-3}}) {
     std::vector<uint8_t> packed(RowBytes(type, x.size()));
     std::vector<float> y(x.size());
     QuantizeRow(type, x.data(), packed.data(), x.size());

@@ -34,8 +34,10 @@ TEST(WeightMix, Q4KMTypes) {
     EXPECT_EQ(MatrixType(q4km, p + "attn_v.weight", 512, layers), more ? DType::kQ6_K : DType::kQ4_K) << il;
     EXPECT_EQ(MatrixType(q4km, p + "ffn_gate_exps.weight", 256, layers), DType::kQ4_K) << il;
   }
-  // Widths a super-block does not divide: q8_0, then f32.
-  EXPECT_EQ(MatrixType(q4km, "blk.1.attn_k_b.weight", 128, layers), DType::kQ8_0);
+  // Widths a super-block does not divide: llama.cpp's fallbacks, then f32.
+  EXPECT_EQ(MatrixType(q4km, "blk.1.attn_k_b.weight", 128, layers), DType::kQ5_0);
+  EXPECT_EQ(MatrixType({DType::kQ5_K, WeightMix::kQ5_K_M}, "blk.1.attn_k_b.weight", 128, layers), DType::kQ5_1);
+  EXPECT_EQ(MatrixType({DType::kQ6_K, WeightMix::kNone}, "blk.1.attn_k_b.weight", 128, layers), DType::kQ8_0);
   EXPECT_EQ(MatrixType(q4km, "blk.1.ssm_beta.weight", 48, layers), DType::kF32);
   EXPECT_EQ(MatrixType({DType::kQ4_0, WeightMix::kNone}, "x", 48, layers), DType::kF32);
   EXPECT_EQ(FileType(q4km), 15u);
@@ -63,7 +65,7 @@ TEST(WeightMix, GeneratedFileCarriesTheMix) {
   EXPECT_EQ(types["blk.0.ffn_down.weight"], DType::kQ4_K);
   EXPECT_EQ(types["blk.1.ffn_down_exps.weight"], DType::kQ6_K);
   EXPECT_EQ(types["blk.1.ffn_gate_exps.weight"], DType::kQ4_K);
-  EXPECT_EQ(types["blk.1.attn_k_b.weight"], DType::kQ8_0);  // qk_nope 128: no whole super-block
+  EXPECT_EQ(types["blk.1.attn_k_b.weight"], DType::kQ5_0);  // qk_nope 128: no whole super-block
   std::remove(o.out_path.c_str());
 }
 

@@ -190,6 +190,43 @@ TEST_F(CpuKQuantOps, GetRowsDequantisesExactly) {
   }
 }
 
+// q5_0 / q5_1 (llama.cpp's fallback for rows that are not whole super-blocks) keep f32
+// activations: the reference is the exact product over the dequantised weights.
+TEST_F(CpuKQuantOps, Q5FallbackTypesMatMulAndHeadMatMul) {
+  for (DType type : {DType::kQ5_0, DType::kQ5_1}) {
+    for (int64_t M : {1, 2, 7}) {
+      const int64_t K = 128, N = 37, H = 2;
+      auto w = Random(K * N * H), x = Random(K * H * M);
+      Tensor wt = Make(type, {K, N * H, 1, 1}, w);
+      const auto bytes = Bytes(wt);
+      std::vector<float> wd(K * N * H);
+      for (int64_t r = 0; r < N * H; ++r) DequantizeRow(type, bytes.data() + r * wt.row_bytes(), wd.data() + r * K, K);
+      Tensor y = Zeros({N * H, M, 1, 1});
+      backend_->MatMul(wt, F32({K, M, 1, 1}, std::vector<float>(x.begin(), x.begin() + K * M)), y);
+      std::vector<float> expect(N * H * M);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N * H; ++n) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += double(wd[n * K + k]) * x[m * K + k];
+          expect[m * N * H + n] = float(s);
+        }
+      EXPECT_LT(MaxRelDiff(Read(y), expect), 1e-5) << DTypeName(type) << " M=" << M;
+      Tensor heads = Make(type, {K, N, H, 1}, w);  // the MLA k_b role: one matrix per head
+      Tensor yh = Zeros({N, H, M, 1});
+      backend_->HeadMatMul(heads, F32({K, H, M, 1}, x), 0, yh);
+      std::vector<float> expect_h(N * H * M);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t n = 0; n < N; ++n) {
+            double s = 0;
+            for (int64_t k = 0; k < K; ++k) s += double(wd[(h * N + n) * K + k]) * x[(m * H + h) * K + k];
+            expect_h[(m * H + h) * N + n] = float(s);
+          }
+      EXPECT_LT(MaxRelDiff(Read(yh), expect_h), 1e-5) << DTypeName(type) << " heads M=" << M;
+    }
+  }
+}
+
 // MoE experts, including the Q4_K_M pattern of gate / up in one type and down in another.
 TEST_F(CpuKQuantOps, MoeExpertsMatchReference) {
   const int64_t hidden = 256, ffn = 512, experts = 5, top_k = 2, tokens = 11;

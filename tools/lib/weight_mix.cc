@@ -35,7 +35,7 @@ DType MatrixType(const WeightTypeChoice& choice, const std::string& name, int64_
     const bool upgraded_role = absl::StrContains(name, ".attn_v.") || absl::StrContains(name, ".ffn_down");
     if (name == "output.weight" || (upgraded_role && il >= 0 && MoreBits(il, layers))) type = DType::kQ6_K;
   }
-  if (width % Traits(type).block_elements != 0 && IsKQuant(type)) type = DType::kQ8_0;
+  if (width % Traits(type).block_elements != 0) type = SuperBlockFallback(type);
   if (width % Traits(type).block_elements != 0) type = DType::kF32;
   return type;
 }
@@ -51,6 +51,8 @@ uint32_t FileType(const WeightTypeChoice& choice) {
     case DType::kF16: return 1;
     case DType::kQ4_0: return 2;
     case DType::kQ8_0: return 7;
+    case DType::kQ5_0: return 8;
+    case DType::kQ5_1: return 9;
     case DType::kQ4_K: return 14;  // Q4_K_S: K-quants without upgrades
     case DType::kQ5_K: return 16;  // Q5_K_S
     case DType::kQ6_K: return 18;

@@ -30,8 +30,8 @@ std::optional<WeightTypeChoice> ParseWeightType(std::string_view name);
 // The type of a quantisable matrix `name` (ne[0] = width) in a model of `layers` layers.
 // Layer il gets the q6_k upgrades of a mix when il < layers / 8, il >= 7 layers / 8, or
 // (il - layers / 8) % 3 == 2 (llama.cpp's use_more_bits). A width that the chosen type's block
-// does not divide falls back: 256-value K-quants to q8_0 (llama.cpp picks q5_0 / q5_1, which we
-// do not read), then anything to f32.
+// does not divide falls back as llama.cpp's quantiser does (q4_k -> q5_0, q5_k -> q5_1,
+// q6_k -> q8_0; SuperBlockFallback), then anything to f32.
 DType MatrixType(const WeightTypeChoice& choice, const std::string& name, int64_t width, int64_t layers);
 
 // ggml's llama_ftype for general.file_type.
