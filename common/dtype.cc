@@ -13,6 +13,11 @@ constexpr DTypeTraits kBF16Traits{"bf16", 1, 2};
 constexpr DTypeTraits kQ8Traits{"q8_0", 32, 34};
 constexpr DTypeTraits kQ4Traits{"q4_0", 32, 18};
 constexpr DTypeTraits kI32Traits{"i32", 1, 4};
+constexpr DTypeTraits kQ50Traits{"q5_0", 32, 22};
+constexpr DTypeTraits kQ51Traits{"q5_1", 32, 24};
+constexpr DTypeTraits kQ4KTraits{"q4_k", 256, 144};
+constexpr DTypeTraits kQ5KTraits{"q5_k", 256, 176};
+constexpr DTypeTraits kQ6KTraits{"q6_k", 256, 210};
 
 }  // namespace
 
@@ -21,7 +26,12 @@ std::optional<DTypeTraits> GetDTypeTraits(uint32_t id) {
     case 0: return kF32Traits;
     case 1: return kF16Traits;
     case 2: return kQ4Traits;
+    case 6: return kQ50Traits;
+    case 7: return kQ51Traits;
     case 8: return kQ8Traits;
+    case 12: return kQ4KTraits;
+    case 13: return kQ5KTraits;
+    case 14: return kQ6KTraits;
     case 26: return kI32Traits;
     case 30: return kBF16Traits;
     default: return std::nullopt;
@@ -33,7 +43,12 @@ const DTypeTraits& Traits(DType type) {
     case DType::kF32: return kF32Traits;
     case DType::kF16: return kF16Traits;
     case DType::kQ4_0: return kQ4Traits;
+    case DType::kQ5_0: return kQ50Traits;
+    case DType::kQ5_1: return kQ51Traits;
     case DType::kQ8_0: return kQ8Traits;
+    case DType::kQ4_K: return kQ4KTraits;
+    case DType::kQ5_K: return kQ5KTraits;
+    case DType::kQ6_K: return kQ6KTraits;
     case DType::kI32: return kI32Traits;
     case DType::kBF16: return kBF16Traits;
   }
@@ -41,7 +56,8 @@ const DTypeTraits& Traits(DType type) {
 }
 
 std::optional<DType> ParseDType(std::string_view name) {
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1,
+                  DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     if (name == Traits(t).name) return t;
   }
   return std::nullopt;
@@ -119,6 +135,15 @@ void QuantizeRow(DType type, const float* src, void* dst, int64_t n) {
       }
       return;
     }
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      QuantizeRowK(type, src, dst, n);
+      return;
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+      QuantizeRowQ5(type, src, dst, n);
+      return;
     case DType::kI32:
       std::abort();
   }
@@ -158,6 +183,15 @@ void DequantizeRow(DType type, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      DequantizeRowK(type, src, dst, n);
+      return;
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+      DequantizeRowQ5(type, src, dst, n);
+      return;
     case DType::kI32:
       std::abort();
   }

@@ -4,10 +4,12 @@
 
 #include <cstdint>
 
+#ifndef LS_HOST_DEVICE
 #if defined(__CUDACC__)
 #define LS_HOST_DEVICE __host__ __device__
 #else
 #define LS_HOST_DEVICE
+#endif
 #endif
 
 namespace latentserve::kernels {

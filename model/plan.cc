@@ -6,7 +6,10 @@ namespace latentserve::model {
 
 int64_t WeightBytes(const ModelConfig& c, DType wt) {
   auto matrix = [&](int64_t rows_len, int64_t rows) {
-    const DType type = rows_len % Traits(wt).block_elements == 0 ? wt : DType::kF32;
+    // Widths the type's block does not divide: K-quants fall back as llama.cpp's quantiser does
+    // (SuperBlockFallback), then f32 (as make-test-model and --random-weights do).
+    DType type = rows_len % Traits(wt).block_elements == 0 ? wt : SuperBlockFallback(wt);
+    if (rows_len % Traits(type).block_elements != 0) type = DType::kF32;
     return RowBytes(type, rows_len) * rows;
   };
   const int64_t E = c.hidden, H = c.n_heads, Dk = c.kda_head_dim, Di = c.kda_inner();

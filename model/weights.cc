@@ -53,7 +53,9 @@ class RandomSource final : public Source {
  private:
   DType Type(const std::vector<int64_t>& shape, bool f32_only) const {
     const bool matrix = !f32_only && shape.size() >= 2 && shape[0] % 32 == 0;
-    return matrix ? matrix_type_ : DType::kF32;
+    if (!matrix) return DType::kF32;
+    // Widths a K-quant's 256-value block does not divide: llama.cpp's fallback (SuperBlockFallback).
+    return shape[0] % Traits(matrix_type_).block_elements == 0 ? matrix_type_ : SuperBlockFallback(matrix_type_);
   }
 
   void Fill(const std::string& name, const Tensor& t) {
@@ -138,11 +140,11 @@ class Loader final : public Source {
     if (f32_only && info->type != DType::kF32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' must be f32, found ", DTypeName(info->type)));
     }
-    // The kernels read weights as f32, f16, bf16, q8_0 or q4_0; an integer tensor used to load
+    // The kernels read weights as f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_k, q5_k or q6_k; an integer tensor used to load
     // and abort the process at its first request.
     if (info->type == DType::kI32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has type ", DTypeName(info->type),
-                                                     ": weights must be f32, f16, bf16, q8_0 or q4_0"));
+                                                     ": weights must be f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_k, q5_k or q6_k"));
     }
     return info;
   }

@@ -6,6 +6,7 @@
 #include "tools/cli.h"
 #include "tools/lib/needle_model.h"
 #include "tools/lib/test_model.h"
+#include "tools/lib/weight_mix.h"
 
 namespace latentserve::tools {
 namespace {
@@ -15,7 +16,8 @@ constexpr const char* kUsage =
     "  [--layers L --hidden E --heads H --kda-head-dim Dk --kv-lora-rank R --qk-nope Pn\n"
     "   --qk-rope Pr --v-head Dv --experts X --experts-used K --expert-ffn Fe --ffn F\n"
     "   --shared-experts S --dense-layers D --conv-kernel 4 --mla-layers \"3,7\" --vocab V\n"
-    "   --context C --name NAME] [--weight-type f32|f16|bf16|q8_0|q4_0] [--threads N]\n"
+    "   --context C --name NAME] [--weight-type f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m|q5_k_m]\n"
+    "  [--threads N]\n"
     "Shape flags override the preset (default: tiny). --layers without --mla-layers puts MLA\n"
     "on every 4th layer from 3 and on the last layer. --preset needle writes hand-built weights\n"
     "that retrieve a key's value from any depth, with a word vocabulary (docs/needle.md); alone\n"
@@ -73,11 +75,13 @@ absl::Status Run(int argc, char** argv) {
     o.mla_layers.clear();  // the default pattern for the new depth
   }
   if (args.Has("weight-type")) {
-    const std::optional<DType> type = ParseDType(args.Get("weight-type"));
-    if (!type) {
-      return absl::InvalidArgumentError("--weight-type must be one of f32, f16, bf16, q8_0, q4_0");
+    const std::optional<WeightTypeChoice> choice = ParseWeightType(args.Get("weight-type"));
+    if (!choice) {
+      return absl::InvalidArgumentError(
+          "--weight-type must be one of f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m");
     }
-    o.weight_type = *type;
+    o.weight_type = choice->base;
+    o.weight_mix = choice->mix;
   }
 
   TestModelSummary summary;
@@ -85,7 +89,10 @@ absl::Status Run(int argc, char** argv) {
   std::fprintf(stderr, "make-test-model: wrote %s: %llu tensors, %.3f M params (%llu), %llu bytes, %s weights\n",
                o.out_path.c_str(), static_cast<unsigned long long>(summary.tensors),
                summary.parameters / 1e6, static_cast<unsigned long long>(summary.parameters),
-               static_cast<unsigned long long>(summary.file_bytes), DTypeName(o.weight_type));
+               static_cast<unsigned long long>(summary.file_bytes),
+               o.weight_mix == WeightMix::kQ4_K_M   ? "q4_k_m"
+               : o.weight_mix == WeightMix::kQ5_K_M ? "q5_k_m"
+                                                    : DTypeName(o.weight_type));
   return absl::OkStatus();
 }
 

@@ -32,7 +32,7 @@ absl::Status RunPlan(int argc, char** argv) {
     config = model::ModelConfig::KimiLinear48B();
     auto weight_type = ParseDType(args.Get("weight-type", "q4_0"));
     if (!weight_type)
-      return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0 or q4_0");
+      return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k");
     weights_bytes = model::WeightBytes(config, *weight_type);
   } else {
     return absl::InvalidArgumentError("give --model PATH or --config kimi-linear-48b-a3b");

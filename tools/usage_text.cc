@@ -21,7 +21,7 @@ Flags EngineFlags() {
   return {
       {"model", "PATH", "", "GGUF file (kimi-linear layout); its tokenizer, when present, reads text prompts"},
       {"random-weights", "CONFIG", "", "instead of --model: random weights of this shape (kimi-linear-48b-a3b)"},
-      {"weight-type", "TYPE", "q4_0", "with --random-weights: f32, f16, bf16, q8_0 or q4_0"},
+      {"weight-type", "TYPE", "q4_0", "with --random-weights: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k"},
       {"weights-seed", "N", "1", "with --random-weights: seed of the weights"},
       {"backend", "cpu|cuda", "cpu", "compute backend"},
       {"threads", "N", "0", "CPU threads; 0: every core"},
@@ -195,8 +195,14 @@ std::map<std::string, Usage> BuildUsages() {
                 {"config", "NAME", "", "instead of --model: kimi-linear-48b-a3b"},
                 {"context", "N", "1048576", "tokens"},
                 {"cache-type", "TYPE", "f16", "f32, f16, bf16, q8_0 or q4_0"},
-                {"weight-type", "TYPE", "q4_0", "with --config: weight type"}},
+                {"weight-type", "TYPE", "q4_0", "with --config: weight type (q4_k, q5_k, q6_k included)"}},
                "latentserve plan --config kimi-linear-48b-a3b --context 1048576 --cache-type q8_0"};
+  u["dequantize-model"] = {"dequantize-model --model PATH --out PATH",
+                           "Rewrites a GGUF with every quantised or half-precision tensor dequantised to f32\n"
+                           "(metadata kept): the \"dequantised twin\" the K-quant conformance test compares on.",
+                           {{"model", "PATH", "", "GGUF to read (required)"},
+                            {"out", "PATH", "", "GGUF to write (required)"}},
+                           "latentserve dequantize-model --model q4_k_m.gguf --out twin.gguf"};
   u["tokenize"] = {"tokenize --model PATH (--text TEXT | --text-file F) [--special] [--add-special]",
                    "The model's tokenizer: prints {\"token_ids\":[...]} (the same key as client tokenize).",
                    {{"model", "PATH", "", "GGUF with a tokenizer (a vocab-only file is enough) (required)"},
@@ -230,7 +236,9 @@ std::map<std::string, Usage> BuildUsages() {
                         "weights: random, or hand-built exact retrieval with a readable vocabulary (docs/needle.md)"},
                        {"seed", "N", "0", "seed of the random weights"},
                        {"name", "NAME", "from --config", "general.name"},
-                       {"weight-type", "TYPE", "from --config", "f32, f16, bf16, q8_0 or q4_0"},
+                       {"weight-type", "TYPE", "from --config",
+                        "f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, or a mix like llama.cpp's: q4_k_m, q5_k_m "
+                        "(q6_k output and attn_v / ffn_down on some layers; tools/lib/weight_mix.h)"},
                        {"threads", "N", "0", "threads that fill weights; 0: every core"},
                        {"mla-layers", "3,7", "every 4th from 3, and the last", "0-based MLA layers"}};
   for (const char* name : {"layers", "hidden", "heads", "kda-head-dim", "kv-lora-rank", "qk-nope", "qk-rope", "v-head",

@@ -39,14 +39,9 @@ uint64_t MinEncodedSize(ValueType type) {
 const char* KnownUnsupportedTypeName(uint32_t id) {
   switch (id) {
     case 3: return "q4_1";
-    case 6: return "q5_0";
-    case 7: return "q5_1";
     case 9: return "q8_1";
     case 10: return "q2_K";
     case 11: return "q3_K";
-    case 12: return "q4_K";
-    case 13: return "q5_K";
-    case 14: return "q6_K";
     case 15: return "q8_K";
     case 16: return "iq2_xxs";
     case 17: return "iq2_xs";

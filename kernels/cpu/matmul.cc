@@ -1,6 +1,6 @@
 // Dense products: MatMul (weights of any dtype x f32 activations) and per-head HeadMatMul.
-// q8_0 / q4_0 weights: activations rounded to 8-bit blocks once per call, integer tiles over
-// repacked row blocks (quant_dot.h). Other types: weight rows dequantised once per block of
+// q8_0 / q4_0 / K-quant weights: activations rounded to 8-bit blocks once per call, integer
+// tiles over repacked row blocks (quant_dot.h; K-quants: kquant_dot.cc). Other types: weight rows dequantised once per block of
 // rows and reused for every activation column, f32 tiles.
 #include <immintrin.h>
 
@@ -98,7 +98,7 @@ void CpuBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
     Q8Activations& act = caller_act;
     act.Resize(k, m);
     pool_.ParallelFor(m, 16, [&](int64_t begin, int64_t end) {
-      QuantizeActivations(F32(x) + begin * k, k, k, end - begin, act.col_qs(begin), act.col_d(begin));
+      QuantizeActivations(w.dtype, F32(x) + begin * k, k, k, end - begin, act.col_qs(begin), act.col_d(begin));
     });
     pool_.ParallelFor((n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t begin, int64_t end) {
       static thread_local QuantPanel panel;
@@ -127,7 +127,7 @@ void CpuBackend::HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, 
       static thread_local Q8Activations act;
       static thread_local QuantPanel panel;
       for (int64_t h = begin; h < end; ++h) {
-        QuantizeActivations(F32(x) + h * x_width + x_offset, heads * x_width, k, tokens, act);
+        QuantizeActivations(w.dtype, F32(x) + h * x_width + x_offset, heads * x_width, k, tokens, act);
         QuantMatMulRows(w.dtype, wp + h * n * row_bytes, row_bytes, k, 0, n, act.qs.data(), act.d.data(), tokens,
                         F32(y) + h * n, heads * n, panel);
       }

@@ -1,6 +1,6 @@
 // MoE on the CPU: sigmoid routing with a selection bias, and experts computed grouped by
 // expert (each expert's weights are read once per batch, for all tokens routed to it).
-// q8_0 / q4_0 experts run on quantised activations (quant_dot.h) for every token count.
+// q8_0 / q4_0 / K-quant experts run on quantised activations (quant_dot.h) for every token count.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -50,7 +50,8 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
   Q8Activations xq;
   xq.Resize(hidden, tokens);
   pool_.ParallelFor(tokens, 16, [&](int64_t begin, int64_t end) {
-    QuantizeActivations(F32(x) + begin * hidden, hidden, hidden, end - begin, xq.col_qs(begin), xq.col_d(begin));
+    QuantizeActivations(experts.gate_exps.dtype, F32(x) + begin * hidden, hidden, hidden, end - begin, xq.col_qs(begin),
+                        xq.col_d(begin));
   });
   // Work items: up to kTokenBlock tokens of one expert, largest first, taken by whichever
   // thread is free (experts get very different token counts). An item's result does not
@@ -100,7 +101,7 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
                     item.count, act.data() + f0, 1, ffn, panel);
       }
       SiluMulRow(gate_out.data(), act.data(), act.data(), item.count * ffn);
-      QuantizeActivations(act.data(), ffn, ffn, item.count, acts.qs.data(), acts.d.data());
+      QuantizeActivations(experts.down_exps.dtype, act.data(), ffn, ffn, item.count, acts.qs.data(), acts.d.data());
       for (int64_t d0 = 0; d0 < hidden; d0 += kRows) {
         const int64_t rows = std::min(kRows, hidden - d0);
         QuantMatMul(experts.down_exps.dtype, down + d0 * down_row, down_row, rows, ffn, acts.qs.data(),

@@ -248,6 +248,34 @@ void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t co
   }
 }
 
+void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs,
+                         float* ds) {
+  if (!IsKQuant(weights)) {
+    QuantizeActivations(x, x_stride, k, cols, qs, ds);
+    return;
+  }
+  constexpr int64_t kPerScale = kSuperBlock / kQ8Block;
+  for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t s = 0; s < k / kSuperBlock; ++s) {
+      const float* v = x + c * x_stride + s * kSuperBlock;
+      int8_t* q = qs + c * k + s * kSuperBlock;
+      float* d = ds + c * (k / kQ8Block) + s * kPerScale;
+      float amax = 0, max = 0;
+      for (int64_t i = 0; i < kSuperBlock; ++i) {
+        if (std::fabs(v[i]) > amax) {
+          amax = std::fabs(v[i]);
+          max = v[i];
+        }
+      }
+      const float inverse = amax != 0 ? -127.0f / max : 0.0f;
+      for (int64_t i = 0; i < kSuperBlock; ++i) {
+        q[i] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(inverse * v[i]))));
+      }
+      std::fill(d, d + kPerScale, amax != 0 ? 1.0f / inverse : 0.0f);
+    }
+  }
+}
+
 #ifdef LS_QUANT_SIMD
 namespace {
 
@@ -405,7 +433,9 @@ void QuantGemm(const QuantPanel& panel, const int8_t* xq, const float* xd, int64
 void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
                  const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_row_stride,
                  int64_t y_col_stride, QuantPanel& panel) {
-  if (cols > kDirectMaxCols) {
+  if (IsKQuant(type)) {
+    KQuantMatMul(type, w, row_bytes, rows, k, xq, xd, cols, y, y_row_stride, y_col_stride);
+  } else if (cols > kDirectMaxCols) {
     PackWeightRows(type, w, row_bytes, rows, k, panel);
     QuantGemm(panel, xq, xd, cols, y, y_row_stride, y_col_stride);
   } else if (cols <= 2 && type == DType::kQ8_0) {
@@ -426,6 +456,10 @@ void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, i
 void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
                  const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_row_stride,
                  int64_t y_col_stride, QuantPanel&) {
+  if (IsKQuant(type)) {
+    KQuantMatMul(type, w, row_bytes, rows, k, xq, xd, cols, y, y_row_stride, y_col_stride);
+    return;
+  }
   const int64_t blocks = k / kQ8Block;
   std::vector<float> row(k);
   for (int64_t r = 0; r < rows; ++r) {

@@ -23,7 +23,7 @@ constexpr int64_t kQ8Block = 32;  // values per activation / weight block
 
 // Weight types whose matmuls run on quantised activations (all others keep f32 activations).
 inline bool UsesQ8Activations(DType weights) {
-  return weights == DType::kQ8_0 || weights == DType::kQ4_0;
+  return weights == DType::kQ8_0 || weights == DType::kQ4_0 || IsKQuant(weights);
 }
 
 // Activation columns rounded to 8-bit blocks. Layout: qs [cols][k] (column c's values at
@@ -48,10 +48,16 @@ struct Q8Activations {
 // [cols][k] and d [cols][k / 32].
 void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs,
                          float* d);
-inline void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t cols,
+// The same for a matmul with `weights`: K-quant weights take ggml's q8_K rounding instead
+// (one scale per 256 values, d = -max / 127 with max the value of largest magnitude,
+// q = min(127, round(x * -127 / max)); d is written to all 8 of the super-block's 32-blocks),
+// which is what llama.cpp multiplies them with. k % 256 == 0 for K-quants.
+void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols,
+                         int8_t* qs, float* d);
+inline void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols,
                                 Q8Activations& out) {
   out.Resize(k, cols);
-  QuantizeActivations(x, x_stride, k, cols, out.qs.data(), out.d.data());
+  QuantizeActivations(weights, x, x_stride, k, cols, out.qs.data(), out.d.data());
 }
 
 // Weight rows repacked for the many-column tiles, in groups of 4 rows. Per group and block:
@@ -73,10 +79,19 @@ struct QuantPanel {
 constexpr int64_t kDirectMaxCols = 8;
 
 // y[r * y_row_stride + c * y_col_stride] = dot(stored row r, column c) for r < rows, c < cols:
-// rows of a q8_0 / q4_0 matrix (row r at w + r * row_bytes, k values) against quantised columns
+// rows of a q8_0 / q4_0 / K-quant matrix (row r at w + r * row_bytes, k values) against quantised columns
 // xq [cols][k], xd [cols][k / 32] (Q8Activations' layout). `panel` is scratch.
 void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
                  const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_row_stride,
                  int64_t y_col_stride, QuantPanel& panel);
+
+// The K-quant case of QuantMatMul (kquant_dot.cc): the columns must come from
+// QuantizeActivations(K-quant type, ...) (one scale per 256 values). Per super-block and
+// column, each 32 (q4_K / q5_K) or 16 (q6_K) weight values meet the activations in an exact
+// integer dot weighted by their integer sub-block scale; the super-block's sum is scaled once by
+// d_w * d_x, and q4_K / q5_K subtract dmin * d_x * sum over sub-blocks of m * (sum of the
+// activations). A (row, column) result does not depend on how many columns share the call.
+void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
+                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride);
 
 }  // namespace latentserve::kernels::cpu

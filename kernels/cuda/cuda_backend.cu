@@ -159,6 +159,20 @@ __global__ void FillRandomKernel(DType type, uint8_t* data, size_t row_bytes, in
 
 void CudaBackend::FillRandom(const Tensor& dst, uint64_t seed, float mean, float scale) {
   CU_CHECK(dst.dtype != DType::kI32);
+  if (IsKQuant(dst.dtype) || dst.dtype == DType::kQ5_0 || dst.dtype == DType::kQ5_1) {
+    // K-quants (and q5_0 / q5_1) are quantised on the host exactly as the CPU backend fills them (uniform values,
+    // then QuantizeRow), so both backends hold the same bytes; only --random-weights uses this.
+    const int64_t width = dst.ne[0];
+    std::vector<uint8_t> bytes(dst.nbytes());
+    std::vector<float> values(width);
+    for (int64_t r = 0; r < dst.rows(); ++r) {
+      for (int64_t i = 0; i < width; ++i) values[i] = mean + scale * HashUniform(seed, static_cast<uint64_t>(r * width + i));
+      QuantizeRow(dst.dtype, values.data(), bytes.data() + r * dst.row_bytes(), width);
+    }
+    Upload(bytes.data(), bytes.size(), dst, 0);
+    CUDA_OK(cudaStreamSynchronize(stream_));  // `bytes` is freed on return
+    return;
+  }
   const bool quantised = dst.dtype == DType::kQ8_0 || dst.dtype == DType::kQ4_0;
   const int64_t n = (quantised ? dst.ne[0] / 32 : dst.ne[0]) * dst.rows();
   if (n == 0) return;

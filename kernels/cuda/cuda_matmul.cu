@@ -111,7 +111,10 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
                        float* y) {
   if (n == 0 || m == 0) return;
   const auto* wp = static_cast<const uint8_t*>(w);
-  if (m <= kGemvMaxColumns) {
+  // q5_0 / q5_1 (llama.cpp's fallback for the few K-quant-file matrices whose rows are not whole
+  // super-blocks) have no GEMV: they take the dequantising path at every column count.
+  const bool gemv_type = wtype != DType::kQ5_0 && wtype != DType::kQ5_1;
+  if (m <= kGemvMaxColumns && gemv_type) {
     switch (wtype) {
       case DType::kF32: {
         const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
@@ -122,6 +125,9 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
       case DType::kBF16: LaunchGemv<DType::kBF16>(stream_, wp, row_bytes, k, n, x, m, y); break;
       case DType::kQ8_0: LaunchGemv<DType::kQ8_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
       case DType::kQ4_0: LaunchGemv<DType::kQ4_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kQ4_K: LaunchGemv<DType::kQ4_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kQ5_K: LaunchGemv<DType::kQ5_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kQ6_K: LaunchGemv<DType::kQ6_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
       default: CU_CHECK(false);
     }
     LAUNCH_OK();

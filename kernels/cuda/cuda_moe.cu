@@ -308,7 +308,8 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
   CU_CHECK(experts.gate_exps.ne[0] == hidden && experts.down_exps.ne[0] == ffn && experts.down_exps.ne[1] == hidden &&
            y.ne[0] == hidden && y.rows() == tokens);
   if (tokens == 0) return;
-  const bool same_type = experts.gate_exps.dtype == experts.up_exps.dtype && experts.gate_exps.dtype == experts.down_exps.dtype;
+  const bool same_type = experts.gate_exps.dtype == experts.up_exps.dtype && experts.gate_exps.dtype == experts.down_exps.dtype &&
+                         experts.gate_exps.dtype != DType::kQ5_0 && experts.gate_exps.dtype != DType::kQ5_1;
   // LATENTSERVE_CUDA_MOE=grouped or =host forces that path at every size where it applies
   // (op tests of the grouped path at decode sizes; before/after timings in bench-ops).
   const char* forced = std::getenv("LATENTSERVE_CUDA_MOE");
@@ -326,6 +327,9 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
       case DType::kBF16: LaunchDecodeExperts<DType::kBF16>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
       case DType::kQ8_0: LaunchDecodeExperts<DType::kQ8_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
       case DType::kQ4_0: LaunchDecodeExperts<DType::kQ4_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kQ4_K: LaunchDecodeExperts<DType::kQ4_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kQ5_K: LaunchDecodeExperts<DType::kQ5_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
+      case DType::kQ6_K: LaunchDecodeExperts<DType::kQ6_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
       default: CU_CHECK(false);
     }
     WeightedSumKernel<<<Blocks(hidden * tokens, 256), 256, 0, stream_>>>(slot_out, DevF32(weights), hidden, top_k, tokens,

@@ -31,6 +31,43 @@ __device__ __forceinline__ float LoadElement(DType type, const uint8_t* row, int
       const uint8_t byte = block[2 + (j & 15)];
       return d * (static_cast<int>(j < 16 ? (byte & 15) : (byte >> 4)) - 8);
     }
+    case DType::kQ5_0:
+    case DType::kQ5_1: {
+      const bool one = type == DType::kQ5_1;
+      const uint8_t* block = row + (i / 32) * (one ? 24 : 22);
+      const uint8_t* qh = block + (one ? 4 : 2);
+      const int j = static_cast<int>(i % 32);
+      const uint8_t byte = block[(one ? 8 : 6) + (j & 15)];
+      const int q = (j < 16 ? (byte & 15) : (byte >> 4)) | (((qh[j / 8] >> (j % 8)) & 1) << 4);
+      const float d = __half2float(*reinterpret_cast<const __half*>(block));
+      if (!one) return (q - 16) * d;
+      return q * d + __half2float(*reinterpret_cast<const __half*>(block + 2));
+    }
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      // Super-block of 256 (common/dtype.h): value = d * sc * q - dmin * m per sub-block of 32.
+      const bool five = type == DType::kQ5_K;
+      const uint8_t* block = row + (i / 256) * (five ? 176 : 144);
+      const int e = static_cast<int>(i % 256), j = e / 32, l = e % 32, chunk = e / 64;
+      const uint8_t* scales = block + 4;
+      int sc, m;
+      KQuantScaleMin(j, scales, &sc, &m);
+      const uint8_t byte = block[(five ? 48 : 16) + 32 * chunk + l];
+      int q = (e % 64) < 32 ? (byte & 15) : (byte >> 4);
+      if (five) q += ((block[16 + l] >> j) & 1) << 4;  // qh bit 2 chunk (+1 for the high half) = j
+      const float d = __half2float(*reinterpret_cast<const __half*>(block));
+      const float dmin = __half2float(*reinterpret_cast<const __half*>(block + 2));
+      return d * sc * q - dmin * m;
+    }
+    case DType::kQ6_K: {
+      const uint8_t* block = row + (i / 256) * 210;
+      const int e = static_cast<int>(i % 256), half = e / 128, l = e % 32, quarter = (e % 128) / 32;
+      const uint8_t lo_byte = block[64 * half + l + (quarter & 1) * 32];
+      const int lo = quarter < 2 ? (lo_byte & 15) : (lo_byte >> 4);
+      const int hi = (block[128 + 32 * half + l] >> (2 * quarter)) & 3;
+      const float d = __half2float(*reinterpret_cast<const __half*>(block + 208));
+      return d * static_cast<int8_t>(block[192 + e / 16]) * ((lo | (hi << 4)) - 32);
+    }
     default:
       return 0.0f;
   }

@@ -1,6 +1,7 @@
 // One warp's dot product of a stored weight row (any dtype) with an f32 vector, reading the
 // row once with coalesced accesses: q4_0 lanes take 4 bytes (8 values) of a block each, 4
-// lanes per block; q8_0 lanes take 4 bytes, 8 lanes per block. Returns the lane's partial
+// lanes per block; q8_0 lanes take 4 bytes, 8 lanes per block; K-quants: the warp takes one
+// super-block at a time, each lane 4 bytes of its 4-bit array (8 values). Returns the lane's partial
 // sum (reduce with WarpSum). x must be 16-byte aligned at the row start.
 #pragma once
 
@@ -60,6 +61,63 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
       const float s = SmallIntToFloat(u & 255, kBias) * xv.x + SmallIntToFloat((u >> 8) & 255, kBias) * xv.y +
                       SmallIntToFloat((u >> 16) & 255, kBias) * xv.z + SmallIntToFloat(u >> 24, kBias) * xv.w;
       acc += d * s;
+    }
+  } else if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
+    // Lane: qs bytes 4 lane .. 4 lane + 3 = elements 64 c + l0 + t (low nibbles, sub-block 2c)
+    // and 64 c + 32 + l0 + t (high nibbles, sub-block 2c + 1), c = lane / 8, l0 = 4 (lane % 8).
+    constexpr bool kFive = T == DType::kQ5_K;
+    constexpr int kBlockBytes = kFive ? 176 : 144, kQs = kFive ? 48 : 16;
+    const int c = lane / 8, l0 = (lane % 8) * 4;
+    for (int64_t b = 0; b < k / 256; ++b) {
+      const uint8_t* block = row + b * kBlockBytes;
+      int sc0, m0, sc1, m1;
+      KQuantScaleMin(2 * c, block + 4, &sc0, &m0);
+      KQuantScaleMin(2 * c + 1, block + 4, &sc1, &m1);
+      const uint32_t q = Load4Bytes(block + kQs + 32 * c + l0);
+      const uint32_t h = kFive ? Load4Bytes(block + 16 + l0) : 0;
+      const float4 lo = *reinterpret_cast<const float4*>(x + b * 256 + 64 * c + l0);
+      const float4 hi = *reinterpret_cast<const float4*>(x + b * 256 + 64 * c + 32 + l0);
+      const float xl[4] = {lo.x, lo.y, lo.z, lo.w}, xh[4] = {hi.x, hi.y, hi.z, hi.w};
+      float dot_lo = 0, dot_hi = 0, sum_lo = 0, sum_hi = 0;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const uint32_t byte = (q >> (8 * t)) & 255, bits = (h >> (8 * t)) & 255;
+        const int q_lo = static_cast<int>(byte & 15) + (kFive ? static_cast<int>((bits >> (2 * c)) & 1) << 4 : 0);
+        const int q_hi = static_cast<int>(byte >> 4) + (kFive ? static_cast<int>((bits >> (2 * c + 1)) & 1) << 4 : 0);
+        dot_lo += q_lo * xl[t];
+        dot_hi += q_hi * xh[t];
+        sum_lo += xl[t];
+        sum_hi += xh[t];
+      }
+      const float d = __half2float(*reinterpret_cast<const __half*>(block));
+      const float dmin = __half2float(*reinterpret_cast<const __half*>(block + 2));
+      acc += d * (sc0 * dot_lo + sc1 * dot_hi) - dmin * (m0 * sum_lo + m1 * sum_hi);
+    }
+  } else if constexpr (T == DType::kQ6_K) {
+    // Lane: ql bytes 4 lane .. 4 lane + 3 of half = lane / 16; the first 32 bytes of a half hold
+    // quarters 0 (low nibbles) and 2 (high), the next 32 quarters 1 and 3; qh bits 2 quarter.
+    const int half = lane / 16, r = (lane % 16) * 4, l0 = r % 32, first_quarter = r / 32;
+    for (int64_t b = 0; b < k / 256; ++b) {
+      const uint8_t* block = row + b * 210;
+      const uint32_t ql = Load4Bytes(block + 64 * half + r);
+      const uint32_t qh = Load4Bytes(block + 128 + 32 * half + l0);
+      const float d = __half2float(*reinterpret_cast<const __half*>(block + 208));
+      float part = 0;
+#pragma unroll
+      for (int nibble = 0; nibble < 2; ++nibble) {
+        const int quarter = first_quarter + 2 * nibble, e0 = 128 * half + 32 * quarter + l0;
+        const float4 xv = *reinterpret_cast<const float4*>(x + b * 256 + e0);
+        const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+        float dot = 0;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const int lo = static_cast<int>((ql >> (8 * t + 4 * nibble)) & 15);
+          const int hi = static_cast<int>((qh >> (8 * t + 2 * quarter)) & 3);
+          dot += ((lo | (hi << 4)) - 32) * xs[t];
+        }
+        part += static_cast<int8_t>(block[192 + e0 / 16]) * dot;
+      }
+      acc += d * part;
     }
   } else if constexpr (T == DType::kF16) {
     if (k & 1) {  // rows are not 4-byte aligned: scalar loads

@@ -30,9 +30,11 @@ TEST(DType, TraitsAndNames) {
   EXPECT_EQ(Traits(DType::kQ4_0).block_bytes, 18);
   EXPECT_EQ(RowBytes(DType::kQ4_0, 64), 36);
   EXPECT_EQ(RowBytes(DType::kBF16, 3), 6);
-  EXPECT_FALSE(GetDTypeTraits(12).has_value());  // q4_K
+  EXPECT_FALSE(GetDTypeTraits(11).has_value());  // q3_K
+  EXPECT_FALSE(GetDTypeTraits(3).has_value());   // q4_1
   EXPECT_TRUE(GetDTypeTraits(30).has_value());
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K,
+                  DType::kQ6_K}) {
     EXPECT_EQ(ParseDType(DTypeName(t)), t);
   }
   EXPECT_FALSE(ParseDType("q4_K").has_value());

@@ -236,10 +236,15 @@ TEST(GgufMalformed, UnknownTensorType) {
   b.Header(1, 0).Tensor("t", {8}, 99, 0).Pad(32).Zeros(32);
   ExpectInvalid(b.b, "unknown tensor type id 99");
 }
-TEST(GgufMalformed, KQuantNotSupported) {
+TEST(GgufMalformed, Q3KNotSupported) {
   Bytes b;
-  b.Header(1, 0).Tensor("t", {256}, 12, 0).Pad(32).Zeros(256);
-  ExpectInvalid(b.b, "tensor type 12 (q4_K) is not supported");
+  b.Header(1, 0).Tensor("t", {256}, 11, 0).Pad(32).Zeros(256);
+  ExpectInvalid(b.b, "tensor type 11 (q3_K) is not supported");
+}
+TEST(GgufMalformed, KQuantRowNotWholeSuperBlocks) {
+  Bytes b;
+  b.Header(1, 0).Tensor("t", {128}, 12, 0).Pad(32).Zeros(256);
+  ExpectInvalid(b.b, "ne[0] = 128 is not a multiple of the q4_k block size 256");
 }
 TEST(GgufMalformed, OffsetNotAligned) {
   Bytes b;

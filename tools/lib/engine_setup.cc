@@ -24,7 +24,7 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
       return absl::InvalidArgumentError("--random-weights supports kimi-linear-48b-a3b");
     }
     auto weight_type = ParseDType(args.Get("weight-type", "q4_0"));
-    if (!weight_type) return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0 or q4_0");
+    if (!weight_type) return absl::InvalidArgumentError("--weight-type must be f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k");
     ASSIGN_OR_RETURN(int64_t seed, args.GetInt("weights-seed", 1));
     ASSIGN_OR_RETURN(engine.model, model::Model::Random(model::ModelConfig::KimiLinear48B(), *engine.backend,
                                                         *weight_type, static_cast<uint64_t>(seed)));

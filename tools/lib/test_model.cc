@@ -16,12 +16,12 @@
 #include "common/gguf/gguf.h"
 #include "common/status.h"
 #include "tools/lib/needle_model.h"
+#include "tools/lib/weight_mix.h"
 
 namespace latentserve::tools {
 
 namespace {
 
-constexpr int64_t kQuantBlock = 32;
 constexpr const char* kArch = "kimi-linear";
 
 // How a tensor's values are drawn. Scales keep activations O(1) through the layers.
@@ -39,7 +39,7 @@ struct TensorSpec {
   std::string name;
   std::vector<int64_t> ne;
   Init init;
-  bool quantizable;  // a weight matrix that takes --weight-type when ne[0] % 32 == 0
+  bool quantizable;  // a weight matrix that takes --weight-type (weight_mix.h)
 };
 
 uint64_t SplitMix64(uint64_t x) {
@@ -54,19 +54,6 @@ uint64_t Fnv1a(const std::string& s) {
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
   return h;
-}
-
-// ggml's llama_ftype for general.file_type.
-uint32_t FileType(DType t) {
-  switch (t) {
-    case DType::kF32: return 0;
-    case DType::kF16: return 1;
-    case DType::kQ4_0: return 2;
-    case DType::kQ8_0: return 7;
-    case DType::kBF16: return 32;
-    case DType::kI32: break;
-  }
-  return 0;
 }
 
 std::string Layer(int64_t il, const char* suffix) { return absl::StrCat("blk.", il, ".", suffix); }
@@ -378,7 +365,8 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
   const std::string p = absl::StrCat(kArch, ".");
   w.SetString("general.architecture", kArch);
   w.SetString("general.name", o.name);
-  w.SetUint32("general.file_type", FileType(o.weight_type));
+  const WeightTypeChoice choice{o.weight_type, o.weight_mix};
+  w.SetUint32("general.file_type", FileType(choice));
   w.SetUint32(p + "block_count", static_cast<uint32_t>(o.layers));
   w.SetUint32(p + "context_length", static_cast<uint32_t>(o.context));
   w.SetUint32(p + "embedding_length", static_cast<uint32_t>(o.hidden));
@@ -421,8 +409,8 @@ absl::Status WriteTestModel(const TestModelOptions& options, TestModelSummary* s
   std::vector<DType> types;
   uint64_t parameters = 0;
   for (const TensorSpec& s : specs) {
-    const bool quantize = s.quantizable && s.ne.size() >= 2 && s.ne[0] % kQuantBlock == 0;
-    types.push_back(quantize ? o.weight_type : DType::kF32);
+    const bool quantize = s.quantizable && s.ne.size() >= 2;
+    types.push_back(quantize ? MatrixType(choice, s.name, s.ne[0], o.layers) : DType::kF32);
     for (const auto& [suffix, type] : o.type_overrides) {
       if (absl::EndsWith(s.name, suffix)) types.back() = type;
     }

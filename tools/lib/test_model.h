@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
+#include "tools/lib/weight_mix.h"
 
 namespace latentserve::tools {
 
@@ -36,7 +37,8 @@ struct TestModelOptions {
   std::vector<int64_t> mla_layers;     // MLA layer indices; empty -> DefaultMlaLayers()
   int64_t vocab = 320;                 // vocab_size (>= 264: 256 bytes + 8 control tokens)
   int64_t context = 4096;              // context_length
-  DType weight_type = DType::kF32;     // type of matrices whose ne[0] % 32 == 0
+  DType weight_type = DType::kF32;     // type of the weight matrices (fallbacks: weight_mix.h)
+  WeightMix weight_mix = WeightMix::kNone;  // per-tensor upgrades as llama.cpp's Q4_K_M / Q5_K_M
   // Tensors whose name ends with a key get that type instead (tests of mixed-type files).
   std::map<std::string, DType> type_overrides;
   int threads = 0;                     // generator threads; 0 = all cores (output is the same)

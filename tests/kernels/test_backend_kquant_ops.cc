@@ -1,0 +1,187 @@
+// K-quant weights (q4_K, q5_K, q6_K) on the CUDA backend against the CPU reference, in the
+// manner of test_backend_ops.cc: every op that reads weights (MatMul at decode and prefill
+// column counts, HeadMatMul, GetRows, MoeExperts decode and prefill, same and mixed types) and
+// FillRandom. The CPU reference multiplies the dequantised f32 weights (the CPU's own K-quant
+// path rounds activations to 8 bits, the CUDA kernels keep f32 / f16 activations).
+// Runs only where a GPU is visible (ctest label "gpu").
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+
+namespace latentserve::kernels {
+namespace {
+
+constexpr double kExact = 1e-9;            // f32 products in another order
+constexpr double kHalfActivations = 1e-4;  // prefill: weights and activations as f16 in cuBLAS
+constexpr DType kKQuants[] = {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+double Nmse(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return num / std::max(den, 1e-30);
+}
+
+class BackendKQuantOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto gpu = CreateBackend({"cuda", 0, 0});
+    if (!gpu.ok()) GTEST_SKIP() << gpu.status();
+    gpu_ = std::move(*gpu);
+    cpu_ = *CreateBackend({"cpu", 2, 0});
+  }
+  struct Pair {
+    Tensor cpu, gpu;
+  };
+  Pair Make(DType dtype, Shape ne, const std::vector<float>& values) {
+    Pair p{*cpu_->Alloc(dtype, ne), *gpu_->Alloc(dtype, ne)};
+    std::vector<uint8_t> bytes(p.cpu.nbytes());
+    for (int64_t r = 0; r < p.cpu.rows(); ++r) {
+      QuantizeRow(dtype, values.data() + r * ne[0], bytes.data() + r * p.cpu.row_bytes(), ne[0]);
+    }
+    cpu_->Upload(bytes.data(), bytes.size(), p.cpu);
+    gpu_->Upload(bytes.data(), bytes.size(), p.gpu);
+    return p;
+  }
+  Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
+  Pair Poisoned(Shape ne) { return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN)); }
+  Pair Ints(Shape ne, const std::vector<int32_t>& v) {
+    Pair p{*cpu_->Alloc(DType::kI32, ne), *gpu_->Alloc(DType::kI32, ne)};
+    cpu_->Upload(v.data(), v.size() * 4, p.cpu);
+    gpu_->Upload(v.data(), v.size() * 4, p.gpu);
+    return p;
+  }
+  // The same weights dequantised to f32 on the CPU.
+  Tensor Reference(const Pair& w) {
+    std::vector<uint8_t> bytes(w.cpu.nbytes());
+    cpu_->Download(w.cpu, bytes.data(), bytes.size());
+    std::vector<float> values(w.cpu.elements());
+    for (int64_t r = 0; r < w.cpu.rows(); ++r) {
+      DequantizeRow(w.cpu.dtype, bytes.data() + r * w.cpu.row_bytes(), values.data() + r * w.cpu.ne[0], w.cpu.ne[0]);
+    }
+    Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
+    cpu_->Upload(values.data(), values.size() * 4, t);
+    return t;
+  }
+  std::vector<float> Read(Backend& b, const Tensor& t) {
+    std::vector<float> out(t.elements());
+    b.Download(t, out.data(), out.size() * 4);
+    return out;
+  }
+  void Expect(const Pair& p, double threshold, const std::string& what) {
+    const double nmse = Nmse(Read(*gpu_, p.gpu), Read(*cpu_, p.cpu));
+    EXPECT_LE(nmse, threshold) << what;
+    RecordProperty(what, std::to_string(nmse));
+  }
+  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng_);
+    return v;
+  }
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::mt19937 rng_{77};
+};
+
+// m <= 8: the warp GEMV on the stored super-blocks; m > 8: rows dequantised to f16 for cuBLAS.
+TEST_F(BackendKQuantOps, MatMulAllColumnCounts) {
+  for (DType type : kKQuants) {
+    for (auto [m, k] : {std::pair<int64_t, int64_t>{1, 256}, {3, 256}, {8, 256}, {9, 256}, {77, 256}, {1, 2304},
+                        {5, 2304}, {8, 2304}, {40, 2304}, {1, 5120}, {2, 5120}}) {
+      const int64_t n = 333;
+      auto w = Make(type, {k, n, 1, 1}, Random(k * n));
+      auto x = F32({k, m, 1, 1}, Random(k * m));
+      auto y = Poisoned({n, m, 1, 1});
+      cpu_->MatMul(Reference(w), x.cpu, y.cpu);
+      gpu_->MatMul(w.gpu, x.gpu, y.gpu);
+      Expect(y, m > 8 ? kHalfActivations : kExact,
+             std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m) + " k=" + std::to_string(k));
+    }
+  }
+}
+
+// q5_0 / q5_1: dequantised to f16 for cuBLAS at every column count.
+TEST_F(BackendKQuantOps, Q5FallbackTypesMatMul) {
+  for (DType type : {DType::kQ5_0, DType::kQ5_1}) {
+    for (int64_t m : {1, 8, 40}) {
+      const int64_t k = 128, n = 333;
+      auto w = Make(type, {k, n, 1, 1}, Random(k * n));
+      auto x = F32({k, m, 1, 1}, Random(k * m));
+      auto y = Poisoned({n, m, 1, 1});
+      cpu_->MatMul(Reference(w), x.cpu, y.cpu);
+      gpu_->MatMul(w.gpu, x.gpu, y.gpu);
+      Expect(y, kHalfActivations, std::string("MatMul ") + DTypeName(type) + " m=" + std::to_string(m));
+    }
+  }
+}
+
+TEST_F(BackendKQuantOps, HeadMatMul) {
+  for (DType type : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_0, DType::kQ5_1}) {
+    const int64_t k = 256, n = 96, heads = 5, kx = 512, tokens = 7;
+    auto w = Make(type, {k, n, heads, 1}, Random(k * n * heads));
+    auto x = F32({kx, heads, tokens, 1}, Random(kx * heads * tokens));
+    auto y = Poisoned({n, heads, tokens, 1});
+    cpu_->HeadMatMul(Reference(w), x.cpu, 128, y.cpu);
+    gpu_->HeadMatMul(w.gpu, x.gpu, 128, y.gpu);
+    Expect(y, kExact, std::string("HeadMatMul ") + DTypeName(type));
+  }
+}
+
+TEST_F(BackendKQuantOps, GetRowsAndFillRandom) {
+  for (DType type : kKQuants) {
+    auto table = Make(type, {512, 50, 1, 1}, Random(512 * 50, -2, 2));
+    auto ids = Ints({5, 1, 1, 1}, {3, 49, 0, 3, 17});
+    auto rows = Poisoned({512, 5, 1, 1});
+    cpu_->GetRows(table.cpu, ids.cpu, rows.cpu);
+    gpu_->GetRows(table.gpu, ids.gpu, rows.gpu);
+    Expect(rows, kExact, std::string("GetRows ") + DTypeName(type));  // nvcc may fuse d * sc * q - dmin * m
+    Tensor c = *cpu_->Alloc(type, {256, 7, 2, 1}), g = *gpu_->Alloc(type, {256, 7, 2, 1});
+    cpu_->FillRandom(c, 99, 0.5f, 0.25f);
+    gpu_->FillRandom(g, 99, 0.5f, 0.25f);
+    std::vector<uint8_t> a(c.nbytes()), b(g.nbytes());
+    cpu_->Download(c, a.data(), a.size());
+    gpu_->Download(g, b.data(), b.size());
+    EXPECT_EQ(a, b) << "FillRandom " << DTypeName(type);
+  }
+}
+
+// 1 token x top-6: the decode kernels when all three types agree, else the per-expert GEMV
+// chain; 13 tokens: the per-expert chain with f16 GEMMs (K-quants have no grouped kernel).
+TEST_F(BackendKQuantOps, MoeExpertsSameAndMixedTypes) {
+  const std::pair<DType, DType> cases[] = {{DType::kQ4_K, DType::kQ4_K}, {DType::kQ5_K, DType::kQ5_K},
+                                           {DType::kQ6_K, DType::kQ6_K}, {DType::kQ4_K, DType::kQ6_K}};
+  const int64_t hidden = 256, ffn = 512, experts = 12, top_k = 6;
+  for (const auto& [gate_up, down_type] : cases) {
+    for (int64_t tokens : {1, 13}) {
+      auto logits = F32({experts, tokens, 1, 1}, Random(experts * tokens, -3, 3));
+      auto bias = F32({experts, 1, 1, 1}, Random(experts, -0.2f, 0.2f));
+      Pair ids{*cpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1}), *gpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1})};
+      auto weights = Poisoned({top_k, tokens, 1, 1});
+      cpu_->MoeRoute(logits.cpu, bias.cpu, top_k, true, 2.446f, ids.cpu, weights.cpu);
+      gpu_->MoeRoute(logits.gpu, bias.gpu, top_k, true, 2.446f, ids.gpu, weights.gpu);
+      auto gate = Make(gate_up, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
+      auto up = Make(gate_up, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
+      auto down = Make(down_type, {ffn, hidden, experts, 1}, Random(ffn * hidden * experts));
+      const MoeWeights cw{Reference(gate), Reference(up), Reference(down)};
+      const MoeWeights gw{gate.gpu, up.gpu, down.gpu};
+      auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
+      auto y = Poisoned({hidden, tokens, 1, 1});
+      cpu_->MoeExperts(x.cpu, cw, ids.cpu, weights.cpu, y.cpu);
+      gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y.gpu);
+      // 13 tokens share an expert often enough that its chain has > 8 columns: f16 GEMMs.
+      Expect(y, tokens > 1 ? kHalfActivations : kExact,
+             std::string("MoeExperts ") + DTypeName(gate_up) + "/" + DTypeName(down_type) + " tokens=" +
+                 std::to_string(tokens));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace latentserve::kernels
