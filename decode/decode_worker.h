@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/sequence_table.h"
 #include "model/decode_graphs.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
@@ -103,6 +104,7 @@ class DecodeWorker : public transfer::CacheSink {
 
   const model::Model& model_;
   model::LatentCache& cache_;
+  cache::SequenceTable sequences_{cache_, model_.kda_layout()};  // every slot's sequence (under backend_mu_)
   model::DecodeGraphs graphs_{model_, cache_};  // the scheduler's steps, replayed (under backend_mu_)
   const std::string fingerprint_;
   const absl::Duration max_lease_ttl_;

@@ -45,7 +45,7 @@ class DecodeWorker::Receiver : public transfer::CacheReceiver {
     {
       std::lock_guard<std::mutex> lock(worker_->backend_mu_);
       RETURN_IF_ERROR(CheckLive());
-      RETURN_IF_ERROR(worker_->cache_.ImportRows(worker_->model_.backend(), chunk.mla_index, slot_->sequence->pages,
+      RETURN_IF_ERROR(worker_->cache_.ImportRows(chunk.mla_index, slot_->sequence->pages(),
                                                  chunk.first_token, chunk.token_count, chunk.rows));
     }
     latent_next_[chunk.mla_index] += chunk.token_count;
@@ -77,7 +77,7 @@ class DecodeWorker::Receiver : public transfer::CacheReceiver {
     if (static_cast<int64_t>(buffer.size()) == header_.kda_state_bytes) {
       std::lock_guard<std::mutex> lock(worker_->backend_mu_);
       RETURN_IF_ERROR(CheckLive());
-      RETURN_IF_ERROR(worker_->model_.ImportKdaState(*slot_->sequence, chunk.kda_index, buffer));
+      RETURN_IF_ERROR(worker_->sequences_.ImportKdaState(*slot_->sequence, chunk.kda_index, buffer));
       std::string().swap(buffer);
       kda_done_++;
     }
@@ -107,7 +107,7 @@ class DecodeWorker::Receiver : public transfer::CacheReceiver {
     if (slot_->state != SlotState::kReceiving || slot_->handoff_generation != generation_) {
       return LostLease();
     }
-    slot_->sequence->cached_tokens = header_.prompt_tokens;
+    RETURN_IF_ERROR(worker_->sequences_.Advance(*slot_->sequence, header_.prompt_tokens));
     slot_->prompt_tokens = header_.prompt_tokens;
     slot_->first_token = end.first_token;
     slot_->state = SlotState::kReady;

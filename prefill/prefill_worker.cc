@@ -11,7 +11,7 @@ namespace latentserve::prefill {
 
 PrefillWorker::PrefillWorker(const model::Model& model, model::LatentCache& cache,
                              transfer::CacheTransport& transport, std::string fingerprint, int64_t chunk_tokens)
-    : model_(model), cache_(cache), transport_(transport), fingerprint_(std::move(fingerprint)),
+    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport), fingerprint_(std::move(fingerprint)),
       chunk_tokens_(chunk_tokens) {}
 
 absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
@@ -80,14 +80,8 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   header.kda_state_bytes = kda_layers > 0 ? model_.KdaStateBytes() / kda_layers : 0;
   header.prompt_tokens = prompt_tokens;
 
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, model_.NewSequence());
-  // Pages of this worker's cache go back on every path out of here.
-  struct Cleanup {
-    const model::Model& model;
-    model::LatentCache& cache;
-    model::Sequence& sequence;
-    ~Cleanup() { model.ResetSequence(sequence, cache); }
-  } cleanup{model_, cache_, *sequence};
+  // Its pages go back to this worker's cache on every path out of here (the handle owns them).
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
 
   auto sender_or = transport_.Open(job.decode_worker, header, job.deadline);
   if (!sender_or.ok()) {
@@ -115,7 +109,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
         rows.mla_index = static_cast<int32_t>(mla);
         rows.first_token = t;
         rows.token_count = std::min(rows_per_message, first + count - t);
-        send_status = cache_.ExportRows(model_.backend(), mla, sequence->pages, t, rows.token_count, &rows.rows);
+        send_status = cache_.ExportRows(mla, sequence->pages(), t, rows.token_count, &rows.rows);
         if (!send_status.ok()) return;
         rows.checksum = transfer::Xxh64(rows.rows);
         bytes_sent += static_cast<int64_t>(rows.rows.size());
@@ -158,7 +152,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   }
   for (int64_t kda = 0; kda < kda_layers; ++kda) {
     std::string state;
-    RETURN_IF_ERROR(model_.ExportKdaState(*sequence, kda, &state));
+    RETURN_IF_ERROR(sequences_.ExportKdaState(*sequence, kda, &state));
     for (int64_t offset = 0; offset < static_cast<int64_t>(state.size()); offset += transfer::kMaxChunkBytes) {
       transfer::KdaStateBytes chunk;
       chunk.kda_index = static_cast<int32_t>(kda);

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/sequence_table.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -76,6 +77,7 @@ class PrefillWorker {
 
   const model::Model& model_;
   model::LatentCache& cache_;
+  cache::SequenceTable sequences_;  // the sequence being prefilled (one at a time)
   transfer::CacheTransport& transport_;
   const std::string fingerprint_;
   const int64_t chunk_tokens_;

@@ -45,7 +45,7 @@ absl::Status RunLogits(int argc, char** argv) {
   if (greedy < 0) return absl::InvalidArgumentError("--greedy must be >= 0");
   ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(tokens.size()) + greedy));
   const model::Model& m = *engine.model;
-  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  ASSIGN_OR_RETURN(auto sequence, engine.sequences->New());
   ASSIGN_OR_RETURN(std::vector<float> logits,
                    m.Prefill(*sequence, tokens, *engine.cache, engine.chunk_tokens, /*all_logits=*/true));
   const int64_t vocab = m.vocab();
@@ -58,7 +58,7 @@ absl::Status RunLogits(int argc, char** argv) {
     model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&continuation.back(), 1), false};
     ASSIGN_OR_RETURN(last, m.Forward({entry}, *engine.cache));
   }
-  m.ResetSequence(*sequence, *engine.cache);
+  sequence.reset();  // its pages go back to the cache
   std::string out = "{\"logits\":[";
   for (size_t t = 0; t < tokens.size(); ++t) {
     if (t) out += ',';
@@ -123,7 +123,7 @@ absl::Status RunGenerate(int argc, char** argv) {
   const bool stop_at_eos = !args.Has("ignore-eos") && vocab && vocab->eos_id() >= 0;
   ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, static_cast<int64_t>(prompt.size()) + max_tokens));
   const model::Model& m = *engine.model;
-  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  ASSIGN_OR_RETURN(auto sequence, engine.sequences->New());
   std::unique_ptr<tokenizer::StreamingDecoder> decoder;
   if (!print_ids) decoder = std::make_unique<tokenizer::StreamingDecoder>(*vocab, /*render_special=*/false);
   const auto start = std::chrono::steady_clock::now();
@@ -192,7 +192,7 @@ absl::Status RunGenerate(int argc, char** argv) {
                    p->mla * per, p->ffn_dense * per, p->moe * per, p->head * per, p->enqueue * per, p->wait * per);
     }
   }
-  m.ResetSequence(*sequence, *engine.cache);
+  sequence.reset();  // its pages go back to the cache
   return absl::OkStatus();
 }
 

@@ -49,7 +49,7 @@ struct LatentRows {
 };
 
 // Bytes [offset, offset + data.size()) of KDA ordinal kda_index's state
-// (Model::ExportKdaState layout: recurrent [Dk, Dk, H] f32, then conv tails).
+// (cache::SequenceTable::ExportKdaState layout: recurrent [Dk, Dk, H] f32, then conv tails).
 struct KdaStateBytes {
   int32_t kda_index = 0;
   int64_t offset = 0;
