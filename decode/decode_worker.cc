@@ -8,7 +8,6 @@
 #include "absl/time/clock.h"
 #include "common/secure_random.h"
 #include "common/status.h"
-#include "transfer/checksum.h"
 
 namespace latentserve::decode {
 
@@ -306,6 +305,8 @@ DecodeStats DecodeWorker::Stats() const {
   stats.steps = steps_;
   stats.leases_expired = leases_expired_;
   stats.cache_full_stops = cache_full_stops_;
+  stats.handoffs_admitted = handoffs_admitted_;
+  stats.handoff_host_bytes = handoff_host_bytes_;
   stats.draining = draining_;
   return stats;
 }
