@@ -59,9 +59,10 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
     if (draining_) return absl::UnavailableError("decode worker is draining");
   }
   auto slot = std::make_shared<Slot>();
+  // Made outside backend_mu_ (as before the sequence table): the lock is held only to take pages.
+  ASSIGN_OR_RETURN(slot->sequence, sequences_.New());
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    ASSIGN_OR_RETURN(slot->sequence, sequences_.New());
     absl::Status status = sequences_.Reserve(*slot->sequence, tokens);
     if (!status.ok()) {
       slot->sequence.reset();

@@ -106,7 +106,7 @@ class DecodeWorker : public transfer::CacheSink {
 
   const model::Model& model_;
   model::LatentCache& cache_;
-  cache::SequenceTable sequences_{cache_, model_.kda_layout()};  // every slot's sequence (under backend_mu_)
+  cache::SequenceTable sequences_{cache_, model_.kda_layout()};  // every slot's sequence; pages taken under backend_mu_
   model::DecodeGraphs graphs_{model_, cache_};  // the scheduler's steps, replayed (under backend_mu_)
   const std::string fingerprint_;
   const absl::Duration max_lease_ttl_;
