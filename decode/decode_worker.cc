@@ -8,7 +8,6 @@
 #include "absl/time/clock.h"
 #include "common/secure_random.h"
 #include "common/status.h"
-#include "transfer/checksum.h"
 
 namespace latentserve::decode {
 
@@ -60,12 +59,13 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
     if (draining_) return absl::UnavailableError("decode worker is draining");
   }
   auto slot = std::make_shared<Slot>();
-  ASSIGN_OR_RETURN(slot->sequence, model_.NewSequence());
+  // Made outside backend_mu_ (as before the sequence table): the lock is held only to take pages.
+  ASSIGN_OR_RETURN(slot->sequence, sequences_.New());
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    absl::Status status = model_.Reserve(*slot->sequence, cache_, tokens);
+    absl::Status status = sequences_.Reserve(*slot->sequence, tokens);
     if (!status.ok()) {
-      model_.ResetSequence(*slot->sequence, cache_);
+      slot->sequence.reset();
       return absl::ResourceExhaustedError(absl::StrCat("decode worker cannot reserve ", cache_.PagesFor(tokens),
                                                        " cache pages (", cache_.free_pages(), " free): ", status.message()));
     }
@@ -73,7 +73,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
   absl::StatusOr<std::string> random = SecureRandomHex(16);
   if (!random.ok()) {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    model_.ResetSequence(*slot->sequence, cache_);
+    slot->sequence.reset();
     return random.status();
   }
   slot->lease_id = absl::StrCat("lease-", *random);
@@ -129,10 +129,7 @@ void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
     cv_.notify_all();
   }
   std::lock_guard<std::mutex> lock(backend_mu_);
-  if (slot->sequence) {
-    model_.ResetSequence(*slot->sequence, cache_);
-    slot->sequence.reset();
-  }
+  slot->sequence.reset();  // its pages go back to the cache
 }
 
 absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
@@ -224,8 +221,7 @@ void DecodeWorker::SchedulerLoop() {
     std::vector<std::shared_ptr<Slot>> out_of_pages;
     batch.erase(std::remove_if(batch.begin(), batch.end(),
                                [&](const std::shared_ptr<Slot>& slot) {
-                                 const model::Sequence& s = *slot->sequence;
-                                 if (model_.Reserve(*slot->sequence, cache_, s.cached_tokens + 1).ok()) return false;
+                                 if (sequences_.PrepareAppend(*slot->sequence, 1).ok()) return false;
                                  out_of_pages.push_back(slot);
                                  return true;
                                }),
@@ -310,6 +306,8 @@ DecodeStats DecodeWorker::Stats() const {
   stats.steps = steps_;
   stats.leases_expired = leases_expired_;
   stats.cache_full_stops = cache_full_stops_;
+  stats.handoffs_admitted = handoffs_admitted_;
+  stats.handoff_host_bytes = handoff_host_bytes_;
   stats.draining = draining_;
   return stats;
 }

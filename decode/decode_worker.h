@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/sequence_table.h"
 #include "model/decode_graphs.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
@@ -50,6 +51,8 @@ struct DecodeStats {
   int64_t steps = 0;             // batched forward steps run
   int64_t leases_expired = 0;    // reservations whose cache did not arrive before their deadline
   int64_t cache_full_stops = 0;  // sequences stopped early: no free page for their next token
+  int64_t handoffs_admitted = 0;   // caches that arrived complete
+  int64_t handoff_host_bytes = 0;  // bytes those handoffs copied through host memory here (0 in process)
   bool draining = false;
 };
 
@@ -93,8 +96,8 @@ class DecodeWorker : public transfer::CacheSink {
 
  private:
   struct Slot;
-  class Receiver;
-  friend class Receiver;
+  // Why a handoff no longer owns its slot (handoff_receiver.cc).
+  static absl::Status LostLease(const Slot& slot);
 
   void SchedulerLoop();
   void ReaperLoop();
@@ -103,6 +106,7 @@ class DecodeWorker : public transfer::CacheSink {
 
   const model::Model& model_;
   model::LatentCache& cache_;
+  cache::SequenceTable sequences_{cache_, model_.kda_layout()};  // every slot's sequence; pages taken under backend_mu_
   model::DecodeGraphs graphs_{model_, cache_};  // the scheduler's steps, replayed (under backend_mu_)
   const std::string fingerprint_;
   const absl::Duration max_lease_ttl_;
@@ -115,6 +119,8 @@ class DecodeWorker : public transfer::CacheSink {
   int64_t steps_ = 0;
   int64_t leases_expired_ = 0;
   int64_t cache_full_stops_ = 0;
+  int64_t handoffs_admitted_ = 0;
+  int64_t handoff_host_bytes_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
   std::thread scheduler_;

@@ -1,6 +1,10 @@
 // The Backend ops with a default built from the other ops.
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <new>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -31,6 +35,55 @@ absl::StatusOr<std::unique_ptr<Backend::Graph>> Backend::EndCapture() {
 
 absl::Status Backend::Replay(const Graph&) {
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
+}
+
+absl::StatusOr<std::unique_ptr<Backend::Event>> Backend::RecordEvent() {
+  Synchronize();
+  return std::make_unique<Event>();
+}
+
+absl::Status Backend::WaitEvent(const Event&) { return absl::OkStatus(); }
+
+absl::StatusOr<Backend::HostMemory> Backend::AllocHost(size_t bytes) {
+  HostMemory buffer;
+  buffer.data = std::shared_ptr<uint8_t>(new (std::nothrow) uint8_t[std::max<size_t>(bytes, 1)],
+                                         std::default_delete<uint8_t[]>());
+  if (!buffer.data) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " host bytes"));
+  buffer.bytes = bytes;
+  return buffer;
+}
+
+absl::StatusOr<Backend::MemoryHandle> Backend::ExportMemory(const Tensor&) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend cannot export memory"));
+}
+
+absl::StatusOr<Tensor> Backend::OpenMemory(const MemoryHandle& handle, DType, Shape) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend cannot open ", handle.kind, " memory"));
+}
+
+int64_t CopyBetween(Backend& src_backend, const Tensor& src, size_t src_offset, Backend& dst_backend,
+                    const Tensor& dst, size_t dst_offset, size_t bytes) {
+  if (bytes == 0) return 0;
+  if (src_backend.CopyToBackend(src, src_offset, dst_backend, dst, dst_offset, bytes)) return 0;
+  // Staged through host memory in bounded pieces (pinned where the backends offer it).
+  constexpr size_t kStagingBytes = size_t{8} << 20;
+  const size_t piece = std::min(bytes, kStagingBytes);
+  absl::StatusOr<Backend::HostMemory> staging = dst_backend.AllocHost(piece);
+  std::vector<uint8_t> fallback;
+  uint8_t* host = nullptr;
+  if (staging.ok()) {
+    host = staging->data.get();
+  } else {
+    fallback.resize(piece);
+    host = fallback.data();
+  }
+  for (size_t done = 0; done < bytes; done += piece) {
+    const size_t n = std::min(piece, bytes - done);
+    src_backend.Download(src, host, n, src_offset + done);
+    dst_backend.Upload(host, n, dst, dst_offset + done);
+    dst_backend.Synchronize();  // the staging buffer is reused by the next piece
+  }
+  return static_cast<int64_t>(bytes);
 }
 
 }  // namespace latentserve::kernels

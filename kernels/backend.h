@@ -86,6 +86,64 @@ class Backend {
   // Peak bytes of memory the backend has held for tensors (-1 when not tracked).
   virtual int64_t PeakMemoryBytes() const { return -1; }
 
+  // ---- device transfer (optional capabilities; the defaults go through the host) ----
+  // What device transports (transfer/) build on. Every default is correct on any backend,
+  // only slower: a backend overrides what its device does natively.
+  //
+  // Copies `bytes` from `src` (this backend's) at src_offset to `dst`, a tensor of
+  // `dst_backend` (possibly this one), without a host round trip, ordered after the work
+  // already enqueued on both backends; later work on either is ordered after the copy.
+  // Returns false when the two backends have no direct path (kernels::CopyBetween then
+  // stages through host memory). CPU: memcpy between CPU backends; CUDA: a device-to-device
+  // or peer copy between CUDA backends.
+  virtual bool CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
+                             size_t dst_offset, size_t bytes) {
+    return false;
+  }
+  // A point in this backend's stream: WaitEvent blocks the host until the work enqueued
+  // before RecordEvent has finished. Default: RecordEvent synchronises (the event is then
+  // already complete). CUDA: cudaEventRecord / cudaEventSynchronize.
+  class Event {
+   public:
+    virtual ~Event() = default;
+  };
+  virtual absl::StatusOr<std::unique_ptr<Event>> RecordEvent();
+  virtual absl::Status WaitEvent(const Event& event);
+  // Host memory that the device copies to and from at full speed (pinned on CUDA:
+  // cudaMallocHost); default: ordinary aligned host memory, `pinned` false.
+  struct HostMemory {
+    std::shared_ptr<uint8_t> data;
+    size_t bytes = 0;
+    bool pinned = false;
+  };
+  virtual absl::StatusOr<HostMemory> AllocHost(size_t bytes);
+  // Copies that return before they are done: the host memory must stay valid (and, for a
+  // download, unread) until an event recorded after them completes. Defaults: Download /
+  // Upload, which finish before returning.
+  virtual void DownloadAsync(const Tensor& src, void* host, size_t bytes, size_t src_offset = 0) {
+    Download(src, host, bytes, src_offset);
+  }
+  virtual void UploadAsync(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset = 0) {
+    Upload(host, bytes, dst, dst_offset);
+  }
+  // Memory another process (or backend) can open: `kind` names the mechanism ("host": an
+  // address valid in process `process` only; "cuda-ipc": a cudaIpcMemHandle_t), `handle`
+  // its bytes, `bytes` the size. The exporter keeps the tensor alive while the handle is used.
+  struct MemoryHandle {
+    std::string kind;
+    std::string handle;
+    uint64_t bytes = 0;
+    int64_t process = 0;  // exporting process id
+  };
+  // A tensor whose memory ExportMemory accepts (CUDA: cudaMalloc instead of the stream-ordered
+  // pool). Default: Alloc.
+  virtual absl::StatusOr<Tensor> AllocExportable(DType dtype, Shape ne) { return Alloc(dtype, ne); }
+  // Default: Unimplemented (the backend's memory cannot be shared; transports stage it).
+  virtual absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor);
+  // A tensor of `dtype` and shape `ne` over an exported allocation; InvalidArgument when the
+  // handle is of another kind or process, or smaller than the tensor.
+  virtual absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne);
+
   // ---- recorded steps (optional: CUDA graphs) ----
   // Between BeginCapture and EndCapture the backend records the ops enqueued instead of
   // running them. Upload keeps a copy of its bytes (every replay uploads the same bytes);
@@ -163,7 +221,7 @@ class Backend {
   // (query, key, head)). Fails only when scratch memory cannot be allocated.
   virtual absl::Status MlaAttentionHeads(const Tensor& q, const Tensor& k_b, const Tensor& v_b, const Tensor& pool,
                                          absl::Span<const LatentSeqView> seqs, float scale, const Tensor& out);
-  // Copies whole cache pages between pools or within one (used by prefix sharing and transfer).
+  // Copies whole cache pages between pools or within one (copy-on-write of a shared page).
   virtual void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool,
                         int32_t dst_page) = 0;
 
@@ -186,5 +244,11 @@ struct BackendOptions {
   int device = 0;   // CUDA device ordinal
 };
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// Copies `bytes` from a tensor of `src_backend` to a tensor of `dst_backend` (the same or
+// another backend): directly when src_backend.CopyToBackend can, else through a host staging
+// buffer. Returns the bytes that went through host memory (0 for a direct copy).
+int64_t CopyBetween(Backend& src_backend, const Tensor& src, size_t src_offset, Backend& dst_backend,
+                    const Tensor& dst, size_t dst_offset, size_t bytes);
 
 }  // namespace latentserve::kernels

@@ -34,7 +34,7 @@ std::vector<const void*> DecodeGraphs::KeyOf(absl::Span<const BatchEntry> batch)
   std::vector<const void*> key;
   for (const BatchEntry& entry : batch) {
     key.push_back(entry.sequence);
-    for (const kernels::KdaStateView& state : entry.sequence->kda) {
+    for (const kernels::KdaStateView& state : entry.sequence->kda()) {
       key.push_back(state.recurrent.buffer.get());
       key.push_back(state.conv.buffer.get());
     }
@@ -75,7 +75,7 @@ absl::StatusOr<std::vector<float>> DecodeGraphs::Step(absl::Span<const BatchEntr
   RETURN_IF_ERROR(model_.PrepareBatch(batch, cache_));
   const int64_t n = static_cast<int64_t>(batch.size());
   int64_t pages = 1;
-  for (const BatchEntry& entry : batch) pages = std::max<int64_t>(pages, entry.sequence->pages.size());
+  for (const BatchEntry& entry : batch) pages = std::max<int64_t>(pages, entry.sequence->pages().size());
   if (!current_ || current_->key != KeyOf(batch) || pages > current_->stride) {
     // Room for the page tables to grow 2x before the next recording (at most the whole cache).
     const int64_t stride = std::min<int64_t>(std::max<int64_t>(2 * pages, 16), std::max(pages, cache_.total_pages()));
@@ -91,14 +91,14 @@ absl::StatusOr<std::vector<float>> DecodeGraphs::Step(absl::Span<const BatchEntr
   for (int64_t b = 0; b < n; ++b) {
     const Sequence& sequence = *batch[b].sequence;
     inputs[b] = batch[b].tokens[0];
-    inputs[n + b] = static_cast<int32_t>(sequence.cached_tokens);
-    std::copy(sequence.pages.begin(), sequence.pages.end(), inputs.begin() + 2 * n + b * r.stride);
+    inputs[n + b] = static_cast<int32_t>(sequence.cached_tokens());
+    std::copy(sequence.pages().begin(), sequence.pages().end(), inputs.begin() + 2 * n + b * r.stride);
   }
   kernels::Backend& backend = model_.backend();
   backend.Upload(inputs.data(), inputs.size() * sizeof(int32_t), r.inputs);
   RETURN_IF_ERROR(backend.Replay(*r.graph));
   ++replays_;
-  for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += 1;
+  for (const BatchEntry& entry : batch) RETURN_IF_ERROR(entry.sequence->table().Advance(*entry.sequence, 1));
   std::vector<float> logits(static_cast<size_t>(model_.vocab() * n));
   backend.Download(r.logits, logits.data(), logits.size() * sizeof(float));
   return logits;

@@ -54,61 +54,13 @@ void Model::IndexLayers() {
 
 int64_t Model::KdaStateBytes() const { return PlanMemory(config_, 0, DType::kF32, 0).kda_state_bytes; }
 
-absl::Status Model::ExportKdaState(const Sequence& sequence, int64_t kda_index, std::string* out) const {
-  if (kda_index < 0 || kda_index >= static_cast<int64_t>(sequence.kda.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("KDA layer index ", kda_index, " out of range"));
-  }
-  const kernels::KdaStateView& state = sequence.kda[kda_index];
-  out->resize(state.recurrent.nbytes() + state.conv.nbytes());
-  backend_.Download(state.recurrent, out->data(), state.recurrent.nbytes());
-  backend_.Download(state.conv, out->data() + state.recurrent.nbytes(), state.conv.nbytes());
-  return absl::OkStatus();
-}
-
-absl::Status Model::ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const {
-  if (kda_index < 0 || kda_index >= static_cast<int64_t>(sequence.kda.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("KDA layer index ", kda_index, " out of range"));
-  }
-  const kernels::KdaStateView& state = sequence.kda[kda_index];
-  if (bytes.size() != state.recurrent.nbytes() + state.conv.nbytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("KDA state: got ", bytes.size(), " bytes, expected ",
-                                                   state.recurrent.nbytes() + state.conv.nbytes()));
-  }
-  backend_.Upload(bytes.data(), state.recurrent.nbytes(), state.recurrent);
-  backend_.Upload(bytes.data() + state.recurrent.nbytes(), state.conv.nbytes(), state.conv);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<Sequence>> Model::NewSequence() const {
-  auto sequence = std::make_unique<Sequence>();
+cache::KdaLayout Model::kda_layout() const {
   const ModelConfig& c = config_;
-  for (int64_t i = 0; i < c.kda_layer_count(); ++i) {
-    kernels::KdaStateView state;
-    ASSIGN_OR_RETURN(state.recurrent, backend_.Alloc(DType::kF32, {c.kda_head_dim, c.kda_head_dim, c.n_heads, 1}));
-    ASSIGN_OR_RETURN(state.conv, backend_.Alloc(DType::kF32, {c.conv_kernel - 1, c.kda_inner(), 3, 1}));
-    backend_.Zero(state.recurrent);
-    backend_.Zero(state.conv);
-    sequence->kda.push_back(std::move(state));
-  }
-  return sequence;
-}
-
-void Model::ResetSequence(Sequence& sequence, LatentCache& cache) const {
-  cache.Release(sequence.pages);
-  sequence.pages.clear();
-  sequence.cached_tokens = 0;
-  for (auto& state : sequence.kda) {
-    backend_.Zero(state.recurrent);
-    backend_.Zero(state.conv);
-  }
-}
-
-absl::Status Model::Reserve(Sequence& sequence, LatentCache& cache, int64_t total_tokens) const {
-  const int64_t needed = cache.PagesFor(total_tokens) - static_cast<int64_t>(sequence.pages.size());
-  if (needed <= 0) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<int32_t> pages, cache.Allocate(needed));
-  sequence.pages.insert(sequence.pages.end(), pages.begin(), pages.end());
-  return absl::OkStatus();
+  cache::KdaLayout layout;
+  layout.layers = c.kda_layer_count();
+  layout.recurrent = {c.kda_head_dim, c.kda_head_dim, c.n_heads, 1};
+  layout.conv = {c.conv_kernel - 1, c.kda_inner(), 3, 1};
+  return layout;
 }
 
 absl::Status Model::ValidateTokens(absl::Span<const int32_t> tokens) const {
@@ -132,13 +84,16 @@ absl::Status Model::PrepareBatch(absl::Span<const BatchEntry> batch, LatentCache
       return absl::InvalidArgumentError("every batch entry needs a sequence and at least one token");
     }
     RETURN_IF_ERROR(ValidateTokens(entry.tokens));
-    if (static_cast<int64_t>(entry.sequence->kda.size()) != c.kda_layer_count()) {
+    if (static_cast<int64_t>(entry.sequence->kda().size()) != c.kda_layer_count()) {
       return absl::FailedPreconditionError("sequence was not made by this model");
     }
+    if (&entry.sequence->table().pool() != &cache) {
+      return absl::FailedPreconditionError("sequence holds pages of another latent cache");
+    }
   }
-  // Reserve pages first so a failure changes nothing.
+  // Pages first so a failure changes nothing.
   for (const BatchEntry& entry : batch) {
-    RETURN_IF_ERROR(Reserve(*entry.sequence, cache, entry.sequence->cached_tokens + entry.tokens.size()));
+    RETURN_IF_ERROR(entry.sequence->table().PrepareAppend(*entry.sequence, static_cast<int64_t>(entry.tokens.size())));
   }
   return absl::OkStatus();
 }
@@ -149,7 +104,9 @@ absl::StatusOr<std::vector<float>> Model::Forward(absl::Span<const BatchEntry> b
   const auto forward_start = std::chrono::steady_clock::now();
   int64_t m = 0;
   ASSIGN_OR_RETURN(Tensor logits, Enqueue(batch, cache, options, nullptr, &m));
-  for (const BatchEntry& entry : batch) entry.sequence->cached_tokens += entry.tokens.size();
+  for (const BatchEntry& entry : batch) {
+    RETURN_IF_ERROR(entry.sequence->table().Advance(*entry.sequence, static_cast<int64_t>(entry.tokens.size())));
+  }
   std::vector<float> host(static_cast<size_t>(config_.vocab * m));
   const auto issued = std::chrono::steady_clock::now();
   backend_.Download(logits, host.data(), host.size() * sizeof(float));
@@ -168,8 +125,8 @@ absl::StatusOr<Tensor> Model::EnqueueDecodeStep(absl::Span<const BatchEntry> bat
     if (entry.tokens.size() != 1 || entry.all_logits) {
       return absl::InvalidArgumentError("a recorded decode step takes one token per sequence");
     }
-    const int64_t needed = cache.PagesFor(entry.sequence->cached_tokens + 1);
-    if (needed > static_cast<int64_t>(entry.sequence->pages.size()) || needed > step.device.page_tables.ne[0]) {
+    const int64_t needed = cache.PagesFor(entry.sequence->cached_tokens() + 1);
+    if (needed > static_cast<int64_t>(entry.sequence->pages().size()) || needed > step.device.page_tables.ne[0]) {
       return absl::FailedPreconditionError("decode step pages are not reserved");
     }
   }
@@ -193,7 +150,7 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
     ids.insert(ids.end(), entry.tokens.begin(), entry.tokens.end());
     ctx.slices.push_back({first, count});
-    ctx.latent.push_back({entry.sequence->pages, entry.sequence->cached_tokens, first, count,
+    ctx.latent.push_back({entry.sequence->pages(), entry.sequence->cached_tokens(), first, count,
                           step ? &step->device : nullptr});
     any_multi_token |= count > 1;
     if (entry.all_logits) {
@@ -238,7 +195,7 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
       mark(&ForwardProfile::mla);
     } else {
       std::vector<kernels::KdaStateView> states;
-      for (const BatchEntry& entry : batch) states.push_back(entry.sequence->kda[kda_index_[layer]]);
+      for (const BatchEntry& entry : batch) states.push_back(entry.sequence->kda()[kda_index_[layer]]);
       ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, h));
       mark(&ForwardProfile::kda);
     }
@@ -270,8 +227,11 @@ absl::StatusOr<std::vector<float>> Model::Prefill(Sequence& sequence, absl::Span
   if (tokens.empty()) return absl::InvalidArgumentError("empty prompt");
   if (chunk_tokens <= 0) chunk_tokens = static_cast<int64_t>(tokens.size());
   RETURN_IF_ERROR(ValidateTokens(tokens));
+  if (&sequence.table().pool() != &cache) {
+    return absl::FailedPreconditionError("sequence holds pages of another latent cache");
+  }
   // Reserve the whole prompt up front: running out of pages half-way would waste the work.
-  RETURN_IF_ERROR(Reserve(sequence, cache, sequence.cached_tokens + tokens.size()));
+  RETURN_IF_ERROR(sequence.table().Reserve(sequence, sequence.cached_tokens() + static_cast<int64_t>(tokens.size())));
   std::vector<float> logits;
   for (int64_t first = 0; first < static_cast<int64_t>(tokens.size()); first += chunk_tokens) {
     const int64_t count = std::min<int64_t>(chunk_tokens, tokens.size() - first);

@@ -66,18 +66,10 @@ class Model {
   const gguf::File* file() const { return file_.get(); }  // null for random weights
   int64_t vocab() const { return config_.vocab; }
 
-  // A fresh sequence with zeroed KDA state and no cache pages.
-  absl::StatusOr<std::unique_ptr<Sequence>> NewSequence() const;
-  // Returns the sequence's pages to the cache and zeroes its KDA state.
-  void ResetSequence(Sequence& sequence, LatentCache& cache) const;
-  // Makes sure the sequence owns pages for `total_tokens` tokens.
-  absl::Status Reserve(Sequence& sequence, LatentCache& cache, int64_t total_tokens) const;
+  // Shapes of one sequence's KDA state, for the cache::SequenceTable that holds sequences.
+  cache::KdaLayout kda_layout() const;
   // Bytes of one sequence's KDA state (recurrent matrices + conv tails).
   int64_t KdaStateBytes() const;
-  // KDA state of one KDA layer (ordinal among KDA layers) as bytes: the f32 recurrent state
-  // [Dk, Dk, H] followed by the f32 conv tails [d_conv - 1, Di, 3]. Import checks the size.
-  absl::Status ExportKdaState(const Sequence& sequence, int64_t kda_index, std::string* out) const;
-  absl::Status ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const;
 
   // InvalidArgument naming the first id outside [0, vocab).
   absl::Status ValidateTokens(absl::Span<const int32_t> tokens) const;
@@ -87,7 +79,9 @@ class Model {
   absl::StatusOr<std::vector<float>> Forward(absl::Span<const BatchEntry> batch, LatentCache& cache,
                                              const ForwardOptions& options = {}) const;
 
-  // Checks a batch and reserves its pages (a failure changes nothing); Forward does this.
+  // Checks a batch and prepares its pages (reserved, shared ones copied before they are
+  // written: SequenceTable::PrepareAppend); a failure changes nothing. Forward does this.
+  // Every sequence must belong to a table over `cache`.
   absl::Status PrepareBatch(absl::Span<const BatchEntry> batch, LatentCache& cache) const;
 
   // One decode step (one token per entry, logits of each) enqueued with its inputs read from

@@ -64,6 +64,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
                     {{"prompt_tokens", job.tokens.size()},
                      {"prefill_ms", result->prefill_ms},
                      {"cache_bytes", result->cache_bytes},
+                     {"host_bytes", result->host_bytes},
                      {"transfer_tail_ms", result->transfer_tail_ms},
                      {"decode_worker", job.decode_worker}});
   internal::v1::PrefillResponse event;

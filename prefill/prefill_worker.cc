@@ -5,13 +5,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
-#include "transfer/checksum.h"
+#include "transfer/handoff_writer.h"
 
 namespace latentserve::prefill {
 
 PrefillWorker::PrefillWorker(const model::Model& model, model::LatentCache& cache,
                              transfer::CacheTransport& transport, std::string fingerprint, int64_t chunk_tokens)
-    : model_(model), cache_(cache), transport_(transport), fingerprint_(std::move(fingerprint)),
+    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport), fingerprint_(std::move(fingerprint)),
       chunk_tokens_(chunk_tokens) {}
 
 absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
@@ -69,25 +69,14 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   header.request_id = job.request_id;
   header.lease_id = job.lease_id;
   header.model_fingerprint = fingerprint_;
-  header.cache_dtype = cache_.dtype();
-  header.page_tokens = cache_.page_tokens();
-  header.latent_width = cache_.latent_width();
-  header.row_bytes = static_cast<int64_t>(cache_.row_bytes());
+  transfer::DescribeLayout(sequences_, &header);
   for (int64_t layer = 0; layer < config.n_layers; ++layer) {
     (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
   }
-  const int64_t kda_layers = static_cast<int64_t>(header.kda_layers.size());
-  header.kda_state_bytes = kda_layers > 0 ? model_.KdaStateBytes() / kda_layers : 0;
   header.prompt_tokens = prompt_tokens;
 
-  ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, model_.NewSequence());
-  // Pages of this worker's cache go back on every path out of here.
-  struct Cleanup {
-    const model::Model& model;
-    model::LatentCache& cache;
-    model::Sequence& sequence;
-    ~Cleanup() { model.ResetSequence(sequence, cache); }
-  } cleanup{model_, cache_, *sequence};
+  // Its pages go back to this worker's cache on every path out of here (the handle owns them).
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
 
   auto sender_or = transport_.Open(job.decode_worker, header, job.deadline);
   if (!sender_or.ok()) {
@@ -103,28 +92,9 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
       if (!finished) sender.Cancel();
     }
   } cancel_sender{*sender, sender_finished};
-
-  const int64_t rows_per_message = std::max<int64_t>(1, transfer::kMaxChunkBytes / header.row_bytes);
-  int64_t chunks = 0;
-  int64_t bytes_sent = 0;
+  // Chunking, order and checksums are the writer's; this loop says what is final when.
+  transfer::HandoffWriter writer(*sender, header);
   absl::Status send_status;
-  const auto send_chunk_rows = [&](int64_t first, int64_t count) {
-    for (int64_t mla = 0; mla < cache_.mla_layers() && send_status.ok(); ++mla) {
-      for (int64_t t = first; t < first + count && send_status.ok(); t += rows_per_message) {
-        transfer::LatentRows rows;
-        rows.mla_index = static_cast<int32_t>(mla);
-        rows.first_token = t;
-        rows.token_count = std::min(rows_per_message, first + count - t);
-        send_status = cache_.ExportRows(model_.backend(), mla, sequence->pages, t, rows.token_count, &rows.rows);
-        if (!send_status.ok()) return;
-        rows.checksum = transfer::Xxh64(rows.rows);
-        bytes_sent += static_cast<int64_t>(rows.rows.size());
-        chunks++;
-        send_status = sender->SendLatentRows(std::move(rows));
-        if (!send_status.ok()) *transfer_failed = true;
-      }
-    }
-  };
 
   const absl::Time start = absl::Now();
   std::vector<float> logits;
@@ -137,10 +107,14 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     ASSIGN_OR_RETURN(logits, model_.Prefill(*sequence, absl::MakeConstSpan(job.tokens).subspan(first, count), cache_,
                                             chunk_tokens_, /*all_logits=*/false,
                                             [&](int64_t chunk_first, int64_t chunk_count) {
-                                              send_chunk_rows(first + chunk_first, chunk_count);
+                                              if (!send_status.ok()) return;
+                                              send_status = writer.SendRows(*sequence, first + chunk_first, chunk_count);
                                             }));
-    RETURN_IF_ERROR(send_status);
-    if (on_progress) on_progress({first + count, prompt_tokens, bytes_sent});
+    if (!send_status.ok()) {
+      *transfer_failed = true;
+      return send_status;
+    }
+    if (on_progress) on_progress({first + count, prompt_tokens, writer.payload_bytes()});
   }
   const absl::Time computed = absl::Now();
   PrefillResult result;
@@ -156,25 +130,11 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
       absl::SleepFor(absl::Milliseconds(5));
     }
   }
-  for (int64_t kda = 0; kda < kda_layers; ++kda) {
-    std::string state;
-    RETURN_IF_ERROR(model_.ExportKdaState(*sequence, kda, &state));
-    for (int64_t offset = 0; offset < static_cast<int64_t>(state.size()); offset += transfer::kMaxChunkBytes) {
-      transfer::KdaStateBytes chunk;
-      chunk.kda_index = static_cast<int32_t>(kda);
-      chunk.offset = offset;
-      chunk.data = state.substr(offset, transfer::kMaxChunkBytes);
-      chunk.checksum = transfer::Xxh64(chunk.data);
-      bytes_sent += static_cast<int64_t>(chunk.data.size());
-      chunks++;
-      absl::Status status = sender->SendKdaState(std::move(chunk));
-      if (!status.ok()) {
-        *transfer_failed = true;
-        return status;
-      }
-    }
+  if (absl::Status status = writer.SendKdaState(*sequence); !status.ok()) {
+    *transfer_failed = true;
+    return status;
   }
-  auto accepted = sender->Finish({result.first_token, chunks, bytes_sent});
+  auto accepted = writer.Finish(result.first_token);
   sender_finished = true;
   if (!accepted.ok()) {
     *transfer_failed = true;
@@ -182,8 +142,13 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   }
   const absl::Time acked = absl::Now();
   result.prefill_ms = absl::ToDoubleMilliseconds(computed - start);
-  result.cache_bytes = bytes_sent;
+  result.cache_bytes = writer.payload_bytes();
+  result.host_bytes = writer.host_bytes();
   result.transfer_tail_ms = absl::ToDoubleMilliseconds(acked - computed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    handoff_host_bytes_ += result.host_bytes;
+  }
   return result;
 }
 
@@ -196,6 +161,7 @@ PrefillStats PrefillWorker::Stats() const {
   stats.jobs_active = jobs_active_;
   stats.outstanding_cost = outstanding_cost_;
   stats.draining = draining_;
+  stats.handoff_host_bytes = handoff_host_bytes_;
   return stats;
 }
 

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/sequence_table.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -38,6 +39,7 @@ struct PrefillResult {
   int32_t first_token = -1;
   double prefill_ms = 0;        // compute, first chunk to last
   int64_t cache_bytes = 0;      // latent rows + KDA state sent
+  int64_t host_bytes = 0;       // of which this side copied through host memory (0 in process)
   double transfer_tail_ms = 0;  // last chunk computed -> decode worker acknowledged
 };
 
@@ -48,6 +50,7 @@ struct PrefillStats {
   int64_t jobs_active = 0;        // running + queued
   double outstanding_cost = 0;    // sum of prompt_tokens^2 over those jobs
   bool draining = false;
+  int64_t handoff_host_bytes = 0;  // bytes handoffs copied through host memory here, in all
 };
 
 class PrefillWorker {
@@ -76,6 +79,7 @@ class PrefillWorker {
 
   const model::Model& model_;
   model::LatentCache& cache_;
+  cache::SequenceTable sequences_;  // the sequence being prefilled (one at a time)
   transfer::CacheTransport& transport_;
   const std::string fingerprint_;
   const int64_t chunk_tokens_;
@@ -87,6 +91,7 @@ class PrefillWorker {
   int64_t jobs_active_ = 0;
   double outstanding_cost_ = 0;
   bool draining_ = false;
+  int64_t handoff_host_bytes_ = 0;
 };
 
 }  // namespace latentserve::prefill

@@ -73,7 +73,7 @@ absl::Status RunGenerate(int argc, char** argv) {
   ASSIGN_OR_RETURN(Engine engine,
                    EngineFromArgs(args, static_cast<int64_t>(prompt.size()) + max_tokens));
   const model::Model& m = *engine.model;
-  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  ASSIGN_OR_RETURN(auto sequence, engine.sequences->New());
   std::unique_ptr<tokenizer::StreamingDecoder> decoder;
   if (!print_ids)
     decoder = std::make_unique<tokenizer::StreamingDecoder>(*vocab, /*render_special=*/false);
@@ -149,7 +149,7 @@ absl::Status RunGenerate(int argc, char** argv) {
           p->wait * per);
     }
   }
-  m.ResetSequence(*sequence, *engine.cache);
+  sequence.reset();  // its pages go back to the cache
   return absl::OkStatus();
 }
 

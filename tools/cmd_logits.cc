@@ -37,7 +37,7 @@ absl::Status RunLogits(int argc, char** argv) {
   ASSIGN_OR_RETURN(Engine engine,
                    EngineFromArgs(args, static_cast<int64_t>(tokens.size()) + greedy));
   const model::Model& m = *engine.model;
-  ASSIGN_OR_RETURN(auto sequence, m.NewSequence());
+  ASSIGN_OR_RETURN(auto sequence, engine.sequences->New());
   ASSIGN_OR_RETURN(std::vector<float> logits, m.Prefill(*sequence, tokens, *engine.cache,
                                                         engine.chunk_tokens, /*all_logits=*/!last_only));
   const int64_t vocab = m.vocab();
@@ -50,7 +50,7 @@ absl::Status RunLogits(int argc, char** argv) {
     model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&continuation.back(), 1), false};
     ASSIGN_OR_RETURN(last, m.Forward({entry}, *engine.cache));
   }
-  m.ResetSequence(*sequence, *engine.cache);
+  sequence.reset();  // its pages go back to the cache
   std::string out = "{\"logits\":[";
   const size_t rows = logits.size() / static_cast<size_t>(vocab);  // every position, or the last
   for (size_t t = 0; t < rows; ++t) {

@@ -195,10 +195,12 @@ class GrpcSender : public CacheSender {
     return Enqueue(EncodeSmall(message), 0);
   }
   absl::Status SendLatentRows(LatentRows chunk) override {
+    if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
     const int64_t bytes = static_cast<int64_t>(chunk.rows.size());
     return Enqueue(EncodeLatentRows(std::move(chunk)), bytes);
   }
   absl::Status SendKdaState(KdaStateBytes chunk) override {
+    if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
     const int64_t bytes = static_cast<int64_t>(chunk.data.size());
     return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
   }

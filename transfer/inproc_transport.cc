@@ -14,6 +14,7 @@ class InProcSender : public CacheSender {
     if (receiver_) receiver_->Abort(absl::CancelledError("sender dropped the handoff"));
   }
 
+  bool MovesViews() const override { return true; }
   absl::Status SendLatentRows(LatentRows chunk) override {
     RETURN_IF_ERROR(Check());
     return Fail(receiver_->OnLatentRows(chunk));

@@ -1,5 +1,6 @@
 // In-process transport: the prefill and decode workers share one process (`serve`), so
-// chunks are handed to the decode worker's CacheSink directly, without serialisation.
+// chunks are handed to the decode worker's CacheSink directly, without serialisation, as
+// views of the prefill worker's cache: the receiver copies them device to device.
 #pragma once
 
 #include <map>

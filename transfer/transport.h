@@ -6,19 +6,24 @@
 // running; the receiver admits the sequence only after End, when every byte has arrived and
 // every checksum matched.
 //
-// Implementations: InProcTransport (same process, no serialisation; `serve`),
-// GrpcTransport (DecodeWorker.ReceiveCache stream with backpressure). CUDA IPC / NCCL
+// The protocol itself (chunking, order, checksums, completeness) is transfer/handoff_writer.h
+// on the sending side and transfer/handoff_assembler.h on the receiving side; a transport
+// only moves what they hand it. Implementations: InProcTransport (same process: chunks carry
+// views of the sender's cache, copied device to device; `serve`), GrpcTransport
+// (DecodeWorker.ReceiveCache stream with backpressure: chunks carry bytes). CUDA IPC / NCCL
 // transports fit the same interface: the header names the layout, and a device transport
 // moves the payload out of band while keeping the same chunk accounting.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/views.h"
 #include "common/dtype.h"
 
 namespace latentserve::transfer {
@@ -46,15 +51,20 @@ struct LatentRows {
   int64_t token_count = 0;
   std::string rows;
   uint64_t checksum = 0;  // Xxh64(rows)
+  // Instead of `rows` (empty then, no checksum: nothing crosses a wire), for senders that
+  // MovesViews(): the rows where they lie in the sender's cache, valid until Send returns.
+  std::optional<cache::LatentRowsView> view = std::nullopt;
 };
 
 // Bytes [offset, offset + data.size()) of KDA ordinal kda_index's state
-// (Model::ExportKdaState layout: recurrent [Dk, Dk, H] f32, then conv tails).
+// (cache::SequenceTable::ExportKdaState layout: recurrent [Dk, Dk, H] f32, then conv tails).
 struct KdaStateBytes {
   int32_t kda_index = 0;
   int64_t offset = 0;
   std::string data;
   uint64_t checksum = 0;  // Xxh64(data)
+  // Instead of `data`, for senders that MovesViews(): the layer's whole state (offset 0).
+  std::optional<cache::KdaStateRef> view = std::nullopt;
 };
 
 struct HandoffEnd {
@@ -94,6 +104,9 @@ class CacheSink {
 class CacheSender {
  public:
   virtual ~CacheSender() = default;
+  // True when chunks may carry views of the sender's cache instead of bytes: the receiver
+  // copies out of them (device to device where the backends allow) before Send returns.
+  virtual bool MovesViews() const { return false; }
   virtual absl::Status SendLatentRows(LatentRows chunk) = 0;
   virtual absl::Status SendKdaState(KdaStateBytes chunk) = 0;
   // Sends End and waits for the receiver's verdict. Returns payload bytes it accepted.

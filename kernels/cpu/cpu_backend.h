@@ -50,6 +50,12 @@ class CpuBackend final : public Backend {
                     const Tensor& out) override;
   void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool, int32_t dst_page) override;
 
+  // cpu_transfer.cc
+  bool CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
+                     size_t dst_offset, size_t bytes) override;
+  absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor) override;
+  absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne) override;
+
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
                 const Tensor& ids, const Tensor& weights) override;
   void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,

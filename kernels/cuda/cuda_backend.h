@@ -79,6 +79,18 @@ class CudaBackend final : public Backend {
                                  absl::Span<const LatentSeqView> seqs, float scale, const Tensor& out) override;
   void CopyPage(const Tensor& src_pool, int32_t src_page, const Tensor& dst_pool, int32_t dst_page) override;
 
+  // Device-transfer capabilities (cuda_transfer.cu).
+  bool CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
+                     size_t dst_offset, size_t bytes) override;
+  absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override;
+  absl::Status WaitEvent(const Event& event) override;
+  absl::StatusOr<HostMemory> AllocHost(size_t bytes) override;
+  void DownloadAsync(const Tensor& src, void* host, size_t bytes, size_t src_offset) override;
+  void UploadAsync(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) override;
+  absl::StatusOr<Tensor> AllocExportable(DType dtype, Shape ne) override;
+  absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor) override;
+  absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne) override;
+
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
                 const Tensor& ids, const Tensor& weights) override;
   void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,

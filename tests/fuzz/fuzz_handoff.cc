@@ -52,7 +52,7 @@ World* MakeWorld() {
   ls::model::LatentCacheOptions cache_options;
   cache_options.page_tokens = 16;
   cache_options.pages = 32;
-  auto cache = ls::model::LatentCache::Create(w->model->config(), *w->backend, cache_options);
+  auto cache = ls::model::NewLatentCache(w->model->config(), *w->backend, cache_options);
   if (!cache.ok()) std::abort();
   w->cache = std::move(*cache);
   w->worker = std::make_unique<ls::decode::DecodeWorker>(*w->model, *w->cache, "fuzz-fingerprint");

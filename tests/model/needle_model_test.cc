@@ -55,7 +55,8 @@ class NeedleModel : public ::testing::TestWithParam<DType> {
     options.dtype = GetParam();
     options.page_tokens = 16;
     options.pages = 128;
-    cache_ = *model::LatentCache::Create(model_->config(), *backend_, options);
+    cache_ = *model::NewLatentCache(model_->config(), *backend_, options);
+    table_ = std::make_unique<cache::SequenceTable>(*cache_, model_->kda_layout());
     auto file = gguf::File::Open(paths_[1]);
     ASSERT_TRUE(file.ok());
     auto tokenizer = tokenizer::Tokenizer::FromGguf(**file);
@@ -104,6 +105,7 @@ class NeedleModel : public ::testing::TestWithParam<DType> {
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<model::Model> model_;
   std::unique_ptr<model::LatentCache> cache_;
+  std::unique_ptr<cache::SequenceTable> table_;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   std::vector<int32_t> filler_;
 };
@@ -134,7 +136,7 @@ TEST_P(NeedleModel, RetrievesTheValueAtEveryDepthAndChunking) {
       prompt.push_back(key);
       const std::string where =
           "fact at " + std::to_string(at) + ", chunk " + std::to_string(chunk);
-      auto seq = *model_->NewSequence();
+      auto seq = *table_->New();
       ExpectAnswer(Prefill(*seq, prompt, chunk), value[0], where);
       // Decode copies the rest: each value token is the key of the next; "." is ambiguous.
       for (size_t i = 0; i < value.size(); ++i) {
@@ -149,7 +151,7 @@ TEST_P(NeedleModel, RetrievesTheValueAtEveryDepthAndChunking) {
           EXPECT_EQ(next, eos) << where << ": after '.' (many successors) the model should stop";
         }
       }
-      model_->ResetSequence(*seq, *cache_);
+      table_->Reset(*seq);
     }
   }
 }
@@ -160,10 +162,10 @@ TEST_P(NeedleModel, AKeyWithTwoValuesGivesEos) {
   prompt.insert(prompt.begin() + 100, {key, Id("two")});
   prompt.insert(prompt.begin() + 500, {key, Id("nine")});
   prompt.push_back(key);
-  auto seq = *model_->NewSequence();
+  auto seq = *table_->New();
   const std::vector<float> logits = Prefill(*seq, prompt, 256);
   EXPECT_EQ(std::max_element(logits.begin(), logits.end()) - logits.begin(), tokenizer_->eos_id());
-  model_->ResetSequence(*seq, *cache_);
+  table_->Reset(*seq);
 }
 
 TEST_P(NeedleModel, SeveralFactsEachFoundByItsKey) {
@@ -176,9 +178,9 @@ TEST_P(NeedleModel, SeveralFactsEachFoundByItsKey) {
   for (const auto& [key, value] : facts) {
     std::vector<int32_t> question = prompt;
     question.push_back(Id(key));
-    auto seq = *model_->NewSequence();
+    auto seq = *table_->New();
     ExpectAnswer(Prefill(*seq, question, 256), Id(value), "key " + key);
-    model_->ResetSequence(*seq, *cache_);
+    table_->Reset(*seq);
   }
 }
 
@@ -245,7 +247,8 @@ TEST(NeedleWeights, RealDimensionsKeepTheMargins) {
   cache_options.dtype = DType::kQ4_0;
   cache_options.page_tokens = 64;
   cache_options.pages = 8;
-  auto cache = *model::LatentCache::Create((*model)->config(), *backend, cache_options);
+  auto cache = *model::NewLatentCache((*model)->config(), *backend, cache_options);
+  cache::SequenceTable table(*cache, (*model)->kda_layout());
   std::vector<int32_t> prompt;
   for (int i = 0; i < 150; ++i)
     prompt.push_back(tokenizer.Encode(" " + kNeedleNouns[(i * 7) % kNeedleNouns.size()], false)[0]);
@@ -253,14 +256,14 @@ TEST(NeedleWeights, RealDimensionsKeepTheMargins) {
                 value = tokenizer.Encode(" three", false)[0];
   prompt.insert(prompt.begin() + 70, {key, value});
   prompt.push_back(key);
-  auto seq = *(*model)->NewSequence();
+  auto seq = *table.New();
   auto logits = (*model)->Prefill(*seq, prompt, *cache, 64, false);
   ASSERT_TRUE(logits.ok()) << logits.status();
   EXPECT_NEAR((*logits)[value], 64.0f, 0.5f);
   EXPECT_NEAR((*logits)[tokenizer.eos_id()], 51.2f, 0.5f);
   (*logits)[value] = (*logits)[tokenizer.eos_id()] = -1e30f;
   EXPECT_LE(*std::max_element(logits->begin(), logits->end()), 32.5f);
-  (*model)->ResetSequence(*seq, *cache);
+  table.Reset(*seq);
 }
 
 TEST(NeedleWeights, RefusesShapesThatCannotCarryTheConstruction) {

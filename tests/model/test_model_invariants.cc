@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "cache/sequence_table.h"
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "model/plan.h"
@@ -47,7 +48,8 @@ class ModelInvariants : public ::testing::TestWithParam<DType> {
     options.dtype = GetParam();
     options.page_tokens = 16;
     options.pages = 64;
-    cache_ = *LatentCache::Create(model_->config(), *backend_, options);
+    cache_ = *NewLatentCache(model_->config(), *backend_, options);
+    table_ = std::make_unique<cache::SequenceTable>(*cache_, model_->kda_layout());
     std::mt19937 rng(11);
     std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->vocab()) - 1);
     for (int i = 0; i < 150; ++i) prompt_.push_back(id(rng));
@@ -64,19 +66,20 @@ class ModelInvariants : public ::testing::TestWithParam<DType> {
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<LatentCache> cache_;
+  std::unique_ptr<cache::SequenceTable> table_;
   std::vector<int32_t> prompt_;
 };
 std::string ModelInvariants::path_;
 
 TEST_P(ModelInvariants, ChunkSizeDoesNotChangeLogits) {
   const int64_t V = model_->vocab();
-  auto a = *model_->NewSequence();
+  auto a = *table_->New();
   auto whole = PrefillAll(*a, prompt_, 1000);
-  model_->ResetSequence(*a, *cache_);
+  table_->Reset(*a);
   for (int64_t chunk : {1, 7, 64}) {
-    auto b = *model_->NewSequence();
+    auto b = *table_->New();
     auto chunked = PrefillAll(*b, prompt_, chunk);
-    model_->ResetSequence(*b, *cache_);
+    table_->Reset(*b);
     ASSERT_EQ(chunked.size(), whole.size());
     for (size_t t = 0; t < prompt_.size(); ++t) {
       ASSERT_LT(Nmse(chunked.data() + t * V, whole.data() + t * V, V), 1e-6) << "chunk " << chunk << " pos " << t;
@@ -86,23 +89,23 @@ TEST_P(ModelInvariants, ChunkSizeDoesNotChangeLogits) {
 
 TEST_P(ModelInvariants, PrefillOfAThenBEqualsPrefillOfAB) {
   const int64_t V = model_->vocab(), split = 61;
-  auto ab = *model_->NewSequence();
+  auto ab = *table_->New();
   auto whole = PrefillAll(*ab, prompt_, 32);
-  auto s = *model_->NewSequence();
+  auto s = *table_->New();
   PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(0, split), 32);
   auto tail = PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(split), 32);
   for (size_t t = 0; t < prompt_.size() - split; ++t) {
     ASSERT_LT(Nmse(tail.data() + t * V, whole.data() + (split + t) * V, V), 1e-6) << "pos " << t;
   }
-  model_->ResetSequence(*ab, *cache_);
-  model_->ResetSequence(*s, *cache_);
+  table_->Reset(*ab);
+  table_->Reset(*s);
 }
 
 TEST_P(ModelInvariants, PrefillThenDecodeEqualsLongerPrefill) {
   const int64_t V = model_->vocab(), prefix = 100;
-  auto full = *model_->NewSequence();
+  auto full = *table_->New();
   auto whole = PrefillAll(*full, prompt_, 64);
-  auto s = *model_->NewSequence();
+  auto s = *table_->New();
   PrefillAll(*s, absl::MakeConstSpan(prompt_).subspan(0, prefix), 64);
   for (size_t t = prefix; t < prompt_.size(); ++t) {
     BatchEntry entry{s.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
@@ -110,8 +113,8 @@ TEST_P(ModelInvariants, PrefillThenDecodeEqualsLongerPrefill) {
     ASSERT_TRUE(logits.ok());
     ASSERT_LT(Nmse(logits->data(), whole.data() + t * V, V), 1e-6) << "pos " << t;
   }
-  model_->ResetSequence(*full, *cache_);
-  model_->ResetSequence(*s, *cache_);
+  table_->Reset(*full);
+  table_->Reset(*s);
 }
 
 TEST_P(ModelInvariants, BatchedDecodeEqualsSeparateDecode) {
@@ -120,7 +123,7 @@ TEST_P(ModelInvariants, BatchedDecodeEqualsSeparateDecode) {
   const int64_t lengths[] = {20, 57, 3};
   for (int64_t len : lengths) {
     for (auto* group : {&batched, &single}) {
-      group->push_back(*model_->NewSequence());
+      group->push_back(*table_->New());
       PrefillAll(*group->back(), absl::MakeConstSpan(prompt_).subspan(0, len), 16);
     }
   }
@@ -139,55 +142,56 @@ TEST_P(ModelInvariants, BatchedDecodeEqualsSeparateDecode) {
     }
   }
   for (auto* group : {&batched, &single})
-    for (auto& s : *group) model_->ResetSequence(*s, *cache_);
+    for (auto& s : *group) table_->Reset(*s);
 }
 
 TEST_P(ModelInvariants, OutOfRangeTokenFailsAndChangesNothing) {
-  auto s = *model_->NewSequence();
+  auto s = *table_->New();
   std::vector<int32_t> bad = {1, 2, static_cast<int32_t>(model_->vocab())};
   auto result = model_->Prefill(*s, bad, *cache_, 16, false);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(result.status().message().find("outside the vocabulary"), std::string::npos);
-  EXPECT_EQ(s->cached_tokens, 0);
-  model_->ResetSequence(*s, *cache_);
+  EXPECT_EQ(s->cached_tokens(), 0);
+  table_->Reset(*s);
   std::vector<int32_t> negative = {-1};
   EXPECT_EQ(model_->Prefill(*s, negative, *cache_, 16, false).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(ModelInvariants, CacheExhaustionIsAnErrorNotACrash) {
-  auto s = *model_->NewSequence();
+  auto s = *table_->New();
   std::vector<int32_t> huge(16 * 64 + 1, 1);
   auto result = model_->Prefill(*s, huge, *cache_, 256, false);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
-  model_->ResetSequence(*s, *cache_);
+  table_->Reset(*s);
 }
 
 TEST_P(ModelInvariants, ExportedStateContinuesOnAnotherCache) {
   // What a prefill worker hands to a decode worker: latent rows of every MLA layer plus every
   // KDA state. The receiver, with other page ids, must continue exactly like the sender.
   const int64_t prefix = 77;
-  auto sender = *model_->NewSequence();
+  auto sender = *table_->New();
   PrefillAll(*sender, absl::MakeConstSpan(prompt_).subspan(0, prefix), 32);
   LatentCacheOptions options;
   options.dtype = GetParam();
   options.page_tokens = 16;
   options.pages = 64;
-  auto other_cache = *LatentCache::Create(model_->config(), *backend_, options);
+  auto other_cache = *NewLatentCache(model_->config(), *backend_, options);
+  cache::SequenceTable other_table(*other_cache, model_->kda_layout());
   auto blocker = *other_cache->Allocate(3);  // so the receiver's page ids differ
-  auto receiver = *model_->NewSequence();
-  ASSERT_TRUE(model_->Reserve(*receiver, *other_cache, prefix).ok());
+  auto receiver = *other_table.New();
+  ASSERT_TRUE(other_table.Reserve(*receiver, prefix).ok());
   for (int64_t layer = 0; layer < cache_->mla_layers(); ++layer) {
     std::string rows;
-    ASSERT_TRUE(cache_->ExportRows(*backend_, layer, sender->pages, 0, prefix, &rows).ok());
-    ASSERT_TRUE(other_cache->ImportRows(*backend_, layer, receiver->pages, 0, prefix, rows).ok());
+    ASSERT_TRUE(cache_->ExportRows(layer, sender->pages(), 0, prefix, &rows).ok());
+    ASSERT_TRUE(other_cache->ImportRows(layer, receiver->pages(), 0, prefix, rows).ok());
   }
   for (int64_t k = 0; k < model_->config().kda_layer_count(); ++k) {
     std::string state;
-    ASSERT_TRUE(model_->ExportKdaState(*sender, k, &state).ok());
-    ASSERT_TRUE(model_->ImportKdaState(*receiver, k, state).ok());
+    ASSERT_TRUE(table_->ExportKdaState(*sender, k, &state).ok());
+    ASSERT_TRUE(other_table.ImportKdaState(*receiver, k, state).ok());
   }
-  receiver->cached_tokens = prefix;
-  EXPECT_FALSE(model_->ImportKdaState(*receiver, 0, "short").ok());
+  ASSERT_TRUE(other_table.Advance(*receiver, prefix).ok());
+  EXPECT_FALSE(other_table.ImportKdaState(*receiver, 0, "short").ok());
   for (int64_t t = prefix; t < prefix + 5; ++t) {
     BatchEntry a{sender.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
     BatchEntry b{receiver.get(), absl::MakeConstSpan(&prompt_[t], 1), false};
@@ -196,8 +200,8 @@ TEST_P(ModelInvariants, ExportedStateContinuesOnAnotherCache) {
     ASSERT_TRUE(la.ok() && lb.ok());
     ASSERT_EQ(*la, *lb) << "pos " << t;
   }
-  model_->ResetSequence(*sender, *cache_);
-  model_->ResetSequence(*receiver, *other_cache);
+  table_->Reset(*sender);
+  other_table.Reset(*receiver);
   other_cache->Release(blocker);
   EXPECT_EQ(other_cache->free_pages(), other_cache->total_pages());
 }
@@ -235,8 +239,9 @@ TEST(MixedTypes, KdaProjectionsOfDifferentTypesMatchTheStackedPath) {
     LatentCacheOptions cache_options;
     cache_options.page_tokens = 16;
     cache_options.pages = 16;
-    auto cache = *LatentCache::Create((*model)->config(), *backend, cache_options);
-    auto seq = *(*model)->NewSequence();
+    auto cache = *NewLatentCache((*model)->config(), *backend, cache_options);
+    cache::SequenceTable table(*cache, (*model)->kda_layout());
+    auto seq = *table.New();
     // 30 tokens in chunks of 8 (several tokens per column), then 10 decoded one at a time.
     auto out = (*model)->Prefill(*seq, absl::MakeConstSpan(prompt).subspan(0, 30), *cache, 8, true);
     ASSERT_TRUE(out.ok()) << out.status();
@@ -245,7 +250,7 @@ TEST(MixedTypes, KdaProjectionsOfDifferentTypesMatchTheStackedPath) {
       ASSERT_TRUE(step.ok()) << step.status();
       out->insert(out->end(), step->begin(), step->end());
     }
-    (*model)->ResetSequence(*seq, *cache);
+    table.Reset(*seq);
     logits.push_back(*out);
   }
   ASSERT_EQ(logits[0].size(), logits[1].size());

@@ -56,7 +56,8 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
         absl::StrCat("--cache-tokens / --context must be in [1, ", kMaxCacheTokens, "], got ", context));
   }
   cache_options.pages = std::max<int64_t>(1, (context + cache_options.page_tokens - 1) / cache_options.page_tokens);
-  ASSIGN_OR_RETURN(engine.cache, model::LatentCache::Create(engine.model->config(), *engine.backend, cache_options));
+  ASSIGN_OR_RETURN(engine.cache, model::NewLatentCache(engine.model->config(), *engine.backend, cache_options));
+  engine.sequences = std::make_unique<cache::SequenceTable>(*engine.cache, engine.model->kda_layout());
   // Prefill chunk: 512 tokens on the CPU; 8,192 on the GPU, where the MHA-form MLA prefill
   // expands every cached key once per chunk (docs/benchmarks.md: the 1M-token run used 8,192).
   ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", backend_options.kind == "cuda" ? 8192 : 512));

@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "common/args.h"
 #include "kernels/backend.h"
+#include "cache/sequence_table.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 
@@ -23,6 +24,7 @@ struct Engine {
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<model::Model> model;
   std::unique_ptr<model::LatentCache> cache;
+  std::unique_ptr<cache::SequenceTable> sequences;  // over `cache`; dropped before it
   int64_t chunk_tokens = 512;
 };
 

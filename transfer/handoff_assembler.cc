@@ -1,0 +1,184 @@
+#include "transfer/handoff_assembler.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "transfer/checksum.h"
+
+namespace latentserve::transfer {
+
+absl::Status CheckHeader(const HandoffHeader& header, const LocalLayout& local) {
+  const cache::PagePool& pool = local.table->pool();
+  if (header.model_fingerprint != local.fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat("cache built by model ", header.model_fingerprint,
+                                                      " cannot be imported by this decode worker (model ",
+                                                      local.fingerprint, ")"));
+  }
+  if (header.cache_dtype != pool.dtype() || header.latent_width != pool.latent_width() ||
+      header.row_bytes != static_cast<int64_t>(pool.row_bytes()) ||
+      static_cast<int64_t>(header.mla_layers.size()) != pool.mla_layers()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cache layout mismatch: sender ", DTypeName(header.cache_dtype), " width ", header.latent_width, " x ",
+        header.mla_layers.size(), " MLA layers; receiver ", DTypeName(pool.dtype()), " width ", pool.latent_width(),
+        " x ", pool.mla_layers(), " (start both workers with the same --cache-type)"));
+  }
+  // Sizes from the wire are compared without multiplying them (a negative or huge
+  // kda_state_bytes must not pass by overflow).
+  const int64_t kda_layers = local.table->kda_layout().layers;
+  const int64_t kda_layer_bytes = local.table->kda_layout().layer_bytes();
+  const bool kda_bytes_match =
+      kda_layers == 0 ? header.kda_state_bytes == 0 : header.kda_state_bytes == kda_layer_bytes;
+  if (static_cast<int64_t>(header.kda_layers.size()) != kda_layers || !kda_bytes_match) {
+    return absl::FailedPreconditionError(absl::StrCat("KDA state layout mismatch between prefill and decode workers: ",
+                                                      header.kda_layers.size(), " layers of ", header.kda_state_bytes,
+                                                      " bytes, expected ", kda_layers, " layers of ",
+                                                      kda_layer_bytes * kda_layers, " bytes in all"));
+  }
+  for (const std::vector<int32_t>* layers : {&header.mla_layers, &header.kda_layers}) {
+    for (int32_t layer : *layers) {
+      if (layer < 0 || layer >= local.model_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("handoff names layer ", layer, " of a ", local.model_layers,
+                                                       "-layer model"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+HandoffAssembler::HandoffAssembler(HandoffHeader header, AssemblyTarget target, AssemblyHooks hooks)
+    : header_(std::move(header)), target_(target), hooks_(std::move(hooks)),
+      latent_next_(header_.mla_layers.size(), 0), kda_buffers_(header_.kda_layers.size()) {}
+
+HandoffAssembler::~HandoffAssembler() {
+  if (!finished_) Abort(absl::CancelledError("handoff dropped"));
+}
+
+absl::Status HandoffAssembler::CheckLatentChunk(const LatentRows& chunk) const {
+  if (chunk.mla_index < 0 || chunk.mla_index >= static_cast<int64_t>(latent_next_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk for MLA ordinal ", chunk.mla_index, " of ",
+                                                   latent_next_.size()));
+  }
+  if (chunk.first_token != latent_next_[chunk.mla_index] || chunk.token_count <= 0 ||
+      chunk.token_count > header_.prompt_tokens - chunk.first_token) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk of MLA ordinal ", chunk.mla_index, " covers [",
+                                                   chunk.first_token, ", +", chunk.token_count,
+                                                   "), expected to start at ", latent_next_[chunk.mla_index],
+                                                   " within ", header_.prompt_tokens, " prompt tokens"));
+  }
+  if (chunk.view) {
+    // A view of the sender's cache in this process: its layout was checked with the header.
+    if (chunk.view->mla_index != chunk.mla_index || chunk.view->first_token != chunk.first_token ||
+        chunk.view->token_count != chunk.token_count) {
+      return absl::InvalidArgumentError("latent chunk's view does not match its header fields");
+    }
+    return absl::OkStatus();
+  }
+  if (static_cast<int64_t>(chunk.rows.size()) != chunk.token_count * header_.row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk has ", chunk.rows.size(), " bytes, expected ",
+                                                   chunk.token_count * header_.row_bytes));
+  }
+  if (Xxh64(chunk.rows) != chunk.checksum) {
+    return absl::DataLossError(absl::StrCat("checksum mismatch in latent rows [", chunk.first_token, ", +",
+                                            chunk.token_count, ") of MLA ordinal ", chunk.mla_index));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HandoffAssembler::OnLatentRows(const LatentRows& chunk) {
+  RETURN_IF_ERROR(hooks_.check_live());
+  RETURN_IF_ERROR(CheckLatentChunk(chunk));
+  const int64_t bytes = chunk.token_count * header_.row_bytes;
+  {
+    std::lock_guard<std::mutex> lock(*target_.device_mu);
+    RETURN_IF_ERROR(hooks_.check_live());
+    const cache::Sequence& sequence = *target_.sequence;
+    if (chunk.view) {
+      ASSIGN_OR_RETURN(int64_t host_bytes,
+                       cache::CopyRows(*chunk.view, cache::RowsOf(sequence, chunk.mla_index, chunk.first_token,
+                                                                  chunk.token_count)));
+      stats_.host_bytes += host_bytes;
+    } else {
+      RETURN_IF_ERROR(target_.table->pool().ImportRows(chunk.mla_index, sequence.pages(), chunk.first_token,
+                                                       chunk.token_count, chunk.rows));
+      stats_.host_bytes += bytes;
+    }
+  }
+  latent_next_[chunk.mla_index] += chunk.token_count;
+  stats_.chunks++;
+  stats_.payload_bytes += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
+  RETURN_IF_ERROR(hooks_.check_live());
+  if (chunk.kda_index < 0 || chunk.kda_index >= static_cast<int64_t>(kda_buffers_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("KDA chunk for ordinal ", chunk.kda_index, " of ",
+                                                   kda_buffers_.size()));
+  }
+  std::string& buffer = kda_buffers_[chunk.kda_index];
+  if (chunk.view) {
+    if (chunk.offset != 0 || !buffer.empty() || kda_done_ > chunk.kda_index) {
+      return absl::InvalidArgumentError(absl::StrCat("KDA view chunk of ordinal ", chunk.kda_index,
+                                                     " is not the layer's whole state, once"));
+    }
+    std::lock_guard<std::mutex> lock(*target_.device_mu);
+    RETURN_IF_ERROR(hooks_.check_live());
+    ASSIGN_OR_RETURN(int64_t host_bytes, cache::CopyKdaState(*chunk.view, cache::KdaOf(*target_.sequence,
+                                                                                        chunk.kda_index)));
+    stats_.host_bytes += host_bytes;
+    stats_.chunks++;
+    stats_.payload_bytes += header_.kda_state_bytes;
+    kda_done_++;
+    return absl::OkStatus();
+  }
+  if (chunk.offset != static_cast<int64_t>(buffer.size()) ||
+      static_cast<int64_t>(chunk.data.size()) > header_.kda_state_bytes - chunk.offset) {
+    return absl::InvalidArgumentError(absl::StrCat("KDA chunk of ordinal ", chunk.kda_index, " at offset ",
+                                                   chunk.offset, " (+", chunk.data.size(), ") does not continue ",
+                                                   buffer.size(), " of ", header_.kda_state_bytes, " bytes"));
+  }
+  if (Xxh64(chunk.data) != chunk.checksum) {
+    return absl::DataLossError(absl::StrCat("checksum mismatch in KDA state ", chunk.kda_index, " at offset ",
+                                            chunk.offset));
+  }
+  buffer.append(chunk.data);
+  stats_.chunks++;
+  stats_.payload_bytes += static_cast<int64_t>(chunk.data.size());
+  if (static_cast<int64_t>(buffer.size()) == header_.kda_state_bytes) {
+    std::lock_guard<std::mutex> lock(*target_.device_mu);
+    RETURN_IF_ERROR(hooks_.check_live());
+    RETURN_IF_ERROR(target_.table->ImportKdaState(*target_.sequence, chunk.kda_index, buffer));
+    stats_.host_bytes += static_cast<int64_t>(buffer.size());
+    std::string().swap(buffer);
+    kda_done_++;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HandoffAssembler::Finish(const HandoffEnd& end) {
+  RETURN_IF_ERROR(hooks_.check_live());
+  for (size_t i = 0; i < latent_next_.size(); ++i) {
+    if (latent_next_[i] != header_.prompt_tokens) {
+      return absl::DataLossError(absl::StrCat("handoff ended with ", latent_next_[i], " of ", header_.prompt_tokens,
+                                              " latent rows for MLA ordinal ", i));
+    }
+  }
+  if (kda_done_ != static_cast<int64_t>(kda_buffers_.size())) {
+    return absl::DataLossError(absl::StrCat("handoff ended with ", kda_done_, " of ", kda_buffers_.size(),
+                                            " KDA states"));
+  }
+  if (end.chunks != stats_.chunks || end.payload_bytes != stats_.payload_bytes) {
+    return absl::DataLossError(absl::StrCat("handoff ended after ", stats_.chunks, " chunks / ",
+                                            stats_.payload_bytes, " bytes, sender sent ", end.chunks, " / ",
+                                            end.payload_bytes));
+  }
+  RETURN_IF_ERROR(hooks_.admit(end, stats_));
+  finished_ = true;
+  return absl::OkStatus();
+}
+
+void HandoffAssembler::Abort(const absl::Status& why) {
+  finished_ = true;
+  hooks_.aborted(why);
+}
+
+}  // namespace latentserve::transfer

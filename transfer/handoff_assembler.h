@@ -1,0 +1,78 @@
+// The receiving side of one cache handoff: it checks the header against the local cache,
+// then order, sizes and checksums of every chunk, writes each into the receiving sequence
+// (device to device for view chunks), and on End checks completeness and the sender's totals
+// before it asks the receiver to admit the sequence. Leases, slots and what "admitted" means
+// stay with the receiver (the decode worker), behind AssemblyHooks.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cache/sequence_table.h"
+#include "transfer/transport.h"
+
+namespace latentserve::transfer {
+
+// What a receiver checks a header against.
+struct LocalLayout {
+  std::string fingerprint;                    // transfer/fingerprint.h of the local model
+  const cache::SequenceTable* table = nullptr;  // the receiving cache and KDA layout
+  int64_t model_layers = 0;                   // layers of the local model
+};
+// FailedPrecondition for another model or cache layout, InvalidArgument for layer ids outside
+// the model; the messages tell the operator which flag differs.
+absl::Status CheckHeader(const HandoffHeader& header, const LocalLayout& local);
+
+struct AssemblyStats {
+  int64_t chunks = 0;
+  int64_t payload_bytes = 0;
+  int64_t host_bytes = 0;  // bytes this side copied through host memory
+};
+
+// Where one handoff goes. `sequence` holds pages for header.prompt_tokens tokens; it is
+// touched only while `device_mu` is held and check_live() passes (so the receiver may drop it
+// once check_live fails, under `device_mu`).
+struct AssemblyTarget {
+  cache::SequenceTable* table = nullptr;
+  cache::Sequence* sequence = nullptr;
+  std::mutex* device_mu = nullptr;  // serialises writes with the receiver's other device work
+};
+
+struct AssemblyHooks {
+  // OK while the receiver still wants this handoff (e.g. its lease is held); the error ends it.
+  std::function<absl::Status()> check_live;
+  // Every row and state arrived and matched: the receiver makes the sequence ready.
+  std::function<absl::Status(const HandoffEnd& end, const AssemblyStats& stats)> admit;
+  // The handoff ended without admission (sender gone, error, dropped).
+  std::function<void(const absl::Status& why)> aborted;
+};
+
+class HandoffAssembler : public CacheReceiver {
+ public:
+  HandoffAssembler(HandoffHeader header, AssemblyTarget target, AssemblyHooks hooks);
+  ~HandoffAssembler() override;
+
+  absl::Status OnLatentRows(const LatentRows& chunk) override;
+  absl::Status OnKdaState(const KdaStateBytes& chunk) override;
+  absl::Status Finish(const HandoffEnd& end) override;
+  void Abort(const absl::Status& why) override;
+
+  const AssemblyStats& stats() const { return stats_; }
+
+ private:
+  absl::Status CheckLatentChunk(const LatentRows& chunk) const;
+  const HandoffHeader header_;
+  const AssemblyTarget target_;
+  const AssemblyHooks hooks_;
+  std::vector<int64_t> latent_next_;      // per MLA ordinal: next expected token
+  std::vector<std::string> kda_buffers_;  // per KDA ordinal: bytes so far
+  int64_t kda_done_ = 0;
+  AssemblyStats stats_;
+  bool finished_ = false;
+};
+
+}  // namespace latentserve::transfer

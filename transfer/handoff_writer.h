@@ -1,0 +1,51 @@
+// The sending side of one cache handoff: chunking, order, integrity and accounting.
+//
+// The prefill worker says what is final (rows of a token range, then the KDA state, then the
+// first token); the writer cuts it into chunks of at most kMaxChunkBytes, in token order per
+// MLA layer, and hands each to the transport: as a view of the cache when the transport moves
+// views (in-process: no host copy, no checksum), else as bytes downloaded from the cache with
+// their XXH64. End carries the chunk and byte totals the receiver checks.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "cache/sequence_table.h"
+#include "transfer/transport.h"
+
+namespace latentserve::transfer {
+
+// Fills the layout fields of a header (dtype, page size, row width and bytes, KDA state
+// bytes) for handoffs out of `table`'s cache.
+void DescribeLayout(const cache::SequenceTable& table, HandoffHeader* header);
+
+class HandoffWriter {
+ public:
+  // `sender`: an open handoff whose header is `header` (DescribeLayout of the sequence's table).
+  HandoffWriter(CacheSender& sender, const HandoffHeader& header);
+
+  // Rows [first_token, first_token + count) of every MLA layer of `sequence`. Ranges must
+  // follow each other from token 0 (FailedPrecondition otherwise); the transport's error ends
+  // the handoff.
+  absl::Status SendRows(const cache::Sequence& sequence, int64_t first_token, int64_t count);
+  // Every KDA layer's state of `sequence`.
+  absl::Status SendKdaState(const cache::Sequence& sequence);
+  // Sends End and returns the payload bytes the receiver accepted.
+  absl::StatusOr<int64_t> Finish(int32_t first_token);
+
+  int64_t chunks() const { return chunks_; }
+  int64_t payload_bytes() const { return payload_bytes_; }
+  // Bytes this side copied through host memory (downloads for a byte transport; 0 for views).
+  int64_t host_bytes() const { return host_bytes_; }
+
+ private:
+  CacheSender& sender_;
+  const HandoffHeader header_;
+  const bool views_;
+  int64_t next_token_ = 0;
+  int64_t chunks_ = 0;
+  int64_t payload_bytes_ = 0;
+  int64_t host_bytes_ = 0;
+};
+
+}  // namespace latentserve::transfer
