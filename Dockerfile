@@ -21,7 +21,7 @@ RUN apt-get update \
       ninja-build cmake g++ pkg-config \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
       libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev \
-      prometheus-cpp-dev libcivetweb-dev libcpp-httplib-dev nlohmann-json3-dev \
+      prometheus-cpp-dev libcivetweb-dev libcpp-httplib-dev nlohmann-json3-dev libxxhash-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -34,7 +34,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libpcre2-8-0 \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 libcpp-httplib0.11 \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 libcpp-httplib0.11 libxxhash0 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 latentserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin latentserve \

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
   prometheus-cpp-dev libcivetweb-dev   # /metrics: prometheus-cpp (pull) serves through civetweb
   libcpp-httplib-dev nlohmann-json3-dev   # the OpenAI-compatible HTTP front (http/)
+  libxxhash-dev   # handoff chunk checksums (transfer/checksum.cc)
   python3-grpcio python3-protobuf python3-pytest python3-venv python3-pip python3-setuptools   # sdk/python
   curl   # tests/http drives the HTTP front with curl too
   openssl   # integration tests make a throwaway CA and certificates
