@@ -1,5 +1,7 @@
 #include "decode/decode_service.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "serving/metrics.h"
@@ -12,9 +14,19 @@ namespace latentserve::decode {
 grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const internal::v1::ReserveLeaseRequest* request,
                                          internal::v1::ReserveLeaseResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReserveLease"); !denied.ok()) return denied;
+  const std::string caller = serving::ClientIdentity(*context);
   auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
-                                    request->model_fingerprint(), serving::ClientIdentity(*context));
+                                    request->model_fingerprint(), caller);
   if (!lease.ok()) return ToGrpc(lease.status());
+  // A caller whose deadline passes before the answer reaches it never learns the lease id, so it
+  // could not give the pages back until the lease's TTL ran out. When the call is cancelled, or
+  // its deadline is too close for the answer to arrive in time, release the lease here.
+  constexpr auto kAnswerMargin = std::chrono::milliseconds(20);
+  if (context->IsCancelled() || context->deadline() < std::chrono::system_clock::now() + kAnswerMargin) {
+    (void)worker_.ReleaseLease(*lease, caller);
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "the call's deadline passed while its lease was being reserved; the lease was released");
+  }
   response->set_lease_id(*lease);
   return grpc::Status::OK;
 }

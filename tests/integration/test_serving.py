@@ -323,9 +323,13 @@ class DecodeCapacity(unittest.TestCase):
         try:
             p1 = self.hold_the_cache(c, 35)
             start = time.monotonic()
-            r2 = c.generate(prompt(100, 36), max_tokens=2000, extra=("--timeout-ms", "1500"))
+            # The deadline must end inside the first request's decode, which takes ~0.7 s on an idle
+            # machine (2000 steps at ~3000 tok/s): 1.5 s let it finish first and the second ran.
+            r2 = c.generate(prompt(100, 36), max_tokens=2000, extra=("--timeout-ms", "400"))
             self.assertEqual(r2.get("error", {}).get("code"), "DEADLINE_EXCEEDED", r2)
             self.assertLess(time.monotonic() - start, 10)
+            with open(os.path.join(c.dir, "router.log")) as f:
+                self.assertIn('"event":"capacity_wait"', f.read(), "the second request waited for room")
             p1.communicate(timeout=120)
             c.assert_baseline(self)
         finally:
