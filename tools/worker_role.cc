@@ -150,6 +150,12 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
             "Decode: sequences stopped early (finish_reason length) because no cache page was free "
             "for their next token",
             {}, static_cast<double>(s.cache_full_stops), /*counter=*/true);
+    out.Set("latentserve_decode_handoffs_admitted_total", "Decode: cache handoffs that arrived complete", {},
+            static_cast<double>(s.handoffs_admitted), /*counter=*/true);
+    out.Set("latentserve_decode_handoff_host_bytes_total",
+            "Decode: bytes of admitted handoffs that were copied through host memory on this worker "
+            "(0 for an in-process handoff between device caches)",
+            {}, static_cast<double>(s.handoff_host_bytes), /*counter=*/true);
   });
 }
 

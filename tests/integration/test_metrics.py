@@ -92,10 +92,16 @@ class RoleMetricsAndLogs(unittest.TestCase):
         self.assertEqual(types.get("latentserve_prefill_seconds"), "histogram")
         self.assertEqual(types.get("latentserve_prefill_tokens_total"), "counter")
         self.assertTrue(any(s.startswith("latentserve_prefill_seconds_bucket{") and 'le="3600"' in s for s in samples))
-        types, _ = self.scraped["decode0"]
+        types, samples = self.scraped["decode0"]
         self.assertEqual(types.get("latentserve_decode_tokens_total"), "counter")
         self.assertEqual(types.get("latentserve_decode_lease_expired_total"), "counter")
         self.assertEqual(types.get("latentserve_cache_pages_free"), "gauge")
+
+        def value(name):
+            return sum(float(s.rsplit(" ", 1)[1]) for s in samples if s.startswith(name + "{"))
+        # The one request's cache arrived over gRPC: through this worker's host memory.
+        self.assertEqual(value("latentserve_decode_handoffs_admitted_total"), 1)
+        self.assertGreater(value("latentserve_decode_handoff_host_bytes_total"), 0)
 
     def test_every_documented_family_is_exported_by_some_role(self):
         # k8s/validate holds alerts, dashboards and autoscalers to this list (docs/operations.md).
