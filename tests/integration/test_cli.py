@@ -55,6 +55,14 @@ class Help(unittest.TestCase):
                 self.assertRegex(text, r"\nexample:\n  latentserve " + re.escape(name) + " ")
                 self.assertEqual(documented, accepted_flags(name))
 
+    def test_every_usage_entry_is_a_built_subcommand(self):
+        # A usage text without its subcommand compiled in (a cmd_*.cc left out of tools/CMakeLists)
+        # lists nothing in --help, so the test above cannot see it.
+        with open(os.path.join(SOURCE_DIR, "tools", "usage_text.cc")) as f:
+            entries = set(re.findall(r'u\["([a-z-]+)"\]', f.read()))
+        self.assertGreater(len(entries), 10)
+        self.assertFalse(entries - set(subcommands()), "usage text for subcommands the binary lacks")
+
     def test_help_shows_defaults_and_short_h_works(self):
         _, text = documented_flags("serve")
         self.assertRegex(text, r"--cache-tokens N .*\(default: \d+\)")
