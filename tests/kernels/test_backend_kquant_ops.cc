@@ -11,83 +11,20 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
 namespace {
 
-constexpr double kExact = 1e-9;            // f32 products in another order
-constexpr double kHalfActivations = 1e-4;  // prefill: weights and activations as f16 in cuBLAS
+using op_test::kExact;
+using op_test::kHalfActivations;
 constexpr DType kKQuants[] = {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
-double Nmse(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return num / std::max(den, 1e-30);
-}
-
-class BackendKQuantOps : public ::testing::Test {
+class BackendKQuantOps : public op_test::BackendPairFixture {
  protected:
-  void SetUp() override {
-    auto gpu = CreateBackend({"cuda", 0, 0});
-    if (!gpu.ok()) GTEST_SKIP() << gpu.status();
-    gpu_ = std::move(*gpu);
-    cpu_ = *CreateBackend({"cpu", 2, 0});
-  }
-  struct Pair {
-    Tensor cpu, gpu;
-  };
-  Pair Make(DType dtype, Shape ne, const std::vector<float>& values) {
-    Pair p{*cpu_->Alloc(dtype, ne), *gpu_->Alloc(dtype, ne)};
-    std::vector<uint8_t> bytes(p.cpu.nbytes());
-    for (int64_t r = 0; r < p.cpu.rows(); ++r) {
-      QuantizeRow(dtype, values.data() + r * ne[0], bytes.data() + r * p.cpu.row_bytes(), ne[0]);
-    }
-    cpu_->Upload(bytes.data(), bytes.size(), p.cpu);
-    gpu_->Upload(bytes.data(), bytes.size(), p.gpu);
-    return p;
-  }
-  Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
-  Pair Poisoned(Shape ne) { return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN)); }
-  Pair Ints(Shape ne, const std::vector<int32_t>& v) {
-    Pair p{*cpu_->Alloc(DType::kI32, ne), *gpu_->Alloc(DType::kI32, ne)};
-    cpu_->Upload(v.data(), v.size() * 4, p.cpu);
-    gpu_->Upload(v.data(), v.size() * 4, p.gpu);
-    return p;
-  }
+  BackendKQuantOps() : BackendPairFixture(77) {}
   // The same weights dequantised to f32 on the CPU.
-  Tensor Reference(const Pair& w) {
-    std::vector<uint8_t> bytes(w.cpu.nbytes());
-    cpu_->Download(w.cpu, bytes.data(), bytes.size());
-    std::vector<float> values(w.cpu.elements());
-    for (int64_t r = 0; r < w.cpu.rows(); ++r) {
-      DequantizeRow(w.cpu.dtype, bytes.data() + r * w.cpu.row_bytes(), values.data() + r * w.cpu.ne[0], w.cpu.ne[0]);
-    }
-    Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
-    cpu_->Upload(values.data(), values.size() * 4, t);
-    return t;
-  }
-  std::vector<float> Read(Backend& b, const Tensor& t) {
-    std::vector<float> out(t.elements());
-    b.Download(t, out.data(), out.size() * 4);
-    return out;
-  }
-  void Expect(const Pair& p, double threshold, const std::string& what) {
-    const double nmse = Nmse(Read(*gpu_, p.gpu), Read(*cpu_, p.cpu));
-    EXPECT_LE(nmse, threshold) << what;
-    RecordProperty(what, std::to_string(nmse));
-  }
-  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng_);
-    return v;
-  }
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937 rng_{77};
+  Tensor Reference(const Pair& w) { return Dequantised(w); }
 };
 
 // m <= 8: the warp GEMV on the stored super-blocks; m > 8: rows dequantised to f16 for cuBLAS.

@@ -14,92 +14,28 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
 namespace {
 
-// NMSE thresholds: f32 arithmetic in a different order lands near 1e-12..1e-10; paths that
-// round activations to 16 bits (cuBLAS f16/bf16 GEMMs for many columns) near 1e-6..1e-5.
-constexpr double kExact = 1e-9;
-constexpr double kHalfActivations = 1e-4;
+using op_test::kExact;
+using op_test::kHalfActivations;
+using op_test::Nmse;
 // TF32 tensor-core products (10-bit mantissas), f32 accumulation and state: the chunked KDA
 // prefill lands near 1e-7 (measured in a host emulation of its kernels).
 constexpr double kTf32 = 1e-5;
 
-double Nmse(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return num / std::max(den, 1e-30);
-}
-
-class BackendOps : public ::testing::Test {
+class BackendOps : public op_test::BackendPairFixture {
  protected:
-  void SetUp() override {
-    auto gpu = CreateBackend({"cuda", 0, 0});
-    if (!gpu.ok()) GTEST_SKIP() << gpu.status();
-    gpu_ = std::move(*gpu);
-    cpu_ = *CreateBackend({"cpu", 2, 0});
-  }
-  // The same host data on both backends.
-  struct Pair {
-    Tensor cpu, gpu;
-  };
-  Pair Make(DType dtype, Shape ne, const std::vector<float>& values) {
-    Pair p{*cpu_->Alloc(dtype, ne), *gpu_->Alloc(dtype, ne)};
-    std::vector<uint8_t> bytes(p.cpu.nbytes());
-    for (int64_t r = 0; r < p.cpu.rows(); ++r) QuantizeRow(dtype, values.data() + r * ne[0], bytes.data() + r * p.cpu.row_bytes(), ne[0]);
-    cpu_->Upload(bytes.data(), bytes.size(), p.cpu);
-    gpu_->Upload(bytes.data(), bytes.size(), p.gpu);
-    return p;
-  }
-  Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
+  BackendOps() : BackendPairFixture(42) {}
   // The CPU reference for a weight: for q8_0 / q4_0 the same values dequantised to f32. The
   // CPU backend multiplies quantised weights on 8-bit activation blocks (as ggml does); the
-  // CUDA kernels keep f32 activations (GEMV) or f16 (GEMM), so the exact reference for them
-  // is the f32 matmul over the dequantised weights.
+  // CUDA kernels keep f32 activations (most GEMVs) or f16 (GEMM), so the exact reference for
+  // them is the f32 matmul over the dequantised weights.
   Tensor CpuReferenceWeights(const Pair& w) {
-    if (w.cpu.dtype != DType::kQ8_0 && w.cpu.dtype != DType::kQ4_0) return w.cpu;
-    std::vector<uint8_t> bytes(w.cpu.nbytes());
-    cpu_->Download(w.cpu, bytes.data(), bytes.size());
-    std::vector<float> values(w.cpu.elements());
-    for (int64_t r = 0; r < w.cpu.rows(); ++r) {
-      DequantizeRow(w.cpu.dtype, bytes.data() + r * w.cpu.row_bytes(), values.data() + r * w.cpu.ne[0], w.cpu.ne[0]);
-    }
-    Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
-    cpu_->Upload(values.data(), values.size() * 4, t);
-    return t;
+    return w.cpu.dtype == DType::kQ8_0 || w.cpu.dtype == DType::kQ4_0 ? Dequantised(w) : w.cpu;
   }
-  Pair Poisoned(Shape ne) {  // outputs start as NaN so an unwritten element fails
-    return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN));
-  }
-  Pair Ints(Shape ne, const std::vector<int32_t>& v) {
-    Pair p{*cpu_->Alloc(DType::kI32, ne), *gpu_->Alloc(DType::kI32, ne)};
-    cpu_->Upload(v.data(), v.size() * 4, p.cpu);
-    gpu_->Upload(v.data(), v.size() * 4, p.gpu);
-    return p;
-  }
-  std::vector<float> Read(Backend& b, const Tensor& t) {
-    std::vector<float> out(t.elements());
-    b.Download(t, out.data(), out.size() * 4);
-    return out;
-  }
-  void Expect(const Pair& p, double threshold, const std::string& what) {
-    const double nmse = Nmse(Read(*gpu_, p.gpu), Read(*cpu_, p.cpu));
-    EXPECT_LE(nmse, threshold) << what;
-    RecordProperty(what, std::to_string(nmse));
-  }
-  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng_);
-    return v;
-  }
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937 rng_{42};
 };
 
 TEST_F(BackendOps, MatMulAllTypesAndColumnCounts) {

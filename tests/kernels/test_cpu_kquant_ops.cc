@@ -9,58 +9,19 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
 namespace {
 
+using op_test::MaxRelDiff;
+
 constexpr DType kKQuants[] = {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
-class CpuKQuantOps : public ::testing::Test {
+class CpuKQuantOps : public op_test::CpuOpsFixture {
  protected:
-  void SetUp() override { backend_ = *CreateBackend({"cpu", 2, 0}); }
-  Tensor Make(DType dtype, Shape ne, const std::vector<float>& values) {
-    Tensor t = *backend_->Alloc(dtype, ne);
-    std::vector<uint8_t> bytes(t.nbytes());
-    for (int64_t r = 0; r < t.rows(); ++r) {
-      QuantizeRow(dtype, values.data() + r * ne[0], bytes.data() + r * t.row_bytes(), ne[0]);
-    }
-    backend_->Upload(bytes.data(), bytes.size(), t);
-    return t;
-  }
-  Tensor F32(Shape ne, const std::vector<float>& values) { return Make(DType::kF32, ne, values); }
-  Tensor Zeros(Shape ne) {
-    Tensor t = *backend_->Alloc(DType::kF32, ne);
-    backend_->Zero(t);
-    return t;
-  }
-  std::vector<float> Read(const Tensor& t) {
-    std::vector<float> out(t.elements());
-    backend_->Download(t, out.data(), out.size() * 4);
-    return out;
-  }
-  std::vector<uint8_t> Bytes(const Tensor& t) {
-    std::vector<uint8_t> b(t.nbytes());
-    backend_->Download(t, b.data(), b.size());
-    return b;
-  }
-  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
-    std::uniform_real_distribution<float> dist(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng_);
-    return v;
-  }
-  std::unique_ptr<Backend> backend_;
-  std::mt19937 rng_{4321};
+  CpuKQuantOps() : CpuOpsFixture(4321) {}
 };
-
-double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 1e-12;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / den;
-}
 
 // ggml's q8_K rounding, which the backend applies to activations before K-quant weights: per
 // 256 values, the value of largest magnitude maps to -127; q = min(127, round(x * -127 / max)).

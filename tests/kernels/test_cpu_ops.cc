@@ -8,51 +8,17 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
 namespace {
 
-class CpuOps : public ::testing::Test {
- protected:
-  void SetUp() override { backend_ = *CreateBackend({"cpu", 2, 0}); }
-  Tensor Make(DType dtype, Shape ne, const std::vector<float>& values) {
-    Tensor t = *backend_->Alloc(dtype, ne);
-    std::vector<uint8_t> bytes(t.nbytes());
-    for (int64_t r = 0; r < t.rows(); ++r) {
-      QuantizeRow(dtype, values.data() + r * ne[0], bytes.data() + r * t.row_bytes(), ne[0]);
-    }
-    backend_->Upload(bytes.data(), bytes.size(), t);
-    return t;
-  }
-  Tensor F32(Shape ne, const std::vector<float>& values) { return Make(DType::kF32, ne, values); }
-  Tensor Zeros(Shape ne) {
-    Tensor t = *backend_->Alloc(DType::kF32, ne);
-    backend_->Zero(t);
-    return t;
-  }
-  std::vector<float> Read(const Tensor& t) {
-    std::vector<float> out(t.elements());
-    backend_->Download(t, out.data(), out.size() * 4);
-    return out;
-  }
-  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
-    std::uniform_real_distribution<float> dist(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng_);
-    return v;
-  }
-  std::unique_ptr<Backend> backend_;
-  std::mt19937 rng_{1234};
-};
+using op_test::MaxRelDiff;
 
-double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 1e-12;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / den;
-}
+class CpuOps : public op_test::CpuOpsFixture {
+ protected:
+  CpuOps() : CpuOpsFixture(1234) {}
+};
 
 // What the CPU matmuls do to activations before meeting q8_0 / q4_0 weights (like ggml):
 // per block of 32, d = max|x| / 127 and x becomes round(x * (1 / d)) * d.

@@ -1,0 +1,153 @@
+// Fixtures shared by the op tests: CPU ops against host formulas (test_cpu_ops.cc,
+// test_cpu_kquant_ops.cc), and the CUDA backend against the CPU on the same host data
+// (test_backend_ops.cc, test_backend_kquant_ops.cc). Each test file keeps its own seed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+
+namespace latentserve::kernels::op_test {
+
+// NMSE thresholds: f32 arithmetic in a different order lands near 1e-12..1e-10; paths that
+// round activations to 16 bits (cuBLAS f16/bf16 GEMMs for many columns) near 1e-6..1e-5.
+constexpr double kExact = 1e-9;
+constexpr double kHalfActivations = 1e-4;
+
+inline double Nmse(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return num / std::max(den, 1e-30);
+}
+
+inline double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 1e-12;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - b[i]));
+    den = std::max(den, std::fabs(double(b[i])));
+  }
+  return num / den;
+}
+
+// Host bytes of `values` (rows of ne[0]) in `dtype`'s stored layout.
+inline std::vector<uint8_t> StoredBytes(const Tensor& t, const std::vector<float>& values) {
+  std::vector<uint8_t> bytes(t.nbytes());
+  for (int64_t r = 0; r < t.rows(); ++r) {
+    QuantizeRow(t.dtype, values.data() + r * t.ne[0], bytes.data() + r * t.row_bytes(), t.ne[0]);
+  }
+  return bytes;
+}
+
+// The CPU backend alone.
+class CpuOpsFixture : public ::testing::Test {
+ protected:
+  explicit CpuOpsFixture(uint32_t seed) : rng_(seed) {}
+  void SetUp() override { backend_ = *CreateBackend({"cpu", 2, 0}); }
+  Tensor Make(DType dtype, Shape ne, const std::vector<float>& values) {
+    Tensor t = *backend_->Alloc(dtype, ne);
+    const std::vector<uint8_t> bytes = StoredBytes(t, values);
+    backend_->Upload(bytes.data(), bytes.size(), t);
+    return t;
+  }
+  Tensor F32(Shape ne, const std::vector<float>& values) { return Make(DType::kF32, ne, values); }
+  Tensor Zeros(Shape ne) {
+    Tensor t = *backend_->Alloc(DType::kF32, ne);
+    backend_->Zero(t);
+    return t;
+  }
+  std::vector<float> Read(const Tensor& t) {
+    std::vector<float> out(t.elements());
+    backend_->Download(t, out.data(), out.size() * 4);
+    return out;
+  }
+  std::vector<uint8_t> Bytes(const Tensor& t) {
+    std::vector<uint8_t> b(t.nbytes());
+    backend_->Download(t, b.data(), b.size());
+    return b;
+  }
+  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng_);
+    return v;
+  }
+  std::unique_ptr<Backend> backend_;
+  std::mt19937 rng_;
+};
+
+// The CUDA backend against the CPU on the same host data; skipped where no GPU is visible.
+class BackendPairFixture : public ::testing::Test {
+ protected:
+  explicit BackendPairFixture(uint32_t seed) : rng_(seed) {}
+  void SetUp() override {
+    auto gpu = CreateBackend({"cuda", 0, 0});
+    if (!gpu.ok()) GTEST_SKIP() << gpu.status();
+    gpu_ = std::move(*gpu);
+    cpu_ = *CreateBackend({"cpu", 2, 0});
+  }
+  // The same host data on both backends.
+  struct Pair {
+    Tensor cpu, gpu;
+  };
+  Pair Make(DType dtype, Shape ne, const std::vector<float>& values) {
+    Pair p{*cpu_->Alloc(dtype, ne), *gpu_->Alloc(dtype, ne)};
+    const std::vector<uint8_t> bytes = StoredBytes(p.cpu, values);
+    cpu_->Upload(bytes.data(), bytes.size(), p.cpu);
+    gpu_->Upload(bytes.data(), bytes.size(), p.gpu);
+    return p;
+  }
+  Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
+  Pair Poisoned(Shape ne) {  // outputs start as NaN so an unwritten element fails
+    return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN));
+  }
+  Pair Ints(Shape ne, const std::vector<int32_t>& v) {
+    Pair p{*cpu_->Alloc(DType::kI32, ne), *gpu_->Alloc(DType::kI32, ne)};
+    cpu_->Upload(v.data(), v.size() * 4, p.cpu);
+    gpu_->Upload(v.data(), v.size() * 4, p.gpu);
+    return p;
+  }
+  // A weight's CPU copy dequantised to f32 (the reference for kernels that keep f32 / f16
+  // activations, where the CPU's own quantised path rounds activations to 8 bits).
+  Tensor Dequantised(const Pair& w) {
+    std::vector<uint8_t> bytes(w.cpu.nbytes());
+    cpu_->Download(w.cpu, bytes.data(), bytes.size());
+    std::vector<float> values(w.cpu.elements());
+    for (int64_t r = 0; r < w.cpu.rows(); ++r) {
+      DequantizeRow(w.cpu.dtype, bytes.data() + r * w.cpu.row_bytes(), values.data() + r * w.cpu.ne[0], w.cpu.ne[0]);
+    }
+    Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
+    cpu_->Upload(values.data(), values.size() * 4, t);
+    return t;
+  }
+  std::vector<float> Read(Backend& b, const Tensor& t) {
+    std::vector<float> out(t.elements());
+    b.Download(t, out.data(), out.size() * 4);
+    return out;
+  }
+  void Expect(const Pair& p, double threshold, const std::string& what) {
+    const double nmse = Nmse(Read(*gpu_, p.gpu), Read(*cpu_, p.cpu));
+    EXPECT_LE(nmse, threshold) << what;
+    RecordProperty(what, std::to_string(nmse));
+  }
+  std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng_);
+    return v;
+  }
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::mt19937 rng_;
+};
+
+}  // namespace latentserve::kernels::op_test
