@@ -50,6 +50,12 @@ struct LatentSeqView {
   // backends that record read the position and pages there at run time; the fields above
   // hold the values of the step being recorded (what a backend that runs ops at once uses).
   const DeviceStep* device = nullptr;
+  // The forward's page plan (model/batch_plan.h): every sequence's page table uploaded once
+  // per step into one i32 [stride, B] tensor that every MLA layer reads; this sequence's pages
+  // are its column `plan_column`. Null: a backend that needs the pages on the device uploads
+  // page_table itself (what op tests that build views by hand get).
+  const Tensor* page_plan = nullptr;
+  int64_t plan_column = 0;
 };
 
 struct MoeWeights {

@@ -20,6 +20,7 @@ struct BatchContext {
   std::vector<kernels::SeqSlice> slices;           // per sequence
   std::vector<kernels::LatentSeqView> latent;      // per sequence (page tables + positions)
   int64_t kda_chunk_tokens;                        // 0 = recurrence
+  kernels::Tensor page_plan;                       // i32 [stride, B]: model/batch_plan.h
 
   absl::StatusOr<kernels::Tensor> F32(kernels::Shape ne) const { return backend.Alloc(DType::kF32, ne); }
 };

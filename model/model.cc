@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "model/batch_plan.h"
 #include "model/layers.h"
 #include "model/plan.h"
 
@@ -143,7 +144,7 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
   const ModelConfig& c = config_;
   std::vector<int32_t> ids;
   std::vector<int32_t> output_rows;  // batch columns whose logits are returned
-  BatchContext ctx{backend_, c, 0, {}, {}, 0};
+  BatchContext ctx{backend_, c, 0, {}, {}, 0, {}};
   bool any_multi_token = false;
   for (const BatchEntry& entry : batch) {
     const int64_t first = static_cast<int64_t>(ids.size());
@@ -161,6 +162,7 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
   }
   const int64_t n = static_cast<int64_t>(ids.size());
   ctx.tokens = n;
+  if (c.mla_layer_count() > 0) RETURN_IF_ERROR(PlanPages(ctx, step));
   ctx.kda_chunk_tokens = any_multi_token ? options.kda_chunk_tokens : 0;
 
   // Optional profiling: charge the time since the last mark to one part.

@@ -66,6 +66,19 @@ npm_ci_once() {
 # (@node-llama-cpp/linux-x64, a direct dependency): ~106 MB instead of ~770 MB with the
 # CUDA and Vulkan builds, which the harness never loads (gpu: false).
 npm_ci_once tests/reference --omit=optional
+# ggml loads the prebuilt CPU variant that best fits the machine. On a Sapphire Rapids CPU that
+# is the AMX variant, which repacks weights into AMX buffers: on our kimi-linear test models it
+# aborts (GGML_ASSERT(*cur_backend_id != -1), ggml-backend.cpp:1294) or rounds K-quant
+# activations its own way (reference_kquant: NMSE 0.47 between llama's quantised file and its
+# own f32 twin, against 4e-4 elsewhere); seen on this CI's machines on 2026-12-02. The
+# reference is the portable llama.cpp, so that variant is set aside (in a subfolder ggml does
+# not scan) and ggml takes the next best one (zen4 / icelake: AVX-512, no AMX).
+bins=tests/reference/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+if [[ -f $bins/libggml-cpu-sapphirerapids.so ]]; then
+  mkdir -p "$bins/set-aside-amx"
+  mv "$bins/libggml-cpu-sapphirerapids.so" "$bins/set-aside-amx/"
+  echo "install_deps: llama.cpp's AMX CPU variant set aside (see scripts/install_deps.sh)"
+fi
 # The Kubernetes manifest validator (k8s/validate: kubernetes-models schemas, dockerfilelint).
 npm_ci_once k8s/validate
 # buf, for `buf lint` of proto/ (the ctest proto_lint).

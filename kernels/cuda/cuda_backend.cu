@@ -343,6 +343,27 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
   return s.ptr;
 }
 
+const int32_t* CudaBackend::SeqPages(const LatentSeqView& seq, int slot) {
+  if (seq.page_plan != nullptr) {
+    CU_CHECK(seq.plan_column < seq.page_plan->rows() &&
+             static_cast<int64_t>(seq.page_table.size()) <= seq.page_plan->ne[0]);
+    return reinterpret_cast<const int32_t*>(DevPtr(*seq.page_plan)) + seq.plan_column * seq.page_plan->ne[0];
+  }
+  return static_cast<const int32_t*>(UploadScratch(slot, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
+}
+
+const int32_t* CudaBackend::SharedPlan(absl::Span<const LatentSeqView> seqs, std::vector<int32_t>* offsets) {
+  offsets->clear();
+  if (seqs.empty() || seqs[0].page_plan == nullptr) return nullptr;
+  const Tensor* plan = seqs[0].page_plan;
+  for (const LatentSeqView& seq : seqs) {
+    if (seq.page_plan != plan) return nullptr;
+    CU_CHECK(seq.plan_column < plan->rows() && static_cast<int64_t>(seq.page_table.size()) <= plan->ne[0]);
+    offsets->push_back(static_cast<int32_t>(seq.plan_column * plan->ne[0]));
+  }
+  return reinterpret_cast<const int32_t*>(DevPtr(*plan));
+}
+
 void* CudaBackend::UploadScratch(int slot, const void* host, size_t bytes) {
   void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
   if (bytes == 0) return dst;

@@ -154,6 +154,12 @@ class CudaBackend final : public Backend {
   static constexpr int kKdaWorkspaceSlot = 16;
   // Copies a small host array to device scratch `slot` (stream-ordered).
   void* UploadScratch(int slot, const void* host, size_t bytes);
+  // Sequence `seq`'s page ids on the device: its column of the forward's page plan, or (no
+  // plan: op tests) page_table uploaded to scratch `slot`.
+  const int32_t* SeqPages(const LatentSeqView& seq, int slot);
+  // One device table for all of `seqs` when they share a page plan: its address, and in
+  // *offsets each sequence's first element in it. Null when they do not share one.
+  static const int32_t* SharedPlan(absl::Span<const LatentSeqView> seqs, std::vector<int32_t>* offsets);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
   void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y);
 

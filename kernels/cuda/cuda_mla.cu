@@ -69,22 +69,30 @@ __global__ void LatentStoreKernel(DType type, const float* latent, int64_t width
   }
 }
 
-// Uploads the per-token map for a batch; returns device pointers.
+// Uploads the per-token map for a batch (position and page-table offset of every token);
+// the pages come from the forward's page plan when the sequences share one, else uploaded
+// after the map. Returns device pointers.
 TokenMap UploadTokenMap(CudaBackend& backend, absl::Span<const LatentSeqView> seqs, int64_t tokens) {
+  std::vector<int32_t> plan_offsets;
+  const int32_t* plan = CudaBackend::SharedPlan(seqs, &plan_offsets);
   std::vector<int32_t> data(2 * tokens);
   int32_t table_offset = 0;
   std::vector<int32_t> pages;
-  for (const LatentSeqView& seq : seqs) {
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const LatentSeqView& seq = seqs[i];
+    const int32_t offset = plan != nullptr ? plan_offsets[i] : table_offset;
     for (int64_t t = 0; t < seq.token_count; ++t) {
       data[seq.first_token + t] = static_cast<int32_t>(seq.cached_tokens + t);
-      data[tokens + seq.first_token + t] = table_offset;
+      data[tokens + seq.first_token + t] = offset;
     }
-    pages.insert(pages.end(), seq.page_table.begin(), seq.page_table.end());
-    table_offset += static_cast<int32_t>(seq.page_table.size());
+    if (plan == nullptr) {
+      pages.insert(pages.end(), seq.page_table.begin(), seq.page_table.end());
+      table_offset += static_cast<int32_t>(seq.page_table.size());
+    }
   }
   data.insert(data.end(), pages.begin(), pages.end());
   auto* device = static_cast<int32_t*>(backend.UploadScratch(4, data.data(), data.size() * sizeof(int32_t)));
-  return TokenMap{device, device + tokens, device + 2 * tokens};
+  return TokenMap{device, device + tokens, plan != nullptr ? plan : device + 2 * tokens};
 }
 
 int64_t BatchTokens(absl::Span<const LatentSeqView> seqs) {

@@ -356,16 +356,22 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
     }
     const int64_t split = SplitKeys(std::max<int64_t>(1, total_keys / (2 * int64_t{device_sms})), 1);
     if (split / page_tokens + 2 > kMaxRangePages) return false;  // a range's pages must fit shared memory
-    for (const LatentSeqView& seq : seqs) {
+    std::vector<int32_t> plan_offsets;
+    device_tables = SharedPlan(seqs, &plan_offsets);  // the forward's page plan, if any
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const LatentSeqView& seq = seqs[i];
       const int64_t keys = seq.cached_tokens + 1;
       const int64_t ranges = (keys + split - 1) / split;
       if (ranges > kMaxRanges) return false;
-      meta.push_back({keys, seq.first_token, static_cast<int32_t>(tables.size()), splits, static_cast<int32_t>(ranges)});
-      tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
+      const int32_t table = device_tables != nullptr ? plan_offsets[i] : static_cast<int32_t>(tables.size());
+      meta.push_back({keys, seq.first_token, table, splits, static_cast<int32_t>(ranges)});
+      if (device_tables == nullptr) tables.insert(tables.end(), seq.page_table.begin(), seq.page_table.end());
       splits += static_cast<int32_t>(ranges);
       max_ranges = std::max(max_ranges, static_cast<int>(ranges));
     }
-    device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
+    if (device_tables == nullptr) {
+      device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
+    }
   }
   auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));

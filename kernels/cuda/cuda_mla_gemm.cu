@@ -150,7 +150,7 @@ void CudaBackend::MlaGemmAttention(const Tensor& q, const Tensor& pool, const La
     CUDA_OK(cudaMemsetAsync(keys + keys_total * width, 0, static_cast<size_t>((key_rows - keys_total) * width) * 2,
                             stream_));
   }
-  auto* pages = static_cast<int32_t*>(UploadScratch(3, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
+  const int32_t* pages = SeqPages(seq, 3);
   const float* q_first = DevF32(q) + seq.first_token * heads * width;
   float* out_first = DevF32(out) + seq.first_token * heads * value_dim;
   ToHalfKernel<<<Blocks(rows * width, 256), 256, 0, stream_>>>(q_first, q16, rows * width);

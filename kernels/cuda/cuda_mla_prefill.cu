@@ -307,7 +307,7 @@ void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tens
   if (n == 0) return;
   const int64_t keys_ld = (keys + 63) / 64 * 64;  // whole key tiles; rows past `keys` are zero
   const __half* expansion = MlaExpansionWeights(k_b, v_b);
-  auto* pages = static_cast<int32_t*>(UploadScratch(8, seq.page_table.data(), seq.page_table.size() * sizeof(int32_t)));
+  const int32_t* pages = SeqPages(seq, 8);
   auto* rows = static_cast<__half*>(Scratch(9, static_cast<size_t>(keys_ld * L) * 2));
   CUDA_OK(cudaMemsetAsync(rows + keys * L, 0, static_cast<size_t>((keys_ld - keys) * L) * 2, stream_));
   GatherLatentRows(stream_, pool, pages, keys, rows);

@@ -117,6 +117,24 @@ class BackendPairFixture : public ::testing::Test {
     gpu_->Upload(v.data(), v.size() * 4, p.gpu);
     return p;
   }
+  // `views` again, reading their pages from one [stride, B] page plan on the GPU (what the
+  // model's forward plans once per step: model/batch_plan.h); `plan` holds its memory.
+  std::vector<LatentSeqView> Planned(std::vector<LatentSeqView> views, Tensor* plan) {
+    int64_t stride = 1;
+    for (const LatentSeqView& v : views) stride = std::max<int64_t>(stride, int64_t(v.page_table.size()));
+    // Unused entries hold a page id out of range: a kernel that read past its table would fail.
+    std::vector<int32_t> host(stride * views.size(), 1 << 30);
+    for (size_t b = 0; b < views.size(); ++b) {
+      std::copy(views[b].page_table.begin(), views[b].page_table.end(), host.begin() + b * stride);
+    }
+    *plan = *gpu_->Alloc(DType::kI32, {stride, int64_t(views.size()), 1, 1});
+    gpu_->Upload(host.data(), host.size() * 4, *plan);
+    for (size_t b = 0; b < views.size(); ++b) {
+      views[b].page_plan = plan;
+      views[b].plan_column = int64_t(b);
+    }
+    return views;
+  }
   // A weight's CPU copy dequantised to f32 (the reference for kernels that keep f32 / f16
   // activations, where the CPU's own quantised path rounds activations to 8 bits).
   Tensor Dequantised(const Pair& w) {

@@ -379,6 +379,13 @@ TEST_P(MlaDecodeContexts, LongContextAllHeads) {
   cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
   gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
   Expect(out, 1e-5, "MlaAttention decode 32 heads x " + std::to_string(cached0 + 1) + " keys (f16 GEMMs)");
+  // The same step with its pages from a page plan (the model's path).
+  Tensor plan;
+  const std::vector<LatentSeqView> planned = Planned(step, &plan);
+  auto out_planned = Poisoned({value_dim, heads, 2, 1});
+  cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out_planned.cpu);
+  gpu_->MlaAttention(q.gpu, pool.gpu, planned, 1.0f / std::sqrt(192.0f), out_planned.gpu);
+  Expect(out_planned, 1e-5, "MlaAttention decode, page plan, " + std::to_string(cached0 + 1) + " keys");
 }
 
 // 5,001 keys: a partial last chunk; 2,048: whole chunks; 40,000: many chunks.
@@ -550,9 +557,12 @@ TEST_P(MlaHeads, MhaFormMatchesAbsorbedReference) {
   gpu_->LatentStore(rows.gpu, history, pool.gpu);
   const int64_t n = c.fresh + fresh1;
   std::vector<LatentSeqView> batch = {{table0, c.cached, 0, c.fresh}, {table1, cached1, c.fresh, fresh1}};
+  // The GPU side reads its pages from a page plan (the model's path), the CPU from the tables.
+  Tensor plan;
+  const std::vector<LatentSeqView> planned = Planned(batch, &plan);
   auto fresh_rows = F32({L, n, 1, 1}, Random(L * n, -1.5f, 1.5f));
   cpu_->LatentStore(fresh_rows.cpu, batch, pool.cpu);
-  gpu_->LatentStore(fresh_rows.gpu, batch, pool.gpu);
+  gpu_->LatentStore(fresh_rows.gpu, planned, pool.gpu);
   auto k_b = Make(c.weights, {Pn, R, H, 1}, Random(Pn * R * H, -0.08f, 0.08f));
   auto v_b = Make(c.weights, {R, Dv, H, 1}, Random(R * Dv * H, -0.08f, 0.08f));
   const Tensor k_b_ref = CpuReferenceWeights(k_b), v_b_ref = CpuReferenceWeights(v_b);
@@ -564,7 +574,7 @@ TEST_P(MlaHeads, MhaFormMatchesAbsorbedReference) {
     ASSERT_TRUE(cpu_->MlaAttentionHeads(q.cpu, k_b_ref, v_b_ref, pool.cpu, batch, scale, out.cpu).ok());
     setenv("LATENTSERVE_MLA_FORM", c.form, 1);
     setenv("LATENTSERVE_MLA_KERNEL", kernel, 1);
-    const absl::Status status = gpu_->MlaAttentionHeads(q.gpu, k_b.gpu, v_b.gpu, pool.gpu, batch, scale, out.gpu);
+    const absl::Status status = gpu_->MlaAttentionHeads(q.gpu, k_b.gpu, v_b.gpu, pool.gpu, planned, scale, out.gpu);
     unsetenv("LATENTSERVE_MLA_FORM");
     unsetenv("LATENTSERVE_MLA_KERNEL");
     ASSERT_TRUE(status.ok()) << status;
