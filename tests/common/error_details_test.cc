@@ -17,6 +17,8 @@ grpc::Status WithRawDetails(const std::string& bytes) {
 }
 
 // A google.rpc.Status with one detail of `type_url` holding `value`.
+constexpr char kErrorInfo[] = "type.googleapis.com/google.rpc.ErrorInfo";
+
 std::string OneDetail(const std::string& type_url, const std::string& value) {
   google::rpc::Status status;
   status.set_code(static_cast<int>(grpc::StatusCode::UNAVAILABLE));
@@ -111,11 +113,9 @@ TEST(ErrorDetails, MalformedBytesReadAsNoDetails) {
 TEST(ErrorDetails, OutOfSpecDetailsAreIgnored) {
   google::rpc::ErrorInfo info;
   info.set_reason("lower case; not a reason");
-  EXPECT_TRUE(
-      DetailsOf(WithRawDetails(OneDetail("type.googleapis.com/google.rpc.ErrorInfo", info.SerializeAsString()))).empty());
+  EXPECT_TRUE(DetailsOf(WithRawDetails(OneDetail(kErrorInfo, info.SerializeAsString()))).empty());
   info.set_reason(std::string(64, 'A'));  // longer than 63
-  EXPECT_TRUE(
-      DetailsOf(WithRawDetails(OneDetail("type.googleapis.com/google.rpc.ErrorInfo", info.SerializeAsString()))).empty());
+  EXPECT_TRUE(DetailsOf(WithRawDetails(OneDetail(kErrorInfo, info.SerializeAsString()))).empty());
   for (const auto& [seconds, nanos] : {std::pair<int64_t, int32_t>{-1, 0}, {0, -5}, {0, 1000000000},
                                        {INT64_MAX, 0}, {INT64_MIN, 0}, {100 * 86400, 0}}) {
     google::rpc::RetryInfo retry;
