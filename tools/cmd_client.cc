@@ -82,7 +82,8 @@ int ClientError(const absl::Status& status, bool json) {
 // A connection that failed before any reply ("Socket closed", a failed handshake) says nothing
 // about TLS; this adds what to check, from the client's own TLS flags.
 absl::Status WithTlsHint(const absl::Status& status, const Args& args) {
-  if (status.code() != absl::StatusCode::kUnavailable) return status;
+  // A status with typed details is the server's own answer: the connection worked.
+  if (status.code() != absl::StatusCode::kUnavailable || !DetailsOf(status).empty()) return status;
   const std::string message(status.message());
   const bool connection_level = absl::StrContains(message, "Socket closed") ||
                                 absl::StrContains(message, "failed to connect") ||
