@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/grpc_status.h"
+#include "common/error_details.h"
 #include "common/status.h"
 
 namespace latentserve::client {
@@ -55,7 +55,7 @@ absl::StatusOr<GenerateResult> GenerationClient::Generate(const v1::GenerateRequ
   }
   grpc::Status status = reader->Finish();
   if (cancelled) return absl::CancelledError("cancelled by the client");
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcWithDetails(status);
   if (!finished) return absl::InternalError("stream ended without a finished event");
   return result;
 }

@@ -1,5 +1,8 @@
 // C++ client of latentserve.v1.Generation (what `latentserve client` and the tests use). It
 // links gRPC, protobuf and the public proto only (client/CMakeLists.txt checks that).
+//
+// A failed call's absl::Status carries the server's typed details: latentserve::DetailsOf
+// (common/error_details.h) gives the ErrorInfo reason and metadata and the RetryInfo delay.
 #pragma once
 
 #include <functional>
@@ -13,7 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/grpc_status.h"
+#include "common/error_details.h"
 #include "latentserve/v1/generate.grpc.pb.h"
 
 namespace latentserve::client {
@@ -55,7 +58,7 @@ class GenerationClient {
     Authorize(context);
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     grpc::Status status = (stub.*method)(&context, request, response);
-    return status.ok() ? absl::OkStatus() : FromGrpc(status);
+    return FromGrpcWithDetails(status);
   }
   std::unique_ptr<v1::Generation::Stub> stub_;
   std::string bearer_token_;

@@ -73,11 +73,7 @@ GenerateCall::Wait NextEvent(Answer& answer, absl::Duration probe, v1::GenerateR
 }
 
 // The error body for a call that ended without a finish event (after the answer was committed).
-std::string EndedError(const Answer& answer) {
-  const grpc::Status& status = answer.call->status();
-  const grpc::StatusCode code = status.ok() ? grpc::StatusCode::INTERNAL : status.error_code();
-  return ErrorFor(code, status.ok() ? "stream ended without a finish event" : status.error_message()).body;
-}
+std::string EndedError(const Answer& answer) { return ErrorFor(answer.call->status()).body; }
 
 // One step of a streamed answer: waits for the next event (or a probe's time) and writes.
 // Returns false when the client is gone or the stream is over.
@@ -132,21 +128,19 @@ bool CollectStep(Answer& answer, absl::Duration probe, httplib::DataSink& sink) 
   return true;
 }
 
-void SendError(httplib::Response& response, grpc::StatusCode code, const std::string& message) {
-  HttpError error = ErrorFor(code, message);
-  response.status = error.http_status;
-  response.set_content(error.body, "application/json");
-}
-
 }  // namespace
 
 void OpenAiFront::Completion(const httplib::Request& request, httplib::Response& response, bool chat) {
   auto parsed = ParseOpenAiRequest(chat ? Endpoint::kChatCompletions : Endpoint::kCompletions, request.body);
-  if (!parsed.ok()) return SendError(response, grpc::StatusCode::INVALID_ARGUMENT, std::string(parsed.status().message()));
+  if (!parsed.ok()) {
+    return SendError(response, ErrorFor(grpc::StatusCode::INVALID_ARGUMENT, std::string(parsed.status().message())));
+  }
   auto answer = std::make_shared<Answer>();
   answer->request = std::move(*parsed);
   auto random = SecureRandomHex(12);
-  if (!random.ok()) return SendError(response, grpc::StatusCode::INTERNAL, std::string(random.status().message()));
+  if (!random.ok()) {
+    return SendError(response, ErrorFor(grpc::StatusCode::INTERNAL, std::string(random.status().message())));
+  }
   answer->identity.id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", *random);
   answer->identity.created = absl::ToUnixSeconds(absl::Now());
   answer->request.generate.set_request_id(answer->identity.id);
@@ -157,9 +151,7 @@ void OpenAiFront::Completion(const httplib::Request& request, httplib::Response&
   while ((wait = answer->call->Next(absl::Seconds(1), &answer->pending)) == GenerateCall::Wait::kTimeout) {
   }
   if (wait == GenerateCall::Wait::kEnded) {
-    const grpc::Status& status = answer->call->status();
-    return SendError(response, status.ok() ? grpc::StatusCode::INTERNAL : status.error_code(),
-                     status.ok() ? "stream ended without a finish event" : status.error_message());
+    return SendError(response, ErrorFor(answer->call->status()));
   }
   answer->has_pending = true;
   // The served model's name as the router reports it (a request may leave model empty).

@@ -12,12 +12,17 @@
 #include "serving/security.h"
 
 namespace latentserve::http {
+
+void SendError(httplib::Response& response, const HttpError& error) {
+  response.status = error.http_status;
+  if (error.retry_after_s >= 0) response.set_header("Retry-After", absl::StrCat(error.retry_after_s));
+  response.set_content(error.body, "application/json");
+}
+
 namespace {
 
 void SendError(httplib::Response& response, grpc::StatusCode code, const std::string& message) {
-  HttpError error = ErrorFor(code, message);
-  response.status = error.http_status;
-  response.set_content(error.body, "application/json");
+  SendError(response, ErrorFor(code, message));
 }
 
 // "host:port" or "[v6]:port" -> host (brackets removed), port.
@@ -169,7 +174,7 @@ void OpenAiFront::Models(httplib::Response& response, const std::string& id) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   v1::GetModelInfoResponse info;
   grpc::Status status = stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
-  if (!status.ok()) return SendError(response, status.error_code(), status.error_message());
+  if (!status.ok()) return SendError(response, ErrorFor(status));
   if (info.model_name().empty()) {
     return SendError(response, grpc::StatusCode::UNAVAILABLE, "no worker has registered a model yet");
   }

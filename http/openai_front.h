@@ -32,6 +32,10 @@ struct Response;
 
 namespace latentserve::http {
 
+struct HttpError;  // http/openai_response.h
+// Writes `error` as the response: its status, OpenAI's error body, Retry-After when it has one.
+void SendError(httplib::Response& response, const HttpError& error);
+
 struct HttpFrontOptions {
   std::string listen;                 // HOST:PORT, [IPV6]:PORT; port 0: any free port
   std::string tls_cert, tls_key;      // HTTPS when set (the gRPC API's certificate)

@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
+#include "common/error_details.h"
+
 namespace latentserve::http {
 namespace {
 
@@ -89,10 +92,21 @@ std::string ModelsBody(const std::string& model, int64_t created) {
 
 std::string ModelBody(const std::string& model, int64_t created) { return Dump(ModelJson(model, created)); }
 
-HttpError ErrorFor(grpc::StatusCode code, const std::string& message) {
+namespace {
+
+// OpenAI's error code for an ErrorInfo reason.
+std::string OpenAiCode(const std::string& reason) {
+  if (reason == error_reason::kPromptTooLong || reason == error_reason::kContextLimitExceeded) {
+    return "context_length_exceeded";
+  }
+  if (reason == error_reason::kStreamLimitExceeded) return "rate_limit_exceeded";
+  return absl::AsciiStrToLower(reason);  // MODEL_NOT_FOUND -> model_not_found, as OpenAI's
+}
+
+HttpError MakeError(grpc::StatusCode code, const std::string& message, const ErrorDetails& details) {
   int status = 500;
   const char* type = "server_error";
-  const char* error_code = nullptr;
+  json error_code = nullptr;
   switch (code) {
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::OUT_OF_RANGE:
@@ -126,9 +140,31 @@ HttpError ErrorFor(grpc::StatusCode code, const std::string& message) {
     default:
       break;
   }
-  json error = {{"message", message}, {"type", type}, {"param", nullptr}};
-  error["code"] = error_code ? json(error_code) : json(nullptr);
-  return {status, Dump({{"error", error}})};
+  json param = nullptr;
+  if (!details.reason.empty()) {
+    error_code = OpenAiCode(details.reason);
+    if (auto field = details.metadata.find("field"); field != details.metadata.end()) param = field->second;
+  }
+  HttpError error;
+  error.http_status = status;
+  error.body = Dump({{"error", {{"message", message}, {"type", type}, {"param", param}, {"code", error_code}}}});
+  if (details.retry_delay) {
+    error.retry_after_s = absl::ToInt64Seconds(absl::Ceil(*details.retry_delay, absl::Seconds(1)));
+  }
+  return error;
+}
+
+}  // namespace
+
+HttpError ErrorFor(grpc::StatusCode code, const std::string& message) {
+  ErrorDetails none;
+  none.domain.clear();
+  return MakeError(code, message, none);
+}
+
+HttpError ErrorFor(const grpc::Status& status) {
+  if (status.ok()) return ErrorFor(grpc::StatusCode::INTERNAL, "stream ended without a finish event");
+  return MakeError(status.error_code(), status.error_message(), DetailsOf(status));
 }
 
 }  // namespace latentserve::http

@@ -42,7 +42,13 @@ const char* FinishReasonName(v1::FinishReason reason);
 struct HttpError {
   int http_status = 500;
   std::string body;
+  int64_t retry_after_s = -1;  // the Retry-After header's seconds; -1: none
 };
 HttpError ErrorFor(grpc::StatusCode code, const std::string& message);
+// A failed gRPC call's status with its typed details (common/error_details.h): `code` from
+// the ErrorInfo reason (OpenAI's names where it has one: context_length_exceeded,
+// rate_limit_exceeded, model_not_found; else the reason in lower case), `param` from its
+// "field", Retry-After (whole seconds, rounded up) from RetryInfo.
+HttpError ErrorFor(const grpc::Status& status);
 
 }  // namespace latentserve::http

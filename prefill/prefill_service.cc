@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "serving/metrics.h"
+#include "common/error_details.h"
 #include "common/grpc_status.h"
 
 namespace latentserve::prefill {
@@ -45,14 +46,15 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
       [&] { return writer_gone || context->IsCancelled(); }, &transfer_failed);
   serving::Metrics& metrics = serving::Metrics::Get();
   if (!result.ok()) {
-    if (transfer_failed) {
-      metrics.transfer_failures_total.Increment();
-      context->AddTrailingMetadata(kFailedStageKey, "transfer");
-    }
+    if (transfer_failed) metrics.transfer_failures_total.Increment();
     serving::LogEvent(serving::LogLevel::kWarning, "prefill", "prefill_failed", job.request_id,
                       {{"code", absl::StatusCodeToString(result.status().code())},
                        {"stage", transfer_failed ? "transfer" : "prefill"},
                        {"message", std::string(result.status().message())}});
+    if (transfer_failed) {
+      return ErrorStatus(static_cast<grpc::StatusCode>(result.status().code()), std::string(result.status().message()),
+                         Details(error_reason::kHandoffTransferFailed, {{"decode_worker", job.decode_worker}}));
+    }
     return ToGrpc(result.status());
   }
   metrics.prefill_tokens_total.Increment(static_cast<double>(job.tokens.size()));

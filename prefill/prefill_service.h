@@ -1,4 +1,7 @@
-// gRPC face of the prefill worker: latentserve.internal.v1.PrefillWorker.
+// gRPC face of the prefill worker: latentserve.internal.v1.PrefillWorker. When the cache
+// handoff (not the prefill) failed, the status carries ErrorInfo reason
+// HANDOFF_TRANSFER_FAILED (common/error_details.h), so the router knows a retry on another
+// prefill worker would not help.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -8,10 +11,6 @@
 #include "serving/security.h"
 
 namespace latentserve::prefill {
-
-// Trailing-metadata key set when the cache handoff (not the prefill) failed, so the router
-// knows a retry on another prefill worker would not help.
-inline constexpr const char* kFailedStageKey = "latentserve-failed-stage";
 
 class PrefillService final : public internal::v1::PrefillWorker::Service {
  public:

@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
+#include "common/error_details.h"
 #include "router/channels.h"
 #include "router/request_checks.h"
 #include "serving/metrics.h"
@@ -21,6 +21,10 @@ const char* FinishReasonLabel(v1::FinishReason reason) {
     case v1::FINISH_REASON_STOP_STRING: return "stop_string";
     default: return "unspecified";
   }
+}
+
+grpc::Status ClientWentAway() {
+  return ErrorStatus(grpc::StatusCode::CANCELLED, "client went away", Details(error_reason::kRequestCancelled));
 }
 
 }  // namespace
@@ -40,7 +44,7 @@ grpc::Status GenerateCall::Run() {
   if (grpc::Status placed = Place(tokens_, max_tokens_, /*relay_progress=*/true); !placed.ok()) return placed;
   first_token_at_ = absl::Now();
   serving::Metrics::Get().ttft_seconds.Observe(absl::ToDoubleSeconds(first_token_at_ - start_));
-  if (!Emit({prefill_done_.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  if (!Emit({prefill_done_.first_token()})) return ClientWentAway();
   while (reason_ == v1::FINISH_REASON_UNSPECIFIED) {
     bool resumable = false;
     grpc::Status relayed = Relay(&resumable);
@@ -52,16 +56,22 @@ grpc::Status GenerateCall::Run() {
 }
 
 grpc::Status GenerateCall::Validate() {
-  if (state_.draining()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "router is draining; retry elsewhere");
+  if (state_.draining()) {
+    return ErrorStatus(grpc::StatusCode::UNAVAILABLE, "router is draining; retry elsewhere",
+                       Details(error_reason::kRouterDraining, {}, kRetryDelay));
+  }
   model_ = state_.registry().Model();
   if (!model_ || !state_.registry().AnyAlive("decode") || !state_.registry().AnyAlive("prefill")) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "no live prefill and decode workers are registered with this router yet");
+    return ErrorStatus(grpc::StatusCode::UNAVAILABLE,
+                       "no live prefill and decode workers are registered with this router yet",
+                       Details(error_reason::kNoWorkers, {}, kRetryDelay));
   }
   auto tokens = PromptTokens(state_, request_);
-  if (!tokens.ok()) return ToGrpc(tokens.status());
+  if (!tokens.ok()) return ToGrpcWithDetails(tokens.status());
   tokens_ = std::move(*tokens);
-  if (absl::Status status = ValidateRequest(state_, request_, tokens_, *model_); !status.ok()) return ToGrpc(status);
+  if (absl::Status status = ValidateRequest(state_, request_, tokens_, *model_); !status.ok()) {
+    return ToGrpcWithDetails(status);
+  }
 
   max_tokens_ = request_.stopping().max_tokens();
   if (request_id_.empty()) request_id_ = absl::StrCat("req-", state_.request_id_prefix(), "-", state_.next_request++);
@@ -179,7 +189,7 @@ grpc::Status GenerateCall::Relay(bool* resumable) {
   grpc::Status status = reader->Finish();
   const bool stalled = cancel_.stalled();
   cancel_.Detach();
-  if (ClientGone() || client_write_failed) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+  if (ClientGone() || client_write_failed) return RequestCancelled();
   if (reason_ != v1::FINISH_REASON_UNSPECIFIED) return grpc::Status::OK;
   if (stalled) {
     status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -189,8 +199,9 @@ grpc::Status GenerateCall::Relay(bool* resumable) {
   if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "decode stream ended without a finish reason");
   // Only a worker that is gone (or stopped producing) is replaced; other errors are the request's.
   *resumable = status.error_code() == grpc::StatusCode::UNAVAILABLE;
-  return grpc::Status(status.error_code(),
-                      absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()));
+  return ErrorStatus(status.error_code(),
+                     absl::StrCat("decode worker ", decode_worker, " failed: ", status.error_message()),
+                     Details(error_reason::kDecodeFailed));
 }
 
 // A decode worker lost mid-stream is replaced: the prompt plus every token already sent is
@@ -209,10 +220,12 @@ grpc::Status GenerateCall::Resume(const grpc::Status& failed) {
   std::vector<int32_t> context = tokens_;
   context.insert(context.end(), generated_.begin(), generated_.end());
   if (grpc::Status placed = Place(context, max_tokens_ - completion_tokens_, false); !placed.ok()) {
-    return grpc::Status(placed.error_code(), absl::StrCat(failed.error_message(), "; resuming elsewhere failed: ",
-                                                          placed.error_message()));
+    // The reason is the last failure's (why resuming failed).
+    return ErrorStatus(placed.error_code(),
+                       absl::StrCat(failed.error_message(), "; resuming elsewhere failed: ", placed.error_message()),
+                       DetailsOf(placed));
   }
-  if (!Emit({prefill_done_.first_token()})) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  if (!Emit({prefill_done_.first_token()})) return ClientWentAway();
   return grpc::Status::OK;
 }
 

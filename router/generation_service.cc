@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/error_details.h"
 #include "common/grpc_status.h"
 #include "common/secure_random.h"
 #include "router/generate_call.h"
@@ -55,9 +56,11 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
     metrics.CountRouterRequest(grpc::StatusCode::RESOURCE_EXHAUSTED);
     serving::LogEvent(serving::LogLevel::kWarning, "router", "request_rejected", request_id,
                       {{"client", client}, {"code", "RESOURCE_EXHAUSTED"}, {"reason", "stream limit"}});
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
-                                     " Generate streams open (the per-client limit); retry when one ends"));
+    return ErrorStatus(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
+                                    " Generate streams open (the per-client limit); retry when one ends"),
+                       Details(error_reason::kStreamLimitExceeded,
+                               {{"limit", absl::StrCat(stream_limiter_.max_per_client())}}, kRetryDelay));
   }
   metrics.router_requests_in_flight.Increment();
   grpc::Status status;
@@ -91,13 +94,8 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext* context, const v1:
     as_generate.set_text(request->text());
   }
   auto tokens = PromptTokens(state_, as_generate);  // --max-prompt-bytes, as for Generate
-  if (!tokens.ok()) return ToGrpc(tokens.status());
-  const int64_t max_prompt = state_.options().max_prompt_tokens;
-  if (max_prompt > 0 && static_cast<int64_t>(tokens->size()) > max_prompt) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("prompt of ", tokens->size(), " tokens exceeds this router's limit of ", max_prompt,
-                                     " tokens (--max-prompt-tokens)"));
-  }
+  if (!tokens.ok()) return ToGrpcWithDetails(tokens.status());
+  if (absl::Status length = CheckPromptTokens(state_, *tokens); !length.ok()) return ToGrpcWithDetails(length);
   for (int32_t id : *tokens) response->add_token_ids(id);
   return grpc::Status::OK;
 }

@@ -40,6 +40,10 @@ struct RouterOptions {
   bool reserve_max_tokens = false;
 };
 
+// The RetryInfo delay on the router's rejections that waiting may fix (stream limit, full
+// decode caches, no workers yet, draining): clients back off from there.
+inline constexpr absl::Duration kRetryDelay = absl::Seconds(1);
+
 // Tokens of decode room a lease reserves beyond the prompt when pages grow during decode.
 inline constexpr int64_t kDecodeHeadroomTokens = 256;
 

@@ -16,7 +16,12 @@ namespace latentserve::router {
 // --max-prompt-bytes check.
 absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::GenerateRequest& request);
 
-// Every field of the request against the model, the prompt and context limits.
+// The prompt's length against --max-prompt-tokens (Generate and Tokenize).
+absl::Status CheckPromptTokens(const RouterState& state, const std::vector<int32_t>& tokens);
+
+// Every field of the request against the model, the prompt and context limits. Errors carry
+// an ErrorInfo reason (common/error_details.h) as payload: PROMPT_TOO_LONG,
+// CONTEXT_LIMIT_EXCEEDED, FIELD_INVALID (metadata "field"), MODEL_NOT_FOUND, ...
 absl::Status ValidateRequest(RouterState& state, const v1::GenerateRequest& request,
                              const std::vector<int32_t>& tokens, const internal::v1::ModelDescriptor& model);
 

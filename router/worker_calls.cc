@@ -8,15 +8,14 @@
 #include "router/lease_keeper.h"
 #include "serving/metrics.h"
 #include "serving/security.h"
+#include "common/error_details.h"
 #include "common/grpc_status.h"
 
 namespace latentserve::router {
-namespace {
 
-
-constexpr const char* kFailedStageKey = "latentserve-failed-stage";  // prefill/prefill_service.h
-
-}  // namespace
+grpc::Status RequestCancelled() {
+  return ErrorStatus(grpc::StatusCode::CANCELLED, "request cancelled", Details(error_reason::kRequestCancelled));
+}
 
 void SetDeadline(grpc::ClientContext& context, absl::Time deadline) {
   context.set_deadline(absl::ToChronoTime(deadline));
@@ -57,9 +56,12 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
   } waiting;
   const absl::Time started = absl::Now();
   for (;;) {
-    absl::Status last_error = absl::ResourceExhaustedError(
-        absl::StrCat("no decode worker has had room for ", lease_tokens, " cache tokens within ",
-                     absl::FormatDuration(state.options().capacity_wait), "; retry later or add decode workers"));
+    absl::Status last_error = WithDetails(
+        absl::ResourceExhaustedError(absl::StrCat("no decode worker has had room for ", lease_tokens,
+                                                  " cache tokens within ",
+                                                  absl::FormatDuration(state.options().capacity_wait),
+                                                  "; retry later or add decode workers")),
+        Details(error_reason::kDecodeCapacityExhausted, {{"cache_tokens", absl::StrCat(lease_tokens)}}, kRetryDelay));
     bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
     std::set<std::string> refused = exclude;
     while (auto claimed = state.registry().ClaimDecode(context_tokens, refused)) {
@@ -85,21 +87,24 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
       }
       state.registry().ReleaseDecode(candidate);
       refused.insert(candidate);
-      if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+      if (client_gone()) return RequestCancelled();
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) state.registry().MarkDead(candidate);
       if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
         only_full = false;
-        last_error = absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message()));
+        last_error = WithDetails(
+            absl::UnavailableError(absl::StrCat("decode worker ", candidate, ": ", status.error_message())),
+            Details(error_reason::kWorkerUnavailable, {{"role", "decode"}}, kRetryDelay));
       }
     }
     // Nothing to wait for when a worker failed for another reason, or none is registered.
-    if (!only_full || refused.size() == exclude.size()) return ToGrpc(last_error);
+    if (!only_full || refused.size() == exclude.size()) return ToGrpcWithDetails(last_error);
     const absl::Time now = absl::Now();
     if (now >= give_up || give_up - now < absl::Milliseconds(1)) {
-      return deadline_binds ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                           "the request's deadline passed while it waited for decode cache room "
-                                           "(every decode worker was full)")
-                            : ToGrpc(last_error);
+      return deadline_binds ? ErrorStatus(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                          "the request's deadline passed while it waited for decode cache room "
+                                          "(every decode worker was full)",
+                                          Details(error_reason::kDeadlineExceeded, {{"stage", "capacity_wait"}}))
+                            : ToGrpcWithDetails(last_error);
     }
     backoff = std::min(backoff, give_up - now);  // the last round ends at the limit, not before it
     if (!waited) {
@@ -109,7 +114,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
     }
     waited = true;
     for (const absl::Time wake = now + backoff; absl::Now() < wake;) {  // stay responsive to cancellation
-      if (client_gone()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+      if (client_gone()) return RequestCancelled();
       absl::SleepFor(std::min(absl::Milliseconds(10), wake - absl::Now()));
     }
     backoff = std::min(backoff * 2, absl::Milliseconds(500));
@@ -126,8 +131,10 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());
   std::set<std::string> tried;
-  absl::Status prefill_error = absl::UnavailableError(
-      absl::StrCat("no live prefill worker whose cache holds the ", tokens.size(), "-token prompt"));
+  absl::Status prefill_error =
+      WithDetails(absl::UnavailableError(
+                      absl::StrCat("no live prefill worker whose cache holds the ", tokens.size(), "-token prompt")),
+                  Details(error_reason::kNoPrefillWorker, {}, kRetryDelay));
   const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
   while (auto pick = state.registry().ClaimPrefill(prompt_tokens, cost, tried)) {
     *prefill_worker = *pick;
@@ -166,19 +173,26 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     grpc::Status status = reader->Finish();
     cancel.Detach();
     state.registry().ReleasePrefill(*prefill_worker, cost);
-    if (client_gone() || client_write_failed) return {grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled")};
+    if (client_gone() || client_write_failed) return {RequestCancelled()};
     if (status.ok() && have_first) return {grpc::Status::OK};
-    const auto& trailers = prefill_context.GetServerTrailingMetadata();
-    if (trailers.find(kFailedStageKey) != trailers.end()) {
-      return {grpc::Status(status.error_code(), absl::StrCat("cache handoff to decode worker ", lease.worker(),
-                                                             " failed: ", status.error_message())),
+    // The prefill worker says when its prefill ran but the handoff to the decode worker failed.
+    if (!status.ok() && DetailsOf(status).reason == error_reason::kHandoffTransferFailed) {
+      return {ErrorStatus(status.error_code(),
+                          absl::StrCat("cache handoff to decode worker ", lease.worker(),
+                                       " failed: ", status.error_message()),
+                          Details(error_reason::kHandoffTransferFailed)),
               true};
     }
-    prefill_error = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                                 absl::StrCat("prefill worker ", *prefill_worker, " failed: ", status.error_message()));
+    prefill_error = WithDetails(
+        absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                     absl::StrCat("prefill worker ", *prefill_worker, " failed: ", status.error_message())),
+        status.error_code() == grpc::StatusCode::UNAVAILABLE
+            ? Details(error_reason::kWorkerUnavailable, {{"role", "prefill"}}, kRetryDelay)
+            : Details(error_reason::kPrefillFailed));
     if (absl::Now() >= deadline || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                           absl::StrCat("deadline passed during prefill (", status.error_message(), ")"))};
+      return {ErrorStatus(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrCat("deadline passed during prefill (", status.error_message(), ")"),
+                          Details(error_reason::kDeadlineExceeded, {{"stage", "prefill"}}))};
     }
     // A worker fault (process gone, internal error) or a limit of that worker (its cache,
     // between polls) is worth another worker; a verdict on the request itself is not.
@@ -186,10 +200,10 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
       state.registry().MarkDead(*prefill_worker);
     } else if (status.error_code() != grpc::StatusCode::INTERNAL && status.error_code() != grpc::StatusCode::UNKNOWN &&
                status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
-      return {ToGrpc(prefill_error)};
+      return {ToGrpcWithDetails(prefill_error)};
     }
   }
-  return {ToGrpc(prefill_error)};
+  return {ToGrpcWithDetails(prefill_error)};
 }
 
 }  // namespace latentserve::router

@@ -23,6 +23,9 @@ namespace latentserve::router {
 
 void SetDeadline(grpc::ClientContext& context, absl::Time deadline);
 
+// CANCELLED "request cancelled" with ErrorInfo reason REQUEST_CANCELLED.
+grpc::Status RequestCancelled();
+
 void ReleaseLease(const std::string& decode_worker, const std::string& lease_id, absl::Duration timeout);
 
 // A decode lease held by one request: counted by the router, renewed by the LeaseKeeper

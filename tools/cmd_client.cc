@@ -20,6 +20,7 @@
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
+#include "common/error_details.h"
 #include "common/status.h"
 #include "serving/security.h"
 #include "tools/cli.h"
@@ -54,17 +55,35 @@ const char* FinishReasonName(v1::FinishReason reason) {
   }
 }
 
+// The error as {"error": {"code", "message"[, "reason", "metadata"][, "retry_delay_ms"]}} (the
+// last ones from the server's ErrorInfo / RetryInfo) and a line on stderr.
 int ClientError(const absl::Status& status, bool json) {
   const std::string code = absl::StatusCodeToString(status.code());
-  if (json) PrintJson({{"error", {{"code", code}, {"message", std::string(status.message())}}}});
-  std::fprintf(stderr, "latentserve client: %s: %s\n", code.c_str(), std::string(status.message()).c_str());
+  const ErrorDetails details = DetailsOf(status);
+  std::string extra;
+  if (!details.reason.empty()) extra = absl::StrCat(" [", details.reason, "]");
+  if (details.retry_delay) {
+    absl::StrAppend(&extra, " (retry after ", absl::FormatDuration(*details.retry_delay), ")");
+  }
+  if (json) {
+    Json error = {{"code", code}, {"message", std::string(status.message())}};
+    if (!details.reason.empty()) {
+      error["reason"] = details.reason;
+      error["metadata"] = details.metadata;
+    }
+    if (details.retry_delay) error["retry_delay_ms"] = absl::ToInt64Milliseconds(*details.retry_delay);
+    PrintJson({{"error", std::move(error)}});
+  }
+  std::fprintf(stderr, "latentserve client: %s: %s%s\n", code.c_str(), std::string(status.message()).c_str(),
+               extra.c_str());
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 // A connection that failed before any reply ("Socket closed", a failed handshake) says nothing
 // about TLS; this adds what to check, from the client's own TLS flags.
 absl::Status WithTlsHint(const absl::Status& status, const Args& args) {
-  if (status.code() != absl::StatusCode::kUnavailable) return status;
+  // A status with typed details is the server's own answer: the connection worked.
+  if (status.code() != absl::StatusCode::kUnavailable || !DetailsOf(status).empty()) return status;
   const std::string message(status.message());
   const bool connection_level = absl::StrContains(message, "Socket closed") ||
                                 absl::StrContains(message, "failed to connect") ||

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/error_details.h"
 #include "http/openai_response.h"
 
 namespace latentserve::http {
@@ -148,6 +149,38 @@ TEST(OpenAiResponse, ShapesAndErrors) {
   EXPECT_EQ(error["error"]["message"], "unknown model 'q'");
   EXPECT_EQ(error["error"]["type"], "invalid_request_error");
   EXPECT_EQ(error["error"]["code"], "model_not_found");
+  EXPECT_EQ(ErrorFor(grpc::StatusCode::UNAVAILABLE, "x").retry_after_s, -1);
+}
+
+// The router's typed details become OpenAI's `code` / `param` and a Retry-After.
+TEST(OpenAiResponse, ErrorDetailsMapToCodeParamAndRetryAfter) {
+  HttpError limit = ErrorFor(ErrorStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, "3 streams open",
+                                         Details(error_reason::kStreamLimitExceeded, {}, absl::Milliseconds(1200))));
+  EXPECT_EQ(limit.http_status, 429);
+  EXPECT_EQ(limit.retry_after_s, 2);  // rounded up: never earlier than the server asked
+  json body = json::parse(limit.body);
+  EXPECT_EQ(body["error"]["code"], "rate_limit_exceeded");
+  EXPECT_EQ(body["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(body["error"]["message"], "3 streams open");
+
+  HttpError too_long = ErrorFor(ErrorStatus(grpc::StatusCode::INVALID_ARGUMENT, "prompt of 9 tokens",
+                                            Details(error_reason::kPromptTooLong)));
+  EXPECT_EQ(too_long.http_status, 400);
+  EXPECT_EQ(too_long.retry_after_s, -1);
+  EXPECT_EQ(json::parse(too_long.body)["error"]["code"], "context_length_exceeded");
+
+  json field = json::parse(ErrorFor(ErrorStatus(grpc::StatusCode::INVALID_ARGUMENT, "bad",
+                                                Details(error_reason::kFieldInvalid, {{"field", "sampling"}})))
+                               .body);
+  EXPECT_EQ(field["error"]["code"], "field_invalid");
+  EXPECT_EQ(field["error"]["param"], "sampling");
+
+  // Without details (or with unreadable ones): the code's defaults.
+  HttpError plain = ErrorFor(grpc::Status(grpc::StatusCode::UNAVAILABLE, "down", "not a google.rpc.Status \xff"));
+  EXPECT_EQ(plain.http_status, 503);
+  EXPECT_EQ(plain.retry_after_s, -1);
+  EXPECT_TRUE(json::parse(plain.body)["error"]["code"].is_null());
+  EXPECT_EQ(ErrorFor(grpc::Status::OK).http_status, 500);  // a stream that ended without a finish
 }
 
 }  // namespace

@@ -238,6 +238,10 @@ class Security(unittest.TestCase):
         r = self.cluster.generate(ts.prompt(5000), max_tokens=2)
         self.assertEqual(r["error"]["code"], "INVALID_ARGUMENT")
         self.assertIn("--max-prompt-tokens", r["error"]["message"])
+        # The typed details (google.rpc.ErrorInfo in grpc-status-details-bin), read by the client.
+        self.assertEqual(r["error"]["reason"], "PROMPT_TOO_LONG", r)
+        self.assertEqual(r["error"]["metadata"], {"prompt_tokens": "5000", "limit_tokens": "4096"}, r)
+        self.assertNotIn("retry_delay_ms", r["error"], r)
 
     def client_json(self, verb, prompt_text):
         path = os.path.join(self.cluster.dir, f"prompt-{len(prompt_text)}.txt")
@@ -272,6 +276,10 @@ class Security(unittest.TestCase):
             ts.wait_for(lambda: scrape(url)["latentserve_router_requests_in_flight"] >= 1, 20, "the first stream")
             r = self.cluster.generate(ts.prompt(8), max_tokens=2)
             self.assertEqual(r["error"]["code"], "RESOURCE_EXHAUSTED", r)
+            # Typed details: ErrorInfo reason + the limit, RetryInfo's delay.
+            self.assertEqual(r["error"]["reason"], "STREAM_LIMIT_EXCEEDED", r)
+            self.assertEqual(r["error"]["metadata"], {"limit": "1"}, r)
+            self.assertEqual(r["error"]["retry_delay_ms"], 1000, r)
         finally:
             long_call.kill()
             long_call.wait(10)

@@ -342,6 +342,8 @@ class DecodeCapacity(unittest.TestCase):
             p1 = self.hold_the_cache(c, 33)
             r2 = c.generate(prompt(100, 34), max_tokens=2000)
             self.assertEqual(r2.get("error", {}).get("code"), "RESOURCE_EXHAUSTED", r2)
+            self.assertEqual(r2["error"].get("reason"), "DECODE_CAPACITY_EXHAUSTED", r2)
+            self.assertEqual(r2["error"].get("retry_delay_ms"), 1000, r2)
             p1.communicate(timeout=120)
             c.assert_baseline(self)
         finally:
@@ -418,6 +420,8 @@ class Faults(unittest.TestCase):
             # The handoff was lost before any token reached the client, so the router
             # reserved on the surviving decode worker and ran the prefill again.
             self.assertEqual(r.get("error"), None, r)
+            with open(os.path.join(c.dir, "router.log")) as f:  # told by the prefill worker's ErrorInfo
+                self.assertIn('"event":"handoff_retry"', f.read(), "the router placed the handoff again")
             self.assertNotEqual(r["decode_worker"], victim)
             self.assertEqual(r["token_ids"], reference_greedy(ids, 5))
             self.assertLess(time.monotonic() - start, 60)
