@@ -31,6 +31,34 @@ print("logits --greedy cuda:", want)
 sys.exit(0 if served["token_ids"] == want else 1)
 PY
 echo "serve check status $status"
+# Issue 11's handoff check: the in-process handoff of `serve` copies device to device (host
+# bytes 0); split processes move the rows over gRPC through host memory (host bytes = cache bytes).
+echo "serve (in-process handoff): $(grep -o '"cache_bytes":[0-9]*,"host_bytes":[0-9]*' "$OUT/serve.log" | tail -1)"
+"$LS" router --listen 127.0.0.1:0 --port-file "$WORK/router.port" > "$OUT/router.log" 2>&1 &
+PIDS=($!)
+for _ in $(seq 1 300); do [[ -s $WORK/router.port ]] && break; sleep 0.1; done
+ROUTER=$(cat "$WORK/router.port")
+common=(--router "$ROUTER" --model "$WORK/m.gguf" --backend cuda --chunk 32)
+"$LS" prefill --listen 127.0.0.1:0 --port-file "$WORK/prefill.port" "${common[@]}" > "$OUT/prefill.log" 2>&1 &
+PIDS+=($!)
+"$LS" decode --listen 127.0.0.1:0 --port-file "$WORK/decode.port" "${common[@]}" > "$OUT/decode.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 300); do
+  "$LS" client info --target "$ROUTER" 2>/dev/null | grep -q '"role":"decode","alive":true' &&
+    "$LS" client info --target "$ROUTER" | grep -q '"role":"prefill","alive":true' && break
+  sleep 0.1
+done
+"$LS" client generate --target "$ROUTER" --prompt-tokens "$TOKENS" --max-tokens 16 --temperature 0 \
+  --ignore-eos --json > "$OUT/split_client.txt" 2>&1 || status=1
+kill -TERM "${PIDS[@]}"; wait "${PIDS[@]}"
+echo "split processes (gRPC handoff): $(grep -o '"cache_bytes":[0-9]*,"host_bytes":[0-9]*' "$OUT/prefill.log" | tail -1)"
+python3 - "$OUT/split_client.txt" "$WORK/logits.json" <<'PY' || status=1
+import json, sys
+served = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+want = json.load(open(sys.argv[2]))["greedy"]
+print("split --backend cuda:", served["token_ids"], "same tokens as logits --greedy:", served["token_ids"] == want)
+sys.exit(0 if served["token_ids"] == want else 1)
+PY
 python3 -c "import random; random.seed(3); print(','.join(str(random.randrange(163840)) for _ in range(2048)))" > "$WORK/p.txt"
 "$LS" generate --random-weights kimi-linear-48b-a3b --weight-type q4_0 --backend cuda --prompt-tokens-file "$WORK/p.txt" \
   --max-tokens 32 --chunk 4096 --profile --ids > /dev/null 2> "$OUT/profile.txt"
