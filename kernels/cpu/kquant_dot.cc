@@ -1,13 +1,18 @@
-// K-quant (q4_K, q5_K, q6_K) rows against q8_K-rounded activation columns (quant_dot.h).
+// K-quant (q4_K, q5_K, q6_K) rows against q8_K-rounded activation columns (quant_dot.h), and
+// that rounding.
 //
-// Each stored row is read once per group of up to 4 columns: per super-block the sub-block
-// scales are decoded once and the 4-/5-/6-bit values unpacked once for the whole group.
-// Integer sums stay exact within a super-block (bounds at each step below); one convert and one
-// FMA per super-block and column apply d_w * d_x.
+// Each stored super-block is unpacked once per call (values to int8, the 6-bit scales and mins
+// to int16, Decoded) and then met by every group of up to 4 columns: with many columns 16 rows
+// are unpacked at a time and each 4-column group (4 k bytes, in L1) walks all 16. Integer sums
+// stay exact within a super-block (bounds at RowTimesColumns); one convert and one FMA per
+// super-block and column apply d_w * d_x. The order of every float operation is fixed per
+// (row, column), so a result does not depend on the column count or the row range of the call.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/quant_dot.h"
@@ -15,11 +20,13 @@
 namespace latentserve::kernels::cpu {
 namespace {
 
-constexpr int kColumnGroup = 4;                           // columns sharing one unpacking
+constexpr int kColumnGroup = 4;   // columns sharing each load of a row
+constexpr int64_t kRowBlock = 16;  // rows unpacked together (many columns)
 constexpr int64_t kBlocksPerSuper = kSuperBlock / kQ8Block;  // 32-blocks per super-block
 
-// Sum of each 32-block of each column: sums [cols][k / 32] (the min terms of q4_K / q5_K).
-void BlockSums(const int8_t* xq, int64_t k, int64_t cols, std::vector<int32_t>& sums) {
+// Sum of each 32-block of each column: sums [cols][k / 32] (the min terms of q4_K / q5_K;
+// |sum| <= 32 * 128 fits int16).
+void BlockSums(const int8_t* xq, int64_t k, int64_t cols, std::vector<int16_t>& sums) {
   const int64_t blocks = k / kQ8Block;
   sums.resize(cols * blocks);
   for (int64_t c = 0; c < cols; ++c) {
@@ -27,14 +34,14 @@ void BlockSums(const int8_t* xq, int64_t k, int64_t cols, std::vector<int32_t>& 
       const int8_t* q = xq + c * k + b * kQ8Block;
 #if defined(__AVX2__)
       const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))),
-                                 _mm256_extracti128_si256(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), 1));
+      const __m256i quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1));
       s4 = _mm_hadd_epi32(s4, s4);
-      sums[c * blocks + b] = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
+      sums[c * blocks + b] = static_cast<int16_t>(_mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4)));
 #else
       int32_t sum = 0;
       for (int i = 0; i < kQ8Block; ++i) sum += q[i];
-      sums[c * blocks + b] = sum;
+      sums[c * blocks + b] = static_cast<int16_t>(sum);
 #endif
     }
   }
@@ -49,6 +56,7 @@ void ScalesMins(const Block& block, int sc[8], int m[8]) {
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 inline __m256i Load(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void Store(void* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 
 inline float HorizontalSum(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -57,27 +65,48 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// The 256 values of one super-block as 8 vectors of 32 int8 (element order), with per-vector
-// int16 scales (lanes 0..7 weight elements 0..15, lanes 8..15 elements 16..31).
-struct Unpacked {
-  __m256i values[8];
-  __m256i scales[8];
-  bool is_signed;  // q6_K: values q - 32 (sign trick); q4_K / q5_K: unsigned 0..31
+// One super-block of one stored row, unpacked once and then met by every activation column.
+// values: element order, q4_K / q5_K q (0..31), q6_K |q - 32|; signs (q6_K only): q - 32, the
+// sign source of _mm256_sign_epi8. scales: q4_K / q5_K one per 32 values (0..7), q6_K one per
+// 16 (0..15); mins: q4_K / q5_K one per 32 values.
+struct alignas(32) Decoded {
+  int8_t values[kSuperBlock];
+  int8_t signs[kSuperBlock];
+  int16_t scales[16];
+  int16_t mins[8];
+  float d, dmin;
 };
 
-inline void UnpackQ4K(const BlockQ4_K& block, const int sc[8], Unpacked& u) {
+// The 8 6-bit scales and mins of a q4_K / q5_K super-block (layout in common/dtype.h), as
+// four words of 4 bytes each: sub-blocks 0..3 take the low 6 bits of bytes 0..3 (scales) and
+// 4..7 (mins); 4..7 take the nibbles of bytes 8..11 plus the top 2 bits of bytes 0..3 / 4..7.
+inline void DecodeScalesMins(const uint8_t* packed, Decoded& out) {
+  uint32_t a, b, c;
+  std::memcpy(&a, packed, 4);
+  std::memcpy(&b, packed + 4, 4);
+  std::memcpy(&c, packed + 8, 4);
+  const uint32_t scales_lo = a & 0x3f3f3f3fu, mins_lo = b & 0x3f3f3f3fu;
+  const uint32_t scales_hi = (c & 0x0f0f0f0fu) | (((a >> 6) & 0x03030303u) << 4);
+  const uint32_t mins_hi = ((c >> 4) & 0x0f0f0f0fu) | (((b >> 6) & 0x03030303u) << 4);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out.scales),
+                   _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(scales_hi), static_cast<int>(scales_lo))));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out.mins),
+                   _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(mins_hi), static_cast<int>(mins_lo))));
+}
+
+inline void Decode(const BlockQ4_K& block, Decoded& out) {
   const __m256i low4 = _mm256_set1_epi8(15);
   for (int c = 0; c < 4; ++c) {
     const __m256i bytes = Load(block.qs + 32 * c);
-    u.values[2 * c] = _mm256_and_si256(bytes, low4);
-    u.values[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-    u.scales[2 * c] = _mm256_set1_epi16(static_cast<short>(sc[2 * c]));
-    u.scales[2 * c + 1] = _mm256_set1_epi16(static_cast<short>(sc[2 * c + 1]));
+    Store(out.values + 64 * c, _mm256_and_si256(bytes, low4));
+    Store(out.values + 64 * c + 32, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4));
   }
-  u.is_signed = false;
+  DecodeScalesMins(block.scales, out);
+  out.d = _cvtsh_ss(block.d);
+  out.dmin = _cvtsh_ss(block.dmin);
 }
 
-inline void UnpackQ5K(const BlockQ5_K& block, const int sc[8], Unpacked& u) {
+inline void Decode(const BlockQ5_K& block, Decoded& out) {
   const __m256i low4 = _mm256_set1_epi8(15), bit = _mm256_set1_epi8(1);
   const __m256i high = Load(block.qh);
   for (int c = 0; c < 4; ++c) {
@@ -85,16 +114,16 @@ inline void UnpackQ5K(const BlockQ5_K& block, const int sc[8], Unpacked& u) {
     // Bit 2c of qh[l] (element 64c + l) and bit 2c + 1 (element 64c + 32 + l), moved to bit 4.
     const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(2 * c)), bit);
     const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(2 * c + 1)), bit);
-    u.values[2 * c] = _mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi16(h0, 4));
-    u.values[2 * c + 1] =
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), _mm256_slli_epi16(h1, 4));
-    u.scales[2 * c] = _mm256_set1_epi16(static_cast<short>(sc[2 * c]));
-    u.scales[2 * c + 1] = _mm256_set1_epi16(static_cast<short>(sc[2 * c + 1]));
+    Store(out.values + 64 * c, _mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi16(h0, 4)));
+    Store(out.values + 64 * c + 32,
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), _mm256_slli_epi16(h1, 4)));
   }
-  u.is_signed = false;
+  DecodeScalesMins(block.scales, out);
+  out.d = _cvtsh_ss(block.d);
+  out.dmin = _cvtsh_ss(block.dmin);
 }
 
-inline void UnpackQ6K(const BlockQ6_K& block, Unpacked& u) {
+inline void Decode(const BlockQ6_K& block, Decoded& out) {
   const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
   for (int h = 0; h < 2; ++h) {
     const __m256i ql0 = Load(block.ql + 64 * h), ql1 = Load(block.ql + 64 * h + 32);
@@ -109,75 +138,113 @@ inline void UnpackQ6K(const BlockQ6_K& block, Unpacked& u) {
                               _mm256_and_si256(_mm256_srli_epi16(qh, 6), two)};
     for (int i = 0; i < 4; ++i) {
       const int v = 4 * h + i;
-      u.values[v] = _mm256_sub_epi8(_mm256_or_si256(lows[i], _mm256_slli_epi16(highs[i], 4)), offset);
-      u.scales[v] = _mm256_set_m128i(_mm_set1_epi16(block.scales[2 * v + 1]), _mm_set1_epi16(block.scales[2 * v]));
+      const __m256i values = _mm256_sub_epi8(_mm256_or_si256(lows[i], _mm256_slli_epi16(highs[i], 4)), offset);
+      Store(out.signs + 32 * v, values);
+      Store(out.values + 32 * v, _mm256_sign_epi8(values, values));
     }
   }
-  u.is_signed = true;
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.scales),
+                      _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block.scales))));
+  out.d = _cvtsh_ss(block.d);
+  out.dmin = 0;
 }
 
-// Bounds: maddubs pair sums <= 2 * 32 * 127 = 8128 (q6_K |q - 32| <= 32; q5_K 2 * 31 * 127);
-// times a scale |s| <= 128, two pairs per lane: <= 2.1e6 per 32-block, <= 1.7e7 per super-block.
-template <int C>
-void SuperBlockTimesColumns(const Unpacked& u, const int8_t* const x[C], __m256i sums[C]) {
-  for (int c = 0; c < C; ++c) sums[c] = _mm256_setzero_si256();
-  for (int v = 0; v < 8; ++v) {
-    const __m256i w_abs = u.is_signed ? _mm256_sign_epi8(u.values[v], u.values[v]) : u.values[v];
-    for (int c = 0; c < C; ++c) {
-      __m256i xv = Load(x[c] + v * kQ8Block);
-      if (u.is_signed) xv = _mm256_sign_epi8(xv, u.values[v]);
-      sums[c] = _mm256_add_epi32(sums[c], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, xv), u.scales[v]));
-    }
+template <class Block>
+void DecodeRow(const uint8_t* row, int64_t supers, Decoded* out) {
+  const Block* blocks = reinterpret_cast<const Block*>(row);
+  for (int64_t s = 0; s < supers; ++s) Decode(blocks[s], out[s]);
+}
+
+void DecodeRow(DType type, const uint8_t* row, int64_t supers, Decoded* out) {
+  if (type == DType::kQ4_K) {
+    DecodeRow<BlockQ4_K>(row, supers, out);
+  } else if (type == DType::kQ5_K) {
+    DecodeRow<BlockQ5_K>(row, supers, out);
+  } else {
+    DecodeRow<BlockQ6_K>(row, supers, out);
   }
 }
 
-template <int C>
-void RowTimesColumns(DType type, const uint8_t* row, int64_t supers, const int8_t* xq, int64_t k, const float* xd,
-                     const int32_t* xsums, float* y, int64_t y_col_stride) {
-  const int64_t blocks = k / kQ8Block;
+// The int16 scale of each value of 32-block v: q4_K / q5_K one scale for all 32; q6_K
+// scales[2v] for the low 16 bytes and scales[2v + 1] for the high 16 (pshufb works per 128-bit
+// lane, so one control picks the first int16 of the pair in the low lane, the second in the high).
+template <bool kSigned>
+inline __m256i ScaleVector(const Decoded& block, int v) {
+  if (!kSigned) return _mm256_set1_epi16(block.scales[v]);
+  int32_t pair;
+  std::memcpy(&pair, block.scales + 2 * v, 4);
+  const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                        2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+  return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
+}
+
+// Activation columns of one call: values [cols][k], scales [cols][k / 32] (one per super-block,
+// repeated), sums [cols][k / 32] (int16 sum of each 32-block, the min terms of q4_K / q5_K).
+struct Columns {
+  const int8_t* q;
+  const float* d;
+  const int16_t* sums;
+  int64_t k, blocks;
+};
+
+// y[c * y_col_stride] for C columns starting at c0 against one decoded row.
+// Per super-block: integer sums per lane exact (maddubs pairs <= 2 * 32 * 127 = 8128 (q6_K
+// |q - 32| <= 32; q5_K 2 * 31 * 127); times a scale |s| <= 128, two pairs per lane: <= 2.1e6 per
+// 32-block, <= 1.7e7 per super-block); then one convert and FMA by d_w * d_x per lane, and the
+// q4_K / q5_K min term dmin * d_x * sum(m * block sums) in one fused step per column.
+template <bool kSigned, int C>
+void RowTimesColumns(const Decoded* row, int64_t supers, const Columns& x, int64_t c0, float* y,
+                     int64_t y_col_stride) {
   __m256 acc[C];
-  float min_acc[C];
-  for (int c = 0; c < C; ++c) {
-    acc[c] = _mm256_setzero_ps();
-    min_acc[c] = 0;
-  }
-  Unpacked u;
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  __m128 min_acc = _mm_setzero_ps();
   for (int64_t s = 0; s < supers; ++s) {
-    float d = 0, dmin = 0;
-    int sc[8] = {}, m[8] = {};
-    if (type == DType::kQ4_K) {
-      const auto& block = reinterpret_cast<const BlockQ4_K*>(row)[s];
-      ScalesMins(block, sc, m);
-      UnpackQ4K(block, sc, u);
-      d = _cvtsh_ss(block.d);
-      dmin = _cvtsh_ss(block.dmin);
-    } else if (type == DType::kQ5_K) {
-      const auto& block = reinterpret_cast<const BlockQ5_K*>(row)[s];
-      ScalesMins(block, sc, m);
-      UnpackQ5K(block, sc, u);
-      d = _cvtsh_ss(block.d);
-      dmin = _cvtsh_ss(block.dmin);
-    } else {
-      const auto& block = reinterpret_cast<const BlockQ6_K*>(row)[s];
-      UnpackQ6K(block, u);
-      d = _cvtsh_ss(block.d);
-    }
-    const int8_t* x[C];
-    for (int c = 0; c < C; ++c) x[c] = xq + c * k + s * kSuperBlock;
+    const Decoded& block = row[s];
     __m256i sums[C];
-    SuperBlockTimesColumns<C>(u, x, sums);
-    for (int c = 0; c < C; ++c) {
-      const float dx = xd[c * blocks + s * kBlocksPerSuper];
-      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[c]), _mm256_set1_ps(d * dx), acc[c]);
-      if (type != DType::kQ6_K) {
-        const int32_t* bs = xsums + c * blocks + s * kBlocksPerSuper;
-        int32_t msum = 0;
-        for (int j = 0; j < 8; ++j) msum += m[j] * bs[j];
-        min_acc[c] += dmin * dx * static_cast<float>(msum);
+    for (int c = 0; c < C; ++c) sums[c] = _mm256_setzero_si256();
+    const int8_t* xs = x.q + c0 * x.k + s * kSuperBlock;
+    for (int v = 0; v < 8; ++v) {
+      const __m256i w = Load(block.values + 32 * v);
+      const __m256i scale = ScaleVector<kSigned>(block, v);
+      const __m256i sign = kSigned ? Load(block.signs + 32 * v) : w;
+      for (int c = 0; c < C; ++c) {
+        __m256i xv = Load(xs + c * x.k + 32 * v);
+        if (kSigned) xv = _mm256_sign_epi8(xv, sign);
+        sums[c] = _mm256_add_epi32(sums[c], _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), scale));
       }
     }
+    const int64_t b = s * kBlocksPerSuper;
+    alignas(16) float dx[4] = {};
+    for (int c = 0; c < C; ++c) {
+      dx[c] = x.d[(c0 + c) * x.blocks + b];
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[c]), _mm256_set1_ps(block.d * dx[c]), acc[c]);
+    }
+    if (!kSigned) {
+      const __m128i mins = _mm_load_si128(reinterpret_cast<const __m128i*>(block.mins));
+      __m128i m[4];
+      for (int c = 0; c < 4; ++c) {
+        m[c] = c < C ? _mm_madd_epi16(mins, _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                 x.sums + (c0 + c) * x.blocks + b)))
+                     : _mm_setzero_si128();
+      }
+      const __m128i msum = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
+      min_acc = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(block.dmin), _mm_load_ps(dx)), _mm_cvtepi32_ps(msum), min_acc);
+    }
   }
-  for (int c = 0; c < C; ++c) y[c * y_col_stride] = HorizontalSum(acc[c]) - min_acc[c];
+  alignas(16) float mins[4];
+  _mm_store_ps(mins, min_acc);
+  for (int c = 0; c < C; ++c) y[c * y_col_stride] = HorizontalSum(acc[c]) - mins[c];
+}
+
+template <bool kSigned>
+void RowTimesGroup(const Decoded* row, int64_t supers, const Columns& x, int64_t c0, int64_t group, float* y,
+                   int64_t y_col_stride) {
+  switch (group) {
+    case 4: RowTimesColumns<kSigned, 4>(row, supers, x, c0, y, y_col_stride); break;
+    case 3: RowTimesColumns<kSigned, 3>(row, supers, x, c0, y, y_col_stride); break;
+    case 2: RowTimesColumns<kSigned, 2>(row, supers, x, c0, y, y_col_stride); break;
+    default: RowTimesColumns<kSigned, 1>(row, supers, x, c0, y, y_col_stride); break;
+  }
 }
 
 #else  // scalar: the same integer sums, one value at a time
@@ -231,27 +298,94 @@ void UnpackScalar(DType type, const uint8_t* row, int64_t s, int values[256], in
 
 }  // namespace
 
+void QuantizeActivationsQ8K(const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs, float* ds) {
+  constexpr int64_t kPerScale = kSuperBlock / kQ8Block;
+  for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t s = 0; s < k / kSuperBlock; ++s) {
+      const float* v = x + c * x_stride + s * kSuperBlock;
+      int8_t* q = qs + c * k + s * kSuperBlock;
+      float* d = ds + c * (k / kQ8Block) + s * kPerScale;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+      // The same rounding as the loop below: max is the first value of largest magnitude.
+      const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+      __m256 amax8 = _mm256_setzero_ps();
+      for (int64_t i = 0; i < kSuperBlock; i += 8) amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(v + i)));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float amax = _mm_cvtss_f32(m4);
+      float max = 0;
+      for (int64_t i = 0; i < kSuperBlock && amax != 0; i += 8) {
+        const __m256 a = _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(v + i));
+        const int hit = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(amax), _CMP_EQ_OQ));
+        if (hit != 0) {
+          max = v[i + __builtin_ctz(static_cast<unsigned>(hit))];
+          break;
+        }
+      }
+      const float inverse = amax != 0 ? -127.0f / max : 0.0f;
+      const __m256 inv = _mm256_set1_ps(inverse);
+      for (int64_t i = 0; i < kSuperBlock; i += 32) {
+        __m256i ints[4];
+        for (int j = 0; j < 4; ++j) {
+          ints[j] = _mm256_min_epi32(_mm256_set1_epi32(127),
+                                     _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(inv, _mm256_loadu_ps(v + i + 8 * j)),
+                                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        }
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i),
+                            _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      }
+      std::fill(d, d + kPerScale, amax != 0 ? 1.0f / inverse : 0.0f);
+#else
+      float amax = 0, max = 0;
+      for (int64_t i = 0; i < kSuperBlock; ++i) {
+        if (std::fabs(v[i]) > amax) {
+          amax = std::fabs(v[i]);
+          max = v[i];
+        }
+      }
+      const float inverse = amax != 0 ? -127.0f / max : 0.0f;
+      for (int64_t i = 0; i < kSuperBlock; ++i) {
+        q[i] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(inverse * v[i]))));
+      }
+      std::fill(d, d + kPerScale, amax != 0 ? 1.0f / inverse : 0.0f);
+#endif
+    }
+  }
+}
+
 void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
                   const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride) {
   const int64_t supers = k / kSuperBlock, blocks = k / kQ8Block;
-  static thread_local std::vector<int32_t> xsums;
+  static thread_local std::vector<int16_t> xsums;
   if (type != DType::kQ6_K) BlockSums(xq, k, cols, xsums);
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* row = w + r * row_bytes;
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  const Columns x{xq, xd, xsums.data(), k, blocks};
+  const bool is_signed = type == DType::kQ6_K;
+  static thread_local std::vector<Decoded> decoded;
+  // Rows are unpacked kRowBlock at a time; each group of kColumnGroup columns (4 k bytes, in L1)
+  // then meets all of them, so activations are read once per row block, not once per row.
+  const int64_t row_block = cols <= 2 ? 1 : kRowBlock;
+  decoded.resize(row_block * supers);
+  for (int64_t r0 = 0; r0 < rows; r0 += row_block) {
+    const int64_t block_rows = std::min(row_block, rows - r0);
+    for (int64_t r = 0; r < block_rows; ++r) DecodeRow(type, w + (r0 + r) * row_bytes, supers, &decoded[r * supers]);
     for (int64_t c0 = 0; c0 < cols; c0 += kColumnGroup) {
-      const int8_t* x = xq + c0 * k;
-      const float* d = xd + c0 * blocks;
-      const int32_t* sums = type != DType::kQ6_K ? xsums.data() + c0 * blocks : nullptr;
-      float* out = y + r * y_row_stride + c0 * y_col_stride;
-      switch (std::min<int64_t>(kColumnGroup, cols - c0)) {
-        case 4: RowTimesColumns<4>(type, row, supers, x, k, d, sums, out, y_col_stride); break;
-        case 3: RowTimesColumns<3>(type, row, supers, x, k, d, sums, out, y_col_stride); break;
-        case 2: RowTimesColumns<2>(type, row, supers, x, k, d, sums, out, y_col_stride); break;
-        default: RowTimesColumns<1>(type, row, supers, x, k, d, sums, out, y_col_stride); break;
+      const int64_t group = std::min<int64_t>(kColumnGroup, cols - c0);
+      for (int64_t r = 0; r < block_rows; ++r) {
+        float* out = y + (r0 + r) * y_row_stride + c0 * y_col_stride;
+        if (is_signed) {
+          RowTimesGroup<true>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);
+        } else {
+          RowTimesGroup<false>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);
+        }
       }
     }
+  }
 #else
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = w + r * row_bytes;
     for (int64_t c = 0; c < cols; ++c) {
       float sum = 0;
       for (int64_t s = 0; s < supers; ++s) {
@@ -272,8 +406,8 @@ void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, 
       }
       y[r * y_row_stride + c * y_col_stride] = sum;
     }
-#endif
   }
+#endif
 }
 
 }  // namespace latentserve::kernels::cpu

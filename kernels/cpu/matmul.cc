@@ -79,6 +79,11 @@ void MatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, in
 void QuantMatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, int64_t row_begin,
                      int64_t row_end, const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_stride,
                      QuantPanel& panel) {
+  if (IsKQuant(wtype)) {  // blocks its rows itself and sums the activation blocks once per call
+    QuantMatMul(wtype, w + row_begin * w_row_bytes, w_row_bytes, row_end - row_begin, k, xq, xd, cols, y + row_begin,
+                1, y_stride, panel);
+    return;
+  }
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, row_end - r0);
     QuantMatMul(wtype, w + r0 * w_row_bytes, w_row_bytes, rows, k, xq, xd, cols, y + r0, 1, y_stride, panel);

@@ -93,8 +93,11 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
         std::copy_n(xq.col_qs(t), hidden, xs.col_qs(i));
         std::copy_n(xq.col_d(t), hidden_blocks, xs.col_d(i));
       }
-      for (int64_t f0 = 0; f0 < ffn; f0 += kRows) {
-        const int64_t rows = std::min(kRows, ffn - f0);
+      // K-quant matmuls block their rows themselves and sum the activation blocks once per call.
+      const int64_t gate_step = IsKQuant(experts.gate_exps.dtype) ? ffn : kRows;
+      const int64_t down_step = IsKQuant(experts.down_exps.dtype) ? hidden : kRows;
+      for (int64_t f0 = 0; f0 < ffn; f0 += gate_step) {
+        const int64_t rows = std::min(gate_step, ffn - f0);
         QuantMatMul(experts.gate_exps.dtype, gate + f0 * gate_row, gate_row, rows, hidden, xs.qs.data(), xs.d.data(),
                     item.count, gate_out.data() + f0, 1, ffn, panel);
         QuantMatMul(experts.up_exps.dtype, up + f0 * up_row, up_row, rows, hidden, xs.qs.data(), xs.d.data(),
@@ -102,8 +105,8 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
       }
       SiluMulRow(gate_out.data(), act.data(), act.data(), item.count * ffn);
       QuantizeActivations(experts.down_exps.dtype, act.data(), ffn, ffn, item.count, acts.qs.data(), acts.d.data());
-      for (int64_t d0 = 0; d0 < hidden; d0 += kRows) {
-        const int64_t rows = std::min(kRows, hidden - d0);
+      for (int64_t d0 = 0; d0 < hidden; d0 += down_step) {
+        const int64_t rows = std::min(down_step, hidden - d0);
         QuantMatMul(experts.down_exps.dtype, down + d0 * down_row, down_row, rows, ffn, acts.qs.data(),
                     acts.d.data(), item.count, down_out.data() + d0, 1, hidden, panel);
       }

@@ -250,29 +250,10 @@ void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t co
 
 void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs,
                          float* ds) {
-  if (!IsKQuant(weights)) {
+  if (IsKQuant(weights)) {
+    QuantizeActivationsQ8K(x, x_stride, k, cols, qs, ds);
+  } else {
     QuantizeActivations(x, x_stride, k, cols, qs, ds);
-    return;
-  }
-  constexpr int64_t kPerScale = kSuperBlock / kQ8Block;
-  for (int64_t c = 0; c < cols; ++c) {
-    for (int64_t s = 0; s < k / kSuperBlock; ++s) {
-      const float* v = x + c * x_stride + s * kSuperBlock;
-      int8_t* q = qs + c * k + s * kSuperBlock;
-      float* d = ds + c * (k / kQ8Block) + s * kPerScale;
-      float amax = 0, max = 0;
-      for (int64_t i = 0; i < kSuperBlock; ++i) {
-        if (std::fabs(v[i]) > amax) {
-          amax = std::fabs(v[i]);
-          max = v[i];
-        }
-      }
-      const float inverse = amax != 0 ? -127.0f / max : 0.0f;
-      for (int64_t i = 0; i < kSuperBlock; ++i) {
-        q[i] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(inverse * v[i]))));
-      }
-      std::fill(d, d + kPerScale, amax != 0 ? 1.0f / inverse : 0.0f);
-    }
   }
 }
 

@@ -54,6 +54,8 @@ void QuantizeActivations(const float* x, int64_t x_stride, int64_t k, int64_t co
 // which is what llama.cpp multiplies them with. k % 256 == 0 for K-quants.
 void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols,
                          int8_t* qs, float* d);
+// The q8_K rounding alone (kquant_dot.cc).
+void QuantizeActivationsQ8K(const float* x, int64_t x_stride, int64_t k, int64_t cols, int8_t* qs, float* d);
 inline void QuantizeActivations(DType weights, const float* x, int64_t x_stride, int64_t k, int64_t cols,
                                 Q8Activations& out) {
   out.Resize(k, cols);

@@ -1,5 +1,7 @@
-// Weight x activation products. Few columns (decode): a warp-per-row GEMV that reads each
-// weight once in its stored type (quantised included). Many columns (prefill): cuBLAS, with
+// Weight x activation products. Few columns (decode): a GEMV that reads each weight once in its
+// stored type (quantised included): whole rows per warp through shared memory
+// (row_pipeline.cuh; q4_0 / q8_0 / K-quants on 8-bit activations when the warps have many
+// rows), else a warp per row. Many columns (prefill): cuBLAS, with
 // quantised weights dequantised to f16 a tile of rows at a time and activations cast to the
 // same 16-bit type (f32 accumulation); f32 weights use SGEMM.
 #include <cuda_bf16.h>
@@ -38,18 +40,24 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   extern __shared__ __align__(16) uint8_t smem[];
   AllowDependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  uint8_t* ring = smem + Align16(ActivationSmem<kQ8>(k, m)) + size_t(warp) * kRowStages * row_bytes;
+  const size_t slot_bytes = StagedSlotBytes<T>(row_bytes);
+  uint8_t* ring =
+      smem + Align16(ActivationSmem<kQ8>(k, m)) + size_t(warp) * kRowStages * slot_bytes;
   WarpRowPipeline(
       int64_t{blockIdx.x} * kRowWarps + warp, n, int64_t{gridDim.x} * kRowWarps,
-      [&](int slot, int64_t r) { IssueRow(ring + slot * row_bytes, w + r * row_bytes, row_bytes, lane); },
-      [&] {  // the weight rows are static: only x waits for the kernel before (dependent_launch.cuh)
+      [&](int slot, int64_t r) {
+        IssueStagedRow<T>(ring + slot * slot_bytes, w + r * row_bytes, row_bytes, lane);
+      },
+      [&] {  // the weight rows are static: only x waits for the kernel before
+             // (dependent_launch.cuh)
         WaitForPredecessor();
-        LoadActivations<kQ8>(x, k, m, smem);
+        LoadActivations<T, kQ8>(x, k, m, smem);
         __syncthreads();
       },
       [&](int slot, int64_t r) {
+        const uint8_t* staged = StagedRow<T>(ring + slot * slot_bytes, w + r * row_bytes);
         for (int64_t col = 0; col < m; ++col) {
-          const float sum = WarpSum(RowDot<T, kQ8>(ring + slot * row_bytes, smem, k, m, col, lane));
+          const float sum = WarpSum(RowDot<T, kQ8>(staged, smem, k, m, col, lane));
           if (lane == 0) y[col * n + r] = sum;
         }
       });
@@ -58,7 +66,7 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 template <DType T, bool kQ8>
 bool LaunchGemvRows(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x,
                     int64_t m, float* y) {
-  const size_t smem = RowPipelineSmem(ActivationSmem<kQ8>(k, m), row_bytes, 1);
+  const size_t smem = RowPipelineSmem(ActivationSmem<kQ8>(k, m), StagedSlotBytes<T>(row_bytes), 1);
   if (smem > kRowSmemLimit || !AllowRowSmem<GemvRowsKernel<T, kQ8>>()) return false;
   const unsigned blocks = RowPipelineBlocks(n, 1, smem);
   if (kQ8 != QuantiseRows<T>(n, blocks)) return false;

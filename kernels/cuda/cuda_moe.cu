@@ -7,6 +7,7 @@
 // in slot order, as the CPU reference does.
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -167,8 +168,9 @@ constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kDecodeSlots = 64;  // up to 8 tokens x top-8 take the device-only path
 
 // Decode experts, pipelined (row_pipeline.cuh) when rows and activations allow: the slot's
-// input in shared memory (8-bit blocks for q4_0 / q8_0 rows), each warp a strided set of its expert's rows through a ring of row
-// buffers (gate and up rows together). Otherwise one warp per row with the plain warp dot.
+// input in shared memory (8-bit blocks for q4_0 / q8_0 / K-quant rows), each warp a strided set of
+// its expert's rows through a ring of row buffers (gate and up rows together). Otherwise one warp
+// per row with the plain warp dot.
 template <DType T>
 __global__ void __launch_bounds__(kRowWarps * 32)
     ExpertGateUpRowsKernel(const float* x, const int32_t* ids, int64_t top_k, const uint8_t* gate, const uint8_t* up,
@@ -176,21 +178,27 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  uint8_t* ring = smem + Align16(ActivationSmem<kQ8Rows<T>>(hidden, 1)) + size_t(warp) * kRowStages * 2 * row_bytes;
+  const size_t slot_bytes = StagedSlotBytes<T>(row_bytes);
+  uint8_t* ring = smem + Align16(ActivationSmem<kQ8Rows<T>>(hidden, 1)) +
+                  size_t(warp) * kRowStages * 2 * slot_bytes;
   const size_t base = static_cast<size_t>(ids[slot]) * ffn * row_bytes;
   WarpRowPipeline(
       int64_t{blockIdx.x} * kRowWarps + warp, ffn, int64_t{gridDim.x} * kRowWarps,
       [&](int s, int64_t f) {
-        IssueRow(ring + 2 * s * row_bytes, gate + base + f * row_bytes, row_bytes, lane);
-        IssueRow(ring + (2 * s + 1) * row_bytes, up + base + f * row_bytes, row_bytes, lane);
+        IssueStagedRow<T>(ring + 2 * s * slot_bytes, gate + base + f * row_bytes, row_bytes, lane);
+        IssueStagedRow<T>(ring + (2 * s + 1) * slot_bytes, up + base + f * row_bytes, row_bytes,
+                          lane);
       },
       [&] {
-        LoadActivations<kQ8Rows<T>>(x + (slot / top_k) * hidden, hidden, 1, smem);
+        LoadActivations<T, kQ8Rows<T>>(x + (slot / top_k) * hidden, hidden, 1, smem);
         __syncthreads();
       },
       [&](int s, int64_t f) {
-        const float g = WarpSum(RowDot<T, kQ8Rows<T>>(ring + 2 * s * row_bytes, smem, hidden, 1, 0, lane));
-        const float u = WarpSum(RowDot<T, kQ8Rows<T>>(ring + (2 * s + 1) * row_bytes, smem, hidden, 1, 0, lane));
+        const uint8_t* g_row = StagedRow<T>(ring + 2 * s * slot_bytes, gate + base + f * row_bytes);
+        const uint8_t* u_row =
+            StagedRow<T>(ring + (2 * s + 1) * slot_bytes, up + base + f * row_bytes);
+        const float g = WarpSum(RowDot<T, kQ8Rows<T>>(g_row, smem, hidden, 1, 0, lane));
+        const float u = WarpSum(RowDot<T, kQ8Rows<T>>(u_row, smem, hidden, 1, 0, lane));
         if (lane == 0) act[slot * ffn + f] = g / (1.0f + expf(-g)) * u;
       });
 }
@@ -202,17 +210,22 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  uint8_t* ring = smem + Align16(ActivationSmem<kQ8Rows<T>>(ffn, 1)) + size_t(warp) * kRowStages * row_bytes;
+  const size_t slot_bytes = StagedSlotBytes<T>(row_bytes);
+  uint8_t* ring =
+      smem + Align16(ActivationSmem<kQ8Rows<T>>(ffn, 1)) + size_t(warp) * kRowStages * slot_bytes;
   const size_t base = static_cast<size_t>(ids[slot]) * hidden * row_bytes;
   WarpRowPipeline(
       int64_t{blockIdx.x} * kRowWarps + warp, hidden, int64_t{gridDim.x} * kRowWarps,
-      [&](int s, int64_t d) { IssueRow(ring + s * row_bytes, down + base + d * row_bytes, row_bytes, lane); },
+      [&](int s, int64_t d) {
+        IssueStagedRow<T>(ring + s * slot_bytes, down + base + d * row_bytes, row_bytes, lane);
+      },
       [&] {
-        LoadActivations<kQ8Rows<T>>(act + slot * ffn, ffn, 1, smem);
+        LoadActivations<T, kQ8Rows<T>>(act + slot * ffn, ffn, 1, smem);
         __syncthreads();
       },
       [&](int s, int64_t d) {
-        const float v = WarpSum(RowDot<T, kQ8Rows<T>>(ring + s * row_bytes, smem, ffn, 1, 0, lane));
+        const uint8_t* staged = StagedRow<T>(ring + s * slot_bytes, down + base + d * row_bytes);
+        const float v = WarpSum(RowDot<T, kQ8Rows<T>>(staged, smem, ffn, 1, 0, lane));
         if (lane == 0) slot_out[slot * hidden + d] = v;
       });
 }
@@ -244,40 +257,90 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (lane == 0) slot_out[slot * hidden + d] = v;
 }
 
+// Gate and up rows (one type) for every slot: act [slots][ffn] = SiLU(gate x) * (up x).
 template <DType T>
-void LaunchDecodeExperts(cudaStream_t stream, const float* x, const int32_t* ids, int64_t slots, int64_t top_k,
-                         const MoeWeights& e, int64_t hidden, int64_t ffn, float* act, float* slot_out) {
-  const dim3 threads(kWarpsPerBlock * 32);
+void LaunchDecodeGateUp(cudaStream_t stream, const float* x, const int32_t* ids, int64_t slots,
+                        int64_t top_k, const MoeWeights& e, int64_t hidden, int64_t ffn,
+                        float* act) {
   const unsigned ys = static_cast<unsigned>(slots);
-  // Pipelining needs 16-byte aligned rows of whole copies and activations of whole float4s.
-  const size_t gate_up_smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(hidden, 1), e.gate_exps.row_bytes(), 2);
-  const bool rows_gate_up = StagedRowsFit<T>(hidden, e.gate_exps.row_bytes(), DevPtr(e.gate_exps)) &&
-                            StagedRowsFit<T>(hidden, e.up_exps.row_bytes(), DevPtr(e.up_exps)) &&
-                            e.gate_exps.row_bytes() == e.up_exps.row_bytes() && hidden % 4 == 0 &&
-                            reinterpret_cast<uintptr_t>(x) % 16 == 0 && gate_up_smem <= kRowSmemLimit &&
-                            AllowRowSmem<ExpertGateUpRowsKernel<T>>();
-  const size_t down_smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(ffn, 1), e.down_exps.row_bytes(), 1);
-  const bool rows_down = StagedRowsFit<T>(ffn, e.down_exps.row_bytes(), DevPtr(e.down_exps)) && ffn % 4 == 0 &&
-                         reinterpret_cast<uintptr_t>(act) % 16 == 0 && down_smem <= kRowSmemLimit &&
-                         AllowRowSmem<ExpertDownRowsKernel<T>>();
-  if (rows_gate_up) {
-    ExpertGateUpRowsKernel<T><<<dim3(RowPipelineBlocks(ffn, slots, gate_up_smem), ys), kRowWarps * 32, gate_up_smem, stream>>>(
-        x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden, ffn, act);
+  // Pipelining needs staged rows that fit (StagedRowsFit) and activations of whole float4s.
+  const size_t smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(hidden, 1),
+                                      StagedSlotBytes<T>(e.gate_exps.row_bytes()), 2);
+  const bool rows = StagedRowsFit<T>(hidden, e.gate_exps.row_bytes(), DevPtr(e.gate_exps)) &&
+                    StagedRowsFit<T>(hidden, e.up_exps.row_bytes(), DevPtr(e.up_exps)) &&
+                    e.gate_exps.row_bytes() == e.up_exps.row_bytes() && hidden % 4 == 0 &&
+                    reinterpret_cast<uintptr_t>(x) % 16 == 0 && smem <= kRowSmemLimit &&
+                    AllowRowSmem<ExpertGateUpRowsKernel<T>>();
+  if (rows) {
+    ExpertGateUpRowsKernel<T>
+        <<<dim3(RowPipelineBlocks(ffn, slots, smem), ys), kRowWarps * 32, smem, stream>>>(
+            x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden,
+            ffn, act);
   } else {
     const dim3 grid(static_cast<unsigned>((ffn + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
-    ExpertGateUpKernel<T><<<grid, threads, 0, stream>>>(x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps),
-                                                        e.gate_exps.row_bytes(), hidden, ffn, act);
+    ExpertGateUpKernel<T><<<grid, kWarpsPerBlock * 32, 0, stream>>>(
+        x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden, ffn,
+        act);
   }
   LAUNCH_OK();
-  if (rows_down) {
-    ExpertDownRowsKernel<T><<<dim3(RowPipelineBlocks(hidden, slots, down_smem), ys), kRowWarps * 32, down_smem, stream>>>(
-        act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn, slot_out);
+}
+
+// Down rows for every slot: slot_out [slots][hidden] = down act.
+template <DType T>
+void LaunchDecodeDown(cudaStream_t stream, const int32_t* ids, int64_t slots, const MoeWeights& e,
+                      int64_t hidden, int64_t ffn, const float* act, float* slot_out) {
+  const unsigned ys = static_cast<unsigned>(slots);
+  const size_t smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(ffn, 1),
+                                      StagedSlotBytes<T>(e.down_exps.row_bytes()), 1);
+  const bool rows = StagedRowsFit<T>(ffn, e.down_exps.row_bytes(), DevPtr(e.down_exps)) &&
+                    ffn % 4 == 0 && reinterpret_cast<uintptr_t>(act) % 16 == 0 &&
+                    smem <= kRowSmemLimit && AllowRowSmem<ExpertDownRowsKernel<T>>();
+  if (rows) {
+    ExpertDownRowsKernel<T>
+        <<<dim3(RowPipelineBlocks(hidden, slots, smem), ys), kRowWarps * 32, smem, stream>>>(
+            act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn, slot_out);
   } else {
     const dim3 grid(static_cast<unsigned>((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
-    ExpertDownKernel<T><<<grid, threads, 0, stream>>>(act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden,
-                                                      ffn, slot_out);
+    ExpertDownKernel<T><<<grid, kWarpsPerBlock * 32, 0, stream>>>(
+        act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn, slot_out);
   }
   LAUNCH_OK();
+}
+
+// The decode kernels read each type in place; q5_0 / q5_1 have no warp dot product.
+bool HasDecodeKernels(DType type) { return type != DType::kQ5_0 && type != DType::kQ5_1; }
+
+// Calls launch(std::integral_constant<DType, T>{}) for a runtime type with decode kernels.
+template <typename Launch>
+void DispatchDecodeType(DType type, Launch launch) {
+  switch (type) {
+    case DType::kF32:
+      launch(std::integral_constant<DType, DType::kF32>{});
+      break;
+    case DType::kF16:
+      launch(std::integral_constant<DType, DType::kF16>{});
+      break;
+    case DType::kBF16:
+      launch(std::integral_constant<DType, DType::kBF16>{});
+      break;
+    case DType::kQ8_0:
+      launch(std::integral_constant<DType, DType::kQ8_0>{});
+      break;
+    case DType::kQ4_0:
+      launch(std::integral_constant<DType, DType::kQ4_0>{});
+      break;
+    case DType::kQ4_K:
+      launch(std::integral_constant<DType, DType::kQ4_K>{});
+      break;
+    case DType::kQ5_K:
+      launch(std::integral_constant<DType, DType::kQ5_K>{});
+      break;
+    case DType::kQ6_K:
+      launch(std::integral_constant<DType, DType::kQ6_K>{});
+      break;
+    default:
+      CU_CHECK(false);
+  }
 }
 
 }  // namespace
@@ -308,30 +371,30 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
   CU_CHECK(experts.gate_exps.ne[0] == hidden && experts.down_exps.ne[0] == ffn && experts.down_exps.ne[1] == hidden &&
            y.ne[0] == hidden && y.rows() == tokens);
   if (tokens == 0) return;
-  const bool same_type = experts.gate_exps.dtype == experts.up_exps.dtype && experts.gate_exps.dtype == experts.down_exps.dtype &&
-                         experts.gate_exps.dtype != DType::kQ5_0 && experts.gate_exps.dtype != DType::kQ5_1;
+  // Decode kernels: gate and up of one type, down of any (Q4_K_M files pair q4_K gate/up with
+  // q6_K down in some layers).
+  const bool decode_types = experts.gate_exps.dtype == experts.up_exps.dtype &&
+                            HasDecodeKernels(experts.gate_exps.dtype) &&
+                            HasDecodeKernels(experts.down_exps.dtype);
   // LATENTSERVE_CUDA_MOE=grouped or =host forces that path at every size where it applies
   // (op tests of the grouped path at decode sizes; before/after timings in bench-ops).
   const char* forced = std::getenv("LATENTSERVE_CUDA_MOE");
   const bool force_grouped = forced != nullptr && std::strcmp(forced, "grouped") == 0;
   const bool force_host = forced != nullptr && std::strcmp(forced, "host") == 0;
   if (force_grouped && MoeExpertsGrouped(x, experts, ids, weights, y)) return;
-  if (tokens * top_k <= kDecodeSlots && same_type && !force_host) {
+  if (tokens * top_k <= kDecodeSlots && decode_types && !force_host) {
     const int64_t slots = tokens * top_k;
     auto* act = static_cast<float*>(Scratch(6, static_cast<size_t>(slots * (ffn + hidden)) * 4));
     float* slot_out = act + slots * ffn;
     const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
-    switch (experts.gate_exps.dtype) {
-      case DType::kF32: LaunchDecodeExperts<DType::kF32>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kF16: LaunchDecodeExperts<DType::kF16>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kBF16: LaunchDecodeExperts<DType::kBF16>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kQ8_0: LaunchDecodeExperts<DType::kQ8_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kQ4_0: LaunchDecodeExperts<DType::kQ4_0>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kQ4_K: LaunchDecodeExperts<DType::kQ4_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kQ5_K: LaunchDecodeExperts<DType::kQ5_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      case DType::kQ6_K: LaunchDecodeExperts<DType::kQ6_K>(stream_, DevF32(x), dev_ids, slots, top_k, experts, hidden, ffn, act, slot_out); break;
-      default: CU_CHECK(false);
-    }
+    DispatchDecodeType(experts.gate_exps.dtype, [&](auto type) {
+      LaunchDecodeGateUp<decltype(type)::value>(stream_, DevF32(x), dev_ids, slots, top_k, experts,
+                                                hidden, ffn, act);
+    });
+    DispatchDecodeType(experts.down_exps.dtype, [&](auto type) {
+      LaunchDecodeDown<decltype(type)::value>(stream_, dev_ids, slots, experts, hidden, ffn, act,
+                                              slot_out);
+    });
     WeightedSumKernel<<<Blocks(hidden * tokens, 256), 256, 0, stream_>>>(slot_out, DevF32(weights), hidden, top_k, tokens,
                                                                           DevF32(y));
     LAUNCH_OK();

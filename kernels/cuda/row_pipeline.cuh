@@ -25,6 +25,37 @@ __device__ __forceinline__ void IssueRow(uint8_t* slot, const uint8_t* row, size
   for (size_t i = size_t(lane) * 16; i < row_bytes; i += 32 * 16) CpAsync16(slot + i, row + i, true);
 }
 
+// K-quant rows are staged as the 16-byte-aligned span that covers them (q6_K rows of 210 bytes a
+// super-block are rarely 16-byte multiples): the slot holds Align16(row_bytes) + 16 bytes and the
+// row starts (row address % 16) bytes into it. The span reads at most 15 bytes either side of
+// the row, inside the allocation (device allocations are 512-byte multiples; views lie in one).
+template <DType T>
+constexpr bool kSpanStaged = T == DType::kQ4_K || T == DType::kQ5_K || T == DType::kQ6_K;
+
+template <DType T>
+__host__ __device__ inline size_t StagedSlotBytes(size_t row_bytes) {
+  return kSpanStaged<T> ? (row_bytes + 15) / 16 * 16 + 16 : row_bytes;
+}
+
+// Issues the copy of `row` into `slot` (IssueRow for 16-byte rows, the covering span otherwise).
+template <DType T>
+__device__ __forceinline__ void IssueStagedRow(uint8_t* slot, const uint8_t* row, size_t row_bytes,
+                                               int lane) {
+  if constexpr (kSpanStaged<T>) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(row) & ~uintptr_t{15};
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(row) + row_bytes + 15) & ~uintptr_t{15};
+    IssueRow(slot, reinterpret_cast<const uint8_t*>(begin), end - begin, lane);
+  } else {
+    IssueRow(slot, row, row_bytes, lane);
+  }
+}
+
+// Where the staged copy of `row` starts inside its slot.
+template <DType T>
+__device__ __forceinline__ const uint8_t* StagedRow(const uint8_t* slot, const uint8_t* row) {
+  return kSpanStaged<T> ? slot + (reinterpret_cast<uintptr_t>(row) & 15) : slot;
+}
+
 // Runs consume(slot, r) for r = first, first + step, ... < end after issue(slot, r) has been
 // waited for, keeping kRowStages - 1 rows ahead in flight. One commit group per row, empty
 // groups past the end, so the wait count is the same every iteration. `ready()` runs once
@@ -53,14 +84,17 @@ __device__ __forceinline__ void WarpRowPipeline(int64_t first, int64_t end, int6
   CpAsyncWait<0>();
 }
 
-// Activations of a pipelined CTA in shared memory, f32 or (kQ8, q4_0 / q8_0 rows only) rounded
-// to 8-bit blocks exactly as the CPU backend rounds them (kernels/cpu/quant_dot.h: d = max|x| /
-// 127, q = round-half-even(x * (1 / d)), IEEE operations) and met through integer dot products.
-// Rounding costs each CTA a pass over x before its first dot product, which pays off only when
-// its warps have many rows (QuantiseRows). Layout for m columns of k: q8 [m][k] int8, then
-// d [m][k / 32] f32 at a 16-byte boundary; f32 [m][k].
+// Activations of a pipelined CTA in shared memory, f32 or (kQ8: q4_0 / q8_0 / K-quant rows)
+// rounded to 8-bit blocks exactly as the CPU backend rounds them for those rows
+// (kernels/cpu/quant_dot.h, IEEE operations): q4_0 / q8_0 per 32 values, d = max|x| / 127,
+// q = round-half-even(x * (1 / d)); K-quants ggml's q8_K per 256 values, d = 1 / (-127 / max)
+// with max the first value of largest magnitude, q = min(127, round-half-even(x * (-127 / max))),
+// d repeated for the super-block's 8 blocks. Met through integer dot products. Rounding costs
+// each CTA a pass over x before its first dot product, which pays off only when its warps have
+// many rows (QuantiseRows). Layout for m columns of k: q8 [m][k] int8, then d [m][k / 32] f32
+// at a 16-byte boundary; f32 [m][k].
 template <DType T>
-constexpr bool kQ8Rows = T == DType::kQ4_0 || T == DType::kQ8_0;
+constexpr bool kQ8Rows = T == DType::kQ4_0 || T == DType::kQ8_0 || kSpanStaged<T>;
 
 __host__ __device__ inline size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
@@ -71,21 +105,48 @@ __host__ __device__ inline size_t ActivationSmem(int64_t k, int64_t m) {
 }
 
 // Fills the layout above from x [m][k] (contiguous columns) with the whole CTA; for f32 x must
-// be 16-byte aligned and k % 4 == 0, for q8 k % 32 == 0.
-template <bool kQ8>
-__device__ __forceinline__ void LoadActivations(const float* x, int64_t k, int64_t m, uint8_t* smem) {
+// be 16-byte aligned and k % 4 == 0, for q8 k % 32 == 0 (K-quants: k % 256 == 0).
+template <DType T, bool kQ8>
+__device__ __forceinline__ void LoadActivations(const float* x, int64_t k, int64_t m,
+                                                uint8_t* smem) {
   if constexpr (kQ8) {
     int8_t* qs = reinterpret_cast<int8_t*>(smem);
     float* ds = reinterpret_cast<float*>(smem + Align16(static_cast<size_t>(k * m)));
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    for (int64_t b = warp; b < m * k / 32; b += warps) {
-      const float v = x[b * 32 + lane];
-      float amax = fabsf(v);
-      for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
-      const float d = __fdiv_rn(amax, 127.0f);
-      const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
-      qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
-      if (lane == 0) ds[b] = d;
+    if constexpr (kSpanStaged<T>) {  // q8_K: a warp per 256 values, lane l holds values l + 32 j
+      for (int64_t b = warp; b < m * k / 256; b += warps) {
+        float v[8], amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          v[j] = x[b * 256 + 32 * j + lane];
+          amax = fmaxf(amax, fabsf(v[j]));
+        }
+        for (int offset = 16; offset > 0; offset >>= 1)
+          amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+        int first = 256;  // the smallest index holding a value of magnitude amax
+#pragma unroll
+        for (int j = 7; j >= 0; --j) first = fabsf(v[j]) == amax ? 32 * j + lane : first;
+        for (int offset = 16; offset > 0; offset >>= 1)
+          first = min(first, __shfl_xor_sync(0xffffffff, first, offset));
+        const float max = amax != 0.0f ? x[b * 256 + first] : 0.0f;
+        const float inverse = amax != 0.0f ? __fdiv_rn(-127.0f, max) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          qs[b * 256 + 32 * j + lane] =
+              static_cast<int8_t>(min(127, __float2int_rn(__fmul_rn(inverse, v[j]))));
+        if (lane < 8) ds[b * 8 + lane] = amax != 0.0f ? __fdiv_rn(1.0f, inverse) : 0.0f;
+      }
+    } else {
+      for (int64_t b = warp; b < m * k / 32; b += warps) {
+        const float v = x[b * 32 + lane];
+        float amax = fabsf(v);
+        for (int offset = 16; offset > 0; offset >>= 1)
+          amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+        const float d = __fdiv_rn(amax, 127.0f);
+        const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
+        qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
+        if (lane == 0) ds[b] = d;
+      }
     }
   } else {
     for (int64_t i = threadIdx.x; i < m * k / 4; i += blockDim.x)
@@ -98,7 +159,7 @@ template <DType T, bool kQ8>
 __device__ __forceinline__ float RowDot(const uint8_t* row, const uint8_t* acts, int64_t k, int64_t m, int64_t col,
                                         int lane) {
   if constexpr (kQ8) {
-    static_assert(kQ8Rows<T>, "8-bit activations meet q4_0 / q8_0 rows only");
+    static_assert(kQ8Rows<T>, "8-bit activations meet q4_0 / q8_0 / K-quant rows only");
     const int8_t* xq = reinterpret_cast<const int8_t*>(acts) + col * k;
     const float* xd = reinterpret_cast<const float*>(acts + Align16(static_cast<size_t>(k * m))) + col * (k / 32);
     return WarpDotQ8<T>(row, xq, xd, k, lane);
@@ -107,8 +168,8 @@ __device__ __forceinline__ float RowDot(const uint8_t* row, const uint8_t* acts,
   }
 }
 
-// Whether a pipelined launch rounds its activations: q4_0 / q8_0 rows and at least 8 rows per
-// warp (the lm_head at 164K rows gained 3x from the integer dot products, GEMVs of a few
+// Whether a pipelined launch rounds its activations: q4_0 / q8_0 / K-quant rows and at least 8 rows
+// per warp (the lm_head at 164K rows gained 3x from the integer dot products, GEMVs of a few
 // thousand rows lost ~25% to the rounding pass; ncu, docs/benchmarks.md).
 template <DType T>
 inline bool QuantiseRows(int64_t rows, unsigned blocks) {

@@ -140,11 +140,12 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
   return acc;
 }
 
-// The lane's part of a q4_0 / q8_0 row's dot product with activations rounded to 8-bit blocks
-// (xq values, xd one scale per 32; row_pipeline.cuh makes them): an exact integer dot (dp4a)
-// per block and lane, scaled by d_w * d_x. q4_0 lanes take 4 bytes of a block (values j..j+3
-// in the low nibbles, j+16..j+19 in the high ones), 4 lanes per block; q8_0 lanes 4 bytes, 8
-// lanes per block. xq must be 4-byte aligned.
+// The lane's part of a q4_0 / q8_0 / K-quant row's dot product with activations rounded to
+// 8-bit blocks (xq values, xd one scale per 32, K-quants: q8_K, the super-block's scale in each
+// of its 8; row_pipeline.cuh makes them): an exact integer dot (dp4a) per block (K-quants:
+// super-block, scales applied as integers) and lane, scaled by d_w * d_x. q4_0 lanes take 4 bytes
+// of a block (values j..j+3 in the low nibbles, j+16..j+19 in the high ones), 4 lanes per block;
+// q8_0 lanes 4 bytes, 8 lanes per block. xq must be 4-byte aligned.
 template <DType T>
 __device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq, const float* xd, int64_t k, int lane) {
   float acc = 0.0f;
@@ -160,8 +161,57 @@ __device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq,
       const int sum = __dp4a(hi, x_hi, __dp4a(lo, x_lo, 0));
       acc += __half2float(*reinterpret_cast<const __half*>(block)) * xd[b] * static_cast<float>(sum);
     }
+  } else if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
+    // Lanes as in WarpDotPartial: qs bytes 32 c + l0 .. + 3 hold elements 64 c + l0 + t (low
+    // nibbles, sub-block 2c) and 64 c + 32 + l0 + t (high, 2c + 1). The min term needs each
+    // lane's activation sums, a dp4a against ones. xd holds one scale per super-block.
+    constexpr bool kFive = T == DType::kQ5_K;
+    constexpr int kBlockBytes = kFive ? 176 : 144, kQs = kFive ? 48 : 16;
+    const int c = lane / 8, l0 = (lane % 8) * 4;
+    for (int64_t b = 0; b < k / 256; ++b) {
+      const uint8_t* block = row + b * kBlockBytes;
+      int sc0, m0, sc1, m1;
+      KQuantScaleMin(2 * c, block + 4, &sc0, &m0);
+      KQuantScaleMin(2 * c + 1, block + 4, &sc1, &m1);
+      const uint32_t q = Load4Bytes(block + kQs + 32 * c + l0);
+      uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
+      if constexpr (kFive) {
+        const uint32_t h = Load4Bytes(block + 16 + l0);
+        lo |= ((h >> (2 * c)) & 0x01010101u) << 4;
+        hi |= ((h >> (2 * c + 1)) & 0x01010101u) << 4;
+      }
+      const int x_lo = *reinterpret_cast<const int*>(xq + b * 256 + 64 * c + l0);
+      const int x_hi = *reinterpret_cast<const int*>(xq + b * 256 + 64 * c + 32 + l0);
+      const int dot =
+          sc0 * __dp4a(static_cast<int>(lo), x_lo, 0) + sc1 * __dp4a(static_cast<int>(hi), x_hi, 0);
+      const int sum = m0 * __dp4a(0x01010101, x_lo, 0) + m1 * __dp4a(0x01010101, x_hi, 0);
+      const float dx = xd[b * 8];
+      acc +=
+          __half2float(*reinterpret_cast<const __half*>(block)) * dx * static_cast<float>(dot) -
+          __half2float(*reinterpret_cast<const __half*>(block + 2)) * dx * static_cast<float>(sum);
+    }
+  } else if constexpr (T == DType::kQ6_K) {
+    // Lanes as in WarpDotPartial; values q - 32 as signed bytes, one int8 scale per 16.
+    const int half = lane / 16, r = (lane % 16) * 4, l0 = r % 32, first_quarter = r / 32;
+    for (int64_t b = 0; b < k / 256; ++b) {
+      const uint8_t* block = row + b * 210;
+      const uint32_t ql = Load4Bytes(block + 64 * half + r);
+      const uint32_t qh = Load4Bytes(block + 128 + 32 * half + l0);
+      int part = 0;
+#pragma unroll
+      for (int nibble = 0; nibble < 2; ++nibble) {
+        const int quarter = first_quarter + 2 * nibble, e0 = 128 * half + 32 * quarter + l0;
+        const uint32_t v =
+            ((ql >> (4 * nibble)) & 0x0F0F0F0Fu) | (((qh >> (2 * quarter)) & 0x03030303u) << 4);
+        const int x = *reinterpret_cast<const int*>(xq + b * 256 + e0);
+        part += static_cast<int8_t>(block[192 + e0 / 16]) *
+                __dp4a(static_cast<int>(__vsub4(v, 0x20202020u)), x, 0);
+      }
+      acc += __half2float(*reinterpret_cast<const __half*>(block + 208)) * xd[b * 8] *
+             static_cast<float>(part);
+    }
   } else {
-    static_assert(T == DType::kQ8_0, "q4_0 or q8_0 rows");
+    static_assert(T == DType::kQ8_0, "q4_0, q8_0 or K-quant rows");
     const int part = lane % 8;
     for (int64_t b = lane / 8; b < k / 32; b += 4) {
       const uint8_t* block = row + b * 34;
@@ -174,12 +224,16 @@ __device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq,
 }
 
 // Staging rows through shared memory (row_pipeline.cuh) needs whole 16-byte copies from
-// 16-byte aligned rows; quantised rows whole super-blocks of 8 blocks.
+// 16-byte aligned rows; quantised rows whole super-blocks of 8 blocks. K-quant rows are staged
+// as their covering 16-byte span (StagedSlotBytes), at any 2-byte alignment.
 template <DType T>
 __host__ __device__ inline bool StagedRowsFit(int64_t k, size_t row_bytes, const void* base) {
   const bool aligned = (reinterpret_cast<uintptr_t>(base) % 16) == 0 && row_bytes % 16 == 0;
   if constexpr (T == DType::kQ4_0 || T == DType::kQ8_0) return aligned && k % 256 == 0;
   if constexpr (T == DType::kF16 || T == DType::kBF16) return aligned && k % 8 == 0;
+  if constexpr (T == DType::kQ4_K || T == DType::kQ5_K || T == DType::kQ6_K) {
+    return k % 256 == 0 && reinterpret_cast<uintptr_t>(base) % 2 == 0 && row_bytes % 2 == 0;
+  }
   return false;
 }
 
