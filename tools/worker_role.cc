@@ -45,7 +45,8 @@ void LogMemoryPlan(const char* role, const Engine& engine) {
 // registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
 const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
     {"listen", "model", "port-file", "threads", "cache-type", "page-tokens", "cache-tokens",
-     "chunk", "backend", "drain-ms", "max-lease-ttl-ms"});
+     "chunk", "backend", "drain-ms", "max-lease-ttl-ms", "prefix-cache-mib", "checkpoint-interval",
+     "local-prefill-max-tokens"});
 
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
@@ -62,6 +63,23 @@ absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
     return absl::InvalidArgumentError("--max-lease-ttl-ms must be in [1, 86400000] (one day)");
   }
   return absl::Milliseconds(max_lease_ttl_ms);
+}
+
+absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& args, int64_t chunk_tokens) {
+  decode::DecodePrefixOptions options;
+  ASSIGN_OR_RETURN(int64_t budget_mib, args.GetInt("prefix-cache-mib", 0));
+  ASSIGN_OR_RETURN(options.checkpoint_interval_tokens, args.GetInt("checkpoint-interval", 4096));
+  ASSIGN_OR_RETURN(options.local_prefill_max_tokens, args.GetInt("local-prefill-max-tokens", 2048));
+  if (budget_mib < 0 || budget_mib > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("--prefix-cache-mib must be in [0, 2^30]");
+  }
+  if (options.checkpoint_interval_tokens < 0) return absl::InvalidArgumentError("--checkpoint-interval must be >= 0");
+  if (options.local_prefill_max_tokens < 0) {
+    return absl::InvalidArgumentError("--local-prefill-max-tokens must be >= 0");
+  }
+  options.budget_bytes = budget_mib << 20;
+  options.chunk_tokens = chunk_tokens;
+  return options;
 }
 
 absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
