@@ -132,15 +132,18 @@ absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duratio
 }
 
 void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
+  bool arrived = false;  // a complete cache that Decode never took (a max_tokens 1 request): keep it
   {
     std::lock_guard<std::mutex> lock(mu_);
+    arrived = slot->state == SlotState::kReady && slot->local_from < 0;
     slot->state = SlotState::kDone;
     slot->finished = true;
     slots_.erase(slot->lease_id);
     cv_.notify_all();
   }
   std::lock_guard<std::mutex> lock(backend_mu_);
-  slot->sequence.reset();  // its pages go back to the cache
+  if (arrived && slot->sequence) KeepArrived(*slot);
+  slot->sequence.reset();  // its pages go back to the cache (those a kept prompt shares stay)
 }
 
 absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,

@@ -55,14 +55,8 @@ absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t>
 
 absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled) {
   if (slot.local_from < 0) {
-    // The cache came by handoff: keep the prompt with a checkpoint at its end.
-    if (!prefix_.enabled() || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens) return absl::OkStatus();
     std::lock_guard<std::mutex> lock(backend_mu_);
-    absl::StatusOr<std::unique_ptr<cache::KdaCheckpoint>> end = sequences_.Checkpoint(*slot.sequence);
-    if (!end.ok()) return absl::OkStatus();  // the answer does not need it
-    std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints;
-    checkpoints.push_back(std::move(*end));
-    KeepPrompt(slot, std::move(checkpoints));
+    KeepArrived(slot);
     return absl::OkStatus();
   }
   LocalPrefillParams local;
@@ -95,6 +89,19 @@ absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, c
   slot.state = SlotState::kDecoding;
   cv_.notify_all();
   return absl::OkStatus();
+}
+
+void DecodeWorker::KeepArrived(Slot& slot) {
+  // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint.
+  if (!prefix_.enabled() || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
+      slot.sequence->cached_tokens() != slot.prompt_tokens) {
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<cache::KdaCheckpoint>> end = sequences_.Checkpoint(*slot.sequence);
+  if (!end.ok()) return;  // the answer does not need it
+  std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints;
+  checkpoints.push_back(std::move(*end));
+  KeepPrompt(slot, std::move(checkpoints));
 }
 
 void DecodeWorker::KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints) {

@@ -174,6 +174,23 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
             "Decode: bytes of admitted handoffs that were copied through host memory on this worker "
             "(0 for an in-process handoff between device caches)",
             {}, static_cast<double>(s.handoff_host_bytes), /*counter=*/true);
+    // Prefix reuse (docs/serving.md "Prefix reuse"): hit ratio = hits / lookups.
+    out.Set("latentserve_decode_prefix_lookups_total", "Decode: prompts looked up in the prefix cache", {},
+            static_cast<double>(s.prefix.lookups), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_hits_total", "Decode: prompts resumed from a cached prefix", {},
+            static_cast<double>(s.prefix.hits), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_cached_tokens_total",
+            "Decode: prompt tokens resumed from cached prefixes instead of being computed", {},
+            static_cast<double>(s.prefix.hit_tokens), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_evictions_total", "Decode: cached prefixes evicted for room", {},
+            static_cast<double>(s.prefix.evictions), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_pages", "Decode: cache pages the kept prefixes hold", {},
+            static_cast<double>(s.prefix.pages));
+    out.Set("latentserve_decode_prefix_checkpoint_bytes", "Decode: memory of the kept KDA checkpoints", {},
+            static_cast<double>(s.prefix.checkpoint_bytes));
+    out.Set("latentserve_decode_local_prefills_total",
+            "Decode: prompts (or their uncached rest) prefilled on the decode worker, without a handoff", {},
+            static_cast<double>(s.local_prefills), /*counter=*/true);
   });
 }
 

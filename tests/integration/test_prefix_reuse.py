@@ -53,6 +53,14 @@ class Reuse:
                     self.assertEqual(r["usage"]["cached_tokens"], 260, r["usage"])
             hits += r["usage"]["cached_tokens"] > 0
         self.assertGreaterEqual(hits, len(shared_lengths) // 2)
+        # A document read alone with max_tokens 1 (Decode never runs) is kept too: a question then
+        # resumes at its end.
+        document2 = [rng.randrange(1, 300) for _ in range(200)]
+        self.assertEqual(cluster.generate(document2, max_tokens=1)["token_ids"], ts.reference_greedy(document2, 1))
+        ids = document2 + [7, 8, 9]
+        r = cluster.generate(ids, max_tokens=6)
+        self.assertEqual(r["usage"]["cached_tokens"], 200, r["usage"])
+        self.assertEqual(r["token_ids"], ts.reference_greedy(ids, 6))
 
         def settled():
             workers = decode_workers(cluster)
