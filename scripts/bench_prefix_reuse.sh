@@ -13,7 +13,7 @@ BUILD=${BUILD_DIR:-build}
 LS=$BUILD/bin/latentserve
 WORK=$(mktemp -d /tmp/latentserve-reuse.XXXXXX)
 PID=
-cleanup() { [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; [[ -n ${KEEP_LOG:-} ]] && cp "$WORK/serve.log" "$KEEP_LOG"; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 "$LS" make-test-model --preset needle --weight-type q4_0 --out "$WORK/needle.gguf" --context $((TOKENS + 4096))
 "$LS" serve --listen 127.0.0.1:0 --port-file "$WORK/port" --model "$WORK/needle.gguf" --threads "$THREADS" \
