@@ -163,6 +163,23 @@ absl::StatusOr<std::unique_ptr<Sequence>> SequenceTable::Fork(const Sequence& pa
   return child;
 }
 
+absl::StatusOr<std::unique_ptr<Sequence>> SequenceTable::ShareRows(const Sequence& parent, int64_t tokens) {
+  if (parent.table_ != this) return absl::InvalidArgumentError("rows of a sequence of another table");
+  if (tokens < 0 || tokens > parent.cached_tokens_) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot share ", tokens, " tokens of a sequence of ",
+                                                   parent.cached_tokens_));
+  }
+  std::unique_ptr<Sequence> holder(new Sequence(this));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.sequences++;
+  }
+  holder->pages_.assign(parent.pages_.begin(), parent.pages_.begin() + pool_.PagesFor(tokens));
+  pool_.Retain(holder->pages_);
+  holder->cached_tokens_ = tokens;
+  return holder;
+}
+
 absl::StatusOr<std::unique_ptr<KdaCheckpoint>> SequenceTable::Checkpoint(const Sequence& sequence) {
   if (sequence.table_ != this) return absl::InvalidArgumentError("checkpoint of a sequence of another table");
   std::unique_ptr<KdaCheckpoint> checkpoint(new KdaCheckpoint(this));

@@ -118,6 +118,9 @@ class SequenceTable {
   // checkpoint's KDA state: `parent`'s prefix resumed at the checkpoint (prefix reuse). The
   // checkpoint must have been taken from `parent` or from a sequence sharing that prefix.
   absl::StatusOr<std::unique_ptr<Sequence>> Fork(const Sequence& parent, const KdaCheckpoint& at);
+  // A read-only holder of the pages of `parent`'s first `tokens` tokens, with no KDA state
+  // (a prefix cache's rows: resumed only through Fork at a checkpoint, never appended to).
+  absl::StatusOr<std::unique_ptr<Sequence>> ShareRows(const Sequence& parent, int64_t tokens);
   // Copies every KDA layer's state of `sequence` at its current length.
   absl::StatusOr<std::unique_ptr<KdaCheckpoint>> Checkpoint(const Sequence& sequence);
   // Cuts `sequence` back to the checkpoint's length: pages past it are released, KDA state

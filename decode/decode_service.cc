@@ -15,8 +15,12 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const int
                                          internal::v1::ReserveLeaseResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReserveLease"); !denied.ok()) return denied;
   const std::string caller = serving::ClientIdentity(*context);
+  LeaseReuse reuse;
   auto lease = worker_.ReserveLease(request->request_id(), request->tokens(), absl::Milliseconds(request->ttl_ms()),
-                                    request->model_fingerprint(), caller);
+                                    request->model_fingerprint(), caller,
+                                    absl::MakeConstSpan(request->prompt_token_ids().data(),
+                                                        request->prompt_token_ids().size()),
+                                    &reuse);
   if (!lease.ok()) return ToGrpc(lease.status());
   // A caller whose deadline passes before the answer reaches it never learns the lease id, so it
   // could not give the pages back until the lease's TTL ran out. When the call is cancelled, or
@@ -28,6 +32,8 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const int
                         "the call's deadline passed while its lease was being reserved; the lease was released");
   }
   response->set_lease_id(*lease);
+  response->set_cached_tokens(reuse.cached_tokens);
+  response->set_local_prefill(reuse.local_prefill);
   return grpc::Status::OK;
 }
 
@@ -111,6 +117,15 @@ v1::WorkerInfo DecodeService::Info(const std::string& address) const {
   info.set_leases_active(stats.leases_active);
   info.set_sequences_active(stats.sequences_active);
   info.set_draining(stats.draining);
+  info.set_prefix_pages(stats.prefix.pages);
+  info.set_prefix_checkpoints(stats.prefix.checkpoints);
+  info.set_prefix_checkpoint_bytes(stats.prefix.checkpoint_bytes);
+  info.set_prefix_entries(stats.prefix.entries);
+  info.set_prefix_pinned_entries(stats.prefix.pinned_entries);
+  info.set_prefix_lookups(stats.prefix.lookups);
+  info.set_prefix_hits(stats.prefix.hits);
+  info.set_prefix_cached_tokens(stats.prefix.hit_tokens);
+  info.set_prefix_evictions(stats.prefix.evictions);
   return info;
 }
 

@@ -11,7 +11,8 @@
 
 namespace latentserve::decode {
 
-enum class SlotState { kLeased, kReceiving, kReady, kDecoding, kDone };
+// kPrefilling: Decode is prefilling the uncached rest of the prompt here (local prefill).
+enum class SlotState { kLeased, kReceiving, kReady, kPrefilling, kDecoding, kDone };
 
 struct DecodeWorker::Slot {
   std::string lease_id;
@@ -26,6 +27,10 @@ struct DecodeWorker::Slot {
   int64_t handoff_generation = 0;
   int64_t prompt_tokens = 0;
   int32_t first_token = -1;
+  // Prefix reuse: the prompt's ids when the router sent them (kept in the prefix cache once
+  // the prompt is in the cache), and where a local prefill starts (-1: the cache comes by handoff).
+  std::vector<int32_t> prompt_ids;
+  int64_t local_from = -1;
   // Decoding.
   std::unique_ptr<model::Sampler> sampler;
   int32_t next_input = -1;

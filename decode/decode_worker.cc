@@ -13,8 +13,12 @@ namespace latentserve::decode {
 
 
 DecodeWorker::DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
-                           absl::Duration max_lease_ttl)
-    : model_(model), cache_(cache), fingerprint_(std::move(fingerprint)), max_lease_ttl_(max_lease_ttl) {
+                           absl::Duration max_lease_ttl, const DecodePrefixOptions& prefix)
+    : model_(model),
+      cache_(cache),
+      prefix_options_(prefix),
+      fingerprint_(std::move(fingerprint)),
+      max_lease_ttl_(max_lease_ttl) {
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
@@ -30,6 +34,8 @@ DecodeWorker::~DecodeWorker() {
   std::vector<std::shared_ptr<Slot>> slots;
   for (auto& [id, slot] : slots_) slots.push_back(slot);
   for (auto& slot : slots) FreeSlot(slot);
+  std::lock_guard<std::mutex> lock(backend_mu_);
+  prefix_.MakeRoom(cache_.total_pages());  // unpinned entries; pinned ones go with prefix_
 }
 
 namespace {
@@ -43,7 +49,8 @@ absl::Status NotOwner(const std::string& lease_id, const std::string& caller) {
 
 absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& request_id, int64_t tokens,
                                                        absl::Duration ttl, const std::string& fingerprint,
-                                                       const std::string& owner) {
+                                                       const std::string& owner, absl::Span<const int32_t> prompt,
+                                                       LeaseReuse* reuse) {
   if (fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("model fingerprint ", fingerprint, " does not match this decode worker's ",
                                                       fingerprint_, ": it serves a different model file"));
@@ -53,17 +60,19 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
                                                    max_context_tokens()));
   }
   if (ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease ttl must be positive");
+  if (static_cast<int64_t>(prompt.size()) > tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(), " tokens in a lease of ", tokens));
+  }
+  if (!prompt.empty()) RETURN_IF_ERROR(model_.ValidateTokens(prompt));
   ttl = std::min(ttl, max_lease_ttl_);  // a caller cannot hold pages past the configured bound
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("decode worker is draining");
   }
   auto slot = std::make_shared<Slot>();
-  // Made outside backend_mu_ (as before the sequence table): the lock is held only to take pages.
-  ASSIGN_OR_RETURN(slot->sequence, sequences_.New());
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    absl::Status status = sequences_.Reserve(*slot->sequence, tokens);
+    absl::Status status = StartFromPrefix(*slot, prompt, tokens, reuse);
     if (!status.ok()) {
       slot->sequence.reset();
       return absl::ResourceExhaustedError(absl::StrCat("decode worker cannot reserve ", cache_.PagesFor(tokens),
@@ -96,7 +105,9 @@ absl::Status DecodeWorker::ReleaseLease(const std::string& lease_id, const std::
     auto it = slots_.find(lease_id);
     if (it == slots_.end()) return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is not held"));
     if (it->second->owner != caller) return NotOwner(lease_id, caller);
-    if (it->second->state == SlotState::kDecoding) return absl::OkStatus();
+    if (it->second->state == SlotState::kDecoding || it->second->state == SlotState::kPrefilling) {
+      return absl::OkStatus();
+    }
     slot = it->second;
     // ABORTED, like expiry: whoever still streams into the lease lost it (retryable), it
     // did not cancel anything itself.
@@ -121,15 +132,18 @@ absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duratio
 }
 
 void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
+  bool arrived = false;  // a complete cache that Decode never took (a max_tokens 1 request): keep it
   {
     std::lock_guard<std::mutex> lock(mu_);
+    arrived = slot->state == SlotState::kReady && slot->local_from < 0;
     slot->state = SlotState::kDone;
     slot->finished = true;
     slots_.erase(slot->lease_id);
     cv_.notify_all();
   }
   std::lock_guard<std::mutex> lock(backend_mu_);
-  slot->sequence.reset();  // its pages go back to the cache
+  if (arrived && slot->sequence) KeepArrived(*slot);
+  slot->sequence.reset();  // its pages go back to the cache (those a kept prompt shares stay)
 }
 
 absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
@@ -155,7 +169,9 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
                                                      max_context_tokens(), "-token cache"));
     }
     slot->sampler = std::make_unique<model::Sampler>(params.sampling);
-    if (params.sampling.temperature > 0.0f) {
+    if (slot->local_from >= 0) {
+      slot->state = SlotState::kPrefilling;  // the prompt's rest is computed here, its first token sampled here
+    } else if (params.sampling.temperature > 0.0f) {
       // The prefill worker drew the first token from a sampler with the same seed: advance
       // ours by that one draw so the sequence of draws matches a single-process run.
       const float two[2] = {0.0f, 0.0f};
@@ -164,10 +180,14 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
     slot->next_input = slot->first_token;
     slot->remaining = params.max_new_tokens;
     slot->stop_token_ids = params.stop_token_ids;
-    slot->state = SlotState::kDecoding;
+    if (slot->state != SlotState::kPrefilling) slot->state = SlotState::kDecoding;
     cv_.notify_all();
   }
   absl::StatusOr<FinishReason> result = absl::UnknownError("decode ended without a result");
+  if (absl::Status prefilled = PrefillHere(*slot, params, cancelled); !prefilled.ok()) {
+    FreeSlot(slot);
+    return prefilled;
+  }
   for (;;) {
     std::vector<int32_t> tokens;
     bool finished = false;
@@ -222,6 +242,10 @@ void DecodeWorker::SchedulerLoop() {
     batch.erase(std::remove_if(batch.begin(), batch.end(),
                                [&](const std::shared_ptr<Slot>& slot) {
                                  if (sequences_.PrepareAppend(*slot->sequence, 1).ok()) return false;
+                                 // Cached prefixes give their pages back before a request stops short.
+                                 if (prefix_.MakeRoom(2) && sequences_.PrepareAppend(*slot->sequence, 1).ok()) {
+                                   return false;
+                                 }
                                  out_of_pages.push_back(slot);
                                  return true;
                                }),
@@ -275,7 +299,8 @@ void DecodeWorker::ReaperLoop() {
     const absl::Time now = absl::Now();
     std::vector<std::shared_ptr<Slot>> expired;
     for (auto& [id, slot] : slots_) {
-      if (slot->state != SlotState::kDecoding && slot->state != SlotState::kDone && now > slot->lease_deadline) {
+      if (slot->state != SlotState::kDecoding && slot->state != SlotState::kPrefilling &&
+          slot->state != SlotState::kDone && now > slot->lease_deadline) {
         slot->end_status = absl::AbortedError(absl::StrCat("lease ", slot->lease_id, " for request ", slot->request_id,
                                                            " expired before decode started (cache not delivered in time)"));
         slot->state = SlotState::kDone;
@@ -295,9 +320,10 @@ DecodeStats DecodeWorker::Stats() const {
   stats.pages_free = cache_.free_pages();
   stats.pages_total = cache_.total_pages();
   stats.page_tokens = cache_.page_tokens();
+  stats.prefix = prefix_.Stats();  // before mu_: its lock may wait for a device copy
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [id, slot] : slots_) {
-    if (slot->state == SlotState::kDecoding) {
+    if (slot->state == SlotState::kDecoding || slot->state == SlotState::kPrefilling) {
       stats.sequences_active++;
     } else if (slot->state != SlotState::kDone) {
       stats.leases_active++;
@@ -309,6 +335,7 @@ DecodeStats DecodeWorker::Stats() const {
   stats.handoffs_admitted = handoffs_admitted_;
   stats.handoff_host_bytes = handoff_host_bytes_;
   stats.draining = draining_;
+  stats.local_prefills = local_prefills_;
   return stats;
 }
 

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/prefix_cache.h"
 #include "cache/sequence_table.h"
 #include "model/decode_graphs.h"
 #include "model/latent_cache.h"
@@ -42,6 +43,20 @@ struct DecodeParams {
   std::vector<int32_t> stop_token_ids;  // EOS included by the caller unless ignore_eos
 };
 
+// Prefix reuse on this worker (cache/prefix_cache.h; docs/serving.md "Prefix reuse").
+struct DecodePrefixOptions {
+  int64_t budget_bytes = 0;                 // prefix pages + KDA checkpoints kept; 0: no prefix cache
+  int64_t checkpoint_interval_tokens = 0;   // checkpoints inside prompts prefilled here; 0: at prompt ends only
+  int64_t local_prefill_max_tokens = 2048;  // uncached rest of a prompt prefilled here, without a handoff
+  int64_t chunk_tokens = 512;               // chunk of that local prefill
+};
+
+// What a lease starts from (ReserveLease with the prompt's tokens).
+struct LeaseReuse {
+  int64_t cached_tokens = 0;   // prompt tokens resumed from the prefix cache (not computed)
+  bool local_prefill = false;  // the rest is prefilled here in Decode: no handoff; Decode streams the first token
+};
+
 struct DecodeStats {
   int64_t pages_free = 0;
   int64_t pages_total = 0;
@@ -54,6 +69,8 @@ struct DecodeStats {
   int64_t handoffs_admitted = 0;   // caches that arrived complete
   int64_t handoff_host_bytes = 0;  // bytes those handoffs copied through host memory here (0 in process)
   bool draining = false;
+  cache::PrefixCacheStats prefix;  // the prefix cache (all zero when it is off)
+  int64_t local_prefills = 0;      // prompts (or their uncached rest) prefilled here
 };
 
 class DecodeWorker : public transfer::CacheSink {
@@ -61,7 +78,7 @@ class DecodeWorker : public transfer::CacheSink {
   // `max_lease_ttl`: the longest a lease lives without Decode, whatever ttl a caller asks for
   // (ReserveLease and RenewLease clamp to it).
   DecodeWorker(const model::Model& model, model::LatentCache& cache, std::string fingerprint,
-               absl::Duration max_lease_ttl = absl::Minutes(5));
+               absl::Duration max_lease_ttl = absl::Minutes(5), const DecodePrefixOptions& prefix = {});
   ~DecodeWorker() override;
 
   // Reserves pages for `tokens` (prompt + max_tokens) until `ttl` (at most max_lease_ttl)
@@ -70,8 +87,13 @@ class DecodeWorker : public transfer::CacheSink {
   // "lease-" + 128 random bits from the kernel (unguessable: it is the handoff's capability)
   // and the lease belongs to `owner` (the reserving caller's identity): only the owner may
   // release, renew or decode it.
+  //
+  // `prompt` (optional, at most `tokens` ids): the prompt's tokens, for the prefix cache. When it
+  // starts with a cached prefix, the lease's sequence resumes from it; when the rest is short
+  // (local_prefill_max_tokens) Decode prefills it here and no handoff comes (`reuse` says so).
   absl::StatusOr<std::string> ReserveLease(const std::string& request_id, int64_t tokens, absl::Duration ttl,
-                                           const std::string& fingerprint, const std::string& owner = "");
+                                           const std::string& fingerprint, const std::string& owner = "",
+                                           absl::Span<const int32_t> prompt = {}, LeaseReuse* reuse = nullptr);
   // NotFound when the lease is not held (expired, released, never existed); PermissionDenied
   // when `caller` is not its owner; OK (nothing to do) once Decode has taken it over.
   absl::Status ReleaseLease(const std::string& lease_id, const std::string& caller = "");
@@ -90,6 +112,8 @@ class DecodeWorker : public transfer::CacheSink {
                                       const std::function<bool()>& cancelled);
 
   DecodeStats Stats() const;
+  // Hashes of the page-aligned token blocks of the cached prefixes (common/token_hash.h).
+  std::vector<uint64_t> PrefixBlockHashes(int64_t max_hashes) const;
   void StartDrain();
   const std::string& fingerprint() const { return fingerprint_; }
   int64_t max_context_tokens() const { return cache_.total_pages() * cache_.page_tokens(); }
@@ -103,10 +127,19 @@ class DecodeWorker : public transfer::CacheSink {
   void ReaperLoop();
   // Marks a slot done and returns its pages (takes backend_mu_; call without mu_).
   void FreeSlot(const std::shared_ptr<Slot>& slot);
+  // prefix_reuse.cc: the lease's starting point (backend_mu_ held) ...
+  absl::Status StartFromPrefix(Slot& slot, absl::Span<const int32_t> prompt, int64_t tokens, LeaseReuse* reuse);
+  // ... the local prefill of a lease that starts here, and keeping a finished prompt.
+  absl::Status PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled);
+  void KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints);
+  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_ held).
+  void KeepArrived(Slot& slot);
 
   const model::Model& model_;
   model::LatentCache& cache_;
   cache::SequenceTable sequences_{cache_, model_.kda_layout()};  // every slot's sequence; pages taken under backend_mu_
+  const DecodePrefixOptions prefix_options_;
+  cache::PrefixCache prefix_{sequences_, {prefix_options_.budget_bytes, prefix_options_.checkpoint_interval_tokens}};
   model::DecodeGraphs graphs_{model_, cache_};  // the scheduler's steps, replayed (under backend_mu_)
   const std::string fingerprint_;
   const absl::Duration max_lease_ttl_;
@@ -121,6 +154,7 @@ class DecodeWorker : public transfer::CacheSink {
   int64_t cache_full_stops_ = 0;
   int64_t handoffs_admitted_ = 0;
   int64_t handoff_host_bytes_ = 0;
+  int64_t local_prefills_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
   std::thread scheduler_;

@@ -42,9 +42,7 @@ GenerateCall::GenerateCall(RouterState& state, grpc::ServerContext* context, con
 grpc::Status GenerateCall::Run() {
   if (grpc::Status valid = Validate(); !valid.ok()) return valid;
   if (grpc::Status placed = Place(tokens_, max_tokens_, /*relay_progress=*/true); !placed.ok()) return placed;
-  first_token_at_ = absl::Now();
-  serving::Metrics::Get().ttft_seconds.Observe(absl::ToDoubleSeconds(first_token_at_ - start_));
-  if (!Emit({prefill_done_.first_token()})) return ClientWentAway();
+  if (!local_first_ && !Emit({prefill_done_.first_token()})) return ClientWentAway();
   while (reason_ == v1::FINISH_REASON_UNSPECIFIED) {
     bool resumable = false;
     grpc::Status relayed = Relay(&resumable);
@@ -100,8 +98,11 @@ grpc::Status GenerateCall::Place(const std::vector<int32_t>& context, int64_t re
   const auto client_gone = [this] { return ClientGone(); };
   for (int decode_attempt = 1;; ++decode_attempt) {
     grpc::Status reserved = ReserveDecodeLease(state_, *model_, request_id_, context_tokens, lease_tokens, deadline_,
-                                               decode_refused_, cancel_, client_gone, &lease_);
+                                               decode_refused_, cancel_, client_gone, &lease_, &context);
     if (!reserved.ok()) return reserved;
+    local_first_ = lease_->local_prefill;
+    if (relay_progress) cached_tokens_ = lease_->cached_tokens;
+    if (local_first_) return grpc::Status::OK;  // the decode worker prefills the rest itself
     PrefillOutcome outcome = RunPrefill(state_, request_, *model_, request_id_, context, *lease_, deadline_, cancel_,
                                         client_gone, writer_, relay_progress, &prefill_done_, &prefill_worker_);
     if (!outcome.handoff_lost) {
@@ -148,6 +149,10 @@ bool GenerateCall::Emit(const std::vector<int32_t>& ids) {
   }
   if (!chunk->text().empty()) *chunk->mutable_text() = ValidUtf8(chunk->text());
   const absl::Time now = absl::Now();
+  if (first_token_at_ == absl::InfinitePast() && chunk->token_ids_size() > 0) {
+    first_token_at_ = now;
+    serving::Metrics::Get().ttft_seconds.Observe(absl::ToDoubleSeconds(first_token_at_ - start_));
+  }
   if (completion_tokens_before > 0 && chunk->token_ids_size() > 0) {
     const double gap = absl::ToDoubleSeconds(now - last_token_at_) / chunk->token_ids_size();
     for (int i = 0; i < chunk->token_ids_size(); ++i) serving::Metrics::Get().inter_token_seconds.Observe(gap);
@@ -225,7 +230,7 @@ grpc::Status GenerateCall::Resume(const grpc::Status& failed) {
                        absl::StrCat(failed.error_message(), "; resuming elsewhere failed: ", placed.error_message()),
                        DetailsOf(placed));
   }
-  if (!Emit({prefill_done_.first_token()})) return ClientWentAway();
+  if (!local_first_ && !Emit({prefill_done_.first_token()})) return ClientWentAway();
   return grpc::Status::OK;
 }
 
@@ -236,6 +241,7 @@ grpc::Status GenerateCall::Finish() {
   finished->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(tokens_.size()));
   finished->mutable_usage()->set_completion_tokens(completion_tokens_);
   finished->mutable_usage()->set_cache_bytes_transferred(cache_bytes_);
+  finished->mutable_usage()->set_cached_tokens(cached_tokens_);
   finished->mutable_timings()->set_ttft_ms(absl::ToDoubleMilliseconds(first_token_at_ - start_));
   const double decode_s = absl::ToDoubleSeconds(last_token_at_ - first_token_at_);
   finished->mutable_timings()->set_decode_tokens_per_s(

@@ -79,13 +79,15 @@ class GenerateCall {
   internal::v1::PrefillDone prefill_done_;
   std::string prefill_worker_;
   int64_t cache_bytes_ = 0;
+  int64_t cached_tokens_ = 0;  // prompt tokens the decode worker resumed from its prefix cache
+  bool local_first_ = false;   // the decode worker prefilled here and its stream brings the first token
   // Relay / Resume
   std::unique_ptr<TextCodec::Stream> detok_;
   std::unique_ptr<StopMatcher> stop_matcher_;
   int64_t completion_tokens_ = 0;
   std::vector<int32_t> generated_;  // every token sent to the client, for a resume
   v1::FinishReason reason_ = v1::FINISH_REASON_UNSPECIFIED;
-  absl::Time first_token_at_, last_token_at_;
+  absl::Time first_token_at_ = absl::InfinitePast(), last_token_at_;
   int resumes_ = 0;
 };
 

@@ -40,7 +40,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
-                                std::unique_ptr<DecodeLease>* lease) {
+                                std::unique_ptr<DecodeLease>* lease, const std::vector<int32_t>* prompt) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
   // Which limit ends the wait decides the status: the client's deadline -> DEADLINE_EXCEEDED,
   // --capacity-wait-ms -> RESOURCE_EXHAUSTED.
@@ -75,6 +75,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
       lease_request.set_tokens(lease_tokens);
       lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
       lease_request.set_model_fingerprint(model.fingerprint());
+      if (prompt) *lease_request.mutable_prompt_token_ids() = {prompt->begin(), prompt->end()};
       internal::v1::ReserveLeaseResponse lease_response;
       cancel.Attach(&lease_context);
       grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
@@ -82,6 +83,8 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
       if (status.ok()) {
         if (waited) serving::LogEvent("router", "capacity_wait_done", request_id, {{"decode_worker", candidate}});
         *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
+        (*lease)->cached_tokens = lease_response.cached_tokens();
+        (*lease)->local_prefill = lease_response.local_prefill();
         serving::Metrics::Get().queue_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - started));
         return grpc::Status::OK;
       }

@@ -53,6 +53,10 @@ class DecodeLease {
   }
   const std::string& worker() const { return worker_; }
   const std::string& id() const { return id_; }
+  // What the decode worker said on reserve: prompt tokens it resumes from its prefix cache, and
+  // whether it prefills the rest itself (no Prefill call; Decode streams the first token).
+  int64_t cached_tokens = 0;
+  bool local_prefill = false;
 
  private:
   RouterState& state_;
@@ -67,12 +71,13 @@ constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's
 // cache can hold `context_tokens` (prompt + max_tokens: what the sequence may grow to). When every
 // live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
-// would; any other refusal moves on to the next worker.
+// would; any other refusal moves on to the next worker. `prompt` (optional) goes along for the
+// worker's prefix cache.
 grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDescriptor& model, const std::string& request_id,
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
-                                std::unique_ptr<DecodeLease>* lease);
+                                std::unique_ptr<DecodeLease>* lease, const std::vector<int32_t>* prompt = nullptr);
 
 struct PrefillOutcome {
   grpc::Status status;

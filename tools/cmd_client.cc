@@ -297,7 +297,8 @@ int RunClientGenerate(const Args& args) {
       {"usage",
        {{"prompt_tokens", f.usage().prompt_tokens()},
         {"completion_tokens", f.usage().completion_tokens()},
-        {"cache_bytes_transferred", f.usage().cache_bytes_transferred()}}},
+        {"cache_bytes_transferred", f.usage().cache_bytes_transferred()},
+        {"cached_tokens", f.usage().cached_tokens()}}},
       {"timing",
        {{"ttft_ms", f.timings().ttft_ms()},
         {"decode_tokens_per_s", f.timings().decode_tokens_per_s()},
@@ -336,7 +337,16 @@ Json WorkerJson(const v1::WorkerInfo& w) {
           {"leases_active", w.leases_active()},
           {"sequences_active", w.sequences_active()},
           {"outstanding_cost", w.outstanding_cost()},
-          {"draining", w.draining()}};
+          {"draining", w.draining()},
+          {"prefix_pages", w.prefix_pages()},
+          {"prefix_entries", w.prefix_entries()},
+          {"prefix_pinned_entries", w.prefix_pinned_entries()},
+          {"prefix_checkpoints", w.prefix_checkpoints()},
+          {"prefix_checkpoint_bytes", w.prefix_checkpoint_bytes()},
+          {"prefix_lookups", w.prefix_lookups()},
+          {"prefix_hits", w.prefix_hits()},
+          {"prefix_cached_tokens", w.prefix_cached_tokens()},
+          {"prefix_evictions", w.prefix_evictions()}};
 }
 
 int RunClientInfo(const Args& args) {

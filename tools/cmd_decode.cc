@@ -21,8 +21,9 @@ absl::Status RunDecode(int argc, char** argv) {
   ASSIGN_OR_RETURN(auto auth, serving::InternalAuthorizerFromArgs(args, "decode", false));
   ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "decode"));
+  ASSIGN_OR_RETURN(decode::DecodePrefixOptions prefix, PrefixOptionsFromArgs(args, loaded.engine.chunk_tokens));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache,
-                              loaded.descriptor.fingerprint(), max_lease_ttl);
+                              loaded.descriptor.fingerprint(), max_lease_ttl, prefix);
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-decode-ms", 0));
   if (stall_ms < 0) return absl::InvalidArgumentError("--fault-stall-decode-ms must be >= 0");

@@ -39,8 +39,10 @@ absl::Status RunServe(int argc, char** argv) {
   ASSIGN_OR_RETURN(LoadedEngine decode_engine, LoadEngine(args, "decode"));
   const internal::v1::ModelDescriptor& descriptor = decode_engine.descriptor;
 
+  ASSIGN_OR_RETURN(decode::DecodePrefixOptions prefix,
+                   PrefixOptionsFromArgs(args, decode_engine.engine.chunk_tokens));
   decode::DecodeWorker decode_worker(*decode_engine.engine.model, *decode_engine.engine.cache,
-                                     descriptor.fingerprint(), max_lease_ttl);
+                                     descriptor.fingerprint(), max_lease_ttl, prefix);
   decode::DecodeService decode_service(decode_worker, descriptor, *auth);
   std::string decode_address;
   worker::WorkerStatsService decode_stats(

@@ -71,6 +71,12 @@ Flags WorkerEngineFlags() {
       {"cache-tokens", "N", "65536", "latent cache size in tokens: the longest prompt + output this worker holds"},
       {"chunk", "N", "512 on cpu, 8192 on cuda", "prefill chunk in tokens"},
       {"max-lease-ttl-ms", "MS", "300000", "decode: longest a page reservation lives without Decode"},
+      {"prefix-cache-mib", "MIB", "0",
+       "decode: memory for finished prompts' pages + KDA checkpoints kept for reuse (LRU); 0: no prefix cache"},
+      {"checkpoint-interval", "N", "4096",
+       "decode: KDA checkpoint every N tokens inside prompts prefilled on the decode worker; 0: prompt ends only"},
+      {"local-prefill-max-tokens", "N", "2048",
+       "decode: a prompt whose uncached rest is at most N tokens is prefilled on the decode worker (no handoff)"},
   };
 }
 

@@ -45,7 +45,8 @@ void LogMemoryPlan(const char* role, const Engine& engine) {
 // registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
 const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
     {"listen", "model", "port-file", "threads", "cache-type", "page-tokens", "cache-tokens",
-     "chunk", "backend", "drain-ms", "max-lease-ttl-ms"});
+     "chunk", "backend", "drain-ms", "max-lease-ttl-ms", "prefix-cache-mib", "checkpoint-interval",
+     "local-prefill-max-tokens"});
 
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
@@ -62,6 +63,23 @@ absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
     return absl::InvalidArgumentError("--max-lease-ttl-ms must be in [1, 86400000] (one day)");
   }
   return absl::Milliseconds(max_lease_ttl_ms);
+}
+
+absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& args, int64_t chunk_tokens) {
+  decode::DecodePrefixOptions options;
+  ASSIGN_OR_RETURN(int64_t budget_mib, args.GetInt("prefix-cache-mib", 0));
+  ASSIGN_OR_RETURN(options.checkpoint_interval_tokens, args.GetInt("checkpoint-interval", 4096));
+  ASSIGN_OR_RETURN(options.local_prefill_max_tokens, args.GetInt("local-prefill-max-tokens", 2048));
+  if (budget_mib < 0 || budget_mib > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("--prefix-cache-mib must be in [0, 2^30]");
+  }
+  if (options.checkpoint_interval_tokens < 0) return absl::InvalidArgumentError("--checkpoint-interval must be >= 0");
+  if (options.local_prefill_max_tokens < 0) {
+    return absl::InvalidArgumentError("--local-prefill-max-tokens must be >= 0");
+  }
+  options.budget_bytes = budget_mib << 20;
+  options.chunk_tokens = chunk_tokens;
+  return options;
 }
 
 absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
@@ -156,6 +174,23 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
             "Decode: bytes of admitted handoffs that were copied through host memory on this worker "
             "(0 for an in-process handoff between device caches)",
             {}, static_cast<double>(s.handoff_host_bytes), /*counter=*/true);
+    // Prefix reuse (docs/serving.md "Prefix reuse"): hit ratio = hits / lookups.
+    out.Set("latentserve_decode_prefix_lookups_total", "Decode: prompts looked up in the prefix cache", {},
+            static_cast<double>(s.prefix.lookups), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_hits_total", "Decode: prompts resumed from a cached prefix", {},
+            static_cast<double>(s.prefix.hits), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_cached_tokens_total",
+            "Decode: prompt tokens resumed from cached prefixes instead of being computed", {},
+            static_cast<double>(s.prefix.hit_tokens), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_evictions_total", "Decode: cached prefixes evicted for room", {},
+            static_cast<double>(s.prefix.evictions), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_pages", "Decode: cache pages the kept prefixes hold", {},
+            static_cast<double>(s.prefix.pages));
+    out.Set("latentserve_decode_prefix_checkpoint_bytes", "Decode: memory of the kept KDA checkpoints", {},
+            static_cast<double>(s.prefix.checkpoint_bytes));
+    out.Set("latentserve_decode_local_prefills_total",
+            "Decode: prompts (or their uncached rest) prefilled on the decode worker, without a handoff", {},
+            static_cast<double>(s.local_prefills), /*counter=*/true);
   });
 }
 

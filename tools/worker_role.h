@@ -32,6 +32,9 @@ std::set<std::string> SplitWorkerFlags(bool prefill);
 // --max-lease-ttl-ms (decode): the longest a lease may live without Decode.
 absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args);
 
+// --prefix-cache-mib, --checkpoint-interval, --local-prefill-max-tokens (decode): prefix reuse.
+absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& args, int64_t chunk_tokens);
+
 struct LoadedEngine {
   Engine engine;
   internal::v1::ModelDescriptor descriptor;

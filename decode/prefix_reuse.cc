@@ -1,0 +1,121 @@
+// DecodeWorker's prefix reuse (docs/serving.md "Prefix reuse"): where a lease starts (a
+// cached prefix, or nothing), the local prefill of a prompt's uncached rest, and keeping each
+// finished prompt in the prefix cache (cache/prefix_cache.h).
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "decode/decode_slot.h"
+#include "decode/decode_worker.h"
+#include "decode/local_prefill.h"
+#include "serving/metrics.h"
+
+namespace latentserve::decode {
+
+absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t> prompt, int64_t tokens,
+                                           LeaseReuse* reuse) {
+  LeaseReuse start;
+  if (prefix_.enabled() && !prompt.empty()) {
+    slot.prompt_ids.assign(prompt.begin(), prompt.end());
+    const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
+    cache::PrefixMatch match = prefix_.Find(prompt);
+    if (prompt_tokens - match.resume_tokens <= prefix_options_.local_prefill_max_tokens) {
+      if (match.entry >= 0) {
+        absl::StatusOr<std::unique_ptr<model::Sequence>> resumed = prefix_.Resume(match);
+        if (resumed.ok()) {
+          slot.sequence = std::move(*resumed);
+          start.cached_tokens = match.resume_tokens;
+        }
+      } else {
+        prefix_.CountMiss();
+      }
+      // A short prompt with no usable prefix is prefilled here too (its checkpoints then serve later prompts).
+      if (start.cached_tokens > 0 || prompt_tokens <= prefix_options_.local_prefill_max_tokens) {
+        start.local_prefill = true;
+        slot.local_from = start.cached_tokens;
+        slot.prompt_tokens = prompt_tokens;
+      }
+    } else {
+      prefix_.CountMiss();  // a long rest goes through a prefill worker, which computes the whole prompt
+    }
+  }
+  if (!slot.sequence) {
+    ASSIGN_OR_RETURN(slot.sequence, sequences_.New());
+  }
+  absl::Status reserved = sequences_.Reserve(*slot.sequence, tokens);
+  if (!reserved.ok() && prefix_.Stats().entries > 0) {
+    prefix_.MakeRoom(cache_.PagesFor(tokens));  // cached prefixes give way to a request
+    reserved = sequences_.Reserve(*slot.sequence, tokens);
+  }
+  if (!reserved.ok()) return reserved;
+  if (start.local_prefill) slot.state = SlotState::kReady;  // nothing to hand off: Decode computes the rest
+  if (reuse) *reuse = start;
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled) {
+  if (slot.local_from < 0) {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    KeepArrived(slot);
+    return absl::OkStatus();
+  }
+  LocalPrefillParams local;
+  local.chunk_tokens = prefix_options_.chunk_tokens;
+  local.checkpoint_interval_tokens = prefix_options_.checkpoint_interval_tokens;
+  local.backend_mu = &backend_mu_;
+  local.cancelled = cancelled;
+  const auto rest = absl::MakeConstSpan(slot.prompt_ids).subspan(slot.local_from);
+  ASSIGN_OR_RETURN(LocalPrefillResult prefilled,
+                   PrefillWithCheckpoints(model_, cache_, *slot.sequence, rest, local));
+  const int32_t first = slot.sampler->Sample(prefilled.last_logits);
+  {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    KeepPrompt(slot, std::move(prefilled.checkpoints));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  local_prefills_++;
+  if (slot.state != SlotState::kPrefilling) return LostLease(slot);
+  slot.first_token = first;
+  slot.next_input = first;
+  slot.out.push_back(first);
+  slot.remaining = params.max_new_tokens - 1;  // the first token counts: no prefill worker sampled it
+  if (std::find(slot.stop_token_ids.begin(), slot.stop_token_ids.end(), first) != slot.stop_token_ids.end()) {
+    slot.reason = FinishReason::kStopToken;
+    slot.finished = true;
+  } else if (slot.remaining <= 0) {
+    slot.reason = FinishReason::kLength;
+    slot.finished = true;
+  }
+  slot.state = SlotState::kDecoding;
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void DecodeWorker::KeepArrived(Slot& slot) {
+  // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint.
+  if (!prefix_.enabled() || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
+      slot.sequence->cached_tokens() != slot.prompt_tokens) {
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<cache::KdaCheckpoint>> end = sequences_.Checkpoint(*slot.sequence);
+  if (!end.ok()) return;  // the answer does not need it
+  std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints;
+  checkpoints.push_back(std::move(*end));
+  KeepPrompt(slot, std::move(checkpoints));
+}
+
+void DecodeWorker::KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints) {
+  if (!prefix_.enabled() || slot.prompt_ids.empty()) return;
+  // A prompt that does not fit next to the pinned prefixes is simply not kept.
+  absl::StatusOr<int64_t> kept = prefix_.Insert(slot.prompt_ids, *slot.sequence, std::move(checkpoints));
+  if (!kept.ok()) {
+    serving::LogEvent(serving::LogLevel::kWarning, "decode", "prefix_not_kept", slot.request_id,
+                      {{"tokens", static_cast<int64_t>(slot.prompt_ids.size())}, {"error", std::string(kept.status().message())}});
+  }
+}
+
+std::vector<uint64_t> DecodeWorker::PrefixBlockHashes(int64_t max_hashes) const {
+  return prefix_.BlockHashes(cache_.page_tokens(), max_hashes);
+}
+
+}  // namespace latentserve::decode
