@@ -132,7 +132,8 @@ class DecodeWorker : public transfer::CacheSink {
   // ... the local prefill of a lease that starts here, and keeping a finished prompt.
   absl::Status PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled);
   void KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints);
-  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_ held).
+  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_
+  // held; the slot not decoding: its sequence must still end at the prompt).
   void KeepArrived(Slot& slot);
 
   const model::Model& model_;

@@ -54,11 +54,7 @@ absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t>
 }
 
 absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled) {
-  if (slot.local_from < 0) {
-    std::lock_guard<std::mutex> lock(backend_mu_);
-    KeepArrived(slot);
-    return absl::OkStatus();
-  }
+  if (slot.local_from < 0) return absl::OkStatus();  // arrived by handoff (kept in Decode)
   LocalPrefillParams local;
   local.chunk_tokens = prefix_options_.chunk_tokens;
   local.checkpoint_interval_tokens = prefix_options_.checkpoint_interval_tokens;
@@ -93,7 +89,7 @@ absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, c
 
 void DecodeWorker::KeepArrived(Slot& slot) {
   // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint.
-  if (!prefix_.enabled() || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
+  if (!prefix_.enabled() || !slot.sequence || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
       slot.sequence->cached_tokens() != slot.prompt_tokens) {
     return;
   }
