@@ -50,7 +50,7 @@ absl::Status NotOwner(const std::string& lease_id, const std::string& caller) {
 absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& request_id, int64_t tokens,
                                                        absl::Duration ttl, const std::string& fingerprint,
                                                        const std::string& owner, absl::Span<const int32_t> prompt,
-                                                       LeaseReuse* reuse) {
+                                                       LeaseReuse* reuse, bool keep_prompt) {
   if (fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("model fingerprint ", fingerprint, " does not match this decode worker's ",
                                                       fingerprint_, ": it serves a different model file"));
@@ -70,6 +70,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
     if (draining_) return absl::UnavailableError("decode worker is draining");
   }
   auto slot = std::make_shared<Slot>();
+  slot->keep_prompt = keep_prompt;
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
     absl::Status status = StartFromPrefix(*slot, prompt, tokens, reuse);
