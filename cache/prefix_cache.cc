@@ -119,6 +119,26 @@ absl::Status PrefixCache::SetPinned(int64_t entry, bool pinned) {
   return absl::OkStatus();
 }
 
+int64_t PrefixCache::FindExact(absl::Span<const int32_t> tokens) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, entry] : entries_) {
+    if (entry.tokens.size() == tokens.size() && std::equal(tokens.begin(), tokens.end(), entry.tokens.begin())) {
+      return id;
+    }
+  }
+  return -1;
+}
+
+int64_t PrefixCache::EntryBytes(int64_t entry) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(entry);
+  if (it == entries_.end()) return 0;
+  const PagePool& pool = table_.pool();
+  const KdaLayout& kda = table_.kda_layout();
+  return static_cast<int64_t>(it->second.rows->pages().size()) * pool.page_bytes_per_layer() * pool.mla_layers() +
+         static_cast<int64_t>(it->second.checkpoints.size()) * kda.layer_bytes() * kda.layers;
+}
+
 void PrefixCache::Erase(int64_t entry) {
   std::lock_guard<std::mutex> lock(mu_);
   entries_.erase(entry);

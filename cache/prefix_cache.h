@@ -89,6 +89,11 @@ class PrefixCache {
                                  std::vector<std::unique_ptr<KdaCheckpoint>> checkpoints, bool pinned = false);
   // Pins or unpins an entry; NotFound when it has gone.
   absl::Status SetPinned(int64_t entry, bool pinned);
+  // The entry holding exactly `tokens`; -1 when none does.
+  int64_t FindExact(absl::Span<const int32_t> tokens) const;
+  // Bytes one entry holds on its own account (all its pages, shared or not, + its
+  // checkpoints); 0 when it has gone.
+  int64_t EntryBytes(int64_t entry) const;
   // Drops an entry (its pages go back as soon as no sequence forked from it holds them).
   void Erase(int64_t entry);
   bool Contains(int64_t entry) const;

@@ -73,4 +73,24 @@ absl::StatusOr<std::vector<int32_t>> GenerationClient::Tokenize(const v1::Tokeni
   return std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end());
 }
 
+absl::StatusOr<v1::CreateSessionResponse> GenerationClient::CreateSession(const v1::CreateSessionRequest& request,
+                                                                         absl::Duration timeout) {
+  v1::CreateSessionResponse response;
+  RETURN_IF_ERROR(Call(&v1::Generation::Stub::CreateSession, *stub_, request, &response, timeout));
+  return response;
+}
+
+absl::StatusOr<v1::ListSessionsResponse> GenerationClient::ListSessions(absl::Duration timeout) {
+  v1::ListSessionsResponse response;
+  RETURN_IF_ERROR(Call(&v1::Generation::Stub::ListSessions, *stub_, v1::ListSessionsRequest(), &response, timeout));
+  return response;
+}
+
+absl::Status GenerationClient::CloseSession(const std::string& session_id, absl::Duration timeout) {
+  v1::CloseSessionRequest request;
+  request.set_session_id(session_id);
+  v1::CloseSessionResponse response;
+  return Call(&v1::Generation::Stub::CloseSession, *stub_, request, &response, timeout);
+}
+
 }  // namespace latentserve::client

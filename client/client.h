@@ -47,6 +47,11 @@ class GenerationClient {
   absl::StatusOr<v1::GetModelInfoResponse> GetModelInfo(absl::Duration timeout = absl::Seconds(5));
   absl::StatusOr<std::vector<int32_t>> Tokenize(const v1::TokenizeRequest& request,
                                                 absl::Duration timeout = absl::Seconds(30));
+  // Sessions: CreateSession returns once the document is prefilled (its timeout covers that).
+  absl::StatusOr<v1::CreateSessionResponse> CreateSession(const v1::CreateSessionRequest& request,
+                                                          absl::Duration timeout = absl::Minutes(30));
+  absl::StatusOr<v1::ListSessionsResponse> ListSessions(absl::Duration timeout = absl::Seconds(10));
+  absl::Status CloseSession(const std::string& session_id, absl::Duration timeout = absl::Seconds(10));
 
  private:
   void Authorize(grpc::ClientContext& context) const;

@@ -43,6 +43,8 @@ inline constexpr char kTokenizerMissing[] = "TOKENIZER_MISSING";                
 inline constexpr char kPrefillCacheTooSmall[] = "PREFILL_CACHE_TOO_SMALL";      // FAILED_PRECONDITION
 inline constexpr char kDeadlineExceeded[] = "DEADLINE_EXCEEDED";                // DEADLINE_EXCEEDED
 inline constexpr char kRequestCancelled[] = "REQUEST_CANCELLED";                // CANCELLED
+inline constexpr char kSessionNotFound[] = "SESSION_NOT_FOUND";                 // NOT_FOUND
+inline constexpr char kSessionLimitExceeded[] = "SESSION_LIMIT_EXCEEDED";       // RESOURCE_EXHAUSTED
 }  // namespace error_reason
 
 // What a google.rpc.Status's details say, as far as latentserve reads them.

@@ -20,7 +20,7 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const int
                                     request->model_fingerprint(), caller,
                                     absl::MakeConstSpan(request->prompt_token_ids().data(),
                                                         request->prompt_token_ids().size()),
-                                    &reuse);
+                                    &reuse, !request->skip_prefix_keep());
   if (!lease.ok()) return ToGrpc(lease.status());
   // A caller whose deadline passes before the answer reaches it never learns the lease id, so it
   // could not give the pages back until the lease's TTL ran out. When the call is cancelled, or
@@ -34,6 +34,33 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const int
   response->set_lease_id(*lease);
   response->set_cached_tokens(reuse.cached_tokens);
   response->set_local_prefill(reuse.local_prefill);
+  return grpc::Status::OK;
+}
+
+namespace {
+
+// Session pins belong to the router that made them: another caller's ids never meet them.
+std::string SessionKey(const grpc::ServerContext& context, const std::string& session_id) {
+  return absl::StrCat(serving::ClientIdentity(context), "|", session_id);
+}
+
+}  // namespace
+
+grpc::Status DecodeService::PinSession(grpc::ServerContext* context, const internal::v1::PinSessionRequest* request,
+                                       internal::v1::PinSessionResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.PinSession"); !denied.ok()) return denied;
+  absl::StatusOr<int64_t> bytes =
+      worker_.PinSession(SessionKey(*context, request->session_id()),
+                         absl::MakeConstSpan(request->token_ids().data(), request->token_ids().size()));
+  if (!bytes.ok()) return ToGrpc(bytes.status());
+  response->set_bytes(*bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeService::DropSession(grpc::ServerContext* context, const internal::v1::DropSessionRequest* request,
+                                        internal::v1::DropSessionResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.DropSession"); !denied.ok()) return denied;
+  worker_.DropSession(SessionKey(*context, request->session_id()));
   return grpc::Status::OK;
 }
 

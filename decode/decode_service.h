@@ -27,6 +27,11 @@ class DecodeService final : public internal::v1::DecodeWorker::Service {
                             internal::v1::ReleaseLeaseResponse* response) override;
   grpc::Status RenewLease(grpc::ServerContext* context, const internal::v1::RenewLeaseRequest* request,
                           internal::v1::RenewLeaseResponse* response) override;
+  // Session pins are keyed by the calling router's identity and the session id.
+  grpc::Status PinSession(grpc::ServerContext* context, const internal::v1::PinSessionRequest* request,
+                          internal::v1::PinSessionResponse* response) override;
+  grpc::Status DropSession(grpc::ServerContext* context, const internal::v1::DropSessionRequest* request,
+                           internal::v1::DropSessionResponse* response) override;
   grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
                             internal::v1::ReceiveCacheResponse* response) override;
   grpc::Status Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,

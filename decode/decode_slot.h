@@ -31,6 +31,7 @@ struct DecodeWorker::Slot {
   // the prompt is in the cache), and where a local prefill starts (-1: the cache comes by handoff).
   std::vector<int32_t> prompt_ids;
   int64_t local_from = -1;
+  bool keep_prompt = true;  // false: a session's question, not kept (the document is)
   // Decoding.
   std::unique_ptr<model::Sampler> sampler;
   int32_t next_input = -1;

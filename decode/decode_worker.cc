@@ -50,7 +50,7 @@ absl::Status NotOwner(const std::string& lease_id, const std::string& caller) {
 absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& request_id, int64_t tokens,
                                                        absl::Duration ttl, const std::string& fingerprint,
                                                        const std::string& owner, absl::Span<const int32_t> prompt,
-                                                       LeaseReuse* reuse) {
+                                                       LeaseReuse* reuse, bool keep_prompt) {
   if (fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrCat("model fingerprint ", fingerprint, " does not match this decode worker's ",
                                                       fingerprint_, ": it serves a different model file"));
@@ -70,6 +70,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
     if (draining_) return absl::UnavailableError("decode worker is draining");
   }
   auto slot = std::make_shared<Slot>();
+  slot->keep_prompt = keep_prompt;
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
     absl::Status status = StartFromPrefix(*slot, prompt, tokens, reuse);
@@ -151,8 +152,7 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
                                                   const std::function<bool()>& cancelled) {
   if (params.max_new_tokens <= 0) return absl::InvalidArgumentError("max_new_tokens must be positive");
   std::shared_ptr<Slot> slot;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
+  const auto find_ready = [&]() -> absl::Status {
     auto it = slots_.find(params.lease_id);
     if (it == slots_.end()) {
       return absl::AbortedError(absl::StrCat("lease ", params.lease_id, " is unknown (expired or released)"));
@@ -162,6 +162,21 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
     if (slot->state != SlotState::kReady) {
       return absl::FailedPreconditionError(absl::StrCat("the cache of lease ", params.lease_id, " has not fully arrived"));
     }
+    return absl::OkStatus();
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    RETURN_IF_ERROR(find_ready());
+  }
+  if (slot->local_from < 0) {
+    // A cache that arrived by handoff is kept while it still ends at the prompt: once the
+    // slot decodes, the scheduler appends to it at any moment.
+    std::lock_guard<std::mutex> backend_lock(backend_mu_);
+    KeepArrived(*slot);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    RETURN_IF_ERROR(find_ready());  // expiry or a release may have come in between
     // The lease reserved the prompt (and some room); pages grow while decoding, up to the cache.
     if (slot->prompt_tokens + params.max_new_tokens > max_context_tokens()) {
       return absl::InvalidArgumentError(absl::StrCat("prompt of ", slot->prompt_tokens, " tokens + max_new_tokens ",

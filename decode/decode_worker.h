@@ -93,7 +93,8 @@ class DecodeWorker : public transfer::CacheSink {
   // (local_prefill_max_tokens) Decode prefills it here and no handoff comes (`reuse` says so).
   absl::StatusOr<std::string> ReserveLease(const std::string& request_id, int64_t tokens, absl::Duration ttl,
                                            const std::string& fingerprint, const std::string& owner = "",
-                                           absl::Span<const int32_t> prompt = {}, LeaseReuse* reuse = nullptr);
+                                           absl::Span<const int32_t> prompt = {}, LeaseReuse* reuse = nullptr,
+                                           bool keep_prompt = true);
   // NotFound when the lease is not held (expired, released, never existed); PermissionDenied
   // when `caller` is not its owner; OK (nothing to do) once Decode has taken it over.
   absl::Status ReleaseLease(const std::string& lease_id, const std::string& caller = "");
@@ -112,6 +113,12 @@ class DecodeWorker : public transfer::CacheSink {
                                       const std::function<bool()>& cancelled);
 
   DecodeStats Stats() const;
+  // Sessions (the router's CreateSession): pins the prefix cache entry holding exactly
+  // `tokens` under `session_id` (NotFound when none does: it was not kept or was evicted) and
+  // returns the bytes it holds. A session id pins one entry; an entry may be pinned by several.
+  absl::StatusOr<int64_t> PinSession(const std::string& session_id, absl::Span<const int32_t> tokens);
+  // Drops the session's pin; the entry goes with the last pin on it. OK when none is held.
+  void DropSession(const std::string& session_id);
   // Hashes of the page-aligned token blocks of the cached prefixes (common/token_hash.h).
   std::vector<uint64_t> PrefixBlockHashes(int64_t max_hashes) const;
   void StartDrain();
@@ -132,8 +139,11 @@ class DecodeWorker : public transfer::CacheSink {
   // ... the local prefill of a lease that starts here, and keeping a finished prompt.
   absl::Status PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled);
   void KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints);
-  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_ held).
+  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_
+  // held; the slot not decoding: its sequence must still end at the prompt).
   void KeepArrived(Slot& slot);
+  // Erases a prefix entry unless a session still pins it (backend_mu_ held).
+  void ReleasePinLocked(int64_t entry);
 
   const model::Model& model_;
   model::LatentCache& cache_;
@@ -149,6 +159,8 @@ class DecodeWorker : public transfer::CacheSink {
   mutable std::mutex mu_;
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id
+  static constexpr size_t kMaxSessionPins = 65536;  // bound on session_pins_ whatever the callers do
+  std::map<std::string, int64_t> session_pins_;         // session id -> pinned prefix entry (backend_mu_)
   int64_t steps_ = 0;
   int64_t leases_expired_ = 0;
   int64_t cache_full_stops_ = 0;

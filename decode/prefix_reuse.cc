@@ -2,6 +2,7 @@
 // cached prefix, or nothing), the local prefill of a prompt's uncached rest, and keeping each
 // finished prompt in the prefix cache (cache/prefix_cache.h).
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -54,11 +55,7 @@ absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t>
 }
 
 absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled) {
-  if (slot.local_from < 0) {
-    std::lock_guard<std::mutex> lock(backend_mu_);
-    KeepArrived(slot);
-    return absl::OkStatus();
-  }
+  if (slot.local_from < 0) return absl::OkStatus();  // arrived by handoff (kept in Decode)
   LocalPrefillParams local;
   local.chunk_tokens = prefix_options_.chunk_tokens;
   local.checkpoint_interval_tokens = prefix_options_.checkpoint_interval_tokens;
@@ -93,7 +90,7 @@ absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, c
 
 void DecodeWorker::KeepArrived(Slot& slot) {
   // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint.
-  if (!prefix_.enabled() || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
+  if (!prefix_.enabled() || !slot.keep_prompt || !slot.sequence || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
       slot.sequence->cached_tokens() != slot.prompt_tokens) {
     return;
   }
@@ -105,13 +102,55 @@ void DecodeWorker::KeepArrived(Slot& slot) {
 }
 
 void DecodeWorker::KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints) {
-  if (!prefix_.enabled() || slot.prompt_ids.empty()) return;
+  if (!prefix_.enabled() || slot.prompt_ids.empty() || !slot.keep_prompt) return;
   // A prompt that does not fit next to the pinned prefixes is simply not kept.
   absl::StatusOr<int64_t> kept = prefix_.Insert(slot.prompt_ids, *slot.sequence, std::move(checkpoints));
   if (!kept.ok()) {
     serving::LogEvent(serving::LogLevel::kWarning, "decode", "prefix_not_kept", slot.request_id,
                       {{"tokens", static_cast<int64_t>(slot.prompt_ids.size())}, {"error", std::string(kept.status().message())}});
   }
+}
+
+absl::StatusOr<int64_t> DecodeWorker::PinSession(const std::string& session_id, absl::Span<const int32_t> tokens) {
+  if (session_id.empty()) return absl::InvalidArgumentError("a session pin needs a session id");
+  if (!prefix_.enabled()) {
+    return absl::FailedPreconditionError("this decode worker has no prefix cache (start it with --prefix-cache-mib)");
+  }
+  std::lock_guard<std::mutex> backend_lock(backend_mu_);
+  const int64_t entry = prefix_.FindExact(tokens);
+  if (entry < 0) {
+    return absl::NotFoundError(absl::StrCat("no cached prefix holds the session's ", tokens.size(),
+                                            " tokens (not kept: see prefix_not_kept in this worker's log)"));
+  }
+  if (session_pins_.size() >= kMaxSessionPins && !session_pins_.count(session_id)) {
+    return absl::ResourceExhaustedError(absl::StrCat("this decode worker already pins ", kMaxSessionPins,
+                                                     " sessions; close sessions first"));
+  }
+  RETURN_IF_ERROR(prefix_.SetPinned(entry, true));
+  int64_t previous = -1;
+  {
+    auto [it, inserted] = session_pins_.emplace(session_id, entry);
+    if (!inserted) previous = std::exchange(it->second, entry);
+  }
+  if (previous >= 0 && previous != entry) ReleasePinLocked(previous);
+  return prefix_.EntryBytes(entry);
+}
+
+void DecodeWorker::DropSession(const std::string& session_id) {
+  std::lock_guard<std::mutex> backend_lock(backend_mu_);
+  auto it = session_pins_.find(session_id);
+  if (it == session_pins_.end()) return;
+  const int64_t entry = it->second;
+  session_pins_.erase(it);
+  ReleasePinLocked(entry);
+}
+
+void DecodeWorker::ReleasePinLocked(int64_t entry) {
+  for (const auto& [id, pinned] : session_pins_) {
+    if (pinned == entry) return;  // another session still pins it
+  }
+  // Its pages go back once no lease forked from it holds them.
+  prefix_.Erase(entry);
 }
 
 std::vector<uint64_t> DecodeWorker::PrefixBlockHashes(int64_t max_hashes) const {

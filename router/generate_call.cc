@@ -30,7 +30,7 @@ grpc::Status ClientWentAway() {
 }  // namespace
 
 GenerateCall::GenerateCall(RouterState& state, grpc::ServerContext* context, const v1::GenerateRequest& request,
-                           grpc::ServerWriter<v1::GenerateResponse>* writer)
+                           grpc::ServerWriterInterface<v1::GenerateResponse>* writer)
     : state_(state),
       context_(context),
       request_(request),
@@ -64,7 +64,7 @@ grpc::Status GenerateCall::Validate() {
                        "no live prefill and decode workers are registered with this router yet",
                        Details(error_reason::kNoWorkers, {}, kRetryDelay));
   }
-  auto tokens = PromptTokens(state_, request_);
+  auto tokens = request_.session_id().empty() ? PromptTokens(state_, request_) : SessionPrompt();
   if (!tokens.ok()) return ToGrpcWithDetails(tokens.status());
   tokens_ = std::move(*tokens);
   if (absl::Status status = ValidateRequest(state_, request_, tokens_, *model_); !status.ok()) {
@@ -97,11 +97,18 @@ grpc::Status GenerateCall::Place(const std::vector<int32_t>& context, int64_t re
           : std::min(context_tokens, static_cast<int64_t>(context.size()) + kDecodeHeadroomTokens);
   const auto client_gone = [this] { return ClientGone(); };
   for (int decode_attempt = 1;; ++decode_attempt) {
+    LeaseHints hints = hints_;
+    hints.prompt = &context;
     grpc::Status reserved = ReserveDecodeLease(state_, *model_, request_id_, context_tokens, lease_tokens, deadline_,
-                                               decode_refused_, cancel_, client_gone, &lease_, &context);
+                                               decode_refused_, cancel_, client_gone, &lease_, hints);
     if (!reserved.ok()) return reserved;
     local_first_ = lease_->local_prefill;
     if (relay_progress) cached_tokens_ = lease_->cached_tokens;
+    if (!session_id_.empty() && lease_->worker() == session_worker_ && lease_->cached_tokens < session_document_tokens_) {
+      // The worker no longer holds the document (restarted, or an unpinned one evicted): this
+      // request computes it; the session's next request prefills it again first.
+      state_.sessions().MarkLost(session_id_, session_worker_);
+    }
     if (local_first_) return grpc::Status::OK;  // the decode worker prefills the rest itself
     PrefillOutcome outcome = RunPrefill(state_, request_, *model_, request_id_, context, *lease_, deadline_, cancel_,
                                         client_gone, writer_, relay_progress, &prefill_done_, &prefill_worker_);

@@ -34,7 +34,7 @@ namespace latentserve::router {
 class GenerateCall {
  public:
   GenerateCall(RouterState& state, grpc::ServerContext* context, const v1::GenerateRequest& request,
-               grpc::ServerWriter<v1::GenerateResponse>* writer);
+               grpc::ServerWriterInterface<v1::GenerateResponse>* writer);
   GenerateCall(const GenerateCall&) = delete;
   GenerateCall& operator=(const GenerateCall&) = delete;
 
@@ -42,9 +42,14 @@ class GenerateCall {
   grpc::Status Run();
   // The request's id (the client's, or one made up), once Validate has passed; else the client's.
   const std::string& request_id() const { return request_id_; }
+  // Lease hints for a session document's prefill (router/session_calls.cc); before Run.
+  void set_lease_hints(LeaseHints hints) { hints_ = std::move(hints); }
 
  private:
   grpc::Status Validate();
+  // A session request's prompt: the session's document + the request's suffix, the document
+  // prefilled again first when its worker was lost (router/session_calls.cc).
+  absl::StatusOr<std::vector<int32_t>> SessionPrompt();
   // Places `context` (the prompt, plus what was generated when resuming) with room for
   // `remaining` more tokens: Reserve + Prefill, again on another decode worker when the
   // handoff is lost. Relays prefill progress only the first time.
@@ -62,7 +67,7 @@ class GenerateCall {
   RouterState& state_;
   grpc::ServerContext* const context_;
   const v1::GenerateRequest& request_;
-  grpc::ServerWriter<v1::GenerateResponse>* const writer_;
+  grpc::ServerWriterInterface<v1::GenerateResponse>* const writer_;
   const absl::Time start_;
   CancelLink cancel_;
 
@@ -73,7 +78,12 @@ class GenerateCall {
   int64_t max_tokens_ = 0;
   absl::Time deadline_;
   std::set<int32_t> stop_ids_;
+  // Sessions
+  std::string session_id_;
+  std::string session_worker_;  // where the document is held ("" none)
+  int64_t session_document_tokens_ = 0;
   // Place / Prefill
+  LeaseHints hints_;  // prompt filled in by Place
   std::set<std::string> decode_refused_;
   std::unique_ptr<DecodeLease> lease_;
   internal::v1::PrefillDone prefill_done_;

@@ -22,8 +22,18 @@ RouterState::RouterState(RouterOptions options)
     : options_(std::move(options)),
       request_id_prefix_(SecureRandomHex(4).value_or(absl::StrCat(getpid()))),
       registry_(absl::Milliseconds(250), options_.registry),
-      lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {}
-RouterState::~RouterState() = default;
+      lease_keeper_(std::make_unique<LeaseKeeper>(options_.lease_ttl, options_.control_timeout)) {
+  session_reaper_ = std::thread([this] { SessionReaperLoop(); });
+}
+
+RouterState::~RouterState() {
+  {
+    std::lock_guard<std::mutex> lock(reaper_mu_);
+    stopping_ = true;
+  }
+  reaper_cv_.notify_all();
+  session_reaper_.join();
+}
 
 const TextCodec* RouterState::codec() {
   std::lock_guard<std::mutex> lock(codec_mu_);

@@ -5,14 +5,17 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
 #include "latentserve/v1/generate.grpc.pb.h"
 #include "latentserve/internal/v1/worker.grpc.pb.h"
+#include "router/session_store.h"
 #include "router/worker_registry.h"
 #include "serving/security.h"
 
@@ -38,6 +41,7 @@ struct RouterOptions {
   // sequence that finds the cache full stops with finish_reason LENGTH (logged and counted
   // by the decode worker). true: prompt + max_tokens up front (no early stop, less concurrency).
   bool reserve_max_tokens = false;
+  SessionLimits sessions;  // CreateSession's limits (router/session_store.h)
 };
 
 // The RetryInfo delay on the router's rejections that waiting may fix (stream limit, full
@@ -56,6 +60,7 @@ class RouterState {
   ~RouterState();
   WorkerRegistry& registry() { return registry_; }
   LeaseKeeper& lease_keeper() { return *lease_keeper_; }
+  SessionStore& sessions() { return sessions_; }
   const RouterOptions& options() const { return options_; }
   // The tokenizer, loaded on first use; nullptr when the model has none (or it is not built).
   const TextCodec* codec();
@@ -71,6 +76,13 @@ class RouterState {
   std::string request_id_prefix_;
   WorkerRegistry registry_;
   std::unique_ptr<LeaseKeeper> lease_keeper_;
+  SessionStore sessions_{options_.sessions};
+  // Ends expired sessions and drops their documents on the workers (router/session_calls.cc).
+  void SessionReaperLoop();
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool stopping_ = false;
+  std::thread session_reaper_;
   std::mutex codec_mu_;
   std::unique_ptr<TextCodec> codec_;
   bool codec_tried_ = false;
@@ -87,6 +99,13 @@ class GenerationService final : public v1::Generation::Service {
                         v1::TokenizeResponse* response) override;
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
                             v1::GetModelInfoResponse* response) override;
+  // Sessions (router/session_calls.cc): owned by the caller's client identity.
+  grpc::Status CreateSession(grpc::ServerContext* context, const v1::CreateSessionRequest* request,
+                             v1::CreateSessionResponse* response) override;
+  grpc::Status ListSessions(grpc::ServerContext* context, const v1::ListSessionsRequest* request,
+                            v1::ListSessionsResponse* response) override;
+  grpc::Status CloseSession(grpc::ServerContext* context, const v1::CloseSessionRequest* request,
+                            v1::CloseSessionResponse* response) override;
 
  private:
   RouterState& state_;

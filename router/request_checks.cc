@@ -51,7 +51,11 @@ absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::
                                                     "be encoded; send token ids instead"),
                            Details(error_reason::kTokenizerMissing));
       }
-      if (request.prompt_case() == v1::GenerateRequest::kText) return codec->EncodeText(request.text());
+      if (request.prompt_case() == v1::GenerateRequest::kText) {
+        // A session's suffix continues the document: no BOS (EncodeText adds it when the vocabulary asks).
+        return request.session_id().empty() ? codec->EncodeText(request.text())
+                                            : codec->EncodeTextContinuation(request.text());
+      }
       if (request.chat().messages().empty()) return FieldInvalid("chat.messages", "chat prompt has no messages");
       return codec->EncodeChat(request.chat());
     }

@@ -13,7 +13,7 @@
 namespace latentserve::router {
 
 // The prompt as token ids (text and chat through the router's tokenizer), after the
-// --max-prompt-bytes check.
+// --max-prompt-bytes check. With a session_id the prompt is a suffix: text without BOS.
 absl::StatusOr<std::vector<int32_t>> PromptTokens(RouterState& state, const v1::GenerateRequest& request);
 
 // The prompt's length against --max-prompt-tokens (Generate and Tokenize).

@@ -21,6 +21,9 @@ class TokenizerCodec : public TextCodec {
   std::vector<int32_t> EncodeText(const std::string& text) const override {
     return tokenizer_.Encode(text, /*parse_special=*/false, /*add_special=*/true);
   }
+  std::vector<int32_t> EncodeTextContinuation(const std::string& text) const override {
+    return tokenizer_.Encode(text, /*parse_special=*/false, /*add_special=*/false);
+  }
   std::vector<int32_t> EncodeChat(const v1::ChatMessages& chat) const override {
     std::vector<tokenizer::ChatMessage> messages;
     for (const auto& m : chat.messages()) messages.push_back({m.role(), m.content()});

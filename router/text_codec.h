@@ -20,6 +20,8 @@ class TextCodec {
   virtual ~TextCodec() = default;
 
   virtual std::vector<int32_t> EncodeText(const std::string& text) const = 0;
+  // Text that continues earlier tokens (a session's suffix): no BOS / EOS added.
+  virtual std::vector<int32_t> EncodeTextContinuation(const std::string& text) const = 0;
   virtual std::vector<int32_t> EncodeChat(const v1::ChatMessages& chat) const = 0;
   virtual int32_t eos_id() const = 0;  // -1: none
 

@@ -40,7 +40,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
-                                std::unique_ptr<DecodeLease>* lease, const std::vector<int32_t>* prompt) {
+                                std::unique_ptr<DecodeLease>* lease, const LeaseHints& hints) {
   const absl::Time give_up = std::min(deadline, absl::Now() + state.options().capacity_wait);
   // Which limit ends the wait decides the status: the client's deadline -> DEADLINE_EXCEEDED,
   // --capacity-wait-ms -> RESOURCE_EXHAUSTED.
@@ -64,7 +64,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
         Details(error_reason::kDecodeCapacityExhausted, {{"cache_tokens", absl::StrCat(lease_tokens)}}, kRetryDelay));
     bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
     std::set<std::string> refused = exclude;
-    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused)) {
+    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused, hints.prefer_worker)) {
       const std::string candidate = *claimed;
       auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;
@@ -75,7 +75,8 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
       lease_request.set_tokens(lease_tokens);
       lease_request.set_ttl_ms(absl::ToInt64Milliseconds(state.options().lease_ttl));
       lease_request.set_model_fingerprint(model.fingerprint());
-      if (prompt) *lease_request.mutable_prompt_token_ids() = {prompt->begin(), prompt->end()};
+      if (hints.prompt) *lease_request.mutable_prompt_token_ids() = {hints.prompt->begin(), hints.prompt->end()};
+      lease_request.set_skip_prefix_keep(hints.skip_prefix_keep);
       internal::v1::ReserveLeaseResponse lease_response;
       cancel.Attach(&lease_context);
       grpc::Status status = stub->ReserveLease(&lease_context, lease_request, &lease_response);
@@ -129,7 +130,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
 PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const internal::v1::ModelDescriptor& model,
                           const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
                           absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer, bool relay_progress,
+                          grpc::ServerWriterInterface<v1::GenerateResponse>* writer, bool relay_progress,
                           internal::v1::PrefillDone* done, std::string* prefill_worker) {
   // Attention work grows with the square of the prompt: the placement cost.
   const double cost = static_cast<double>(tokens.size()) * static_cast<double>(tokens.size());

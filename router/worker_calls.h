@@ -67,17 +67,24 @@ class DecodeLease {
 
 constexpr int kMaxDecodeAttempts = 3;  // decode workers tried for one request's handoff
 
+// What a lease request carries besides its size.
+struct LeaseHints {
+  const std::vector<int32_t>* prompt = nullptr;  // for the worker's prefix cache (optional)
+  std::string prefer_worker;                     // tried first (a session's worker); "" none
+  bool skip_prefix_keep = false;                 // the worker does not keep this prompt (a session's question)
+};
+
 // Reserves pages for `lease_tokens` on the best decode worker that accepts them and whose
 // cache can hold `context_tokens` (prompt + max_tokens: what the sequence may grow to). When every
 // live worker is full (RESOURCE_EXHAUSTED), waits for pages to free up, polling with backoff,
 // for up to the router's capacity_wait (and never past the request's deadline), as a queue
-// would; any other refusal moves on to the next worker. `prompt` (optional) goes along for the
-// worker's prefix cache.
+// would; any other refusal moves on to the next worker. `hints`: the prompt for the worker's
+// prefix cache, a preferred worker, no keeping.
 grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDescriptor& model, const std::string& request_id,
                                 int64_t context_tokens, int64_t lease_tokens, absl::Time deadline,
                                 const std::set<std::string>& exclude,
                                 CancelLink& cancel, const std::function<bool()>& client_gone,
-                                std::unique_ptr<DecodeLease>* lease, const std::vector<int32_t>* prompt = nullptr);
+                                std::unique_ptr<DecodeLease>* lease, const LeaseHints& hints = {});
 
 struct PrefillOutcome {
   grpc::Status status;
@@ -89,7 +96,7 @@ struct PrefillOutcome {
 PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request, const internal::v1::ModelDescriptor& model,
                           const std::string& request_id, const std::vector<int32_t>& tokens, const DecodeLease& lease,
                           absl::Time deadline, CancelLink& cancel, const std::function<bool()>& client_gone,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer, bool relay_progress,
+                          grpc::ServerWriterInterface<v1::GenerateResponse>* writer, bool relay_progress,
                           internal::v1::PrefillDone* done, std::string* prefill_worker);
 
 }  // namespace latentserve::router

@@ -101,7 +101,8 @@ void WorkerRegistry::MarkDead(const std::string& address) {
   if (it != workers_.end()) it->second.alive = false;
 }
 
-std::optional<std::string> WorkerRegistry::ClaimDecode(int64_t tokens, const std::set<std::string>& exclude) {
+std::optional<std::string> WorkerRegistry::ClaimDecode(int64_t tokens, const std::set<std::string>& exclude,
+                                                       const std::string& prefer) {
   std::lock_guard<std::mutex> lock(mu_);
   // Stats can be a poll old: the lease itself is the authority. The router's own count is current.
   const auto better = [](const WorkerEntry& a, const WorkerEntry& b) {
@@ -112,12 +113,15 @@ std::optional<std::string> WorkerRegistry::ClaimDecode(int64_t tokens, const std
     return a.last_placed < b.last_placed;
   };
   WorkerEntry* best = nullptr;
+  WorkerEntry* preferred = nullptr;
   for (auto& [address, entry] : workers_) {
     if (entry.role != "decode" || !entry.alive || entry.stats.draining() || exclude.count(address)) continue;
     if (entry.model.max_context_tokens() < tokens) continue;
     if (!best || better(entry, *best)) best = &entry;
+    if (!prefer.empty() && address == prefer) preferred = &entry;
   }
   if (!best) return std::nullopt;
+  if (preferred && preferred->inflight_requests <= best->inflight_requests + kPreferSlack) best = preferred;
   best->inflight_requests++;
   best->last_placed = ++placements_;
   return best->address;
@@ -175,6 +179,12 @@ bool WorkerRegistry::AnyAlive(const std::string& role) const {
     if (entry.role == role && entry.alive) return true;
   }
   return false;
+}
+
+bool WorkerRegistry::IsAlive(const std::string& address) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  return it != workers_.end() && it->second.alive;
 }
 
 std::vector<WorkerEntry> WorkerRegistry::Snapshot() const {

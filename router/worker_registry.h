@@ -65,7 +65,11 @@ class WorkerRegistry {
   //
   // Decode: among live workers whose context holds `tokens`, the fewest requests this router
   // has placed there, then the most free cache tokens (polled), then the least recently placed.
-  std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude);
+  // `prefer` (a session's worker, which holds its document) wins over that order while it
+  // qualifies and has at most kPreferSlack more requests placed than the least loaded one.
+  std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude,
+                                         const std::string& prefer = "");
+  static constexpr int64_t kPreferSlack = 4;
   void ReleaseDecode(const std::string& address);
   // Prefill: among live workers whose cache holds `prompt_tokens`, the least outstanding cost
   // (sum of prompt_tokens^2 of running jobs: this router's, or the worker's polled total when
@@ -77,6 +81,7 @@ class WorkerRegistry {
   std::optional<internal::v1::ModelDescriptor> Model() const;
   int64_t MaxContextTokens(const std::string& role = "decode") const;  // the largest cache of a live worker
   bool AnyAlive(const std::string& role) const;
+  bool IsAlive(const std::string& address) const;
   std::vector<WorkerEntry> Snapshot() const;
 
  private:

@@ -27,7 +27,9 @@ import json, subprocess, sys
 ls, target, work = sys.argv[1:4]
 d = json.load(open(f"{work}/needle.json"))
 assert d["prompt"].endswith(d["question"])
-document = d["prompt"][: len(d["prompt"]) - len(d["question"])]
+# The question field has no leading space: cut the document before the space, so that its last
+# token (".") is also a token of every question prompt (a lone trailing " " would not be).
+document = d["prompt"][: len(d["prompt"]) - len(d["question"])].rstrip(" ")
 def ask(text, max_tokens):
     path = f"{work}/prompt.txt"
     open(path, "w").write(text)
@@ -40,7 +42,7 @@ print(f"document read: ttft {read['timing']['ttft_ms']:9.1f} ms  prompt {read['u
 rows = []
 for i in range(10):
     # Each question is one token per item (needle vocabulary): the document's tokens stay a prefix.
-    question = " the" * i + d["question"]
+    question = " the" * i + " " + d["question"]
     r = ask(document + question, 8)
     rows.append(r)
     print(f"question {i + 1:2d}: ttft {r['timing']['ttft_ms']:9.1f} ms  cached_tokens {r['usage']['cached_tokens']:6d}  "

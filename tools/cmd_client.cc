@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "serving/security.h"
 #include "tools/cli.h"
+#include "tools/client_verbs.h"
 #include "tools/lib/engine_setup.h"
 #include "worker/stats_service.h"
 
@@ -172,6 +173,7 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
         "(with an optional --system)");
   }
   request.set_model(args.Get("model"));
+  request.set_session_id(args.Get("session"));
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
   ASSIGN_OR_RETURN(int32_t max_tokens32, Int32Flag("max-tokens", max_tokens));
   request.mutable_stopping()->set_max_tokens(max_tokens32);
@@ -423,7 +425,7 @@ int RunClientTokenize(const Args& args) {
 }
 
 int RunClient(int argc, char** argv) {
-  constexpr const char* kUsage = "usage: latentserve client generate|info|stats|health|tokenize --target HOST:PORT "
+  constexpr const char* kUsage = "usage: latentserve client generate|info|stats|health|tokenize|session --target HOST:PORT "
                                  "[flags] (latentserve client --help: every flag)\n";
   if (argc < 1) {
     std::fputs(kUsage, stderr);
@@ -435,8 +437,9 @@ int RunClient(int argc, char** argv) {
                            "message", "max-tokens",
                            "temperature", "top-k", "top-p", "min-p", "seed", "stop", "stop-token-ids", "model",
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
-                           "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service"},
-                          {"json", "ignore-eos"});
+                           "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service", "session",
+                           "ttl-ms", "idle-ms"},
+                          {"json", "ignore-eos", "pinned"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
     return 2;
@@ -450,6 +453,7 @@ int RunClient(int argc, char** argv) {
   if (verb == "stats") return RunClientStats(*args);
   if (verb == "health") return RunClientHealth(*args);
   if (verb == "tokenize") return RunClientTokenize(*args);
+  if (verb == "session") return RunClientSession(*args);
   std::fprintf(stderr, "latentserve client: unknown verb '%s'\n%s", verb.c_str(), kUsage);
   return 2;
 }
@@ -457,4 +461,11 @@ int RunClient(int argc, char** argv) {
 Registrar client_cmd("client", "call a router: generate (streaming), info, tokenize; a worker: stats", RunClient);
 
 }  // namespace
+
+void PrintClientJson(const ClientJson& value) { PrintJson(value); }
+int ClientFail(const absl::Status& status, bool json) { return ClientError(status, json); }
+absl::StatusOr<v1::GenerateRequest> ClientRequestFromArgs(const Args& args) { return RequestFromArgs(args); }
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const Args& args) { return ClientFromArgs(args); }
+int ClientGenerate(const Args& args) { return RunClientGenerate(args); }
+
 }  // namespace latentserve::cli

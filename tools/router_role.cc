@@ -51,6 +51,20 @@ absl::StatusOr<router::RouterOptions> RouterOptionsFromArgs(const Args& args) {
     return absl::InvalidArgumentError("--max-workers and --worker-evict-ms must be positive");
   }
   options.registry.evict_after = absl::Milliseconds(evict_ms);
+  ASSIGN_OR_RETURN(int64_t session_ttl_ms, args.GetInt("session-ttl-ms", 3600000));
+  ASSIGN_OR_RETURN(int64_t session_idle_ms, args.GetInt("session-idle-ms", 600000));
+  ASSIGN_OR_RETURN(options.sessions.max_per_client, args.GetInt("max-sessions-per-client", 16));
+  ASSIGN_OR_RETURN(options.sessions.max_total, args.GetInt("max-sessions", 1024));
+  ASSIGN_OR_RETURN(options.sessions.max_pinned_tokens, args.GetInt("session-max-pinned-tokens", int64_t{1} << 22));
+  if (session_ttl_ms <= 0 || session_idle_ms <= 0 || session_ttl_ms > int64_t{1} << 40 ||
+      session_idle_ms > int64_t{1} << 40 || options.sessions.max_per_client < 0 || options.sessions.max_total < 0 ||
+      options.sessions.max_pinned_tokens < 0) {
+    return absl::InvalidArgumentError(
+        "--session-ttl-ms and --session-idle-ms must be positive; --max-sessions-per-client, --max-sessions and "
+        "--session-max-pinned-tokens must be >= 0 (0: no sessions / no pinned sessions)");
+  }
+  options.sessions.default_ttl = absl::Milliseconds(session_ttl_ms);
+  options.sessions.default_idle = absl::Milliseconds(session_idle_ms);
   if (options.max_prompt_tokens < 0 || options.max_streams_per_client < 0 ||
       options.max_prompt_bytes < 0) {
     return absl::InvalidArgumentError(
@@ -64,7 +78,8 @@ const std::set<std::string> kRouterFlags = {
     "lease-ttl-ms",    "request-timeout-ms",  "capacity-wait-ms", "decode-progress-timeout-ms",
     "auth-token-file", "max-prompt-tokens",   "max-prompt-bytes", "max-streams-per-client",
     "max-workers",     "worker-evict-ms",     "decode-pages",     "http-listen",
-    "http-port-file",  "http-max-body-bytes", "http-threads"};
+    "http-port-file",  "http-max-body-bytes", "http-threads",     "session-ttl-ms",
+    "session-idle-ms", "max-sessions-per-client", "max-sessions", "session-max-pinned-tokens"};
 
 // The router's public API checks a bearer token when --auth-token-file is given; the
 // worker registry and health service are left to mutual TLS.

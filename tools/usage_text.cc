@@ -108,6 +108,11 @@ Flags RouterFlags() {
       {"http-port-file", "FILE", "", "with --http-listen: write the bound HTTP port here"},
       {"http-max-body-bytes", "N", "33554432", "with --http-listen: largest request body"},
       {"http-threads", "N", "64", "with --http-listen: HTTP worker threads"},
+      {"session-ttl-ms", "MS", "3600000", "a session's lifetime when it asks none; also the longest it may ask"},
+      {"session-idle-ms", "MS", "600000", "a session unused this long ends; also the longest idle timeout it may ask"},
+      {"max-sessions-per-client", "N", "16", "sessions one client holds at once"},
+      {"max-sessions", "N", "1024", "sessions this router holds at once"},
+      {"session-max-pinned-tokens", "N", "4194304", "document tokens of pinned sessions, all clients together"},
   };
 }
 
@@ -133,6 +138,11 @@ Flags ClientFlags() {
                    {"cancel-after-progress", "N", "", "testing: cancel after N prefill progress events"},
                    {"cancel-after-tokens", "N", "", "testing: cancel after N generated tokens"},
                    {"service", "NAME", "the whole server", "health: the service to check"},
+                   {"session", "ID", "", "generate / session ask: the session whose document the prompt continues; "
+                                         "session close: the session to end"},
+                   {"pinned", "", "", "session create: never evict the document while the session lives"},
+                   {"ttl-ms", "MS", "the router's", "session create: the session's lifetime"},
+                   {"idle-ms", "MS", "the router's", "session create: end the session when unused this long"},
                    {"tls-ca", "PEM", "", "speak TLS, trusting this CA"},
                    {"tls-cert", "PEM", "", "client certificate (servers that require mutual TLS)"},
                    {"tls-key", "PEM", "", "key of --tls-cert"},
@@ -171,7 +181,8 @@ std::map<std::string, Usage> BuildUsages() {
   u["client"] = {"client VERB --target HOST:PORT [flags]",
                  "Verbs: generate (a router; streams tokens), info (a router: model, context, workers),\n"
                  "tokenize (a router), stats (a prefill or decode worker's own view), health (any process;\n"
-                 "exit 0 when SERVING).",
+                 "exit 0 when SERVING), session create|ask|list|close (a router: a document prefilled once,\n"
+                 "then questions about it; create takes the document as the prompt flags).",
                  ClientFlags(),
                  "latentserve client generate --target 127.0.0.1:50051 --system \"Be brief.\" --message \"Hi\" "
                  "--stop \"User:\" --max-tokens 32"};

@@ -334,6 +334,23 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
   {
     grpc::ClientContext context;
     caller.Prepare(context);
+    internal::v1::PinSessionRequest request;
+    request.set_session_id("sess-1");
+    request.add_token_ids(1);
+    internal::v1::PinSessionResponse response;
+    out.emplace_back("DecodeWorker.PinSession", decode->PinSession(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
+    internal::v1::DropSessionRequest request;
+    request.set_session_id("sess-1");
+    internal::v1::DropSessionResponse response;
+    out.emplace_back("DecodeWorker.DropSession", decode->DropSession(&context, request, &response));
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
     internal::v1::DecodeRequest request;
     request.set_lease_id("lease-1");
     request.set_max_new_tokens(4);
@@ -451,7 +468,7 @@ TEST_F(MutualTls, PublicClientIsRefusedOnEveryInternalMethod) {
   const std::string fingerprint = Fingerprint(*cluster_, Component());
   ASSERT_FALSE(fingerprint.empty());
   const auto results = CallEveryInternalMethod(*cluster_, PublicClient(), fingerprint);
-  ASSERT_EQ(results.size(), 10u);
+  ASSERT_EQ(results.size(), 12u);
   for (const auto& [method, status] : results) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
   }
