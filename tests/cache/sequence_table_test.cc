@@ -12,53 +12,21 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "model/model.h"
-#include "tools/lib/test_model.h"
+#include "tests/model/tiny_model_fixture.h"
 
 namespace latentserve::cache {
 namespace {
 
-double Nmse(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return num / std::max(den, 1e-30);
-}
+using test::Nmse;
 
-class SequenceTableModel : public ::testing::Test {
+class SequenceTableModel : public test::TinyModelFixture</*seed=*/3, /*page_tokens=*/16, /*pages=*/64> {
  protected:
-  static void SetUpTestSuite() {
-    path_ = (std::filesystem::temp_directory_path() / ("ls_seqtable_" + std::to_string(::getpid()) + ".gguf")).string();
-    tools::TestModelOptions options = tools::TinyTestModel();
-    options.out_path = path_;
-    options.seed = 3;
-    options.layers = 5;
-    options.mla_layers = {1, 4};
-    ASSERT_TRUE(tools::WriteTestModel(options).ok());
-  }
-  static void TearDownTestSuite() { std::filesystem::remove(path_); }
-
   void SetUp() override {
-    backend_ = *kernels::CreateBackend({"cpu", 2, 0});
-    auto model = model::Model::Load(path_, *backend_);
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = std::move(*model);
-    model::LatentCacheOptions options;
-    options.dtype = DType::kF32;
-    options.page_tokens = 16;
-    options.pages = 64;
-    cache_ = *model::NewLatentCache(model_->config(), *backend_, options);
-    table_ = std::make_unique<SequenceTable>(*cache_, model_->kda_layout());
+    TinyModelFixture::SetUp();
     std::mt19937 rng(17);
     std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->vocab()) - 1);
     for (int i = 0; i < 120; ++i) prompt_.push_back(id(rng));
     for (int i = 0; i < 40; ++i) other_.push_back(id(rng));
-  }
-  void TearDown() override {
-    EXPECT_EQ(cache_->free_pages(), cache_->total_pages()) << "page references did not return to baseline";
-    EXPECT_EQ(table_->Stats().sequences, 0);
-    EXPECT_EQ(table_->Stats().checkpoints, 0);
   }
 
   std::vector<float> Prefill(Sequence& sequence, absl::Span<const int32_t> tokens) {
@@ -81,15 +49,8 @@ class SequenceTableModel : public ::testing::Test {
     return absl::MakeConstSpan(prompt_).subspan(first, count);
   }
 
-  static std::string path_;
-  std::unique_ptr<kernels::Backend> backend_;
-  std::unique_ptr<model::Model> model_;
-  std::unique_ptr<model::LatentCache> cache_;
-  std::unique_ptr<SequenceTable> table_;
   std::vector<int32_t> prompt_, other_;
 };
-std::string SequenceTableModel::path_;
-
 TEST_F(SequenceTableModel, ForkedContinuationsEqualFreshPrefills) {
   // 40 tokens: the third page is partial, so both continuations write into a shared page.
   auto parent = *table_->New();

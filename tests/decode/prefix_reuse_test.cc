@@ -18,7 +18,7 @@
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "model/sampler.h"
-#include "tools/lib/test_model.h"
+#include "tests/model/tiny_model_fixture.h"
 
 namespace latentserve::decode {
 namespace {
@@ -26,46 +26,10 @@ namespace {
 constexpr int64_t kPageTokens = 16;
 constexpr int64_t kInterval = 24;  // not a multiple of the page: checkpoints fall mid-page too
 
-double Nmse(absl::Span<const float> a, absl::Span<const float> b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return num / std::max(den, 1e-30);
-}
+using test::Nmse;
 
-class PrefixReuse : public ::testing::Test {
+class PrefixReuse : public test::TinyModelFixture</*seed=*/5, kPageTokens, /*pages=*/256> {
  protected:
-  static void SetUpTestSuite() {
-    path_ = (std::filesystem::temp_directory_path() / ("ls_prefix_" + std::to_string(::getpid()) + ".gguf")).string();
-    tools::TestModelOptions options = tools::TinyTestModel();
-    options.out_path = path_;
-    options.seed = 5;
-    options.layers = 5;
-    options.mla_layers = {1, 4};
-    ASSERT_TRUE(tools::WriteTestModel(options).ok());
-  }
-  static void TearDownTestSuite() { std::filesystem::remove(path_); }
-
-  void SetUp() override {
-    backend_ = *kernels::CreateBackend({"cpu", 2, 0});
-    auto model = model::Model::Load(path_, *backend_);
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = std::move(*model);
-    model::LatentCacheOptions options;
-    options.dtype = DType::kF32;
-    options.page_tokens = kPageTokens;
-    options.pages = 256;
-    cache_ = *model::NewLatentCache(model_->config(), *backend_, options);
-    table_ = std::make_unique<cache::SequenceTable>(*cache_, model_->kda_layout());
-  }
-  void TearDown() override {
-    EXPECT_EQ(cache_->free_pages(), cache_->total_pages()) << "page references did not return to baseline";
-    EXPECT_EQ(table_->Stats().sequences, 0);
-    EXPECT_EQ(table_->Stats().checkpoints, 0);
-  }
-
   std::vector<int32_t> RandomTokens(std::mt19937& rng, int64_t count) {
     std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->vocab()) - 1);
     std::vector<int32_t> tokens(count);
@@ -91,13 +55,7 @@ class PrefixReuse : public ::testing::Test {
     return out;
   }
 
-  static std::string path_;
-  std::unique_ptr<kernels::Backend> backend_;
-  std::unique_ptr<model::Model> model_;
-  std::unique_ptr<model::LatentCache> cache_;
-  std::unique_ptr<cache::SequenceTable> table_;
 };
-std::string PrefixReuse::path_;
 
 TEST_F(PrefixReuse, ReusedPrefixesGiveTheLogitsOfAFreshPrefill) {
   std::mt19937 rng(1234);
