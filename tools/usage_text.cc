@@ -63,7 +63,10 @@ Flags CommonServingFlags() {
 
 Flags WorkerEngineFlags() {
   return {
-      {"model", "PATH", "", "GGUF file to serve (required)"},
+      {"model", "PATH", "", "GGUF file to serve (this or --random-weights)"},
+      {"random-weights", "CONFIG", "", "instead of --model: random weights of this shape (kimi-linear-48b-a3b)"},
+      {"weight-type", "TYPE", "q4_0", "with --random-weights: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k"},
+      {"weights-seed", "N", "1", "with --random-weights: seed of the weights (same on every worker)"},
       {"backend", "cpu|cuda", "cpu", "compute backend"},
       {"threads", "N", "0", "CPU threads; 0: every core"},
       {"cache-type", "TYPE", "f16", "latent cache values: f32, f16, bf16, q8_0 or q4_0"},

@@ -46,7 +46,7 @@ void LogMemoryPlan(const char* role, const Engine& engine) {
 const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
     {"listen", "model", "port-file", "threads", "cache-type", "page-tokens", "cache-tokens",
      "chunk", "backend", "drain-ms", "max-lease-ttl-ms", "prefix-cache-mib", "checkpoint-interval",
-     "local-prefill-max-tokens"});
+     "local-prefill-max-tokens", "random-weights", "weight-type", "weights-seed"});
 
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
@@ -85,13 +85,26 @@ absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& ar
 absl::StatusOr<LoadedEngine> LoadEngine(const Args& args, const char* role) {
   ASSIGN_OR_RETURN(int64_t cache_tokens, args.GetInt("cache-tokens", 65536));
   if (cache_tokens <= 0) return absl::InvalidArgumentError("--cache-tokens must be positive");
-  ASSIGN_OR_RETURN(std::string path, args.Require("model"));
+  // --random-weights (GPU benchmarks of the full-size shape without a 27 GB file): every
+  // process given the same shape, weight type and seed makes the same weights, so that
+  // triple is the fingerprint the router and the cache handoff compare.
+  const bool random_weights = args.Has("random-weights");
+  if (random_weights == args.Has("model")) {
+    return absl::InvalidArgumentError("give --model PATH or --random-weights CONFIG (one of them)");
+  }
+  const std::string path =
+      random_weights ? absl::StrCat("random:", args.Get("random-weights"), ":", args.Get("weight-type", "q4_0"), ":",
+                                    args.Get("weights-seed", "1"))
+                     : args.Get("model");
   LoadedEngine loaded;
   ASSIGN_OR_RETURN(loaded.engine, EngineFromArgs(args, cache_tokens));
   LogMemoryPlan(role, loaded.engine);
-  ASSIGN_OR_RETURN(std::string fingerprint, transfer::ModelFingerprint(path));
+  std::string fingerprint = path;
+  if (!random_weights) {
+    ASSIGN_OR_RETURN(fingerprint, transfer::ModelFingerprint(path));
+  }
   char resolved[PATH_MAX];
-  loaded.descriptor.set_path(realpath(path.c_str(), resolved) ? resolved : path);
+  loaded.descriptor.set_path(!random_weights && realpath(path.c_str(), resolved) ? resolved : path);
   const gguf::File* file = loaded.engine.model->file();  // null with --random-weights
   auto name =
       file ? file->GetString("general.name") : absl::StatusOr<std::string>(absl::NotFoundError(""));

@@ -24,8 +24,42 @@ export interface GenerateOptions {
   /** Empty: the served model. */
   model?: string;
   request_id?: string;
+  /** A session (createSession): the prompt is a suffix of its document. */
+  session_id?: string;
   /** Deadline of this call in ms (default: the client's timeoutMs). */
   timeoutMs?: number;
+}
+
+export interface CreateSessionOptions {
+  /** Exactly one of document (text), document_tokens (ids) or messages (chat turns). */
+  document?: string;
+  document_tokens?: number[];
+  messages?: ChatMessage[];
+  /** Never evicted for room while the session lives. */
+  pinned?: boolean;
+  /** Lifetime / idle limit in ms; 0 or absent: the router's defaults (which also cap them). */
+  ttl_ms?: number;
+  idle_timeout_ms?: number;
+  model?: string;
+  request_id?: string;
+  timeoutMs?: number;
+}
+
+export interface Session {
+  /** "sess-" + 128 random bits. */
+  session_id: string;
+  document_tokens: number;
+  pinned: boolean;
+  created_unix_ms: number;
+  last_used_unix_ms: number;
+  expires_unix_ms: number;
+  /** The decode worker holding the document. */
+  decode_worker: string;
+  requests: number;
+  /** Times the document was prefilled again after its worker was lost. */
+  reprefills: number;
+  /** createSession only: the document's prefill. */
+  prefill_ms?: number;
 }
 
 export interface Usage {
@@ -33,6 +67,8 @@ export interface Usage {
   completion_tokens: number;
   /** Latent rows plus KDA state moved from the prefill to the decode worker. */
   cache_bytes_transferred: number;
+  /** Prompt tokens resumed from a cached prefix (a session's document). */
+  cached_tokens: number;
 }
 
 export interface Timings {
@@ -123,6 +159,10 @@ export declare class Client {
   tokenize(options: { text?: string; messages?: ChatMessage[]; model?: string; timeoutMs?: number }):
     Promise<number[]>;
   info(options?: { timeoutMs?: number }): Promise<ModelInfo>;
+  createSession(options: CreateSessionOptions): Promise<Session>;
+  ask(sessionId: string, options: Omit<GenerateOptions, "session_id">): Promise<Completion>;
+  listSessions(options?: { timeoutMs?: number }): Promise<Session[]>;
+  closeSession(sessionId: string, options?: { timeoutMs?: number }): Promise<void>;
   close(): void;
 }
 

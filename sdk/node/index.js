@@ -84,6 +84,7 @@ function generateRequest(options) {
   const request = {
     model: options.model ?? "",
     request_id: options.request_id ?? "",
+    session_id: options.session_id ?? "",
     sampling: { temperature: options.temperature ?? 0, top_k: options.top_k ?? 0, top_p: options.top_p ?? 0,
                 min_p: options.min_p ?? 0, seed: options.seed ?? 0 },
     stopping: { max_tokens: options.max_tokens ?? 256, stop_token_ids: options.stop_token_ids ?? [],
@@ -92,6 +93,26 @@ function generateRequest(options) {
   if (prompt !== undefined) request.text = prompt;
   else if (prompt_tokens !== undefined) request.tokens = { ids: prompt_tokens };
   else request.chat = chatOf(messages);
+  return request;
+}
+
+// ttl / idle timeout in milliseconds; 0 or absent: the router's defaults (which also cap them).
+function createSessionRequest(options) {
+  const { document, document_tokens, messages } = options;
+  if ([document, document_tokens, messages].filter((x) => x !== undefined).length !== 1) {
+    throw new TypeError("give exactly one of document, document_tokens or messages");
+  }
+  for (const name of ["ttl_ms", "idle_timeout_ms"]) {
+    const value = options[name] ?? 0;
+    if (!Number.isSafeInteger(value) || value < 0) throw new TypeError(`${name} must be an integer >= 0`);
+  }
+  const request = {
+    model: options.model ?? "", request_id: options.request_id ?? "", pinned: options.pinned ?? false,
+    ttl_ms: options.ttl_ms ?? 0, idle_timeout_ms: options.idle_timeout_ms ?? 0,
+  };
+  if (document !== undefined) request.text = document;
+  else if (document_tokens !== undefined) request.tokens = { ids: document_tokens };
+  else request.chat = { ...chatOf(messages), add_generation_prompt: false };  // questions continue the turns
   return request;
 }
 
@@ -183,6 +204,30 @@ export class Client {
   // The served model and every worker's state (GetModelInfoResponse, snake_case fields).
   info({ timeoutMs } = {}) {
     return this._unary("GetModelInfo", {}, timeoutMs ?? 5000);
+  }
+
+  // A document session: the document prefilled once and kept; resolves when it is in the
+  // cache with {session_id, document_tokens, pinned, created_unix_ms, last_used_unix_ms,
+  // expires_unix_ms, decode_worker, requests, reprefills, prefill_ms}. options: exactly one of
+  // document (text), document_tokens (ids) or messages; pinned, ttl_ms, idle_timeout_ms.
+  async createSession(options) {
+    const response = await this._unary("CreateSession", createSessionRequest(options), options.timeoutMs);
+    return { ...response.session, prefill_ms: response.prefill_ms };
+  }
+
+  // complete() of a suffix (prompt, prompt_tokens or messages) over a session's document.
+  ask(sessionId, options) {
+    return this.complete({ ...options, session_id: sessionId });
+  }
+
+  // This client's sessions.
+  async listSessions({ timeoutMs } = {}) {
+    return (await this._unary("ListSessions", {}, timeoutMs)).sessions;
+  }
+
+  // Ends a session and frees its document's cache (NOT_FOUND: unknown, expired or another client's).
+  async closeSession(sessionId, { timeoutMs } = {}) {
+    await this._unary("CloseSession", { session_id: sessionId }, timeoutMs);
   }
 
   close() {

@@ -124,3 +124,42 @@ test("npm install into a fresh project, then the README snippet streams the answ
   assert.ok(out.length > 0, "the snippet printed an answer");
   assert.equal(out, (await client.complete({ prompt: "Hello", max_tokens: 32 })).text);
 });
+
+test("sessions: create, ask (sequential and parallel), list, close", async (t) => {
+  // Its own serve with a prefix cache (which the one above lacks: there every prompt streams
+  // progress from the prefill worker).
+  const portFile = path.join(work, "sessions.port");
+  const out = fs.openSync(path.join(work, "sessions.log"), "w");
+  const server = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--port-file", portFile, "--model",
+                             path.join(work, "m.gguf"), "--threads", "1", "--chunk", "64", "--prefix-cache-mib", "64"],
+                       { stdio: ["ignore", out, out] });
+  t.after(() => server.kill("SIGKILL"));
+  await waitFor(() => fs.existsSync(portFile), 30000, "serve to listen");
+  const client = new Client(fs.readFileSync(portFile, "utf8").trim(), { timeoutMs: 60000 });
+  t.after(() => client.close());
+  const document = Array.from({ length: 150 }, (_, i) => ((7 * i) % 250) + 3);
+  const question = [11, 12, 13, 14, 15];
+  const plain = await client.complete({ prompt_tokens: [...document, ...question], max_tokens: 6, ignore_eos: true });
+  const session = await client.createSession({ document_tokens: document, pinned: true, idle_timeout_ms: 120000 });
+  assert.match(session.session_id, /^sess-[0-9a-f]{32}$/);
+  assert.equal(session.document_tokens, document.length);
+  assert.equal(session.pinned, true);
+  assert.ok(session.prefill_ms > 0);
+  const answer = await client.ask(session.session_id, { prompt_tokens: question, max_tokens: 6, ignore_eos: true });
+  assert.deepEqual(answer.token_ids, plain.token_ids);
+  assert.equal(answer.usage.prompt_tokens, document.length + question.length);
+  assert.equal(answer.usage.cached_tokens, document.length);
+  const parallel = await Promise.all([0, 1, 2].map(() =>
+    client.ask(session.session_id, { prompt_tokens: question, max_tokens: 6, ignore_eos: true })));
+  for (const a of parallel) assert.deepEqual(a.token_ids, plain.token_ids);
+  const text = await client.ask(session.session_id, { prompt: " and then", max_tokens: 3, ignore_eos: true });
+  assert.equal(text.usage.completion_tokens, 3);
+  const listed = await client.listSessions();
+  assert.deepEqual(listed.map((s) => [s.session_id, s.requests]), [[session.session_id, 5]]);
+  await client.closeSession(session.session_id);
+  assert.deepEqual(await client.listSessions(), []);
+  await assert.rejects(client.ask(session.session_id, { prompt_tokens: question, max_tokens: 1 }),
+                       (e) => e instanceof LatentserveError && e.codeName === "NOT_FOUND" && /session/i.test(e.details));
+  await assert.rejects(client.closeSession(session.session_id), (e) => e.codeName === "NOT_FOUND");
+  await assert.rejects(client.createSession({ document: "x", document_tokens: [1] }), TypeError);
+});

@@ -9,11 +9,11 @@ from latentserve.aio import AsyncClient, AsyncGenerateStream
 from latentserve.client import Client, GenerateStream
 from latentserve.errors import (Cancelled, DeadlineExceeded, InvalidArgument, LatentserveError, NotFound,
                                 PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable, Unimplemented)
-from latentserve.types import Chunk, Completion, Timings, Usage
+from latentserve.types import Chunk, Completion, Session, Timings, Usage
 
 __all__ = [
     "AsyncClient", "AsyncGenerateStream", "Cancelled", "Chunk", "Client", "Completion", "DeadlineExceeded",
     "GenerateStream", "InvalidArgument", "LatentserveError", "NotFound", "PermissionDenied", "ResourceExhausted",
-    "Timings", "Unauthenticated", "Unavailable", "Unimplemented", "Usage",
+    "Session", "Timings", "Unauthenticated", "Unavailable", "Unimplemented", "Usage",
 ]
 __version__ = "0.1.0"

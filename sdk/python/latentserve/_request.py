@@ -22,14 +22,14 @@ def generate_request(prompt: Optional[str], prompt_tokens: Optional[Sequence[int
                      messages: Optional[Iterable[Message]], *, max_tokens: int, temperature: float, top_k: int,
                      top_p: float, min_p: float, seed: int, stop: Optional[Sequence[str]],
                      stop_token_ids: Optional[Sequence[int]], ignore_eos: bool, model: str,
-                     request_id: str) -> pb.GenerateRequest:
+                     request_id: str, session_id: str = "") -> pb.GenerateRequest:
     given = sum(x is not None for x in (prompt, prompt_tokens, messages))
     if given != 1:
         raise ValueError("give exactly one of prompt=, prompt_tokens= or messages=")
     if isinstance(stop, str):
         stop = [stop]
     request = pb.GenerateRequest(
-        model=model, request_id=request_id,
+        model=model, request_id=request_id, session_id=session_id,
         sampling=pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
         stopping=pb.StoppingCriteria(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids or ()),
                                      stop_strings=list(stop or ()), ignore_eos=ignore_eos))
@@ -39,6 +39,29 @@ def generate_request(prompt: Optional[str], prompt_tokens: Optional[Sequence[int
         request.tokens.ids.extend(prompt_tokens)
     else:
         request.chat.CopyFrom(chat_messages(messages))
+    return request
+
+
+def create_session_request(document: Optional[str], document_tokens: Optional[Sequence[int]],
+                           messages: Optional[Iterable[Message]], *, pinned: bool, ttl: Optional[float],
+                           idle_timeout: Optional[float], model: str,
+                           request_id: str) -> pb.CreateSessionRequest:
+    """ttl / idle_timeout in seconds (None: the router's defaults, which also cap them)."""
+    if sum(x is not None for x in (document, document_tokens, messages)) != 1:
+        raise ValueError("give exactly one of document=, document_tokens= or messages=")
+    for name, value in (("ttl", ttl), ("idle_timeout", idle_timeout)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0 seconds (or None for the router's default)")
+    request = pb.CreateSessionRequest(model=model, request_id=request_id, pinned=pinned,
+                                      ttl_ms=round(ttl * 1000) if ttl else 0,
+                                      idle_timeout_ms=round(idle_timeout * 1000) if idle_timeout else 0)
+    if document is not None:
+        request.text = document
+    elif document_tokens is not None:
+        request.tokens.ids.extend(document_tokens)
+    else:
+        # A document's chat turns end without the assistant header: the questions continue them.
+        request.chat.CopyFrom(chat_messages(messages, add_generation_prompt=False))
     return request
 
 

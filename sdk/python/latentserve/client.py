@@ -5,7 +5,7 @@ import grpc
 
 from latentserve import _request
 from latentserve.errors import from_rpc_error
-from latentserve.types import Chunk, Collector, Completion, chunk_from_proto
+from latentserve.types import Chunk, Collector, Completion, Session, chunk_from_proto, session_from_proto
 from latentserve.v1 import generate_pb2 as pb
 from latentserve.v1 import generate_pb2_grpc as pb_grpc
 
@@ -77,17 +77,19 @@ class Client:
                  messages: Optional[Iterable[_request.Message]] = None, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 0.0, min_p: float = 0.0, seed: int = 0,
                  stop: Union[None, str, Sequence[str]] = None, stop_token_ids: Optional[Sequence[int]] = None,
-                 ignore_eos: bool = False, model: str = "", request_id: str = "",
+                 ignore_eos: bool = False, model: str = "", request_id: str = "", session_id: str = "",
                  timeout: Optional[float] = None) -> GenerateStream:
         """Streams one prompt: progress chunks while prefilling, token chunks, then "finished".
 
         Exactly one of prompt (text), prompt_tokens (ids) or messages (chat turns).
-        temperature 0 is greedy.
+        temperature 0 is greedy. session_id: the prompt is a suffix of that session's document
+        (text without BOS, chat turns as a continuation); see create_session().
         """
         request = _request.generate_request(prompt, prompt_tokens, messages, max_tokens=max_tokens,
                                             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                             seed=seed, stop=stop, stop_token_ids=stop_token_ids,
-                                            ignore_eos=ignore_eos, model=model, request_id=request_id)
+                                            ignore_eos=ignore_eos, model=model, request_id=request_id,
+                                            session_id=session_id)
         return GenerateStream(self._stub.Generate(request, timeout=self._deadline(timeout), metadata=self._metadata))
 
     def complete(self, prompt: Optional[str] = None, **kwargs) -> Completion:
@@ -116,5 +118,44 @@ class Client:
         try:
             return self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self._deadline(timeout),
                                            metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def create_session(self, document: Optional[str] = None, *, document_tokens: Optional[Sequence[int]] = None,
+                       messages: Optional[Iterable[_request.Message]] = None, pinned: bool = False,
+                       ttl: Optional[float] = None, idle_timeout: Optional[float] = None, model: str = "",
+                       request_id: str = "", timeout: Optional[float] = None) -> Session:
+        """A document prefilled once and kept; returns when it is in the cache.
+
+        Exactly one of document (text), document_tokens (ids) or messages (chat turns).
+        pinned: never evicted for room while the session lives. ttl / idle_timeout: seconds
+        (None: the router's defaults, which also cap them). Questions: ask(session_id, ...).
+        """
+        request = _request.create_session_request(document, document_tokens, messages, pinned=pinned, ttl=ttl,
+                                                  idle_timeout=idle_timeout, model=model, request_id=request_id)
+        try:
+            response = self._stub.CreateSession(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return session_from_proto(response.session, response.prefill_ms)
+
+    def ask(self, session_id: str, prompt: Optional[str] = None, **kwargs) -> Completion:
+        """complete() of a suffix (prompt, prompt_tokens= or messages=) over a session's document."""
+        return self.complete(prompt, session_id=session_id, **kwargs)
+
+    def list_sessions(self, timeout: Optional[float] = None) -> List[Session]:
+        """This client's sessions."""
+        try:
+            response = self._stub.ListSessions(pb.ListSessionsRequest(), timeout=self._deadline(timeout),
+                                                 metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return [session_from_proto(s) for s in response.sessions]
+
+    def close_session(self, session_id: str, timeout: Optional[float] = None) -> None:
+        """Ends a session and frees its document's cache (NotFound: unknown, expired or not this client's)."""
+        try:
+            self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self._deadline(timeout),
+                                     metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

@@ -16,6 +16,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cache_bytes_transferred: int = 0  # latent rows + KDA state moved from prefill to decode
+    cached_tokens: int = 0  # prompt tokens resumed from a cached prefix (a session's document)
 
 
 @dataclass
@@ -62,10 +63,31 @@ def chunk_from_proto(event: pb.GenerateResponse) -> Chunk:
     finished = event.finished
     return Chunk("finished", finish_reason=_FINISH.get(finished.reason, "unspecified"),
                  usage=Usage(finished.usage.prompt_tokens, finished.usage.completion_tokens,
-                             finished.usage.cache_bytes_transferred),
+                             finished.usage.cache_bytes_transferred, finished.usage.cached_tokens),
                  timings=Timings(finished.timings.ttft_ms, finished.timings.decode_tokens_per_s,
                                  finished.timings.prefill_ms, finished.timings.transfer_tail_ms),
                  request_id=finished.request_id)
+
+
+@dataclass
+class Session:
+    """A document session (create_session(), list_sessions())."""
+
+    session_id: str          # "sess-" + 128 random bits: pass as session_id= to ask() / generate()
+    document_tokens: int
+    pinned: bool
+    created_unix_ms: int
+    last_used_unix_ms: int
+    expires_unix_ms: int     # the earlier of its TTL and idle limits, unless used before
+    decode_worker: str       # the decode worker holding the document
+    requests: int            # Generate requests served so far
+    reprefills: int          # times the document was prefilled again after its worker was lost
+    prefill_ms: float = 0.0  # create_session(): the document's prefill
+
+
+def session_from_proto(info: pb.SessionInfo, prefill_ms: float = 0.0) -> Session:
+    return Session(info.session_id, info.document_tokens, info.pinned, info.created_unix_ms, info.last_used_unix_ms,
+                   info.expires_unix_ms, info.decode_worker, info.requests, info.reprefills, prefill_ms)
 
 
 class Collector:

@@ -201,3 +201,49 @@ def test_forged_forwarded_client_is_not_believed(serve):
     finished = wait_for(lambda: [e for e in serve.events("forged-1") if e["event"] == "request_finished"], 10,
                         "the request to finish")
     assert finished[0]["client"].startswith("ipv4:127.0.0.1"), finished[0]
+
+
+def test_sessions_create_ask_list_close(workdir, model):
+    """A document once, questions over it: the same greedy tokens as the whole prompt asked plainly."""
+    directory = os.path.join(workdir, "sessions")
+    os.makedirs(directory)
+    server = Serve(directory, model, "--prefix-cache-mib", "64")
+    try:
+        document = [(7 * i) % 250 + 3 for i in range(150)]
+        question = [11, 12, 13, 14, 15]
+        with latentserve.Client(server.target, timeout=60) as client:
+            plain = client.complete(prompt_tokens=document + question, max_tokens=6, ignore_eos=True)
+            session = client.create_session(document_tokens=document, pinned=True, idle_timeout=120)
+            assert session.session_id.startswith("sess-") and session.document_tokens == len(document)
+            assert session.pinned and session.prefill_ms > 0
+            answer = client.ask(session.session_id, prompt_tokens=question, max_tokens=6, ignore_eos=True)
+            assert answer.token_ids == plain.token_ids
+            assert answer.usage.prompt_tokens == len(document) + len(question)
+            assert answer.usage.cached_tokens == len(document)
+            text = client.ask(session.session_id, " and then", max_tokens=3, ignore_eos=True)
+            assert text.usage.completion_tokens == 3 and text.usage.cached_tokens == len(document)
+            listed = client.list_sessions()
+            assert [(s.session_id, s.requests) for s in listed] == [(session.session_id, 2)]
+            client.close_session(session.session_id)
+            assert client.list_sessions() == []
+            with pytest.raises(latentserve.NotFound) as gone:
+                client.ask(session.session_id, prompt_tokens=question, max_tokens=1)
+            assert "session" in gone.value.details.lower()
+            with pytest.raises(latentserve.NotFound):
+                client.close_session(session.session_id)
+            with pytest.raises(ValueError):
+                client.create_session("text", document_tokens=[1])
+
+        async def main():
+            async with latentserve.AsyncClient(server.target, timeout=60) as client:
+                s = await client.create_session(document_tokens=document)
+                answers = await asyncio.gather(*(client.ask(s.session_id, prompt_tokens=question, max_tokens=6,
+                                                            ignore_eos=True) for _ in range(3)))
+                listed = await client.list_sessions()
+                await client.close_session(s.session_id)
+                return answers, listed, await client.list_sessions()
+        answers, listed, after = asyncio.run(main())
+        assert all(a.token_ids == plain.token_ids for a in answers)
+        assert len(listed) == 1 and listed[0].requests == 3 and after == []
+    finally:
+        server.stop()
