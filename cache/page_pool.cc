@@ -112,6 +112,22 @@ absl::Status PagePool::ExportRows(int64_t mla_index, absl::Span<const int32_t> p
   return absl::OkStatus();
 }
 
+absl::Status PagePool::ExportRowsAsync(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token,
+                                       int64_t count, void* host) const {
+  if (auto s = CheckRange(mla_index, page_table, first_token, count); !s.ok()) return s;
+  const size_t rb = row_bytes();
+  auto* out = static_cast<char*>(host);
+  for (int64_t t = 0; t < count;) {
+    const int64_t position = first_token + t;
+    const int64_t slot = position % options_.page_tokens;
+    const int64_t run = std::min(count - t, options_.page_tokens - slot);
+    const int64_t row = static_cast<int64_t>(page_table[position / options_.page_tokens]) * options_.page_tokens + slot;
+    backend_->DownloadAsync(pools_[mla_index], out + t * rb, run * rb, row * rb);
+    t += run;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status PagePool::ImportRows(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token,
                                   int64_t count, std::string_view rows) const {
   if (auto s = CheckRange(mla_index, page_table, first_token, count); !s.ok()) return s;

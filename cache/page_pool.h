@@ -61,6 +61,11 @@ class PagePool {
   // gRPC handoff's unit; transfer/ moves device views where the transport allows).
   absl::Status ExportRows(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token, int64_t count,
                           std::string* out) const;
+  // The same rows enqueued as asynchronous downloads into `host` (count * row_bytes() bytes):
+  // valid once an event recorded on the backend afterwards has completed (kernels::Backend::
+  // DownloadAsync). Pinned `host` memory lets the CUDA copy engine fill it while the host works.
+  absl::Status ExportRowsAsync(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token,
+                               int64_t count, void* host) const;
   // The inverse: writes rows received from a peer (same dtype and width) into this cache.
   absl::Status ImportRows(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token, int64_t count,
                           std::string_view rows) const;

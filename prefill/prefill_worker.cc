@@ -11,7 +11,8 @@ namespace latentserve::prefill {
 
 PrefillWorker::PrefillWorker(const model::Model& model, model::LatentCache& cache,
                              transfer::CacheTransport& transport, std::string fingerprint, int64_t chunk_tokens)
-    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport), fingerprint_(std::move(fingerprint)),
+    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport),
+      staging_(cache.backend()), fingerprint_(std::move(fingerprint)),
       chunk_tokens_(chunk_tokens) {}
 
 absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
@@ -93,7 +94,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     }
   } cancel_sender{*sender, sender_finished};
   // Chunking, order and checksums are the writer's; this loop says what is final when.
-  transfer::HandoffWriter writer(*sender, header);
+  transfer::HandoffWriter writer(*sender, header, &staging_);
   absl::Status send_status;
 
   const absl::Time start = absl::Now();

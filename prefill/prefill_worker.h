@@ -16,6 +16,7 @@
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "transfer/staging_pool.h"
 #include "transfer/transport.h"
 
 namespace latentserve::prefill {
@@ -81,6 +82,8 @@ class PrefillWorker {
   model::LatentCache& cache_;
   cache::SequenceTable sequences_;  // the sequence being prefilled (one at a time)
   transfer::CacheTransport& transport_;
+  // Host blocks (pinned on CUDA) that byte handoffs download rows into; shared by every handoff.
+  transfer::StagingPool staging_;
   const std::string fingerprint_;
   const int64_t chunk_tokens_;
   absl::Duration fault_stall_transfer_ = absl::ZeroDuration();

@@ -108,10 +108,12 @@ constexpr char kTagKdaSum = (4 << 3) | 1;     // KdaStateChunk.checksum (fixed64
 // and small fields (serialised by protobuf), the payload itself (not copied: the slice owns
 // the string and frees it once gRPC has written it), and the checksum. The bytes are exactly
 // what ReceiveCacheRequest::SerializeAsString would produce for the same message.
+void DeleteHostBytes(void* p) { delete static_cast<std::shared_ptr<const uint8_t>*>(p); }
+
 grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::MessageLite& small_fields, char payload_tag,
-                                   std::string payload, char checksum_tag, uint64_t checksum) {
+                                   std::string payload, HostBytes staged, char checksum_tag, uint64_t checksum) {
   const std::string fields = small_fields.SerializeAsString();
-  const size_t n = payload.size();
+  const size_t n = staged.owner ? staged.size : payload.size();
   const size_t payload_field = n == 0 ? 0 : 1 + VarintSize(n) + n;
   const size_t checksum_field = checksum == 0 ? 0 : 9;
   const size_t inner = fields.size() + payload_field + checksum_field;
@@ -132,7 +134,11 @@ grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::Messa
   grpc::Slice slices[3];
   size_t count = 0;
   slices[count++] = grpc::Slice(head);
-  if (n > 0) {
+  if (n > 0 && staged.owner) {
+    // The slice holds a reference to the staging block; gRPC drops it once written.
+    auto* owner = new std::shared_ptr<const uint8_t>(std::move(staged.owner));
+    slices[count++] = grpc::Slice(staged.data, n, &DeleteHostBytes, owner);
+  } else if (n > 0) {
     auto* owned = new std::string(std::move(payload));
     slices[count++] = grpc::Slice(owned->data(), owned->size(), &DeleteString, owned);
   }
@@ -196,12 +202,12 @@ class GrpcSender : public CacheSender {
   }
   absl::Status SendLatentRows(LatentRows chunk) override {
     if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
-    const int64_t bytes = static_cast<int64_t>(chunk.rows.size());
+    const int64_t bytes = static_cast<int64_t>(chunk.payload().size());
     return Enqueue(EncodeLatentRows(std::move(chunk)), bytes);
   }
   absl::Status SendKdaState(KdaStateBytes chunk) override {
     if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
-    const int64_t bytes = static_cast<int64_t>(chunk.data.size());
+    const int64_t bytes = static_cast<int64_t>(chunk.payload().size());
     return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
@@ -302,14 +308,14 @@ grpc::ByteBuffer EncodeLatentRows(LatentRows chunk) {
   fields.set_mla_index(chunk.mla_index);
   fields.set_first_token(chunk.first_token);
   fields.set_token_count(chunk.token_count);
-  return EncodeWithPayload(kTagLatent, fields, kTagRows, std::move(chunk.rows), kTagRowsSum, chunk.checksum);
+  return EncodeWithPayload(kTagLatent, fields, kTagRows, std::move(chunk.rows), std::move(chunk.staged), kTagRowsSum, chunk.checksum);
 }
 
 grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk) {
   internal::v1::KdaStateChunk fields;
   fields.set_kda_index(chunk.kda_index);
   fields.set_offset(chunk.offset);
-  return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), kTagKdaSum, chunk.checksum);
+  return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), std::move(chunk.staged), kTagKdaSum, chunk.checksum);
 }
 
 void TuneAllocatorForCacheStreaming() {

@@ -72,11 +72,11 @@ absl::Status HandoffAssembler::CheckLatentChunk(const LatentRows& chunk) const {
     }
     return absl::OkStatus();
   }
-  if (static_cast<int64_t>(chunk.rows.size()) != chunk.token_count * header_.row_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("latent chunk has ", chunk.rows.size(), " bytes, expected ",
+  if (static_cast<int64_t>(chunk.payload().size()) != chunk.token_count * header_.row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk has ", chunk.payload().size(), " bytes, expected ",
                                                    chunk.token_count * header_.row_bytes));
   }
-  if (Xxh64(chunk.rows) != chunk.checksum) {
+  if (Xxh64(chunk.payload()) != chunk.checksum) {
     return absl::DataLossError(absl::StrCat("checksum mismatch in latent rows [", chunk.first_token, ", +",
                                             chunk.token_count, ") of MLA ordinal ", chunk.mla_index));
   }
@@ -98,7 +98,7 @@ absl::Status HandoffAssembler::OnLatentRows(const LatentRows& chunk) {
       stats_.host_bytes += host_bytes;
     } else {
       RETURN_IF_ERROR(target_.table->pool().ImportRows(chunk.mla_index, sequence.pages(), chunk.first_token,
-                                                       chunk.token_count, chunk.rows));
+                                                       chunk.token_count, chunk.payload()));
       stats_.host_bytes += bytes;
     }
   }
@@ -131,18 +131,18 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
     return absl::OkStatus();
   }
   if (chunk.offset != static_cast<int64_t>(buffer.size()) ||
-      static_cast<int64_t>(chunk.data.size()) > header_.kda_state_bytes - chunk.offset) {
+      static_cast<int64_t>(chunk.payload().size()) > header_.kda_state_bytes - chunk.offset) {
     return absl::InvalidArgumentError(absl::StrCat("KDA chunk of ordinal ", chunk.kda_index, " at offset ",
-                                                   chunk.offset, " (+", chunk.data.size(), ") does not continue ",
+                                                   chunk.offset, " (+", chunk.payload().size(), ") does not continue ",
                                                    buffer.size(), " of ", header_.kda_state_bytes, " bytes"));
   }
-  if (Xxh64(chunk.data) != chunk.checksum) {
+  if (Xxh64(chunk.payload()) != chunk.checksum) {
     return absl::DataLossError(absl::StrCat("checksum mismatch in KDA state ", chunk.kda_index, " at offset ",
                                             chunk.offset));
   }
-  buffer.append(chunk.data);
+  buffer.append(chunk.payload());
   stats_.chunks++;
-  stats_.payload_bytes += static_cast<int64_t>(chunk.data.size());
+  stats_.payload_bytes += static_cast<int64_t>(chunk.payload().size());
   if (static_cast<int64_t>(buffer.size()) == header_.kda_state_bytes) {
     std::lock_guard<std::mutex> lock(*target_.device_mu);
     RETURN_IF_ERROR(hooks_.check_live());

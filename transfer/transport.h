@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -43,6 +44,14 @@ struct HandoffHeader {
   int64_t prompt_tokens = 0;
 };
 
+// Bytes [data, data + size) of host memory, valid while `owner` lives (a staging block:
+// transfer/staging_pool.h). Lets a sender hand downloaded rows to a transport without a copy.
+struct HostBytes {
+  std::shared_ptr<const uint8_t> owner;
+  uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
 // Latent rows [first_token, first_token + token_count) of MLA ordinal mla_index:
 // token_count rows of header.row_bytes each.
 struct LatentRows {
@@ -50,10 +59,16 @@ struct LatentRows {
   int64_t first_token = 0;
   int64_t token_count = 0;
   std::string rows;
-  uint64_t checksum = 0;  // Xxh64(rows)
+  uint64_t checksum = 0;  // Xxh64(payload())
+  // Instead of `rows` when set (sending side): the bytes in a staging block.
+  HostBytes staged = {};
   // Instead of `rows` (empty then, no checksum: nothing crosses a wire), for senders that
   // MovesViews(): the rows where they lie in the sender's cache, valid until Send returns.
   std::optional<cache::LatentRowsView> view = std::nullopt;
+
+  std::string_view payload() const {
+    return staged.owner ? std::string_view(reinterpret_cast<const char*>(staged.data), staged.size) : rows;
+  }
 };
 
 // Bytes [offset, offset + data.size()) of KDA ordinal kda_index's state
@@ -62,9 +77,14 @@ struct KdaStateBytes {
   int32_t kda_index = 0;
   int64_t offset = 0;
   std::string data;
-  uint64_t checksum = 0;  // Xxh64(data)
+  uint64_t checksum = 0;  // Xxh64(payload())
+  HostBytes staged = {};  // instead of `data` when set, as LatentRows::staged
   // Instead of `data`, for senders that MovesViews(): the layer's whole state (offset 0).
   std::optional<cache::KdaStateRef> view = std::nullopt;
+
+  std::string_view payload() const {
+    return staged.owner ? std::string_view(reinterpret_cast<const char*>(staged.data), staged.size) : data;
+  }
 };
 
 struct HandoffEnd {

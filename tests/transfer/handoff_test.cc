@@ -31,7 +31,9 @@ class ByteSender : public CacheSender {
   explicit ByteSender(CacheReceiver* receiver) : receiver_(receiver) {}
   absl::Status SendLatentRows(LatentRows chunk) override {
     if (chunk.view) return absl::InternalError("views on a byte transport");
-    if (corrupt_next_ && !chunk.rows.empty()) {
+    if (corrupt_next_ && !chunk.payload().empty()) {
+      chunk.rows = std::string(chunk.payload());  // a copy: the staging block is the sender's
+      chunk.staged = {};
       chunk.rows[chunk.rows.size() / 2] ^= 0x10;
       corrupt_next_ = false;
     }
