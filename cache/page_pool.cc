@@ -26,7 +26,8 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PoolLayout& lay
   cache->latent_width_ = layout.latent_width;
   cache->backend_ = &backend;
   for (int64_t i = 0; i < layout.mla_layers; ++i) {
-    auto pool = backend.Alloc(options.dtype, {layout.latent_width, options.page_tokens, options.pages, 1});
+    const kernels::Shape shape = {layout.latent_width, options.page_tokens, options.pages, 1};
+    auto pool = options.exportable ? backend.AllocExportable(options.dtype, shape) : backend.Alloc(options.dtype, shape);
     if (!pool.ok()) return pool.status();
     backend.Zero(*pool);
     cache->pools_.push_back(*pool);

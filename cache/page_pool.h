@@ -31,6 +31,8 @@ struct PagePoolOptions {
   DType dtype = DType::kF16;   // f32, f16, bf16, q8_0, q4_0
   int64_t page_tokens = 256;   // tokens per page
   int64_t pages = 64;          // pages per MLA layer
+  // Pools another process can open (Backend::AllocExportable: CUDA IPC transport, decode side).
+  bool exportable = false;
 };
 
 class PagePool {

@@ -58,6 +58,7 @@ void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   for (int32_t l : h.kda_layers) p->add_kda_layers(l);
   p->set_kda_state_bytes(h.kda_state_bytes);
   p->set_prompt_tokens(h.prompt_tokens);
+  p->set_transport(h.transport);
 }
 
 absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& p) {
@@ -73,6 +74,10 @@ absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& 
   h.kda_layers.assign(p.kda_layers().begin(), p.kda_layers().end());
   h.kda_state_bytes = p.kda_state_bytes();
   h.prompt_tokens = p.prompt_tokens();
+  h.transport = p.transport();
+  if (!h.transport.empty() && h.transport != "grpc" && h.transport != "cuda-ipc") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport '", h.transport.substr(0, 32), "'"));
+  }
   return h;
 }
 
@@ -209,6 +214,16 @@ class GrpcSender : public CacheSender {
     if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
     const int64_t bytes = static_cast<int64_t>(chunk.payload().size());
     return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
+  }
+  std::string transport() const override { return "grpc"; }
+  absl::Status SendRowsWritten(const RowsWritten& written) override {
+    internal::v1::ReceiveCacheRequest message;
+    auto* p = message.mutable_written();
+    p->set_mla_index(written.mla_index);
+    p->set_first_token(written.first_token);
+    p->set_token_count(written.token_count);
+    p->set_checksum(written.checksum);
+    return Enqueue(EncodeSmall(message), 0);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     internal::v1::ReceiveCacheRequest message;
@@ -387,6 +402,9 @@ grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(inte
       KdaStateBytes chunk{p->kda_index(), p->offset(), std::move(*p->mutable_data()), p->checksum()};
       payload_bytes += static_cast<int64_t>(chunk.data.size());
       status = (*receiver)->OnKdaState(chunk);
+    } else if (message.has_written()) {
+      const auto& p = message.written();
+      status = (*receiver)->OnRowsWritten(RowsWritten{p.mla_index(), p.first_token(), p.token_count(), p.checksum()});
     } else if (message.has_end()) {
       const auto& p = message.end();
       status = (*receiver)->Finish(HandoffEnd{p.first_token(), p.chunks(), p.payload_bytes()});

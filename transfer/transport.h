@@ -42,6 +42,18 @@ struct HandoffHeader {
   std::vector<int32_t> kda_layers;  // model layer of each KDA ordinal
   int64_t kda_state_bytes = 0;    // bytes of one KDA layer's state
   int64_t prompt_tokens = 0;
+  // "cuda-ipc": latent rows arrive out of band (RowsWritten); empty: every payload in band.
+  std::string transport;
+};
+
+// Rows [first_token, first_token + token_count) of MLA ordinal mla_index are already in the
+// receiver's pages (a device transport wrote them, and the write completed, before this was
+// sent); checksum is the XXH64 of those rows as the sender's cache holds them.
+struct RowsWritten {
+  int32_t mla_index = 0;
+  int64_t first_token = 0;
+  int64_t token_count = 0;
+  uint64_t checksum = 0;
 };
 
 // Bytes [data, data + size) of host memory, valid while `owner` lives (a staging block:
@@ -103,6 +115,10 @@ class CacheReceiver {
   virtual ~CacheReceiver() = default;
   virtual absl::Status OnLatentRows(const LatentRows& chunk) = 0;
   virtual absl::Status OnKdaState(const KdaStateBytes& chunk) = 0;
+  // Rows a device transport wrote into the receiving pages; the receiver verifies them.
+  virtual absl::Status OnRowsWritten(const RowsWritten& written) {
+    return absl::UnimplementedError("this receiver takes no device-written rows");
+  }
   // Verifies completeness and admits the cache; the lease then waits for Decode.
   virtual absl::Status Finish(const HandoffEnd& end) = 0;
   // The sender went away or failed: drop what arrived (the lease stays until it expires
@@ -129,10 +145,18 @@ class CacheSender {
   virtual bool MovesViews() const { return false; }
   virtual absl::Status SendLatentRows(LatentRows chunk) = 0;
   virtual absl::Status SendKdaState(KdaStateBytes chunk) = 0;
+  // Announces rows written out of band (a device transport's control message).
+  virtual absl::Status SendRowsWritten(const RowsWritten& written) {
+    return absl::UnimplementedError("this sender carries no device-written rows");
+  }
   // Sends End and waits for the receiver's verdict. Returns payload bytes it accepted.
   virtual absl::StatusOr<int64_t> Finish(const HandoffEnd& end) = 0;
   // Abandons the handoff (the prefill was cancelled); the receiver sees Abort.
   virtual void Cancel() = 0;
+  // What moved the cache ("grpc", "inproc", "cuda-ipc"), and the bytes written device to
+  // device by a device transport (0 for the others).
+  virtual std::string transport() const { return ""; }
+  virtual int64_t device_bytes() const { return 0; }
 };
 
 class CacheTransport {
