@@ -30,9 +30,10 @@ absl::StatusOr<DeviceExport> DecodeWorker::ExportForHandoff(const std::string& l
       std::vector<kernels::Backend::MemoryHandle> pools;
       for (int64_t mla = 0; mla < cache_.mla_layers(); ++mla) {
         auto handle = cache_.backend().ExportMemory(cache_.pool(mla));
-        if (!handle.ok()) {
+        if (!handle.ok() || handle->kind != "cuda-ipc") {
           return absl::FailedPreconditionError(absl::StrCat("this decode worker's cache cannot be exported (",
-                                                            handle.status().message(), ")"));
+                                                            handle.ok() ? "host memory" : handle.status().message(),
+                                                            ")"));
         }
         pools.push_back(*handle);
       }

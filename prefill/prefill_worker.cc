@@ -75,6 +75,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
   }
   header.prompt_tokens = prompt_tokens;
+  header.transport = job.transport == "cuda-ipc" ? job.transport : "";
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
@@ -145,6 +146,8 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   result.prefill_ms = absl::ToDoubleMilliseconds(computed - start);
   result.cache_bytes = writer.payload_bytes();
   result.host_bytes = writer.host_bytes();
+  result.transport = sender->transport();
+  result.device_bytes = sender->device_bytes();
   result.transfer_tail_ms = absl::ToDoubleMilliseconds(acked - computed);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -15,11 +15,13 @@ bool Offers(const TransportOffer& offer, const std::string& name) {
   return std::find(offer.transports.begin(), offer.transports.end(), name) != offer.transports.end();
 }
 
-// Whether `backend` can hand its memory to another process (a probe: one small exportable
-// allocation and its export).
+// Whether `backend` can hand device memory to another process (a probe: one small exportable
+// allocation and its export; the CPU backend's "host" handles only work in its own process).
 bool CanExport(kernels::Backend& backend) {
   auto tensor = backend.AllocExportable(DType::kF32, {256, 1, 1, 1});
-  return tensor.ok() && backend.ExportMemory(*tensor).ok();
+  if (!tensor.ok()) return false;
+  auto handle = backend.ExportMemory(*tensor);
+  return handle.ok() && handle->kind == "cuda-ipc";
 }
 
 }  // namespace
