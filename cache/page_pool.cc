@@ -26,7 +26,8 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PoolLayout& lay
   cache->latent_width_ = layout.latent_width;
   cache->backend_ = &backend;
   for (int64_t i = 0; i < layout.mla_layers; ++i) {
-    auto pool = backend.Alloc(options.dtype, {layout.latent_width, options.page_tokens, options.pages, 1});
+    const kernels::Shape shape = {layout.latent_width, options.page_tokens, options.pages, 1};
+    auto pool = options.exportable ? backend.AllocExportable(options.dtype, shape) : backend.Alloc(options.dtype, shape);
     if (!pool.ok()) return pool.status();
     backend.Zero(*pool);
     cache->pools_.push_back(*pool);
@@ -107,6 +108,22 @@ absl::Status PagePool::ExportRows(int64_t mla_index, absl::Span<const int32_t> p
     const int64_t run = std::min(count - t, options_.page_tokens - slot);
     const int64_t row = static_cast<int64_t>(page_table[position / options_.page_tokens]) * options_.page_tokens + slot;
     backend_->Download(pools_[mla_index], out->data() + t * rb, run * rb, row * rb);
+    t += run;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PagePool::ExportRowsAsync(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token,
+                                       int64_t count, void* host) const {
+  if (auto s = CheckRange(mla_index, page_table, first_token, count); !s.ok()) return s;
+  const size_t rb = row_bytes();
+  auto* out = static_cast<char*>(host);
+  for (int64_t t = 0; t < count;) {
+    const int64_t position = first_token + t;
+    const int64_t slot = position % options_.page_tokens;
+    const int64_t run = std::min(count - t, options_.page_tokens - slot);
+    const int64_t row = static_cast<int64_t>(page_table[position / options_.page_tokens]) * options_.page_tokens + slot;
+    backend_->DownloadAsync(pools_[mla_index], out + t * rb, run * rb, row * rb);
     t += run;
   }
   return absl::OkStatus();

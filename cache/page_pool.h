@@ -31,6 +31,8 @@ struct PagePoolOptions {
   DType dtype = DType::kF16;   // f32, f16, bf16, q8_0, q4_0
   int64_t page_tokens = 256;   // tokens per page
   int64_t pages = 64;          // pages per MLA layer
+  // Pools another process can open (Backend::AllocExportable: CUDA IPC transport, decode side).
+  bool exportable = false;
 };
 
 class PagePool {
@@ -61,6 +63,11 @@ class PagePool {
   // gRPC handoff's unit; transfer/ moves device views where the transport allows).
   absl::Status ExportRows(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token, int64_t count,
                           std::string* out) const;
+  // The same rows enqueued as asynchronous downloads into `host` (count * row_bytes() bytes):
+  // valid once an event recorded on the backend afterwards has completed (kernels::Backend::
+  // DownloadAsync). Pinned `host` memory lets the CUDA copy engine fill it while the host works.
+  absl::Status ExportRowsAsync(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token,
+                               int64_t count, void* host) const;
   // The inverse: writes rows received from a peer (same dtype and width) into this cache.
   absl::Status ImportRows(int64_t mla_index, absl::Span<const int32_t> page_table, int64_t first_token, int64_t count,
                           std::string_view rows) const;

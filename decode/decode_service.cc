@@ -77,6 +77,28 @@ grpc::Status DecodeService::RenewLease(grpc::ServerContext* context, const inter
                                    serving::ClientIdentity(*context)));
 }
 
+grpc::Status DecodeService::OpenDeviceHandoff(grpc::ServerContext* context,
+                                              const internal::v1::OpenDeviceHandoffRequest* request,
+                                              internal::v1::OpenDeviceHandoffResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.OpenDeviceHandoff"); !denied.ok()) return denied;
+  auto exported = worker_.ExportForHandoff(request->lease_id(), request->transport(), request->host_id());
+  if (!exported.ok()) return ToGrpc(exported.status());
+  response->set_export_id(exported->export_id);
+  for (const auto& handle : exported->pools) {
+    auto* p = response->add_pools();
+    p->set_kind(handle.kind);
+    p->set_handle(handle.handle);
+    p->set_bytes(handle.bytes);
+    p->set_process(handle.process);
+  }
+  response->set_page_tokens(exported->page_tokens);
+  response->set_pool_pages(exported->pool_pages);
+  response->set_row_bytes(exported->row_bytes);
+  response->set_cache_dtype(transfer::ToProtoDType(exported->dtype));
+  for (int32_t page : exported->pages) response->add_pages(page);
+  return grpc::Status::OK;
+}
+
 grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
                                          grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
                                          internal::v1::ReceiveCacheResponse* response) {

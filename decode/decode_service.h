@@ -32,6 +32,10 @@ class DecodeService final : public internal::v1::DecodeWorker::Service {
                           internal::v1::PinSessionResponse* response) override;
   grpc::Status DropSession(grpc::ServerContext* context, const internal::v1::DropSessionRequest* request,
                            internal::v1::DropSessionResponse* response) override;
+  // Internal credential plus the lease id (its 128 random bits are the capability), as for
+  // ReceiveCache. The handles open the whole pool: only cluster components may ask.
+  grpc::Status OpenDeviceHandoff(grpc::ServerContext* context, const internal::v1::OpenDeviceHandoffRequest* request,
+                                 internal::v1::OpenDeviceHandoffResponse* response) override;
   grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
                             internal::v1::ReceiveCacheResponse* response) override;
   grpc::Status Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,

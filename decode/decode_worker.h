@@ -73,6 +73,18 @@ struct DecodeStats {
   int64_t local_prefills = 0;      // prompts (or their uncached rest) prefilled here
 };
 
+// What a prefill worker on this host needs to write a lease's rows into this worker's pages
+// (DecodeWorker.OpenDeviceHandoff).
+struct DeviceExport {
+  std::string export_id;  // new for each process's export
+  std::vector<kernels::Backend::MemoryHandle> pools;  // per MLA ordinal
+  int64_t page_tokens = 0;
+  int64_t pool_pages = 0;
+  int64_t row_bytes = 0;
+  DType dtype = DType::kF16;
+  std::vector<int32_t> pages;  // the lease's page table
+};
+
 class DecodeWorker : public transfer::CacheSink {
  public:
   // `max_lease_ttl`: the longest a lease lives without Decode, whatever ttl a caller asks for
@@ -111,6 +123,13 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<FinishReason> Decode(const DecodeParams& params,
                                       const std::function<bool(const std::vector<int32_t>&)>& on_tokens,
                                       const std::function<bool()>& cancelled);
+
+  // For a device transport (decode/device_export.cc): the pools, exported on first use, and
+  // the page table of a lease that awaits its cache. FailedPrecondition when the peer is on
+  // another host, the pools cannot be exported, or the lease shares pages; Aborted for an
+  // unknown lease.
+  absl::StatusOr<DeviceExport> ExportForHandoff(const std::string& lease_id, const std::string& transport,
+                                                const std::string& peer_host_id);
 
   DecodeStats Stats() const;
   // Sessions (the router's CreateSession): pins the prefix cache entry holding exactly
@@ -156,6 +175,9 @@ class DecodeWorker : public transfer::CacheSink {
 
   // Serialises use of the backend (Forward, imports, resets): one stream of work.
   std::mutex backend_mu_;
+  std::mutex export_mu_;  // export_id_, exported_pools_ (a leaf lock)
+  std::string export_id_;
+  std::vector<kernels::Backend::MemoryHandle> exported_pools_;
   mutable std::mutex mu_;
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id

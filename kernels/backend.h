@@ -149,6 +149,9 @@ class Backend {
   // A tensor of `dtype` and shape `ne` over an exported allocation; InvalidArgument when the
   // handle is of another kind or process, or smaller than the tensor.
   virtual absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne);
+  // The device's identity for peers choosing a transport (CUDA: "GPU-" + its UUID, as
+  // nvidia-smi prints it); empty for host memory.
+  virtual std::string DeviceUuid() const { return ""; }
 
   // ---- recorded steps (optional: CUDA graphs) ----
   // Between BeginCapture and EndCapture the backend records the ops enqueued instead of

@@ -31,6 +31,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   job.sampling.seed = request->sampling().seed();
   // The handoff inherits this call's deadline (the router sets one on every call).
   job.deadline = absl::FromChrono(context->deadline());
+  job.transport = request->transport();
   bool writer_gone = false;
   bool transfer_failed = false;
   auto result = worker_.Run(
@@ -62,11 +63,15 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   metrics.prefill_seconds.Observe(result->prefill_ms / 1000.0);
   metrics.transfer_bytes_total.Increment(static_cast<double>(result->cache_bytes));
   metrics.transfer_tail_seconds.Observe(result->transfer_tail_ms / 1000.0);
+  metrics.transfer_handoffs_total.Add({{"transport", result->transport.empty() ? "other" : result->transport}}).Increment();
+  metrics.transfer_device_bytes_total.Increment(static_cast<double>(result->device_bytes));
   serving::LogEvent("prefill", "prefill_done", job.request_id,
                     {{"prompt_tokens", job.tokens.size()},
                      {"prefill_ms", result->prefill_ms},
                      {"cache_bytes", result->cache_bytes},
                      {"host_bytes", result->host_bytes},
+                     {"transport", result->transport},
+                     {"device_bytes", result->device_bytes},
                      {"transfer_tail_ms", result->transfer_tail_ms},
                      {"decode_worker", job.decode_worker}});
   internal::v1::PrefillResponse event;
@@ -75,6 +80,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   done->set_prefill_ms(result->prefill_ms);
   done->set_cache_bytes(result->cache_bytes);
   done->set_transfer_tail_ms(result->transfer_tail_ms);
+  done->set_transport(result->transport);
+  done->set_device_bytes(result->device_bytes);
   writer->Write(event);
   return grpc::Status::OK;
 }

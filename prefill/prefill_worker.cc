@@ -11,7 +11,8 @@ namespace latentserve::prefill {
 
 PrefillWorker::PrefillWorker(const model::Model& model, model::LatentCache& cache,
                              transfer::CacheTransport& transport, std::string fingerprint, int64_t chunk_tokens)
-    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport), fingerprint_(std::move(fingerprint)),
+    : model_(model), cache_(cache), sequences_(cache, model.kda_layout()), transport_(transport),
+      staging_(cache.backend()), fingerprint_(std::move(fingerprint)),
       chunk_tokens_(chunk_tokens) {}
 
 absl::StatusOr<PrefillResult> PrefillWorker::Run(const PrefillJob& job,
@@ -74,6 +75,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
   }
   header.prompt_tokens = prompt_tokens;
+  header.transport = job.transport == "cuda-ipc" ? job.transport : "";
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
@@ -93,7 +95,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     }
   } cancel_sender{*sender, sender_finished};
   // Chunking, order and checksums are the writer's; this loop says what is final when.
-  transfer::HandoffWriter writer(*sender, header);
+  transfer::HandoffWriter writer(*sender, header, &staging_);
   absl::Status send_status;
 
   const absl::Time start = absl::Now();
@@ -144,6 +146,8 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   result.prefill_ms = absl::ToDoubleMilliseconds(computed - start);
   result.cache_bytes = writer.payload_bytes();
   result.host_bytes = writer.host_bytes();
+  result.transport = sender->transport();
+  result.device_bytes = sender->device_bytes();
   result.transfer_tail_ms = absl::ToDoubleMilliseconds(acked - computed);
   {
     std::lock_guard<std::mutex> lock(mu_);

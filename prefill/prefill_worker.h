@@ -16,6 +16,7 @@
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "transfer/staging_pool.h"
 #include "transfer/transport.h"
 
 namespace latentserve::prefill {
@@ -27,6 +28,7 @@ struct PrefillJob {
   std::vector<int32_t> tokens;
   model::SamplingParams sampling;  // for the first token
   absl::Time deadline = absl::InfiniteFuture();
+  std::string transport;  // the router's choice: "cuda-ipc", else gRPC
 };
 
 struct PrefillProgressEvent {
@@ -41,6 +43,8 @@ struct PrefillResult {
   int64_t cache_bytes = 0;      // latent rows + KDA state sent
   int64_t host_bytes = 0;       // of which this side copied through host memory (0 in process)
   double transfer_tail_ms = 0;  // last chunk computed -> decode worker acknowledged
+  std::string transport;        // what moved the cache ("grpc", "cuda-ipc", "inproc")
+  int64_t device_bytes = 0;     // of cache_bytes, written device to device
 };
 
 struct PrefillStats {
@@ -81,6 +85,8 @@ class PrefillWorker {
   model::LatentCache& cache_;
   cache::SequenceTable sequences_;  // the sequence being prefilled (one at a time)
   transfer::CacheTransport& transport_;
+  // Host blocks (pinned on CUDA) that byte handoffs download rows into; shared by every handoff.
+  transfer::StagingPool staging_;
   const std::string fingerprint_;
   const int64_t chunk_tokens_;
   absl::Duration fault_stall_transfer_ = absl::ZeroDuration();

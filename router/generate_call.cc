@@ -113,7 +113,10 @@ grpc::Status GenerateCall::Place(const std::vector<int32_t>& context, int64_t re
     PrefillOutcome outcome = RunPrefill(state_, request_, *model_, request_id_, context, *lease_, deadline_, cancel_,
                                         client_gone, writer_, relay_progress, &prefill_done_, &prefill_worker_);
     if (!outcome.handoff_lost) {
-      if (outcome.status.ok()) cache_bytes_ += prefill_done_.cache_bytes();
+      if (outcome.status.ok()) {
+        cache_bytes_ += prefill_done_.cache_bytes();
+        cache_transport_ = prefill_done_.transport();
+      }
       return outcome.status;
     }
     // The cache did not reach the decode worker: before the client has any token, so the
@@ -248,6 +251,7 @@ grpc::Status GenerateCall::Finish() {
   finished->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(tokens_.size()));
   finished->mutable_usage()->set_completion_tokens(completion_tokens_);
   finished->mutable_usage()->set_cache_bytes_transferred(cache_bytes_);
+  finished->mutable_usage()->set_cache_transport(cache_transport_);
   finished->mutable_usage()->set_cached_tokens(cached_tokens_);
   finished->mutable_timings()->set_ttft_ms(absl::ToDoubleMilliseconds(first_token_at_ - start_));
   const double decode_s = absl::ToDoubleSeconds(last_token_at_ - first_token_at_);

@@ -89,6 +89,7 @@ class GenerateCall {
   internal::v1::PrefillDone prefill_done_;
   std::string prefill_worker_;
   int64_t cache_bytes_ = 0;
+  std::string cache_transport_;  // what moved the last cache ("grpc", "cuda-ipc", "inproc")
   int64_t cached_tokens_ = 0;  // prompt tokens the decode worker resumed from its prefix cache
   bool local_first_ = false;   // the decode worker prefilled here and its stream brings the first token
   // Relay / Resume

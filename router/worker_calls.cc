@@ -155,6 +155,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     *prefill_request.mutable_token_ids() = {tokens.begin(), tokens.end()};
     *prefill_request.mutable_sampling() = request.sampling();
     prefill_request.set_model_fingerprint(model.fingerprint());
+    prefill_request.set_transport(state.registry().ChooseTransport(*prefill_worker, lease.worker()));
     cancel.Attach(&prefill_context);
     auto reader = stub->Prefill(&prefill_context, prefill_request);
     internal::v1::PrefillResponse event;

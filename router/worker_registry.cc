@@ -12,6 +12,7 @@
 #include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "router/channels.h"
 #include "serving/security.h"
+#include "transfer/transport_choice.h"
 
 namespace latentserve::router {
 
@@ -79,6 +80,7 @@ absl::Status WorkerRegistry::Register(const internal::v1::RegisterWorkerRequest&
   entry.address = request.address();
   entry.role = request.role();
   entry.model = request.model();
+  entry.transports = request.transports();
   entry.stats = request.stats();
   entry.alive = true;
   entry.last_seen = absl::Now();
@@ -187,6 +189,21 @@ bool WorkerRegistry::IsAlive(const std::string& address) const {
   return it != workers_.end() && it->second.alive;
 }
 
+std::string WorkerRegistry::ChooseTransport(const std::string& prefill, const std::string& decode) const {
+  auto offer = [](const internal::v1::WorkerTransports& p) {
+    transfer::TransportOffer out;
+    // Bounded: a registration's lists are peer input.
+    for (int i = 0; i < p.transports_size() && i < 8; ++i) out.transports.push_back(p.transports(i));
+    out.host_id = p.host_id();
+    out.gpu_uuid = p.gpu_uuid();
+    return out;
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  auto p = workers_.find(prefill), d = workers_.find(decode);
+  if (p == workers_.end() || d == workers_.end()) return "grpc";
+  return transfer::ChooseTransport(offer(p->second.transports), offer(d->second.transports));
+}
+
 std::vector<WorkerEntry> WorkerRegistry::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<WorkerEntry> out;
@@ -245,6 +262,7 @@ void WorkerRegistry::PollAll(const std::vector<std::string>& addresses) {
       continue;
     }
     it->second.model = poll->response.model();
+    if (poll->response.has_transports()) it->second.transports = poll->response.transports();
     it->second.stats = poll->response.stats();
     it->second.role = poll->response.role();
     it->second.alive = true;

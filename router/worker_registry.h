@@ -28,6 +28,7 @@ struct WorkerEntry {
   std::string address;
   std::string role;  // "prefill" | "decode"
   internal::v1::ModelDescriptor model;
+  internal::v1::WorkerTransports transports;  // what it can move cache bytes by
   v1::WorkerInfo stats;
   bool alive = false;
   bool static_entry = false;
@@ -83,6 +84,9 @@ class WorkerRegistry {
   bool AnyAlive(const std::string& role) const;
   bool IsAlive(const std::string& address) const;
   std::vector<WorkerEntry> Snapshot() const;
+  // The transport a handoff from `prefill` to `decode` takes (transfer::ChooseTransport over
+  // what both advertised; "grpc" when either is unknown).
+  std::string ChooseTransport(const std::string& prefill, const std::string& decode) const;
 
  private:
   void MonitorLoop();

@@ -99,6 +99,12 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry)
                                          "Cache transfer: last chunk computed -> decode worker acknowledged")),
       transfer_failures_total(NewCounter(*registry, "latentserve_transfer_failures_total",
                                          "Cache transfer: handoffs that failed (receiver gone, lease lost, deadline)")),
+      transfer_handoffs_total(prometheus::BuildCounter()
+                                  .Name("latentserve_transfer_handoffs_total")
+                                  .Help("Cache transfer: handoffs accepted by decode workers, by transport")
+                                  .Register(*registry)),
+      transfer_device_bytes_total(NewCounter(*registry, "latentserve_transfer_device_bytes_total",
+                                             "Cache transfer: latent rows written device to device (CUDA IPC)")),
       decode_tokens_total(NewCounter(*registry, "latentserve_decode_tokens_total", "Decode: tokens generated")),
       registry_(std::move(registry)),
       router_requests_(prometheus::BuildCounter()

@@ -62,6 +62,9 @@ class Metrics {
   prometheus::Counter& transfer_bytes_total;
   prometheus::Histogram& transfer_tail_seconds;  // last chunk computed -> decode acknowledged
   prometheus::Counter& transfer_failures_total;
+  // Handoffs by transport ("grpc", "cuda-ipc"), and rows written device to device.
+  prometheus::Family<prometheus::Counter>& transfer_handoffs_total;
+  prometheus::Counter& transfer_device_bytes_total;
   // Decode.
   prometheus::Counter& decode_tokens_total;
 

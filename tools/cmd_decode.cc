@@ -20,7 +20,10 @@ absl::Status RunDecode(int argc, char** argv) {
   ASSIGN_OR_RETURN(serving::ProcessSecurity security, serving::SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, serving::InternalAuthorizerFromArgs(args, "decode", false));
   ASSIGN_OR_RETURN(absl::Duration max_lease_ttl, MaxLeaseTtlFromArgs(args));
+  RETURN_IF_ERROR(CheckTransportFlag(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "decode"));
+  ASSIGN_OR_RETURN(transfer::TransportOffer offer, TransportFromArgs(args, *loaded.engine.backend));
+  RETURN_IF_ERROR(KeepCudaIpcIfExportable(args, *loaded.engine.cache, &offer));
   ASSIGN_OR_RETURN(decode::DecodePrefixOptions prefix, PrefixOptionsFromArgs(args, loaded.engine.chunk_tokens));
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache,
                               loaded.descriptor.fingerprint(), max_lease_ttl, prefix);
@@ -37,7 +40,7 @@ absl::Status RunDecode(int argc, char** argv) {
   return ServeWorker(
       args, signals, loaded, security, *auth,
       {"decode", &service, [&](const std::string& address) { return service.Info(address); },
-       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }});
+       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }, ToProto(offer)});
 }
 
 Registrar decode_cmd("decode", "run a decode worker registered with a router",

@@ -1,6 +1,8 @@
 // `latentserve prefill`: a prefill worker registered with the routers; it streams each
 // request's cache to the decode worker the router chose.
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 
 #include "absl/time/time.h"
 #include "common/args.h"
@@ -9,6 +11,7 @@
 #include "serving/security.h"
 #include "tools/cli.h"
 #include "tools/worker_role.h"
+#include "transfer/cuda_ipc_transport.h"
 #include "transfer/grpc_transport.h"
 
 namespace latentserve::cli {
@@ -22,10 +25,19 @@ absl::Status RunPrefill(int argc, char** argv) {
   ASSIGN_OR_RETURN(serving::ProcessSecurity security, serving::SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, serving::InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
+  RETURN_IF_ERROR(CheckTransportFlag(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "prefill"));
-  transfer::GrpcTransport transport(
-      32 << 20, [] { return serving::InternalChannelCredentials(); },
-      [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
+  ASSIGN_OR_RETURN(transfer::TransportOffer offer, TransportFromArgs(args, *loaded.engine.backend));
+  auto credentials = [] { return serving::InternalChannelCredentials(); };
+  auto decorate = [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); };
+  transfer::GrpcTransport grpc_transport(32 << 20, credentials, decorate);
+  // CUDA IPC when this worker offers it (the router asks for it per handoff), gRPC otherwise.
+  std::unique_ptr<transfer::CudaIpcTransport> ipc;
+  if (std::find(offer.transports.begin(), offer.transports.end(), "cuda-ipc") != offer.transports.end()) {
+    ipc = std::make_unique<transfer::CudaIpcTransport>(*loaded.engine.backend, grpc_transport, offer, credentials,
+                                                       decorate);
+  }
+  transfer::SelectingTransport transport(&grpc_transport, ipc.get());
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport,
                                 loaded.descriptor.fingerprint(), loaded.engine.chunk_tokens);
   if (stall_ms > 0) {
@@ -39,7 +51,7 @@ absl::Status RunPrefill(int argc, char** argv) {
   return ServeWorker(
       args, signals, loaded, security, *auth,
       {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
-       [&] { worker.StartDrain(); }, nullptr});
+       [&] { worker.StartDrain(); }, nullptr, ToProto(offer)});
 }
 
 Registrar prefill_cmd("prefill", "run a prefill worker registered with a router",

@@ -88,6 +88,9 @@ Flags RegistrationFlags() {
       {"router", "HOST:PORT[,...]", "", "router replicas to register with (this, --routers-dns, or both)"},
       {"routers-dns", "HOST:PORT", "", "register with every address HOST resolves to (a headless Service)"},
       {"advertise", "HOST:PORT", "the bound address", "address the router should call this worker on"},
+      {"transport", "auto|grpc|cuda-ipc|nccl", "auto",
+       "cache handoff transports offered: auto = gRPC + CUDA IPC where the backend exports memory "
+       "(the router picks per handoff); nccl is not built yet"},
   };
 }
 

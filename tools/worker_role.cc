@@ -2,6 +2,7 @@
 // descriptor, and serving one worker role in the server shell (tools/worker_role.h).
 #include "tools/worker_role.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -50,9 +51,46 @@ const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
 
 std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
-  flags.insert({"router", "routers-dns", "advertise"});
+  flags.insert({"router", "routers-dns", "advertise", "transport"});
   flags.insert(prefill ? "fault-stall-transfer-ms" : "fault-stall-decode-ms");
   return flags;
+}
+
+absl::StatusOr<transfer::TransportOffer> TransportFromArgs(const Args& args, kernels::Backend& backend) {
+  return transfer::OfferFor(args.Get("transport", "auto"), backend);
+}
+
+absl::Status CheckTransportFlag(const Args& args) {
+  const std::string flag = args.Get("transport", "auto");
+  if (flag == "nccl") {
+    return absl::UnimplementedError("--transport nccl: this build has no NCCL transport yet (use auto, grpc or cuda-ipc)");
+  }
+  if (flag != "auto" && flag != "grpc" && flag != "cuda-ipc") {
+    return absl::InvalidArgumentError(absl::StrCat("--transport must be one of ", transfer::kTransportFlagValues,
+                                                   ", got '", flag, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KeepCudaIpcIfExportable(const Args& args, const cache::PagePool& cache, transfer::TransportOffer* offer) {
+  auto it = std::find(offer->transports.begin(), offer->transports.end(), "cuda-ipc");
+  if (it == offer->transports.end() || cache.mla_layers() == 0) return absl::OkStatus();
+  auto handle = cache.backend().ExportMemory(cache.pool(0));
+  if (handle.ok() && handle->kind == "cuda-ipc") return absl::OkStatus();
+  if (args.Get("transport", "auto") == "cuda-ipc") {
+    return absl::FailedPreconditionError(absl::StrCat("--transport cuda-ipc: the cache cannot be exported (",
+                                                      handle.ok() ? "host memory" : handle.status().message(), ")"));
+  }
+  offer->transports.erase(it);
+  return absl::OkStatus();
+}
+
+internal::v1::WorkerTransports ToProto(const transfer::TransportOffer& offer) {
+  internal::v1::WorkerTransports out;
+  for (const std::string& name : offer.transports) out.add_transports(name);
+  out.set_host_id(offer.host_id);
+  out.set_gpu_uuid(offer.gpu_uuid);
+  return out;
 }
 
 // --max-lease-ttl-ms (decode): the longest a lease may live without Decode, whatever a
@@ -149,7 +187,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   ASSIGN_OR_RETURN(int64_t drain_ms, args.GetInt("drain-ms", 10000));
   std::string address;
   auto info = [&] { return role.info(address); };
-  worker::WorkerStatsService stats(role.name, loaded.descriptor, info, auth);
+  worker::WorkerStatsService stats(role.name, loaded.descriptor, info, auth, role.transports);
   ASSIGN_OR_RETURN(serving::Listening server,
                    serving::StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, serving::StartHealth(args));
@@ -162,7 +200,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   address = args.Get("advertise", server.address);
   RETURN_IF_ERROR(serving::Announce(args, server.address));
   worker::AnnouncerSet announcers(routers, args.Get("routers-dns"), address, role.name,
-                                  loaded.descriptor, info);
+                                  loaded.descriptor, info, absl::Seconds(5), role.transports);
   serving::ServeUntilSignal(signals, server.address,
                             serving::WithHealth({server.server.get()}, health), role.start_drain,
                             absl::Milliseconds(drain_ms));

@@ -18,6 +18,7 @@
 #include "latentserve/internal/v1/worker.pb.h"
 #include "serving/server_shell.h"
 #include "tools/lib/engine_setup.h"
+#include "transfer/transport_choice.h"
 
 namespace latentserve::cli {
 
@@ -50,7 +51,18 @@ struct WorkerRole {
   std::function<v1::WorkerInfo(const std::string&)> info;  // stats, given the advertised address
   std::function<void()> start_drain;                       // stop taking work (SIGTERM)
   std::function<decode::DecodeStats()> decode_stats;       // decode only
+  internal::v1::WorkerTransports transports;               // advertised to the routers
 };
+
+// --transport auto|grpc|cuda-ipc|nccl (prefill, decode): what this worker offers on `backend`
+// (transfer::OfferFor; an impossible choice is an error before the worker serves).
+absl::StatusOr<transfer::TransportOffer> TransportFromArgs(const Args& args, kernels::Backend& backend);
+internal::v1::WorkerTransports ToProto(const transfer::TransportOffer& offer);
+// The --transport value alone, before a model loads (InvalidArgument / Unimplemented for nccl).
+absl::Status CheckTransportFlag(const Args& args);
+// A decode worker offers CUDA IPC only when its page pools export (--transport cuda-ipc:
+// FailedPrecondition otherwise; auto: drops the offer).
+absl::Status KeepCudaIpcIfExportable(const Args& args, const cache::PagePool& cache, transfer::TransportOffer* offer);
 
 // --router A[,B...] and/or --routers-dns HOST:PORT (at least one).
 absl::StatusOr<std::vector<std::string>> RoutersFromArgs(const Args& args);

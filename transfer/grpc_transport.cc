@@ -58,6 +58,7 @@ void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   for (int32_t l : h.kda_layers) p->add_kda_layers(l);
   p->set_kda_state_bytes(h.kda_state_bytes);
   p->set_prompt_tokens(h.prompt_tokens);
+  p->set_transport(h.transport);
 }
 
 absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& p) {
@@ -73,6 +74,10 @@ absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& 
   h.kda_layers.assign(p.kda_layers().begin(), p.kda_layers().end());
   h.kda_state_bytes = p.kda_state_bytes();
   h.prompt_tokens = p.prompt_tokens();
+  h.transport = p.transport();
+  if (!h.transport.empty() && h.transport != "grpc" && h.transport != "cuda-ipc") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport '", h.transport.substr(0, 32), "'"));
+  }
   return h;
 }
 
@@ -108,10 +113,12 @@ constexpr char kTagKdaSum = (4 << 3) | 1;     // KdaStateChunk.checksum (fixed64
 // and small fields (serialised by protobuf), the payload itself (not copied: the slice owns
 // the string and frees it once gRPC has written it), and the checksum. The bytes are exactly
 // what ReceiveCacheRequest::SerializeAsString would produce for the same message.
+void DeleteHostBytes(void* p) { delete static_cast<std::shared_ptr<const uint8_t>*>(p); }
+
 grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::MessageLite& small_fields, char payload_tag,
-                                   std::string payload, char checksum_tag, uint64_t checksum) {
+                                   std::string payload, HostBytes staged, char checksum_tag, uint64_t checksum) {
   const std::string fields = small_fields.SerializeAsString();
-  const size_t n = payload.size();
+  const size_t n = staged.owner ? staged.size : payload.size();
   const size_t payload_field = n == 0 ? 0 : 1 + VarintSize(n) + n;
   const size_t checksum_field = checksum == 0 ? 0 : 9;
   const size_t inner = fields.size() + payload_field + checksum_field;
@@ -132,7 +139,11 @@ grpc::ByteBuffer EncodeWithPayload(char outer_tag, const google::protobuf::Messa
   grpc::Slice slices[3];
   size_t count = 0;
   slices[count++] = grpc::Slice(head);
-  if (n > 0) {
+  if (n > 0 && staged.owner) {
+    // The slice holds a reference to the staging block; gRPC drops it once written.
+    auto* owner = new std::shared_ptr<const uint8_t>(std::move(staged.owner));
+    slices[count++] = grpc::Slice(staged.data, n, &DeleteHostBytes, owner);
+  } else if (n > 0) {
     auto* owned = new std::string(std::move(payload));
     slices[count++] = grpc::Slice(owned->data(), owned->size(), &DeleteString, owned);
   }
@@ -196,13 +207,23 @@ class GrpcSender : public CacheSender {
   }
   absl::Status SendLatentRows(LatentRows chunk) override {
     if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
-    const int64_t bytes = static_cast<int64_t>(chunk.rows.size());
+    const int64_t bytes = static_cast<int64_t>(chunk.payload().size());
     return Enqueue(EncodeLatentRows(std::move(chunk)), bytes);
   }
   absl::Status SendKdaState(KdaStateBytes chunk) override {
     if (chunk.view) return absl::InternalError("a gRPC handoff carries bytes, not views of the cache");
-    const int64_t bytes = static_cast<int64_t>(chunk.data.size());
+    const int64_t bytes = static_cast<int64_t>(chunk.payload().size());
     return Enqueue(EncodeKdaState(std::move(chunk)), bytes);
+  }
+  std::string transport() const override { return "grpc"; }
+  absl::Status SendRowsWritten(const RowsWritten& written) override {
+    internal::v1::ReceiveCacheRequest message;
+    auto* p = message.mutable_written();
+    p->set_mla_index(written.mla_index);
+    p->set_first_token(written.first_token);
+    p->set_token_count(written.token_count);
+    p->set_checksum(written.checksum);
+    return Enqueue(EncodeSmall(message), 0);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     internal::v1::ReceiveCacheRequest message;
@@ -302,14 +323,14 @@ grpc::ByteBuffer EncodeLatentRows(LatentRows chunk) {
   fields.set_mla_index(chunk.mla_index);
   fields.set_first_token(chunk.first_token);
   fields.set_token_count(chunk.token_count);
-  return EncodeWithPayload(kTagLatent, fields, kTagRows, std::move(chunk.rows), kTagRowsSum, chunk.checksum);
+  return EncodeWithPayload(kTagLatent, fields, kTagRows, std::move(chunk.rows), std::move(chunk.staged), kTagRowsSum, chunk.checksum);
 }
 
 grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk) {
   internal::v1::KdaStateChunk fields;
   fields.set_kda_index(chunk.kda_index);
   fields.set_offset(chunk.offset);
-  return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), kTagKdaSum, chunk.checksum);
+  return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), std::move(chunk.staged), kTagKdaSum, chunk.checksum);
 }
 
 void TuneAllocatorForCacheStreaming() {
@@ -381,6 +402,9 @@ grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(inte
       KdaStateBytes chunk{p->kda_index(), p->offset(), std::move(*p->mutable_data()), p->checksum()};
       payload_bytes += static_cast<int64_t>(chunk.data.size());
       status = (*receiver)->OnKdaState(chunk);
+    } else if (message.has_written()) {
+      const auto& p = message.written();
+      status = (*receiver)->OnRowsWritten(RowsWritten{p.mla_index(), p.first_token(), p.token_count(), p.checksum()});
     } else if (message.has_end()) {
       const auto& p = message.end();
       status = (*receiver)->Finish(HandoffEnd{p.first_token(), p.chunks(), p.payload_bytes()});

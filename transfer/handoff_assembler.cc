@@ -52,18 +52,23 @@ HandoffAssembler::~HandoffAssembler() {
   if (!finished_) Abort(absl::CancelledError("handoff dropped"));
 }
 
-absl::Status HandoffAssembler::CheckLatentChunk(const LatentRows& chunk) const {
-  if (chunk.mla_index < 0 || chunk.mla_index >= static_cast<int64_t>(latent_next_.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("latent chunk for MLA ordinal ", chunk.mla_index, " of ",
+absl::Status HandoffAssembler::CheckOrder(int64_t mla_index, int64_t first_token, int64_t token_count) const {
+  if (mla_index < 0 || mla_index >= static_cast<int64_t>(latent_next_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk for MLA ordinal ", mla_index, " of ",
                                                    latent_next_.size()));
   }
-  if (chunk.first_token != latent_next_[chunk.mla_index] || chunk.token_count <= 0 ||
-      chunk.token_count > header_.prompt_tokens - chunk.first_token) {
-    return absl::InvalidArgumentError(absl::StrCat("latent chunk of MLA ordinal ", chunk.mla_index, " covers [",
-                                                   chunk.first_token, ", +", chunk.token_count,
-                                                   "), expected to start at ", latent_next_[chunk.mla_index],
+  if (first_token != latent_next_[mla_index] || token_count <= 0 ||
+      token_count > header_.prompt_tokens - first_token) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk of MLA ordinal ", mla_index, " covers [",
+                                                   first_token, ", +", token_count,
+                                                   "), expected to start at ", latent_next_[mla_index],
                                                    " within ", header_.prompt_tokens, " prompt tokens"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status HandoffAssembler::CheckLatentChunk(const LatentRows& chunk) const {
+  RETURN_IF_ERROR(CheckOrder(chunk.mla_index, chunk.first_token, chunk.token_count));
   if (chunk.view) {
     // A view of the sender's cache in this process: its layout was checked with the header.
     if (chunk.view->mla_index != chunk.mla_index || chunk.view->first_token != chunk.first_token ||
@@ -72,11 +77,11 @@ absl::Status HandoffAssembler::CheckLatentChunk(const LatentRows& chunk) const {
     }
     return absl::OkStatus();
   }
-  if (static_cast<int64_t>(chunk.rows.size()) != chunk.token_count * header_.row_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("latent chunk has ", chunk.rows.size(), " bytes, expected ",
+  if (static_cast<int64_t>(chunk.payload().size()) != chunk.token_count * header_.row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("latent chunk has ", chunk.payload().size(), " bytes, expected ",
                                                    chunk.token_count * header_.row_bytes));
   }
-  if (Xxh64(chunk.rows) != chunk.checksum) {
+  if (Xxh64(chunk.payload()) != chunk.checksum) {
     return absl::DataLossError(absl::StrCat("checksum mismatch in latent rows [", chunk.first_token, ", +",
                                             chunk.token_count, ") of MLA ordinal ", chunk.mla_index));
   }
@@ -98,13 +103,39 @@ absl::Status HandoffAssembler::OnLatentRows(const LatentRows& chunk) {
       stats_.host_bytes += host_bytes;
     } else {
       RETURN_IF_ERROR(target_.table->pool().ImportRows(chunk.mla_index, sequence.pages(), chunk.first_token,
-                                                       chunk.token_count, chunk.rows));
+                                                       chunk.token_count, chunk.payload()));
       stats_.host_bytes += bytes;
     }
   }
   latent_next_[chunk.mla_index] += chunk.token_count;
   stats_.chunks++;
   stats_.payload_bytes += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status HandoffAssembler::OnRowsWritten(const RowsWritten& written) {
+  RETURN_IF_ERROR(hooks_.check_live());
+  if (header_.transport != "cuda-ipc") {
+    return absl::InvalidArgumentError("rows written out of band in a handoff whose header named no device transport");
+  }
+  RETURN_IF_ERROR(CheckOrder(written.mla_index, written.first_token, written.token_count));
+  const int64_t bytes = written.token_count * header_.row_bytes;  // <= prompt_tokens * row_bytes, checked
+  {
+    // The sender's copy completed before it sent this; read back what landed in our pages.
+    std::lock_guard<std::mutex> lock(*target_.device_mu);
+    RETURN_IF_ERROR(hooks_.check_live());
+    std::string rows;
+    RETURN_IF_ERROR(target_.table->pool().ExportRows(written.mla_index, target_.sequence->pages(), written.first_token,
+                                                     written.token_count, &rows));
+    if (Xxh64(rows) != written.checksum) {
+      return absl::DataLossError(absl::StrCat("checksum mismatch in device-written rows [", written.first_token, ", +",
+                                              written.token_count, ") of MLA ordinal ", written.mla_index));
+    }
+  }
+  latent_next_[written.mla_index] += written.token_count;
+  stats_.chunks++;
+  stats_.payload_bytes += bytes;
+  stats_.device_bytes += bytes;
   return absl::OkStatus();
 }
 
@@ -131,18 +162,18 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
     return absl::OkStatus();
   }
   if (chunk.offset != static_cast<int64_t>(buffer.size()) ||
-      static_cast<int64_t>(chunk.data.size()) > header_.kda_state_bytes - chunk.offset) {
+      static_cast<int64_t>(chunk.payload().size()) > header_.kda_state_bytes - chunk.offset) {
     return absl::InvalidArgumentError(absl::StrCat("KDA chunk of ordinal ", chunk.kda_index, " at offset ",
-                                                   chunk.offset, " (+", chunk.data.size(), ") does not continue ",
+                                                   chunk.offset, " (+", chunk.payload().size(), ") does not continue ",
                                                    buffer.size(), " of ", header_.kda_state_bytes, " bytes"));
   }
-  if (Xxh64(chunk.data) != chunk.checksum) {
+  if (Xxh64(chunk.payload()) != chunk.checksum) {
     return absl::DataLossError(absl::StrCat("checksum mismatch in KDA state ", chunk.kda_index, " at offset ",
                                             chunk.offset));
   }
-  buffer.append(chunk.data);
+  buffer.append(chunk.payload());
   stats_.chunks++;
-  stats_.payload_bytes += static_cast<int64_t>(chunk.data.size());
+  stats_.payload_bytes += static_cast<int64_t>(chunk.payload().size());
   if (static_cast<int64_t>(buffer.size()) == header_.kda_state_bytes) {
     std::lock_guard<std::mutex> lock(*target_.device_mu);
     RETURN_IF_ERROR(hooks_.check_live());

@@ -31,6 +31,7 @@ struct AssemblyStats {
   int64_t chunks = 0;
   int64_t payload_bytes = 0;
   int64_t host_bytes = 0;  // bytes this side copied through host memory
+  int64_t device_bytes = 0;  // rows a device transport wrote into our pages (read back to verify)
 };
 
 // Where one handoff goes. `sequence` holds pages for header.prompt_tokens tokens; it is
@@ -58,12 +59,16 @@ class HandoffAssembler : public CacheReceiver {
 
   absl::Status OnLatentRows(const LatentRows& chunk) override;
   absl::Status OnKdaState(const KdaStateBytes& chunk) override;
+  // Device-written rows (header.transport "cuda-ipc"): order as for OnLatentRows, then the rows
+  // in our pages are read back and their XXH64 compared with the sender's.
+  absl::Status OnRowsWritten(const RowsWritten& written) override;
   absl::Status Finish(const HandoffEnd& end) override;
   void Abort(const absl::Status& why) override;
 
   const AssemblyStats& stats() const { return stats_; }
 
  private:
+  absl::Status CheckOrder(int64_t mla_index, int64_t first_token, int64_t token_count) const;
   absl::Status CheckLatentChunk(const LatentRows& chunk) const;
   const HandoffHeader header_;
   const AssemblyTarget target_;

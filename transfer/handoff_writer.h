@@ -5,12 +5,19 @@
 // MLA layer, and hands each to the transport: as a view of the cache when the transport moves
 // views (in-process: no host copy, no checksum), else as bytes downloaded from the cache with
 // their XXH64. End carries the chunk and byte totals the receiver checks.
+//
+// Byte transports: each chunk's rows are downloaded asynchronously into a staging block
+// (transfer/staging_pool.h; pinned on CUDA), up to kDownloadsAhead chunks ahead of the one
+// being hashed and handed over, so the copy engine fills the next blocks while the host hashes
+// this one; the block itself goes to the transport (no copy into a string).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "cache/sequence_table.h"
+#include "transfer/staging_pool.h"
 #include "transfer/transport.h"
 
 namespace latentserve::transfer {
@@ -21,8 +28,13 @@ void DescribeLayout(const cache::SequenceTable& table, HandoffHeader* header);
 
 class HandoffWriter {
  public:
+  // Chunks whose downloads are enqueued before the oldest is handed over.
+  static constexpr int kDownloadsAhead = 4;
+
   // `sender`: an open handoff whose header is `header` (DescribeLayout of the sequence's table).
-  HandoffWriter(CacheSender& sender, const HandoffHeader& header);
+  // `staging`: host blocks shared by the process's handoffs (on the sequence's backend); null:
+  // the writer makes its own on first use (one pinned allocation per handoff).
+  HandoffWriter(CacheSender& sender, const HandoffHeader& header, StagingPool* staging = nullptr);
 
   // Rows [first_token, first_token + count) of every MLA layer of `sequence`. Ranges must
   // follow each other from token 0 (FailedPrecondition otherwise); the transport's error ends
@@ -39,7 +51,11 @@ class HandoffWriter {
   int64_t host_bytes() const { return host_bytes_; }
 
  private:
+  StagingPool& Staging(kernels::Backend& backend);
+
   CacheSender& sender_;
+  StagingPool* staging_;
+  std::unique_ptr<StagingPool> own_staging_;
   const HandoffHeader header_;
   const bool views_;
   int64_t next_token_ = 0;

@@ -10,6 +10,7 @@ class InProcSender : public CacheSender {
  public:
   InProcSender(std::unique_ptr<CacheReceiver> receiver, absl::Time deadline)
       : receiver_(std::move(receiver)), deadline_(deadline) {}
+  std::string transport() const override { return "inproc"; }
   ~InProcSender() override {
     if (receiver_) receiver_->Abort(absl::CancelledError("sender dropped the handoff"));
   }

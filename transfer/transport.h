@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,26 @@ struct HandoffHeader {
   std::vector<int32_t> kda_layers;  // model layer of each KDA ordinal
   int64_t kda_state_bytes = 0;    // bytes of one KDA layer's state
   int64_t prompt_tokens = 0;
+  // "cuda-ipc": latent rows arrive out of band (RowsWritten); empty: every payload in band.
+  std::string transport;
+};
+
+// Rows [first_token, first_token + token_count) of MLA ordinal mla_index are already in the
+// receiver's pages (a device transport wrote them, and the write completed, before this was
+// sent); checksum is the XXH64 of those rows as the sender's cache holds them.
+struct RowsWritten {
+  int32_t mla_index = 0;
+  int64_t first_token = 0;
+  int64_t token_count = 0;
+  uint64_t checksum = 0;
+};
+
+// Bytes [data, data + size) of host memory, valid while `owner` lives (a staging block:
+// transfer/staging_pool.h). Lets a sender hand downloaded rows to a transport without a copy.
+struct HostBytes {
+  std::shared_ptr<const uint8_t> owner;
+  uint8_t* data = nullptr;
+  size_t size = 0;
 };
 
 // Latent rows [first_token, first_token + token_count) of MLA ordinal mla_index:
@@ -50,10 +71,16 @@ struct LatentRows {
   int64_t first_token = 0;
   int64_t token_count = 0;
   std::string rows;
-  uint64_t checksum = 0;  // Xxh64(rows)
+  uint64_t checksum = 0;  // Xxh64(payload())
+  // Instead of `rows` when set (sending side): the bytes in a staging block.
+  HostBytes staged = {};
   // Instead of `rows` (empty then, no checksum: nothing crosses a wire), for senders that
   // MovesViews(): the rows where they lie in the sender's cache, valid until Send returns.
   std::optional<cache::LatentRowsView> view = std::nullopt;
+
+  std::string_view payload() const {
+    return staged.owner ? std::string_view(reinterpret_cast<const char*>(staged.data), staged.size) : rows;
+  }
 };
 
 // Bytes [offset, offset + data.size()) of KDA ordinal kda_index's state
@@ -62,9 +89,14 @@ struct KdaStateBytes {
   int32_t kda_index = 0;
   int64_t offset = 0;
   std::string data;
-  uint64_t checksum = 0;  // Xxh64(data)
+  uint64_t checksum = 0;  // Xxh64(payload())
+  HostBytes staged = {};  // instead of `data` when set, as LatentRows::staged
   // Instead of `data`, for senders that MovesViews(): the layer's whole state (offset 0).
   std::optional<cache::KdaStateRef> view = std::nullopt;
+
+  std::string_view payload() const {
+    return staged.owner ? std::string_view(reinterpret_cast<const char*>(staged.data), staged.size) : data;
+  }
 };
 
 struct HandoffEnd {
@@ -83,6 +115,10 @@ class CacheReceiver {
   virtual ~CacheReceiver() = default;
   virtual absl::Status OnLatentRows(const LatentRows& chunk) = 0;
   virtual absl::Status OnKdaState(const KdaStateBytes& chunk) = 0;
+  // Rows a device transport wrote into the receiving pages; the receiver verifies them.
+  virtual absl::Status OnRowsWritten(const RowsWritten& written) {
+    return absl::UnimplementedError("this receiver takes no device-written rows");
+  }
   // Verifies completeness and admits the cache; the lease then waits for Decode.
   virtual absl::Status Finish(const HandoffEnd& end) = 0;
   // The sender went away or failed: drop what arrived (the lease stays until it expires
@@ -109,10 +145,18 @@ class CacheSender {
   virtual bool MovesViews() const { return false; }
   virtual absl::Status SendLatentRows(LatentRows chunk) = 0;
   virtual absl::Status SendKdaState(KdaStateBytes chunk) = 0;
+  // Announces rows written out of band (a device transport's control message).
+  virtual absl::Status SendRowsWritten(const RowsWritten& written) {
+    return absl::UnimplementedError("this sender carries no device-written rows");
+  }
   // Sends End and waits for the receiver's verdict. Returns payload bytes it accepted.
   virtual absl::StatusOr<int64_t> Finish(const HandoffEnd& end) = 0;
   // Abandons the handoff (the prefill was cancelled); the receiver sees Abort.
   virtual void Cancel() = 0;
+  // What moved the cache ("grpc", "inproc", "cuda-ipc"), and the bytes written device to
+  // device by a device transport (0 for the others).
+  virtual std::string transport() const { return ""; }
+  virtual int64_t device_bytes() const { return 0; }
 };
 
 class CacheTransport {

@@ -47,12 +47,13 @@ absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& host_port
 
 AnnouncerSet::AnnouncerSet(std::vector<std::string> routers, std::string routers_dns, std::string worker_address,
                            std::string role, internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
-                           absl::Duration resolve_interval)
+                           absl::Duration resolve_interval, internal::v1::WorkerTransports transports)
     : routers_dns_(std::move(routers_dns)), worker_address_(std::move(worker_address)), role_(std::move(role)),
-      model_(std::move(model)), stats_(std::move(stats)), resolve_interval_(resolve_interval) {
+      model_(std::move(model)), transports_(std::move(transports)), stats_(std::move(stats)),
+      resolve_interval_(resolve_interval) {
   for (const std::string& router : routers) {
     if (!fixed_.count(router)) {
-      fixed_[router] = std::make_unique<WorkerAnnouncer>(router, worker_address_, role_, model_, stats_);
+      fixed_[router] = std::make_unique<WorkerAnnouncer>(router, worker_address_, role_, model_, stats_, "", transports_);
     }
   }
   if (!routers_dns_.empty()) thread_ = std::thread([this] { ResolveLoop(); });
@@ -94,7 +95,7 @@ void AnnouncerSet::Sync(const std::vector<std::string>& resolved) {
     for (const std::string& address : resolved) {
       if (resolved_.count(address) || fixed_.count(address)) continue;
       resolved_[address] =
-          std::make_unique<WorkerAnnouncer>(address, worker_address_, role_, model_, stats_, tls_name);
+          std::make_unique<WorkerAnnouncer>(address, worker_address_, role_, model_, stats_, tls_name, transports_);
     }
   }
   // `gone` joins its announcers' threads here, outside the lock.

@@ -29,7 +29,7 @@ class AnnouncerSet {
  public:
   AnnouncerSet(std::vector<std::string> routers, std::string routers_dns, std::string worker_address,
                std::string role, internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
-               absl::Duration resolve_interval = absl::Seconds(5));
+               absl::Duration resolve_interval = absl::Seconds(5), internal::v1::WorkerTransports transports = {});
   ~AnnouncerSet();
   std::vector<std::string> Targets() const;  // routers announced to right now
 
@@ -39,6 +39,7 @@ class AnnouncerSet {
 
   const std::string routers_dns_, worker_address_, role_;
   const internal::v1::ModelDescriptor model_;
+  const internal::v1::WorkerTransports transports_;
   const std::function<v1::WorkerInfo()> stats_;
   const absl::Duration resolve_interval_;
   mutable std::mutex mu_;

@@ -19,6 +19,7 @@ grpc::Status WorkerStatsService::GetWorkerStats(grpc::ServerContext* context,
     response->mutable_model()->set_path(path.substr(path.rfind('/') + 1));
   }
   response->set_role(role_);
+  *response->mutable_transports() = transports_;
   return grpc::Status::OK;
 }
 

@@ -23,14 +23,16 @@ namespace latentserve::worker {
 class WorkerStatsService final : public internal::v1::WorkerStats::Service {
  public:
   WorkerStatsService(std::string role, const internal::v1::ModelDescriptor& model,
-                     std::function<v1::WorkerInfo()> info, const serving::InternalAuthorizer& auth)
-      : role_(std::move(role)), model_(model), info_(std::move(info)), auth_(auth) {}
+                     std::function<v1::WorkerInfo()> info, const serving::InternalAuthorizer& auth,
+                     internal::v1::WorkerTransports transports = {})
+      : role_(std::move(role)), model_(model), transports_(std::move(transports)), info_(std::move(info)), auth_(auth) {}
   grpc::Status GetWorkerStats(grpc::ServerContext* context, const internal::v1::GetWorkerStatsRequest*,
                               internal::v1::GetWorkerStatsResponse* response) override;
 
  private:
   std::string role_;
   const internal::v1::ModelDescriptor& model_;
+  const internal::v1::WorkerTransports transports_;
   std::function<v1::WorkerInfo()> info_;
   const serving::InternalAuthorizer& auth_;
 };

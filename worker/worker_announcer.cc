@@ -10,9 +10,10 @@ namespace latentserve::worker {
 
 WorkerAnnouncer::WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
                                  internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats,
-                                 std::string tls_name)
+                                 std::string tls_name, internal::v1::WorkerTransports transports)
     : router_address_(std::move(router_address)), worker_address_(std::move(worker_address)), role_(std::move(role)),
-      tls_name_(std::move(tls_name)), model_(std::move(model)), stats_(std::move(stats)) {
+      tls_name_(std::move(tls_name)), model_(std::move(model)), transports_(std::move(transports)),
+      stats_(std::move(stats)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -45,6 +46,7 @@ void WorkerAnnouncer::Loop() {
       request.set_address(worker_address_);
       request.set_role(role_);
       *request.mutable_model() = model_;
+      *request.mutable_transports() = transports_;
       *request.mutable_stats() = stats_();
       internal::v1::RegisterWorkerResponse response;
       status = stub->RegisterWorker(&context, request, &response);

@@ -17,13 +17,15 @@ class WorkerAnnouncer {
   // `stats` is called from the announcer's thread. `tls_name` (may be empty): the name the
   // router's certificate must carry when `router_address` is a bare IP.
   WorkerAnnouncer(std::string router_address, std::string worker_address, std::string role,
-                  internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats, std::string tls_name = "");
+                  internal::v1::ModelDescriptor model, std::function<v1::WorkerInfo()> stats, std::string tls_name = "",
+                  internal::v1::WorkerTransports transports = {});
   ~WorkerAnnouncer();
 
  private:
   void Loop();
   const std::string router_address_, worker_address_, role_, tls_name_;
   const internal::v1::ModelDescriptor model_;
+  const internal::v1::WorkerTransports transports_;  // what it can move cache bytes by
   const std::function<v1::WorkerInfo()> stats_;
   std::mutex mu_;
   std::condition_variable cv_;

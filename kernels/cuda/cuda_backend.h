@@ -90,6 +90,7 @@ class CudaBackend final : public Backend {
   absl::StatusOr<Tensor> AllocExportable(DType dtype, Shape ne) override;
   absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor) override;
   absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne) override;
+  std::string DeviceUuid() const override;
 
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
                 const Tensor& ids, const Tensor& weights) override;

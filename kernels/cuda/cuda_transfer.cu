@@ -219,4 +219,22 @@ absl::StatusOr<Tensor> CudaBackend::OpenMemory(const MemoryHandle& handle, DType
   return t;
 }
 
+std::string CudaBackend::DeviceUuid() const {
+  cudaDeviceProp props;
+  if (cudaGetDeviceProperties(&props, device_) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  // nvidia-smi's form: GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx
+  const auto* b = reinterpret_cast<const unsigned char*>(props.uuid.bytes);
+  std::string out = "GPU-";
+  static const char* kHex = "0123456789abcdef";
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
+    out.push_back(kHex[b[i] >> 4]);
+    out.push_back(kHex[b[i] & 15]);
+  }
+  return out;
+}
+
 }  // namespace latentserve::kernels::cuda

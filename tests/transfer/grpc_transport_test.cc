@@ -13,8 +13,10 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
+#include "kernels/backend.h"
 #include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "transfer/checksum.h"
+#include "transfer/staging_pool.h"
 
 namespace latentserve::transfer {
 namespace {
@@ -78,6 +80,39 @@ TEST(EncodeTest, PayloadIsNotCopied) {
   bool found = false;
   for (const auto& s : slices) found |= reinterpret_cast<const char*>(s.begin()) == data && s.size() == (1u << 20);
   EXPECT_TRUE(found) << "the payload slice should point at the original rows";
+}
+
+TEST(EncodeTest, StagedPayloadIsReferencedAndReleasedOnceWritten) {
+  auto backend = *kernels::CreateBackend({"cpu", 1, 0});
+  StagingOptions options;
+  options.blocks = 1;
+  StagingPool staging(*backend, options);
+  LatentRows chunk;
+  chunk.mla_index = 1;
+  chunk.first_token = 8;
+  chunk.token_count = 2;
+  chunk.staged = *staging.Acquire(1000);
+  const std::string pattern = Pattern(1000, 4);
+  std::copy(pattern.begin(), pattern.end(), chunk.staged.data);
+  chunk.checksum = Xxh64(chunk.payload());
+  const uint8_t* block = chunk.staged.data;
+  internal::v1::ReceiveCacheRequest expected;
+  expected.mutable_latent()->set_mla_index(1);
+  expected.mutable_latent()->set_first_token(8);
+  expected.mutable_latent()->set_token_count(2);
+  expected.mutable_latent()->set_rows(pattern);
+  expected.mutable_latent()->set_checksum(chunk.checksum);
+  {
+    grpc::ByteBuffer buffer = EncodeLatentRows(std::move(chunk));
+    EXPECT_EQ(staging.counts().in_use, 1);
+    EXPECT_EQ(Flatten(buffer), expected.SerializeAsString());
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(buffer.Dump(&slices).ok());
+    bool found = false;
+    for (const auto& s : slices) found |= s.begin() == block && s.size() == 1000;
+    EXPECT_TRUE(found) << "the payload slice should point into the staging block";
+  }
+  EXPECT_EQ(staging.counts().in_use, 0) << "the block goes back once the message is gone";
 }
 
 // --- handoffs over loopback ------------------------------------------------------------------

@@ -31,7 +31,9 @@ class ByteSender : public CacheSender {
   explicit ByteSender(CacheReceiver* receiver) : receiver_(receiver) {}
   absl::Status SendLatentRows(LatentRows chunk) override {
     if (chunk.view) return absl::InternalError("views on a byte transport");
-    if (corrupt_next_ && !chunk.rows.empty()) {
+    if (corrupt_next_ && !chunk.payload().empty()) {
+      chunk.rows = std::string(chunk.payload());  // a copy: the staging block is the sender's
+      chunk.staged = {};
       chunk.rows[chunk.rows.size() / 2] ^= 0x10;
       corrupt_next_ = false;
     }
@@ -50,6 +52,35 @@ class ByteSender : public CacheSender {
 
  private:
   CacheReceiver* receiver_;
+};
+
+// What the CUDA IPC sender does, on CPU backends: rows copied straight into the receiver's
+// pages (a "device write"), then announced with the checksum of the sender's rows.
+class DeviceWriteSender : public CacheSender {
+ public:
+  DeviceWriteSender(CacheReceiver* receiver, const cache::Sequence* target) : receiver_(receiver), target_(target) {}
+  bool MovesViews() const override { return true; }
+  absl::Status SendLatentRows(LatentRows chunk) override {
+    std::string rows;
+    RETURN_IF_ERROR(chunk.view->pool->ExportRows(chunk.mla_index, chunk.view->pages, chunk.first_token,
+                                                 chunk.token_count, &rows));
+    if (!skip_write_) {
+      RETURN_IF_ERROR(cache::CopyRows(*chunk.view, cache::RowsOf(*target_, chunk.mla_index, chunk.first_token,
+                                                                 chunk.token_count)).status());
+    }
+    return receiver_->OnRowsWritten({chunk.mla_index, chunk.first_token, chunk.token_count, Xxh64(rows)});
+  }
+  absl::Status SendKdaState(KdaStateBytes chunk) override { return receiver_->OnKdaState(chunk); }
+  absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
+    RETURN_IF_ERROR(receiver_->Finish(end));
+    return end.payload_bytes;
+  }
+  void Cancel() override { receiver_->Abort(absl::CancelledError("cancelled")); }
+  bool skip_write_ = false;  // announce rows that never landed
+
+ private:
+  CacheReceiver* receiver_;
+  const cache::Sequence* target_;
 };
 
 class HandoffTest : public ::testing::Test, public CacheSink {
@@ -232,6 +263,56 @@ TEST_F(HandoffTest, TheWriterSendsRowsInOrderOnly) {
   EXPECT_EQ(writer.SendRows(*source_, 5, 3).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(writer.SendRows(*source_, 0, kPrompt + 1).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(writer.chunks(), 0);
+}
+
+}  // namespace
+}  // namespace latentserve::transfer
+
+namespace latentserve::transfer {
+namespace {
+
+TEST_F(HandoffTest, DeviceWrittenRowsAreVerifiedAndAccounted) {
+  HandoffHeader device = header_;
+  device.transport = "cuda-ipc";
+  auto receiver = BeginHandoff(device);
+  ASSERT_TRUE(receiver.ok()) << receiver.status();
+  DeviceWriteSender sender(receiver->get(), target_.get());
+  HandoffWriter writer(sender, device);
+  ASSERT_TRUE(Send(sender, writer).ok());
+  EXPECT_EQ(first_token_, 7);
+  EXPECT_EQ(admitted_stats_.device_bytes,
+            kPrompt * header_.row_bytes * static_cast<int64_t>(header_.mla_layers.size()));
+  EXPECT_EQ(admitted_stats_.payload_bytes, writer.payload_bytes());
+  ExpectSameContinuation();
+}
+
+TEST_F(HandoffTest, RowsAnnouncedButNotWrittenAreDataLoss) {
+  HandoffHeader device = header_;
+  device.transport = "cuda-ipc";
+  auto receiver = BeginHandoff(device);
+  ASSERT_TRUE(receiver.ok());
+  DeviceWriteSender sender(receiver->get(), target_.get());
+  sender.skip_write_ = true;
+  HandoffWriter writer(sender, device);
+  const absl::Status status = Send(sender, writer);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_EQ(first_token_, -1);
+}
+
+TEST_F(HandoffTest, RowsWrittenNeedADeviceHeaderAndOrder) {
+  auto plain = BeginHandoff(header_);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->OnRowsWritten({0, 0, 4, 0}).code(), absl::StatusCode::kInvalidArgument)
+      << "a gRPC handoff must not take out-of-band rows";
+  plain->reset();
+  HandoffHeader device = header_;
+  device.transport = "cuda-ipc";
+  auto receiver = BeginHandoff(device);
+  ASSERT_TRUE(receiver.ok());
+  EXPECT_EQ((*receiver)->OnRowsWritten({0, 8, 4, 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*receiver)->OnRowsWritten({5, 0, 4, 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*receiver)->OnRowsWritten({0, 0, kPrompt + 1, 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*receiver)->OnRowsWritten({0, 0, -1, 0}).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -56,6 +56,10 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
         absl::StrCat("--cache-tokens / --context must be in [1, ", kMaxCacheTokens, "], got ", context));
   }
   cache_options.pages = std::max<int64_t>(1, (context + cache_options.page_tokens - 1) / cache_options.page_tokens);
+  // A worker that may receive by CUDA IPC (--transport auto|cuda-ipc) keeps its pools in
+  // memory another process can open; other backends and commands allocate as usual.
+  const std::string transport = args.Get("transport", "auto");
+  cache_options.exportable = backend_options.kind == "cuda" && (transport == "auto" || transport == "cuda-ipc");
   ASSIGN_OR_RETURN(engine.cache, model::NewLatentCache(engine.model->config(), *engine.backend, cache_options));
   engine.sequences = std::make_unique<cache::SequenceTable>(*engine.cache, engine.model->kda_layout());
   // Prefill chunk: 512 tokens on the CPU; 8,192 on the GPU, where the MHA-form MLA prefill

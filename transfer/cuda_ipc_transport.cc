@@ -1,0 +1,279 @@
+#include "transfer/cuda_ipc_transport.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "latentserve/internal/v1/worker.grpc.pb.h"
+#include "transfer/checksum.h"
+
+namespace latentserve::transfer {
+namespace {
+
+constexpr int64_t kMaxPageTokens = 65536;
+constexpr size_t kMaxHandleBytes = 64;  // sizeof(cudaIpcMemHandle_t)
+
+// One handoff: rows go device to device into the peer's pages, control on the gRPC stream.
+class CudaIpcSender : public CacheSender {
+ public:
+  CudaIpcSender(kernels::Backend& backend, std::unique_ptr<CacheSender> control, std::shared_ptr<const void> peer,
+                std::vector<kernels::Tensor> pools, DeviceTarget target, const HandoffHeader& header,
+                std::function<void()> forget_peer)
+      : backend_(backend), control_(std::move(control)), peer_(std::move(peer)), pools_(std::move(pools)),
+        target_(std::move(target)), header_(header), forget_peer_(std::move(forget_peer)) {}
+
+  bool MovesViews() const override { return true; }
+  std::string transport() const override { return "cuda-ipc"; }
+  int64_t device_bytes() const override { return device_bytes_; }
+
+  absl::Status SendLatentRows(LatentRows chunk) override { return Failed(WriteRows(chunk)); }
+  absl::Status SendKdaState(KdaStateBytes chunk) override { return Failed(SendKda(chunk)); }
+  absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
+    HandoffEnd adjusted = end;
+    adjusted.chunks += extra_chunks_;  // KDA views went out in several byte pieces
+    auto accepted = control_->Finish(adjusted);
+    if (!accepted.ok()) (void)Failed(accepted.status());
+    return accepted;
+  }
+  void Cancel() override { control_->Cancel(); }
+
+ private:
+  // A failed handoff may mean a dead peer: its opened memory is closed once unused.
+  absl::Status Failed(absl::Status status) {
+    if (!status.ok() && forget_peer_) {
+      forget_peer_();
+      forget_peer_ = nullptr;
+    }
+    return status;
+  }
+
+  absl::Status WriteRows(const LatentRows& chunk) {
+    if (!chunk.view || chunk.view->pool == nullptr) return absl::InternalError("the CUDA IPC sender takes views");
+    const cache::LatentRowsView& view = *chunk.view;
+    const int64_t first = chunk.first_token, count = chunk.token_count;
+    if (chunk.mla_index < 0 || chunk.mla_index >= static_cast<int64_t>(pools_.size()) || first < 0 || count <= 0 ||
+        count > header_.prompt_tokens - first) {
+      return absl::InvalidArgumentError("latent rows outside the handoff");
+    }
+    const cache::PagePool& pool = *view.pool;
+    if (static_cast<int64_t>(pool.row_bytes()) != header_.row_bytes) {
+      return absl::FailedPreconditionError("rows of another size than the header's");
+    }
+    RETURN_IF_ERROR(pool.CheckRange(view.mla_index, view.pages, first, count));
+    // The checksum the receiver verifies against what lands in its pages.
+    std::string rows;
+    RETURN_IF_ERROR(pool.ExportRows(view.mla_index, view.pages, first, count, &rows));
+    const int64_t rb = header_.row_bytes, src_page = pool.page_tokens(), dst_page = target_.page_tokens;
+    for (int64_t t = 0; t < count;) {
+      const int64_t s = first + t;
+      const int64_t run = std::min({count - t, src_page - s % src_page, dst_page - s % dst_page});
+      const int64_t src_offset = (static_cast<int64_t>(view.pages[s / src_page]) * src_page + s % src_page) * rb;
+      if (!backend_.CopyToBackend(pool.pool(view.mla_index), static_cast<size_t>(src_offset), backend_,
+                                  pools_[chunk.mla_index], static_cast<size_t>(RowOffset(target_, rb, s)),
+                                  static_cast<size_t>(run * rb))) {
+        return absl::FailedPreconditionError(absl::StrCat("the ", backend_.name(),
+                                                          " backend cannot copy into opened peer memory"));
+      }
+      t += run;
+    }
+    // The rows must be in the peer's pages before it is told so.
+    ASSIGN_OR_RETURN(auto event, backend_.RecordEvent());
+    RETURN_IF_ERROR(backend_.WaitEvent(*event));
+    device_bytes_ += count * rb;
+    return control_->SendRowsWritten({chunk.mla_index, first, count, Xxh64(rows)});
+  }
+
+  absl::Status SendKda(const KdaStateBytes& chunk) {
+    if (!chunk.view || chunk.view->backend == nullptr) return absl::InternalError("the CUDA IPC sender takes views");
+    const kernels::KdaStateView& state = chunk.view->state;
+    const size_t recurrent = state.recurrent.nbytes(), conv = state.conv.nbytes();
+    if (static_cast<int64_t>(recurrent + conv) != header_.kda_state_bytes) {
+      return absl::FailedPreconditionError("KDA state of another size than the header's");
+    }
+    std::string bytes(recurrent + conv, '\0');
+    chunk.view->backend->Download(state.recurrent, bytes.data(), recurrent);
+    chunk.view->backend->Download(state.conv, bytes.data() + recurrent, conv);
+    for (size_t offset = 0; offset < bytes.size(); offset += kMaxChunkBytes) {
+      KdaStateBytes piece;
+      piece.kda_index = chunk.kda_index;
+      piece.offset = static_cast<int64_t>(offset);
+      piece.data = bytes.substr(offset, kMaxChunkBytes);
+      piece.checksum = Xxh64(piece.data);
+      if (offset > 0) extra_chunks_++;
+      RETURN_IF_ERROR(control_->SendKdaState(std::move(piece)));
+    }
+    return absl::OkStatus();
+  }
+
+  kernels::Backend& backend_;
+  std::unique_ptr<CacheSender> control_;
+  std::shared_ptr<const void> peer_;  // keeps the opened memory mapped while this handoff runs
+  std::vector<kernels::Tensor> pools_;
+  const DeviceTarget target_;
+  const HandoffHeader header_;
+  std::function<void()> forget_peer_;
+  int64_t device_bytes_ = 0;
+  int64_t extra_chunks_ = 0;
+};
+
+bool MulFits(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+}  // namespace
+
+absl::StatusOr<DeviceTarget> ValidateDeviceTarget(const internal::v1::OpenDeviceHandoffResponse& answer,
+                                                  const HandoffHeader& header) {
+  if (answer.export_id().empty() || answer.export_id().size() > 128) {
+    return absl::InvalidArgumentError("OpenDeviceHandoff: export_id must be 1..128 bytes");
+  }
+  ASSIGN_OR_RETURN(DType dtype, FromProtoDType(answer.cache_dtype()));
+  if (dtype != header.cache_dtype || answer.row_bytes() != header.row_bytes) {
+    return absl::FailedPreconditionError(absl::StrCat("the decode worker's cache is ", DTypeName(dtype), " with ",
+                                                      answer.row_bytes(), "-byte rows, this one ",
+                                                      DTypeName(header.cache_dtype), " with ", header.row_bytes,
+                                                      " (--cache-type must match)"));
+  }
+  if (header.row_bytes <= 0 || header.prompt_tokens <= 0) return absl::InvalidArgumentError("empty handoff");
+  if (answer.pools_size() != static_cast<int>(header.mla_layers.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("OpenDeviceHandoff: ", answer.pools_size(), " pools for ",
+                                                   header.mla_layers.size(), " MLA layers"));
+  }
+  if (answer.page_tokens() < 1 || answer.page_tokens() > kMaxPageTokens) {
+    return absl::InvalidArgumentError("OpenDeviceHandoff: page_tokens outside [1, 65536]");
+  }
+  if (answer.pool_pages() < 1 || answer.pool_pages() > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("OpenDeviceHandoff: pool_pages outside [1, 2^31)");
+  }
+  int64_t pool_rows = 0, pool_bytes = 0;
+  if (!MulFits(answer.page_tokens(), answer.pool_pages(), &pool_rows) ||
+      !MulFits(pool_rows, header.row_bytes, &pool_bytes)) {
+    return absl::InvalidArgumentError("OpenDeviceHandoff: pool size overflows");
+  }
+  DeviceTarget target;
+  target.export_id = answer.export_id();
+  target.page_tokens = answer.page_tokens();
+  target.pool_pages = answer.pool_pages();
+  for (const auto& p : answer.pools()) {
+    if (p.kind() != "cuda-ipc" || p.handle().empty() || p.handle().size() > kMaxHandleBytes) {
+      return absl::InvalidArgumentError("OpenDeviceHandoff: pools must be cuda-ipc handles");
+    }
+    if (p.bytes() < static_cast<uint64_t>(pool_bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat("OpenDeviceHandoff: a ", p.bytes(), "-byte pool cannot hold ",
+                                                     pool_bytes, " bytes of pages"));
+    }
+    target.pools.push_back({p.kind(), p.handle(), p.bytes(), p.process()});
+  }
+  // Enough pages for the prompt (pages.size() <= 2^31 from the proto, page_tokens <= 2^16).
+  if (static_cast<int64_t>(answer.pages_size()) * answer.page_tokens() < header.prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("OpenDeviceHandoff: ", answer.pages_size(), " pages of ",
+                                                   answer.page_tokens(), " tokens cannot hold ",
+                                                   header.prompt_tokens, " prompt tokens"));
+  }
+  for (int32_t page : answer.pages()) {
+    if (page < 0 || page >= answer.pool_pages()) {
+      return absl::InvalidArgumentError(absl::StrCat("OpenDeviceHandoff: page ", page, " outside the pool"));
+    }
+  }
+  target.pages.assign(answer.pages().begin(), answer.pages().end());
+  return target;
+}
+
+int64_t RowOffset(const DeviceTarget& target, int64_t row_bytes, int64_t token) {
+  const int64_t page = target.pages[token / target.page_tokens];
+  return (page * target.page_tokens + token % target.page_tokens) * row_bytes;
+}
+
+CudaIpcTransport::CudaIpcTransport(kernels::Backend& backend, GrpcTransport& control, TransportOffer self,
+                                   GrpcTransport::CredentialsProvider credentials,
+                                   GrpcTransport::CallDecorator decorate_call, TargetFetcher fetch)
+    : backend_(backend), control_(control), self_(std::move(self)), fetch_(std::move(fetch)) {
+  if (!fetch_) {
+    fetch_ = [credentials, decorate_call](const std::string& target, const internal::v1::OpenDeviceHandoffRequest& request,
+                                          absl::Time deadline) -> absl::StatusOr<internal::v1::OpenDeviceHandoffResponse> {
+      grpc::ChannelArguments args;
+      SetInternalKeepalive(args);
+      auto creds = credentials ? credentials() : nullptr;
+      auto stub = internal::v1::DecodeWorker::NewStub(
+          grpc::CreateCustomChannel(target, creds ? creds : grpc::InsecureChannelCredentials(), args));
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(5))));
+      if (decorate_call) decorate_call(context);
+      internal::v1::OpenDeviceHandoffResponse response;
+      grpc::Status status = stub->OpenDeviceHandoff(&context, request, &response);
+      if (!status.ok()) return FromGrpc(status);
+      return response;
+    };
+  }
+}
+
+size_t CudaIpcTransport::open_peers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peers_.size();
+}
+
+void CudaIpcTransport::Forget(const std::string& target) {
+  std::lock_guard<std::mutex> lock(mu_);
+  peers_.erase(target);
+}
+
+absl::StatusOr<std::shared_ptr<const CudaIpcTransport::Peer>> CudaIpcTransport::OpenPeer(
+    const std::string& target, const DeviceTarget& device, const HandoffHeader& header) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(target);
+    if (it != peers_.end() && it->second->export_id == device.export_id &&
+        it->second->pools.size() == device.pools.size()) {
+      return it->second;
+    }
+  }
+  auto peer = std::make_shared<Peer>();
+  peer->export_id = device.export_id;
+  for (const auto& handle : device.pools) {
+    ASSIGN_OR_RETURN(kernels::Tensor pool,
+                     backend_.OpenMemory(handle, header.cache_dtype,
+                                         {header.latent_width, device.page_tokens, device.pool_pages, 1}));
+    if (static_cast<int64_t>(pool.row_bytes()) != header.row_bytes) {
+      return absl::FailedPreconditionError("opened pool rows differ from the header's row size");
+    }
+    peer->pools.push_back(std::move(pool));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  peers_[target] = peer;  // replaces (and, once unused, closes) an older export of a restarted peer
+  return std::shared_ptr<const Peer>(peer);
+}
+
+absl::StatusOr<std::unique_ptr<CacheSender>> CudaIpcTransport::Open(const std::string& target,
+                                                                    const HandoffHeader& header, absl::Time deadline) {
+  internal::v1::OpenDeviceHandoffRequest request;
+  request.set_lease_id(header.lease_id);
+  request.set_transport("cuda-ipc");
+  request.set_host_id(self_.host_id);
+  request.set_gpu_uuid(self_.gpu_uuid);
+  ASSIGN_OR_RETURN(internal::v1::OpenDeviceHandoffResponse answer, fetch_(target, request, deadline));
+  ASSIGN_OR_RETURN(DeviceTarget device, ValidateDeviceTarget(answer, header));
+  auto peer = OpenPeer(target, device, header);
+  if (!peer.ok()) {
+    Forget(target);
+    return peer.status();
+  }
+  HandoffHeader control_header = header;
+  control_header.transport = "cuda-ipc";
+  ASSIGN_OR_RETURN(std::unique_ptr<CacheSender> control, control_.Open(target, control_header, deadline));
+  std::vector<kernels::Tensor> pools = (*peer)->pools;
+  return std::unique_ptr<CacheSender>(new CudaIpcSender(backend_, std::move(control), *peer, std::move(pools),
+                                                        std::move(device), control_header,
+                                                        [this, target] { Forget(target); }));
+}
+
+absl::StatusOr<std::unique_ptr<CacheSender>> SelectingTransport::Open(const std::string& target,
+                                                                      const HandoffHeader& header, absl::Time deadline) {
+  if (header.transport == "cuda-ipc" && ipc_ != nullptr) return ipc_->Open(target, header, deadline);
+  HandoffHeader bytes_header = header;
+  bytes_header.transport.clear();
+  return grpc_->Open(target, bytes_header, deadline);
+}
+
+}  // namespace latentserve::transfer

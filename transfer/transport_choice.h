@@ -1,0 +1,41 @@
+// Which transport moves one handoff's cache: what each worker can do (advertised when it
+// registers: WorkerTransports in worker.proto) and the router's choice per handoff.
+//
+//   cuda-ipc  both workers offer it and run on the same host (equal host ids): the prefill
+//             worker writes rows straight into the decode worker's exported pages
+//   nccl      both offer it (not built yet: never offered, so never chosen)
+//   grpc      otherwise: the universal fallback, always offered
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace latentserve::transfer {
+
+struct TransportOffer {
+  std::vector<std::string> transports;  // "grpc" always, then "cuda-ipc" / "nccl" as allowed
+  std::string host_id;                  // HostId()
+  std::string gpu_uuid;                 // Backend::DeviceUuid(); empty on the CPU
+};
+
+// Names --transport accepts.
+inline constexpr const char* kTransportFlagValues = "auto|grpc|cuda-ipc|nccl";
+
+// What a worker started with `--transport flag` on `backend` offers. "auto": gRPC plus CUDA
+// IPC where the backend exports memory; "grpc": only gRPC; "cuda-ipc": FailedPrecondition when
+// the backend cannot export device memory (a CPU backend or build); "nccl": Unimplemented (this
+// build has no NCCL transport). InvalidArgument for any other value.
+absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backend& backend);
+
+// This host's identity: /proc/sys/kernel/random/boot_id (changes on reboot, differs between
+// hosts) plus the host name (which tells apart containers on one kernel). Empty when neither
+// can be read: such a worker never gets CUDA IPC.
+std::string HostId();
+
+// The router's choice for a handoff from `prefill` to `decode`: "cuda-ipc", "nccl" or "grpc".
+std::string ChooseTransport(const TransportOffer& prefill, const TransportOffer& decode);
+
+}  // namespace latentserve::transfer
