@@ -47,9 +47,10 @@ run() {
     grep -q '"role":"decode","alive":true' <<<"$info" && grep -q '"role":"prefill","alive":true' <<<"$info" && break
     sleep 0.1
   done
-  timeout 1800 "$LS" client generate --target "$router" --prompt-tokens "$(cat "$dir/prompt")" --max-tokens 16 \
+  timeout 1800 "$LS" client generate --target "$router" --prompt-tokens-file "$dir/prompt" --max-tokens 16 \
     --temperature 0 --ignore-eos --json > "$OUT/$name.client.txt" 2>&1
   local rc=$?
+  sleep "${INFO_DELAY_S:-0}"  # the kill runs: let the survivors' stats (polled by the router) settle
   "$LS" client info --target "$router" > "$OUT/$name.info.txt" 2>&1
   kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null
   return $rc
@@ -98,18 +99,35 @@ if [[ ${FULL:-0} == 1 ]]; then
 fi
 
 if [[ ${KILL:-0} == 1 ]]; then
-  # A 3000-token prefill of the small model takes well under a second: a longer prompt gives the
-  # kill a window mid-transfer. The request must end with a status (no hang), the survivors'
+  # A 3000-token prefill of the small model takes well under a second: a 200,000-token prompt in
+  # 512-token chunks gives the kill a window mid-transfer. The request must end with a status (no hang), the survivors'
   # pages back to baseline (client info: cache_pages_free == cache_pages_total, no leases).
   for victim in prefill decode; do
-    run "kill_$victim" cuda-ipc 60000 --model "$WORK/m.gguf" --chunk 512 --cache-tokens 65536 &
+    INFO_DELAY_S=2 run "kill_$victim" cuda-ipc 200000 --model "$WORK/m.gguf" --chunk 512 --cache-tokens 204800 &
     runner=$!
-    sleep 1
+    # Mid-transfer: once the decode worker holds the request's lease, the prefill is running and
+    # its chunks are being written into the decode worker's pages.
+    for _ in $(seq 1 600); do
+      [[ -s $WORK/kill_$victim/router.port ]] &&
+        "$LS" client info --target "$(cat "$WORK/kill_$victim/router.port")" 2>/dev/null | grep -q '"leases_active":1' && break
+      sleep 0.05
+    done
+    sleep "${KILL_AFTER_S:-0.3}"
     pid=$(pgrep -n -f "latentserve $victim .*kill_$victim/" || true)
-    sleep "${KILL_AFTER_S:-2}"
+    echo "killing $victim (pid ${pid:-none}) mid-transfer"
     [[ -n $pid ]] && kill -KILL "$pid"
     wait $runner; echo "kill $victim mid-transfer: client exit $? ($(tail -1 "$OUT/kill_$victim.client.txt"))"
-    grep -o '"cache_pages_free":[0-9]*,"cache_pages_total":[0-9]*\|"leases_active":[0-9]*' "$OUT/kill_$victim.info.txt"
+    python3 - "$OUT/kill_$victim.info.txt" <<'PY' || status=1
+import json, sys
+workers = json.load(open(sys.argv[1]))["workers"]
+ok = True
+for w in workers:
+    back = w["cache_pages_free"] == w["cache_pages_total"] and w["leases_active"] == 0
+    print(f"  {w['role']:>7} alive={w['alive']}: pages free {w['cache_pages_free']}/{w['cache_pages_total']}, "
+          f"leases {w['leases_active']}" + ("" if not w["alive"] else (" (baseline)" if back else " (NOT baseline)")))
+    ok = ok and (back or not w["alive"])
+sys.exit(0 if ok else 1)
+PY
   done
 fi
 echo "device_transports status $status"
