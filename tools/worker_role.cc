@@ -46,7 +46,7 @@ void LogMemoryPlan(const char* role, const Engine& engine) {
 // registers, prefill its fault injection. Each list is what tools/usage_text.cc documents.
 const std::set<std::string> kWorkerFlags = serving::WithCommonFlags(
     {"listen", "model", "port-file", "threads", "cache-type", "page-tokens", "cache-tokens",
-     "chunk", "backend", "drain-ms", "max-lease-ttl-ms", "prefix-cache-mib", "checkpoint-interval",
+     "chunk", "backend", "device", "drain-ms", "max-lease-ttl-ms", "prefix-cache-mib", "checkpoint-interval",
      "local-prefill-max-tokens", "random-weights", "weight-type", "weights-seed"});
 
 std::set<std::string> SplitWorkerFlags(bool prefill) {

@@ -17,6 +17,12 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   backend_options.kind = args.Get("backend", "cpu");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   backend_options.threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(int64_t device, args.GetInt("device", 0));
+  if (device < 0 || device > 1023) return absl::InvalidArgumentError("--device must be a CUDA device ordinal >= 0");
+  if (args.Has("device") && backend_options.kind != "cuda") {
+    return absl::InvalidArgumentError("--device picks a CUDA device: it needs --backend cuda");
+  }
+  backend_options.device = static_cast<int>(device);
   ASSIGN_OR_RETURN(engine.backend, kernels::CreateBackend(backend_options));
   if (args.Has("random-weights")) {
     // The real shape with random weights made on the backend: full-size runs without a file.

@@ -16,7 +16,7 @@
 namespace latentserve::cli {
 
 // Flags understood by EngineFromArgs.
-inline const std::set<std::string> kEngineFlags = {"model", "backend", "threads", "cache-type", "page-tokens",
+inline const std::set<std::string> kEngineFlags = {"model", "backend", "device", "threads", "cache-type", "page-tokens",
                                                    "chunk", "context", "random-weights", "weight-type",
                                                    "weights-seed"};
 
