@@ -178,6 +178,7 @@ void CpuBackend::KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v,
   const float scale = 1.0f / std::sqrt(static_cast<float>(dk));
   const int64_t items = static_cast<int64_t>(seqs.size()) * heads;
   pool_.ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
+    ScopedFlushDenormals flush_denormals;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / heads, h = item % heads;
       const int64_t first = seqs[s].first_token;
