@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/kquant_internal.h"
 #include "kernels/cpu/quant_dot.h"
 
 namespace latentserve::kernels::cpu {
@@ -22,7 +23,9 @@ namespace {
 
 constexpr int kColumnGroup = 4;   // columns sharing each load of a row
 constexpr int64_t kRowBlock = 16;  // rows unpacked together (many columns)
-constexpr int64_t kBlocksPerSuper = kSuperBlock / kQ8Block;  // 32-blocks per super-block
+using kquant::Columns;
+using kquant::Decoded;
+using kquant::kBlocksPerSuper;
 
 // Sum of each 32-block of each column: sums [cols][k / 32] (the min terms of q4_K / q5_K;
 // |sum| <= 32 * 128 fits int16).
@@ -64,18 +67,6 @@ inline float HorizontalSum(__m256 v) {
   lo = _mm_hadd_ps(lo, lo);
   return _mm_cvtss_f32(lo);
 }
-
-// One super-block of one stored row, unpacked once and then met by every activation column.
-// values: element order, q4_K / q5_K q (0..31), q6_K |q - 32|; signs (q6_K only): q - 32, the
-// sign source of _mm256_sign_epi8. scales: q4_K / q5_K one per 32 values (0..7), q6_K one per
-// 16 (0..15); mins: q4_K / q5_K one per 32 values.
-struct alignas(32) Decoded {
-  int8_t values[kSuperBlock];
-  int8_t signs[kSuperBlock];
-  int16_t scales[16];
-  int16_t mins[8];
-  float d, dmin;
-};
 
 // The 8 6-bit scales and mins of a q4_K / q5_K super-block (layout in common/dtype.h), as
 // four words of 4 bytes each: sub-blocks 0..3 take the low 6 bits of bytes 0..3 (scales) and
@@ -177,15 +168,6 @@ inline __m256i ScaleVector(const Decoded& block, int v) {
                                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
 }
-
-// Activation columns of one call: values [cols][k], scales [cols][k / 32] (one per super-block,
-// repeated), sums [cols][k / 32] (int16 sum of each 32-block, the min terms of q4_K / q5_K).
-struct Columns {
-  const int8_t* q;
-  const float* d;
-  const int16_t* sums;
-  int64_t k, blocks;
-};
 
 // y[c * y_col_stride] for C columns starting at c0 against one decoded row.
 // Per super-block: integer sums per lane exact (maddubs pairs <= 2 * 32 * 127 = 8128 (q6_K
@@ -368,14 +350,18 @@ void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, 
   // then meets all of them, so activations are read once per row block, not once per row.
   const int64_t row_block = cols <= 2 ? 1 : kRowBlock;
   decoded.resize(row_block * supers);
+  const bool avx512 = kquant::UseAvx512();
+  const int64_t column_group = avx512 ? kquant::kAvx512ColumnGroup : kColumnGroup;
   for (int64_t r0 = 0; r0 < rows; r0 += row_block) {
     const int64_t block_rows = std::min(row_block, rows - r0);
     for (int64_t r = 0; r < block_rows; ++r) DecodeRow(type, w + (r0 + r) * row_bytes, supers, &decoded[r * supers]);
-    for (int64_t c0 = 0; c0 < cols; c0 += kColumnGroup) {
-      const int64_t group = std::min<int64_t>(kColumnGroup, cols - c0);
+    for (int64_t c0 = 0; c0 < cols; c0 += column_group) {
+      const int64_t group = std::min<int64_t>(column_group, cols - c0);
       for (int64_t r = 0; r < block_rows; ++r) {
         float* out = y + (r0 + r) * y_row_stride + c0 * y_col_stride;
-        if (is_signed) {
+        if (avx512) {
+          kquant::RowTimesGroupAvx512(is_signed, &decoded[r * supers], supers, x, c0, group, out, y_col_stride);
+        } else if (is_signed) {
           RowTimesGroup<true>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);
         } else {
           RowTimesGroup<false>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);

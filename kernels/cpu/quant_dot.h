@@ -96,4 +96,9 @@ void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, i
 void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
                   const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride);
 
+// Where the CPU has AVX-512 (F, BW, VL, VNNI), KQuantMatMul takes AVX-512 integer steps with
+// bitwise the same results as its AVX2 ones; false forces the AVX2 kernels (tests compare the
+// two). Process-wide; default true.
+void AllowKQuantAvx512(bool allowed);
+
 }  // namespace latentserve::kernels::cpu
