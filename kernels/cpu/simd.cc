@@ -106,6 +106,27 @@ void ExpRow(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
+void SoftplusRow(const float* x, const float* bias, float scale, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef LS_SIMD
+  const __m256 one = _mm256_set1_ps(1.0f), limit = _mm256_set1_ps(20.0f), vscale = _mm256_set1_ps(scale);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i));
+    const __m256 ev = Exp8(_mm256_min_ps(v, limit));
+    // log1p(ev) as ln(u) - ((u - 1) - ev) / u with u = 1 + ev: the division restores what
+    // rounding 1 + ev lost (tiny ev would otherwise give 0).
+    const __m256 u = _mm256_add_ps(one, ev);
+    const __m256 log1p = _mm256_sub_ps(Log8(u), _mm256_div_ps(_mm256_sub_ps(_mm256_sub_ps(u, one), ev), u));
+    const __m256 softplus = _mm256_blendv_ps(log1p, v, _mm256_cmp_ps(v, limit, _CMP_GT_OQ));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(vscale, softplus));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i] + bias[i];
+    y[i] = scale * (v > 20.0f ? v : std::log1p(std::exp(v)));
+  }
+}
+
 void SiluMulRow(const float* gate, const float* up, float* y, int64_t n) {
   int64_t i = 0;
 #ifdef LS_SIMD

@@ -242,6 +242,25 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KdaForms,
                                            std::make_tuple(64, 64, 16, -2.0f), std::make_tuple(77, 16, 20, -0.2f),
                                            std::make_tuple(100, 64, 20, -8.0f), std::make_tuple(3, 64, 24, -8.0f)));
 
+// The KDA gate's vectorised softplus against log1p(exp) in double: deep negative arguments
+// (where 1 + e^x rounds to 1), the switch to x at 20, and a head width with a scalar tail.
+TEST_F(CpuOps, KdaGateSoftplusWithinUlps) {
+  for (int64_t head_dim : {64, 13}) {
+    const int64_t heads = 3, width = heads * head_dim, tokens = 40;
+    std::vector<float> f(width * tokens);
+    for (size_t i = 0; i < f.size(); ++i) f[i] = -40.0f + 70.0f * float(i) / float(f.size());
+    const auto bias = Random(width, -0.5f, 0.5f), a = Random(heads, -2.0f, -0.1f);
+    Tensor g = Zeros({width, tokens, 1, 1});
+    backend_->KdaGate(F32({width, tokens, 1, 1}, f), F32({width, 1, 1, 1}, bias), F32({heads, 1, 1, 1}, a), head_dim, g);
+    const auto got = Read(g);
+    for (int64_t i = 0; i < width * tokens; ++i) {
+      const double x = double(f[i] + bias[i % width]);
+      const double expect = double(a[(i % width) / head_dim]) * (x > 20 ? x : std::log1p(std::exp(x)));
+      ASSERT_NEAR(got[i], expect, 4e-7 * std::fabs(expect)) << "x=" << x << " head_dim=" << head_dim;
+    }
+  }
+}
+
 TEST_F(CpuOps, ShortConvCarriesTailAcrossCalls) {
   const int64_t D = 5, taps = 4, T = 9;
   auto x = Random(D * T), w = Random(taps * D);
