@@ -343,7 +343,12 @@ void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, 
   static thread_local std::vector<int16_t> xsums;
   if (type != DType::kQ6_K) BlockSums(xq, k, cols, xsums);
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  const Columns x{xq, xd, xsums.data(), k, blocks};
+  static thread_local std::vector<float> d_super;
+  d_super.resize(supers * cols);
+  for (int64_t s = 0; s < supers; ++s) {
+    for (int64_t c = 0; c < cols; ++c) d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
+  }
+  const Columns x{xq, xd, xsums.data(), k, blocks, d_super.data(), cols};
   const bool is_signed = type == DType::kQ6_K;
   static thread_local std::vector<Decoded> decoded;
   // Rows are unpacked kRowBlock at a time; each group of kColumnGroup columns (4 k bytes, in L1)

@@ -13,9 +13,10 @@
 #include "kernels/cpu/kquant_internal.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-// GCC 12's AVX-512 headers fill unused lanes from _mm512_undefined_*, which -Wmaybe-uninitialized
+// GCC 12's AVX-512 headers fill unused lanes from _mm512_undefined_*, which -W(maybe-)uninitialized
 // reports at every use (GCC bug 105593).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #define LS_KQUANT_AVX512 1
 #define LS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -60,19 +61,28 @@ struct ScalePicks {
 };
 constexpr ScalePicks kScalePicks;
 
-inline float HorizontalSum(__m256 v) {  // the AVX2 kernel's order
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_hadd_ps(lo, lo);
-  lo = _mm_hadd_ps(lo, lo);
-  return _mm_cvtss_f32(lo);
-}
+// Which of 8 per-column floats each lane of pair register q takes: 2q for lanes 0..7, 2q + 1 for
+// lanes 8..15.
+struct PairPicks {
+  alignas(64) int32_t lanes[4][16];
+  constexpr PairPicks() : lanes() {
+    for (int q = 0; q < 4; ++q) {
+      for (int l = 0; l < 16; ++l) lanes[q][l] = 2 * q + l / 8;
+    }
+  }
+};
+constexpr PairPicks kPairPicks;
 
+// The float steps take two columns per zmm register (lanes 0..7: column 2q's AVX2 lanes, 8..15:
+// column 2q + 1's); every lane sees the AVX2 kernel's operations on its own values.
 template <bool kSigned, int C>
 LS_AVX512 void RowTimesColumns(const Decoded* row, int64_t supers, const Columns& x, int64_t c0, float* y,
                                int64_t y_col_stride) {
-  __m256 acc[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  constexpr int kPairs = (C + 1) / 2;
+  const __mmask8 live = static_cast<__mmask8>((1u << C) - 1);
+  __m512 acc[kPairs];
+#pragma GCC unroll 4
+  for (int q = 0; q < kPairs; ++q) acc[q] = _mm512_setzero_ps();
   __m256 min_acc = _mm256_setzero_ps();  // lane c: column c's min terms (q4_K / q5_K)
   for (int64_t s = 0; s < supers; ++s) {
     const Decoded& block = row[s];
@@ -94,15 +104,18 @@ LS_AVX512 void RowTimesColumns(const Decoded* row, int64_t supers, const Columns
         sums[c] = _mm512_dpwssd_epi32(sums[c], _mm512_maddubs_epi16(w, xv), scale);
       }
     }
-    const int64_t b = s * kBlocksPerSuper;
-    alignas(32) float dx[8] = {};
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-      dx[c] = x.d[(c0 + c) * x.blocks + b];
-      const __m256i lanes = _mm256_add_epi32(_mm512_castsi512_si256(sums[c]), _mm512_extracti64x4_epi64(sums[c], 1));
-      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(block.d * dx[c]), acc[c]);
+    const __m256 dx = _mm256_maskz_loadu_ps(live, x.d_super + s * x.cols + c0);
+    const __m512 d_dx = _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_set1_ps(block.d), dx));
+#pragma GCC unroll 4
+    for (int q = 0; q < kPairs; ++q) {
+      const __m512i even = sums[2 * q], odd = 2 * q + 1 < C ? sums[2 * q + 1] : _mm512_setzero_si512();
+      // [even's lanes 0..7 + 8..15 | odd's lanes 0..7 + 8..15]: the AVX2 kernel's 8 lanes each.
+      const __m512i lanes = _mm512_add_epi32(_mm512_shuffle_i64x2(even, odd, 0x44), _mm512_shuffle_i64x2(even, odd, 0xee));
+      const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512(kPairPicks.lanes[q]), d_dx);
+      acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), scale, acc[q]);
     }
     if (!kSigned) {
+      const int64_t b = s * kBlocksPerSuper;
       const __m128i mins = _mm_load_si128(reinterpret_cast<const __m128i*>(block.mins));
       __m128i m[8];
 #pragma GCC unroll 8
@@ -113,14 +126,24 @@ LS_AVX512 void RowTimesColumns(const Decoded* row, int64_t supers, const Columns
       }
       const __m128i low = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
       const __m128i high = _mm_hadd_epi32(_mm_hadd_epi32(m[4], m[5]), _mm_hadd_epi32(m[6], m[7]));
-      min_acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(block.dmin), _mm256_load_ps(dx)),
+      min_acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(block.dmin), dx),
                                 _mm256_cvtepi32_ps(_mm256_set_m128i(high, low)), min_acc);
     }
+  }
+  // Each column's 8 lanes summed in the AVX2 kernel's order (HorizontalSum: lanes i + (i + 4),
+  // then adjacent pairs, then the two pair sums), both columns of a register at once.
+  alignas(64) float totals[kPairs][16];
+#pragma GCC unroll 4
+  for (int q = 0; q < kPairs; ++q) {
+    __m512 v = _mm512_add_ps(acc[q], _mm512_shuffle_f32x4(acc[q], acc[q], 0xb1));
+    v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0xb1));
+    v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0x4e));
+    _mm512_store_ps(totals[q], v);
   }
   alignas(32) float mins[8];
   _mm256_store_ps(mins, min_acc);
 #pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) y[c * y_col_stride] = HorizontalSum(acc[c]) - mins[c];
+  for (int c = 0; c < C; ++c) y[c * y_col_stride] = totals[c / 2][(c % 2) * 8] - mins[c];
 }
 
 template <bool kSigned>
