@@ -95,5 +95,10 @@ void DequantizeRowFast(DType type, const uint8_t* row, float* out, int64_t k);
 // c < cols: a register-blocked f32 GEMM tile (3 rows x 4 columns at a time).
 void GemmTile(const float* w, int64_t rows, int64_t k, const float* x, int64_t x_stride, int64_t cols, float* y,
               int64_t y_row_stride, int64_t y_col_stride);
+// c[i * ldc + j] = sum_p a[i * lda + p] * b[p * ldb + j] for i < m, j < n: row-major A (m x k)
+// times row-major B (k x n), each element one FMA chain over p in order (gemm_nn.cc), so the
+// result is bitwise the same on every instruction set and blocking.
+void GemmNN(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
+            int64_t k);
 
 }  // namespace latentserve::kernels::cpu

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/simd.h"
 #include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
@@ -241,6 +243,28 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KdaForms,
                                            std::make_tuple(37, 8, 16, -2.0f), std::make_tuple(130, 64, 16, -2.0f),
                                            std::make_tuple(64, 64, 16, -2.0f), std::make_tuple(77, 16, 20, -0.2f),
                                            std::make_tuple(100, 64, 20, -8.0f), std::make_tuple(3, 64, 24, -8.0f)));
+
+// GemmNN's register blocks (6 rows, 32 / 16 columns) and their masked edges, with leading
+// dimensions wider than the operands: every element is one FMA chain over p in order.
+TEST_F(CpuOps, GemmNNEdgesAndStrides) {
+  for (const auto& [m, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 1, 1}, {7, 45, 13}, {6, 32, 64}, {13, 17, 3}, {128, 128, 64}, {5, 8, 130}}) {
+    const int64_t lda = k + 3, ldb = n + 5, ldc = n + 2;
+    const auto a = Random(m * lda), b = Random(k * ldb);
+    std::vector<float> c(m * ldc, -7.0f);
+    cpu::GemmNN(a.data(), lda, b.data(), ldb, c.data(), ldc, m, n, k);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < ldc; ++j) {
+        float expect = -7.0f;  // columns past n untouched
+        if (j < n) {
+          expect = 0.0f;
+          for (int64_t p = 0; p < k; ++p) expect = std::fma(a[i * lda + p], b[p * ldb + j], expect);
+        }
+        ASSERT_EQ(c[i * ldc + j], expect) << m << "x" << n << "x" << k << " at " << i << "," << j;
+      }
+    }
+  }
+}
 
 // The KDA gate's vectorised softplus against log1p(exp) in double: deep negative arguments
 // (where 1 + e^x rounds to 1), the switch to x at 20, and a head width with a scalar tail.
