@@ -344,11 +344,19 @@ void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, 
   if (type != DType::kQ6_K) BlockSums(xq, k, cols, xsums);
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   static thread_local std::vector<float> d_super;
+  static thread_local std::vector<int16_t> sums_super;
   d_super.resize(supers * cols);
+  sums_super.resize(type != DType::kQ6_K ? supers * cols * kBlocksPerSuper : 0);
   for (int64_t s = 0; s < supers; ++s) {
-    for (int64_t c = 0; c < cols; ++c) d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
+    for (int64_t c = 0; c < cols; ++c) {
+      d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
+      if (type != DType::kQ6_K) {
+        std::copy_n(&xsums[c * blocks + s * kBlocksPerSuper], kBlocksPerSuper,
+                    &sums_super[(s * cols + c) * kBlocksPerSuper]);
+      }
+    }
   }
-  const Columns x{xq, xd, xsums.data(), k, blocks, d_super.data(), cols};
+  const Columns x{xq, xd, xsums.data(), k, blocks, d_super.data(), sums_super.data(), cols};
   const bool is_signed = type == DType::kQ6_K;
   static thread_local std::vector<Decoded> decoded;
   // Rows are unpacked kRowBlock at a time; each group of kColumnGroup columns (4 k bytes, in L1)

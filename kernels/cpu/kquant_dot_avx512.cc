@@ -8,6 +8,7 @@
 // the upper 8 to the lower 8 gives exactly the AVX2 kernel's 8 lanes (lane i: bytes 4i..4i+3 of
 // every 32-block, times its scale), and every float operation after that is the AVX2 kernel's.
 // q6_K's signs (no vpsignb in AVX-512) negate the activation bytes under a mask of q - 32 < 0.
+#include <algorithm>
 #include <atomic>
 
 #include "kernels/cpu/kquant_internal.h"
@@ -115,19 +116,22 @@ LS_AVX512 void RowTimesColumns(const Decoded* row, int64_t supers, const Columns
       acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), scale, acc[q]);
     }
     if (!kSigned) {
-      const int64_t b = s * kBlocksPerSuper;
-      const __m128i mins = _mm_load_si128(reinterpret_cast<const __m128i*>(block.mins));
-      __m128i m[8];
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        m[c] = c < C ? _mm_madd_epi16(mins, _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                                                 x.sums + (c0 + c) * x.blocks + b)))
-                     : _mm_setzero_si128();
+      // sum_j m_j * (block sum j) per column: 4 columns' 8 int16 sums per register, their
+      // 4 int32 pair sums per 128-bit lane folded, then lane 0 of each 128-bit lane gathered.
+      const __m512i mins = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(block.mins)));
+      const int16_t* block_sums = x.sums_super + (s * x.cols + c0) * kBlocksPerSuper;
+      __m512i half[2];
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const int columns = std::min(4, std::max(0, C - 4 * h));
+        const auto lanes = static_cast<__mmask32>(columns == 4 ? 0xffffffffu : (1u << (8 * columns)) - 1);
+        __m512i m = _mm512_madd_epi16(mins, _mm512_maskz_loadu_epi16(lanes, block_sums + 32 * h));
+        m = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, _MM_PERM_BADC));
+        half[h] = _mm512_add_epi32(m, _mm512_shuffle_epi32(m, _MM_PERM_CDAB));
       }
-      const __m128i low = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
-      const __m128i high = _mm_hadd_epi32(_mm_hadd_epi32(m[4], m[5]), _mm_hadd_epi32(m[6], m[7]));
-      min_acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(block.dmin), dx),
-                                _mm256_cvtepi32_ps(_mm256_set_m128i(high, low)), min_acc);
+      const __m512i gather = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+      const __m256i msum = _mm512_castsi512_si256(_mm512_permutex2var_epi32(half[0], gather, half[1]));
+      min_acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(block.dmin), dx), _mm256_cvtepi32_ps(msum), min_acc);
     }
   }
   // Each column's 8 lanes summed in the AVX2 kernel's order (HorizontalSum: lanes i + (i + 4),

@@ -24,14 +24,15 @@ struct alignas(32) Decoded {
 
 // Activation columns of one call: values [cols][k], scales [cols][k / 32] (one per super-block,
 // repeated), sums [cols][k / 32] (int16 sum of each 32-block, the min terms of q4_K / q5_K).
-// d_super [supers][cols]: the same scales, one per column and super-block, column-contiguous
-// (the AVX-512 kernel loads 8 columns' at once).
+// d_super [supers][cols] and sums_super [supers][cols][8]: the same scales and block sums
+// grouped by super-block, column-contiguous (the AVX-512 kernel loads 8 columns' at once).
 struct Columns {
   const int8_t* q;
   const float* d;
   const int16_t* sums;
   int64_t k, blocks;
   const float* d_super;
+  const int16_t* sums_super;
   int64_t cols;
 };
 
