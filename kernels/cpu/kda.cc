@@ -75,16 +75,32 @@ void DecayedPairDots(const float* cum_t, const float* cum_j, const float* kj, co
 // Largest |G| (summed log-decay within a chunk) for the factorised form: e^{60} ~ 1e26 keeps
 // every product well inside f32's range.
 constexpr float kMaxFactorisedDecay = 60.0f;
+// Keys per sub-block of the deep-decay form (pairs inside one take an exp each).
+constexpr int64_t kPairBlock = 16;
 
 void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, float scale, float* state) {
   // Per chunk of n <= chunk tokens, row-major; the products are GemmNN (simd.h) outer-product
   // blocks. kq [2n][dk]: rows 0..n-1 the decayed keys e^{G_t} * k_t, rows n..2n-1 the decayed
   // scaled queries; ab [2n][n]: rows 0..n-1 A, rows n..2n-1 B; from_state [2n][dk] likewise
   // S0^T applied to kq's rows.
-  std::vector<float> cum(chunk * dk), kq(2 * chunk * dk), kinv_t(dk * chunk), u(chunk * dk);
-  std::vector<float> ab(2 * chunk * chunk), from_state(2 * chunk * dk), from_chunk(chunk * dk);
-  std::vector<float> u_t(dk * chunk), kdec(chunk * dk);  // u_t [dk][n]: u^T; kdec [n][dk]
-  std::vector<float> state_t(dk * dk), update(dk * dk), tmp(dk), e(dk);  // state_t [k][v]
+  // Kept per thread across calls (~0.4 MB at dk 128: fresh pages every head cost faults).
+  static thread_local std::vector<float> cum, kq, kinv_t, u, ab, from_state, from_chunk, u_t, kdec, state_t, update,
+      tmp, e, pair_rows, pair_out;
+  cum.resize(chunk * dk);
+  kq.resize(2 * chunk * dk);
+  kinv_t.resize(dk * chunk);
+  u.resize(chunk * dk);
+  ab.resize(2 * chunk * chunk);
+  from_state.resize(2 * chunk * dk);
+  from_chunk.resize(chunk * dk);
+  u_t.resize(dk * chunk);   // [dk][n]: u^T
+  kdec.resize(chunk * dk);  // [n][dk]
+  state_t.resize(dk * dk);  // [k][v]
+  update.resize(dk * dk);
+  tmp.resize(dk);
+  e.resize(dk);
+  pair_rows.resize(2 * chunk * dk);
+  pair_out.resize(2 * chunk * kPairBlock);
   for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
     const int64_t n = std::min(chunk, tokens - c0);
     auto K = [&](int64_t t) { return io.k + (c0 + t) * io.stride; };
@@ -124,15 +140,46 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
         }
       }
     } else {
-      for (int64_t t = 0; t < n; ++t) {
-        for (int64_t j = 0; j <= t; ++j) {
-          float kk, qk;
-          DecayedPairDots(cum.data() + t * dk, cum.data() + j * dk, K(j), K(t), Q(t), dk, &kk, &qk);
-          a[t * n + j] = j < t ? kk : 0.0f;
-          b[t * n + j] = qk * scale;
+      // Deep decay: keys in sub-blocks of kPairBlock. The keys j of sub-block [j0, j1) meet the
+      // later tokens t >= j1 through the sub-block's last position r = j1 - 1, in one GEMM:
+      // e^{G_t - G_j} = e^{G_t - G_r} e^{G_r - G_j}, both exponents <= 0 (nothing overflows; a
+      // factor that underflows bounds the product as small). Pairs within a sub-block take each
+      // exponent whole.
+      for (int64_t j0 = 0; j0 < n; j0 += kPairBlock) {
+        const int64_t j1 = std::min(n, j0 + kPairBlock), width = j1 - j0, later = n - j1;
+        for (int64_t t = j0; t < j1; ++t) {
+          for (int64_t j = j0; j <= t; ++j) {
+            float kk, qk;
+            DecayedPairDots(cum.data() + t * dk, cum.data() + j * dk, K(j), K(t), Q(t), dk, &kk, &qk);
+            a[t * n + j] = j < t ? kk : 0.0f;
+            b[t * n + j] = qk * scale;
+          }
         }
-        for (int64_t j = t + 1; j < n; ++j) a[t * n + j] = b[t * n + j] = 0.0f;
+        if (later == 0) continue;
+        const float* ref = cum.data() + (j1 - 1) * dk;
+        for (int64_t j = j0; j < j1; ++j) {
+          for (int64_t c = 0; c < dk; ++c) tmp[c] = ref[c] - cum[j * dk + c];
+          ExpRow(tmp.data(), e.data(), dk);
+          for (int64_t c = 0; c < dk; ++c) kinv_t[c * width + (j - j0)] = K(j)[c] * e[c];
+        }
+        for (int64_t t = j1; t < n; ++t) {  // rows 0..later-1: keys, later..: scaled queries
+          for (int64_t c = 0; c < dk; ++c) tmp[c] = cum[t * dk + c] - ref[c];
+          ExpRow(tmp.data(), e.data(), dk);
+          for (int64_t c = 0; c < dk; ++c) {
+            pair_rows[(t - j1) * dk + c] = e[c] * K(t)[c];
+            pair_rows[(later + t - j1) * dk + c] = e[c] * Q(t)[c] * scale;
+          }
+        }
+        GemmNN(pair_rows.data(), dk, kinv_t.data(), width, pair_out.data(), width, 2 * later, width, dk);
+        for (int64_t t = j1; t < n; ++t) {
+          for (int64_t jj = 0; jj < width; ++jj) {
+            a[t * n + j0 + jj] = pair_out[(t - j1) * width + jj];
+            b[t * n + j0 + jj] = pair_out[(later + t - j1) * width + jj];
+          }
+        }
       }
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = t + 1; j < n; ++j) a[t * n + j] = b[t * n + j] = 0.0f;
     }
     // from_state[t][j] = S0^T (e^{G_t} * k_t) (rows 0..n-1) and S0^T (e^{G_t} * q_t) (rows n..).
     for (int64_t j = 0; j < dk; ++j)
