@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/kquant_internal.h"
 #include "kernels/cpu/quant_dot.h"
 
@@ -337,26 +338,35 @@ void QuantizeActivationsQ8K(const float* x, int64_t x_stride, int64_t k, int64_t
   }
 }
 
-void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
-                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride) {
+void PrepareKQuantColumns(const int8_t* xq, const float* xd, int64_t k, int64_t cols, KQuantColumns& out) {
   const int64_t supers = k / kSuperBlock, blocks = k / kQ8Block;
-  static thread_local std::vector<int16_t> xsums;
-  if (type != DType::kQ6_K) BlockSums(xq, k, cols, xsums);
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  static thread_local std::vector<float> d_super;
-  static thread_local std::vector<int16_t> sums_super;
-  d_super.resize(supers * cols);
-  sums_super.resize(type != DType::kQ6_K ? supers * cols * kBlocksPerSuper : 0);
+  out.k = k;
+  out.cols = cols;
+  BlockSums(xq, k, cols, out.sums);
+  out.d_super.resize(supers * cols);
+  out.sums_super.resize(supers * cols * kBlocksPerSuper);
   for (int64_t s = 0; s < supers; ++s) {
     for (int64_t c = 0; c < cols; ++c) {
-      d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
-      if (type != DType::kQ6_K) {
-        std::copy_n(&xsums[c * blocks + s * kBlocksPerSuper], kBlocksPerSuper,
-                    &sums_super[(s * cols + c) * kBlocksPerSuper]);
-      }
+      out.d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
+      std::copy_n(&out.sums[c * blocks + s * kBlocksPerSuper], kBlocksPerSuper,
+                  &out.sums_super[(s * cols + c) * kBlocksPerSuper]);
     }
   }
-  const Columns x{xq, xd, xsums.data(), k, blocks, d_super.data(), sums_super.data(), cols};
+}
+
+void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
+                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride,
+                  const KQuantColumns* prepared) {
+  const int64_t supers = k / kSuperBlock, blocks = k / kQ8Block;
+  if (prepared == nullptr) {
+    static thread_local KQuantColumns own;
+    PrepareKQuantColumns(xq, xd, k, cols, own);
+    prepared = &own;
+  }
+  LS_CHECK(prepared->k == k && prepared->cols == cols);
+  const std::vector<int16_t>& xsums = prepared->sums;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  const Columns x{xq, xd, xsums.data(), k, blocks, prepared->d_super.data(), prepared->sums_super.data(), cols};
   const bool is_signed = type == DType::kQ6_K;
   static thread_local std::vector<Decoded> decoded;
   // Rows are unpacked kRowBlock at a time; each group of kColumnGroup columns (4 k bytes, in L1)
