@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/cpu_backend.h"
 
@@ -92,7 +93,7 @@ float RowDot(DType type, const uint8_t* row, const float* x, int64_t k) {
   float sum = 0;
   for (int64_t i0 = 0; i0 < k; i0 += 4096) {
     const int64_t n = std::min<int64_t>(4096, k - i0);
-    DequantizeRow(type, row + RowBytes(type, i0), buffer, n);
+    DequantizeRowFast(type, row + RowBytes(type, i0), buffer, n);
     sum += Dot(buffer, x + i0, n);
   }
   return sum;
@@ -157,6 +158,29 @@ void DequantizeRowFast(DType type, const uint8_t* row, float* out, int64_t k) {
       const __m256 d = _mm256_set1_ps(HalfToFloat(blocks[b].d));
       Q4Values(blocks[b].qs, v);
       for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + j * 8, _mm256_mul_ps(d, v[j]));
+    }
+    return;
+  }
+  if (type == DType::kQ5_0) {  // (code - 16) * d per value, as DequantizeRow computes it
+    const auto* blocks = reinterpret_cast<const BlockQ5_0*>(row);
+    // Bit i of qh (the fifth bit of value i) to byte i: each byte picks its qh byte, then its bit.
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    for (int64_t b = 0; b < k / 32; ++b) {
+      uint32_t qh;
+      std::memcpy(&qh, blocks[b].qh, 4);
+      const __m256i high = _mm256_and_si256(
+          _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), pick), bit), bit),
+          _mm256_set1_epi8(16));
+      const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[b].qs));
+      const __m256i low = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), _mm_set1_epi8(15)),
+                                           _mm_and_si128(qs, _mm_set1_epi8(15)));
+      const __m256i codes = _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(16));
+      const __m256 d = _mm256_set1_ps(HalfToFloat(blocks[b].d));
+      alignas(32) int8_t values[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(values), codes);
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + j * 8, _mm256_mul_ps(Int8x8ToFloat(values + j * 8), d));
     }
     return;
   }

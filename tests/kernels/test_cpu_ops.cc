@@ -244,6 +244,22 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KdaForms,
                                            std::make_tuple(64, 64, 16, -2.0f), std::make_tuple(77, 16, 20, -0.2f),
                                            std::make_tuple(100, 64, 20, -8.0f), std::make_tuple(3, 64, 24, -8.0f)));
 
+// The vectorised dequantisers give DequantizeRow's values bit for bit (RowDot and the f32 tiles
+// rely on it): random rows with every q5_0 fifth-bit pattern, zero blocks and negatives.
+TEST_F(CpuOps, DequantizeRowFastMatchesDequantizeRow) {
+  for (DType type : {DType::kQ5_0, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
+    const int64_t k = 32 * 37;
+    auto values = Random(k, -4, 4);
+    std::fill(values.begin() + 64, values.begin() + 96, 0.0f);
+    std::vector<uint8_t> row(RowBytes(type, k));
+    QuantizeRow(type, values.data(), row.data(), k);
+    std::vector<float> fast(k), expect(k);
+    cpu::DequantizeRowFast(type, row.data(), fast.data(), k);
+    DequantizeRow(type, row.data(), expect.data(), k);
+    for (int64_t i = 0; i < k; ++i) ASSERT_EQ(fast[i], expect[i]) << DTypeName(type) << " value " << i;
+  }
+}
+
 // GemmNN's register blocks (6 rows, 32 / 16 columns) and their masked edges, with leading
 // dimensions wider than the operands: every element is one FMA chain over p in order.
 TEST_F(CpuOps, GemmNNEdgesAndStrides) {
