@@ -2,7 +2,20 @@
 
 #include <algorithm>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace latentserve::kernels::cpu {
+namespace {
+
+inline void Pause() {
+#if defined(__SSE2__)
+  _mm_pause();
+#endif
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -41,6 +54,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   }
   work_cv_.notify_all();
   RunParts(generation, fn);
+  for (int i = 0; i < kSpinPolls && done_parts_.load(std::memory_order_acquire) != parts; ++i) Pause();
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this] { return done_parts_ == job_parts_; });
   job_ = nullptr;
@@ -65,6 +79,7 @@ void ThreadPool::RunParts(uint64_t generation, const std::function<void(int64_t,
 void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
+    for (int i = 0; i < kSpinPolls && generation_.load(std::memory_order_acquire) == seen; ++i) Pause();
     const std::function<void(int64_t, int64_t)>* job;
     {
       std::unique_lock<std::mutex> lock(mu_);
