@@ -233,10 +233,8 @@ void CpuBackend::KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a
   float* pg = F32(g);
   pool_.ParallelFor(f.rows(), 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      for (int64_t c = 0; c < width; ++c) {
-        const float x = pf[t * width + c] + bias[c];
-        const float softplus = x > 20.0f ? x : std::log1p(std::exp(x));
-        pg[t * width + c] = pa[c / head_dim] * softplus;
+      for (int64_t c0 = 0; c0 < width; c0 += head_dim) {
+        SoftplusRow(pf + t * width + c0, bias + c0, pa[c0 / head_dim], pg + t * width + c0, head_dim);
       }
     }
   });

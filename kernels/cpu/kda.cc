@@ -75,19 +75,40 @@ void DecayedPairDots(const float* cum_t, const float* cum_j, const float* kj, co
 // Largest |G| (summed log-decay within a chunk) for the factorised form: e^{60} ~ 1e26 keeps
 // every product well inside f32's range.
 constexpr float kMaxFactorisedDecay = 60.0f;
+// Keys per sub-block of the deep-decay form (pairs inside one take an exp each).
+constexpr int64_t kPairBlock = 16;
 
 void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, float scale, float* state) {
-  // Per chunk of n <= chunk tokens; [n][dk] (token-major) unless noted. The products are f32
-  // GEMM tiles (simd.h GemmTile: y[r][c] = w_r . x_c).
-  std::vector<float> cum(chunk * dk), kd(chunk * dk), qd(chunk * dk), kinv(chunk * dk), u(chunk * dk);
-  std::vector<float> a(chunk * chunk), b(chunk * chunk);  // [n][n]
-  std::vector<float> from_state(chunk * dk), from_chunk(chunk * dk);
-  std::vector<float> u_cols(dk * chunk), kdec_cols(dk * chunk);  // [dk][n]: u^T, decayed k^T
-  std::vector<float> update(dk * dk), tmp(dk), e(dk);
+  // Per chunk of n <= chunk tokens, row-major; the products are GemmNN (simd.h) outer-product
+  // blocks. kq [2n][dk]: rows 0..n-1 the decayed keys e^{G_t} * k_t, rows n..2n-1 the decayed
+  // scaled queries; ab [2n][n]: rows 0..n-1 A, rows n..2n-1 B; from_state [2n][dk] likewise
+  // S0^T applied to kq's rows.
+  // Kept per thread across calls (~0.4 MB at dk 128: fresh pages every head cost faults).
+  static thread_local std::vector<float> cum, kq, kinv_t, u, ab, from_state, from_chunk, u_t, kdec, state_t, update,
+      tmp, e, pair_rows, pair_out;
+  cum.resize(chunk * dk);
+  kq.resize(2 * chunk * dk);
+  kinv_t.resize(dk * chunk);
+  u.resize(chunk * dk);
+  ab.resize(2 * chunk * chunk);
+  from_state.resize(2 * chunk * dk);
+  from_chunk.resize(chunk * dk);
+  u_t.resize(dk * chunk);   // [dk][n]: u^T
+  kdec.resize(chunk * dk);  // [n][dk]
+  state_t.resize(dk * dk);  // [k][v]
+  update.resize(dk * dk);
+  tmp.resize(dk);
+  e.resize(dk);
+  pair_rows.resize(2 * chunk * dk);
+  pair_out.resize(2 * chunk * kPairBlock);
   for (int64_t c0 = 0; c0 < tokens; c0 += chunk) {
     const int64_t n = std::min(chunk, tokens - c0);
     auto K = [&](int64_t t) { return io.k + (c0 + t) * io.stride; };
     auto Q = [&](int64_t t) { return io.q + (c0 + t) * io.stride; };
+    float* kd = kq.data();
+    float* qd = kq.data() + n * dk;
+    float* a = ab.data();
+    float* b = ab.data() + n * n;
     // Cumulative log-decay and decayed keys/queries relative to the chunk start.
     for (int64_t t = 0; t < n; ++t) {
       const float* g = io.g + (c0 + t) * io.stride;
@@ -100,7 +121,7 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
     }
     // Pairwise decayed products A (strictly lower) and B (lower incl. diagonal). When the
     // chunk's total decay is moderate, e^{G_t - G_j} factorises as e^{G_t} e^{-G_j} and the
-    // products are plain dots of precomputed rows (no exp per pair; the upper triangle is
+    // products are one GEMM of precomputed rows (no exp per pair; the upper triangle is
     // computed and dropped); otherwise e^{-G_j} could overflow, so each pair's exponent is
     // taken whole.
     float deepest = 0;
@@ -109,10 +130,9 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
       for (int64_t j = 0; j < n; ++j) {
         for (int64_t c = 0; c < dk; ++c) tmp[c] = -cum[j * dk + c];
         ExpRow(tmp.data(), e.data(), dk);
-        for (int64_t c = 0; c < dk; ++c) kinv[j * dk + c] = K(j)[c] * e[c];
+        for (int64_t c = 0; c < dk; ++c) kinv_t[c * n + j] = K(j)[c] * e[c];
       }
-      GemmTile(kd.data(), n, dk, kinv.data(), dk, n, a.data(), n, 1);
-      GemmTile(qd.data(), n, dk, kinv.data(), dk, n, b.data(), n, 1);
+      GemmNN(kq.data(), dk, kinv_t.data(), n, ab.data(), n, 2 * n, n, dk);
       for (int64_t t = 0; t < n; ++t) {
         for (int64_t j = t; j < n; ++j) {
           a[t * n + j] = 0.0f;
@@ -120,19 +140,52 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
         }
       }
     } else {
-      for (int64_t t = 0; t < n; ++t) {
-        for (int64_t j = 0; j <= t; ++j) {
-          float kk, qk;
-          DecayedPairDots(cum.data() + t * dk, cum.data() + j * dk, K(j), K(t), Q(t), dk, &kk, &qk);
-          a[t * n + j] = j < t ? kk : 0.0f;
-          b[t * n + j] = qk * scale;
+      // Deep decay: keys in sub-blocks of kPairBlock. The keys j of sub-block [j0, j1) meet the
+      // later tokens t >= j1 through the sub-block's last position r = j1 - 1, in one GEMM:
+      // e^{G_t - G_j} = e^{G_t - G_r} e^{G_r - G_j}, both exponents <= 0 (nothing overflows; a
+      // factor that underflows bounds the product as small). Pairs within a sub-block take each
+      // exponent whole.
+      for (int64_t j0 = 0; j0 < n; j0 += kPairBlock) {
+        const int64_t j1 = std::min(n, j0 + kPairBlock), width = j1 - j0, later = n - j1;
+        for (int64_t t = j0; t < j1; ++t) {
+          for (int64_t j = j0; j <= t; ++j) {
+            float kk, qk;
+            DecayedPairDots(cum.data() + t * dk, cum.data() + j * dk, K(j), K(t), Q(t), dk, &kk, &qk);
+            a[t * n + j] = j < t ? kk : 0.0f;
+            b[t * n + j] = qk * scale;
+          }
         }
-        for (int64_t j = t + 1; j < n; ++j) a[t * n + j] = b[t * n + j] = 0.0f;
+        if (later == 0) continue;
+        const float* ref = cum.data() + (j1 - 1) * dk;
+        for (int64_t j = j0; j < j1; ++j) {
+          for (int64_t c = 0; c < dk; ++c) tmp[c] = ref[c] - cum[j * dk + c];
+          ExpRow(tmp.data(), e.data(), dk);
+          for (int64_t c = 0; c < dk; ++c) kinv_t[c * width + (j - j0)] = K(j)[c] * e[c];
+        }
+        for (int64_t t = j1; t < n; ++t) {  // rows 0..later-1: keys, later..: scaled queries
+          for (int64_t c = 0; c < dk; ++c) tmp[c] = cum[t * dk + c] - ref[c];
+          ExpRow(tmp.data(), e.data(), dk);
+          for (int64_t c = 0; c < dk; ++c) {
+            pair_rows[(t - j1) * dk + c] = e[c] * K(t)[c];
+            pair_rows[(later + t - j1) * dk + c] = e[c] * Q(t)[c] * scale;
+          }
+        }
+        GemmNN(pair_rows.data(), dk, kinv_t.data(), width, pair_out.data(), width, 2 * later, width, dk);
+        for (int64_t t = j1; t < n; ++t) {
+          for (int64_t jj = 0; jj < width; ++jj) {
+            a[t * n + j0 + jj] = pair_out[(t - j1) * width + jj];
+            b[t * n + j0 + jj] = pair_out[(later + t - j1) * width + jj];
+          }
+        }
       }
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = t + 1; j < n; ++j) a[t * n + j] = b[t * n + j] = 0.0f;
     }
-    // u by forward substitution. u[t] has one entry per value column j; from_state[t][j] is
-    // S0^T (e^{G_t} * k_t).
-    GemmTile(state, dk, dk, kd.data(), dk, n, from_state.data(), 1, dk);
+    // from_state[t][j] = S0^T (e^{G_t} * k_t) (rows 0..n-1) and S0^T (e^{G_t} * q_t) (rows n..).
+    for (int64_t j = 0; j < dk; ++j)
+      for (int64_t c = 0; c < dk; ++c) state_t[c * dk + j] = state[j * dk + c];
+    GemmNN(kq.data(), dk, state_t.data(), dk, from_state.data(), dk, 2 * n, dk, dk);
+    // u by forward substitution (one entry per value column j).
     for (int64_t t = 0; t < n; ++t) {
       const float* v = io.v + (c0 + t) * io.stride;
       const float beta = io.beta[(c0 + t) * io.beta_stride];
@@ -141,24 +194,23 @@ void ChunkedHead(const HeadIo& io, int64_t dk, int64_t tokens, int64_t chunk, fl
       for (int64_t s = 0; s < t; ++s) Axpy(-a[t * n + s], u.data() + s * dk, ut, dk);
       for (int64_t j = 0; j < dk; ++j) ut[j] *= beta;
     }
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t j = 0; j < dk; ++j) u_cols[j * n + t] = u[t * dk + j];
     // Outputs: S0^T (e^{G_t} * q_t) + sum_s B_ts u_s.
-    GemmTile(state, dk, dk, qd.data(), dk, n, from_state.data(), 1, dk);
-    GemmTile(b.data(), n, n, u_cols.data(), n, dk, from_chunk.data(), dk, 1);
+    GemmNN(b, n, u.data(), dk, from_chunk.data(), dk, n, dk, n);
     for (int64_t t = 0; t < n; ++t) {
       float* o = io.out + (c0 + t) * io.stride;
-      for (int64_t j = 0; j < dk; ++j) o[j] = from_state[t * dk + j] + from_chunk[t * dk + j];
+      for (int64_t j = 0; j < dk; ++j) o[j] = from_state[(n + t) * dk + j] + from_chunk[t * dk + j];
     }
-    // State at the end of the chunk: e^{G_C} * S0 + sum_t (e^{G_C - G_t} * k_t) u_t^T.
+    // State at the end of the chunk: e^{G_C} * S0 + sum_t (e^{G_C - G_t} * k_t) u_t^T, i.e.
+    // update[j][c] = sum_t u[t][j] kdec[t][c].
     const float* last = cum.data() + (n - 1) * dk;
     for (int64_t t = 0; t < n; ++t) {
       const float* kt = K(t);
       for (int64_t c = 0; c < dk; ++c) tmp[c] = last[c] - cum[t * dk + c];
       ExpRow(tmp.data(), e.data(), dk);
-      for (int64_t c = 0; c < dk; ++c) kdec_cols[c * n + t] = e[c] * kt[c];
+      for (int64_t c = 0; c < dk; ++c) kdec[t * dk + c] = e[c] * kt[c];
+      for (int64_t j = 0; j < dk; ++j) u_t[j * n + t] = u[t * dk + j];
     }
-    GemmTile(u_cols.data(), dk, n, kdec_cols.data(), n, dk, update.data(), dk, 1);
+    GemmNN(u_t.data(), n, kdec.data(), dk, update.data(), dk, dk, dk, n);
     ExpRow(last, tmp.data(), dk);
     for (int64_t j = 0; j < dk; ++j) {
       float* s = state + j * dk;
@@ -178,6 +230,7 @@ void CpuBackend::KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v,
   const float scale = 1.0f / std::sqrt(static_cast<float>(dk));
   const int64_t items = static_cast<int64_t>(seqs.size()) * heads;
   pool_.ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
+    ScopedFlushDenormals flush_denormals;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / heads, h = item % heads;
       const int64_t first = seqs[s].first_token;

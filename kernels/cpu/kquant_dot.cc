@@ -15,6 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/kquant_internal.h"
 #include "kernels/cpu/quant_dot.h"
 
 namespace latentserve::kernels::cpu {
@@ -22,7 +24,9 @@ namespace {
 
 constexpr int kColumnGroup = 4;   // columns sharing each load of a row
 constexpr int64_t kRowBlock = 16;  // rows unpacked together (many columns)
-constexpr int64_t kBlocksPerSuper = kSuperBlock / kQ8Block;  // 32-blocks per super-block
+using kquant::Columns;
+using kquant::Decoded;
+using kquant::kBlocksPerSuper;
 
 // Sum of each 32-block of each column: sums [cols][k / 32] (the min terms of q4_K / q5_K;
 // |sum| <= 32 * 128 fits int16).
@@ -64,18 +68,6 @@ inline float HorizontalSum(__m256 v) {
   lo = _mm_hadd_ps(lo, lo);
   return _mm_cvtss_f32(lo);
 }
-
-// One super-block of one stored row, unpacked once and then met by every activation column.
-// values: element order, q4_K / q5_K q (0..31), q6_K |q - 32|; signs (q6_K only): q - 32, the
-// sign source of _mm256_sign_epi8. scales: q4_K / q5_K one per 32 values (0..7), q6_K one per
-// 16 (0..15); mins: q4_K / q5_K one per 32 values.
-struct alignas(32) Decoded {
-  int8_t values[kSuperBlock];
-  int8_t signs[kSuperBlock];
-  int16_t scales[16];
-  int16_t mins[8];
-  float d, dmin;
-};
 
 // The 8 6-bit scales and mins of a q4_K / q5_K super-block (layout in common/dtype.h), as
 // four words of 4 bytes each: sub-blocks 0..3 take the low 6 bits of bytes 0..3 (scales) and
@@ -177,15 +169,6 @@ inline __m256i ScaleVector(const Decoded& block, int v) {
                                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
 }
-
-// Activation columns of one call: values [cols][k], scales [cols][k / 32] (one per super-block,
-// repeated), sums [cols][k / 32] (int16 sum of each 32-block, the min terms of q4_K / q5_K).
-struct Columns {
-  const int8_t* q;
-  const float* d;
-  const int16_t* sums;
-  int64_t k, blocks;
-};
 
 // y[c * y_col_stride] for C columns starting at c0 against one decoded row.
 // Per super-block: integer sums per lane exact (maddubs pairs <= 2 * 32 * 127 = 8128 (q6_K
@@ -355,27 +338,53 @@ void QuantizeActivationsQ8K(const float* x, int64_t x_stride, int64_t k, int64_t
   }
 }
 
-void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
-                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride) {
+void PrepareKQuantColumns(const int8_t* xq, const float* xd, int64_t k, int64_t cols, KQuantColumns& out) {
   const int64_t supers = k / kSuperBlock, blocks = k / kQ8Block;
-  static thread_local std::vector<int16_t> xsums;
-  if (type != DType::kQ6_K) BlockSums(xq, k, cols, xsums);
+  out.k = k;
+  out.cols = cols;
+  BlockSums(xq, k, cols, out.sums);
+  out.d_super.resize(supers * cols);
+  out.sums_super.resize(supers * cols * kBlocksPerSuper);
+  for (int64_t s = 0; s < supers; ++s) {
+    for (int64_t c = 0; c < cols; ++c) {
+      out.d_super[s * cols + c] = xd[c * blocks + s * kBlocksPerSuper];
+      std::copy_n(&out.sums[c * blocks + s * kBlocksPerSuper], kBlocksPerSuper,
+                  &out.sums_super[(s * cols + c) * kBlocksPerSuper]);
+    }
+  }
+}
+
+void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
+                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride,
+                  const KQuantColumns* prepared) {
+  const int64_t supers = k / kSuperBlock, blocks = k / kQ8Block;
+  if (prepared == nullptr) {
+    static thread_local KQuantColumns own;
+    PrepareKQuantColumns(xq, xd, k, cols, own);
+    prepared = &own;
+  }
+  LS_CHECK(prepared->k == k && prepared->cols == cols);
+  const std::vector<int16_t>& xsums = prepared->sums;
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  const Columns x{xq, xd, xsums.data(), k, blocks};
+  const Columns x{xq, xd, xsums.data(), k, blocks, prepared->d_super.data(), prepared->sums_super.data(), cols};
   const bool is_signed = type == DType::kQ6_K;
   static thread_local std::vector<Decoded> decoded;
   // Rows are unpacked kRowBlock at a time; each group of kColumnGroup columns (4 k bytes, in L1)
   // then meets all of them, so activations are read once per row block, not once per row.
   const int64_t row_block = cols <= 2 ? 1 : kRowBlock;
   decoded.resize(row_block * supers);
+  const bool avx512 = kquant::UseAvx512();
+  const int64_t column_group = avx512 ? kquant::kAvx512ColumnGroup : kColumnGroup;
   for (int64_t r0 = 0; r0 < rows; r0 += row_block) {
     const int64_t block_rows = std::min(row_block, rows - r0);
     for (int64_t r = 0; r < block_rows; ++r) DecodeRow(type, w + (r0 + r) * row_bytes, supers, &decoded[r * supers]);
-    for (int64_t c0 = 0; c0 < cols; c0 += kColumnGroup) {
-      const int64_t group = std::min<int64_t>(kColumnGroup, cols - c0);
+    for (int64_t c0 = 0; c0 < cols; c0 += column_group) {
+      const int64_t group = std::min<int64_t>(column_group, cols - c0);
       for (int64_t r = 0; r < block_rows; ++r) {
         float* out = y + (r0 + r) * y_row_stride + c0 * y_col_stride;
-        if (is_signed) {
+        if (avx512) {
+          kquant::RowTimesGroupAvx512(is_signed, &decoded[r * supers], supers, x, c0, group, out, y_col_stride);
+        } else if (is_signed) {
           RowTimesGroup<true>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);
         } else {
           RowTimesGroup<false>(&decoded[r * supers], supers, x, c0, group, out, y_col_stride);

@@ -76,12 +76,13 @@ void MatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, in
 }
 
 // The same product for q8_0 / q4_0 weights over activation columns already quantised.
+// K-quant weights: `prepared` holds the columns' derived sums (PrepareKQuantColumns).
 void QuantMatMulRows(DType wtype, const uint8_t* w, size_t w_row_bytes, int64_t k, int64_t row_begin,
                      int64_t row_end, const int8_t* xq, const float* xd, int64_t cols, float* y, int64_t y_stride,
-                     QuantPanel& panel) {
-  if (IsKQuant(wtype)) {  // blocks its rows itself and sums the activation blocks once per call
-    QuantMatMul(wtype, w + row_begin * w_row_bytes, w_row_bytes, row_end - row_begin, k, xq, xd, cols, y + row_begin,
-                1, y_stride, panel);
+                     QuantPanel& panel, const KQuantColumns* prepared) {
+  if (IsKQuant(wtype)) {  // blocks its rows itself
+    KQuantMatMul(wtype, w + row_begin * w_row_bytes, w_row_bytes, row_end - row_begin, k, xq, xd, cols,
+                 y + row_begin, 1, y_stride, prepared);
     return;
   }
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
@@ -105,10 +106,13 @@ void CpuBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
     pool_.ParallelFor(m, 16, [&](int64_t begin, int64_t end) {
       QuantizeActivations(w.dtype, F32(x) + begin * k, k, k, end - begin, act.col_qs(begin), act.col_d(begin));
     });
+    static thread_local KQuantColumns caller_columns;  // once here, not once per part
+    KQuantColumns& columns = caller_columns;            // the workers below use the caller's
+    if (IsKQuant(w.dtype)) PrepareKQuantColumns(act.qs.data(), act.d.data(), k, m, columns);
     pool_.ParallelFor((n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t begin, int64_t end) {
       static thread_local QuantPanel panel;
       QuantMatMulRows(w.dtype, wp, row_bytes, k, begin * kRowBlock, std::min(n, end * kRowBlock), act.qs.data(),
-                      act.d.data(), m, F32(y), n, panel);
+                      act.d.data(), m, F32(y), n, panel, &columns);
     });
     return;
   }
@@ -131,10 +135,12 @@ void CpuBackend::HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, 
     pool_.ParallelFor(heads, 1, [&](int64_t begin, int64_t end) {
       static thread_local Q8Activations act;
       static thread_local QuantPanel panel;
+      static thread_local KQuantColumns columns;
       for (int64_t h = begin; h < end; ++h) {
         QuantizeActivations(w.dtype, F32(x) + h * x_width + x_offset, heads * x_width, k, tokens, act);
+        if (IsKQuant(w.dtype)) PrepareKQuantColumns(act.qs.data(), act.d.data(), k, tokens, columns);
         QuantMatMulRows(w.dtype, wp + h * n * row_bytes, row_bytes, k, 0, n, act.qs.data(), act.d.data(), tokens,
-                        F32(y) + h * n, heads * n, panel);
+                        F32(y) + h * n, heads * n, panel, &columns);
       }
     });
     return;

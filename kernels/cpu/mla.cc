@@ -61,12 +61,12 @@ void CpuBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<co
   std::atomic<int64_t> next{0};
   pool_.ParallelFor(pool_.size(), 1, [&](int64_t, int64_t) {
     // A block's query rows are contiguous: row (i * heads + h) is token i, head h. Keys come in
-    // tiles of kKeyTile cached rows; scores and probability-weighted values are f32 GEMM tiles
-    // (simd.h GemmTile) with an online softmax across tiles.
+    // tiles of kKeyTile cached rows; scores and probability-weighted values are f32 GEMMs
+    // (simd.h GemmNN) with an online softmax across tiles.
     const int64_t rows = kQueryBlock * heads;
-    static thread_local std::vector<float> keys, values_t, scores, weighted, acc, maxes, sums;
-    keys.resize(kKeyTile * width);
-    values_t.resize(value_dim * kKeyTile);  // [value_dim][tile]
+    static thread_local std::vector<float> keys, keys_t, scores, weighted, acc, maxes, sums;
+    keys.resize(kKeyTile * width);    // [tile][width]: the values are each row's first value_dim
+    keys_t.resize(width * kKeyTile);  // [width][tile]
     scores.resize(rows * kKeyTile);
     weighted.resize(rows * value_dim);
     acc.resize(rows * value_dim);
@@ -88,9 +88,9 @@ void CpuBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<co
           const uint8_t* src = HostPtr(pool) + PoolRow(seq, page_tokens, p0 + p) * row_bytes;
           DequantizeRowFast(pool.dtype, src, keys.data() + p * width, width);
         }
-        GemmTile(q_rows, n_rows, width, keys.data(), width, tile, scores.data(), tile, 1);
         for (int64_t p = 0; p < tile; ++p)
-          for (int64_t c = 0; c < value_dim; ++c) values_t[c * tile + p] = keys[p * width + c];
+          for (int64_t c = 0; c < width; ++c) keys_t[c * tile + p] = keys[p * width + c];
+        GemmNN(q_rows, width, keys_t.data(), tile, scores.data(), tile, n_rows, tile, width);
         for (int64_t r = 0; r < n_rows; ++r) {
           float* sr = scores.data() + r * tile;
           const int64_t last = first_position + r / heads;  // causal: keys p <= last
@@ -114,7 +114,7 @@ void CpuBackend::MlaAttention(const Tensor& q, const Tensor& pool, absl::Span<co
             for (int64_t c = 0; c < value_dim; ++c) a[c] *= correction;
           }
         }
-        GemmTile(scores.data(), n_rows, tile, values_t.data(), tile, value_dim, weighted.data(), value_dim, 1);
+        GemmNN(scores.data(), tile, keys.data(), width, weighted.data(), value_dim, n_rows, value_dim, tile);
         for (int64_t i = 0; i < n_rows * value_dim; ++i) acc[i] += weighted[i];
       }
       for (int64_t r = 0; r < n_rows; ++r) {

@@ -76,6 +76,7 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
     // Scratch kept per thread across calls: decode calls this for one token per layer.
     static thread_local QuantPanel panel;
     static thread_local Q8Activations xs, acts;
+    static thread_local KQuantColumns columns;
     static thread_local std::vector<float> gate_out, act, down_out;
     xs.Resize(hidden, most);
     acts.Resize(ffn, most);
@@ -93,11 +94,21 @@ void CpuBackend::QuantExperts(const Tensor& x, const MoeWeights& experts,
         std::copy_n(xq.col_qs(t), hidden, xs.col_qs(i));
         std::copy_n(xq.col_d(t), hidden_blocks, xs.col_d(i));
       }
-      // K-quant matmuls block their rows themselves and sum the activation blocks once per call.
-      const int64_t gate_step = IsKQuant(experts.gate_exps.dtype) ? ffn : kRows;
-      const int64_t down_step = IsKQuant(experts.down_exps.dtype) ? hidden : kRows;
+      // K-quant matmuls block their rows themselves; their columns' sums are derived once for
+      // gate and up together.
+      const bool kquant_gate = IsKQuant(experts.gate_exps.dtype), kquant_down = IsKQuant(experts.down_exps.dtype);
+      if (kquant_gate) PrepareKQuantColumns(xs.qs.data(), xs.d.data(), hidden, item.count, columns);
+      const int64_t gate_step = kquant_gate ? ffn : kRows;
+      const int64_t down_step = kquant_down ? hidden : kRows;
       for (int64_t f0 = 0; f0 < ffn; f0 += gate_step) {
         const int64_t rows = std::min(gate_step, ffn - f0);
+        if (kquant_gate) {
+          KQuantMatMul(experts.gate_exps.dtype, gate + f0 * gate_row, gate_row, rows, hidden, xs.qs.data(),
+                       xs.d.data(), item.count, gate_out.data() + f0, 1, ffn, &columns);
+          KQuantMatMul(experts.up_exps.dtype, up + f0 * up_row, up_row, rows, hidden, xs.qs.data(), xs.d.data(),
+                       item.count, act.data() + f0, 1, ffn, &columns);
+          continue;
+        }
         QuantMatMul(experts.gate_exps.dtype, gate + f0 * gate_row, gate_row, rows, hidden, xs.qs.data(), xs.d.data(),
                     item.count, gate_out.data() + f0, 1, ffn, panel);
         QuantMatMul(experts.up_exps.dtype, up + f0 * up_row, up_row, rows, hidden, xs.qs.data(), xs.d.data(),

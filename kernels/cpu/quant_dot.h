@@ -93,7 +93,25 @@ void QuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, i
 // integer dot weighted by their integer sub-block scale; the super-block's sum is scaled once by
 // d_w * d_x, and q4_K / q5_K subtract dmin * d_x * sum over sub-blocks of m * (sum of the
 // activations). A (row, column) result does not depend on how many columns share the call.
+// What the K-quant kernels derive from one set of q8_K columns, computed once and shared by
+// every matmul part (and thread) that meets them. Layouts: sums [cols][k / 32] (each 32-block's
+// sum: the q4_K / q5_K min terms); the same sums and the scales regrouped by super-block,
+// column-contiguous: sums_super [k / 256][cols][8], d_super [k / 256][cols].
+struct KQuantColumns {
+  int64_t k = 0, cols = 0;
+  std::vector<int16_t> sums, sums_super;
+  std::vector<float> d_super;
+};
+void PrepareKQuantColumns(const int8_t* xq, const float* xd, int64_t k, int64_t cols, KQuantColumns& out);
+
+// `prepared`: PrepareKQuantColumns of these columns, or null to derive them here.
 void KQuantMatMul(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const int8_t* xq,
-                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride);
+                  const float* xd, int64_t cols, float* y, int64_t y_row_stride, int64_t y_col_stride,
+                  const KQuantColumns* prepared = nullptr);
+
+// Where the CPU has AVX-512 (F, BW, VL, VNNI), KQuantMatMul takes AVX-512 integer steps with
+// bitwise the same results as its AVX2 ones; false forces the AVX2 kernels (tests compare the
+// two). Process-wide; default true.
+void AllowKQuantAvx512(bool allowed);
 
 }  // namespace latentserve::kernels::cpu

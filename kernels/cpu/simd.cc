@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/cpu_backend.h"
 
@@ -92,7 +93,7 @@ float RowDot(DType type, const uint8_t* row, const float* x, int64_t k) {
   float sum = 0;
   for (int64_t i0 = 0; i0 < k; i0 += 4096) {
     const int64_t n = std::min<int64_t>(4096, k - i0);
-    DequantizeRow(type, row + RowBytes(type, i0), buffer, n);
+    DequantizeRowFast(type, row + RowBytes(type, i0), buffer, n);
     sum += Dot(buffer, x + i0, n);
   }
   return sum;
@@ -104,6 +105,27 @@ void ExpRow(const float* x, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, Exp8(_mm256_loadu_ps(x + i)));
 #endif
   for (; i < n; ++i) y[i] = std::exp(x[i]);
+}
+
+void SoftplusRow(const float* x, const float* bias, float scale, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef LS_SIMD
+  const __m256 one = _mm256_set1_ps(1.0f), limit = _mm256_set1_ps(20.0f), vscale = _mm256_set1_ps(scale);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i));
+    const __m256 ev = Exp8(_mm256_min_ps(v, limit));
+    // log1p(ev) as ln(u) - ((u - 1) - ev) / u with u = 1 + ev: the division restores what
+    // rounding 1 + ev lost (tiny ev would otherwise give 0).
+    const __m256 u = _mm256_add_ps(one, ev);
+    const __m256 log1p = _mm256_sub_ps(Log8(u), _mm256_div_ps(_mm256_sub_ps(_mm256_sub_ps(u, one), ev), u));
+    const __m256 softplus = _mm256_blendv_ps(log1p, v, _mm256_cmp_ps(v, limit, _CMP_GT_OQ));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(vscale, softplus));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i] + bias[i];
+    y[i] = scale * (v > 20.0f ? v : std::log1p(std::exp(v)));
+  }
 }
 
 void SiluMulRow(const float* gate, const float* up, float* y, int64_t n) {
@@ -136,6 +158,29 @@ void DequantizeRowFast(DType type, const uint8_t* row, float* out, int64_t k) {
       const __m256 d = _mm256_set1_ps(HalfToFloat(blocks[b].d));
       Q4Values(blocks[b].qs, v);
       for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + j * 8, _mm256_mul_ps(d, v[j]));
+    }
+    return;
+  }
+  if (type == DType::kQ5_0) {  // (code - 16) * d per value, as DequantizeRow computes it
+    const auto* blocks = reinterpret_cast<const BlockQ5_0*>(row);
+    // Bit i of qh (the fifth bit of value i) to byte i: each byte picks its qh byte, then its bit.
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    for (int64_t b = 0; b < k / 32; ++b) {
+      uint32_t qh;
+      std::memcpy(&qh, blocks[b].qh, 4);
+      const __m256i high = _mm256_and_si256(
+          _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), pick), bit), bit),
+          _mm256_set1_epi8(16));
+      const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[b].qs));
+      const __m256i low = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), _mm_set1_epi8(15)),
+                                           _mm_and_si128(qs, _mm_set1_epi8(15)));
+      const __m256i codes = _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(16));
+      const __m256 d = _mm256_set1_ps(HalfToFloat(blocks[b].d));
+      alignas(32) int8_t values[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(values), codes);
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + j * 8, _mm256_mul_ps(Int8x8ToFloat(values + j * 8), d));
     }
     return;
   }

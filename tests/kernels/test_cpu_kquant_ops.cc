@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/kquant_internal.h"
 #include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
@@ -82,6 +83,33 @@ TEST_F(CpuKQuantOps, MatMulOddShapesAndColumnIndependence) {
           backend_->MatMul(wt, F32({K, 1, 1, 1}, std::vector<float>(x.begin() + last * K, x.end())), y1);
           const auto alone = Read(y1);
           for (int64_t n = 0; n < N; ++n) ASSERT_EQ(alone[n], got[last * N + n]) << what << " row " << n;
+        }
+      }
+    }
+  }
+}
+
+// Where the CPU has AVX-512 VNNI, its kernel must give bitwise the AVX2 kernel's results (the
+// reference tests compare either with llama.cpp): every column-group remainder up to 8, one and
+// three super-blocks, a spike and +-127 activations.
+TEST_F(CpuKQuantOps, Avx512MatchesAvx2Bitwise) {
+  if (!cpu::kquant::UseAvx512()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU: only the AVX2 kernels run";
+  for (DType type : kKQuants) {
+    for (int64_t K : {256, 768}) {
+      for (int64_t M : {1, 2, 5, 8, 9, 16, 23}) {
+        const int64_t N = 19;
+        auto w = Random(K * N, -2, 2), x = Random(K * M, -3, 3);
+        x[7] = 1e6f;
+        for (int64_t i = 0; i < K; ++i) x[(M - 1) * K + i] = (i % 2 ? 127.0f : -127.0f);
+        Tensor wt = Make(type, {K, N, 1, 1}, w), xt = F32({K, M, 1, 1}, x);
+        Tensor fast = Zeros({N, M, 1, 1}), avx2 = Zeros({N, M, 1, 1});
+        backend_->MatMul(wt, xt, fast);
+        cpu::AllowKQuantAvx512(false);
+        backend_->MatMul(wt, xt, avx2);
+        cpu::AllowKQuantAvx512(true);
+        const auto got = Read(fast), expect = Read(avx2);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(got[i], expect[i]) << DTypeName(type) << " K=" << K << " M=" << M << " element " << i;
         }
       }
     }

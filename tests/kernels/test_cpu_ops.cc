@@ -4,10 +4,12 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/simd.h"
 #include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
@@ -241,6 +243,63 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KdaForms,
                                            std::make_tuple(37, 8, 16, -2.0f), std::make_tuple(130, 64, 16, -2.0f),
                                            std::make_tuple(64, 64, 16, -2.0f), std::make_tuple(77, 16, 20, -0.2f),
                                            std::make_tuple(100, 64, 20, -8.0f), std::make_tuple(3, 64, 24, -8.0f)));
+
+// The vectorised dequantisers give DequantizeRow's values bit for bit (RowDot and the f32 tiles
+// rely on it): random rows with every q5_0 fifth-bit pattern, zero blocks and negatives.
+TEST_F(CpuOps, DequantizeRowFastMatchesDequantizeRow) {
+  for (DType type : {DType::kQ5_0, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
+    const int64_t k = 32 * 37;
+    auto values = Random(k, -4, 4);
+    std::fill(values.begin() + 64, values.begin() + 96, 0.0f);
+    std::vector<uint8_t> row(RowBytes(type, k));
+    QuantizeRow(type, values.data(), row.data(), k);
+    std::vector<float> fast(k), expect(k);
+    cpu::DequantizeRowFast(type, row.data(), fast.data(), k);
+    DequantizeRow(type, row.data(), expect.data(), k);
+    for (int64_t i = 0; i < k; ++i) ASSERT_EQ(fast[i], expect[i]) << DTypeName(type) << " value " << i;
+  }
+}
+
+// GemmNN's register blocks (6 rows, 32 / 16 columns) and their masked edges, with leading
+// dimensions wider than the operands: every element is one FMA chain over p in order.
+TEST_F(CpuOps, GemmNNEdgesAndStrides) {
+  for (const auto& [m, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 1, 1}, {7, 45, 13}, {6, 32, 64}, {13, 17, 3}, {128, 128, 64}, {5, 8, 130}}) {
+    const int64_t lda = k + 3, ldb = n + 5, ldc = n + 2;
+    const auto a = Random(m * lda), b = Random(k * ldb);
+    std::vector<float> c(m * ldc, -7.0f);
+    cpu::GemmNN(a.data(), lda, b.data(), ldb, c.data(), ldc, m, n, k);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < ldc; ++j) {
+        float expect = -7.0f;  // columns past n untouched
+        if (j < n) {
+          expect = 0.0f;
+          for (int64_t p = 0; p < k; ++p) expect = std::fma(a[i * lda + p], b[p * ldb + j], expect);
+        }
+        ASSERT_EQ(c[i * ldc + j], expect) << m << "x" << n << "x" << k << " at " << i << "," << j;
+      }
+    }
+  }
+}
+
+// The KDA gate's vectorised softplus against log1p(exp) in double: deep negative arguments
+// (where 1 + e^x rounds to 1), the switch to x at 20, and a head width with a scalar tail.
+TEST_F(CpuOps, KdaGateSoftplusWithinUlps) {
+  for (int64_t head_dim : {64, 13}) {
+    const int64_t heads = 3, width = heads * head_dim, tokens = 40;
+    std::vector<float> f(width * tokens);
+    for (size_t i = 0; i < f.size(); ++i) f[i] = -40.0f + 70.0f * float(i) / float(f.size());
+    const auto bias = Random(width, -0.5f, 0.5f), a = Random(heads, -2.0f, -0.1f);
+    Tensor g = Zeros({width, tokens, 1, 1});
+    backend_->KdaGate(F32({width, tokens, 1, 1}, f), F32({width, 1, 1, 1}, bias), F32({heads, 1, 1, 1}, a), head_dim, g);
+    const auto got = Read(g);
+    for (int64_t i = 0; i < width * tokens; ++i) {
+      const double x = double(f[i] + bias[i % width]);
+      const double expect = double(a[(i % width) / head_dim]) * (x > 20 ? x : std::log1p(std::exp(x)));
+      ASSERT_NEAR(got[i], expect, 4e-7 * std::fabs(expect)) << "x=" << x << " head_dim=" << head_dim;
+    }
+  }
+}
 
 TEST_F(CpuOps, ShortConvCarriesTailAcrossCalls) {
   const int64_t D = 5, taps = 4, T = 9;
