@@ -9,6 +9,9 @@
 #   scripts/device_transports.sh              # small test model, 3000-token prompt
 #   FULL=1 scripts/device_transports.sh       # + kimi-linear-48b-a3b random q4_0 weights, 131072 tokens
 #   KILL=1 scripts/device_transports.sh       # + CUDA IPC with the prefill / decode worker SIGKILLed mid-transfer
+#   LONG=1 scripts/device_transports.sh       # + the full-size shape at 1,048,576 tokens
+# PREFILL_DEVICE / DECODE_DEVICE (default 0): the CUDA device of each worker (two GPUs of one
+# host: scripts/device_two_gpu.sh).
 # Expects .devpack/ binaries; builds nothing.
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -38,9 +41,11 @@ run() {
   local router
   router=$(cat "$dir/router.port")
   local common=(--router "$router" --backend cuda --transport "$transport" "$@")
-  "$LS" prefill --listen 127.0.0.1:0 --port-file "$dir/prefill.port" "${common[@]}" > "$OUT/$name.prefill.log" 2>&1 &
+  "$LS" prefill --listen 127.0.0.1:0 --port-file "$dir/prefill.port" --device "${PREFILL_DEVICE:-0}" "${common[@]}" \
+    > "$OUT/$name.prefill.log" 2>&1 &
   pids+=($!)
-  "$LS" decode --listen 127.0.0.1:0 --port-file "$dir/decode.port" "${common[@]}" > "$OUT/$name.decode.log" 2>&1 &
+  "$LS" decode --listen 127.0.0.1:0 --port-file "$dir/decode.port" --device "${DECODE_DEVICE:-0}" "${common[@]}" \
+    > "$OUT/$name.decode.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 6000); do
     info=$("$LS" client info --target "$router" 2>/dev/null)
@@ -96,6 +101,14 @@ if [[ ${FULL:-0} == 1 ]]; then
   run full_ipc cuda-ipc 131072 "${full[@]}" || status=1
   report full_grpc grpc; report full_ipc cuda-ipc
   same_tokens full_grpc full_ipc || status=1
+fi
+
+if [[ ${LONG:-0} == 1 ]]; then
+  long=(--random-weights kimi-linear-48b-a3b --weight-type q4_0 --chunk 8192 --cache-tokens 1056768)
+  run long_grpc grpc 1048576 "${long[@]}" || status=1
+  run long_ipc cuda-ipc 1048576 "${long[@]}" || status=1
+  report long_grpc grpc; report long_ipc cuda-ipc
+  same_tokens long_grpc long_ipc || status=1
 fi
 
 if [[ ${KILL:-0} == 1 ]]; then
