@@ -64,7 +64,13 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
         Details(error_reason::kDecodeCapacityExhausted, {{"cache_tokens", absl::StrCat(lease_tokens)}}, kRetryDelay));
     bool only_full = true;  // every refusal so far was RESOURCE_EXHAUSTED
     std::set<std::string> refused = exclude;
-    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused, hints.prefer_worker)) {
+    // A session's worker, else the worker holding the longest prefix of the prompt (prefix-aware
+    // placement); either wins only while it is not overloaded (ClaimDecode's kPreferSlack).
+    std::string prefer = hints.prefer_worker;
+    if (prefer.empty() && hints.prompt != nullptr && !hints.prompt->empty()) {
+      prefer = state.registry().LongestPrefixWorker(*hints.prompt).first;
+    }
+    while (auto claimed = state.registry().ClaimDecode(context_tokens, refused, prefer)) {
       const std::string candidate = *claimed;
       auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(candidate));
       grpc::ClientContext lease_context;

@@ -1,5 +1,10 @@
 #include "router/worker_registry.h"
 
+#include <map>
+#include <set>
+
+#include "common/token_hash.h"
+
 #include <algorithm>
 #include <chrono>
 #include <memory>
@@ -127,6 +132,37 @@ std::optional<std::string> WorkerRegistry::ClaimDecode(int64_t tokens, const std
   best->inflight_requests++;
   best->last_placed = ++placements_;
   return best->address;
+}
+
+std::pair<std::string, int64_t> WorkerRegistry::LongestPrefixWorker(absl::Span<const int32_t> prompt) const {
+  // The block sizes first (cheap, under the lock), the prompt's hashes outside it (a 1M-token
+  // prompt is ~1M mixes), then the lookups under it again.
+  std::set<int64_t> block_sizes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [address, entry] : workers_) {
+      if (entry.role == "decode" && entry.alive && !entry.prefix_hashes.empty()) block_sizes.insert(entry.prefix_block_tokens);
+    }
+  }
+  if (block_sizes.empty()) return {"", 0};
+  std::map<int64_t, std::vector<uint64_t>> prompt_hashes;
+  for (int64_t block : block_sizes) {
+    prompt_hashes[block] = PrefixBlockHashes(prompt, block, static_cast<int64_t>(prompt.size()) / block);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::pair<std::string, int64_t> best{"", 0};
+  for (const auto& [address, entry] : workers_) {
+    if (entry.role != "decode" || !entry.alive || entry.stats.draining() || entry.prefix_hashes.empty()) continue;
+    auto hashes = prompt_hashes.find(entry.prefix_block_tokens);
+    if (hashes == prompt_hashes.end()) continue;  // its index arrived after the sizes were read
+    for (int64_t k = static_cast<int64_t>(hashes->second.size()) - 1; k >= 0; --k) {
+      if (!entry.prefix_hashes.contains(hashes->second[k])) continue;
+      const int64_t tokens = (k + 1) * entry.prefix_block_tokens;
+      if (tokens > best.second) best = {address, tokens};
+      break;
+    }
+  }
+  return best;
 }
 
 void WorkerRegistry::ReleaseDecode(const std::string& address) {
@@ -264,6 +300,12 @@ void WorkerRegistry::PollAll(const std::vector<std::string>& addresses) {
     it->second.model = poll->response.model();
     if (poll->response.has_transports()) it->second.transports = poll->response.transports();
     it->second.stats = poll->response.stats();
+    const internal::v1::PrefixIndex& index = poll->response.prefix_index();
+    it->second.prefix_block_tokens = index.block_tokens() > 0 ? index.block_tokens() : 0;
+    it->second.prefix_hashes.clear();
+    for (int i = 0; i < index.block_hashes_size() && i < kMaxPrefixHashes; ++i) {
+      it->second.prefix_hashes.insert(index.block_hashes(i));
+    }
     it->second.role = poll->response.role();
     it->second.alive = true;
     it->second.last_seen = absl::Now();

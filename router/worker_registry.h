@@ -18,7 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
 #include "latentserve/internal/v1/worker.pb.h"
 
@@ -36,7 +38,13 @@ struct WorkerEntry {
   int64_t inflight_requests = 0;  // decode: requests this router has placed there, not finished
   uint64_t last_placed = 0;  // the registry's placement counter when a request last went here
   absl::Time last_seen = absl::InfinitePast();
+  // Decode: the prefixes its prefix cache holds (polled PrefixIndex; at most kMaxPrefixHashes).
+  int64_t prefix_block_tokens = 0;
+  absl::flat_hash_set<uint64_t> prefix_hashes;
 };
+
+// Prefix hashes the router keeps per decode worker (a poll answer is peer input: the rest is ignored).
+inline constexpr int kMaxPrefixHashes = 4096;
 
 // Bounds on what registrations may cost the router.
 struct RegistryLimits {
@@ -71,6 +79,10 @@ class WorkerRegistry {
   std::optional<std::string> ClaimDecode(int64_t tokens, const std::set<std::string>& exclude,
                                          const std::string& prefer = "");
   static constexpr int64_t kPreferSlack = 4;
+  // Decode, prefix-aware placement: the live worker whose polled prefix index holds the
+  // longest prefix of `prompt`, and that prefix's length in tokens (a lower bound, in whole
+  // blocks); {"", 0} when no worker holds one. The caller passes it to ClaimDecode as `prefer`.
+  std::pair<std::string, int64_t> LongestPrefixWorker(absl::Span<const int32_t> prompt) const;
   void ReleaseDecode(const std::string& address);
   // Prefill: among live workers whose cache holds `prompt_tokens`, the least outstanding cost
   // (sum of prompt_tokens^2 of running jobs: this router's, or the worker's polled total when

@@ -40,7 +40,14 @@ absl::Status RunDecode(int argc, char** argv) {
   return ServeWorker(
       args, signals, loaded, security, *auth,
       {"decode", &service, [&](const std::string& address) { return service.Info(address); },
-       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }, ToProto(offer)});
+       [&] { worker.StartDrain(); }, [&] { return worker.Stats(); }, ToProto(offer),
+       [&] {
+         internal::v1::PrefixIndex index;
+         index.set_block_tokens(loaded.engine.cache->page_tokens());
+         // The router keeps at most 4,096 (router/worker_registry.h kMaxPrefixHashes).
+         for (uint64_t h : worker.PrefixBlockHashes(4096)) index.add_block_hashes(h);
+         return index;
+       }});
 }
 
 Registrar decode_cmd("decode", "run a decode worker registered with a router",

@@ -51,7 +51,7 @@ absl::Status RunPrefill(int argc, char** argv) {
   return ServeWorker(
       args, signals, loaded, security, *auth,
       {"prefill", &service, [&](const std::string& address) { return service.Info(address); },
-       [&] { worker.StartDrain(); }, nullptr, ToProto(offer)});
+       [&] { worker.StartDrain(); }, nullptr, ToProto(offer), {}});
 }
 
 Registrar prefill_cmd("prefill", "run a prefill worker registered with a router",

@@ -188,6 +188,7 @@ absl::Status ServeWorker(const Args& args, sigset_t signals, const LoadedEngine&
   std::string address;
   auto info = [&] { return role.info(address); };
   worker::WorkerStatsService stats(role.name, loaded.descriptor, info, auth, role.transports);
+  if (role.prefix_index) stats.SetPrefixIndex(role.prefix_index);
   ASSIGN_OR_RETURN(serving::Listening server,
                    serving::StartServer(listen, {role.service, &stats}, security));
   ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> health, serving::StartHealth(args));

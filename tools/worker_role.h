@@ -52,6 +52,7 @@ struct WorkerRole {
   std::function<void()> start_drain;                       // stop taking work (SIGTERM)
   std::function<decode::DecodeStats()> decode_stats;       // decode only
   internal::v1::WorkerTransports transports;               // advertised to the routers
+  std::function<internal::v1::PrefixIndex()> prefix_index;  // decode only: prefixes held
 };
 
 // --transport auto|grpc|cuda-ipc|nccl (prefill, decode): what this worker offers on `backend`

@@ -20,6 +20,11 @@ grpc::Status WorkerStatsService::GetWorkerStats(grpc::ServerContext* context,
   }
   response->set_role(role_);
   *response->mutable_transports() = transports_;
+  // Which prefixes are cached says something about other clients' prompts: cluster components
+  // only (a verified internal credential; without internal auth every caller is one).
+  if (prefix_index_ && (auth_.open() || auth_.Verified(*context))) {
+    *response->mutable_prefix_index() = prefix_index_();
+  }
   return grpc::Status::OK;
 }
 

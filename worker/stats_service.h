@@ -26,6 +26,8 @@ class WorkerStatsService final : public internal::v1::WorkerStats::Service {
                      std::function<v1::WorkerInfo()> info, const serving::InternalAuthorizer& auth,
                      internal::v1::WorkerTransports transports = {})
       : role_(std::move(role)), model_(model), transports_(std::move(transports)), info_(std::move(info)), auth_(auth) {}
+  // A decode worker's prefix index, sent to verified components only.
+  void SetPrefixIndex(std::function<internal::v1::PrefixIndex()> source) { prefix_index_ = std::move(source); }
   grpc::Status GetWorkerStats(grpc::ServerContext* context, const internal::v1::GetWorkerStatsRequest*,
                               internal::v1::GetWorkerStatsResponse* response) override;
 
@@ -34,6 +36,7 @@ class WorkerStatsService final : public internal::v1::WorkerStats::Service {
   const internal::v1::ModelDescriptor& model_;
   const internal::v1::WorkerTransports transports_;
   std::function<v1::WorkerInfo()> info_;
+  std::function<internal::v1::PrefixIndex()> prefix_index_;
   const serving::InternalAuthorizer& auth_;
 };
 

@@ -11,6 +11,7 @@ Run: test_prefix_reuse.py --bin build/bin/latentserve
 import os
 import random
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +87,38 @@ class SplitReuse(unittest.TestCase, Reuse):
         cluster = ts.Cluster("split_reuse", prefill=1, decode=1, worker_flags=FLAGS)
         try:
             self.run_exactness(cluster)
+        finally:
+            cluster.stop()
+
+
+class PrefixAwarePlacement(unittest.TestCase):
+    """Two decode workers: a prompt that extends one held in a worker's prefix cache goes to that
+    worker (its polled prefix index), not to the one the load order would pick next."""
+
+    def test_longest_prefix_wins(self):
+        cluster = ts.Cluster("prefix_placement", prefill=1, decode=2, worker_flags=FLAGS)
+        try:
+            rng = random.Random(77)
+            documents = [[rng.randrange(1, 300) for _ in range(256)] for _ in range(2)]
+            for i, document in enumerate(documents):
+                r = cluster.generate(document, max_tokens=2)
+                self.assertEqual(r.get("error"), None, r)
+            # Wait until both documents are in some worker's prefix cache and polled.
+            ts.wait_for(lambda: sum(w["prefix_entries"] for w in decode_workers(cluster)) >= 2, 15,
+                        "both documents kept")
+            time.sleep(1.0)  # the router polls worker stats every 250 ms
+            # Three questions in a row about each document: by load alone (fewest placed, then most
+            # free cache) the second would go to the other worker, whose cache holds fewer pages.
+            for i, document in enumerate(documents):
+                for round_ in range(3):
+                    ids = document + [rng.randrange(1, 300) for _ in range(5)]
+                    r = cluster.generate(ids, max_tokens=2)
+                    with self.subTest(document=i, round=round_):
+                        self.assertEqual(r.get("error"), None, r)
+                        # Without placement by prefix the least recently placed worker alternates,
+                        # so every other question would land where its document is not.
+                        self.assertGreaterEqual(r["usage"]["cached_tokens"], 224, r["usage"])
+                        self.assertEqual(r["token_ids"], ts.reference_greedy(ids, 2))
         finally:
             cluster.stop()
 
