@@ -70,6 +70,8 @@ print(f"{sys.argv[3]:>9}: transport={out['usage'].get('cache_transport')} tokens
 print(f"           cache_bytes={out['usage']['cache_bytes_transferred']} device_bytes={field('device_bytes')} "
       f"host_bytes={field('host_bytes')} prefill_ms={out['timing'].get('prefill_ms')} ttft_ms={ttft:.1f} "
       f"transfer_tail_ms={tail:.2f} ({100 * tail / ttft:.3f}% of TTFT)")
+print(f"           device-to-device: {field('device_bytes')} bytes in {field('device_copy_ms')} ms of copies "
+      f"= {field('device_gbps')} GB/s (prefill_done; rows hashed on the GPU on both sides)")
 PY
 }
 
