@@ -61,6 +61,30 @@ absl::StatusOr<Tensor> Backend::OpenMemory(const MemoryHandle& handle, DType, Sh
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend cannot open ", handle.kind, " memory"));
 }
 
+absl::Status Backend::HashPagedRows(const Tensor&, absl::Span<const int32_t>, int64_t, int64_t, uint64_t*) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not hash rows"));
+}
+
+absl::Status CheckPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                            int64_t count) {
+  if (!pool.defined() || pool.ne[1] <= 0 || pool.ne[2] <= 0) return absl::InvalidArgumentError("empty cache pool");
+  const int64_t page_tokens = pool.ne[1];
+  int64_t table_tokens = 0, end = 0;
+  if (__builtin_mul_overflow(static_cast<int64_t>(page_table.size()), page_tokens, &table_tokens) ||
+      first_token < 0 || count < 0 || __builtin_add_overflow(first_token, count, &end) || end > table_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("rows [", first_token, ", +", count, ") outside a page table of ",
+                                                   page_table.size(), " pages of ", page_tokens, " tokens"));
+  }
+  if (count == 0) return absl::OkStatus();
+  for (int64_t page = first_token / page_tokens; page <= (end - 1) / page_tokens; ++page) {
+    if (page_table[page] < 0 || page_table[page] >= pool.ne[2]) {
+      return absl::InvalidArgumentError(absl::StrCat("page ", page_table[page], " outside a pool of ", pool.ne[2],
+                                                     " pages"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 int64_t CopyBetween(Backend& src_backend, const Tensor& src, size_t src_offset, Backend& dst_backend,
                     const Tensor& dst, size_t dst_offset, size_t bytes) {
   if (bytes == 0) return 0;

@@ -149,6 +149,17 @@ class Backend {
   // A tensor of `dtype` and shape `ne` over an exported allocation; InvalidArgument when the
   // handle is of another kind or process, or smaller than the tensor.
   virtual absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne);
+  // XXH64 (seed 0) of latent rows where they live, gathered through a page table: the device
+  // transports' checksum (transfer/checksum.h RowsChecksum) without reading the rows back.
+  // `pool` is a paged cache [W, page_tokens, n_pages, 1] of any dtype, one row = the W values
+  // of one token (pool.row_bytes() bytes); token t is at slot t % page_tokens of page
+  // page_table[t / page_tokens]. hashes[i] = XXH64(row of token first_token + i), i < count,
+  // ordered after the work already enqueued; returns once they are in host memory.
+  // InvalidArgument for tokens outside the table or pages outside the pool (CheckPagedRows).
+  // Default: Unimplemented (callers read the rows back and hash them on the host).
+  // CPU: kernels/xxh64.h per row; CUDA: four threads per row (cuda_row_hash.cu).
+  virtual absl::Status HashPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                                     int64_t count, uint64_t* hashes);
   // The device's identity for peers choosing a transport (CUDA: "GPU-" + its UUID, as
   // nvidia-smi prints it); empty for host memory.
   virtual std::string DeviceUuid() const { return ""; }
@@ -253,6 +264,11 @@ struct BackendOptions {
   int device = 0;   // CUDA device ordinal
 };
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// HashPagedRows' argument checks, overflow-safe: a 4-d pool, first_token >= 0, count >= 0,
+// tokens [first_token, +count) inside page_table, every page they touch in [0, pool.ne[2]).
+absl::Status CheckPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                            int64_t count);
 
 // Copies `bytes` from a tensor of `src_backend` to a tensor of `dst_backend` (the same or
 // another backend): directly when src_backend.CopyToBackend can, else through a host staging

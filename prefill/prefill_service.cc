@@ -72,6 +72,10 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
                      {"host_bytes", result->host_bytes},
                      {"transport", result->transport},
                      {"device_bytes", result->device_bytes},
+                     {"device_copy_ms", result->device_copy_ms},
+                     {"device_gbps", result->device_copy_ms > 0
+                                         ? result->device_bytes / (result->device_copy_ms * 1e6)
+                                         : 0.0},
                      {"transfer_tail_ms", result->transfer_tail_ms},
                      {"decode_worker", job.decode_worker}});
   internal::v1::PrefillResponse event;

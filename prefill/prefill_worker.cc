@@ -148,6 +148,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   result.host_bytes = writer.host_bytes();
   result.transport = sender->transport();
   result.device_bytes = sender->device_bytes();
+  result.device_copy_ms = absl::ToDoubleMilliseconds(sender->device_copy_time());
   result.transfer_tail_ms = absl::ToDoubleMilliseconds(acked - computed);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -45,6 +45,7 @@ struct PrefillResult {
   double transfer_tail_ms = 0;  // last chunk computed -> decode worker acknowledged
   std::string transport;        // what moved the cache ("grpc", "cuda-ipc", "inproc")
   int64_t device_bytes = 0;     // of cache_bytes, written device to device
+  double device_copy_ms = 0;    // the device copies of those bytes, enqueued to complete
 };
 
 struct PrefillStats {

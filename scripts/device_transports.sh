@@ -3,9 +3,11 @@
 # same prompt handed off once with --transport grpc and once with --transport cuda-ipc; checks
 # the router chose what was asked (usage.cache_transport), identical greedy tokens, and prints
 # the cache bytes, the bytes written device to device and the transfer exposed after the last
-# prefill chunk (transfer_tail_ms, also as % of TTFT). Every chunk's XXH64 is verified by the
-# decode worker (gRPC: the received bytes; CUDA IPC: the rows read back from its own pages), so
-# an admitted handoff is byte-identical to the prefill worker's cache.
+# prefill chunk (transfer_tail_ms, also as % of TTFT), and for CUDA IPC the device-to-device
+# rate (device_bytes / device_copy_ms from prefill_done). Every chunk's checksum is verified by
+# the decode worker (gRPC: XXH64 of the received bytes; CUDA IPC: per-row XXH64s hashed on its
+# GPU over its own pages, then XXH64 of those), so an admitted handoff is byte-identical to the
+# prefill worker's cache.
 #   scripts/device_transports.sh              # small test model, 3000-token prompt
 #   FULL=1 scripts/device_transports.sh       # + kimi-linear-48b-a3b random q4_0 weights, 131072 tokens
 #   KILL=1 scripts/device_transports.sh       # + CUDA IPC with the prefill / decode worker SIGKILLed mid-transfer
@@ -75,6 +77,8 @@ print(f"{sys.argv[3]:>9}: transport={out['usage'].get('cache_transport')} tokens
 print(f"           cache_bytes={out['usage']['cache_bytes_transferred']} device_bytes={field('device_bytes')} "
       f"host_bytes={field('host_bytes')} prefill_ms={out['timing'].get('prefill_ms')} ttft_ms={ttft:.1f} "
       f"transfer_tail_ms={tail:.2f} ({100 * tail / ttft:.3f}% of TTFT)")
+print(f"           device-to-device: {field('device_bytes')} bytes in {field('device_copy_ms')} ms of copies "
+      f"= {field('device_gbps')} GB/s (prefill_done; rows hashed on the GPU on both sides)")
 PY
 }
 

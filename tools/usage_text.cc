@@ -92,7 +92,7 @@ Flags RegistrationFlags() {
       {"advertise", "HOST:PORT", "the bound address", "address the router should call this worker on"},
       {"transport", "auto|grpc|cuda-ipc|nccl", "auto",
        "cache handoff transports offered: auto = gRPC + CUDA IPC where the backend exports memory "
-       "(the router picks per handoff); nccl is not built yet"},
+       "(the router picks per handoff); nccl is refused (not wired end to end yet)"},
   };
 }
 

@@ -63,7 +63,9 @@ absl::StatusOr<transfer::TransportOffer> TransportFromArgs(const Args& args, ker
 absl::Status CheckTransportFlag(const Args& args) {
   const std::string flag = args.Get("transport", "auto");
   if (flag == "nccl") {
-    return absl::UnimplementedError("--transport nccl: this build has no NCCL transport yet (use auto, grpc or cuda-ipc)");
+    return absl::UnimplementedError("--transport nccl: the NCCL transport is not wired into the handoff yet (its bootstrap, "
+                                    "communicator cache and grouped sends are built, not the path end to end); use auto, "
+                                    "grpc or cuda-ipc");
   }
   if (flag != "auto" && flag != "grpc" && flag != "cuda-ipc") {
     return absl::InvalidArgumentError(absl::StrCat("--transport must be one of ", transfer::kTransportFlagValues,

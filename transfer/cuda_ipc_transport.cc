@@ -29,6 +29,7 @@ class CudaIpcSender : public CacheSender {
   bool MovesViews() const override { return true; }
   std::string transport() const override { return "cuda-ipc"; }
   int64_t device_bytes() const override { return device_bytes_; }
+  absl::Duration device_copy_time() const override { return device_copy_time_; }
 
   absl::Status SendLatentRows(LatentRows chunk) override { return Failed(WriteRows(chunk)); }
   absl::Status SendKdaState(KdaStateBytes chunk) override { return Failed(SendKda(chunk)); }
@@ -64,9 +65,11 @@ class CudaIpcSender : public CacheSender {
       return absl::FailedPreconditionError("rows of another size than the header's");
     }
     RETURN_IF_ERROR(pool.CheckRange(view.mla_index, view.pages, first, count));
-    // The checksum the receiver verifies against what lands in its pages.
-    std::string rows;
-    RETURN_IF_ERROR(pool.ExportRows(view.mla_index, view.pages, first, count, &rows));
+    // The checksum the receiver verifies against what lands in its pages, hashed on this
+    // device; it returns once the rows' pending writes are done, so the clock below times the
+    // copies alone.
+    ASSIGN_OR_RETURN(uint64_t checksum, PagedRowsChecksum(pool, view.mla_index, view.pages, first, count));
+    const absl::Time copies_start = absl::Now();
     const int64_t rb = header_.row_bytes, src_page = pool.page_tokens(), dst_page = target_.page_tokens;
     for (int64_t t = 0; t < count;) {
       const int64_t s = first + t;
@@ -83,8 +86,9 @@ class CudaIpcSender : public CacheSender {
     // The rows must be in the peer's pages before it is told so.
     ASSIGN_OR_RETURN(auto event, backend_.RecordEvent());
     RETURN_IF_ERROR(backend_.WaitEvent(*event));
+    device_copy_time_ += absl::Now() - copies_start;
     device_bytes_ += count * rb;
-    return control_->SendRowsWritten({chunk.mla_index, first, count, Xxh64(rows)});
+    return control_->SendRowsWritten({chunk.mla_index, first, count, checksum});
   }
 
   absl::Status SendKda(const KdaStateBytes& chunk) {
@@ -117,6 +121,7 @@ class CudaIpcSender : public CacheSender {
   const HandoffHeader header_;
   std::function<void()> forget_peer_;
   int64_t device_bytes_ = 0;
+  absl::Duration device_copy_time_;  // enqueue of a chunk's copies to their completion, summed
   int64_t extra_chunks_ = 0;
 };
 

@@ -6,9 +6,10 @@
 // worker (kept under the answer's export_id; dropped when a handoff to that worker fails, so
 // a dead peer's mapping is closed), copies each chunk's rows from its pages straight into the
 // reserved pages (cudaMemcpyAsync device to device through Backend::CopyToBackend), waits for
-// the copy, and then sends a LatentRowsWritten control message with the rows' XXH64 on the
-// ordinary ReceiveCache stream. The decode worker's HandoffAssembler reads the rows back from
-// its pages and compares the checksum; KDA state (~43 MiB for the full model) and End travel
+// the copy, and then sends a LatentRowsWritten control message with the rows' checksum on the
+// ordinary ReceiveCache stream: per-row XXH64s hashed on the GPU, then XXH64 of those on the
+// host (transfer/checksum.h PagedRowsChecksum). The decode worker's HandoffAssembler computes
+// the same over its pages on its GPU and compares; KDA state (~43 MiB for the full model) and End travel
 // as bytes on the same stream. Header checks, chunk accounting, leases and admission are the
 // gRPC handoff's: a dead or stalled peer ends the stream and the handoff as there.
 #pragma once

@@ -124,10 +124,10 @@ absl::Status HandoffAssembler::OnRowsWritten(const RowsWritten& written) {
     // The sender's copy completed before it sent this; read back what landed in our pages.
     std::lock_guard<std::mutex> lock(*target_.device_mu);
     RETURN_IF_ERROR(hooks_.check_live());
-    std::string rows;
-    RETURN_IF_ERROR(target_.table->pool().ExportRows(written.mla_index, target_.sequence->pages(), written.first_token,
-                                                     written.token_count, &rows));
-    if (Xxh64(rows) != written.checksum) {
+    ASSIGN_OR_RETURN(uint64_t checksum, PagedRowsChecksum(target_.table->pool(), written.mla_index,
+                                                          target_.sequence->pages(), written.first_token,
+                                                          written.token_count));
+    if (checksum != written.checksum) {
       return absl::DataLossError(absl::StrCat("checksum mismatch in device-written rows [", written.first_token, ", +",
                                               written.token_count, ") of MLA ordinal ", written.mla_index));
     }

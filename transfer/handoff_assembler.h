@@ -31,7 +31,7 @@ struct AssemblyStats {
   int64_t chunks = 0;
   int64_t payload_bytes = 0;
   int64_t host_bytes = 0;  // bytes this side copied through host memory
-  int64_t device_bytes = 0;  // rows a device transport wrote into our pages (read back to verify)
+  int64_t device_bytes = 0;  // rows a device transport wrote into our pages (hashed in place to verify)
 };
 
 // Where one handoff goes. `sequence` holds pages for header.prompt_tokens tokens; it is
@@ -60,7 +60,8 @@ class HandoffAssembler : public CacheReceiver {
   absl::Status OnLatentRows(const LatentRows& chunk) override;
   absl::Status OnKdaState(const KdaStateBytes& chunk) override;
   // Device-written rows (header.transport "cuda-ipc"): order as for OnLatentRows, then the rows
-  // in our pages are read back and their XXH64 compared with the sender's.
+  // in our pages are hashed where they are (transfer/checksum.h PagedRowsChecksum: on the GPU
+  // for the CUDA backend) and compared with the sender's.
   absl::Status OnRowsWritten(const RowsWritten& written) override;
   absl::Status Finish(const HandoffEnd& end) override;
   void Abort(const absl::Status& why) override;

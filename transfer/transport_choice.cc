@@ -43,7 +43,9 @@ absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backen
   offer.transports.push_back("grpc");
   if (flag == "grpc") return offer;
   if (flag == "nccl") {
-    return absl::UnimplementedError("--transport nccl: this build has no NCCL transport yet (use auto, grpc or cuda-ipc)");
+    return absl::UnimplementedError("--transport nccl: the NCCL transport is not wired into the handoff yet (its bootstrap, "
+                                    "communicator cache and grouped sends are built, not the path end to end); use auto, "
+                                    "grpc or cuda-ipc");
   }
   if (flag != "auto" && flag != "cuda-ipc") {
     return absl::InvalidArgumentError(absl::StrCat("--transport must be one of ", kTransportFlagValues, ", got '",

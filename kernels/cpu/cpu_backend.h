@@ -55,6 +55,8 @@ class CpuBackend final : public Backend {
                      size_t dst_offset, size_t bytes) override;
   absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor) override;
   absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne) override;
+  absl::Status HashPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                             int64_t count, uint64_t* hashes) override;
 
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
                 const Tensor& ids, const Tensor& weights) override;

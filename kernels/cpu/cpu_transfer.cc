@@ -1,11 +1,14 @@
 // The CPU backend's device-transfer capabilities: its memory is host memory, so a copy to
-// another CPU backend is a memcpy, and an exported handle is an address in this process.
+// another CPU backend is a memcpy, an exported handle is an address in this process, and rows
+// are hashed in place (kernels/xxh64.h).
 #include <unistd.h>
 
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/xxh64.h"
 
 namespace latentserve::kernels::cpu {
 
@@ -50,6 +53,20 @@ absl::StatusOr<Tensor> CpuBackend::OpenMemory(const MemoryHandle& handle, DType 
   uintptr_t address = 0;
   std::memcpy(&address, handle.handle.data(), sizeof(address));
   return ImportHost(dtype, ne, reinterpret_cast<const void*>(address));
+}
+
+absl::Status CpuBackend::HashPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                                       int64_t count, uint64_t* hashes) {
+  RETURN_IF_ERROR(CheckPagedRows(pool, page_table, first_token, count));
+  const int64_t page_tokens = pool.ne[1];
+  const size_t row_bytes = pool.row_bytes();
+  const uint8_t* base = HostPtr(pool);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t token = first_token + i;
+    const int64_t slot = static_cast<int64_t>(page_table[token / page_tokens]) * page_tokens + token % page_tokens;
+    hashes[i] = xxh64::Hash(base + static_cast<size_t>(slot) * row_bytes, row_bytes);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace latentserve::kernels::cpu

@@ -91,6 +91,9 @@ class CudaBackend final : public Backend {
   absl::StatusOr<MemoryHandle> ExportMemory(const Tensor& tensor) override;
   absl::StatusOr<Tensor> OpenMemory(const MemoryHandle& handle, DType dtype, Shape ne) override;
   std::string DeviceUuid() const override;
+  // XXH64 of paged rows, four threads per row (cuda_row_hash.cu).
+  absl::Status HashPagedRows(const Tensor& pool, absl::Span<const int32_t> page_table, int64_t first_token,
+                             int64_t count, uint64_t* hashes) override;
 
   void MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top_k, bool normalize, float scale,
                 const Tensor& ids, const Tensor& weights) override;

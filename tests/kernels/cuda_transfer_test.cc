@@ -1,9 +1,14 @@
 // The CUDA backend's device-transfer capabilities (needs a GPU: label "gpu"): a copy between
 // two CUDA backends stages nothing through the host and is ordered on both streams; events,
-// pinned host memory and asynchronous copies; CUDA IPC export of exportable memory.
+// pinned host memory and asynchronous copies; CUDA IPC export of exportable memory; row hashes
+// (HashPagedRows) equal to the CPU backend's and libxxhash's.
 #include <algorithm>
 #include <numeric>
 #include <vector>
+
+#include <xxhash.h>
+
+#include <random>
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
@@ -77,6 +82,39 @@ TEST_F(CudaTransfer, OnlyExportableMemoryExportsAndHandlesOpenElsewhere) {
   EXPECT_GE(handle->bytes, exportable.nbytes());
   EXPECT_EQ(b_->OpenMemory(*handle, DType::kF32, {256, 1, 1, 1}).status().code(), absl::StatusCode::kInvalidArgument)
       << "CUDA IPC handles open in another process";
+}
+
+// The kernel (four threads per row, aligned and byte loads) against the CPU backend and
+// libxxhash: the model's f16 rows over many pages, q8_0's 612-byte rows, short odd rows.
+TEST_F(CudaTransfer, RowHashesEqualTheCpuBackendsAndLibxxhash) {
+  auto cpu = *CreateBackend({"cpu", 1, 0});
+  for (auto [dtype, width] : std::vector<std::pair<DType, int64_t>>{{DType::kF16, 576}, {DType::kQ8_0, 576},
+                                                                   {DType::kF16, 35}, {DType::kF32, 3}}) {
+    const int64_t page_tokens = 64, pool_pages = 40;
+    Tensor on_gpu = *a_->Alloc(dtype, {width, page_tokens, pool_pages, 1});
+    Tensor on_cpu = *cpu->Alloc(dtype, {width, page_tokens, pool_pages, 1});
+    std::vector<uint8_t> bytes(on_gpu.nbytes());
+    std::mt19937 rng(static_cast<uint32_t>(width) + static_cast<uint32_t>(dtype));
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    a_->Upload(bytes.data(), bytes.size(), on_gpu, 0);
+    cpu->Upload(bytes.data(), bytes.size(), on_cpu, 0);
+    std::vector<int32_t> table(pool_pages);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), rng);
+    for (auto [first, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 2560}, {37, 1000}, {2559, 1}}) {
+      std::vector<uint64_t> gpu_hashes(count), cpu_hashes(count);
+      ASSERT_TRUE(a_->HashPagedRows(on_gpu, table, first, count, gpu_hashes.data()).ok());
+      ASSERT_TRUE(cpu->HashPagedRows(on_cpu, table, first, count, cpu_hashes.data()).ok());
+      EXPECT_EQ(gpu_hashes, cpu_hashes) << DTypeName(dtype) << " width " << width << " rows " << first << "+" << count;
+      const int64_t t = first + count - 1;
+      const size_t slot = static_cast<size_t>(table[t / page_tokens] * page_tokens + t % page_tokens);
+      EXPECT_EQ(gpu_hashes.back(), XXH64(bytes.data() + slot * on_gpu.row_bytes(), on_gpu.row_bytes(), 0));
+    }
+  }
+  Tensor pool = *a_->Alloc(DType::kF16, {8, 4, 2, 1});
+  uint64_t out[8];
+  const std::vector<int32_t> bad = {0, 2};
+  EXPECT_EQ(a_->HashPagedRows(pool, bad, 0, 8, out).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -1,8 +1,13 @@
 #include "transfer/checksum.h"
 
+#include <random>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
+
+#include "cache/page_pool.h"
+#include "kernels/backend.h"
 
 namespace latentserve::transfer {
 namespace {
@@ -70,6 +75,31 @@ TEST(Xxh64Test, DetectsASingleFlippedBit) {
     data[pos] ^= 0x10;
   }
   EXPECT_EQ(Xxh64(data), good);
+}
+
+// The device transports' checksum of paged rows against a by-hand reference (rows read back,
+// libxxhash per row, XXH64 over the hashes); it is not the gRPC path's whole-chunk XXH64.
+TEST(RowsChecksumTest, PagedRowsChecksumIsXxh64OverPerRowXxh64s) {
+  auto backend = *kernels::CreateBackend({"cpu", 1, 0});
+  auto pool = *cache::PagePool::Create({2, 576}, *backend, {DType::kF16, 16, 8, false});
+  std::vector<uint8_t> bytes(pool->pool(1).nbytes());
+  std::mt19937 rng(3);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  backend->Upload(bytes.data(), bytes.size(), pool->pool(1), 0);
+  const std::vector<int32_t> pages = {5, 1, 6};
+  std::string rows;
+  ASSERT_TRUE(pool->ExportRows(1, pages, 10, 30, &rows).ok());
+  std::vector<uint64_t> row_hashes;
+  for (size_t offset = 0; offset < rows.size(); offset += pool->row_bytes()) {
+    row_hashes.push_back(Xxh64(std::string_view(rows).substr(offset, pool->row_bytes())));
+  }
+  auto checksum = PagedRowsChecksum(*pool, 1, pages, 10, 30);
+  ASSERT_TRUE(checksum.ok()) << checksum.status();
+  EXPECT_EQ(*checksum, RowsChecksum(row_hashes));
+  EXPECT_EQ(*checksum, Xxh64(std::string_view(reinterpret_cast<const char*>(row_hashes.data()), row_hashes.size() * 8)));
+  EXPECT_NE(*checksum, Xxh64(rows)) << "a scheme of its own, not the byte transports' checksum";
+  EXPECT_EQ(PagedRowsChecksum(*pool, 1, pages, 40, 9).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PagedRowsChecksum(*pool, 2, pages, 0, 1).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

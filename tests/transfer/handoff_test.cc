@@ -68,7 +68,14 @@ class DeviceWriteSender : public CacheSender {
       RETURN_IF_ERROR(cache::CopyRows(*chunk.view, cache::RowsOf(*target_, chunk.mla_index, chunk.first_token,
                                                                  chunk.token_count)).status());
     }
-    return receiver_->OnRowsWritten({chunk.mla_index, chunk.first_token, chunk.token_count, Xxh64(rows)});
+    // The device transports' checksum, computed by hand: XXH64 per row, then over the hashes.
+    const size_t row_bytes = chunk.view->pool->row_bytes();
+    std::vector<uint64_t> row_hashes;
+    for (size_t offset = 0; offset < rows.size(); offset += row_bytes) {
+      row_hashes.push_back(Xxh64(std::string_view(rows).substr(offset, row_bytes)));
+    }
+    if (swap_rows_ && row_hashes.size() > 1) std::swap(row_hashes[0], row_hashes[1]);
+    return receiver_->OnRowsWritten({chunk.mla_index, chunk.first_token, chunk.token_count, RowsChecksum(row_hashes)});
   }
   absl::Status SendKdaState(KdaStateBytes chunk) override { return receiver_->OnKdaState(chunk); }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
@@ -77,6 +84,7 @@ class DeviceWriteSender : public CacheSender {
   }
   void Cancel() override { receiver_->Abort(absl::CancelledError("cancelled")); }
   bool skip_write_ = false;  // announce rows that never landed
+  bool swap_rows_ = false;   // announce the right rows in the wrong order
 
  private:
   CacheReceiver* receiver_;
@@ -293,6 +301,19 @@ TEST_F(HandoffTest, RowsAnnouncedButNotWrittenAreDataLoss) {
   ASSERT_TRUE(receiver.ok());
   DeviceWriteSender sender(receiver->get(), target_.get());
   sender.skip_write_ = true;
+  HandoffWriter writer(sender, device);
+  const absl::Status status = Send(sender, writer);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_EQ(first_token_, -1);
+}
+
+TEST_F(HandoffTest, DeviceRowsInAnotherOrderAreDataLoss) {
+  HandoffHeader device = header_;
+  device.transport = "cuda-ipc";
+  auto receiver = BeginHandoff(device);
+  ASSERT_TRUE(receiver.ok());
+  DeviceWriteSender sender(receiver->get(), target_.get());
+  sender.swap_rows_ = true;  // every row hash right, their order not: the outer hash differs
   HandoffWriter writer(sender, device);
   const absl::Status status = Send(sender, writer);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;

@@ -1,0 +1,126 @@
+#include "transfer/nccl_comm.h"
+
+#include <nccl.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/cuda/cuda_backend.h"
+
+namespace latentserve::transfer {
+namespace {
+
+static_assert(NCCL_UNIQUE_ID_BYTES == kNcclUniqueIdBytes, "the bootstrap's id size is NCCL's");
+
+absl::Status NcclError(const char* what, ncclResult_t result) {
+  return absl::InternalError(absl::StrCat(what, ": ", ncclGetErrorString(result)));
+}
+
+class RealNcclComm final : public NcclComm {
+ public:
+  explicit RealNcclComm(ncclComm_t comm) : comm_(comm) {}
+  ~RealNcclComm() override {
+    if (!aborted_) ncclCommDestroy(comm_);
+  }
+  void Abort() override {
+    if (!aborted_) ncclCommAbort(comm_);
+    aborted_ = true;
+  }
+  ncclComm_t get() const { return comm_; }
+
+ private:
+  ncclComm_t comm_;
+  std::atomic<bool> aborted_{false};
+};
+
+template <typename Op>
+absl::Status GroupRuns(NcclComm& comm, kernels::Backend& backend, const kernels::Tensor& pool,
+                       absl::Span<const int32_t> page_table, const std::vector<NcclRun>& runs, Op op) {
+  auto* cuda = dynamic_cast<kernels::cuda::CudaBackend*>(&backend);
+  auto* real = dynamic_cast<RealNcclComm*>(&comm);
+  if (cuda == nullptr || real == nullptr) {
+    return absl::FailedPreconditionError("the NCCL transport moves rows of a CUDA backend over an NCCL communicator");
+  }
+  const int64_t page_tokens = pool.ne[1];
+  const size_t row_bytes = pool.row_bytes();
+  for (const NcclRun& run : runs) {
+    RETURN_IF_ERROR(kernels::CheckPagedRows(pool, page_table, run.first_token, run.tokens));
+    if (run.first_token / page_tokens != (run.first_token + run.tokens - 1) / page_tokens) {
+      return absl::InvalidArgumentError("an NCCL run crosses a page");
+    }
+  }
+  if (ncclResult_t r = ncclGroupStart(); r != ncclSuccess) return NcclError("ncclGroupStart", r);
+  ncclResult_t failed = ncclSuccess;
+  for (const NcclRun& run : runs) {
+    const int64_t slot = static_cast<int64_t>(page_table[run.first_token / page_tokens]) * page_tokens +
+                         run.first_token % page_tokens;
+    uint8_t* rows = kernels::cuda::DevPtr(pool) + static_cast<size_t>(slot) * row_bytes;
+    failed = op(rows, static_cast<size_t>(run.tokens) * row_bytes, real->get(), cuda->stream());
+    if (failed != ncclSuccess) break;
+  }
+  ncclResult_t ended = ncclGroupEnd();
+  if (failed != ncclSuccess) return NcclError("ncclSend/ncclRecv", failed);
+  // A non-blocking communicator may answer ncclInProgress: the group is enqueued.
+  if (ended != ncclSuccess && ended != ncclInProgress) return NcclError("ncclGroupEnd", ended);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> NewNcclUniqueId() {
+  ncclUniqueId id;
+  if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) return NcclError("ncclGetUniqueId", r);
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+absl::StatusOr<std::shared_ptr<NcclComm>> CreateNcclComm(const NcclBootstrap& bootstrap, int rank, int device) {
+  if (bootstrap.unique_id.size() != kNcclUniqueIdBytes || bootstrap.nranks != 2 || rank < 0 || rank >= 2) {
+    return absl::InvalidArgumentError("NCCL bootstrap of another shape than two ranks and a 128-byte id");
+  }
+  if (cudaError_t err = cudaSetDevice(device); err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(err)));
+  }
+  ncclUniqueId id;
+  std::memcpy(id.internal, bootstrap.unique_id.data(), kNcclUniqueIdBytes);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;  // the init returns at once; we poll, and abort at the deadline
+  ncclComm_t comm = nullptr;
+  ncclResult_t state = ncclCommInitRankConfig(&comm, bootstrap.nranks, id, rank, &config);
+  const absl::Time deadline = absl::Now() + bootstrap.init_timeout;
+  while (state == ncclInProgress) {
+    if (absl::Now() >= deadline) {
+      ncclCommAbort(comm);
+      return absl::DeadlineExceededError(absl::StrCat("NCCL communicator ", bootstrap.comm_key, " did not form within ",
+                                                      absl::FormatDuration(bootstrap.init_timeout)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (ncclResult_t r = ncclCommGetAsyncError(comm, &state); r != ncclSuccess) state = r;
+  }
+  if (state != ncclSuccess) {
+    if (comm != nullptr) ncclCommAbort(comm);
+    return NcclError("ncclCommInitRankConfig", state);
+  }
+  return std::shared_ptr<NcclComm>(new RealNcclComm(comm));
+}
+
+absl::Status NcclSendRuns(NcclComm& comm, kernels::Backend& backend, const kernels::Tensor& pool,
+                          absl::Span<const int32_t> page_table, const std::vector<NcclRun>& runs, int peer) {
+  return GroupRuns(comm, backend, pool, page_table, runs,
+                   [peer](uint8_t* rows, size_t bytes, ncclComm_t c, cudaStream_t stream) {
+                     return ncclSend(rows, bytes, ncclUint8, peer, c, stream);
+                   });
+}
+
+absl::Status NcclRecvRuns(NcclComm& comm, kernels::Backend& backend, const kernels::Tensor& pool,
+                          absl::Span<const int32_t> page_table, const std::vector<NcclRun>& runs, int peer) {
+  return GroupRuns(comm, backend, pool, page_table, runs,
+                   [peer](uint8_t* rows, size_t bytes, ncclComm_t c, cudaStream_t stream) {
+                     return ncclRecv(rows, bytes, ncclUint8, peer, c, stream);
+                   });
+}
+
+}  // namespace latentserve::transfer
