@@ -7,21 +7,8 @@
 # questions' TTFT as a share of the document read's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOKENS=${DEMO_TOKENS:-32768}
-THREADS=${DEMO_THREADS:-2}
-BUILD=${BUILD_DIR:-build}
-LS=$BUILD/bin/latentserve
-WORK=$(mktemp -d /tmp/latentserve-reuse.XXXXXX)
-PID=
-cleanup() { [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; [[ -n ${KEEP_LOG:-} ]] && cp "$WORK/serve.log" "$KEEP_LOG"; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
-"$LS" make-test-model --preset needle --weight-type q4_0 --out "$WORK/needle.gguf" --context $((TOKENS + 4096))
-"$LS" serve --listen 127.0.0.1:0 --port-file "$WORK/port" --model "$WORK/needle.gguf" --threads "$THREADS" \
-  --cache-tokens $((TOKENS + 8192)) --chunk 2048 --prefix-cache-mib 1024 >"$WORK/serve.log" 2>&1 &
-PID=$!
-for _ in $(seq 1 600); do [[ -s $WORK/port ]] && break; sleep 0.1; done
-TARGET=$(cat "$WORK/port")
-python3 scripts/needle_text.py --tokens "$TOKENS" --depth 0.5 --seed 11 >"$WORK/needle.json"
+# shellcheck source=scripts/lib/needle_serve.sh
+source scripts/lib/needle_serve.sh latentserve-reuse
 python3 - "$LS" "$TARGET" "$WORK" <<'PY'
 import json, subprocess, sys
 ls, target, work = sys.argv[1:4]
