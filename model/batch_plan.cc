@@ -13,6 +13,11 @@ absl::Status PlanPages(BatchContext& ctx, const DecodeStepInputs* step) {
   if (step != nullptr) {
     const kernels::Tensor& tables = step->device.page_tables;
     if (tables.rows() < batch) return absl::InvalidArgumentError("decode step page tables do not match the batch");
+    for (const kernels::LatentSeqView& seq : ctx.latent) {
+      if (static_cast<int64_t>(seq.page_table.size()) > tables.ne[0]) {
+        return absl::InvalidArgumentError("a sequence has more pages than the decode step's page tables hold");
+      }
+    }
     ctx.page_plan = tables;
   } else {
     int64_t stride = 1;

@@ -64,6 +64,7 @@ class CudaIpcSender : public CacheSender {
     if (static_cast<int64_t>(pool.row_bytes()) != header_.row_bytes) {
       return absl::FailedPreconditionError("rows of another size than the header's");
     }
+    if (view.mla_index != chunk.mla_index) return absl::InternalError("a chunk's view is of another layer");
     RETURN_IF_ERROR(pool.CheckRange(view.mla_index, view.pages, first, count));
     // The checksum the receiver verifies against what lands in its pages, hashed on this
     // device; it returns once the rows' pending writes are done, so the clock below times the
@@ -75,8 +76,14 @@ class CudaIpcSender : public CacheSender {
       const int64_t s = first + t;
       const int64_t run = std::min({count - t, src_page - s % src_page, dst_page - s % dst_page});
       const int64_t src_offset = (static_cast<int64_t>(view.pages[s / src_page]) * src_page + s % src_page) * rb;
+      // The target was validated against its pools' size; checked again here so that no
+      // answer of the peer can make a copy leave the opened memory.
+      const int64_t dst_offset = RowOffset(target_, rb, s);
+      if (dst_offset < 0 || run * rb > static_cast<int64_t>(pools_[chunk.mla_index].nbytes()) - dst_offset) {
+        return absl::InvalidArgumentError("latent rows outside the peer's opened pool");
+      }
       if (!backend_.CopyToBackend(pool.pool(view.mla_index), static_cast<size_t>(src_offset), backend_,
-                                  pools_[chunk.mla_index], static_cast<size_t>(RowOffset(target_, rb, s)),
+                                  pools_[chunk.mla_index], static_cast<size_t>(dst_offset),
                                   static_cast<size_t>(run * rb))) {
         return absl::FailedPreconditionError(absl::StrCat("the ", backend_.name(),
                                                           " backend cannot copy into opened peer memory"));
@@ -229,9 +236,16 @@ absl::StatusOr<std::shared_ptr<const CudaIpcTransport::Peer>> CudaIpcTransport::
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = peers_.find(target);
+    // Reused only for the same export of the same shape: the rows are addressed with this
+    // answer's geometry, so memory opened for another one must not be written through.
     if (it != peers_.end() && it->second->export_id == device.export_id &&
         it->second->pools.size() == device.pools.size()) {
-      return it->second;
+      bool same_shape = true;
+      for (const kernels::Tensor& pool : it->second->pools) {
+        same_shape = same_shape && pool.dtype == header.cache_dtype && pool.ne[0] == header.latent_width &&
+                     pool.ne[1] == device.page_tokens && pool.ne[2] == device.pool_pages;
+      }
+      if (same_shape) return it->second;
     }
   }
   auto peer = std::make_shared<Peer>();
