@@ -44,8 +44,8 @@ absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t>
     ASSIGN_OR_RETURN(slot.sequence, sequences_.New());
   }
   absl::Status reserved = sequences_.Reserve(*slot.sequence, tokens);
-  if (!reserved.ok() && prefix_.Stats().entries > 0) {
-    prefix_.MakeRoom(cache_.PagesFor(tokens));  // cached prefixes give way to a request
+  // Cached prefixes give way to a request (MakeRoom is false at once when none can go).
+  if (!reserved.ok() && prefix_.MakeRoom(cache_.PagesFor(tokens))) {
     reserved = sequences_.Reserve(*slot.sequence, tokens);
   }
   if (!reserved.ok()) return reserved;

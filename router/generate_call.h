@@ -42,8 +42,6 @@ class GenerateCall {
   grpc::Status Run();
   // The request's id (the client's, or one made up), once Validate has passed; else the client's.
   const std::string& request_id() const { return request_id_; }
-  // Lease hints for a session document's prefill (router/session_calls.cc); before Run.
-  void set_lease_hints(LeaseHints hints) { hints_ = std::move(hints); }
 
  private:
   grpc::Status Validate();

@@ -55,23 +55,26 @@ const TextCodec* RouterState::codec() {
   return codec_.get();
 }
 
+grpc::Status GenerationService::StreamLimitRejected(const std::string& client, const std::string& request_id) {
+  serving::Metrics& metrics = serving::Metrics::Get();
+  metrics.router_stream_limit_rejections_total.Increment();
+  metrics.CountRouterRequest(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  serving::LogEvent(serving::LogLevel::kWarning, "router", "request_rejected", request_id,
+                    {{"client", client}, {"code", "RESOURCE_EXHAUSTED"}, {"reason", "stream limit"}});
+  return ErrorStatus(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
+                                  " Generate streams open (the per-client limit); retry when one ends"),
+                     Details(error_reason::kStreamLimitExceeded,
+                             {{"limit", absl::StrCat(stream_limiter_.max_per_client())}}, kRetryDelay));
+}
+
 grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                          grpc::ServerWriter<v1::GenerateResponse>* writer) {
   serving::Metrics& metrics = serving::Metrics::Get();
   const absl::Time start = absl::Now();
   const std::string client = serving::ClientIdentity(*context);
   std::string request_id = request->request_id();
-  if (!stream_limiter_.TryAcquire(client)) {
-    metrics.router_stream_limit_rejections_total.Increment();
-    metrics.CountRouterRequest(grpc::StatusCode::RESOURCE_EXHAUSTED);
-    serving::LogEvent(serving::LogLevel::kWarning, "router", "request_rejected", request_id,
-                      {{"client", client}, {"code", "RESOURCE_EXHAUSTED"}, {"reason", "stream limit"}});
-    return ErrorStatus(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("this client already has ", stream_limiter_.max_per_client(),
-                                    " Generate streams open (the per-client limit); retry when one ends"),
-                       Details(error_reason::kStreamLimitExceeded,
-                               {{"limit", absl::StrCat(stream_limiter_.max_per_client())}}, kRetryDelay));
-  }
+  if (!stream_limiter_.TryAcquire(client)) return StreamLimitRejected(client, request_id);
   metrics.router_requests_in_flight.Increment();
   grpc::Status status;
   {

@@ -109,6 +109,8 @@ class GenerationService final : public v1::Generation::Service {
 
  private:
   RouterState& state_;
+  // RESOURCE_EXHAUSTED for a client over its stream limit (counted and logged).
+  grpc::Status StreamLimitRejected(const std::string& client, const std::string& request_id);
   serving::StreamLimiter stream_limiter_;
 };
 

@@ -51,22 +51,30 @@ absl::Status SessionLimit(const absl::Status& status) {
   return WithDetails(status, Details(error_reason::kSessionLimitExceeded));
 }
 
-void DropOnWorker(const RouterState& state, const Session& session) {
-  if (session.worker.empty()) return;
-  auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(session.worker));
-  grpc::ClientContext context;
+// A router-to-worker control call: the internal credential and the control deadline.
+void PrepareControlCall(const RouterState& state, grpc::ClientContext& context) {
   serving::AttachInternalCredential(context);
   SetDeadline(context, absl::Now() + state.options().control_timeout);
+}
+
+// Unpins session `session_id`'s document on `worker` ("" : nothing to do). Best effort: a
+// worker that is gone took the document with it.
+void DropPin(const RouterState& state, const std::string& worker, const std::string& session_id) {
+  if (worker.empty()) return;
+  auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(worker));
+  grpc::ClientContext context;
+  PrepareControlCall(state, context);
   internal::v1::DropSessionRequest request;
-  request.set_session_id(session.id);
+  request.set_session_id(session_id);
   internal::v1::DropSessionResponse response;
-  // Best effort: a worker that is gone took the document with it.
   grpc::Status status = stub->DropSession(&context, request, &response);
   if (!status.ok()) {
     serving::LogEvent(serving::LogLevel::kWarning, "router", "session_drop_failed", "",
-                      {{"session", session.id}, {"decode_worker", session.worker}, {"error", status.error_message()}});
+                      {{"session", session_id}, {"decode_worker", worker}, {"error", status.error_message()}});
   }
 }
+
+void DropOnWorker(const RouterState& state, const Session& session) { DropPin(state, session.worker, session.id); }
 
 // Prefills `session`'s document into a decode worker's prefix cache (pinned there when the
 // session is) and returns that worker.
@@ -88,14 +96,14 @@ absl::StatusOr<std::string> PrefillDocument(RouterState& state, grpc::ServerCont
   if (session.pinned) {
     auto stub = internal::v1::DecodeWorker::NewStub(ChannelTo(worker));
     grpc::ClientContext pin_context;
-    serving::AttachInternalCredential(pin_context);
-    SetDeadline(pin_context, absl::Now() + state.options().control_timeout);
+    PrepareControlCall(state, pin_context);
     internal::v1::PinSessionRequest pin;
     pin.set_session_id(session.id);
     *pin.mutable_token_ids() = {session.tokens->begin(), session.tokens->end()};
     internal::v1::PinSessionResponse pinned;
     grpc::Status status = stub->PinSession(&pin_context, pin, &pinned);
     if (!status.ok()) {
+      DropPin(state, worker, session.id);  // a call that timed out may still have pinned
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                           absl::StrCat("decode worker ", worker, " could not pin the session's document: ",
                                        status.error_message()));
@@ -144,7 +152,11 @@ absl::StatusOr<std::vector<int32_t>> GenerateCall::SessionPrompt() {
       state_.sessions().EndRepair(session_id_);
       return worker.status();
     }
-    RETURN_IF_ERROR(state_.sessions().SetWorker(session_id_, *worker, /*reprefill=*/true, absl::Now()));
+    if (absl::Status placed = state_.sessions().SetWorker(session_id_, *worker, /*reprefill=*/true, absl::Now());
+        !placed.ok()) {
+      DropPin(state_, *worker, session_id_);  // closed or expired meanwhile: nobody would drop it
+      return placed;
+    }
     session_worker_ = *worker;
   }
   hints_.prefer_worker = session_worker_;
@@ -195,14 +207,23 @@ grpc::Status GenerationService::CreateSession(grpc::ServerContext* context, cons
   if (!session.ok()) return ToGrpcWithDetails(SessionLimit(session.status()));
   double prefill_ms = 0;
   const std::string request_id = request->request_id().empty() ? session->id : request->request_id();
+  // The document's prefill is a Generate of its own: it counts against the client's stream limit.
+  if (!stream_limiter_.TryAcquire(client)) {
+    state_.sessions().Remove(session->id);
+    return StreamLimitRejected(client, request_id);
+  }
   absl::StatusOr<std::string> worker = PrefillDocument(state_, context, *session, request_id, &prefill_ms);
+  stream_limiter_.Release(client);
   if (!worker.ok()) {
     // Nothing is pinned; a document kept unpinned is an ordinary cache entry.
     state_.sessions().Remove(session->id);
     return ToGrpcWithDetails(SessionLimit(worker.status()));
   }
   absl::Status placed = state_.sessions().SetWorker(session->id, *worker, /*reprefill=*/false, absl::Now());
-  if (!placed.ok()) return ToGrpcWithDetails(placed);
+  if (!placed.ok()) {
+    DropPin(state_, *worker, session->id);  // closed or expired meanwhile: nobody would drop it
+    return ToGrpcWithDetails(placed);
+  }
   session->worker = *worker;
   session->ready = true;
   serving::LogEvent("router", "session_created", request_id,
