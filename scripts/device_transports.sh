@@ -93,27 +93,19 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-small=(--model "$WORK/m.gguf" --chunk 256 --cache-tokens 8192)
-run small_grpc grpc 3000 "${small[@]}" || status=1
-run small_ipc cuda-ipc 3000 "${small[@]}" || status=1
-report small_grpc grpc; report small_ipc cuda-ipc
-same_tokens small_grpc small_ipc || status=1
+# compare NAME TOKENS MODEL_FLAGS...: the same prompt over grpc and over cuda-ipc, reported, same tokens.
+compare() {
+  local name=$1 tokens=$2; shift 2
+  run "${name}_grpc" grpc "$tokens" "$@" || status=1
+  run "${name}_ipc" cuda-ipc "$tokens" "$@" || status=1
+  report "${name}_grpc" grpc; report "${name}_ipc" cuda-ipc
+  same_tokens "${name}_grpc" "${name}_ipc" || status=1
+}
 
-if [[ ${FULL:-0} == 1 ]]; then
-  full=(--random-weights kimi-linear-48b-a3b --weight-type q4_0 --chunk 8192 --cache-tokens 139264)
-  run full_grpc grpc 131072 "${full[@]}" || status=1
-  run full_ipc cuda-ipc 131072 "${full[@]}" || status=1
-  report full_grpc grpc; report full_ipc cuda-ipc
-  same_tokens full_grpc full_ipc || status=1
-fi
-
-if [[ ${LONG:-0} == 1 ]]; then
-  long=(--random-weights kimi-linear-48b-a3b --weight-type q4_0 --chunk 8192 --cache-tokens 1056768)
-  run long_grpc grpc 1048576 "${long[@]}" || status=1
-  run long_ipc cuda-ipc 1048576 "${long[@]}" || status=1
-  report long_grpc grpc; report long_ipc cuda-ipc
-  same_tokens long_grpc long_ipc || status=1
-fi
+compare small 3000 --model "$WORK/m.gguf" --chunk 256 --cache-tokens 8192
+full_size=(--random-weights kimi-linear-48b-a3b --weight-type q4_0 --chunk 8192)
+[[ ${FULL:-0} == 1 ]] && compare full 131072 "${full_size[@]}" --cache-tokens 139264
+[[ ${LONG:-0} == 1 ]] && compare long 1048576 "${full_size[@]}" --cache-tokens 1056768
 
 if [[ ${KILL:-0} == 1 ]]; then
   # A 3000-token prefill of the small model takes well under a second: a 200,000-token prompt in
