@@ -2,6 +2,8 @@
 #include "kernels/backend.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <vector>
 
@@ -35,6 +37,20 @@ absl::StatusOr<std::unique_ptr<Backend::Graph>> Backend::EndCapture() {
 
 absl::Status Backend::Replay(const Graph&) {
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
+}
+
+bool Backend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
+                                absl::Span<const CopyRun> runs) {
+  // Whether two backends have a direct path does not depend on the piece: the first run tells.
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const CopyRun& r = runs[i];
+    if (!CopyToBackend(src, r.src_offset, dst_backend, dst, r.dst_offset, r.bytes)) {
+      if (i == 0) return false;
+      std::fprintf(stderr, "CopyRunsToBackend: a direct copy failed after %zu of %zu runs\n", i, runs.size());
+      std::abort();
+    }
+  }
+  return true;
 }
 
 absl::StatusOr<std::unique_ptr<Backend::Event>> Backend::RecordEvent() {

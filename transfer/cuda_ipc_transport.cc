@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
@@ -71,7 +72,13 @@ class CudaIpcSender : public CacheSender {
     // copies alone.
     ASSIGN_OR_RETURN(uint64_t checksum, PagedRowsChecksum(pool, view.mla_index, view.pages, first, count));
     const absl::Time copies_start = absl::Now();
+    // Device time of the copies alone where the backend has a timer: the stream is shared with
+    // the prefill's next chunk, so the host clock would count the queue ahead of the copies too.
+    absl::StatusOr<std::unique_ptr<kernels::Backend::Event>> timer_start = backend_.RecordTimedEvent();
     const int64_t rb = header_.row_bytes, src_page = pool.page_tokens(), dst_page = target_.page_tokens;
+    // One run per stretch of tokens inside one page on both sides; all of them go as one
+    // batched copy (one kernel on one device).
+    std::vector<kernels::Backend::CopyRun> runs;
     for (int64_t t = 0; t < count;) {
       const int64_t s = first + t;
       const int64_t run = std::min({count - t, src_page - s % src_page, dst_page - s % dst_page});
@@ -82,18 +89,19 @@ class CudaIpcSender : public CacheSender {
       if (dst_offset < 0 || run * rb > static_cast<int64_t>(pools_[chunk.mla_index].nbytes()) - dst_offset) {
         return absl::InvalidArgumentError("latent rows outside the peer's opened pool");
       }
-      if (!backend_.CopyToBackend(pool.pool(view.mla_index), static_cast<size_t>(src_offset), backend_,
-                                  pools_[chunk.mla_index], static_cast<size_t>(dst_offset),
-                                  static_cast<size_t>(run * rb))) {
-        return absl::FailedPreconditionError(absl::StrCat("the ", backend_.name(),
-                                                          " backend cannot copy into opened peer memory"));
-      }
+      runs.push_back({static_cast<size_t>(src_offset), static_cast<size_t>(dst_offset), static_cast<size_t>(run * rb)});
       t += run;
     }
+    if (!backend_.CopyRunsToBackend(pool.pool(view.mla_index), backend_, pools_[chunk.mla_index], runs)) {
+      return absl::FailedPreconditionError(absl::StrCat("the ", backend_.name(),
+                                                        " backend cannot copy into opened peer memory"));
+    }
     // The rows must be in the peer's pages before it is told so.
-    ASSIGN_OR_RETURN(auto event, backend_.RecordEvent());
+    ASSIGN_OR_RETURN(auto event, backend_.RecordTimedEvent());
     RETURN_IF_ERROR(backend_.WaitEvent(*event));
-    device_copy_time_ += absl::Now() - copies_start;
+    absl::StatusOr<absl::Duration> device_time =
+        timer_start.ok() ? backend_.DeviceTimeBetween(**timer_start, *event) : timer_start.status();
+    device_copy_time_ += device_time.ok() ? *device_time : absl::Now() - copies_start;
     device_bytes_ += count * rb;
     return control_->SendRowsWritten({chunk.mla_index, first, count, checksum});
   }
@@ -128,7 +136,7 @@ class CudaIpcSender : public CacheSender {
   const HandoffHeader header_;
   std::function<void()> forget_peer_;
   int64_t device_bytes_ = 0;
-  absl::Duration device_copy_time_;  // enqueue of a chunk's copies to their completion, summed
+  absl::Duration device_copy_time_;  // the copies' device time (host clock without a device timer), summed
   int64_t extra_chunks_ = 0;
 };
 

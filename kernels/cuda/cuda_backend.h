@@ -82,8 +82,12 @@ class CudaBackend final : public Backend {
   // Device-transfer capabilities (cuda_transfer.cu).
   bool CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
                      size_t dst_offset, size_t bytes) override;
+  bool CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
+                         absl::Span<const CopyRun> runs) override;
   absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override;
   absl::Status WaitEvent(const Event& event) override;
+  absl::StatusOr<std::unique_ptr<Event>> RecordTimedEvent() override;
+  absl::StatusOr<absl::Duration> DeviceTimeBetween(const Event& start, const Event& end) override;
   absl::StatusOr<HostMemory> AllocHost(size_t bytes) override;
   void DownloadAsync(const Tensor& src, void* host, size_t bytes, size_t src_offset) override;
   void UploadAsync(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) override;

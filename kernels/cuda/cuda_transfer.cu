@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -80,6 +81,38 @@ absl::Status CudaError(const char* what, cudaError_t err) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
 }
 
+// A batch of copy runs as one kernel's argument (kernel parameters may be up to 32 KiB since
+// CUDA 12.1: no upload of the run list, no extra ordering).
+struct CopyRunBatch {
+  static constexpr int kMax = 512;  // 512 x 24 bytes = 12 KiB of parameters
+  const uint8_t* src;
+  uint8_t* dst;
+  int count;
+  int64_t src_offset[kMax];
+  int64_t dst_offset[kMax];
+  int64_t bytes[kMax];
+};
+constexpr int kCopyThreads = 256;
+constexpr int64_t kCopyBytesPerBlock = 16 * 1024;  // 4 x 16-byte vectors per thread
+
+// blockIdx.y: the run; blockIdx.x: its kCopyBytesPerBlock slice. kVector: every address and
+// length a multiple of 16 bytes (uint4 loads and stores), else bytes.
+template <bool kVector>
+__global__ void __launch_bounds__(kCopyThreads) CopyRunsKernel(const __grid_constant__ CopyRunBatch batch) {
+  const int run = static_cast<int>(blockIdx.y);
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kCopyBytesPerBlock;
+  const int64_t end = min(batch.bytes[run], begin + kCopyBytesPerBlock);
+  const uint8_t* src = batch.src + batch.src_offset[run];
+  uint8_t* dst = batch.dst + batch.dst_offset[run];
+  if constexpr (kVector) {
+    for (int64_t i = begin + threadIdx.x * 16; i < end; i += kCopyThreads * 16) {
+      *reinterpret_cast<uint4*>(dst + i) = __ldg(reinterpret_cast<const uint4*>(src + i));
+    }
+  } else {
+    for (int64_t i = begin + threadIdx.x; i < end; i += kCopyThreads) dst[i] = src[i];
+  }
+}
+
 }  // namespace
 
 bool CudaBackend::CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
@@ -104,6 +137,46 @@ bool CudaBackend::CopyToBackend(const Tensor& src, size_t src_offset, Backend& d
   return true;
 }
 
+bool CudaBackend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
+                                    absl::Span<const CopyRun> runs) {
+  auto* peer = dynamic_cast<CudaBackend*>(&dst_backend);
+  if (peer == nullptr || capture_ || peer->capture_) return false;
+  if (peer->device_ != device_) return Backend::CopyRunsToBackend(src, dst_backend, dst, runs);  // peer copies
+  bool vector = reinterpret_cast<uintptr_t>(DevPtr(src)) % 16 == 0 && reinterpret_cast<uintptr_t>(DevPtr(dst)) % 16 == 0;
+  int64_t longest = 0;
+  for (const CopyRun& r : runs) {
+    CU_CHECK(r.src_offset <= src.nbytes() && r.bytes <= src.nbytes() - r.src_offset);
+    CU_CHECK(r.dst_offset <= dst.nbytes() && r.bytes <= dst.nbytes() - r.dst_offset);
+    vector = vector && (r.src_offset | r.dst_offset | r.bytes) % 16 == 0;
+    longest = std::max(longest, static_cast<int64_t>(r.bytes));
+  }
+  if (longest == 0) return true;
+  // The same ordering as one CopyToBackend, once for the whole batch.
+  DeviceScope scope(peer->device_);
+  Order(stream_, device_, peer->stream_);
+  auto batch = std::make_unique<CopyRunBatch>();
+  batch->src = DevPtr(src);
+  batch->dst = DevPtr(dst);
+  const unsigned slices = static_cast<unsigned>((longest + kCopyBytesPerBlock - 1) / kCopyBytesPerBlock);
+  for (size_t first = 0; first < runs.size(); first += CopyRunBatch::kMax) {
+    batch->count = static_cast<int>(std::min<size_t>(CopyRunBatch::kMax, runs.size() - first));
+    for (int i = 0; i < batch->count; ++i) {
+      batch->src_offset[i] = static_cast<int64_t>(runs[first + i].src_offset);
+      batch->dst_offset[i] = static_cast<int64_t>(runs[first + i].dst_offset);
+      batch->bytes[i] = static_cast<int64_t>(runs[first + i].bytes);
+    }
+    const dim3 grid(slices, static_cast<unsigned>(batch->count));
+    if (vector) {
+      CopyRunsKernel<true><<<grid, kCopyThreads, 0, peer->stream_>>>(*batch);
+    } else {
+      CopyRunsKernel<false><<<grid, kCopyThreads, 0, peer->stream_>>>(*batch);
+    }
+    LAUNCH_OK();
+  }
+  Order(peer->stream_, peer->device_, stream_);
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<Backend::Event>> CudaBackend::RecordEvent() {
   if (capture_) return absl::FailedPreconditionError("an event cannot be recorded while a step is being recorded");
   cudaEvent_t event;
@@ -112,6 +185,25 @@ absl::StatusOr<std::unique_ptr<Backend::Event>> CudaBackend::RecordEvent() {
   }
   CUDA_OK(cudaEventRecord(event, stream_));
   return std::unique_ptr<Event>(new CudaEvent(event));
+}
+
+absl::StatusOr<std::unique_ptr<Backend::Event>> CudaBackend::RecordTimedEvent() {
+  if (capture_) return absl::FailedPreconditionError("an event cannot be recorded while a step is being recorded");
+  cudaEvent_t event;
+  if (cudaError_t err = cudaEventCreate(&event); err != cudaSuccess) return CudaError("cudaEventCreate", err);
+  CUDA_OK(cudaEventRecord(event, stream_));
+  return std::unique_ptr<Event>(new CudaEvent(event));
+}
+
+absl::StatusOr<absl::Duration> CudaBackend::DeviceTimeBetween(const Event& start, const Event& end) {
+  const auto* a = dynamic_cast<const CudaEvent*>(&start);
+  const auto* b = dynamic_cast<const CudaEvent*>(&end);
+  if (a == nullptr || b == nullptr) return absl::InvalidArgumentError("not events of a cuda backend");
+  float ms = 0.0f;
+  if (cudaError_t err = cudaEventElapsedTime(&ms, a->get(), b->get()); err != cudaSuccess) {
+    return CudaError("cudaEventElapsedTime", err);  // e.g. an event recorded without timing
+  }
+  return absl::Microseconds(static_cast<double>(ms) * 1e3);
 }
 
 absl::Status CudaBackend::WaitEvent(const Event& event) {

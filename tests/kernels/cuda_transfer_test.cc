@@ -55,6 +55,43 @@ TEST_F(CudaTransfer, CopyBetweenTwoCudaBackendsSkipsTheHost) {
   EXPECT_EQ(CopyBetween(*b_, dst, 0, *cpu, host_side, 0, 4096), 4096) << "CUDA to CPU stages through the host";
 }
 
+// The batched copy (one kernel for a chunk's page runs): every run lands, nothing else is
+// written, aligned runs (the vector path) and odd ones (the byte path), more runs than one
+// launch takes, and the source's later work waits for it.
+TEST_F(CudaTransfer, CopyRunsScatterEveryRunAndNothingElse) {
+  const int64_t n = 1 << 20;
+  std::vector<uint8_t> bytes(n * 4);
+  std::mt19937 rng(7);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  Tensor src = *a_->Alloc(DType::kF32, {n, 1, 1, 1});
+  a_->Upload(bytes.data(), bytes.size(), src, 0);
+  for (const bool aligned : {true, false}) {
+    Tensor dst = *b_->Alloc(DType::kF32, {n, 1, 1, 1});
+    b_->Zero(dst);
+    // 1,200 page-sized runs (more than one launch's 512) to shuffled destination pages.
+    const size_t row = aligned ? 1152 : 1153, page = 3 * row;
+    const size_t pages = bytes.size() / page;
+    std::vector<size_t> order(pages);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<Backend::CopyRun> runs;
+    std::vector<uint8_t> want(bytes.size(), 0);
+    for (size_t i = 0; i < 1200 && i < pages; ++i) {
+      const size_t length = (i % 5 == 0) ? row : page;  // some partial pages
+      runs.push_back({i * page, order[i] * page, length});
+      std::copy_n(bytes.begin() + i * page, length, want.begin() + order[i] * page);
+    }
+    ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, runs));
+    EXPECT_TRUE(Bytes(*b_, dst) == want) << (aligned ? "16-byte runs" : "odd runs");
+  }
+  // Ordered like CopyToBackend: zeroing the source right after does not reach the copy.
+  Tensor dst = *b_->Alloc(DType::kF32, {n, 1, 1, 1});
+  const std::vector<Backend::CopyRun> one = {{0, 0, bytes.size()}};
+  ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, one));
+  a_->Zero(src);
+  EXPECT_TRUE(Bytes(*b_, dst) == bytes);
+}
+
 TEST_F(CudaTransfer, EventsPinnedMemoryAndAsyncCopies) {
   auto host = a_->AllocHost(1 << 20);
   ASSERT_TRUE(host.ok()) << host.status();
