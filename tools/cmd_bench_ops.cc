@@ -65,6 +65,14 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 131072));
   ASSIGN_OR_RETURN(int64_t prefill, args.GetInt("prefill-tokens", 8192));
   const std::string moe_kernels = args.Get("moe-kernels", "warps8,warps4");
+  // Names of LATENTSERVE_CUDA_MOE_TILE; the backend takes any other name as its default kernel,
+  // so a misspelt one would time the default under that name.
+  for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
+    if (kernel != "warps8" && kernel != "warps4" && kernel != "wgmma" && kernel != "predequant") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--moe-kernels: unknown kernel '", kernel, "' (warps8, warps4, wgmma, predequant)"));
+    }
+  }
   const bool cpu = options.kind == "cpu";
   const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
   std::vector<Row> rows;
@@ -157,6 +165,7 @@ absl::Status Run(int argc, char** argv) {
         compute_row("prefill_moe_experts", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, experts_only);
         if (!cpu) {
           // The other grouped GEMM kernels (LATENTSERVE_CUDA_MOE_TILE), --moe-kernels=warps8,warps4 by default.
+          // Each row times the whole call: predequant's dequantisation kernels are inside it.
           for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
             setenv("LATENTSERVE_CUDA_MOE_TILE", std::string(kernel).c_str(), 1);
             compute_row("prefill_moe_experts_" + std::string(kernel), std::to_string(n) + " tokens",

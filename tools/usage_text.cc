@@ -252,7 +252,7 @@ std::map<std::string, Usage> BuildUsages() {
                      {"context", "N", "131072", "cached tokens of the decode ops"},
                      {"prefill-tokens", "N", "8192", "tokens of the prefill ops"},
                      {"mha-contexts", "A,B", "--context", "contexts of the MHA prefill attention op"},
-                     {"moe-kernels", "LIST", "warps8,warps4", "MoE kernel variants to time"}},
+                     {"moe-kernels", "LIST", "warps8,warps4", "MoE kernels to time: warps8, warps4, wgmma, predequant"}},
                     "latentserve bench-ops --backend cuda --context 131072"};
   const char* shape = "shape override (default: from --config)";
   Flags model_flags = {{"out", "PATH", "", "GGUF to write (required)"},

@@ -155,10 +155,11 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.
   void* Scratch(int slot, size_t bytes);
-  static constexpr int kScratchSlots = 17;
+  static constexpr int kScratchSlots = 18;
   // Slots: 0-7 the absorbed MLA GEMM path (cuda_mla_gemm.cu), 8-12 the MHA prefill
   // (cuda_mla_prefill.cu), 13-15 the paged decode (cuda_mla_decode.cu), 16 the chunked KDA
-  // workspace (hundreds of MB); 3 and 4 also carry small per-op uploads (KDA, MLA token maps).
+  // workspace (hundreds of MB); 3 and 4 also carry small per-op uploads (KDA, MLA token maps);
+  // 17 the MoE weights dequantised ahead (cuda_moe_predequant.cu: GBs, only when chosen).
   static constexpr int kKdaWorkspaceSlot = 16;
   // Copies a small host array to device scratch `slot` (stream-ordered).
   void* UploadScratch(int slot, const void* host, size_t bytes);

@@ -274,10 +274,10 @@ __global__ void CountKernel(const int32_t* ids, int slots, int experts, int32_t*
   slot_numbers[slot] = slot;
 }
 
-// One block: first sorted row of every expert (exclusive scan of the counts) and the M-tile
-// list in expert order.
+// One block: first sorted row and first tile of every expert (exclusive scans of the counts
+// and of the tiles) and the M-tile list in expert order.
 __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts, int experts, int32_t* first_row,
-                                                           int2* tiles, int32_t* tile_count) {
+                                                           int32_t* first_tile, int2* tiles, int32_t* tile_count) {
   using Scan = cub::BlockScan<int, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   int row_carry = 0, tile_carry = 0;
@@ -293,6 +293,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
     if (e < experts) {
       const int first = row_carry + row_start;
       first_row[e] = first;
+      first_tile[e] = tile_carry + tile_start;
       for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * kTileRows);
     }
     row_carry += row_total;
@@ -300,6 +301,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts
   }
   if (threadIdx.x == 0) {
     first_row[experts] = row_carry;
+    first_tile[experts] = tile_carry;
     *tile_count = tile_carry;
   }
 }
@@ -356,24 +358,28 @@ void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaS
   }
 }
 
-enum class GroupedKernel { kWarps8, kWarps4, kWgmma };
+enum class GroupedKernel { kWarps8, kWarps4, kWgmma, kPredequant };
 
 // The wgmma kernel by default (8192 tokens x 8 of 256 experts on the H200, same run: 4.59 ms
 // against 5.47 ms for warps8 and 5.85 ms for warps4); LATENTSERVE_CUDA_MOE_TILE=warps8 |
-// warps4 picks an mma.sync kernel (measurement, tests).
+// warps4 picks an mma.sync kernel, =predequant the weights dequantised ahead of a wgmma GEMM
+// (cuda_moe_predequant.cu; measurement, tests).
 GroupedKernel ChosenKernel() {
   const char* choice = std::getenv("LATENTSERVE_CUDA_MOE_TILE");
   if (choice != nullptr && std::strcmp(choice, "warps8") == 0) return GroupedKernel::kWarps8;
   if (choice != nullptr && std::strcmp(choice, "warps4") == 0) return GroupedKernel::kWarps4;
+  if (choice != nullptr && std::strcmp(choice, "predequant") == 0) return GroupedKernel::kPredequant;
   return GroupedKernel::kWgmma;
 }
 
 template <bool kSwiGlu>
-void LaunchGroupedGemm(GroupedKernel kernel, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream) {
+void LaunchGroupedGemm(GroupedKernel kernel, DType w, const GroupedGemmParams& p, int max_tiles,
+                       const PredequantWork& predequant, cudaStream_t stream) {
   switch (kernel) {
     case GroupedKernel::kWarps8: LaunchGroupedGemm<Warps8Tile, kSwiGlu>(w, p, max_tiles, stream); break;
     case GroupedKernel::kWarps4: LaunchGroupedGemm<Warps4Tile, kSwiGlu>(w, p, max_tiles, stream); break;
     case GroupedKernel::kWgmma: LaunchGroupedGemmWgmma(kSwiGlu, w, p, max_tiles, stream); break;
+    case GroupedKernel::kPredequant: LaunchGroupedGemmPredequant(kSwiGlu, w, p, predequant, stream); break;
   }
 }
 
@@ -401,7 +407,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   // Element offsets into the activations are 32-bit in the kernel.
   if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
 
-  // Small integer workspace (slot 5): counts, first rows, tile count, tiles, slot numbers,
+  // Small integer workspace (slot 5): counts, first rows, first tiles, tile count, tiles, slot numbers,
   // sorted expert ids (unused), row slots, the sort's temporary storage.
   int expert_bits = 1;  // radix bits that hold every expert id
   while ((int64_t{1} << expert_bits) < n_experts) ++expert_bits;
@@ -413,12 +419,13 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   const size_t counts_bytes = AlignUp(n_experts * 4), first_bytes = AlignUp((n_experts + 1) * 4);
   const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), slot_bytes = AlignUp(slots * 4);
   auto* ints = static_cast<uint8_t*>(
-      Scratch(5, counts_bytes + first_bytes + 256 + tiles_bytes + 3 * slot_bytes + AlignUp(sort_bytes)));
+      Scratch(5, counts_bytes + 2 * first_bytes + 256 + tiles_bytes + 3 * slot_bytes + AlignUp(sort_bytes)));
   auto* counts = reinterpret_cast<int32_t*>(ints);
   auto* first_row = reinterpret_cast<int32_t*>(ints + counts_bytes);
-  auto* tile_count = reinterpret_cast<int32_t*>(ints + counts_bytes + first_bytes);
-  auto* tiles = reinterpret_cast<int2*>(ints + counts_bytes + first_bytes + 256);
-  uint8_t* slot_arrays = ints + counts_bytes + first_bytes + 256 + tiles_bytes;
+  auto* first_tile = reinterpret_cast<int32_t*>(ints + counts_bytes + first_bytes);
+  auto* tile_count = reinterpret_cast<int32_t*>(ints + counts_bytes + 2 * first_bytes);
+  auto* tiles = reinterpret_cast<int2*>(ints + counts_bytes + 2 * first_bytes + 256);
+  uint8_t* slot_arrays = ints + counts_bytes + 2 * first_bytes + 256 + tiles_bytes;
   auto* slot_numbers = reinterpret_cast<int32_t*>(slot_arrays);
   auto* sorted_ids = reinterpret_cast<uint32_t*>(slot_arrays + slot_bytes);
   auto* row_slot = reinterpret_cast<int32_t*>(slot_arrays + 2 * slot_bytes);
@@ -432,12 +439,17 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
 
   const GroupedKernel kernel = ChosenKernel();
+  // The predequant kernel's 16-bit weights (slot 17, up to one stage's weights: 2.25 GiB for the model).
+  const size_t predequant_bytes = kernel == GroupedKernel::kPredequant ?
+      PredequantWorkspaceBytes(gate_type, down_type, n_experts, hidden, ffn) : 0;
+  const PredequantWork predequant{predequant_bytes > 0 ? Scratch(17, predequant_bytes) : nullptr, predequant_bytes,
+                                  first_tile, n_experts, max_tiles, slots};
   const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);
   CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
   CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(reinterpret_cast<const int32_t*>(dev_ids), slots_i, experts_i,
                                                        counts, slot_numbers);
   LAUNCH_OK();
-  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, tiles, tile_count);
+  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, first_tile, tiles, tile_count);
   LAUNCH_OK();
   CUDA_OK(cub::DeviceRadixSort::SortPairs(sort_storage, sort_bytes, dev_ids, sorted_ids, slot_numbers, row_slot, slots_i,
                                           0, expert_bits, stream_));
@@ -465,7 +477,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   gate_up.first_row = first_row;
   gate_up.row_slot = row_slot;
   gate_up.out = act;
-  LaunchGroupedGemm<true>(kernel, gate_type, gate_up, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<true>(kernel, gate_type, gate_up, static_cast<int>(max_tiles), predequant, stream_);
 
   GroupedGemmParams down = gate_up;
   down.a = act;
@@ -477,7 +489,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   down.k = static_cast<int>(ffn);
   down.n = static_cast<int>(hidden);
   down.out = slot_out;
-  LaunchGroupedGemm<false>(kernel, down_type, down, static_cast<int>(max_tiles), stream_);
+  LaunchGroupedGemm<false>(kernel, down_type, down, static_cast<int>(max_tiles), predequant, stream_);
 
   WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
       slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));

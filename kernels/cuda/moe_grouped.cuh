@@ -1,5 +1,5 @@
 // Shared pieces of the grouped MoE GEMM kernels (cuda_moe_grouped.cu: mma.sync, sm_90;
-// cuda_moe_wgmma.cu: wgmma, sm_90a): launch parameters, loads and dequantisation of stored
+// cuda_moe_wgmma.cu and cuda_moe_predequant.cu: wgmma, sm_90a): launch parameters, loads and dequantisation of stored
 // weight blocks to 16-bit pairs, cp.async helpers.
 #pragma once
 
@@ -177,5 +177,21 @@ __device__ __forceinline__ const uint8_t* WeightRow(const GroupedGemmParams& p, 
 // The wgmma form of the grouped GEMM (cuda_moe_wgmma.cu, built for sm_90a): CTAs of 128 rows
 // x 128 weight rows like the mma.sync kernels, same parameters and outputs.
 void LaunchGroupedGemmWgmma(bool swiglu, DType w, const GroupedGemmParams& p, int max_tiles, cudaStream_t stream);
+
+// The form with the weights dequantised ahead of a wgmma GEMM (cuda_moe_predequant.cu, sm_90a;
+// LATENTSERVE_CUDA_MOE_TILE=predequant): what it needs beyond the GEMM parameters.
+struct PredequantWork {
+  void* workspace;                   // 16-bit weights of one pass's experts (q4_0 / q8_0 weights)
+  size_t workspace_bytes;            // PredequantWorkspaceBytes
+  const int32_t* expert_first_tile;  // [experts + 1] first tile-list entry of each expert, then the count
+  int64_t experts;
+  int64_t max_tiles;                 // bound on the tile list
+  int64_t slots;                     // routed (token, slot) pairs: rows of the GEMMs
+};
+// Workspace for both stages: each stage's weights of as many experts as the budget
+// (LATENTSERVE_CUDA_MOE_PREDEQUANT_MIB, default 2560) holds; 0 when both read in place.
+size_t PredequantWorkspaceBytes(DType gate, DType down, int64_t experts, int64_t hidden, int64_t ffn);
+void LaunchGroupedGemmPredequant(bool swiglu, DType w, const GroupedGemmParams& p, const PredequantWork& work,
+                                 cudaStream_t stream);
 
 }  // namespace latentserve::kernels::cuda::moe
