@@ -107,6 +107,18 @@ class LongRest(unittest.TestCase):
         finally:
             cluster.stop()
 
+    def test_serve_reads_over_loopback(self):
+        # `serve`: the prefill side reads the prefix from its own process's decode service.
+        cluster = ts.Cluster("prefix_resume_serve", serve=True, worker_flags=FLAGS)
+        try:
+            rng = random.Random(1419)
+            document = [rng.randrange(1, 300) for _ in range(130)]
+            self.assertEqual(cluster.generate(document, max_tokens=1)["token_ids"], ts.reference_greedy(document, 1))
+            self.check(cluster, document + long_question(rng), len(document), "serve: document + long question")
+            settled_with_prefixes(cluster)
+        finally:
+            cluster.stop()
+
     def test_read_refused_falls_back(self):
         cluster = ts.Cluster("prefix_resume_refused", prefill=0, decode=1, worker_flags=FLAGS)
         try:
