@@ -7,6 +7,7 @@
 #include "serving/metrics.h"
 #include "common/grpc_status.h"
 #include "transfer/grpc_transport.h"
+#include "transfer/prefix_stream.h"
 
 namespace latentserve::decode {
 
@@ -104,6 +105,28 @@ grpc::Status DecodeService::ReceiveCache(grpc::ServerContext* context,
                                          internal::v1::ReceiveCacheResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReceiveCache"); !denied.ok()) return denied;
   return transfer::ServeReceiveCache(worker_, context, reader, response);
+}
+
+grpc::Status DecodeService::ReadPrefix(grpc::ServerContext* context, const internal::v1::ReadPrefixRequest* request,
+                                       grpc::ServerWriter<internal::v1::ReadPrefixResponse>* writer) {
+  if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.ReadPrefix"); !denied.ok()) return denied;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<int64_t> bytes = worker_.SendLeasePrefix(
+      request->lease_id(), request->model_fingerprint(), request->request_id(),
+      [&](const transfer::HandoffHeader& header) {
+        return transfer::OpenStreamSender(header, [&](const internal::v1::ReadPrefixResponse& message) {
+          return !context->IsCancelled() && writer->Write(message);
+        });
+      });
+  if (!bytes.ok()) {
+    serving::LogEvent(serving::LogLevel::kWarning, "decode", "prefix_read_failed", request->request_id(),
+                      {{"code", absl::StatusCodeToString(bytes.status().code())},
+                       {"message", std::string(bytes.status().message())}});
+    return ToGrpc(bytes.status());
+  }
+  serving::LogEvent("decode", "prefix_read", request->request_id(),
+                    {{"bytes", *bytes}, {"ms", absl::ToDoubleMilliseconds(absl::Now() - start)}});
+  return grpc::Status::OK;
 }
 
 grpc::Status DecodeService::Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,

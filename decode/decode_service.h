@@ -38,6 +38,10 @@ class DecodeService final : public internal::v1::DecodeWorker::Service {
                                  internal::v1::OpenDeviceHandoffResponse* response) override;
   grpc::Status ReceiveCache(grpc::ServerContext* context, grpc::ServerReader<internal::v1::ReceiveCacheRequest>* reader,
                             internal::v1::ReceiveCacheResponse* response) override;
+  // A lease's cached prefix for the prefill worker computing its long rest (internal, like
+  // ReceiveCache: the lease id and the internal credential admit it).
+  grpc::Status ReadPrefix(grpc::ServerContext* context, const internal::v1::ReadPrefixRequest* request,
+                          grpc::ServerWriter<internal::v1::ReadPrefixResponse>* writer) override;
   grpc::Status Decode(grpc::ServerContext* context, const internal::v1::DecodeRequest* request,
                       grpc::ServerWriter<internal::v1::DecodeResponse>* writer) override;
 

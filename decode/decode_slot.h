@@ -31,6 +31,12 @@ struct DecodeWorker::Slot {
   // the prompt is in the cache), and where a local prefill starts (-1: the cache comes by handoff).
   std::vector<int32_t> prompt_ids;
   int64_t local_from = -1;
+  // A lease whose long rest comes by handoff after a cached prefix: the prefix's length and a
+  // read-only share of its rows with a copy of its KDA state, for DecodeWorker.ReadPrefix (the
+  // lease's own sequence takes the handoff's state; this one stays as the prefix was). Set and
+  // dropped under mu_, destroyed under backend_mu_; gone once the cache has arrived.
+  int64_t resumed_tokens = 0;
+  std::shared_ptr<model::Sequence> resume_prefix;
   bool keep_prompt = true;  // false: a session's question, not kept (the document is)
   // Decoding.
   std::unique_ptr<model::Sampler> sampler;

@@ -84,6 +84,7 @@ absl::StatusOr<std::string> DecodeWorker::ReserveLease(const std::string& reques
   if (!random.ok()) {
     std::lock_guard<std::mutex> lock(backend_mu_);
     slot->sequence.reset();
+    slot->resume_prefix.reset();
     return random.status();
   }
   slot->lease_id = absl::StrCat("lease-", *random);
@@ -134,17 +135,20 @@ absl::Status DecodeWorker::RenewLease(const std::string& lease_id, absl::Duratio
 
 void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
   bool arrived = false;  // a complete cache that Decode never took (a max_tokens 1 request): keep it
+  std::shared_ptr<model::Sequence> resume_prefix;
   {
     std::lock_guard<std::mutex> lock(mu_);
     arrived = slot->state == SlotState::kReady && slot->local_from < 0;
     slot->state = SlotState::kDone;
     slot->finished = true;
     slots_.erase(slot->lease_id);
+    resume_prefix = std::move(slot->resume_prefix);
     cv_.notify_all();
   }
   std::lock_guard<std::mutex> lock(backend_mu_);
   if (arrived && slot->sequence) KeepArrived(*slot);
   slot->sequence.reset();  // its pages go back to the cache (those a kept prompt shares stay)
+  resume_prefix.reset();   // unless a prefix read still streams it (it drops it under this lock)
 }
 
 absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
@@ -351,6 +355,8 @@ DecodeStats DecodeWorker::Stats() const {
   stats.handoff_host_bytes = handoff_host_bytes_;
   stats.draining = draining_;
   stats.local_prefills = local_prefills_;
+  stats.prefix_reads = prefix_reads_;
+  stats.prefix_read_bytes = prefix_read_bytes_;
   return stats;
 }
 

@@ -71,6 +71,8 @@ struct DecodeStats {
   bool draining = false;
   cache::PrefixCacheStats prefix;  // the prefix cache (all zero when it is off)
   int64_t local_prefills = 0;      // prompts (or their uncached rest) prefilled here
+  int64_t prefix_reads = 0;        // cached prefixes read by prefill workers (ReadPrefix)
+  int64_t prefix_read_bytes = 0;   // their payload bytes
 };
 
 // What a prefill worker on this host needs to write a lease's rows into this worker's pages
@@ -131,6 +133,15 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<DeviceExport> ExportForHandoff(const std::string& lease_id, const std::string& transport,
                                                 const std::string& peer_host_id);
 
+  // DecodeWorker.ReadPrefix (decode/prefix_read.cc): the cached prefix lease `lease_id`
+  // resumed from (its rows and the KDA state at its end), sent through a sender that `open`
+  // makes for the read's header, chunk by chunk under the backend lock. Aborted when the lease
+  // is not held; FailedPrecondition when it resumed no prefix for a handoff or its cache arrived.
+  using PrefixSenderFactory =
+      std::function<absl::StatusOr<std::unique_ptr<transfer::CacheSender>>(const transfer::HandoffHeader&)>;
+  absl::StatusOr<int64_t> SendLeasePrefix(const std::string& lease_id, const std::string& fingerprint,
+                                          const std::string& request_id, const PrefixSenderFactory& open);
+
   DecodeStats Stats() const;
   // Sessions (the router's CreateSession): pins the prefix cache entry holding exactly
   // `tokens` under `session_id` (NotFound when none does: it was not kept or was evicted) and
@@ -189,6 +200,8 @@ class DecodeWorker : public transfer::CacheSink {
   int64_t handoffs_admitted_ = 0;
   int64_t handoff_host_bytes_ = 0;
   int64_t local_prefills_ = 0;
+  int64_t prefix_reads_ = 0;
+  int64_t prefix_read_bytes_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
   std::thread scheduler_;

@@ -34,9 +34,17 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     return absl::InvalidArgumentError(absl::StrCat("handoff of ", header.prompt_tokens, " tokens does not fit lease ",
                                                    header.lease_id, " of ", slot->reserved_tokens, " tokens"));
   }
+  // Rows before the lease's resumed prefix end are its cached pages' (read-only): the handoff
+  // starts exactly there (its partial page was copied when the lease was made).
+  if (header.cached_tokens != slot->resumed_tokens) {
+    return absl::FailedPreconditionError(absl::StrCat("handoff starts at token ", header.cached_tokens, "; lease ",
+                                                      header.lease_id, " resumed ", slot->resumed_tokens,
+                                                      " cached prompt tokens and takes rows from there"));
+  }
   slot->state = SlotState::kReceiving;
   const int64_t generation = ++slot->handoff_generation;
   const int64_t prompt_tokens = header.prompt_tokens;
+  const int64_t new_tokens = header.prompt_tokens - header.cached_tokens;  // CheckHeader: 0 <= cached < prompt
   transfer::AssemblyHooks hooks;
   // Whether this handoff still owns the slot (a retried handoff bumps the generation).
   hooks.check_live = [this, slot, generation]() -> absl::Status {
@@ -44,20 +52,26 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     if (slot->state != SlotState::kReceiving || slot->handoff_generation != generation) return LostLease(*slot);
     return absl::OkStatus();
   };
-  hooks.admit = [this, slot, generation, prompt_tokens](const transfer::HandoffEnd& end,
-                                                        const transfer::AssemblyStats& stats) -> absl::Status {
+  hooks.admit = [this, slot, generation, prompt_tokens, new_tokens](const transfer::HandoffEnd& end,
+                                                                    const transfer::AssemblyStats& stats) -> absl::Status {
     if (end.first_token < 0 || end.first_token >= model_.vocab()) {
       return absl::InvalidArgumentError(absl::StrCat("first token ", end.first_token, " out of range"));
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (slot->state != SlotState::kReceiving || slot->handoff_generation != generation) return LostLease(*slot);
-    RETURN_IF_ERROR(sequences_.Advance(*slot->sequence, prompt_tokens));
-    slot->prompt_tokens = prompt_tokens;
-    slot->first_token = end.first_token;
-    slot->state = SlotState::kReady;
-    handoffs_admitted_++;
-    handoff_host_bytes_ += stats.host_bytes;
-    cv_.notify_all();
+    std::shared_ptr<model::Sequence> resume_prefix;  // no longer read: the cache is complete
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (slot->state != SlotState::kReceiving || slot->handoff_generation != generation) return LostLease(*slot);
+      RETURN_IF_ERROR(sequences_.Advance(*slot->sequence, new_tokens));
+      slot->prompt_tokens = prompt_tokens;
+      slot->first_token = end.first_token;
+      slot->state = SlotState::kReady;
+      resume_prefix = std::move(slot->resume_prefix);
+      handoffs_admitted_++;
+      handoff_host_bytes_ += stats.host_bytes;
+      cv_.notify_all();
+    }
+    std::lock_guard<std::mutex> backend_lock(backend_mu_);
+    resume_prefix.reset();
     return absl::OkStatus();
   };
   hooks.aborted = [this, slot, generation](const absl::Status&) {

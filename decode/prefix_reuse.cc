@@ -16,39 +16,61 @@ namespace latentserve::decode {
 absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t> prompt, int64_t tokens,
                                            LeaseReuse* reuse) {
   LeaseReuse start;
+  int64_t prompt_tokens = 0;
   if (prefix_.enabled() && !prompt.empty()) {
     slot.prompt_ids.assign(prompt.begin(), prompt.end());
-    const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
+    prompt_tokens = static_cast<int64_t>(prompt.size());
     cache::PrefixMatch match = prefix_.Find(prompt);
-    if (prompt_tokens - match.resume_tokens <= prefix_options_.local_prefill_max_tokens) {
-      if (match.entry >= 0) {
-        absl::StatusOr<std::unique_ptr<model::Sequence>> resumed = prefix_.Resume(match);
-        if (resumed.ok()) {
-          slot.sequence = std::move(*resumed);
-          start.cached_tokens = match.resume_tokens;
-        }
-      } else {
-        prefix_.CountMiss();
+    if (match.entry >= 0) {
+      absl::StatusOr<std::unique_ptr<model::Sequence>> resumed = prefix_.Resume(match);
+      if (resumed.ok()) {
+        slot.sequence = std::move(*resumed);
+        start.cached_tokens = match.resume_tokens;
       }
+    } else {
+      prefix_.CountMiss();
+    }
+    if (prompt_tokens - start.cached_tokens <= prefix_options_.local_prefill_max_tokens) {
       // A short prompt with no usable prefix is prefilled here too (its checkpoints then serve later prompts).
       if (start.cached_tokens > 0 || prompt_tokens <= prefix_options_.local_prefill_max_tokens) {
         start.local_prefill = true;
         slot.local_from = start.cached_tokens;
         slot.prompt_tokens = prompt_tokens;
       }
-    } else {
-      prefix_.CountMiss();  // a long rest goes through a prefill worker, which computes the whole prompt
+    } else if (start.cached_tokens > 0) {
+      // A long rest goes through a prefill worker that reads this prefix (ReadPrefix) and
+      // hands off only the rest: keep the prefix as it is for that read.
+      absl::StatusOr<std::unique_ptr<model::Sequence>> share = sequences_.Fork(*slot.sequence);
+      if (share.ok()) {
+        slot.resumed_tokens = start.cached_tokens;
+        slot.resume_prefix = std::move(*share);
+      } else {
+        slot.sequence.reset();  // no room for the copy of its KDA state: computed whole
+        start.cached_tokens = 0;
+      }
     }
   }
   if (!slot.sequence) {
     ASSIGN_OR_RETURN(slot.sequence, sequences_.New());
   }
-  absl::Status reserved = sequences_.Reserve(*slot.sequence, tokens);
+  // The lease's pages; a handoff after a cached prefix writes its rows from the prefix's end,
+  // so the partial page it shares with the prefix cache is copied now (copy-on-write).
+  const auto reserve = [&]() -> absl::Status {
+    RETURN_IF_ERROR(sequences_.Reserve(*slot.sequence, tokens));
+    if (slot.resumed_tokens > 0) {
+      RETURN_IF_ERROR(sequences_.PrepareAppend(*slot.sequence, prompt_tokens - slot.resumed_tokens));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status reserved = reserve();
   // Cached prefixes give way to a request (MakeRoom is false at once when none can go).
   if (!reserved.ok() && prefix_.MakeRoom(cache_.PagesFor(tokens))) {
-    reserved = sequences_.Reserve(*slot.sequence, tokens);
+    reserved = reserve();
   }
-  if (!reserved.ok()) return reserved;
+  if (!reserved.ok()) {
+    slot.resume_prefix.reset();
+    return reserved;
+  }
   if (start.local_prefill) slot.state = SlotState::kReady;  // nothing to hand off: Decode computes the rest
   if (reuse) *reuse = start;
   return absl::OkStatus();

@@ -32,6 +32,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   // The handoff inherits this call's deadline (the router sets one on every call).
   job.deadline = absl::FromChrono(context->deadline());
   job.transport = request->transport();
+  job.cached_tokens = request->cached_tokens();
   bool writer_gone = false;
   bool transfer_failed = false;
   auto result = worker_.Run(
@@ -77,6 +78,10 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
                                          ? result->device_bytes / (result->device_copy_ms * 1e6)
                                          : 0.0},
                      {"transfer_tail_ms", result->transfer_tail_ms},
+                     {"cached_tokens", job.cached_tokens},
+                     {"resumed_tokens", result->resumed_tokens},
+                     {"prefix_read_ms", result->prefix_read_ms},
+                     {"resume_error", result->resume_error},
                      {"decode_worker", job.decode_worker}});
   internal::v1::PrefillResponse event;
   auto* done = event.mutable_done();
@@ -86,6 +91,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   done->set_transfer_tail_ms(result->transfer_tail_ms);
   done->set_transport(result->transport);
   done->set_device_bytes(result->device_bytes);
+  done->set_resumed_tokens(result->resumed_tokens);
   writer->Write(event);
   return grpc::Status::OK;
 }

@@ -76,9 +76,27 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   }
   header.prompt_tokens = prompt_tokens;
   header.transport = job.transport == "cuda-ipc" ? job.transport : "";
+  if (job.cached_tokens < 0 || job.cached_tokens >= prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("cached_tokens ", job.cached_tokens, " outside [0, ", prompt_tokens,
+                                                   ") prompt tokens"));
+  }
+  header.cached_tokens = job.cached_tokens;  // the decode worker holds those rows: they are not sent
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
+  PrefillResult result;
+  if (job.cached_tokens > 0) {
+    const absl::Time read_start = absl::Now();
+    absl::Status loaded = LoadPrefix(job, *sequence, cancelled);
+    if (loaded.ok()) {
+      result.resumed_tokens = job.cached_tokens;
+      result.prefix_read_ms = absl::ToDoubleMilliseconds(absl::Now() - read_start);
+    } else {
+      if (cancelled()) return absl::CancelledError("request cancelled while reading its cached prefix");
+      result.resume_error = std::string(loaded.message());  // computed whole below; same answer, slower
+    }
+  }
+  const int64_t resumed = result.resumed_tokens;
 
   auto sender_or = transport_.Open(job.decode_worker, header, job.deadline);
   if (!sender_or.ok()) {
@@ -100,7 +118,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
 
   const absl::Time start = absl::Now();
   std::vector<float> logits;
-  for (int64_t first = 0; first < prompt_tokens; first += chunk_tokens_) {
+  for (int64_t first = resumed; first < prompt_tokens; first += chunk_tokens_) {
     if (cancelled()) return absl::CancelledError("request cancelled during prefill");
     if (absl::Now() > job.deadline) return absl::DeadlineExceededError("deadline passed during prefill");
     const int64_t count = std::min(chunk_tokens_, prompt_tokens - first);
@@ -110,7 +128,11 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
                                             chunk_tokens_, /*all_logits=*/false,
                                             [&](int64_t chunk_first, int64_t chunk_count) {
                                               if (!send_status.ok()) return;
-                                              send_status = writer.SendRows(*sequence, first + chunk_first, chunk_count);
+                                              // Rows the decode worker holds already are not sent.
+                                              const int64_t from = std::max(first + chunk_first, job.cached_tokens);
+                                              const int64_t to = first + chunk_first + chunk_count;
+                                              if (to <= from) return;
+                                              send_status = writer.SendRows(*sequence, from, to - from);
                                             }));
     if (!send_status.ok()) {
       *transfer_failed = true;
@@ -119,7 +141,6 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     if (on_progress) on_progress({first + count, prompt_tokens, writer.payload_bytes()});
   }
   const absl::Time computed = absl::Now();
-  PrefillResult result;
   result.first_token = model::Sampler(job.sampling).Sample(logits);
   if (fault_stall_transfer_ > absl::ZeroDuration()) {
     const absl::Time stall_until = absl::Now() + fault_stall_transfer_;

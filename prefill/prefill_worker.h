@@ -29,6 +29,10 @@ struct PrefillJob {
   model::SamplingParams sampling;  // for the first token
   absl::Time deadline = absl::InfiniteFuture();
   std::string transport;  // the router's choice: "cuda-ipc", else gRPC
+  // The lease's cached prefix on the decode worker: rows [0, cached_tokens) are there. The job
+  // reads them (and the KDA state there) to compute only the rest; either way it hands off
+  // rows from cached_tokens on.
+  int64_t cached_tokens = 0;
 };
 
 struct PrefillProgressEvent {
@@ -46,6 +50,9 @@ struct PrefillResult {
   std::string transport;        // what moved the cache ("grpc", "cuda-ipc", "inproc")
   int64_t device_bytes = 0;     // of cache_bytes, written device to device
   double device_copy_ms = 0;    // the device copies of those bytes, enqueued to complete
+  int64_t resumed_tokens = 0;   // prompt tokens read from the decode worker's prefix, not computed
+  double prefix_read_ms = 0;    // that read
+  std::string resume_error;     // why a prefix the job named was computed instead (empty: read, or none)
 };
 
 struct PrefillStats {
@@ -74,6 +81,12 @@ class PrefillWorker {
   // Testing only (--fault-stall-transfer-ms): hold every handoff this long before its KDA
   // state and End, as a stuck link would. Cancellation and the deadline still end it.
   void SetFaultStallTransfer(absl::Duration stall) { fault_stall_transfer_ = stall; }
+  // Prefix reads for jobs with cached_tokens (transfer/prefix_stream.h); `max_bytes` bounds one
+  // read (latent rows + KDA state): a larger prefix is computed here instead. Null: never read.
+  void SetPrefixReader(transfer::PrefixReader* reader, int64_t max_bytes) {
+    prefix_reader_ = reader;
+    prefix_read_max_bytes_ = max_bytes;
+  }
   const std::string& fingerprint() const { return fingerprint_; }
   int64_t max_context_tokens() const { return cache_.total_pages() * cache_.page_tokens(); }
 
@@ -81,6 +94,9 @@ class PrefillWorker {
   absl::StatusOr<PrefillResult> RunLocked(const PrefillJob& job,
                                           const std::function<void(const PrefillProgressEvent&)>& on_progress,
                                           const std::function<bool()>& cancelled, bool* transfer_failed);
+  // prefix_resume.cc: reads the job's cached prefix into `sequence` (empty on entry); on any
+  // error `sequence` is left empty again and the caller computes the whole prompt.
+  absl::Status LoadPrefix(const PrefillJob& job, model::Sequence& sequence, const std::function<bool()>& cancelled);
 
   const model::Model& model_;
   model::LatentCache& cache_;
@@ -91,6 +107,9 @@ class PrefillWorker {
   const std::string fingerprint_;
   const int64_t chunk_tokens_;
   absl::Duration fault_stall_transfer_ = absl::ZeroDuration();
+  transfer::PrefixReader* prefix_reader_ = nullptr;
+  int64_t prefix_read_max_bytes_ = 0;
+  std::mutex device_mu_;  // the prefix read's imports (one job runs at a time: never contended)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -116,6 +116,8 @@ grpc::Status GenerateCall::Place(const std::vector<int32_t>& context, int64_t re
       if (outcome.status.ok()) {
         cache_bytes_ += prefill_done_.cache_bytes();
         cache_transport_ = prefill_done_.transport();
+        // What was not computed: the prefix the prefill worker read (less when the read failed).
+        if (relay_progress) cached_tokens_ = prefill_done_.resumed_tokens();
       }
       return outcome.status;
     }

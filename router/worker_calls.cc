@@ -161,7 +161,11 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     *prefill_request.mutable_token_ids() = {tokens.begin(), tokens.end()};
     *prefill_request.mutable_sampling() = request.sampling();
     prefill_request.set_model_fingerprint(model.fingerprint());
-    prefill_request.set_transport(state.registry().ChooseTransport(*prefill_worker, lease.worker()));
+    // A lease that resumed a cached prefix shares its pages with the prefix cache: a device
+    // transport would be refused (it opens the whole pool), so its rest goes over gRPC.
+    prefill_request.set_transport(lease.cached_tokens > 0 ? "grpc"
+                                                          : state.registry().ChooseTransport(*prefill_worker, lease.worker()));
+    prefill_request.set_cached_tokens(lease.cached_tokens);
     cancel.Attach(&prefill_context);
     auto reader = stub->Prefill(&prefill_context, prefill_request);
     internal::v1::PrefillResponse event;

@@ -13,6 +13,7 @@
 #include "tools/worker_role.h"
 #include "transfer/cuda_ipc_transport.h"
 #include "transfer/grpc_transport.h"
+#include "transfer/prefix_stream.h"
 
 namespace latentserve::cli {
 namespace {
@@ -25,6 +26,10 @@ absl::Status RunPrefill(int argc, char** argv) {
   ASSIGN_OR_RETURN(serving::ProcessSecurity security, serving::SecurityFromArgs(args));
   ASSIGN_OR_RETURN(auto auth, serving::InternalAuthorizerFromArgs(args, "prefill", false));
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-transfer-ms", 0));
+  ASSIGN_OR_RETURN(int64_t prefix_read_mib, args.GetInt("prefix-read-max-mib", kDefaultPrefixReadMib));
+  if (prefix_read_mib < 0 || prefix_read_mib > (int64_t{1} << 40)) {
+    return absl::InvalidArgumentError("--prefix-read-max-mib must be in 0..2^40");
+  }
   RETURN_IF_ERROR(CheckTransportFlag(args));
   ASSIGN_OR_RETURN(LoadedEngine loaded, LoadEngine(args, "prefill"));
   ASSIGN_OR_RETURN(transfer::TransportOffer offer, TransportFromArgs(args, *loaded.engine.backend));
@@ -47,6 +52,8 @@ absl::Status RunPrefill(int argc, char** argv) {
         static_cast<long long>(stall_ms));
     worker.SetFaultStallTransfer(absl::Milliseconds(stall_ms));
   }
+  transfer::GrpcPrefixReader prefix_reader(credentials, decorate);
+  worker.SetPrefixReader(&prefix_reader, prefix_read_mib << 20);
   prefill::PrefillService service(worker, loaded.descriptor, *auth);
   return ServeWorker(
       args, signals, loaded, security, *auth,

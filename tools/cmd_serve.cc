@@ -12,6 +12,7 @@
 #include "tools/router_role.h"
 #include "tools/worker_role.h"
 #include "transfer/grpc_transport.h"
+#include "transfer/prefix_stream.h"
 #include "transfer/inproc_transport.h"
 #include "worker/stats_service.h"
 
@@ -60,6 +61,10 @@ absl::Status RunServe(int argc, char** argv) {
   prefill::PrefillWorker prefill_worker(*prefill_engine.engine.model, *prefill_engine.engine.cache,
                                         transport, descriptor.fingerprint(),
                                         prefill_engine.engine.chunk_tokens);
+  // A long rest after a cached prefix: the prefill side reads the prefix over loopback gRPC.
+  transfer::GrpcPrefixReader prefix_reader([] { return serving::InternalChannelCredentials(); },
+                                           [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); });
+  prefill_worker.SetPrefixReader(&prefix_reader, kDefaultPrefixReadMib << 20);
   prefill::PrefillService prefill_service(prefill_worker, descriptor, *auth);
   std::string prefill_address;
   worker::WorkerStatsService prefill_stats(

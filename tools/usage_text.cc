@@ -180,7 +180,11 @@ std::map<std::string, Usage> BuildUsages() {
                              WorkerEngineFlags(), CommonServingFlags()});
   u["prefill"] = {"prefill --listen HOST:PORT --router HOST:PORT --model PATH [flags]",
                   "A prefill worker: chunked prefill, streaming latent pages and KDA state to a decode worker.",
-                  Join({worker, {{"fault-stall-transfer-ms", "MS", "0", "testing only: stall every cache transfer"}}}),
+                  Join({worker,
+                        {{"prefix-read-max-mib", "MIB", "8192",
+                          "largest cached prefix (latent rows + KDA state) read from a decode worker to resume a long "
+                          "rest; larger ones are computed whole; 0: never read"},
+                         {"fault-stall-transfer-ms", "MS", "0", "testing only: stall every cache transfer"}}}),
                   "latentserve prefill --listen 127.0.0.1:0 --router 127.0.0.1:50051 --model /tmp/m.gguf"};
   u["decode"] = {"decode --listen HOST:PORT --router HOST:PORT --model PATH [flags]",
                  "A decode worker: continuous batching over received caches, streaming tokens.",

@@ -53,6 +53,7 @@ std::set<std::string> SplitWorkerFlags(bool prefill) {
   std::set<std::string> flags = kWorkerFlags;
   flags.insert({"router", "routers-dns", "advertise", "transport"});
   flags.insert(prefill ? "fault-stall-transfer-ms" : "fault-stall-decode-ms");
+  if (prefill) flags.insert("prefix-read-max-mib");
   return flags;
 }
 
@@ -245,6 +246,11 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
     out.Set("latentserve_decode_local_prefills_total",
             "Decode: prompts (or their uncached rest) prefilled on the decode worker, without a handoff", {},
             static_cast<double>(s.local_prefills), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_reads_total",
+            "Decode: cached prefixes read by prefill workers that computed a long rest (ReadPrefix)", {},
+            static_cast<double>(s.prefix_reads), /*counter=*/true);
+    out.Set("latentserve_decode_prefix_read_bytes_total", "Decode: payload bytes of those prefix reads", {},
+            static_cast<double>(s.prefix_read_bytes), /*counter=*/true);
   });
 }
 

@@ -29,6 +29,8 @@ extern const serving::BuildInfo kBuildInfo;
 extern const std::set<std::string> kWorkerFlags;
 // A split worker's flags: kWorkerFlags, how it registers, and its fault injection.
 std::set<std::string> SplitWorkerFlags(bool prefill);
+// --prefix-read-max-mib default (prefill): the largest cached prefix a prefill worker reads.
+inline constexpr int64_t kDefaultPrefixReadMib = 8192;
 
 // --max-lease-ttl-ms (decode): the longest a lease may live without Decode.
 absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args);

@@ -44,8 +44,6 @@ absl::StatusOr<DType> FromProtoDType(internal::v1::CacheDType dtype) {
   }
 }
 
-namespace {
-
 void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   p->set_request_id(h.request_id);
   p->set_lease_id(h.lease_id);
@@ -59,6 +57,7 @@ void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   p->set_kda_state_bytes(h.kda_state_bytes);
   p->set_prompt_tokens(h.prompt_tokens);
   p->set_transport(h.transport);
+  p->set_cached_tokens(h.cached_tokens);
 }
 
 absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& p) {
@@ -75,11 +74,14 @@ absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& 
   h.kda_state_bytes = p.kda_state_bytes();
   h.prompt_tokens = p.prompt_tokens();
   h.transport = p.transport();
+  h.cached_tokens = p.cached_tokens();
   if (!h.transport.empty() && h.transport != "grpc" && h.transport != "cuda-ipc") {
     return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport '", h.transport.substr(0, 32), "'"));
   }
   return h;
 }
+
+namespace {
 
 void DeleteString(void* p) { delete static_cast<std::string*>(p); }
 

@@ -82,6 +82,10 @@ grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(inte
 grpc::ByteBuffer EncodeLatentRows(LatentRows chunk);
 grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk);
 
+// The handoff header's wire form; FromProto checks the transport name and the dtype.
+void ToProto(const HandoffHeader& header, internal::v1::CacheHandoffHeader* proto);
+absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& proto);
+
 internal::v1::CacheDType ToProtoDType(DType dtype);
 absl::StatusOr<DType> FromProtoDType(internal::v1::CacheDType dtype);
 

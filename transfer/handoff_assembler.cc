@@ -33,6 +33,10 @@ absl::Status CheckHeader(const HandoffHeader& header, const LocalLayout& local) 
                                                       " bytes, expected ", kda_layers, " layers of ",
                                                       kda_layer_bytes * kda_layers, " bytes in all"));
   }
+  if (header.prompt_tokens <= 0 || header.cached_tokens < 0 || header.cached_tokens >= header.prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("handoff of ", header.prompt_tokens, " prompt tokens from cached token ",
+                                                   header.cached_tokens, " (0 <= cached < prompt)"));
+  }
   for (const std::vector<int32_t>* layers : {&header.mla_layers, &header.kda_layers}) {
     for (int32_t layer : *layers) {
       if (layer < 0 || layer >= local.model_layers) {
@@ -46,7 +50,7 @@ absl::Status CheckHeader(const HandoffHeader& header, const LocalLayout& local) 
 
 HandoffAssembler::HandoffAssembler(HandoffHeader header, AssemblyTarget target, AssemblyHooks hooks)
     : header_(std::move(header)), target_(target), hooks_(std::move(hooks)),
-      latent_next_(header_.mla_layers.size(), 0), kda_buffers_(header_.kda_layers.size()) {}
+      latent_next_(header_.mla_layers.size(), header_.cached_tokens), kda_buffers_(header_.kda_layers.size()) {}
 
 HandoffAssembler::~HandoffAssembler() {
   if (!finished_) Abort(absl::CancelledError("handoff dropped"));

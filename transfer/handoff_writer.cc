@@ -19,7 +19,8 @@ void DescribeLayout(const cache::SequenceTable& table, HandoffHeader* header) {
 }
 
 HandoffWriter::HandoffWriter(CacheSender& sender, const HandoffHeader& header, StagingPool* staging)
-    : sender_(sender), staging_(staging), header_(header), views_(sender.MovesViews()) {}
+    : sender_(sender), staging_(staging), header_(header), views_(sender.MovesViews()),
+      next_token_(header.cached_tokens) {}
 
 StagingPool& HandoffWriter::Staging(kernels::Backend& backend) {
   if (staging_ == nullptr) {

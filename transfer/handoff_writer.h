@@ -37,7 +37,7 @@ class HandoffWriter {
   HandoffWriter(CacheSender& sender, const HandoffHeader& header, StagingPool* staging = nullptr);
 
   // Rows [first_token, first_token + count) of every MLA layer of `sequence`. Ranges must
-  // follow each other from token 0 (FailedPrecondition otherwise); the transport's error ends
+  // follow each other from header.cached_tokens (FailedPrecondition otherwise); the transport's error ends
   // the handoff.
   absl::Status SendRows(const cache::Sequence& sequence, int64_t first_token, int64_t count);
   // Every KDA layer's state of `sequence`.
@@ -58,7 +58,7 @@ class HandoffWriter {
   std::unique_ptr<StagingPool> own_staging_;
   const HandoffHeader header_;
   const bool views_;
-  int64_t next_token_ = 0;
+  int64_t next_token_;
   int64_t chunks_ = 0;
   int64_t payload_bytes_ = 0;
   int64_t host_bytes_ = 0;

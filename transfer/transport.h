@@ -44,6 +44,9 @@ struct HandoffHeader {
   int64_t prompt_tokens = 0;
   // "cuda-ipc": latent rows arrive out of band (RowsWritten); empty: every payload in band.
   std::string transport;
+  // Rows [0, cached_tokens) are already in the receiving lease (a prefix it resumed from its
+  // cache); rows [cached_tokens, prompt_tokens) follow. 0 <= cached_tokens < prompt_tokens.
+  int64_t cached_tokens = 0;
 };
 
 // Rows [first_token, first_token + token_count) of MLA ordinal mla_index are already in the
@@ -171,6 +174,23 @@ class CacheTransport {
   virtual absl::StatusOr<std::unique_ptr<CacheSender>> Open(const std::string& target,
                                                             const HandoffHeader& header,
                                                             absl::Time deadline) = 0;
+};
+
+// What a prefill worker asks for when it resumes a long rest (DecodeWorker.ReadPrefix).
+struct PrefixReadRequest {
+  std::string request_id;
+  std::string lease_id;           // the lease that resumed the prefix
+  std::string model_fingerprint;  // the reader's model
+};
+
+// Reads the cached prefix a lease resumed from, on the decode worker at `target`: a handoff in
+// the other direction (header, latent rows of [0, prefix), KDA state, end), delivered to `sink`
+// (which checks it like any handoff). Returns the first error of the read or of the sink.
+class PrefixReader {
+ public:
+  virtual ~PrefixReader() = default;
+  virtual absl::Status Read(const std::string& target, const PrefixReadRequest& request, CacheSink& sink,
+                            absl::Time deadline) = 0;
 };
 
 }  // namespace latentserve::transfer

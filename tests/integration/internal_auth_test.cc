@@ -363,6 +363,18 @@ std::vector<std::pair<std::string, grpc::Status>> CallEveryInternalMethod(const 
   {
     grpc::ClientContext context;
     caller.Prepare(context);
+    internal::v1::ReadPrefixRequest request;
+    request.set_lease_id("lease-1");
+    request.set_model_fingerprint(fingerprint);
+    auto reader = decode->ReadPrefix(&context, request);
+    internal::v1::ReadPrefixResponse event;
+    while (reader->Read(&event)) {
+    }
+    out.emplace_back("DecodeWorker.ReadPrefix", reader->Finish());
+  }
+  {
+    grpc::ClientContext context;
+    caller.Prepare(context);
     internal::v1::ReceiveCacheResponse response;
     auto writer = decode->ReceiveCache(&context, &response);
     internal::v1::ReceiveCacheRequest header;
@@ -468,7 +480,7 @@ TEST_F(MutualTls, PublicClientIsRefusedOnEveryInternalMethod) {
   const std::string fingerprint = Fingerprint(*cluster_, Component());
   ASSERT_FALSE(fingerprint.empty());
   const auto results = CallEveryInternalMethod(*cluster_, PublicClient(), fingerprint);
-  ASSERT_EQ(results.size(), 12u);
+  ASSERT_EQ(results.size(), 13u);
   for (const auto& [method, status] : results) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << method << ": " << status.error_message();
   }
