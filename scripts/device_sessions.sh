@@ -11,14 +11,18 @@
 #      -token document of random ids as a pinned session, 10 questions of 32 random tokens,
 #      each TTFT printed; question 1's tokens against a fresh `generate` of the whole prompt.
 #
-#   DOC_TOKENS=131072 QUESTIONS=10 STEPS="exact full" scripts/device_sessions.sh
+#   3. (step "split") the exactness of 1. through router + prefill + decode as three processes:
+#      short questions prefilled on the decode worker, long ones (past --local-prefill-max-tokens
+#      32) by the prefill worker resuming the cached document it reads from the decode worker.
+#
+#   DOC_TOKENS=131072 QUESTIONS=10 STEPS="exact split full" scripts/device_sessions.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 LS=${LS:-$PWD/.devpack/bin/latentserve}
 OUT=${OUT:-/tmp/out}
 DOC_TOKENS=${DOC_TOKENS:-131072}
 QUESTIONS=${QUESTIONS:-10}
-STEPS=${STEPS:-exact full}
+STEPS=${STEPS:-exact split full}
 # A dry run of the script's logic on a CPU: BACKEND=cpu DOC_TOKENS=4096 FULL_VOCAB=264
 # FULL_WEIGHTS="--model small.gguf".
 BACKEND=${BACKEND:-cuda}
@@ -26,7 +30,7 @@ FULL_VOCAB=${FULL_VOCAB:-163840}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 SERVE=
-cleanup() { [[ -n $SERVE ]] && kill -TERM "$SERVE" 2>/dev/null && wait "$SERVE" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [[ -n $SERVE ]] && kill -TERM $SERVE 2>/dev/null && wait $SERVE 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 status=0
 
@@ -42,19 +46,46 @@ start_serve() {  # log, flags...
   done
   echo "serve did not listen in 180 s"; return 1
 }
-stop_serve() { kill -TERM "$SERVE"; wait "$SERVE"; SERVE=; }
+stop_serve() { kill -TERM $SERVE; wait $SERVE; SERVE=; }
+# Router + prefill + decode, the router's port in $WORK/port; SERVE holds the three pids.
+start_split() {  # log-prefix, model flags... -- decode-only flags...
+  local log=$1; shift
+  local model=() decode_only=()
+  while (($#)) && [[ $1 != -- ]]; do model+=("$1"); shift; done
+  (($#)) && shift
+  decode_only=("$@")
+  rm -f "$WORK/port" "$WORK/prefill.port" "$WORK/decode.port"
+  "$LS" router --listen 127.0.0.1:0 --port-file "$WORK/port" > "$log.router.log" 2>&1 &
+  SERVE=$!
+  for _ in $(seq 1 600); do [[ -s $WORK/port ]] && break; sleep 0.1; done
+  local router
+  router=$(cat "$WORK/port")
+  "$LS" prefill --listen 127.0.0.1:0 --port-file "$WORK/prefill.port" --router "$router" --backend "$BACKEND" \
+    "${model[@]}" > "$log.prefill.log" 2>&1 &
+  SERVE="$SERVE $!"
+  "$LS" decode --listen 127.0.0.1:0 --port-file "$WORK/decode.port" --router "$router" --backend "$BACKEND" \
+    "${model[@]}" "${decode_only[@]}" > "$log.decode.log" 2>&1 &
+  SERVE="$SERVE $!"
+  for _ in $(seq 1 1800); do
+    info=$("$LS" client info --target "$router" 2>/dev/null)
+    grep -q '"role":"decode","alive":true' <<<"$info" && grep -q '"role":"prefill","alive":true' <<<"$info" && return 0
+    sleep 0.1
+  done
+  echo "split deployment not up in 180 s"; tail -5 "$log".*.log; return 1
+}
 [[ $BACKEND == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-if [[ " $STEPS " == *" exact "* ]]; then
-  echo "== 1. exactness on $BACKEND: session / prefix reuse vs logits --greedy (no reuse), f32 test model"
+make_exact_model() {
+  [[ -f $WORK/m.gguf ]] && return 0
   "$LS" make-test-model --out "$WORK/m.gguf" --seed 4 --layers 5 --hidden 128 --heads 4 --kda-head-dim 32 \
     --kv-lora-rank 64 --qk-nope 32 --qk-rope 32 --v-head 32 --experts 8 --experts-used 2 --expert-ffn 64 --ffn 256 \
     --mla-layers 1,4 --weight-type f32 2>/dev/null
-  start_serve "$OUT/serve_exact.log" --model "$WORK/m.gguf" --chunk 32 --page-tokens 16 --cache-tokens 4096 \
-    --prefix-cache-mib 64 --checkpoint-interval 48 || exit 1
-  python3 - "$LS" "$(cat "$WORK/port")" "$WORK/m.gguf" "$WORK" "$BACKEND" <<'PY' | tee "$OUT/exact.txt" || status=1
+}
+# Sessions and a plain prefix reuse against `logits --greedy` (no reuse); $1: serve | split.
+exactness() {
+  python3 - "$LS" "$(cat "$WORK/port")" "$WORK/m.gguf" "$WORK" "$BACKEND" "$1" <<'PY' | tee "$OUT/exact_$1.txt" || status=1
 import json, random, subprocess, sys
-ls, target, model, work, backend = sys.argv[1:6]
+ls, target, model, work, backend, mode = sys.argv[1:7]
 rng = random.Random(14)
 def run(*args):
     out = subprocess.run([ls, *args], capture_output=True, text=True)
@@ -75,7 +106,8 @@ for doc_len in (37, 64, 100, 257):
     open(f"{work}/doc.txt", "w").write(ids(doc))
     sid = last_json(run("client", "session", "create", "--target", target, "--prompt-tokens-file", f"{work}/doc.txt",
                         "--pinned"))["session_id"]
-    for q_len in (1, 9, 40):
+    # split: questions past --local-prefill-max-tokens (32) go to the prefill worker, which resumes the document
+    for q_len in ((1, 9, 40) if mode == "serve" else (9, 40, 77)):
         q = [rng.randrange(1, 264) for _ in range(q_len)]
         got = last_json(run("client", "session", "ask", "--session", sid, "--prompt-tokens", ids(q), *gen))
         want = fresh(doc + q, 12)
@@ -94,9 +126,25 @@ for prompt in (first, second):
     bad += got["token_ids"] != want
     print(f"plain {len(prompt)} tokens: cached_tokens {got['usage']['cached_tokens']:3d}  "
           f"tokens {'identical' if got['token_ids'] == want else 'DIFFER'}")
-print(f"exactness: {'PASS' if bad == 0 else f'FAIL ({bad} differ)'}")
+print(f"exactness ({mode}): {'PASS' if bad == 0 else f'FAIL ({bad} differ)'}")
 sys.exit(1 if bad else 0)
 PY
+}
+EXACT_FLAGS=(--chunk 32 --page-tokens 16)
+EXACT_DECODE=(--cache-tokens 4096 --prefix-cache-mib 64 --checkpoint-interval 48)
+if [[ " $STEPS " == *" exact "* ]]; then
+  echo "== 1. exactness on $BACKEND: session / prefix reuse vs logits --greedy (no reuse), f32 test model"
+  make_exact_model
+  start_serve "$OUT/serve_exact.log" --model "$WORK/m.gguf" "${EXACT_FLAGS[@]}" "${EXACT_DECODE[@]}" || exit 1
+  exactness serve
+  stop_serve
+fi
+if [[ " $STEPS " == *" split "* ]]; then
+  echo "== 3. exactness on $BACKEND in split mode (router + prefill + decode)"
+  make_exact_model
+  start_split "$OUT/split_exact" --model "$WORK/m.gguf" "${EXACT_FLAGS[@]}" -- "${EXACT_DECODE[@]}" \
+    --local-prefill-max-tokens 32 || exit 1
+  exactness split
   stop_serve
 fi
 
