@@ -40,7 +40,8 @@ absl::Status Backend::Replay(const Graph&) {
 }
 
 bool Backend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
-                                absl::Span<const CopyRun> runs) {
+                                absl::Span<const CopyRun> runs, absl::Duration* device_time) {
+  const absl::Time start = absl::Now();
   // Whether two backends have a direct path does not depend on the piece: the first run tells.
   for (size_t i = 0; i < runs.size(); ++i) {
     const CopyRun& r = runs[i];
@@ -49,6 +50,12 @@ bool Backend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const T
       std::fprintf(stderr, "CopyRunsToBackend: a direct copy failed after %zu of %zu runs\n", i, runs.size());
       std::abort();
     }
+  }
+  if (device_time != nullptr) {
+    // Ordered on the destination too, so its event covers the copies.
+    absl::StatusOr<std::unique_ptr<Event>> done = dst_backend.RecordEvent();
+    if (done.ok()) (void)dst_backend.WaitEvent(**done);
+    *device_time = absl::Now() - start;
   }
   return true;
 }

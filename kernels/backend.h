@@ -115,11 +115,14 @@ class Backend {
     size_t bytes = 0;
   };
   // CopyToBackend for many pieces at once (a handoff chunk's page runs): same ordering, same
-  // return rule, every run inside both tensors. CUDA on one device: one ordering and one
-  // gather-scatter kernel instead of a copy call and two stream orderings per piece (a chunk
-  // of 64-token pages is ~128 pieces of ~72 KiB). Default: CopyToBackend per run.
+  // return rule, every run inside both tensors. CUDA on one device: one gather-scatter kernel
+  // on a stream of its own (after the work enqueued on both backends so far) instead of a copy
+  // call and two stream orderings per piece (a chunk of 64-token pages is ~128 pieces of ~72
+  // KiB). With `device_time`, returns once the copies are done and sets the time they took on
+  // the device (the host's clock from enqueue to completion where the backend has no timer).
+  // Default: CopyToBackend per run.
   virtual bool CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
-                                 absl::Span<const CopyRun> runs);
+                                 absl::Span<const CopyRun> runs, absl::Duration* device_time);
   // A point in this backend's stream: WaitEvent blocks the host until the work enqueued
   // before RecordEvent has finished. Default: RecordEvent synchronises (the event is then
   // already complete). CUDA: cudaEventRecord / cudaEventSynchronize.
@@ -129,13 +132,6 @@ class Backend {
   };
   virtual absl::StatusOr<std::unique_ptr<Event>> RecordEvent();
   virtual absl::Status WaitEvent(const Event& event);
-  // An event the device time between two of can be read (CUDA: an event with timing), and
-  // that time once `end` has completed (WaitEvent). Default: Unimplemented, so callers fall
-  // back to the host's clock.
-  virtual absl::StatusOr<std::unique_ptr<Event>> RecordTimedEvent() { return RecordEvent(); }
-  virtual absl::StatusOr<absl::Duration> DeviceTimeBetween(const Event& start, const Event& end) {
-    return absl::UnimplementedError("no device timer on this backend");
-  }
   // Host memory that the device copies to and from at full speed (pinned on CUDA:
   // cudaMallocHost); default: ordinary aligned host memory, `pinned` false.
   struct HostMemory {

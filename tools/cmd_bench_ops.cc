@@ -270,8 +270,6 @@ absl::Status Run(int argc, char** argv) {
       compute_row("prefill_mla_mha_mma_f16", shape, 2.0 * pairs * (192 + 128), op);
       setenv("LATENTSERVE_MLA_KERNEL", "tma", 1);
       compute_row("prefill_mla_mha_tma_f16", shape, 2.0 * pairs * (192 + 128), op);
-      setenv("LATENTSERVE_MLA_KERNEL", "ws", 1);
-      compute_row("prefill_mla_mha_ws_f16", shape, 2.0 * pairs * (192 + 128), op);
       unsetenv("LATENTSERVE_MLA_KERNEL");
       if (first) {
         setenv("LATENTSERVE_MLA_FORM", "absorbed", 1);

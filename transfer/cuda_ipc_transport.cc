@@ -71,10 +71,6 @@ class CudaIpcSender : public CacheSender {
     // device; it returns once the rows' pending writes are done, so the clock below times the
     // copies alone.
     ASSIGN_OR_RETURN(uint64_t checksum, PagedRowsChecksum(pool, view.mla_index, view.pages, first, count));
-    const absl::Time copies_start = absl::Now();
-    // Device time of the copies alone where the backend has a timer: the stream is shared with
-    // the prefill's next chunk, so the host clock would count the queue ahead of the copies too.
-    absl::StatusOr<std::unique_ptr<kernels::Backend::Event>> timer_start = backend_.RecordTimedEvent();
     const int64_t rb = header_.row_bytes, src_page = pool.page_tokens(), dst_page = target_.page_tokens;
     // One run per stretch of tokens inside one page on both sides; all of them go as one
     // batched copy (one kernel on one device).
@@ -92,16 +88,14 @@ class CudaIpcSender : public CacheSender {
       runs.push_back({static_cast<size_t>(src_offset), static_cast<size_t>(dst_offset), static_cast<size_t>(run * rb)});
       t += run;
     }
-    if (!backend_.CopyRunsToBackend(pool.pool(view.mla_index), backend_, pools_[chunk.mla_index], runs)) {
+    // Returns once the rows are in the peer's pages (it must not be told before), with the
+    // copies' own device time (they run on a stream of their own, beside the next chunk).
+    absl::Duration copy_time;
+    if (!backend_.CopyRunsToBackend(pool.pool(view.mla_index), backend_, pools_[chunk.mla_index], runs, &copy_time)) {
       return absl::FailedPreconditionError(absl::StrCat("the ", backend_.name(),
                                                         " backend cannot copy into opened peer memory"));
     }
-    // The rows must be in the peer's pages before it is told so.
-    ASSIGN_OR_RETURN(auto event, backend_.RecordTimedEvent());
-    RETURN_IF_ERROR(backend_.WaitEvent(*event));
-    absl::StatusOr<absl::Duration> device_time =
-        timer_start.ok() ? backend_.DeviceTimeBetween(**timer_start, *event) : timer_start.status();
-    device_copy_time_ += device_time.ok() ? *device_time : absl::Now() - copies_start;
+    device_copy_time_ += copy_time;
     device_bytes_ += count * rb;
     return control_->SendRowsWritten({chunk.mla_index, first, count, checksum});
   }
@@ -136,7 +130,7 @@ class CudaIpcSender : public CacheSender {
   const HandoffHeader header_;
   std::function<void()> forget_peer_;
   int64_t device_bytes_ = 0;
-  absl::Duration device_copy_time_;  // the copies' device time (host clock without a device timer), summed
+  absl::Duration device_copy_time_;  // the copies' device time, summed
   int64_t extra_chunks_ = 0;
 };
 

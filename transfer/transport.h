@@ -160,9 +160,9 @@ class CacheSender {
   // device by a device transport (0 for the others).
   virtual std::string transport() const { return ""; }
   virtual int64_t device_bytes() const { return 0; }
-  // Time the device copies of those bytes took (device time where the backend has a timer,
-  // else enqueued to complete; summed over chunks): device_bytes / this is the handoff's
-  // device-to-device rate.
+  // Time the device copies of those bytes took (their device time where the backend has a
+  // timer, else enqueued to complete; summed over chunks): device_bytes / this is the
+  // handoff's device-to-device rate.
   virtual absl::Duration device_copy_time() const { return absl::ZeroDuration(); }
 };
 

@@ -192,6 +192,7 @@ int64_t CudaBackend::PeakMemoryBytes() const {
 CudaBackend::CudaBackend(int device) : device_(device), scratch_(kScratchSlots) {
   CUDA_OK(cudaSetDevice(device));
   CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
   CUBLAS_OK(cublasCreate(&cublas_));
   CUBLAS_OK(cublasSetStream(cublas_, stream_));
   // cuBLAS's own workspace, set once: GEMMs recorded into a graph must not allocate.
@@ -221,6 +222,8 @@ CudaBackend::~CudaBackend() {
   cublasDestroy(cublas_);
   cudaFree(cublas_workspace_);
   if (aux_stream_) cudaStreamDestroy(aux_stream_);
+  cudaStreamSynchronize(copy_stream_);
+  cudaStreamDestroy(copy_stream_);
   // Tensors still alive free themselves on the stream; it is intentionally not destroyed.
 }
 

@@ -83,11 +83,9 @@ class CudaBackend final : public Backend {
   bool CopyToBackend(const Tensor& src, size_t src_offset, Backend& dst_backend, const Tensor& dst,
                      size_t dst_offset, size_t bytes) override;
   bool CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
-                         absl::Span<const CopyRun> runs) override;
+                         absl::Span<const CopyRun> runs, absl::Duration* device_time) override;
   absl::StatusOr<std::unique_ptr<Event>> RecordEvent() override;
   absl::Status WaitEvent(const Event& event) override;
-  absl::StatusOr<std::unique_ptr<Event>> RecordTimedEvent() override;
-  absl::StatusOr<absl::Duration> DeviceTimeBetween(const Event& start, const Event& end) override;
   absl::StatusOr<HostMemory> AllocHost(size_t bytes) override;
   void DownloadAsync(const Tensor& src, void* host, size_t bytes, size_t src_offset) override;
   void UploadAsync(const void* host, size_t bytes, const Tensor& dst, size_t dst_offset) override;
@@ -197,6 +195,7 @@ class CudaBackend final : public Backend {
   const float* F32Weights(const Tensor& w);
   std::map<const void*, std::pair<std::weak_ptr<Buffer>, float*>> f32_weights_;
   cudaStream_t aux_stream_ = nullptr;  // one-time work that must stay out of a recording
+  cudaStream_t copy_stream_ = nullptr;  // CopyRunsToBackend's copies (a destination on this device)
   std::unique_ptr<RecordingMemory> capture_;  // set between BeginCapture and EndCapture
   void HoldFreedBlocks(bool hold);            // no stream frees while recording
   void* cublas_workspace_ = nullptr;          // fixed, so recorded GEMMs never allocate

@@ -31,8 +31,5 @@ void LaunchMlaFlashMma(const MlaFlashArgs& args, cudaStream_t stream);
 // tensor-core instructions, tiles by the tensor memory accelerator (tensor maps built per
 // launch). Returns the launch's error.
 cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, cudaStream_t stream);
-// The same warp-specialised (cuda_mla_flash_ws.cu): a producer warpgroup issues the loads, two
-// consumer warpgroups run without a CTA-wide barrier per tile.
-cudaError_t LaunchMlaFlashWs(const MlaFlashArgs& args, cudaStream_t stream);
 
 }  // namespace latentserve::kernels::cuda

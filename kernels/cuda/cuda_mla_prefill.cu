@@ -335,8 +335,6 @@ void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tens
   const char* kernel = std::getenv("LATENTSERVE_MLA_KERNEL");
   if (kernel != nullptr && std::strcmp(kernel, "mma") == 0) {
     LaunchMlaFlashMma(args, stream_);
-  } else if (kernel != nullptr && std::strcmp(kernel, "ws") == 0) {
-    CUDA_OK(LaunchMlaFlashWs(args, stream_));
   } else {
     CUDA_OK(LaunchMlaFlashTma(args, stream_));
   }

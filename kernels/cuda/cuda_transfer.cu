@@ -138,10 +138,10 @@ bool CudaBackend::CopyToBackend(const Tensor& src, size_t src_offset, Backend& d
 }
 
 bool CudaBackend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,
-                                    absl::Span<const CopyRun> runs) {
+                                    absl::Span<const CopyRun> runs, absl::Duration* device_time) {
   auto* peer = dynamic_cast<CudaBackend*>(&dst_backend);
   if (peer == nullptr || capture_ || peer->capture_) return false;
-  if (peer->device_ != device_) return Backend::CopyRunsToBackend(src, dst_backend, dst, runs);  // peer copies
+  if (peer->device_ != device_) return Backend::CopyRunsToBackend(src, dst_backend, dst, runs, device_time);
   bool vector = reinterpret_cast<uintptr_t>(DevPtr(src)) % 16 == 0 && reinterpret_cast<uintptr_t>(DevPtr(dst)) % 16 == 0;
   int64_t longest = 0;
   for (const CopyRun& r : runs) {
@@ -150,10 +150,20 @@ bool CudaBackend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, con
     vector = vector && (r.src_offset | r.dst_offset | r.bytes) % 16 == 0;
     longest = std::max(longest, static_cast<int64_t>(r.bytes));
   }
+  if (device_time != nullptr) *device_time = absl::ZeroDuration();
   if (longest == 0) return true;
-  // The same ordering as one CopyToBackend, once for the whole batch.
+  // On the destination's copy stream, after the work enqueued on both backends so far (the
+  // rows are final, the pages free); later work on either waits for the copies. Work already
+  // enqueued (the next prefill chunk) runs beside them.
   DeviceScope scope(peer->device_);
-  Order(stream_, device_, peer->stream_);
+  Order(stream_, device_, peer->copy_stream_);
+  Order(peer->stream_, peer->device_, peer->copy_stream_);
+  cudaEvent_t start = nullptr, end = nullptr;
+  if (device_time != nullptr) {
+    CUDA_OK(cudaEventCreate(&start));
+    CUDA_OK(cudaEventCreate(&end));
+    CUDA_OK(cudaEventRecord(start, peer->copy_stream_));
+  }
   auto batch = std::make_unique<CopyRunBatch>();
   batch->src = DevPtr(src);
   batch->dst = DevPtr(dst);
@@ -167,13 +177,23 @@ bool CudaBackend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, con
     }
     const dim3 grid(slices, static_cast<unsigned>(batch->count));
     if (vector) {
-      CopyRunsKernel<true><<<grid, kCopyThreads, 0, peer->stream_>>>(*batch);
+      CopyRunsKernel<true><<<grid, kCopyThreads, 0, peer->copy_stream_>>>(*batch);
     } else {
-      CopyRunsKernel<false><<<grid, kCopyThreads, 0, peer->stream_>>>(*batch);
+      CopyRunsKernel<false><<<grid, kCopyThreads, 0, peer->copy_stream_>>>(*batch);
     }
     LAUNCH_OK();
   }
-  Order(peer->stream_, peer->device_, stream_);
+  Order(peer->copy_stream_, peer->device_, peer->stream_);
+  Order(peer->copy_stream_, peer->device_, stream_);
+  if (device_time != nullptr) {
+    CUDA_OK(cudaEventRecord(end, peer->copy_stream_));
+    CUDA_OK(cudaEventSynchronize(end));
+    float ms = 0.0f;
+    CUDA_OK(cudaEventElapsedTime(&ms, start, end));
+    *device_time = absl::Microseconds(static_cast<double>(ms) * 1e3);
+    cudaEventDestroy(start);
+    cudaEventDestroy(end);
+  }
   return true;
 }
 
@@ -185,25 +205,6 @@ absl::StatusOr<std::unique_ptr<Backend::Event>> CudaBackend::RecordEvent() {
   }
   CUDA_OK(cudaEventRecord(event, stream_));
   return std::unique_ptr<Event>(new CudaEvent(event));
-}
-
-absl::StatusOr<std::unique_ptr<Backend::Event>> CudaBackend::RecordTimedEvent() {
-  if (capture_) return absl::FailedPreconditionError("an event cannot be recorded while a step is being recorded");
-  cudaEvent_t event;
-  if (cudaError_t err = cudaEventCreate(&event); err != cudaSuccess) return CudaError("cudaEventCreate", err);
-  CUDA_OK(cudaEventRecord(event, stream_));
-  return std::unique_ptr<Event>(new CudaEvent(event));
-}
-
-absl::StatusOr<absl::Duration> CudaBackend::DeviceTimeBetween(const Event& start, const Event& end) {
-  const auto* a = dynamic_cast<const CudaEvent*>(&start);
-  const auto* b = dynamic_cast<const CudaEvent*>(&end);
-  if (a == nullptr || b == nullptr) return absl::InvalidArgumentError("not events of a cuda backend");
-  float ms = 0.0f;
-  if (cudaError_t err = cudaEventElapsedTime(&ms, a->get(), b->get()); err != cudaSuccess) {
-    return CudaError("cudaEventElapsedTime", err);  // e.g. an event recorded without timing
-  }
-  return absl::Microseconds(static_cast<double>(ms) * 1e3);
 }
 
 absl::Status CudaBackend::WaitEvent(const Event& event) {

@@ -1,4 +1,4 @@
-// Hopper (sm_90a) building blocks shared by the MLA prefill flash kernels: 128-byte-swizzled
+// Hopper (sm_90a) building blocks of the MLA prefill flash kernel: 128-byte-swizzled
 // shared-memory descriptors, register-sourced wgmma (m64n64k16 / m64n128k16, f16 in, f32
 // accumulators), mbarriers and TMA tile loads, and the tensor maps that name the tiles.
 // Included by .cu files of the sm_90a library only (kernels/cuda/CMakeLists.txt).
@@ -99,11 +99,6 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, 
           "r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
-}
-
-// Releases a buffer: one arrival on `bar` (its expected count of arrivals ends a phase).
-__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
 // A 2-D or 3-D f16 tensor map with 128-byte swizzled boxes (inner box dimension 64 halves).

@@ -96,15 +96,15 @@ TEST(BackendTransfer, CopyRunsCopyEveryPieceOrRefuseWithoutADirectPath) {
   Tensor dst = *b.Alloc(DType::kF32, {64, 1, 1, 1});
   b.Zero(dst);
   const std::vector<Backend::CopyRun> runs = {{0, 200, 10}, {100, 0, 7}, {30, 64, 0}, {250, 100, 6}};
-  ASSERT_TRUE(a.CopyRunsToBackend(src, b, dst, runs));
+  ASSERT_TRUE(a.CopyRunsToBackend(src, b, dst, runs, nullptr));
   const std::vector<uint8_t> s = Bytes(a, src), d = Bytes(b, dst);
   std::vector<uint8_t> want(d.size(), 0);
   for (const auto& r : runs) std::copy_n(s.begin() + r.src_offset, r.bytes, want.begin() + r.dst_offset);
   EXPECT_EQ(d, want);
   PlainBackend plain;
   Tensor plain_dst = *plain.Alloc(DType::kF32, {64, 1, 1, 1});
-  EXPECT_FALSE(a.CopyRunsToBackend(src, plain, plain_dst, runs)) << "no direct path: the caller stages";
-  EXPECT_TRUE(a.CopyRunsToBackend(src, b, dst, {})) << "nothing to copy";
+  EXPECT_FALSE(a.CopyRunsToBackend(src, plain, plain_dst, runs, nullptr)) << "no direct path: the caller stages";
+  EXPECT_TRUE(a.CopyRunsToBackend(src, b, dst, {}, nullptr)) << "nothing to copy";
 }
 
 TEST(BackendTransfer, WithoutADirectPathCopiesStageThroughTheHost) {

@@ -81,13 +81,15 @@ TEST_F(CudaTransfer, CopyRunsScatterEveryRunAndNothingElse) {
       runs.push_back({i * page, order[i] * page, length});
       std::copy_n(bytes.begin() + i * page, length, want.begin() + order[i] * page);
     }
-    ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, runs));
+    absl::Duration took;
+    ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, runs, &took));
+    EXPECT_GT(took, absl::ZeroDuration()) << "the copies' device time";
     EXPECT_TRUE(Bytes(*b_, dst) == want) << (aligned ? "16-byte runs" : "odd runs");
   }
   // Ordered like CopyToBackend: zeroing the source right after does not reach the copy.
   Tensor dst = *b_->Alloc(DType::kF32, {n, 1, 1, 1});
   const std::vector<Backend::CopyRun> one = {{0, 0, bytes.size()}};
-  ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, one));
+  ASSERT_TRUE(a_->CopyRunsToBackend(src, *b_, dst, one, nullptr));
   a_->Zero(src);
   EXPECT_TRUE(Bytes(*b_, dst) == bytes);
 }
