@@ -200,15 +200,15 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
 
 absl::Status HandoffAssembler::Finish(const HandoffEnd& end) {
   RETURN_IF_ERROR(hooks_.check_live());
+  if (pending_) {
+    return absl::DataLossError(absl::StrCat("handoff ended with the KDA checkpoint at ", pending_->tokens(),
+                                            " incomplete (", pending_layer_, " of ", kda_buffers_.size(), " layers)"));
+  }
   for (size_t i = 0; i < latent_next_.size(); ++i) {
     if (latent_next_[i] != header_.prompt_tokens) {
       return absl::DataLossError(absl::StrCat("handoff ended with ", latent_next_[i], " of ", header_.prompt_tokens,
                                               " latent rows for MLA ordinal ", i));
     }
-  }
-  if (pending_) {
-    return absl::DataLossError(absl::StrCat("handoff ended with the KDA checkpoint at ", pending_->tokens(),
-                                            " incomplete (", pending_layer_, " of ", kda_buffers_.size(), " layers)"));
   }
   if (kda_done_ != static_cast<int64_t>(kda_buffers_.size())) {
     return absl::DataLossError(absl::StrCat("handoff ended with ", kda_done_, " of ", kda_buffers_.size(),
