@@ -194,6 +194,23 @@ absl::StatusOr<std::unique_ptr<KdaCheckpoint>> SequenceTable::Checkpoint(const S
   return checkpoint;
 }
 
+absl::StatusOr<std::unique_ptr<KdaCheckpoint>> SequenceTable::NewCheckpoint(int64_t tokens) {
+  if (tokens <= 0) return absl::InvalidArgumentError(absl::StrCat("checkpoint at token ", tokens));
+  std::unique_ptr<KdaCheckpoint> checkpoint(new KdaCheckpoint(this));
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // counted first: the destructor uncounts
+    stats_.checkpoints++;
+    stats_.checkpoint_bytes += kda_.layer_bytes() * kda_.layers;
+  }
+  ASSIGN_OR_RETURN(checkpoint->kda_, AllocKda());
+  for (const auto& state : checkpoint->kda_) {
+    backend().Zero(state.recurrent);
+    backend().Zero(state.conv);
+  }
+  checkpoint->tokens_ = tokens;
+  return checkpoint;
+}
+
 absl::Status SequenceTable::Trim(Sequence& sequence, const KdaCheckpoint& to) {
   if (sequence.table_ != this || to.table_ != this) {
     return absl::InvalidArgumentError("trim with a sequence or checkpoint of another table");
@@ -224,10 +241,20 @@ absl::Status SequenceTable::ExportKdaState(const Sequence& sequence, int64_t kda
 }
 
 absl::Status SequenceTable::ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const {
-  if (kda_index < 0 || kda_index >= static_cast<int64_t>(sequence.kda_.size())) {
+  return ImportLayer(sequence.kda_, kda_index, bytes);
+}
+
+absl::Status SequenceTable::ImportKdaState(KdaCheckpoint& checkpoint, int64_t kda_index, std::string_view bytes) const {
+  if (checkpoint.table_ != this) return absl::InvalidArgumentError("import into a checkpoint of another table");
+  return ImportLayer(checkpoint.kda_, kda_index, bytes);
+}
+
+absl::Status SequenceTable::ImportLayer(const std::vector<kernels::KdaStateView>& states, int64_t kda_index,
+                                        std::string_view bytes) const {
+  if (kda_index < 0 || kda_index >= static_cast<int64_t>(states.size())) {
     return absl::InvalidArgumentError(absl::StrCat("KDA layer index ", kda_index, " out of range"));
   }
-  const kernels::KdaStateView& state = sequence.kda_[kda_index];
+  const kernels::KdaStateView& state = states[kda_index];
   if (bytes.size() != state.recurrent.nbytes() + state.conv.nbytes()) {
     return absl::InvalidArgumentError(absl::StrCat("KDA state: got ", bytes.size(), " bytes, expected ",
                                                    state.recurrent.nbytes() + state.conv.nbytes()));

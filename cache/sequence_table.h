@@ -72,6 +72,7 @@ class KdaCheckpoint {
   ~KdaCheckpoint();
   int64_t tokens() const { return tokens_; }
   const std::vector<kernels::KdaStateView>& kda() const { return kda_; }
+  SequenceTable& table() const { return *table_; }
 
  private:
   friend class SequenceTable;
@@ -123,6 +124,10 @@ class SequenceTable {
   absl::StatusOr<std::unique_ptr<Sequence>> ShareRows(const Sequence& parent, int64_t tokens);
   // Copies every KDA layer's state of `sequence` at its current length.
   absl::StatusOr<std::unique_ptr<KdaCheckpoint>> Checkpoint(const Sequence& sequence);
+  // A checkpoint at `tokens` whose state is still to be written (ImportKdaState per layer, or a
+  // copy into KdaOf(checkpoint, i)): one that arrives by handoff, taken by the sender. Its
+  // contents are zero until then.
+  absl::StatusOr<std::unique_ptr<KdaCheckpoint>> NewCheckpoint(int64_t tokens);
   // Cuts `sequence` back to the checkpoint's length: pages past it are released, KDA state
   // is the checkpoint's. The checkpoint must be of this sequence's own history (or a fork's
   // shared prefix); InvalidArgument when it is longer than the sequence.
@@ -132,6 +137,7 @@ class SequenceTable {
   // through host memory; Import checks the size.
   absl::Status ExportKdaState(const Sequence& sequence, int64_t kda_index, std::string* out) const;
   absl::Status ImportKdaState(Sequence& sequence, int64_t kda_index, std::string_view bytes) const;
+  absl::Status ImportKdaState(KdaCheckpoint& checkpoint, int64_t kda_index, std::string_view bytes) const;
 
   SequenceTableStats Stats() const;
 
@@ -140,6 +146,8 @@ class SequenceTable {
   friend class KdaCheckpoint;
   absl::StatusOr<std::vector<kernels::KdaStateView>> AllocKda();
   void CopyKda(const std::vector<kernels::KdaStateView>& from, const std::vector<kernels::KdaStateView>& to);
+  absl::Status ImportLayer(const std::vector<kernels::KdaStateView>& states, int64_t kda_index,
+                           std::string_view bytes) const;
   void Dropped(Sequence& sequence);
   void Dropped(KdaCheckpoint& checkpoint);
 

@@ -15,6 +15,10 @@ KdaStateRef KdaOf(const Sequence& sequence, int64_t kda_index) {
   return {&sequence.table().backend(), sequence.kda()[kda_index]};
 }
 
+KdaStateRef KdaOf(const KdaCheckpoint& checkpoint, int64_t kda_index) {
+  return {&checkpoint.table().backend(), checkpoint.kda()[kda_index]};
+}
+
 absl::StatusOr<int64_t> CopyRows(const LatentRowsView& src, const LatentRowsView& dst) {
   if (src.pool == nullptr || dst.pool == nullptr) return absl::InvalidArgumentError("latent rows view without a pool");
   if (src.pool->dtype() != dst.pool->dtype() || src.pool->row_bytes() != dst.pool->row_bytes()) {

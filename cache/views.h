@@ -31,6 +31,7 @@ struct KdaStateRef {
 
 LatentRowsView RowsOf(const Sequence& sequence, int64_t mla_index, int64_t first_token, int64_t token_count);
 KdaStateRef KdaOf(const Sequence& sequence, int64_t kda_index);
+KdaStateRef KdaOf(const KdaCheckpoint& checkpoint, int64_t kda_index);
 
 // Copies the rows of `src` into the rows of `dst` (same token count, dtype and width; page
 // sizes and backends may differ). Returns the bytes that went through host memory (0 when

@@ -35,6 +35,7 @@ grpc::Status DecodeService::ReserveLease(grpc::ServerContext* context, const int
   response->set_lease_id(*lease);
   response->set_cached_tokens(reuse.cached_tokens);
   response->set_local_prefill(reuse.local_prefill);
+  response->set_checkpoint_interval_tokens(reuse.checkpoint_interval_tokens);
   return grpc::Status::OK;
 }
 

@@ -38,6 +38,12 @@ struct DecodeWorker::Slot {
   int64_t resumed_tokens = 0;
   std::shared_ptr<model::Sequence> resume_prefix;
   bool keep_prompt = true;  // false: a session's question, not kept (the document is)
+  // KDA checkpoints a handoff may bring (every handoff_checkpoint_interval tokens past
+  // resumed_tokens, at most handoff_max_checkpoints; set before the slot is listed), and those
+  // that arrived with an admitted handoff: set under mu_, dropped or kept under backend_mu_.
+  int64_t handoff_checkpoint_interval = 0;
+  int64_t handoff_max_checkpoints = 0;
+  std::vector<std::unique_ptr<cache::KdaCheckpoint>> arrived_checkpoints;
   // Decoding.
   std::unique_ptr<model::Sampler> sampler;
   int32_t next_input = -1;

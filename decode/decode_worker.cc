@@ -147,6 +147,7 @@ void DecodeWorker::FreeSlot(const std::shared_ptr<Slot>& slot) {
   }
   std::lock_guard<std::mutex> lock(backend_mu_);
   if (arrived && slot->sequence) KeepArrived(*slot);
+  slot->arrived_checkpoints.clear();  // device memory: dropped under the backend lock
   slot->sequence.reset();  // its pages go back to the cache (those a kept prompt shares stay)
   resume_prefix.reset();   // unless a prefix read still streams it (it drops it under this lock)
 }

@@ -46,7 +46,7 @@ struct DecodeParams {
 // Prefix reuse on this worker (cache/prefix_cache.h; docs/serving.md "Prefix reuse").
 struct DecodePrefixOptions {
   int64_t budget_bytes = 0;                 // prefix pages + KDA checkpoints kept; 0: no prefix cache
-  int64_t checkpoint_interval_tokens = 0;   // checkpoints inside prompts prefilled here; 0: at prompt ends only
+  int64_t checkpoint_interval_tokens = 0;   // checkpoints inside prompts (prefilled here or handed off); 0: ends only
   int64_t local_prefill_max_tokens = 2048;  // uncached rest of a prompt prefilled here, without a handoff
   int64_t chunk_tokens = 512;               // chunk of that local prefill
 };
@@ -55,6 +55,9 @@ struct DecodePrefixOptions {
 struct LeaseReuse {
   int64_t cached_tokens = 0;   // prompt tokens resumed from the prefix cache (not computed)
   bool local_prefill = false;  // the rest is prefilled here in Decode: no handoff; Decode streams the first token
+  // A prompt that arrives by handoff and is kept: the prefill worker sends the KDA state at every
+  // multiple of this past cached_tokens (checkpoints kept with the prompt); 0: its end only.
+  int64_t checkpoint_interval_tokens = 0;
 };
 
 struct DecodeStats {
@@ -169,9 +172,12 @@ class DecodeWorker : public transfer::CacheSink {
   // ... the local prefill of a lease that starts here, and keeping a finished prompt.
   absl::Status PrefillHere(Slot& slot, const DecodeParams& params, const std::function<bool()>& cancelled);
   void KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints);
-  // Keeps a prompt whose cache arrived by handoff, with a checkpoint at its end (backend_mu_
-  // held; the slot not decoding: its sequence must still end at the prompt).
+  absl::Status InsertPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints);
+  // Keeps a prompt whose cache arrived by handoff, with the checkpoints that came with it and one
+  // at its end (backend_mu_ held; the slot not decoding: its sequence must still end at the prompt).
   void KeepArrived(Slot& slot);
+  // The checkpoints a lease whose prompt arrives by handoff asks for (prefix_reuse.cc).
+  void PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start) const;
   // Erases a prefix entry unless a session still pins it (backend_mu_ held).
   void ReleasePinLocked(int64_t entry);
 

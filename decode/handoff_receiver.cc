@@ -52,8 +52,9 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     if (slot->state != SlotState::kReceiving || slot->handoff_generation != generation) return LostLease(*slot);
     return absl::OkStatus();
   };
-  hooks.admit = [this, slot, generation, prompt_tokens, new_tokens](const transfer::HandoffEnd& end,
-                                                                    const transfer::AssemblyStats& stats) -> absl::Status {
+  hooks.admit = [this, slot, generation, prompt_tokens, new_tokens](
+                    const transfer::HandoffEnd& end, const transfer::AssemblyStats& stats,
+                    transfer::ArrivedCheckpoints& checkpoints) -> absl::Status {
     if (end.first_token < 0 || end.first_token >= model_.vocab()) {
       return absl::InvalidArgumentError(absl::StrCat("first token ", end.first_token, " out of range"));
     }
@@ -65,6 +66,7 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
       slot->prompt_tokens = prompt_tokens;
       slot->first_token = end.first_token;
       slot->state = SlotState::kReady;
+      slot->arrived_checkpoints = std::move(checkpoints);  // kept with the prompt (KeepArrived)
       resume_prefix = std::move(slot->resume_prefix);
       handoffs_admitted_++;
       handoff_host_bytes_ += stats.host_bytes;
@@ -81,6 +83,7 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     }
   };
   transfer::AssemblyTarget target{&sequences_, slot->sequence.get(), &backend_mu_};
+  target.checkpoints = {slot->handoff_checkpoint_interval, slot->handoff_max_checkpoints};
   return std::unique_ptr<transfer::CacheReceiver>(new transfer::HandoffAssembler(header, target, std::move(hooks)));
 }
 

@@ -53,6 +53,9 @@ absl::Status DecodeWorker::StartFromPrefix(Slot& slot, absl::Span<const int32_t>
   if (!slot.sequence) {
     ASSIGN_OR_RETURN(slot.sequence, sequences_.New());
   }
+  if (!start.local_prefill && prompt_tokens > 0 && slot.keep_prompt) {
+    PlanHandoffCheckpoints(slot, prompt_tokens, start);
+  }
   // The lease's pages; a handoff after a cached prefix writes its rows from the prefix's end,
   // so the partial page it shares with the prefix cache is copied now (copy-on-write).
   const auto reserve = [&]() -> absl::Status {
@@ -110,26 +113,64 @@ absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, c
   return absl::OkStatus();
 }
 
+void DecodeWorker::PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start) const {
+  // Each checkpoint is a full KDA state (~43 MiB for the full-size model). The budget must hold
+  // the prompt's pages, its end checkpoint and the interior ones: the interval is doubled until
+  // they fit (and kMaxHandoffCheckpoints bounds one handoff's allocations whatever the budget).
+  constexpr int64_t kMaxHandoffCheckpoints = 1024;
+  const cache::KdaLayout& kda = sequences_.kda_layout();
+  const int64_t checkpoint_bytes = kda.layers > 0 ? kda.layer_bytes() * kda.layers : 0;
+  int64_t interval = prefix_options_.checkpoint_interval_tokens;
+  if (!prefix_.enabled() || interval <= 0 || checkpoint_bytes <= 0) return;
+  const int64_t page_bytes = static_cast<int64_t>(cache_.page_bytes_per_layer()) * cache_.mla_layers();
+  const int64_t room = prefix_options_.budget_bytes - cache_.PagesFor(prompt_tokens) * page_bytes - checkpoint_bytes;
+  const int64_t fit = std::min(room / checkpoint_bytes, kMaxHandoffCheckpoints);
+  const int64_t resumed = start.cached_tokens;
+  const auto interior = [&](int64_t every) { return (prompt_tokens - 1) / every - resumed / every; };
+  if (fit <= 0 || interior(interval) <= 0) return;
+  while (interior(interval) > fit) interval *= 2;  // ends once interval >= prompt_tokens (none inside)
+  if (interior(interval) <= 0) return;
+  slot.handoff_checkpoint_interval = interval;
+  slot.handoff_max_checkpoints = interior(interval);
+  start.checkpoint_interval_tokens = interval;
+}
+
 void DecodeWorker::KeepArrived(Slot& slot) {
-  // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint.
+  // The cache came by handoff: its KDA state is the prompt's end; keep it with that checkpoint
+  // and the interior ones that came with it (dropped here, under the backend lock, if not kept).
+  std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints = std::move(slot.arrived_checkpoints);
   if (!prefix_.enabled() || !slot.keep_prompt || !slot.sequence || static_cast<int64_t>(slot.prompt_ids.size()) != slot.prompt_tokens ||
       slot.sequence->cached_tokens() != slot.prompt_tokens) {
     return;
   }
   absl::StatusOr<std::unique_ptr<cache::KdaCheckpoint>> end = sequences_.Checkpoint(*slot.sequence);
   if (!end.ok()) return;  // the answer does not need it
-  std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints;
+  const bool interior = !checkpoints.empty();
   checkpoints.push_back(std::move(*end));
-  KeepPrompt(slot, std::move(checkpoints));
+  if (!interior) {
+    KeepPrompt(slot, std::move(checkpoints));
+    return;
+  }
+  if (InsertPrompt(slot, std::move(checkpoints)).ok()) return;
+  // No room for the interior checkpoints next to the pinned prefixes: the end alone may fit.
+  end = sequences_.Checkpoint(*slot.sequence);
+  if (!end.ok()) return;
+  std::vector<std::unique_ptr<cache::KdaCheckpoint>> end_only;
+  end_only.push_back(std::move(*end));
+  KeepPrompt(slot, std::move(end_only));
+}
+
+absl::Status DecodeWorker::InsertPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints) {
+  if (!prefix_.enabled() || slot.prompt_ids.empty() || !slot.keep_prompt) return absl::OkStatus();
+  return prefix_.Insert(slot.prompt_ids, *slot.sequence, std::move(checkpoints)).status();
 }
 
 void DecodeWorker::KeepPrompt(Slot& slot, std::vector<std::unique_ptr<cache::KdaCheckpoint>> checkpoints) {
-  if (!prefix_.enabled() || slot.prompt_ids.empty() || !slot.keep_prompt) return;
   // A prompt that does not fit next to the pinned prefixes is simply not kept.
-  absl::StatusOr<int64_t> kept = prefix_.Insert(slot.prompt_ids, *slot.sequence, std::move(checkpoints));
+  absl::Status kept = InsertPrompt(slot, std::move(checkpoints));
   if (!kept.ok()) {
     serving::LogEvent(serving::LogLevel::kWarning, "decode", "prefix_not_kept", slot.request_id,
-                      {{"tokens", static_cast<int64_t>(slot.prompt_ids.size())}, {"error", std::string(kept.status().message())}});
+                      {{"tokens", static_cast<int64_t>(slot.prompt_ids.size())}, {"error", std::string(kept.message())}});
   }
 }
 

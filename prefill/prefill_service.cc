@@ -33,6 +33,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
   job.deadline = absl::FromChrono(context->deadline());
   job.transport = request->transport();
   job.cached_tokens = request->cached_tokens();
+  job.checkpoint_interval_tokens = request->checkpoint_interval_tokens();
   bool writer_gone = false;
   bool transfer_failed = false;
   auto result = worker_.Run(
@@ -82,6 +83,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const interna
                      {"resumed_tokens", result->resumed_tokens},
                      {"prefix_read_ms", result->prefix_read_ms},
                      {"resume_error", result->resume_error},
+                     {"checkpoint_interval_tokens", job.checkpoint_interval_tokens},
+                     {"checkpoints_sent", result->checkpoints_sent},
                      {"decode_worker", job.decode_worker}});
   internal::v1::PrefillResponse event;
   auto* done = event.mutable_done();

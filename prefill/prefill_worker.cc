@@ -81,6 +81,8 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
                                                    ") prompt tokens"));
   }
   header.cached_tokens = job.cached_tokens;  // the decode worker holds those rows: they are not sent
+  const int64_t interval = job.checkpoint_interval_tokens;
+  if (interval < 0) return absl::InvalidArgumentError(absl::StrCat("checkpoint interval ", interval, " is negative"));
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
@@ -118,10 +120,12 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
 
   const absl::Time start = absl::Now();
   std::vector<float> logits;
-  for (int64_t first = resumed; first < prompt_tokens; first += chunk_tokens_) {
+  for (int64_t first = resumed, count = 0; first < prompt_tokens; first += count) {
     if (cancelled()) return absl::CancelledError("request cancelled during prefill");
     if (absl::Now() > job.deadline) return absl::DeadlineExceededError("deadline passed during prefill");
-    const int64_t count = std::min(chunk_tokens_, prompt_tokens - first);
+    count = std::min(chunk_tokens_, prompt_tokens - first);
+    // A chunk ends at the next checkpoint position, so the KDA state there exists to be sent.
+    if (interval > 0) count = std::min(count, (first / interval + 1) * interval - first);
     // One Model::Prefill call per chunk: its callback streams the chunk's rows while the
     // next chunk computes, and the loop gives cancellation a point between chunks.
     ASSIGN_OR_RETURN(logits, model_.Prefill(*sequence, absl::MakeConstSpan(job.tokens).subspan(first, count), cache_,
@@ -138,7 +142,15 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
       *transfer_failed = true;
       return send_status;
     }
-    if (on_progress) on_progress({first + count, prompt_tokens, writer.payload_bytes()});
+    const int64_t at = first + count;
+    if (interval > 0 && at % interval == 0 && at > job.cached_tokens && at < prompt_tokens) {
+      if (absl::Status status = writer.SendKdaState(*sequence, at); !status.ok()) {
+        *transfer_failed = true;
+        return status;
+      }
+      result.checkpoints_sent++;
+    }
+    if (on_progress) on_progress({at, prompt_tokens, writer.payload_bytes()});
   }
   const absl::Time computed = absl::Now();
   result.first_token = model::Sampler(job.sampling).Sample(logits);

@@ -33,6 +33,9 @@ struct PrefillJob {
   // reads them (and the KDA state there) to compute only the rest; either way it hands off
   // rows from cached_tokens on.
   int64_t cached_tokens = 0;
+  // The decode worker's ask: chunks end at every multiple of this in (cached_tokens, prompt end)
+  // and the KDA state there is handed off as a checkpoint before the final state. 0: none.
+  int64_t checkpoint_interval_tokens = 0;
 };
 
 struct PrefillProgressEvent {
@@ -53,6 +56,7 @@ struct PrefillResult {
   int64_t resumed_tokens = 0;   // prompt tokens read from the decode worker's prefix, not computed
   double prefix_read_ms = 0;    // that read
   std::string resume_error;     // why a prefix the job named was computed instead (empty: read, or none)
+  int64_t checkpoints_sent = 0; // KDA checkpoints handed off inside the prompt
 };
 
 struct PrefillStats {

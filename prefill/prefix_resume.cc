@@ -34,7 +34,8 @@ class PrefixSink : public transfer::CacheSink {
     begun_ = true;
     transfer::AssemblyHooks hooks;
     hooks.check_live = check_live_;
-    hooks.admit = [this](const transfer::HandoffEnd&, const transfer::AssemblyStats&) -> absl::Status {
+    hooks.admit = [this](const transfer::HandoffEnd&, const transfer::AssemblyStats&,
+                         transfer::ArrivedCheckpoints&) -> absl::Status {
       std::lock_guard<std::mutex> lock(device_mu_);
       RETURN_IF_ERROR(table_.Advance(sequence_, job_.cached_tokens));
       admitted_ = true;

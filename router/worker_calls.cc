@@ -92,6 +92,7 @@ grpc::Status ReserveDecodeLease(RouterState& state, const internal::v1::ModelDes
         *lease = std::make_unique<DecodeLease>(state, candidate, lease_response.lease_id());
         (*lease)->cached_tokens = lease_response.cached_tokens();
         (*lease)->local_prefill = lease_response.local_prefill();
+        (*lease)->checkpoint_interval_tokens = lease_response.checkpoint_interval_tokens();
         serving::Metrics::Get().queue_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - started));
         return grpc::Status::OK;
       }
@@ -166,6 +167,7 @@ PrefillOutcome RunPrefill(RouterState& state, const v1::GenerateRequest& request
     prefill_request.set_transport(lease.cached_tokens > 0 ? "grpc"
                                                           : state.registry().ChooseTransport(*prefill_worker, lease.worker()));
     prefill_request.set_cached_tokens(lease.cached_tokens);
+    prefill_request.set_checkpoint_interval_tokens(lease.checkpoint_interval_tokens);
     cancel.Attach(&prefill_context);
     auto reader = stub->Prefill(&prefill_context, prefill_request);
     internal::v1::PrefillResponse event;

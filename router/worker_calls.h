@@ -57,6 +57,8 @@ class DecodeLease {
   // whether it prefills the rest itself (no Prefill call; Decode streams the first token).
   int64_t cached_tokens = 0;
   bool local_prefill = false;
+  // KDA checkpoints the decode worker keeps inside the prompt: forwarded to the prefill worker.
+  int64_t checkpoint_interval_tokens = 0;
 
  private:
   RouterState& state_;

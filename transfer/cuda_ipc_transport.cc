@@ -114,6 +114,7 @@ class CudaIpcSender : public CacheSender {
       KdaStateBytes piece;
       piece.kda_index = chunk.kda_index;
       piece.offset = static_cast<int64_t>(offset);
+      piece.position = chunk.position;  // a checkpoint's state goes the same way as the final one
       piece.data = bytes.substr(offset, kMaxChunkBytes);
       piece.checksum = Xxh64(piece.data);
       if (offset > 0) extra_chunks_++;

@@ -332,6 +332,7 @@ grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk) {
   internal::v1::KdaStateChunk fields;
   fields.set_kda_index(chunk.kda_index);
   fields.set_offset(chunk.offset);
+  fields.set_position(chunk.position);
   return EncodeWithPayload(kTagKda, fields, kTagKdaData, std::move(chunk.data), std::move(chunk.staged), kTagKdaSum, chunk.checksum);
 }
 
@@ -402,6 +403,7 @@ grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(inte
     } else if (message.has_kda()) {
       auto* p = message.mutable_kda();
       KdaStateBytes chunk{p->kda_index(), p->offset(), std::move(*p->mutable_data()), p->checksum()};
+      chunk.position = p->position();
       payload_bytes += static_cast<int64_t>(chunk.data.size());
       status = (*receiver)->OnKdaState(chunk);
     } else if (message.has_written()) {

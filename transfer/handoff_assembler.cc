@@ -54,6 +54,7 @@ HandoffAssembler::HandoffAssembler(HandoffHeader header, AssemblyTarget target, 
 
 HandoffAssembler::~HandoffAssembler() {
   if (!finished_) Abort(absl::CancelledError("handoff dropped"));
+  DropCheckpoints();  // those the receiver did not take on admission
 }
 
 absl::Status HandoffAssembler::CheckOrder(int64_t mla_index, int64_t first_token, int64_t token_count) const {
@@ -145,6 +146,12 @@ absl::Status HandoffAssembler::OnRowsWritten(const RowsWritten& written) {
 
 absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
   RETURN_IF_ERROR(hooks_.check_live());
+  if (chunk.position != 0) return OnCheckpointState(chunk);
+  if (pending_) {
+    return absl::InvalidArgumentError(absl::StrCat("final KDA state began while the checkpoint at ",
+                                                   pending_->tokens(), " has ", pending_layer_, " of ",
+                                                   kda_buffers_.size(), " layers"));
+  }
   if (chunk.kda_index < 0 || chunk.kda_index >= static_cast<int64_t>(kda_buffers_.size())) {
     return absl::InvalidArgumentError(absl::StrCat("KDA chunk for ordinal ", chunk.kda_index, " of ",
                                                    kda_buffers_.size()));
@@ -155,6 +162,7 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
       return absl::InvalidArgumentError(absl::StrCat("KDA view chunk of ordinal ", chunk.kda_index,
                                                      " is not the layer's whole state, once"));
     }
+    final_kda_started_ = true;
     std::lock_guard<std::mutex> lock(*target_.device_mu);
     RETURN_IF_ERROR(hooks_.check_live());
     ASSIGN_OR_RETURN(int64_t host_bytes, cache::CopyKdaState(*chunk.view, cache::KdaOf(*target_.sequence,
@@ -175,6 +183,7 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
     return absl::DataLossError(absl::StrCat("checksum mismatch in KDA state ", chunk.kda_index, " at offset ",
                                             chunk.offset));
   }
+  final_kda_started_ = true;
   buffer.append(chunk.payload());
   stats_.chunks++;
   stats_.payload_bytes += static_cast<int64_t>(chunk.payload().size());
@@ -191,6 +200,10 @@ absl::Status HandoffAssembler::OnKdaState(const KdaStateBytes& chunk) {
 
 absl::Status HandoffAssembler::Finish(const HandoffEnd& end) {
   RETURN_IF_ERROR(hooks_.check_live());
+  if (pending_) {
+    return absl::DataLossError(absl::StrCat("handoff ended with the KDA checkpoint at ", pending_->tokens(),
+                                            " incomplete (", pending_layer_, " of ", kda_buffers_.size(), " layers)"));
+  }
   for (size_t i = 0; i < latent_next_.size(); ++i) {
     if (latent_next_[i] != header_.prompt_tokens) {
       return absl::DataLossError(absl::StrCat("handoff ended with ", latent_next_[i], " of ", header_.prompt_tokens,
@@ -206,7 +219,7 @@ absl::Status HandoffAssembler::Finish(const HandoffEnd& end) {
                                             stats_.payload_bytes, " bytes, sender sent ", end.chunks, " / ",
                                             end.payload_bytes));
   }
-  RETURN_IF_ERROR(hooks_.admit(end, stats_));
+  RETURN_IF_ERROR(hooks_.admit(end, stats_, checkpoints_));
   finished_ = true;
   return absl::OkStatus();
 }
@@ -214,6 +227,7 @@ absl::Status HandoffAssembler::Finish(const HandoffEnd& end) {
 void HandoffAssembler::Abort(const absl::Status& why) {
   finished_ = true;
   hooks_.aborted(why);
+  DropCheckpoints();
 }
 
 }  // namespace latentserve::transfer

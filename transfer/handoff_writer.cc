@@ -100,13 +100,20 @@ absl::Status HandoffWriter::SendRows(const cache::Sequence& sequence, int64_t fi
   return absl::OkStatus();
 }
 
-absl::Status HandoffWriter::SendKdaState(const cache::Sequence& sequence) {
+absl::Status HandoffWriter::SendKdaState(const cache::Sequence& sequence, int64_t position) {
+  if (position != 0 && (position != sequence.cached_tokens() || position <= header_.cached_tokens ||
+                        position >= header_.prompt_tokens)) {
+    return absl::FailedPreconditionError(absl::StrCat("KDA checkpoint at ", position, " of a sequence at ",
+                                                      sequence.cached_tokens(), " tokens, handing off (",
+                                                      header_.cached_tokens, ", ", header_.prompt_tokens, ")"));
+  }
   const cache::SequenceTable& table = sequence.table();
   for (int64_t kda = 0; kda < static_cast<int64_t>(sequence.kda().size()); ++kda) {
     if (views_) {
       KdaStateBytes chunk;
       chunk.kda_index = static_cast<int32_t>(kda);
       chunk.view = cache::KdaOf(sequence, kda);
+      chunk.position = position;
       payload_bytes_ += header_.kda_state_bytes;
       chunks_++;
       RETURN_IF_ERROR(sender_.SendKdaState(std::move(chunk)));
@@ -125,6 +132,7 @@ absl::Status HandoffWriter::SendKdaState(const cache::Sequence& sequence) {
       KdaStateBytes chunk;
       chunk.kda_index = static_cast<int32_t>(kda);
       chunk.offset = static_cast<int64_t>(offset);
+      chunk.position = position;
       chunk.staged = {state.owner, state.data + offset, std::min<size_t>(kMaxChunkBytes, state.size - offset)};
       chunk.checksum = Xxh64(chunk.payload());
       payload_bytes_ += static_cast<int64_t>(chunk.staged.size);

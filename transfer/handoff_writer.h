@@ -1,7 +1,7 @@
 // The sending side of one cache handoff: chunking, order, integrity and accounting.
 //
-// The prefill worker says what is final (rows of a token range, then the KDA state, then the
-// first token); the writer cuts it into chunks of at most kMaxChunkBytes, in token order per
+// The prefill worker says what is final (rows of a token range, KDA checkpoints at the positions
+// the receiver asked for, then the final KDA state, then the first token); the writer cuts it into chunks of at most kMaxChunkBytes, in token order per
 // MLA layer, and hands each to the transport: as a view of the cache when the transport moves
 // views (in-process: no host copy, no checksum), else as bytes downloaded from the cache with
 // their XXH64. End carries the chunk and byte totals the receiver checks.
@@ -40,8 +40,11 @@ class HandoffWriter {
   // follow each other from header.cached_tokens (FailedPrecondition otherwise); the transport's error ends
   // the handoff.
   absl::Status SendRows(const cache::Sequence& sequence, int64_t first_token, int64_t count);
-  // Every KDA layer's state of `sequence`.
-  absl::Status SendKdaState(const cache::Sequence& sequence);
+  // Every KDA layer's state of `sequence`: its final state (position 0), or, with `position`,
+  // a checkpoint the receiver asked for (the sequence must stand at exactly that many tokens,
+  // inside (header.cached_tokens, header.prompt_tokens); FailedPrecondition otherwise), sent
+  // before the final state.
+  absl::Status SendKdaState(const cache::Sequence& sequence, int64_t position = 0);
   // Sends End and returns the payload bytes the receiver accepted.
   absl::StatusOr<int64_t> Finish(int32_t first_token);
 

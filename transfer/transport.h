@@ -1,8 +1,9 @@
 // CacheTransport: how a prefill worker's cache reaches a decode worker.
 //
 // A handoff is a header, then payload chunks of two kinds with their own layouts (latent
-// rows per (MLA layer, token range); KDA state per KDA layer, in byte ranges), then an end
-// message with the first sampled token. Latent chunks may be sent while the prefill is still
+// rows per (MLA layer, token range); KDA state per KDA layer, in byte ranges: the prompt's
+// final state, and before it the checkpoints the receiver asked for at interior positions),
+// then an end message with the first sampled token. Latent chunks may be sent while the prefill is still
 // running; the receiver admits the sequence only after End, when every byte has arrived and
 // every checksum matched.
 //
@@ -96,6 +97,10 @@ struct KdaStateBytes {
   HostBytes staged = {};  // instead of `data` when set, as LatentRows::staged
   // Instead of `data`, for senders that MovesViews(): the layer's whole state (offset 0).
   std::optional<cache::KdaStateRef> view = std::nullopt;
+  // 0: the state at the prompt's end. > 0: a checkpoint, the state after `position` tokens
+  // (a multiple of the lease's checkpoint interval inside the prompt; all of a checkpoint's
+  // layers in order, checkpoints ascending, before the final state).
+  int64_t position = 0;
 
   std::string_view payload() const {
     return staged.owner ? std::string_view(reinterpret_cast<const char*>(staged.data), staged.size) : data;

@@ -41,6 +41,13 @@ def settled_with_prefixes(cluster):
     ts.wait_for(settled, 15, "only the prefix cache to hold pages")
 
 
+def expected_resume(shared, prompt_len, ends):
+    """The furthest checkpoint at or before the shared prefix, never at the prompt's last token:
+    every INTERVAL multiple inside a kept prompt (handed off or prefilled here), or a kept prompt's end."""
+    limit = min(shared, prompt_len - 1)
+    return max([end for end in ends if end <= limit] + [limit // INTERVAL * INTERVAL])
+
+
 def long_question(rng):
     return [rng.randrange(1, 300) for _ in range(rng.randrange(LOCAL_MAX + 20, LOCAL_MAX + 110))]
 
@@ -67,16 +74,18 @@ class LongRest(unittest.TestCase):
                 self.assertEqual(first["token_ids"], ts.reference_greedy(document, 1), first)
                 ids = document + long_question(rng)
                 self.check(cluster, ids, length, f"document {length} + long question")
-                # Sharing less than the document: no checkpoint there (only prompt ends arrive by
-                # handoff), so the whole prompt is computed.
+                # Sharing less than the document: it resumes at the last interval checkpoint the
+                # handoff brought at or before the cut (none before the first interval).
                 cut = rng.randrange(1, length)
-                self.check(cluster, document[:cut] + long_question(rng), 0, f"{cut} of document {length}")
+                partial = document[:cut] + long_question(rng)
+                self.check(cluster, partial, expected_resume(cut, len(partial), [length]), f"{cut} of document {length}")
                 # A prompt extending the previous one (document + question) resumes at its end,
                 # and one stopping between its checkpoints resumes at the earlier one.
                 extended = ids + long_question(rng)
                 self.check(cluster, extended, len(ids), f"extension of {len(ids)}")
                 between = extended[:len(ids) + 7] + long_question(rng)
-                self.check(cluster, between, len(ids), f"between checkpoints {len(ids)} and {len(extended)}")
+                self.check(cluster, between, expected_resume(len(ids) + 7, len(between), [length, len(ids)]),
+                           f"between checkpoints {len(ids)} and {len(extended)}")
             settled_with_prefixes(cluster)
             self.assertGreater(decode_workers(cluster)[0]["prefix_hits"], 0)
         finally:

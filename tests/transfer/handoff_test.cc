@@ -138,7 +138,7 @@ class HandoffTest : public ::testing::Test, public CacheSink {
     RETURN_IF_ERROR(CheckHeader(header, {"fp", tables_[1].get(), models_[1]->config().n_layers}));
     AssemblyHooks hooks;
     hooks.check_live = [] { return absl::OkStatus(); };
-    hooks.admit = [this](const HandoffEnd& end, const AssemblyStats& stats) {
+    hooks.admit = [this](const HandoffEnd& end, const AssemblyStats& stats, ArrivedCheckpoints&) {
       admitted_stats_ = stats;
       first_token_ = end.first_token;
       return tables_[1]->Advance(*target_, kPrompt);
