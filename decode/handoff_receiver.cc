@@ -34,6 +34,14 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     return absl::InvalidArgumentError(absl::StrCat("handoff of ", header.prompt_tokens, " tokens does not fit lease ",
                                                    header.lease_id, " of ", slot->reserved_tokens, " tokens"));
   }
+  std::string nccl_comm_key;
+  if (header.transport == "nccl") {
+    if (nccl_ == nullptr || slot->nccl_comm_key.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("an NCCL handoff for lease ", header.lease_id,
+                                                        " without its OpenDeviceHandoff (or on a worker without NCCL)"));
+    }
+    nccl_comm_key = slot->nccl_comm_key;
+  }
   slot->state = SlotState::kReceiving;
   const int64_t generation = ++slot->handoff_generation;
   const int64_t prompt_tokens = header.prompt_tokens;
@@ -67,7 +75,11 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
     }
   };
   transfer::AssemblyTarget target{&sequences_, slot->sequence.get(), &backend_mu_};
-  return std::unique_ptr<transfer::CacheReceiver>(new transfer::HandoffAssembler(header, target, std::move(hooks)));
+  std::function<absl::Status()> check_live = hooks.check_live;
+  auto assembler = std::make_unique<transfer::HandoffAssembler>(header, target, std::move(hooks));
+  if (nccl_comm_key.empty()) return std::unique_ptr<transfer::CacheReceiver>(std::move(assembler));
+  // The rows arrive over NCCL into the same pages; the assembler verifies them as they land.
+  return nccl_->Wrap(std::move(assembler), header, target, std::move(check_live), std::move(nccl_comm_key));
 }
 
 }  // namespace latentserve::decode

@@ -75,7 +75,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
   }
   header.prompt_tokens = prompt_tokens;
-  header.transport = job.transport == "cuda-ipc" ? job.transport : "";
+  header.transport = job.transport == "cuda-ipc" || job.transport == "nccl" ? job.transport : "";
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());
