@@ -83,7 +83,8 @@ grpc::Status DecodeService::OpenDeviceHandoff(grpc::ServerContext* context,
                                               const internal::v1::OpenDeviceHandoffRequest* request,
                                               internal::v1::OpenDeviceHandoffResponse* response) {
   if (grpc::Status denied = auth_.Check(*context, "DecodeWorker.OpenDeviceHandoff"); !denied.ok()) return denied;
-  auto exported = worker_.ExportForHandoff(request->lease_id(), request->transport(), request->host_id());
+  auto exported =
+      worker_.ExportForHandoff(request->lease_id(), request->transport(), request->host_id(), request->nccl());
   if (!exported.ok()) return ToGrpc(exported.status());
   response->set_export_id(exported->export_id);
   for (const auto& handle : exported->pools) {

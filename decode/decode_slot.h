@@ -25,6 +25,7 @@ struct DecodeWorker::Slot {
   absl::Status end_status;  // why the slot ended early (expiry, cancel)
   // Handoff in progress (a retried handoff bumps the generation and starts over).
   int64_t handoff_generation = 0;
+  std::string nccl_comm_key;  // OpenDeviceHandoff over NCCL: the communicator its handoff receives on
   int64_t prompt_tokens = 0;
   int32_t first_token = -1;
   // Prefix reuse: the prompt's ids when the router sent them (kept in the prefix cache once

@@ -27,6 +27,7 @@
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "transfer/nccl_receiver.h"
 #include "transfer/transport.h"
 
 namespace latentserve::decode {
@@ -129,12 +130,18 @@ class DecodeWorker : public transfer::CacheSink {
                                       const std::function<bool(const std::vector<int32_t>&)>& on_tokens,
                                       const std::function<bool()>& cancelled);
 
-  // For a device transport (decode/device_export.cc): the pools, exported on first use, and
-  // the page table of a lease that awaits its cache. FailedPrecondition when the peer is on
-  // another host, the pools cannot be exported, or the lease shares pages; Aborted for an
-  // unknown lease.
+  // For a device transport (decode/device_export.cc): the page table of a lease that awaits
+  // its cache, and for "cuda-ipc" the pools, exported on first use. For "nccl" no pools: the
+  // bootstrap `nccl` is validated, its communicator starts forming in the background and the
+  // lease's handoff will receive on it. FailedPrecondition when the peer is on another host
+  // (CUDA IPC), the pools cannot be exported, this worker has no NCCL, or the lease shares
+  // pages; InvalidArgument for a bad bootstrap; Aborted for an unknown lease.
   absl::StatusOr<DeviceExport> ExportForHandoff(const std::string& lease_id, const std::string& transport,
-                                                const std::string& peer_host_id);
+                                                const std::string& peer_host_id,
+                                                const internal::v1::NcclBootstrap& nccl = {});
+  // Takes NCCL handoffs through `nccl` (owned by the caller, outliving this worker). Call
+  // before serving.
+  void EnableNccl(transfer::NcclReceiveSide* nccl) { nccl_ = nccl; }
 
   // DecodeWorker.ReadPrefix (decode/prefix_read.cc): the cached prefix lease `lease_id`
   // resumed from (its rows and the KDA state at its end), sent through a sender that `open`
@@ -162,6 +169,8 @@ class DecodeWorker : public transfer::CacheSink {
   struct Slot;
   // Why a handoff no longer owns its slot (handoff_receiver.cc).
   static absl::Status LostLease(const Slot& slot);
+  // The pages of a lease that awaits its cache, none shared (device_export.cc; takes mu_).
+  absl::StatusOr<std::vector<int32_t>> ExclusiveLeasePages(const std::string& lease_id);
 
   void SchedulerLoop();
   void ReaperLoop();
@@ -195,6 +204,7 @@ class DecodeWorker : public transfer::CacheSink {
   std::mutex export_mu_;  // export_id_, exported_pools_ (a leaf lock)
   std::string export_id_;
   std::vector<kernels::Backend::MemoryHandle> exported_pools_;
+  transfer::NcclReceiveSide* nccl_ = nullptr;  // NCCL handoffs (EnableNccl); none: refused
   mutable std::mutex mu_;
   std::condition_variable cv_;  // slot state changes; scheduler wake-ups
   std::map<std::string, std::shared_ptr<Slot>> slots_;  // by lease id

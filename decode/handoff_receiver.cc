@@ -41,6 +41,14 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
                                                       header.lease_id, " resumed ", slot->resumed_tokens,
                                                       " cached prompt tokens and takes rows from there"));
   }
+  std::string nccl_comm_key;
+  if (header.transport == "nccl") {
+    if (nccl_ == nullptr || slot->nccl_comm_key.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("an NCCL handoff for lease ", header.lease_id,
+                                                        " without its OpenDeviceHandoff (or on a worker without NCCL)"));
+    }
+    nccl_comm_key = slot->nccl_comm_key;
+  }
   slot->state = SlotState::kReceiving;
   const int64_t generation = ++slot->handoff_generation;
   const int64_t prompt_tokens = header.prompt_tokens;
@@ -84,7 +92,11 @@ absl::StatusOr<std::unique_ptr<transfer::CacheReceiver>> DecodeWorker::BeginHand
   };
   transfer::AssemblyTarget target{&sequences_, slot->sequence.get(), &backend_mu_};
   target.checkpoints = {slot->handoff_checkpoint_interval, slot->handoff_max_checkpoints};
-  return std::unique_ptr<transfer::CacheReceiver>(new transfer::HandoffAssembler(header, target, std::move(hooks)));
+  std::function<absl::Status()> check_live = hooks.check_live;
+  auto assembler = std::make_unique<transfer::HandoffAssembler>(header, target, std::move(hooks));
+  if (nccl_comm_key.empty()) return std::unique_ptr<transfer::CacheReceiver>(std::move(assembler));
+  // The rows arrive over NCCL into the same pages; the assembler verifies them as they land.
+  return nccl_->Wrap(std::move(assembler), header, target, std::move(check_live), std::move(nccl_comm_key));
 }
 
 }  // namespace latentserve::decode

@@ -75,7 +75,7 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
     (config.is_mla[layer] ? header.mla_layers : header.kda_layers).push_back(static_cast<int32_t>(layer));
   }
   header.prompt_tokens = prompt_tokens;
-  header.transport = job.transport == "cuda-ipc" ? job.transport : "";
+  header.transport = job.transport == "cuda-ipc" || job.transport == "nccl" ? job.transport : "";
   if (job.cached_tokens < 0 || job.cached_tokens >= prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("cached_tokens ", job.cached_tokens, " outside [0, ", prompt_tokens,
                                                    ") prompt tokens"));

@@ -28,7 +28,7 @@ struct PrefillJob {
   std::vector<int32_t> tokens;
   model::SamplingParams sampling;  // for the first token
   absl::Time deadline = absl::InfiniteFuture();
-  std::string transport;  // the router's choice: "cuda-ipc", else gRPC
+  std::string transport;  // the router's choice: "cuda-ipc", "nccl", else gRPC
   // The lease's cached prefix on the decode worker: rows [0, cached_tokens) are there. The job
   // reads them (and the KDA state there) to compute only the rest; either way it hands off
   // rows from cached_tokens on.
@@ -50,7 +50,7 @@ struct PrefillResult {
   int64_t cache_bytes = 0;      // latent rows + KDA state sent
   int64_t host_bytes = 0;       // of which this side copied through host memory (0 in process)
   double transfer_tail_ms = 0;  // last chunk computed -> decode worker acknowledged
-  std::string transport;        // what moved the cache ("grpc", "cuda-ipc", "inproc")
+  std::string transport;        // what moved the cache ("grpc", "cuda-ipc", "nccl", "inproc")
   int64_t device_bytes = 0;     // of cache_bytes, written device to device
   double device_copy_ms = 0;    // the device copies of those bytes, enqueued to complete
   int64_t resumed_tokens = 0;   // prompt tokens read from the decode worker's prefix, not computed

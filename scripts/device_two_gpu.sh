@@ -9,7 +9,8 @@
 #      every chunk's checksum verified by the decode worker, bytes through the host and device
 #      to device, transfer exposed after the last chunk as a share of TTFT; then the kill tests
 #      (prefill / decode SIGKILLed mid-transfer: status, survivors' pages and leases)
-#   3. --transport nccl: not implemented yet (the workers refuse it at startup); the run says so.
+#   3. NCCL: test_nccl_two_gpu (rank 0 on GPU 0, rank 1 on GPU 1, real NCCL: a cache handed
+#      over twice, verified on arrival, the communicator reused), when the devpack carries it.
 # NCCL_NVLS_ENABLE=0 in every process. Expects .devpack/ (a CUDA + serving build).
 #   LONG=1 scripts/device_two_gpu.sh
 set -uo pipefail
@@ -40,7 +41,11 @@ PY
 echo "== transports, prefill on GPU 0, decode on GPU 1"
 PREFILL_DEVICE=0 DECODE_DEVICE=1 FULL=1 KILL=1 LONG=${LONG:-0} OUT="$OUT/transports" scripts/device_transports.sh
 status=$?
-echo "== --transport nccl: not implemented (issue 12); the workers refuse it:"
-.devpack/bin/latentserve decode --listen 127.0.0.1:0 --router 127.0.0.1:1 --random-weights kimi-linear-48b-a3b \
-  --backend cuda --device 1 --transport nccl 2>&1 | tail -1
+echo "== NCCL between GPU 0 and GPU 1 (test_nccl_two_gpu)"
+if [[ -x .devpack/bin/test_nccl_two_gpu ]]; then
+  .devpack/bin/test_nccl_two_gpu 2>&1 | tee "$OUT/nccl_two_gpu.txt" | tail -3
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+else
+  echo "test_nccl_two_gpu is not in .devpack/bin (a CUDA build makes it): not run"
+fi
 exit $status

@@ -25,8 +25,16 @@ absl::Status RunDecode(int argc, char** argv) {
   ASSIGN_OR_RETURN(transfer::TransportOffer offer, TransportFromArgs(args, *loaded.engine.backend));
   RETURN_IF_ERROR(KeepCudaIpcIfExportable(args, *loaded.engine.cache, &offer));
   ASSIGN_OR_RETURN(decode::DecodePrefixOptions prefix, PrefixOptionsFromArgs(args, loaded.engine.chunk_tokens));
+  // NCCL handoffs (--transport nccl): communicators formed per prefill worker, outliving the worker below.
+  std::unique_ptr<transfer::NcclDataPlane> nccl_plane;
+  std::unique_ptr<transfer::NcclReceiveSide> nccl;
+  if (Offers(offer, "nccl")) {
+    nccl_plane = NcclDataPlaneFromArgs(args);
+    nccl = std::make_unique<transfer::NcclReceiveSide>(*nccl_plane, transfer::NcclReceiveOptions{});
+  }
   decode::DecodeWorker worker(*loaded.engine.model, *loaded.engine.cache,
                               loaded.descriptor.fingerprint(), max_lease_ttl, prefix);
+  worker.EnableNccl(nccl.get());
   decode::DecodeService service(worker, loaded.descriptor, *auth);
   ASSIGN_OR_RETURN(int64_t stall_ms, args.GetInt("fault-stall-decode-ms", 0));
   if (stall_ms < 0) return absl::InvalidArgumentError("--fault-stall-decode-ms must be >= 0");

@@ -1,6 +1,5 @@
 // `latentserve prefill`: a prefill worker registered with the routers; it streams each
 // request's cache to the decode worker the router chose.
-#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -13,6 +12,7 @@
 #include "tools/worker_role.h"
 #include "transfer/cuda_ipc_transport.h"
 #include "transfer/grpc_transport.h"
+#include "transfer/nccl_sender.h"
 #include "transfer/prefix_stream.h"
 
 namespace latentserve::cli {
@@ -36,13 +36,20 @@ absl::Status RunPrefill(int argc, char** argv) {
   auto credentials = [] { return serving::InternalChannelCredentials(); };
   auto decorate = [](grpc::ClientContext& context) { serving::AttachInternalCredential(context); };
   transfer::GrpcTransport grpc_transport(32 << 20, credentials, decorate);
-  // CUDA IPC when this worker offers it (the router asks for it per handoff), gRPC otherwise.
+  // CUDA IPC / NCCL when this worker offers them (the router asks per handoff), gRPC otherwise.
   std::unique_ptr<transfer::CudaIpcTransport> ipc;
-  if (std::find(offer.transports.begin(), offer.transports.end(), "cuda-ipc") != offer.transports.end()) {
+  if (Offers(offer, "cuda-ipc")) {
     ipc = std::make_unique<transfer::CudaIpcTransport>(*loaded.engine.backend, grpc_transport, offer, credentials,
                                                        decorate);
   }
-  transfer::SelectingTransport transport(&grpc_transport, ipc.get());
+  std::unique_ptr<transfer::NcclDataPlane> nccl_plane;
+  std::unique_ptr<transfer::NcclTransport> nccl;
+  if (Offers(offer, "nccl")) {
+    nccl_plane = NcclDataPlaneFromArgs(args);
+    nccl = std::make_unique<transfer::NcclTransport>(grpc_transport, offer, *nccl_plane,
+                                                     transfer::OpenDeviceHandoffRpc(credentials, decorate));
+  }
+  transfer::SelectingTransport transport(&grpc_transport, ipc.get(), nccl.get());
   prefill::PrefillWorker worker(*loaded.engine.model, *loaded.engine.cache, transport,
                                 loaded.descriptor.fingerprint(), loaded.engine.chunk_tokens);
   if (stall_ms > 0) {

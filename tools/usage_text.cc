@@ -91,8 +91,9 @@ Flags RegistrationFlags() {
       {"routers-dns", "HOST:PORT", "", "register with every address HOST resolves to (a headless Service)"},
       {"advertise", "HOST:PORT", "the bound address", "address the router should call this worker on"},
       {"transport", "auto|grpc|cuda-ipc|nccl", "auto",
-       "cache handoff transports offered: auto = gRPC + CUDA IPC where the backend exports memory "
-       "(the router picks per handoff); nccl is refused (not wired end to end yet)"},
+       "cache handoff transports offered: auto = gRPC + CUDA IPC where the backend exports memory; "
+       "nccl = gRPC + NCCL (CUDA build, --backend cuda; not yet run on two GPUs); the router picks per handoff: "
+       "CUDA IPC on one host, else NCCL when both offer it, else gRPC"},
   };
 }
 

@@ -16,12 +16,21 @@
 #include "transfer/grpc_transport.h"
 #include "worker/announcer_set.h"
 #include "worker/stats_service.h"
+#ifdef LATENTSERVE_HAVE_NCCL
+#include "transfer/nccl_comm.h"
+#endif
 
 namespace latentserve::cli {
 
 const serving::BuildInfo kBuildInfo = {LATENTSERVE_VERSION, LATENTSERVE_GIT_REVISION};
 
 namespace {
+
+#ifdef LATENTSERVE_HAVE_NCCL
+constexpr bool kNcclBuilt = true;
+#else
+constexpr bool kNcclBuilt = false;
+#endif
 
 // One startup line per engine: the context it holds and the memory that costs (DESIGN.md §2),
 // so an operator sees the plan of a 1,048,576-token deployment before the first request.
@@ -58,15 +67,21 @@ std::set<std::string> SplitWorkerFlags(bool prefill) {
 }
 
 absl::StatusOr<transfer::TransportOffer> TransportFromArgs(const Args& args, kernels::Backend& backend) {
-  return transfer::OfferFor(args.Get("transport", "auto"), backend);
+  return transfer::OfferFor(args.Get("transport", "auto"), backend, kNcclBuilt);
 }
 
 absl::Status CheckTransportFlag(const Args& args) {
   const std::string flag = args.Get("transport", "auto");
   if (flag == "nccl") {
-    return absl::UnimplementedError("--transport nccl: the NCCL transport is not wired into the handoff yet (its bootstrap, "
-                                    "communicator cache and grouped sends are built, not the path end to end); use auto, "
-                                    "grpc or cuda-ipc");
+    if (!kNcclBuilt) {
+      return absl::FailedPreconditionError("--transport nccl: this binary is built without NCCL (build with "
+                                           "-DLATENTSERVE_CUDA=ON); use auto, grpc or cuda-ipc");
+    }
+    if (args.Get("backend", "cpu") != "cuda") {
+      return absl::FailedPreconditionError(absl::StrCat("--transport nccl moves the cache between CUDA devices: it needs "
+                                                        "--backend cuda, not ", args.Get("backend", "cpu")));
+    }
+    return absl::OkStatus();
   }
   if (flag != "auto" && flag != "grpc" && flag != "cuda-ipc") {
     return absl::InvalidArgumentError(absl::StrCat("--transport must be one of ", transfer::kTransportFlagValues,
@@ -86,6 +101,20 @@ absl::Status KeepCudaIpcIfExportable(const Args& args, const cache::PagePool& ca
   }
   offer->transports.erase(it);
   return absl::OkStatus();
+}
+
+bool Offers(const transfer::TransportOffer& offer, const std::string& transport) {
+  return std::find(offer.transports.begin(), offer.transports.end(), transport) != offer.transports.end();
+}
+
+std::unique_ptr<transfer::NcclDataPlane> NcclDataPlaneFromArgs(const Args& args) {
+#ifdef LATENTSERVE_HAVE_NCCL
+  transfer::KeepNvlsOff();  // before the first communicator of this process
+  absl::StatusOr<int64_t> device = args.GetInt("device", 0);  // checked when the engine loaded
+  return transfer::NewCudaNcclDataPlane(device.ok() ? static_cast<int>(*device) : 0);
+#else
+  return nullptr;
+#endif
 }
 
 internal::v1::WorkerTransports ToProto(const transfer::TransportOffer& offer) {

@@ -18,6 +18,7 @@
 #include "latentserve/internal/v1/worker.pb.h"
 #include "serving/server_shell.h"
 #include "tools/lib/engine_setup.h"
+#include "transfer/nccl_transport.h"
 #include "transfer/transport_choice.h"
 
 namespace latentserve::cli {
@@ -61,8 +62,14 @@ struct WorkerRole {
 // (transfer::OfferFor; an impossible choice is an error before the worker serves).
 absl::StatusOr<transfer::TransportOffer> TransportFromArgs(const Args& args, kernels::Backend& backend);
 internal::v1::WorkerTransports ToProto(const transfer::TransportOffer& offer);
-// The --transport value alone, before a model loads (InvalidArgument / Unimplemented for nccl).
+// The --transport value alone, before a model loads: InvalidArgument for an unknown value,
+// FailedPrecondition for nccl on a build without NCCL or with --backend other than cuda.
 absl::Status CheckTransportFlag(const Args& args);
+// Whether `offer` includes `transport`.
+bool Offers(const transfer::TransportOffer& offer, const std::string& transport);
+// NCCL itself on the --device of a CUDA build (transfer/nccl_comm.h); null on a build without
+// NCCL (whose offer never holds "nccl").
+std::unique_ptr<transfer::NcclDataPlane> NcclDataPlaneFromArgs(const Args& args);
 // A decode worker offers CUDA IPC only when its page pools export (--transport cuda-ipc:
 // FailedPrecondition otherwise; auto: drops the offer).
 absl::Status KeepCudaIpcIfExportable(const Args& args, const cache::PagePool& cache, transfer::TransportOffer* offer);

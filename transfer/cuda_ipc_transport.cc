@@ -1,15 +1,11 @@
 #include "transfer/cuda_ipc_transport.h"
 
-#include <grpcpp/grpcpp.h>
-
 #include <algorithm>
 #include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
 #include "common/status.h"
-#include "latentserve/internal/v1/worker.grpc.pb.h"
 #include "transfer/checksum.h"
 
 namespace latentserve::transfer {
@@ -33,7 +29,9 @@ class CudaIpcSender : public CacheSender {
   absl::Duration device_copy_time() const override { return device_copy_time_; }
 
   absl::Status SendLatentRows(LatentRows chunk) override { return Failed(WriteRows(chunk)); }
-  absl::Status SendKdaState(KdaStateBytes chunk) override { return Failed(SendKda(chunk)); }
+  absl::Status SendKdaState(KdaStateBytes chunk) override {
+    return Failed(SendKdaStateAsBytes(*control_, chunk, header_.kda_state_bytes, &extra_chunks_));
+  }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     HandoffEnd adjusted = end;
     adjusted.chunks += extra_chunks_;  // KDA views went out in several byte pieces
@@ -100,29 +98,6 @@ class CudaIpcSender : public CacheSender {
     return control_->SendRowsWritten({chunk.mla_index, first, count, checksum});
   }
 
-  absl::Status SendKda(const KdaStateBytes& chunk) {
-    if (!chunk.view || chunk.view->backend == nullptr) return absl::InternalError("the CUDA IPC sender takes views");
-    const kernels::KdaStateView& state = chunk.view->state;
-    const size_t recurrent = state.recurrent.nbytes(), conv = state.conv.nbytes();
-    if (static_cast<int64_t>(recurrent + conv) != header_.kda_state_bytes) {
-      return absl::FailedPreconditionError("KDA state of another size than the header's");
-    }
-    std::string bytes(recurrent + conv, '\0');
-    chunk.view->backend->Download(state.recurrent, bytes.data(), recurrent);
-    chunk.view->backend->Download(state.conv, bytes.data() + recurrent, conv);
-    for (size_t offset = 0; offset < bytes.size(); offset += kMaxChunkBytes) {
-      KdaStateBytes piece;
-      piece.kda_index = chunk.kda_index;
-      piece.offset = static_cast<int64_t>(offset);
-      piece.position = chunk.position;  // a checkpoint's state goes the same way as the final one
-      piece.data = bytes.substr(offset, kMaxChunkBytes);
-      piece.checksum = Xxh64(piece.data);
-      if (offset > 0) extra_chunks_++;
-      RETURN_IF_ERROR(control_->SendKdaState(std::move(piece)));
-    }
-    return absl::OkStatus();
-  }
-
   kernels::Backend& backend_;
   std::unique_ptr<CacheSender> control_;
   std::shared_ptr<const void> peer_;  // keeps the opened memory mapped while this handoff runs
@@ -152,9 +127,12 @@ absl::StatusOr<DeviceTarget> ValidateDeviceTarget(const internal::v1::OpenDevice
                                                       " (--cache-type must match)"));
   }
   if (header.row_bytes <= 0 || header.prompt_tokens <= 0) return absl::InvalidArgumentError("empty handoff");
-  if (answer.pools_size() != static_cast<int>(header.mla_layers.size())) {
+  // NCCL moves rows over a communicator: its answer is the layout alone, with no memory to open.
+  const int expected_pools = header.transport == "nccl" ? 0 : static_cast<int>(header.mla_layers.size());
+  if (answer.pools_size() != expected_pools) {
     return absl::InvalidArgumentError(absl::StrCat("OpenDeviceHandoff: ", answer.pools_size(), " pools for ",
-                                                   header.mla_layers.size(), " MLA layers"));
+                                                   header.mla_layers.size(), " MLA layers over ",
+                                                   header.transport.empty() ? "cuda-ipc" : header.transport));
   }
   if (answer.page_tokens() < 1 || answer.page_tokens() > kMaxPageTokens) {
     return absl::InvalidArgumentError("OpenDeviceHandoff: page_tokens outside [1, 65536]");
@@ -205,23 +183,7 @@ CudaIpcTransport::CudaIpcTransport(kernels::Backend& backend, GrpcTransport& con
                                    GrpcTransport::CredentialsProvider credentials,
                                    GrpcTransport::CallDecorator decorate_call, TargetFetcher fetch)
     : backend_(backend), control_(control), self_(std::move(self)), fetch_(std::move(fetch)) {
-  if (!fetch_) {
-    fetch_ = [credentials, decorate_call](const std::string& target, const internal::v1::OpenDeviceHandoffRequest& request,
-                                          absl::Time deadline) -> absl::StatusOr<internal::v1::OpenDeviceHandoffResponse> {
-      grpc::ChannelArguments args;
-      SetInternalKeepalive(args);
-      auto creds = credentials ? credentials() : nullptr;
-      auto stub = internal::v1::DecodeWorker::NewStub(
-          grpc::CreateCustomChannel(target, creds ? creds : grpc::InsecureChannelCredentials(), args));
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(5))));
-      if (decorate_call) decorate_call(context);
-      internal::v1::OpenDeviceHandoffResponse response;
-      grpc::Status status = stub->OpenDeviceHandoff(&context, request, &response);
-      if (!status.ok()) return FromGrpc(status);
-      return response;
-    };
-  }
+  if (!fetch_) fetch_ = OpenDeviceHandoffRpc(credentials, decorate_call);
 }
 
 size_t CudaIpcTransport::open_peers() const {
@@ -290,9 +252,17 @@ absl::StatusOr<std::unique_ptr<CacheSender>> CudaIpcTransport::Open(const std::s
                                                         [this, target] { Forget(target); }));
 }
 
+std::string SelectingTransport::name() const {
+  std::string name = grpc_->name();
+  if (ipc_ != nullptr) name += "+cuda-ipc";
+  if (nccl_ != nullptr) name += "+nccl";
+  return name;
+}
+
 absl::StatusOr<std::unique_ptr<CacheSender>> SelectingTransport::Open(const std::string& target,
                                                                       const HandoffHeader& header, absl::Time deadline) {
   if (header.transport == "cuda-ipc" && ipc_ != nullptr) return ipc_->Open(target, header, deadline);
+  if (header.transport == "nccl" && nccl_ != nullptr) return nccl_->Open(target, header, deadline);
   HandoffHeader bytes_header = header;
   bytes_header.transport.clear();
   return grpc_->Open(target, bytes_header, deadline);

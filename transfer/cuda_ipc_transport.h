@@ -22,6 +22,7 @@
 
 #include "kernels/backend.h"
 #include "latentserve/internal/v1/worker.pb.h"
+#include "transfer/device_handoff.h"
 #include "transfer/grpc_transport.h"
 #include "transfer/transport.h"
 #include "transfer/transport_choice.h"
@@ -38,7 +39,7 @@ struct DeviceTarget {
 };
 
 // Every field of a peer's answer checked before any address is formed from it: one pool per
-// MLA ordinal, the header's dtype and row size, page size in [1, 65536], pool pages in
+// MLA ordinal (none when header.transport is "nccl": its answer is the layout alone), the header's dtype and row size, page size in [1, 65536], pool pages in
 // [1, 2^31), each handle a cuda-ipc handle of at least row_bytes x page_tokens x pool_pages
 // bytes (computed without overflow), page ids inside the pool and enough pages for the prompt.
 // InvalidArgument (FailedPrecondition for a cache type that differs) otherwise.
@@ -52,8 +53,7 @@ int64_t RowOffset(const DeviceTarget& target, int64_t row_bytes, int64_t token);
 class CudaIpcTransport : public CacheTransport {
  public:
   // Asks the decode worker at `target` for its device memory (the RPC; tests inject a fake).
-  using TargetFetcher = std::function<absl::StatusOr<internal::v1::OpenDeviceHandoffResponse>(
-      const std::string& target, const internal::v1::OpenDeviceHandoffRequest& request, absl::Time deadline)>;
+  using TargetFetcher = DeviceTargetFetcher;
 
   // `backend`: the prefill worker's (its pages are the copies' source). `control`: the gRPC
   // transport that carries the handoff's stream. `fetch`: empty = the OpenDeviceHandoff RPC
@@ -87,19 +87,21 @@ class CudaIpcTransport : public CacheTransport {
   std::map<std::string, std::shared_ptr<const Peer>> peers_;
 };
 
-// The transport a handoff's header names: "cuda-ipc" goes to `ipc` when this worker has one,
-// anything else (or no ipc) to `grpc`. The router chose; a worker that cannot follow falls back
-// to gRPC, and the header it sends says so.
+// The transport a handoff's header names: "cuda-ipc" goes to `ipc`, "nccl" to `nccl`, when this
+// worker has them; anything else (or a transport it lacks) to `grpc`. The router chose; a
+// worker that cannot follow falls back to gRPC, and the header it sends says so.
 class SelectingTransport : public CacheTransport {
  public:
-  SelectingTransport(CacheTransport* grpc, CudaIpcTransport* ipc) : grpc_(grpc), ipc_(ipc) {}
-  std::string name() const override { return ipc_ ? "grpc+cuda-ipc" : grpc_->name(); }
+  SelectingTransport(CacheTransport* grpc, CudaIpcTransport* ipc, CacheTransport* nccl = nullptr)
+      : grpc_(grpc), ipc_(ipc), nccl_(nccl) {}
+  std::string name() const override;
   absl::StatusOr<std::unique_ptr<CacheSender>> Open(const std::string& target, const HandoffHeader& header,
                                                     absl::Time deadline) override;
 
  private:
   CacheTransport* grpc_;
   CudaIpcTransport* ipc_;
+  CacheTransport* nccl_;
 };
 
 }  // namespace latentserve::transfer

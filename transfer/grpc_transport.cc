@@ -75,7 +75,7 @@ absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& 
   h.prompt_tokens = p.prompt_tokens();
   h.transport = p.transport();
   h.cached_tokens = p.cached_tokens();
-  if (!h.transport.empty() && h.transport != "grpc" && h.transport != "cuda-ipc") {
+  if (!h.transport.empty() && h.transport != "grpc" && h.transport != "cuda-ipc" && h.transport != "nccl") {
     return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport '", h.transport.substr(0, 32), "'"));
   }
   return h;
@@ -392,6 +392,7 @@ grpc::Status ReceiveCacheMessages(CacheSink& sink, const std::function<bool(inte
   if (!header.ok()) return ToGrpc(header.status());
   auto receiver = sink.BeginHandoff(*header);
   if (!receiver.ok()) return ToGrpc(receiver.status());
+  (*receiver)->WatchCancelled(cancelled);
   int64_t payload_bytes = 0;
   while (read(&message)) {
     absl::Status status;

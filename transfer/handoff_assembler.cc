@@ -120,13 +120,14 @@ absl::Status HandoffAssembler::OnLatentRows(const LatentRows& chunk) {
 
 absl::Status HandoffAssembler::OnRowsWritten(const RowsWritten& written) {
   RETURN_IF_ERROR(hooks_.check_live());
-  if (header_.transport != "cuda-ipc") {
+  if (header_.transport != "cuda-ipc" && header_.transport != "nccl") {
     return absl::InvalidArgumentError("rows written out of band in a handoff whose header named no device transport");
   }
   RETURN_IF_ERROR(CheckOrder(written.mla_index, written.first_token, written.token_count));
   const int64_t bytes = written.token_count * header_.row_bytes;  // <= prompt_tokens * row_bytes, checked
   {
-    // The sender's copy completed before it sent this; read back what landed in our pages.
+    // The sender's copy (CUDA IPC) or our receives (NCCL, transfer/nccl_receiver.h) completed
+    // before this is called; hash what landed in our pages.
     std::lock_guard<std::mutex> lock(*target_.device_mu);
     RETURN_IF_ERROR(hooks_.check_live());
     ASSIGN_OR_RETURN(uint64_t checksum, PagedRowsChecksum(target_.table->pool(), written.mla_index,

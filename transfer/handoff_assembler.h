@@ -75,7 +75,7 @@ class HandoffAssembler : public CacheReceiver {
 
   absl::Status OnLatentRows(const LatentRows& chunk) override;
   absl::Status OnKdaState(const KdaStateBytes& chunk) override;
-  // Device-written rows (header.transport "cuda-ipc"): order as for OnLatentRows, then the rows
+  // Device-written rows (header.transport "cuda-ipc", or "nccl" once NcclReceiver received them): order as for OnLatentRows, then the rows
   // in our pages are hashed where they are (transfer/checksum.h PagedRowsChecksum: on the GPU
   // for the CUDA backend) and compared with the sender's.
   absl::Status OnRowsWritten(const RowsWritten& written) override;

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -26,13 +27,23 @@ class RealNcclComm final : public NcclComm {
     if (!aborted_) ncclCommDestroy(comm_);
   }
   void Abort() override {
+    std::lock_guard<std::mutex> lock(mu_);
     if (!aborted_) ncclCommAbort(comm_);
     aborted_ = true;
   }
   ncclComm_t get() const { return comm_; }
+  // The communicator's asynchronous error (a failed peer, a network error); ncclSuccess once
+  // aborted. Serialised with Abort: an aborted communicator is freed.
+  ncclResult_t AsyncError() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ncclResult_t async = ncclSuccess;
+    if (!aborted_ && ncclCommGetAsyncError(comm_, &async) != ncclSuccess) return ncclSystemError;
+    return async;
+  }
 
  private:
   ncclComm_t comm_;
+  std::mutex mu_;  // Abort vs AsyncError
   std::atomic<bool> aborted_{false};
 };
 
@@ -68,7 +79,72 @@ absl::Status GroupRuns(NcclComm& comm, kernels::Backend& backend, const kernels:
   return absl::OkStatus();
 }
 
+// The event after one posted group, and the communicator whose async error it checks.
+class CudaPosted final : public NcclPosted {
+ public:
+  CudaPosted(cudaEvent_t event, std::shared_ptr<NcclComm> comm) : event_(event), comm_(std::move(comm)) {}
+  ~CudaPosted() override { cudaEventDestroy(event_); }
+  absl::StatusOr<bool> Done() override {
+    const cudaError_t state = cudaEventQuery(event_);
+    if (state == cudaSuccess) return true;
+    if (state != cudaErrorNotReady) {
+      cudaGetLastError();
+      return absl::InternalError(absl::StrCat("NCCL chunk on the device: ", cudaGetErrorString(state)));
+    }
+    auto* real = dynamic_cast<RealNcclComm*>(comm_.get());
+    const ncclResult_t async = real != nullptr ? real->AsyncError() : ncclSuccess;
+    if (async != ncclSuccess && async != ncclInProgress) return NcclError("NCCL communicator", async);
+    return false;
+  }
+
+ private:
+  cudaEvent_t event_;
+  std::shared_ptr<NcclComm> comm_;
+};
+
+class CudaNcclDataPlane final : public NcclDataPlane {
+ public:
+  explicit CudaNcclDataPlane(int device) : device_(device) {}
+  absl::StatusOr<std::string> NewUniqueId() override { return NewNcclUniqueId(); }
+  absl::StatusOr<std::shared_ptr<NcclComm>> Join(const NcclBootstrap& bootstrap, int rank) override {
+    return CreateNcclComm(bootstrap, rank, device_);
+  }
+  absl::StatusOr<std::unique_ptr<NcclPosted>> Send(NcclComm& comm, kernels::Backend& backend,
+                                                   const kernels::Tensor& pool, absl::Span<const int32_t> page_table,
+                                                   const std::vector<NcclRun>& runs, int peer) override {
+    RETURN_IF_ERROR(NcclSendRuns(comm, backend, pool, page_table, runs, peer));
+    return Posted(comm, backend);
+  }
+  absl::StatusOr<std::unique_ptr<NcclPosted>> Recv(NcclComm& comm, kernels::Backend& backend,
+                                                   const kernels::Tensor& pool, absl::Span<const int32_t> page_table,
+                                                   const std::vector<NcclRun>& runs, int peer) override {
+    RETURN_IF_ERROR(NcclRecvRuns(comm, backend, pool, page_table, runs, peer));
+    return Posted(comm, backend);
+  }
+
+ private:
+  static absl::StatusOr<std::unique_ptr<NcclPosted>> Posted(NcclComm& comm, kernels::Backend& backend) {
+    auto* cuda = dynamic_cast<kernels::cuda::CudaBackend*>(&backend);  // GroupRuns checked it
+    cudaEvent_t event;
+    if (cudaError_t err = cudaEventCreateWithFlags(&event, cudaEventDisableTiming); err != cudaSuccess) {
+      cudaGetLastError();
+      return absl::InternalError(absl::StrCat("cudaEventCreate: ", cudaGetErrorString(err)));
+    }
+    if (cudaError_t err = cudaEventRecord(event, cuda->stream()); err != cudaSuccess) {
+      cudaGetLastError();
+      cudaEventDestroy(event);
+      return absl::InternalError(absl::StrCat("cudaEventRecord: ", cudaGetErrorString(err)));
+    }
+    // Not owning: the caller holds the communicator while it waits (a shared_ptr from the cache).
+    return std::unique_ptr<NcclPosted>(new CudaPosted(event, std::shared_ptr<NcclComm>(&comm, [](NcclComm*) {})));
+  }
+
+  const int device_;
+};
+
 }  // namespace
+
+std::unique_ptr<NcclDataPlane> NewCudaNcclDataPlane(int device) { return std::make_unique<CudaNcclDataPlane>(device); }
 
 absl::StatusOr<std::string> NewNcclUniqueId() {
   ncclUniqueId id;

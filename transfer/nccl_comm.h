@@ -23,6 +23,11 @@ absl::StatusOr<std::string> NewNcclUniqueId();
 // aborted (DeadlineExceeded). NCCL's environment (NCCL_SOCKET_IFNAME, ...) applies as usual.
 absl::StatusOr<std::shared_ptr<NcclComm>> CreateNcclComm(const NcclBootstrap& bootstrap, int rank, int device);
 
+// The NCCL transport's data plane on CUDA device `device`: the functions below, each posted
+// group followed by a CUDA event on the backend's stream that Done() queries (with the
+// communicator's async error), so a waiting host thread can notice a dead peer.
+std::unique_ptr<NcclDataPlane> NewCudaNcclDataPlane(int device);
+
 // One chunk of one MLA layer as one NCCL group: for every run, row bytes from (send) or into
 // (receive) the pages of `pool` ([W, page_tokens, n_pages], the backend's) of a sequence with
 // `page_table`, to / from rank `peer`, on the CUDA backend's stream (ordered with its other

@@ -1,8 +1,11 @@
 #include "transfer/nccl_transport.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace latentserve::transfer {
 
@@ -31,6 +34,7 @@ absl::StatusOr<NcclBootstrap> ValidateNcclBootstrap(const internal::v1::NcclBoot
   bootstrap.nranks = message.nranks();
   bootstrap.rank = message.rank();
   bootstrap.init_timeout = absl::Milliseconds(message.init_timeout_ms());
+  bootstrap.reuse = message.reuse();
   return bootstrap;
 }
 
@@ -41,6 +45,7 @@ internal::v1::NcclBootstrap ToProto(const NcclBootstrap& bootstrap) {
   message.set_nranks(bootstrap.nranks);
   message.set_rank(bootstrap.rank);
   message.set_init_timeout_ms(absl::ToInt64Milliseconds(bootstrap.init_timeout));
+  message.set_reuse(bootstrap.reuse);
   return message;
 }
 
@@ -117,26 +122,89 @@ CommCache::CommCache(Factory factory, absl::Duration poll) : factory_(std::move(
 }
 
 CommCache::~CommCache() {
+  std::vector<std::unique_ptr<Creator>> creators;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    creators.swap(creators_);
   }
   wake_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
+  // A creation ends by itself at its bootstrap's init timeout at the latest.
+  for (auto& creator : creators) creator->thread.join();
 }
 
 absl::StatusOr<std::shared_ptr<NcclComm>> CommCache::Get(const NcclBootstrap& bootstrap) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    created_.wait(lock, [&] { return creating_.count(bootstrap.comm_key) == 0; });
     auto it = comms_.find(bootstrap.comm_key);
     if (it != comms_.end()) return it->second;
+    auto failed = failed_.find(bootstrap.comm_key);
+    if (failed != failed_.end()) return failed->second;  // its unique id is spent
+    creating_[bootstrap.comm_key] = false;
   }
   // Created outside the lock: forming a communicator waits for the peer.
   absl::StatusOr<std::shared_ptr<NcclComm>> created = factory_(bootstrap);
-  if (!created.ok()) return created.status();
+  Created(bootstrap.comm_key, created);
+  return created;
+}
+
+void CommCache::Created(const std::string& comm_key, absl::StatusOr<std::shared_ptr<NcclComm>> created) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    creating_.erase(comm_key);
+    if (created.ok()) {
+      comms_[comm_key] = *created;
+    } else {
+      if (failed_.size() >= 256) failed_.clear();  // keys carry an epoch: old ones never come back
+      failed_[comm_key] = created.status();
+    }
+  }
+  created_.notify_all();
+}
+
+absl::Status CommCache::Prepare(const NcclBootstrap& bootstrap) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, inserted] = comms_.emplace(bootstrap.comm_key, *created);
-  return it->second;  // a concurrent Get that won keeps its communicator; ours goes idle
+  if (stopping_) return absl::UnavailableError("shutting down");
+  if (comms_.count(bootstrap.comm_key) || creating_.count(bootstrap.comm_key)) return absl::OkStatus();
+  // Reap the threads of creations that ended (each marks itself done as its last step).
+  creators_.erase(std::remove_if(creators_.begin(), creators_.end(),
+                                 [](const std::unique_ptr<Creator>& c) {
+                                   if (c->done) c->thread.join();
+                                   return c->done;
+                                 }),
+                  creators_.end());
+  if (creating_.size() >= kMaxCreating) {
+    return absl::ResourceExhaustedError(absl::StrCat(creating_.size(), " NCCL communicators are already forming"));
+  }
+  creating_[bootstrap.comm_key] = true;
+  failed_.erase(bootstrap.comm_key);
+  auto creator = std::make_unique<Creator>();
+  Creator* raw = creator.get();
+  creator->thread = std::thread([this, bootstrap, raw] {
+    Created(bootstrap.comm_key, factory_(bootstrap));
+    std::lock_guard<std::mutex> lock(mu_);
+    raw->done = true;
+  });
+  creators_.push_back(std::move(creator));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<NcclComm>> CommCache::Await(const std::string& comm_key) {
+  std::unique_lock<std::mutex> lock(mu_);
+  created_.wait(lock, [&] { return creating_.count(comm_key) == 0; });
+  auto it = comms_.find(comm_key);
+  if (it != comms_.end()) return it->second;
+  auto failed = failed_.find(comm_key);
+  if (failed != failed_.end()) return failed->second;
+  return absl::FailedPreconditionError(absl::StrCat("no NCCL communicator ", comm_key,
+                                                    " here (never opened, or aborted after a failure)"));
+}
+
+bool CommCache::Has(const std::string& comm_key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return comms_.count(comm_key) > 0 || creating_.count(comm_key) > 0;
 }
 
 CommCache::Guard CommCache::Watch(const std::string& comm_key, absl::Time deadline) {
@@ -205,5 +273,22 @@ void CommCache::WatchdogLoop(absl::Duration poll) {
     lock.lock();
   }
 }
+
+absl::Status WaitPosted(NcclPosted& posted, const CommCache::Guard& guard, const std::function<bool()>& cancelled) {
+  for (;;) {
+    absl::StatusOr<bool> done = posted.Done();
+    // An aborted communicator may end its kernels with an error or as if done: the deadline
+    // (or the peer's death) is the reason either way.
+    if (guard.aborted()) {
+      return absl::DeadlineExceededError("the NCCL chunk did not complete by its deadline (communicator aborted)");
+    }
+    if (!done.ok()) return done.status();
+    if (*done) return absl::OkStatus();
+    if (cancelled && cancelled()) return absl::CancelledError("the peer's control stream ended during an NCCL chunk");
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void KeepNvlsOff() { setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
 
 }  // namespace latentserve::transfer

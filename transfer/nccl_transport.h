@@ -1,7 +1,8 @@
-// The NCCL transport's parts that need no GPU: the bootstrap message, chunk accounting and the
-// communicator cache with its watchdog. Not wired end to end yet (--transport nccl is refused
-// at startup); the communicator itself (ncclCommInitRankConfig / grouped ncclSend, ncclRecv /
-// ncclCommAbort) is transfer/nccl_comm.cc, built only with LATENTSERVE_CUDA.
+// The NCCL transport's parts that need no GPU: the bootstrap message, chunk accounting, the
+// communicator cache with its watchdog and the data-plane interface the sender
+// (transfer/nccl_sender.h) and receiver (transfer/nccl_receiver.h) drive. The real data plane
+// (ncclCommInitRankConfig / grouped ncclSend, ncclRecv / ncclCommAbort) is
+// transfer/nccl_comm.cc, built only with LATENTSERVE_CUDA; tests inject a fake.
 //
 // One communicator per (prefill worker, decode worker) pair, two ranks: the prefill worker
 // (rank 0) makes an ncclUniqueId and sends it in OpenDeviceHandoffRequest.nccl over the gRPC
@@ -26,6 +27,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kernels/backend.h"
 #include "latentserve/internal/v1/worker.pb.h"
 
 namespace latentserve::transfer {
@@ -40,6 +43,9 @@ struct NcclBootstrap {
   int nranks = 2;
   int rank = kNcclReceiverRank;
   absl::Duration init_timeout;
+  // The sender already holds this communicator: the receiver joins nothing and answers
+  // FailedPrecondition unless it holds (or is forming) it too.
+  bool reuse = false;
 };
 
 // Checks a peer's bootstrap before anything is handed to NCCL: comm_key 1..256 bytes, the
@@ -102,8 +108,19 @@ class CommCache {
   CommCache(Factory factory, absl::Duration poll);
   ~CommCache();  // stops the watchdog; aborts nothing that is idle
 
-  // The communicator under bootstrap.comm_key, created with `factory` the first time.
+  // The communicator under bootstrap.comm_key, created with `factory` the first time (waits
+  // for a creation that Prepare started).
   absl::StatusOr<std::shared_ptr<NcclComm>> Get(const NcclBootstrap& bootstrap);
+  // Starts creating the communicator on a background thread (the receiver: the RPC that
+  // brought the bootstrap answers at once, the sender then joins as the other rank). Nothing
+  // when it exists or is being created. ResourceExhausted past kMaxCreating creations at once.
+  absl::Status Prepare(const NcclBootstrap& bootstrap);
+  // The communicator under `comm_key`, waiting for a creation in progress; never creates one.
+  // Its creation error, or FailedPrecondition when there is none (never prepared, or aborted).
+  absl::StatusOr<std::shared_ptr<NcclComm>> Await(const std::string& comm_key);
+  // Whether `comm_key` exists or is being created.
+  bool Has(const std::string& comm_key) const;
+  static constexpr size_t kMaxCreating = 16;
 
   // While a Guard lives, its communicator has an operation in flight that must end by
   // `deadline`; past it the watchdog aborts the communicator and drops it. `aborted()` says
@@ -138,14 +155,63 @@ class CommCache {
   void AbortLocked(const std::string& comm_key);
   void WatchdogLoop(absl::Duration poll);
 
+  void Created(const std::string& comm_key, absl::StatusOr<std::shared_ptr<NcclComm>> created);
+
   Factory factory_;
   mutable std::mutex mu_;  // everything below
   std::condition_variable wake_;
+  std::condition_variable created_;  // a creation ended
   bool stopping_ = false;
   std::map<std::string, std::shared_ptr<NcclComm>> comms_;
+  std::map<std::string, bool> creating_;       // comm key -> created on a Prepare thread
+  std::map<std::string, absl::Status> failed_;  // background creations that failed (bounded)
+  struct Creator {
+    std::thread thread;
+    bool done = false;
+  };
+  std::vector<std::unique_ptr<Creator>> creators_;
   std::map<uint64_t, Watched> watched_;
   uint64_t next_watch_id_ = 1;
   std::thread watchdog_;
 };
+
+// One chunk's group of sends or receives, posted on a device stream.
+class NcclPosted {
+ public:
+  virtual ~NcclPosted() = default;
+  // True once the group's stream work finished; the error when the device or the
+  // communicator failed (ncclCommGetAsyncError).
+  virtual absl::StatusOr<bool> Done() = 0;
+};
+
+// What moves rows over a communicator (nccl_comm.h NewCudaNcclDataPlane; tests: a fake).
+class NcclDataPlane {
+ public:
+  virtual ~NcclDataPlane() = default;
+  virtual absl::StatusOr<std::string> NewUniqueId() = 0;  // kNcclUniqueIdBytes
+  // Joins as `rank`; returns once the communicator formed, DeadlineExceeded past
+  // bootstrap.init_timeout.
+  virtual absl::StatusOr<std::shared_ptr<NcclComm>> Join(const NcclBootstrap& bootstrap, int rank) = 0;
+  // Posts one group: every run's rows of `pool` ([W, page_tokens, n_pages]) addressed through
+  // `page_table`, to (Send) or from (Recv) rank `peer`, on `backend`'s stream.
+  virtual absl::StatusOr<std::unique_ptr<NcclPosted>> Send(NcclComm& comm, kernels::Backend& backend,
+                                                           const kernels::Tensor& pool,
+                                                           absl::Span<const int32_t> page_table,
+                                                           const std::vector<NcclRun>& runs, int peer) = 0;
+  virtual absl::StatusOr<std::unique_ptr<NcclPosted>> Recv(NcclComm& comm, kernels::Backend& backend,
+                                                           const kernels::Tensor& pool,
+                                                           absl::Span<const int32_t> page_table,
+                                                           const std::vector<NcclRun>& runs, int peer) = 0;
+};
+
+// Waits for `posted` while `guard` watches its communicator: OK when it completed,
+// DeadlineExceeded once the watchdog aborted the communicator (the guard's deadline passed or
+// the peer died), Cancelled when `cancelled` (may be empty) says the peer's control stream is
+// gone, or the device's error. Polls (the host must notice a dead peer while the device waits).
+absl::Status WaitPosted(NcclPosted& posted, const CommCache::Guard& guard, const std::function<bool()>& cancelled);
+
+// Sets NCCL_NVLS_ENABLE=0 in this process's environment unless the operator set it: NVLink
+// SHARP multicast is left off on the machines we run on. Call before the first communicator.
+void KeepNvlsOff();
 
 }  // namespace latentserve::transfer

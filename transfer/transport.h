@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,7 +44,8 @@ struct HandoffHeader {
   std::vector<int32_t> kda_layers;  // model layer of each KDA ordinal
   int64_t kda_state_bytes = 0;    // bytes of one KDA layer's state
   int64_t prompt_tokens = 0;
-  // "cuda-ipc": latent rows arrive out of band (RowsWritten); empty: every payload in band.
+  // "cuda-ipc": latent rows arrive out of band (RowsWritten); "nccl": each RowsWritten
+  // announces a chunk that follows over NCCL; empty: every payload in band.
   std::string transport;
   // Rows [0, cached_tokens) are already in the receiving lease (a prefix it resumed from its
   // cache); rows [cached_tokens, prompt_tokens) follow. 0 <= cached_tokens < prompt_tokens.
@@ -127,6 +129,9 @@ class CacheReceiver {
   virtual absl::Status OnRowsWritten(const RowsWritten& written) {
     return absl::UnimplementedError("this receiver takes no device-written rows");
   }
+  // How to tell that the sender's stream went away, for a receiver that waits on a device
+  // between messages (NCCL): it polls `cancelled` while it waits. Default: unused.
+  virtual void WatchCancelled(std::function<bool()> cancelled) {}
   // Verifies completeness and admits the cache; the lease then waits for Decode.
   virtual absl::Status Finish(const HandoffEnd& end) = 0;
   // The sender went away or failed: drop what arrived (the lease stays until it expires
@@ -161,7 +166,7 @@ class CacheSender {
   virtual absl::StatusOr<int64_t> Finish(const HandoffEnd& end) = 0;
   // Abandons the handoff (the prefill was cancelled); the receiver sees Abort.
   virtual void Cancel() = 0;
-  // What moved the cache ("grpc", "inproc", "cuda-ipc"), and the bytes written device to
+  // What moved the cache ("grpc", "inproc", "cuda-ipc", "nccl"), and the bytes written device to
   // device by a device transport (0 for the others).
   virtual std::string transport() const { return ""; }
   virtual int64_t device_bytes() const { return 0; }

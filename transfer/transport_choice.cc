@@ -36,16 +36,23 @@ std::string HostId() {
   return absl::StrCat(absl::StripAsciiWhitespace(boot_id), "/", host);
 }
 
-absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backend& backend) {
+absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backend& backend, bool nccl_built) {
   TransportOffer offer;
   offer.host_id = HostId();
   offer.gpu_uuid = backend.DeviceUuid();
   offer.transports.push_back("grpc");
   if (flag == "grpc") return offer;
   if (flag == "nccl") {
-    return absl::UnimplementedError("--transport nccl: the NCCL transport is not wired into the handoff yet (its bootstrap, "
-                                    "communicator cache and grouped sends are built, not the path end to end); use auto, "
-                                    "grpc or cuda-ipc");
+    if (!nccl_built) {
+      return absl::FailedPreconditionError("--transport nccl: this binary is built without NCCL (build with "
+                                           "-DLATENTSERVE_CUDA=ON); use auto, grpc or cuda-ipc");
+    }
+    if (backend.name() != "cuda") {
+      return absl::FailedPreconditionError(absl::StrCat("--transport nccl moves the cache between CUDA devices: it needs "
+                                                        "--backend cuda, not ", backend.name()));
+    }
+    offer.transports.push_back("nccl");
+    return offer;
   }
   if (flag != "auto" && flag != "cuda-ipc") {
     return absl::InvalidArgumentError(absl::StrCat("--transport must be one of ", kTransportFlagValues, ", got '",

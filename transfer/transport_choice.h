@@ -3,7 +3,8 @@
 //
 //   cuda-ipc  both workers offer it and run on the same host (equal host ids): the prefill
 //             worker writes rows straight into the decode worker's exported pages
-//   nccl      both offer it (not built yet: never offered, so never chosen)
+//   nccl      both offer it (only workers started with --transport nccl do, on a CUDA build
+//             with the CUDA backend; typically across hosts, or two GPUs of one host)
 //   grpc      otherwise: the universal fallback, always offered
 #pragma once
 
@@ -25,10 +26,12 @@ struct TransportOffer {
 inline constexpr const char* kTransportFlagValues = "auto|grpc|cuda-ipc|nccl";
 
 // What a worker started with `--transport flag` on `backend` offers. "auto": gRPC plus CUDA
-// IPC where the backend exports memory; "grpc": only gRPC; "cuda-ipc": FailedPrecondition when
-// the backend cannot export device memory (a CPU backend or build); "nccl": Unimplemented (this
-// build has no NCCL transport). InvalidArgument for any other value.
-absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backend& backend);
+// IPC where the backend exports memory (not NCCL: it is offered only when asked for);
+// "grpc": only gRPC; "cuda-ipc": FailedPrecondition when the backend cannot export device
+// memory (a CPU backend or build); "nccl": gRPC plus NCCL, FailedPrecondition unless
+// `nccl_built` (the binary links NCCL: a LATENTSERVE_CUDA build) and the backend is "cuda".
+// InvalidArgument for any other value.
+absl::StatusOr<TransportOffer> OfferFor(const std::string& flag, kernels::Backend& backend, bool nccl_built = false);
 
 // This host's identity: /proc/sys/kernel/random/boot_id (changes on reboot, differs between
 // hosts) plus the host name (which tells apart containers on one kernel). Empty when neither

@@ -106,6 +106,15 @@ TEST(TransportChoiceTest, CudaIpcOnlyOnOneHostWhenBothOfferIt) {
   a.transports = b.transports = {"grpc", "cuda-ipc"};
   EXPECT_EQ(ChooseTransport(a, b), "grpc") << "unknown hosts are never the same host";
   EXPECT_EQ(ChooseTransport({}, {}), "grpc");
+  a.host_id = "boot-1/h";
+  b.host_id = "boot-2/h";
+  a.transports = b.transports = {"grpc", "nccl"};
+  EXPECT_EQ(ChooseTransport(a, b), "nccl") << "both offer NCCL";
+  b.transports = {"grpc", "cuda-ipc"};
+  EXPECT_EQ(ChooseTransport(a, b), "grpc") << "only one offers NCCL";
+  a.transports = b.transports = {"grpc", "cuda-ipc", "nccl"};
+  b.host_id = a.host_id;
+  EXPECT_EQ(ChooseTransport(a, b), "cuda-ipc") << "one host: CUDA IPC first";
 }
 
 TEST(TransportChoiceTest, ACpuBackendOffersGrpcOnly) {
@@ -116,7 +125,9 @@ TEST(TransportChoiceTest, ACpuBackendOffersGrpcOnly) {
   EXPECT_EQ(automatic->gpu_uuid, "");
   EXPECT_EQ(OfferFor("grpc", *backend)->transports, std::vector<std::string>{"grpc"});
   EXPECT_EQ(OfferFor("cuda-ipc", *backend).status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(OfferFor("nccl", *backend).status().code(), absl::StatusCode::kUnimplemented);
+  // NCCL: refused on a build without it, and on a CPU backend even where it is built.
+  EXPECT_EQ(OfferFor("nccl", *backend).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(OfferFor("nccl", *backend, /*nccl_built=*/true).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(OfferFor("carrier-pigeon", *backend).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(HostId().empty());
   EXPECT_EQ(HostId(), HostId());
