@@ -117,6 +117,27 @@ absl::Status Run(int argc, char** argv) {
     print_row(rows.back());
   };
 
+  // A handoff chunk's device copy (CUDA IPC moves these): prefill tokens of f16 latent rows in
+  // 64-token page runs into shuffled pages of another pool, batched (one kernel) and one copy
+  // call per run (the path before it). Bytes read + written.
+  {
+    const int64_t page = 64, pages = prefill / page, row_bytes = L * 2;
+    ASSIGN_OR_RETURN(Tensor from, Random(b, DType::kF16, {L, page, pages, 1}, 0, 1.0f));
+    ASSIGN_OR_RETURN(Tensor to, b.Alloc(DType::kF16, {L, page, 4 * pages, 1}));
+    std::vector<Backend::CopyRun> runs;
+    for (int64_t i = 0; i < pages; ++i) {
+      const int64_t target = (i * 7919) % (4 * pages);  // scattered destination pages
+      runs.push_back({static_cast<size_t>(i * page * row_bytes), static_cast<size_t>(target * page * row_bytes),
+                      static_cast<size_t>(page * row_bytes)});
+    }
+    const std::string shape = std::to_string(prefill) + " rows in " + std::to_string(page) + "-row runs";
+    const double bytes = 2.0 * prefill * row_bytes;
+    memory_row("handoff_copy_runs_batched", shape, bytes, [&] { b.CopyRunsToBackend(from, b, to, runs, nullptr); });
+    memory_row("handoff_copy_runs_per_call", shape, bytes, [&] {
+      for (const auto& r : runs) b.CopyToBackend(from, r.src_offset, b, to, r.dst_offset, r.bytes);
+    });
+  }
+
   // Decode (one token): weight-streaming GEMVs.
   for (auto [n_out, k_in, name] : {std::tuple<int64_t, int64_t, const char*>{Di, E, "kda_qkv_proj"}, {E, Di, "o_proj"},
                                    {163840, E, "lm_head"}}) {
