@@ -28,7 +28,7 @@ Flags EngineFlags() {
       {"threads", "N", "0", "CPU threads; 0: every core"},
       {"cache-type", "TYPE", "f16", "latent cache values: f32, f16, bf16, q8_0 or q4_0"},
       {"page-tokens", "N", "256", "tokens per cache page"},
-      {"chunk", "N", "512 on cpu, 8192 on cuda", "prefill chunk in tokens"},
+      {"chunk", "N", "512 on cpu, 16384 on cuda", "prefill chunk in tokens"},
       {"context", "N", "prompt + generated tokens", "size the latent cache for at least N tokens"},
   };
 }
@@ -74,11 +74,11 @@ Flags WorkerEngineFlags() {
       {"cache-type", "TYPE", "f16", "latent cache values: f32, f16, bf16, q8_0 or q4_0"},
       {"page-tokens", "N", "256", "tokens per cache page"},
       {"cache-tokens", "N", "65536", "latent cache size in tokens: the longest prompt + output this worker holds"},
-      {"chunk", "N", "512 on cpu, 8192 on cuda", "prefill chunk in tokens"},
+      {"chunk", "N", "512 on cpu, 16384 on cuda", "prefill chunk in tokens"},
       {"max-lease-ttl-ms", "MS", "300000", "decode: longest a page reservation lives without Decode"},
       {"prefix-cache-mib", "MIB", "0",
        "decode: memory for finished prompts' pages + KDA checkpoints kept for reuse (LRU); 0: no prefix cache"},
-      {"checkpoint-interval", "N", "4096",
+      {"checkpoint-interval", "N", "4096, or --chunk if larger",
        "decode: KDA checkpoint every N tokens inside kept prompts (prefilled here or handed off); 0: prompt ends only"},
       {"local-prefill-max-tokens", "N", "2048",
        "decode: a prompt whose uncached rest is at most N tokens is prefilled on the decode worker (no handoff)"},

@@ -138,7 +138,11 @@ absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
 absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& args, int64_t chunk_tokens) {
   decode::DecodePrefixOptions options;
   ASSIGN_OR_RETURN(int64_t budget_mib, args.GetInt("prefix-cache-mib", 0));
-  ASSIGN_OR_RETURN(options.checkpoint_interval_tokens, args.GetInt("checkpoint-interval", 4096));
+  // By default every 4,096 tokens, or every chunk where chunks are longer (16,384 on the GPU):
+  // handed-off prompts end their prefill chunks at checkpoints, so a shorter interval would cut
+  // every GPU chunk into pieces.
+  ASSIGN_OR_RETURN(options.checkpoint_interval_tokens,
+                   args.GetInt("checkpoint-interval", std::max<int64_t>(4096, chunk_tokens)));
   ASSIGN_OR_RETURN(options.local_prefill_max_tokens, args.GetInt("local-prefill-max-tokens", 2048));
   if (budget_mib < 0 || budget_mib > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("--prefix-cache-mib must be in [0, 2^30]");
