@@ -38,12 +38,14 @@ struct DecodeWorker::Slot {
   // dropped under mu_, destroyed under backend_mu_; gone once the cache has arrived.
   int64_t resumed_tokens = 0;
   std::shared_ptr<model::Sequence> resume_prefix;
+  bool prefix_read_active = false;  // a ReadPrefix of this lease is streaming (one at a time)
   bool keep_prompt = true;  // false: a session's question, not kept (the document is)
   // KDA checkpoints a handoff may bring (every handoff_checkpoint_interval tokens past
   // resumed_tokens, at most handoff_max_checkpoints; set before the slot is listed), and those
   // that arrived with an admitted handoff: set under mu_, dropped or kept under backend_mu_.
   int64_t handoff_checkpoint_interval = 0;
   int64_t handoff_max_checkpoints = 0;
+  std::shared_ptr<void> handoff_checkpoint_reservation;  // gives their bytes back when the slot goes
   std::vector<std::unique_ptr<cache::KdaCheckpoint>> arrived_checkpoints;
   // Decoding.
   std::unique_ptr<model::Sampler> sampler;

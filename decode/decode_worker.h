@@ -10,6 +10,8 @@
 // Pages return to the cache on finish, error, cancel and lease expiry.
 #pragma once
 
+#include <atomic>
+
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -186,7 +188,7 @@ class DecodeWorker : public transfer::CacheSink {
   // at its end (backend_mu_ held; the slot not decoding: its sequence must still end at the prompt).
   void KeepArrived(Slot& slot);
   // The checkpoints a lease whose prompt arrives by handoff asks for (prefix_reuse.cc).
-  void PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start) const;
+  void PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start);
   // Erases a prefix entry unless a session still pins it (backend_mu_ held).
   void ReleasePinLocked(int64_t entry);
 
@@ -217,6 +219,10 @@ class DecodeWorker : public transfer::CacheSink {
   int64_t handoff_host_bytes_ = 0;
   int64_t local_prefills_ = 0;
   int64_t prefix_reads_ = 0;
+  // KDA checkpoint bytes that leases may still receive by handoff (held by each lease until it
+  // goes): every lease plans its checkpoints in what the prefix-cache budget leaves after these.
+  std::shared_ptr<std::atomic<int64_t>> handoff_checkpoint_bytes_ = std::make_shared<std::atomic<int64_t>>(0);
+  int64_t prefix_reads_active_ = 0;  // ReadPrefix streams running (at most kMaxPrefixReads)
   int64_t prefix_read_bytes_ = 0;
   bool draining_ = false;
   bool stopping_ = false;

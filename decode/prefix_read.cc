@@ -17,6 +17,9 @@ absl::StatusOr<int64_t> DecodeWorker::SendLeasePrefix(const std::string& lease_i
     return absl::FailedPreconditionError(absl::StrCat("prefix read for model ", fingerprint, "; this decode worker serves ",
                                                       fingerprint_));
   }
+  // A lease is read by the one prefill worker computing its rest, once; a worker streams at
+  // most a few reads at a time (each takes the backend lock chunk by chunk).
+  constexpr int64_t kMaxPrefixReads = 4;
   std::shared_ptr<model::Sequence> prefix;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -29,8 +32,28 @@ absl::StatusOr<int64_t> DecodeWorker::SendLeasePrefix(const std::string& lease_i
       return absl::FailedPreconditionError(absl::StrCat("lease ", lease_id,
                                                         " resumed no cached prefix for a handoff, or its cache has arrived"));
     }
+    if (slot.prefix_read_active) {
+      return absl::FailedPreconditionError(absl::StrCat("lease ", lease_id, "'s prefix is already being read"));
+    }
+    if (prefix_reads_active_ >= kMaxPrefixReads) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(kMaxPrefixReads, " prefix reads are running on this decode worker; the prefill worker computes "
+                                        "the whole prompt instead"));
+    }
+    it->second->prefix_read_active = true;
+    prefix_reads_active_++;
     prefix = slot.resume_prefix;
   }
+  // The lease may be released while its prefix streams: its flag is cleared only if it is still there.
+  struct EndRead {
+    DecodeWorker& worker;
+    const std::string& lease_id;
+    ~EndRead() {
+      std::lock_guard<std::mutex> lock(worker.mu_);
+      worker.prefix_reads_active_--;
+      if (auto it = worker.slots_.find(lease_id); it != worker.slots_.end()) it->second->prefix_read_active = false;
+    }
+  } end_read{*this, lease_id};
   // Whoever holds the last reference destroys it under the backend lock (its KDA state is device memory).
   struct DropUnderLock {
     std::shared_ptr<model::Sequence>& prefix;

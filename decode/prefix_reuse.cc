@@ -113,7 +113,7 @@ absl::Status DecodeWorker::PrefillHere(Slot& slot, const DecodeParams& params, c
   return absl::OkStatus();
 }
 
-void DecodeWorker::PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start) const {
+void DecodeWorker::PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, LeaseReuse& start) {
   // Each checkpoint is a full KDA state (~43 MiB for the full-size model). The budget must hold
   // the prompt's pages, its end checkpoint and the interior ones: the interval is doubled until
   // they fit (and kMaxHandoffCheckpoints bounds one handoff's allocations whatever the budget).
@@ -123,7 +123,10 @@ void DecodeWorker::PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, Lea
   int64_t interval = prefix_options_.checkpoint_interval_tokens;
   if (!prefix_.enabled() || interval <= 0 || checkpoint_bytes <= 0) return;
   const int64_t page_bytes = static_cast<int64_t>(cache_.page_bytes_per_layer()) * cache_.mla_layers();
-  const int64_t room = prefix_options_.budget_bytes - cache_.PagesFor(prompt_tokens) * page_bytes - checkpoint_bytes;
+  // Other leases' checkpoints still to arrive count against the budget too (planned under the
+  // backend lock, so one plan at a time).
+  const int64_t room = prefix_options_.budget_bytes - cache_.PagesFor(prompt_tokens) * page_bytes - checkpoint_bytes -
+                       handoff_checkpoint_bytes_->load();
   const int64_t fit = std::min(room / checkpoint_bytes, kMaxHandoffCheckpoints);
   const int64_t resumed = start.cached_tokens;
   const auto interior = [&](int64_t every) { return (prompt_tokens - 1) / every - resumed / every; };
@@ -133,6 +136,10 @@ void DecodeWorker::PlanHandoffCheckpoints(Slot& slot, int64_t prompt_tokens, Lea
   slot.handoff_checkpoint_interval = interval;
   slot.handoff_max_checkpoints = interior(interval);
   start.checkpoint_interval_tokens = interval;
+  const int64_t reserved = slot.handoff_max_checkpoints * checkpoint_bytes;
+  handoff_checkpoint_bytes_->fetch_add(reserved);
+  slot.handoff_checkpoint_reservation = std::shared_ptr<void>(
+      nullptr, [counter = handoff_checkpoint_bytes_, reserved](void*) { counter->fetch_sub(reserved); });
 }
 
 void DecodeWorker::KeepArrived(Slot& slot) {

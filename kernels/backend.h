@@ -116,9 +116,9 @@ class Backend {
   };
   // CopyToBackend for many pieces at once (a handoff chunk's page runs): same ordering, same
   // return rule, every run inside both tensors. CUDA on one device: one gather-scatter kernel
-  // on a stream of its own (after the work enqueued on both backends so far) instead of a copy
-  // call and two stream orderings per piece (a chunk of 64-token pages is ~128 pieces of ~72
-  // KiB). With `device_time`, returns once the copies are done and sets the time they took on
+  // on a stream of its own (ordered after the work enqueued on both backends so far, before the
+  // work enqueued later) instead of a copy call and two stream orderings per piece (a chunk of
+  // 64-token pages is ~128 pieces of ~72 KiB). With `device_time`, returns once the copies are done and sets the time they took on
   // the device (the host's clock from enqueue to completion where the backend has no timer).
   // Default: CopyToBackend per run.
   virtual bool CopyRunsToBackend(const Tensor& src, Backend& dst_backend, const Tensor& dst,

@@ -82,7 +82,11 @@ absl::StatusOr<PrefillResult> PrefillWorker::RunLocked(
   }
   header.cached_tokens = job.cached_tokens;  // the decode worker holds those rows: they are not sent
   const int64_t interval = job.checkpoint_interval_tokens;
-  if (interval < 0) return absl::InvalidArgumentError(absl::StrCat("checkpoint interval ", interval, " is negative"));
+  // 0: none; else at least 16 tokens, so an interval from the router cannot cut the prefill into
+  // chunks of a few tokens.
+  if (interval != 0 && interval < 16) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint interval ", interval, " is neither 0 nor >= 16 tokens"));
+  }
 
   // Its pages go back to this worker's cache on every path out of here (the handle owns them).
   ASSIGN_OR_RETURN(std::unique_ptr<model::Sequence> sequence, sequences_.New());

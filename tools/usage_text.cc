@@ -79,7 +79,7 @@ Flags WorkerEngineFlags() {
       {"prefix-cache-mib", "MIB", "0",
        "decode: memory for finished prompts' pages + KDA checkpoints kept for reuse (LRU); 0: no prefix cache"},
       {"checkpoint-interval", "N", "4096, or --chunk if larger",
-       "decode: KDA checkpoint every N tokens inside kept prompts (prefilled here or handed off); 0: prompt ends only"},
+       "decode: KDA checkpoint every N (>= 16) tokens inside kept prompts (prefilled here or handed off); 0: prompt ends only"},
       {"local-prefill-max-tokens", "N", "2048",
        "decode: a prompt whose uncached rest is at most N tokens is prefilled on the decode worker (no handoff)"},
   };

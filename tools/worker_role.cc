@@ -147,7 +147,9 @@ absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& ar
   if (budget_mib < 0 || budget_mib > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("--prefix-cache-mib must be in [0, 2^30]");
   }
-  if (options.checkpoint_interval_tokens < 0) return absl::InvalidArgumentError("--checkpoint-interval must be >= 0");
+  if (options.checkpoint_interval_tokens != 0 && options.checkpoint_interval_tokens < 16) {
+    return absl::InvalidArgumentError("--checkpoint-interval must be 0 (prompt ends only) or at least 16 tokens");
+  }
   if (options.local_prefill_max_tokens < 0) {
     return absl::InvalidArgumentError("--local-prefill-max-tokens must be >= 0");
   }

@@ -3,6 +3,7 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -32,6 +33,7 @@ class RealNcclComm final : public NcclComm {
     aborted_ = true;
   }
   ncclComm_t get() const { return comm_; }
+  bool aborted() const { return aborted_; }
   // The communicator's asynchronous error (a failed peer, a network error); ncclSuccess once
   // aborted. Serialised with Abort: an aborted communicator is freed.
   ncclResult_t AsyncError() {
@@ -74,8 +76,17 @@ absl::Status GroupRuns(NcclComm& comm, kernels::Backend& backend, const kernels:
   }
   ncclResult_t ended = ncclGroupEnd();
   if (failed != ncclSuccess) return NcclError("ncclSend/ncclRecv", failed);
-  // A non-blocking communicator may answer ncclInProgress: the group is enqueued.
-  if (ended != ncclSuccess && ended != ncclInProgress) return NcclError("ncclGroupEnd", ended);
+  // A non-blocking communicator answers ncclInProgress while it is still enqueuing the group
+  // (its first point-to-point calls connect the two ranks): the kernels are on the stream only
+  // once that ends, so the event the caller records after them must wait for it. The chunk's
+  // watchdog (the caller's CommCache::Guard) aborts the communicator past its deadline, which
+  // ends this wait.
+  while (ended == ncclInProgress) {
+    if (real->aborted()) return absl::DeadlineExceededError("NCCL communicator aborted while enqueuing a chunk");
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    ended = real->AsyncError();
+  }
+  if (ended != ncclSuccess) return NcclError("ncclGroupEnd", ended);
   return absl::OkStatus();
 }
 

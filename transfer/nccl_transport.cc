@@ -25,8 +25,10 @@ absl::StatusOr<NcclBootstrap> ValidateNcclBootstrap(const internal::v1::NcclBoot
     return absl::InvalidArgumentError(absl::StrCat("NcclBootstrap: rank ", message.rank(), " for the receiver, expected ",
                                                    kNcclReceiverRank));
   }
-  if (message.init_timeout_ms() <= 0 || message.init_timeout_ms() > 600000) {
-    return absl::InvalidArgumentError("NcclBootstrap: init_timeout_ms outside (0, 600000]");
+  // At most a minute: the decode worker waits this long for a peer's communicator to form (and
+  // its shutdown waits for a forming one).
+  if (message.init_timeout_ms() <= 0 || message.init_timeout_ms() > 60000) {
+    return absl::InvalidArgumentError("NcclBootstrap: init_timeout_ms outside (0, 60000]");
   }
   NcclBootstrap bootstrap;
   bootstrap.comm_key = message.comm_key();

@@ -49,7 +49,7 @@ struct NcclBootstrap {
 };
 
 // Checks a peer's bootstrap before anything is handed to NCCL: comm_key 1..256 bytes, the
-// unique id exactly 128 bytes, nranks 2, rank 1 (the receiver's), init timeout in (0, 10 min].
+// unique id exactly 128 bytes, nranks 2, rank 1 (the receiver's), init timeout in (0, 1 min].
 // InvalidArgument with the field named otherwise.
 absl::StatusOr<NcclBootstrap> ValidateNcclBootstrap(const internal::v1::NcclBootstrap& message);
 internal::v1::NcclBootstrap ToProto(const NcclBootstrap& bootstrap);

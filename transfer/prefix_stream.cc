@@ -169,8 +169,9 @@ absl::Status GrpcPrefixReader::Read(const std::string& target, const PrefixReadR
     if (stream_ended && !finished.ok()) return FromGrpc(finished);
     return FromGrpc(assembled);
   }
-  while (reader->Read(&response)) {
-  }  // End arrived and was admitted: the server ends the call after it
+  // End arrived and was admitted: nothing more is read (a peer that kept sending would hold
+  // this worker until the deadline), the call is ended here.
+  context.TryCancel();
   (void)reader->Finish();
   return absl::OkStatus();
 }

@@ -328,6 +328,16 @@ void CudaBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& 
 
 void CudaBackend::HoldFreedBlocks(bool hold) { block_cache_->Hold(hold); }
 
+bool CudaBackend::ScratchFits(int slot, size_t bytes) {
+  if (capture_ || scratch_.at(slot).bytes >= bytes) return true;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return free_bytes > bytes + (size_t{1} << 30);
+}
+
 void* CudaBackend::Scratch(int slot, size_t bytes) {
   if (capture_) {  // the recording's own block per slot, with the same reuse rule
     auto& [ptr, size] = capture_->scratch[slot];

@@ -153,6 +153,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas() const { return cublas_; }
   // Device scratch valid until the next call that asks for scratch of the same slot.
   void* Scratch(int slot, size_t bytes);
+  // Whether Scratch(slot, bytes) needs no new memory, or the device has that much free with
+  // 1 GiB to spare.
+  bool ScratchFits(int slot, size_t bytes);
   static constexpr int kScratchSlots = 18;
   // Slots: 0-7 the absorbed MLA GEMM path (cuda_mla_gemm.cu), 8-12 the MHA prefill
   // (cuda_mla_prefill.cu), 13-15 the paged decode (cuda_mla_decode.cu), 16 the chunked KDA

@@ -359,10 +359,9 @@ void LaunchGroupedGemm(DType w, const GroupedGemmParams& p, int max_tiles, cudaS
 
 enum class GroupedKernel { kWarps8, kWarps4, kWgmma, kPredequant };
 
-// By default the wgmma kernel, and from 512 rows an expert on average the weights dequantised
-// ahead of a wgmma GEMM (cuda_moe_predequant.cu). H200, one run: 16,384 tokens x 8 of 256
-// experts 6.49 ms (41.7% of bf16) against 8.19; 8,192 tokens 4.61 ms both.
-// LATENTSERVE_CUDA_MOE_TILE=wgmma | predequant | warps8 | warps4 forces one.
+// The wgmma kernel, or from 512 rows an expert on average the weights dequantised ahead of a
+// wgmma GEMM (cuda_moe_predequant.cu; H200, 16,384 tokens x 8 of 256 experts: 6.49 ms, 41.7%
+// of bf16, against 8.19; 8,192 tokens 4.61 ms both). LATENTSERVE_CUDA_MOE_TILE forces one.
 GroupedKernel ChosenKernel(int64_t slots, int64_t n_experts) {
   const std::string forced = std::getenv("LATENTSERVE_CUDA_MOE_TILE") ? std::getenv("LATENTSERVE_CUDA_MOE_TILE") : "";
   if (forced == "warps8") return GroupedKernel::kWarps8;
@@ -438,10 +437,11 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   void* act = work + x16_bytes;
   auto* slot_out = reinterpret_cast<float*>(work + x16_bytes + act_bytes);
 
-  const GroupedKernel kernel = ChosenKernel(slots, n_experts);
-  // The predequant kernel's 16-bit weights (slot 17, up to one stage's weights: 2.25 GiB for the model).
-  const size_t predequant_bytes = kernel == GroupedKernel::kPredequant ?
-      PredequantWorkspaceBytes(gate_type, down_type, n_experts, hidden, ffn) : 0;
+  GroupedKernel kernel = ChosenKernel(slots, n_experts);
+  // Predequant's 16-bit weights (slot 17, 2.25 GiB for the model); wgmma where they do not fit.
+  const size_t workspace = PredequantWorkspaceBytes(gate_type, down_type, n_experts, hidden, ffn);
+  if (kernel == GroupedKernel::kPredequant && !ScratchFits(17, workspace)) kernel = GroupedKernel::kWgmma;
+  const size_t predequant_bytes = kernel == GroupedKernel::kPredequant ? workspace : 0;
   const PredequantWork predequant{predequant_bytes > 0 ? Scratch(17, predequant_bytes) : nullptr, predequant_bytes,
                                   first_tile, n_experts, max_tiles, slots};
   const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);

@@ -153,8 +153,8 @@ bool CudaBackend::CopyRunsToBackend(const Tensor& src, Backend& dst_backend, con
   if (device_time != nullptr) *device_time = absl::ZeroDuration();
   if (longest == 0) return true;
   // On the destination's copy stream, after the work enqueued on both backends so far (the
-  // rows are final, the pages free); later work on either waits for the copies. Work already
-  // enqueued (the next prefill chunk) runs beside them.
+  // rows are final, the pages free); work enqueued on either later waits for the copies. The
+  // copy stream keeps the timing events to the copies alone.
   DeviceScope scope(peer->device_);
   Order(stream_, device_, peer->copy_stream_);
   Order(peer->stream_, peer->device_, peer->copy_stream_);
