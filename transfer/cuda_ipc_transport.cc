@@ -15,43 +15,18 @@ constexpr int64_t kMaxPageTokens = 65536;
 constexpr size_t kMaxHandleBytes = 64;  // sizeof(cudaIpcMemHandle_t)
 
 // One handoff: rows go device to device into the peer's pages, control on the gRPC stream.
-class CudaIpcSender : public CacheSender {
+class CudaIpcSender : public DeviceCacheSender {
  public:
   CudaIpcSender(kernels::Backend& backend, std::unique_ptr<CacheSender> control, std::shared_ptr<const void> peer,
                 std::vector<kernels::Tensor> pools, DeviceTarget target, const HandoffHeader& header,
                 std::function<void()> forget_peer)
-      : backend_(backend), control_(std::move(control)), peer_(std::move(peer)), pools_(std::move(pools)),
-        target_(std::move(target)), header_(header), forget_peer_(std::move(forget_peer)) {}
+      : DeviceCacheSender(std::move(control), header, std::move(forget_peer)), backend_(backend),
+        peer_(std::move(peer)), pools_(std::move(pools)), target_(std::move(target)) {}
 
-  bool MovesViews() const override { return true; }
   std::string transport() const override { return "cuda-ipc"; }
-  int64_t device_bytes() const override { return device_bytes_; }
-  absl::Duration device_copy_time() const override { return device_copy_time_; }
-
-  absl::Status SendLatentRows(LatentRows chunk) override { return Failed(WriteRows(chunk)); }
-  absl::Status SendKdaState(KdaStateBytes chunk) override {
-    return Failed(SendKdaStateAsBytes(*control_, chunk, header_.kda_state_bytes, &extra_chunks_));
-  }
-  absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
-    HandoffEnd adjusted = end;
-    adjusted.chunks += extra_chunks_;  // KDA views went out in several byte pieces
-    auto accepted = control_->Finish(adjusted);
-    if (!accepted.ok()) (void)Failed(accepted.status());
-    return accepted;
-  }
-  void Cancel() override { control_->Cancel(); }
 
  private:
-  // A failed handoff may mean a dead peer: its opened memory is closed once unused.
-  absl::Status Failed(absl::Status status) {
-    if (!status.ok() && forget_peer_) {
-      forget_peer_();
-      forget_peer_ = nullptr;
-    }
-    return status;
-  }
-
-  absl::Status WriteRows(const LatentRows& chunk) {
+  absl::Status SendRows(const LatentRows& chunk) override {
     if (!chunk.view || chunk.view->pool == nullptr) return absl::InternalError("the CUDA IPC sender takes views");
     const cache::LatentRowsView& view = *chunk.view;
     const int64_t first = chunk.first_token, count = chunk.token_count;
@@ -99,15 +74,9 @@ class CudaIpcSender : public CacheSender {
   }
 
   kernels::Backend& backend_;
-  std::unique_ptr<CacheSender> control_;
   std::shared_ptr<const void> peer_;  // keeps the opened memory mapped while this handoff runs
   std::vector<kernels::Tensor> pools_;
   const DeviceTarget target_;
-  const HandoffHeader header_;
-  std::function<void()> forget_peer_;
-  int64_t device_bytes_ = 0;
-  absl::Duration device_copy_time_;  // the copies' device time, summed
-  int64_t extra_chunks_ = 0;
 };
 
 bool MulFits(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }

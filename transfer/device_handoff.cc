@@ -54,4 +54,20 @@ absl::Status SendKdaStateAsBytes(CacheSender& control, const KdaStateBytes& chun
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> DeviceCacheSender::Finish(const HandoffEnd& end) {
+  HandoffEnd adjusted = end;
+  adjusted.chunks += extra_chunks_;
+  absl::StatusOr<int64_t> accepted = control_->Finish(adjusted);
+  if (!accepted.ok()) (void)Failed(accepted.status());
+  return accepted;
+}
+
+absl::Status DeviceCacheSender::Failed(absl::Status status) {
+  if (!status.ok() && forget_peer_) {
+    forget_peer_();
+    forget_peer_ = nullptr;
+  }
+  return status;
+}
+
 }  // namespace latentserve::transfer

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,5 +30,38 @@ DeviceTargetFetcher OpenDeviceHandoffRpc(GrpcTransport::CredentialsProvider cred
 // count includes them). FailedPrecondition when the state's size is not `kda_state_bytes`.
 absl::Status SendKdaStateAsBytes(CacheSender& control, const KdaStateBytes& chunk, int64_t kda_state_bytes,
                                  int64_t* extra_chunks);
+
+// A device transport's sender: the subclass moves each chunk's rows on the device (SendRows);
+// KDA state and End go as bytes on the control stream; the first failure forgets the peer (its
+// opened memory, its communicator) once, since a failed handoff may mean a dead peer.
+class DeviceCacheSender : public CacheSender {
+ public:
+  DeviceCacheSender(std::unique_ptr<CacheSender> control, const HandoffHeader& header,
+                    std::function<void()> forget_peer)
+      : control_(std::move(control)), header_(header), forget_peer_(std::move(forget_peer)) {}
+
+  bool MovesViews() const override { return true; }
+  int64_t device_bytes() const override { return device_bytes_; }
+  absl::Duration device_copy_time() const override { return device_copy_time_; }
+  absl::Status SendLatentRows(LatentRows chunk) override { return Failed(SendRows(chunk)); }
+  absl::Status SendKdaState(KdaStateBytes chunk) override {
+    return Failed(SendKdaStateAsBytes(*control_, chunk, header_.kda_state_bytes, &extra_chunks_));
+  }
+  absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override;
+  void Cancel() override { control_->Cancel(); }
+
+ protected:
+  virtual absl::Status SendRows(const LatentRows& chunk) = 0;
+  absl::Status Failed(absl::Status status);
+
+  std::unique_ptr<CacheSender> control_;
+  const HandoffHeader header_;
+  int64_t device_bytes_ = 0;
+  absl::Duration device_copy_time_;  // the device's time for those bytes, summed over chunks
+
+ private:
+  std::function<void()> forget_peer_;
+  int64_t extra_chunks_ = 0;  // KDA views sent in several byte pieces: End counts them
+};
 
 }  // namespace latentserve::transfer

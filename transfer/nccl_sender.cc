@@ -16,31 +16,16 @@ namespace latentserve::transfer {
 namespace {
 
 // One handoff: each chunk announced on the control stream, then its rows sent over NCCL.
-class NcclSender : public CacheSender {
+class NcclSender : public DeviceCacheSender {
  public:
   NcclSender(NcclDataPlane& plane, CommCache& comms, std::shared_ptr<NcclComm> comm, std::string comm_key,
              std::unique_ptr<CacheSender> control, int64_t dst_page_tokens, const HandoffHeader& header,
              absl::Duration chunk_timeout, absl::Time deadline, std::function<void()> forget_peer)
-      : plane_(plane), comms_(comms), comm_(std::move(comm)), comm_key_(std::move(comm_key)),
-        control_(std::move(control)), dst_page_tokens_(dst_page_tokens), header_(header),
-        chunk_timeout_(chunk_timeout), deadline_(deadline), forget_peer_(std::move(forget_peer)) {}
+      : DeviceCacheSender(std::move(control), header, std::move(forget_peer)), plane_(plane), comms_(comms),
+        comm_(std::move(comm)), comm_key_(std::move(comm_key)), dst_page_tokens_(dst_page_tokens),
+        chunk_timeout_(chunk_timeout), deadline_(deadline) {}
 
-  bool MovesViews() const override { return true; }
   std::string transport() const override { return "nccl"; }
-  int64_t device_bytes() const override { return device_bytes_; }
-  absl::Duration device_copy_time() const override { return device_copy_time_; }
-
-  absl::Status SendLatentRows(LatentRows chunk) override { return Failed(SendRows(chunk)); }
-  absl::Status SendKdaState(KdaStateBytes chunk) override {
-    return Failed(SendKdaStateAsBytes(*control_, chunk, header_.kda_state_bytes, &extra_chunks_));
-  }
-  absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
-    HandoffEnd adjusted = end;
-    adjusted.chunks += extra_chunks_;  // KDA views went out in several byte pieces
-    auto accepted = control_->Finish(adjusted);
-    if (!accepted.ok()) (void)Failed(accepted.status());
-    return accepted;
-  }
   void Cancel() override {
     control_->Cancel();
     // The receiver drops its communicator when the stream ends early: drop ours as well.
@@ -48,15 +33,7 @@ class NcclSender : public CacheSender {
   }
 
  private:
-  absl::Status Failed(absl::Status status) {
-    if (!status.ok() && forget_peer_) {
-      forget_peer_();
-      forget_peer_ = nullptr;
-    }
-    return status;
-  }
-
-  absl::Status SendRows(const LatentRows& chunk) {
+  absl::Status SendRows(const LatentRows& chunk) override {
     if (!chunk.view || chunk.view->pool == nullptr) return absl::InternalError("the NCCL sender takes views");
     const cache::LatentRowsView& view = *chunk.view;
     const int64_t first = chunk.first_token, count = chunk.token_count;
@@ -96,15 +73,9 @@ class NcclSender : public CacheSender {
   CommCache& comms_;
   std::shared_ptr<NcclComm> comm_;
   const std::string comm_key_;
-  std::unique_ptr<CacheSender> control_;
   const int64_t dst_page_tokens_;
-  const HandoffHeader header_;
   const absl::Duration chunk_timeout_;
   const absl::Time deadline_;
-  std::function<void()> forget_peer_;
-  int64_t device_bytes_ = 0;
-  absl::Duration device_copy_time_;  // a chunk's sends posted to complete, summed
-  int64_t extra_chunks_ = 0;
 };
 
 std::string ProcessKey() {
