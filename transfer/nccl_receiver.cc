@@ -116,8 +116,13 @@ absl::StatusOr<NcclBootstrap> NcclReceiveSide::Prepare(const internal::v1::NcclB
     }
     return bootstrap;
   }
-  // A fresh id under a key we hold: the sender lost its communicator; ours is stale.
+  // A fresh id under a key we hold: the sender lost its communicator; ours is stale. So are
+  // this sender's older pairs with us (keys "<sender process>|<target>|<epoch>": it keeps one
+  // per target, and bootstraps afresh only once it has dropped the previous one).
   if (comms_.Has(bootstrap.comm_key)) comms_.PeerDied(bootstrap.comm_key);
+  if (const size_t bar = bootstrap.comm_key.rfind('|'); bar != std::string::npos) {
+    comms_.DropOthersWithPrefix(bootstrap.comm_key.substr(0, bar + 1), bootstrap.comm_key);
+  }
   KeepNvlsOff();
   RETURN_IF_ERROR(comms_.Prepare(bootstrap));
   return bootstrap;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/status.h"
 
 namespace latentserve::transfer {
 
@@ -141,9 +142,13 @@ absl::StatusOr<std::shared_ptr<NcclComm>> CommCache::Get(const NcclBootstrap& bo
     std::unique_lock<std::mutex> lock(mu_);
     created_.wait(lock, [&] { return creating_.count(bootstrap.comm_key) == 0; });
     auto it = comms_.find(bootstrap.comm_key);
-    if (it != comms_.end()) return it->second;
+    if (it != comms_.end()) {
+      TouchLocked(bootstrap.comm_key);
+      return it->second;
+    }
     auto failed = failed_.find(bootstrap.comm_key);
     if (failed != failed_.end()) return failed->second;  // its unique id is spent
+    RETURN_IF_ERROR(MakeRoomLocked());
     creating_[bootstrap.comm_key] = false;
   }
   // Created outside the lock: forming a communicator waits for the peer.
@@ -158,6 +163,7 @@ void CommCache::Created(const std::string& comm_key, absl::StatusOr<std::shared_
     creating_.erase(comm_key);
     if (created.ok()) {
       comms_[comm_key] = *created;
+      TouchLocked(comm_key);
     } else {
       if (failed_.size() >= 256) failed_.clear();  // keys carry an epoch: old ones never come back
       failed_[comm_key] = created.status();
@@ -180,6 +186,7 @@ absl::Status CommCache::Prepare(const NcclBootstrap& bootstrap) {
   if (creating_.size() >= kMaxCreating) {
     return absl::ResourceExhaustedError(absl::StrCat(creating_.size(), " NCCL communicators are already forming"));
   }
+  RETURN_IF_ERROR(MakeRoomLocked());
   creating_[bootstrap.comm_key] = true;
   failed_.erase(bootstrap.comm_key);
   auto creator = std::make_unique<Creator>();
@@ -197,7 +204,10 @@ absl::StatusOr<std::shared_ptr<NcclComm>> CommCache::Await(const std::string& co
   std::unique_lock<std::mutex> lock(mu_);
   created_.wait(lock, [&] { return creating_.count(comm_key) == 0; });
   auto it = comms_.find(comm_key);
-  if (it != comms_.end()) return it->second;
+  if (it != comms_.end()) {
+    TouchLocked(comm_key);
+    return it->second;
+  }
   auto failed = failed_.find(comm_key);
   if (failed != failed_.end()) return failed->second;
   return absl::FailedPreconditionError(absl::StrCat("no NCCL communicator ", comm_key,
@@ -211,6 +221,7 @@ bool CommCache::Has(const std::string& comm_key) const {
 
 CommCache::Guard CommCache::Watch(const std::string& comm_key, absl::Time deadline) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (comms_.count(comm_key)) TouchLocked(comm_key);
   const uint64_t id = next_watch_id_++;
   watched_[id] = {comm_key, deadline, false};
   return Guard(this, id);
@@ -228,11 +239,43 @@ bool CommCache::Guard::aborted() const {
   return it != cache_->watched_.end() && it->second.aborted;
 }
 
+absl::Status CommCache::MakeRoomLocked() {
+  if (comms_.size() + creating_.size() < kMaxComms) return absl::OkStatus();
+  std::string oldest;
+  uint64_t oldest_use = UINT64_MAX;
+  for (const auto& entry : comms_) {
+    const std::string& key = entry.first;
+    bool busy = false;
+    for (const auto& [id, watched] : watched_) busy = busy || watched.comm_key == key;
+    const uint64_t use = last_used_.count(key) ? last_used_[key] : 0;
+    if (!busy && use < oldest_use) {
+      oldest = key;
+      oldest_use = use;
+    }
+  }
+  if (oldest.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat(comms_.size() + creating_.size(),
+                                                     " NCCL communicators are held or forming, none idle"));
+  }
+  AbortLocked(oldest);
+  return absl::OkStatus();
+}
+
+void CommCache::DropOthersWithPrefix(const std::string& prefix, const std::string& keep) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> drop;
+  for (const auto& [key, comm] : comms_) {
+    if (key != keep && key.compare(0, prefix.size(), prefix) == 0) drop.push_back(key);
+  }
+  for (const std::string& key : drop) AbortLocked(key);
+}
+
 void CommCache::AbortLocked(const std::string& comm_key) {
   auto it = comms_.find(comm_key);
   if (it == comms_.end()) return;
   it->second->Abort();  // returns promptly: ncclCommAbort does not wait for the peer
   comms_.erase(it);
+  last_used_.erase(comm_key);
   for (auto& [id, watched] : watched_) {
     if (watched.comm_key == comm_key) watched.aborted = true;
   }

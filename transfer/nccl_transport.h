@@ -121,6 +121,13 @@ class CommCache {
   // Whether `comm_key` exists or is being created.
   bool Has(const std::string& comm_key) const;
   static constexpr size_t kMaxCreating = 16;
+  // Communicators kept at most: making one more first drops the least recently used one with no
+  // operation in flight (a peer that restarted never uses its old one again); ResourceExhausted
+  // when every one is busy.
+  static constexpr size_t kMaxComms = 32;
+  // Aborts and drops every communicator whose key starts with `prefix` except `keep` (a sender
+  // that bootstraps a pair afresh has lost the old one).
+  void DropOthersWithPrefix(const std::string& prefix, const std::string& keep);
 
   // While a Guard lives, its communicator has an operation in flight that must end by
   // `deadline`; past it the watchdog aborts the communicator and drops it. `aborted()` says
@@ -153,6 +160,9 @@ class CommCache {
     bool aborted = false;
   };
   void AbortLocked(const std::string& comm_key);
+  // Room for one more communicator (see kMaxComms).
+  absl::Status MakeRoomLocked();
+  void TouchLocked(const std::string& comm_key) { last_used_[comm_key] = next_use_++; }
   void WatchdogLoop(absl::Duration poll);
 
   void Created(const std::string& comm_key, absl::StatusOr<std::shared_ptr<NcclComm>> created);
@@ -163,6 +173,8 @@ class CommCache {
   std::condition_variable created_;  // a creation ended
   bool stopping_ = false;
   std::map<std::string, std::shared_ptr<NcclComm>> comms_;
+  std::map<std::string, uint64_t> last_used_;  // comm key -> use stamp (LRU among idle ones)
+  uint64_t next_use_ = 1;
   std::map<std::string, bool> creating_;       // comm key -> created on a Prepare thread
   std::map<std::string, absl::Status> failed_;  // background creations that failed (bounded)
   struct Creator {

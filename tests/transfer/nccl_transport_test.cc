@@ -5,6 +5,7 @@
 #include "transfer/nccl_transport.h"
 
 #include <atomic>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -128,6 +129,43 @@ TEST_F(CommCacheTest, ACommunicatorIsCreatedOncePerPair) {
   EXPECT_EQ(cache.size(), 2u);
   EXPECT_EQ(cache.Get(Bootstrap("unreachable")).status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(cache.size(), 2u) << "a failed bootstrap is not cached";
+}
+
+// Peers that restart never come back for their communicators: past kMaxComms the least
+// recently used idle one goes; one with an operation in flight stays; all busy -> refused.
+TEST_F(CommCacheTest, PastTheCapTheLeastRecentlyUsedIdleCommunicatorGoes) {
+  CommCache cache(Factory(), absl::ZeroDuration());
+  for (size_t i = 0; i < CommCache::kMaxComms; ++i) ASSERT_TRUE(cache.Get(Bootstrap("p|d" + std::to_string(i))).ok());
+  ASSERT_TRUE(cache.Get(Bootstrap("p|d0")).ok());  // used again: d1 is now the oldest
+  CommCache::Guard busy = cache.Watch("p|d1", absl::InfiniteFuture());  // in flight: not dropped
+  ASSERT_TRUE(cache.Get(Bootstrap("p|new")).ok());
+  EXPECT_EQ(cache.size(), CommCache::kMaxComms);
+  EXPECT_EQ(aborts_, 1);
+  EXPECT_TRUE(cache.Has("p|d0"));
+  EXPECT_TRUE(cache.Has("p|d1"));
+  EXPECT_FALSE(cache.Has("p|d2")) << "the least recently used idle one";
+  std::vector<CommCache::Guard> guards;
+  for (size_t i = 0; i < CommCache::kMaxComms; ++i) {
+    const std::string key = i == 0 ? "p|new" : "p|d" + std::to_string(i + 2);
+    if (cache.Has(key)) guards.push_back(cache.Watch(key, absl::InfiniteFuture()));
+  }
+  guards.push_back(cache.Watch("p|d0", absl::InfiniteFuture()));
+  EXPECT_EQ(cache.Get(Bootstrap("p|one-too-many")).status().code(), absl::StatusCode::kResourceExhausted)
+      << "every communicator busy";
+  EXPECT_EQ(cache.Prepare(Bootstrap("p|one-too-many")).code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(CommCacheTest, ASendersOtherPairsWithThePrefixAreDropped) {
+  CommCache cache(Factory(), absl::ZeroDuration());
+  for (const char* key : {"host:1:7|d1|1", "host:1:7|d1|2", "host:1:7|d2|1", "host:2:9|d1|1"}) {
+    ASSERT_TRUE(cache.Get(Bootstrap(key)).ok());
+  }
+  cache.DropOthersWithPrefix("host:1:7|d1|", "host:1:7|d1|2");
+  EXPECT_FALSE(cache.Has("host:1:7|d1|1"));
+  EXPECT_TRUE(cache.Has("host:1:7|d1|2"));
+  EXPECT_TRUE(cache.Has("host:1:7|d2|1"));
+  EXPECT_TRUE(cache.Has("host:2:9|d1|1"));
+  EXPECT_EQ(aborts_, 1);
 }
 
 TEST_F(CommCacheTest, AnOperationPastItsDeadlineAbortsItsCommunicatorOnly) {
