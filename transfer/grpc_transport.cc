@@ -60,6 +60,33 @@ void ToProto(const HandoffHeader& h, internal::v1::CacheHandoffHeader* p) {
   p->set_cached_tokens(h.cached_tokens);
 }
 
+void ToProto(const LatentRows& chunk, internal::v1::LatentRowsChunk* p) {
+  p->set_mla_index(chunk.mla_index);
+  p->set_first_token(chunk.first_token);
+  p->set_token_count(chunk.token_count);
+  p->set_checksum(chunk.checksum);
+}
+
+void ToProto(const KdaStateBytes& chunk, internal::v1::KdaStateChunk* p) {
+  p->set_kda_index(chunk.kda_index);
+  p->set_offset(chunk.offset);
+  p->set_position(chunk.position);
+  p->set_checksum(chunk.checksum);
+}
+
+void ToProto(const RowsWritten& written, internal::v1::LatentRowsWritten* p) {
+  p->set_mla_index(written.mla_index);
+  p->set_first_token(written.first_token);
+  p->set_token_count(written.token_count);
+  p->set_checksum(written.checksum);
+}
+
+void ToProto(const HandoffEnd& end, internal::v1::CacheHandoffEnd* p) {
+  p->set_first_token(end.first_token);
+  p->set_chunks(end.chunks);
+  p->set_payload_bytes(end.payload_bytes);
+}
+
 absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& p) {
   HandoffHeader h;
   h.request_id = p.request_id();
@@ -220,19 +247,12 @@ class GrpcSender : public CacheSender {
   std::string transport() const override { return "grpc"; }
   absl::Status SendRowsWritten(const RowsWritten& written) override {
     internal::v1::ReceiveCacheRequest message;
-    auto* p = message.mutable_written();
-    p->set_mla_index(written.mla_index);
-    p->set_first_token(written.first_token);
-    p->set_token_count(written.token_count);
-    p->set_checksum(written.checksum);
+    ToProto(written, message.mutable_written());
     return Enqueue(EncodeSmall(message), 0);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     internal::v1::ReceiveCacheRequest message;
-    auto* p = message.mutable_end();
-    p->set_first_token(end.first_token);
-    p->set_chunks(end.chunks);
-    p->set_payload_bytes(end.payload_bytes);
+    ToProto(end, message.mutable_end());
     RETURN_IF_ERROR(Enqueue(EncodeSmall(message), 0));
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -84,6 +84,12 @@ grpc::ByteBuffer EncodeKdaState(KdaStateBytes chunk);
 
 // The handoff header's wire form; FromProto checks the transport name and the dtype.
 void ToProto(const HandoffHeader& header, internal::v1::CacheHandoffHeader* proto);
+// The other handoff messages' fields but the payload bytes (every stream that carries a handoff
+// message, the gRPC transport's and the prefix read's, fills them here).
+void ToProto(const LatentRows& chunk, internal::v1::LatentRowsChunk* proto);
+void ToProto(const KdaStateBytes& chunk, internal::v1::KdaStateChunk* proto);
+void ToProto(const RowsWritten& written, internal::v1::LatentRowsWritten* proto);
+void ToProto(const HandoffEnd& end, internal::v1::CacheHandoffEnd* proto);
 absl::StatusOr<HandoffHeader> FromProto(const internal::v1::CacheHandoffHeader& proto);
 
 internal::v1::CacheDType ToProtoDType(DType dtype);

@@ -72,10 +72,7 @@ class StreamSender : public CacheSender {
   absl::Status SendLatentRows(LatentRows chunk) override {
     internal::v1::ReadPrefixResponse message;
     auto* p = message.mutable_latent();
-    p->set_mla_index(chunk.mla_index);
-    p->set_first_token(chunk.first_token);
-    p->set_token_count(chunk.token_count);
-    p->set_checksum(chunk.checksum);
+    ToProto(chunk, p);
     bytes_ += static_cast<int64_t>(chunk.payload().size());
     *p->mutable_rows() = chunk.staged.owner ? std::string(chunk.payload()) : std::move(chunk.rows);
     return Write(message);
@@ -83,19 +80,14 @@ class StreamSender : public CacheSender {
   absl::Status SendKdaState(KdaStateBytes chunk) override {
     internal::v1::ReadPrefixResponse message;
     auto* p = message.mutable_kda();
-    p->set_kda_index(chunk.kda_index);
-    p->set_offset(chunk.offset);
-    p->set_checksum(chunk.checksum);
+    ToProto(chunk, p);
     bytes_ += static_cast<int64_t>(chunk.payload().size());
     *p->mutable_data() = chunk.staged.owner ? std::string(chunk.payload()) : std::move(chunk.data);
     return Write(message);
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     internal::v1::ReadPrefixResponse message;
-    auto* p = message.mutable_end();
-    p->set_first_token(end.first_token);
-    p->set_chunks(end.chunks);
-    p->set_payload_bytes(end.payload_bytes);
+    ToProto(end, message.mutable_end());
     RETURN_IF_ERROR(Write(message));
     return bytes_;
   }

@@ -68,27 +68,18 @@ class LoopbackSender : public CacheSender {
   absl::Status SendLatentRows(LatentRows) override { return absl::InternalError("rows go over NCCL"); }
   absl::Status SendKdaState(KdaStateBytes chunk) override {
     internal::v1::ReceiveCacheRequest message;
-    auto* kda = message.mutable_kda();
-    kda->set_kda_index(chunk.kda_index);
-    kda->set_offset(chunk.offset);
-    kda->set_data(std::string(chunk.payload()));
-    kda->set_checksum(chunk.checksum);
+    ToProto(chunk, message.mutable_kda());
+    message.mutable_kda()->set_data(std::string(chunk.payload()));
     return Push(std::move(message));
   }
   absl::Status SendRowsWritten(const RowsWritten& written) override {
     internal::v1::ReceiveCacheRequest message;
-    auto* w = message.mutable_written();
-    w->set_mla_index(written.mla_index);
-    w->set_first_token(written.first_token);
-    w->set_token_count(written.token_count);
-    w->set_checksum(written.checksum);
+    ToProto(written, message.mutable_written());
     return Push(std::move(message));
   }
   absl::StatusOr<int64_t> Finish(const HandoffEnd& end) override {
     internal::v1::ReceiveCacheRequest message;
-    message.mutable_end()->set_first_token(end.first_token);
-    message.mutable_end()->set_chunks(end.chunks);
-    message.mutable_end()->set_payload_bytes(end.payload_bytes);
+    ToProto(end, message.mutable_end());
     RETURN_IF_ERROR(Push(std::move(message)));
     RETURN_IF_ERROR(Close());
     return end.payload_bytes;
@@ -127,19 +118,7 @@ class LoopbackSender : public CacheSender {
 inline absl::StatusOr<std::unique_ptr<CacheSender>> LoopbackControl::Open(const std::string&, const HandoffHeader& h,
                                                                    absl::Time) {
   internal::v1::ReceiveCacheRequest message;
-  auto* p = message.mutable_header();
-  p->set_request_id(h.request_id);
-  p->set_lease_id(h.lease_id);
-  p->set_model_fingerprint(h.model_fingerprint);
-  p->set_cache_dtype(ToProtoDType(h.cache_dtype));
-  p->set_page_tokens(h.page_tokens);
-  p->set_latent_width(h.latent_width);
-  p->set_row_bytes(h.row_bytes);
-  for (int32_t l : h.mla_layers) p->add_mla_layers(l);
-  for (int32_t l : h.kda_layers) p->add_kda_layers(l);
-  p->set_kda_state_bytes(h.kda_state_bytes);
-  p->set_prompt_tokens(h.prompt_tokens);
-  p->set_transport(h.transport);
+  ToProto(h, message.mutable_header());  // the gRPC transport's own wire form
   return std::unique_ptr<CacheSender>(new LoopbackSender(*this, std::move(message)));
 }
 
