@@ -7,7 +7,12 @@
 #   sdpa       PyTorch fused attention on the same shapes (scripts/device/sdpa_ceiling.py)
 #   model      full-size Kimi-Linear-48B-A3B (256 experts, random q4_0, f16 cache), PROMPTS
 #              tokens (default 131072), chunk CHUNK (default 8192), MLA absorbed vs auto form
-#   long       the same at LONG tokens (default 1048576), auto form, with --profile
+#   long       the same at LONG tokens (default 1048576), auto form, with --profile (LONG_PROFILE=0:
+#              without, the time a user sees)
+#   mhachunk   the MLA prefill attention op at a 1M context for chunks of MHA_CHUNKS queries
+#              (default "16384 32768 65536"): the last wave's idle SMs against the chunk size
+#   ncu        nsight compute on one launch of the MLA flash kernel (16,384 queries at a 131,072
+#              context): throughput, warp stalls, pipe utilisation; NCU_KERNEL picks another
 #   beforeafter  BA_PROMPTS (default "4096 131072") with this session's kernels switched off
 #              (absorbed MLA prefill, MoE grouped on the host, KDA recurrence, gathered MLA
 #              decode) and on, alternating, same binary and call; MAX_TOKENS decode tokens
@@ -65,7 +70,29 @@ if has model; then
   done
 fi
 if has long; then
-  generate "${LONG:-1048576}" auto "${LONG:-1048576}_auto" --profile
+  if [[ ${LONG_PROFILE:-1} == 0 ]]; then
+    generate "${LONG:-1048576}" auto "${LONG:-1048576}_auto_noprofile"
+  else
+    generate "${LONG:-1048576}" auto "${LONG:-1048576}_auto" --profile
+  fi
+fi
+if has mhachunk; then
+  for n in ${MHA_CHUNKS:-16384 32768 65536}; do
+    echo "== MLA prefill op, $n queries at a 1,048,576 context"
+    "$BIN/latentserve" bench-ops --backend cuda --repeats ${REPEATS:-3} --sections mha --mla-kernels ${MLA_KERNELS:-tma} \
+      --prefill-tokens "$n" --mha-contexts 1048576 > "$OUT/mhachunk_$n.jsonl" 2> "$OUT/mhachunk_$n.txt"
+    echo "exit $?"; grep -E "prefill_mla|gemm_bf16" "$OUT/mhachunk_$n.txt"
+  done
+fi
+if has ncu; then
+  echo "== ncu ${NCU_KERNEL:-MlaFlashTma}"
+  ncu --kernel-name "regex:${NCU_KERNEL:-MlaFlashTma}" --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+    --section InstructionStats \
+    "$BIN/latentserve" bench-ops --backend cuda --repeats 1 --sections mha --mla-kernels tma --prefill-tokens 16384 \
+    --mha-contexts 131072 > "$OUT/ncu_mla.txt" 2>&1
+  echo "exit $?"; grep -E "Duration|Throughput|Pipe|Stall|Warp Cycles|Issued|Eligible|Registers|Shared Memory|Achieved|No Eligible|One or More" "$OUT/ncu_mla.txt" | head -60
 fi
 if has beforeafter; then
   for tokens in ${BA_PROMPTS:-4096 131072}; do

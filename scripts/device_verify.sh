@@ -10,7 +10,7 @@
 #              handoff copy rows and the MLA rows at 131,072 keys
 #   sessions   scripts/device_sessions.sh exact + split (greedy tokens with reuse = without)
 #   transports scripts/device_transports.sh FULL=1 and KILL=1 (CUDA IPC vs gRPC, kills)
-#   chunk      a 131,072-token prompt, full-size random q4_0 model, --chunk 8192 against 16384
+#   chunk      a 131,072-token prompt, full-size random q4_0 model, --chunk 16384 against 65536
 set -uo pipefail
 export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export NCCL_NVLS_ENABLE=0
@@ -54,7 +54,7 @@ fi
 if has chunk; then
   python3 -c "import random; random.seed(3); print(','.join(str(random.randrange(163840)) for _ in range(131072)))" \
     > /tmp/prompt_131072.txt
-  for chunk in 8192 16384; do
+  for chunk in 16384 65536; do
     "$BIN/latentserve" generate --random-weights kimi-linear-48b-a3b --weight-type q4_0 --backend cuda \
       --prompt-tokens-file /tmp/prompt_131072.txt --max-tokens 32 --chunk "$chunk" --cache-type f16 \
       > "$OUT/chunk_$chunk.txt" 2>&1

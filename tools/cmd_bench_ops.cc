@@ -54,7 +54,7 @@ struct Row {
 
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens",
-                                                      "mha-contexts", "moe-kernels"}));
+                                                      "mha-contexts", "moe-kernels", "mla-kernels", "sections"}));
   kernels::BackendOptions options;
   options.kind = args.Get("backend", "cuda");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -73,6 +73,31 @@ absl::Status Run(int argc, char** argv) {
           absl::StrCat("--moe-kernels: unknown kernel '", kernel, "' (warps8, warps4, wgmma, predequant)"));
     }
   }
+  const std::string mla_kernels = args.Get("mla-kernels", "mma,tma_base,tma,absorbed");
+  for (absl::string_view kernel : absl::StrSplit(mla_kernels, ',', absl::SkipEmpty())) {
+    if (kernel != "mma" && kernel != "tma" && kernel != "tma_base" && kernel != "absorbed") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--mla-kernels: unknown kernel '", kernel, "' (mma, tma, tma_base, absorbed)"));
+    }
+  }
+  const std::vector<std::string> sections =
+      absl::StrSplit(args.Get("sections", "handoff,decode,moe,kda,mla,mha"), ',', absl::SkipEmpty());
+  for (const std::string& section : sections) {
+    if (section != "handoff" && section != "decode" && section != "moe" && section != "kda" && section != "mla" &&
+        section != "mha") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sections: unknown section '", section, "' (handoff, decode, moe, kda, mla, mha)"));
+    }
+  }
+  auto wants = [&](absl::string_view section) {
+    return std::find(sections.begin(), sections.end(), section) != sections.end();
+  };
+  auto wants_mla = [&](absl::string_view kernel) {
+    for (absl::string_view k : absl::StrSplit(mla_kernels, ',', absl::SkipEmpty())) {
+      if (k == kernel) return true;
+    }
+    return false;
+  };
   const bool cpu = options.kind == "cpu";
   const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
   std::vector<Row> rows;
@@ -120,7 +145,7 @@ absl::Status Run(int argc, char** argv) {
   // A handoff chunk's device copy (CUDA IPC moves these): prefill tokens of f16 latent rows in
   // 64-token page runs into shuffled pages of another pool, batched (one kernel) and one copy
   // call per run (the path before it). Bytes read + written.
-  {
+  if (wants("handoff")) {
     const int64_t page = 64, pages = prefill / page, row_bytes = L * 2;
     ASSIGN_OR_RETURN(Tensor from, Random(b, DType::kF16, {L, page, pages, 1}, 0, 1.0f));
     ASSIGN_OR_RETURN(Tensor to, b.Alloc(DType::kF16, {L, page, 4 * pages, 1}));
@@ -139,7 +164,7 @@ absl::Status Run(int argc, char** argv) {
   }
 
   // Decode (one token): weight-streaming GEMVs.
-  for (auto [n_out, k_in, name] : {std::tuple<int64_t, int64_t, const char*>{Di, E, "kda_qkv_proj"}, {E, Di, "o_proj"},
+  if (wants("decode")) for (auto [n_out, k_in, name] : {std::tuple<int64_t, int64_t, const char*>{Di, E, "kda_qkv_proj"}, {E, Di, "o_proj"},
                                    {163840, E, "lm_head"}}) {
     ASSIGN_OR_RETURN(Tensor w, Random(b, DType::kQ4_0, {k_in, n_out, 1, 1}, 0, 0.05f));
     ASSIGN_OR_RETURN(Tensor x, Random(b, DType::kF32, {k_in, 1, 1, 1}));
@@ -156,7 +181,7 @@ absl::Status Run(int argc, char** argv) {
   }
 
   // MoE: routing + 8 routed experts of 256 (q4_0), decode and prefill.
-  {
+  if (wants("moe")) {
     ASSIGN_OR_RETURN(Tensor router, Random(b, DType::kF32, {E, X, 1, 1}, 0, 0.05f));
     ASSIGN_OR_RETURN(Tensor bias, Random(b, DType::kF32, {X, 1, 1, 1}, 0, 0.01f));
     kernels::MoeWeights experts;
@@ -203,7 +228,7 @@ absl::Status Run(int argc, char** argv) {
   }
 
   // KDA: recurrent step (state read + written) and a prefill chunk.
-  for (int64_t n : {int64_t{1}, cpu ? int64_t{256} : prefill}) {
+  if (wants("kda")) for (int64_t n : {int64_t{1}, cpu ? int64_t{256} : prefill}) {
     const kernels::Shape shape = {Dk, H, n, 1};
     ASSIGN_OR_RETURN(Tensor q, Random(b, DType::kF32, shape, 0, 0.1f));
     ASSIGN_OR_RETURN(Tensor k, Random(b, DType::kF32, shape, 0, 0.1f));
@@ -234,7 +259,7 @@ absl::Status Run(int argc, char** argv) {
   }
 
   // MLA over the paged f16 latent cache: decode at `context`, prefill chunk at depth.
-  {
+  if (wants("mla")) {
     const int64_t page = 256;
     const int64_t ctx = cpu ? 8192 : context;
     const int64_t pages = (ctx + prefill) / page + 2;
@@ -264,7 +289,7 @@ absl::Status Run(int argc, char** argv) {
   // (expansion GEMM + flash kernel) and, at the first context, in the absorbed form for the
   // same-run comparison. FLOPs counted are each form's attention (causal; per query, key and
   // head 2 (Pn + Pr + Dv) = 640 MHA, 2 (L + R) = 2,176 absorbed), not the expansion.
-  if (!cpu) {
+  if (!cpu && wants("mha")) {
     ASSIGN_OR_RETURN(Tensor k_b, Random(b, DType::kQ4_0, {128, R, H, 1}, 0, 0.05f));
     ASSIGN_OR_RETURN(Tensor v_b, Random(b, DType::kQ4_0, {R, 128, H, 1}, 0, 0.05f));
     bool first = true;
@@ -287,12 +312,13 @@ absl::Status Run(int argc, char** argv) {
       auto op = [&] { status.Update(b.MlaAttentionHeads(q, k_b, v_b, pool, seqs, 1.0f / std::sqrt(192.0f), out)); };
       const std::string shape = std::to_string(prefill) + " q @ " + std::to_string(ctx) + " ctx";
       setenv("LATENTSERVE_MLA_FORM", "mha", 1);
-      setenv("LATENTSERVE_MLA_KERNEL", "mma", 1);
-      compute_row("prefill_mla_mha_mma_f16", shape, 2.0 * pairs * (192 + 128), op);
-      setenv("LATENTSERVE_MLA_KERNEL", "tma", 1);
-      compute_row("prefill_mla_mha_tma_f16", shape, 2.0 * pairs * (192 + 128), op);
+      for (const char* kernel : {"mma", "tma_base", "tma"}) {
+        if (!wants_mla(kernel)) continue;
+        setenv("LATENTSERVE_MLA_KERNEL", kernel, 1);
+        compute_row(absl::StrCat("prefill_mla_mha_", kernel, "_f16"), shape, 2.0 * pairs * (192 + 128), op);
+      }
       unsetenv("LATENTSERVE_MLA_KERNEL");
-      if (first) {
+      if (first && wants_mla("absorbed")) {
         setenv("LATENTSERVE_MLA_FORM", "absorbed", 1);
         compute_row("prefill_mla_absorbed_heads", shape, 2.0 * pairs * (L + R), op);
       }

@@ -28,7 +28,7 @@ Flags EngineFlags() {
       {"threads", "N", "0", "CPU threads; 0: every core"},
       {"cache-type", "TYPE", "f16", "latent cache values: f32, f16, bf16, q8_0 or q4_0"},
       {"page-tokens", "N", "256", "tokens per cache page"},
-      {"chunk", "N", "512 on cpu, 16384 on cuda", "prefill chunk in tokens"},
+      {"chunk", "N", "512 on cpu, 65536 on cuda", "prefill chunk in tokens"},
       {"context", "N", "prompt + generated tokens", "size the latent cache for at least N tokens"},
   };
 }
@@ -74,7 +74,7 @@ Flags WorkerEngineFlags() {
       {"cache-type", "TYPE", "f16", "latent cache values: f32, f16, bf16, q8_0 or q4_0"},
       {"page-tokens", "N", "256", "tokens per cache page"},
       {"cache-tokens", "N", "65536", "latent cache size in tokens: the longest prompt + output this worker holds"},
-      {"chunk", "N", "512 on cpu, 16384 on cuda", "prefill chunk in tokens"},
+      {"chunk", "N", "512 on cpu, 65536 on cuda", "prefill chunk in tokens"},
       {"max-lease-ttl-ms", "MS", "300000", "decode: longest a page reservation lives without Decode"},
       {"prefix-cache-mib", "MIB", "0",
        "decode: memory for finished prompts' pages + KDA checkpoints kept for reuse (LRU); 0: no prefix cache"},
@@ -257,7 +257,9 @@ std::map<std::string, Usage> BuildUsages() {
                      {"context", "N", "131072", "cached tokens of the decode ops"},
                      {"prefill-tokens", "N", "8192", "tokens of the prefill ops"},
                      {"mha-contexts", "A,B", "--context", "contexts of the MHA prefill attention op"},
-                     {"moe-kernels", "LIST", "warps8,warps4", "MoE kernels to time: warps8, warps4, wgmma, predequant"}},
+                     {"moe-kernels", "LIST", "warps8,warps4", "MoE kernels to time: warps8, warps4, wgmma, predequant"},
+                     {"mla-kernels", "LIST", "mma,tma_base,tma,absorbed", "MLA prefill (--mha-contexts) kernels to time: mma, tma, tma_base, absorbed"},
+                     {"sections", "LIST", "handoff,decode,moe,kda,mla,mha", "which groups of rows to time (the ceilings always)"}},
                     "latentserve bench-ops --backend cuda --context 131072"};
   const char* shape = "shape override (default: from --config)";
   Flags model_flags = {{"out", "PATH", "", "GGUF to write (required)"},

@@ -138,7 +138,7 @@ absl::StatusOr<absl::Duration> MaxLeaseTtlFromArgs(const Args& args) {
 absl::StatusOr<decode::DecodePrefixOptions> PrefixOptionsFromArgs(const Args& args, int64_t chunk_tokens) {
   decode::DecodePrefixOptions options;
   ASSIGN_OR_RETURN(int64_t budget_mib, args.GetInt("prefix-cache-mib", 0));
-  // By default every 4,096 tokens, or every chunk where chunks are longer (16,384 on the GPU):
+  // By default every 4,096 tokens, or every chunk where chunks are longer (65,536 on the GPU):
   // handed-off prompts end their prefill chunks at checkpoints, so a shorter interval would cut
   // every GPU chunk into pieces.
   ASSIGN_OR_RETURN(options.checkpoint_interval_tokens,

@@ -29,7 +29,10 @@ struct MlaFlashArgs {
 void LaunchMlaFlashMma(const MlaFlashArgs& args, cudaStream_t stream);
 // wgmma + TMA kernel (sm_90a, cuda_mla_flash_wgmma.cu, its own library): Hopper's warpgroup
 // tensor-core instructions, tiles by the tensor memory accelerator (tensor maps built per
-// launch). Returns the launch's error.
-cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, cudaStream_t stream);
+// launch). Returns the launch's error. Two variants of its tile loop: kLean (the default, fewer
+// instructions per tile: see the kernel) and kBase (the loop as first written, for bench-ops'
+// same-run comparison).
+enum class MlaFlashVariant { kLean, kBase };
+cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, MlaFlashVariant variant, cudaStream_t stream);
 
 }  // namespace latentserve::kernels::cuda

@@ -38,6 +38,22 @@ constexpr size_t kSmemBytes = kQBytes + kKStages * kKBytes + kVStages * kVBytes 
 // kernel, every thread copying, ran at 44% of the bf16 GEMM rate against this one's 74%).
 // Maps: q (192, H, n) boxes (64, 1, 128); k (H Pn, keys) boxes (64, 64); rope = the latent
 // rows (L, keys_ld) boxes (64, 64); vt (keys_ld, H Dv) boxes (64, 128). Out of range: zeros.
+// 2^x on the special-function unit alone: flush-to-zero needs no range fix-up around it (the
+// plain exp2f's denormal handling costs three more instructions per score), and a score that
+// small is a zero probability in f16 anyway.
+__device__ __forceinline__ float Exp2Ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// kLean (the default): the loop with fewer instructions per tile (issue 9; ~336 issued per
+// warp and tile against ~522, +9% of the bf16 GEMM rate in bench-ops): two score buffers that
+// swap roles by unrolling the tile loop by two (no register copy of S per tile), exponentials on
+// the SFU alone (Exp2Ftz), and O rescaled only when a row's running maximum moved (a warp vote;
+// at long contexts it rarely does). !kLean: the loop as first written, kept for the same-run
+// comparison (bench-ops --mla-kernels tma_base).
+template <bool kLean>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaFlashTmaKernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                       const __grid_constant__ CUtensorMap map_rope, const __grid_constant__ CUtensorMap map_vt,
@@ -112,11 +128,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   const int64_t row_position0 = a.first_position + t0 + row_in_block;
   float s[kBlockK / 2], s_next[kBlockK / 2];
+  uint32_t p[kBlockK / 16][4] = {};
   issue_scores(s, q, 0);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   FenceOperands(s);
 
-  for (int tile = 0; tile < tiles; ++tile) {
+  // One tile: S of `tile` is in `s` (complete); S of tile + 1 is issued into `s_next` before
+  // the softmax and P V of this tile is left running into the next call.
+  auto step = [&](float (&s)[kBlockK / 2], float (&s_next)[kBlockK / 2], int tile) {
     // Every warpgroup is past S of this tile and P V of tile - 2: their buffers are free.
     __syncthreads();
     if (tid == 0) {
@@ -135,6 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     float correction[2];
+    bool moved = false;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float m = row_max[half];
@@ -142,18 +162,27 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0; j < kBlockK / 8; ++j) m = fmaxf(m, fmaxf(s[j * 4 + 2 * half], s[j * 4 + 2 * half + 1]));
       m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
-      correction[half] = exp2f(row_max[half] - m);
+      moved |= m != row_max[half];
+      correction[half] = kLean ? Exp2Ftz(row_max[half] - m) : exp2f(row_max[half] - m);
       row_max[half] = m;
       float sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < kBlockK / 8; ++j) {
-        s[j * 4 + 2 * half] = exp2f(s[j * 4 + 2 * half] - m);
-        s[j * 4 + 2 * half + 1] = exp2f(s[j * 4 + 2 * half + 1] - m);
-        sum += s[j * 4 + 2 * half] + s[j * 4 + 2 * half + 1];
+        float& x0 = s[j * 4 + 2 * half];
+        float& x1 = s[j * 4 + 2 * half + 1];
+        x0 = kLean ? Exp2Ftz(x0 - m) : exp2f(x0 - m);
+        x1 = kLean ? Exp2Ftz(x1 - m) : exp2f(x1 - m);
+        sum += x0 + x1;
       }
       row_sum[half] = row_sum[half] * correction[half] + sum;
     }
-    uint32_t p[kBlockK / 16][4];
+    // P of the previous tile is an operand of the P V still running until the wait below: its
+    // registers stay P's (p lives across tiles, fenced after the wait) so that nothing else is
+    // given them meanwhile (ptxas would serialise the wgmmas, C7513).
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    FenceOperands(p);
+    FenceOperands(o);
+    FenceOperands(s_next);
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) {
       p[kk][0] = PackHalf2(s[(2 * kk) * 4 + 0], s[(2 * kk) * 4 + 1]);
@@ -161,17 +190,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       p[kk][2] = PackHalf2(s[(2 * kk + 1) * 4 + 0], s[(2 * kk + 1) * 4 + 1]);
       p[kk][3] = PackHalf2(s[(2 * kk + 1) * 4 + 2], s[(2 * kk + 1) * 4 + 3]);
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    FenceOperands(o);
-    FenceOperands(s_next);
+    if (!kLean || __any_sync(0xffffffff, moved)) {
 #pragma unroll
-    for (int i = 0; i < kBlockK / 2; ++i) s[i] = s_next[i];
-#pragma unroll
-    for (int j = 0; j < kMlaV / 8; ++j) {
-      o[j * 4 + 0] *= correction[0];
-      o[j * 4 + 1] *= correction[0];
-      o[j * 4 + 2] *= correction[1];
-      o[j * 4 + 3] *= correction[1];
+      for (int j = 0; j < kMlaV / 8; ++j) {
+        o[j * 4 + 0] *= correction[0];
+        o[j * 4 + 1] *= correction[0];
+        o[j * 4 + 2] *= correction[1];
+        o[j * 4 + 3] *= correction[1];
+      }
     }
     FenceOperands(o);
     BarrierWait(bar_v + 8 * (tile % kVStages), (tile / kVStages) & 1);
@@ -180,6 +206,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) WgmmaRS_N128(o, p[kk], Descriptor(values + kk * 32), 1);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");  // runs on into the next tile
+  };
+  if (kLean) {
+    int tile = 0;
+    for (; tile + 1 < tiles; tile += 2) {
+      step(s, s_next, tile);
+      step(s_next, s, tile + 1);
+    }
+    if (tile < tiles) step(s, s_next, tile);
+  } else {
+    for (int tile = 0; tile < tiles; ++tile) {
+      step(s, s_next, tile);
+#pragma unroll
+      for (int i = 0; i < kBlockK / 2; ++i) s[i] = s_next[i];
+    }
   }
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   FenceOperands(o);
@@ -210,15 +250,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 namespace latentserve::kernels::cuda {
 
-cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, cudaStream_t stream) {
+cudaError_t LaunchMlaFlashTma(const MlaFlashArgs& args, MlaFlashVariant variant, cudaStream_t stream) {
   CUtensorMap maps[4];
   cudaError_t e = EncodeMlaFlashMaps(args, kBlockQ, kBlockK, maps);
   if (e != cudaSuccess) return e;
-  e = cudaFuncSetAttribute(MlaFlashTmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kSmemBytes));
+  auto* kernel = variant == MlaFlashVariant::kLean ? MlaFlashTmaKernel<true> : MlaFlashTmaKernel<false>;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>((args.n + kBlockQ - 1) / kBlockQ), static_cast<unsigned>(args.heads));
-  MlaFlashTmaKernel<<<grid, kThreads, kSmemBytes, stream>>>(maps[0], maps[1], maps[2], maps[3], args);
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(maps[0], maps[1], maps[2], maps[3], args);
   return cudaGetLastError();
 }
 

@@ -8,8 +8,8 @@
 //     probabilities stay in registers (online softmax in base 2, queries pre-scaled by
 //     scale * log2 e), f32 accumulation. Two kernels compute it: wgmma (Hopper's warpgroup
 //     instructions and TMA, cuda_mla_flash_wgmma.cu, the default) and mma.sync (below, any
-//     sm_80+), chosen by LATENTSERVE_MLA_KERNEL=tma|mma; the op tests check both against the
-//     CPU.
+//     sm_80+), chosen by LATENTSERVE_MLA_KERNEL=tma|mma (tma_base: the wgmma kernel's first
+//     tile loop, for comparisons); the op tests check each against the CPU.
 // Per (query, key, head) this is 2 (Pn + Pr + Dv) = 640 FLOPs against the absorbed form's
 // 2 (L + R) = 2,176, plus the expansion (2 R H (Pn + Dv) per key and chunk), so the MHA form
 // wins from about 171 queries per chunk (MhaCheaper below).
@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -333,10 +334,12 @@ void CudaBackend::MlaMhaAttention(const Tensor& q, const Tensor& k_b, const Tens
   const MlaFlashArgs args{q16, k, rows, vt, L, R, keys_ld, DevF32(out) + seq.first_token * H * kV,
                           n, H, keys, seq.cached_tokens};
   const char* kernel = std::getenv("LATENTSERVE_MLA_KERNEL");
-  if (kernel != nullptr && std::strcmp(kernel, "mma") == 0) {
+  const std::string name = kernel != nullptr ? kernel : "";
+  if (name == "mma") {
     LaunchMlaFlashMma(args, stream_);
   } else {
-    CUDA_OK(LaunchMlaFlashTma(args, stream_));
+    const MlaFlashVariant variant = name == "tma_base" ? MlaFlashVariant::kBase : MlaFlashVariant::kLean;
+    CUDA_OK(LaunchMlaFlashTma(args, variant, stream_));
   }
 }
 

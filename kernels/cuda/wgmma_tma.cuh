@@ -46,6 +46,15 @@ __device__ __forceinline__ void FenceOperands(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+template <int M, int N>
+__device__ __forceinline__ void FenceOperands(uint32_t (&d)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+r"(d[i][j])::"memory");
+  }
+}
+
 #ifdef LATENTSERVE_WGMMA
 // d (m64n64, f32) (+)= A (registers: this warp's 16 rows as mma.sync A fragments) . B (smem,
 // K-major); f16 inputs. `accumulate` 0 overwrites d.

@@ -568,8 +568,8 @@ TEST_P(MlaHeads, MhaFormMatchesAbsorbedReference) {
   const Tensor k_b_ref = CpuReferenceWeights(k_b), v_b_ref = CpuReferenceWeights(v_b);
   auto q = F32({Pn + Pr, H, n, 1}, Random((Pn + Pr) * H * n, -2.0f, 2.0f));
   const float scale = 1.0f / std::sqrt(192.0f);
-  // Both flash kernels (wgmma + TMA, mma.sync) against the same CPU result.
-  for (const char* kernel : {"tma", "mma"}) {
+  // The flash kernels (wgmma + TMA in its two loops, mma.sync) against the same CPU result.
+  for (const char* kernel : {"tma", "tma_base", "mma"}) {
     auto out = Poisoned({Dv, H, n, 1});
     ASSERT_TRUE(cpu_->MlaAttentionHeads(q.cpu, k_b_ref, v_b_ref, pool.cpu, batch, scale, out.cpu).ok());
     setenv("LATENTSERVE_MLA_FORM", c.form, 1);

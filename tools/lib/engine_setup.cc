@@ -68,10 +68,12 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   cache_options.exportable = backend_options.kind == "cuda" && (transport == "auto" || transport == "cuda-ipc");
   ASSIGN_OR_RETURN(engine.cache, model::NewLatentCache(engine.model->config(), *engine.backend, cache_options));
   engine.sequences = std::make_unique<cache::SequenceTable>(*engine.cache, engine.model->kda_layout());
-  // Prefill chunk: 512 tokens on the CPU; 16,384 on the GPU, where the MHA-form MLA prefill
-  // expands every cached key once per chunk and the MoE prefill reaches 512 rows an expert (its
-  // pre-dequantised kernel); docs/benchmarks.md: a 1M-token prompt 159.3 s against 167.0 s at 8,192.
-  ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", backend_options.kind == "cuda" ? 16384 : 512));
+  // Prefill chunk: 512 tokens on the CPU; 65,536 on the GPU, where the MHA-form MLA prefill
+  // expands every cached key once per chunk, the MoE prefill reaches 2,048 rows an expert (its
+  // pre-dequantised kernel) and the flash kernel's last wave of CTAs idles fewer SMs (at a 1M
+  // context it ran at 70.8% of the bf16 GEMM rate for 16,384 queries, 74.5% for 65,536);
+  // docs/benchmarks.md. Peak device memory at 1M tokens: 68.9 GB of the H200's 141.
+  ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", backend_options.kind == "cuda" ? 65536 : 512));
   if (engine.chunk_tokens <= 0) return absl::InvalidArgumentError("--chunk must be positive");
   return engine;
 }
