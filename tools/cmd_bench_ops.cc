@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/args.h"
@@ -47,6 +48,20 @@ absl::StatusOr<Tensor> Random(Backend& b, DType type, kernels::Shape ne, float m
   return t;
 }
 
+// A comma-separated flag whose items must each be one of `allowed` (a misspelt kernel or section
+// is an error, not a silently skipped row).
+absl::StatusOr<std::vector<std::string>> NameList(const Args& args, const std::string& flag, const std::string& fallback,
+                                                  const std::vector<absl::string_view>& allowed) {
+  std::vector<std::string> names = absl::StrSplit(args.Get(flag, fallback), ',', absl::SkipEmpty());
+  for (const std::string& name : names) {
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": unknown name '", name, "' (", absl::StrJoin(allowed, ", "), ")"));
+    }
+  }
+  return names;
+}
+
 struct Row {
   std::string op, shape, bound;
   double seconds, fraction;
@@ -64,40 +79,20 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t repeats, args.GetInt("repeats", 10));
   ASSIGN_OR_RETURN(int64_t context, args.GetInt("context", 131072));
   ASSIGN_OR_RETURN(int64_t prefill, args.GetInt("prefill-tokens", 8192));
-  const std::string moe_kernels = args.Get("moe-kernels", "warps8,warps4");
   // Names of LATENTSERVE_CUDA_MOE_TILE; the backend takes any other name as its default kernel,
   // so a misspelt one would time the default under that name.
-  for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
-    if (kernel != "warps8" && kernel != "warps4" && kernel != "wgmma" && kernel != "predequant") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--moe-kernels: unknown kernel '", kernel, "' (warps8, warps4, wgmma, predequant)"));
-    }
-  }
-  const std::string mla_kernels = args.Get("mla-kernels", "mma,tma_base,tma,absorbed");
-  for (absl::string_view kernel : absl::StrSplit(mla_kernels, ',', absl::SkipEmpty())) {
-    if (kernel != "mma" && kernel != "tma" && kernel != "tma_base" && kernel != "absorbed") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--mla-kernels: unknown kernel '", kernel, "' (mma, tma, tma_base, absorbed)"));
-    }
-  }
-  const std::vector<std::string> sections =
-      absl::StrSplit(args.Get("sections", "handoff,decode,moe,kda,mla,mha"), ',', absl::SkipEmpty());
-  for (const std::string& section : sections) {
-    if (section != "handoff" && section != "decode" && section != "moe" && section != "kda" && section != "mla" &&
-        section != "mha") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--sections: unknown section '", section, "' (handoff, decode, moe, kda, mla, mha)"));
-    }
-  }
-  auto wants = [&](absl::string_view section) {
-    return std::find(sections.begin(), sections.end(), section) != sections.end();
+  ASSIGN_OR_RETURN(const std::vector<std::string> moe_kernels,
+                   NameList(args, "moe-kernels", "warps8,warps4", {"warps8", "warps4", "wgmma", "predequant"}));
+  ASSIGN_OR_RETURN(const std::vector<std::string> mla_kernels,
+                   NameList(args, "mla-kernels", "mma,tma_base,tma,absorbed", {"mma", "tma", "tma_base", "absorbed"}));
+  ASSIGN_OR_RETURN(const std::vector<std::string> sections,
+                   NameList(args, "sections", "handoff,decode,moe,kda,mla,mha",
+                            {"handoff", "decode", "moe", "kda", "mla", "mha"}));
+  auto has = [](const std::vector<std::string>& list, absl::string_view name) {
+    return std::find(list.begin(), list.end(), name) != list.end();
   };
-  auto wants_mla = [&](absl::string_view kernel) {
-    for (absl::string_view k : absl::StrSplit(mla_kernels, ',', absl::SkipEmpty())) {
-      if (k == kernel) return true;
-    }
-    return false;
-  };
+  auto wants = [&](absl::string_view section) { return has(sections, section); };
+  auto wants_mla = [&](absl::string_view kernel) { return has(mla_kernels, kernel); };
   const bool cpu = options.kind == "cpu";
   const int64_t E = 2304, H = 32, Dk = 128, Di = H * Dk, R = 512, L = 576, X = 256, K = 8, Fe = 1024;
   std::vector<Row> rows;
@@ -212,9 +207,9 @@ absl::Status Run(int argc, char** argv) {
         if (!cpu) {
           // The other grouped GEMM kernels (LATENTSERVE_CUDA_MOE_TILE), --moe-kernels=warps8,warps4 by default.
           // Each row times the whole call: predequant's dequantisation kernels are inside it.
-          for (absl::string_view kernel : absl::StrSplit(moe_kernels, ',', absl::SkipEmpty())) {
-            setenv("LATENTSERVE_CUDA_MOE_TILE", std::string(kernel).c_str(), 1);
-            compute_row("prefill_moe_experts_" + std::string(kernel), std::to_string(n) + " tokens",
+          for (const std::string& kernel : moe_kernels) {
+            setenv("LATENTSERVE_CUDA_MOE_TILE", kernel.c_str(), 1);
+            compute_row("prefill_moe_experts_" + kernel, std::to_string(n) + " tokens",
                         2.0 * 3 * E * Fe * K * n, experts_only);
           }
           unsetenv("LATENTSERVE_CUDA_MOE_TILE");

@@ -38,17 +38,19 @@ constexpr size_t kSmemBytes = kQBytes + kKStages * kKBytes + kVStages * kVBytes 
 // kernel, every thread copying, ran at 44% of the bf16 GEMM rate against this one's 74%).
 // Maps: q (192, H, n) boxes (64, 1, 128); k (H Pn, keys) boxes (64, 64); rope = the latent
 // rows (L, keys_ld) boxes (64, 64); vt (keys_ld, H Dv) boxes (64, 128). Out of range: zeros.
-// 2^x on the special-function unit alone: flush-to-zero needs no range fix-up around it (the
-// plain exp2f's denormal handling costs three more instructions per score), and a score that
-// small is a zero probability in f16 anyway.
+// 2^x on the special-function unit alone: with flush-to-zero PTX needs no range fix-up around
+// the SFU instruction (the plain exp2f, ex2.approx.f32, keeps denormal results and gets one),
+// and a probability that small is a zero in f16 anyway.
 __device__ __forceinline__ float Exp2Ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 
-// kLean (the default): the loop with fewer instructions per tile (issue 9; ~336 issued per
-// warp and tile against ~522, +9% of the bf16 GEMM rate in bench-ops): two score buffers that
+// kLean (the default): the loop with fewer instructions per tile (issue 9: nsight compute's
+// issued-instruction count over the old loop's warp-tiles gives ~522 per warp and tile; the new loop's SASS, counted by hand,
+// has ~336 on the path without masking or rescaling; bench-ops put it 2.4 to 6.6 points of the
+// bf16 GEMM rate above the old loop in the same calls, docs/benchmarks.md): two score buffers that
 // swap roles by unrolling the tile loop by two (no register copy of S per tile), exponentials on
 // the SFU alone (Exp2Ftz), and O rescaled only when a row's running maximum moved (a warp vote;
 // at long contexts it rarely does). !kLean: the loop as first written, kept for the same-run

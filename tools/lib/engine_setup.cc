@@ -72,7 +72,7 @@ absl::StatusOr<Engine> EngineFromArgs(const Args& args, int64_t context_tokens) 
   // expands every cached key once per chunk, the MoE prefill reaches 2,048 rows an expert (its
   // pre-dequantised kernel) and the flash kernel's last wave of CTAs idles fewer SMs (at a 1M
   // context it ran at 70.8% of the bf16 GEMM rate for 16,384 queries, 74.5% for 65,536);
-  // docs/benchmarks.md. Peak device memory at 1M tokens: 68.9 GB of the H200's 141.
+  // docs/benchmarks.md. Peak device memory for a 1M-token prompt: 71.6 GB of the H200's 141.
   ASSIGN_OR_RETURN(engine.chunk_tokens, args.GetInt("chunk", backend_options.kind == "cuda" ? 65536 : 512));
   if (engine.chunk_tokens <= 0) return absl::InvalidArgumentError("--chunk must be positive");
   return engine;
