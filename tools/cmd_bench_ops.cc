@@ -269,9 +269,73 @@ absl::Status Run(int argc, char** argv) {
       auto op = [&] { b.MlaAttention(q, pool, seqs, 0.07f, out); };
       if (n == 1) {
         memory_row("decode_mla_paged_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        setenv("LATENTSERVE_MLA_DECODE", "mma", 1);  // the mma.sync kernel, same run
+        memory_row("decode_mla_paged_mma_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
         setenv("LATENTSERVE_MLA_DECODE", "gather", 1);  // the gather path, same run
         memory_row("decode_mla_gather_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
         unsetenv("LATENTSERVE_MLA_DECODE");
+        // As a decode step runs it: recorded once (positions and pages from device memory) and
+        // replayed 20 times back to back, so no host work or launch gap sits between calls.
+        if (b.CanCapture()) {
+          ASSIGN_OR_RETURN(Tensor positions, b.Alloc(DType::kI32, {1, 1, 1, 1}));
+          ASSIGN_OR_RETURN(Tensor page_tables, b.Alloc(DType::kI32, {pages, 1, 1, 1}));
+          const int32_t position = static_cast<int32_t>(depth);
+          b.Upload(&position, sizeof(position), positions);
+          b.Upload(table.data(), table.size() * sizeof(int32_t), page_tables);
+          kernels::DeviceStep device{positions, page_tables};
+          const std::vector<kernels::LatentSeqView> recorded = {{table, depth, 0, 1, &device}};
+          constexpr int kReplays = 20;
+          for (const char* kernel : {"wgmma", "mma"}) {
+            setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+            RETURN_IF_ERROR(b.BeginCapture());
+            b.MlaAttention(q, pool, recorded, 0.07f, out);
+            ASSIGN_OR_RETURN(std::unique_ptr<Backend::Graph> graph, b.EndCapture());
+            absl::Status replayed;
+            memory_row(absl::StrCat("decode_mla_recorded_", kernel, "_f16"), std::to_string(ctx) + " ctx x 20",
+                       kReplays * ctx * L * 2.0, [&] {
+                         for (int i = 0; i < kReplays && replayed.ok(); ++i) replayed = b.Replay(*graph);
+                       });
+            RETURN_IF_ERROR(replayed);
+          }
+          unsetenv("LATENTSERVE_MLA_DECODE");
+        }
+        // A batch of 32 sequences of 32,768 keys each, pages interleaved (when the pool has room:
+        // --context of 1M and more), recorded the same way.
+        constexpr int64_t kBatch = 32, kSeqKeys = 32768;
+        const int64_t per_seq = kSeqKeys / page;
+        if (b.CanCapture() && pages >= kBatch * per_seq) {
+          std::vector<std::vector<int32_t>> tables(kBatch);
+          std::vector<int32_t> flat(kBatch * per_seq), batch_positions(kBatch, static_cast<int32_t>(kSeqKeys - 1));
+          for (int64_t seq = 0; seq < kBatch; ++seq) {
+            for (int64_t i = 0; i < per_seq; ++i) {
+              tables[seq].push_back(static_cast<int32_t>(i * kBatch + seq));
+              flat[seq * per_seq + i] = tables[seq].back();
+            }
+          }
+          ASSIGN_OR_RETURN(Tensor positions, b.Alloc(DType::kI32, {kBatch, 1, 1, 1}));
+          ASSIGN_OR_RETURN(Tensor page_tables, b.Alloc(DType::kI32, {per_seq, kBatch, 1, 1}));
+          b.Upload(batch_positions.data(), batch_positions.size() * sizeof(int32_t), positions);
+          b.Upload(flat.data(), flat.size() * sizeof(int32_t), page_tables);
+          kernels::DeviceStep device{positions, page_tables};
+          ASSIGN_OR_RETURN(Tensor q_batch, Random(b, DType::kF32, {L, H, kBatch, 1}, 0, 0.05f));
+          ASSIGN_OR_RETURN(Tensor out_batch, b.Alloc(DType::kF32, {R, H, kBatch, 1}));
+          std::vector<kernels::LatentSeqView> recorded;
+          for (int64_t seq = 0; seq < kBatch; ++seq) recorded.push_back({tables[seq], kSeqKeys - 1, seq, 1, &device});
+          constexpr int kReplays = 20;
+          for (const char* kernel : {"wgmma", "mma"}) {
+            setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+            RETURN_IF_ERROR(b.BeginCapture());
+            b.MlaAttention(q_batch, pool, recorded, 0.07f, out_batch);
+            ASSIGN_OR_RETURN(std::unique_ptr<Backend::Graph> graph, b.EndCapture());
+            absl::Status replayed;
+            memory_row(absl::StrCat("decode_mla_recorded_", kernel, "_f16_batch32"), "32 x 32768 ctx x 20",
+                       kReplays * kBatch * kSeqKeys * L * 2.0, [&] {
+                         for (int i = 0; i < kReplays && replayed.ok(); ++i) replayed = b.Replay(*graph);
+                       });
+            RETURN_IF_ERROR(replayed);
+          }
+          unsetenv("LATENTSERVE_MLA_DECODE");
+        }
       } else {
         compute_row("prefill_mla_absorbed_f16", std::to_string(n) + " q @ " + std::to_string(ctx) + " ctx",
                     2.0 * n * H * (depth + n / 2.0) * (L + R), op);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_mla_decode.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/mma_sync.cuh"
@@ -24,11 +25,10 @@
 namespace latentserve::kernels::cuda {
 namespace {
 
-constexpr int kWidth = 576;     // L: latent row
-constexpr int kValue = 512;     // R: value part of the row
+constexpr int kWidth = kMlaDecodeWidth;  // L: latent row
+constexpr int kValue = kMlaDecodeValue;  // R: value part of the row
 constexpr int kMaxHeads = 32;
-constexpr int kTile = 64;       // cache rows per tile
-constexpr int kMinSplit = 128;  // keys per CTA at least (two tiles)
+constexpr int kTile = kMlaDecodeTile;    // cache rows per tile
 constexpr int kMaxRanges = 1024; // ranges per sequence at most (the merge keeps their weights in shared memory)
 constexpr int kMaxRangePages = 1024;  // page-table entries a range may span (copied to shared memory)
 constexpr int kWarps = 8;
@@ -40,25 +40,11 @@ constexpr size_t kSmemBytes = size_t{kMaxHeads} * kWidth * 2 + 2 * kRowsBytes +
                               size_t{kDimGroups} * kMaxHeads * kTile * 4 + size_t{kMaxHeads} * kTile * 2 +
                               3 * kMaxHeads * 4 + kMaxRangePages * 4;
 
-struct DecodeSeq {
-  int64_t keys;         // cached + 1: positions [0, keys) are visible (with `positions`: at most)
-  int64_t token;        // batch column of its token
-  int32_t table_offset; // first entry of its page table in `tables`
-  int32_t first_split;  // first of its ranges in the partial outputs
-  int32_t ranges;       // ranges it may use: each covers SplitKeys(keys, ranges) keys
-};
-
-// Recorded steps (DeviceStep) read each sequence's position at run time; otherwise `keys`.
+using DecodeSeq = MlaDecodeSeq;
 __device__ __forceinline__ int64_t VisibleKeys(const DecodeSeq& seq, const int32_t* positions, int index) {
-  return positions ? min(int64_t{positions[index]} + 1, seq.keys) : seq.keys;
+  return MlaDecodeVisibleKeys(seq, positions, index);
 }
-
-// Keys per range: the sequence's keys over its ranges, whole tiles, at least kMinSplit.
-__host__ __device__ __forceinline__ int64_t SplitKeys(int64_t keys, int ranges) {
-  int64_t split = (keys + ranges - 1) / ranges;
-  split = split < kMinSplit ? kMinSplit : split;
-  return (split + kTile - 1) / kTile * kTile;
-}
+__host__ __device__ __forceinline__ int64_t SplitKeys(int64_t keys, int ranges) { return MlaDecodeSplitKeys(keys, ranges); }
 
 __device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowChunks + (chunk ^ (row & 7)); }
 
@@ -84,6 +70,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t split_keys = SplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
   if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
+  AllowDependents();  // the merge may be placed as CTAs finish; it waits for all of them
   const int64_t end = min(keys, begin + split_keys);
   const int tiles = static_cast<int>((end - begin + kTile - 1) / kTile);
   const int32_t* table = tables + seq.table_offset;
@@ -279,38 +266,53 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// One block per (head, sequence, 128 value columns): out = sum_r 2^(m_r - M) O_r / sum_r 2^(m_r - M) l_r,
-// the ranges' weights computed once into shared memory, then one column per thread with the
-// ranges' partial rows read in parallel (coalesced across the block, unrolled across ranges).
-__global__ void MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum,
-                                  const DecodeSeq* seqs, const int32_t* positions, int64_t heads, float* out) {
+// One block per (head, sequence, 32 value columns): out = sum_r 2^(m_r - M) O_r / sum_r 2^(m_r - M) l_r.
+// The ranges' weights go to shared memory once; then each of the 8 warps sums every 8th range
+// for the 32 columns (one 128-byte line per range and warp), and the warps' sums are added.
+// Launched as a programmatic dependent: it waits for the decode kernel before reading.
+constexpr int kMergeColumns = 32, kMergeGroups = 8;
+__global__ void __launch_bounds__(kMergeColumns * kMergeGroups)
+    MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum, const DecodeSeq* seqs,
+                      const int32_t* positions, int64_t heads, float* out) {
   AllowDependents();
   __shared__ float weight[kMaxRanges];
   __shared__ float total;
+  __shared__ float sums[kMergeGroups][kMergeColumns];
+  WaitForPredecessor();
   const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t h = blockIdx.x;
   const int64_t keys = VisibleKeys(seq, positions, blockIdx.y);
   const int64_t split_keys = SplitKeys(keys, seq.ranges);
   const int ranges = static_cast<int>((keys + split_keys - 1) / split_keys);
-  if (threadIdx.x < 32) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp == 0) {
     float m = -INFINITY;
-    for (int r = threadIdx.x; r < ranges; r += 32) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
+    for (int r = lane; r < ranges; r += 32) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
     for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
     float sum = 0.0f;
-    for (int r = threadIdx.x; r < ranges; r += 32) {
+    for (int r = lane; r < ranges; r += 32) {
       const int64_t i = (seq.first_split + r) * heads + h;
       weight[r] = exp2f(partial_max[i] - m);
       sum += weight[r] * partial_sum[i];
     }
     for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-    if (threadIdx.x == 0) total = sum;
+    if (lane == 0) total = sum;
   }
   __syncthreads();
-  const int64_t d = blockIdx.z * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t d = blockIdx.z * int64_t{kMergeColumns} + lane;
   float acc = 0.0f;
-#pragma unroll 8
-  for (int r = 0; r < ranges; ++r) acc += weight[r] * partial[((seq.first_split + r) * heads + h) * kValue + d];
-  out[(seq.token * heads + h) * kValue + d] = acc / total;
+#pragma unroll 4
+  for (int r = warp; r < ranges; r += kMergeGroups) {
+    acc += weight[r] * partial[((seq.first_split + r) * heads + h) * kValue + d];
+  }
+  sums[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float x = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kMergeGroups; ++g) x += sums[g][lane];
+    out[(seq.token * heads + h) * kValue + d] = x / total;
+  }
 }
 
 }  // namespace
@@ -319,10 +321,17 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                                  float scale, const Tensor& out) {
   const int64_t heads = q.ne[1];
   if (q.ne[0] != kWidth || out.ne[0] != kValue || heads % 16 != 0 || heads > kMaxHeads) return false;
+  // LATENTSERVE_MLA_DECODE: unset or "wgmma" the Hopper kernel where it applies, "mma" the
+  // mma.sync kernel, "gather" neither (the caller gathers the rows; benchmarks).
   const char* forced = std::getenv("LATENTSERVE_MLA_DECODE");
   if (forced != nullptr && std::strcmp(forced, "gather") == 0) return false;
   if (seqs.empty()) return true;
   const int64_t page_tokens = pool.ne[1];
+  const int64_t pool_rows = pool.ne[1] * pool.ne[2] * pool.ne[3];
+  // The Hopper kernel: f16 rows, tiles that never cross a page, TMA row coordinates in 32 bits.
+  const bool wgmma = !(forced != nullptr && std::strcmp(forced, "mma") == 0) && pool.dtype == DType::kF16 &&
+                     page_tokens % kTile == 0 && pool_rows < (int64_t{1} << 31);
+  const int ctas_per_sm = wgmma ? 1 : 2;  // its 190 KB of shared memory leave room for one
   int device_sms = 0;
   CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
   std::vector<DecodeSeq> meta;
@@ -337,9 +346,11 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
     // ranges sized at run time from its position; pages straight from the step's tables.
     const int64_t batch = static_cast<int64_t>(seqs.size()), stride = step->page_tables.ne[0];
     if (step->positions.elements() < batch || step->page_tables.rows() < batch) return false;
-    const int ranges = static_cast<int>(std::clamp<int64_t>(2 * int64_t{device_sms} / batch, 1, kMaxRanges));
+    const int ranges =
+        static_cast<int>(std::clamp<int64_t>(ctas_per_sm * int64_t{device_sms} / batch, 1, kMaxRanges));
     const int64_t max_keys = stride * page_tokens;
-    if (max_keys >= (int64_t{1} << 31) || SplitKeys(max_keys, ranges) / page_tokens + 2 > kMaxRangePages) return false;
+    if (max_keys >= (int64_t{1} << 31)) return false;
+    if (!wgmma && SplitKeys(max_keys, ranges) / page_tokens + 2 > kMaxRangePages) return false;
     for (int64_t b = 0; b < batch; ++b) {
       if (seqs[b].device != step || seqs[b].token_count != 1 || seqs[b].first_token != b) return false;
       meta.push_back({max_keys, b, static_cast<int32_t>(b * stride), splits, ranges});
@@ -354,8 +365,9 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       if (seq.token_count != 1 || seq.cached_tokens + 1 >= (int64_t{1} << 31)) return false;  // 32-bit positions
       total_keys += seq.cached_tokens + 1;
     }
-    const int64_t split = SplitKeys(std::max<int64_t>(1, total_keys / (2 * int64_t{device_sms})), 1);
-    if (split / page_tokens + 2 > kMaxRangePages) return false;  // a range's pages must fit shared memory
+    const int64_t split = SplitKeys(std::max<int64_t>(1, total_keys / (ctas_per_sm * int64_t{device_sms})), 1);
+    // The mma.sync kernel keeps a range's page ids in shared memory.
+    if (!wgmma && split / page_tokens + 2 > kMaxRangePages) return false;
     std::vector<int32_t> plan_offsets;
     device_tables = SharedPlan(seqs, &plan_offsets);  // the forward's page plan, if any
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -379,15 +391,26 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
   const dim3 grid(static_cast<unsigned>(max_ranges), static_cast<unsigned>(meta.size()));
   const float scale_log2 = scale * 1.4426950408889634f;
-  auto kernel = heads == 16 ? MlaDecodePagedKernel<1> : MlaDecodePagedKernel<2>;
-  CUDA_OK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
-  kernel<<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool), pool.row_bytes(),
-                                                  page_tokens, device_tables, device_meta, positions, partial,
-                                                  partial_max, partial_sum);
-  LAUNCH_OK();
-  MergeRangesKernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size()), kValue / 128), 128, 0,
-                      stream_>>>(partial, partial_max, partial_sum, device_meta, positions, heads, DevF32(out));
-  LAUNCH_OK();
+  if (wgmma) {
+    MlaDecodeWgmmaArgs args{DevF32(q),        scale_log2,   reinterpret_cast<const __half*>(DevPtr(pool)),
+                            pool_rows,        static_cast<int64_t>(pool.row_bytes()), page_tokens,
+                            device_tables,    device_meta,  positions,
+                            partial,          partial_max,  partial_sum,
+                            static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
+    CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
+  } else {
+    auto kernel = heads == 16 ? MlaDecodePagedKernel<1> : MlaDecodePagedKernel<2>;
+    CUDA_OK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
+    kernel<<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool), pool.row_bytes(),
+                                                    page_tokens, device_tables, device_meta, positions, partial,
+                                                    partial_max, partial_sum);
+    LAUNCH_OK();
+  }
+  CUDA_OK(LaunchDependent(MergeRangesKernel,
+                          dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size()), kValue / kMergeColumns),
+                          dim3(kMergeColumns * kMergeGroups), 0, stream_, static_cast<const float*>(partial),
+                          static_cast<const float*>(partial_max), static_cast<const float*>(partial_sum),
+                          static_cast<const DecodeSeq*>(device_meta), positions, heads, DevF32(out)));
   return true;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
@@ -375,10 +376,15 @@ TEST_P(MlaDecodeContexts, LongContextAllHeads) {
   cpu_->LatentStore(fresh.cpu, step, pool.cpu);
   gpu_->LatentStore(fresh.gpu, step, pool.gpu);
   auto q = F32({width, heads, 2, 1}, Random(width * heads * 2, -0.3f, 0.3f));
-  auto out = Poisoned({value_dim, heads, 2, 1});
-  cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
-  gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
-  Expect(out, 1e-5, "MlaAttention decode 32 heads x " + std::to_string(cached0 + 1) + " keys (f16 GEMMs)");
+  for (const char* kernel : {"wgmma", "mma", "gather"}) {
+    setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+    auto out = Poisoned({value_dim, heads, 2, 1});
+    cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
+    gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
+    Expect(out, 1e-5, "MlaAttention decode (" + std::string(kernel) + ") 32 heads x " + std::to_string(cached0 + 1) +
+                          " keys");
+  }
+  unsetenv("LATENTSERVE_MLA_DECODE");
   // The same step with its pages from a page plan (the model's path).
   Tensor plan;
   const std::vector<LatentSeqView> planned = Planned(step, &plan);
@@ -401,9 +407,14 @@ TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
   for (int64_t c : cached) pages += (c + 1 + page - 1) / page;
   std::vector<int32_t> order(pages);
   for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);  // 37 is prime to the count
+  // Rows never written hold NaN (float caches): a kernel must not let them reach the output.
+  const float poison = std::numeric_limits<float>::quiet_NaN();
+  for (const char* kernel : {"wgmma", "mma"}) {
+  setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
   for (int64_t heads : {16, 32}) {
     for (DType type : {DType::kF16, DType::kF32, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
-      auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
+      const bool float_rows = type == DType::kF16 || type == DType::kF32 || type == DType::kBF16;
+      auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, float_rows ? poison : 0.0f));
       std::vector<std::vector<int32_t>> tables;
       int64_t next = 0, total = 0;
       for (int64_t c : cached) {
@@ -429,10 +440,12 @@ TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
       auto out = Poisoned({value_dim, heads, n, 1});
       cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
       gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
-      Expect(out, 1e-5, std::string("MlaAttention paged decode ") + DTypeName(type) + " " + std::to_string(heads) +
-                            " heads");
+      Expect(out, 1e-5, std::string("MlaAttention paged decode (") + kernel + ") " + DTypeName(type) + " " +
+                            std::to_string(heads) + " heads");
     }
   }
+  }
+  unsetenv("LATENTSERVE_MLA_DECODE");
 }
 
 // A decode step recorded once (CUDA graph) and replayed for two steps: LatentStore and the
@@ -447,6 +460,8 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
   for (int64_t c : cached) pages += (c + 2 + page - 1) / page;
   std::vector<int32_t> order(pages);
   for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);
+  for (const char* kernel : {"wgmma", "mma"}) {
+  setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
   for (DType type : {DType::kF16, DType::kQ8_0}) {
     auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
     std::vector<std::vector<int32_t>> tables;
@@ -499,9 +514,12 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
       cpu_->MlaAttention(q.cpu, pool.cpu, views, 1.0f / std::sqrt(192.0f), out.cpu);
       ASSERT_TRUE(gpu_->Replay(**graph).ok());
       gpu_->Copy(out_gpu, out.gpu);
-      Expect(out, 1e-5, std::string("recorded MLA decode step ") + std::to_string(step) + " " + DTypeName(type));
+      Expect(out, 1e-5, std::string("recorded MLA decode step (") + kernel + ") " + std::to_string(step) + " " +
+                            DTypeName(type));
     }
   }
+  }
+  unsetenv("LATENTSERVE_MLA_DECODE");
 }
 
 TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
