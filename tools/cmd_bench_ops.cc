@@ -269,8 +269,10 @@ absl::Status Run(int argc, char** argv) {
       auto op = [&] { b.MlaAttention(q, pool, seqs, 0.07f, out); };
       if (n == 1) {
         memory_row("decode_mla_paged_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
-        setenv("LATENTSERVE_MLA_DECODE", "mma", 1);  // the mma.sync kernel, same run
-        memory_row("decode_mla_paged_mma_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        if (!cpu) {
+          setenv("LATENTSERVE_MLA_DECODE", "mma", 1);  // the mma.sync kernel, same run
+          memory_row("decode_mla_paged_mma_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
+        }
         setenv("LATENTSERVE_MLA_DECODE", "gather", 1);  // the gather path, same run
         memory_row("decode_mla_gather_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
         unsetenv("LATENTSERVE_MLA_DECODE");

@@ -328,10 +328,15 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   if (seqs.empty()) return true;
   const int64_t page_tokens = pool.ne[1];
   const int64_t pool_rows = pool.ne[1] * pool.ne[2] * pool.ne[3];
-  // The Hopper kernel: f16 rows, tiles that never cross a page, TMA row coordinates in 32 bits.
-  const bool wgmma = !(forced != nullptr && std::strcmp(forced, "mma") == 0) && pool.dtype == DType::kF16 &&
-                     page_tokens % kTile == 0 && pool_rows < (int64_t{1} << 31);
-  const int ctas_per_sm = wgmma ? 1 : 2;  // its 190 KB of shared memory leave room for one
+  // The Hopper kernel: a Hopper GPU (it is built for sm_90a alone), f16 rows, tiles that never
+  // cross a page, TMA row coordinates in 32 bits.
+  int major = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+  const bool wgmma = !(forced != nullptr && std::strcmp(forced, "mma") == 0) && major == 9 &&
+                     pool.dtype == DType::kF16 && page_tokens % kTile == 0 && pool_rows < (int64_t{1} << 31);
+  // Both kernels fit one CTA per multiprocessor (222 KB and 220 KB of shared memory); the
+  // mma.sync kernel's grid is two waves of them (its ranges are shorter), the wgmma kernel's one.
+  const int ctas_per_sm = wgmma ? 1 : 2;
   int device_sms = 0;
   CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
   std::vector<DecodeSeq> meta;
@@ -342,7 +347,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   int max_ranges = 0;
   const DeviceStep* step = seqs[0].device;
   if (step != nullptr) {
-    // A recorded step: a fixed grid (about two CTAs per SM over the batch), each sequence's
+    // A recorded step: a fixed grid (ctas_per_sm per SM over the batch), each sequence's
     // ranges sized at run time from its position; pages straight from the step's tables.
     const int64_t batch = static_cast<int64_t>(seqs.size()), stride = step->page_tables.ne[0];
     if (step->positions.elements() < batch || step->page_tables.rows() < batch) return false;

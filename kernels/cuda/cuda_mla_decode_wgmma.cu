@@ -1,11 +1,12 @@
 // The paged MLA decode on Hopper: bytes of the latent cache at the rate HBM gives them.
 //
 // One CTA per (key range, sequence), one per multiprocessor. A producer warp streams the range's
-// 64-row tiles straight from their pages into shared memory by TMA (nine 64 x 64 boxes per tile,
-// 128-byte swizzle, one mbarrier per box so the scores start on the first box while the others
-// land; two tiles of 72 KB in the ring), and one consumer warpgroup computes, per tile, in the
-// transposed form that keeps 16 or 32 query heads unpadded (wgmma's M is 64: keys and value
-// dimensions take that side, the heads are N):
+// 64-row tiles straight from their pages into shared memory by TMA: nine 64 x 64 boxes per tile
+// (128-byte swizzle) through a ring of 22 box slots (176 KB, 2.4 tiles), each slot with a "full"
+// and an "empty" mbarrier, so the next tile's boxes are in flight while one is computed and a
+// box goes back to the producer as soon as its last read is done. One consumer warpgroup
+// computes, per tile, in the transposed form that keeps 16 or 32 query heads unpadded (wgmma's
+// M is 64: keys and value dimensions take that side, the heads are N):
 //   S^T [64 keys x H]  = rows [64 x 576] . Q^T          wgmma m64nHk16, both from shared memory
 //   online softmax per head (a column): max over the warpgroup's four warps through shared memory
 //   O^T [512 x H]     += rows[:, 0:512]^T . P^T          wgmma m64nHk16, A from registers
@@ -18,9 +19,11 @@
 // rows may hold anything, NaN included).
 #include <cuda.h>
 
+#include <atomic>
 #include <cstddef>
 
 #include "kernels/cuda/cuda_mla_decode.h"
+#include "kernels/cuda/cuda_mla_decode_stats.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/wgmma_tma.cuh"
 
@@ -364,10 +367,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+#else
+  __trap();  // built without sm_90a: never launched (the host selects the mma.sync kernel)
 #endif
 }
 
+std::atomic<int64_t> launches{0};
+
 }  // namespace
+
+int64_t MlaDecodeWgmmaLaunches() { return launches.load(); }
 
 size_t MlaDecodeWgmmaSmem(int heads) { return heads == 16 ? Layout<16>::kBytes : Layout<32>::kBytes; }
 
@@ -376,18 +385,33 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& a, cudaStream_t strea
       a.row_bytes % 16 != 0) {
     return cudaErrorInvalidValue;
   }
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {kMlaDecodeWidth, static_cast<cuuint64_t>(a.pool_rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.row_bytes)};
-  const cuuint32_t box[2] = {64, kMlaDecodeTile};
-  if (const cudaError_t e = sm90::EncodeMap(&map, a.pool, 2, dims, strides, box); e != cudaSuccess) return e;
+  // The pool's tensor map, kept while the same pool comes back (every layer of a step, every
+  // step): encoding one is a driver call of a few microseconds.
+  struct MapCache {
+    const void* pool = nullptr;
+    int64_t rows = 0, row_bytes = 0;
+    CUtensorMap map;
+  };
+  thread_local MapCache cache;
+  if (cache.pool != a.pool || cache.rows != a.pool_rows || cache.row_bytes != a.row_bytes) {
+    const cuuint64_t dims[2] = {kMlaDecodeWidth, static_cast<cuuint64_t>(a.pool_rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.row_bytes)};
+    const cuuint32_t box[2] = {64, kMlaDecodeTile};
+    cache.pool = nullptr;
+    if (const cudaError_t e = sm90::EncodeMap(&cache.map, a.pool, 2, dims, strides, box); e != cudaSuccess) return e;
+    cache.pool = a.pool;
+    cache.rows = a.pool_rows;
+    cache.row_bytes = a.row_bytes;
+  }
   auto kernel = a.heads == 16 ? MlaDecodeWgmmaKernel<16> : MlaDecodeWgmmaKernel<32>;
   const int smem = static_cast<int>(MlaDecodeWgmmaSmem(a.heads));
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       e != cudaSuccess) {
     return e;
   }
-  kernel<<<dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)), kThreads, smem, stream>>>(map, a);
+  kernel<<<dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)), kThreads, smem, stream>>>(
+      cache.map, a);
+  launches.fetch_add(1);
   return cudaGetLastError();
 }
 

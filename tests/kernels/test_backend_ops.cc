@@ -15,10 +15,23 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_mla_decode_stats.h"
 #include "tests/kernels/op_fixtures.h"
 
 namespace latentserve::kernels {
 namespace {
+
+// Sets an environment variable for a scope (a failed ASSERT returns without leaking it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
 
 using op_test::kExact;
 using op_test::kHalfActivations;
@@ -377,14 +390,13 @@ TEST_P(MlaDecodeContexts, LongContextAllHeads) {
   gpu_->LatentStore(fresh.gpu, step, pool.gpu);
   auto q = F32({width, heads, 2, 1}, Random(width * heads * 2, -0.3f, 0.3f));
   for (const char* kernel : {"wgmma", "mma", "gather"}) {
-    setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+    ScopedEnv env("LATENTSERVE_MLA_DECODE", kernel);
     auto out = Poisoned({value_dim, heads, 2, 1});
     cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
     gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
     Expect(out, 1e-5, "MlaAttention decode (" + std::string(kernel) + ") 32 heads x " + std::to_string(cached0 + 1) +
                           " keys");
   }
-  unsetenv("LATENTSERVE_MLA_DECODE");
   // The same step with its pages from a page plan (the model's path).
   Tensor plan;
   const std::vector<LatentSeqView> planned = Planned(step, &plan);
@@ -410,7 +422,7 @@ TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
   // Rows never written hold NaN (float caches): a kernel must not let them reach the output.
   const float poison = std::numeric_limits<float>::quiet_NaN();
   for (const char* kernel : {"wgmma", "mma"}) {
-  setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+  ScopedEnv env("LATENTSERVE_MLA_DECODE", kernel);
   for (int64_t heads : {16, 32}) {
     for (DType type : {DType::kF16, DType::kF32, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
       const bool float_rows = type == DType::kF16 || type == DType::kF32 || type == DType::kBF16;
@@ -439,13 +451,65 @@ TEST_F(BackendOps, MlaDecodePagedAllCacheTypes) {
       auto q = F32({width, heads, n, 1}, Random(width * heads * n, -0.3f, 0.3f));
       auto out = Poisoned({value_dim, heads, n, 1});
       cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), out.cpu);
+      const int64_t launches = cuda::MlaDecodeWgmmaLaunches();
       gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
+      // The Hopper kernel answers f16 caches unless told not to; the mma.sync kernel the rest.
+      const bool expect_wgmma = std::string(kernel) == "wgmma" && type == DType::kF16;
+      EXPECT_EQ(cuda::MlaDecodeWgmmaLaunches() - launches, expect_wgmma ? 1 : 0) << kernel << " " << DTypeName(type);
       Expect(out, 1e-5, std::string("MlaAttention paged decode (") + kernel + ") " + DTypeName(type) + " " +
                             std::to_string(heads) + " heads");
     }
   }
   }
-  unsetenv("LATENTSERVE_MLA_DECODE");
+}
+
+// Long ranges (many tiles each, so the wgmma kernel's ring of boxes wraps many times) over
+// 256-row pages (tiles inside a page, ranges starting mid-page), unwritten rows NaN, 16 and 32
+// heads, both kernels; checked against the CPU.
+TEST_F(BackendOps, MlaDecodePagedLongRangesPoisonedPages) {
+  const int64_t width = 576, value_dim = 512, page = 256;
+  const std::vector<int64_t> cached = {45000, 20000, 130};
+  int64_t pages = 0, total = 0;
+  for (int64_t c : cached) pages += (c + 1 + page - 1) / page, total += c;
+  std::vector<int32_t> order(pages);
+  for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);  // 37 is prime to the count
+  auto pool = Make(DType::kF16, {width, page, pages, 1},
+                   std::vector<float>(width * page * pages, std::numeric_limits<float>::quiet_NaN()));
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<LatentSeqView> history, step;
+  int64_t next = 0, column = 0;
+  for (size_t s = 0; s < cached.size(); ++s) {
+    const int64_t count = (cached[s] + 1 + page - 1) / page;
+    tables.emplace_back(order.begin() + next, order.begin() + next + count);
+    next += count;
+  }
+  for (size_t s = 0; s < cached.size(); ++s) {
+    history.push_back({tables[s], 0, column, cached[s]});
+    column += cached[s];
+    step.push_back({tables[s], cached[s], int64_t(s), 1});
+  }
+  auto rows = F32({width, total, 1, 1}, Random(width * total, -2, 2));
+  cpu_->LatentStore(rows.cpu, history, pool.cpu);
+  gpu_->LatentStore(rows.gpu, history, pool.gpu);
+  const int64_t n = static_cast<int64_t>(cached.size());
+  auto fresh = F32({width, n, 1, 1}, Random(width * n, -2, 2));
+  cpu_->LatentStore(fresh.cpu, step, pool.cpu);
+  gpu_->LatentStore(fresh.gpu, step, pool.gpu);
+  for (int64_t heads : {16, 32}) {
+    auto q = F32({width, heads, n, 1}, Random(width * heads * n, -0.3f, 0.3f));
+    auto expected = Poisoned({value_dim, heads, n, 1});
+    cpu_->MlaAttention(q.cpu, pool.cpu, step, 1.0f / std::sqrt(192.0f), expected.cpu);
+    for (const char* kernel : {"wgmma", "mma"}) {
+      ScopedEnv env("LATENTSERVE_MLA_DECODE", kernel);
+      auto out = Poisoned({value_dim, heads, n, 1});
+      cpu_->Copy(expected.cpu, out.cpu);  // the CPU answer, computed once
+      const int64_t launches = cuda::MlaDecodeWgmmaLaunches();
+      gpu_->MlaAttention(q.gpu, pool.gpu, step, 1.0f / std::sqrt(192.0f), out.gpu);
+      EXPECT_EQ(cuda::MlaDecodeWgmmaLaunches() - launches, std::string(kernel) == "wgmma" ? 1 : 0);
+      Expect(out, 1e-5, std::string("long ranges, NaN in unwritten rows (") + kernel + ") " + std::to_string(heads) +
+                            " heads");
+    }
+  }
 }
 
 // A decode step recorded once (CUDA graph) and replayed for two steps: LatentStore and the
@@ -461,7 +525,7 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
   std::vector<int32_t> order(pages);
   for (int64_t i = 0; i < pages; ++i) order[i] = int32_t((i * 37) % pages);
   for (const char* kernel : {"wgmma", "mma"}) {
-  setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+  ScopedEnv env("LATENTSERVE_MLA_DECODE", kernel);
   for (DType type : {DType::kF16, DType::kQ8_0}) {
     auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
     std::vector<std::vector<int32_t>> tables;
@@ -519,7 +583,6 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
     }
   }
   }
-  unsetenv("LATENTSERVE_MLA_DECODE");
 }
 
 TEST_F(BackendOps, MlaPrefillChunkOnTensorCores) {
