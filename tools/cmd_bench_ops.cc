@@ -277,7 +277,31 @@ absl::Status Run(int argc, char** argv) {
         memory_row("decode_mla_gather_f16", std::to_string(ctx) + " ctx", ctx * L * 2.0, op);
         unsetenv("LATENTSERVE_MLA_DECODE");
         // As a decode step runs it: recorded once (positions and pages from device memory) and
-        // replayed 20 times back to back, so no host work or launch gap sits between calls.
+        // replayed 20 times back to back, so no host work or launch gap sits between calls; each
+        // decode kernel in turn. `views` carry `device`; `keys` all sequences' keys together.
+        auto recorded_rows = [&](const Tensor& queries, const Tensor& output,
+                                 const std::vector<kernels::LatentSeqView>& views, const std::string& suffix,
+                                 const std::string& shape, int64_t keys) -> absl::Status {
+          constexpr int kReplays = 20;
+          for (const char* kernel : {"wgmma", "mma"}) {
+            setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
+            absl::Status status = b.BeginCapture();
+            if (status.ok()) {
+              b.MlaAttention(queries, pool, views, 0.07f, output);
+              absl::StatusOr<std::unique_ptr<Backend::Graph>> graph = b.EndCapture();
+              status = graph.status();
+              if (status.ok()) {
+                memory_row(absl::StrCat("decode_mla_recorded_", kernel, "_f16", suffix), shape + " x 20",
+                           kReplays * keys * L * 2.0, [&] {
+                             for (int i = 0; i < kReplays && status.ok(); ++i) status = b.Replay(**graph);
+                           });
+              }
+            }
+            unsetenv("LATENTSERVE_MLA_DECODE");
+            if (!status.ok()) return status;
+          }
+          return absl::OkStatus();
+        };
         if (b.CanCapture()) {
           ASSIGN_OR_RETURN(Tensor positions, b.Alloc(DType::kI32, {1, 1, 1, 1}));
           ASSIGN_OR_RETURN(Tensor page_tables, b.Alloc(DType::kI32, {pages, 1, 1, 1}));
@@ -285,21 +309,7 @@ absl::Status Run(int argc, char** argv) {
           b.Upload(&position, sizeof(position), positions);
           b.Upload(table.data(), table.size() * sizeof(int32_t), page_tables);
           kernels::DeviceStep device{positions, page_tables};
-          const std::vector<kernels::LatentSeqView> recorded = {{table, depth, 0, 1, &device}};
-          constexpr int kReplays = 20;
-          for (const char* kernel : {"wgmma", "mma"}) {
-            setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
-            RETURN_IF_ERROR(b.BeginCapture());
-            b.MlaAttention(q, pool, recorded, 0.07f, out);
-            ASSIGN_OR_RETURN(std::unique_ptr<Backend::Graph> graph, b.EndCapture());
-            absl::Status replayed;
-            memory_row(absl::StrCat("decode_mla_recorded_", kernel, "_f16"), std::to_string(ctx) + " ctx x 20",
-                       kReplays * ctx * L * 2.0, [&] {
-                         for (int i = 0; i < kReplays && replayed.ok(); ++i) replayed = b.Replay(*graph);
-                       });
-            RETURN_IF_ERROR(replayed);
-          }
-          unsetenv("LATENTSERVE_MLA_DECODE");
+          RETURN_IF_ERROR(recorded_rows(q, out, {{table, depth, 0, 1, &device}}, "", std::to_string(ctx) + " ctx", ctx));
         }
         // A batch of 32 sequences of 32,768 keys each, pages interleaved (when the pool has room:
         // --context of 1M and more), recorded the same way.
@@ -321,22 +331,9 @@ absl::Status Run(int argc, char** argv) {
           kernels::DeviceStep device{positions, page_tables};
           ASSIGN_OR_RETURN(Tensor q_batch, Random(b, DType::kF32, {L, H, kBatch, 1}, 0, 0.05f));
           ASSIGN_OR_RETURN(Tensor out_batch, b.Alloc(DType::kF32, {R, H, kBatch, 1}));
-          std::vector<kernels::LatentSeqView> recorded;
-          for (int64_t seq = 0; seq < kBatch; ++seq) recorded.push_back({tables[seq], kSeqKeys - 1, seq, 1, &device});
-          constexpr int kReplays = 20;
-          for (const char* kernel : {"wgmma", "mma"}) {
-            setenv("LATENTSERVE_MLA_DECODE", kernel, 1);
-            RETURN_IF_ERROR(b.BeginCapture());
-            b.MlaAttention(q_batch, pool, recorded, 0.07f, out_batch);
-            ASSIGN_OR_RETURN(std::unique_ptr<Backend::Graph> graph, b.EndCapture());
-            absl::Status replayed;
-            memory_row(absl::StrCat("decode_mla_recorded_", kernel, "_f16_batch32"), "32 x 32768 ctx x 20",
-                       kReplays * kBatch * kSeqKeys * L * 2.0, [&] {
-                         for (int i = 0; i < kReplays && replayed.ok(); ++i) replayed = b.Replay(*graph);
-                       });
-            RETURN_IF_ERROR(replayed);
-          }
-          unsetenv("LATENTSERVE_MLA_DECODE");
+          std::vector<kernels::LatentSeqView> views;
+          for (int64_t seq = 0; seq < kBatch; ++seq) views.push_back({tables[seq], kSeqKeys - 1, seq, 1, &device});
+          RETURN_IF_ERROR(recorded_rows(q_batch, out_batch, views, "_batch32", "32 x 32768 ctx", kBatch * kSeqKeys));
         }
       } else {
         compute_row("prefill_mla_absorbed_f16", std::to_string(n) + " q @ " + std::to_string(ctx) + " ctx",

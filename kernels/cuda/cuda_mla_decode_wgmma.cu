@@ -34,6 +34,8 @@ using sm90::BarrierExpect;
 using sm90::BarrierInit;
 using sm90::BarrierWait;
 using sm90::Descriptor;
+using sm90::FenceOperands;
+using sm90::LdMatrixX4Trans;
 using sm90::PackHalf2;
 using sm90::SwizzledOffset;
 using sm90::TmaLoad2d;
@@ -67,16 +69,6 @@ __device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.as
 __device__ __forceinline__ void ConsumerBarrier() { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
 __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem));
-}
-template <int N>
-__device__ __forceinline__ void Pin(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // d [64 x N] += A [64 x 16] . B [16 x N], f16 in, f32 accumulators; d[4j + c]: row
@@ -133,7 +125,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full = base + L::kBars, empty = full + kSlots * 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  const MlaDecodeSeq seq = a.seqs[blockIdx.y];
+  const MlaDecodeSeq seq = MlaDecodeLoadSeq(a.seqs, a.uniform, blockIdx.y);
   const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
   const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
@@ -229,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     float s[kAcc];
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) s[i] = 0.0f;
-    Pin(s);
+    FenceOperands(s);
     WgmmaFence();
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) {
@@ -241,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     WgmmaCommit();
     WgmmaWaitAll();
-    Pin(s);
+    FenceOperands(s);
     BarrierArrive(empty + 8 * slot[kBlocks - 1]);  // the last box holds no values
 
     // Online softmax per head: the tile's max over the four warps' rows.
@@ -330,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     WgmmaWaitAll();
 #pragma unroll
-    for (int mb = 0; mb < kValueBlocks; ++mb) Pin(o[mb]);
+    for (int mb = 0; mb < kValueBlocks; ++mb) FenceOperands(o[mb]);
   }
 
   // The range's output: O^T rows are value dimensions, columns heads.

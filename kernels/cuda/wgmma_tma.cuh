@@ -40,6 +40,13 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem) {
                : "r"(smem));
 }
 
+// The same four 8x8 matrices, transposed on the way (each lane gets a column pair).
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem));
+}
+
 template <int N>
 __device__ __forceinline__ void FenceOperands(float (&d)[N]) {
 #pragma unroll
