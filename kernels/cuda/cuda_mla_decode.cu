@@ -52,8 +52,7 @@ __device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kRowCh
 template <int kMTiles>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaDecodePagedKernel(const float* q, float scale_log2, DType type, const uint8_t* pool, size_t row_bytes,
-                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, MlaDecodeUniform uniform,
-                         const int32_t* positions,
+                         int64_t page_tokens, const int32_t* tables, const DecodeSeq* seqs, const int32_t* positions,
                          float* partial, float* partial_max, float* partial_sum) {
   constexpr int kHeads = kMTiles * 16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -66,7 +65,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_correction = s_sum + kMaxHeads;
   int32_t* s_table = reinterpret_cast<int32_t*>(s_correction + kMaxHeads);  // this range's pages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const DecodeSeq seq = MlaDecodeLoadSeq(seqs, uniform, blockIdx.y);
+  const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t keys = VisibleKeys(seq, positions, blockIdx.y);
   const int64_t split_keys = SplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
@@ -274,41 +273,29 @@ __global__ void __launch_bounds__(kThreads, 1)
 constexpr int kMergeColumns = 32, kMergeGroups = 8;
 __global__ void __launch_bounds__(kMergeColumns * kMergeGroups)
     MergeRangesKernel(const float* partial, const float* partial_max, const float* partial_sum, const DecodeSeq* seqs,
-                      MlaDecodeUniform uniform, const int32_t* positions, int64_t heads, float* out) {
+                      const int32_t* positions, int64_t heads, float* out) {
   AllowDependents();
   __shared__ float weight[kMaxRanges];
   __shared__ float total;
   __shared__ float sums[kMergeGroups][kMergeColumns];
   WaitForPredecessor();
-  const DecodeSeq seq = MlaDecodeLoadSeq(seqs, uniform, blockIdx.y);
+  const DecodeSeq seq = seqs[blockIdx.y];
   const int64_t h = blockIdx.x;
   const int64_t keys = VisibleKeys(seq, positions, blockIdx.y);
   const int64_t split_keys = SplitKeys(keys, seq.ranges);
   const int ranges = static_cast<int>((keys + split_keys - 1) / split_keys);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp == 0) {
-    // One pass over the ranges' maxima and sums (an online max, as in the softmax), then the
-    // weights from the maxima kept in shared memory. A range's max is finite (it has a key).
-    float m = -INFINITY, sum = 0.0f;
+    float m = -INFINITY;
+    for (int r = lane; r < ranges; r += 32) m = fmaxf(m, partial_max[(seq.first_split + r) * heads + h]);
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, offset));
+    float sum = 0.0f;
     for (int r = lane; r < ranges; r += 32) {
       const int64_t i = (seq.first_split + r) * heads + h;
-      const float range_max = partial_max[i], range_sum = partial_sum[i];
-      weight[r] = range_max;
-      const float new_max = fmaxf(m, range_max);
-      sum = sum * exp2f(m - new_max) + range_sum * exp2f(range_max - new_max);
-      m = new_max;
+      weight[r] = exp2f(partial_max[i] - m);
+      sum += weight[r] * partial_sum[i];
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float other_max = __shfl_xor_sync(0xffffffff, m, offset);
-      const float other_sum = __shfl_xor_sync(0xffffffff, sum, offset);
-      const float new_max = fmaxf(m, other_max);
-      if (new_max != -INFINITY) {  // both sides without ranges: nothing to add (and no inf - inf)
-        sum = sum * exp2f(m - new_max) + other_sum * exp2f(other_max - new_max);
-        m = new_max;
-      }
-    }
-    __syncwarp();
-    for (int r = lane; r < ranges; r += 32) weight[r] = exp2f(weight[r] - m);
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
     if (lane == 0) total = sum;
   }
   __syncthreads();
@@ -358,7 +345,6 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   const int32_t* positions = nullptr;
   int32_t splits = 0;
   int max_ranges = 0;
-  MlaDecodeUniform uniform{0, 0, 0};
   const DeviceStep* step = seqs[0].device;
   if (step != nullptr) {
     // A recorded step: a fixed grid (ctas_per_sm per SM over the batch), each sequence's
@@ -376,7 +362,6 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       splits += ranges;
     }
     max_ranges = ranges;
-    uniform = {max_keys, static_cast<int32_t>(stride), ranges};  // the kernels derive `meta` from it
     device_tables = reinterpret_cast<const int32_t*>(DevPtr(step->page_tables));
     positions = reinterpret_cast<const int32_t*>(DevPtr(step->positions));
   } else {
@@ -405,8 +390,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
     }
   }
-  const DecodeSeq* device_meta =
-      step != nullptr ? nullptr : static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
+  auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
   float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
@@ -415,7 +399,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   if (wgmma) {
     MlaDecodeWgmmaArgs args{DevF32(q),        scale_log2,   reinterpret_cast<const __half*>(DevPtr(pool)),
                             pool_rows,        static_cast<int64_t>(pool.row_bytes()), page_tokens,
-                            device_tables,    device_meta,  uniform,      positions,
+                            device_tables,    device_meta,  positions,
                             partial,          partial_max,  partial_sum,
                             static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
     CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
@@ -423,7 +407,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
     auto kernel = heads == 16 ? MlaDecodePagedKernel<1> : MlaDecodePagedKernel<2>;
     CUDA_OK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
     kernel<<<grid, kThreads, kSmemBytes, stream_>>>(DevF32(q), scale_log2, pool.dtype, DevPtr(pool), pool.row_bytes(),
-                                                    page_tokens, device_tables, device_meta, uniform, positions, partial,
+                                                    page_tokens, device_tables, device_meta, positions, partial,
                                                     partial_max, partial_sum);
     LAUNCH_OK();
   }
@@ -431,7 +415,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                           dim3(static_cast<unsigned>(heads), static_cast<unsigned>(meta.size()), kValue / kMergeColumns),
                           dim3(kMergeColumns * kMergeGroups), 0, stream_, static_cast<const float*>(partial),
                           static_cast<const float*>(partial_max), static_cast<const float*>(partial_sum),
-                          device_meta, uniform, positions, heads, DevF32(out)));
+                          static_cast<const DecodeSeq*>(device_meta), positions, heads, DevF32(out)));
   return true;
 }
 

@@ -25,22 +25,6 @@ struct MlaDecodeSeq {
   int32_t ranges;       // ranges it may use: each covers MlaDecodeSplitKeys(keys, ranges) keys
 };
 
-// A recorded step's sequences all look alike (the grid is fixed, positions come at run time),
-// so the kernels derive each one's plan from this instead of reading an uploaded array (one
-// host-to-device copy less per layer and step).
-struct MlaDecodeUniform {
-  int64_t max_keys;  // stride x page_tokens
-  int32_t stride;    // page-table entries per sequence
-  int32_t ranges;    // ranges per sequence
-};
-
-// Sequence `index`'s plan: seqs[index], or from `uniform` when seqs is null.
-__device__ __forceinline__ MlaDecodeSeq MlaDecodeLoadSeq(const MlaDecodeSeq* seqs, const MlaDecodeUniform& uniform,
-                                                         int index) {
-  if (seqs != nullptr) return seqs[index];
-  return MlaDecodeSeq{uniform.max_keys, index, index * uniform.stride, index * uniform.ranges, uniform.ranges};
-}
-
 // Recorded steps (DeviceStep) read each sequence's position at run time; otherwise `keys`.
 __device__ __forceinline__ int64_t MlaDecodeVisibleKeys(const MlaDecodeSeq& seq, const int32_t* positions, int index) {
   return positions ? min(int64_t{positions[index]} + 1, seq.keys) : seq.keys;
@@ -59,8 +43,7 @@ struct MlaDecodeWgmmaArgs {
   const __half* pool;       // f16 latent pool, pool_rows rows of row_bytes bytes
   int64_t pool_rows, row_bytes, page_tokens;  // page_tokens % 64 == 0; rows < 2^31
   const int32_t* tables;    // page ids, each sequence's from its table_offset
-  const MlaDecodeSeq* seqs; // [batch], or null: every sequence from `uniform`
-  MlaDecodeUniform uniform;
+  const MlaDecodeSeq* seqs; // [batch]
   const int32_t* positions; // recorded steps: [batch] positions read at run time; else null
   float* partial;           // [splits][heads][512] unnormalised outputs of each range
   float* partial_max;       // [splits][heads] (base 2)

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full = base + L::kBars, empty = full + kSlots * 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  const MlaDecodeSeq seq = MlaDecodeLoadSeq(a.seqs, a.uniform, blockIdx.y);
+  const MlaDecodeSeq seq = a.seqs[blockIdx.y];
   const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
   const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
