@@ -202,6 +202,16 @@ class Backend {
   virtual void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
   // y[N, M] = w[K, N]^T x[K, M]  (y[n, m] = sum_k w[k, n] x[k, m]); f32 accumulation.
   virtual void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) = 0;
+  // x (f32 [K, M]) rounded once to the 8-bit blocks of 32 that q4_0 / q8_0 products meet it
+  // as, for MatMul and MoeExperts calls that pass it as `x_rounded`: several products of one
+  // input (a decode step's projections of a normalised hidden state) then share one rounding
+  // pass instead of each rounding x again. Empty when the backend rounds inside each product
+  // (the CPU) or when it does not pay (many columns); an empty x_rounded means "round x".
+  // The copy is valid until x is written again.
+  virtual absl::StatusOr<Tensor> RoundActivations(const Tensor& x) { return Tensor(); }
+  virtual void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) {
+    MatMul(w, x, y);
+  }
   // Per head h: y[:, h, t] = w[:, :, h]^T x[x_offset : x_offset + K, h, t].
   // w [K, N, H]; x [Kx >= x_offset + K, H, T]; y [N, H, T].
   virtual void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) = 0;
@@ -272,6 +282,11 @@ class Backend {
   // computed grouped by expert. x, y [E, n].
   virtual void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
                           const Tensor& weights, const Tensor& y) = 0;
+  // The same with x's rounded copy from RoundActivations (empty: none).
+  virtual void MoeExperts(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts,
+                          const Tensor& ids, const Tensor& weights, const Tensor& y) {
+    MoeExperts(x, experts, ids, weights, y);
+  }
 };
 
 // Backend factory: "cpu" (always) and "cuda" (when built with LATENTSERVE_CUDA).

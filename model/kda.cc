@@ -8,7 +8,7 @@ using kernels::Tensor;
 
 
 absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
-                                const std::vector<kernels::KdaStateView>& states, const Tensor& h) {
+                                const std::vector<kernels::KdaStateView>& states, const Hidden& h) {
   kernels::Backend& b = ctx.backend;
   const int64_t n = ctx.tokens, H = ctx.config.n_heads, Dk = ctx.config.kda_head_dim;
   const int64_t Di = H * Dk;
@@ -18,7 +18,7 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
     // Decode: one matmul and one short conv for q, k and v together (stacked channels; the
     // conv state is laid out [q|k|v][channel][tap], the same order), then views.
     ASSIGN_OR_RETURN(Tensor proj, ctx.F32({3 * Di, 1, 1, 1}));
-    b.MatMul(w.qkv.stacked, h, proj);
+    b.MatMul(w.qkv.stacked, h.x, h.rounded, proj);
     ASSIGN_OR_RETURN(Tensor conv, ctx.F32({3 * Di, 1, 1, 1}));
     b.ShortConvSilu(proj, w.conv_qkv, 0, ctx.slices, states, conv);
     q = ColumnSlice(conv, 0, Di).Reshape(heads_shape);
@@ -30,7 +30,7 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
     Tensor* parts[3] = {&q, &k, &v};
     for (int which = 0; which < 3; ++which) {
       ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
-      b.MatMul(w.qkv.parts[which], h, proj);
+      b.MatMul(w.qkv.parts[which], h.x, h.rounded, proj);
       ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
       b.ShortConvSilu(proj, w.conv_qkv.RowSlice(which * Di, Di), which, ctx.slices, states, *parts[which]);
       *parts[which] = parts[which]->Reshape(heads_shape);

@@ -28,21 +28,30 @@ struct BatchContext {
 // Elements [first, first + count) of a one-column tensor as a [count] column, sharing memory.
 kernels::Tensor ColumnSlice(const kernels::Tensor& column, int64_t first, int64_t count);
 
+// The normalised hidden states a layer reads, h [E, n], and h rounded once for the q4_0 / q8_0
+// products that read it (Backend::RoundActivations; empty when the backend rounds per product
+// or no quantised weight of that kind reads h).
+struct Hidden {
+  kernels::Tensor x;
+  kernels::Tensor rounded;
+};
+
+// h with its rounded copy when `reader`, the weight whose products decide (the first
+// projection of h), is q4_0 / q8_0 and the backend rounds once; else h alone.
+absl::StatusOr<Hidden> RoundFor(kernels::Backend& backend, const kernels::Tensor& h, const kernels::Tensor& reader);
+
 // h [E, n] through every projection of `p`: out[i] [rows_i, n]. One token and a stacked
 // weight: one matmul, and the outputs are slices of its column (fewer backend operations
 // per decode step); otherwise one matmul per part.
-absl::StatusOr<std::vector<kernels::Tensor>> Project(const BatchContext& ctx, const Projections& p,
-                                                     const kernels::Tensor& h);
+absl::StatusOr<std::vector<kernels::Tensor>> Project(const BatchContext& ctx, const Projections& p, const Hidden& h);
 
 // KDA: short convs, L2 norms, gates, gated delta rule, gated head norm, output projection.
 absl::StatusOr<kernels::Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
-                                         const std::vector<kernels::KdaStateView>& states,
-                                         const kernels::Tensor& h);
+                                         const std::vector<kernels::KdaStateView>& states, const Hidden& h);
 // MLA over the paged latent cache of one layer (`pool`); the backend picks absorbed or MHA form.
 absl::StatusOr<kernels::Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w,
-                                         const kernels::Tensor& pool, const kernels::Tensor& h);
+                                         const kernels::Tensor& pool, const Hidden& h);
 // Dense SwiGLU FFN or MoE (sigmoid routing + shared expert).
-absl::StatusOr<kernels::Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe,
-                                         const kernels::Tensor& h);
+absl::StatusOr<kernels::Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe, const Hidden& h);
 
 }  // namespace latentserve::model

@@ -10,7 +10,7 @@ namespace latentserve::model {
 
 using kernels::Tensor;
 
-absl::StatusOr<Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w, const Tensor& pool, const Tensor& h) {
+absl::StatusOr<Tensor> MlaLayer(const BatchContext& ctx, const MlaWeights& w, const Tensor& pool, const Hidden& h) {
   kernels::Backend& b = ctx.backend;
   const ModelConfig& c = ctx.config;
   const int64_t n = ctx.tokens, H = c.n_heads, R = c.kv_lora_rank, Pn = c.qk_nope, Pr = c.qk_rope;

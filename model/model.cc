@@ -190,21 +190,25 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
   for (int64_t layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
     backend_.RmsNorm(x, w.attn_norm, c.rms_eps, h);
+    const Tensor& attn_in = c.is_mla[layer] ? w.mla.in.parts[0] : w.kda.qkv.parts[0];
+    ASSIGN_OR_RETURN(const Hidden attn_h, RoundFor(backend_, h, attn_in));
     mark(&ForwardProfile::norms);
     Tensor attn;
     if (c.is_mla[layer]) {
-      ASSIGN_OR_RETURN(attn, MlaLayer(ctx, w.mla, cache.pool(mla_index_[layer]), h));
+      ASSIGN_OR_RETURN(attn, MlaLayer(ctx, w.mla, cache.pool(mla_index_[layer]), attn_h));
       mark(&ForwardProfile::mla);
     } else {
       std::vector<kernels::KdaStateView> states;
       for (const BatchEntry& entry : batch) states.push_back(entry.sequence->kda()[kda_index_[layer]]);
-      ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, h));
+      ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, attn_h));
       mark(&ForwardProfile::kda);
     }
     backend_.Add(x, attn, x);
     backend_.RmsNorm(x, w.ffn_norm, c.rms_eps, h);
+    ASSIGN_OR_RETURN(const Hidden ffn_h,
+                     RoundFor(backend_, h, c.is_moe(layer) ? w.ffn.experts.gate_exps : w.ffn.gate_up.parts[0]));
     mark(&ForwardProfile::norms);
-    ASSIGN_OR_RETURN(Tensor ffn, FfnLayer(ctx, w.ffn, c.is_moe(layer), h));
+    ASSIGN_OR_RETURN(Tensor ffn, FfnLayer(ctx, w.ffn, c.is_moe(layer), ffn_h));
     mark(c.is_moe(layer) ? &ForwardProfile::moe : &ForwardProfile::ffn_dense);
     backend_.Add(x, ffn, x);
   }

@@ -10,7 +10,7 @@ using kernels::Tensor;
 namespace {
 
 absl::StatusOr<Tensor> SwiGluFfn(const BatchContext& ctx, const Projections& gate_up, const Tensor& down_w,
-                                 const Tensor& h) {
+                                 const Hidden& h) {
   kernels::Backend& b = ctx.backend;
   ASSIGN_OR_RETURN(std::vector<Tensor> gu, Project(ctx, gate_up, h));
   b.SwiGlu(gu[0], gu[1], gu[0]);
@@ -21,18 +21,18 @@ absl::StatusOr<Tensor> SwiGluFfn(const BatchContext& ctx, const Projections& gat
 
 }  // namespace
 
-absl::StatusOr<Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe, const Tensor& h) {
+absl::StatusOr<Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bool moe, const Hidden& h) {
   if (!moe) return SwiGluFfn(ctx, w.gate_up, w.down, h);
   kernels::Backend& b = ctx.backend;
   const ModelConfig& c = ctx.config;
   const int64_t n = ctx.tokens, k = c.n_experts_used;
   ASSIGN_OR_RETURN(Tensor logits, ctx.F32({c.n_experts, n, 1, 1}));
-  b.MatMul(w.router, h, logits);
+  b.MatMul(w.router, h.x, h.rounded, logits);
   ASSIGN_OR_RETURN(Tensor ids, b.Alloc(DType::kI32, {k, n, 1, 1}));
   ASSIGN_OR_RETURN(Tensor weights, ctx.F32({k, n, 1, 1}));
   b.MoeRoute(logits, w.router_bias, k, c.expert_weights_norm, c.expert_weights_scale, ids, weights);
   ASSIGN_OR_RETURN(Tensor out, ctx.F32({c.hidden, n, 1, 1}));
-  b.MoeExperts(h, w.experts, ids, weights, out);
+  b.MoeExperts(h.x, h.rounded, w.experts, ids, weights, out);
   if (!w.shared_gate_up.parts.empty()) {
     ASSIGN_OR_RETURN(Tensor shared, SwiGluFfn(ctx, w.shared_gate_up, w.shared_down, h));
     b.Add(out, shared, out);

@@ -166,6 +166,19 @@ absl::Status Run(int argc, char** argv) {
     ASSIGN_OR_RETURN(Tensor y, b.Alloc(DType::kF32, {n_out, 1, 1, 1}));
     memory_row(std::string("decode_gemv_q4_0_") + name, std::to_string(k_in) + "x" + std::to_string(n_out),
                static_cast<double>(w.nbytes()), [&] { b.MatMul(w, x, y); });
+    // The same product on x rounded once beforehand (a decode step shares that pass among
+    // the projections of one normalised input); only where the backend rounds once.
+    ASSIGN_OR_RETURN(Tensor x_rounded, b.RoundActivations(x));
+    if (x_rounded.defined()) {
+      memory_row(std::string("decode_gemv_q4_0_") + name + "_rounded",
+                 std::to_string(k_in) + "x" + std::to_string(n_out), static_cast<double>(w.nbytes()),
+                 [&] { b.MatMul(w, x, x_rounded, y); });
+      memory_row(std::string("decode_gemv_q4_0_") + name + "_round_then_gemv",
+                 std::to_string(k_in) + "x" + std::to_string(n_out), static_cast<double>(w.nbytes()), [&] {
+                   absl::StatusOr<Tensor> again = b.RoundActivations(x);
+                   if (again.ok()) b.MatMul(w, x, *again, y);
+                 });
+    }
     if (!cpu) {
       ASSIGN_OR_RETURN(Tensor xp, Random(b, DType::kF32, {k_in, prefill, 1, 1}));
       ASSIGN_OR_RETURN(Tensor yp, b.Alloc(DType::kF32, {n_out, prefill, 1, 1}));
@@ -197,6 +210,14 @@ absl::Status Run(int argc, char** argv) {
       const double expert_bytes = 3.0 * E * Fe * 18 / 32;
       if (n == 1) {
         memory_row("decode_moe_top8_of_256", "1 token", K * expert_bytes + E * X * 4.0, op);
+        ASSIGN_OR_RETURN(Tensor x_rounded, b.RoundActivations(x));
+        if (x_rounded.defined()) {  // x rounded once for the router and the experts
+          memory_row("decode_moe_top8_of_256_rounded", "1 token", K * expert_bytes + E * X * 4.0, [&] {
+            b.MatMul(router, x, x_rounded, logits);
+            b.MoeRoute(logits, bias, K, true, 2.446f, ids, weights);
+            b.MoeExperts(x, x_rounded, experts, ids, weights, y);
+          });
+        }
       } else {
         compute_row("prefill_moe_top8_of_256", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, op);
         // The experts alone (routing done above): on CUDA the default grouped GEMM kernel, the

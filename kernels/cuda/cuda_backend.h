@@ -55,6 +55,8 @@ class CudaBackend final : public Backend {
   int64_t PeakMemoryBytes() const override;
   void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) override;
+  absl::StatusOr<Tensor> RoundActivations(const Tensor& x) override;
+  void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
   void L2Norm(const Tensor& x, float eps, const Tensor& y) override;
@@ -101,6 +103,8 @@ class CudaBackend final : public Backend {
                 const Tensor& ids, const Tensor& weights) override;
   void MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                   const Tensor& y) override;
+  void MoeExperts(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts, const Tensor& ids,
+                  const Tensor& weights, const Tensor& y) override;
 
   // One sequence's new queries: absorbed attention as tensor-core GEMMs with a flash-style
   // online softmax over key tiles (cuda_mla_gemm.cu).
@@ -171,7 +175,10 @@ class CudaBackend final : public Backend {
   // *offsets each sequence's first element in it. Null when they do not share one.
   static const int32_t* SharedPlan(absl::Span<const LatentSeqView> seqs, std::vector<int32_t>* offsets);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
-  void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y);
+  // x_rounded: x rounded by RoundActivations (q4_0 / q8_0 GEMVs use it), or null.
+  void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y,
+            const void* x_rounded = nullptr);
+  const void* RoundedFor(const Tensor& x, const Tensor& x_rounded);
 
  private:
   int device_;

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common/status.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/dequant.cuh"
@@ -36,7 +37,8 @@ __global__ void GemvKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_
 // memory, each warp a strided set of whole rows through its ring of row buffers.
 template <DType T, bool kQ8>
 __global__ void __launch_bounds__(kRowWarps * 32)
-    GemvRowsKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m, float* y) {
+    GemvRowsKernel(const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, const uint8_t* rounded,
+                   int64_t m, float* y) {
   extern __shared__ __align__(16) uint8_t smem[];
   AllowDependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -51,7 +53,11 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       [&] {  // the weight rows are static: only x waits for the kernel before
              // (dependent_launch.cuh)
         WaitForPredecessor();
-        LoadActivations<T, kQ8>(x, k, m, smem);
+        if (rounded != nullptr) {  // kQ8 with q4_0 / q8_0 rows: rounded once for every product of x
+          CopyRoundedColumns(rounded, k, m, 0, m, smem);
+        } else {
+          LoadActivations<T, kQ8>(x, k, m, smem);
+        }
         __syncthreads();
       },
       [&](int slot, int64_t r) {
@@ -63,26 +69,28 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       });
 }
 
+// `rounded` (kQ8 only): x rounded once by RoundActivations, used whatever the rows per warp.
 template <DType T, bool kQ8>
 bool LaunchGemvRows(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x,
-                    int64_t m, float* y) {
+                    const uint8_t* rounded, int64_t m, float* y) {
   const size_t smem = RowPipelineSmem(ActivationSmem<kQ8>(k, m), StagedSlotBytes<T>(row_bytes), 1);
   if (smem > kRowSmemLimit || !AllowRowSmem<GemvRowsKernel<T, kQ8>>()) return false;
   const unsigned blocks = RowPipelineBlocks(n, 1, smem);
-  if (kQ8 != QuantiseRows<T>(n, blocks)) return false;
+  if (rounded == nullptr && kQ8 != QuantiseRows<T>(n, blocks)) return false;
   CUDA_OK(LaunchDependent(GemvRowsKernel<T, kQ8>, dim3(blocks), dim3(kRowWarps * 32), smem, stream, w, row_bytes, k,
-                          n, x, m, y));
+                          n, x, rounded, m, y));
   return true;
 }
 
 template <DType T>
-void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m,
-                float* y) {
+void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n, const float* x,
+                const uint8_t* rounded, int64_t m, float* y) {
   if (StagedRowsFit<T>(k, row_bytes, w) && k % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     if constexpr (kQ8Rows<T>) {
-      if (LaunchGemvRows<T, true>(stream, w, row_bytes, k, n, x, m, y)) return;
+      if (rounded != nullptr && LaunchGemvRows<T, true>(stream, w, row_bytes, k, n, x, rounded, m, y)) return;
+      if (LaunchGemvRows<T, true>(stream, w, row_bytes, k, n, x, nullptr, m, y)) return;
     }
-    if (LaunchGemvRows<T, false>(stream, w, row_bytes, k, n, x, m, y)) return;
+    if (LaunchGemvRows<T, false>(stream, w, row_bytes, k, n, x, nullptr, m, y)) return;
   }
   const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
@@ -116,7 +124,8 @@ __global__ void CastKernel(const float* x, Out* out, int64_t n) {
 }  // namespace
 
 void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, int64_t n, const float* x, int64_t m,
-                       float* y) {
+                       float* y, const void* x_rounded) {
+  const auto* rounded = static_cast<const uint8_t*>(x_rounded);
   if (n == 0 || m == 0) return;
   const auto* wp = static_cast<const uint8_t*>(w);
   // q5_0 / q5_1 (llama.cpp's fallback for the few K-quant-file matrices whose rows are not whole
@@ -129,13 +138,13 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
         GemvKernel<DType::kF32><<<blocks, kGemvWarps * 32, 0, stream_>>>(wp, row_bytes, k, n, x, m, y);
         break;
       }
-      case DType::kF16: LaunchGemv<DType::kF16>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kBF16: LaunchGemv<DType::kBF16>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ8_0: LaunchGemv<DType::kQ8_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ4_0: LaunchGemv<DType::kQ4_0>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ4_K: LaunchGemv<DType::kQ4_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ5_K: LaunchGemv<DType::kQ5_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
-      case DType::kQ6_K: LaunchGemv<DType::kQ6_K>(stream_, wp, row_bytes, k, n, x, m, y); break;
+      case DType::kF16: LaunchGemv<DType::kF16>(stream_, wp, row_bytes, k, n, x, nullptr, m, y); break;
+      case DType::kBF16: LaunchGemv<DType::kBF16>(stream_, wp, row_bytes, k, n, x, nullptr, m, y); break;
+      case DType::kQ8_0: LaunchGemv<DType::kQ8_0>(stream_, wp, row_bytes, k, n, x, rounded, m, y); break;
+      case DType::kQ4_0: LaunchGemv<DType::kQ4_0>(stream_, wp, row_bytes, k, n, x, rounded, m, y); break;
+      case DType::kQ4_K: LaunchGemv<DType::kQ4_K>(stream_, wp, row_bytes, k, n, x, nullptr, m, y); break;
+      case DType::kQ5_K: LaunchGemv<DType::kQ5_K>(stream_, wp, row_bytes, k, n, x, nullptr, m, y); break;
+      case DType::kQ6_K: LaunchGemv<DType::kQ6_K>(stream_, wp, row_bytes, k, n, x, nullptr, m, y); break;
       default: CU_CHECK(false);
     }
     LAUNCH_OK();
@@ -175,10 +184,42 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
   }
 }
 
-void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) {
+void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) { MatMul(w, x, Tensor(), y); }
+
+void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) {
   const int64_t k = w.ne[0], n = w.rows(), m = x.rows();
   CU_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32 && x.ne[0] == k && y.ne[0] == n && y.rows() == m);
-  Gemm(w.dtype, DevPtr(w), w.row_bytes(), k, n, DevF32(x), m, DevF32(y));
+  Gemm(w.dtype, DevPtr(w), w.row_bytes(), k, n, DevF32(x), m, DevF32(y), RoundedFor(x, x_rounded));
+}
+
+// One warp per block of 32 values, the rounding LoadActivations does per CTA (row_pipeline.cuh).
+__global__ void RoundActivationsKernel(const float* x, int64_t k, int64_t m, uint8_t* out) {
+  AllowDependents();
+  WaitForPredecessor();
+  const int64_t b = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (b >= m * k / 32) return;
+  RoundBlock32(x, b, threadIdx.x % 32, reinterpret_cast<int8_t*>(out),
+               reinterpret_cast<float*>(out + Align16(static_cast<size_t>(k * m))));
+}
+
+absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
+  const int64_t k = x.ne[0], m = x.rows();
+  // Decode widths only (the GEMVs' columns); prefill's products go through cuBLAS in f16.
+  if (x.dtype != DType::kF32 || m == 0 || m > kGemvMaxColumns || k % 32 != 0) return Tensor();
+  const size_t bytes = ActivationSmem<true>(k, m);
+  ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(bytes / 4), 1, 1, 1}));
+  constexpr int kWarps = 8;
+  CUDA_OK(LaunchDependent(RoundActivationsKernel, dim3(static_cast<unsigned>((m * k / 32 + kWarps - 1) / kWarps)),
+                          dim3(kWarps * 32), 0, stream_, DevF32(x), k, m, static_cast<uint8_t*>(DevPtr(out))));
+  return out;
+}
+
+// x_rounded's device bytes when it is RoundActivations' layout for x's shape, else null.
+const void* CudaBackend::RoundedFor(const Tensor& x, const Tensor& x_rounded) {
+  if (!x_rounded.defined()) return nullptr;
+  CU_CHECK(x_rounded.dtype == DType::kI32 && x.ne[0] % 32 == 0 &&
+           static_cast<size_t>(x_rounded.elements()) * 4 == ActivationSmem<true>(x.ne[0], x.rows()));
+  return DevPtr(x_rounded);
 }
 
 const float* CudaBackend::F32Weights(const Tensor& w) {

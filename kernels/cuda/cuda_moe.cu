@@ -82,6 +82,8 @@ __global__ void MoeRouteKernel(const float* logits, const float* bias, int64_t e
 constexpr int kRoutePerLane = 16;
 __global__ void MoeRouteWarpKernel(const float* logits, const float* bias, int64_t experts, int64_t top_k,
                                    bool normalize, float scale, int64_t tokens, int32_t* ids, float* weights) {
+  AllowDependents();
+  WaitForPredecessor();
   const int64_t t = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (t >= tokens) return;
@@ -154,6 +156,7 @@ __global__ void ScatterKernel(const float* rows, int64_t hidden, const int32_t* 
 __global__ void WeightedSumKernel(const float* slot_out, const float* weights, int64_t hidden, int64_t top_k,
                                   int64_t tokens, float* y) {
   AllowDependents();
+  WaitForPredecessor();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= hidden * tokens) return;
   const int64_t t = i / hidden, d = i % hidden;
@@ -173,9 +176,12 @@ constexpr int64_t kDecodeSlots = 64;  // up to 8 tokens x top-8 take the device-
 // per row with the plain warp dot.
 template <DType T>
 __global__ void __launch_bounds__(kRowWarps * 32)
-    ExpertGateUpRowsKernel(const float* x, const int32_t* ids, int64_t top_k, const uint8_t* gate, const uint8_t* up,
-                           size_t row_bytes, int64_t hidden, int64_t ffn, float* act) {
+    ExpertGateUpRowsKernel(const float* x, const uint8_t* rounded, int64_t tokens, const int32_t* ids, int64_t top_k,
+                           const uint8_t* gate, const uint8_t* up, size_t row_bytes, int64_t hidden, int64_t ffn,
+                           float* act) {
   extern __shared__ __align__(16) uint8_t smem[];
+  AllowDependents();
+  WaitForPredecessor();  // ids, and x, come from the kernels before (dependent_launch.cuh)
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t slot_bytes = StagedSlotBytes<T>(row_bytes);
@@ -190,7 +196,11 @@ __global__ void __launch_bounds__(kRowWarps * 32)
                           lane);
       },
       [&] {
-        LoadActivations<T, kQ8Rows<T>>(x + (slot / top_k) * hidden, hidden, 1, smem);
+        if (rounded != nullptr) {  // q4_0 / q8_0 rows: x rounded once (RoundActivations)
+          CopyRoundedColumns(rounded, hidden, tokens, slot / top_k, 1, smem);
+        } else {
+          LoadActivations<T, kQ8Rows<T>>(x + (slot / top_k) * hidden, hidden, 1, smem);
+        }
         __syncthreads();
       },
       [&](int s, int64_t f) {
@@ -208,6 +218,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     ExpertDownRowsKernel(const float* act, const int32_t* ids, const uint8_t* down, size_t row_bytes, int64_t hidden,
                          int64_t ffn, float* slot_out) {
   extern __shared__ __align__(16) uint8_t smem[];
+  AllowDependents();
+  WaitForPredecessor();  // ids and act come from the kernels before
   const int64_t slot = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t slot_bytes = StagedSlotBytes<T>(row_bytes);
@@ -259,9 +271,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 // Gate and up rows (one type) for every slot: act [slots][ffn] = SiLU(gate x) * (up x).
 template <DType T>
-void LaunchDecodeGateUp(cudaStream_t stream, const float* x, const int32_t* ids, int64_t slots,
-                        int64_t top_k, const MoeWeights& e, int64_t hidden, int64_t ffn,
+void LaunchDecodeGateUp(cudaStream_t stream, const float* x, const void* x_rounded, const int32_t* ids,
+                        int64_t slots, int64_t top_k, const MoeWeights& e, int64_t hidden, int64_t ffn,
                         float* act) {
+  // The rounded copy is q4_0 / q8_0's 32-value blocks; K-quant rows round to q8_K themselves.
+  const auto* rounded =
+      T == DType::kQ4_0 || T == DType::kQ8_0 ? static_cast<const uint8_t*>(x_rounded) : nullptr;
   const unsigned ys = static_cast<unsigned>(slots);
   // Pipelining needs staged rows that fit (StagedRowsFit) and activations of whole float4s.
   const size_t smem = RowPipelineSmem(ActivationSmem<kQ8Rows<T>>(hidden, 1),
@@ -272,10 +287,10 @@ void LaunchDecodeGateUp(cudaStream_t stream, const float* x, const int32_t* ids,
                     reinterpret_cast<uintptr_t>(x) % 16 == 0 && smem <= kRowSmemLimit &&
                     AllowRowSmem<ExpertGateUpRowsKernel<T>>();
   if (rows) {
-    ExpertGateUpRowsKernel<T>
-        <<<dim3(RowPipelineBlocks(ffn, slots, smem), ys), kRowWarps * 32, smem, stream>>>(
-            x, ids, top_k, DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden,
-            ffn, act);
+    CUDA_OK(LaunchDependent(ExpertGateUpRowsKernel<T>, dim3(RowPipelineBlocks(ffn, slots, smem), ys),
+                            dim3(kRowWarps * 32), smem, stream, x, rounded, slots / top_k, ids, top_k,
+                            DevPtr(e.gate_exps), DevPtr(e.up_exps), e.gate_exps.row_bytes(), hidden, ffn,
+                            act));
   } else {
     const dim3 grid(static_cast<unsigned>((ffn + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
     ExpertGateUpKernel<T><<<grid, kWarpsPerBlock * 32, 0, stream>>>(
@@ -296,9 +311,9 @@ void LaunchDecodeDown(cudaStream_t stream, const int32_t* ids, int64_t slots, co
                     ffn % 4 == 0 && reinterpret_cast<uintptr_t>(act) % 16 == 0 &&
                     smem <= kRowSmemLimit && AllowRowSmem<ExpertDownRowsKernel<T>>();
   if (rows) {
-    ExpertDownRowsKernel<T>
-        <<<dim3(RowPipelineBlocks(hidden, slots, smem), ys), kRowWarps * 32, smem, stream>>>(
-            act, ids, DevPtr(e.down_exps), e.down_exps.row_bytes(), hidden, ffn, slot_out);
+    CUDA_OK(LaunchDependent(ExpertDownRowsKernel<T>, dim3(RowPipelineBlocks(hidden, slots, smem), ys),
+                            dim3(kRowWarps * 32), smem, stream, act, ids, DevPtr(e.down_exps),
+                            e.down_exps.row_bytes(), hidden, ffn, slot_out));
   } else {
     const dim3 grid(static_cast<unsigned>((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock), ys);
     ExpertDownKernel<T><<<grid, kWarpsPerBlock * 32, 0, stream>>>(
@@ -352,9 +367,9 @@ void CudaBackend::MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top
   if (tokens == 0) return;
   if (experts <= 32 * kRoutePerLane && top_k <= 32) {
     constexpr int kWarps = 4;
-    MoeRouteWarpKernel<<<static_cast<unsigned>((tokens + kWarps - 1) / kWarps), kWarps * 32, 0, stream_>>>(
-        DevF32(logits), DevF32(bias), experts, top_k, normalize, scale, tokens, reinterpret_cast<int32_t*>(DevPtr(ids)),
-        DevF32(weights));
+    CUDA_OK(LaunchDependent(MoeRouteWarpKernel, dim3(static_cast<unsigned>((tokens + kWarps - 1) / kWarps)),
+                            dim3(kWarps * 32), 0, stream_, DevF32(logits), DevF32(bias), experts, top_k, normalize,
+                            scale, tokens, reinterpret_cast<int32_t*>(DevPtr(ids)), DevF32(weights)));
     LAUNCH_OK();
     return;
   }
@@ -366,6 +381,11 @@ void CudaBackend::MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top
 
 void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                              const Tensor& y) {
+  MoeExperts(x, Tensor(), experts, ids, weights, y);
+}
+
+void CudaBackend::MoeExperts(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts, const Tensor& ids,
+                             const Tensor& weights, const Tensor& y) {
   const int64_t hidden = x.ne[0], tokens = x.rows();
   const int64_t ffn = experts.gate_exps.ne[1], n_experts = experts.gate_exps.ne[2], top_k = ids.ne[0];
   CU_CHECK(experts.gate_exps.ne[0] == hidden && experts.down_exps.ne[0] == ffn && experts.down_exps.ne[1] == hidden &&
@@ -388,15 +408,15 @@ void CudaBackend::MoeExperts(const Tensor& x, const MoeWeights& experts, const T
     float* slot_out = act + slots * ffn;
     const auto* dev_ids = reinterpret_cast<const int32_t*>(DevPtr(ids));
     DispatchDecodeType(experts.gate_exps.dtype, [&](auto type) {
-      LaunchDecodeGateUp<decltype(type)::value>(stream_, DevF32(x), dev_ids, slots, top_k, experts,
-                                                hidden, ffn, act);
+      LaunchDecodeGateUp<decltype(type)::value>(stream_, DevF32(x), RoundedFor(x, x_rounded), dev_ids, slots,
+                                                top_k, experts, hidden, ffn, act);
     });
     DispatchDecodeType(experts.down_exps.dtype, [&](auto type) {
       LaunchDecodeDown<decltype(type)::value>(stream_, dev_ids, slots, experts, hidden, ffn, act,
                                               slot_out);
     });
-    WeightedSumKernel<<<Blocks(hidden * tokens, 256), 256, 0, stream_>>>(slot_out, DevF32(weights), hidden, top_k, tokens,
-                                                                          DevF32(y));
+    CUDA_OK(LaunchDependent(WeightedSumKernel, dim3(Blocks(hidden * tokens, 256)), dim3(256), 0, stream_, slot_out,
+                            DevF32(weights), hidden, top_k, tokens, DevF32(y)));
     LAUNCH_OK();
     return;
   }

@@ -104,6 +104,30 @@ __host__ __device__ inline size_t ActivationSmem(int64_t k, int64_t m) {
   return kQ8 ? Align16(values) + values / 32 * 4 : values * 4;
 }
 
+// Block b (32 values of x) of the layout above, by one warp: q8_0 rounding, d = max|x| / 127.
+__device__ __forceinline__ void RoundBlock32(const float* x, int64_t b, int lane, int8_t* qs, float* ds) {
+  const float v = x[b * 32 + lane];
+  float amax = fabsf(v);
+  for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+  const float d = __fdiv_rn(amax, 127.0f);
+  const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
+  qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
+  if (lane == 0) ds[b] = d;
+}
+
+// Columns [first, first + cols) of activations already rounded into the layout above for m
+// columns (Backend::RoundActivations) copied into that layout for `cols` columns, by the whole
+// CTA (4-byte words: k % 32 == 0 keeps both parts word-aligned).
+__device__ __forceinline__ void CopyRoundedColumns(const uint8_t* rounded, int64_t k, int64_t m, int64_t first,
+                                                   int64_t cols, uint8_t* smem) {
+  const auto* qs = reinterpret_cast<const uint32_t*>(rounded + first * k);
+  const auto* ds = reinterpret_cast<const uint32_t*>(rounded + Align16(static_cast<size_t>(k * m))) + first * (k / 32);
+  auto* out_qs = reinterpret_cast<uint32_t*>(smem);
+  auto* out_ds = reinterpret_cast<uint32_t*>(smem + Align16(static_cast<size_t>(k * cols)));
+  for (int64_t i = threadIdx.x; i < cols * k / 4; i += blockDim.x) out_qs[i] = qs[i];
+  for (int64_t i = threadIdx.x; i < cols * k / 32; i += blockDim.x) out_ds[i] = ds[i];
+}
+
 // Fills the layout above from x [m][k] (contiguous columns) with the whole CTA; for f32 x must
 // be 16-byte aligned and k % 4 == 0, for q8 k % 32 == 0 (K-quants: k % 256 == 0).
 template <DType T, bool kQ8>
@@ -137,16 +161,7 @@ __device__ __forceinline__ void LoadActivations(const float* x, int64_t k, int64
         if (lane < 8) ds[b * 8 + lane] = amax != 0.0f ? __fdiv_rn(1.0f, inverse) : 0.0f;
       }
     } else {
-      for (int64_t b = warp; b < m * k / 32; b += warps) {
-        const float v = x[b * 32 + lane];
-        float amax = fabsf(v);
-        for (int offset = 16; offset > 0; offset >>= 1)
-          amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
-        const float d = __fdiv_rn(amax, 127.0f);
-        const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
-        qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
-        if (lane == 0) ds[b] = d;
-      }
+      for (int64_t b = warp; b < m * k / 32; b += warps) RoundBlock32(x, b, lane, qs, ds);
     }
   } else {
     for (int64_t i = threadIdx.x; i < m * k / 4; i += blockDim.x)

@@ -1,0 +1,104 @@
+// Activations rounded once for several products (Backend::RoundActivations) on the CUDA
+// backend: GEMVs and decode experts that read the rounded copy must give exactly what they give
+// when they round x themselves (same arithmetic, bitwise), and match the CPU backend's own
+// integer path, which rounds the same way. Runs only where a GPU is visible (ctest label "gpu").
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "tests/kernels/op_fixtures.h"
+
+namespace latentserve::kernels {
+namespace {
+
+class RoundedOps : public op_test::BackendPairFixture {
+ protected:
+  RoundedOps() : BackendPairFixture(1234) {}
+  std::vector<uint8_t> GpuBytes(const Tensor& t) {
+    std::vector<uint8_t> out(t.nbytes());
+    gpu_->Download(t, out.data(), out.size());
+    return out;
+  }
+};
+
+// Decode widths get a rounded copy; more columns, widths not whole blocks, and the CPU do not.
+TEST_F(RoundedOps, RoundedOnlyWhereItPays) {
+  for (auto [m, k, wanted] : {std::tuple<int64_t, int64_t, bool>{1, 2304, true}, {8, 256, true}, {9, 256, false},
+                              {1, 100, false}}) {
+    auto x = F32({k, m, 1, 1}, Random(k * m));
+    auto rounded = gpu_->RoundActivations(x.gpu);
+    ASSERT_TRUE(rounded.ok()) << rounded.status();
+    EXPECT_EQ(rounded->defined(), wanted) << "m=" << m << " k=" << k;
+    auto on_cpu = cpu_->RoundActivations(x.cpu);
+    ASSERT_TRUE(on_cpu.ok());
+    EXPECT_FALSE(on_cpu->defined());
+  }
+}
+
+// q4_0 / q8_0 GEMVs on the rounded copy: few rows per warp (the decode projections, which
+// otherwise keep f32 activations), many (the lm_head class, which otherwise rounds per CTA),
+// and a width the pipelined GEMV does not take (k 320: the plain warp GEMV ignores the copy).
+// K-quant rows round to q8_K themselves and ignore it too.
+TEST_F(RoundedOps, GemvOnRoundedCopy) {
+  for (DType type : {DType::kQ4_0, DType::kQ8_0, DType::kQ4_K}) {
+    for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 2304, 333}, {3, 2304, 4096}, {8, 4096, 2304},
+                           {1, 256, 300000}, {2, 320, 333}}) {
+      if (type == DType::kQ4_K && k % 256 != 0) continue;
+      const std::string what = std::string(DTypeName(type)) + " m=" + std::to_string(m) + " k=" + std::to_string(k) +
+                               " n=" + std::to_string(n);
+      auto w = Make(type, {k, n, 1, 1}, Random(k * n));
+      auto x = F32({k, m, 1, 1}, Random(k * m, -3, 3));
+      auto rounded = gpu_->RoundActivations(x.gpu);
+      ASSERT_TRUE(rounded.ok() && rounded->defined()) << what;
+      auto y = Poisoned({n, m, 1, 1});
+      auto y_self = Poisoned({n, m, 1, 1});
+      gpu_->MatMul(w.gpu, x.gpu, *rounded, y.gpu);
+      gpu_->MatMul(w.gpu, x.gpu, y_self.gpu);
+      const bool pipelined = k % 256 == 0;
+      const bool self_rounds = type == DType::kQ4_K || n >= 300000;  // QuantiseRows: many rows per warp
+      if (!pipelined || self_rounds) {
+        EXPECT_EQ(GpuBytes(y.gpu), GpuBytes(y_self.gpu)) << "same kernel and rounding: " << what;
+      }
+      if (pipelined && type != DType::kQ4_K) {  // (q4_K: test_backend_kquant_ops.cc)
+        cpu_->MatMul(w.cpu, x.cpu, y.cpu);  // the CPU's integer path rounds x the same way
+        Expect(y, 1e-9, "GEMV on rounded x " + what);
+      }
+    }
+  }
+}
+
+// Decode experts (gate and up read the rounded copy; down rounds its own input) against the
+// experts that round x per CTA, bitwise, and the CPU's integer path.
+TEST_F(RoundedOps, DecodeExpertsOnRoundedCopy) {
+  for (DType type : {DType::kQ4_0, DType::kQ8_0}) {
+    const int64_t experts = 40, top_k = 6, hidden = 512, ffn = 256;
+    for (int64_t tokens : {1, 5}) {
+      const std::string what = std::string(DTypeName(type)) + " tokens=" + std::to_string(tokens);
+      auto logits = F32({experts, tokens, 1, 1}, Random(experts * tokens, -3, 3));
+      auto bias = F32({experts, 1, 1, 1}, Random(experts, -0.2f, 0.2f));
+      Pair ids{*cpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1}), *gpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1})};
+      auto weights = Poisoned({top_k, tokens, 1, 1});
+      cpu_->MoeRoute(logits.cpu, bias.cpu, top_k, true, 2.446f, ids.cpu, weights.cpu);
+      gpu_->MoeRoute(logits.gpu, bias.gpu, top_k, true, 2.446f, ids.gpu, weights.gpu);
+      auto gate = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
+      auto up = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
+      auto down = Make(type, {ffn, hidden, experts, 1}, Random(ffn * hidden * experts));
+      const MoeWeights cw{gate.cpu, up.cpu, down.cpu}, gw{gate.gpu, up.gpu, down.gpu};
+      auto x = F32({hidden, tokens, 1, 1}, Random(hidden * tokens));
+      auto rounded = gpu_->RoundActivations(x.gpu);
+      ASSERT_TRUE(rounded.ok() && rounded->defined()) << what;
+      auto y = Poisoned({hidden, tokens, 1, 1});
+      auto y_self = Poisoned({hidden, tokens, 1, 1});
+      gpu_->MoeExperts(x.gpu, *rounded, gw, ids.gpu, weights.gpu, y.gpu);
+      gpu_->MoeExperts(x.gpu, gw, ids.gpu, weights.gpu, y_self.gpu);
+      EXPECT_EQ(GpuBytes(y.gpu), GpuBytes(y_self.gpu)) << what;
+      cpu_->MoeExperts(x.cpu, cw, ids.cpu, weights.cpu, y.cpu);
+      Expect(y, 1e-6, "decode experts on rounded x " + what);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace latentserve::kernels
