@@ -27,6 +27,11 @@ absl::Status Backend::MlaAttentionHeads(const Tensor& q, const Tensor& k_b, cons
   return absl::OkStatus();
 }
 
+void Backend::AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y) {
+  Add(x, a, x);
+  RmsNorm(x, w, eps, y);
+}
+
 absl::Status Backend::BeginCapture() {
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
 }

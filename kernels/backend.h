@@ -218,6 +218,11 @@ class Backend {
   // Each row of x ([D, rows]): its first w.ne0 values are RMS-normalised and scaled by w;
   // the remaining values are copied unchanged.
   virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
+  // The residual add and the next norm in one op (one kernel per decode step instead of two):
+  // x (f32 [D, rows]) += a (as many elements), then y = RmsNorm(x, w, eps) of the updated x.
+  // y may be x. Default: Add(x, a, x) then RmsNorm(x, w, eps, y). CPU: bitwise that pair;
+  // CUDA: one vectorised kernel where RmsNorm's vector path applies.
+  virtual void AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y);
   // Each row of x scaled to unit L2 norm: x / max(|x|, eps).
   virtual void L2Norm(const Tensor& x, float eps, const Tensor& y) = 0;
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& y) = 0;

@@ -53,6 +53,15 @@ absl::Status CheckShape(DType dtype, const Shape& ne) {
 
 inline float SigmoidF(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+// One row of RmsNorm; AddRmsNorm runs the same code so that it equals Add + RmsNorm bitwise.
+void RmsNormRow(const float* in, const float* weight, int64_t width, int64_t d, float eps, float* out) {
+  double sum = 0;
+  for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(in[i]) * in[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / d) + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = in[i] * scale * weight[i];
+  if (out != in) std::memcpy(out + d, in + d, (width - d) * sizeof(float));
+}
+
 }  // namespace
 
 void CheckFailed(const char* what, const char* file, int line) {
@@ -166,16 +175,20 @@ void CpuBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& o
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
   const int64_t width = x.ne[0], d = w.elements();
   LS_CHECK(d <= width && x.elements() == y.elements() && w.dtype == DType::kF32);
-  const float* weight = F32(w);
+  pool_.ParallelFor(x.rows(), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) RmsNormRow(F32(x) + r * width, F32(w), width, d, eps, F32(y) + r * width);
+  });
+}
+
+void CpuBackend::AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y) {
+  const int64_t width = x.ne[0], d = w.elements();
+  LS_CHECK(d <= width && x.elements() == a.elements() && x.elements() == y.elements() && w.dtype == DType::kF32);
   pool_.ParallelFor(x.rows(), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float* in = F32(x) + r * width;
-      float* out = F32(y) + r * width;
-      double sum = 0;
-      for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(in[i]) * in[i];
-      const float scale = 1.0f / std::sqrt(static_cast<float>(sum / d) + eps);
-      for (int64_t i = 0; i < d; ++i) out[i] = in[i] * scale * weight[i];
-      if (out != in) std::memcpy(out + d, in + d, (width - d) * sizeof(float));
+      float* row = F32(x) + r * width;
+      const float* add = F32(a) + r * width;
+      for (int64_t i = 0; i < width; ++i) row[i] = row[i] + add[i];
+      RmsNormRow(row, F32(w), width, d, eps, F32(y) + r * width);
     }
   });
 }

@@ -59,6 +59,8 @@ class CudaBackend final : public Backend {
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
+  // RmsNorm's vector kernel with the add folded in (cuda_dense.cu); otherwise Add + RmsNorm.
+  void AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y) override;
   void L2Norm(const Tensor& x, float eps, const Tensor& y) override;
   void Add(const Tensor& a, const Tensor& b, const Tensor& y) override;
   void Mul(const Tensor& a, const Tensor& b, const Tensor& y) override;

@@ -1,4 +1,6 @@
 // Row and element-wise ops: norms, activations, the KDA gate and the short convolution.
+#include <initializer_list>
+
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
 
@@ -31,20 +33,30 @@ __global__ void RmsNormKernel(const float* x, const float* w, int64_t width, int
 // The same for rows of whole float4s (width, d % 4 == 0), each value read once into registers
 // (kPer float4s per thread, all loads issued before the reduction): kRowThreads threads per
 // row, a warp (short rows: the KDA and MLA per-head norms) or the whole CTA (the model width).
-template <int kRowThreads, int kPer>
-__global__ void __launch_bounds__(kThreads) RmsNormVecKernel(const float* x, const float* w, int64_t rows, int64_t width,
-                                                             int64_t d, float eps, float* y) {
+// kAdd (AddRmsNorm): x += a first, the sum kept in registers, written back to x and normalised
+// into y; all loads of x and a are issued before any store, so y may be x (or a).
+template <int kRowThreads, int kPer, bool kAdd>
+__global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const float* a, const float* w, int64_t rows,
+                                                             int64_t width, int64_t d, float eps, float* y) {
   AllowDependents();
   const int64_t row = int64_t{blockIdx.x} * (kThreads / kRowThreads) + threadIdx.x / kRowThreads;
   const int t = threadIdx.x % kRowThreads;
   const int64_t n4 = width / 4, d4 = d / 4;
-  const float4* in = reinterpret_cast<const float4*>(x + min(row, rows - 1) * width);
+  // Rows past the end (spare warps of the last CTA) read the last row, in bounds, and store nothing.
+  const int64_t first = min(row, rows - 1) * width;
+  const float4* in = reinterpret_cast<const float4*>(x + first);
   float4 v[kPer];
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int64_t i = t + int64_t{j} * kRowThreads;
     v[j] = i < n4 ? in[i] : make_float4(0, 0, 0, 0);
+    if constexpr (kAdd) {
+      if (i < n4) {
+        const float4 b = reinterpret_cast<const float4*>(a + first)[i];
+        v[j] = make_float4(v[j].x + b.x, v[j].y + b.y, v[j].z + b.z, v[j].w + b.w);
+      }
+    }
     if (i < d4) sum += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
   }
   if constexpr (kRowThreads == 32) {
@@ -60,6 +72,7 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(const float* x, con
   for (int j = 0; j < kPer; ++j) {
     const int64_t i = t + int64_t{j} * kRowThreads;
     if (i >= n4) continue;
+    if constexpr (kAdd) reinterpret_cast<float4*>(x + first)[i] = v[j];  // before y's store: y may be x
     if (i < d4) {
       const float4 g = w4[i];
       v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y, v[j].z * scale * g.z, v[j].w * scale * g.w);
@@ -135,6 +148,28 @@ __global__ void ShortConvTailKernel(const float* x, float* tail, int64_t channel
   for (int64_t j = 0; j < taps - 1; ++j) prev[j] = window[j];
 }
 
+// Whether RmsNormVecKernel takes these rows: whole float4s, 16-byte aligned, at most 4 float4s
+// per thread of a CTA.
+bool VecRows(int64_t width, int64_t d, std::initializer_list<const void*> pointers) {
+  if (width % 4 != 0 || d % 4 != 0 || width > 4 * kThreads * 4) return false;
+  for (const void* p : pointers) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// RmsNormVecKernel with a warp per row (up to 4 float4s per lane) or a CTA per row.
+template <bool kAdd>
+void LaunchRmsNormVec(float* x, const float* a, const float* w, int64_t rows, int64_t width, int64_t d, float eps,
+                      float* y, cudaStream_t stream) {
+  const auto blocks = [&](int rows_per_block) { return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block); };
+  if (width <= 4 * 32 * 4) {
+    RmsNormVecKernel<32, 4, kAdd><<<blocks(kThreads / 32), kThreads, 0, stream>>>(x, a, w, rows, width, d, eps, y);
+  } else {
+    RmsNormVecKernel<kThreads, 4, kAdd><<<blocks(1), kThreads, 0, stream>>>(x, a, w, rows, width, d, eps, y);
+  }
+}
+
 }  // namespace
 
 void CudaBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
@@ -142,16 +177,24 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& w, float eps, const Ten
   CU_CHECK(d <= width && x.elements() == y.elements());
   const int64_t rows = x.rows();
   if (rows == 0) return;
-  const bool vec = width % 4 == 0 && d % 4 == 0 && reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(DevPtr(w)) % 16 == 0 && reinterpret_cast<uintptr_t>(DevPtr(y)) % 16 == 0;
-  const auto blocks = [&](int rows_per_block) { return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block); };
-  if (vec && width <= 4 * 32 * 4) {  // a warp per row, up to 4 float4s per lane
-    RmsNormVecKernel<32, 4><<<blocks(kThreads / 32), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), rows, width, d, eps, DevF32(y));
-  } else if (vec && width <= 4 * kThreads * 4) {  // a CTA per row, up to 4 float4s per thread
-    RmsNormVecKernel<kThreads, 4><<<blocks(1), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), rows, width, d, eps, DevF32(y));
+  if (VecRows(width, d, {DevPtr(x), DevPtr(w), DevPtr(y)})) {
+    LaunchRmsNormVec<false>(DevF32(x), nullptr, DevF32(w), rows, width, d, eps, DevF32(y), stream_);
   } else {
     RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(DevF32(x), DevF32(w), width, d, eps, DevF32(y));
   }
+  LAUNCH_OK();
+}
+
+void CudaBackend::AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y) {
+  const int64_t width = x.ne[0], d = w.elements();
+  CU_CHECK(d <= width && x.elements() == a.elements() && x.elements() == y.elements());
+  const int64_t rows = x.rows();
+  if (rows == 0) return;
+  if (!VecRows(width, d, {DevPtr(x), DevPtr(a), DevPtr(w), DevPtr(y)})) {
+    Backend::AddRmsNorm(x, a, w, eps, y);  // Add, then RmsNorm on whichever path it takes
+    return;
+  }
+  LaunchRmsNormVec<true>(DevF32(x), DevF32(a), DevF32(w), rows, width, d, eps, DevF32(y), stream_);
   LAUNCH_OK();
 }
 

@@ -167,6 +167,24 @@ TEST_F(CpuOps, RmsNormPartialRowKeepsTail) {
   }
 }
 
+// The fused op is the pair it replaces, bit for bit: model width, per-head rows, a kept tail,
+// an odd width, and y = x.
+TEST_F(CpuOps, AddRmsNormEqualsAddThenRmsNorm) {
+  using Case = std::tuple<Shape, int64_t, bool>;  // x's shape, w's length, y = x
+  for (auto [ne, d, in_place] : {Case{{2304, 3, 1, 1}, 2304, false}, Case{{128, 8, 4, 1}, 128, false},
+                                 Case{{10, 3, 1, 1}, 6, false}, Case{{2305, 2, 1, 1}, 2305, true}}) {
+    const std::vector<float> x = Random(ne[0] * ne[1] * ne[2]), a = Random(x.size());
+    Tensor w = F32({d, 1, 1, 1}, Random(d)), add = F32(ne, a);
+    Tensor want_x = F32(ne, x), got_x = F32(ne, x);
+    Tensor want_y = in_place ? want_x : Zeros(ne), got_y = in_place ? got_x : Zeros(ne);
+    backend_->Add(want_x, add, want_x);
+    backend_->RmsNorm(want_x, w, 1e-5f, want_y);
+    backend_->AddRmsNorm(got_x, add, w, 1e-5f, got_y);
+    EXPECT_TRUE(Bytes(got_y) == Bytes(want_y)) << "width " << ne[0] << " d " << d;
+    EXPECT_TRUE(Bytes(got_x) == Bytes(want_x)) << "width " << ne[0] << " d " << d;
+  }
+}
+
 // The gated delta rule written out directly, in double precision.
 struct KdaCase {
   int64_t dk, heads, tokens;
