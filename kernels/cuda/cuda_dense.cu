@@ -39,6 +39,7 @@ template <int kRowThreads, int kPer, bool kAdd>
 __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const float* a, const float* w, int64_t rows,
                                                              int64_t width, int64_t d, float eps, float* y) {
   AllowDependents();
+  WaitForPredecessor();  // launched dependent: x and a come from the kernels before
   const int64_t row = int64_t{blockIdx.x} * (kThreads / kRowThreads) + threadIdx.x / kRowThreads;
   const int t = threadIdx.x % kRowThreads;
   const int64_t n4 = width / 4, d4 = d / 4;
@@ -164,9 +165,11 @@ void LaunchRmsNormVec(float* x, const float* a, const float* w, int64_t rows, in
                       float* y, cudaStream_t stream) {
   const auto blocks = [&](int rows_per_block) { return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block); };
   if (width <= 4 * 32 * 4) {
-    RmsNormVecKernel<32, 4, kAdd><<<blocks(kThreads / 32), kThreads, 0, stream>>>(x, a, w, rows, width, d, eps, y);
+    CUDA_OK(LaunchDependent(RmsNormVecKernel<32, 4, kAdd>, dim3(blocks(kThreads / 32)), dim3(kThreads), 0, stream, x,
+                            a, w, rows, width, d, eps, y));
   } else {
-    RmsNormVecKernel<kThreads, 4, kAdd><<<blocks(1), kThreads, 0, stream>>>(x, a, w, rows, width, d, eps, y);
+    CUDA_OK(LaunchDependent(RmsNormVecKernel<kThreads, 4, kAdd>, dim3(blocks(1)), dim3(kThreads), 0, stream, x, a, w,
+                            rows, width, d, eps, y));
   }
 }
 
