@@ -223,6 +223,12 @@ class Backend {
   // y may be x. Default: Add(x, a, x) then RmsNorm(x, w, eps, y). CPU: bitwise that pair;
   // CUDA: one vectorised kernel where RmsNorm's vector path applies.
   virtual void AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y);
+  // AddRmsNorm, and y rounded as RoundActivations(y) rounds it (CUDA: in the same kernel).
+  virtual absl::StatusOr<Tensor> AddRmsNormRounded(const Tensor& x, const Tensor& a, const Tensor& w, float eps,
+                                                   const Tensor& y) {
+    AddRmsNorm(x, a, w, eps, y);
+    return RoundActivations(y);
+  }
   // Each row of x scaled to unit L2 norm: x / max(|x|, eps).
   virtual void L2Norm(const Tensor& x, float eps, const Tensor& y) = 0;
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& y) = 0;

@@ -39,6 +39,11 @@ struct Hidden {
 // h with its rounded copy when `reader`, the weight whose products decide (the first
 // projection of h), is q4_0 / q8_0 and the backend rounds once; else h alone.
 absl::StatusOr<Hidden> RoundFor(kernels::Backend& backend, const kernels::Tensor& h, const kernels::Tensor& reader);
+// The residual step between sublayers: x += a, h = RmsNorm(x) * w, and h rounded as RoundFor
+// decides (one backend op).
+absl::StatusOr<Hidden> AddNormFor(kernels::Backend& backend, const kernels::Tensor& x, const kernels::Tensor& a,
+                                  const kernels::Tensor& w, float eps, const kernels::Tensor& h,
+                                  const kernels::Tensor& reader);
 
 // h [E, n] through every projection of `p`: out[i] [rows_i, n]. One token and a stacked
 // weight: one matmul, and the outputs are slices of its column (fewer backend operations

@@ -187,12 +187,19 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
   ASSIGN_OR_RETURN(Tensor h, ctx.F32({c.hidden, n, 1, 1}));
 
   mark(&ForwardProfile::embed);
-  // x += each layer's attention and FFN output; the add and the next RMSNorm are one op.
-  if (c.n_layers > 0) backend_.RmsNorm(x, weights_.layers[0].attn_norm, c.rms_eps, h);
+  // x += each layer's attention and FFN output; the add, the next RMSNorm and (for quantised
+  // readers) its rounding are one op (AddNormFor).
+  const auto attn_reader = [&](int64_t layer) -> const Tensor& {
+    const LayerWeights& w = weights_.layers[layer];
+    return c.is_mla[layer] ? w.mla.in.parts[0] : w.kda.qkv.parts[0];
+  };
+  Hidden attn_h{h, Tensor()};
+  if (c.n_layers > 0) {
+    backend_.RmsNorm(x, weights_.layers[0].attn_norm, c.rms_eps, h);
+    ASSIGN_OR_RETURN(attn_h, RoundFor(backend_, h, attn_reader(0)));
+  }
   for (int64_t layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
-    const Tensor& attn_in = c.is_mla[layer] ? w.mla.in.parts[0] : w.kda.qkv.parts[0];
-    ASSIGN_OR_RETURN(const Hidden attn_h, RoundFor(backend_, h, attn_in));
     mark(&ForwardProfile::norms);
     Tensor attn;
     if (c.is_mla[layer]) {
@@ -204,14 +211,14 @@ absl::StatusOr<Tensor> Model::Enqueue(absl::Span<const BatchEntry> batch, Latent
       ASSIGN_OR_RETURN(attn, KdaLayer(ctx, w.kda, states, attn_h));
       mark(&ForwardProfile::kda);
     }
-    backend_.AddRmsNorm(x, attn, w.ffn_norm, c.rms_eps, h);
-    ASSIGN_OR_RETURN(const Hidden ffn_h,
-                     RoundFor(backend_, h, c.is_moe(layer) ? w.ffn.experts.gate_exps : w.ffn.gate_up.parts[0]));
+    const Tensor& ffn_reader = c.is_moe(layer) ? w.ffn.experts.gate_exps : w.ffn.gate_up.parts[0];
+    ASSIGN_OR_RETURN(const Hidden ffn_h, AddNormFor(backend_, x, attn, w.ffn_norm, c.rms_eps, h, ffn_reader));
     mark(&ForwardProfile::norms);
     ASSIGN_OR_RETURN(Tensor ffn, FfnLayer(ctx, w.ffn, c.is_moe(layer), ffn_h));
     mark(c.is_moe(layer) ? &ForwardProfile::moe : &ForwardProfile::ffn_dense);
     if (layer + 1 < c.n_layers) {
-      backend_.AddRmsNorm(x, ffn, weights_.layers[layer + 1].attn_norm, c.rms_eps, h);
+      ASSIGN_OR_RETURN(attn_h, AddNormFor(backend_, x, ffn, weights_.layers[layer + 1].attn_norm, c.rms_eps, h,
+                                          attn_reader(layer + 1)));
     } else {
       backend_.Add(x, ffn, x);
     }

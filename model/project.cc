@@ -18,6 +18,17 @@ absl::StatusOr<Hidden> RoundFor(kernels::Backend& backend, const Tensor& h, cons
   return out;
 }
 
+absl::StatusOr<Hidden> AddNormFor(kernels::Backend& backend, const Tensor& x, const Tensor& a, const Tensor& w,
+                                  float eps, const Tensor& h, const Tensor& reader) {
+  Hidden out{h, Tensor()};
+  if (reader.dtype == DType::kQ4_0 || reader.dtype == DType::kQ8_0) {
+    ASSIGN_OR_RETURN(out.rounded, backend.AddRmsNormRounded(x, a, w, eps, h));
+  } else {
+    backend.AddRmsNorm(x, a, w, eps, h);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<Tensor>> Project(const BatchContext& ctx, const Projections& p, const Hidden& h) {
   std::vector<Tensor> out;
   if (p.stacked.defined() && ctx.tokens == 1) {

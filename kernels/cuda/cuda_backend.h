@@ -56,6 +56,8 @@ class CudaBackend final : public Backend {
   void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) override;
   absl::StatusOr<Tensor> RoundActivations(const Tensor& x) override;
+  absl::StatusOr<Tensor> AddRmsNormRounded(const Tensor& x, const Tensor& a, const Tensor& w, float eps,
+                                           const Tensor& y) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;

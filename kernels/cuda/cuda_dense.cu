@@ -1,8 +1,10 @@
 // Row and element-wise ops: norms, activations, the KDA gate and the short convolution.
 #include <initializer_list>
 
+#include "common/status.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/row_pipeline.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -35,9 +37,13 @@ __global__ void RmsNormKernel(const float* x, const float* w, int64_t width, int
 // row, a warp (short rows: the KDA and MLA per-head norms) or the whole CTA (the model width).
 // kAdd (AddRmsNorm): x += a first, the sum kept in registers, written back to x and normalised
 // into y; all loads of x and a are issued before any store, so y may be x (or a).
+// `rounded` (else null; width % 32 == 0): y also rounded to 8-bit blocks of 32 in
+// RoundActivations' layout (row_pipeline.cuh), the arithmetic of RoundBlock32: a block is 8
+// float4s held by 8 adjacent lanes.
 template <int kRowThreads, int kPer, bool kAdd>
 __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const float* a, const float* w, int64_t rows,
-                                                             int64_t width, int64_t d, float eps, float* y) {
+                                                             int64_t width, int64_t d, float eps, float* y,
+                                                             uint8_t* rounded) {
   AllowDependents();
   WaitForPredecessor();  // launched dependent: x and a come from the kernels before
   const int64_t row = int64_t{blockIdx.x} * (kThreads / kRowThreads) + threadIdx.x / kRowThreads;
@@ -79,6 +85,24 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const flo
       v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y, v[j].z * scale * g.z, v[j].w * scale * g.w);
     }
     out[i] = v[j];
+  }
+  if (rounded == nullptr) return;
+  auto* qs = reinterpret_cast<uint32_t*>(rounded + row * width);
+  auto* ds = reinterpret_cast<float*>(rounded + Align16(static_cast<size_t>(rows * width))) + row * (width / 32);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {  // every lane takes part in the shuffles
+    const int64_t i = t + int64_t{j} * kRowThreads;
+    const float4 q = i < n4 ? v[j] : make_float4(0, 0, 0, 0);
+    float amax = fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)), fmaxf(fabsf(q.z), fabsf(q.w)));
+    for (int offset = 1; offset < 8; offset <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+    if (i >= n4) continue;
+    const float dq = __fdiv_rn(amax, 127.0f);
+    const float inv = dq != 0.0f ? __frcp_rn(dq) : 0.0f;
+    const auto byte = [&](float value, int shift) {
+      return static_cast<uint32_t>(static_cast<uint8_t>(__float2int_rn(__fmul_rn(value, inv)))) << shift;
+    };
+    qs[i] = byte(q.x, 0) | byte(q.y, 8) | byte(q.z, 16) | byte(q.w, 24);
+    if (i % 8 == 0) ds[i / 8] = dq;
   }
 }
 
@@ -162,14 +186,14 @@ bool VecRows(int64_t width, int64_t d, std::initializer_list<const void*> pointe
 // RmsNormVecKernel with a warp per row (up to 4 float4s per lane) or a CTA per row.
 template <bool kAdd>
 void LaunchRmsNormVec(float* x, const float* a, const float* w, int64_t rows, int64_t width, int64_t d, float eps,
-                      float* y, cudaStream_t stream) {
+                      float* y, cudaStream_t stream, uint8_t* rounded = nullptr) {
   const auto blocks = [&](int rows_per_block) { return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block); };
   if (width <= 4 * 32 * 4) {
     CUDA_OK(LaunchDependent(RmsNormVecKernel<32, 4, kAdd>, dim3(blocks(kThreads / 32)), dim3(kThreads), 0, stream, x,
-                            a, w, rows, width, d, eps, y));
+                            a, w, rows, width, d, eps, y, rounded));
   } else {
     CUDA_OK(LaunchDependent(RmsNormVecKernel<kThreads, 4, kAdd>, dim3(blocks(1)), dim3(kThreads), 0, stream, x, a, w,
-                            rows, width, d, eps, y));
+                            rows, width, d, eps, y, rounded));
   }
 }
 
@@ -199,6 +223,22 @@ void CudaBackend::AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, 
   }
   LaunchRmsNormVec<true>(DevF32(x), DevF32(a), DevF32(w), rows, width, d, eps, DevF32(y), stream_);
   LAUNCH_OK();
+}
+
+absl::StatusOr<Tensor> CudaBackend::AddRmsNormRounded(const Tensor& x, const Tensor& a, const Tensor& w, float eps,
+                                                     const Tensor& y) {
+  const int64_t width = x.ne[0], d = w.elements(), rows = x.rows();
+  CU_CHECK(d <= width && x.elements() == a.elements() && x.elements() == y.elements());
+  // RoundActivations' widths (decode columns, whole blocks), on the vector kernel's rows.
+  if (rows == 0 || rows > kRoundedMaxColumns || width % 32 != 0 ||
+      !VecRows(width, d, {DevPtr(x), DevPtr(a), DevPtr(w), DevPtr(y)})) {
+    return Backend::AddRmsNormRounded(x, a, w, eps, y);
+  }
+  ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(ActivationSmem<true>(width, rows) / 4), 1, 1, 1}));
+  LaunchRmsNormVec<true>(DevF32(x), DevF32(a), DevF32(w), rows, width, d, eps, DevF32(y), stream_,
+                         static_cast<uint8_t*>(DevPtr(out)));
+  LAUNCH_OK();
+  return out;
 }
 
 void CudaBackend::L2Norm(const Tensor& x, float eps, const Tensor& y) {

@@ -205,7 +205,7 @@ __global__ void RoundActivationsKernel(const float* x, int64_t k, int64_t m, uin
 absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   const int64_t k = x.ne[0], m = x.rows();
   // Decode widths only (the GEMVs' columns); prefill's products go through cuBLAS in f16.
-  if (x.dtype != DType::kF32 || m == 0 || m > kGemvMaxColumns || k % 32 != 0) return Tensor();
+  if (x.dtype != DType::kF32 || m == 0 || m > kRoundedMaxColumns || k % 32 != 0) return Tensor();
   const size_t bytes = ActivationSmem<true>(k, m);
   ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(bytes / 4), 1, 1, 1}));
   constexpr int kWarps = 8;

@@ -76,10 +76,20 @@ __global__ void MoeRouteKernel(const float* logits, const float* bias, int64_t e
   }
 }
 
-// The same routing with one warp per token, the experts held in registers (up to 32 x
-// kRoutePerLane): the block version's top-k rounds each cost two block barriers and a serial
-// pass over the warps' winners (11 us per decode layer in ncu); here a round is five shuffles.
-constexpr int kRoutePerLane = 16;
+// The same routing with one warp per token, the experts held in registers (up to 32 x kPer):
+// the block version's top-k rounds each cost two block barriers and a serial pass over the
+// warps' winners (11 us per decode layer in ncu). A round here: the lane's best by a scan of its
+// registers, then the warp's by two redux instructions (the largest order-preserving key, then
+// the lowest expert index holding it), and one shuffle for the winner's probability. Removal
+// is a select per register: a store at a computed index put the array in local memory, and
+// the kernel took ~9.5 us a layer (ncu, docs/benchmarks.md).
+__device__ __forceinline__ unsigned OrderedKey(float v) {  // monotone in v; -0 and +0 alike
+  const unsigned u = __float_as_uint(v + 0.0f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+constexpr int kRoutePerLane = 16;  // experts <= 512
+template <int kPer>
 __global__ void MoeRouteWarpKernel(const float* logits, const float* bias, int64_t experts, int64_t top_k,
                                    bool normalize, float scale, int64_t tokens, int32_t* ids, float* weights) {
   AllowDependents();
@@ -87,9 +97,9 @@ __global__ void MoeRouteWarpKernel(const float* logits, const float* bias, int64
   const int64_t t = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (t >= tokens) return;
-  float prob[kRoutePerLane], selection[kRoutePerLane];
+  float prob[kPer], selection[kPer];
 #pragma unroll
-  for (int i = 0; i < kRoutePerLane; ++i) {
+  for (int i = 0; i < kPer; ++i) {
     const int64_t e = int64_t{i} * 32 + lane;
     prob[i] = e < experts ? 1.0f / (1.0f + expf(-logits[t * experts + e])) : 0.0f;
     selection[i] = e < experts ? prob[i] + bias[e] : -INFINITY;
@@ -98,36 +108,28 @@ __global__ void MoeRouteWarpKernel(const float* logits, const float* bias, int64
   int my_id = 0;
   for (int64_t j = 0; j < top_k; ++j) {
     float value = -INFINITY, p = 0.0f;
-    int index = INT_MAX;
+    int slot = 0;
 #pragma unroll
-    for (int i = 0; i < kRoutePerLane; ++i) {  // lane-local best; lower expert index wins ties
+    for (int i = 0; i < kPer; ++i) {  // lane-local best; lower expert index wins ties
       if (selection[i] > value) {
         value = selection[i];
-        index = i * 32 + lane;
+        slot = i;
         p = prob[i];
       }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float other_value = __shfl_xor_sync(0xffffffff, value, offset);
-      const int other_index = __shfl_xor_sync(0xffffffff, index, offset);
-      const float other_p = __shfl_xor_sync(0xffffffff, p, offset);
-      if (other_value > value || (other_value == value && other_index < index)) {
-        value = other_value;
-        index = other_index;
-        p = other_p;
-      }
-    }
+    const unsigned key = OrderedKey(value);
+    const unsigned best = __reduce_max_sync(0xffffffffu, key);
+    const int index = static_cast<int>(
+        __reduce_min_sync(0xffffffffu, key == best ? static_cast<unsigned>(slot * 32 + lane) : 0xffffffffu));
+    const int winner = index % 32;
+    p = __shfl_sync(0xffffffffu, p, winner);
     chosen_sum += p;
     if (lane == j) {
       my_id = index;
       my_weight = p;
     }
-    if (index % 32 == lane) {
 #pragma unroll
-      for (int i = 0; i < kRoutePerLane; ++i) {
-        if (i == index / 32) selection[i] = -INFINITY;
-      }
-    }
+    for (int i = 0; i < kPer; ++i) selection[i] = lane == winner && i == slot ? -INFINITY : selection[i];
   }
   const float norm = normalize ? 1.0f / fmaxf(chosen_sum, 6.103515625e-5f) : 1.0f;
   if (lane < top_k) {
@@ -367,7 +369,7 @@ void CudaBackend::MoeRoute(const Tensor& logits, const Tensor& bias, int64_t top
   if (tokens == 0) return;
   if (experts <= 32 * kRoutePerLane && top_k <= 32) {
     constexpr int kWarps = 4;
-    CUDA_OK(LaunchDependent(MoeRouteWarpKernel, dim3(static_cast<unsigned>((tokens + kWarps - 1) / kWarps)),
+    CUDA_OK(LaunchDependent(experts <= 32 * 8 ? MoeRouteWarpKernel<8> : MoeRouteWarpKernel<kRoutePerLane>, dim3(static_cast<unsigned>((tokens + kWarps - 1) / kWarps)),
                             dim3(kWarps * 32), 0, stream_, DevF32(logits), DevF32(bias), experts, top_k, normalize,
                             scale, tokens, reinterpret_cast<int32_t*>(DevPtr(ids)), DevF32(weights)));
     LAUNCH_OK();

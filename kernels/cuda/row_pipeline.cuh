@@ -98,6 +98,10 @@ constexpr bool kQ8Rows = T == DType::kQ4_0 || T == DType::kQ8_0 || kSpanStaged<T
 
 __host__ __device__ inline size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// Columns up to which activations are rounded once ahead of their products (RoundActivations,
+// AddRmsNormRounded): the GEMVs' column counts.
+constexpr int64_t kRoundedMaxColumns = 8;
+
 template <bool kQ8>
 __host__ __device__ inline size_t ActivationSmem(int64_t k, int64_t m) {
   const size_t values = static_cast<size_t>(k) * static_cast<size_t>(m);

@@ -4,6 +4,7 @@
 // integer path, which rounds the same way. Runs only where a GPU is visible (ctest label "gpu").
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -34,6 +35,33 @@ TEST_F(RoundedOps, RoundedOnlyWhereItPays) {
     auto on_cpu = cpu_->RoundActivations(x.cpu);
     ASSERT_TRUE(on_cpu.ok());
     EXPECT_FALSE(on_cpu->defined());
+  }
+}
+
+// The residual add + RMSNorm that rounds its output in the same kernel: the same y and x as
+// AddRmsNorm, and the same bytes as RoundActivations of that y. Widths: the CTA-per-row kernel
+// (2304, 4096), the warp-per-row kernel (256; 288, whose last 32-block leaves a warp partly
+// idle), and a width that is not whole blocks (2305: no rounded copy); 9 rows: none either.
+TEST_F(RoundedOps, AddRmsNormRoundedMatchesSeparateOps) {
+  for (auto [width, rows] : {std::pair<int64_t, int64_t>{2304, 1}, {2304, 3}, {4096, 1}, {256, 8}, {288, 2},
+                             {2305, 1}, {2304, 9}}) {
+    const std::string what = "width=" + std::to_string(width) + " rows=" + std::to_string(rows);
+    const std::vector<float> x0 = Random(width * rows, -2, 2), a0 = Random(width * rows, -2, 2);
+    auto w = F32({width, 1, 1, 1}, Random(width, 0.5f, 1.5f));
+    auto x = F32({width, rows, 1, 1}, x0), a = F32({width, rows, 1, 1}, a0);
+    auto x_ref = F32({width, rows, 1, 1}, x0);
+    auto y = Poisoned({width, rows, 1, 1}), y_ref = Poisoned({width, rows, 1, 1});
+    auto rounded = gpu_->AddRmsNormRounded(x.gpu, a.gpu, w.gpu, 1e-6f, y.gpu);
+    ASSERT_TRUE(rounded.ok()) << rounded.status();
+    gpu_->AddRmsNorm(x_ref.gpu, a.gpu, w.gpu, 1e-6f, y_ref.gpu);
+    EXPECT_EQ(GpuBytes(y.gpu), GpuBytes(y_ref.gpu)) << what;
+    EXPECT_EQ(GpuBytes(x.gpu), GpuBytes(x_ref.gpu)) << what;
+    const bool wanted = width % 32 == 0 && rows <= 8;
+    ASSERT_EQ(rounded->defined(), wanted) << what;
+    if (!wanted) continue;
+    auto separate = gpu_->RoundActivations(y_ref.gpu);
+    ASSERT_TRUE(separate.ok() && separate->defined()) << what;
+    EXPECT_EQ(GpuBytes(*rounded), GpuBytes(*separate)) << what;
   }
 }
 
