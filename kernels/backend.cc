@@ -32,6 +32,39 @@ void Backend::AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, floa
   RmsNorm(x, w, eps, y);
 }
 
+absl::Status Backend::MoeExpertsWithShared(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts,
+                                           const Tensor& ids, const Tensor& weights, const SharedExpert& shared,
+                                           const Tensor& y) {
+  const int64_t hidden = x.ne[0], tokens = x.rows(), ffn = shared.gate.ne[1];
+  if (shared.gate.ne[0] != hidden || shared.up.ne != shared.gate.ne || shared.down.ne[0] != ffn ||
+      shared.down.ne[1] != hidden || shared.gate.rows() != ffn || shared.down.rows() != hidden ||
+      (shared.gate_up.defined() && (shared.gate_up.ne[0] != hidden || shared.gate_up.rows() != 2 * ffn))) {
+    std::fprintf(stderr, "MoeExpertsWithShared: shared expert shapes do not match x [%lld, %lld]\n",
+                 static_cast<long long>(hidden), static_cast<long long>(tokens));
+    std::abort();  // a programming error of the model, as for every op's shapes
+  }
+  MoeExperts(x, x_rounded, experts, ids, weights, y);
+  // The model's projection of one input by several weights (model/project.cc), op for op.
+  Tensor gate, up;
+  if (shared.gate_up.defined() && tokens == 1) {
+    ASSIGN_OR_RETURN(Tensor both, Alloc(DType::kF32, {2 * ffn, 1, 1, 1}));
+    MatMul(shared.gate_up, x, x_rounded, both);
+    const Tensor rows = both.Reshape({1, 2 * ffn, 1, 1});
+    gate = rows.RowSlice(0, ffn).Reshape({ffn, 1, 1, 1});
+    up = rows.RowSlice(ffn, ffn).Reshape({ffn, 1, 1, 1});
+  } else {
+    ASSIGN_OR_RETURN(gate, Alloc(DType::kF32, {ffn, tokens, 1, 1}));
+    MatMul(shared.gate, x, x_rounded, gate);
+    ASSIGN_OR_RETURN(up, Alloc(DType::kF32, {ffn, tokens, 1, 1}));
+    MatMul(shared.up, x, x_rounded, up);
+  }
+  SwiGlu(gate, up, gate);
+  ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kF32, {hidden, tokens, 1, 1}));
+  MatMul(shared.down, gate, out);
+  Add(y, out, y);
+  return absl::OkStatus();
+}
+
 absl::Status Backend::BeginCapture() {
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
 }

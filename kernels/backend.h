@@ -65,6 +65,14 @@ struct MoeWeights {
   Tensor down_exps;  // [Fe, E, X]
 };
 
+// An MoE layer's shared expert (every token, weight 1), 2-d tensors of any types.
+struct SharedExpert {
+  Tensor gate;     // [E, Fs]
+  Tensor up;       // [E, Fs]
+  Tensor down;     // [Fs, E]
+  Tensor gate_up;  // [E, 2 Fs]: gate's rows then up's, when one tensor holds both (else empty)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -298,6 +306,15 @@ class Backend {
                           const Tensor& ids, const Tensor& weights, const Tensor& y) {
     MoeExperts(x, experts, ids, weights, y);
   }
+  // MoeExperts plus the shared expert: y[:, t] = routed[:, t] + down_s(silu(gate_s x_t) * up_s x_t),
+  // added per element after the routed weighted sum (the float order of MoeExperts then Add).
+  // Fails only when memory for the intermediates cannot be allocated. Default: exactly that
+  // sequence of ops (MoeExperts; gate and up by MatMul, one on gate_up for one token; SwiGlu;
+  // MatMul by down; Add), so the CPU's results are those of the separate ops, bitwise. CUDA, at
+  // decode: the shared expert as one more slot per token in the decode expert kernels.
+  virtual absl::Status MoeExpertsWithShared(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts,
+                                            const Tensor& ids, const Tensor& weights, const SharedExpert& shared,
+                                            const Tensor& y);
 };
 
 // Backend factory: "cpu" (always) and "cuda" (when built with LATENTSERVE_CUDA).

@@ -32,11 +32,15 @@ absl::StatusOr<Tensor> FfnLayer(const BatchContext& ctx, const FfnWeights& w, bo
   ASSIGN_OR_RETURN(Tensor weights, ctx.F32({k, n, 1, 1}));
   b.MoeRoute(logits, w.router_bias, k, c.expert_weights_norm, c.expert_weights_scale, ids, weights);
   ASSIGN_OR_RETURN(Tensor out, ctx.F32({c.hidden, n, 1, 1}));
-  b.MoeExperts(h.x, h.rounded, w.experts, ids, weights, out);
-  if (!w.shared_gate_up.parts.empty()) {
-    ASSIGN_OR_RETURN(Tensor shared, SwiGluFfn(ctx, w.shared_gate_up, w.shared_down, h));
-    b.Add(out, shared, out);
+  if (w.shared_gate_up.parts.empty()) {
+    b.MoeExperts(h.x, h.rounded, w.experts, ids, weights, out);
+    return out;
   }
+  // One op for routed and shared experts: backends run the shared expert with the routed ones
+  // where that saves kernels (CUDA at decode); the default is MoeExperts, SwiGluFfn's ops, Add.
+  const kernels::SharedExpert shared{w.shared_gate_up.parts[0], w.shared_gate_up.parts[1], w.shared_down,
+                                     w.shared_gate_up.stacked};
+  RETURN_IF_ERROR(b.MoeExpertsWithShared(h.x, h.rounded, w.experts, ids, weights, shared, out));
   return out;
 }
 

@@ -218,6 +218,17 @@ absl::Status Run(int argc, char** argv) {
             b.MoeExperts(x, x_rounded, experts, ids, weights, y);
           });
         }
+        // The experts with a shared expert of Fe (stacked gate/up, as the model loads it): the one
+        // op (CUDA: one more slot of the decode expert kernels) against the default's separate ops.
+        ASSIGN_OR_RETURN(Tensor shared_gate_up, Random(b, DType::kQ4_0, {E, 2 * Fe, 1, 1}, 0, 0.05f));
+        ASSIGN_OR_RETURN(Tensor shared_down, Random(b, DType::kQ4_0, {Fe, E, 1, 1}, 0, 0.05f));
+        const kernels::SharedExpert shared{shared_gate_up.RowSlice(0, Fe), shared_gate_up.RowSlice(Fe, Fe),
+                                           shared_down, shared_gate_up};
+        memory_row("decode_moe_with_shared", "1 token", (K + 1) * expert_bytes,
+                   [&] { (void)b.MoeExpertsWithShared(x, x_rounded, experts, ids, weights, shared, y); });
+        memory_row("decode_moe_shared_separate", "1 token", (K + 1) * expert_bytes, [&] {
+          (void)b.Backend::MoeExpertsWithShared(x, x_rounded, experts, ids, weights, shared, y);
+        });
       } else {
         compute_row("prefill_moe_top8_of_256", std::to_string(n) + " tokens", 2.0 * 3 * E * Fe * K * n, op);
         // The experts alone (routing done above): on CUDA the default grouped GEMM kernel, the

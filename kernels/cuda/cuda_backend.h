@@ -109,6 +109,11 @@ class CudaBackend final : public Backend {
                   const Tensor& y) override;
   void MoeExperts(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts, const Tensor& ids,
                   const Tensor& weights, const Tensor& y) override;
+  // At decode the shared expert runs as one more slot per token of the decode expert kernels
+  // (MoeExpertsDecode); otherwise the base class's ops.
+  absl::Status MoeExpertsWithShared(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts,
+                                    const Tensor& ids, const Tensor& weights, const SharedExpert& shared,
+                                    const Tensor& y) override;
 
   // One sequence's new queries: absorbed attention as tensor-core GEMMs with a flash-style
   // online softmax over key tiles (cuda_mla_gemm.cu).
@@ -137,6 +142,12 @@ class CudaBackend final : public Backend {
   // (f32 weights, gate/up of different types, hidden or ffn not a multiple of 32).
   bool MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                          const Tensor& y);
+  // MoE decode (few slots) with warp dot products over each slot's expert rows, the ids read on
+  // the device (cuda_moe_decode.cu); with `shared`, its expert as one more slot per token, added
+  // after each token's weighted sum. Returns false, having enqueued nothing, for too many slots,
+  // types without decode kernels, or a shared expert of other types or sizes than the experts.
+  bool MoeExpertsDecode(const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts, const Tensor& ids,
+                        const Tensor& weights, const SharedExpert* shared, const Tensor& y);
 
   // KDA prefill in the chunked (WY) form for head dimension 128 (cuda_kda_chunk.cu); returns
   // false, doing nothing, for shapes it is not built for (the caller runs the recurrence).
@@ -224,5 +235,9 @@ void GatherLatentRows(cudaStream_t stream, const Tensor& pool, const int32_t* pa
 
 // Launch helpers implemented in the .cu files (all on the backend's stream).
 inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
+// y[:, t] = sum_j weights[j, t] * slot_out[t * top_k + j] in slot order, then + shared_out[:, t]
+// where shared_out is not null (cuda_moe_decode.cu; a programmatic dependent launch).
+void LaunchMoeWeightedSum(cudaStream_t stream, const float* slot_out, const float* weights, int64_t hidden,
+                          int64_t top_k, int64_t tokens, const float* shared_out, float* y);
 
 }  // namespace latentserve::kernels::cuda

@@ -49,6 +49,42 @@ inline std::vector<uint8_t> StoredBytes(const Tensor& t, const std::vector<float
   return bytes;
 }
 
+// Routing ids i32 [top_k, tokens]: top_k distinct experts per token, random, in random order.
+inline std::vector<int32_t> RandomRouting(int64_t experts, int64_t top_k, int64_t tokens, std::mt19937& rng) {
+  std::vector<int32_t> all(experts), ids;
+  for (int64_t e = 0; e < experts; ++e) all[e] = static_cast<int32_t>(e);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::shuffle(all.begin(), all.end(), rng);
+    ids.insert(ids.end(), all.begin(), all.begin() + top_k);
+  }
+  return ids;
+}
+
+// MoeExperts, then the shared expert by MatMul (one on the stacked gate_up for one token),
+// SwiGlu, MatMul and Add: the ops the model ran before Backend::MoeExpertsWithShared, which its
+// default must reproduce bitwise.
+inline void MoeThenSharedOps(Backend& b, const Tensor& x, const Tensor& x_rounded, const MoeWeights& experts,
+                             const Tensor& ids, const Tensor& weights, const SharedExpert& shared, const Tensor& y) {
+  const int64_t hidden = x.ne[0], tokens = x.rows(), ffn = shared.gate.ne[1];
+  b.MoeExperts(x, x_rounded, experts, ids, weights, y);
+  Tensor gate, up;
+  if (shared.gate_up.defined() && tokens == 1) {
+    const Tensor both = *b.Alloc(DType::kF32, {2 * ffn, 1, 1, 1});
+    b.MatMul(shared.gate_up, x, x_rounded, both);
+    gate = both.Reshape({1, 2 * ffn, 1, 1}).RowSlice(0, ffn).Reshape({ffn, 1, 1, 1});
+    up = both.Reshape({1, 2 * ffn, 1, 1}).RowSlice(ffn, ffn).Reshape({ffn, 1, 1, 1});
+  } else {
+    gate = *b.Alloc(DType::kF32, {ffn, tokens, 1, 1});
+    b.MatMul(shared.gate, x, x_rounded, gate);
+    up = *b.Alloc(DType::kF32, {ffn, tokens, 1, 1});
+    b.MatMul(shared.up, x, x_rounded, up);
+  }
+  b.SwiGlu(gate, up, gate);
+  const Tensor out = *b.Alloc(DType::kF32, {hidden, tokens, 1, 1});
+  b.MatMul(shared.down, gate, out);
+  b.Add(y, out, y);
+}
+
 // The CPU backend alone.
 class CpuOpsFixture : public ::testing::Test {
  protected:
