@@ -65,6 +65,18 @@ absl::Status Backend::MoeExpertsWithShared(const Tensor& x, const Tensor& x_roun
   return absl::OkStatus();
 }
 
+void Backend::GatedRmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& gate, const Tensor& y) {
+  Sigmoid(gate, gate);
+  RmsNorm(x, w, eps, y);
+  Mul(y, gate, y);
+}
+
+void Backend::KdaGateAndBeta(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
+                             const Tensor& g, const Tensor& beta_logits, const Tensor& beta) {
+  KdaGate(f, dt_bias, a, head_dim, g);
+  Sigmoid(beta_logits, beta);
+}
+
 absl::Status Backend::BeginCapture() {
   return absl::UnimplementedError(absl::StrCat("the ", name(), " backend does not record steps"));
 }

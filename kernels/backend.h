@@ -237,6 +237,11 @@ class Backend {
     AddRmsNorm(x, a, w, eps, y);
     return RoundActivations(y);
   }
+  // The KDA output norm in one op: y = RmsNorm(x, w, eps) * sigmoid(gate), element-wise (gate
+  // holds x's elements in x's order). y may be x, not gate; gate is consumed (the default leaves
+  // sigmoid(gate) in it). Default: Sigmoid(gate, gate), RmsNorm, Mul (CPU: bitwise those ops);
+  // CUDA: RmsNorm's vector kernel with the gate applied, bitwise its three kernels.
+  virtual void GatedRmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& gate, const Tensor& y);
   // Each row of x scaled to unit L2 norm: x / max(|x|, eps).
   virtual void L2Norm(const Tensor& x, float eps, const Tensor& y) = 0;
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& y) = 0;
@@ -255,6 +260,11 @@ class Backend {
   // g[c, t] = a[c / Dk] * softplus(f[c, t] + dt_bias[c]).  f, g [Di, n]; dt_bias [Di]; a [H].
   virtual void KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
                        const Tensor& g) = 0;
+  // KdaGate and the mixing logits' sigmoid, beta = sigmoid(beta_logits) ([H, n]), in one op.
+  // Default: KdaGate then Sigmoid (CPU: bitwise that pair); CUDA: one kernel over both ranges,
+  // bitwise the pair's kernels.
+  virtual void KdaGateAndBeta(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim,
+                              const Tensor& g, const Tensor& beta_logits, const Tensor& beta);
   // The gated delta rule per head, updating each sequence's recurrent state:
   //   S = diag(exp(g_t)) S;  u = beta_t (v_t - S^T k_t);  S += k_t u^T;  o_t = S^T q_t / sqrt(Dk)
   // q, k (L2-normalised), v, g, out: [Dk, H, n]; beta [H, n] (already sigmoid).

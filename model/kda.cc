@@ -42,23 +42,21 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
   // Low-rank decay and output-gate inputs and the mixing logits, all from h.
   ASSIGN_OR_RETURN(std::vector<Tensor> gates, Project(ctx, w.gates, h));
   const Tensor &decay_low = gates[0], &gate_low = gates[1], &beta = gates[2];
-  // Per-channel decay g = A * softplus(f_b(f_a(h)) + dt_bias); mixing beta = sigmoid(b(h)).
+  // Per-channel decay g = A * softplus(f_b(f_a(h)) + dt_bias); mixing beta = sigmoid(b(h)):
+  // one op (one kernel per decode step on CUDA).
   ASSIGN_OR_RETURN(Tensor g, ctx.F32({Di, n, 1, 1}));
   b.MatMul(w.f_b, decay_low, g);
-  b.KdaGate(g, w.dt_bias, w.a, Dk, g);
-  b.Sigmoid(beta, beta);
+  b.KdaGateAndBeta(g, w.dt_bias, w.a, Dk, g, beta, beta);
 
   ASSIGN_OR_RETURN(Tensor o, ctx.F32(heads_shape));
   b.KdaAttention(q, k, v, g.Reshape(heads_shape), beta, ctx.slices, states, ctx.kda_chunk_tokens, o);
 
-  // Output: RMSNorm per head, times sigmoid(g_b(g_a(h))), then o_proj.
+  // Output: RMSNorm per head, times sigmoid(g_b(g_a(h))) (one op), then o_proj.
   ASSIGN_OR_RETURN(Tensor gate, ctx.F32({Di, n, 1, 1}));
   b.MatMul(w.g_b, gate_low, gate);
-  b.Sigmoid(gate, gate);
   const Tensor per_head = o.Reshape({Dk, H * n, 1, 1});
-  b.RmsNorm(per_head, w.o_norm, ctx.config.rms_eps, per_head);
+  b.GatedRmsNorm(per_head, w.o_norm, ctx.config.rms_eps, gate.Reshape({Dk, H * n, 1, 1}), per_head);
   const Tensor flat = o.Reshape({Di, n, 1, 1});
-  b.Mul(flat, gate, flat);
   ASSIGN_OR_RETURN(Tensor out, ctx.F32({ctx.config.hidden, n, 1, 1}));
   b.MatMul(w.out, flat, out);
   return out;

@@ -63,15 +63,21 @@ class CudaBackend final : public Backend {
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
   // RmsNorm's vector kernel with the add folded in (cuda_dense.cu); otherwise Add + RmsNorm.
   void AddRmsNorm(const Tensor& x, const Tensor& a, const Tensor& w, float eps, const Tensor& y) override;
+  // RmsNorm's vector kernel with the gate applied to its output (cuda_dense.cu).
+  void GatedRmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& gate, const Tensor& y) override;
   void L2Norm(const Tensor& x, float eps, const Tensor& y) override;
   void Add(const Tensor& a, const Tensor& b, const Tensor& y) override;
   void Mul(const Tensor& a, const Tensor& b, const Tensor& y) override;
   void Sigmoid(const Tensor& x, const Tensor& y) override;
   void SwiGlu(const Tensor& gate, const Tensor& up, const Tensor& y) override;
 
+  // The short conv (sequences of few tokens in one pass), the gate, the gate with beta's
+  // sigmoid (cuda_kda_gate_conv.cu).
   void ShortConvSilu(const Tensor& x, const Tensor& weight, int which, absl::Span<const SeqSlice> seqs,
                      absl::Span<const KdaStateView> states, const Tensor& y) override;
   void KdaGate(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim, const Tensor& g) override;
+  void KdaGateAndBeta(const Tensor& f, const Tensor& dt_bias, const Tensor& a, int64_t head_dim, const Tensor& g,
+                      const Tensor& beta_logits, const Tensor& beta) override;
   void KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
                     absl::Span<const SeqSlice> seqs, absl::Span<const KdaStateView> states, int64_t chunk_tokens,
                     const Tensor& out) override;
