@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -122,6 +123,18 @@ class CpuOpsFixture : public ::testing::Test {
   std::mt19937 rng_;
 };
 
+// Sets an environment variable for a scope (a failed ASSERT returns without leaking it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
 // The CUDA backend against the CPU on the same host data; skipped where no GPU is visible.
 class BackendPairFixture : public ::testing::Test {
  protected:
@@ -183,6 +196,12 @@ class BackendPairFixture : public ::testing::Test {
     Tensor t = *cpu_->Alloc(DType::kF32, w.cpu.ne);
     cpu_->Upload(values.data(), values.size() * 4, t);
     return t;
+  }
+  // A GPU tensor's bytes (bitwise comparisons between GPU paths).
+  std::vector<uint8_t> GpuBytes(const Tensor& t) {
+    std::vector<uint8_t> out(t.nbytes());
+    gpu_->Download(t, out.data(), out.size());
+    return out;
   }
   std::vector<float> Read(Backend& b, const Tensor& t) {
     std::vector<float> out(t.elements());

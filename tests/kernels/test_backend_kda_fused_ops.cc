@@ -16,25 +16,11 @@ namespace {
 
 using op_test::kExact;
 
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
+using op_test::ScopedEnv;
 
 class KdaFusedOps : public op_test::BackendPairFixture {
  protected:
   KdaFusedOps() : BackendPairFixture(2027) {}
-  std::vector<uint8_t> GpuBytes(const Tensor& t) {
-    std::vector<uint8_t> out(t.nbytes());
-    gpu_->Download(t, out.data(), out.size());
-    return out;
-  }
   // A second GPU tensor with t's contents.
   Tensor GpuCopy(const Tensor& t) {
     Tensor copy = *gpu_->Alloc(t.dtype, t.ne);

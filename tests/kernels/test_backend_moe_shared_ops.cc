@@ -73,11 +73,6 @@ class MoeSharedOps : public op_test::BackendPairFixture {
     const int64_t fs = both.ne[1] / 2;
     return {both.RowSlice(0, fs), both.RowSlice(fs, fs), CpuWeight(l.shared_down, dequantise), both};
   }
-  std::vector<uint8_t> GpuBytes(const Tensor& t) {
-    std::vector<uint8_t> out(t.nbytes());
-    gpu_->Download(t, out.data(), out.size());
-    return out;
-  }
   static std::string Name(const Case& c) {
     return std::string(DTypeName(c.gate_up)) + "/" + DTypeName(c.down) + " shared " + DTypeName(c.shared_gate) +
            "/" + DTypeName(c.shared_up) + "/" + DTypeName(c.shared_down) + " hidden=" + std::to_string(c.hidden) +

@@ -21,17 +21,7 @@
 namespace latentserve::kernels {
 namespace {
 
-// Sets an environment variable for a scope (a failed ASSERT returns without leaking it).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
+using op_test::ScopedEnv;
 
 using op_test::kExact;
 using op_test::kHalfActivations;

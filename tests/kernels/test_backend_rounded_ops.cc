@@ -17,11 +17,6 @@ namespace {
 class RoundedOps : public op_test::BackendPairFixture {
  protected:
   RoundedOps() : BackendPairFixture(1234) {}
-  std::vector<uint8_t> GpuBytes(const Tensor& t) {
-    std::vector<uint8_t> out(t.nbytes());
-    gpu_->Download(t, out.data(), out.size());
-    return out;
-  }
 };
 
 // Decode widths get a rounded copy; more columns, widths not whole blocks, and the CPU do not.
@@ -104,12 +99,8 @@ TEST_F(RoundedOps, DecodeExpertsOnRoundedCopy) {
     const int64_t experts = 40, top_k = 6, hidden = 512, ffn = 256;
     for (int64_t tokens : {1, 5}) {
       const std::string what = std::string(DTypeName(type)) + " tokens=" + std::to_string(tokens);
-      auto logits = F32({experts, tokens, 1, 1}, Random(experts * tokens, -3, 3));
-      auto bias = F32({experts, 1, 1, 1}, Random(experts, -0.2f, 0.2f));
-      Pair ids{*cpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1}), *gpu_->Alloc(DType::kI32, {top_k, tokens, 1, 1})};
-      auto weights = Poisoned({top_k, tokens, 1, 1});
-      cpu_->MoeRoute(logits.cpu, bias.cpu, top_k, true, 2.446f, ids.cpu, weights.cpu);
-      gpu_->MoeRoute(logits.gpu, bias.gpu, top_k, true, 2.446f, ids.gpu, weights.gpu);
+      auto ids = Ints({top_k, tokens, 1, 1}, op_test::RandomRouting(experts, top_k, tokens, rng_));
+      auto weights = F32({top_k, tokens, 1, 1}, Random(top_k * tokens, 0.01f, 0.4f));
       auto gate = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto up = Make(type, {hidden, ffn, experts, 1}, Random(hidden * ffn * experts));
       auto down = Make(type, {ffn, hidden, experts, 1}, Random(ffn * hidden * experts));
