@@ -235,30 +235,14 @@ bool HasDecodeKernels(DType type) { return type != DType::kQ5_0 && type != DType
 template <typename Launch>
 void DispatchDecodeType(DType type, Launch launch) {
   switch (type) {
-    case DType::kF32:
-      launch(std::integral_constant<DType, DType::kF32>{});
-      break;
-    case DType::kF16:
-      launch(std::integral_constant<DType, DType::kF16>{});
-      break;
-    case DType::kBF16:
-      launch(std::integral_constant<DType, DType::kBF16>{});
-      break;
-    case DType::kQ8_0:
-      launch(std::integral_constant<DType, DType::kQ8_0>{});
-      break;
-    case DType::kQ4_0:
-      launch(std::integral_constant<DType, DType::kQ4_0>{});
-      break;
-    case DType::kQ4_K:
-      launch(std::integral_constant<DType, DType::kQ4_K>{});
-      break;
-    case DType::kQ5_K:
-      launch(std::integral_constant<DType, DType::kQ5_K>{});
-      break;
-    case DType::kQ6_K:
-      launch(std::integral_constant<DType, DType::kQ6_K>{});
-      break;
+    case DType::kF32: return launch(std::integral_constant<DType, DType::kF32>{});
+    case DType::kF16: return launch(std::integral_constant<DType, DType::kF16>{});
+    case DType::kBF16: return launch(std::integral_constant<DType, DType::kBF16>{});
+    case DType::kQ8_0: return launch(std::integral_constant<DType, DType::kQ8_0>{});
+    case DType::kQ4_0: return launch(std::integral_constant<DType, DType::kQ4_0>{});
+    case DType::kQ4_K: return launch(std::integral_constant<DType, DType::kQ4_K>{});
+    case DType::kQ5_K: return launch(std::integral_constant<DType, DType::kQ5_K>{});
+    case DType::kQ6_K: return launch(std::integral_constant<DType, DType::kQ6_K>{});
     default:
       CU_CHECK(false);
   }
