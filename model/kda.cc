@@ -14,11 +14,26 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
   const int64_t Di = H * Dk;
   const kernels::Shape heads_shape = {Dk, H, n, 1};
   Tensor q, k, v;
+  std::vector<Tensor> gates;  // f_a(h), g_a(h), beta logits
   if (w.qkv.stacked.defined() && n == 1) {
     // Decode: one matmul and one short conv for q, k and v together (stacked channels; the
-    // conv state is laid out [q|k|v][channel][tap], the same order), then views.
-    ASSIGN_OR_RETURN(Tensor proj, ctx.F32({3 * Di, 1, 1, 1}));
-    b.MatMul(w.qkv.stacked, h.x, h.rounded, proj);
+    // conv state is laid out [q|k|v][channel][tap], the same order), then views. With all six
+    // projections stacked (w.in) the gates' inputs come from the same matmul.
+    Tensor proj;
+    if (w.in.defined()) {
+      const int64_t Gr = w.gates.rows();
+      ASSIGN_OR_RETURN(Tensor all, ctx.F32({3 * Di + Gr, 1, 1, 1}));
+      b.MatMul(w.in, h.x, h.rounded, all);
+      proj = ColumnSlice(all, 0, 3 * Di);
+      int64_t first = 3 * Di;
+      for (const Tensor& part : w.gates.parts) {
+        gates.push_back(ColumnSlice(all, first, part.ne[1]));
+        first += part.ne[1];
+      }
+    } else {
+      ASSIGN_OR_RETURN(proj, ctx.F32({3 * Di, 1, 1, 1}));
+      b.MatMul(w.qkv.stacked, h.x, h.rounded, proj);
+    }
     ASSIGN_OR_RETURN(Tensor conv, ctx.F32({3 * Di, 1, 1, 1}));
     b.ShortConvSilu(proj, w.conv_qkv, 0, ctx.slices, states, conv);
     q = ColumnSlice(conv, 0, Di).Reshape(heads_shape);
@@ -40,7 +55,9 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
   }
 
   // Low-rank decay and output-gate inputs and the mixing logits, all from h.
-  ASSIGN_OR_RETURN(std::vector<Tensor> gates, Project(ctx, w.gates, h));
+  if (gates.empty()) {
+    ASSIGN_OR_RETURN(gates, Project(ctx, w.gates, h));
+  }
   const Tensor &decay_low = gates[0], &gate_low = gates[1], &beta = gates[2];
   // Per-channel decay g = A * softplus(f_b(f_a(h)) + dt_bias); mixing beta = sigmoid(b(h)):
   // one op (one kernel per decode step on CUDA).

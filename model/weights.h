@@ -27,6 +27,9 @@ struct KdaWeights {
   Projections qkv;                 // q, k, v: [E, Di] each
   Tensor conv_qkv;                 // [d_conv, 3 Di] f32 (taps fastest; channels q, k, v)
   Projections gates;               // f_a [E, Dk] (decay), g_a [E, Dk] (output gate), beta [E, H]
+  // When all six share a type: q, k, v, f_a, g_a, beta stacked in that order [E, 3 Di + 2 Dk
+  // + H], qkv's and gates' tensors views of it, so a decode step projects h once.
+  Tensor in;
   Tensor f_b;                      // [Dk, Di]: decay gate, low rank
   Tensor a;                        // [H] f32: A = -exp(A_log)
   Tensor dt_bias;                  // [Di] f32

@@ -9,6 +9,9 @@
 #            rounds: decode tok/s of each and whether the token ids are identical
 #   chunks   the last position's logits of a CHUNK_PROMPT-token prompt (default 131072) prefilled
 #            in chunks of 4096 and of 65536: NMSE between them (issue 9: <= 1e-3)
+#   graphs   criterion 4 of the decode issue: the new binary's GRAPH_PROMPT-token prompt (default
+#            4096) decoded with the step replayed from a CUDA graph and without
+#            (LATENTSERVE_CUDA_GRAPHS=0): the token ids must be identical
 #   ncu      per-kernel time of one decode step (graphs off, ncu without cache flushes or clock
 #            locking), NCU_PROMPT tokens (default 4096), parsed by scripts/device/ncu_step_kernels.py
 # Everything lands in $OUT/results.tgz (the device tool brings back a few files only); the
@@ -82,6 +85,21 @@ num = sum((x - y) ** 2 for x, y in zip(a, b)); den = sum(x * x for x in a)
 print(f"chunk 4096 vs 65536, last-position logits over {len(a)} entries: NMSE {num / den:.3e}; "
       f"argmax {a.index(max(a))} vs {b.index(max(b))}")
 EOF
+fi
+if has graphs; then
+  n=${GRAPH_PROMPT:-4096}
+  prompt_file "$n"
+  for graphs in 0 1; do
+    LATENTSERVE_CUDA_GRAPHS=$graphs "$NEW" generate "${MODEL[@]}" --prompt-tokens-file /tmp/prompt_$n.txt --chunk 8192 \
+      --max-tokens ${DECODE_TOKENS:-128} --ids --temperature 0 > "$OUT/graphs_$graphs.txt" 2>&1
+    echo "graphs=$graphs: exit $?; $(grep -E "tok/s|decode graphs" "$OUT/graphs_$graphs.txt" | tr '\n' ' ')"
+    grep -E "^[0-9]+(,[0-9]+)*$" "$OUT/graphs_$graphs.txt" > "$OUT/graph_ids_$graphs.txt"
+  done
+  if [[ -s $OUT/graph_ids_1.txt ]] && cmp -s "$OUT/graph_ids_0.txt" "$OUT/graph_ids_1.txt"; then
+    echo "graphs: replayed step and un-recorded step give identical tokens"
+  else
+    echo "graphs: TOKENS DIFFER between the replayed and the un-recorded step"
+  fi
 fi
 if has ncu; then
   n=${NCU_PROMPT:-4096}

@@ -378,12 +378,17 @@ const int32_t* CudaBackend::SharedPlan(absl::Span<const LatentSeqView> seqs, std
 }
 
 void* CudaBackend::UploadScratch(int slot, const void* host, size_t bytes) {
-  void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
-  if (bytes == 0) return dst;
   if (capture_) {
-    CUDA_OK(cudaMemcpyAsync(dst, capture_->PinnedCopy(host, bytes), bytes, cudaMemcpyHostToDevice, stream_));
+    // The bytes are the recording's constants: every replay would copy the same ones. So they
+    // get their own block, filled once when the recording ends (RecordingMemory::uploads), and
+    // the graph has no copy node: a host-to-device copy node took a PCIe round trip per replay
+    // and made the next kernel wait for it whole (no programmatic launch across a copy).
+    void* dst = capture_->Device(std::max<size_t>(bytes, 64));
+    if (bytes > 0) capture_->uploads.push_back({dst, capture_->PinnedCopy(host, bytes), bytes});
     return dst;
   }
+  void* dst = Scratch(slot, std::max<size_t>(bytes, 64));
+  if (bytes == 0) return dst;
   // Round-robin over pinned entries; an entry is reused only after its last copy finished
   // (256 uploads later: several decode steps back, so the wait is normally free).
   if (staging_.empty()) staging_.resize(256);

@@ -51,10 +51,18 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const flo
                                                              int64_t width, int64_t d, float eps, float* y,
                                                              uint8_t* rounded) {
   AllowDependents();
-  WaitForPredecessor();  // launched dependent: x and a come from the kernels before
   const int64_t row = int64_t{blockIdx.x} * (kThreads / kRowThreads) + threadIdx.x / kRowThreads;
   const int t = threadIdx.x % kRowThreads;
   const int64_t n4 = width / 4, d4 = d / 4;
+  // The norm weights are static: their trip from memory overlaps the kernels before.
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4 g[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t i = t + int64_t{j} * kRowThreads;
+    g[j] = i < d4 ? w4[i] : make_float4(0, 0, 0, 0);
+  }
+  WaitForPredecessor();  // launched dependent: x and a come from the kernels before
   // Rows past the end (spare warps of the last CTA) read the last row, in bounds, and store nothing.
   const int64_t first = min(row, rows - 1) * width;
   const float4* in = reinterpret_cast<const float4*>(x + first);
@@ -84,7 +92,6 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const flo
   if (row >= rows) return;
   const float scale = rsqrtf(sum / d + eps);
   float4* out = reinterpret_cast<float4*>(y + row * width);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int64_t i = t + int64_t{j} * kRowThreads;
@@ -93,8 +100,8 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const flo
       reinterpret_cast<float4*>(x + first)[i] = v[j];  // before y's store: y may be x
     }
     if (i < d4) {
-      const float4 g = w4[i];
-      v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y, v[j].z * scale * g.z, v[j].w * scale * g.w);
+      v[j] = make_float4(v[j].x * scale * g[j].x, v[j].y * scale * g[j].y, v[j].z * scale * g[j].z,
+                         v[j].w * scale * g[j].w);
     }
     if constexpr (kOp == RowOp::kGate) {
       const float4 z = gate[j];
@@ -212,7 +219,7 @@ absl::StatusOr<Tensor> CudaBackend::AddRmsNormRounded(const Tensor& x, const Ten
       !VecRows(width, d, {DevPtr(x), DevPtr(a), DevPtr(w), DevPtr(y)})) {
     return Backend::AddRmsNormRounded(x, a, w, eps, y);
   }
-  ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(ActivationSmem<true>(width, rows) / 4), 1, 1, 1}));
+  ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(RoundedBytes(width, rows) / 4), 1, 1, 1}));
   LaunchRmsNormVec<RowOp::kAdd>(DevF32(x), DevF32(a), DevF32(w), rows, width, d, eps, DevF32(y), stream_,
                                 static_cast<uint8_t*>(DevPtr(out)));
   LAUNCH_OK();

@@ -59,6 +59,7 @@ void RecordingMemory::Free() {
   device_chunks.clear();
   pinned_chunks.clear();
   scratch.clear();
+  uploads.clear();
   device_left = pinned_left = 0;
 }
 
@@ -90,6 +91,14 @@ absl::StatusOr<std::unique_ptr<Backend::Graph>> CudaBackend::EndCapture() {
     failure = absl::StrCat("stream capture failed: ", cudaGetErrorString(ended));
   } else if (!memory->refused.empty()) {
     failure = absl::StrCat("cannot record this step: ", memory->refused);
+  }
+  for (const RecordingMemory::Upload& upload : memory->uploads) {
+    if (!failure.empty()) break;
+    const cudaError_t copied = cudaMemcpy(upload.device, upload.pinned, upload.bytes, cudaMemcpyHostToDevice);
+    if (copied != cudaSuccess) {
+      (void)cudaGetLastError();
+      failure = absl::StrCat("copying a recording's constants failed: ", cudaGetErrorString(copied));
+    }
   }
   cudaGraphExec_t exec = nullptr;
   if (failure.empty()) {

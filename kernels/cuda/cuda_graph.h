@@ -25,6 +25,12 @@ struct RecordingMemory {
   uint8_t* pinned_next = nullptr;
   size_t pinned_left = 0;
   std::map<int, std::pair<void*, size_t>> scratch;  // slot -> block (the slot's current scratch)
+  struct Upload {
+    void* device;
+    const void* pinned;
+    size_t bytes;
+  };
+  std::vector<Upload> uploads;  // constants the replays read, copied once after recording
   size_t device_bytes = 0, pinned_bytes = 0;
   std::string refused;  // the first op that could not be recorded
 

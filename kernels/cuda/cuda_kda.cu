@@ -93,6 +93,10 @@ __global__ void __launch_bounds__(kColumns * kParts) KdaColumnsKernel(
       s[i] = active ? state[column * dk + key(i)] : 0.0f;
     }
   }
+  // Launched dependent: the state (this layer's, last written by an earlier step) and the
+  // sequences (uploaded by a copy, which no kernel overtakes) are read above while the kernels
+  // before finish; q, k, v, g and beta come from them.
+  WaitForPredecessor();
   for (int64_t t = 0; t < seq.token_count; ++t) {
     const int64_t base = ((seq.first_token + t) * heads + h) * dk;
     __syncthreads();
@@ -168,13 +172,13 @@ void CudaBackend::KdaAttention(const Tensor& q, const Tensor& k, const Tensor& v
   const unsigned groups = static_cast<unsigned>((dk + kColumns - 1) / kColumns);
   const dim3 columns_grid(static_cast<unsigned>(heads) * groups, static_cast<unsigned>(seqs.size()));
 #define LS_KDA_COLUMNS(PER)                                                                                    \
-  KdaColumnsKernel<PER><<<columns_grid, kColumns * kParts, 0, stream_>>>(DevF32(q), DevF32(k), DevF32(v), DevF32(g), \
-                                                                         DevF32(beta), device_seqs, heads, scale, DevF32(out))
+  CUDA_OK(LaunchDependent(KdaColumnsKernel<PER>, columns_grid, dim3(kColumns * kParts), 0, stream_, DevF32(q),      \
+                          DevF32(k), DevF32(v), DevF32(g), DevF32(beta), device_seqs, heads, scale, DevF32(out)))
   switch (dk) {
-    case 16: LS_KDA_COLUMNS(4); LAUNCH_OK(); return;
-    case 32: LS_KDA_COLUMNS(8); LAUNCH_OK(); return;
-    case 64: LS_KDA_COLUMNS(16); LAUNCH_OK(); return;
-    case 128: LS_KDA_COLUMNS(32); LAUNCH_OK(); return;
+    case 16: LS_KDA_COLUMNS(4); return;
+    case 32: LS_KDA_COLUMNS(8); return;
+    case 64: LS_KDA_COLUMNS(16); return;
+    case 128: LS_KDA_COLUMNS(32); return;
     default: break;  // other head sizes: the shared-memory kernel below
   }
 #undef LS_KDA_COLUMNS

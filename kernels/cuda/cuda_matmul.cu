@@ -75,7 +75,7 @@ bool LaunchGemvRows(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int
                     const uint8_t* rounded, int64_t m, float* y) {
   const size_t smem = RowPipelineSmem(ActivationSmem<kQ8>(k, m), StagedSlotBytes<T>(row_bytes), 1);
   if (smem > kRowSmemLimit || !AllowRowSmem<GemvRowsKernel<T, kQ8>>()) return false;
-  const unsigned blocks = RowPipelineBlocks(n, 1, smem);
+  const unsigned blocks = RowPipelineBlocks(n, 1, RowPipelineCtasPerSm<GemvRowsKernel<T, kQ8>>(smem));
   if (rounded == nullptr && kQ8 != QuantiseRows<T>(n, blocks)) return false;
   CUDA_OK(LaunchDependent(GemvRowsKernel<T, kQ8>, dim3(blocks), dim3(kRowWarps * 32), smem, stream, w, row_bytes, k,
                           n, x, rounded, m, y));
@@ -199,14 +199,14 @@ __global__ void RoundActivationsKernel(const float* x, int64_t k, int64_t m, uin
   const int64_t b = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   if (b >= m * k / 32) return;
   RoundBlock32(x, b, threadIdx.x % 32, reinterpret_cast<int8_t*>(out),
-               reinterpret_cast<float*>(out + Align16(static_cast<size_t>(k * m))));
+               reinterpret_cast<float*>(out + Align16(static_cast<size_t>(k * m))), nullptr);
 }
 
 absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   const int64_t k = x.ne[0], m = x.rows();
   // Decode widths only (the GEMVs' columns); prefill's products go through cuBLAS in f16.
   if (x.dtype != DType::kF32 || m == 0 || m > kRoundedMaxColumns || k % 32 != 0) return Tensor();
-  const size_t bytes = ActivationSmem<true>(k, m);
+  const size_t bytes = RoundedBytes(k, m);
   ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(bytes / 4), 1, 1, 1}));
   constexpr int kWarps = 8;
   CUDA_OK(LaunchDependent(RoundActivationsKernel, dim3(static_cast<unsigned>((m * k / 32 + kWarps - 1) / kWarps)),
@@ -218,7 +218,7 @@ absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
 const void* CudaBackend::RoundedFor(const Tensor& x, const Tensor& x_rounded) {
   if (!x_rounded.defined()) return nullptr;
   CU_CHECK(x_rounded.dtype == DType::kI32 && x.ne[0] % 32 == 0 &&
-           static_cast<size_t>(x_rounded.elements()) * 4 == ActivationSmem<true>(x.ne[0], x.rows()));
+           static_cast<size_t>(x_rounded.elements()) * 4 == RoundedBytes(x.ne[0], x.rows()));
   return DevPtr(x_rounded);
 }
 

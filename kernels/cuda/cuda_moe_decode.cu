@@ -193,7 +193,8 @@ void LaunchDecodeGateUp(cudaStream_t stream, const float* x, const void* x_round
                     reinterpret_cast<uintptr_t>(x) % 16 == 0 && smem <= kRowSmemLimit &&
                     AllowRowSmem<ExpertGateUpRowsKernel<T>>();
   if (rows) {
-    CUDA_OK(LaunchDependent(ExpertGateUpRowsKernel<T>, dim3(RowPipelineBlocks(ffn, all_slots, smem), ys),
+    const unsigned blocks = RowPipelineBlocks(ffn, all_slots, RowPipelineCtasPerSm<ExpertGateUpRowsKernel<T>>(smem));
+    CUDA_OK(LaunchDependent(ExpertGateUpRowsKernel<T>, dim3(blocks, ys),
                             dim3(kRowWarps * 32), smem, stream, x, rounded, slots.routed / slots.top_k, slots,
                             DevPtr(e.gate_exps), DevPtr(e.up_exps), shared.gate, shared.up, row_bytes, hidden,
                             ffn, act));
@@ -217,7 +218,8 @@ void LaunchDecodeDown(cudaStream_t stream, DecodeSlots slots, int64_t all_slots,
                     reinterpret_cast<uintptr_t>(act) % 16 == 0 && smem <= kRowSmemLimit &&
                     AllowRowSmem<ExpertDownRowsKernel<T>>();
   if (rows) {
-    CUDA_OK(LaunchDependent(ExpertDownRowsKernel<T>, dim3(RowPipelineBlocks(hidden, all_slots, smem), ys),
+    const unsigned blocks = RowPipelineBlocks(hidden, all_slots, RowPipelineCtasPerSm<ExpertDownRowsKernel<T>>(smem));
+    CUDA_OK(LaunchDependent(ExpertDownRowsKernel<T>, dim3(blocks, ys),
                             dim3(kRowWarps * 32), smem, stream, act, slots, DevPtr(e.down_exps), shared.down,
                             row_bytes, hidden, ffn, slot_out));
   } else {

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/warp_dot.cuh"
@@ -92,7 +94,8 @@ __device__ __forceinline__ void WarpRowPipeline(int64_t first, int64_t end, int6
 // d repeated for the super-block's 8 blocks. Met through integer dot products. Rounding costs
 // each CTA a pass over x before its first dot product, which pays off only when its warps have
 // many rows (QuantiseRows). Layout for m columns of k: q8 [m][k] int8, then d [m][k / 32] f32
-// at a 16-byte boundary; f32 [m][k].
+// at a 16-byte boundary (RoundedBytes: the layout of RoundActivations' copy), then in shared
+// memory each 32-block's sum of values [m][k / 32] i32 (q4_0's offset term); f32 [m][k].
 template <DType T>
 constexpr bool kQ8Rows = T == DType::kQ4_0 || T == DType::kQ8_0 || kSpanStaged<T>;
 
@@ -102,34 +105,60 @@ __host__ __device__ inline size_t Align16(size_t bytes) { return (bytes + 15) / 
 // AddRmsNormRounded): the GEMVs' column counts.
 constexpr int64_t kRoundedMaxColumns = 8;
 
+__host__ __device__ inline size_t RoundedBytes(int64_t k, int64_t m) {
+  const size_t values = static_cast<size_t>(k) * static_cast<size_t>(m);
+  return Align16(values) + values / 32 * 4;
+}
+
 template <bool kQ8>
 __host__ __device__ inline size_t ActivationSmem(int64_t k, int64_t m) {
   const size_t values = static_cast<size_t>(k) * static_cast<size_t>(m);
-  return kQ8 ? Align16(values) + values / 32 * 4 : values * 4;
+  return kQ8 ? RoundedBytes(k, m) + values / 32 * 4 : values * 4;
 }
 
-// Block b (32 values of x) of the layout above, by one warp: q8_0 rounding, d = max|x| / 127.
-__device__ __forceinline__ void RoundBlock32(const float* x, int64_t b, int lane, int8_t* qs, float* ds) {
+// The block sums of the shared-memory layout for m columns of k.
+__device__ __forceinline__ int32_t* BlockSums(uint8_t* acts, int64_t k, int64_t m) {
+  return reinterpret_cast<int32_t*>(acts + RoundedBytes(k, m));
+}
+
+// Block b (32 values of x) of the layout above, by one warp: q8_0 rounding, d = max|x| / 127;
+// the block's sum of values into sums[b] unless null.
+__device__ __forceinline__ void RoundBlock32(const float* x, int64_t b, int lane, int8_t* qs, float* ds,
+                                             int32_t* sums) {
   const float v = x[b * 32 + lane];
   float amax = fabsf(v);
   for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
   const float d = __fdiv_rn(amax, 127.0f);
   const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
-  qs[b * 32 + lane] = static_cast<int8_t>(__float2int_rn(__fmul_rn(v, inv)));
-  if (lane == 0) ds[b] = d;
+  const int q = __float2int_rn(__fmul_rn(v, inv));
+  qs[b * 32 + lane] = static_cast<int8_t>(q);
+  const int sum = __reduce_add_sync(0xffffffff, q);
+  if (lane == 0) {
+    ds[b] = d;
+    if (sums != nullptr) sums[b] = sum;
+  }
 }
 
-// Columns [first, first + cols) of activations already rounded into the layout above for m
-// columns (Backend::RoundActivations) copied into that layout for `cols` columns, by the whole
-// CTA (4-byte words: k % 32 == 0 keeps both parts word-aligned).
+// Columns [first, first + cols) of activations already rounded into RoundedBytes' layout for
+// m columns (Backend::RoundActivations) copied into the shared-memory layout for `cols`
+// columns, with the block sums, by the whole CTA: a thread per 32-value block (16-byte copies:
+// k % 32 == 0 and the copy's 16-byte alignment keep each block's values aligned).
 __device__ __forceinline__ void CopyRoundedColumns(const uint8_t* rounded, int64_t k, int64_t m, int64_t first,
                                                    int64_t cols, uint8_t* smem) {
-  const auto* qs = reinterpret_cast<const uint32_t*>(rounded + first * k);
-  const auto* ds = reinterpret_cast<const uint32_t*>(rounded + Align16(static_cast<size_t>(k * m))) + first * (k / 32);
-  auto* out_qs = reinterpret_cast<uint32_t*>(smem);
-  auto* out_ds = reinterpret_cast<uint32_t*>(smem + Align16(static_cast<size_t>(k * cols)));
-  for (int64_t i = threadIdx.x; i < cols * k / 4; i += blockDim.x) out_qs[i] = qs[i];
-  for (int64_t i = threadIdx.x; i < cols * k / 32; i += blockDim.x) out_ds[i] = ds[i];
+  const auto* qs = reinterpret_cast<const int4*>(rounded + first * k);
+  const auto* ds = reinterpret_cast<const float*>(rounded + Align16(static_cast<size_t>(k * m))) + first * (k / 32);
+  auto* out_qs = reinterpret_cast<int4*>(smem);
+  auto* out_ds = reinterpret_cast<float*>(smem + Align16(static_cast<size_t>(k * cols)));
+  int32_t* out_sums = BlockSums(smem, k, cols);
+  for (int64_t b = threadIdx.x; b < cols * k / 32; b += blockDim.x) {
+    const int4 lo = qs[2 * b], hi = qs[2 * b + 1];
+    out_qs[2 * b] = lo;
+    out_qs[2 * b + 1] = hi;
+    out_ds[b] = ds[b];
+    int sum = 0;
+    for (const int word : {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w}) sum = __dp4a(word, 0x01010101, sum);
+    out_sums[b] = sum;
+  }
 }
 
 // Fills the layout above from x [m][k] (contiguous columns) with the whole CTA; for f32 x must
@@ -165,7 +194,8 @@ __device__ __forceinline__ void LoadActivations(const float* x, int64_t k, int64
         if (lane < 8) ds[b * 8 + lane] = amax != 0.0f ? __fdiv_rn(1.0f, inverse) : 0.0f;
       }
     } else {
-      for (int64_t b = warp; b < m * k / 32; b += warps) RoundBlock32(x, b, lane, qs, ds);
+      int32_t* sums = BlockSums(smem, k, m);
+      for (int64_t b = warp; b < m * k / 32; b += warps) RoundBlock32(x, b, lane, qs, ds, sums);
     }
   } else {
     for (int64_t i = threadIdx.x; i < m * k / 4; i += blockDim.x)
@@ -181,7 +211,8 @@ __device__ __forceinline__ float RowDot(const uint8_t* row, const uint8_t* acts,
     static_assert(kQ8Rows<T>, "8-bit activations meet q4_0 / q8_0 / K-quant rows only");
     const int8_t* xq = reinterpret_cast<const int8_t*>(acts) + col * k;
     const float* xd = reinterpret_cast<const float*>(acts + Align16(static_cast<size_t>(k * m))) + col * (k / 32);
-    return WarpDotQ8<T>(row, xq, xd, k, lane);
+    const int32_t* xs = reinterpret_cast<const int32_t*>(acts + RoundedBytes(k, m)) + col * (k / 32);
+    return WarpDotQ8<T>(row, xq, xd, xs, k, lane);
   } else {
     return WarpDotPartial<T>(row, reinterpret_cast<const float*>(acts) + col * k, k, lane);
   }
@@ -201,16 +232,34 @@ inline size_t RowPipelineSmem(size_t activation_bytes, size_t row_bytes, int row
   return Align16(activation_bytes) + size_t{kRowWarps} * kRowStages * rows_per_slot * row_bytes;
 }
 
-// CTAs for `rows` rows per grid column: a few per multiprocessor across `columns` grid
-// columns, never more warps than rows.
-inline unsigned RowPipelineBlocks(int64_t rows, int64_t columns, size_t smem) {
+// CTAs of `kKernel` (kRowWarps warps, `smem` bytes of dynamic shared memory) that fit on one
+// multiprocessor: the runtime's occupancy, so registers count as well as shared memory (sizing
+// by shared memory alone gave the q4_0 GEMVs 6 CTAs per SM where 48 registers a thread fit 5,
+// so a sixth of each grid ran as a second wave). Cached for the last `smem` asked.
+template <auto kKernel>
+inline int64_t RowPipelineCtasPerSm(size_t smem) {
+  static std::atomic<uint64_t> cached{0};  // smem << 8 | CTAs (0: none yet)
+  const uint64_t last = cached.load(std::memory_order_relaxed);
+  if (last != 0 && last >> 8 == smem) return static_cast<int64_t>(last & 0xff);
+  int ctas = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kKernel, kRowWarps * 32, smem) != cudaSuccess ||
+      ctas < 1) {
+    ctas = 1;
+  }
+  ctas = std::min(ctas, 8);
+  cached.store(static_cast<uint64_t>(smem) << 8 | static_cast<uint64_t>(ctas), std::memory_order_relaxed);
+  return ctas;
+}
+
+// CTAs for `rows` rows per grid column: `per_sm` (RowPipelineCtasPerSm) per multiprocessor
+// across `columns` grid columns, never more warps than rows.
+inline unsigned RowPipelineBlocks(int64_t rows, int64_t columns, int64_t per_sm) {
   static const int sms = [] {
     int device = 0, count = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
     return count > 0 ? count : 1;
   }();
-  const int64_t per_sm = smem == 0 ? 8 : std::max<int64_t>(1, std::min<int64_t>(8, (227 * 1024) / static_cast<int64_t>(smem)));
   const int64_t wanted = std::max<int64_t>(1, (sms * per_sm + columns - 1) / columns);
   const int64_t enough = (rows + kRowWarps - 1) / kRowWarps;
   return static_cast<unsigned>(std::min(wanted, enough));

@@ -142,27 +142,42 @@ __device__ __forceinline__ float WarpDotPartial(const uint8_t* row, const float*
 
 // The lane's part of a q4_0 / q8_0 / K-quant row's dot product with activations rounded to
 // 8-bit blocks (xq values, xd one scale per 32, K-quants: q8_K, the super-block's scale in each
-// of its 8; row_pipeline.cuh makes them): an exact integer dot (dp4a) per block (K-quants:
-// super-block, scales applied as integers) and lane, scaled by d_w * d_x. q4_0 lanes take 4 bytes
-// of a block (values j..j+3 in the low nibbles, j+16..j+19 in the high ones), 4 lanes per block;
-// q8_0 lanes 4 bytes, 8 lanes per block. xq must be 4-byte aligned.
+// of its 8; xs each 32-block's sum of values, q4_0 only; row_pipeline.cuh makes them): an exact
+// integer dot (dp4a) per block (K-quants: super-block, scales applied as integers) and lane,
+// scaled by d_w * d_x. q4_0 lanes take whole blocks (lane b: blocks b, b + 32, ...); q8_0 lanes
+// 4 bytes, 8 lanes per block. The row must be 16-byte aligned (staged rows are), xq 16-byte
+// aligned.
 template <DType T>
-__device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq, const float* xd, int64_t k, int lane) {
+__device__ __forceinline__ float WarpDotQ8(const uint8_t* row, const int8_t* xq, const float* xd, const int32_t* xs,
+                                           int64_t k, int lane) {
   float acc = 0.0f;
   if constexpr (T == DType::kQ4_0) {
-    const int part = lane % 4;
-    for (int64_t b = lane / 4; b < k / 32; b += 8) {
-      const uint8_t* block = row + b * 18;
-      const uint32_t q = Load4Bytes(block + 2 + part * 4);
-      const int x_lo = *reinterpret_cast<const int*>(xq + b * 32 + part * 4);
-      const int x_hi = *reinterpret_cast<const int*>(xq + b * 32 + 16 + part * 4);
-      // sum of (nibble - 8) * x = sum nibble * x - 8 sum x: two more dp4a instead of two
-      // per-byte subtractions (__vsub4 is several instructions); the same integer.
-      const int nibbles = __dp4a(static_cast<int>((q >> 4) & 0x0F0F0F0Fu), x_hi,
-                                 __dp4a(static_cast<int>(q & 0x0F0F0F0Fu), x_lo, 0));
-      const int x_sum = __dp4a(0x01010101, x_hi, __dp4a(0x01010101, x_lo, 0));
-      const int sum = nibbles - 8 * x_sum;
-      acc += __half2float(*reinterpret_cast<const __half*>(block)) * xd[b] * static_cast<float>(sum);
+    // Block b's 18 bytes start at 18 b: on a word boundary for even b, 2 bytes past one for odd
+    // b. The five words from there cover d and the 16 quant bytes (an even block's fifth word
+    // ends 2 bytes into block b + 1, in the row: rows hold whole groups of 8 blocks); funnel
+    // shifts align the quants, 4 lanes' worth of work in one lane's 5 loads where 4 lanes per
+    // block took 2 loads each and 4 dp4a for 8 values. sum (n - 8) x = sum n x - 8 sum x: the
+    // same integer as the CPU's per block.
+    for (int64_t b = lane; b < k / 32; b += 32) {
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(row + ((b * 18) & ~int64_t{3}));
+      const uint32_t odd = static_cast<uint32_t>(b & 1);
+      const uint32_t shift = odd ? 32u : 16u;
+      uint32_t w[5];
+#pragma unroll
+      for (int i = 0; i < 5; ++i) w[i] = words[i];
+      const int4 x_lo = *reinterpret_cast<const int4*>(xq + b * 32);
+      const int4 x_hi = *reinterpret_cast<const int4*>(xq + b * 32 + 16);
+      const int xl[4] = {x_lo.x, x_lo.y, x_lo.z, x_lo.w}, xh[4] = {x_hi.x, x_hi.y, x_hi.z, x_hi.w};
+      int nibbles = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t q = __funnelshift_rc(w[i], w[i + 1], shift);
+        nibbles = __dp4a(static_cast<int>(q & 0x0F0F0F0Fu), xl[i], nibbles);
+        nibbles = __dp4a(static_cast<int>((q >> 4) & 0x0F0F0F0Fu), xh[i], nibbles);
+      }
+      const int sum = nibbles - 8 * xs[b];
+      const __half_raw d_raw{static_cast<unsigned short>((w[0] >> (16 * odd)) & 0xFFFFu)};
+      acc += __half2float(__half(d_raw)) * xd[b] * static_cast<float>(sum);
     }
   } else if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
     // Lanes as in WarpDotPartial: qs bytes 32 c + l0 .. + 3 hold elements 64 c + l0 + t (low
