@@ -17,6 +17,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/client.h"
 #include "client/health_check.h"
 #include "common/args.h"
@@ -269,6 +271,10 @@ int RunClientGenerate(const Args& args) {
     return *cancel_after_progress < 0 || progress_events < *cancel_after_progress;
   };
   bool first_chunk = true;
+  // Client-side wall clock, so that concurrent clients' streams can be lined up (a benchmark's
+  // window where all of them decode): each token's arrival, ms after the call started.
+  const absl::Time started = absl::Now();
+  std::vector<double> token_ms;
   // A text prompt streams text only: a token without text (EOS) is not printed as its id.
   const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
   callbacks.on_tokens = [&](const v1::TokenChunk& chunk) {
@@ -282,6 +288,7 @@ int RunClientGenerate(const Args& args) {
       std::fflush(stdout);
     }
     first_chunk = false;
+    token_ms.insert(token_ms.end(), chunk.token_ids_size(), absl::ToDoubleMilliseconds(absl::Now() - started));
     tokens_seen += chunk.token_ids_size();
     return *cancel_after_tokens < 0 || tokens_seen < *cancel_after_tokens;
   };
@@ -291,8 +298,9 @@ int RunClientGenerate(const Args& args) {
     if (!json) std::printf("\n");
     return ClientError(WithTlsHint(result.status(), args), json);
   }
+  const double end_ms = absl::ToDoubleMilliseconds(absl::Now() - started);
   const v1::Finished& f = result->finished;
-  const std::string summary = JsonLine({
+  Json fields = {
       {"token_ids", result->token_ids},
       {"text", result->text},
       {"finish_reason", FinishReasonName(f.reason())},
@@ -306,13 +314,18 @@ int RunClientGenerate(const Args& args) {
        {{"ttft_ms", f.timings().ttft_ms()},
         {"decode_tokens_per_s", f.timings().decode_tokens_per_s()},
         {"prefill_ms", f.timings().prefill_ms()},
-        {"transfer_tail_ms", f.timings().transfer_tail_ms()}}},
+        {"transfer_tail_ms", f.timings().transfer_tail_ms()},
+        {"client_start_unix_ms", absl::ToUnixMicros(started) / 1e3},
+        {"client_first_token_ms", token_ms.empty() ? -1.0 : token_ms.front()},
+        {"client_end_ms", end_ms}}},
       {"prefill_worker", f.prefill_worker()},
       {"decode_worker", f.decode_worker()},
       {"request_id", f.request_id()},
       {"progress_events", progress_events},
       {"seed", request->sampling().seed()},
-  });
+  };
+  if (args.Has("token-times")) fields["token_times_ms"] = token_ms;
+  const std::string summary = JsonLine(fields);
   if (args.Has("summary-file")) {
     std::ofstream(args.Get("summary-file")) << summary;
   }
@@ -440,7 +453,7 @@ int RunClient(int argc, char** argv) {
                            "timeout-ms", "cancel-after-progress", "cancel-after-tokens", "summary-file", "tls-ca",
                            "tls-cert", "tls-key", "auth-token-file", "internal-token-file", "service", "session",
                            "ttl-ms", "idle-ms"},
-                          {"json", "ignore-eos", "pinned"});
+                          {"json", "ignore-eos", "pinned", "token-times"});
   if (!args.ok()) {
     std::fprintf(stderr, "latentserve client: %s\n%s", std::string(args.status().message()).c_str(), kUsage);
     return 2;

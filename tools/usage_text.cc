@@ -144,6 +144,7 @@ Flags ClientFlags() {
                    {"timeout-ms", "MS", "generate: none; health: 5000", "deadline of the call"},
                    {"json", "", "", "generate: print one JSON object (ids, text, usage, timing) instead of text"},
                    {"summary-file", "FILE", "", "generate: also write the --json object to FILE"},
+                   {"token-times", "", "", "generate: the JSON also lists each token's arrival (token_times_ms, ms after the call started)"},
                    {"cancel-after-progress", "N", "", "testing: cancel after N prefill progress events"},
                    {"cancel-after-tokens", "N", "", "testing: cancel after N generated tokens"},
                    {"service", "NAME", "the whole server", "health: the service to check"},

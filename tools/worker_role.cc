@@ -286,6 +286,9 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
             static_cast<double>(s.prefix_reads), /*counter=*/true);
     out.Set("latentserve_decode_prefix_read_bytes_total", "Decode: payload bytes of those prefix reads", {},
             static_cast<double>(s.prefix_read_bytes), /*counter=*/true);
+    // tokens_total / steps_total over an interval: the sequences one step decodes (batch size).
+    out.Set("latentserve_decode_steps_total", "Decode: batched forward steps (one token for every decoding sequence)",
+            {}, static_cast<double>(s.steps), /*counter=*/true);
   });
 }
 

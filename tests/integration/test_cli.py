@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -129,6 +130,22 @@ class ClientAgainstServe(unittest.TestCase):
         again, _ = self.generate(*flags, "--seed", str(first["seed"]))
         self.assertEqual(again["seed"], first["seed"])
         self.assertEqual(again["token_ids"], first["token_ids"])
+
+    def test_token_times_stamp_every_token_on_the_client_clock(self):
+        before_ms = time.time() * 1e3
+        timed, _ = self.generate("--prompt", "Once upon", "--max-tokens", "6", "--token-times")
+        after_ms = time.time() * 1e3
+        self.assertEqual(timed["rc"], 0, timed)
+        timing, times = timed["timing"], timed["token_times_ms"]
+        self.assertEqual(len(times), len(timed["token_ids"]))
+        self.assertEqual(times, sorted(times))
+        self.assertEqual(timing["client_first_token_ms"], times[0])
+        self.assertLessEqual(times[-1], timing["client_end_ms"])
+        self.assertLessEqual(before_ms, timing["client_start_unix_ms"])
+        self.assertLessEqual(timing["client_start_unix_ms"] + timing["client_end_ms"], after_ms)
+        plain, _ = self.generate("--prompt", "Once upon", "--max-tokens", "2")
+        self.assertNotIn("token_times_ms", plain)  # the array only when asked
+        self.assertGreater(plain["timing"]["client_first_token_ms"], 0)
 
     def test_every_stop_string_applies(self):
         full, _ = self.generate("--prompt", "Once upon", "--max-tokens", "24")

@@ -102,6 +102,10 @@ class RoleMetricsAndLogs(unittest.TestCase):
         # The one request's cache arrived over gRPC: through this worker's host memory.
         self.assertEqual(value("latentserve_decode_handoffs_admitted_total"), 1)
         self.assertGreater(value("latentserve_decode_handoff_host_bytes_total"), 0)
+        # One sequence: a step for each token the decode worker generated (the prefill's first is not one).
+        self.assertEqual(types.get("latentserve_decode_steps_total"), "counter")
+        self.assertGreaterEqual(value("latentserve_decode_steps_total"), 1)
+        self.assertEqual(value("latentserve_decode_steps_total"), value("latentserve_decode_tokens_total"))
 
     def test_every_documented_family_is_exported_by_some_role(self):
         # k8s/validate holds alerts, dashboards and autoscalers to this list (docs/operations.md).

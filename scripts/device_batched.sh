@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# On the GPU machine (carry .devpack): batched decode through the real decode worker (issue 10,
+# criterion 3). STREAMS (default 32) sequences of PROMPT (32768) random tokens each, no shared
+# prefix, ANSWER (256) greedy tokens each, through `latentserve serve --backend cuda` on
+# loopback, against llama.cpp's llama-batched-bench on the same GGUF and the byte floor of a step.
+#   1. the GGUF of scripts/device_llama.sh (/tmp/kimi48b-e32-$WT.gguf; made here if missing)
+#   2. serve with room for every sequence; a warm pass prefills each prompt once (the prefill
+#      worker runs prompts one after another, so without it early streams finish before late ones
+#      start); the measured pass sends each prompt plus EXTRA (16) fresh tokens: the decode worker
+#      resumes it from its prefix cache and all streams decode together at full context.
+#      Aggregate tok/s = tokens that arrived while all streams decoded / that window
+#      (scripts/device/batched_streams.py); the decode worker's step counter gives its batch.
+#      WARM=0: one cold pass instead (the window may be empty).
+#   3. llama-batched-bench -npp PROMPT -ntg LCPP_TG (128) -npl STREAMS (skipped, and said so, when
+#      /tmp/lcpp has no build: run STEP=build scripts/device_llama.sh in an earlier call)
+#   4. the byte floor of one step (scripts/device/step_floor.py; device copy bandwidth by PyTorch)
+# STEPS (default "ours lcpp floor") picks parts. Logs under $OUT; the table is printed last.
+# ~6-8 min on an H200 at the defaults (OURS_TIMEOUT 300 s and LCPP_TIMEOUT 240 s bound the two
+# long parts so that the call stays under 10 min).
+# Locally: BACKEND=cpu LS=build/bin/latentserve STREAMS=4 PROMPT=256 ANSWER=512 (a tiny model).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+BACKEND=${BACKEND:-cuda}
+STREAMS=${STREAMS:-32}
+PROMPT=${PROMPT:-32768}
+ANSWER=${ANSWER:-256}
+EXTRA=${EXTRA:-16}
+LCPP_TG=${LCPP_TG:-128}
+CHUNK=${CHUNK:-8192}
+WT=${WT:-q4_0}
+LCPP=/tmp/lcpp
+LS=${LS:-$PWD/.devpack/bin/latentserve}
+HERE=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH=$PWD/.devpack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+WORK=$(mktemp -d)
+PAGE=256
+STEPS=${STEPS:-ours lcpp floor}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+OURS=n/a
+LCPP_TGS=n/a
+SERVE=
+cleanup() { [[ -n $SERVE ]] && kill -TERM "$SERVE" 2> /dev/null && wait "$SERVE"; }
+trap cleanup EXIT
+
+if [[ $BACKEND == cuda ]]; then
+  MODEL=${MODEL:-/tmp/kimi48b-e32-$WT.gguf}
+  [[ -f $MODEL ]] || "$LS" make-test-model --config kimi-linear-48b-a3b --experts 32 --weight-type "$WT" \
+    --threads 16 --out "$MODEL" > "$OUT/make_model.txt" 2>&1
+else
+  MODEL=${MODEL:-$WORK/tiny.gguf}
+  [[ -f $MODEL ]] || "$LS" make-test-model --out "$MODEL" --seed 1 > "$OUT/make_model.txt" 2>&1
+fi
+[[ -f $MODEL ]] || { echo "no model at $MODEL (see $OUT/make_model.txt)"; exit 1; }
+echo "== model $MODEL ($(du -h "$MODEL" | cut -f1)), backend $BACKEND, $STREAMS streams x ($PROMPT + $EXTRA) prompt + $ANSWER answer"
+
+# The engine's own sizes: latent bytes per token, KDA state bytes per sequence.
+"$LS" plan --model "$MODEL" --context "$((PROMPT + EXTRA))" --cache-type f16 > "$WORK/plan.json" || exit 1
+# Cache: every sequence's prompt + answer, rounded to pages, plus two pages each (the partial
+# page a resumed prompt copies on write, and the next token's page).
+PER_STREAM=$(((PROMPT + EXTRA + ANSWER + PAGE - 1) / PAGE * PAGE + 2 * PAGE))
+CACHE_TOKENS=$((STREAMS * PER_STREAM))
+# Prefix cache: the warm pass's prompts and the measured pass's (sharing pages), with a KDA
+# checkpoint at each end.
+PREFIX_MIB=$(python3 -c "import json; p = json.load(open('$WORK/plan.json'))
+print(int(2 * $STREAMS * (p['latent_cache_bytes'] + p['kda_state_bytes']) / 2**20) + 64)")
+[[ $STREAMS -gt 0 && $PROMPT -gt $EXTRA ]] || { echo "PROMPT must exceed EXTRA"; exit 1; }
+# Serve on loopback, the two passes, serve stopped. --local-prefill-max-tokens EXTRA: warm
+# prompts go through the prefill worker (the real handoff), the measured pass's extra tokens are
+# prefilled by the decode worker. --decode-progress-timeout-ms 0: one decode worker, nothing to
+# resume on.
+run_ours() {
+  "$LS" serve --listen 127.0.0.1:0 --port-file "$WORK/port" --model "$MODEL" --backend "$BACKEND" \
+    --chunk "$CHUNK" --cache-type f16 --page-tokens "$PAGE" --cache-tokens "$CACHE_TOKENS" --decode-pages upfront \
+    --prefix-cache-mib "$PREFIX_MIB" --checkpoint-interval 0 --local-prefill-max-tokens "$EXTRA" \
+    --decode-progress-timeout-ms 0 --metrics-listen 127.0.0.1:0 > "$OUT/batched_serve.log" 2>&1 &
+  SERVE=$!
+  for _ in $(seq 1 1200); do [[ -s $WORK/port ]] && break; kill -0 $SERVE 2> /dev/null || break; sleep 0.25; done
+  if [[ ! -s $WORK/port ]]; then
+    echo "serve did not start:"; tail -5 "$OUT/batched_serve.log"; return 1
+  fi
+  local target metrics vocab
+  target=$(cat "$WORK/port")
+  "$LS" client health --target "$target" > /dev/null || { echo "serve is not healthy"; return 1; }
+  metrics=$(grep -o 'metrics on http://[^ ]*' "$OUT/batched_serve.log" | head -1 | cut -d' ' -f3)
+  vocab=$("$LS" client info --target "$target" | python3 -c "import json, sys; print(json.load(sys.stdin)['vocab_size'])")
+  echo "serve on $target: cache $CACHE_TOKENS tokens, prefix cache $PREFIX_MIB MiB, vocab $vocab"
+  local warm=()
+  [[ ${WARM:-1} == 0 ]] && warm=(--no-warm)
+  timeout "${OURS_TIMEOUT:-300}" python3 "$HERE/device/batched_streams.py" --bin "$LS" --target "$target" \
+    --streams "$STREAMS" --prompt "$PROMPT" --answer "$ANSWER" --extra "$EXTRA" --vocab "$vocab" "${warm[@]}" \
+    --metrics "$metrics" --dir "$OUT/batched_streams" --prompt-dir "$WORK/prompts" | tee "$WORK/streams.txt"
+  echo "streams: exit ${PIPESTATUS[0]}"
+  OURS=$(tail -1 "$WORK/streams.txt" | python3 -c "import json, sys
+try:
+  w = json.loads(sys.stdin.read())['window']
+  print('%.1f' % w['tok_s'] if w['tokens'] else 'n/a')
+except Exception: print('n/a')")
+  cleanup
+  SERVE=
+}
+has ours && run_ours
+
+# llama.cpp: the same GGUF, prompts of PROMPT tokens, LCPP_TG tokens generated by each of STREAMS
+# sequences in one batch per step (its S_TG); -c holds every sequence (non-unified KV).
+run_lcpp() {
+  if [[ $BACKEND != cuda ]]; then
+    echo "== llama-batched-bench: skipped (BACKEND=$BACKEND; the comparison is a GPU one)"; return
+  fi
+  if [[ ! -x $LCPP/build/bin/llama-batched-bench ]]; then
+    echo "== llama-batched-bench: SKIPPED, $LCPP/build/bin/llama-batched-bench is missing (STEP=build scripts/device_llama.sh first)"
+    return
+  fi
+  local ctx=$((STREAMS * ((PROMPT + LCPP_TG + 255) / 256 * 256)))
+  echo "== llama-batched-bench -npp $PROMPT -ntg $LCPP_TG -npl $STREAMS -c $ctx"
+  timeout "${LCPP_TIMEOUT:-240}" "$LCPP/build/bin/llama-batched-bench" -m "$MODEL" -ngl 99 -fa 1 -npp "$PROMPT" \
+    -ntg "$LCPP_TG" -npl "$STREAMS" -c "$ctx" -b 4096 -ub 4096 --output-format jsonl > "$OUT/lcpp_batched.txt" 2>&1
+  echo "exit $?"
+  LCPP_TGS=$(python3 - "$OUT/lcpp_batched.txt" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith('{"n_kv_max"'):
+        row = json.loads(line)
+        print("%.1f" % row["speed_tg"])
+        print(f"llama.cpp: PP {row['speed_pp']:.0f} tok/s ({row['t_pp']:.1f} s), TG {row['speed_tg']:.1f} tok/s "
+              f"({row['t_tg']:.1f} s)", file=sys.stderr)
+        break
+else:
+    print("n/a")
+PY
+)
+}
+has lcpp && run_lcpp
+
+has floor || exit 0
+# The floor at the window's mean context: prompt + extra + half the answer.
+python3 "$HERE/device/step_floor.py" --gguf "$MODEL" --plan "$WORK/plan.json" --streams "$STREAMS" \
+  --context "$((PROMPT + EXTRA + ANSWER / 2))" --measure "$BACKEND" > "$OUT/step_floor.json"
+cat "$OUT/step_floor.json"
+python3 - "$OUT/step_floor.json" "$OURS" "$LCPP_TGS" "$STREAMS" "$PROMPT" "$ANSWER" "$LCPP_TG" <<'PY' | tee "$OUT/batched_table.md"
+import json, sys
+floor = json.load(open(sys.argv[1]))
+ours, lcpp = sys.argv[2], sys.argv[3]
+streams, prompt, answer, tg = sys.argv[4:8]
+f = floor["tok_s"]
+def num(x):
+    return float(x) if x not in ("n/a", "") else None
+o, l = num(ours), num(lcpp)
+fmt = lambda v: f"{v:.1f}" if v is not None else "n/a"
+ratio = lambda a, b: f"{a / b:.3f}" if a is not None and b else "n/a"
+print()
+print(f"| {streams} streams x {prompt}-token context | tok/s | / floor |")
+print("|---|---|---|")
+print(f"| latentserve serve, all-decoding window ({answer} tokens each) | {fmt(o)} | {ratio(o, f)} |")
+print(f"| llama.cpp batched-bench S_TG (ntg {tg}) | {fmt(l)} | {ratio(l, f)} |")
+print(f"| byte floor: {floor['bytes']['total'] / 1e9:.2f} GB/step at {floor['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s "
+      f"= {floor['step_ms']:.2f} ms | {f:.1f} | 1.000 |")
+print(f"latentserve / llama.cpp: {ratio(o, l)}; criterion 3 wants latentserve / floor >= 0.5")
+PY
