@@ -391,26 +391,32 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
     }
   }
-  auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
+  // The Hopper kernel merges the ranges itself where the CTAs of sequences of several ranges
+  // (which wait for each other) number at most the multiprocessors: one CTA each fits at once.
+  // LATENTSERVE_MLA_DECODE_MERGE=kernel keeps the merge kernel (same-binary comparisons).
+  const char* merge = std::getenv("LATENTSERVE_MLA_DECODE_MERGE");
+  int64_t waiting_ctas = 0;
+  for (const DecodeSeq& seq : meta) waiting_ctas += seq.ranges > 1 ? seq.ranges : 0;
+  const bool merge_inside =
+      wgmma && !(merge != nullptr && std::strcmp(merge, "kernel") == 0) && waiting_ctas <= device_sms;
+  // A recorded step's plan is uniform: the Hopper kernel derives it (no upload: a memcpy node).
+  const bool uniform_plan = merge_inside && step != nullptr;
+  auto* device_meta =
+      uniform_plan ? nullptr
+                   : static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
   float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
   const dim3 grid(static_cast<unsigned>(max_ranges), static_cast<unsigned>(meta.size()));
   const float scale_log2 = scale * 1.4426950408889634f;
   if (wgmma) {
-    // The Hopper kernel merges the ranges itself where the CTAs of sequences of several ranges
-    // (which wait for each other) number at most the multiprocessors: one CTA each fits at once.
-    // LATENTSERVE_MLA_DECODE_MERGE=kernel keeps the merge kernel (same-binary comparisons).
-    const char* merge = std::getenv("LATENTSERVE_MLA_DECODE_MERGE");
-    int64_t waiting_ctas = 0;
-    for (const DecodeSeq& seq : meta) waiting_ctas += seq.ranges > 1 ? seq.ranges : 0;
-    const bool merge_inside = !(merge != nullptr && std::strcmp(merge, "kernel") == 0) && waiting_ctas <= device_sms;
     MlaDecodeWgmmaArgs args{DevF32(q),        scale_log2,   reinterpret_cast<const __half*>(DevPtr(pool)),
                             pool_rows,        static_cast<int64_t>(pool.row_bytes()), page_tokens,
                             device_tables,    device_meta,  positions,
                             partial,          partial_max,  partial_sum,
                             merge_inside ? MlaDecodeTickets(static_cast<int64_t>(meta.size())) : nullptr,
-                            DevF32(out),      static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
+                            DevF32(out),      meta[0].keys, step != nullptr ? step->page_tables.ne[0] : 0,
+                            static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
     CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
     if (merge_inside) return true;
   } else {

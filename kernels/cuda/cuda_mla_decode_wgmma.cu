@@ -129,17 +129,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full = base + L::kBars, empty = full + kSlots * 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  const MlaDecodeSeq seq = a.seqs[blockIdx.y];
-  const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
-  const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
-  const int64_t begin = int64_t{blockIdx.x} * split_keys;
-  if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
-  const int64_t end = min(keys, begin + split_keys);
-  const int tiles = static_cast<int>((end - begin + kMlaDecodeTile - 1) / kMlaDecodeTile);
-  const int split = seq.first_split + static_cast<int>(blockIdx.x);
-  AllowDependents();  // the merge may be placed as CTAs finish; it waits for all of them
-
+  // Launched as a programmatic dependent: until WaitForPredecessor() it may overlap the kernel
+  // before it, so it only prepares what reads nothing that kernels write (the mbarriers, the
+  // tensor map). The plan, positions, Q and every cache row are read after the wait. (The rows
+  // of earlier steps, all but the current position's, could be loaded before it; not done:
+  // nothing in this launch promises that the kernels which wrote them have finished by then.)
   if (tid == 0) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&pool_map)) : "memory");
     for (int i = 0; i < kSlots; ++i) {
       BarrierInit(full + 8 * i, 1);
       BarrierInit(empty + 8 * i, kConsumers);  // every consumer thread arrives
@@ -147,6 +143,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  AllowDependents();  // what follows may be placed as CTAs finish; it waits for all of them
+  WaitForPredecessor();
+
+  const MlaDecodeSeq seq = MlaDecodeSeqAt(a, blockIdx.y);
+  const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
+  const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
+  const int64_t begin = int64_t{blockIdx.x} * split_keys;
+  if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
+  const int64_t end = min(keys, begin + split_keys);
+  const int tiles = static_cast<int>((end - begin + kMlaDecodeTile - 1) / kMlaDecodeTile);
+  const int split = seq.first_split + static_cast<int>(blockIdx.x);
 
   if (warp == kConsumers / 32) {
     // Producer: box g = 9 t + b (tile t, columns 64 b..) into slot g % kSlots as soon as the
@@ -445,10 +452,10 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& a, cudaStream_t strea
       e != cudaSuccess) {
     return e;
   }
-  kernel<<<dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)), kThreads, smem, stream>>>(
-      cache.map, a);
+  const cudaError_t e = LaunchDependent(kernel, dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)),
+                                        dim3(kThreads), static_cast<size_t>(smem), stream, cache.map, a);
   launches.fetch_add(1);
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace latentserve::kernels::cuda
