@@ -219,6 +219,7 @@ CudaBackend::~CudaBackend() {
     if (entry.done) cudaEventDestroy(entry.done);
   }
   for (auto& [key, copy] : f32_weights_) cudaFree(copy.second);
+  for (int* tickets : mla_tickets_) cudaFree(tickets);
   cublasDestroy(cublas_);
   cudaFree(cublas_workspace_);
   if (aux_stream_) cudaStreamDestroy(aux_stream_);

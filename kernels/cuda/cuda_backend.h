@@ -230,6 +230,12 @@ class CudaBackend final : public Backend {
   std::unique_ptr<RecordingMemory> capture_;  // set between BeginCapture and EndCapture
   void HoldFreedBlocks(bool hold);            // no stream frees while recording
   void* cublas_workspace_ = nullptr;          // fixed, so recorded GEMMs never allocate
+  // The paged MLA decode's ticket per sequence (mla_decode_merge.cuh): at least `batch` device
+  // counters at 0 (the kernel leaves them at 0). Arrays outgrown stay allocated until the
+  // backend goes: recorded steps keep their addresses.
+  int* MlaDecodeTickets(int64_t batch);
+  std::vector<int*> mla_tickets_;  // the newest (largest) last
+  int64_t mla_ticket_count_ = 0;
 };
 
 inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }

@@ -8,7 +8,8 @@
 //   online softmax per head (base 2, queries pre-scaled by scale * log2 e)
 //   O [H x R] += P [H x 64] . rows[:, 0:R]   (each warp owns 64 of the R output columns)
 // and writes its unnormalised O with the range's max and sum; a second kernel merges the
-// ranges (flash-decoding). Shapes: L = 576, R = 512, H a multiple of 16 up to 32.
+// ranges (flash-decoding; the Hopper kernel, cuda_mla_decode_wgmma.cu, mostly merges its own).
+// Shapes: L = 576, R = 512, H a multiple of 16 up to 32.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -390,7 +391,19 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
     }
   }
-  auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
+  // The Hopper kernel merges the ranges itself where the CTAs of sequences of several ranges
+  // (which wait for each other) number at most the multiprocessors: one CTA each fits at once.
+  // LATENTSERVE_MLA_DECODE_MERGE=kernel keeps the merge kernel (same-binary comparisons).
+  const char* merge = std::getenv("LATENTSERVE_MLA_DECODE_MERGE");
+  int64_t waiting_ctas = 0;
+  for (const DecodeSeq& seq : meta) waiting_ctas += seq.ranges > 1 ? seq.ranges : 0;
+  const bool merge_inside =
+      wgmma && !(merge != nullptr && std::strcmp(merge, "kernel") == 0) && waiting_ctas <= device_sms;
+  // A recorded step's plan is uniform: the Hopper kernel derives it (no upload: a memcpy node).
+  const bool uniform_plan = merge_inside && step != nullptr;
+  auto* device_meta =
+      uniform_plan ? nullptr
+                   : static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
   float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
@@ -401,8 +414,11 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                             pool_rows,        static_cast<int64_t>(pool.row_bytes()), page_tokens,
                             device_tables,    device_meta,  positions,
                             partial,          partial_max,  partial_sum,
+                            merge_inside ? MlaDecodeTickets(static_cast<int64_t>(meta.size())) : nullptr,
+                            DevF32(out),      meta[0].keys, step != nullptr ? step->page_tables.ne[0] : 0,
                             static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
     CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
+    if (merge_inside) return true;
   } else {
     auto kernel = heads == 16 ? MlaDecodePagedKernel<1> : MlaDecodePagedKernel<2>;
     CUDA_OK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
@@ -417,6 +433,21 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                           static_cast<const float*>(partial_max), static_cast<const float*>(partial_sum),
                           static_cast<const DecodeSeq*>(device_meta), positions, heads, DevF32(out)));
   return true;
+}
+
+int* CudaBackend::MlaDecodeTickets(int64_t batch) {
+  if (batch > mla_ticket_count_) {
+    // Zeroed on the side stream (a recording must not replay the memset, nor wait for it).
+    const int64_t count = std::max<int64_t>(2 * batch, 256);
+    int* tickets = nullptr;
+    CUDA_OK(cudaMalloc(&tickets, static_cast<size_t>(count) * sizeof(int)));
+    if (aux_stream_ == nullptr) CUDA_OK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
+    CUDA_OK(cudaMemsetAsync(tickets, 0, static_cast<size_t>(count) * sizeof(int), aux_stream_));
+    CUDA_OK(cudaStreamSynchronize(aux_stream_));
+    mla_tickets_.push_back(tickets);
+    mla_ticket_count_ = count;
+  }
+  return mla_tickets_.back();
 }
 
 }  // namespace latentserve::kernels::cuda

@@ -1,8 +1,10 @@
 // The paged MLA decode's two kernels share their plan: one CTA per (key range, sequence), each
 // range a whole number of 64-row tiles, partial outputs merged afterwards (flash-decoding).
-//   cuda_mla_decode.cu        mma.sync kernel: every cache type, any page size (sm_80+)
+//   cuda_mla_decode.cu        mma.sync kernel: every cache type, any page size (sm_80+); a
+//                             second kernel (MergeRangesKernel) merges the ranges
 //   cuda_mla_decode_wgmma.cu  wgmma + TMA kernel: f16 caches, pages of a multiple of 64 rows
-//                             (sm_90a, its own library)
+//                             (sm_90a, its own library); merges the ranges itself
+//                             (mla_decode_merge.cuh) where its CTAs fit the GPU at once
 #pragma once
 
 #include <cuda_fp16.h>
@@ -48,9 +50,25 @@ struct MlaDecodeWgmmaArgs {
   float* partial;           // [splits][heads][512] unnormalised outputs of each range
   float* partial_max;       // [splits][heads] (base 2)
   float* partial_sum;       // [splits][heads]
+  // In-kernel merge: `tickets` [batch] counters, 0 between calls (the kernel leaves them so),
+  // and the output [tokens][heads][512]; a sequence of one range writes it without partials.
+  // Null tickets: partial outputs only (MergeRangesKernel merges them).
+  int* tickets;
+  float* out;
+  // Recorded steps: null `seqs` means sequence b is {uniform_keys, b, b * table_stride,
+  // b * max_ranges, max_ranges}, derived in the kernel (no upload of the plan per layer: a
+  // memcpy node in the graph, which would also stand between the kernel and its predecessor).
+  int64_t uniform_keys, table_stride;
   int heads;                // 16 or 32
   int max_ranges, batch;    // the grid
 };
+
+
+// Sequence `index` of the plan (see MlaDecodeWgmmaArgs::seqs).
+__device__ __forceinline__ MlaDecodeSeq MlaDecodeSeqAt(const MlaDecodeWgmmaArgs& a, int index) {
+  if (a.seqs != nullptr) return a.seqs[index];
+  return {a.uniform_keys, index, static_cast<int32_t>(index * a.table_stride), index * a.max_ranges, a.max_ranges};
+}
 
 // Launches the Hopper kernel (see cuda_mla_decode_wgmma.cu). Returns the launch's error.
 cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& args, cudaStream_t stream);

@@ -13,8 +13,11 @@
 //                                                       (ldmatrix.trans of the same tile), P^T
 //                                                       from shared memory
 // O^T stays in registers (eight 64-row blocks x H/2 floats per thread) for the whole range; the
-// range then writes its unnormalised output with its max and sum per head, and the mma.sync
-// file's merge kernel combines the ranges. Rows of a last tile past the range's end are never
+// range then writes its unnormalised output with its max and sum per head, and the sequence's
+// CTAs merge the ranges before they exit (mla_decode_merge.cuh: a ticket per sequence, each CTA
+// a slice of the output), or, where the host cannot promise that its CTAs are resident
+// together, the mma.sync file's merge kernel does. A sequence of one range writes its output
+// directly. Rows of a last tile past the range's end are never
 // used: their scores are set to -inf and their values zeroed in registers (a page's unwritten
 // rows may hold anything, NaN included).
 #include <cuda.h>
@@ -25,6 +28,7 @@
 #include "kernels/cuda/cuda_mla_decode.h"
 #include "kernels/cuda/cuda_mla_decode_stats.h"
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/mla_decode_merge.cuh"
 #include "kernels/cuda/wgmma_tma.cuh"
 
 namespace latentserve::kernels::cuda {
@@ -125,17 +129,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full = base + L::kBars, empty = full + kSlots * 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  const MlaDecodeSeq seq = a.seqs[blockIdx.y];
-  const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
-  const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
-  const int64_t begin = int64_t{blockIdx.x} * split_keys;
-  if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
-  const int64_t end = min(keys, begin + split_keys);
-  const int tiles = static_cast<int>((end - begin + kMlaDecodeTile - 1) / kMlaDecodeTile);
-  const int split = seq.first_split + static_cast<int>(blockIdx.x);
-  AllowDependents();  // the merge may be placed as CTAs finish; it waits for all of them
-
+  // Launched as a programmatic dependent: until WaitForPredecessor() it may overlap the kernel
+  // before it, so it only prepares what reads nothing that kernels write (the mbarriers, the
+  // tensor map). The plan, positions, Q and every cache row are read after the wait. (The rows
+  // of earlier steps, all but the current position's, could be loaded before it; not done:
+  // nothing in this launch promises that the kernels which wrote them have finished by then.)
   if (tid == 0) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&pool_map)) : "memory");
     for (int i = 0; i < kSlots; ++i) {
       BarrierInit(full + 8 * i, 1);
       BarrierInit(empty + 8 * i, kConsumers);  // every consumer thread arrives
@@ -143,6 +143,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  AllowDependents();  // what follows may be placed as CTAs finish; it waits for all of them
+  WaitForPredecessor();
+
+  const MlaDecodeSeq seq = MlaDecodeSeqAt(a, blockIdx.y);
+  const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
+  const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
+  const int64_t begin = int64_t{blockIdx.x} * split_keys;
+  if (begin >= keys) return;  // this sequence needs fewer ranges than the grid has
+  const int64_t end = min(keys, begin + split_keys);
+  const int tiles = static_cast<int>((end - begin + kMlaDecodeTile - 1) / kMlaDecodeTile);
+  const int split = seq.first_split + static_cast<int>(blockIdx.x);
 
   if (warp == kConsumers / 32) {
     // Producer: box g = 9 t + b (tile t, columns 64 b..) into slot g % kSlots as soon as the
@@ -325,6 +336,44 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int mb = 0; mb < kValueBlocks; ++mb) FenceOperands(o[mb]);
   }
 
+  // The range's sums per head over the four warps' rows.
+#pragma unroll
+  for (int j = 0; j < kJ; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      for (int offset = 4; offset < 32; offset <<= 1) l_run[j][e] += __shfl_xor_sync(0xffffffff, l_run[j][e], offset);
+    }
+    if (lane < 4) *reinterpret_cast<float2*>(&s_sum[warp * 32 + 8 * j + 2 * lane]) = make_float2(l_run[j][0], l_run[j][1]);
+  }
+  ConsumerBarrier();
+  const int ranges = static_cast<int>((keys + split_keys - 1) / split_keys);  // the sequence's, this call
+  float* out_token = a.out + seq.token * kHeads * kMlaDecodeValue;
+  if (a.tickets != nullptr && ranges == 1) {
+    // The sequence's only range: its output, normalised, with no partials.
+    float inv[kJ][2];
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int head = 8 * j + 2 * (lane % 4) + e;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kConsumers / 32; ++w) sum += s_sum[w * 32 + head];
+        inv[j][e] = 1.0f / sum;
+      }
+    }
+#pragma unroll
+    for (int mb = 0; mb < kValueBlocks; ++mb) {
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) {
+        const int j = i / 4, c = i % 4;
+        const int dim = 64 * mb + r0 + (c >= 2 ? 8 : 0), head = 8 * j + 2 * (lane % 4) + c % 2;
+        out_token[head * kMlaDecodeValue + dim] = o[mb][i] * inv[j][c % 2];
+      }
+    }
+    return;
+  }
+
   // The range's output: O^T rows are value dimensions, columns heads.
   float* out = a.partial + int64_t{split} * kHeads * kMlaDecodeValue;
 #pragma unroll
@@ -336,15 +385,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       out[head * kMlaDecodeValue + dim] = o[mb][i];
     }
   }
-#pragma unroll
-  for (int j = 0; j < kJ; ++j) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      for (int offset = 4; offset < 32; offset <<= 1) l_run[j][e] += __shfl_xor_sync(0xffffffff, l_run[j][e], offset);
-    }
-    if (lane < 4) *reinterpret_cast<float2*>(&s_sum[warp * 32 + 8 * j + 2 * lane]) = make_float2(l_run[j][0], l_run[j][1]);
-  }
-  ConsumerBarrier();
   if (warp == 0 && lane < 4) {
 #pragma unroll
     for (int j = 0; j < kJ; ++j) {
@@ -359,6 +399,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  if (a.tickets == nullptr) return;  // MergeRangesKernel merges
+
+  // Every range of the sequence written: this CTA merges its slice of the output. The ring of
+  // boxes is free (every box landed and was read) and holds the merge's scratch.
+  __threadfence();
+  ConsumerBarrier();
+  if (tid == 0) mla_merge::ArriveAndWait(a.tickets + blockIdx.y, ranges);
+  ConsumerBarrier();
+  mla_merge::MergeSlice<kHeads, kConsumers>(a.partial, a.partial_max, a.partial_sum, seq.first_split,
+                                            static_cast<int>(blockIdx.x), ranges, out_token, sbase, tid,
+                                            [] { ConsumerBarrier(); });
 #else
   __trap();  // built without sm_90a: never launched (the host selects the mma.sync kernel)
 #endif
@@ -401,10 +452,10 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& a, cudaStream_t strea
       e != cudaSuccess) {
     return e;
   }
-  kernel<<<dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)), kThreads, smem, stream>>>(
-      cache.map, a);
+  const cudaError_t e = LaunchDependent(kernel, dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)),
+                                        dim3(kThreads), static_cast<size_t>(smem), stream, cache.map, a);
   launches.fetch_add(1);
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace latentserve::kernels::cuda
