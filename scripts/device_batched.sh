@@ -73,7 +73,7 @@ run_ours() {
   "$LS" serve --listen 127.0.0.1:0 --port-file "$WORK/port" --model "$MODEL" --backend "$BACKEND" \
     --chunk "$CHUNK" --cache-type f16 --page-tokens "$PAGE" --cache-tokens "$CACHE_TOKENS" --decode-pages upfront \
     --prefix-cache-mib "$PREFIX_MIB" --checkpoint-interval 0 --local-prefill-max-tokens "$EXTRA" \
-    --decode-progress-timeout-ms 0 --metrics-listen 127.0.0.1:0 > "$OUT/batched_serve.log" 2>&1 &
+    --decode-progress-timeout-ms 0 --metrics-listen "127.0.0.1:$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")" > "$OUT/batched_serve.log" 2>&1 &
   SERVE=$!
   for _ in $(seq 1 1200); do [[ -s $WORK/port ]] && break; kill -0 $SERVE 2> /dev/null || break; sleep 0.25; done
   if [[ ! -s $WORK/port ]]; then

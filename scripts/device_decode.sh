@@ -3,7 +3,8 @@
 # optional baseline binary in .devpack/base/ (same call, alternating) so a kernel change is
 # measured before/after on one machine. Builds nothing. Steps (STEPS, default "ops bench decode"):
 #   ops      test_backend_ops (OPS_FILTER) with the new binary
-#   bench    bench-ops decode rows (--context CONTEXTS each, --mha-contexts 8192), base then new
+#   bench    bench-ops decode rows (--context CONTEXTS each, --mha-contexts 8192; BENCH_SECTIONS
+#            picks the groups of rows, default all), base then new
 #   decode   full-size model (256 experts, random q4_0, f16 cache), PROMPTS tokens (default
 #            "4096 131072"), DECODE_TOKENS greedy tokens (default 128), base then new, ROUNDS
 #            rounds: decode tok/s of each and whether the token ids are identical
@@ -44,6 +45,7 @@ if has bench; then
       tag=${entry%%:*} bin=${entry#*:}
       echo "== bench-ops $tag context $ctx"
       "$bin" bench-ops --backend cuda --repeats ${REPEATS:-3} --context "$ctx" --mha-contexts 8192 \
+        ${BENCH_SECTIONS:+--sections "$BENCH_SECTIONS"} \
         > "$OUT/bench_${tag}_$ctx.jsonl" 2> "$OUT/bench_${tag}_$ctx.txt"
       echo "exit $?"; grep -E "copy |decode_" "$OUT/bench_${tag}_$ctx.txt"
     done
