@@ -69,15 +69,33 @@ print(int(2 * $STREAMS * (p['latent_cache_bytes'] + p['kda_state_bytes']) / 2**2
 # prompts go through the prefill worker (the real handoff), the measured pass's extra tokens are
 # prefilled by the decode worker. --decode-progress-timeout-ms 0: one decode worker, nothing to
 # resume on.
-run_ours() {
+# serve's /metrics (the decode step counter) is optional: on the lent GPU machine civetweb
+# refused to start ("null context when constructing CivetServer", twice, a fixed free port and
+# port 0; it starts here and in CI), so without it serve is started again with no metrics and
+# the batch size of a step is not reported. METRICS=0 skips it.
+start_serve() {
+  local metrics=()
+  if [[ $1 == 1 ]]; then
+    metrics=(--metrics-listen "127.0.0.1:$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")")
+  fi
+  rm -f "$WORK/port"
   "$LS" serve --listen 127.0.0.1:0 --port-file "$WORK/port" --model "$MODEL" --backend "$BACKEND" \
     --chunk "$CHUNK" --cache-type f16 --page-tokens "$PAGE" --cache-tokens "$CACHE_TOKENS" --decode-pages upfront \
     --prefix-cache-mib "$PREFIX_MIB" --checkpoint-interval 0 --local-prefill-max-tokens "$EXTRA" \
-    --decode-progress-timeout-ms 0 --metrics-listen "127.0.0.1:$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")" > "$OUT/batched_serve.log" 2>&1 &
+    --decode-progress-timeout-ms 0 "${metrics[@]}" > "$OUT/batched_serve.log" 2>&1 &
   SERVE=$!
   for _ in $(seq 1 1200); do [[ -s $WORK/port ]] && break; kill -0 $SERVE 2> /dev/null || break; sleep 0.25; done
-  if [[ ! -s $WORK/port ]]; then
-    echo "serve did not start:"; tail -5 "$OUT/batched_serve.log"; return 1
+  [[ -s $WORK/port ]]
+}
+run_ours() {
+  if ! start_serve "${METRICS:-1}"; then
+    if [[ ${METRICS:-1} == 1 ]] && grep -q "cannot serve metrics" "$OUT/batched_serve.log"; then
+      echo "serve could not serve /metrics ($(grep -o 'cannot serve metrics.*' "$OUT/batched_serve.log" | head -1)); again without"
+      wait "$SERVE" 2> /dev/null
+      start_serve 0 || { echo "serve did not start:"; tail -5 "$OUT/batched_serve.log"; return 1; }
+    else
+      echo "serve did not start:"; tail -5 "$OUT/batched_serve.log"; return 1
+    fi
   fi
   local target metrics vocab
   target=$(cat "$WORK/port")

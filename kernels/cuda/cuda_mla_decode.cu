@@ -391,14 +391,20 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
       device_tables = static_cast<int32_t*>(UploadScratch(14, tables.data(), tables.size() * sizeof(int32_t)));
     }
   }
-  // The Hopper kernel merges the ranges itself where the CTAs of sequences of several ranges
-  // (which wait for each other) number at most the multiprocessors: one CTA each fits at once.
-  // LATENTSERVE_MLA_DECODE_MERGE=kernel keeps the merge kernel (same-binary comparisons).
+  // The Hopper kernel merges the ranges itself for a batch of several sequences, where the
+  // CTAs of sequences of several ranges (which wait for each other) number at most the
+  // multiprocessors: one CTA each fits at once. bench-ops, one call (docs/benchmarks.md): 32
+  // sequences of 32,768 keys 88.1% of the copy rate against 83.0% with the merge kernel, but
+  // one sequence 64.0% against 65.3% at 131,072 keys and 91.0% against 93.5% at 1,048,576, so
+  // a batch of one keeps the merge kernel. LATENTSERVE_MLA_DECODE_MERGE=kernel / inside forces
+  // either (same-binary comparisons).
   const char* merge = std::getenv("LATENTSERVE_MLA_DECODE_MERGE");
+  const bool forced_kernel = merge != nullptr && std::strcmp(merge, "kernel") == 0;
+  const bool forced_inside = merge != nullptr && std::strcmp(merge, "inside") == 0;
   int64_t waiting_ctas = 0;
   for (const DecodeSeq& seq : meta) waiting_ctas += seq.ranges > 1 ? seq.ranges : 0;
-  const bool merge_inside =
-      wgmma && !(merge != nullptr && std::strcmp(merge, "kernel") == 0) && waiting_ctas <= device_sms;
+  const bool merge_inside = wgmma && !forced_kernel && (forced_inside || meta.size() > 1) &&
+                            waiting_ctas <= device_sms;
   // A recorded step's plan is uniform: the Hopper kernel derives it (no upload: a memcpy node).
   const bool uniform_plan = merge_inside && step != nullptr;
   auto* device_meta =
