@@ -348,6 +348,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   ConsumerBarrier();
   const int ranges = static_cast<int>((keys + split_keys - 1) / split_keys);  // the sequence's, this call
   float* out_token = a.out + seq.token * kHeads * kMlaDecodeValue;
+  // O^T (rows value dimensions, columns heads) into dst [heads][512], each head's columns times
+  // scale[j][c % 2].
+  const auto write_o = [&](float* dst, const float (&scale)[kJ][2]) {
+#pragma unroll
+    for (int mb = 0; mb < kValueBlocks; ++mb) {
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) {
+        const int j = i / 4, c = i % 4;
+        const int dim = 64 * mb + r0 + (c >= 2 ? 8 : 0), head = 8 * j + 2 * (lane % 4) + c % 2;
+        dst[head * kMlaDecodeValue + dim] = o[mb][i] * scale[j][c % 2];
+      }
+    }
+  };
   if (a.tickets != nullptr && ranges == 1) {
     // The sequence's only range: its output, normalised, with no partials.
     float inv[kJ][2];
@@ -362,29 +375,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         inv[j][e] = 1.0f / sum;
       }
     }
-#pragma unroll
-    for (int mb = 0; mb < kValueBlocks; ++mb) {
-#pragma unroll
-      for (int i = 0; i < kAcc; ++i) {
-        const int j = i / 4, c = i % 4;
-        const int dim = 64 * mb + r0 + (c >= 2 ? 8 : 0), head = 8 * j + 2 * (lane % 4) + c % 2;
-        out_token[head * kMlaDecodeValue + dim] = o[mb][i] * inv[j][c % 2];
-      }
-    }
+    write_o(out_token, inv);
     return;
   }
 
-  // The range's output: O^T rows are value dimensions, columns heads.
+  // The range's output, unnormalised.
+  float one[kJ][2];
+#pragma unroll
+  for (int j = 0; j < kJ; ++j) one[j][0] = one[j][1] = 1.0f;
   float* out = a.partial + int64_t{split} * kHeads * kMlaDecodeValue;
-#pragma unroll
-  for (int mb = 0; mb < kValueBlocks; ++mb) {
-#pragma unroll
-    for (int i = 0; i < kAcc; ++i) {
-      const int j = i / 4, c = i % 4;
-      const int dim = 64 * mb + r0 + (c >= 2 ? 8 : 0), head = 8 * j + 2 * (lane % 4) + c % 2;
-      out[head * kMlaDecodeValue + dim] = o[mb][i];
-    }
-  }
+  write_o(out, one);
   if (warp == 0 && lane < 4) {
 #pragma unroll
     for (int j = 0; j < kJ; ++j) {
