@@ -231,21 +231,24 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, ui
       ASSIGN_OR_RETURN(m.out, l.Get(n("attn_output.weight"), {H * Dv, E}));
     } else {
       KdaWeights& k = L.kda;
-      ASSIGN_OR_RETURN(Projections in, LoadProjections(l, {n("attn_q.weight"), n("attn_k.weight"),
-                                                           n("attn_v.weight"), n("ssm_f_a.weight"),
-                                                           n("ssm_g_a.weight"), n("ssm_beta.weight")},
-                                                        E, {Di, Di, Di, Dk, Dk, H}));
-      if (in.stacked.defined()) {
-        k.in = in.stacked;
-        k.qkv.stacked = in.stacked.RowSlice(0, 3 * Di);
-        k.gates.stacked = in.stacked.RowSlice(3 * Di, 2 * Dk + H);
+      // q, k, v, f_a, g_a, beta in one tensor when they share a type; else q, k, v stacked if
+      // they agree, the gates likewise.
+      auto in = l.GetStacked({n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight"), n("ssm_f_a.weight"),
+                              n("ssm_g_a.weight"), n("ssm_beta.weight")},
+                             E, {Di, Di, Di, Dk, Dk, H});
+      if (in.ok()) {
+        k.in = *std::move(in);
+        k.qkv.stacked = k.in.RowSlice(0, 3 * Di);
+        k.gates.stacked = k.in.RowSlice(3 * Di, 2 * Dk + H);
+        for (int64_t part = 0; part < 3; ++part) k.qkv.parts.push_back(k.in.RowSlice(part * Di, Di));
+        k.gates.parts = {k.in.RowSlice(3 * Di, Dk), k.in.RowSlice(3 * Di + Dk, Dk), k.in.RowSlice(3 * Di + 2 * Dk, H)};
+      } else if (!absl::IsFailedPrecondition(in.status())) {
+        return in.status();
       }
-      k.qkv.parts.assign(in.parts.begin(), in.parts.begin() + 3);
-      k.gates.parts.assign(in.parts.begin() + 3, in.parts.end());
       ASSIGN_OR_RETURN(k.conv_qkv, l.GetStacked({n("ssm_conv1d_q.weight"), n("ssm_conv1d_k.weight"),
                                                  n("ssm_conv1d_v.weight")},
                                                 c.conv_kernel, {Di, Di, Di}, true));
-      if (!k.in.defined()) {  // mixed types: q, k, v stacked if they agree, the gates likewise
+      if (!k.in.defined()) {
         ASSIGN_OR_RETURN(k.qkv, LoadProjections(l, {n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")},
                                                 E, {Di, Di, Di}));
         ASSIGN_OR_RETURN(k.gates, LoadProjections(l, {n("ssm_f_a.weight"), n("ssm_g_a.weight"),
