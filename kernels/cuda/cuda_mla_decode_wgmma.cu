@@ -452,8 +452,8 @@ cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& a, cudaStream_t strea
       e != cudaSuccess) {
     return e;
   }
-  const cudaError_t e = LaunchDependent(kernel, dim3(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch)),
-                                        dim3(kThreads), static_cast<size_t>(smem), stream, cache.map, a);
+  const dim3 grid(static_cast<unsigned>(a.max_ranges), static_cast<unsigned>(a.batch));
+  const cudaError_t e = LaunchDependent(kernel, grid, dim3(kThreads), static_cast<size_t>(smem), stream, cache.map, a);
   launches.fetch_add(1);
   return e;
 }

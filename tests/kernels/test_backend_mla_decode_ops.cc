@@ -141,7 +141,9 @@ TEST_F(MlaDecodeMerge, RecordedStepsReplayed) {
         cpu_->MlaAttention(q.cpu, pool.cpu, views, kScale, out.cpu);
         ASSERT_TRUE(gpu_->Replay(**graph).ok());
         gpu_->Copy(out_gpu, out.gpu);
-        Expect(out, 1e-5, "recorded step of " + std::to_string(n) + " sequences, merge " + merge + ", replay " + std::to_string(replay));
+        Expect(out, 1e-5,
+               "recorded step of " + std::to_string(n) + " sequences, merge " + merge + ", replay " +
+                   std::to_string(replay));
       }
     }
   }
