@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/secure_random.h"
 #include "common/status.h"
+#include "serving/metrics.h"
 
 namespace latentserve::decode {
 
@@ -283,33 +284,73 @@ void DecodeWorker::SchedulerLoop() {
     std::vector<model::BatchEntry> entries;
     entries.reserve(batch.size());
     for (auto& slot : batch) entries.push_back({slot->sequence.get(), absl::MakeConstSpan(&slot->next_input, 1), false});
+    const absl::Time step_start = absl::Now();
     absl::StatusOr<std::vector<float>> logits = graphs_.Step(entries);
+    const absl::Time step_end = absl::Now();
     backend_lock.unlock();
-    std::lock_guard<std::mutex> lock(mu_);
-    steps_++;
-    const int64_t vocab = model_.vocab();
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Slot& slot = *batch[i];
-      if (slot.state != SlotState::kDecoding || slot.finished) continue;
-      if (!logits.ok()) {
-        slot.end_status = absl::InternalError(absl::StrCat("decode step failed: ", logits.status().message()));
-        slot.finished = true;
-        continue;
+    std::vector<std::pair<std::string, serving::LogValue>> step_log;
+    {  // the slots, under mu_
+      std::lock_guard<std::mutex> lock(mu_);
+      steps_++;
+      const int64_t vocab = model_.vocab();
+      for (size_t i = 0; i < batch.size(); ++i) {
+        Slot& slot = *batch[i];
+        if (slot.state != SlotState::kDecoding || slot.finished) continue;
+        if (!logits.ok()) {
+          slot.end_status = absl::InternalError(absl::StrCat("decode step failed: ", logits.status().message()));
+          slot.finished = true;
+          continue;
+        }
+        const int32_t token = slot.sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+        slot.out.push_back(token);
+        slot.next_input = token;
+        slot.remaining--;
+        if (std::find(slot.stop_token_ids.begin(), slot.stop_token_ids.end(), token) != slot.stop_token_ids.end()) {
+          slot.reason = FinishReason::kStopToken;
+          slot.finished = true;
+        } else if (slot.remaining <= 0) {
+          slot.reason = FinishReason::kLength;
+          slot.finished = true;
+        }
       }
-      const int32_t token = slot.sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
-      slot.out.push_back(token);
-      slot.next_input = token;
-      slot.remaining--;
-      if (std::find(slot.stop_token_ids.begin(), slot.stop_token_ids.end(), token) != slot.stop_token_ids.end()) {
-        slot.reason = FinishReason::kStopToken;
-        slot.finished = true;
-      } else if (slot.remaining <= 0) {
-        slot.reason = FinishReason::kLength;
-        slot.finished = true;
-      }
+      cv_.notify_all();
+      step_log = CountStep(step_start, step_end, absl::Now(), static_cast<int64_t>(batch.size()));
     }
-    cv_.notify_all();
+    if (!step_log.empty()) serving::LogEvent("decode", "decode_steps", "", step_log);
   }
+}
+
+std::vector<std::pair<std::string, serving::LogValue>> DecodeWorker::CountStep(absl::Time start, absl::Time end,
+                                                                              absl::Time sampled, int64_t batch) {
+  const double forward = absl::ToDoubleSeconds(end - start), sampling = absl::ToDoubleSeconds(sampled - end);
+  step_seconds_ += forward;
+  sample_seconds_ += sampling;
+  // Where a decode step's time goes, for an operator (and the batched-decode benchmark): the
+  // sequences of the window's steps, a step's forward (logits on the host included) and the
+  // host's sampling. A window ends when the batch changes or after kStepLogInterval.
+  StepWindow& w = step_window_;
+  const auto close = [&w](absl::Time until) {
+    const double steps = static_cast<double>(w.steps);
+    std::vector<std::pair<std::string, serving::LogValue>> fields = {
+        {"batch", w.batch},
+        {"steps", w.steps},
+        {"seconds", absl::ToDoubleSeconds(until - w.since)},
+        {"forward_ms_per_step", 1e3 * w.step_seconds / steps},
+        {"sample_ms_per_step", 1e3 * w.sample_seconds / steps}};
+    w = StepWindow{};
+    return fields;
+  };
+  std::vector<std::pair<std::string, serving::LogValue>> fields;
+  if (w.steps > 0 && batch != w.batch) fields = close(start);
+  if (w.steps == 0) {
+    w.since = start;
+    w.batch = batch;
+  }
+  w.steps++;
+  w.step_seconds += forward;
+  w.sample_seconds += sampling;
+  if (fields.empty() && sampled - w.since >= kStepLogInterval) fields = close(sampled);
+  return fields;
 }
 
 void DecodeWorker::ReaperLoop() {
@@ -350,6 +391,8 @@ DecodeStats DecodeWorker::Stats() const {
     }
   }
   stats.steps = steps_;
+  stats.step_seconds = step_seconds_;
+  stats.sample_seconds = sample_seconds_;
   stats.leases_expired = leases_expired_;
   stats.cache_full_stops = cache_full_stops_;
   stats.handoffs_admitted = handoffs_admitted_;

@@ -29,6 +29,7 @@
 #include "model/latent_cache.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "serving/metrics.h"
 #include "transfer/nccl_receiver.h"
 #include "transfer/transport.h"
 
@@ -70,6 +71,8 @@ struct DecodeStats {
   int64_t leases_active = 0;     // reserved, not yet decoding
   int64_t sequences_active = 0;  // in the batch
   int64_t steps = 0;             // batched forward steps run
+  double step_seconds = 0;       // their forwards (the logits on the host included)
+  double sample_seconds = 0;     // sampling their logits on the host
   int64_t leases_expired = 0;    // reservations whose cache did not arrive before their deadline
   int64_t cache_full_stops = 0;  // sequences stopped early: no free page for their next token
   int64_t handoffs_admitted = 0;   // caches that arrived complete
@@ -175,6 +178,12 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<std::vector<int32_t>> ExclusiveLeasePages(const std::string& lease_id);
 
   void SchedulerLoop();
+  // Adds one step's times (mu_ held). When the batch changed, or kStepLogInterval passed since
+  // the window began, returns the fields of a decode_steps log line (the window that ended),
+  // else nothing.
+  std::vector<std::pair<std::string, serving::LogValue>> CountStep(absl::Time start, absl::Time end,
+                                                                   absl::Time sampled, int64_t batch);
+  static constexpr absl::Duration kStepLogInterval = absl::Seconds(10);
   void ReaperLoop();
   // Marks a slot done and returns its pages (takes backend_mu_; call without mu_).
   void FreeSlot(const std::shared_ptr<Slot>& slot);
@@ -213,6 +222,13 @@ class DecodeWorker : public transfer::CacheSink {
   static constexpr size_t kMaxSessionPins = 65536;  // bound on session_pins_ whatever the callers do
   std::map<std::string, int64_t> session_pins_;         // session id -> pinned prefix entry (backend_mu_)
   int64_t steps_ = 0;
+  double step_seconds_ = 0, sample_seconds_ = 0;
+  // Steps of one batch size since the last decode_steps log line (CountStep).
+  struct StepWindow {
+    absl::Time since = absl::InfinitePast();
+    int64_t batch = 0, steps = 0;
+    double step_seconds = 0, sample_seconds = 0;
+  } step_window_;
   int64_t leases_expired_ = 0;
   int64_t cache_full_stops_ = 0;
   int64_t handoffs_admitted_ = 0;

@@ -109,6 +109,14 @@ run_ours() {
     --streams "$STREAMS" --prompt "$PROMPT" --answer "$ANSWER" --extra "$EXTRA" --vocab "$vocab" "${warm[@]}" \
     --metrics "$metrics" --dir "$OUT/batched_streams" --prompt-dir "$WORK/prompts" | tee "$WORK/streams.txt"
   echo "streams: exit ${PIPESTATUS[0]}"
+  # The decode worker's own view (its decode_steps log lines) of the steps that ran all streams:
+  # a step's forward (logits on the host included) against its host sampling.
+  grep '"event":"decode_steps"' "$OUT/batched_serve.log" | python3 -c "import json, sys
+for line in sys.stdin:
+  e = json.loads(line)
+  if e['batch'] == $STREAMS:
+    print('  decode worker, batch %d: %d steps in %.2f s, forward %.2f ms + sampling %.2f ms a step' % (
+          e['batch'], e['steps'], e['seconds'], e['forward_ms_per_step'], e['sample_ms_per_step']))"
   OURS=$(tail -1 "$WORK/streams.txt" | python3 -c "import json, sys
 try:
   w = json.loads(sys.stdin.read())['window']

@@ -289,6 +289,12 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
     // tokens_total / steps_total over an interval: the sequences one step decodes (batch size).
     out.Set("latentserve_decode_steps_total", "Decode: batched forward steps (one token for every decoding sequence)",
             {}, static_cast<double>(s.steps), /*counter=*/true);
+    // Over an interval, each / steps_total: the time of one step's forward and of its sampling.
+    out.Set("latentserve_decode_step_seconds_total",
+            "Decode: time in the steps' forwards (the logits on the host included)", {}, s.step_seconds,
+            /*counter=*/true);
+    out.Set("latentserve_decode_sample_seconds_total", "Decode: time sampling the steps' logits on the host", {},
+            s.sample_seconds, /*counter=*/true);
   });
 }
 

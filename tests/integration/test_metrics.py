@@ -106,6 +106,11 @@ class RoleMetricsAndLogs(unittest.TestCase):
         self.assertEqual(types.get("latentserve_decode_steps_total"), "counter")
         self.assertGreaterEqual(value("latentserve_decode_steps_total"), 1)
         self.assertEqual(value("latentserve_decode_steps_total"), value("latentserve_decode_tokens_total"))
+        # Those steps took time to run and to sample.
+        self.assertEqual(types.get("latentserve_decode_step_seconds_total"), "counter")
+        self.assertGreater(value("latentserve_decode_step_seconds_total"), 0)
+        self.assertEqual(types.get("latentserve_decode_sample_seconds_total"), "counter")
+        self.assertGreater(value("latentserve_decode_sample_seconds_total"), 0)
 
     def test_every_documented_family_is_exported_by_some_role(self):
         # k8s/validate holds alerts, dashboards and autoscalers to this list (docs/operations.md).
