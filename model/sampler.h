@@ -30,4 +30,9 @@ class Sampler {
 
 int32_t Argmax(absl::Span<const float> logits);
 
+// The tokens the chain keeps (top-k, then top-p, then min-p; temperature does not cut): the
+// most likely first; the rest in logit order where a cut needed it, else in no fixed order.
+// Sampler draws among them in this order.
+std::vector<int32_t> SamplingCandidates(absl::Span<const float> logits, const SamplingParams& params);
+
 }  // namespace latentserve::model

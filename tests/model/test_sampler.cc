@@ -1,0 +1,114 @@
+// The sampler's chain against a reference that sorts the whole row (the way Sampler worked
+// before SamplingCandidates), and the draws' distribution.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/sampler.h"
+
+namespace latentserve::model {
+namespace {
+
+// Sort everything, then cut: top-k, top-p (probabilities at temperature 1 over the top-k),
+// min-p against the largest.
+std::set<int32_t> ReferenceKept(const std::vector<float>& logits, const SamplingParams& p) {
+  std::vector<int32_t> ids(logits.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::sort(ids.begin(), ids.end(),
+            [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  size_t keep = ids.size();
+  if (p.top_k > 0) keep = std::min<size_t>(keep, p.top_k);
+  std::vector<double> probs(keep);
+  double sum = 0;
+  for (size_t i = 0; i < keep; ++i) sum += probs[i] = std::exp(double(logits[ids[i]]) - logits[ids[0]]);
+  if (p.top_p < 1.0f) {
+    double cumulative = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      cumulative += probs[i] / sum;
+      if (cumulative >= p.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  if (p.min_p > 0.0f) {
+    size_t cut = 1;
+    while (cut < keep && probs[cut] >= p.min_p * probs[0]) ++cut;
+    keep = cut;
+  }
+  return std::set<int32_t>(ids.begin(), ids.begin() + keep);
+}
+
+std::vector<float> RandomLogits(size_t n, float spread, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, spread);
+  std::vector<float> logits(n);
+  for (float& v : logits) v = normal(rng);
+  return logits;
+}
+
+TEST(Sampler, CandidatesAreTheReferenceChainsTokens) {
+  int cases = 0;
+  for (size_t n : {size_t{1}, size_t{7}, size_t{300}, size_t{20000}}) {
+    for (float spread : {0.1f, 2.0f, 8.0f}) {
+      std::vector<float> logits = RandomLogits(n, spread, n * 31 + static_cast<uint64_t>(spread * 10));
+      if (n > 10) logits[5] = logits[9];  // a tie
+      for (int32_t top_k : {0, 1, 5, 1000}) {
+        for (float top_p : {1.0f, 0.95f, 0.5f, 0.0f}) {
+          for (float min_p : {0.0f, 0.05f, 0.5f, 2.0f}) {
+            const SamplingParams params{1.0f, top_k, top_p, min_p, 0};
+            const std::vector<int32_t> got = SamplingCandidates(logits, params);
+            ASSERT_FALSE(got.empty());
+            EXPECT_EQ(got[0], Argmax(logits)) << n << " " << top_k << " " << top_p << " " << min_p;
+            EXPECT_EQ(std::set<int32_t>(got.begin(), got.end()), ReferenceKept(logits, params))
+                << "n " << n << " spread " << spread << " top_k " << top_k << " top_p " << top_p << " min_p " << min_p;
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 4 * 3 * 4 * 4 * 4);
+}
+
+TEST(Sampler, GreedyIsArgmaxAndTopOneIsGreedy) {
+  const std::vector<float> logits = RandomLogits(163840, 3.0f, 1);
+  Sampler greedy({0.0f, 0, 1.0f, 0.0f, 1});
+  EXPECT_EQ(greedy.Sample(logits), Argmax(logits));
+  Sampler top_one({2.0f, 1, 1.0f, 0.0f, 7});
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(top_one.Sample(logits), Argmax(logits));
+}
+
+// Draws follow softmax(logits / T) over the kept tokens: frequencies within 5 standard
+// deviations over 20,000 draws, nothing outside the candidates, and a seed repeats its draws.
+TEST(Sampler, DrawsFollowTheTemperedDistribution) {
+  const std::vector<float> logits = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -30.0f};
+  for (const SamplingParams& params : {SamplingParams{1.0f, 0, 1.0f, 0.0f, 11}, SamplingParams{0.7f, 4, 1.0f, 0.0f, 12},
+                                       SamplingParams{1.3f, 0, 0.9f, 0.0f, 13}, SamplingParams{1.0f, 0, 1.0f, 0.2f, 14}}) {
+    const std::vector<int32_t> kept = SamplingCandidates(logits, params);
+    double total = 0;
+    std::map<int32_t, double> expected;
+    for (int32_t id : kept) total += expected[id] = std::exp((logits[id] - logits[0]) / params.temperature);
+    Sampler sampler(params), again(params);
+    std::map<int32_t, int> counts;
+    constexpr int kDraws = 20000;
+    for (int i = 0; i < kDraws; ++i) {
+      const int32_t id = sampler.Sample(logits);
+      ASSERT_EQ(id, again.Sample(logits));
+      ASSERT_TRUE(expected.count(id)) << "drew " << id << ", not a candidate";
+      counts[id]++;
+    }
+    for (const auto& [id, weight] : expected) {
+      const double p = weight / total, mean = p * kDraws, sd = std::sqrt(kDraws * p * (1 - p));
+      EXPECT_NEAR(counts[id], mean, 5 * sd + 1) << "token " << id << " T " << params.temperature;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace latentserve::model
