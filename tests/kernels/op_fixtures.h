@@ -157,6 +157,11 @@ class BackendPairFixture : public ::testing::Test {
     return p;
   }
   Pair F32(Shape ne, const std::vector<float>& v) { return Make(DType::kF32, ne, v); }
+  // New f32 values for an existing pair (both backends).
+  void Set(const Pair& p, const std::vector<float>& v) {
+    cpu_->Upload(v.data(), v.size() * 4, p.cpu);
+    gpu_->Upload(v.data(), v.size() * 4, p.gpu);
+  }
   Pair Poisoned(Shape ne) {  // outputs start as NaN so an unwritten element fails
     return F32(ne, std::vector<float>(ne[0] * ne[1] * ne[2] * ne[3], NAN));
   }

@@ -131,10 +131,8 @@ TEST_F(MlaDecodeMerge, RecordedStepsReplayed) {
           positions[s] = static_cast<int32_t>(cached[s] + advance);
         }
         const std::vector<float> new_rows = Random(kWidth * n, -2, 2), new_q = Random(kWidth * heads * n, -0.3f, 0.3f);
-        cpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.cpu);
-        gpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.gpu);
-        cpu_->Upload(new_q.data(), new_q.size() * 4, q.cpu);
-        gpu_->Upload(new_q.data(), new_q.size() * 4, q.gpu);
+        Set(fresh, new_rows);
+        Set(q, new_q);
         gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
         Pair out = Poisoned({kValue, heads, n, 1});
         cpu_->LatentStore(fresh.cpu, views, pool.cpu);

@@ -558,10 +558,8 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
         positions[s] = static_cast<int32_t>(cached[s] + step);
       }
       const std::vector<float> new_rows = Random(width * n, -2, 2), new_q = Random(width * heads * n, -0.3f, 0.3f);
-      cpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.cpu);
-      gpu_->Upload(new_rows.data(), new_rows.size() * 4, fresh.gpu);
-      cpu_->Upload(new_q.data(), new_q.size() * 4, q.cpu);
-      gpu_->Upload(new_q.data(), new_q.size() * 4, q.gpu);
+      Set(fresh, new_rows);
+      Set(q, new_q);
       gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
       auto out = Poisoned({value_dim, heads, n, 1});
       cpu_->LatentStore(fresh.cpu, views, pool.cpu);

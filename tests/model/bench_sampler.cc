@@ -10,33 +10,19 @@
 #include <vector>
 
 #include "model/sampler.h"
+#include "tests/model/sampler_reference.h"
 
 namespace {
 
 using latentserve::model::Sampler;
 using latentserve::model::SamplingParams;
 
-// The previous Sampler::Sample: sort the whole row, cut top-p, draw.
+// The previous Sampler::Sample: sort the whole row, cut, draw.
 int32_t FullSortDraw(const std::vector<float>& logits, const SamplingParams& p, std::mt19937_64& rng) {
-  std::vector<int32_t> ids(logits.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  std::sort(ids.begin(), ids.end(),
-            [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-  size_t keep = ids.size();
-  std::vector<double> w(keep);
-  double sum = 0;
-  for (size_t i = 0; i < keep; ++i) sum += w[i] = std::exp(double(logits[ids[i]]) - logits[ids[0]]);
-  if (p.top_p < 1.0f) {
-    double cumulative = 0;
-    for (size_t i = 0; i < keep; ++i) {
-      if ((cumulative += w[i] / sum) >= p.top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  for (size_t i = 0; i < keep; ++i) w[i] = std::exp((double(logits[ids[i]]) - logits[ids[0]]) / p.temperature);
-  std::discrete_distribution<size_t> pick(w.begin(), w.begin() + keep);
+  const std::vector<int32_t> ids = latentserve::model::FullSortKept(logits, p);
+  std::vector<double> w(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) w[i] = std::exp((double(logits[ids[i]]) - logits[ids[0]]) / p.temperature);
+  std::discrete_distribution<size_t> pick(w.begin(), w.end());
   return ids[pick(rng)];
 }
 

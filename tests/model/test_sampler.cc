@@ -1,5 +1,5 @@
-// The sampler's chain against a reference that sorts the whole row (the way Sampler worked
-// before SamplingCandidates), and the draws' distribution.
+// The sampler's chain against a full sort of the row (sampler_reference.h), and the draws'
+// distribution.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -10,39 +10,10 @@
 
 #include "gtest/gtest.h"
 #include "model/sampler.h"
+#include "tests/model/sampler_reference.h"
 
 namespace latentserve::model {
 namespace {
-
-// Sort everything, then cut: top-k, top-p (probabilities at temperature 1 over the top-k),
-// min-p against the largest.
-std::set<int32_t> ReferenceKept(const std::vector<float>& logits, const SamplingParams& p) {
-  std::vector<int32_t> ids(logits.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  std::sort(ids.begin(), ids.end(),
-            [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-  size_t keep = ids.size();
-  if (p.top_k > 0) keep = std::min<size_t>(keep, p.top_k);
-  std::vector<double> probs(keep);
-  double sum = 0;
-  for (size_t i = 0; i < keep; ++i) sum += probs[i] = std::exp(double(logits[ids[i]]) - logits[ids[0]]);
-  if (p.top_p < 1.0f) {
-    double cumulative = 0;
-    for (size_t i = 0; i < keep; ++i) {
-      cumulative += probs[i] / sum;
-      if (cumulative >= p.top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  if (p.min_p > 0.0f) {
-    size_t cut = 1;
-    while (cut < keep && probs[cut] >= p.min_p * probs[0]) ++cut;
-    keep = cut;
-  }
-  return std::set<int32_t>(ids.begin(), ids.begin() + keep);
-}
 
 std::vector<float> RandomLogits(size_t n, float spread, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -65,7 +36,10 @@ TEST(Sampler, CandidatesAreTheReferenceChainsTokens) {
             const std::vector<int32_t> got = SamplingCandidates(logits, params);
             ASSERT_FALSE(got.empty());
             EXPECT_EQ(got[0], Argmax(logits)) << n << " " << top_k << " " << top_p << " " << min_p;
-            EXPECT_EQ(std::set<int32_t>(got.begin(), got.end()), ReferenceKept(logits, params))
+            EXPECT_EQ(std::set<int32_t>(got.begin(), got.end()), [&] {
+              const std::vector<int32_t> kept = FullSortKept(logits, params);
+              return std::set<int32_t>(kept.begin(), kept.end());
+            }())
                 << "n " << n << " spread " << spread << " top_k " << top_k << " top_p " << top_p << " min_p " << min_p;
             ++cases;
           }
