@@ -1,6 +1,6 @@
-// Host time of one sampled token from a 163,840-entry row (Kimi-Linear's vocabulary), normal
-// logits: Sampler against the full sort it replaced (docs/benchmarks.md). Run by hand:
-// build/bin/bench_sampler.
+// Host time of one token from a 163,840-entry row (Kimi-Linear's vocabulary), normal logits:
+// Sampler against the full sort it replaced, Argmax against std::max_element
+// (docs/benchmarks.md). Run by hand: build/bin/bench_sampler.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +44,9 @@ int main() {
     std::normal_distribution<float> normal(0.0f, spread);
     std::vector<float> logits(163840);
     for (float& v : logits) v = normal(rng);
+    std::printf("logits N(0, %.0f), greedy: std::max_element %.3f ms/token, Argmax %.3f\n", spread,
+                MsPerToken([&] { return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()); }),
+                MsPerToken([&] { return latentserve::model::Argmax(logits); }));
     for (const SamplingParams& p : {SamplingParams{1.0f, 0, 1.0f, 0.0f, 2}, SamplingParams{1.0f, 0, 0.9f, 0.0f, 2},
                                     SamplingParams{0.8f, 40, 1.0f, 0.0f, 2}}) {
       std::mt19937_64 old_rng(2);

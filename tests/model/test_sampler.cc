@@ -50,6 +50,26 @@ TEST(Sampler, CandidatesAreTheReferenceChainsTokens) {
   EXPECT_EQ(cases, 4 * 3 * 4 * 4 * 4);
 }
 
+// Argmax is std::max_element's answer: the first of tied maxima, -0 and +0 equal, NaN ignored
+// after the first entry and answered with 0 at it.
+TEST(Sampler, ArgmaxIsMaxElement) {
+  std::vector<std::vector<float>> rows;
+  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{1000}, size_t{163840}}) {
+    rows.push_back(RandomLogits(n, 2.0f, n));
+  }
+  rows.push_back({1.0f, 3.0f, 3.0f, 2.0f, 3.0f, 0.0f, 0.0f, 0.0f, 3.0f});
+  rows.push_back({-0.0f, 0.0f, -1.0f});
+  rows.push_back({0.0f, -0.0f, -1.0f});
+  rows.push_back({NAN, 5.0f, 6.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 7.0f});
+  rows.push_back({1.0f, NAN, 6.0f, 1.0f, 2.0f, NAN, 4.0f, 5.0f, 6.0f, 2.0f});
+  std::vector<float> late_max = RandomLogits(163840, 2.0f, 9);
+  late_max[163839] = 100.0f;
+  rows.push_back(late_max);
+  for (const std::vector<float>& row : rows) {
+    EXPECT_EQ(Argmax(row), std::max_element(row.begin(), row.end()) - row.begin()) << row.size();
+  }
+}
+
 TEST(Sampler, GreedyIsArgmaxAndTopOneIsGreedy) {
   const std::vector<float> logits = RandomLogits(163840, 3.0f, 1);
   Sampler greedy({0.0f, 0, 1.0f, 0.0f, 1});
