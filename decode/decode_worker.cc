@@ -288,11 +288,31 @@ void DecodeWorker::SchedulerLoop() {
     absl::StatusOr<std::vector<float>> logits = graphs_.Step(entries);
     const absl::Time step_end = absl::Now();
     backend_lock.unlock();
+    // Each row's token, outside mu_ and in parallel: a batch's sampler is the scheduler's alone
+    // once the slot decodes (set at admission, before kDecoding). A slot cancelled meanwhile
+    // draws once for nothing; its token is dropped below.
+    const int64_t vocab = model_.vocab();
+    std::vector<int32_t> tokens(batch.size(), 0);
+    if (logits.ok()) {
+      const auto sample = [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          tokens[i] = batch[i]->sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+        }
+      };
+      if (batch.size() > 1 && !sample_pool_) {
+        sample_pool_ = std::make_unique<kernels::cpu::ThreadPool>(
+            static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
+      }
+      if (batch.size() > 1) {
+        sample_pool_->ParallelFor(static_cast<int64_t>(batch.size()), 1, sample);
+      } else {
+        sample(0, static_cast<int64_t>(batch.size()));
+      }
+    }
     std::vector<std::pair<std::string, serving::LogValue>> step_log;
     {  // the slots, under mu_
       std::lock_guard<std::mutex> lock(mu_);
       steps_++;
-      const int64_t vocab = model_.vocab();
       for (size_t i = 0; i < batch.size(); ++i) {
         Slot& slot = *batch[i];
         if (slot.state != SlotState::kDecoding || slot.finished) continue;
@@ -301,7 +321,7 @@ void DecodeWorker::SchedulerLoop() {
           slot.finished = true;
           continue;
         }
-        const int32_t token = slot.sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+        const int32_t token = tokens[i];
         slot.out.push_back(token);
         slot.next_input = token;
         slot.remaining--;

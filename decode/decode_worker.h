@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "cache/prefix_cache.h"
 #include "cache/sequence_table.h"
+#include "kernels/cpu/thread_pool.h"
 #include "model/decode_graphs.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
@@ -223,6 +224,10 @@ class DecodeWorker : public transfer::CacheSink {
   std::map<std::string, int64_t> session_pins_;         // session id -> pinned prefix entry (backend_mu_)
   int64_t steps_ = 0;
   double step_seconds_ = 0, sample_seconds_ = 0;
+  // Samples a step's rows in parallel (made at the first step of several sequences; the
+  // scheduler thread only). A batch's rows one after another took ~0.2-1 ms each greedy and
+  // ~1-2 ms sampled at a 163,840-entry vocabulary (docs/benchmarks.md).
+  std::unique_ptr<kernels::cpu::ThreadPool> sample_pool_;
   // Steps of one batch size since the last decode_steps log line (CountStep).
   struct StepWindow {
     absl::Time since = absl::InfinitePast();
