@@ -405,11 +405,8 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   for (const DecodeSeq& seq : meta) waiting_ctas += seq.ranges > 1 ? seq.ranges : 0;
   const bool merge_inside = wgmma && !forced_kernel && (forced_inside || meta.size() > 1) &&
                             waiting_ctas <= device_sms;
-  // A recorded step's plan is uniform: the Hopper kernel derives it (no upload: a memcpy node).
-  const bool uniform_plan = merge_inside && step != nullptr;
-  auto* device_meta =
-      uniform_plan ? nullptr
-                   : static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
+  // (In a recording the plan is one of the recording's constants, not a copy per replay.)
+  auto* device_meta = static_cast<DecodeSeq*>(UploadScratch(13, meta.data(), meta.size() * sizeof(DecodeSeq)));
   auto* partial = static_cast<float*>(Scratch(15, static_cast<size_t>(splits) * heads * (kValue + 2) * 4));
   float* partial_max = partial + static_cast<int64_t>(splits) * heads * kValue;
   float* partial_sum = partial_max + static_cast<int64_t>(splits) * heads;
@@ -421,8 +418,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                             device_tables,    device_meta,  positions,
                             partial,          partial_max,  partial_sum,
                             merge_inside ? MlaDecodeTickets(static_cast<int64_t>(meta.size())) : nullptr,
-                            DevF32(out),      meta[0].keys, step != nullptr ? step->page_tables.ne[0] : 0,
-                            static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
+                            DevF32(out),      static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
     CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
     if (merge_inside) return true;
   } else {

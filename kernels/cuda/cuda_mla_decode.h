@@ -55,20 +55,9 @@ struct MlaDecodeWgmmaArgs {
   // Null tickets: partial outputs only (MergeRangesKernel merges them).
   int* tickets;
   float* out;
-  // Recorded steps: null `seqs` means sequence b is {uniform_keys, b, b * table_stride,
-  // b * max_ranges, max_ranges}, derived in the kernel (no upload of the plan per layer: a
-  // memcpy node in the graph, which would also stand between the kernel and its predecessor).
-  int64_t uniform_keys, table_stride;
   int heads;                // 16 or 32
   int max_ranges, batch;    // the grid
 };
-
-
-// Sequence `index` of the plan (see MlaDecodeWgmmaArgs::seqs).
-__device__ __forceinline__ MlaDecodeSeq MlaDecodeSeqAt(const MlaDecodeWgmmaArgs& a, int index) {
-  if (a.seqs != nullptr) return a.seqs[index];
-  return {a.uniform_keys, index, static_cast<int32_t>(index * a.table_stride), index * a.max_ranges, a.max_ranges};
-}
 
 // Launches the Hopper kernel (see cuda_mla_decode_wgmma.cu). Returns the launch's error.
 cudaError_t LaunchMlaDecodeWgmma(const MlaDecodeWgmmaArgs& args, cudaStream_t stream);

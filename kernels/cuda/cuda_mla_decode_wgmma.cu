@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   AllowDependents();  // what follows may be placed as CTAs finish; it waits for all of them
   WaitForPredecessor();
 
-  const MlaDecodeSeq seq = MlaDecodeSeqAt(a, blockIdx.y);
+  const MlaDecodeSeq seq = a.seqs[blockIdx.y];
   const int64_t keys = MlaDecodeVisibleKeys(seq, a.positions, blockIdx.y);
   const int64_t split_keys = MlaDecodeSplitKeys(keys, seq.ranges);
   const int64_t begin = int64_t{blockIdx.x} * split_keys;
