@@ -21,15 +21,10 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
     // projections stacked (w.in) the gates' inputs come from the same matmul.
     Tensor proj;
     if (w.in.defined()) {
-      const int64_t Gr = w.gates.rows();
-      ASSIGN_OR_RETURN(Tensor all, ctx.F32({3 * Di + Gr, 1, 1, 1}));
+      ASSIGN_OR_RETURN(Tensor all, ctx.F32({3 * Di + w.gates.rows(), 1, 1, 1}));
       b.MatMul(w.in, h.x, h.rounded, all);
       proj = ColumnSlice(all, 0, 3 * Di);
-      int64_t first = 3 * Di;
-      for (const Tensor& part : w.gates.parts) {
-        gates.push_back(ColumnSlice(all, first, part.ne[1]));
-        first += part.ne[1];
-      }
+      gates = PartColumns(all, 3 * Di, w.gates.parts);
     } else {
       ASSIGN_OR_RETURN(proj, ctx.F32({3 * Di, 1, 1, 1}));
       b.MatMul(w.qkv.stacked, h.x, h.rounded, proj);

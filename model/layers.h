@@ -27,6 +27,10 @@ struct BatchContext {
 
 // Elements [first, first + count) of a one-column tensor as a [count] column, sharing memory.
 kernels::Tensor ColumnSlice(const kernels::Tensor& column, int64_t first, int64_t count);
+// Consecutive slices of `column` from entry `first` on, one per part, each as long as its
+// part has rows (a stacked projection's output split into its parts' outputs).
+std::vector<kernels::Tensor> PartColumns(const kernels::Tensor& column, int64_t first,
+                                         const std::vector<kernels::Tensor>& parts);
 
 // The normalised hidden states a layer reads, h [E, n], and h rounded once for the q4_0 / q8_0
 // products that read it (Backend::RoundActivations; empty when the backend rounds per product

@@ -10,6 +10,15 @@ Tensor ColumnSlice(const Tensor& column, int64_t first, int64_t count) {
   return column.Reshape({1, column.elements(), 1, 1}).RowSlice(first, count).Reshape({count, 1, 1, 1});
 }
 
+std::vector<Tensor> PartColumns(const Tensor& column, int64_t first, const std::vector<Tensor>& parts) {
+  std::vector<Tensor> out;
+  for (const Tensor& part : parts) {
+    out.push_back(ColumnSlice(column, first, part.ne[1]));
+    first += part.ne[1];
+  }
+  return out;
+}
+
 absl::StatusOr<Hidden> RoundFor(kernels::Backend& backend, const Tensor& h, const Tensor& reader) {
   Hidden out{h, Tensor()};
   if (reader.dtype == DType::kQ4_0 || reader.dtype == DType::kQ8_0) {
@@ -30,17 +39,12 @@ absl::StatusOr<Hidden> AddNormFor(kernels::Backend& backend, const Tensor& x, co
 }
 
 absl::StatusOr<std::vector<Tensor>> Project(const BatchContext& ctx, const Projections& p, const Hidden& h) {
-  std::vector<Tensor> out;
   if (p.stacked.defined() && ctx.tokens == 1) {
     ASSIGN_OR_RETURN(Tensor all, ctx.F32({p.rows(), 1, 1, 1}));
     ctx.backend.MatMul(p.stacked, h.x, h.rounded, all);
-    int64_t first = 0;
-    for (const Tensor& part : p.parts) {
-      out.push_back(ColumnSlice(all, first, part.ne[1]));
-      first += part.ne[1];
-    }
-    return out;
+    return PartColumns(all, 0, p.parts);
   }
+  std::vector<Tensor> out;
   for (const Tensor& part : p.parts) {
     ASSIGN_OR_RETURN(Tensor y, ctx.F32({part.ne[1], ctx.tokens, 1, 1}));
     ctx.backend.MatMul(part, h.x, h.rounded, y);

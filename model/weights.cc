@@ -187,18 +187,24 @@ int64_t Projections::rows() const {
 
 namespace {
 
+// Projections of `rows[i]` rows each, views of `all` from its row `first` on.
+Projections ViewsOf(const Tensor& all, int64_t first, const std::vector<int64_t>& rows) {
+  Projections p;
+  int64_t total = 0;
+  for (int64_t r : rows) {
+    p.parts.push_back(all.RowSlice(first + total, r));
+    total += r;
+  }
+  p.stacked = all.RowSlice(first, total);
+  return p;
+}
+
 // Projections `names` [width, rows[i]]: stacked when they share a type, else one by one.
 absl::StatusOr<Projections> LoadProjections(Source& l, const std::vector<std::string>& names, int64_t width,
                                             const std::vector<int64_t>& rows) {
   Projections p;
   auto stacked = l.GetStacked(names, width, rows);
-  if (stacked.ok()) {
-    p.stacked = *std::move(stacked);
-    for (size_t i = 0, first = 0; i < names.size(); first += rows[i], ++i) {
-      p.parts.push_back(p.stacked.RowSlice(static_cast<int64_t>(first), rows[i]));
-    }
-    return p;
-  }
+  if (stacked.ok()) return ViewsOf(*stacked, 0, rows);
   if (!absl::IsFailedPrecondition(stacked.status())) return stacked.status();
   for (size_t i = 0; i < names.size(); ++i) {  // mixed types: one matmul each
     ASSIGN_OR_RETURN(Tensor part, l.Get(names[i], {width, rows[i]}));
@@ -238,10 +244,8 @@ absl::StatusOr<Weights> Build(Source& l, const ModelConfig& c, int64_t vocab, ui
                              E, {Di, Di, Di, Dk, Dk, H});
       if (in.ok()) {
         k.in = *std::move(in);
-        k.qkv.stacked = k.in.RowSlice(0, 3 * Di);
-        k.gates.stacked = k.in.RowSlice(3 * Di, 2 * Dk + H);
-        for (int64_t part = 0; part < 3; ++part) k.qkv.parts.push_back(k.in.RowSlice(part * Di, Di));
-        k.gates.parts = {k.in.RowSlice(3 * Di, Dk), k.in.RowSlice(3 * Di + Dk, Dk), k.in.RowSlice(3 * Di + 2 * Dk, H)};
+        k.qkv = ViewsOf(k.in, 0, {Di, Di, Di});
+        k.gates = ViewsOf(k.in, 3 * Di, {Dk, Dk, H});
       } else if (!absl::IsFailedPrecondition(in.status())) {
         return in.status();
       }
