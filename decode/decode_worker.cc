@@ -299,14 +299,14 @@ void DecodeWorker::SchedulerLoop() {
           tokens[i] = batch[i]->sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
         }
       };
-      if (batch.size() > 1 && !sample_pool_) {
-        sample_pool_ = std::make_unique<kernels::cpu::ThreadPool>(
-            static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
-      }
-      if (batch.size() > 1) {
-        sample_pool_->ParallelFor(static_cast<int64_t>(batch.size()), 1, sample);
+      if (batch.size() == 1) {
+        sample(0, 1);
       } else {
-        sample(0, static_cast<int64_t>(batch.size()));
+        if (!sample_pool_) {
+          sample_pool_ = std::make_unique<kernels::cpu::ThreadPool>(
+              static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
+        }
+        sample_pool_->ParallelFor(static_cast<int64_t>(batch.size()), 1, sample);
       }
     }
     std::vector<std::pair<std::string, serving::LogValue>> step_log;
