@@ -347,7 +347,9 @@ std::vector<std::pair<std::string, serving::LogValue>> DecodeWorker::CountStep(a
   sample_seconds_ += sampling;
   // Where a decode step's time goes, for an operator (and the batched-decode benchmark): the
   // sequences of the window's steps, a step's forward (logits on the host included) and the
-  // host's sampling. A window ends when the batch changes or after kStepLogInterval.
+  // host's sampling. A window ends when the batch changes or after kStepLogInterval; one that
+  // ends by a change before kStepLogMinWindow is not logged (requests joining and leaving every
+  // step would otherwise log every step), so at most one line a kStepLogMinWindow.
   StepWindow& w = step_window_;
   const auto close = [&w](absl::Time until) {
     const double steps = static_cast<double>(w.steps);
@@ -361,7 +363,13 @@ std::vector<std::pair<std::string, serving::LogValue>> DecodeWorker::CountStep(a
     return fields;
   };
   std::vector<std::pair<std::string, serving::LogValue>> fields;
-  if (w.steps > 0 && batch != w.batch) fields = close(start);
+  if (w.steps > 0 && batch != w.batch) {
+    if (start - w.since >= kStepLogMinWindow) {
+      fields = close(start);
+    } else {
+      w = StepWindow{};
+    }
+  }
   if (w.steps == 0) {
     w.since = start;
     w.batch = batch;

@@ -179,12 +179,13 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<std::vector<int32_t>> ExclusiveLeasePages(const std::string& lease_id);
 
   void SchedulerLoop();
-  // Adds one step's times (mu_ held). When the batch changed, or kStepLogInterval passed since
-  // the window began, returns the fields of a decode_steps log line (the window that ended),
-  // else nothing.
+  // Adds one step's times (mu_ held). When the batch changed after at least kStepLogMinWindow,
+  // or kStepLogInterval passed since the window began, returns the fields of a decode_steps log
+  // line (the window that ended), else nothing.
   std::vector<std::pair<std::string, serving::LogValue>> CountStep(absl::Time start, absl::Time end,
                                                                    absl::Time sampled, int64_t batch);
   static constexpr absl::Duration kStepLogInterval = absl::Seconds(10);
+  static constexpr absl::Duration kStepLogMinWindow = absl::Seconds(1);
   void ReaperLoop();
   // Marks a slot done and returns its pages (takes backend_mu_; call without mu_).
   void FreeSlot(const std::shared_ptr<Slot>& slot);
