@@ -218,6 +218,50 @@ class BackendPairFixture : public ::testing::Test {
     EXPECT_LE(nmse, threshold) << what;
     RecordProperty(what, std::to_string(nmse));
   }
+  // An MLA decode step (LatentStore of one new row per sequence, then MlaAttention with
+  // `heads` heads) recorded once over `pool`, sequence s holding cached[s] rows in the pages
+  // tables[s], then replayed once per entry of `advances` at positions cached[s] + advance
+  // (read from device memory, DeviceStep; page tables `stride` entries apart, 0: the longest
+  // table), each replay's output against the CPU's same step.
+  void CheckRecordedMlaStep(const Pair& pool, const std::vector<std::vector<int32_t>>& tables,
+                            const std::vector<int64_t>& cached, int64_t heads, int64_t stride,
+                            const std::vector<int64_t>& advances, const std::string& what) {
+    constexpr int64_t kWidth = 576, kValue = 512;
+    const float scale = 1.0f / std::sqrt(192.0f);
+    const int64_t n = static_cast<int64_t>(cached.size());
+    for (const auto& t : tables) stride = std::max<int64_t>(stride, int64_t(t.size()));
+    std::vector<int32_t> device_tables(stride * n, 0);
+    for (int64_t s = 0; s < n; ++s) std::copy(tables[s].begin(), tables[s].end(), device_tables.begin() + s * stride);
+    DeviceStep device{*gpu_->Alloc(DType::kI32, {n, 1, 1, 1}), *gpu_->Alloc(DType::kI32, {stride, n, 1, 1})};
+    gpu_->Upload(device_tables.data(), device_tables.size() * 4, device.page_tables);
+    Pair fresh = F32({kWidth, n, 1, 1}, std::vector<float>(kWidth * n, 0.0f));
+    Pair q = F32({kWidth, heads, n, 1}, std::vector<float>(kWidth * heads * n, 0.0f));
+    Tensor out_gpu = *gpu_->Alloc(DType::kF32, {kValue, heads, n, 1});
+    std::vector<LatentSeqView> recorded;
+    for (int64_t s = 0; s < n; ++s) recorded.push_back({tables[s], cached[s], s, 1, &device});
+    ASSERT_TRUE(gpu_->BeginCapture().ok());
+    gpu_->LatentStore(fresh.gpu, recorded, pool.gpu);
+    gpu_->MlaAttention(q.gpu, pool.gpu, recorded, scale, out_gpu);
+    auto graph = gpu_->EndCapture();
+    ASSERT_TRUE(graph.ok()) << graph.status();
+    for (size_t replay = 0; replay < advances.size(); ++replay) {
+      std::vector<LatentSeqView> views;
+      std::vector<int32_t> positions(n);
+      for (int64_t s = 0; s < n; ++s) {
+        views.push_back({tables[s], cached[s] + advances[replay], s, 1});
+        positions[s] = static_cast<int32_t>(cached[s] + advances[replay]);
+      }
+      Set(fresh, Random(kWidth * n, -2, 2));
+      Set(q, Random(kWidth * heads * n, -0.3f, 0.3f));
+      gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
+      Pair out = Poisoned({kValue, heads, n, 1});
+      cpu_->LatentStore(fresh.cpu, views, pool.cpu);
+      cpu_->MlaAttention(q.cpu, pool.cpu, views, scale, out.cpu);
+      ASSERT_TRUE(gpu_->Replay(**graph).ok());
+      gpu_->Copy(out_gpu, out.gpu);
+      Expect(out, 1e-5, what + ", replay " + std::to_string(replay));
+    }
+  }
   std::vector<float> Random(size_t n, float lo = -1, float hi = 1) {
     std::uniform_real_distribution<float> d(lo, hi);
     std::vector<float> v(n);

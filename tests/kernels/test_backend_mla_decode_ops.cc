@@ -103,46 +103,10 @@ TEST_F(MlaDecodeMerge, RecordedStepsReplayed) {
          {std::vector<int64_t>{20000}, std::vector<int64_t>{0, 4095, 9000},
           std::vector<int64_t>{63, 64, 1, 300, 2000, 5000, 128, 40, 0, 191, 63, 64, 1, 300, 2000, 5000, 128, 40, 0, 191,
                                63, 64, 1, 300, 2000, 5000, 128, 40, 0, 191, 63, 64, 1, 300, 2000, 5000, 128, 40, 0, 191}}) {
-      const int64_t n = static_cast<int64_t>(cached.size());
       std::vector<std::vector<int32_t>> tables;
       Pair pool = CachedPool(cached, 2, &tables);
-      int64_t stride = 1;
-      for (const auto& t : tables) stride = std::max<int64_t>(stride, int64_t(t.size()));
-      std::vector<int32_t> device_tables(stride * n, 0);
-      for (int64_t s = 0; s < n; ++s) std::copy(tables[s].begin(), tables[s].end(), device_tables.begin() + s * stride);
-      DeviceStep device{*gpu_->Alloc(DType::kI32, {n, 1, 1, 1}), *gpu_->Alloc(DType::kI32, {stride, n, 1, 1})};
-      gpu_->Upload(device_tables.data(), device_tables.size() * 4, device.page_tables);
-      Pair fresh = F32({kWidth, n, 1, 1}, std::vector<float>(kWidth * n, 0.0f));
-      Pair q = F32({kWidth, heads, n, 1}, std::vector<float>(kWidth * heads * n, 0.0f));
-      Tensor out_gpu = *gpu_->Alloc(DType::kF32, {kValue, heads, n, 1});
-      std::vector<LatentSeqView> recorded;
-      for (int64_t s = 0; s < n; ++s) recorded.push_back({tables[s], cached[s], s, 1, &device});
-      ASSERT_TRUE(gpu_->BeginCapture().ok());
-      gpu_->LatentStore(fresh.gpu, recorded, pool.gpu);
-      gpu_->MlaAttention(q.gpu, pool.gpu, recorded, kScale, out_gpu);
-      auto graph = gpu_->EndCapture();
-      ASSERT_TRUE(graph.ok()) << graph.status();
-      for (int64_t replay = 0; replay < 3; ++replay) {
-        const int64_t advance = std::min<int64_t>(replay, 1);  // steps 0, 1, then step 1 again
-        std::vector<LatentSeqView> views;
-        std::vector<int32_t> positions(n);
-        for (int64_t s = 0; s < n; ++s) {
-          views.push_back({tables[s], cached[s] + advance, s, 1});
-          positions[s] = static_cast<int32_t>(cached[s] + advance);
-        }
-        const std::vector<float> new_rows = Random(kWidth * n, -2, 2), new_q = Random(kWidth * heads * n, -0.3f, 0.3f);
-        Set(fresh, new_rows);
-        Set(q, new_q);
-        gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
-        Pair out = Poisoned({kValue, heads, n, 1});
-        cpu_->LatentStore(fresh.cpu, views, pool.cpu);
-        cpu_->MlaAttention(q.cpu, pool.cpu, views, kScale, out.cpu);
-        ASSERT_TRUE(gpu_->Replay(**graph).ok());
-        gpu_->Copy(out_gpu, out.gpu);
-        Expect(out, 1e-5,
-               "recorded step of " + std::to_string(n) + " sequences, merge " + merge + ", replay " +
-                   std::to_string(replay));
-      }
+      CheckRecordedMlaStep(pool, tables, cached, heads, 0, {0, 1, 1},
+                           "recorded step of " + std::to_string(cached.size()) + " sequences, merge " + merge);
     }
   }
 }

@@ -507,7 +507,7 @@ TEST_F(BackendOps, MlaDecodePagedLongRangesPoisonedPages) {
 // replay, whose positions differ from the recorded host values, must still match the CPU.
 TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
   if (!gpu_->CanCapture()) GTEST_SKIP() << "backend does not record";
-  const int64_t width = 576, value_dim = 512, page = 64, heads = 32, stride = 640;
+  const int64_t width = 576, page = 64, heads = 32, stride = 640;
   const std::vector<int64_t> cached = {0, 63, 64, 5000, 39999};
   const int64_t n = static_cast<int64_t>(cached.size());
   int64_t pages = 0;
@@ -519,12 +519,10 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
   for (DType type : {DType::kF16, DType::kQ8_0}) {
     auto pool = Make(type, {width, page, pages, 1}, std::vector<float>(width * page * pages, 0.0f));
     std::vector<std::vector<int32_t>> tables;
-    std::vector<int32_t> device_tables(stride * n, 0);
     int64_t next = 0, total = 0;
     for (int64_t s = 0; s < n; ++s) {
       const int64_t count = (cached[s] + 2 + page - 1) / page;  // room for two steps
       tables.emplace_back(order.begin() + next, order.begin() + next + count);
-      std::copy(tables.back().begin(), tables.back().end(), device_tables.begin() + s * stride);
       next += count;
       total += cached[s];
     }
@@ -537,38 +535,8 @@ TEST_F(BackendOps, MlaDecodeRecordedStepReadsDevicePositions) {
     auto rows = F32({width, total, 1, 1}, Random(width * total, -2, 2));
     cpu_->LatentStore(rows.cpu, history, pool.cpu);
     gpu_->LatentStore(rows.gpu, history, pool.gpu);
-
-    DeviceStep device{*gpu_->Alloc(DType::kI32, {n, 1, 1, 1}), *gpu_->Alloc(DType::kI32, {stride, n, 1, 1})};
-    gpu_->Upload(device_tables.data(), device_tables.size() * 4, device.page_tables);
-    auto fresh = F32({width, n, 1, 1}, std::vector<float>(width * n, 0.0f));
-    auto q = F32({width, heads, n, 1}, std::vector<float>(width * heads * n, 0.0f));
-    Tensor out_gpu = *gpu_->Alloc(DType::kF32, {value_dim, heads, n, 1});
-    std::vector<LatentSeqView> recorded;
-    for (int64_t s = 0; s < n; ++s) recorded.push_back({tables[s], cached[s], s, 1, &device});
-    ASSERT_TRUE(gpu_->BeginCapture().ok());
-    gpu_->LatentStore(fresh.gpu, recorded, pool.gpu);
-    gpu_->MlaAttention(q.gpu, pool.gpu, recorded, 1.0f / std::sqrt(192.0f), out_gpu);
-    auto graph = gpu_->EndCapture();
-    ASSERT_TRUE(graph.ok()) << graph.status();
-    for (int64_t step = 0; step < 2; ++step) {
-      std::vector<LatentSeqView> views;
-      std::vector<int32_t> positions(n);
-      for (int64_t s = 0; s < n; ++s) {
-        views.push_back({tables[s], cached[s] + step, s, 1});
-        positions[s] = static_cast<int32_t>(cached[s] + step);
-      }
-      const std::vector<float> new_rows = Random(width * n, -2, 2), new_q = Random(width * heads * n, -0.3f, 0.3f);
-      Set(fresh, new_rows);
-      Set(q, new_q);
-      gpu_->Upload(positions.data(), positions.size() * 4, device.positions);
-      auto out = Poisoned({value_dim, heads, n, 1});
-      cpu_->LatentStore(fresh.cpu, views, pool.cpu);
-      cpu_->MlaAttention(q.cpu, pool.cpu, views, 1.0f / std::sqrt(192.0f), out.cpu);
-      ASSERT_TRUE(gpu_->Replay(**graph).ok());
-      gpu_->Copy(out_gpu, out.gpu);
-      Expect(out, 1e-5, std::string("recorded MLA decode step (") + kernel + ") " + std::to_string(step) + " " +
-                            DTypeName(type));
-    }
+    CheckRecordedMlaStep(pool, tables, cached, heads, stride, {0, 1},
+                         std::string("recorded MLA decode step (") + kernel + ") " + DTypeName(type));
   }
   }
 }
