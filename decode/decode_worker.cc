@@ -285,7 +285,7 @@ void DecodeWorker::SchedulerLoop() {
     entries.reserve(batch.size());
     for (auto& slot : batch) entries.push_back({slot->sequence.get(), absl::MakeConstSpan(&slot->next_input, 1), false});
     const absl::Time step_start = absl::Now();
-    absl::StatusOr<std::vector<float>> logits = graphs_.Step(entries);
+    absl::StatusOr<absl::Span<const float>> logits = graphs_.Step(entries);
     const absl::Time step_end = absl::Now();
     backend_lock.unlock();
     // Each row's token, outside mu_ and in parallel: a batch's sampler is the scheduler's alone

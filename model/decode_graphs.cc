@@ -66,12 +66,16 @@ absl::Status DecodeGraphs::Record(absl::Span<const BatchEntry> batch, int64_t st
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<float>> DecodeGraphs::Step(absl::Span<const BatchEntry> batch) {
+absl::StatusOr<absl::Span<const float>> DecodeGraphs::Step(absl::Span<const BatchEntry> batch) {
   bool recordable = disabled_.empty() && !batch.empty();
   for (const BatchEntry& entry : batch) {
     recordable = recordable && entry.sequence != nullptr && entry.tokens.size() == 1 && !entry.all_logits;
   }
-  if (!recordable) return model_.Forward(batch, cache_);
+  const auto unrecorded = [&]() -> absl::StatusOr<absl::Span<const float>> {
+    ASSIGN_OR_RETURN(forward_logits_, model_.Forward(batch, cache_));
+    return absl::MakeConstSpan(forward_logits_);
+  };
+  if (!recordable) return unrecorded();
   RETURN_IF_ERROR(model_.PrepareBatch(batch, cache_));
   const int64_t n = static_cast<int64_t>(batch.size());
   int64_t pages = 1;
@@ -83,7 +87,7 @@ absl::StatusOr<std::vector<float>> DecodeGraphs::Step(absl::Span<const BatchEntr
       disabled_ = std::string(recorded.message());
       std::fprintf(stderr, "latentserve: decode steps run unrecorded: %s\n", disabled_.c_str());
       current_.reset();
-      return model_.Forward(batch, cache_);
+      return unrecorded();
     }
   }
   Recording& r = *current_;
@@ -99,9 +103,13 @@ absl::StatusOr<std::vector<float>> DecodeGraphs::Step(absl::Span<const BatchEntr
   RETURN_IF_ERROR(backend.Replay(*r.graph));
   ++replays_;
   for (const BatchEntry& entry : batch) RETURN_IF_ERROR(entry.sequence->table().Advance(*entry.sequence, 1));
-  std::vector<float> logits(static_cast<size_t>(model_.vocab() * n));
-  backend.Download(r.logits, logits.data(), logits.size() * sizeof(float));
-  return logits;
+  const size_t count = static_cast<size_t>(model_.vocab() * n);
+  if (logits_.bytes < count * sizeof(float)) {
+    ASSIGN_OR_RETURN(logits_, backend.AllocHost(count * sizeof(float)));
+  }
+  auto* host = reinterpret_cast<float*>(logits_.data.get());
+  backend.Download(r.logits, host, count * sizeof(float));
+  return absl::MakeConstSpan(host, count);
 }
 
 }  // namespace latentserve::model

@@ -1,11 +1,13 @@
 // `latentserve generate`: prefill then sample in this process (no servers), streaming each
 // token as it is made; --profile times the parts of a forward.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/args.h"
 #include "common/status.h"
 #include "common/tokenizer/detokenizer.h"
@@ -13,16 +15,19 @@
 #include "model/decode_graphs.h"
 #include "model/sampler.h"
 #include "tools/cli.h"
+#include "tools/lib/batch_generate.h"
 #include "tools/lib/engine_setup.h"
 
 namespace latentserve::cli {
 namespace {
 
+constexpr int64_t kMaxBatch = 1024;
+
 // latentserve generate: prefill then sample, streaming each token id as it is made.
 absl::Status RunGenerate(int argc, char** argv) {
   std::set<std::string> known = kEngineFlags;
   known.insert({"prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
-                "temperature", "top-k", "top-p", "min-p", "seed"});
+                "temperature", "top-k", "top-p", "min-p", "seed", "batch"});
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known,
                                           {"ignore-eos", "ids", "profile", "profile-overlap"}));
   const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
@@ -70,8 +75,25 @@ absl::Status RunGenerate(int argc, char** argv) {
   }
   const bool print_ids = args.Has("ids") || !vocab;
   const bool stop_at_eos = !args.Has("ignore-eos") && vocab && vocab->eos_id() >= 0;
+  ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 1));
+  if (batch < 1 || batch > kMaxBatch) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch must be in [1, ", kMaxBatch, "], got ", batch));
+  }
+  // Each sequence's prompt and answer, plus two pages of rounding. (Bounded: --max-tokens and the
+  // prompt are below 2^40, --batch below 2^10; EngineFromArgs checks the total.)
+  const int64_t per_sequence = static_cast<int64_t>(prompt.size()) + max_tokens;
+  if (max_tokens > (int64_t{1} << 40) || per_sequence > (int64_t{1} << 40)) {
+    return absl::InvalidArgumentError("--max-tokens plus the prompt is too long");
+  }
+  ASSIGN_OR_RETURN(int64_t page_tokens, args.GetInt("page-tokens", 256));  // checked by EngineFromArgs
+  const int64_t rounding = 2 * std::clamp<int64_t>(page_tokens, 1, int64_t{1} << 16);
   ASSIGN_OR_RETURN(Engine engine,
-                   EngineFromArgs(args, static_cast<int64_t>(prompt.size()) + max_tokens));
+                   EngineFromArgs(args, batch > 1 ? batch * (per_sequence + rounding) : per_sequence));
+  if (batch > 1) {
+    if (args.Has("profile-overlap")) return absl::InvalidArgumentError("--batch takes --profile, not --profile-overlap");
+    BatchGenerateOptions batched{batch, max_tokens, sampling, args.Has("profile"), args.Has("ids")};
+    return GenerateBatch(engine, prompt, batched);
+  }
   const model::Model& m = *engine.model;
   ASSIGN_OR_RETURN(auto sequence, engine.sequences->New());
   std::unique_ptr<tokenizer::StreamingDecoder> decoder;
@@ -88,12 +110,14 @@ absl::Status RunGenerate(int argc, char** argv) {
     // normally; only the enqueue / wait split is measured.
     prefill_options.profile_parts = decode_options.profile_parts = !args.Has("profile-overlap");
   }
-  ASSIGN_OR_RETURN(std::vector<float> logits,
+  ASSIGN_OR_RETURN(std::vector<float> prefill_logits,
                    m.Prefill(*sequence, prompt, *engine.cache, engine.chunk_tokens, false, nullptr,
                              prefill_options));
   const auto prefilled = std::chrono::steady_clock::now();
   model::Sampler sampler(sampling);
   model::DecodeGraphs graphs(m, *engine.cache);  // decode steps replayed as CUDA graphs
+  std::vector<float> forward_logits;                // --profile: Forward's
+  absl::Span<const float> logits = prefill_logits;  // the last step's (a view)
   int64_t generated = 0;
   for (; generated < max_tokens; ++generated) {
     const int32_t next = sampler.Sample(logits);
@@ -108,7 +132,8 @@ absl::Status RunGenerate(int argc, char** argv) {
     if (generated + 1 == max_tokens) break;
     model::BatchEntry entry{sequence.get(), absl::MakeConstSpan(&next, 1), false};
     if (profile) {
-      ASSIGN_OR_RETURN(logits, m.Forward({entry}, *engine.cache, decode_options));
+      ASSIGN_OR_RETURN(forward_logits, m.Forward({entry}, *engine.cache, decode_options));
+      logits = forward_logits;
     } else {
       ASSIGN_OR_RETURN(logits, graphs.Step({entry}));
     }
@@ -134,20 +159,8 @@ absl::Status RunGenerate(int argc, char** argv) {
         graphs.disabled_reason().empty() ? "" : "; off: ", graphs.disabled_reason().c_str());
   }
   if (profile) {
-    for (auto [name, p] :
-         {std::pair<const char*, model::ForwardProfile*>{"prefill", &prefill_profile},
-          {"decode", &decode_profile}}) {
-      const double per = p->forwards ? 1e3 / p->forwards : 0;
-      std::fprintf(
-          stderr,
-          "{\"profile\":\"%s\",\"forwards\":%lld,\"ms_per_forward\":{\"embed\":%.3f,\"norms\":%.3f,"
-          "\"kda\":%.3f,\"mla\":%.3f,\"ffn_dense\":%.3f,\"moe\":%.3f,\"head\":%.3f,\"enqueue\":%."
-          "3f,"
-          "\"wait\":%.3f}}\n",
-          name, static_cast<long long>(p->forwards), p->embed * per, p->norms * per, p->kda * per,
-          p->mla * per, p->ffn_dense * per, p->moe * per, p->head * per, p->enqueue * per,
-          p->wait * per);
-    }
+    PrintForwardProfile("prefill", prefill_profile);
+    PrintForwardProfile("decode", decode_profile);
   }
   sequence.reset();  // its pages go back to the cache
   return absl::OkStatus();

@@ -208,7 +208,10 @@ std::map<std::string, Usage> BuildUsages() {
                           {"prompt-tokens-file", "FILE", "", "token ids from a file"},
                           {"ids", "", "", "print token ids instead of text"},
                           {"profile", "", "", "per-part times of prefill and decode (stderr)"},
-                          {"profile-overlap", "", "", "profile without per-part synchronisation"}},
+                          {"profile-overlap", "", "", "profile without per-part synchronisation"},
+                          {"batch", "N", "1",
+                           "N sequences (the prompt rotated by 0..N-1 tokens) decoded together, one forward a step; "
+                           "prints the aggregate decode rate and, with --ids, each sequence's ids; EOS does not stop"}},
                          SamplingFlags(), EngineFlags()}),
                    "latentserve generate --model /tmp/m.gguf --prompt \"Hello\" --max-tokens 16"};
   u["logits"] = {"logits --model PATH (--tokens 1,2,3 | --tokens-file F) [--greedy N] [flags]",

@@ -206,6 +206,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, offset);
       s_p[(h * 8 + ((lane / 8) ^ (h & 7))) * 8 + lane % 8] = __float2half_rn(pa);
       s_p[(h * 8 + ((4 + lane / 8) ^ (h & 7))) * 8 + lane % 8] = __float2half_rn(pb);
+      __syncwarp();  // every lane has read s_max[h] (racecheck does not count the shuffles as order)
       if (lane == 0) {
         const float correction = exp2f(old_max - new_max);
         s_correction[h] = correction;

@@ -212,6 +212,31 @@ class MillionTokenContext(unittest.TestCase):
             c.stop()
 
 
+class BatchedGenerate(unittest.TestCase):
+    """`generate --batch N` decodes N sequences in one forward a step: each row must be what
+    `generate` makes alone for that row's prompt (the prompt rotated left by the row's index)."""
+
+    def test_each_row_equals_its_prompt_generated_alone(self):
+        prompt = [5, 6, 7, 8, 9, 10, 11, 12, 13]
+        common = ("--model", ts.MODEL, "--max-tokens", "7", "--ids", "--ignore-eos", "--threads", "1")
+        out = run("generate", *common, "--prompt-tokens", ",".join(map(str, prompt)), "--batch", "3")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        rows = out.stdout.split()
+        self.assertEqual(len(rows), 3, out.stdout)
+        self.assertRegex(out.stderr, r"batch 3: .* 6 steps of 3 sequences, .* tok/s aggregate")
+        for i, row in enumerate(rows):
+            alone = run("generate", *common, "--prompt-tokens", ",".join(map(str, prompt[i:] + prompt[:i])))
+            self.assertEqual(alone.returncode, 0, alone.stderr)
+            self.assertEqual(row, alone.stdout.strip(), f"row {i}")
+            self.assertEqual(len(row.split(",")), 7)
+
+    def test_batch_out_of_range_is_refused(self):
+        for bad in ("0", "-2", "1025"):
+            out = run("generate", "--model", ts.MODEL, "--prompt-tokens", "1,2", "--batch", bad)
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("--batch must be in [1, 1024]", out.stderr)
+
+
 class Demo(unittest.TestCase):
     def test_demo_with_a_build_present_runs_no_apt_npm_or_cmake(self):
         build = os.path.dirname(os.path.dirname(ts.BIN))
