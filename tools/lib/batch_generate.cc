@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "common/status.h"
+#include "kernels/cpu/thread_pool.h"
 #include "model/decode_graphs.h"
 
 namespace latentserve::cli {
@@ -51,6 +53,7 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
   forward_options.profile = &profile;
   std::vector<float> forward_logits;
   std::vector<model::BatchEntry> entries;
+  kernels::cpu::ThreadPool pool(static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
   int64_t steps = 0;
   const auto decode_start = std::chrono::steady_clock::now();
   for (; static_cast<int64_t>(out[0].size()) < options.max_tokens; ++steps) {
@@ -63,10 +66,13 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
     } else {
       ASSIGN_OR_RETURN(logits, graphs.Step(entries));
     }
-    for (int64_t i = 0; i < n; ++i) {
-      next[i] = samplers[i].Sample(logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
-      out[i].push_back(next[i]);
-    }
+    // The rows drawn in parallel, as the decode worker draws them.
+    pool.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        next[i] = samplers[i].Sample(logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
+        out[i].push_back(next[i]);
+      }
+    });
   }
   const double decode_s = SecondsSince(decode_start);
 
