@@ -201,6 +201,10 @@ class Backend {
     virtual ~Graph() = default;
   };
   virtual bool CanCapture() const { return false; }
+  // The span a profiler started with profiling off records (ncu --profile-from-start off):
+  // from ProfilerStart to ProfilerStop. CUDA: cudaProfilerStart / Stop; default: nothing.
+  virtual void ProfilerStart() {}
+  virtual void ProfilerStop() {}
   virtual absl::Status BeginCapture();
   virtual absl::StatusOr<std::unique_ptr<Graph>> EndCapture();
   virtual absl::Status Replay(const Graph& graph);

@@ -14,6 +14,11 @@
 #   3. llama-batched-bench -npp PROMPT -ntg LCPP_TG (128) -npl STREAMS (skipped, and said so, when
 #      /tmp/lcpp has no build: run STEP=build scripts/device_llama.sh in an earlier call)
 #   4. the byte floor of one step (scripts/device/step_floor.py; device copy bandwidth by PyTorch)
+#   5. engine (not in the default STEPS): the same batch with no servers, `generate --batch
+#      STREAMS` (the prompt rotated per sequence, recorded steps): serve's overhead is the gap
+#   6. ncu (not in the default): per-kernel time of one batched step, unrecorded, NCU_PROMPT
+#      (1024) tokens a sequence; ncu --profile-from-start off with generate --profiler-range, so
+#      only the decode steps are profiled (scripts/device/ncu_step_kernels.py sums the last)
 # STEPS (default "ours lcpp floor") picks parts. Logs under $OUT; the table is printed last.
 # ~6-8 min on an H200 at the defaults (OURS_TIMEOUT 300 s and LCPP_TIMEOUT 240 s bound the two
 # long parts so that the call stays under 10 min).
@@ -157,6 +162,41 @@ PY
 )
 }
 has lcpp && run_lcpp
+
+# A prompt of N ids below the GGUF's vocabulary (random, seed 5).
+engine_prompt() {
+  python3 - "$MODEL" "$1" "$HERE/device" <<'PY'
+import random, sys
+sys.path.insert(0, sys.argv[3])
+import step_floor
+sizes, meta = step_floor.read_tensor_table(sys.argv[1])
+vocab = int(meta.get(meta.get("general.architecture", "") + ".vocab_size", 0)) or 256
+random.seed(5)
+print(",".join(str(random.randrange(vocab)) for _ in range(int(sys.argv[2]))))
+PY
+}
+run_engine() {
+  engine_prompt "$PROMPT" > "$WORK/engine_prompt.txt" || return 1
+  echo "== generate --batch $STREAMS, prompts of $PROMPT tokens, $((ANSWER / 2)) steps (no servers)"
+  timeout "${ENGINE_TIMEOUT:-200}" "$LS" generate --model "$MODEL" --backend "$BACKEND" --cache-type f16 \
+    --batch "$STREAMS" --prompt-tokens-file "$WORK/engine_prompt.txt" --max-tokens "$((ANSWER / 2 + 1))" \
+    --ignore-eos > /dev/null 2> "$OUT/engine.txt"
+  echo "exit $?"; grep -E "^batch" "$OUT/engine.txt"
+}
+has engine && run_engine
+run_ncu() {
+  if [[ $BACKEND != cuda ]]; then echo "== ncu: skipped (BACKEND=$BACKEND)"; return; fi
+  engine_prompt "${NCU_PROMPT:-1024}" > "$WORK/ncu_prompt.txt" || return 1
+  echo "== ncu over two unrecorded decode steps of $STREAMS sequences"
+  LATENTSERVE_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-240}" /usr/local/cuda/bin/ncu --profile-from-start off \
+    --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$LS" generate --model "$MODEL" --backend cuda --cache-type f16 --batch "$STREAMS" \
+    --prompt-tokens-file "$WORK/ncu_prompt.txt" --max-tokens 3 --ignore-eos --profiler-range \
+    > "$OUT/ncu_batch.csv" 2> "$OUT/ncu_batch.err"
+  echo "ncu: exit $?"
+  python3 "$HERE/device/ncu_step_kernels.py" "$OUT/ncu_batch.csv" | tee "$OUT/ncu_batch.txt"
+}
+has ncu && run_ncu
 
 has floor || exit 0
 # The floor at the window's mean context: prompt + extra + half the answer.

@@ -29,7 +29,8 @@ absl::Status RunGenerate(int argc, char** argv) {
   known.insert({"prompt-tokens", "prompt-tokens-file", "prompt", "prompt-file", "max-tokens",
                 "temperature", "top-k", "top-p", "min-p", "seed", "batch"});
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, known,
-                                          {"ignore-eos", "ids", "profile", "profile-overlap"}));
+                                          {"ignore-eos", "ids", "profile", "profile-overlap",
+                                           "profiler-range"}));
   const bool text_prompt = args.Has("prompt") || args.Has("prompt-file");
   std::string prompt_text = args.Get("prompt");
   if (args.Has("prompt-file")) {
@@ -77,7 +78,8 @@ absl::Status RunGenerate(int argc, char** argv) {
   const bool stop_at_eos = !args.Has("ignore-eos") && vocab && vocab->eos_id() >= 0;
   ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 1));
   if (batch < 1 || batch > kMaxBatch) {
-    return absl::InvalidArgumentError(absl::StrCat("--batch must be in [1, ", kMaxBatch, "], got ", batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch must be in [1, ", kMaxBatch, "], got ", batch));
   }
   // Each sequence's prompt and answer, plus two pages of rounding. (Bounded: --max-tokens and the
   // prompt are below 2^40, --batch below 2^10; EngineFromArgs checks the total.)
@@ -85,13 +87,21 @@ absl::Status RunGenerate(int argc, char** argv) {
   if (max_tokens > (int64_t{1} << 40) || per_sequence > (int64_t{1} << 40)) {
     return absl::InvalidArgumentError("--max-tokens plus the prompt is too long");
   }
-  ASSIGN_OR_RETURN(int64_t page_tokens, args.GetInt("page-tokens", 256));  // checked by EngineFromArgs
+  ASSIGN_OR_RETURN(int64_t page_tokens,
+                   args.GetInt("page-tokens", 256));  // checked by EngineFromArgs
   const int64_t rounding = 2 * std::clamp<int64_t>(page_tokens, 1, int64_t{1} << 16);
-  ASSIGN_OR_RETURN(Engine engine,
-                   EngineFromArgs(args, batch > 1 ? batch * (per_sequence + rounding) : per_sequence));
+  ASSIGN_OR_RETURN(Engine engine, EngineFromArgs(args, batch > 1 ? batch * (per_sequence + rounding)
+                                                                 : per_sequence));
   if (batch > 1) {
-    if (args.Has("profile-overlap")) return absl::InvalidArgumentError("--batch takes --profile, not --profile-overlap");
-    BatchGenerateOptions batched{batch, max_tokens, sampling, args.Has("profile"), args.Has("ids")};
+    if (args.Has("profile-overlap"))
+      return absl::InvalidArgumentError("--batch takes --profile, not --profile-overlap");
+    BatchGenerateOptions batched;
+    batched.batch = batch;
+    batched.max_tokens = max_tokens;
+    batched.sampling = sampling;
+    batched.profile = args.Has("profile");
+    batched.print_ids = args.Has("ids");
+    batched.profiler_range = args.Has("profiler-range");
     return GenerateBatch(engine, prompt, batched);
   }
   const model::Model& m = *engine.model;
@@ -115,9 +125,11 @@ absl::Status RunGenerate(int argc, char** argv) {
                              prefill_options));
   const auto prefilled = std::chrono::steady_clock::now();
   model::Sampler sampler(sampling);
-  model::DecodeGraphs graphs(m, *engine.cache);  // decode steps replayed as CUDA graphs
+  model::DecodeGraphs graphs(m, *engine.cache);     // decode steps replayed as CUDA graphs
   std::vector<float> forward_logits;                // --profile: Forward's
   absl::Span<const float> logits = prefill_logits;  // the last step's (a view)
+  const bool profiler_range = args.Has("profiler-range");
+  if (profiler_range) m.backend().ProfilerStart();
   int64_t generated = 0;
   for (; generated < max_tokens; ++generated) {
     const int32_t next = sampler.Sample(logits);
@@ -138,6 +150,7 @@ absl::Status RunGenerate(int argc, char** argv) {
       ASSIGN_OR_RETURN(logits, graphs.Step({entry}));
     }
   }
+  if (profiler_range) m.backend().ProfilerStop();
   const auto done = std::chrono::steady_clock::now();
   if (decoder) {
     const std::string rest = decoder->Flush();

@@ -209,6 +209,8 @@ std::map<std::string, Usage> BuildUsages() {
                           {"ids", "", "", "print token ids instead of text"},
                           {"profile", "", "", "per-part times of prefill and decode (stderr)"},
                           {"profile-overlap", "", "", "profile without per-part synchronisation"},
+                          {"profiler-range", "", "",
+                           "profile only the decode steps: ncu --profile-from-start off (CUDA: cudaProfilerStart/Stop)"},
                           {"batch", "N", "1",
                            "N sequences (the prompt rotated by 0..N-1 tokens) decoded together, one forward a step; "
                            "prints the aggregate decode rate and, with --ids, each sequence's ids; EOS does not stop"}},

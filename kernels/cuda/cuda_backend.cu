@@ -1,4 +1,6 @@
 // CUDA backend: device, stream, memory (stream-ordered pool), copies, GetRows, factory.
+#include <cuda_profiler_api.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -291,6 +293,13 @@ void CudaBackend::Download(const Tensor& src, void* host, size_t bytes, size_t s
 void CudaBackend::Synchronize() {
   if (capture_) return CaptureRefused("Synchronize");
   CUDA_OK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::ProfilerStart() { CUDA_OK(cudaProfilerStart()); }
+
+void CudaBackend::ProfilerStop() {
+  CUDA_OK(cudaStreamSynchronize(stream_));  // the span's work is inside it
+  CUDA_OK(cudaProfilerStop());
 }
 
 void CudaBackend::Zero(const Tensor& dst) { CUDA_OK(cudaMemsetAsync(DevPtr(dst), 0, dst.nbytes(), stream_)); }

@@ -167,6 +167,8 @@ class CudaBackend final : public Backend {
   // Recorded steps as CUDA graphs (cuda_graph.cu). While recording, Alloc, Scratch and the
   // uploads take memory that belongs to the recording; Download and Synchronize are refused.
   bool CanCapture() const override { return true; }
+  void ProfilerStart() override;
+  void ProfilerStop() override;
   absl::Status BeginCapture() override;
   absl::StatusOr<std::unique_ptr<Graph>> EndCapture() override;
   absl::Status Replay(const Graph& graph) override;

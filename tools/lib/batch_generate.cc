@@ -19,7 +19,8 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 }  // namespace
 
-absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, const BatchGenerateOptions& options) {
+absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
+                           const BatchGenerateOptions& options) {
   const model::Model& m = *engine.model;
   const int64_t n = options.batch, vocab = m.vocab();
   std::vector<std::unique_ptr<model::Sequence>> sequences;
@@ -41,8 +42,8 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
     next[i] = samplers.back().Sample(logits);
     out[i].push_back(next[i]);
     sequences.push_back(std::move(sequence));
-    std::fprintf(stderr, "\rgenerate: prefilled %lld of %lld sequences", static_cast<long long>(i + 1),
-                 static_cast<long long>(n));
+    std::fprintf(stderr, "\rgenerate: prefilled %lld of %lld sequences",
+                 static_cast<long long>(i + 1), static_cast<long long>(n));
   }
   std::fprintf(stderr, "\n");
   const double prefill_s = SecondsSince(start);
@@ -53,12 +54,15 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
   forward_options.profile = &profile;
   std::vector<float> forward_logits;
   std::vector<model::BatchEntry> entries;
-  kernels::cpu::ThreadPool pool(static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
+  kernels::cpu::ThreadPool pool(
+      static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
   int64_t steps = 0;
+  if (options.profiler_range) m.backend().ProfilerStart();
   const auto decode_start = std::chrono::steady_clock::now();
   for (; static_cast<int64_t>(out[0].size()) < options.max_tokens; ++steps) {
     entries.clear();
-    for (int64_t i = 0; i < n; ++i) entries.push_back({sequences[i].get(), absl::MakeConstSpan(&next[i], 1), false});
+    for (int64_t i = 0; i < n; ++i)
+      entries.push_back({sequences[i].get(), absl::MakeConstSpan(&next[i], 1), false});
     absl::Span<const float> logits;
     if (options.profile) {
       ASSIGN_OR_RETURN(forward_logits, m.Forward(entries, *engine.cache, forward_options));
@@ -69,11 +73,13 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
     // The rows drawn in parallel, as the decode worker draws them.
     pool.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        next[i] = samplers[i].Sample(logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
+        next[i] = samplers[i].Sample(
+            logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
         out[i].push_back(next[i]);
       }
     });
   }
+  if (options.profiler_range) m.backend().ProfilerStop();
   const double decode_s = SecondsSince(decode_start);
 
   if (options.print_ids) {
@@ -85,15 +91,17 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
   }
   PrintMemoryBreakdown(engine, n);
   std::fprintf(stderr,
-               "batch %lld: prompts of %zu tokens prefilled in %.3f s (%.1f tok/s); %lld steps of %lld sequences, "
+               "batch %lld: prompts of %zu tokens prefilled in %.3f s (%.1f tok/s); %lld steps of "
+               "%lld sequences, "
                "%.3f ms a step, decode %.1f tok/s aggregate\n",
                static_cast<long long>(n), prompt.size(), prefill_s, n * prompt.size() / prefill_s,
-               static_cast<long long>(steps), static_cast<long long>(n), steps ? 1e3 * decode_s / steps : 0.0,
-               steps ? n * steps / decode_s : 0.0);
+               static_cast<long long>(steps), static_cast<long long>(n),
+               steps ? 1e3 * decode_s / steps : 0.0, steps ? n * steps / decode_s : 0.0);
   if (m.backend().CanCapture()) {
-    std::fprintf(stderr, "decode graphs: %lld recorded, %lld replays%s%s\n",
-                 static_cast<long long>(graphs.recordings()), static_cast<long long>(graphs.replays()),
-                 graphs.disabled_reason().empty() ? "" : "; off: ", graphs.disabled_reason().c_str());
+    std::fprintf(
+        stderr, "decode graphs: %lld recorded, %lld replays%s%s\n",
+        static_cast<long long>(graphs.recordings()), static_cast<long long>(graphs.replays()),
+        graphs.disabled_reason().empty() ? "" : "; off: ", graphs.disabled_reason().c_str());
   }
   if (options.profile) PrintForwardProfile("decode", profile);
   sequences.clear();  // their pages go back to the cache
@@ -102,12 +110,13 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, con
 
 void PrintForwardProfile(const char* name, const model::ForwardProfile& p) {
   const double per = p.forwards ? 1e3 / p.forwards : 0;
-  std::fprintf(stderr,
-               "{\"profile\":\"%s\",\"forwards\":%lld,\"ms_per_forward\":{\"embed\":%.3f,\"norms\":%.3f,"
-               "\"kda\":%.3f,\"mla\":%.3f,\"ffn_dense\":%.3f,\"moe\":%.3f,\"head\":%.3f,\"enqueue\":%.3f,"
-               "\"wait\":%.3f}}\n",
-               name, static_cast<long long>(p.forwards), p.embed * per, p.norms * per, p.kda * per, p.mla * per,
-               p.ffn_dense * per, p.moe * per, p.head * per, p.enqueue * per, p.wait * per);
+  std::fprintf(
+      stderr,
+      "{\"profile\":\"%s\",\"forwards\":%lld,\"ms_per_forward\":{\"embed\":%.3f,\"norms\":%.3f,"
+      "\"kda\":%.3f,\"mla\":%.3f,\"ffn_dense\":%.3f,\"moe\":%.3f,\"head\":%.3f,\"enqueue\":%.3f,"
+      "\"wait\":%.3f}}\n",
+      name, static_cast<long long>(p.forwards), p.embed * per, p.norms * per, p.kda * per,
+      p.mla * per, p.ffn_dense * per, p.moe * per, p.head * per, p.enqueue * per, p.wait * per);
 }
 
 }  // namespace latentserve::cli

@@ -16,13 +16,15 @@ namespace latentserve::cli {
 
 struct BatchGenerateOptions {
   int64_t batch = 1;
-  int64_t max_tokens = 16;  // per sequence, the prefill's token included
+  int64_t max_tokens = 16;         // per sequence, the prefill's token included
   model::SamplingParams sampling;  // sequence i draws with seed + i
-  bool profile = false;     // unrecorded forwards, each part timed
-  bool print_ids = false;   // each sequence's ids, one line each, on stdout
+  bool profile = false;            // unrecorded forwards, each part timed
+  bool print_ids = false;          // each sequence's ids, one line each, on stdout
+  bool profiler_range = false;     // Backend::ProfilerStart / Stop around the decode steps
 };
 
-absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt, const BatchGenerateOptions& options);
+absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
+                           const BatchGenerateOptions& options);
 
 // One line of JSON on stderr: the mean ms of each part of `profile`'s forwards.
 void PrintForwardProfile(const char* name, const model::ForwardProfile& profile);
