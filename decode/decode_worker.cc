@@ -294,20 +294,10 @@ void DecodeWorker::SchedulerLoop() {
     const int64_t vocab = model_.vocab();
     std::vector<int32_t> tokens(batch.size(), 0);
     if (logits.ok()) {
-      const auto sample = [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          tokens[i] = batch[i]->sampler->Sample(absl::MakeConstSpan(logits->data() + i * vocab, vocab));
-        }
-      };
-      if (batch.size() == 1) {
-        sample(0, 1);
-      } else {
-        if (!sample_pool_) {
-          sample_pool_ = std::make_unique<kernels::cpu::ThreadPool>(
-              static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
-        }
-        sample_pool_->ParallelFor(static_cast<int64_t>(batch.size()), 1, sample);
-      }
+      std::vector<model::Sampler*> samplers;
+      for (auto& slot : batch) samplers.push_back(slot->sampler.get());
+      if (batch.size() > 1 && !sample_pool_) sample_pool_ = model::NewSamplingPool();
+      model::SampleRows(*logits, vocab, samplers, absl::MakeSpan(tokens), sample_pool_.get());
     }
     std::vector<std::pair<std::string, serving::LogValue>> step_log;
     {  // the slots, under mu_

@@ -27,8 +27,8 @@ class DecodeGraphs {
   // Same contract as model.Forward(batch, cache) with default options, but the logits are a
   // view of this object's buffer, valid until the next Step. A replayed step downloads them into
   // pinned memory kept from step to step, instead of a fresh pageable vector each step (21 MB
-  // for a batch of 32). Measured at that batch: the step's forward unchanged, host sampling
-  // 1.72 -> 1.41 ms a step (docs/benchmarks.md, fifth session of 2026-12-03).
+  // for a batch of 32). Measured at that batch, in two calls: the step's forward unchanged,
+  // host sampling 1.72 -> 1.41 ms a step (docs/benchmarks.md, fifth session of 2026-12-03).
   absl::StatusOr<absl::Span<const float>> Step(absl::Span<const BatchEntry> batch);
 
   int64_t recordings() const { return recordings_; }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <thread>
 
 namespace latentserve::model {
 
@@ -98,6 +99,26 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
     u -= weights[i];
   }
   return ids.back();  // rounding left u at the end
+}
+
+void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sampler* const> samplers,
+                absl::Span<int32_t> tokens, kernels::cpu::ThreadPool* pool) {
+  const int64_t rows = static_cast<int64_t>(samplers.size());
+  const auto draw = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      tokens[i] = samplers[i]->Sample(logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
+    }
+  };
+  if (pool == nullptr || rows <= 1) {
+    draw(0, rows);
+  } else {
+    pool->ParallelFor(rows, 1, draw);
+  }
+}
+
+std::unique_ptr<kernels::cpu::ThreadPool> NewSamplingPool() {
+  return std::make_unique<kernels::cpu::ThreadPool>(
+      static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
 }
 
 }  // namespace latentserve::model

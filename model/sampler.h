@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "absl/types/span.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace latentserve::model {
 
@@ -29,6 +31,15 @@ class Sampler {
 };
 
 int32_t Argmax(absl::Span<const float> logits);
+
+// A step's tokens: row i of `logits` (rows of `vocab` entries) drawn by samplers[i] into
+// tokens[i], the rows in parallel on `pool` (each sampler is its row's alone), or one after
+// another without one. The decode worker's continuous batch and `generate --batch` draw so.
+void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sampler* const> samplers,
+                absl::Span<int32_t> tokens, kernels::cpu::ThreadPool* pool);
+// The pool SampleRows wants: the host's cores, at most 8 (a row of 163,840 logits costs
+// ~0.1-1 ms to draw; docs/benchmarks.md).
+std::unique_ptr<kernels::cpu::ThreadPool> NewSamplingPool();
 
 // The tokens the chain keeps (top-k, then top-p, then min-p; temperature does not cut): the
 // most likely first; the rest in logit order where a cut needed it, else in no fixed order.

@@ -104,5 +104,33 @@ TEST(Sampler, DrawsFollowTheTemperedDistribution) {
   }
 }
 
+// A step's rows drawn on a pool give each row the token its sampler draws alone, row by row
+// (greedy and sampled rows mixed; each sampler's own stream of draws).
+TEST(Sampler, RowsOnAPoolDrawWhatEachSamplerDrawsAlone) {
+  constexpr int64_t kRows = 13, kVocab = 5000;
+  std::vector<float> logits;
+  for (int64_t r = 0; r < kRows; ++r) {
+    const std::vector<float> row = RandomLogits(kVocab, 3.0f, 100 + static_cast<uint64_t>(r));
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  const auto params = [](int64_t r) {
+    return SamplingParams{r % 3 == 0 ? 0.0f : 0.8f, static_cast<int32_t>(r % 2 ? 40 : 0), 0.9f, 0.0f,
+                          static_cast<uint64_t>(r)};
+  };
+  std::vector<Sampler> pooled, alone;
+  for (int64_t r = 0; r < kRows; ++r) pooled.emplace_back(params(r)), alone.emplace_back(params(r));
+  std::vector<Sampler*> rows;
+  for (Sampler& s : pooled) rows.push_back(&s);
+  const std::unique_ptr<kernels::cpu::ThreadPool> pool = NewSamplingPool();
+  for (int step = 0; step < 4; ++step) {
+    std::vector<int32_t> tokens(kRows, -1);
+    SampleRows(logits, kVocab, rows, absl::MakeSpan(tokens), step % 2 ? pool.get() : nullptr);
+    for (int64_t r = 0; r < kRows; ++r) {
+      EXPECT_EQ(tokens[r], alone[r].Sample(absl::MakeConstSpan(logits).subspan(r * kVocab, kVocab)))
+          << "step " << step << " row " << r;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace latentserve::model

@@ -4,11 +4,9 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "common/status.h"
-#include "kernels/cpu/thread_pool.h"
 #include "model/decode_graphs.h"
 
 namespace latentserve::cli {
@@ -54,8 +52,9 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
   forward_options.profile = &profile;
   std::vector<float> forward_logits;
   std::vector<model::BatchEntry> entries;
-  kernels::cpu::ThreadPool pool(
-      static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8)));
+  std::vector<model::Sampler*> sampler_of_row;
+  for (model::Sampler& sampler : samplers) sampler_of_row.push_back(&sampler);
+  const std::unique_ptr<kernels::cpu::ThreadPool> pool = model::NewSamplingPool();
   int64_t steps = 0;
   if (options.profiler_range) m.backend().ProfilerStart();
   const auto decode_start = std::chrono::steady_clock::now();
@@ -70,14 +69,8 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
     } else {
       ASSIGN_OR_RETURN(logits, graphs.Step(entries));
     }
-    // The rows drawn in parallel, as the decode worker draws them.
-    pool.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        next[i] = samplers[i].Sample(
-            logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
-        out[i].push_back(next[i]);
-      }
-    });
+    model::SampleRows(logits, vocab, sampler_of_row, absl::MakeSpan(next), pool.get());
+    for (int64_t i = 0; i < n; ++i) out[i].push_back(next[i]);
   }
   if (options.profiler_range) m.backend().ProfilerStop();
   const double decode_s = SecondsSince(decode_start);
