@@ -233,6 +233,18 @@ absl::StatusOr<FinishReason> DecodeWorker::Decode(const DecodeParams& params,
   return result;
 }
 
+bool DecodeWorker::ReleaseEndedSequences() {
+  bool released = false;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [id, slot] : slots_) {
+    if (slot->state == SlotState::kDecoding && slot->finished && slot->sequence) {
+      slot->sequence.reset();
+      released = true;
+    }
+  }
+  return released;
+}
+
 void DecodeWorker::SchedulerLoop() {
   for (;;) {
     std::unique_lock<std::mutex> backend_lock(backend_mu_, std::defer_lock);
@@ -258,16 +270,21 @@ void DecodeWorker::SchedulerLoop() {
     }
     // Pages grow one token ahead of each sequence. When pages run out, the sequences that find
     // none this step (the later ones in slot order) stop here (kCacheFull) and their pages go
-    // to the others: running out ends some requests early, never the whole batch.
+    // to the others at once: running out ends some requests early, never the whole batch.
     std::vector<std::shared_ptr<Slot>> out_of_pages;
     batch.erase(std::remove_if(batch.begin(), batch.end(),
                                [&](const std::shared_ptr<Slot>& slot) {
                                  if (sequences_.PrepareAppend(*slot->sequence, 1).ok()) return false;
-                                 // Cached prefixes give their pages back before a request stops short.
+                                 // Cached prefixes, then requests that already ended, give their
+                                 // pages back before a request stops short.
                                  if (prefix_.MakeRoom(2) && sequences_.PrepareAppend(*slot->sequence, 1).ok()) {
                                    return false;
                                  }
+                                 if (ReleaseEndedSequences() && sequences_.PrepareAppend(*slot->sequence, 1).ok()) {
+                                   return false;
+                                 }
                                  out_of_pages.push_back(slot);
+                                 slot->sequence.reset();  // for the sequences after it, this step
                                  return true;
                                }),
                 batch.end());

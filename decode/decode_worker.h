@@ -179,6 +179,10 @@ class DecodeWorker : public transfer::CacheSink {
   absl::StatusOr<std::vector<int32_t>> ExclusiveLeasePages(const std::string& lease_id);
 
   void SchedulerLoop();
+  // Drops the sequences (their pages back to the cache) of slots whose decoding ended but whose
+  // Decode call has not yet run FreeSlot: it needs backend_mu_, which the scheduler may take
+  // again first, step after step. Call with backend_mu_ held (not mu_). True if any went.
+  bool ReleaseEndedSequences();
   // Adds one step's times (mu_ held). When the batch changed after at least kStepLogMinWindow,
   // or kStepLogInterval passed since the window began, returns the fields of a decode_steps log
   // line (the window that ended), else nothing.
