@@ -179,6 +179,27 @@ absl::Status Run(int argc, char** argv) {
                    if (again.ok()) b.MatMul(w, x, *again, y);
                  });
     }
+    // A batched decode step's widths: the weight bytes once per product are its floor.
+    if (!cpu) {
+      for (int64_t cols : {int64_t{16}, int64_t{32}, int64_t{64}}) {
+        ASSIGN_OR_RETURN(Tensor xb, Random(b, DType::kF32, {k_in, cols, 1, 1}));
+        ASSIGN_OR_RETURN(Tensor yb, b.Alloc(DType::kF32, {n_out, cols, 1, 1}));
+        const std::string row = std::string("batched_gemm_q4_0_") + name + "_m" + std::to_string(cols);
+        const std::string shape = std::to_string(k_in) + "x" + std::to_string(n_out) + "x" + std::to_string(cols);
+        memory_row(row, shape, static_cast<double>(w.nbytes()), [&] { b.MatMul(w, xb, yb); });
+        // 20 products recorded in one graph, as a step holds them: no launch or host time between.
+        if (b.CanCapture()) {
+          constexpr int kCalls = 20;
+          RETURN_IF_ERROR(b.BeginCapture());
+          for (int i = 0; i < kCalls; ++i) b.MatMul(w, xb, yb);
+          ASSIGN_OR_RETURN(std::unique_ptr<Backend::Graph> graph, b.EndCapture());
+          absl::Status status;
+          memory_row(row + "_in_graph", shape + " x 20", kCalls * static_cast<double>(w.nbytes()),
+                     [&] { status.Update(b.Replay(*graph)); });
+          RETURN_IF_ERROR(status);
+        }
+      }
+    }
     if (!cpu) {
       ASSIGN_OR_RETURN(Tensor xp, Random(b, DType::kF32, {k_in, prefill, 1, 1}));
       ASSIGN_OR_RETURN(Tensor yp, b.Alloc(DType::kF32, {n_out, prefill, 1, 1}));

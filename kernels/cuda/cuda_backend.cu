@@ -221,7 +221,9 @@ CudaBackend::~CudaBackend() {
     if (entry.done) cudaEventDestroy(entry.done);
   }
   for (auto& [key, copy] : f32_weights_) cudaFree(copy.second);
-  for (int* tickets : mla_tickets_) cudaFree(tickets);
+  for (TicketArrays* use : {&mla_tickets_, &mma_tickets_}) {
+    for (int* tickets : use->arrays) cudaFree(tickets);
+  }
   cublasDestroy(cublas_);
   cudaFree(cublas_workspace_);
   if (aux_stream_) cudaStreamDestroy(aux_stream_);
@@ -334,6 +336,21 @@ void CudaBackend::GetRows(const Tensor& table, const Tensor& ids, const Tensor& 
                                                                 table.ne[0], reinterpret_cast<const int32_t*>(DevPtr(ids)),
                                                                 DevF32(out));
   LAUNCH_OK();
+}
+
+int* CudaBackend::Tickets(TicketArrays& use, int64_t count) {
+  if (count > use.count) {
+    // Zeroed on the side stream (a recording must not replay the memset, nor wait for it).
+    const int64_t size = std::max<int64_t>(2 * count, 256);
+    int* tickets = nullptr;
+    CUDA_OK(cudaMalloc(&tickets, static_cast<size_t>(size) * sizeof(int)));
+    if (aux_stream_ == nullptr) CUDA_OK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
+    CUDA_OK(cudaMemsetAsync(tickets, 0, static_cast<size_t>(size) * sizeof(int), aux_stream_));
+    CUDA_OK(cudaStreamSynchronize(aux_stream_));
+    use.arrays.push_back(tickets);
+    use.count = size;
+  }
+  return use.arrays.back();
 }
 
 void CudaBackend::HoldFreedBlocks(bool hold) { block_cache_->Hold(hold); }

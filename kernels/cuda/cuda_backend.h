@@ -201,7 +201,11 @@ class CudaBackend final : public Backend {
   // x_rounded: x rounded by RoundActivations (q4_0 / q8_0 GEMVs use it), or null.
   void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y,
             const void* x_rounded = nullptr);
+  // x_rounded's device bytes when it is RoundActivations' layout for x's shape and the GEMVs
+  // (at most kRoundedMaxColumns columns), else null.
   const void* RoundedFor(const Tensor& x, const Tensor& x_rounded);
+  // The same for the int8 tensor-core product's layout (quant_mma.h: 9..64 columns).
+  const void* FragmentsFor(const Tensor& x, const Tensor& x_rounded);
 
  private:
   int device_;
@@ -232,12 +236,17 @@ class CudaBackend final : public Backend {
   std::unique_ptr<RecordingMemory> capture_;  // set between BeginCapture and EndCapture
   void HoldFreedBlocks(bool hold);            // no stream frees while recording
   void* cublas_workspace_ = nullptr;          // fixed, so recorded GEMMs never allocate
-  // The paged MLA decode's ticket per sequence (mla_decode_merge.cuh): at least `batch` device
-  // counters at 0 (the kernel leaves them at 0). Arrays outgrown stay allocated until the
-  // backend goes: recorded steps keep their addresses.
-  int* MlaDecodeTickets(int64_t batch);
-  std::vector<int*> mla_tickets_;  // the newest (largest) last
-  int64_t mla_ticket_count_ = 0;
+  // Device counters at 0 that a kernel takes tickets from and leaves at 0 again: at least
+  // `count` of them, one array per use (kernels of two uses may overlap under dependent
+  // launch). Arrays outgrown stay allocated until the backend goes: recorded steps keep their
+  // addresses. Uses: the paged MLA decode's ticket per sequence (mla_decode_merge.cuh), the
+  // int8 product's ticket per row tile when its reduction is split (cuda_matmul_mma.cu).
+  struct TicketArrays {
+    std::vector<int*> arrays;  // the newest (largest) last
+    int64_t count = 0;
+  };
+  int* Tickets(TicketArrays& use, int64_t count);
+  TicketArrays mla_tickets_, mma_tickets_;
 };
 
 inline uint8_t* DevPtr(const Tensor& t) { return static_cast<uint8_t*>(t.buffer->address()) + t.offset; }

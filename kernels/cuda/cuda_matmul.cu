@@ -1,16 +1,21 @@
 // Weight x activation products. Few columns (decode): a GEMV that reads each weight once in its
 // stored type (quantised included): whole rows per warp through shared memory
 // (row_pipeline.cuh; q4_0 / q8_0 / K-quants on 8-bit activations when the warps have many
-// rows), else a warp per row. Many columns (prefill): cuBLAS, with
+// rows), else a warp per row. 9..64 columns on q4_0 / q8_0 rows (a batched decode step): int8
+// tensor cores reading each weight once (cuda_matmul_mma.cu). Many columns (prefill): cuBLAS, with
 // quantised weights dequantised to f16 a tile of rows at a time and activations cast to the
 // same 16-bit type (f32 accumulation); f32 weights use SGEMM.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "common/status.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/quant_mma.h"
 #include "kernels/cuda/row_pipeline.cuh"
 #include "kernels/cuda/warp_dot.cuh"
 
@@ -96,6 +101,16 @@ void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t
   GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
 }
 
+int DeviceSms() {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return count > 0 ? count : 1;
+  }();
+  return sms;
+}
+
 template <typename Out>
 __global__ void DequantKernel(DType type, const uint8_t* w, size_t row_bytes, int64_t k, int64_t rows, Out* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -150,6 +165,21 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
     LAUNCH_OK();
     return;
   }
+  // A batched decode step's widths on q4_0 / q8_0 rows: the int8 tensor-core product, which
+  // reads each weight once (LATENTSERVE_CUDA_QUANT_MMA=0: the dequantising path below).
+  if (QuantMmaEnabled() && QuantMmaApplies(wtype, wp, row_bytes, k, m)) {
+    const QuantMmaPlan plan = PlanQuantMma(k, n, m, DeviceSms());
+    const void* fragments = rounded;  // FragmentsFor's layout at these widths
+    if (fragments == nullptr) {
+      void* own = Scratch(0, QuantMmaRoundedBytes(k, m));
+      LaunchRoundFragments(stream_, x, k, m, own);
+      fragments = own;
+    }
+    auto* partials = plan.partial_bytes > 0 ? static_cast<float*>(Scratch(1, plan.partial_bytes)) : nullptr;
+    int* tickets = plan.k_slices > 1 ? Tickets(mma_tickets_, plan.row_tiles) : nullptr;
+    LaunchQuantMma(stream_, plan, wtype, wp, row_bytes, k, n, fragments, m, y, partials, tickets);
+    return;
+  }
   const float one = 1.0f, zero = 0.0f;
   const int ik = static_cast<int>(k), im = static_cast<int>(m), in = static_cast<int>(n);
   if (wtype == DType::kF32) {
@@ -189,7 +219,8 @@ void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) { Ma
 void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) {
   const int64_t k = w.ne[0], n = w.rows(), m = x.rows();
   CU_CHECK(x.dtype == DType::kF32 && y.dtype == DType::kF32 && x.ne[0] == k && y.ne[0] == n && y.rows() == m);
-  Gemm(w.dtype, DevPtr(w), w.row_bytes(), k, n, DevF32(x), m, DevF32(y), RoundedFor(x, x_rounded));
+  Gemm(w.dtype, DevPtr(w), w.row_bytes(), k, n, DevF32(x), m, DevF32(y),
+       m <= kRoundedMaxColumns ? RoundedFor(x, x_rounded) : FragmentsFor(x, x_rounded));
 }
 
 // One warp per block of 32 values, the rounding LoadActivations does per CTA (row_pipeline.cuh).
@@ -204,8 +235,15 @@ __global__ void RoundActivationsKernel(const float* x, int64_t k, int64_t m, uin
 
 absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   const int64_t k = x.ne[0], m = x.rows();
-  // Decode widths only (the GEMVs' columns); prefill's products go through cuBLAS in f16.
-  if (x.dtype != DType::kF32 || m == 0 || m > kRoundedMaxColumns || k % 32 != 0) return Tensor();
+  if (x.dtype != DType::kF32 || m == 0 || k % 32 != 0) return Tensor();
+  // A batched step's widths: the int8 tensor-core product's layout (quant_mma.h).
+  if (m > kRoundedMaxColumns) {
+    if (m < kQuantMmaMinColumns || m > kQuantMmaMaxColumns || k % 256 != 0 || !QuantMmaEnabled()) return Tensor();
+    ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(QuantMmaRoundedBytes(k, m) / 4), 1, 1, 1}));
+    LaunchRoundFragments(stream_, DevF32(x), k, m, DevPtr(out));
+    return out;
+  }
+  // Decode widths (the GEMVs' columns); prefill's products go through cuBLAS in f16.
   const size_t bytes = RoundedBytes(k, m);
   ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(bytes / 4), 1, 1, 1}));
   constexpr int kWarps = 8;
@@ -214,11 +252,17 @@ absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   return out;
 }
 
-// x_rounded's device bytes when it is RoundActivations' layout for x's shape, else null.
 const void* CudaBackend::RoundedFor(const Tensor& x, const Tensor& x_rounded) {
-  if (!x_rounded.defined()) return nullptr;
+  if (!x_rounded.defined() || x.rows() > kRoundedMaxColumns) return nullptr;
   CU_CHECK(x_rounded.dtype == DType::kI32 && x.ne[0] % 32 == 0 &&
            static_cast<size_t>(x_rounded.elements()) * 4 == RoundedBytes(x.ne[0], x.rows()));
+  return DevPtr(x_rounded);
+}
+
+const void* CudaBackend::FragmentsFor(const Tensor& x, const Tensor& x_rounded) {
+  if (!x_rounded.defined() || x.rows() <= kRoundedMaxColumns) return nullptr;
+  CU_CHECK(x_rounded.dtype == DType::kI32 && x.ne[0] % 256 == 0 &&
+           static_cast<size_t>(x_rounded.elements()) * 4 == QuantMmaRoundedBytes(x.ne[0], x.rows()));
   return DevPtr(x_rounded);
 }
 

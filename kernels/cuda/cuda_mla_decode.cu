@@ -418,7 +418,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                             pool_rows,        static_cast<int64_t>(pool.row_bytes()), page_tokens,
                             device_tables,    device_meta,  positions,
                             partial,          partial_max,  partial_sum,
-                            merge_inside ? MlaDecodeTickets(static_cast<int64_t>(meta.size())) : nullptr,
+                            merge_inside ? Tickets(mla_tickets_, static_cast<int64_t>(meta.size())) : nullptr,
                             DevF32(out),      static_cast<int>(heads), max_ranges, static_cast<int>(meta.size())};
     CUDA_OK(LaunchMlaDecodeWgmma(args, stream_));
     if (merge_inside) return true;
@@ -436,21 +436,6 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
                           static_cast<const float*>(partial_max), static_cast<const float*>(partial_sum),
                           static_cast<const DecodeSeq*>(device_meta), positions, heads, DevF32(out)));
   return true;
-}
-
-int* CudaBackend::MlaDecodeTickets(int64_t batch) {
-  if (batch > mla_ticket_count_) {
-    // Zeroed on the side stream (a recording must not replay the memset, nor wait for it).
-    const int64_t count = std::max<int64_t>(2 * batch, 256);
-    int* tickets = nullptr;
-    CUDA_OK(cudaMalloc(&tickets, static_cast<size_t>(count) * sizeof(int)));
-    if (aux_stream_ == nullptr) CUDA_OK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
-    CUDA_OK(cudaMemsetAsync(tickets, 0, static_cast<size_t>(count) * sizeof(int), aux_stream_));
-    CUDA_OK(cudaStreamSynchronize(aux_stream_));
-    mla_tickets_.push_back(tickets);
-    mla_ticket_count_ = count;
-  }
-  return mla_tickets_.back();
 }
 
 }  // namespace latentserve::kernels::cuda

@@ -78,6 +78,36 @@ TEST_F(BackendOps, MatMulTallQuantisedRowsMatchCpuIntegerPath) {
   }
 }
 
+// A batched decode step's widths (9..64 columns) on q4_0 / q8_0 rows take the int8 tensor-core
+// product (cuda_matmul_mma.cu), activations rounded to 8-bit blocks as the CPU backend rounds
+// them: compared with the CPU's integer path. Shapes cover a partial 16-column tile (9, 17, 33),
+// rows that are not a multiple of the CTA's 64 (333), reductions split across CTAs (few rows)
+// and not (20,000 rows), and a reduction too long for one CTA's shared memory (k 9,216).
+TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchCpuIntegerPath) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{9, 256, 333}, {16, 2304, 333}, {17, 4096, 333},
+                           {32, 2304, 2304}, {33, 1024, 4096}, {48, 2304, 333}, {64, 2304, 333},
+                           {32, 256, 20000}, {64, 9216, 200}}) {
+      auto w = Make(type, {k, n, 1, 1}, Random(k * n));
+      auto x = F32({k, m, 1, 1}, Random(k * m, -3, 3));
+      auto y = Poisoned({n, m, 1, 1});
+      cpu_->MatMul(w.cpu, x.cpu, y.cpu);
+      gpu_->MatMul(w.gpu, x.gpu, y.gpu);
+      const std::string what = std::string("batched MatMul ") + DTypeName(type) + " m=" + std::to_string(m) +
+                               " k=" + std::to_string(k) + " n=" + std::to_string(n);
+      Expect(y, 1e-9, what);
+      // x rounded once beforehand (RoundActivations, shared by a step's projections of one
+      // input) gives the same bits.
+      absl::StatusOr<Tensor> rounded = gpu_->RoundActivations(x.gpu);
+      ASSERT_TRUE(rounded.ok()) << rounded.status();
+      EXPECT_TRUE(rounded->defined()) << what;
+      auto again = Poisoned({n, m, 1, 1});
+      gpu_->MatMul(w.gpu, x.gpu, *rounded, again.gpu);
+      EXPECT_EQ(Read(*gpu_, again.gpu), Read(*gpu_, y.gpu)) << what << ", rounded beforehand";
+    }
+  }
+}
+
 TEST_F(BackendOps, FillRandomIsIdenticalOnBothBackends) {
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     Tensor c = *cpu_->Alloc(type, {96, 7, 2, 1}), g = *gpu_->Alloc(type, {96, 7, 2, 1});
@@ -754,6 +784,17 @@ INSTANTIATE_TEST_SUITE_P(Types, MoeGroupedExperts,
 // The real model's expert shape (hidden 2304: 36 K-steps; ffn 1024: 16 N-tiles of gate+up),
 // 16 experts to keep the f32 CPU reference small.
 TEST_F(MoeGrouped, ModelShapeQ4_0) { Run(DType::kQ4_0, 16, 2304, 1024, {300}, false); }
+
+// A batched decode step's widths (9..64 tokens, more than the decode kernels' 64 slots) on
+// q4_0 / q8_0 experts whose sizes are whole 256-value runs: each expert's rows through the int8
+// tensor-core products (quant_mma.h), 1 to 4 tiles of 16 rows an expert, few experts (every
+// expert many rows) and many (most experts no rows); a second run gives the same bits.
+TEST_F(MoeGrouped, BatchedDecodeInt8Experts) {
+  for (DType type : {DType::kQ4_0, DType::kQ8_0}) {
+    Run(type, 8, 512, 256, {9, 33}, false, {"default"});
+    Run(type, 256, 256, 512, {16, 64}, false, {"default"});
+  }
+}
 
 // The warpgroup-MMA kernel (sm_90a, opt-in until measured) on the same cases. Its own suite,
 // instantiated last, so that a failure there (descriptor or swizzle layout) cannot hide the
