@@ -224,6 +224,13 @@ class Backend {
   virtual void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) {
     MatMul(w, x, y);
   }
+  // Several products of one x (a layer's projections of one normalised input): y[i] =
+  // w[i]^T x, x_rounded as for MatMul. Default: one MatMul each. CUDA: at a batched decode
+  // step's widths on q4_0 / q8_0 weights, one launch for all of them.
+  virtual void MatMuls(absl::Span<const Tensor> w, const Tensor& x, const Tensor& x_rounded,
+                       absl::Span<const Tensor> y) {
+    for (size_t i = 0; i < w.size() && i < y.size(); ++i) MatMul(w[i], x, x_rounded, y[i]);
+  }
   // Per head h: y[:, h, t] = w[:, :, h]^T x[x_offset : x_offset + K, h, t].
   // w [K, N, H]; x [Kx >= x_offset + K, H, T]; y [N, H, T].
   virtual void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) = 0;

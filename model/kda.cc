@@ -36,13 +36,16 @@ absl::StatusOr<Tensor> KdaLayer(const BatchContext& ctx, const KdaWeights& w,
     v = ColumnSlice(conv, 2 * Di, Di).Reshape(heads_shape);
     const Tensor qk = ColumnSlice(conv, 0, 2 * Di).Reshape({Dk, 2 * H, 1, 1});  // q and k are adjacent
     b.L2Norm(qk, ctx.config.rms_eps, qk);
-  } else {  // several tokens (or q, k, v of different types): one matmul and conv each
+  } else {  // several tokens (or q, k, v of different types): the three products, a conv each
+    std::vector<Tensor> proj(3);
+    for (Tensor& p : proj) {
+      ASSIGN_OR_RETURN(p, ctx.F32({Di, n, 1, 1}));
+    }
+    b.MatMuls(w.qkv.parts, h.x, h.rounded, proj);
     Tensor* parts[3] = {&q, &k, &v};
     for (int which = 0; which < 3; ++which) {
-      ASSIGN_OR_RETURN(Tensor proj, ctx.F32({Di, n, 1, 1}));
-      b.MatMul(w.qkv.parts[which], h.x, h.rounded, proj);
       ASSIGN_OR_RETURN(*parts[which], ctx.F32({Di, n, 1, 1}));
-      b.ShortConvSilu(proj, w.conv_qkv.RowSlice(which * Di, Di), which, ctx.slices, states, *parts[which]);
+      b.ShortConvSilu(proj[which], w.conv_qkv.RowSlice(which * Di, Di), which, ctx.slices, states, *parts[which]);
       *parts[which] = parts[which]->Reshape(heads_shape);
     }
     b.L2Norm(q.Reshape({Dk, H * n, 1, 1}), ctx.config.rms_eps, q.Reshape({Dk, H * n, 1, 1}));

@@ -47,9 +47,9 @@ absl::StatusOr<std::vector<Tensor>> Project(const BatchContext& ctx, const Proje
   std::vector<Tensor> out;
   for (const Tensor& part : p.parts) {
     ASSIGN_OR_RETURN(Tensor y, ctx.F32({part.ne[1], ctx.tokens, 1, 1}));
-    ctx.backend.MatMul(part, h.x, h.rounded, y);
     out.push_back(std::move(y));
   }
+  ctx.backend.MatMuls(p.parts, h.x, h.rounded, out);
   return out;
 }
 

@@ -35,6 +35,7 @@ namespace latentserve::kernels::cuda {
 
 class BlockCache;         // cuda_backend.cu
 struct RecordingMemory;   // cuda_graph.h
+struct QuantMmaPart;      // quant_mma.h
 
 class CudaBackend final : public Backend {
  public:
@@ -59,6 +60,9 @@ class CudaBackend final : public Backend {
   absl::StatusOr<Tensor> AddRmsNormRounded(const Tensor& x, const Tensor& a, const Tensor& w, float eps,
                                            const Tensor& y) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) override;
+  // q4_0 / q8_0 weights at 9..64 columns: every product in one int8 tensor-core launch.
+  void MatMuls(absl::Span<const Tensor> w, const Tensor& x, const Tensor& x_rounded,
+               absl::Span<const Tensor> y) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
   // RmsNorm's vector kernel with the add folded in (cuda_dense.cu); otherwise Add + RmsNorm.
@@ -204,6 +208,10 @@ class CudaBackend final : public Backend {
   // x_rounded's device bytes when it is RoundActivations' layout for x's shape and the GEMVs
   // (at most kRoundedMaxColumns columns), else null.
   const void* RoundedFor(const Tensor& x, const Tensor& x_rounded);
+  // The int8 tensor-core products (quant_mma.h) of x (m columns, device f32; `fragments` its
+  // rounded copy or null) by every part's weights, in one launch; false where they do not apply.
+  bool QuantMmaProducts(DType wtype, size_t row_bytes, int64_t k, absl::Span<const QuantMmaPart> parts, const float* x,
+                        int64_t m, const void* fragments);
   // The same for the int8 tensor-core product's layout (quant_mma.h: 9..64 columns).
   const void* FragmentsFor(const Tensor& x, const Tensor& x_rounded);
 

@@ -167,19 +167,8 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
   }
   // A batched decode step's widths on q4_0 / q8_0 rows: the int8 tensor-core product, which
   // reads each weight once (LATENTSERVE_CUDA_QUANT_MMA=0: the dequantising path below).
-  if (QuantMmaEnabled() && QuantMmaApplies(wtype, wp, row_bytes, k, m)) {
-    const QuantMmaPlan plan = PlanQuantMma(k, n, m, DeviceSms());
-    const void* fragments = rounded;  // FragmentsFor's layout at these widths
-    if (fragments == nullptr) {
-      void* own = Scratch(0, QuantMmaRoundedBytes(k, m));
-      LaunchRoundFragments(stream_, x, k, m, own);
-      fragments = own;
-    }
-    auto* partials = plan.partial_bytes > 0 ? static_cast<float*>(Scratch(1, plan.partial_bytes)) : nullptr;
-    int* tickets = plan.k_slices > 1 ? Tickets(mma_tickets_, plan.row_tiles) : nullptr;
-    LaunchQuantMma(stream_, plan, wtype, wp, row_bytes, k, n, fragments, m, y, partials, tickets);
-    return;
-  }
+  const QuantMmaPart part{wp, n, y};
+  if (QuantMmaProducts(wtype, row_bytes, k, {&part, 1}, x, m, rounded)) return;
   const float one = 1.0f, zero = 0.0f;
   const int ik = static_cast<int>(k), im = static_cast<int>(m), in = static_cast<int>(n);
   if (wtype == DType::kF32) {
@@ -214,6 +203,42 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
   }
 }
 
+bool CudaBackend::QuantMmaProducts(DType wtype, size_t row_bytes, int64_t k, absl::Span<const QuantMmaPart> parts,
+                                   const float* x, int64_t m, const void* fragments) {
+  if (!QuantMmaEnabled() || parts.empty() || parts.size() > kMaxQuantMmaParts) return false;
+  for (const QuantMmaPart& part : parts) {
+    if (!QuantMmaApplies(wtype, part.w, row_bytes, k, m)) return false;
+  }
+  if (fragments == nullptr && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // the rounding reads float4s
+  const QuantMmaPlan plan = PlanQuantMma(k, parts, m, DeviceSms());
+  if (fragments == nullptr) {
+    void* own = Scratch(0, QuantMmaRoundedBytes(k, m));
+    LaunchRoundFragments(stream_, x, k, m, own);
+    fragments = own;
+  }
+  auto* partials = plan.partial_bytes > 0 ? static_cast<float*>(Scratch(1, plan.partial_bytes)) : nullptr;
+  int* tickets = plan.k_slices > 1 ? Tickets(mma_tickets_, plan.row_tiles) : nullptr;
+  LaunchQuantMma(stream_, plan, wtype, parts, row_bytes, k, fragments, m, partials, tickets);
+  return true;
+}
+
+void CudaBackend::MatMuls(absl::Span<const Tensor> w, const Tensor& x, const Tensor& x_rounded,
+                          absl::Span<const Tensor> y) {
+  CU_CHECK(w.size() == y.size());
+  const int64_t k = x.ne[0], m = x.rows();
+  bool alike = !w.empty() && x.dtype == DType::kF32 && m > kRoundedMaxColumns;
+  std::vector<QuantMmaPart> parts;
+  for (size_t i = 0; alike && i < w.size(); ++i) {
+    alike = w[i].dtype == w[0].dtype && w[i].ne[0] == k && w[i].row_bytes() == w[0].row_bytes() &&
+            y[i].dtype == DType::kF32 && y[i].ne[0] == w[i].rows() && y[i].rows() == m;
+    parts.push_back({static_cast<const uint8_t*>(DevPtr(w[i])), w[i].rows(), DevF32(y[i])});
+  }
+  if (alike && QuantMmaProducts(w[0].dtype, w[0].row_bytes(), k, parts, DevF32(x), m, FragmentsFor(x, x_rounded))) {
+    return;
+  }
+  Backend::MatMuls(w, x, x_rounded, y);
+}
+
 void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& y) { MatMul(w, x, Tensor(), y); }
 
 void CudaBackend::MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) {
@@ -238,7 +263,10 @@ absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   if (x.dtype != DType::kF32 || m == 0 || k % 32 != 0) return Tensor();
   // A batched step's widths: the int8 tensor-core product's layout (quant_mma.h).
   if (m > kRoundedMaxColumns) {
-    if (m < kQuantMmaMinColumns || m > kQuantMmaMaxColumns || k % 256 != 0 || !QuantMmaEnabled()) return Tensor();
+    if (m < kQuantMmaMinColumns || m > kQuantMmaMaxColumns || k % 256 != 0 || !QuantMmaEnabled() ||
+        reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 != 0) {
+      return Tensor();
+    }
     ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(QuantMmaRoundedBytes(k, m) / 4), 1, 1, 1}));
     LaunchRoundFragments(stream_, DevF32(x), k, m, DevPtr(out));
     return out;

@@ -28,7 +28,8 @@ namespace latentserve::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kRowsPerWarp = 16;  // two 8-row MMA tiles
+constexpr int kRowsPerWarp = 16;  // two 8-row MMA tiles; four lost (call 6: 20.3 against 15.6 us, 2304x4096x32)
+constexpr int kRowTiles = kRowsPerWarp / 8;
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
 constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 16-byte aligned
 constexpr int kStages = 4;
@@ -54,38 +55,49 @@ __device__ __forceinline__ void MmaS8(int (&c)[4], const int4& a, uint32_t b0, u
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1), "r"(0));
 }
 
-// Value `lane` of block kb of column `col` rounded into the fragment layout of RoundFragmentsKernel
-// (q: that layout's values, d: its scales; m_tiles columns tiles), by one warp per block.
-__device__ __forceinline__ void RoundIntoFragments(float v, int64_t kb, int col, int m_tiles, int lane, int8_t* q,
+// The rounding kernels give each 32-value block (one column's block kb) to 8 lanes of a warp,
+// 4 consecutive values a lane (one float4 in, one 32-bit word of 4 int8 out: the 4 values share a
+// register of the fragment); a warp rounds 4 blocks. kGroupLanes-lane groups reduce max|x|.
+constexpr int kGroupLanes = 8;
+
+// Values 4u .. 4u + 3 (u = lane % 8) of block kb of column `col` rounded into the fragment
+// layout (q: values, d: scales; m_tiles column tiles). Every lane of the warp calls it (the
+// reduction shuffles over the whole warp).
+__device__ __forceinline__ void RoundIntoFragments(float4 v, int64_t kb, int col, int m_tiles, int lane, int8_t* q,
                                                    float* d) {
-  float amax = fabsf(v);
-  for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+  for (int offset = kGroupLanes / 2; offset > 0; offset >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+  }
   const float scale = __fdiv_rn(amax, 127.0f);  // RoundBlock32's rule (row_pipeline.cuh)
   const float inv = scale != 0.0f ? __frcp_rn(scale) : 0.0f;
-  const int value = __float2int_rn(__fmul_rn(v, inv));
-  const int tile = col / 16, r = col % 16, g = r % 8;
-  const int reg = (lane / 16) * 2 + r / 8, t = (lane % 16) / 4;
-  q[((kb * m_tiles + tile) * 32 + g * 4 + t) * 16 + reg * 4 + lane % 4] = static_cast<int8_t>(value);
-  if (lane == 0) d[kb * m_tiles * 16 + col] = scale;
+  auto byte = [inv](float x) { return static_cast<uint32_t>(__float2int_rn(__fmul_rn(x, inv)) & 0xFF); };
+  const uint32_t word = byte(v.x) | (byte(v.y) << 8) | (byte(v.z) << 16) | (byte(v.w) << 24);
+  const int u = lane % kGroupLanes, tile = col / 16, r = col % 16, g = r % 8;
+  const int reg = (u / 4) * 2 + r / 8, t = u % 4;  // values 4u.. sit in register reg of lane 4g + t
+  *reinterpret_cast<uint32_t*>(q + ((kb * m_tiles + tile) * 32 + g * 4 + t) * 16 + reg * 4) = word;
+  if (u == 0) d[kb * m_tiles * 16 + col] = scale;
 }
 
 // Activations [m][k] f32 -> 8-bit blocks in m16n8k32 A-fragment order: for block kb and
 // 16-column tile i, lane l's 16 bytes at ((kb * m_tiles + i) * 32 + l) * 16 hold (PTX's layout)
 // column g = l / 4 and g + 8, values 4 (l % 4) .. +3 and 16 + 4 (l % 4) .. +3. Scales
-// [kb][m_tiles * 16]. Columns m .. m_tiles * 16 - 1 are zero. One warp per (block, column).
+// [kb][m_tiles * 16]. Columns m .. m_tiles * 16 - 1 are zero.
 __global__ void RoundFragmentsKernel(const float* x, int64_t k, int m, int m_tiles, int8_t* q, float* d) {
   AllowDependents();
   WaitForPredecessor();
-  const int m_pad = m_tiles * 16;
-  const int64_t b = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (b >= k / 32 * m_pad) return;
-  const int64_t kb = b / m_pad;
-  const int col = static_cast<int>(b % m_pad);
-  RoundIntoFragments(col < m ? x[col * k + kb * 32 + lane] : 0.0f, kb, col, m_tiles, lane, q, d);
+  const int m_pad = m_tiles * 16, lane = threadIdx.x % 32;
+  // Blocks column by column (k / 32 is a multiple of 8, so a warp's 4 blocks share a column).
+  const int64_t b = (blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32) * (32 / kGroupLanes) + lane / kGroupLanes;
+  if (b >= k / 32 * m_pad) return;  // whole warps
+  const int col = static_cast<int>(b / (k / 32));
+  const int64_t kb = b % (k / 32);
+  float4 v = make_float4(0, 0, 0, 0);
+  if (col < m) v = *reinterpret_cast<const float4*>(x + col * k + kb * 32 + 4 * (lane % kGroupLanes));
+  RoundIntoFragments(v, kb, col, m_tiles, lane, q, d);
 }
 
-// Shared-memory layout of one pipeline stage (a run of kRunBlocks blocks): the CTA's 64 weight
+// Shared-memory layout of one pipeline stage (a run of kRunBlocks blocks): the CTA's weight
 // rows' bytes of the run (row stride padded so that the 8 rows one MMA reads start in different
 // banks: 4 words mod 8), then the run's activation fragments (512 bytes per block and tile),
 // then their scales (kMt * 16 floats per block).
@@ -140,16 +152,33 @@ struct DeviceGroups {
   size_t fragment_stride = 0;
 };
 
+// Up to kMaxQuantMmaParts products of one x in one launch (QuantMmaPart): the grid's row tiles
+// are the parts' row tiles one part after another.
+struct DeviceParts {
+  int count = 0;
+  int tile_begin[kMaxQuantMmaParts + 1] = {};  // each part's first row tile
+  const uint8_t* w[kMaxQuantMmaParts] = {};
+  float* y[kMaxQuantMmaParts] = {};
+  int64_t n[kMaxQuantMmaParts] = {};
+  size_t partial_offset[kMaxQuantMmaParts] = {};  // floats: each part's [slices][m][n] partial sums
+};
+
 template <DType T, int kMt>
 __global__ void __launch_bounds__(kWarps * 32)
-    QuantMmaKernel(const uint8_t* w, size_t row_bytes, int64_t n, int total_runs, int slice_runs, const int4* q,
-                   const float* d, int m, float* y, float* partials, int* tickets, DeviceGroups groups) {
+    QuantMmaKernel(DeviceParts parts, size_t row_bytes, int total_runs, int slice_runs, const int4* q, const float* d,
+                   int m, float* partials, int* tickets, DeviceGroups groups) {
   extern __shared__ __align__(16) uint8_t smem[];
   using S = Stage<T, kMt>;
   AllowDependents();
   constexpr int kBytes = BlockBytes(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
+  int part = 0;
+  while (part + 1 < parts.count && int(blockIdx.x) >= parts.tile_begin[part + 1]) ++part;
+  const uint8_t* w = parts.w[part];
+  float* y = parts.y[part];
+  const int64_t n = parts.n[part];
+  partials += parts.partial_offset[part];
+  const int64_t row0 = int64_t{int(blockIdx.x) - parts.tile_begin[part]} * kRowsPerCta;
   const int first_run = blockIdx.y * slice_runs;
   const int runs = slice_runs < total_runs - first_run ? slice_runs : total_runs - first_run;
   int tiles = kMt;  // 16-column tiles with columns
@@ -180,7 +209,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     CpAsyncCommit();
   }
 
-  float acc[kMt][2][4] = {};
+  float acc[kMt][kRowTiles][4] = {};
   for (int r = 0; r < runs; ++r) {
     CpAsyncWait<kStages - 2>();
     __syncthreads();  // run r landed for every thread; stage (r - 1) % kStages is free again
@@ -206,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         d_hi[i] = scales[b * kMt * 16 + i * 16 + g + 8];
       }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < kRowTiles; ++j) {
         const uint8_t* tile = rows + j * 8 * S::kRowStride + b * kBytes;
         const uint8_t* block = tile + g * S::kRowStride;
         uint32_t b0, b1;
@@ -238,7 +267,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int i = 0; i < kMt; ++i) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kRowTiles; ++j) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int col = i * 16 + g + (c >= 2 ? 8 : 0);
@@ -285,27 +314,27 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <DType T, int kMt>
-void Launch(cudaStream_t stream, const QuantMmaPlan& plan, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n,
-            const int4* q, const float* d, int64_t m, float* y, float* partials, int* tickets,
-            const DeviceGroups& groups, int experts) {
+void Launch(cudaStream_t stream, const QuantMmaPlan& plan, const DeviceParts& parts, size_t row_bytes, int64_t k,
+            const int4* q, const float* d, int64_t m, float* partials, int* tickets, const DeviceGroups& groups,
+            int experts) {
   constexpr int kSmem = Stage<T, kMt>::kSmem;
   static const bool configured =
       cudaFuncSetAttribute(QuantMmaKernel<T, kMt>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess;
   CU_CHECK(configured);
   const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.k_slices),
                   static_cast<unsigned>(experts));
-  CUDA_OK(LaunchDependent(QuantMmaKernel<T, kMt>, grid, dim3(kWarps * 32), kSmem, stream, w, row_bytes, n,
+  CUDA_OK(LaunchDependent(QuantMmaKernel<T, kMt>, grid, dim3(kWarps * 32), kSmem, stream, parts, row_bytes,
                           static_cast<int>(k / 32 / kRunBlocks), plan.slice_blocks / kRunBlocks, q, d,
-                          static_cast<int>(m), y, partials, tickets, groups));
+                          static_cast<int>(m), partials, tickets, groups));
 }
 
 template <DType T>
-void LaunchTiles(cudaStream_t stream, const QuantMmaPlan& plan, const uint8_t* w, size_t row_bytes, int64_t k, int64_t n,
-                 const int4* q, const float* d, int64_t m, float* y, float* partials, int* tickets,
+void LaunchTiles(cudaStream_t stream, const QuantMmaPlan& plan, const DeviceParts& parts, size_t row_bytes, int64_t k,
+                 const int4* q, const float* d, int64_t m, float* partials, int* tickets,
                  const DeviceGroups& groups = {}, int experts = 1) {
   switch (plan.m_tiles) {
 #define LS_QUANT_MMA_TILES(N) \
-  case N: Launch<T, N>(stream, plan, w, row_bytes, k, n, q, d, m, y, partials, tickets, groups, experts); break;
+  case N: Launch<T, N>(stream, plan, parts, row_bytes, k, q, d, m, partials, tickets, groups, experts); break;
     LS_QUANT_MMA_TILES(1)
     LS_QUANT_MMA_TILES(2)
     LS_QUANT_MMA_TILES(3)
@@ -317,29 +346,29 @@ void LaunchTiles(cudaStream_t stream, const QuantMmaPlan& plan, const uint8_t* w
 
 // Each expert's rows rounded into its own fragment block (fragment_stride bytes apart): with
 // `up` null, row r of expert e is x's row of its token (row_slot / top_k); else silu(gate) * up
-// of the padded [expert][m_tiles * 16][k] products. One warp per (expert, block, column); the
-// columns past an expert's rows are left as they are (their products are never stored).
+// of the padded [expert][m_tiles * 16][k] products. Blocks column by column, 4 to a warp (one
+// column: k / 32 is a multiple of 8); the columns past an expert's rows are skipped (their
+// products are never stored).
 __global__ void RoundGroupedKernel(const float* x, const float* up, int64_t k, const int32_t* counts,
                                    const int32_t* first_row, const int32_t* row_slot, int top_k, int m_tiles,
                                    size_t fragment_stride, uint8_t* out) {
   AllowDependents();
   WaitForPredecessor();
-  const int m_pad = m_tiles * 16;
-  const int64_t per_expert = k / 32 * m_pad;
-  const int64_t b = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int e = static_cast<int>(blockIdx.y);
-  if (b >= per_expert) return;
-  const int64_t kb = b / m_pad;
-  const int col = static_cast<int>(b % m_pad);
-  if (col >= counts[e]) return;
-  float v;
+  const int m_pad = m_tiles * 16, lane = threadIdx.x % 32, e = static_cast<int>(blockIdx.y);
+  const int64_t b = (blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32) * (32 / kGroupLanes) + lane / kGroupLanes;
+  const int col = static_cast<int>(b / (k / 32));
+  if (col >= m_pad || col >= counts[e]) return;  // whole warps
+  const int64_t kb = b % (k / 32), first = kb * 32 + 4 * (lane % kGroupLanes);
+  float4 v;
   if (up == nullptr) {
-    v = x[int64_t{row_slot[first_row[e] + col] / top_k} * k + kb * 32 + lane];
+    v = *reinterpret_cast<const float4*>(x + int64_t{row_slot[first_row[e] + col] / top_k} * k + first);
   } else {
-    const int64_t at = (int64_t{e} * m_pad + col) * k + kb * 32 + lane;
-    const float gate = x[at];
-    v = gate / (1.0f + expf(-gate)) * up[at];  // the CPU's and the grouped GEMM's SwiGLU
+    const int64_t at = (int64_t{e} * m_pad + col) * k + first;
+    const float4 g = *reinterpret_cast<const float4*>(x + at), u = *reinterpret_cast<const float4*>(up + at);
+    auto swiglu = [](float gate, float up_value) {  // the CPU's and the grouped GEMM's SwiGLU
+      return gate / (1.0f + expf(-gate)) * up_value;
+    };
+    v = make_float4(swiglu(g.x, u.x), swiglu(g.y, u.y), swiglu(g.z, u.z), swiglu(g.w, u.w));
   }
   auto* q = reinterpret_cast<int8_t*>(out + e * fragment_stride);
   RoundIntoFragments(v, kb, col, m_tiles, lane, q, reinterpret_cast<float*>(q + k * m_pad));
@@ -363,35 +392,51 @@ void LaunchRoundFragments(cudaStream_t stream, const float* x, int64_t k, int64_
   auto* q = static_cast<int8_t*>(out);
   auto* d = reinterpret_cast<float*>(q + static_cast<size_t>(k) * m_tiles * 16);
   constexpr int kRoundWarps = 8;
-  const int64_t warps = k / 32 * m_tiles * 16;
+  const int64_t warps = k / 32 * m_tiles * 16 / (32 / kGroupLanes);
   CUDA_OK(LaunchDependent(RoundFragmentsKernel, dim3(static_cast<unsigned>((warps + kRoundWarps - 1) / kRoundWarps)),
                           dim3(kRoundWarps * 32), 0, stream, x, k, static_cast<int>(m), m_tiles, q, d));
 }
 
-QuantMmaPlan PlanQuantMma(int64_t k, int64_t n, int64_t m, int sms) {
+QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64_t m, int sms) {
   QuantMmaPlan plan;
   plan.m_tiles = static_cast<int>((m + 15) / 16);
   const int64_t runs = k / 32 / kRunBlocks;
-  const int64_t row_tiles = (n + kRowsPerCta - 1) / kRowsPerCta;
+  int64_t row_tiles = 0, rows = 0;
+  for (const QuantMmaPart& part : parts) {
+    row_tiles += (part.n + kRowsPerCta - 1) / kRowsPerCta;
+    rows += part.n;
+  }
   plan.row_tiles = static_cast<int>(row_tiles);
   // Enough slices of the reduction for a CTA per multiprocessor.
   const int64_t slices = row_tiles >= sms ? 1 : std::min<int64_t>(runs, (sms + row_tiles - 1) / row_tiles);
   const int64_t slice_runs = (runs + slices - 1) / slices;
   plan.slice_blocks = static_cast<int>(slice_runs * kRunBlocks);
   plan.k_slices = static_cast<int>((runs + slice_runs - 1) / slice_runs);
-  plan.partial_bytes = plan.k_slices > 1 ? static_cast<size_t>(plan.k_slices) * m * n * 4 : 0;
+  plan.partial_bytes = plan.k_slices > 1 ? static_cast<size_t>(plan.k_slices) * m * rows * 4 : 0;
   return plan;
 }
 
-void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, const uint8_t* w, size_t row_bytes,
-                    int64_t k, int64_t n, const void* fragments, int64_t m, float* y, float* partials, int* tickets) {
+void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, absl::Span<const QuantMmaPart> parts,
+                    size_t row_bytes, int64_t k, const void* fragments, int64_t m, float* partials, int* tickets) {
+  CU_CHECK(!parts.empty() && parts.size() <= kMaxQuantMmaParts);
+  DeviceParts device;
+  device.count = static_cast<int>(parts.size());
+  size_t partial_offset = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    device.w[i] = parts[i].w;
+    device.y[i] = parts[i].y;
+    device.n[i] = parts[i].n;
+    device.partial_offset[i] = partial_offset;
+    device.tile_begin[i + 1] = device.tile_begin[i] + static_cast<int>((parts[i].n + kRowsPerCta - 1) / kRowsPerCta);
+    partial_offset += static_cast<size_t>(plan.k_slices) * m * parts[i].n;
+  }
   const auto* q = static_cast<const int4*>(fragments);
   const auto* d = reinterpret_cast<const float*>(static_cast<const int8_t*>(fragments) +
                                                  static_cast<size_t>(k) * plan.m_tiles * 16);
   if (type == DType::kQ4_0) {
-    LaunchTiles<DType::kQ4_0>(stream, plan, w, row_bytes, k, n, q, d, m, y, partials, tickets);
+    LaunchTiles<DType::kQ4_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
   } else {
-    LaunchTiles<DType::kQ8_0>(stream, plan, w, row_bytes, k, n, q, d, m, y, partials, tickets);
+    LaunchTiles<DType::kQ8_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
   }
 }
 
@@ -402,7 +447,7 @@ size_t GroupedRoundedBytes(int64_t k, const QuantMmaGroups& groups) {
 void LaunchRoundGrouped(cudaStream_t stream, const float* x, const float* up, int64_t k, const QuantMmaGroups& groups,
                         void* out) {
   constexpr int kRoundWarps = 8;
-  const int64_t warps = k / 32 * groups.m_tiles * 16;
+  const int64_t warps = k / 32 * groups.m_tiles * 16 / (32 / kGroupLanes);
   CUDA_OK(LaunchDependent(RoundGroupedKernel,
                           dim3(static_cast<unsigned>((warps + kRoundWarps - 1) / kRoundWarps),
                                static_cast<unsigned>(groups.experts)),
@@ -423,13 +468,19 @@ void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DT
   device.out_rows = to_slots ? groups.row_slot : nullptr;
   device.w_stride = row_bytes * static_cast<size_t>(n);
   device.fragment_stride = QuantMmaRoundedBytes(k, groups.m_tiles * 16);
+  DeviceParts part;
+  part.count = 1;
+  part.w[0] = w;
+  part.y[0] = y;
+  part.n[0] = n;
+  part.tile_begin[1] = plan.row_tiles;
   const auto* q = static_cast<const int4*>(fragments);
   const auto* d = reinterpret_cast<const float*>(static_cast<const int8_t*>(fragments) +
                                                  static_cast<size_t>(k) * groups.m_tiles * 16);
   if (type == DType::kQ4_0) {
-    LaunchTiles<DType::kQ4_0>(stream, plan, w, row_bytes, k, n, q, d, 0, y, nullptr, nullptr, device, groups.experts);
+    LaunchTiles<DType::kQ4_0>(stream, plan, part, row_bytes, k, q, d, 0, nullptr, nullptr, device, groups.experts);
   } else {
-    LaunchTiles<DType::kQ8_0>(stream, plan, w, row_bytes, k, n, q, d, 0, y, nullptr, nullptr, device, groups.experts);
+    LaunchTiles<DType::kQ8_0>(stream, plan, part, row_bytes, k, q, d, 0, nullptr, nullptr, device, groups.experts);
   }
 }
 

@@ -447,7 +447,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   // up outputs [experts][rows][ffn], silu(gate) * up rounded, the down outputs in slot order.
   const auto int8_type = [](DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0; };
   if (QuantMmaEnabled() && tokens <= kQuantMmaMaxColumns && int8_type(gate_type) && int8_type(down_type) &&
-      hidden % 256 == 0 && ffn % 256 == 0) {
+      hidden % 256 == 0 && ffn % 256 == 0 && reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 == 0) {
     QuantMmaGroups groups;
     groups.counts = counts;
     groups.first_row = first_row;

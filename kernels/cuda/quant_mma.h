@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/types/span.h"
 #include "common/dtype.h"
 
 namespace latentserve::kernels::cuda {
@@ -26,7 +27,7 @@ void LaunchRoundFragments(cudaStream_t stream, const float* x, int64_t k, int64_
 
 struct QuantMmaPlan {
   int m_tiles = 0;       // 16-column tiles of the activations
-  int row_tiles = 0;     // CTAs along the weight rows (64 rows each)
+  int row_tiles = 0;     // CTAs along the weight rows (64 rows each, every part's)
   int k_slices = 1;      // reduction splits: CTAs of one row tile along the reduction
   int slice_blocks = 0;  // 32-value blocks per split
   size_t partial_bytes = 0;  // f32 partial sums of the splits (0 when not split)
@@ -36,14 +37,24 @@ struct QuantMmaPlan {
 // 8-block runs), 16-byte aligned weights, kQuantMmaMinColumns <= m <= kQuantMmaMaxColumns.
 bool QuantMmaApplies(DType type, const void* w, size_t row_bytes, int64_t k, int64_t m);
 
-QuantMmaPlan PlanQuantMma(int64_t k, int64_t n, int64_t m, int sms);
+// One product of several that share x (a layer's projections of one input): y [m][n] f32 =
+// x [m][k] . w [n][k]^T.
+struct QuantMmaPart {
+  const uint8_t* w = nullptr;
+  int64_t n = 0;
+  float* y = nullptr;
+};
+constexpr int kMaxQuantMmaParts = 4;
 
-// y [m][n] f32 = x [m][k] . w [n][k]^T from x's rounded copy `fragments`. Split reductions:
-// `partials` holds plan.partial_bytes and `tickets` plan.row_tiles counters at 0 (left at 0);
-// the last CTA of a row tile to finish sums the splits in their order, so a product is the same
-// on every run. Launched dependent (dependent_launch.cuh).
-void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, const uint8_t* w, size_t row_bytes,
-                    int64_t k, int64_t n, const void* fragments, int64_t m, float* y, float* partials, int* tickets);
+QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64_t m, int sms);
+
+// Every part's product (weights of one type and row size) from x's rounded copy `fragments`, in
+// one launch. Split reductions: `partials` holds plan.partial_bytes and `tickets`
+// plan.row_tiles counters at 0 (left at 0); the last CTA of a row tile to finish sums the splits
+// in their order, so a product is the same on every run. Launched dependent
+// (dependent_launch.cuh).
+void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, absl::Span<const QuantMmaPart> parts,
+                    size_t row_bytes, int64_t k, const void* fragments, int64_t m, float* partials, int* tickets);
 
 // Grouped products (the routed experts of a batched decode step): expert e multiplies its own
 // rows (the sorted rows first_row[e] .. + counts[e], at most m_tiles * 16) by its own weights.

@@ -108,6 +108,42 @@ TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchCpuIntegerPath) {
   }
 }
 
+// Several products of one x (a layer's projections) in one launch (MatMuls): parts of different
+// row counts, with and without x rounded beforehand, each against the CPU's integer path; and
+// parts of mixed types, which take one product each.
+TEST_F(BackendOps, MatMulsOfOneInputMatchCpuIntegerPath) {
+  for (int64_t m : {9, 32, 64}) {
+    for (bool pre_rounded : {false, true}) {
+      for (bool mixed : {false, true}) {
+        const int64_t k = 2304;
+        const std::vector<int64_t> rows = {4096, 333, 128};
+        std::vector<Pair> w, y;
+        std::vector<Tensor> gw, gy;
+        for (size_t i = 0; i < rows.size(); ++i) {
+          const DType type = mixed && i == 1 ? DType::kQ8_0 : DType::kQ4_0;
+          w.push_back(Make(type, {k, rows[i], 1, 1}, Random(k * rows[i])));
+          y.push_back(Poisoned({rows[i], m, 1, 1}));
+          gw.push_back(w.back().gpu);
+          gy.push_back(y.back().gpu);
+        }
+        auto x = F32({k, m, 1, 1}, Random(k * m, -3, 3));
+        Tensor rounded;
+        if (pre_rounded) {
+          absl::StatusOr<Tensor> r = gpu_->RoundActivations(x.gpu);
+          ASSERT_TRUE(r.ok()) << r.status();
+          rounded = *r;
+        }
+        gpu_->MatMuls(gw, x.gpu, rounded, gy);
+        for (size_t i = 0; i < rows.size(); ++i) {
+          cpu_->MatMul(w[i].cpu, x.cpu, y[i].cpu);
+          Expect(y[i], 1e-9, "MatMuls part " + std::to_string(i) + " m=" + std::to_string(m) +
+                                 (pre_rounded ? " rounded" : "") + (mixed ? " mixed" : ""));
+        }
+      }
+    }
+  }
+}
+
 TEST_F(BackendOps, FillRandomIsIdenticalOnBothBackends) {
   for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     Tensor c = *cpu_->Alloc(type, {96, 7, 2, 1}), g = *gpu_->Alloc(type, {96, 7, 2, 1});
