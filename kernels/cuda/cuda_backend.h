@@ -36,6 +36,7 @@ namespace latentserve::kernels::cuda {
 class BlockCache;         // cuda_backend.cu
 struct RecordingMemory;   // cuda_graph.h
 struct QuantMmaPart;      // quant_mma.h
+struct MoeRouting;        // moe_routing.h
 
 class CudaBackend final : public Backend {
  public:
@@ -152,6 +153,15 @@ class CudaBackend final : public Backend {
   // (f32 weights, gate/up of different types, hidden or ffn not a multiple of 32).
   bool MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids, const Tensor& weights,
                          const Tensor& y);
+  // The routing sort of MoeExpertsGrouped (cuda_moe_routing.cu): ids [top_k, tokens] sorted by
+  // expert on the device, arrays in scratch slot 5.
+  MoeRouting SortSlotsByExpert(const Tensor& ids, int64_t tokens, int64_t n_experts);
+  // y[:, t] = sum_j weights[j, t] * slot_out[t * top_k + j], in slot order (slot_out: f32 [slots, hidden]).
+  void WeightedSlotSum(const float* slot_out, const Tensor& weights, const Tensor& y);
+  // At most 64 tokens on q4_0 / q8_0 experts: the int8 experts after `routing` (cuda_moe_int8.cu).
+  // Returns false, having enqueued nothing, where they do not apply.
+  bool MoeExpertsInt8(const Tensor& x, const MoeWeights& experts, const MoeRouting& routing, const Tensor& weights,
+                      const Tensor& y);
   // MoE decode (few slots) with warp dot products over each slot's expert rows, the ids read on
   // the device (cuda_moe_decode.cu); with `shared`, its expert as one more slot per token, added
   // after each token's weighted sum. Returns false, having enqueued nothing, for too many slots,

@@ -1,9 +1,8 @@
 // MoE prefill as grouped GEMMs on the device (issue 9): no host round trip and no host sync
 // inside the layer. Per call:
-//   1. routing sort: per-expert slot counts; one block scans them into each expert's first
-//      sorted row and a list of M-tiles (expert, first row); CUB's radix sort on the expert
-//      id (stable, log2(experts) bits) gives every (token, slot) its expert-sorted row, in
-//      slot order within an expert, so every run computes the same rows in the same tiles;
+//   1. the routing sort (cuda_moe_routing.cu): every (token, slot) its expert-sorted row and a
+//      list of 128-row M-tiles (expert, first row); at most 64 tokens on q4_0 / q8_0 experts
+//      then take the int8 experts (cuda_moe_int8.cu) instead of the steps below;
 //   2. the activations cast once to 16 bits in token order (37.7 MB for 8192 tokens, about
 //      the size of L2, where the repeated reads of each token row mostly land); the
 //      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
@@ -16,9 +15,6 @@
 // The 16-bit type is f16 for q4_0 / q8_0 / f16 weights (f16 holds q4_0 and f16 weights
 // closer than bf16: 11 significant bits against 8; the generic cuBLAS path uses f16 too) and
 // bf16 for bf16 weights.
-#include <cub/block/block_scan.cuh>
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -26,7 +22,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/moe_grouped.cuh"
-#include "kernels/cuda/quant_mma.h"
+#include "kernels/cuda/moe_routing.h"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -61,8 +57,6 @@ using Warps8Tile = GroupedGemmTraits<2, 4, 2>;
 // 4 warps of 64x64, 2 CTAs per SM: a third less shared-memory traffic per MMA (fragments
 // reused across a wider warp tile), half the warps to hide latency. LATENTSERVE_CUDA_MOE_TILE=warps4.
 using Warps4Tile = GroupedGemmTraits<2, 2, 2>;
-
-constexpr int kPlanThreads = 256;
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -262,75 +256,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) GroupedGemmKe
   }
 }
 
-// ---- routing sort ----
-
-// Slots per expert, and the slot numbers that the sort carries along with the expert ids.
-__global__ void CountKernel(const int32_t* ids, int slots, int experts, int32_t* counts, int32_t* slot_numbers) {
-  const int slot = blockIdx.x * blockDim.x + threadIdx.x;
-  if (slot >= slots) return;
-  const int e = ids[slot];
-  if (e < 0 || e >= experts) __trap();  // routing produced an id out of range: a broken invariant
-  atomicAdd(&counts[e], 1);
-  slot_numbers[slot] = slot;
-}
-
-// One block: first sorted row and first tile of every expert (exclusive scans of the counts
-// and of the tiles) and the M-tile list in expert order.
-__global__ void __launch_bounds__(kPlanThreads) PlanKernel(const int32_t* counts, int experts, int32_t* first_row,
-                                                           int32_t* first_tile, int2* tiles, int32_t* tile_count) {
-  using Scan = cub::BlockScan<int, kPlanThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
-  int row_carry = 0, tile_carry = 0;
-  for (int base = 0; base < experts; base += kPlanThreads) {
-    const int e = base + static_cast<int>(threadIdx.x);
-    const int count = e < experts ? counts[e] : 0;
-    const int expert_tiles = (count + kTileRows - 1) / kTileRows;
-    int row_start, row_total, tile_start, tile_total;
-    Scan(scan_storage).ExclusiveSum(count, row_start, row_total);
-    __syncthreads();
-    Scan(scan_storage).ExclusiveSum(expert_tiles, tile_start, tile_total);
-    __syncthreads();
-    if (e < experts) {
-      const int first = row_carry + row_start;
-      first_row[e] = first;
-      first_tile[e] = tile_carry + tile_start;
-      for (int i = 0; i < expert_tiles; ++i) tiles[tile_carry + tile_start + i] = make_int2(e, first + i * kTileRows);
-    }
-    row_carry += row_total;
-    tile_carry += tile_total;
-  }
-  if (threadIdx.x == 0) {
-    first_row[experts] = row_carry;
-    first_tile[experts] = tile_carry;
-    *tile_count = tile_carry;
-  }
-}
-
 template <typename T>
 __global__ void CastKernel(const float4* x, int64_t quads, uint2* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= quads) return;
   const float4 v = x[i];
   out[i] = make_uint2(Pack2<T>(v.x, v.y), Pack2<T>(v.z, v.w));
-}
-
-// y[:, t] = sum_j weights[j, t] * slot_out[:, t * top_k + j], j in slot order.
-__global__ void WeightedSlotSumKernel(const float* slot_out, const float* weights, int hidden, int top_k, int64_t tokens,
-                                      float* y) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // float4 index
-  const int64_t quads = hidden / 4;
-  if (i >= quads * tokens) return;
-  const int64_t t = i / quads, q = i % quads;
-  float4 acc = make_float4(0, 0, 0, 0);
-  for (int j = 0; j < top_k; ++j) {
-    const float w = weights[t * top_k + j];
-    const float4 v = reinterpret_cast<const float4*>(slot_out + (t * top_k + j) * hidden)[q];
-    acc.x += w * v.x;
-    acc.y += w * v.y;
-    acc.z += w * v.z;
-    acc.w += w * v.w;
-  }
-  reinterpret_cast<float4*>(y + t * hidden)[q] = acc;
 }
 
 template <typename Tr, DType W, bool kSwiGlu>
@@ -385,8 +316,6 @@ void LaunchGroupedGemm(GroupedKernel kernel, DType w, const GroupedGemmParams& p
 
 bool GroupedType(DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0 || t == DType::kF16 || t == DType::kBF16; }
 
-size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 }  // namespace
 
 bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, const Tensor& ids,
@@ -401,84 +330,18 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
     return false;
   }
   const int64_t slots = tokens * top_k;
-  // Every expert's tiles but its last are full, so the list is at most slots / kTileRows plus
-  // one partial tile per expert that has rows.
-  const int64_t max_tiles = slots / kTileRows + std::min(n_experts, slots);
+  const int64_t max_tiles = MoeTileListBound(slots, n_experts);
   // Element offsets into the activations are 32-bit in the kernel.
   if (slots >= (int64_t{1} << 31) / std::max(hidden, ffn) || max_tiles > 65535) return false;
 
-  // Small integer workspace (slot 5): counts, first rows, first tiles, tile count, tiles, slot numbers,
-  // sorted expert ids (unused), row slots, the sort's temporary storage.
-  int expert_bits = 1;  // radix bits that hold every expert id
-  while ((int64_t{1} << expert_bits) < n_experts) ++expert_bits;
-  const auto* dev_ids = reinterpret_cast<const uint32_t*>(DevPtr(ids));
-  size_t sort_bytes = 0;
-  CUDA_OK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, dev_ids, static_cast<uint32_t*>(nullptr),
-                                          static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                          static_cast<int>(slots), 0, expert_bits, stream_));
-  const size_t counts_bytes = AlignUp(n_experts * 4), first_bytes = AlignUp((n_experts + 1) * 4);
-  const size_t tiles_bytes = AlignUp(max_tiles * sizeof(int2)), slot_bytes = AlignUp(slots * 4);
-  auto* ints = static_cast<uint8_t*>(
-      Scratch(5, counts_bytes + 2 * first_bytes + 256 + tiles_bytes + 3 * slot_bytes + AlignUp(sort_bytes)));
-  auto* counts = reinterpret_cast<int32_t*>(ints);
-  auto* first_row = reinterpret_cast<int32_t*>(ints + counts_bytes);
-  auto* first_tile = reinterpret_cast<int32_t*>(ints + counts_bytes + first_bytes);
-  auto* tile_count = reinterpret_cast<int32_t*>(ints + counts_bytes + 2 * first_bytes);
-  auto* tiles = reinterpret_cast<int2*>(ints + counts_bytes + 2 * first_bytes + 256);
-  uint8_t* slot_arrays = ints + counts_bytes + 2 * first_bytes + 256 + tiles_bytes;
-  auto* slot_numbers = reinterpret_cast<int32_t*>(slot_arrays);
-  auto* sorted_ids = reinterpret_cast<uint32_t*>(slot_arrays + slot_bytes);
-  auto* row_slot = reinterpret_cast<int32_t*>(slot_arrays + 2 * slot_bytes);
-  void* sort_storage = slot_arrays + 3 * slot_bytes;
-  const int experts_i = static_cast<int>(n_experts), slots_i = static_cast<int>(slots);
-  CUDA_OK(cudaMemsetAsync(counts, 0, n_experts * 4, stream_));
-  CountKernel<<<Blocks(slots, 256), 256, 0, stream_>>>(reinterpret_cast<const int32_t*>(dev_ids), slots_i, experts_i,
-                                                       counts, slot_numbers);
-  LAUNCH_OK();
-  PlanKernel<<<1, kPlanThreads, 0, stream_>>>(counts, experts_i, first_row, first_tile, tiles, tile_count);
-  LAUNCH_OK();
-  CUDA_OK(cub::DeviceRadixSort::SortPairs(sort_storage, sort_bytes, dev_ids, sorted_ids, slot_numbers, row_slot, slots_i,
-                                          0, expert_bits, stream_));
+  const MoeRouting routing = SortSlotsByExpert(ids, tokens, n_experts);
 
-  // A batched decode step (at most 64 tokens, so at most 64 rows an expert) on q4_0 / q8_0
-  // experts: the int8 tensor-core products (quant_mma.h), each expert's weights read once for
-  // all its rows; the tiles below are 128 rows, mostly padding at these sizes (ncu, batch 32:
-  // 6.4 of 13.6 ms of a step's kernel time). Slot 6: x's rows rounded per expert, the gate and
-  // up outputs [experts][rows][ffn], silu(gate) * up rounded, the down outputs in slot order.
-  const auto int8_type = [](DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0; };
-  if (QuantMmaEnabled() && tokens <= kQuantMmaMaxColumns && int8_type(gate_type) && int8_type(down_type) &&
-      hidden % 256 == 0 && ffn % 256 == 0 && reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 == 0) {
-    QuantMmaGroups groups;
-    groups.counts = counts;
-    groups.first_row = first_row;
-    groups.row_slot = row_slot;
-    groups.top_k = static_cast<int>(top_k);
-    groups.experts = experts_i;
-    groups.m_tiles = static_cast<int>((tokens + 15) / 16);
-    const size_t x_bytes = AlignUp(GroupedRoundedBytes(hidden, groups));
-    const size_t act_bytes = AlignUp(GroupedRoundedBytes(ffn, groups));
-    const size_t gu_bytes = AlignUp(static_cast<size_t>(n_experts) * groups.m_tiles * 16 * ffn * 4);
-    auto* work = static_cast<uint8_t*>(Scratch(6, x_bytes + act_bytes + 2 * gu_bytes + slots * hidden * 4));
-    auto* gate = reinterpret_cast<float*>(work + x_bytes + act_bytes);
-    auto* up = reinterpret_cast<float*>(work + x_bytes + act_bytes + gu_bytes);
-    auto* slot_out = reinterpret_cast<float*>(work + x_bytes + act_bytes + 2 * gu_bytes);
-    LaunchRoundGrouped(stream_, DevF32(x), nullptr, hidden, groups, work);
-    LaunchGroupedQuantMma(stream_, groups, gate_type, DevPtr(experts.gate_exps), experts.gate_exps.row_bytes(), hidden,
-                          ffn, work, false, gate);
-    LaunchGroupedQuantMma(stream_, groups, gate_type, DevPtr(experts.up_exps), experts.up_exps.row_bytes(), hidden,
-                          ffn, work, false, up);
-    LaunchRoundGrouped(stream_, gate, up, ffn, groups, work + x_bytes);
-    LaunchGroupedQuantMma(stream_, groups, down_type, DevPtr(experts.down_exps), experts.down_exps.row_bytes(), ffn,
-                          hidden, work + x_bytes, true, slot_out);
-    WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
-        slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));
-    LAUNCH_OK();
-    return true;
-  }
+  // A batched decode step (at most 64 tokens): the int8 experts (cuda_moe_int8.cu).
+  if (MoeExpertsInt8(x, experts, routing, weights, y)) return true;
 
   // Activations (slot 6): the 16-bit inputs [tokens, hidden], the SwiGLU output in sorted
   // rows [slots, ffn], the f32 expert outputs in slot order [slots, hidden].
-  const size_t x16_bytes = AlignUp(tokens * hidden * 2), act_bytes = AlignUp(slots * ffn * 2);
+  const size_t x16_bytes = AlignUp256(tokens * hidden * 2), act_bytes = AlignUp256(slots * ffn * 2);
   auto* work = static_cast<uint8_t*>(Scratch(6, x16_bytes + act_bytes + slots * hidden * 4));
   void* x16 = work;
   void* act = work + x16_bytes;
@@ -490,7 +353,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   if (kernel == GroupedKernel::kPredequant && !ScratchFits(17, workspace)) kernel = GroupedKernel::kWgmma;
   const size_t predequant_bytes = kernel == GroupedKernel::kPredequant ? workspace : 0;
   const PredequantWork predequant{predequant_bytes > 0 ? Scratch(17, predequant_bytes) : nullptr, predequant_bytes,
-                                  first_tile, n_experts, max_tiles, slots};
+                                  routing.first_tile, n_experts, max_tiles, slots};
   const int64_t quads = tokens * hidden / 4;
   const auto* x4 = reinterpret_cast<const float4*>(DevF32(x));
   if (gate_type == DType::kBF16) {
@@ -510,10 +373,10 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   gate_up.w_expert_bytes = gate_up.w_row_bytes * ffn;
   gate_up.k = static_cast<int>(hidden);
   gate_up.n = static_cast<int>(ffn);
-  gate_up.tiles = tiles;
-  gate_up.tile_count = tile_count;
-  gate_up.first_row = first_row;
-  gate_up.row_slot = row_slot;
+  gate_up.tiles = routing.tiles;
+  gate_up.tile_count = routing.tile_count;
+  gate_up.first_row = routing.first_row;
+  gate_up.row_slot = routing.row_slot;
   gate_up.out = act;
   LaunchGroupedGemm<true>(kernel, gate_type, gate_up, static_cast<int>(max_tiles), predequant, stream_);
 
@@ -529,9 +392,7 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
   down.out = slot_out;
   LaunchGroupedGemm<false>(kernel, down_type, down, static_cast<int>(max_tiles), predequant, stream_);
 
-  WeightedSlotSumKernel<<<Blocks(tokens * hidden / 4, 256), 256, 0, stream_>>>(
-      slot_out, DevF32(weights), static_cast<int>(hidden), static_cast<int>(top_k), tokens, DevF32(y));
-  LAUNCH_OK();
+  WeightedSlotSum(slot_out, weights, y);
   return true;
 }
 
