@@ -202,6 +202,7 @@ CudaBackend::CudaBackend(int device) : device_(device), scratch_(kScratchSlots) 
   CUDA_OK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
   CUBLAS_OK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   block_cache_ = std::make_shared<BlockCache>(stream_);
+  CUDA_OK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device));
   // Keep freed memory in the pool instead of returning it to the driver.
   cudaMemPool_t pool;
   CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, device));

@@ -212,7 +212,8 @@ class CudaBackend final : public Backend {
   // *offsets each sequence's first element in it. Null when they do not share one.
   static const int32_t* SharedPlan(absl::Span<const LatentSeqView> seqs, std::vector<int32_t>* offsets);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
-  // x_rounded: x rounded by RoundActivations (q4_0 / q8_0 GEMVs use it), or null.
+  // x_rounded: x rounded by RoundActivations (RoundedFor's layout at 1..8 columns, which the
+  // q4_0 / q8_0 GEMVs use; FragmentsFor's at 9..64, which the int8 products use), or null.
   void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y,
             const void* x_rounded = nullptr);
   // x_rounded's device bytes when it is RoundActivations' layout for x's shape and the GEMVs
@@ -227,6 +228,7 @@ class CudaBackend final : public Backend {
 
  private:
   int device_;
+  int sms_ = 1;  // the device's multiprocessors
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   struct ScratchSlot {

@@ -120,13 +120,9 @@ __global__ void __launch_bounds__(kThreads) RmsNormVecKernel(float* x, const flo
     float amax = fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)), fmaxf(fabsf(q.z), fabsf(q.w)));
     for (int offset = 1; offset < 8; offset <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
     if (i >= n4) continue;
-    const float dq = __fdiv_rn(amax, 127.0f);
-    const float inv = dq != 0.0f ? __frcp_rn(dq) : 0.0f;
-    const auto byte = [&](float value, int shift) {
-      return static_cast<uint32_t>(static_cast<uint8_t>(__float2int_rn(__fmul_rn(value, inv)))) << shift;
-    };
-    qs[i] = byte(q.x, 0) | byte(q.y, 8) | byte(q.z, 16) | byte(q.w, 24);
-    if (i % 8 == 0) ds[i / 8] = dq;
+    const Q8Rounding rounding = Q8RoundingOf(amax);
+    qs[i] = rounding.Word(q);
+    if (i % 8 == 0) ds[i / 8] = rounding.scale;
   }
 }
 

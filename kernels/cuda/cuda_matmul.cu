@@ -8,9 +8,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "common/status.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
@@ -99,16 +96,6 @@ void LaunchGemv(cudaStream_t stream, const uint8_t* w, size_t row_bytes, int64_t
   }
   const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   GemvKernel<T><<<blocks, kGemvWarps * 32, 0, stream>>>(w, row_bytes, k, n, x, m, y);
-}
-
-int DeviceSms() {
-  static const int sms = [] {
-    int device = 0, count = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return count > 0 ? count : 1;
-  }();
-  return sms;
 }
 
 template <typename Out>
@@ -210,7 +197,7 @@ bool CudaBackend::QuantMmaProducts(DType wtype, size_t row_bytes, int64_t k, abs
     if (!QuantMmaApplies(wtype, part.w, row_bytes, k, m)) return false;
   }
   if (fragments == nullptr && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // the rounding reads float4s
-  const QuantMmaPlan plan = PlanQuantMma(k, parts, m, DeviceSms());
+  const QuantMmaPlan plan = PlanQuantMma(k, parts, m, sms_);
   if (fragments == nullptr) {
     void* own = Scratch(0, QuantMmaRoundedBytes(k, m));
     LaunchRoundFragments(stream_, x, k, m, own);

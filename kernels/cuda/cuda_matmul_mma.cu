@@ -18,11 +18,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/quant_mma.h"
+#include "kernels/cuda/row_pipeline.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
@@ -35,6 +37,13 @@ constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 
 constexpr int kStages = 4;
 
 constexpr int BlockBytes(DType t) { return t == DType::kQ4_0 ? 18 : 34; }
+
+// The scales of a rounded copy (QuantMmaRoundedBytes' layout): after its k * m_tiles * 16 values.
+template <typename Byte>
+__host__ __device__ inline auto ScalesOf(Byte* fragments, int64_t k, int m_tiles) {
+  using Float = std::conditional_t<std::is_const_v<Byte>, const float, float>;
+  return reinterpret_cast<Float*>(fragments + k * m_tiles * 16);
+}
 
 // Four bytes at a 2-byte aligned shared address (a block's values follow its 2-byte scale).
 __device__ __forceinline__ uint32_t Load32At2(const uint8_t* p) {
@@ -69,14 +78,11 @@ __device__ __forceinline__ void RoundIntoFragments(float4 v, int64_t kb, int col
   for (int offset = kGroupLanes / 2; offset > 0; offset >>= 1) {
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
   }
-  const float scale = __fdiv_rn(amax, 127.0f);  // RoundBlock32's rule (row_pipeline.cuh)
-  const float inv = scale != 0.0f ? __frcp_rn(scale) : 0.0f;
-  auto byte = [inv](float x) { return static_cast<uint32_t>(__float2int_rn(__fmul_rn(x, inv)) & 0xFF); };
-  const uint32_t word = byte(v.x) | (byte(v.y) << 8) | (byte(v.z) << 16) | (byte(v.w) << 24);
+  const Q8Rounding rounding = Q8RoundingOf(amax);
   const int u = lane % kGroupLanes, tile = col / 16, r = col % 16, g = r % 8;
   const int reg = (u / 4) * 2 + r / 8, t = u % 4;  // values 4u.. sit in register reg of lane 4g + t
-  *reinterpret_cast<uint32_t*>(q + ((kb * m_tiles + tile) * 32 + g * 4 + t) * 16 + reg * 4) = word;
-  if (u == 0) d[kb * m_tiles * 16 + col] = scale;
+  *reinterpret_cast<uint32_t*>(q + ((kb * m_tiles + tile) * 32 + g * 4 + t) * 16 + reg * 4) = rounding.Word(v);
+  if (u == 0) d[kb * m_tiles * 16 + col] = rounding.scale;
 }
 
 // Activations [m][k] f32 -> 8-bit blocks in m16n8k32 A-fragment order: for block kb and
@@ -140,8 +146,6 @@ __device__ __forceinline__ void IssueActivations(uint8_t* stage, const int4* q, 
   }
 }
 
-// Runs [first_run, first_run + runs) of the reduction through a ring of kStages stage buffers:
-// while run r is multiplied, runs r + 1 .. r + kStages - 1 are in flight.
 // Grouped launches (MoE experts): blockIdx.z is the expert; its weights, rounded rows and (with
 // out_rows null) outputs are `*_stride` bytes / elements after the previous expert's.
 struct DeviceGroups {
@@ -163,6 +167,8 @@ struct DeviceParts {
   size_t partial_offset[kMaxQuantMmaParts] = {};  // floats: each part's [slices][m][n] partial sums
 };
 
+// Runs [first_run, first_run + runs) of the reduction through a ring of kStages stage buffers:
+// while run r is multiplied, runs r + 1 .. r + kStages - 1 are in flight.
 template <DType T, int kMt>
 __global__ void __launch_bounds__(kWarps * 32)
     QuantMmaKernel(DeviceParts parts, size_t row_bytes, int total_runs, int slice_runs, const int4* q, const float* d,
@@ -324,7 +330,7 @@ void Launch(cudaStream_t stream, const QuantMmaPlan& plan, const DeviceParts& pa
   const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.k_slices),
                   static_cast<unsigned>(experts));
   CUDA_OK(LaunchDependent(QuantMmaKernel<T, kMt>, grid, dim3(kWarps * 32), kSmem, stream, parts, row_bytes,
-                          static_cast<int>(k / 32 / kRunBlocks), plan.slice_blocks / kRunBlocks, q, d,
+                          static_cast<int>(k / 32 / kRunBlocks), plan.slice_runs, q, d,
                           static_cast<int>(m), partials, tickets, groups));
 }
 
@@ -371,7 +377,7 @@ __global__ void RoundGroupedKernel(const float* x, const float* up, int64_t k, c
     v = make_float4(swiglu(g.x, u.x), swiglu(g.y, u.y), swiglu(g.z, u.z), swiglu(g.w, u.w));
   }
   auto* q = reinterpret_cast<int8_t*>(out + e * fragment_stride);
-  RoundIntoFragments(v, kb, col, m_tiles, lane, q, reinterpret_cast<float*>(q + k * m_pad));
+  RoundIntoFragments(v, kb, col, m_tiles, lane, q, ScalesOf(q, k, m_tiles));
 }
 
 }  // namespace
@@ -390,7 +396,7 @@ size_t QuantMmaRoundedBytes(int64_t k, int64_t m) {
 void LaunchRoundFragments(cudaStream_t stream, const float* x, int64_t k, int64_t m, void* out) {
   const int m_tiles = static_cast<int>((m + 15) / 16);
   auto* q = static_cast<int8_t*>(out);
-  auto* d = reinterpret_cast<float*>(q + static_cast<size_t>(k) * m_tiles * 16);
+  float* d = ScalesOf(q, k, m_tiles);
   constexpr int kRoundWarps = 8;
   const int64_t warps = k / 32 * m_tiles * 16 / (32 / kGroupLanes);
   CUDA_OK(LaunchDependent(RoundFragmentsKernel, dim3(static_cast<unsigned>((warps + kRoundWarps - 1) / kRoundWarps)),
@@ -410,7 +416,7 @@ QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64
   // Enough slices of the reduction for a CTA per multiprocessor.
   const int64_t slices = row_tiles >= sms ? 1 : std::min<int64_t>(runs, (sms + row_tiles - 1) / row_tiles);
   const int64_t slice_runs = (runs + slices - 1) / slices;
-  plan.slice_blocks = static_cast<int>(slice_runs * kRunBlocks);
+  plan.slice_runs = static_cast<int>(slice_runs);
   plan.k_slices = static_cast<int>((runs + slice_runs - 1) / slice_runs);
   plan.partial_bytes = plan.k_slices > 1 ? static_cast<size_t>(plan.k_slices) * m * rows * 4 : 0;
   return plan;
@@ -431,8 +437,7 @@ void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, a
     partial_offset += static_cast<size_t>(plan.k_slices) * m * parts[i].n;
   }
   const auto* q = static_cast<const int4*>(fragments);
-  const auto* d = reinterpret_cast<const float*>(static_cast<const int8_t*>(fragments) +
-                                                 static_cast<size_t>(k) * plan.m_tiles * 16);
+  const float* d = ScalesOf(static_cast<const int8_t*>(fragments), k, plan.m_tiles);
   if (type == DType::kQ4_0) {
     LaunchTiles<DType::kQ4_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
   } else {
@@ -461,7 +466,7 @@ void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DT
   QuantMmaPlan plan;
   plan.m_tiles = groups.m_tiles;
   plan.row_tiles = static_cast<int>((n + kRowsPerCta - 1) / kRowsPerCta);
-  plan.slice_blocks = static_cast<int>(k / 32);
+  plan.slice_runs = static_cast<int>(k / 32 / kRunBlocks);
   DeviceGroups device;
   device.counts = groups.counts;
   device.first_row = groups.first_row;
@@ -475,8 +480,7 @@ void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DT
   part.n[0] = n;
   part.tile_begin[1] = plan.row_tiles;
   const auto* q = static_cast<const int4*>(fragments);
-  const auto* d = reinterpret_cast<const float*>(static_cast<const int8_t*>(fragments) +
-                                                 static_cast<size_t>(k) * groups.m_tiles * 16);
+  const float* d = ScalesOf(static_cast<const int8_t*>(fragments), k, groups.m_tiles);
   if (type == DType::kQ4_0) {
     LaunchTiles<DType::kQ4_0>(stream, plan, part, row_bytes, k, q, d, 0, nullptr, nullptr, device, groups.experts);
   } else {

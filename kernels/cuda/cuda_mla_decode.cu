@@ -339,8 +339,7 @@ bool CudaBackend::MlaDecodePaged(const Tensor& q, const Tensor& pool, absl::Span
   // Both kernels fit one CTA per multiprocessor (222 KB and 220 KB of shared memory); the
   // mma.sync kernel's grid is two waves of them (its ranges are shorter), the wgmma kernel's one.
   const int ctas_per_sm = wgmma ? 1 : 2;
-  int device_sms = 0;
-  CUDA_OK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, device_));
+  const int device_sms = sms_;
   std::vector<DecodeSeq> meta;
   std::vector<int32_t> tables;
   const int32_t* device_tables = nullptr;

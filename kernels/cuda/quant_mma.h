@@ -29,7 +29,7 @@ struct QuantMmaPlan {
   int m_tiles = 0;       // 16-column tiles of the activations
   int row_tiles = 0;     // CTAs along the weight rows (64 rows each, every part's)
   int k_slices = 1;      // reduction splits: CTAs of one row tile along the reduction
-  int slice_blocks = 0;  // 32-value blocks per split
+  int slice_runs = 0;    // runs of 8 blocks of 32 values per split
   size_t partial_bytes = 0;  // f32 partial sums of the splits (0 when not split)
 };
 

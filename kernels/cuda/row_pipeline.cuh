@@ -121,6 +121,23 @@ __device__ __forceinline__ int32_t* BlockSums(uint8_t* acts, int64_t k, int64_t 
   return reinterpret_cast<int32_t*>(acts + RoundedBytes(k, m));
 }
 
+// q8_0's rounding of a block of 32 values whose largest magnitude is amax, as the CPU backend
+// rounds (the rule above): the scale amax / 127, each value round-half-even(x * (1 / scale)).
+// Every kernel that rounds activations for the 8-bit products uses it.
+struct Q8Rounding {
+  float scale, inv;
+  __device__ __forceinline__ int Value(float x) const { return __float2int_rn(__fmul_rn(x, inv)); }
+  // Four consecutive values as the 4 bytes of a word, the first lowest.
+  __device__ __forceinline__ uint32_t Word(float4 v) const {
+    const auto byte = [this](float x) { return static_cast<uint32_t>(static_cast<uint8_t>(Value(x))); };
+    return byte(v.x) | byte(v.y) << 8 | byte(v.z) << 16 | byte(v.w) << 24;
+  }
+};
+__device__ __forceinline__ Q8Rounding Q8RoundingOf(float amax) {
+  const float scale = __fdiv_rn(amax, 127.0f);
+  return {scale, scale != 0.0f ? __frcp_rn(scale) : 0.0f};
+}
+
 // Block b (32 values of x) of the layout above, by one warp: q8_0 rounding, d = max|x| / 127;
 // the block's sum of values into sums[b] unless null.
 __device__ __forceinline__ void RoundBlock32(const float* x, int64_t b, int lane, int8_t* qs, float* ds,
@@ -128,9 +145,9 @@ __device__ __forceinline__ void RoundBlock32(const float* x, int64_t b, int lane
   const float v = x[b * 32 + lane];
   float amax = fabsf(v);
   for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
-  const float d = __fdiv_rn(amax, 127.0f);
-  const float inv = d != 0.0f ? __frcp_rn(d) : 0.0f;
-  const int q = __float2int_rn(__fmul_rn(v, inv));
+  const Q8Rounding rounding = Q8RoundingOf(amax);
+  const float d = rounding.scale;
+  const int q = rounding.Value(v);
   qs[b * 32 + lane] = static_cast<int8_t>(q);
   const int sum = __reduce_add_sync(0xffffffff, q);
   if (lane == 0) {
