@@ -301,20 +301,31 @@ void DecodeWorker::SchedulerLoop() {
     std::vector<model::BatchEntry> entries;
     entries.reserve(batch.size());
     for (auto& slot : batch) entries.push_back({slot->sequence.get(), absl::MakeConstSpan(&slot->next_input, 1), false});
+    // A batch whose rows all decode greedily takes its tokens from the device (the logits stay
+    // there); otherwise each row's token is drawn on the host, outside mu_ and in parallel: a
+    // batch's sampler is the scheduler's alone once the slot decodes (set at admission, before
+    // kDecoding). A slot cancelled meanwhile draws once for nothing; its token is dropped below.
+    const bool greedy = std::all_of(batch.begin(), batch.end(), [](const auto& slot) { return slot->sampler->greedy(); });
+    std::vector<int32_t> tokens(batch.size(), 0);
     const absl::Time step_start = absl::Now();
-    absl::StatusOr<absl::Span<const float>> logits = graphs_.Step(entries);
+    absl::Status stepped;
+    absl::Span<const float> logits;
+    if (greedy) {
+      absl::StatusOr<absl::Span<const int32_t>> ids = graphs_.GreedyStep(entries);
+      stepped = ids.status();
+      if (ids.ok()) std::copy(ids->begin(), ids->end(), tokens.begin());
+    } else {
+      absl::StatusOr<absl::Span<const float>> rows = graphs_.Step(entries);
+      stepped = rows.status();
+      if (rows.ok()) logits = *rows;
+    }
     const absl::Time step_end = absl::Now();
     backend_lock.unlock();
-    // Each row's token, outside mu_ and in parallel: a batch's sampler is the scheduler's alone
-    // once the slot decodes (set at admission, before kDecoding). A slot cancelled meanwhile
-    // draws once for nothing; its token is dropped below.
-    const int64_t vocab = model_.vocab();
-    std::vector<int32_t> tokens(batch.size(), 0);
-    if (logits.ok()) {
+    if (stepped.ok() && !greedy) {
       std::vector<model::Sampler*> samplers;
       for (auto& slot : batch) samplers.push_back(slot->sampler.get());
       if (batch.size() > 1 && !sample_pool_) sample_pool_ = model::NewSamplingPool();
-      model::SampleRows(*logits, vocab, samplers, absl::MakeSpan(tokens), sample_pool_.get());
+      model::SampleRows(logits, model_.vocab(), samplers, absl::MakeSpan(tokens), sample_pool_.get());
     }
     std::vector<std::pair<std::string, serving::LogValue>> step_log;
     {  // the slots, under mu_
@@ -323,8 +334,8 @@ void DecodeWorker::SchedulerLoop() {
       for (size_t i = 0; i < batch.size(); ++i) {
         Slot& slot = *batch[i];
         if (slot.state != SlotState::kDecoding || slot.finished) continue;
-        if (!logits.ok()) {
-          slot.end_status = absl::InternalError(absl::StrCat("decode step failed: ", logits.status().message()));
+        if (!stepped.ok()) {
+          slot.end_status = absl::InternalError(absl::StrCat("decode step failed: ", stepped.message()));
           slot.finished = true;
           continue;
         }

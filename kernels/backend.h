@@ -73,6 +73,11 @@ struct SharedExpert {
   Tensor gate_up;  // [E, 2 Fs]: gate's rows then up's, when one tensor holds both (else empty)
 };
 
+// The first index of the largest value, std::max_element's answer: ties go to the first, -0
+// and +0 are equal, NaN never wins (a row that starts with NaN gives 0, as max_element does).
+// Greedy sampling on the host and Backend::ArgmaxRows on every backend give this index.
+int32_t Argmax(absl::Span<const float> row);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -231,6 +236,10 @@ class Backend {
                        absl::Span<const Tensor> y) {
     for (size_t i = 0; i < w.size() && i < y.size(); ++i) MatMul(w[i], x, x_rounded, y[i]);
   }
+  // out (i32 [rows]) = the index of each row's largest value in x (f32 [D, rows]), as Argmax
+  // below finds it: greedy decoding's tokens without the logits leaving the device (a batch of
+  // 32 rows of 163,840 is 21 MB). Default: through the host.
+  virtual void ArgmaxRows(const Tensor& x, const Tensor& out);
   // Per head h: y[:, h, t] = w[:, :, h]^T x[x_offset : x_offset + K, h, t].
   // w [K, N, H]; x [Kx >= x_offset + K, H, T]; y [N, H, T].
   virtual void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) = 0;

@@ -19,6 +19,7 @@ struct DecodeGraphs::Recording {
   Tensor inputs;       // i32 [B ids | B positions | stride x B page tables]
   DecodeStepInputs step;
   Tensor logits;       // [vocab, B], memory of the recording
+  Tensor tokens;       // i32 [B]: each row's Argmax, the recording's last op
   std::unique_ptr<kernels::Backend::Graph> graph;
 };
 
@@ -54,8 +55,10 @@ absl::Status DecodeGraphs::Record(absl::Span<const BatchEntry> batch, int64_t st
   recording->step.ids = ColumnSlice(recording->inputs, 0, n);
   recording->step.device.positions = ColumnSlice(recording->inputs, n, n);
   recording->step.device.page_tables = ColumnSlice(recording->inputs, 2 * n, stride * n).Reshape({stride, n, 1, 1});
+  ASSIGN_OR_RETURN(recording->tokens, backend.Alloc(DType::kI32, {n, 1, 1, 1}));
   RETURN_IF_ERROR(backend.BeginCapture());
   absl::StatusOr<Tensor> logits = model_.EnqueueDecodeStep(batch, cache_, recording->step);
+  if (logits.ok()) backend.ArgmaxRows(*logits, recording->tokens);
   absl::StatusOr<std::unique_ptr<kernels::Backend::Graph>> graph = backend.EndCapture();
   RETURN_IF_ERROR(logits.status());
   RETURN_IF_ERROR(graph.status());
@@ -66,14 +69,14 @@ absl::Status DecodeGraphs::Record(absl::Span<const BatchEntry> batch, int64_t st
   return absl::OkStatus();
 }
 
-absl::StatusOr<absl::Span<const float>> DecodeGraphs::Step(absl::Span<const BatchEntry> batch) {
+absl::StatusOr<DecodeGraphs::Recording*> DecodeGraphs::Run(absl::Span<const BatchEntry> batch) {
   bool recordable = disabled_.empty() && !batch.empty();
   for (const BatchEntry& entry : batch) {
     recordable = recordable && entry.sequence != nullptr && entry.tokens.size() == 1 && !entry.all_logits;
   }
-  const auto unrecorded = [&]() -> absl::StatusOr<absl::Span<const float>> {
+  const auto unrecorded = [&]() -> absl::StatusOr<Recording*> {
     ASSIGN_OR_RETURN(forward_logits_, model_.Forward(batch, cache_));
-    return absl::MakeConstSpan(forward_logits_);
+    return nullptr;
   };
   if (!recordable) return unrecorded();
   RETURN_IF_ERROR(model_.PrepareBatch(batch, cache_));
@@ -103,13 +106,40 @@ absl::StatusOr<absl::Span<const float>> DecodeGraphs::Step(absl::Span<const Batc
   RETURN_IF_ERROR(backend.Replay(*r.graph));
   ++replays_;
   for (const BatchEntry& entry : batch) RETURN_IF_ERROR(entry.sequence->table().Advance(*entry.sequence, 1));
-  const size_t count = static_cast<size_t>(model_.vocab() * n);
+  return &r;
+}
+
+absl::StatusOr<absl::Span<const float>> DecodeGraphs::Step(absl::Span<const BatchEntry> batch) {
+  ASSIGN_OR_RETURN(Recording* r, Run(batch));
+  if (r == nullptr) return absl::MakeConstSpan(forward_logits_);
+  kernels::Backend& backend = model_.backend();
+  const size_t count = static_cast<size_t>(model_.vocab() * r->batch);
   if (logits_.bytes < count * sizeof(float)) {
     ASSIGN_OR_RETURN(logits_, backend.AllocHost(count * sizeof(float)));
   }
   auto* host = reinterpret_cast<float*>(logits_.data.get());
-  backend.Download(r.logits, host, count * sizeof(float));
+  backend.Download(r->logits, host, count * sizeof(float));
   return absl::MakeConstSpan(host, count);
+}
+
+absl::StatusOr<absl::Span<const int32_t>> DecodeGraphs::GreedyStep(absl::Span<const BatchEntry> batch) {
+  ASSIGN_OR_RETURN(Recording* r, Run(batch));
+  if (r == nullptr) {
+    const size_t vocab = static_cast<size_t>(model_.vocab());
+    forward_tokens_.assign(batch.size(), 0);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      forward_tokens_[b] = kernels::Argmax(absl::MakeConstSpan(forward_logits_).subspan(b * vocab, vocab));
+    }
+    return absl::MakeConstSpan(forward_tokens_);
+  }
+  kernels::Backend& backend = model_.backend();
+  const size_t bytes = static_cast<size_t>(r->batch) * sizeof(int32_t);
+  if (tokens_.bytes < bytes) {
+    ASSIGN_OR_RETURN(tokens_, backend.AllocHost(bytes));
+  }
+  auto* host = reinterpret_cast<int32_t*>(tokens_.data.get());
+  backend.Download(r->tokens, host, bytes);
+  return absl::MakeConstSpan(host, static_cast<size_t>(r->batch));
 }
 
 }  // namespace latentserve::model

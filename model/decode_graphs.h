@@ -30,6 +30,10 @@ class DecodeGraphs {
   // for a batch of 32). Measured at that batch, in two calls: the step's forward unchanged,
   // host sampling 1.72 -> 1.41 ms a step (docs/benchmarks.md, fifth session of 2026-12-03).
   absl::StatusOr<absl::Span<const float>> Step(absl::Span<const BatchEntry> batch);
+  // The same step for rows that all decode greedily: each sequence's next token, Argmax of its
+  // logits, valid until the next step. A replayed step finds them on the device (the recording
+  // ends with Backend::ArgmaxRows) and downloads a token a row instead of the logits.
+  absl::StatusOr<absl::Span<const int32_t>> GreedyStep(absl::Span<const BatchEntry> batch);
 
   int64_t recordings() const { return recordings_; }
   int64_t replays() const { return replays_; }
@@ -41,12 +45,17 @@ class DecodeGraphs {
   // What a recording depends on besides its inputs: the sequences' state addresses.
   std::vector<const void*> KeyOf(absl::Span<const BatchEntry> batch) const;
   absl::Status Record(absl::Span<const BatchEntry> batch, int64_t stride);
+  // Runs the step: replays a recording (returned) or, where the step cannot be recorded, runs
+  // Model::Forward into forward_logits_ (returns null).
+  absl::StatusOr<Recording*> Run(absl::Span<const BatchEntry> batch);
 
   const Model& model_;
   LatentCache& cache_;
   std::unique_ptr<Recording> current_;
   kernels::Backend::HostMemory logits_;  // a replayed step's logits (pinned where the backend can)
   std::vector<float> forward_logits_;    // an unrecorded step's
+  kernels::Backend::HostMemory tokens_;  // a replayed greedy step's tokens (pinned where it can)
+  std::vector<int32_t> forward_tokens_;  // an unrecorded greedy step's
   std::string disabled_;
   int64_t recordings_ = 0, replays_ = 0;
 };

@@ -7,28 +7,6 @@
 
 namespace latentserve::model {
 
-// The first index of the largest value, as std::max_element finds it, in two passes that the
-// compiler can keep in registers: the maximum over 8 independent running maxima (one compare
-// chain made std::max_element take ~0.2-0.5 ms on a 163,840-entry row), then its first index.
-int32_t Argmax(absl::Span<const float> logits) {
-  const size_t n = logits.size();
-  if (n == 0) return 0;
-  constexpr size_t kLanes = 8;
-  float lanes[kLanes];
-  for (float& lane : lanes) lane = logits[0];
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (size_t j = 0; j < kLanes; ++j) lanes[j] = lanes[j] < logits[i + j] ? logits[i + j] : lanes[j];
-  }
-  float best = lanes[0];
-  for (float lane : lanes) best = best < lane ? lane : best;
-  for (; i < n; ++i) best = best < logits[i] ? logits[i] : best;
-  for (size_t k = 0; k < n; ++k) {
-    if (logits[k] == best) return static_cast<int32_t>(k);
-  }
-  return 0;  // the first entry is NaN: std::max_element's answer too
-}
-
 // The chain's cuts without sorting the vocabulary: a row of 163,840 logits took ~10 ms to sort
 // for every sampled token. top-k selects its k (nth_element); top-p sorts a growing prefix
 // (64, 256, ... tokens) until it holds the cut; min-p keeps the tokens whose probability is at

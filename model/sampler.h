@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace latentserve::model {
@@ -24,13 +25,16 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
   int32_t Sample(absl::Span<const float> logits);
+  // Whether Sample is Argmax (temperature <= 0): a step of such rows can take its tokens from the
+  // device (DecodeGraphs::GreedyStep) instead of every row's logits.
+  bool greedy() const { return params_.temperature <= 0.0f; }
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
 };
 
-int32_t Argmax(absl::Span<const float> logits);
+using kernels::Argmax;  // greedy's token (kernels/backend.h)
 
 // A step's tokens: row i of `logits` (rows of `vocab` entries) drawn by samplers[i] into
 // tokens[i], the rows in parallel on `pool` (each sampler is its row's alone), or one after

@@ -64,6 +64,8 @@ class CudaBackend final : public Backend {
   // q4_0 / q8_0 weights at 9..64 columns: every product in one int8 tensor-core launch.
   void MatMuls(absl::Span<const Tensor> w, const Tensor& x, const Tensor& x_rounded,
                absl::Span<const Tensor> y) override;
+  // One CTA per row, CUB's block argmax (cuda_argmax.cu).
+  void ArgmaxRows(const Tensor& x, const Tensor& out) override;
   void HeadMatMul(const Tensor& w, const Tensor& x, int64_t x_offset, const Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override;
   // RmsNorm's vector kernel with the add folded in (cuda_dense.cu); otherwise Add + RmsNorm.

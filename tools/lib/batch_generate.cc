@@ -55,6 +55,8 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
   std::vector<model::Sampler*> sampler_of_row;
   for (model::Sampler& sampler : samplers) sampler_of_row.push_back(&sampler);
   const std::unique_ptr<kernels::cpu::ThreadPool> pool = model::NewSamplingPool();
+  // Every row has options.sampling's temperature: greedy rows take their tokens from the device.
+  const bool greedy = !samplers.empty() && samplers.front().greedy();
   int64_t steps = 0;
   if (options.profiler_range) m.backend().ProfilerStart();
   const auto decode_start = std::chrono::steady_clock::now();
@@ -66,10 +68,13 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
     if (options.profile) {
       ASSIGN_OR_RETURN(forward_logits, m.Forward(entries, *engine.cache, forward_options));
       logits = forward_logits;
+    } else if (greedy) {  // the tokens from the device, as the decode worker takes them
+      ASSIGN_OR_RETURN(absl::Span<const int32_t> ids, graphs.GreedyStep(entries));
+      std::copy(ids.begin(), ids.end(), next.begin());
     } else {
       ASSIGN_OR_RETURN(logits, graphs.Step(entries));
     }
-    model::SampleRows(logits, vocab, sampler_of_row, absl::MakeSpan(next), pool.get());
+    if (!logits.empty()) model::SampleRows(logits, vocab, sampler_of_row, absl::MakeSpan(next), pool.get());
     for (int64_t i = 0; i < n; ++i) out[i].push_back(next[i]);
   }
   if (options.profiler_range) m.backend().ProfilerStop();
