@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (carry .devpack): batched decode through the real decode worker (issue 10,
 # criterion 3). STREAMS (default 32) sequences of PROMPT (32768) random tokens each, no shared
-# prefix, ANSWER (256) greedy tokens each, through `latentserve serve --backend cuda` on
+# prefix, ANSWER (1024) greedy tokens each, through `latentserve serve --backend cuda` on
 # loopback, against llama.cpp's llama-batched-bench on the same GGUF and the byte floor of a step.
 #   1. the GGUF of scripts/device_llama.sh (/tmp/kimi48b-e32-$WT.gguf; made here if missing)
 #   2. serve with room for every sequence; a warm pass prefills each prompt once (the prefill
@@ -15,7 +15,7 @@
 #      /tmp/lcpp has no build: run STEP=build scripts/device_llama.sh in an earlier call)
 #   4. the byte floor of one step (scripts/device/step_floor.py; device copy bandwidth by PyTorch)
 #   5. engine (not in the default STEPS): the same batch with no servers, `generate --batch
-#      STREAMS` (the prompt rotated per sequence, recorded steps): serve's overhead is the gap
+#      STREAMS`, ENGINE_STEPS (128) steps (the prompt rotated per sequence, recorded steps): serve's overhead is the gap
 #   6. ncu (not in the default): per-kernel time of one batched step, unrecorded, NCU_PROMPT
 #      (1024) tokens a sequence; ncu --profile-from-start off with generate --profiler-range, so
 #      only the decode steps are profiled (scripts/device/ncu_step_kernels.py sums the last)
@@ -29,7 +29,10 @@ mkdir -p "$OUT"
 BACKEND=${BACKEND:-cuda}
 STREAMS=${STREAMS:-32}
 PROMPT=${PROMPT:-32768}
-ANSWER=${ANSWER:-256}
+# 1024: at ~95 tok/s a stream, 256 tokens ended before the measured pass's last stream started
+# (its first tokens came over up to 3.6 s), leaving no window where all decode (2026-12-03).
+ANSWER=${ANSWER:-1024}
+ENGINE_STEPS=${ENGINE_STEPS:-128}
 EXTRA=${EXTRA:-16}
 LCPP_TG=${LCPP_TG:-128}
 CHUNK=${CHUNK:-8192}
@@ -177,9 +180,9 @@ PY
 }
 run_engine() {
   engine_prompt "$PROMPT" > "$WORK/engine_prompt.txt" || return 1
-  echo "== generate --batch $STREAMS, prompts of $PROMPT tokens, $((ANSWER / 2)) steps (no servers)"
+  echo "== generate --batch $STREAMS, prompts of $PROMPT tokens, $ENGINE_STEPS steps (no servers)"
   timeout "${ENGINE_TIMEOUT:-200}" "$LS" generate --model "$MODEL" --backend "$BACKEND" --cache-type f16 \
-    --batch "$STREAMS" --prompt-tokens-file "$WORK/engine_prompt.txt" --max-tokens "$((ANSWER / 2 + 1))" \
+    --batch "$STREAMS" --prompt-tokens-file "$WORK/engine_prompt.txt" --max-tokens "$((ENGINE_STEPS + 1))" \
     --ignore-eos > /dev/null 2> "$OUT/engine.txt"
   echo "exit $?"; grep -E "^batch" "$OUT/engine.txt"
 }

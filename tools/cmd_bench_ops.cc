@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -69,7 +70,7 @@ struct Row {
 
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"backend", "threads", "repeats", "context", "prefill-tokens",
-                                                      "mha-contexts", "moe-kernels", "mla-kernels", "sections"}));
+                                                      "mha-contexts", "moe-kernels", "mla-kernels", "sections", "ops"}));
   kernels::BackendOptions options;
   options.kind = args.Get("backend", "cuda");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -126,12 +127,20 @@ absl::Status Run(int argc, char** argv) {
   print_row(rows[1]);
   gw = gx = gy = {};
 
+  // --ops: only the rows whose names contain one of these (a profiler attached to one product).
+  const std::vector<std::string> op_filter = absl::StrSplit(args.Get("ops", ""), ',', absl::SkipEmpty());
+  auto wants_op = [&](const std::string& op) {
+    return op_filter.empty() || std::any_of(op_filter.begin(), op_filter.end(),
+                                            [&](const std::string& part) { return absl::StrContains(op, part); });
+  };
   auto memory_row = [&](const std::string& op, const std::string& shape, double bytes, const std::function<void()>& fn) {
+    if (!wants_op(op)) return;
     const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
     rows.push_back({op, shape, "memory", s, bytes / s / bandwidth});
     print_row(rows.back());
   };
   auto compute_row = [&](const std::string& op, const std::string& shape, double flops, const std::function<void()>& fn) {
+    if (!wants_op(op)) return;
     const double s = MedianSeconds(b, static_cast<int>(repeats), fn);
     rows.push_back({op, shape, "compute", s, flops / s / flops_rate});
     print_row(rows.back());

@@ -265,7 +265,8 @@ std::map<std::string, Usage> BuildUsages() {
                      {"mha-contexts", "A,B", "--context", "contexts of the MHA prefill attention op"},
                      {"moe-kernels", "LIST", "warps8,warps4", "MoE kernels to time: warps8, warps4, wgmma, predequant"},
                      {"mla-kernels", "LIST", "mma,tma_base,tma,absorbed", "MLA prefill (--mha-contexts) kernels to time: mma, tma, tma_base, absorbed"},
-                     {"sections", "LIST", "handoff,decode,moe,kda,mla,mha", "which groups of rows to time (the ceilings always)"}},
+                     {"sections", "LIST", "handoff,decode,moe,kda,mla,mha", "which groups of rows to time (the ceilings always)"},
+                     {"ops", "A,B", "every row", "only the rows whose names contain one of these (to profile one op)"}},
                     "latentserve bench-ops --backend cuda --context 131072"};
   const char* shape = "shape override (default: from --config)";
   Flags model_flags = {{"out", "PATH", "", "GGUF to write (required)"},

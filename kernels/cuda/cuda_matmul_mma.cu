@@ -6,13 +6,16 @@
 //
 // A CTA of 4 warps owns 64 weight rows (16 a warp) over one slice of the reduction. The rows'
 // bytes and the activation fragments of each run of 8 blocks come into shared memory by
-// cp.async through a ring of 4 stages, so three runs are in flight while one is multiplied; the
+// cp.async through a ring of stages, so the next runs are in flight while one is multiplied; the
 // weights do not depend on the kernel before, so their first stages start before the
-// dependent-launch wait. The activations are rounded once per input (Backend::RoundActivations
-// shares them among the projections of one normalised hidden state). Few rows (a 2,304-row
-// projection is 36 CTAs) split the reduction so that the grid covers the GPU: the splits write
-// partial sums and the last CTA of each row tile to finish (a ticket) adds them in split order,
-// so a product is the same on every run (graph replay gives the un-recorded tokens).
+// dependent-launch wait. The activations are rounded once per input (cuda_quant_mma_round.cu;
+// Backend::RoundActivations shares them among the projections of one normalised hidden state).
+// The loop is bound by instruction latency with few warps (ncu, 2304x163840x32: 0.5 issued per
+// scheduler, 2 warps each), so up to 32 columns a CTA keeps 3 stages and 128 registers, and 4
+// fit a multiprocessor. Few rows (a 2,304-row projection is 36 CTAs) split the reduction so
+// that the grid fills those places: the splits write partial sums and the last CTA of each row
+// tile to finish (a ticket) adds them in split order, so a product is the same on every run
+// (graph replay gives the un-recorded tokens).
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -34,16 +37,13 @@ constexpr int kRowsPerWarp = 16;  // two 8-row MMA tiles; four lost (call 6: 20.
 constexpr int kRowTiles = kRowsPerWarp / 8;
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
 constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 16-byte aligned
-constexpr int kStages = 4;
+// Up to 2 column tiles: 3 stages (55 KB) and at most 128 registers, 4 CTAs a multiprocessor
+// (against 4 stages and 206 registers, 2 CTAs: a batch-32 step 10.29 -> 9.30 ms at 8K prompts,
+// H200, docs/benchmarks.md); 3 or 4 tiles spill at 128 registers and keep 4 stages, 2 CTAs.
+constexpr int StagesFor(int m_tiles) { return m_tiles <= 2 ? 3 : 4; }
+constexpr int CtasPerSmFor(int m_tiles) { return m_tiles <= 2 ? 4 : 1; }
 
 constexpr int BlockBytes(DType t) { return t == DType::kQ4_0 ? 18 : 34; }
-
-// The scales of a rounded copy (QuantMmaRoundedBytes' layout): after its k * m_tiles * 16 values.
-template <typename Byte>
-__host__ __device__ inline auto ScalesOf(Byte* fragments, int64_t k, int m_tiles) {
-  using Float = std::conditional_t<std::is_const_v<Byte>, const float, float>;
-  return reinterpret_cast<Float*>(fragments + k * m_tiles * 16);
-}
 
 // Four bytes at a 2-byte aligned shared address (a block's values follow its 2-byte scale).
 __device__ __forceinline__ uint32_t Load32At2(const uint8_t* p) {
@@ -64,45 +64,6 @@ __device__ __forceinline__ void MmaS8(int (&c)[4], const int4& a, uint32_t b0, u
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1), "r"(0));
 }
 
-// The rounding kernels give each 32-value block (one column's block kb) to 8 lanes of a warp,
-// 4 consecutive values a lane (one float4 in, one 32-bit word of 4 int8 out: the 4 values share a
-// register of the fragment); a warp rounds 4 blocks. kGroupLanes-lane groups reduce max|x|.
-constexpr int kGroupLanes = 8;
-
-// Values 4u .. 4u + 3 (u = lane % 8) of block kb of column `col` rounded into the fragment
-// layout (q: values, d: scales; m_tiles column tiles). Every lane of the warp calls it (the
-// reduction shuffles over the whole warp).
-__device__ __forceinline__ void RoundIntoFragments(float4 v, int64_t kb, int col, int m_tiles, int lane, int8_t* q,
-                                                   float* d) {
-  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-  for (int offset = kGroupLanes / 2; offset > 0; offset >>= 1) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
-  }
-  const Q8Rounding rounding = Q8RoundingOf(amax);
-  const int u = lane % kGroupLanes, tile = col / 16, r = col % 16, g = r % 8;
-  const int reg = (u / 4) * 2 + r / 8, t = u % 4;  // values 4u.. sit in register reg of lane 4g + t
-  *reinterpret_cast<uint32_t*>(q + ((kb * m_tiles + tile) * 32 + g * 4 + t) * 16 + reg * 4) = rounding.Word(v);
-  if (u == 0) d[kb * m_tiles * 16 + col] = rounding.scale;
-}
-
-// Activations [m][k] f32 -> 8-bit blocks in m16n8k32 A-fragment order: for block kb and
-// 16-column tile i, lane l's 16 bytes at ((kb * m_tiles + i) * 32 + l) * 16 hold (PTX's layout)
-// column g = l / 4 and g + 8, values 4 (l % 4) .. +3 and 16 + 4 (l % 4) .. +3. Scales
-// [kb][m_tiles * 16]. Columns m .. m_tiles * 16 - 1 are zero.
-__global__ void RoundFragmentsKernel(const float* x, int64_t k, int m, int m_tiles, int8_t* q, float* d) {
-  AllowDependents();
-  WaitForPredecessor();
-  const int m_pad = m_tiles * 16, lane = threadIdx.x % 32;
-  // Blocks column by column (k / 32 is a multiple of 8, so a warp's 4 blocks share a column).
-  const int64_t b = (blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32) * (32 / kGroupLanes) + lane / kGroupLanes;
-  if (b >= k / 32 * m_pad) return;  // whole warps
-  const int col = static_cast<int>(b / (k / 32));
-  const int64_t kb = b % (k / 32);
-  float4 v = make_float4(0, 0, 0, 0);
-  if (col < m) v = *reinterpret_cast<const float4*>(x + col * k + kb * 32 + 4 * (lane % kGroupLanes));
-  RoundIntoFragments(v, kb, col, m_tiles, lane, q, d);
-}
-
 // Shared-memory layout of one pipeline stage (a run of kRunBlocks blocks): the CTA's weight
 // rows' bytes of the run (row stride padded so that the 8 rows one MMA reads start in different
 // banks: 4 words mod 8), then the run's activation fragments (512 bytes per block and tile),
@@ -114,7 +75,7 @@ struct Stage {
   static constexpr int kFragments = kRunBlocks * kMt * 512;
   static constexpr int kScales = kRunBlocks * kMt * 16 * 4;
   static constexpr int kBytes = kWeights + kFragments + kScales;
-  static constexpr int kSmem = kStages * kBytes;
+  static constexpr int kSmem = StagesFor(kMt) * kBytes;
 };
 
 // Run `run`'s weight rows into stage buffer `stage` (cp.async, uncommitted).
@@ -170,13 +131,13 @@ struct DeviceParts {
 // Runs [first_run, first_run + runs) of the reduction through a ring of kStages stage buffers:
 // while run r is multiplied, runs r + 1 .. r + kStages - 1 are in flight.
 template <DType T, int kMt>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kMt))
     QuantMmaKernel(DeviceParts parts, size_t row_bytes, int total_runs, int slice_runs, const int4* q, const float* d,
                    int m, float* partials, int* tickets, DeviceGroups groups) {
   extern __shared__ __align__(16) uint8_t smem[];
   using S = Stage<T, kMt>;
   AllowDependents();
-  constexpr int kBytes = BlockBytes(T);
+  constexpr int kBytes = BlockBytes(T), kStages = StagesFor(kMt);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   int part = 0;
   while (part + 1 < parts.count && int(blockIdx.x) >= parts.tile_begin[part + 1]) ++part;
@@ -350,57 +311,12 @@ void LaunchTiles(cudaStream_t stream, const QuantMmaPlan& plan, const DevicePart
   }
 }
 
-// Each expert's rows rounded into its own fragment block (fragment_stride bytes apart): with
-// `up` null, row r of expert e is x's row of its token (row_slot / top_k); else silu(gate) * up
-// of the padded [expert][m_tiles * 16][k] products. Blocks column by column, 4 to a warp (one
-// column: k / 32 is a multiple of 8); the columns past an expert's rows are skipped (their
-// products are never stored).
-__global__ void RoundGroupedKernel(const float* x, const float* up, int64_t k, const int32_t* counts,
-                                   const int32_t* first_row, const int32_t* row_slot, int top_k, int m_tiles,
-                                   size_t fragment_stride, uint8_t* out) {
-  AllowDependents();
-  WaitForPredecessor();
-  const int m_pad = m_tiles * 16, lane = threadIdx.x % 32, e = static_cast<int>(blockIdx.y);
-  const int64_t b = (blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32) * (32 / kGroupLanes) + lane / kGroupLanes;
-  const int col = static_cast<int>(b / (k / 32));
-  if (col >= m_pad || col >= counts[e]) return;  // whole warps
-  const int64_t kb = b % (k / 32), first = kb * 32 + 4 * (lane % kGroupLanes);
-  float4 v;
-  if (up == nullptr) {
-    v = *reinterpret_cast<const float4*>(x + int64_t{row_slot[first_row[e] + col] / top_k} * k + first);
-  } else {
-    const int64_t at = (int64_t{e} * m_pad + col) * k + first;
-    const float4 g = *reinterpret_cast<const float4*>(x + at), u = *reinterpret_cast<const float4*>(up + at);
-    auto swiglu = [](float gate, float up_value) {  // the CPU's and the grouped GEMM's SwiGLU
-      return gate / (1.0f + expf(-gate)) * up_value;
-    };
-    v = make_float4(swiglu(g.x, u.x), swiglu(g.y, u.y), swiglu(g.z, u.z), swiglu(g.w, u.w));
-  }
-  auto* q = reinterpret_cast<int8_t*>(out + e * fragment_stride);
-  RoundIntoFragments(v, kb, col, m_tiles, lane, q, ScalesOf(q, k, m_tiles));
-}
-
 }  // namespace
 
 bool QuantMmaApplies(DType type, const void* w, size_t row_bytes, int64_t k, int64_t m) {
   return (type == DType::kQ4_0 || type == DType::kQ8_0) && m >= kQuantMmaMinColumns && m <= kQuantMmaMaxColumns &&
          k > 0 && k % (32 * kRunBlocks) == 0 && row_bytes == static_cast<size_t>(k / 32 * BlockBytes(type)) &&
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
-}
-
-size_t QuantMmaRoundedBytes(int64_t k, int64_t m) {
-  const size_t m_pad = static_cast<size_t>((m + 15) / 16 * 16);
-  return static_cast<size_t>(k) * m_pad + static_cast<size_t>(k / 32) * m_pad * 4;
-}
-
-void LaunchRoundFragments(cudaStream_t stream, const float* x, int64_t k, int64_t m, void* out) {
-  const int m_tiles = static_cast<int>((m + 15) / 16);
-  auto* q = static_cast<int8_t*>(out);
-  float* d = ScalesOf(q, k, m_tiles);
-  constexpr int kRoundWarps = 8;
-  const int64_t warps = k / 32 * m_tiles * 16 / (32 / kGroupLanes);
-  CUDA_OK(LaunchDependent(RoundFragmentsKernel, dim3(static_cast<unsigned>((warps + kRoundWarps - 1) / kRoundWarps)),
-                          dim3(kRoundWarps * 32), 0, stream, x, k, static_cast<int>(m), m_tiles, q, d));
 }
 
 QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64_t m, int sms) {
@@ -413,8 +329,10 @@ QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64
     rows += part.n;
   }
   plan.row_tiles = static_cast<int>(row_tiles);
-  // Enough slices of the reduction for a CTA per multiprocessor.
-  const int64_t slices = row_tiles >= sms ? 1 : std::min<int64_t>(runs, (sms + row_tiles - 1) / row_tiles);
+  // Enough slices of the reduction for every CTA a multiprocessor holds (4 with 1..32 columns:
+  // 2304x4096x16 in graph 8.1% -> 12.2% of the copy bandwidth against one CTA a multiprocessor).
+  const int64_t ctas = int64_t{sms} * CtasPerSmFor(plan.m_tiles);
+  const int64_t slices = row_tiles >= ctas ? 1 : std::min<int64_t>(runs, (ctas + row_tiles - 1) / row_tiles);
   const int64_t slice_runs = (runs + slices - 1) / slices;
   plan.slice_runs = static_cast<int>(slice_runs);
   plan.k_slices = static_cast<int>((runs + slice_runs - 1) / slice_runs);
@@ -443,22 +361,6 @@ void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, a
   } else {
     LaunchTiles<DType::kQ8_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
   }
-}
-
-size_t GroupedRoundedBytes(int64_t k, const QuantMmaGroups& groups) {
-  return static_cast<size_t>(groups.experts) * QuantMmaRoundedBytes(k, groups.m_tiles * 16);
-}
-
-void LaunchRoundGrouped(cudaStream_t stream, const float* x, const float* up, int64_t k, const QuantMmaGroups& groups,
-                        void* out) {
-  constexpr int kRoundWarps = 8;
-  const int64_t warps = k / 32 * groups.m_tiles * 16 / (32 / kGroupLanes);
-  CUDA_OK(LaunchDependent(RoundGroupedKernel,
-                          dim3(static_cast<unsigned>((warps + kRoundWarps - 1) / kRoundWarps),
-                               static_cast<unsigned>(groups.experts)),
-                          dim3(kRoundWarps * 32), 0, stream, x, up, k, groups.counts, groups.first_row, groups.row_slot,
-                          groups.top_k, groups.m_tiles, QuantMmaRoundedBytes(k, groups.m_tiles * 16),
-                          static_cast<uint8_t*>(out)));
 }
 
 void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DType type, const uint8_t* w,

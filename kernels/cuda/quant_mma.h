@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "absl/types/span.h"
 #include "common/dtype.h"
@@ -19,6 +20,13 @@ constexpr int64_t kQuantMmaMaxColumns = 64;
 // Bytes of x [m][k] rounded for the product (RoundFragments' layout): 8-bit values in the
 // MMA's fragment order for m rounded up to 16 columns, then an f32 scale per block and column.
 size_t QuantMmaRoundedBytes(int64_t k, int64_t m);
+
+// The scales of a rounded copy (that layout): after its k * m_tiles * 16 values.
+template <typename Byte>
+__host__ __device__ inline auto ScalesOf(Byte* fragments, int64_t k, int m_tiles) {
+  using Float = std::conditional_t<std::is_const_v<Byte>, const float, float>;
+  return reinterpret_cast<Float*>(fragments + k * m_tiles * 16);
+}
 
 // x (f32 [m][k], k a multiple of 32) rounded into `out` (QuantMmaRoundedBytes): 8-bit blocks of
 // 32 by q8_0's rule (as RoundActivations and the CPU backend round). Several products of one x
