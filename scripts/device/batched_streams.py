@@ -185,7 +185,7 @@ def main():
         out["window"] = {"ms": t1 - t0, "tokens": in_window, "tok_s": in_window / (t1 - t0) * 1e3}
     else:
         out["window"] = {"ms": t1 - t0, "tokens": 0, "tok_s": 0.0,
-                         "why_empty": "a stream finished before the last one got its first token"}
+                         "why_empty": "a stream finished before the last one got its first token (raise --answer: ANSWER in device_batched.sh)"}
     if sampler:
         out["decode_worker"] = metrics_in(sampler.samples, t0, t1) if t1 > t0 else None
     with open(os.path.join(args.dir, "streams.json"), "w") as f:
