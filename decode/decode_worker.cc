@@ -305,13 +305,15 @@ void DecodeWorker::SchedulerLoop() {
     // there); otherwise each row's token is drawn on the host, outside mu_ and in parallel: a
     // batch's sampler is the scheduler's alone once the slot decodes (set at admission, before
     // kDecoding). A slot cancelled meanwhile draws once for nothing; its token is dropped below.
-    const bool greedy = std::all_of(batch.begin(), batch.end(), [](const auto& slot) { return slot->sampler->greedy(); });
+    const bool greedy =
+        std::all_of(batch.begin(), batch.end(), [](const auto& slot) { return slot->sampler->greedy(); });
+    if (batch.size() > 1 && !sample_pool_) sample_pool_ = model::NewSamplingPool();
     std::vector<int32_t> tokens(batch.size(), 0);
     const absl::Time step_start = absl::Now();
     absl::Status stepped;
     absl::Span<const float> logits;
     if (greedy) {
-      absl::StatusOr<absl::Span<const int32_t>> ids = graphs_.GreedyStep(entries);
+      absl::StatusOr<absl::Span<const int32_t>> ids = graphs_.GreedyStep(entries, sample_pool_.get());
       stepped = ids.status();
       if (ids.ok()) std::copy(ids->begin(), ids->end(), tokens.begin());
     } else {
@@ -324,7 +326,6 @@ void DecodeWorker::SchedulerLoop() {
     if (stepped.ok() && !greedy) {
       std::vector<model::Sampler*> samplers;
       for (auto& slot : batch) samplers.push_back(slot->sampler.get());
-      if (batch.size() > 1 && !sample_pool_) sample_pool_ = model::NewSamplingPool();
       model::SampleRows(logits, model_.vocab(), samplers, absl::MakeSpan(tokens), sample_pool_.get());
     }
     std::vector<std::pair<std::string, serving::LogValue>> step_log;
@@ -364,8 +365,8 @@ std::vector<std::pair<std::string, serving::LogValue>> DecodeWorker::CountStep(a
   step_seconds_ += forward;
   sample_seconds_ += sampling;
   // Where a decode step's time goes, for an operator (and the batched-decode benchmark): the
-  // sequences of the window's steps, a step's forward (logits on the host included) and the
-  // host's sampling. A window ends when the batch changes or after kStepLogInterval; one that
+  // sequences of the window's steps, a step's forward (its greedy tokens, or its logits, on the
+  // host included) and the host's sampling. A window ends when the batch changes or after kStepLogInterval; one that
   // ends by a change before kStepLogMinWindow is not logged (requests joining and leaving every
   // step would otherwise log every step), so at most one line a kStepLogMinWindow.
   StepWindow& w = step_window_;

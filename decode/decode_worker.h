@@ -72,8 +72,8 @@ struct DecodeStats {
   int64_t leases_active = 0;     // reserved, not yet decoding
   int64_t sequences_active = 0;  // in the batch
   int64_t steps = 0;             // batched forward steps run
-  double step_seconds = 0;       // their forwards (the logits on the host included)
-  double sample_seconds = 0;     // sampling their logits on the host
+  double step_seconds = 0;       // their forwards (the tokens, or for sampled rows the logits, on the host included)
+  double sample_seconds = 0;     // sampling their logits on the host (none when every row is greedy)
   int64_t leases_expired = 0;    // reservations whose cache did not arrive before their deadline
   int64_t cache_full_stops = 0;  // sequences stopped early: no free page for their next token
   int64_t handoffs_admitted = 0;   // caches that arrived complete

@@ -237,8 +237,9 @@ class Backend {
     for (size_t i = 0; i < w.size() && i < y.size(); ++i) MatMul(w[i], x, x_rounded, y[i]);
   }
   // out (i32 [rows]) = the index of each row's largest value in x (f32 [D, rows]), as Argmax
-  // below finds it: greedy decoding's tokens without the logits leaving the device (a batch of
-  // 32 rows of 163,840 is 21 MB). Default: through the host.
+  // above finds it: greedy decoding's tokens without the logits leaving the device (a batch of
+  // 32 rows of 163,840 is 21 MB). Default: through the host, which a recording cannot hold (a
+  // backend that records steps overrides it).
   virtual void ArgmaxRows(const Tensor& x, const Tensor& out);
   // Per head h: y[:, h, t] = w[:, :, h]^T x[x_offset : x_offset + K, h, t].
   // w [K, N, H]; x [Kx >= x_offset + K, H, T]; y [N, H, T].

@@ -122,13 +122,27 @@ absl::StatusOr<absl::Span<const float>> DecodeGraphs::Step(absl::Span<const Batc
   return absl::MakeConstSpan(host, count);
 }
 
-absl::StatusOr<absl::Span<const int32_t>> DecodeGraphs::GreedyStep(absl::Span<const BatchEntry> batch) {
+absl::StatusOr<absl::Span<const int32_t>> DecodeGraphs::GreedyStep(absl::Span<const BatchEntry> batch,
+                                                                   kernels::cpu::ThreadPool* pool) {
+  for (const BatchEntry& entry : batch) {
+    if (entry.tokens.size() != 1 || entry.all_logits) {
+      return absl::InvalidArgumentError("a greedy step takes one token a sequence and its last logits");
+    }
+  }
   ASSIGN_OR_RETURN(Recording* r, Run(batch));
   if (r == nullptr) {
+    const int64_t rows = static_cast<int64_t>(batch.size());
     const size_t vocab = static_cast<size_t>(model_.vocab());
     forward_tokens_.assign(batch.size(), 0);
-    for (size_t b = 0; b < batch.size(); ++b) {
-      forward_tokens_[b] = kernels::Argmax(absl::MakeConstSpan(forward_logits_).subspan(b * vocab, vocab));
+    const auto argmax = [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        forward_tokens_[b] = kernels::Argmax(absl::MakeConstSpan(forward_logits_).subspan(b * vocab, vocab));
+      }
+    };
+    if (pool == nullptr || rows <= 1) {
+      argmax(0, rows);
+    } else {
+      pool->ParallelFor(rows, 1, argmax);
     }
     return absl::MakeConstSpan(forward_tokens_);
   }

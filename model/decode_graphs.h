@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cpu/thread_pool.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 
@@ -25,15 +26,19 @@ class DecodeGraphs {
   ~DecodeGraphs();
 
   // Same contract as model.Forward(batch, cache) with default options, but the logits are a
-  // view of this object's buffer, valid until the next Step. A replayed step downloads them into
+  // view of this object's buffer, valid until the next Step or GreedyStep. A replayed step downloads them into
   // pinned memory kept from step to step, instead of a fresh pageable vector each step (21 MB
   // for a batch of 32). Measured at that batch, in two calls: the step's forward unchanged,
   // host sampling 1.72 -> 1.41 ms a step (docs/benchmarks.md, fifth session of 2026-12-03).
   absl::StatusOr<absl::Span<const float>> Step(absl::Span<const BatchEntry> batch);
-  // The same step for rows that all decode greedily: each sequence's next token, Argmax of its
-  // logits, valid until the next step. A replayed step finds them on the device (the recording
-  // ends with Backend::ArgmaxRows) and downloads a token a row instead of the logits.
-  absl::StatusOr<absl::Span<const int32_t>> GreedyStep(absl::Span<const BatchEntry> batch);
+  // The same step for rows that all decode greedily (one token a sequence, no all_logits):
+  // each sequence's next token, Argmax of its logits, valid until the next step. A replayed
+  // step finds them on the device (every recording ends with Backend::ArgmaxRows, a few
+  // microseconds that sampled steps pay too) and downloads a token a row instead of the
+  // logits; an unrecorded step takes Argmax of its host logits, rows in parallel on `pool`
+  // when given.
+  absl::StatusOr<absl::Span<const int32_t>> GreedyStep(absl::Span<const BatchEntry> batch,
+                                                       kernels::cpu::ThreadPool* pool = nullptr);
 
   int64_t recordings() const { return recordings_; }
   int64_t replays() const { return replays_; }

@@ -118,7 +118,7 @@ run_ours() {
     --metrics "$metrics" --dir "$OUT/batched_streams" --prompt-dir "$WORK/prompts" | tee "$WORK/streams.txt"
   echo "streams: exit ${PIPESTATUS[0]}"
   # The decode worker's own view (its decode_steps log lines) of the steps that ran all streams:
-  # a step's forward (logits on the host included) against its host sampling.
+  # a step's forward (greedy tokens or logits on the host included) against its host sampling.
   grep '"event":"decode_steps"' "$OUT/batched_serve.log" | python3 -c "import json, sys
 for line in sys.stdin:
   e = json.loads(line)

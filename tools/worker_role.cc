@@ -291,9 +291,9 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
             {}, static_cast<double>(s.steps), /*counter=*/true);
     // Over an interval, each / steps_total: the time of one step's forward and of its sampling.
     out.Set("latentserve_decode_step_seconds_total",
-            "Decode: time in the steps' forwards (the logits on the host included)", {}, s.step_seconds,
+            "Decode: time in the steps' forwards (their tokens or logits on the host included)", {}, s.step_seconds,
             /*counter=*/true);
-    out.Set("latentserve_decode_sample_seconds_total", "Decode: time sampling the steps' logits on the host", {},
+    out.Set("latentserve_decode_sample_seconds_total", "Decode: time sampling the steps' logits on the host (0 for greedy)", {},
             s.sample_seconds, /*counter=*/true);
   });
 }

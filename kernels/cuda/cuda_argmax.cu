@@ -36,6 +36,10 @@ void CudaBackend::ArgmaxRows(const Tensor& x, const Tensor& out) {
   const int64_t rows = x.rows();
   CU_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kI32 && out.elements() == rows && x.ne[0] < INT_MAX);
   if (rows == 0) return;
+  if (x.ne[0] == 0) {  // empty rows: Argmax's 0
+    Zero(out);
+    return;
+  }
   ArgmaxRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(DevF32(x), x.ne[0],
                                                                         reinterpret_cast<int32_t*>(DevPtr(out)));
   LAUNCH_OK();

@@ -12,10 +12,10 @@
 // Backend::RoundActivations shares them among the projections of one normalised hidden state).
 // The loop is bound by instruction latency with few warps (ncu, 2304x163840x32: 0.5 issued per
 // scheduler, 2 warps each), so up to 32 columns a CTA keeps 3 stages and 128 registers, and 4
-// fit a multiprocessor. Few rows (a 2,304-row projection is 36 CTAs) split the reduction so
-// that the grid fills those places: the splits write partial sums and the last CTA of each row
-// tile to finish (a ticket) adds them in split order, so a product is the same on every run
-// (graph replay gives the un-recorded tokens).
+// (of q4_0 weights) fit a multiprocessor. Few rows (a 2,304-row projection is 36 CTAs) split the
+// reduction, in whole runs, toward that many CTAs: the splits write partial sums and the last
+// CTA of each row tile to finish (a ticket) adds them in split order, so a product is the same
+// on every run (graph replay gives the un-recorded tokens).
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -37,9 +37,12 @@ constexpr int kRowsPerWarp = 16;  // two 8-row MMA tiles; four lost (call 6: 20.
 constexpr int kRowTiles = kRowsPerWarp / 8;
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
 constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 16-byte aligned
-// Up to 2 column tiles: 3 stages (55 KB) and at most 128 registers, 4 CTAs a multiprocessor
-// (against 4 stages and 206 registers, 2 CTAs: a batch-32 step 10.29 -> 9.30 ms at 8K prompts,
-// H200, docs/benchmarks.md); 3 or 4 tiles spill at 128 registers and keep 4 stages, 2 CTAs.
+// Up to 2 column tiles: 3 stages and at most 128 registers, so that 4 CTAs of q4_0 weights (55
+// KB each at 2 tiles) share a multiprocessor (against 4 stages and 206 registers, 2 CTAs: a
+// batch-32 step 10.29 -> 9.30 ms at 8K prompts, H200, docs/benchmarks.md). q8_0 weights' stages
+// are larger (78 KB at 2 tiles: 2 CTAs fit), and the plan still splits for 4: not measured. 3 or
+// 4 tiles spill at 128 registers and keep 4 stages (2 CTAs fit) and a split for one CTA a
+// multiprocessor.
 constexpr int StagesFor(int m_tiles) { return m_tiles <= 2 ? 3 : 4; }
 constexpr int CtasPerSmFor(int m_tiles) { return m_tiles <= 2 ? 4 : 1; }
 

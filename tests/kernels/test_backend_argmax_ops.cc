@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -36,9 +37,10 @@ TEST_F(BackendArgmaxOps, RowsMatchArgmaxAndMaxElement) {
     };
     rows.push_back(planted({{width / 2, 9.0f}, {width - 1, 9.0f}, {3, 9.0f}, {1024 + 5, 9.0f}}));
     rows.push_back(planted({{width - 1, 9.0f}, {1024 + 5, 9.0f}}));
-    rows.push_back(planted({{1, -0.0f}, {0, 0.0f}}));
-    rows.back().assign(width, -1.0f);
-    if (width > 2) rows.back()[2] = -0.0f, rows.back()[width - 1] = 0.0f;
+    rows.push_back(planted({{5, 9.0f}, {1024 + 5, 9.0f}}));  // one thread walks both
+    rows.push_back(std::vector<float>(width, -1.0f));       // -0 first, then +0
+    rows.back()[width > 2 ? 2 : 0] = -0.0f;
+    rows.back()[width - 1] = 0.0f;
     rows.push_back(planted({{0, NAN}, {width - 1, 100.0f}}));
     rows.push_back(planted({{1, NAN}, {width / 3, NAN}, {width - 1, 100.0f}}));
     rows.push_back(std::vector<float>(width, -inf));

@@ -70,29 +70,6 @@ TEST(Sampler, ArgmaxIsMaxElement) {
   }
 }
 
-// The backends' ArgmaxRows (the device's greedy tokens; the CPU's through the host default) is
-// Argmax row by row. The CUDA kernel: test_backend_argmax_ops.cc.
-TEST(Sampler, BackendArgmaxRowsIsArgmax) {
-  auto backend = kernels::CreateBackend({"cpu", 1, 0});
-  ASSERT_TRUE(backend.ok()) << backend.status();
-  const int64_t width = 1000, rows = 4;
-  std::vector<float> all = RandomLogits(width * rows, 2.0f, 3);
-  all[width + 10] = all[width + 900] = 50.0f;  // a tie: the first wins
-  all[2 * width] = NAN;                        // NaN first: 0
-  auto x = (*backend)->Alloc(DType::kF32, {width, rows, 1, 1});
-  auto ids = (*backend)->Alloc(DType::kI32, {rows, 1, 1, 1});
-  ASSERT_TRUE(x.ok() && ids.ok());
-  (*backend)->Upload(all.data(), all.size() * 4, *x);
-  (*backend)->ArgmaxRows(*x, *ids);
-  std::vector<int32_t> got(rows);
-  (*backend)->Download(*ids, got.data(), rows * 4);
-  for (int64_t r = 0; r < rows; ++r) {
-    EXPECT_EQ(got[r], Argmax(absl::MakeConstSpan(all).subspan(r * width, width))) << r;
-  }
-  EXPECT_EQ(got[1], 10);
-  EXPECT_EQ(got[2], 0);
-}
-
 TEST(Sampler, GreedyIsArgmaxAndTopOneIsGreedy) {
   const std::vector<float> logits = RandomLogits(163840, 3.0f, 1);
   Sampler greedy({0.0f, 0, 1.0f, 0.0f, 1});

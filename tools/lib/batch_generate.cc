@@ -69,7 +69,7 @@ absl::Status GenerateBatch(Engine& engine, absl::Span<const int32_t> prompt,
       ASSIGN_OR_RETURN(forward_logits, m.Forward(entries, *engine.cache, forward_options));
       logits = forward_logits;
     } else if (greedy) {  // the tokens from the device, as the decode worker takes them
-      ASSIGN_OR_RETURN(absl::Span<const int32_t> ids, graphs.GreedyStep(entries));
+      ASSIGN_OR_RETURN(absl::Span<const int32_t> ids, graphs.GreedyStep(entries, pool.get()));
       std::copy(ids.begin(), ids.end(), next.begin());
     } else {
       ASSIGN_OR_RETURN(logits, graphs.Step(entries));
