@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "model/layers.h"
+#include "model/sampler.h"
 
 namespace latentserve::model {
 
@@ -131,19 +132,8 @@ absl::StatusOr<absl::Span<const int32_t>> DecodeGraphs::GreedyStep(absl::Span<co
   }
   ASSIGN_OR_RETURN(Recording* r, Run(batch));
   if (r == nullptr) {
-    const int64_t rows = static_cast<int64_t>(batch.size());
-    const size_t vocab = static_cast<size_t>(model_.vocab());
     forward_tokens_.assign(batch.size(), 0);
-    const auto argmax = [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        forward_tokens_[b] = kernels::Argmax(absl::MakeConstSpan(forward_logits_).subspan(b * vocab, vocab));
-      }
-    };
-    if (pool == nullptr || rows <= 1) {
-      argmax(0, rows);
-    } else {
-      pool->ParallelFor(rows, 1, argmax);
-    }
+    ArgmaxRows(forward_logits_, model_.vocab(), absl::MakeSpan(forward_tokens_), pool);
     return absl::MakeConstSpan(forward_tokens_);
   }
   kernels::Backend& backend = model_.backend();

@@ -79,12 +79,16 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
   return ids.back();  // rounding left u at the end
 }
 
-void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sampler* const> samplers,
-                absl::Span<int32_t> tokens, kernels::cpu::ThreadPool* pool) {
-  const int64_t rows = static_cast<int64_t>(samplers.size());
+namespace {
+
+// tokens[i] = token(row i of logits) for each of tokens' rows, in parallel on `pool` when given.
+template <typename TokenOf>
+void ForEachRow(absl::Span<const float> logits, int64_t vocab, absl::Span<int32_t> tokens,
+                kernels::cpu::ThreadPool* pool, const TokenOf& token) {
+  const int64_t rows = static_cast<int64_t>(tokens.size());
   const auto draw = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      tokens[i] = samplers[i]->Sample(logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
+      tokens[i] = token(i, logits.subspan(static_cast<size_t>(i * vocab), static_cast<size_t>(vocab)));
     }
   };
   if (pool == nullptr || rows <= 1) {
@@ -92,6 +96,19 @@ void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sample
   } else {
     pool->ParallelFor(rows, 1, draw);
   }
+}
+
+}  // namespace
+
+void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sampler* const> samplers,
+                absl::Span<int32_t> tokens, kernels::cpu::ThreadPool* pool) {
+  ForEachRow(logits, vocab, tokens.subspan(0, samplers.size()), pool,
+             [&](int64_t i, absl::Span<const float> row) { return samplers[i]->Sample(row); });
+}
+
+void ArgmaxRows(absl::Span<const float> logits, int64_t vocab, absl::Span<int32_t> tokens,
+                kernels::cpu::ThreadPool* pool) {
+  ForEachRow(logits, vocab, tokens, pool, [](int64_t, absl::Span<const float> row) { return Argmax(row); });
 }
 
 std::unique_ptr<kernels::cpu::ThreadPool> NewSamplingPool() {

@@ -41,6 +41,9 @@ using kernels::Argmax;  // greedy's token (kernels/backend.h)
 // another without one. The decode worker's continuous batch and `generate --batch` draw so.
 void SampleRows(absl::Span<const float> logits, int64_t vocab, absl::Span<Sampler* const> samplers,
                 absl::Span<int32_t> tokens, kernels::cpu::ThreadPool* pool);
+// The same with greedy samplers: tokens[i] = Argmax of row i (an unrecorded greedy step's).
+void ArgmaxRows(absl::Span<const float> logits, int64_t vocab, absl::Span<int32_t> tokens,
+                kernels::cpu::ThreadPool* pool);
 // The pool SampleRows wants: the host's cores, at most 8 (a row of 163,840 logits costs
 // ~0.1-1 ms to draw; docs/benchmarks.md).
 std::unique_ptr<kernels::cpu::ThreadPool> NewSamplingPool();

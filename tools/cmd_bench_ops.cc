@@ -461,6 +461,10 @@ absl::Status Run(int argc, char** argv) {
     std::fprintf(stderr, "%-28s %-28s %-8s %10.4f %8.1f%%\n", r.op.c_str(), r.shape.c_str(), r.bound.c_str(),
                  r.seconds * 1e3, r.fraction * 100);
   }
+  if (!op_filter.empty() && rows.size() == 2) {  // the ceilings alone: a misspelt name times nothing
+    return absl::InvalidArgumentError(absl::StrCat("--ops: no row of --sections ", absl::StrJoin(sections, ","),
+                                                   " contains ", absl::StrJoin(op_filter, " or ")));
+  }
   return absl::OkStatus();
 }
 

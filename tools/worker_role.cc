@@ -293,7 +293,7 @@ void AddDecodeCounters(serving::MetricsServer* metrics,
     out.Set("latentserve_decode_step_seconds_total",
             "Decode: time in the steps' forwards (their tokens or logits on the host included)", {}, s.step_seconds,
             /*counter=*/true);
-    out.Set("latentserve_decode_sample_seconds_total", "Decode: time sampling the steps' logits on the host (0 for greedy)", {},
+    out.Set("latentserve_decode_sample_seconds_total", "Decode: time sampling the steps' logits on the host (near 0 when every row is greedy)", {},
             s.sample_seconds, /*counter=*/true);
   });
 }

@@ -106,7 +106,7 @@ class RoleMetricsAndLogs(unittest.TestCase):
         self.assertEqual(types.get("latentserve_decode_steps_total"), "counter")
         self.assertGreaterEqual(value("latentserve_decode_steps_total"), 1)
         self.assertEqual(value("latentserve_decode_steps_total"), value("latentserve_decode_tokens_total"))
-        # Those steps took time to run and to sample.
+        # Those steps took time to run, and after each some to take its tokens (greedy: no host sampling).
         self.assertEqual(types.get("latentserve_decode_step_seconds_total"), "counter")
         self.assertGreater(value("latentserve_decode_step_seconds_total"), 0)
         self.assertEqual(types.get("latentserve_decode_sample_seconds_total"), "counter")
