@@ -61,7 +61,7 @@ class CudaBackend final : public Backend {
   absl::StatusOr<Tensor> AddRmsNormRounded(const Tensor& x, const Tensor& a, const Tensor& w, float eps,
                                            const Tensor& y) override;
   void MatMul(const Tensor& w, const Tensor& x, const Tensor& x_rounded, const Tensor& y) override;
-  // q4_0 / q8_0 weights at 9..64 columns: every product in one int8 tensor-core launch.
+  // q4_0 / q8_0 weights at 9..64 columns: every product in one f16 tensor-core launch (quant_mma.h).
   void MatMuls(absl::Span<const Tensor> w, const Tensor& x, const Tensor& x_rounded,
                absl::Span<const Tensor> y) override;
   // One CTA per row, CUB's block argmax (cuda_argmax.cu).
@@ -160,10 +160,11 @@ class CudaBackend final : public Backend {
   MoeRouting SortSlotsByExpert(const Tensor& ids, int64_t tokens, int64_t n_experts);
   // y[:, t] = sum_j weights[j, t] * slot_out[t * top_k + j], in slot order (slot_out: f32 [slots, hidden]).
   void WeightedSlotSum(const float* slot_out, const Tensor& weights, const Tensor& y);
-  // At most 64 tokens on q4_0 / q8_0 experts: the int8 experts after `routing` (cuda_moe_int8.cu).
+  // At most 64 tokens on q4_0 / q8_0 experts: the tensor-core experts after `routing`
+  // (cuda_moe_quant_mma.cu).
   // Returns false, having enqueued nothing, where they do not apply.
-  bool MoeExpertsInt8(const Tensor& x, const MoeWeights& experts, const MoeRouting& routing, const Tensor& weights,
-                      const Tensor& y);
+  bool MoeExpertsQuantMma(const Tensor& x, const MoeWeights& experts, const MoeRouting& routing,
+                          const Tensor& weights, const Tensor& y);
   // MoE decode (few slots) with warp dot products over each slot's expert rows, the ids read on
   // the device (cuda_moe_decode.cu); with `shared`, its expert as one more slot per token, added
   // after each token's weighted sum. Returns false, having enqueued nothing, for too many slots,
@@ -215,17 +216,17 @@ class CudaBackend final : public Backend {
   static const int32_t* SharedPlan(absl::Span<const LatentSeqView> seqs, std::vector<int32_t>* offsets);
   // y[N, M] = w[K, N]^T x[K, M] for a weight view (rows of any dtype) and device f32 x, y.
   // x_rounded: x rounded by RoundActivations (RoundedFor's layout at 1..8 columns, which the
-  // q4_0 / q8_0 GEMVs use; FragmentsFor's at 9..64, which the int8 products use), or null.
+  // q4_0 / q8_0 GEMVs use; FragmentsFor's at 9..64, which the tensor-core products use), or null.
   void Gemm(DType wtype, const void* w, size_t w_row_bytes, int64_t K, int64_t N, const float* x, int64_t M, float* y,
             const void* x_rounded = nullptr);
   // x_rounded's device bytes when it is RoundActivations' layout for x's shape and the GEMVs
   // (at most kRoundedMaxColumns columns), else null.
   const void* RoundedFor(const Tensor& x, const Tensor& x_rounded);
-  // The int8 tensor-core products (quant_mma.h) of x (m columns, device f32; `fragments` its
+  // The f16 tensor-core products (quant_mma.h) of x (m columns, device f32; `fragments` its
   // rounded copy or null) by every part's weights, in one launch; false where they do not apply.
   bool QuantMmaProducts(DType wtype, size_t row_bytes, int64_t k, absl::Span<const QuantMmaPart> parts, const float* x,
                         int64_t m, const void* fragments);
-  // The same for the int8 tensor-core product's layout (quant_mma.h: 9..64 columns).
+  // The same for the tensor-core product's fragments (quant_mma.h: 9..64 columns).
   const void* FragmentsFor(const Tensor& x, const Tensor& x_rounded);
 
  private:
@@ -262,7 +263,7 @@ class CudaBackend final : public Backend {
   // `count` of them, one array per use (kernels of two uses may overlap under dependent
   // launch). Arrays outgrown stay allocated until the backend goes: recorded steps keep their
   // addresses. Uses: the paged MLA decode's ticket per sequence (mla_decode_merge.cuh), the
-  // int8 product's ticket per row tile when its reduction is split (cuda_matmul_mma.cu).
+  // tensor-core product's ticket per row tile when its reduction is split (cuda_matmul_mma.cu).
   struct TicketArrays {
     std::vector<int*> arrays;  // the newest (largest) last
     int64_t count = 0;

@@ -1,8 +1,8 @@
 // Weight x activation products. Few columns (decode): a GEMV that reads each weight once in its
 // stored type (quantised included): whole rows per warp through shared memory
 // (row_pipeline.cuh; q4_0 / q8_0 / K-quants on 8-bit activations when the warps have many
-// rows), else a warp per row. 9..64 columns on q4_0 / q8_0 rows (a batched decode step): int8
-// tensor cores reading each weight once (cuda_matmul_mma.cu). Many columns (prefill): cuBLAS, with
+// rows), else a warp per row. 9..64 columns on q4_0 / q8_0 rows (a batched decode step): f16
+// tensor cores reading each weight once, dequantised in registers (cuda_matmul_mma.cu). Many columns (prefill): cuBLAS, with
 // quantised weights dequantised to f16 a tile of rows at a time and activations cast to the
 // same 16-bit type (f32 accumulation); f32 weights use SGEMM.
 #include <cuda_bf16.h>
@@ -152,7 +152,7 @@ void CudaBackend::Gemm(DType wtype, const void* w, size_t row_bytes, int64_t k, 
     LAUNCH_OK();
     return;
   }
-  // A batched decode step's widths on q4_0 / q8_0 rows: the int8 tensor-core product, which
+  // A batched decode step's widths on q4_0 / q8_0 rows: the f16 tensor-core product, which
   // reads each weight once (LATENTSERVE_CUDA_QUANT_MMA=0: the dequantising path below).
   const QuantMmaPart part{wp, n, y};
   if (QuantMmaProducts(wtype, row_bytes, k, {&part, 1}, x, m, rounded)) return;
@@ -199,8 +199,8 @@ bool CudaBackend::QuantMmaProducts(DType wtype, size_t row_bytes, int64_t k, abs
   if (fragments == nullptr && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // the rounding reads float4s
   const QuantMmaPlan plan = PlanQuantMma(k, parts, m, sms_);
   if (fragments == nullptr) {
-    void* own = Scratch(0, QuantMmaRoundedBytes(k, m));
-    LaunchRoundFragments(stream_, x, k, m, own);
+    void* own = Scratch(0, QuantMmaFragmentBytes(k, m));
+    LaunchHalfFragments(stream_, x, k, m, own);
     fragments = own;
   }
   auto* partials = plan.partial_bytes > 0 ? static_cast<float*>(Scratch(1, plan.partial_bytes)) : nullptr;
@@ -248,14 +248,14 @@ __global__ void RoundActivationsKernel(const float* x, int64_t k, int64_t m, uin
 absl::StatusOr<Tensor> CudaBackend::RoundActivations(const Tensor& x) {
   const int64_t k = x.ne[0], m = x.rows();
   if (x.dtype != DType::kF32 || m == 0 || k % 32 != 0) return Tensor();
-  // A batched step's widths: the int8 tensor-core product's layout (quant_mma.h).
+  // A batched step's widths: the tensor-core product's f16 fragments (quant_mma.h).
   if (m > kRoundedMaxColumns) {
     if (m < kQuantMmaMinColumns || m > kQuantMmaMaxColumns || k % 256 != 0 || !QuantMmaEnabled() ||
         reinterpret_cast<uintptr_t>(DevPtr(x)) % 16 != 0) {
       return Tensor();
     }
-    ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(QuantMmaRoundedBytes(k, m) / 4), 1, 1, 1}));
-    LaunchRoundFragments(stream_, DevF32(x), k, m, DevPtr(out));
+    ASSIGN_OR_RETURN(Tensor out, Alloc(DType::kI32, {static_cast<int64_t>(QuantMmaFragmentBytes(k, m) / 4), 1, 1, 1}));
+    LaunchHalfFragments(stream_, DevF32(x), k, m, DevPtr(out));
     return out;
   }
   // Decode widths (the GEMVs' columns); prefill's products go through cuBLAS in f16.
@@ -277,7 +277,7 @@ const void* CudaBackend::RoundedFor(const Tensor& x, const Tensor& x_rounded) {
 const void* CudaBackend::FragmentsFor(const Tensor& x, const Tensor& x_rounded) {
   if (!x_rounded.defined() || x.rows() <= kRoundedMaxColumns) return nullptr;
   CU_CHECK(x_rounded.dtype == DType::kI32 && x.ne[0] % 256 == 0 &&
-           static_cast<size_t>(x_rounded.elements()) * 4 == QuantMmaRoundedBytes(x.ne[0], x.rows()));
+           static_cast<size_t>(x_rounded.elements()) * 4 == QuantMmaFragmentBytes(x.ne[0], x.rows()));
   return DevPtr(x_rounded);
 }
 

@@ -1,52 +1,69 @@
-// q4_0 / q8_0 weights x 9..64 activation columns on the int8 tensor cores (quant_mma.h), the
-// scheme of llama.cpp's MMQ written for our layouts: activations rounded once to 8-bit blocks of
-// 32 (q8_0's rule, as the CPU backend and the decode GEMVs round them), one
-// mma.m16n8k32.s8 per block of 32 values, 16 activation columns by 8 weight rows, its integer
-// sums scaled by the weight's and the activation's block scales into f32.
+// q4_0 / q8_0 weights x 9..64 activation columns (a batched decode step) on the f16 tensor
+// cores: each weight block is dequantised to f16 in registers (its scale folded in) and is the
+// A operand of mma.m16n8k16 (16 weight rows), the activations are f16 B fragments of 8 columns
+// (quant_mma.h's layout, written once per input by cuda_quant_mma_round.cu), and the sums stay
+// in f32 accumulators across the whole reduction.
 //
-// A CTA of 4 warps owns 64 weight rows (16 a warp) over one slice of the reduction. The rows'
+// Why f16 and not the int8 MMA on q8_0-rounded activations (the kernel this replaced, llama.cpp's
+// MMQ scheme): with 8-bit activation blocks every MMA's integer sums need their block's two
+// scales (a conversion, a multiply and an add per output and block). Here the per-block work is
+// per weight value (a LOP3, an HADD2 / HFMA2 and an HMUL2 per two values), none is per output,
+// and with the weights as A an expert holding 8 tokens fills its MMA's 8 columns (the int8
+// form's 16 activation rows were half padding). Both forms are bound by latency with ~4 warps a
+// scheduler, not by issue (ncu, 2304x163840x32: int8 0.65 issued a scheduler a cycle, 173.7 us;
+// this form before its accumulator chains 0.53, 179.2 us, its first stall "wait" on the MMA
+// before): the chains below are what made it faster (a batch-32 step at 8K prompts 9.31 -> 9.02
+// ms, docs/benchmarks.md). The numerics are the cuBLAS prefill path's: weights exactly (v - 8) * d
+// rounded to f16, activations rounded to f16, f32 sums.
+//
+// A CTA of 8 warps owns 128 weight rows (16 a warp) over one slice of the reduction. The rows'
 // bytes and the activation fragments of each run of 8 blocks come into shared memory by
 // cp.async through a ring of stages, so the next runs are in flight while one is multiplied; the
 // weights do not depend on the kernel before, so their first stages start before the
-// dependent-launch wait. The activations are rounded once per input (cuda_quant_mma_round.cu;
-// Backend::RoundActivations shares them among the projections of one normalised hidden state).
-// The loop is bound by instruction latency with few warps (ncu, 2304x163840x32: 0.5 issued per
-// scheduler, 2 warps each), so up to 32 columns a CTA keeps 3 stages and 128 registers, and 4
-// (of q4_0 weights) fit a multiprocessor. Few rows (a 2,304-row projection is 36 CTAs) split the
-// reduction, in whole runs, toward that many CTAs: the splits write partial sums and the last
-// CTA of each row tile to finish (a ticket) adds them in split order, so a product is the same
-// on every run (graph replay gives the un-recorded tokens).
+// dependent-launch wait. Few rows (a 2,304-row projection is 18 CTAs) split the reduction, in
+// whole runs, toward two CTAs a multiprocessor: the splits write partial sums and the last CTA of
+// each row tile to finish (a ticket) adds them in split order, so a product is the same on every
+// run (graph replay gives the un-recorded tokens).
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/quant_mma.h"
-#include "kernels/cuda/row_pipeline.cuh"
 
 namespace latentserve::kernels::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kRowsPerWarp = 16;  // two 8-row MMA tiles; four lost (call 6: 20.3 against 15.6 us, 2304x4096x32)
-constexpr int kRowTiles = kRowsPerWarp / 8;
+constexpr int kWarps = 8;
+constexpr int kRowsPerWarp = 16;  // one m16 A tile
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
 constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 16-byte aligned
-// Up to 2 column tiles: 3 stages and at most 128 registers, so that 4 CTAs of q4_0 weights (55
-// KB each at 2 tiles) share a multiprocessor (against 4 stages and 206 registers, 2 CTAs: a
-// batch-32 step 10.29 -> 9.30 ms at 8K prompts, H200, docs/benchmarks.md). q8_0 weights' stages
-// are larger (78 KB at 2 tiles: 2 CTAs fit), and the plan still splits for 4: not measured. 3 or
-// 4 tiles spill at 128 registers and keep 4 stages (2 CTAs fit) and a split for one CTA a
-// multiprocessor.
-constexpr int StagesFor(int m_tiles) { return m_tiles <= 2 ? 3 : 4; }
-constexpr int CtasPerSmFor(int m_tiles) { return m_tiles <= 2 ? 4 : 1; }
+// Up to 4 column tiles two CTAs share a multiprocessor (128 registers a thread); 8 tiles' 32
+// accumulators spill at 128 (448 bytes a thread), so those run one CTA a multiprocessor.
+constexpr int CtasPerSmFor(int tiles) { return tiles <= 4 ? 2 : 1; }
+constexpr int StageBudgetFor(int tiles) { return 220 * 1024 / CtasPerSmFor(tiles); }  // shared bytes a CTA
 
 constexpr int BlockBytes(DType t) { return t == DType::kQ4_0 ? 18 : 34; }
+
+// Shared-memory layout of one pipeline stage (a run of kRunBlocks blocks): the CTA's weight
+// rows' bytes of the run (row stride padded so that the 8 rows one MMA reads start in different
+// banks: 4 words mod 8), then the run's activation fragments, kNt 8-column tiles a block (512
+// bytes each: a lane's 16). As many stages as fit the CTA's share of shared memory, 2 to 4.
+template <DType T, int kNt>
+struct Stage {
+  static constexpr int kRowStride = kRunBlocks * BlockBytes(T) + ((kRunBlocks * BlockBytes(T) / 4) % 8 == 4 ? 0 : 16);
+  static constexpr int kWeights = kRowsPerCta * kRowStride;
+  static constexpr int kFragments = kRunBlocks * kNt * 512;
+  static constexpr int kBytes = kWeights + kFragments;
+  static constexpr int kFit = StageBudgetFor(kNt) / kBytes;
+  static constexpr int kStages = kFit > 4 ? 4 : (kFit < 2 ? 2 : kFit);
+  static constexpr int kSmem = kStages * kBytes;
+};
 
 // Four bytes at a 2-byte aligned shared address (a block's values follow its 2-byte scale).
 __device__ __forceinline__ uint32_t Load32At2(const uint8_t* p) {
@@ -54,68 +71,86 @@ __device__ __forceinline__ uint32_t Load32At2(const uint8_t* p) {
   return uint32_t{h[0]} | (uint32_t{h[1]} << 16);
 }
 
-__device__ __forceinline__ float BlockScale(const uint8_t* block) {
-  return __half2float(*reinterpret_cast<const __half*>(block));
+__device__ __forceinline__ uint32_t Lop3(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
 }
 
-// c = a (16x32 s8, row) . b (32x8 s8, col), s32.
-__device__ __forceinline__ void MmaS8(int (&c)[4], const int4& a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};\n"
-      : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1), "r"(0));
+__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
+  return d;
 }
 
-// Shared-memory layout of one pipeline stage (a run of kRunBlocks blocks): the CTA's weight
-// rows' bytes of the run (row stride padded so that the 8 rows one MMA reads start in different
-// banks: 4 words mod 8), then the run's activation fragments (512 bytes per block and tile),
-// then their scales (kMt * 16 floats per block).
-template <DType T, int kMt>
-struct Stage {
-  static constexpr int kRowStride = kRunBlocks * BlockBytes(T) + ((kRunBlocks * BlockBytes(T) / 4) % 8 == 4 ? 0 : 16);
-  static constexpr int kWeights = kRowsPerCta * kRowStride;
-  static constexpr int kFragments = kRunBlocks * kMt * 512;
-  static constexpr int kScales = kRunBlocks * kMt * 16 * 4;
-  static constexpr int kBytes = kWeights + kFragments + kScales;
-  static constexpr int kSmem = StagesFor(kMt) * kBytes;
+__device__ __forceinline__ uint32_t Bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 Half2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+// One weight row's values of block b for lane (g, t): a q4_0 or q8_0 block's 4-byte word at
+// byte 4t of its values gives the row's f16 pairs of both MMAs of the block (k 0..15, 16..31):
+// pair p of MMA h holds the values {4t, 4t + 2} (p 0) or {4t + 1, 4t + 3} (p 1), plus 16 h. The
+// activation fragments put the same values of their columns in the same places.
+struct RowPairs {
+  uint32_t lo[2];  // MMA 0 (values 0..15): pairs 0, 1
+  uint32_t hi[2];  // MMA 1 (values 16..31)
 };
 
+template <DType T>
+__device__ __forceinline__ RowPairs DequantRow(const uint8_t* block, int t) {
+  const __half2 scale = __half2half2(*reinterpret_cast<const __half*>(block));
+  RowPairs r;
+  if constexpr (T == DType::kQ4_0) {
+    // Nibble v under 0x6400 is the f16 1024 + v (low nibble) or 1024 + 16 v (high nibble): minus
+    // 1032, or times 1/16 minus 72, is v - 8 exactly; then times the block's scale.
+    const uint32_t w = Load32At2(block + 2 + 4 * t), w8 = w >> 8;
+    const __half2 bias = Half2(0xE408E408u), sixteenth = Half2(0x2C002C00u), hi_bias = Half2(0xD480D480u);
+    r.lo[0] = Bits(__hmul2(__hadd2(Half2(Lop3(w, 0x000F000Fu, 0x64006400u)), bias), scale));
+    r.lo[1] = Bits(__hmul2(__hadd2(Half2(Lop3(w8, 0x000F000Fu, 0x64006400u)), bias), scale));
+    r.hi[0] = Bits(__hmul2(__hfma2(Half2(Lop3(w, 0x00F000F0u, 0x64006400u)), sixteenth, hi_bias), scale));
+    r.hi[1] = Bits(__hmul2(__hfma2(Half2(Lop3(w8, 0x00F000F0u, 0x64006400u)), sixteenth, hi_bias), scale));
+  } else {
+    // A signed byte b, flipped to b + 128 under 0x64, is the f16 1152 + b: minus 1152 is b.
+    const uint32_t lo = Load32At2(block + 2 + 4 * t) ^ 0x80808080u, hi = Load32At2(block + 18 + 4 * t) ^ 0x80808080u;
+    const __half2 bias = Half2(0xE480E480u);
+    r.lo[0] = Bits(__hmul2(__hadd2(Half2(Prmt(lo, 0x64646464u, 0x4240u)), bias), scale));
+    r.lo[1] = Bits(__hmul2(__hadd2(Half2(Prmt(lo, 0x64646464u, 0x4341u)), bias), scale));
+    r.hi[0] = Bits(__hmul2(__hadd2(Half2(Prmt(hi, 0x64646464u, 0x4240u)), bias), scale));
+    r.hi[1] = Bits(__hmul2(__hadd2(Half2(Prmt(hi, 0x64646464u, 0x4341u)), bias), scale));
+  }
+  return r;
+}
+
 // Run `run`'s weight rows into stage buffer `stage` (cp.async, uncommitted).
-template <DType T, int kMt>
+template <DType T, int kNt>
 __device__ __forceinline__ void IssueWeights(uint8_t* stage, const uint8_t* w, size_t row_bytes, int64_t row0,
                                              int64_t n, int run) {
   constexpr int kChunks = kRunBlocks * BlockBytes(T) / 16;  // per row
   for (int i = threadIdx.x; i < kRowsPerCta * kChunks; i += kWarps * 32) {
     const int r = i / kChunks, c = i % kChunks;
     const int64_t row = row0 + r;
-    CpAsync16(stage + r * Stage<T, kMt>::kRowStride + c * 16,
+    CpAsync16(stage + r * Stage<T, kNt>::kRowStride + c * 16,
               w + (row < n ? row : n - 1) * row_bytes + size_t(run) * (kRunBlocks * BlockBytes(T)) + c * 16, row < n);
   }
 }
 
-// Run `run`'s activation fragments and scales into stage buffer `stage` (uncommitted).
-template <DType T, int kMt>
-__device__ __forceinline__ void IssueActivations(uint8_t* stage, const int4* q, const float* d, int run) {
-  constexpr int kFragmentChunks = Stage<T, kMt>::kFragments / 16, kScaleChunks = Stage<T, kMt>::kScales / 16;
-  const int4* q_run = q + size_t(run) * kFragmentChunks;
-  const auto* d_run = reinterpret_cast<const int4*>(d + size_t(run) * kRunBlocks * kMt * 16);
-  uint8_t* fragments = stage + Stage<T, kMt>::kWeights;
-  for (int i = threadIdx.x; i < kFragmentChunks + kScaleChunks; i += kWarps * 32) {
-    if (i < kFragmentChunks) {
-      CpAsync16(fragments + i * 16, q_run + i, true);
-    } else {
-      CpAsync16(fragments + Stage<T, kMt>::kFragments + (i - kFragmentChunks) * 16, d_run + (i - kFragmentChunks), true);
-    }
+// Run `run`'s activation fragments of the first `tiles` column tiles (of `x_tiles` a block in
+// global memory) into stage buffer `stage` (uncommitted).
+template <DType T, int kNt>
+__device__ __forceinline__ void IssueActivations(uint8_t* stage, const int4* x, int x_tiles, int tiles, int run) {
+  const int lanes = tiles * 32;
+  int4* fragments = reinterpret_cast<int4*>(stage + Stage<T, kNt>::kWeights);
+  for (int i = threadIdx.x; i < kRunBlocks * lanes; i += kWarps * 32) {
+    const int b = i / lanes, l = i % lanes;
+    CpAsync16(fragments + b * kNt * 32 + l, x + (size_t(run) * kRunBlocks + b) * x_tiles * 32 + l, true);
   }
 }
 
-// Grouped launches (MoE experts): blockIdx.z is the expert; its weights, rounded rows and (with
+// Grouped launches (MoE experts): blockIdx.z is the expert; its weights, fragments and (with
 // out_rows null) outputs are `*_stride` bytes / elements after the previous expert's.
 struct DeviceGroups {
   const int32_t* counts = nullptr;     // rows of each expert; null: one dense product
   const int32_t* first_row = nullptr;  // each expert's first sorted row
-  const int32_t* out_rows = nullptr;   // sorted row -> output row, or null: [expert][m_tiles * 16][n]
+  const int32_t* out_rows = nullptr;   // sorted row -> output row, or null: [expert][x_tiles * 8][n]
   size_t w_stride = 0;
   size_t fragment_stride = 0;
 };
@@ -131,16 +166,17 @@ struct DeviceParts {
   size_t partial_offset[kMaxQuantMmaParts] = {};  // floats: each part's [slices][m][n] partial sums
 };
 
-// Runs [first_run, first_run + runs) of the reduction through a ring of kStages stage buffers:
-// while run r is multiplied, runs r + 1 .. r + kStages - 1 are in flight.
-template <DType T, int kMt>
-__global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kMt))
-    QuantMmaKernel(DeviceParts parts, size_t row_bytes, int total_runs, int slice_runs, const int4* q, const float* d,
+// Runs [first_run, first_run + runs) of the reduction through a ring of stage buffers: while run
+// r is multiplied, the next kStages - 1 are in flight. x_tiles: 8-column tiles a block of x's
+// fragments holds; kNt >= the tiles multiplied.
+template <DType T, int kNt>
+__global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kNt))
+    QuantMmaKernel(DeviceParts parts, size_t row_bytes, int total_runs, int slice_runs, const int4* x, int x_tiles,
                    int m, float* partials, int* tickets, DeviceGroups groups) {
   extern __shared__ __align__(16) uint8_t smem[];
-  using S = Stage<T, kMt>;
+  using S = Stage<T, kNt>;
   AllowDependents();
-  constexpr int kBytes = BlockBytes(T), kStages = StagesFor(kMt);
+  constexpr int kBytes = BlockBytes(T), kStages = S::kStages;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   int part = 0;
   while (part + 1 < parts.count && int(blockIdx.x) >= parts.tile_begin[part + 1]) ++part;
@@ -151,7 +187,6 @@ __global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kMt))
   const int64_t row0 = int64_t{int(blockIdx.x) - parts.tile_begin[part]} * kRowsPerCta;
   const int first_run = blockIdx.y * slice_runs;
   const int runs = slice_runs < total_runs - first_run ? slice_runs : total_runs - first_run;
-  int tiles = kMt;  // 16-column tiles with columns
   const int32_t* out_rows = nullptr;
   if (groups.counts != nullptr) {
     // An expert's row count comes from the routing kernels before: no early weight loads.
@@ -159,91 +194,81 @@ __global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kMt))
     const int e = blockIdx.z;
     m = groups.counts[e];
     if (m == 0) return;
-    tiles = (m + 15) / 16;
     w += e * groups.w_stride;
-    q = reinterpret_cast<const int4*>(reinterpret_cast<const uint8_t*>(q) + e * groups.fragment_stride);
-    d = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(d) + e * groups.fragment_stride);
+    x = reinterpret_cast<const int4*>(reinterpret_cast<const uint8_t*>(x) + e * groups.fragment_stride);
     if (groups.out_rows != nullptr) {
       out_rows = groups.out_rows + groups.first_row[e];
     } else {
-      y += size_t(e) * kMt * 16 * size_t(n);
+      y += size_t(e) * x_tiles * 8 * size_t(n);
     }
   }
+  const int tiles = (m + 7) / 8;  // 8-column tiles with columns
   // The weights do not depend on the kernels before: their first stages start before the wait.
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < runs) IssueWeights<T, kMt>(smem + s * S::kBytes, w, row_bytes, row0, n, first_run + s);
+    if (s < runs) IssueWeights<T, kNt>(smem + s * S::kBytes, w, row_bytes, row0, n, first_run + s);
   }
-  WaitForPredecessor();  // the rounded activations
+  WaitForPredecessor();  // the activation fragments
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < runs) IssueActivations<T, kMt>(smem + s * S::kBytes, q, d, first_run + s);
+    if (s < runs) IssueActivations<T, kNt>(smem + s * S::kBytes, x, x_tiles, tiles, first_run + s);
     CpAsyncCommit();
   }
 
-  float acc[kMt][kRowTiles][4] = {};
+  // Independent accumulator chains: each MMA waits for the last one on its accumulators (ncu:
+  // "wait" was the first stall, 2.6 cycles an instruction, with an expert's one tile a chain of
+  // 16 MMAs a run). The two MMAs of a block take chains 0 / 1, and with 1..2 tiles (the experts)
+  // odd blocks take 2 / 3; the chains are added in a fixed order at the end.
+  constexpr int kChains = kNt <= 4 ? 4 : 2;
+  float acc[kChains][kNt][4] = {};
   for (int r = 0; r < runs; ++r) {
     CpAsyncWait<kStages - 2>();
     __syncthreads();  // run r landed for every thread; stage (r - 1) % kStages is free again
     const int next = r + kStages - 1;
     if (next < runs) {
       uint8_t* stage = smem + (next % kStages) * S::kBytes;
-      IssueWeights<T, kMt>(stage, w, row_bytes, row0, n, first_run + next);
-      IssueActivations<T, kMt>(stage, q, d, first_run + next);
+      IssueWeights<T, kNt>(stage, w, row_bytes, row0, n, first_run + next);
+      IssueActivations<T, kNt>(stage, x, x_tiles, tiles, first_run + next);
     }
     CpAsyncCommit();
     const uint8_t* stage = smem + (r % kStages) * S::kBytes;
-    const uint8_t* rows = stage + warp * kRowsPerWarp * S::kRowStride;
+    const uint8_t* row_g = stage + (warp * kRowsPerWarp + g) * S::kRowStride;
     const auto* fragments = reinterpret_cast<const int4*>(stage + S::kWeights);
-    const auto* scales = reinterpret_cast<const float*>(stage + S::kWeights + S::kFragments);
-#pragma unroll 2
-    for (int b = 0; b < kRunBlocks; ++b) {
-      int4 a[kMt];
-      float d_lo[kMt], d_hi[kMt];
+    for (int b0 = 0; b0 < kRunBlocks; b0 += 2) {
 #pragma unroll
-      for (int i = 0; i < kMt; ++i) {
-        a[i] = fragments[(b * kMt + i) * 32 + lane];
-        d_lo[i] = scales[b * kMt * 16 + i * 16 + g];
-        d_hi[i] = scales[b * kMt * 16 + i * 16 + g + 8];
-      }
+      for (int p = 0; p < 2; ++p) {
+        const int b = b0 + p, chain = kChains == 4 ? 2 * p : 0;
+        const RowPairs top = DequantRow<T>(row_g + b * kBytes, t);
+        const RowPairs bottom = DequantRow<T>(row_g + 8 * S::kRowStride + b * kBytes, t);
+        // A fragments: rows g and g + 8, slots {2t, 2t + 1} then {2t + 8, 2t + 9}.
+        const uint32_t a_lo[4] = {top.lo[0], bottom.lo[0], top.lo[1], bottom.lo[1]};
+        const uint32_t a_hi[4] = {top.hi[0], bottom.hi[0], top.hi[1], bottom.hi[1]};
 #pragma unroll
-      for (int j = 0; j < kRowTiles; ++j) {
-        const uint8_t* tile = rows + j * 8 * S::kRowStride + b * kBytes;
-        const uint8_t* block = tile + g * S::kRowStride;
-        uint32_t b0, b1;
-        if constexpr (T == DType::kQ4_0) {
-          const uint32_t v = Load32At2(block + 2 + 4 * t);
-          b0 = __vsub4(v & 0x0F0F0F0Fu, 0x08080808u);
-          b1 = __vsub4((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-        } else {
-          b0 = Load32At2(block + 2 + 4 * t);
-          b1 = Load32At2(block + 18 + 4 * t);
-        }
-        const float w0 = BlockScale(tile + 2 * t * S::kRowStride), w1 = BlockScale(tile + (2 * t + 1) * S::kRowStride);
-#pragma unroll
-        for (int i = 0; i < kMt; ++i) {
+        for (int i = 0; i < kNt; ++i) {
           if (i >= tiles) break;  // an expert's tiles past its rows
-          int c[4];
-          MmaS8(c, a[i], b0, b1);
-          acc[i][j][0] += static_cast<float>(c[0]) * (d_lo[i] * w0);
-          acc[i][j][1] += static_cast<float>(c[1]) * (d_lo[i] * w1);
-          acc[i][j][2] += static_cast<float>(c[2]) * (d_hi[i] * w0);
-          acc[i][j][3] += static_cast<float>(c[3]) * (d_hi[i] * w1);
+          const int4 f = fragments[(b * kNt + i) * 32 + lane];
+          MmaF16(acc[chain][i], a_lo, uint32_t(f.x), uint32_t(f.y));
+          MmaF16(acc[chain + 1][i], a_hi, uint32_t(f.z), uint32_t(f.w));
         }
       }
     }
   }
-  // Column (token) i * 16 + g (+ 8), weight row row0 + 16 warp + 8 j + 2 t (+ 1).
+#pragma unroll
+  for (int c = 1; c < kChains; ++c) {
+#pragma unroll
+    for (int i = 0; i < kNt; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][i][e] += acc[c][i][e];
+    }
+  }
+  // Weight row row0 + 16 warp + g (+ 8), column (token) 8 i + 2 t (+ 1).
   const bool split = gridDim.y > 1;
   float* dst = split ? partials + size_t{blockIdx.y} * size_t(m) * size_t(n) : y;
 #pragma unroll
-  for (int i = 0; i < kMt; ++i) {
+  for (int i = 0; i < kNt; ++i) {
 #pragma unroll
-    for (int j = 0; j < kRowTiles; ++j) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int col = i * 16 + g + (c >= 2 ? 8 : 0);
-        const int64_t row = row0 + warp * kRowsPerWarp + j * 8 + 2 * t + (c & 1);
-        if (col < m && row < n) dst[(out_rows != nullptr ? out_rows[col] : col) * n + row] = acc[i][j][c];
-      }
+    for (int c = 0; c < 4; ++c) {
+      const int col = i * 8 + 2 * t + (c & 1);
+      const int64_t row = row0 + warp * kRowsPerWarp + g + (c >= 2 ? 8 : 0);
+      if (col < m && row < n) dst[(out_rows != nullptr ? out_rows[col] : col) * n + row] = acc[0][i][c];
     }
   }
   if (!split) return;
@@ -256,61 +281,71 @@ __global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kMt))
   if (!last) return;
   __threadfence();
   // Every element's loads of all splits are issued before any sum is stored (the loads of one
-  // thread's elements are independent: a serial loop waited an L2 trip per element).
-  constexpr int kPerThread = kMt * 16 * kRowsPerCta / (kWarps * 32);
-  size_t at[kPerThread];
-  bool valid[kPerThread];
-  float sum[kPerThread];
-#pragma unroll
-  for (int u = 0; u < kPerThread; ++u) {
+  // thread's elements are independent: a serial loop waited an L2 trip per element). Offsets
+  // are recomputed rather than held (registers).
+  constexpr int kPerThread = kNt * 8 * kRowsPerCta / (kWarps * 32);
+  auto offset = [&](int u, bool& valid) {
     const int e = threadIdx.x + u * kWarps * 32, col = e / kRowsPerCta;
     const int64_t row = row0 + e % kRowsPerCta;
-    valid[u] = col < m && row < n;
-    at[u] = size_t(col) * size_t(n) + size_t(valid[u] ? row : 0);
-    sum[u] = valid[u] ? __ldcg(partials + at[u]) : 0.0f;
-  }
-  for (unsigned s = 1; s < gridDim.y; ++s) {
+    valid = col < m && row < n;
+    return size_t(col) * size_t(n) + size_t(valid ? row : 0);
+  };
+  float sum[kPerThread];
+  for (unsigned s = 0; s < gridDim.y; ++s) {
     const float* slice = partials + size_t(s) * size_t(m) * size_t(n);
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
-      if (valid[u]) sum[u] += __ldcg(slice + at[u]);
+      bool valid;
+      const size_t at = offset(u, valid);
+      const float v = valid ? __ldcg(slice + at) : 0.0f;
+      sum[u] = s == 0 ? v : sum[u] + v;
     }
   }
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
-    if (valid[u]) y[at[u]] = sum[u];
+    bool valid;
+    const size_t at = offset(u, valid);
+    if (valid) y[at] = sum[u];
   }
   if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
 }
 
-template <DType T, int kMt>
+template <DType T, int kNt>
 void Launch(cudaStream_t stream, const QuantMmaPlan& plan, const DeviceParts& parts, size_t row_bytes, int64_t k,
-            const int4* q, const float* d, int64_t m, float* partials, int* tickets, const DeviceGroups& groups,
+            const int4* x, int x_tiles, int64_t m, float* partials, int* tickets, const DeviceGroups& groups,
             int experts) {
-  constexpr int kSmem = Stage<T, kMt>::kSmem;
+  constexpr int kSmem = Stage<T, kNt>::kSmem;
   static const bool configured =
-      cudaFuncSetAttribute(QuantMmaKernel<T, kMt>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess;
+      cudaFuncSetAttribute(QuantMmaKernel<T, kNt>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) == cudaSuccess;
   CU_CHECK(configured);
   const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.k_slices),
                   static_cast<unsigned>(experts));
-  CUDA_OK(LaunchDependent(QuantMmaKernel<T, kMt>, grid, dim3(kWarps * 32), kSmem, stream, parts, row_bytes,
-                          static_cast<int>(k / 32 / kRunBlocks), plan.slice_runs, q, d,
-                          static_cast<int>(m), partials, tickets, groups));
+  CUDA_OK(LaunchDependent(QuantMmaKernel<T, kNt>, grid, dim3(kWarps * 32), kSmem, stream, parts, row_bytes,
+                          static_cast<int>(k / 32 / kRunBlocks), plan.slice_runs, x, x_tiles, static_cast<int>(m),
+                          partials, tickets, groups));
 }
 
+// The kernel for x_tiles 8-column tiles a block: shared memory for 2, 4 or 8.
 template <DType T>
 void LaunchTiles(cudaStream_t stream, const QuantMmaPlan& plan, const DeviceParts& parts, size_t row_bytes, int64_t k,
-                 const int4* q, const float* d, int64_t m, float* partials, int* tickets,
+                 const int4* x, int x_tiles, int64_t m, float* partials, int* tickets,
                  const DeviceGroups& groups = {}, int experts = 1) {
-  switch (plan.m_tiles) {
-#define LS_QUANT_MMA_TILES(N) \
-  case N: Launch<T, N>(stream, plan, parts, row_bytes, k, q, d, m, partials, tickets, groups, experts); break;
-    LS_QUANT_MMA_TILES(1)
-    LS_QUANT_MMA_TILES(2)
-    LS_QUANT_MMA_TILES(3)
-    LS_QUANT_MMA_TILES(4)
-#undef LS_QUANT_MMA_TILES
-    default: CU_CHECK(false);
+  CU_CHECK(x_tiles >= 1 && x_tiles <= 8);
+  if (x_tiles <= 2) {
+    Launch<T, 2>(stream, plan, parts, row_bytes, k, x, x_tiles, m, partials, tickets, groups, experts);
+  } else if (x_tiles <= 4) {
+    Launch<T, 4>(stream, plan, parts, row_bytes, k, x, x_tiles, m, partials, tickets, groups, experts);
+  } else {
+    Launch<T, 8>(stream, plan, parts, row_bytes, k, x, x_tiles, m, partials, tickets, groups, experts);
+  }
+}
+
+template <typename... Args>
+void LaunchFor(DType type, Args&&... args) {
+  if (type == DType::kQ4_0) {
+    LaunchTiles<DType::kQ4_0>(std::forward<Args>(args)...);
+  } else {
+    LaunchTiles<DType::kQ8_0>(std::forward<Args>(args)...);
   }
 }
 
@@ -324,7 +359,7 @@ bool QuantMmaApplies(DType type, const void* w, size_t row_bytes, int64_t k, int
 
 QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64_t m, int sms) {
   QuantMmaPlan plan;
-  plan.m_tiles = static_cast<int>((m + 15) / 16);
+  plan.x_tiles = static_cast<int>(QuantMmaTiles(m));
   const int64_t runs = k / 32 / kRunBlocks;
   int64_t row_tiles = 0, rows = 0;
   for (const QuantMmaPart& part : parts) {
@@ -332,9 +367,8 @@ QuantMmaPlan PlanQuantMma(int64_t k, absl::Span<const QuantMmaPart> parts, int64
     rows += part.n;
   }
   plan.row_tiles = static_cast<int>(row_tiles);
-  // Enough slices of the reduction for every CTA a multiprocessor holds (4 with 1..32 columns:
-  // 2304x4096x16 in graph 8.1% -> 12.2% of the copy bandwidth against one CTA a multiprocessor).
-  const int64_t ctas = int64_t{sms} * CtasPerSmFor(plan.m_tiles);
+  // Enough slices of the reduction for every CTA the multiprocessors hold.
+  const int64_t ctas = int64_t{sms} * CtasPerSmFor(plan.x_tiles);
   const int64_t slices = row_tiles >= ctas ? 1 : std::min<int64_t>(runs, (ctas + row_tiles - 1) / row_tiles);
   const int64_t slice_runs = (runs + slices - 1) / slices;
   plan.slice_runs = static_cast<int>(slice_runs);
@@ -357,19 +391,14 @@ void LaunchQuantMma(cudaStream_t stream, const QuantMmaPlan& plan, DType type, a
     device.tile_begin[i + 1] = device.tile_begin[i] + static_cast<int>((parts[i].n + kRowsPerCta - 1) / kRowsPerCta);
     partial_offset += static_cast<size_t>(plan.k_slices) * m * parts[i].n;
   }
-  const auto* q = static_cast<const int4*>(fragments);
-  const float* d = ScalesOf(static_cast<const int8_t*>(fragments), k, plan.m_tiles);
-  if (type == DType::kQ4_0) {
-    LaunchTiles<DType::kQ4_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
-  } else {
-    LaunchTiles<DType::kQ8_0>(stream, plan, device, row_bytes, k, q, d, m, partials, tickets);
-  }
+  LaunchFor(type, stream, plan, device, row_bytes, k, static_cast<const int4*>(fragments), plan.x_tiles, m, partials,
+            tickets);
 }
 
 void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DType type, const uint8_t* w,
                            size_t row_bytes, int64_t k, int64_t n, const void* fragments, bool to_slots, float* y) {
   QuantMmaPlan plan;
-  plan.m_tiles = groups.m_tiles;
+  plan.x_tiles = groups.x_tiles;
   plan.row_tiles = static_cast<int>((n + kRowsPerCta - 1) / kRowsPerCta);
   plan.slice_runs = static_cast<int>(k / 32 / kRunBlocks);
   DeviceGroups device;
@@ -377,20 +406,15 @@ void LaunchGroupedQuantMma(cudaStream_t stream, const QuantMmaGroups& groups, DT
   device.first_row = groups.first_row;
   device.out_rows = to_slots ? groups.row_slot : nullptr;
   device.w_stride = row_bytes * static_cast<size_t>(n);
-  device.fragment_stride = QuantMmaRoundedBytes(k, groups.m_tiles * 16);
+  device.fragment_stride = QuantMmaFragmentBytes(k, groups.x_tiles * 8);
   DeviceParts part;
   part.count = 1;
   part.w[0] = w;
   part.y[0] = y;
   part.n[0] = n;
   part.tile_begin[1] = plan.row_tiles;
-  const auto* q = static_cast<const int4*>(fragments);
-  const float* d = ScalesOf(static_cast<const int8_t*>(fragments), k, groups.m_tiles);
-  if (type == DType::kQ4_0) {
-    LaunchTiles<DType::kQ4_0>(stream, plan, part, row_bytes, k, q, d, 0, nullptr, nullptr, device, groups.experts);
-  } else {
-    LaunchTiles<DType::kQ8_0>(stream, plan, part, row_bytes, k, q, d, 0, nullptr, nullptr, device, groups.experts);
-  }
+  LaunchFor(type, stream, plan, part, row_bytes, k, static_cast<const int4*>(fragments), groups.x_tiles, 0, nullptr,
+            nullptr, device, groups.experts);
 }
 
 bool QuantMmaEnabled() {

@@ -2,7 +2,7 @@
 // inside the layer. Per call:
 //   1. the routing sort (cuda_moe_routing.cu): every (token, slot) its expert-sorted row and a
 //      list of 128-row M-tiles (expert, first row); at most 64 tokens on q4_0 / q8_0 experts
-//      then take the int8 experts (cuda_moe_int8.cu) instead of the steps below;
+//      then take the tensor-core experts (cuda_moe_quant_mma.cu) instead of the steps below;
 //   2. the activations cast once to 16 bits in token order (37.7 MB for 8192 tokens, about
 //      the size of L2, where the repeated reads of each token row mostly land); the
 //      gate+up GEMM reads each sorted row from its token's row, so no gathered copy exists;
@@ -336,8 +336,8 @@ bool CudaBackend::MoeExpertsGrouped(const Tensor& x, const MoeWeights& experts, 
 
   const MoeRouting routing = SortSlotsByExpert(ids, tokens, n_experts);
 
-  // A batched decode step (at most 64 tokens): the int8 experts (cuda_moe_int8.cu).
-  if (MoeExpertsInt8(x, experts, routing, weights, y)) return true;
+  // A batched decode step (at most 64 tokens): the tensor-core experts (cuda_moe_quant_mma.cu).
+  if (MoeExpertsQuantMma(x, experts, routing, weights, y)) return true;
 
   // Activations (slot 6): the 16-bit inputs [tokens, hidden], the SwiGLU output in sorted
   // rows [slots, ffn], the f32 expert outputs in slot order [slots, hidden].

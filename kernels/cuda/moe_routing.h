@@ -1,5 +1,5 @@
 // The MoE routing sort on the device (cuda_moe_routing.cu), shared by the grouped prefill GEMMs
-// (cuda_moe_grouped.cu) and the int8 experts of a batched decode step (cuda_moe_int8.cu).
+// (cuda_moe_grouped.cu) and the tensor-core experts of a batched decode step (cuda_moe_quant_mma.cu).
 #pragma once
 
 #include <cuda_runtime.h>

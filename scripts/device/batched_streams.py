@@ -51,7 +51,10 @@ def run_streams(args, prompts, max_tokens, tag):
         rc = proc.wait()
         log.close()
         if rc != 0 or not os.path.exists(summary):
-            print(f"{tag}: a client failed (rc {rc}); see {log.name}", file=sys.stderr)
+            # The log's last lines say why (the lent machine's logs do not outlive the call).
+            with open(log.name, errors="replace") as f:
+                tail = " | ".join(line.strip() for line in f.readlines()[-3:])
+            print(f"{tag}: a client failed (rc {rc}); {log.name} ends: {tail[-600:]}", file=sys.stderr)
             results.append(None)
             continue
         with open(summary) as f:

@@ -20,7 +20,7 @@ for d in step:
     unit = d.get('Metric Unit', 'nsecond')
     ns = v * {'nsecond': 1, 'usecond': 1e3, 'msecond': 1e6}.get(unit, 1)
     k = d['Kernel Name'][:90]
-    if 'QuantMma' in k:  # the int8 products: dense (grid z 1) and grouped experts apart, by shape
+    if 'QuantMma' in k:  # the tensor-core products: dense (grid z 1) and grouped experts apart, by shape
         k = k[:90] + ' grid ' + d.get('Grid Size', '?')
     agg[k][0] += 1; agg[k][1] += ns; total += ns
 print(f"decode step: {len(step)} kernels, {total/1e3:.1f} us of kernel time")

@@ -78,12 +78,14 @@ TEST_F(BackendOps, MatMulTallQuantisedRowsMatchCpuIntegerPath) {
   }
 }
 
-// A batched decode step's widths (9..64 columns) on q4_0 / q8_0 rows take the int8 tensor-core
-// product (cuda_matmul_mma.cu), activations rounded to 8-bit blocks as the CPU backend rounds
-// them: compared with the CPU's integer path. Shapes cover a partial 16-column tile (9, 17, 33),
-// rows that are not a multiple of the CTA's 64 (333), reductions split across CTAs (few rows)
-// and not (20,000 rows), and a reduction too long for one CTA's shared memory (k 9,216).
-TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchCpuIntegerPath) {
+// A batched decode step's widths (9..64 columns) on q4_0 / q8_0 rows take the f16 tensor-core
+// product (cuda_matmul_mma.cu): weights dequantised in registers, activations rounded to f16, so
+// the exact reference is the f32 product over the dequantised weights (as for cuBLAS's f16
+// GEMMs). Shapes cover a partial 8-column tile (9, 17, 33), each kernel width (2, 4 and 8 tiles
+// of 8 columns), rows that are not a multiple of the CTA's 128 (333), reductions split across
+// CTAs (few rows) and not (20,000 rows), and a reduction too long for one CTA's shared memory
+// (k 9,216).
+TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchDequantisedProduct) {
   for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
     for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{9, 256, 333}, {16, 2304, 333}, {17, 4096, 333},
                            {32, 2304, 2304}, {33, 1024, 4096}, {48, 2304, 333}, {64, 2304, 333},
@@ -91,11 +93,11 @@ TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchCpuIntegerPath) {
       auto w = Make(type, {k, n, 1, 1}, Random(k * n));
       auto x = F32({k, m, 1, 1}, Random(k * m, -3, 3));
       auto y = Poisoned({n, m, 1, 1});
-      cpu_->MatMul(w.cpu, x.cpu, y.cpu);
+      cpu_->MatMul(CpuReferenceWeights(w), x.cpu, y.cpu);
       gpu_->MatMul(w.gpu, x.gpu, y.gpu);
       const std::string what = std::string("batched MatMul ") + DTypeName(type) + " m=" + std::to_string(m) +
                                " k=" + std::to_string(k) + " n=" + std::to_string(n);
-      Expect(y, 1e-9, what);
+      Expect(y, kHalfActivations, what);
       // x rounded once beforehand (RoundActivations, shared by a step's projections of one
       // input) gives the same bits.
       absl::StatusOr<Tensor> rounded = gpu_->RoundActivations(x.gpu);
@@ -109,9 +111,9 @@ TEST_F(BackendOps, MatMulBatchedDecodeWidthsMatchCpuIntegerPath) {
 }
 
 // Several products of one x (a layer's projections) in one launch (MatMuls): parts of different
-// row counts, with and without x rounded beforehand, each against the CPU's integer path; and
-// parts of mixed types, which take one product each.
-TEST_F(BackendOps, MatMulsOfOneInputMatchCpuIntegerPath) {
+// row counts, with and without x rounded beforehand, each against the f32 product over the
+// dequantised weights; and parts of mixed types, which take one product each.
+TEST_F(BackendOps, MatMulsOfOneInputMatchDequantisedProduct) {
   for (int64_t m : {9, 32, 64}) {
     for (bool pre_rounded : {false, true}) {
       for (bool mixed : {false, true}) {
@@ -135,8 +137,8 @@ TEST_F(BackendOps, MatMulsOfOneInputMatchCpuIntegerPath) {
         }
         gpu_->MatMuls(gw, x.gpu, rounded, gy);
         for (size_t i = 0; i < rows.size(); ++i) {
-          cpu_->MatMul(w[i].cpu, x.cpu, y[i].cpu);
-          Expect(y[i], 1e-9, "MatMuls part " + std::to_string(i) + " m=" + std::to_string(m) +
+          cpu_->MatMul(CpuReferenceWeights(w[i]), x.cpu, y[i].cpu);
+          Expect(y[i], kHalfActivations, "MatMuls part " + std::to_string(i) + " m=" + std::to_string(m) +
                                  (pre_rounded ? " rounded" : "") + (mixed ? " mixed" : ""));
         }
       }
@@ -822,12 +824,13 @@ INSTANTIATE_TEST_SUITE_P(Types, MoeGroupedExperts,
 TEST_F(MoeGrouped, ModelShapeQ4_0) { Run(DType::kQ4_0, 16, 2304, 1024, {300}, false); }
 
 // A batched decode step's widths (9..64 tokens, more than the decode kernels' 64 slots) on
-// q4_0 / q8_0 experts whose sizes are whole 256-value runs: each expert's rows through the int8
-// tensor-core products (quant_mma.h), 1 to 4 tiles of 16 rows an expert, few experts (every
-// expert many rows) and many (most experts no rows); a second run gives the same bits.
-TEST_F(MoeGrouped, BatchedDecodeInt8Experts) {
+// q4_0 / q8_0 experts whose sizes are whole 256-value runs: each expert's rows through the f16
+// tensor-core products (quant_mma.h), 1 to 8 tiles of 8 rows an expert (each kernel width), few
+// experts (every expert many rows) and many (most experts no rows); a second run gives the same
+// bits.
+TEST_F(MoeGrouped, BatchedDecodeQuantMmaExperts) {
   for (DType type : {DType::kQ4_0, DType::kQ8_0}) {
-    Run(type, 8, 512, 256, {9, 33}, false, {"default"});
+    Run(type, 8, 512, 256, {9, 32, 33}, false, {"default"});
     Run(type, 256, 256, 512, {16, 64}, false, {"default"});
   }
 }

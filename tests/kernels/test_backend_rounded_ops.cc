@@ -21,8 +21,8 @@ class RoundedOps : public op_test::BackendPairFixture {
 
 // Decode widths get a rounded copy; more columns, widths not whole blocks, and the CPU do not.
 TEST_F(RoundedOps, RoundedOnlyWhereItPays) {
-  // 1..8 columns: the GEMVs' layout; 9..64 with k a multiple of 256: the int8 tensor-core
-  // product's (quant_mma.h); more columns (prefill: cuBLAS in f16) or other k: none.
+  // 1..8 columns: the GEMVs' layout; 9..64 with k a multiple of 256: the f16 tensor-core
+  // product's fragments (quant_mma.h); more columns (prefill: cuBLAS in f16) or other k: none.
   for (auto [m, k, wanted] : {std::tuple<int64_t, int64_t, bool>{1, 2304, true}, {8, 256, true}, {9, 256, true},
                               {64, 2304, true}, {9, 288, false}, {65, 256, false}, {1, 100, false}}) {
     auto x = F32({k, m, 1, 1}, Random(k * m));
@@ -39,7 +39,7 @@ TEST_F(RoundedOps, RoundedOnlyWhereItPays) {
 // AddRmsNorm, and the same bytes as RoundActivations of that y. Widths: the CTA-per-row kernel
 // (2304, 4096), the warp-per-row kernel (256; 288, whose last 32-block leaves a warp partly
 // idle), and a width that is not whole blocks (2305: no rounded copy); 9 rows: RoundActivations'
-// copy for the int8 tensor-core product (made after the norm, not by its kernel).
+// copy for the f16 tensor-core product (made after the norm, not by its kernel).
 TEST_F(RoundedOps, AddRmsNormRoundedMatchesSeparateOps) {
   for (auto [width, rows] : {std::pair<int64_t, int64_t>{2304, 1}, {2304, 3}, {4096, 1}, {256, 8}, {288, 2},
                              {2305, 1}, {2304, 9}}) {
