@@ -219,10 +219,11 @@ class Backend {
   virtual void GetRows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
   // y[N, M] = w[K, N]^T x[K, M]  (y[n, m] = sum_k w[k, n] x[k, m]); f32 accumulation.
   virtual void MatMul(const Tensor& w, const Tensor& x, const Tensor& y) = 0;
-  // x (f32 [K, M]) rounded once to the 8-bit blocks of 32 that q4_0 / q8_0 products meet it
-  // as, for MatMul and MoeExperts calls that pass it as `x_rounded`: several products of one
-  // input (a decode step's projections of a normalised hidden state) then share one rounding
-  // pass instead of each rounding x again. Empty when the backend rounds inside each product
+  // x (f32 [K, M]) rounded once to the form that q4_0 / q8_0 products meet it in (CUDA: 8-bit
+  // blocks of 32 at decode widths, f16 tensor-core fragments at 9..64 columns), for MatMul and
+  // MoeExperts calls that pass it as `x_rounded`: several products of one input (a decode
+  // step's projections of a normalised hidden state) then share one rounding pass instead of
+  // each rounding x again. Empty when the backend rounds inside each product
   // (the CPU) or when it does not pay (many columns); an empty x_rounded means "round x".
   // The copy is valid until x is written again.
   virtual absl::StatusOr<Tensor> RoundActivations(const Tensor& x) { return Tensor(); }
