@@ -7,7 +7,7 @@
 // Why f16 and not the int8 MMA on q8_0-rounded activations (the kernel this replaced, llama.cpp's
 // MMQ scheme): with 8-bit activation blocks every MMA's integer sums need their block's two
 // scales (a conversion, a multiply and an add per output and block). Here the per-block work is
-// per weight value (a LOP3, an HADD2 / HFMA2 and an HMUL2 per two values), none is per output,
+// per weight value (a LOP3, an HSUB2 and an HMUL2 per two values), none is per output,
 // and with the weights as A an expert holding 8 tokens fills its MMA's 8 columns (the int8
 // form's 16 activation rows were half padding). Both forms are bound by latency with ~4 warps a
 // scheduler, not by issue (ncu, 2304x163840x32: int8 0.65 issued a scheduler a cycle, 173.7 us;
@@ -33,6 +33,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/quant_mma.h"
 
@@ -43,8 +44,9 @@ constexpr int kWarps = 8;
 constexpr int kRowsPerWarp = 16;  // one m16 A tile
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
 constexpr int kRunBlocks = 8;  // slices and stages are whole runs of 8 blocks: 16-byte aligned
-// Up to 4 column tiles two CTAs share a multiprocessor (128 registers a thread); 8 tiles' 32
-// accumulators spill at 128 (448 bytes a thread), so those run one CTA a multiprocessor.
+// Up to 4 column tiles two CTAs share a multiprocessor (128 registers a thread); at 8 tiles the
+// accumulators spill at 128 (448 bytes a thread with one chain, ptxas), so those run one CTA a
+// multiprocessor (255 registers, no spill).
 constexpr int CtasPerSmFor(int tiles) { return tiles <= 4 ? 2 : 1; }
 constexpr int StageBudgetFor(int tiles) { return 220 * 1024 / CtasPerSmFor(tiles); }  // shared bytes a CTA
 
@@ -71,21 +73,6 @@ __device__ __forceinline__ uint32_t Load32At2(const uint8_t* p) {
   return uint32_t{h[0]} | (uint32_t{h[1]} << 16);
 }
 
-__device__ __forceinline__ uint32_t Lop3(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t b, uint32_t selector) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
-  return d;
-}
-
-__device__ __forceinline__ uint32_t Bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-__device__ __forceinline__ __half2 Half2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
-
 // One weight row's values of block b for lane (g, t): a q4_0 or q8_0 block's 4-byte word at
 // byte 4t of its values gives the row's f16 pairs of both MMAs of the block (k 0..15, 16..31):
 // pair p of MMA h holds the values {4t, 4t + 2} (p 0) or {4t + 1, 4t + 3} (p 1), plus 16 h. The
@@ -100,22 +87,21 @@ __device__ __forceinline__ RowPairs DequantRow(const uint8_t* block, int t) {
   const __half2 scale = __half2half2(*reinterpret_cast<const __half*>(block));
   RowPairs r;
   if constexpr (T == DType::kQ4_0) {
-    // Nibble v under 0x6400 is the f16 1024 + v (low nibble) or 1024 + 16 v (high nibble): minus
-    // 1032, or times 1/16 minus 72, is v - 8 exactly; then times the block's scale.
+    // The nibbles of bytes 0 and 2 (1 and 3) of the word, under 0x6400 (dequant.cuh's Scaled).
+    const __half2 offset = __float2half2_rn(1032.0f);
     const uint32_t w = Load32At2(block + 2 + 4 * t), w8 = w >> 8;
-    const __half2 bias = Half2(0xE408E408u), sixteenth = Half2(0x2C002C00u), hi_bias = Half2(0xD480D480u);
-    r.lo[0] = Bits(__hmul2(__hadd2(Half2(Lop3(w, 0x000F000Fu, 0x64006400u)), bias), scale));
-    r.lo[1] = Bits(__hmul2(__hadd2(Half2(Lop3(w8, 0x000F000Fu, 0x64006400u)), bias), scale));
-    r.hi[0] = Bits(__hmul2(__hfma2(Half2(Lop3(w, 0x00F000F0u, 0x64006400u)), sixteenth, hi_bias), scale));
-    r.hi[1] = Bits(__hmul2(__hfma2(Half2(Lop3(w8, 0x00F000F0u, 0x64006400u)), sixteenth, hi_bias), scale));
+    r.lo[0] = Scaled((w & 0x000F000Fu) | 0x64006400u, offset, scale);
+    r.lo[1] = Scaled((w8 & 0x000F000Fu) | 0x64006400u, offset, scale);
+    r.hi[0] = Scaled(((w >> 4) & 0x000F000Fu) | 0x64006400u, offset, scale);
+    r.hi[1] = Scaled(((w8 >> 4) & 0x000F000Fu) | 0x64006400u, offset, scale);
   } else {
-    // A signed byte b, flipped to b + 128 under 0x64, is the f16 1152 + b: minus 1152 is b.
+    // Bytes 0 and 2 (1 and 3) of each word, sign-flipped under 0x64 (dequant.cuh's Scaled).
+    const __half2 offset = __float2half2_rn(1152.0f);
     const uint32_t lo = Load32At2(block + 2 + 4 * t) ^ 0x80808080u, hi = Load32At2(block + 18 + 4 * t) ^ 0x80808080u;
-    const __half2 bias = Half2(0xE480E480u);
-    r.lo[0] = Bits(__hmul2(__hadd2(Half2(Prmt(lo, 0x64646464u, 0x4240u)), bias), scale));
-    r.lo[1] = Bits(__hmul2(__hadd2(Half2(Prmt(lo, 0x64646464u, 0x4341u)), bias), scale));
-    r.hi[0] = Bits(__hmul2(__hadd2(Half2(Prmt(hi, 0x64646464u, 0x4240u)), bias), scale));
-    r.hi[1] = Bits(__hmul2(__hadd2(Half2(Prmt(hi, 0x64646464u, 0x4341u)), bias), scale));
+    r.lo[0] = Scaled(__byte_perm(lo, 0x64646464u, 0x4240), offset, scale);
+    r.lo[1] = Scaled(__byte_perm(lo, 0x64646464u, 0x4341), offset, scale);
+    r.hi[0] = Scaled(__byte_perm(hi, 0x64646464u, 0x4240), offset, scale);
+    r.hi[1] = Scaled(__byte_perm(hi, 0x64646464u, 0x4341), offset, scale);
   }
   return r;
 }
@@ -215,8 +201,8 @@ __global__ void __launch_bounds__(kWarps * 32, CtasPerSmFor(kNt))
 
   // Independent accumulator chains: each MMA waits for the last one on its accumulators (ncu:
   // "wait" was the first stall, 2.6 cycles an instruction, with an expert's one tile a chain of
-  // 16 MMAs a run). The two MMAs of a block take chains 0 / 1, and with 1..2 tiles (the experts)
-  // odd blocks take 2 / 3; the chains are added in a fixed order at the end.
+  // 16 MMAs a run). The two MMAs of a block take chains 0 / 1, and up to 4 tiles (the experts at
+  // batch 32 included) odd blocks take 2 / 3; the chains are added in a fixed order at the end.
   constexpr int kChains = kNt <= 4 ? 4 : 2;
   float acc[kChains][kNt][4] = {};
   for (int r = 0; r < runs; ++r) {

@@ -20,20 +20,31 @@ __device__ __forceinline__ int4 Fragment(float4 lo, float4 hi) {
                    static_cast<int>(PackHalf2(hi.x, hi.z)), static_cast<int>(PackHalf2(hi.y, hi.w)));
 }
 
-// Thread i = (kb * tiles + tile) * 32 + lane of x [m][k]'s fragments.
+// What thread i = (kb * tiles + tile) * 32 + lane of a fragment kernel writes: the lane's 16
+// bytes of 8-column tile `tile` in block kb, column `col` (of the tiles), values `first` ..
+// first + 3 and first + 16 .. first + 19 of its row.
+struct FragmentLane {
+  int tile, col;
+  int64_t first;
+};
+
+__device__ __forceinline__ FragmentLane LaneOf(int64_t i, int tiles) {
+  const int lane = static_cast<int>(i % 32), tile = static_cast<int>(i / 32 % tiles);
+  return {tile, tile * 8 + lane / 4, i / 32 / tiles * 32 + 4 * (lane % 4)};
+}
+
+// x [m][k]'s fragments.
 __global__ void HalfFragmentsKernel(const float* x, int64_t k, int m, int tiles, int4* out) {
   AllowDependents();
   WaitForPredecessor();
   const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= k / 32 * tiles * 32) return;
-  const int lane = static_cast<int>(i % 32), tile = static_cast<int>(i / 32 % tiles);
-  const int64_t kb = i / 32 / tiles;
-  const int col = tile * 8 + lane / 4;
+  const FragmentLane at = LaneOf(i, tiles);
   float4 lo = make_float4(0, 0, 0, 0), hi = lo;
-  if (col < m) {
-    const float* at = x + col * k + kb * 32 + 4 * (lane % 4);
-    lo = *reinterpret_cast<const float4*>(at);
-    hi = *reinterpret_cast<const float4*>(at + 16);
+  if (at.col < m) {
+    const float* row = x + at.col * k + at.first;
+    lo = *reinterpret_cast<const float4*>(row);
+    hi = *reinterpret_cast<const float4*>(row + 16);
   }
   out[i] = Fragment(lo, hi);
 }
@@ -50,11 +61,10 @@ __global__ void GroupedFragmentsKernel(const float* x, const float* up, int64_t 
   const int e = static_cast<int>(blockIdx.y), rows = counts[e];
   const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= k / 32 * tiles * 32) return;
-  const int lane = static_cast<int>(i % 32), tile = static_cast<int>(i / 32 % tiles);
-  if (tile * 8 >= rows) return;
-  const int64_t kb = i / 32 / tiles;
-  const int col = tile * 8 + lane / 4;
-  const int64_t first = kb * 32 + 4 * (lane % 4);
+  const FragmentLane lane = LaneOf(i, tiles);
+  if (lane.tile * 8 >= rows) return;
+  const int col = lane.col;
+  const int64_t first = lane.first;
   float4 lo = make_float4(0, 0, 0, 0), hi = lo;
   if (col < rows && up == nullptr) {
     const float* at = x + int64_t{row_slot[first_row[e] + col] / top_k} * k + first;

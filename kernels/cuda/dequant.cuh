@@ -5,10 +5,23 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "common/dtype.h"
 
 namespace latentserve::kernels::cuda {
+
+// (bits as f16 pair - offset) * d, each rounded once: a dequantised pair as 32 bits. With a
+// q4_0 nibble n or a sign-flipped q8_0 byte b under 0x64 (the f16 1024 + n, 1152 + b) and offset
+// 1032 / 1152 the subtraction is exact, so the pair is (n - 8) * d or b * d rounded once.
+__device__ __forceinline__ uint32_t Scaled(uint32_t bits, __half2 offset, __half2 d) {
+  __half2 v;
+  memcpy(&v, &bits, 4);
+  v = __hmul2_rn(__hsub2_rn(v, offset), d);
+  uint32_t out;
+  memcpy(&out, &v, 4);
+  return out;
+}
 
 // Value i of a row stored in `type`.
 __device__ __forceinline__ float LoadElement(DType type, const uint8_t* row, int64_t i) {

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "common/dtype.h"
+#include "kernels/cuda/dequant.cuh"  // Scaled
 
 namespace latentserve::kernels::cuda::moe {
 
@@ -57,16 +58,6 @@ __device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
     memcpy(&bits, &h, 4);
   }
   return bits;
-}
-
-// (bits as f16 pair - offset) * d, each rounded once: the dequantised pair as 32 bits.
-__device__ __forceinline__ uint32_t Scaled(uint32_t bits, __half2 offset, __half2 d) {
-  __half2 v;
-  memcpy(&v, &bits, 4);
-  v = __hmul2_rn(__hsub2_rn(v, offset), d);
-  uint32_t out;
-  memcpy(&out, &v, 4);
-  return out;
 }
 
 __device__ __forceinline__ uint32_t Load2x16(const uint16_t* p) {  // 4 bytes at a 2-byte aligned address
